@@ -1,0 +1,14 @@
+//! Compiles the protos with protox (pure Rust): a fresh machine needs no protoc.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/workload.proto", "proto/writ/admin/v1/admin.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,898 @@
+//! Trust-domain certificate authorities: one per band, each with its own keys.
+//!
+//! Owns: CA keys (ECDSA P-256 through ring), self-signed roots, rotation, minting of
+//! X.509-SVIDs and JWT-SVIDs, and the bundles. Must never: copy anything but the public
+//! key out of a CSR, sign with one band's key for another band's trust domain, log or
+//! return a CA private key, or mint past the issuing authority's notAfter.
+
+pub mod authority;
+pub mod bundle;
+pub mod csr;
+mod der;
+pub mod jwt;
+pub mod keys;
+pub mod x509;
+
+pub use authority::{AuthorityRecord, AuthorityState, RotationStep, rotation_steps};
+
+use crate::clock::SharedClock;
+use crate::store::{Store, StoreError, SvidRecord};
+use keys::{EcKey, SignatureEncoding};
+use ring::rand::SecureRandom;
+use serde::Deserialize;
+use spiffe::{SpiffeId, TrustDomain};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use time::OffsetDateTime;
+use writ_verifier::{Band, ClaimsError, WritClaims};
+
+/// The longest SPIFFE ID writ will put in an SVID (SPIFFE-ID.md §2.3: SHOULD NOT exceed).
+pub const MAX_SPIFFE_ID_LEN: usize = 2048;
+/// Upper bound on DNS SANs in one SVID.
+pub const MAX_DNS_NAMES: usize = 16;
+
+/// Why a CA operation failed. Every variant but `Io`, `Crypto`, `Store` and
+/// `Certificate` is the caller's mistake and maps to "invalid argument".
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaError {
+    /// The SPIFFE ID is malformed, has no path, or is too long.
+    #[error("invalid SPIFFE ID {id:?}: {reason}")]
+    BadSpiffeId {
+        /// What was given.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The SPIFFE ID belongs to another trust domain than the CA asked to sign it.
+    #[error("SPIFFE ID {id} is not in trust domain {trust_domain}")]
+    WrongTrustDomain {
+        /// The SPIFFE ID.
+        id: String,
+        /// The CA's trust domain.
+        trust_domain: String,
+    },
+    /// The TTL is zero or longer than the CA guarantees.
+    #[error("invalid TTL: {0}")]
+    BadTtl(String),
+    /// The CSR is malformed, its signature fails, or it asks for too much.
+    #[error("malformed CSR: {0}")]
+    BadCsr(String),
+    /// The public key is malformed or of an unsupported type.
+    #[error("unsupported public key: {0}")]
+    BadKey(String),
+    /// Another request field is invalid.
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    /// The claims could not be encoded.
+    #[error(transparent)]
+    Claims(#[from] ClaimsError),
+    /// The configuration is inconsistent.
+    #[error("invalid CA configuration: {0}")]
+    Config(String),
+    /// rcgen refused to build a CA certificate.
+    #[error("building CA certificate: {0}")]
+    Certificate(String),
+    /// A cryptographic primitive failed.
+    #[error("crypto: {0}")]
+    Crypto(&'static str),
+    /// A key file could not be read or written.
+    #[error("{0}")]
+    Io(String, #[source] std::io::Error),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No authority of the trust domain can sign right now.
+    #[error("no active authority for trust domain {0}")]
+    NoAuthority(String),
+}
+
+impl CaError {
+    /// Whether the error is the caller's (bad input) rather than the server's.
+    pub fn is_invalid_argument(&self) -> bool {
+        matches!(
+            self,
+            CaError::BadSpiffeId { .. }
+                | CaError::WrongTrustDomain { .. }
+                | CaError::BadTtl(_)
+                | CaError::BadCsr(_)
+                | CaError::BadKey(_)
+                | CaError::BadRequest(_)
+                | CaError::Claims(_)
+        )
+    }
+}
+
+/// Lifetimes, as configured. Defaults follow DESIGN.md §3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaConfig {
+    /// Lifetime of each CA authority.
+    #[serde(with = "humantime_serde_secs")]
+    pub ca_ttl: Duration,
+    /// Default X.509-SVID TTL.
+    #[serde(with = "humantime_serde_secs")]
+    pub x509_svid_ttl: Duration,
+    /// Default JWT-SVID TTL.
+    #[serde(with = "humantime_serde_secs")]
+    pub jwt_svid_ttl: Duration,
+    /// The longest TTL any SVID may have; the CA lifetime must be ≥ 6 × this.
+    #[serde(with = "humantime_serde_secs")]
+    pub max_svid_ttl: Duration,
+    /// `spiffe_refresh_hint` in bundles.
+    #[serde(with = "humantime_serde_secs")]
+    pub refresh_hint: Duration,
+    /// How far notBefore is backdated for clock skew.
+    #[serde(with = "humantime_serde_secs")]
+    pub backdate: Duration,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        CaConfig {
+            ca_ttl: Duration::from_secs(24 * 3600),
+            x509_svid_ttl: Duration::from_secs(5 * 60),
+            jwt_svid_ttl: Duration::from_secs(5 * 60),
+            max_svid_ttl: Duration::from_secs(3600),
+            refresh_hint: Duration::from_secs(60),
+            backdate: Duration::from_secs(10),
+        }
+    }
+}
+
+impl CaConfig {
+    /// Checks the invariants: CA lifetime ≥ 6 × the longest SVID TTL (so rotation at
+    /// half-life leaves every SVID its full TTL), defaults within the maximum.
+    pub fn validate(&self) -> Result<(), CaError> {
+        let secs = |d: Duration| d.as_secs();
+        if secs(self.max_svid_ttl) == 0
+            || secs(self.x509_svid_ttl) == 0
+            || secs(self.jwt_svid_ttl) == 0
+        {
+            return Err(CaError::Config("TTLs must be at least one second".into()));
+        }
+        if self.x509_svid_ttl > self.max_svid_ttl || self.jwt_svid_ttl > self.max_svid_ttl {
+            return Err(CaError::Config(
+                "default SVID TTLs exceed max_svid_ttl".into(),
+            ));
+        }
+        if secs(self.ca_ttl) < 6 * secs(self.max_svid_ttl) {
+            return Err(CaError::Config(format!(
+                "ca_ttl ({}s) must be at least 6 x max_svid_ttl ({}s)",
+                secs(self.ca_ttl),
+                secs(self.max_svid_ttl)
+            )));
+        }
+        Ok(())
+    }
+}
+
+mod humantime_serde_secs {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One loaded authority: its record and keys, with what minting needs pre-parsed.
+pub struct Authority {
+    record: AuthorityRecord,
+    x509_key: Arc<EcKey>,
+    jwt_key: Arc<EcKey>,
+    subject_der: Vec<u8>,
+    key_id: Vec<u8>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("id", &self.record.id)
+            .field("state", &self.record.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    /// The durable record.
+    pub fn record(&self) -> &AuthorityRecord {
+        &self.record
+    }
+
+    fn from_parts(
+        record: AuthorityRecord,
+        x509_key: EcKey,
+        jwt_key: EcKey,
+    ) -> Result<Self, CaError> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(&record.cert_der)
+            .map_err(|e| CaError::Certificate(format!("stored CA certificate unreadable: {e}")))?;
+        if cert.public_key().subject_public_key.data.as_ref() != x509_key.public_point() {
+            return Err(CaError::Certificate(format!(
+                "authority {}: key file does not match its certificate",
+                record.id
+            )));
+        }
+        let subject_der = cert.tbs_certificate.subject.as_raw().to_vec();
+        let key_id = x509::key_identifier(&x509_key.spki_der());
+        Ok(Authority {
+            record,
+            x509_key: Arc::new(x509_key),
+            jwt_key: Arc::new(jwt_key),
+            subject_der,
+            key_id,
+        })
+    }
+}
+
+/// What to put in an X.509 or JWT SVID, beside the key or audience.
+#[derive(Clone, Debug)]
+pub struct SvidRequest {
+    /// The identity.
+    pub spiffe_id: SpiffeId,
+    /// Requested lifetime; `None` takes the CA's default.
+    pub ttl: Option<Duration>,
+    /// writ's claims; `None` mints a plain SPIFFE SVID.
+    pub claims: Option<WritClaims>,
+    /// DNS SANs (X.509 only).
+    pub dns_names: Vec<String>,
+}
+
+/// The subject's key, as a CSR or as a bare public key.
+#[derive(Clone, Copy, Debug)]
+pub enum SubjectKey<'a> {
+    /// A PKCS#10 CSR (DER); its signature is verified and only its key is used.
+    Csr(&'a [u8]),
+    /// A DER SubjectPublicKeyInfo.
+    PublicKey(&'a [u8]),
+}
+
+/// A freshly minted X.509-SVID.
+#[derive(Clone, Debug)]
+pub struct MintedX509 {
+    /// DER of the leaf.
+    pub cert_der: Vec<u8>,
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// Seconds since the epoch.
+    pub not_before: i64,
+    /// Seconds since the epoch.
+    pub not_after: i64,
+    /// The authority that signed it.
+    pub authority_id: String,
+}
+
+/// A freshly minted JWT-SVID.
+#[derive(Clone, Debug)]
+pub struct MintedJwt {
+    /// The compact JWS.
+    pub token: String,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: i64,
+}
+
+struct CaState {
+    authorities: Vec<Arc<Authority>>,
+    sequence: u64,
+}
+
+impl CaState {
+    fn active(&self) -> Option<&Arc<Authority>> {
+        self.authorities
+            .iter()
+            .find(|a| a.record.state == AuthorityState::Active)
+    }
+}
+
+/// The CA of one trust domain (one band).
+pub struct TrustDomainCa {
+    band: Band,
+    trust_domain: TrustDomain,
+    key_dir: PathBuf,
+    store: Arc<Store>,
+    config: CaConfig,
+    state: RwLock<Arc<CaState>>,
+    rotation: Mutex<()>,
+}
+
+impl std::fmt::Debug for TrustDomainCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustDomainCa")
+            .field("trust_domain", &self.trust_domain.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_to_datetime(unix: i64) -> Result<OffsetDateTime, CaError> {
+    OffsetDateTime::from_unix_timestamp(unix).map_err(|_| CaError::Crypto("time out of range"))
+}
+
+fn random_hex(bytes: usize) -> Result<String, CaError> {
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| CaError::Crypto("no randomness"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl TrustDomainCa {
+    /// Loads the trust domain's authorities from `store` and `key_dir`, creating the
+    /// first one if there is none, and applies any rotation that is due at `now`.
+    pub fn open(
+        band: Band,
+        trust_domain: TrustDomain,
+        key_dir: &Path,
+        store: Arc<Store>,
+        config: CaConfig,
+        now: i64,
+    ) -> Result<Self, CaError> {
+        config.validate()?;
+        let key_dir = key_dir.join(trust_domain.to_string());
+        create_private_dir(&key_dir)?;
+        let (records, sequence) = store.authorities(&trust_domain.to_string())?;
+        let mut authorities = Vec::with_capacity(records.len());
+        for record in records {
+            let x509_key = EcKey::read(
+                &key_path(&key_dir, &record.id, "x509"),
+                SignatureEncoding::Asn1,
+            )?;
+            let jwt_key = EcKey::read(
+                &key_path(&key_dir, &record.id, "jwt"),
+                SignatureEncoding::Fixed,
+            )?;
+            authorities.push(Arc::new(Authority::from_parts(record, x509_key, jwt_key)?));
+        }
+        let ca = TrustDomainCa {
+            band,
+            trust_domain,
+            key_dir,
+            store,
+            config,
+            state: RwLock::new(Arc::new(CaState {
+                authorities,
+                sequence,
+            })),
+            rotation: Mutex::new(()),
+        };
+        ca.rotate(now)?;
+        Ok(ca)
+    }
+
+    /// The band this CA serves.
+    pub fn band(&self) -> Band {
+        self.band
+    }
+
+    /// The trust domain this CA serves.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &CaConfig {
+        &self.config
+    }
+
+    fn snapshot(&self) -> Arc<CaState> {
+        match self.state.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Every authority, in the order they were created.
+    pub fn authorities(&self) -> Vec<AuthorityRecord> {
+        self.snapshot()
+            .authorities
+            .iter()
+            .map(|a| a.record.clone())
+            .collect()
+    }
+
+    /// Applies whatever [`rotation_steps`] asks for at `now`. Returns whether anything
+    /// changed. Persists before publishing: a crash leaves the old state, or the new.
+    pub fn rotate(&self, now: i64) -> Result<bool, CaError> {
+        let steps = {
+            let snapshot = self.snapshot();
+            let records: Vec<_> = snapshot
+                .authorities
+                .iter()
+                .map(|a| a.record.clone())
+                .collect();
+            rotation_steps(&records, now)
+        };
+        self.apply(&steps, now)
+    }
+
+    /// Prepares the next authority now, whatever the schedule says (`writ authority
+    /// prepare`). Refused if one is already prepared.
+    pub fn prepare(&self, now: i64) -> Result<(), CaError> {
+        if self
+            .authorities()
+            .iter()
+            .any(|r| r.state == AuthorityState::Prepared)
+        {
+            return Err(CaError::BadRequest(
+                "an authority is already prepared".into(),
+            ));
+        }
+        self.apply(&[RotationStep::Prepare], now).map(|_| ())
+    }
+
+    /// Activates the prepared authority now (`writ authority activate`).
+    pub fn activate(&self, now: i64) -> Result<(), CaError> {
+        let prepared = self
+            .authorities()
+            .into_iter()
+            .find(|r| r.state == AuthorityState::Prepared)
+            .ok_or_else(|| CaError::BadRequest("no prepared authority to activate".into()))?;
+        self.apply(&[RotationStep::Activate(prepared.id)], now)
+            .map(|_| ())
+    }
+
+    fn apply(&self, steps: &[RotationStep], now: i64) -> Result<bool, CaError> {
+        if steps.is_empty() {
+            return Ok(false);
+        }
+        let _serial = self
+            .rotation
+            .lock()
+            .map_err(|_| CaError::Crypto("rotation lock poisoned"))?;
+        let current = self.snapshot();
+        let mut authorities: Vec<Arc<Authority>> = current.authorities.clone();
+        let mut sequence = current.sequence;
+        let mut pruned = Vec::new();
+        for step in steps {
+            match step {
+                RotationStep::Bootstrap | RotationStep::Prepare => {
+                    let state = if *step == RotationStep::Bootstrap {
+                        AuthorityState::Active
+                    } else {
+                        AuthorityState::Prepared
+                    };
+                    if state == AuthorityState::Active {
+                        retire_active(&mut authorities);
+                    }
+                    authorities.push(Arc::new(self.create_authority(state, now)?));
+                    sequence += 1;
+                }
+                RotationStep::Activate(id) => {
+                    let Some(index) = authorities.iter().position(|a| &a.record.id == id) else {
+                        continue;
+                    };
+                    retire_active(&mut authorities);
+                    authorities[index] =
+                        Arc::new(with_state(&authorities[index], AuthorityState::Active));
+                    // The key set is unchanged, but consumers keyed on the sequence
+                    // should still learn that the signer changed.
+                    sequence += 1;
+                }
+                RotationStep::Prune(id) => {
+                    if let Some(index) = authorities.iter().position(|a| &a.record.id == id) {
+                        pruned.push(authorities.remove(index));
+                        sequence += 1;
+                    }
+                }
+            }
+        }
+        let records: Vec<_> = authorities.iter().map(|a| a.record.clone()).collect();
+        self.store
+            .put_authorities(&self.trust_domain.to_string(), &records, sequence)?;
+        {
+            let mut guard = match self.state.write() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            *guard = Arc::new(CaState {
+                authorities,
+                sequence,
+            });
+        }
+        for authority in pruned {
+            for kind in ["x509", "jwt"] {
+                // Best effort: the record is gone, so a leftover file is never used.
+                let _ = std::fs::remove_file(key_path(&self.key_dir, &authority.record.id, kind));
+            }
+        }
+        tracing::info!(trust_domain = %self.trust_domain, ?steps, sequence, "rotated CA authorities");
+        Ok(true)
+    }
+
+    fn create_authority(&self, state: AuthorityState, now: i64) -> Result<Authority, CaError> {
+        let id = random_hex(8)?;
+        let x509_key = EcKey::generate(SignatureEncoding::Asn1)?;
+        let jwt_key = EcKey::generate(SignatureEncoding::Fixed)?;
+        let not_before = now - self.config.backdate.as_secs() as i64;
+        let not_after = now + self.config.ca_ttl.as_secs() as i64;
+        let cert_der = x509::build_ca_cert(
+            &self.trust_domain,
+            &id,
+            &x509_key,
+            unix_to_datetime(not_before)?,
+            unix_to_datetime(not_after)?,
+        )?;
+        // Keys are durable before the record that names them is written.
+        x509_key.write_new(&key_path(&self.key_dir, &id, "x509"))?;
+        jwt_key.write_new(&key_path(&self.key_dir, &id, "jwt"))?;
+        let record = AuthorityRecord {
+            jwt_kid: jwt::key_id(jwt_key.public_point())?,
+            id,
+            state,
+            cert_der,
+            not_before,
+            not_after,
+        };
+        Authority::from_parts(record, x509_key, jwt_key)
+    }
+
+    fn check_request(
+        &self,
+        request: &SvidRequest,
+        default_ttl: Duration,
+    ) -> Result<Duration, CaError> {
+        let id = request.spiffe_id.to_string();
+        if request.spiffe_id.trust_domain() != &self.trust_domain {
+            return Err(CaError::WrongTrustDomain {
+                id,
+                trust_domain: self.trust_domain.to_string(),
+            });
+        }
+        if request.spiffe_id.path().is_empty() {
+            return Err(CaError::BadSpiffeId {
+                id,
+                reason: "an SVID's SPIFFE ID must have a path".into(),
+            });
+        }
+        if id.len() > MAX_SPIFFE_ID_LEN {
+            return Err(CaError::BadSpiffeId {
+                id: format!("{}…", &id[..64]),
+                reason: format!("longer than {MAX_SPIFFE_ID_LEN} bytes"),
+            });
+        }
+        if let Some(claims) = &request.claims {
+            if claims.band != Some(self.band) {
+                return Err(CaError::BadRequest(format!(
+                    "claims name band {:?}, but this CA is the {} band",
+                    claims.band.map(|b| b.as_str()),
+                    self.band
+                )));
+            }
+        }
+        let ttl = request.ttl.unwrap_or(default_ttl);
+        if ttl.as_secs() == 0 {
+            return Err(CaError::BadTtl("must be at least one second".into()));
+        }
+        if ttl > self.config.max_svid_ttl {
+            return Err(CaError::BadTtl(format!(
+                "{} exceeds the maximum of {}",
+                humantime::format_duration(ttl),
+                humantime::format_duration(self.config.max_svid_ttl)
+            )));
+        }
+        Ok(ttl)
+    }
+
+    /// Mints an X.509-SVID for `request`, with the subject's key from `key`.
+    pub fn mint_x509(
+        &self,
+        key: SubjectKey<'_>,
+        request: &SvidRequest,
+        now: i64,
+    ) -> Result<MintedX509, CaError> {
+        let ttl = self.check_request(request, self.config.x509_svid_ttl)?;
+        if request.dns_names.len() > MAX_DNS_NAMES {
+            return Err(CaError::BadRequest(format!(
+                "at most {MAX_DNS_NAMES} DNS names"
+            )));
+        }
+        for name in &request.dns_names {
+            rustls_pki_types::DnsName::try_from(name.as_str())
+                .map_err(|_| CaError::BadRequest(format!("invalid DNS name {name:?}")))?;
+        }
+        let spki_der = match key {
+            SubjectKey::Csr(der) => csr::verify_csr(der, &request.spiffe_id)?.spki_der,
+            SubjectKey::PublicKey(der) => csr::verify_spki(der)?,
+        };
+        let claims_der = request
+            .claims
+            .as_ref()
+            .map(WritClaims::to_der)
+            .transpose()?;
+        let state = self.snapshot();
+        let authority = state
+            .active()
+            .ok_or_else(|| CaError::NoAuthority(self.trust_domain.to_string()))?;
+        let not_before = now - self.config.backdate.as_secs() as i64;
+        let not_after = (now + ttl.as_secs() as i64).min(authority.record.not_after);
+        if not_after <= now {
+            return Err(CaError::NoAuthority(self.trust_domain.to_string()));
+        }
+        let mut serial = [0u8; 16];
+        ring::rand::SystemRandom::new()
+            .fill(&mut serial)
+            .map_err(|_| CaError::Crypto("no randomness"))?;
+        serial[0] = (serial[0] & 0x7f) | 0x40;
+        let cert_der = x509::build_leaf(
+            &x509::IssuerRef {
+                subject_der: &authority.subject_der,
+                key_id: &authority.key_id,
+                key: &authority.x509_key,
+            },
+            &x509::LeafSpec {
+                spiffe_id: &request.spiffe_id,
+                dns_names: &request.dns_names,
+                spki_der: &spki_der,
+                not_before: unix_to_datetime(not_before)?,
+                not_after: unix_to_datetime(not_after)?,
+                claims_der: claims_der.as_deref(),
+                serial,
+            },
+        )?;
+        Ok(MintedX509 {
+            cert_der,
+            serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
+            not_before,
+            not_after,
+            authority_id: authority.record.id.clone(),
+        })
+    }
+
+    /// Mints a JWT-SVID for `request` and `audience`.
+    pub fn mint_jwt(
+        &self,
+        request: &SvidRequest,
+        audience: &[String],
+        now: i64,
+    ) -> Result<MintedJwt, CaError> {
+        let ttl = self.check_request(request, self.config.jwt_svid_ttl)?;
+        jwt::check_audience(audience)?;
+        let state = self.snapshot();
+        let authority = state
+            .active()
+            .ok_or_else(|| CaError::NoAuthority(self.trust_domain.to_string()))?;
+        let expires_at = (now + ttl.as_secs() as i64).min(authority.record.not_after);
+        let token = jwt::sign_jwt(
+            &authority.jwt_key,
+            &authority.record.jwt_kid,
+            &jwt::JwtSpec {
+                spiffe_id: &request.spiffe_id,
+                audience,
+                issued_at: now,
+                expires_at,
+                claims: request.claims.as_ref(),
+            },
+        )?;
+        Ok(MintedJwt { token, expires_at })
+    }
+
+    /// The X.509 bundle: every published CA certificate (prepared, active, retired).
+    pub fn x509_bundle(&self) -> Vec<Vec<u8>> {
+        self.snapshot()
+            .authorities
+            .iter()
+            .map(|a| a.record.cert_der.clone())
+            .collect()
+    }
+
+    /// The bundle's sequence number (`spiffe_sequence`).
+    pub fn sequence(&self) -> u64 {
+        self.snapshot().sequence
+    }
+
+    /// The SPIFFE bundle as a JWKS document.
+    pub fn jwks(&self) -> Result<serde_json::Value, CaError> {
+        let state = self.snapshot();
+        let x509: Vec<_> = state
+            .authorities
+            .iter()
+            .map(|a| bundle::X509Authority {
+                cert_der: &a.record.cert_der,
+                point: a.x509_key.public_point(),
+            })
+            .collect();
+        let jwt: Vec<_> = state
+            .authorities
+            .iter()
+            .map(|a| bundle::JwtAuthority {
+                kid: &a.record.jwt_kid,
+                point: a.jwt_key.public_point(),
+            })
+            .collect();
+        bundle::jwks(
+            &x509,
+            &jwt,
+            state.sequence,
+            self.config.refresh_hint.as_secs(),
+        )
+    }
+
+    /// Only the JWT keys, as FetchJWTBundles serves them.
+    pub fn jwt_jwks(&self) -> Result<serde_json::Value, CaError> {
+        let state = self.snapshot();
+        let jwt: Vec<_> = state
+            .authorities
+            .iter()
+            .map(|a| bundle::JwtAuthority {
+                kid: &a.record.jwt_kid,
+                point: a.jwt_key.public_point(),
+            })
+            .collect();
+        bundle::jwt_jwks(&jwt)
+    }
+}
+
+fn retire_active(authorities: &mut [Arc<Authority>]) {
+    for slot in authorities.iter_mut() {
+        if slot.record.state == AuthorityState::Active {
+            *slot = Arc::new(with_state(slot, AuthorityState::Retired));
+        }
+    }
+}
+
+fn with_state(authority: &Authority, state: AuthorityState) -> Authority {
+    let mut record = authority.record.clone();
+    record.state = state;
+    Authority {
+        record,
+        x509_key: Arc::clone(&authority.x509_key),
+        jwt_key: Arc::clone(&authority.jwt_key),
+        subject_der: authority.subject_der.clone(),
+        key_id: authority.key_id.clone(),
+    }
+}
+
+fn key_path(dir: &Path, id: &str, kind: &str) -> PathBuf {
+    dir.join(format!("{id}.{kind}.key"))
+}
+
+/// Creates `dir` (and parents) readable only by its owner.
+pub fn create_private_dir(dir: &Path) -> Result<(), CaError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| CaError::Io(format!("create {}", dir.display()), e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| CaError::Io(format!("chmod {}", dir.display()), e))
+}
+
+/// The CAs of every band, the store they record issuance in, and the clock.
+pub struct CaSet {
+    base: TrustDomain,
+    cas: BTreeMap<Band, TrustDomainCa>,
+    store: Arc<Store>,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for CaSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaSet")
+            .field("base", &self.base.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CaSet {
+    /// Opens (creating on first start) the CA of every band under `base`.
+    pub fn open(
+        base: TrustDomain,
+        key_dir: &Path,
+        store: Arc<Store>,
+        config: CaConfig,
+        clock: SharedClock,
+    ) -> Result<Self, CaError> {
+        let now = clock.unix();
+        let mut cas = BTreeMap::new();
+        for band in Band::ALL {
+            let td = TrustDomain::new(band.trust_domain_name(&base.to_string())).map_err(|e| {
+                CaError::Config(format!("trust domain for band {band} under {base}: {e}"))
+            })?;
+            cas.insert(
+                band,
+                TrustDomainCa::open(band, td, key_dir, Arc::clone(&store), config, now)?,
+            );
+        }
+        Ok(CaSet {
+            base,
+            cas,
+            store,
+            clock,
+        })
+    }
+
+    /// The base trust domain.
+    pub fn base(&self) -> &TrustDomain {
+        &self.base
+    }
+
+    /// The CA of `band`.
+    pub fn ca(&self, band: Band) -> &TrustDomainCa {
+        // Every band is inserted by `open`; indexing cannot miss.
+        &self.cas[&band]
+    }
+
+    /// Every band's CA.
+    pub fn iter(&self) -> impl Iterator<Item = &TrustDomainCa> {
+        self.cas.values()
+    }
+
+    /// The band whose trust domain `id` belongs to.
+    pub fn band_of(&self, id: &SpiffeId) -> Result<Band, CaError> {
+        self.cas
+            .values()
+            .find(|ca| id.trust_domain() == ca.trust_domain())
+            .map(|ca| ca.band)
+            .ok_or_else(|| CaError::WrongTrustDomain {
+                id: id.to_string(),
+                trust_domain: self
+                    .cas
+                    .values()
+                    .map(|ca| ca.trust_domain().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// The clock.
+    pub fn now(&self) -> i64 {
+        self.clock.unix()
+    }
+
+    /// Mints an X.509-SVID in `band` and records it durably before returning it.
+    pub fn mint_x509(
+        &self,
+        band: Band,
+        key: SubjectKey<'_>,
+        request: &SvidRequest,
+    ) -> Result<MintedX509, CaError> {
+        let minted = self.ca(band).mint_x509(key, request, self.now())?;
+        self.store.put_svid(&SvidRecord {
+            serial: minted.serial.clone(),
+            spiffe_id: request.spiffe_id.to_string(),
+            band,
+            authority_id: minted.authority_id.clone(),
+            incident: request.claims.as_ref().and_then(|c| c.incident.clone()),
+            not_before: minted.not_before,
+            not_after: minted.not_after,
+        })?;
+        tracing::info!(spiffe_id = %request.spiffe_id, serial = %minted.serial, %band, not_after = minted.not_after, "minted x509-svid");
+        Ok(minted)
+    }
+
+    /// Mints a JWT-SVID in `band`.
+    pub fn mint_jwt(
+        &self,
+        band: Band,
+        request: &SvidRequest,
+        audience: &[String],
+    ) -> Result<MintedJwt, CaError> {
+        let minted = self.ca(band).mint_jwt(request, audience, self.now())?;
+        tracing::info!(spiffe_id = %request.spiffe_id, %band, exp = minted.expires_at, "minted jwt-svid");
+        Ok(minted)
+    }
+
+    /// Runs rotation for every band at the clock's now.
+    pub fn rotate(&self) -> Result<bool, CaError> {
+        let now = self.now();
+        let mut changed = false;
+        for ca in self.cas.values() {
+            changed |= ca.rotate(now)?;
+        }
+        Ok(changed)
+    }
+
+    /// Seconds until some band's rotation is next due.
+    pub fn next_rotation_in(&self) -> i64 {
+        let now = self.now();
+        self.cas
+            .values()
+            .map(|ca| authority::next_rotation_in(&ca.authorities(), now))
+            .min()
+            .unwrap_or(60)
+    }
+}

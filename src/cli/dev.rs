@@ -1,0 +1,97 @@
+//! `writ dev`: the issuer in one process with embedded storage and a local admin socket.
+
+use crate::clock::SystemClock;
+use crate::config::RawConfig;
+use crate::server::{Issuer, bind_unix, serve_admin};
+use anyhow::Context;
+use clap::Args;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Flags of `writ dev`; each overrides the config file.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Config file (TOML); optional.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the store, keys and sockets live [default: ./writ-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The admin socket [default: DATA_DIR/admin.sock].
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+    /// Base trust domain [default: example.org].
+    #[arg(long)]
+    trust_domain: Option<String>,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let mut raw = match &args.config {
+        Some(path) => RawConfig::load(path)?,
+        None => RawConfig::default(),
+    };
+    if args.data_dir.is_some() {
+        raw.data_dir = args.data_dir;
+    }
+    if args.admin_socket.is_some() {
+        raw.admin_socket = args.admin_socket;
+    }
+    if args.trust_domain.is_some() {
+        raw.trust_domain = args.trust_domain;
+    }
+    let config = raw.resolve()?;
+    let issuer = Issuer::open(config, Arc::new(SystemClock))?;
+    let listener = bind_unix(&issuer.config.admin_socket).await?;
+    print_banner(&issuer);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    };
+    let rotation = tokio::spawn(Arc::clone(&issuer).run_rotation(wait_stop(stop_rx.clone())));
+    let server = tokio::spawn(serve_admin(
+        listener,
+        Arc::clone(&issuer),
+        wait_stop(stop_rx),
+    ));
+
+    shutdown_signal().await?;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    server.await.context("admin server task")??;
+    let _ = rotation.await;
+    let _ = std::fs::remove_file(&issuer.config.admin_socket);
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn print_banner(issuer: &Issuer) {
+    let config = &issuer.config;
+    let socket = std::path::absolute(&config.admin_socket).unwrap_or(config.admin_socket.clone());
+    println!("writ dev: issuer for {} is running", config.trust_domain);
+    for ca in issuer.cas.iter() {
+        println!(
+            "  {:<14} {}",
+            format!("{}:", ca.band()),
+            ca.trust_domain().id_string()
+        );
+    }
+    println!("  data dir:      {}", config.data_dir.display());
+    println!("  admin socket:  {}", socket.display());
+    println!();
+    println!("In another shell:");
+    println!("  export WRIT_ADMIN_SOCKET={}", socket.display());
+    println!("  writ bundle show --band investigative > bundle.pem");
+    println!("  writ x509 mint --agent triage --incident INC-1 --out ./svid");
+    println!("  openssl verify -x509_strict -CAfile bundle.pem ./svid/svid.pem");
+    println!("Stop with Ctrl-C.");
+}

@@ -1,0 +1,127 @@
+//! The `writ` command line: one file per command group; this file only parses and
+//! dispatches. Every admin command reaches the server over the admin socket.
+
+mod bundle;
+mod client;
+mod dev;
+mod mint;
+
+use crate::ttl::Ttl;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use writ_verifier::Band;
+
+/// writ: SPIFFE workload identities for AI SRE agents.
+#[derive(Debug, Parser)]
+#[command(name = "writ", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the issuer with embedded storage and a local admin socket.
+    Dev(dev::DevArgs),
+    /// X.509-SVIDs.
+    #[command(subcommand)]
+    X509(X509Command),
+    /// JWT-SVIDs.
+    #[command(subcommand)]
+    Jwt(JwtCommand),
+    /// Trust bundles.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Check that the server answers.
+    Healthcheck(AdminArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum X509Command {
+    /// Mint an X.509-SVID: the key is generated here and never sent; the server signs a CSR.
+    Mint(mint::X509MintArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum JwtCommand {
+    /// Mint a JWT-SVID and print it.
+    Mint(mint::JwtMintArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum BundleCommand {
+    /// Print the trust bundle of one band, or of all.
+    Show(bundle::ShowArgs),
+}
+
+/// How to reach the server, and how to print.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// The admin socket.
+    #[arg(
+        long,
+        env = "WRIT_ADMIN_SOCKET",
+        default_value = "./writ-data/admin.sock"
+    )]
+    admin_socket: PathBuf,
+    /// Print JSON (one object).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Who an SVID is for.
+#[derive(Debug, Clone, Args)]
+pub struct IdentityArgs {
+    /// Band: investigative, remediation or base.
+    #[arg(long, value_parser = parse_band)]
+    band: Option<Band>,
+    /// An explicit SPIFFE ID.
+    #[arg(long, conflicts_with_all = ["agent", "incident", "grant"], required_unless_present = "agent")]
+    spiffe_id: Option<String>,
+    /// Agent name (with --incident): writ derives the SPIFFE ID and claims.
+    #[arg(long, requires = "incident")]
+    agent: Option<String>,
+    /// Incident id.
+    #[arg(long, requires = "agent")]
+    incident: Option<String>,
+    /// Grant id (remediation band).
+    #[arg(long, requires = "agent")]
+    grant: Option<String>,
+    /// Scope to embed in the claims (repeatable).
+    #[arg(long = "scope")]
+    scopes: Vec<String>,
+    /// Lifetime, e.g. 90s or 5m (default: the server's).
+    #[arg(long)]
+    ttl: Option<Ttl>,
+}
+
+fn parse_band(s: &str) -> Result<Band, String> {
+    s.parse()
+        .map_err(|e: writ_verifier::ClaimsError| e.to_string())
+}
+
+impl IdentityArgs {
+    fn to_proto(&self) -> crate::proto::admin::Identity {
+        crate::proto::admin::Identity {
+            band: self.band.map(|b| b.to_string()).unwrap_or_default(),
+            spiffe_id: self.spiffe_id.clone().unwrap_or_default(),
+            agent: self.agent.clone().unwrap_or_default(),
+            incident: self.incident.clone().unwrap_or_default(),
+            grant: self.grant.clone().unwrap_or_default(),
+            scopes: self.scopes.clone(),
+        }
+    }
+}
+
+impl Cli {
+    /// Runs the command.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Dev(args) => dev::run(args).await,
+            Command::X509(X509Command::Mint(args)) => mint::x509(args).await,
+            Command::Jwt(JwtCommand::Mint(args)) => mint::jwt(args).await,
+            Command::Bundle(BundleCommand::Show(args)) => bundle::show(args).await,
+            Command::Healthcheck(args) => bundle::healthcheck(args).await,
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Configuration: a TOML file (every field optional, unknown fields refused) → [`Config`].
+//! Command-line flags override the file; no file at all gives working defaults.
+
+use crate::ca::CaConfig;
+use anyhow::Context;
+use serde::Deserialize;
+use spiffe::TrustDomain;
+use std::path::{Path, PathBuf};
+
+/// The file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Where the store, keys and sockets live.
+    pub data_dir: Option<PathBuf>,
+    /// The base trust domain; bands are `investigate.<base>` and `remediate.<base>`.
+    pub trust_domain: Option<String>,
+    /// The admin API's Unix socket.
+    pub admin_socket: Option<PathBuf>,
+    /// Lifetimes.
+    #[serde(default)]
+    pub ca: CaConfig,
+}
+
+/// The configuration in force.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the store, keys and sockets live.
+    pub data_dir: PathBuf,
+    /// The base trust domain.
+    pub trust_domain: TrustDomain,
+    /// The admin API's Unix socket.
+    pub admin_socket: PathBuf,
+    /// Lifetimes.
+    pub ca: CaConfig,
+}
+
+/// Default data directory, relative to where writ runs.
+pub const DEFAULT_DATA_DIR: &str = "./writ-data";
+/// Default base trust domain.
+pub const DEFAULT_TRUST_DOMAIN: &str = "example.org";
+
+impl RawConfig {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+    }
+
+    /// Validates and fills in defaults.
+    pub fn resolve(self) -> anyhow::Result<Config> {
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let td = self
+            .trust_domain
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.into());
+        let trust_domain = writ_verifier::parse_trust_domain(&td)?;
+        // Bands prefix the base with a label; the result must still be a trust domain.
+        for band in writ_verifier::Band::ALL {
+            let name = band.trust_domain_name(trust_domain.as_str());
+            TrustDomain::new(&name)
+                .map_err(|e| anyhow::anyhow!("trust domain {name:?} (band {band}): {e}"))?;
+        }
+        self.ca.validate()?;
+        let admin_socket = self
+            .admin_socket
+            .unwrap_or_else(|| data_dir.join("admin.sock"));
+        Ok(Config {
+            data_dir,
+            trust_domain,
+            admin_socket,
+            ca: self.ca,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file() {
+        let config = RawConfig::default().resolve().unwrap();
+        assert_eq!(config.trust_domain.as_str(), "example.org");
+        assert_eq!(config.admin_socket, PathBuf::from("./writ-data/admin.sock"));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        assert!(toml::from_str::<RawConfig>("trust_domian = \"x\"").is_err());
+        assert!(toml::from_str::<RawConfig>("[ca]\nca_tll = \"1h\"").is_err());
+        let bad_td: RawConfig = toml::from_str("trust_domain = \"Example.ORG\"").unwrap();
+        assert!(bad_td.resolve().is_err());
+        let short_ca: RawConfig =
+            toml::from_str("[ca]\nca_ttl = \"1h\"\nmax_svid_ttl = \"30m\"").unwrap();
+        assert!(short_ca.resolve().is_err());
+    }
+
+    #[test]
+    fn file_values_are_used() {
+        let raw: RawConfig = toml::from_str(
+            "data_dir = \"/tmp/w\"\ntrust_domain = \"corp.test\"\n[ca]\nx509_svid_ttl = \"2m\"",
+        )
+        .unwrap();
+        let config = raw.resolve().unwrap();
+        assert_eq!(config.ca.x509_svid_ttl.as_secs(), 120);
+        assert_eq!(config.admin_socket, PathBuf::from("/tmp/w/admin.sock"));
+    }
+}

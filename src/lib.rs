@@ -1,0 +1,24 @@
+//! writ: a SPIFFE workload identity issuer for AI SRE agents.
+//!
+//! A map of the modules:
+//! * [`ca`]: one certificate authority per band (trust domain); mints X.509 and JWT
+//!   SVIDs, rotates authorities, serves bundles.
+//! * [`identity`]: how writ names agents, incidents and grants as SPIFFE IDs.
+//! * [`store`]: the durable state, in redb, behind a typed interface.
+//! * [`server`]: the issuer process and its gRPC admin API.
+//! * [`cli`]: the `writ` command line, one file per command group.
+//! * [`config`]: configuration file → typed config.
+//! * [`proto`]: generated gRPC code (the SPIFFE Workload API and writ's own APIs).
+#![forbid(unsafe_code)]
+
+pub mod ca;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod identity;
+pub mod proto;
+pub mod server;
+pub mod store;
+pub mod ttl;
+
+pub use writ_verifier::{Band, WritClaims};

@@ -1,0 +1,19 @@
+//! Generated code for writ's protos (compiled in build.rs through protox).
+#![allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+/// The SPIFFE Workload API. The proto has no package, so its items live at the root.
+pub mod workload {
+    tonic::include_proto!("_");
+}
+
+/// writ's admin API, `writ.admin.v1`.
+pub mod admin {
+    tonic::include_proto!("writ.admin.v1");
+}

@@ -1,0 +1,108 @@
+//! The issuer process: opens the store and the CAs, runs rotation, serves the admin API.
+//!
+//! Shaped like mini-redis: [`Issuer::open`] does the I/O of starting, [`serve_admin`]
+//! runs until its shutdown future resolves and then drains.
+
+pub mod admin;
+
+use crate::ca::{CaSet, create_private_dir};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::store::Store;
+use anyhow::Context;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UnixListener;
+
+/// The issuer: configuration, CAs and store, shared by every service.
+#[derive(Debug)]
+pub struct Issuer {
+    /// The configuration in force.
+    pub config: Config,
+    /// The CA of every band.
+    pub cas: CaSet,
+}
+
+impl Issuer {
+    /// Opens the data directory: the store, then each band's CA (created on first start,
+    /// reused after).
+    pub fn open(config: Config, clock: SharedClock) -> anyhow::Result<Arc<Issuer>> {
+        create_private_dir(&config.data_dir)?;
+        let store = Store::open(&config.data_dir.join("writ.redb")).with_context(|| {
+            format!(
+                "opening the store in {} (is another writ using it?)",
+                config.data_dir.display()
+            )
+        })?;
+        let cas = CaSet::open(
+            config.trust_domain.clone(),
+            &config.data_dir.join("keys"),
+            Arc::new(store),
+            config.ca,
+            clock,
+        )?;
+        Ok(Arc::new(Issuer { config, cas }))
+    }
+
+    /// Rotates CA authorities when due, until `shutdown` resolves.
+    pub async fn run_rotation(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let wait = self.cas.next_rotation_in().clamp(1, 30) as u64;
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(Duration::from_secs(wait)) => {}
+            }
+            let issuer = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || issuer.cas.rotate()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "CA rotation failed; will retry"),
+                Err(e) => tracing::error!(error = %e, "CA rotation task failed; will retry"),
+            }
+        }
+    }
+}
+
+/// Binds a Unix socket at `path` with mode 0600, replacing a stale socket file left by a
+/// process that is gone, and refusing to steal one that is still answering.
+pub async fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!("{} exists and is not a socket", path.display());
+        }
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!("{} is in use by another process", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Serves the admin API on `listener` until `shutdown` resolves, then drains.
+pub async fn serve_admin(
+    listener: UnixListener,
+    issuer: Arc<Issuer>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let service = admin::AdminService::new(issuer)?;
+    tonic::transport::Server::builder()
+        .add_service(crate::proto::admin::admin_server::AdminServer::new(service))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .context("admin API server failed")
+}

@@ -1,0 +1,270 @@
+//! writ's durable state in one embedded redb database.
+//!
+//! Why redb and not sled: see docs/decisions/0001-redb.md. The rules here:
+//! * No redb type leaves this module; callers see typed records and [`StoreError`].
+//! * Every write is one transaction committed with `Durability::Immediate`: when a
+//!   method returns `Ok`, the change survives `kill -9` and power loss.
+//! * The schema version is stored; opening a database of another version is refused
+//!   rather than misread.
+
+use crate::ca::AuthorityRecord;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use writ_verifier::Band;
+
+/// The layout version this build reads and writes.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const AUTHORITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("authorities");
+const SEQUENCES: TableDefinition<&str, u64> = TableDefinition::new("bundle_sequences");
+const SVIDS: TableDefinition<&str, &[u8]> = TableDefinition::new("svids");
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be opened, read or written.
+    #[error("store: {0}")]
+    Db(String),
+    /// A stored record could not be decoded.
+    #[error("store: corrupt record in {table}: {reason}")]
+    Corrupt {
+        /// The table holding the record.
+        table: &'static str,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The database was written by another schema version.
+    #[error("store: schema version {found} is not supported (this build reads {SCHEMA_VERSION})")]
+    Schema {
+        /// The version found on disk.
+        found: u64,
+    },
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// A record of one issued X.509-SVID.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SvidRecord {
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// The SPIFFE ID in the SVID.
+    pub spiffe_id: String,
+    /// The band (trust domain) that issued it.
+    pub band: Band,
+    /// The authority that signed it.
+    pub authority_id: String,
+    /// The incident it is bound to, if any.
+    #[serde(default)]
+    pub incident: Option<String>,
+    /// notBefore, seconds since the epoch.
+    pub not_before: i64,
+    /// notAfter, seconds since the epoch.
+    pub not_after: i64,
+}
+
+/// The embedded database.
+pub struct Store {
+    db: Database,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and checks its schema version.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path).map_err(db_err)?;
+        let store = Store { db };
+        store.init_schema()?;
+        Ok(store)
+    }
+
+    fn init_schema(&self) -> Result<(), StoreError> {
+        let tx = self.begin_write()?;
+        {
+            let mut meta = tx.open_table(META).map_err(db_err)?;
+            let found = meta
+                .get("schema_version")
+                .map_err(db_err)?
+                .map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION)
+                        .map_err(db_err)?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(found) => return Err(StoreError::Schema { found }),
+            }
+            // Create every table up front so readers never meet a missing one.
+            tx.open_table(AUTHORITIES).map_err(db_err)?;
+            tx.open_table(SEQUENCES).map_err(db_err)?;
+            tx.open_table(SVIDS).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        tx.set_durability(Durability::Immediate).map_err(db_err)?;
+        Ok(tx)
+    }
+
+    /// The stored schema version.
+    pub fn schema_version(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let meta = tx.open_table(META).map_err(db_err)?;
+        let version = meta.get("schema_version").map_err(db_err)?;
+        Ok(version.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// The authorities of `trust_domain` and its bundle sequence number.
+    pub fn authorities(
+        &self,
+        trust_domain: &str,
+    ) -> Result<(Vec<AuthorityRecord>, u64), StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(AUTHORITIES).map_err(db_err)?;
+        let records = match table.get(trust_domain).map_err(db_err)? {
+            Some(bytes) => {
+                serde_json::from_slice(bytes.value()).map_err(|e| StoreError::Corrupt {
+                    table: "authorities",
+                    reason: e.to_string(),
+                })?
+            }
+            None => Vec::new(),
+        };
+        let sequences = tx.open_table(SEQUENCES).map_err(db_err)?;
+        let sequence = sequences
+            .get(trust_domain)
+            .map_err(db_err)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        Ok((records, sequence))
+    }
+
+    /// Replaces the authorities of `trust_domain` and its bundle sequence, atomically.
+    pub fn put_authorities(
+        &self,
+        trust_domain: &str,
+        records: &[AuthorityRecord],
+        sequence: u64,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(records).map_err(db_err)?;
+        let tx = self.begin_write()?;
+        {
+            let mut table = tx.open_table(AUTHORITIES).map_err(db_err)?;
+            table
+                .insert(trust_domain, bytes.as_slice())
+                .map_err(db_err)?;
+            let mut sequences = tx.open_table(SEQUENCES).map_err(db_err)?;
+            sequences.insert(trust_domain, sequence).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Records an issued SVID. Durable when this returns.
+    pub fn put_svid(&self, record: &SvidRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).map_err(db_err)?;
+        let tx = self.begin_write()?;
+        {
+            let mut table = tx.open_table(SVIDS).map_err(db_err)?;
+            table
+                .insert(record.serial.as_str(), bytes.as_slice())
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// One issued SVID by serial.
+    pub fn svid(&self, serial: &str) -> Result<Option<SvidRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(SVIDS).map_err(db_err)?;
+        table
+            .get(serial)
+            .map_err(db_err)?
+            .map(|bytes| decode_svid(bytes.value()))
+            .transpose()
+    }
+
+    /// Every recorded SVID, by serial.
+    pub fn svids(&self) -> Result<Vec<SvidRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(SVIDS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (_, bytes) = entry.map_err(db_err)?;
+            out.push(decode_svid(bytes.value())?);
+        }
+        Ok(out)
+    }
+}
+
+fn decode_svid(bytes: &[u8]) -> Result<SvidRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        table: "svids",
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn svid(serial: &str) -> SvidRecord {
+        SvidRecord {
+            serial: serial.into(),
+            spiffe_id: "spiffe://investigate.example.org/agent/a/incident/i".into(),
+            band: Band::Investigative,
+            authority_id: "x".into(),
+            incident: Some("i".into()),
+            not_before: 1,
+            not_after: 2,
+        }
+    }
+
+    #[test]
+    fn records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writ.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store.put_svid(&svid("01")).unwrap();
+            store.put_authorities("example.org", &[], 7).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(store.svid("01").unwrap(), Some(svid("01")));
+        assert_eq!(store.authorities("example.org").unwrap().1, 7);
+        assert_eq!(store.authorities("other.org").unwrap(), (vec![], 0));
+    }
+
+    #[test]
+    fn another_schema_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writ.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("schema_version", 99)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::Schema { found: 99 })
+        ));
+    }
+}

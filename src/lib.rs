@@ -11,6 +11,7 @@
 //! * [`proto`]: generated gRPC code (the SPIFFE Workload API and writ's own APIs).
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod ca;
 pub mod cli;
 pub mod clock;

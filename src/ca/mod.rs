@@ -333,7 +333,7 @@ impl TrustDomainCa {
         config.validate()?;
         let key_dir = key_dir.join(trust_domain.to_string());
         create_private_dir(&key_dir)?;
-        let (records, sequence) = store.authorities(&trust_domain.to_string())?;
+        let (records, sequence) = store.authorities(trust_domain.as_ref())?;
         let mut authorities = Vec::with_capacity(records.len());
         for record in records {
             let x509_key = EcKey::read(
@@ -481,7 +481,7 @@ impl TrustDomainCa {
         }
         let records: Vec<_> = authorities.iter().map(|a| a.record.clone()).collect();
         self.store
-            .put_authorities(&self.trust_domain.to_string(), &records, sequence)?;
+            .put_authorities(self.trust_domain.as_ref(), &records, sequence)?;
         {
             let mut guard = match self.state.write() {
                 Ok(guard) => guard,
@@ -553,15 +553,14 @@ impl TrustDomainCa {
                 reason: format!("longer than {MAX_SPIFFE_ID_LEN} bytes"),
             });
         }
-        if let Some(claims) = &request.claims {
-            if claims.band != Some(self.band) {
+        if let Some(claims) = &request.claims
+            && claims.band != Some(self.band) {
                 return Err(CaError::BadRequest(format!(
                     "claims name band {:?}, but this CA is the {} band",
                     claims.band.map(|b| b.as_str()),
                     self.band
                 )));
             }
-        }
         let ttl = request.ttl.unwrap_or(default_ttl);
         if ttl.as_secs() == 0 {
             return Err(CaError::BadTtl("must be at least one second".into()));
@@ -789,7 +788,7 @@ impl CaSet {
         let now = clock.unix();
         let mut cas = BTreeMap::new();
         for band in Band::ALL {
-            let td = TrustDomain::new(band.trust_domain_name(&base.to_string())).map_err(|e| {
+            let td = TrustDomain::new(band.trust_domain_name(base.as_ref())).map_err(|e| {
                 CaError::Config(format!("trust domain for band {band} under {base}: {e}"))
             })?;
             cas.insert(

@@ -84,6 +84,12 @@ impl Store {
     /// Opens (creating if needed) the database at `path` and checks its schema version.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = Database::create(path).map_err(db_err)?;
+        // The store holds no private keys, but it is nobody else's business either.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::Db(format!("chmod {}: {e}", path.display())))?;
+        }
         let store = Store { db };
         store.init_schema()?;
         Ok(store)

@@ -1,0 +1,1 @@
+//! Placeholder: see the h2 `:authority` adapter work.

@@ -22,8 +22,8 @@ pub fn agent_spiffe_id(
         id: format!("agent {agent:?} incident {incident:?}"),
         reason,
     };
-    let td = TrustDomain::new(band.trust_domain_name(base.as_ref()))
-        .map_err(|e| bad(e.to_string()))?;
+    let td =
+        TrustDomain::new(band.trust_domain_name(base.as_ref())).map_err(|e| bad(e.to_string()))?;
     let segments: Vec<&str> = match (band, grant) {
         (Band::Investigative, None) => vec!["agent", agent, "incident", incident],
         (Band::Investigative, Some(_)) => {

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod identity;
+pub mod policy;
 pub mod proto;
 pub mod server;
 pub mod store;

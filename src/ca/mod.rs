@@ -554,13 +554,14 @@ impl TrustDomainCa {
             });
         }
         if let Some(claims) = &request.claims
-            && claims.band != Some(self.band) {
-                return Err(CaError::BadRequest(format!(
-                    "claims name band {:?}, but this CA is the {} band",
-                    claims.band.map(|b| b.as_str()),
-                    self.band
-                )));
-            }
+            && claims.band != Some(self.band)
+        {
+            return Err(CaError::BadRequest(format!(
+                "claims name band {:?}, but this CA is the {} band",
+                claims.band.map(|b| b.as_str()),
+                self.band
+            )));
+        }
         let ttl = request.ttl.unwrap_or(default_ttl);
         if ttl.as_secs() == 0 {
             return Err(CaError::BadTtl("must be at least one second".into()));

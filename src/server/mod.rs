@@ -4,8 +4,12 @@
 //! runs until its shutdown future resolves and then drains.
 
 pub mod admin;
+pub mod registry;
 
-use crate::ca::{CaSet, create_private_dir};
+use crate::ca::{CaSet, MintedJwt, MintedX509, SubjectKey, SvidRequest, create_private_dir};
+use crate::policy::entitlement_for;
+use registry::Registry;
+use spiffe::SpiffeId;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::store::Store;
@@ -16,13 +20,29 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
 
-/// The issuer: configuration, CAs and store, shared by every service.
+/// The issuer: configuration, CAs, policy and store, shared by every service.
 #[derive(Debug)]
 pub struct Issuer {
     /// The configuration in force.
     pub config: Config,
     /// The CA of every band.
     pub cas: CaSet,
+    /// Profiles and incidents.
+    pub registry: Registry,
+    /// The store.
+    pub store: Arc<Store>,
+}
+
+/// Why the issuer refused to sign for a workload.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssueError {
+    /// Policy gives no workload this identity now (no profile, or the incident is not open).
+    #[error("no identity issued: {0} is not entitled under current policy")]
+    NotEntitled(String),
+    /// The CA refused or failed.
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
 }
 
 impl Issuer {
@@ -30,20 +50,67 @@ impl Issuer {
     /// reused after).
     pub fn open(config: Config, clock: SharedClock) -> anyhow::Result<Arc<Issuer>> {
         create_private_dir(&config.data_dir)?;
-        let store = Store::open(&config.data_dir.join("writ.redb")).with_context(|| {
+        let store = Arc::new(Store::open(&config.data_dir.join("writ.redb")).with_context(|| {
             format!(
                 "opening the store in {} (is another writ using it?)",
                 config.data_dir.display()
             )
-        })?;
+        })?);
         let cas = CaSet::open(
             config.trust_domain.clone(),
             &config.data_dir.join("keys"),
-            Arc::new(store),
+            Arc::clone(&store),
             config.ca,
             clock,
         )?;
-        Ok(Arc::new(Issuer { config, cas }))
+        let registry = Registry::load(Arc::clone(&store))?;
+        Ok(Arc::new(Issuer {
+            config,
+            cas,
+            registry,
+            store,
+        }))
+    }
+
+    /// Signs an X.509-SVID for `spiffe_id` on behalf of an agent that attested a workload
+    /// entitled to it. Policy is checked again here, at this instant: the claims are
+    /// derived from policy, and a closed incident is refused.
+    pub fn sign_workload_x509(
+        &self,
+        spiffe_id: &SpiffeId,
+        csr_der: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<MintedX509, IssueError> {
+        let _gate = self.registry.issuance_gate();
+        let policy = self.registry.snapshot();
+        let entitlement = entitlement_for(&policy, self.cas.base(), spiffe_id)
+            .ok_or_else(|| IssueError::NotEntitled(spiffe_id.to_string()))?;
+        let request = SvidRequest {
+            spiffe_id: entitlement.spiffe_id,
+            ttl,
+            claims: Some(entitlement.claims),
+            dns_names: Vec::new(),
+        };
+        Ok(self.cas.mint_x509(entitlement.band, SubjectKey::Csr(csr_der), &request)?)
+    }
+
+    /// Signs a JWT-SVID for `spiffe_id`, checked against policy as for X.509.
+    pub fn sign_workload_jwt(
+        &self,
+        spiffe_id: &SpiffeId,
+        audience: &[String],
+    ) -> Result<MintedJwt, IssueError> {
+        let _gate = self.registry.issuance_gate();
+        let policy = self.registry.snapshot();
+        let entitlement = entitlement_for(&policy, self.cas.base(), spiffe_id)
+            .ok_or_else(|| IssueError::NotEntitled(spiffe_id.to_string()))?;
+        let request = SvidRequest {
+            spiffe_id: entitlement.spiffe_id,
+            ttl: None,
+            claims: Some(entitlement.claims),
+            dns_names: Vec::new(),
+        };
+        Ok(self.cas.mint_jwt(entitlement.band, &request, audience)?)
     }
 
     /// Rotates CA authorities when due, until `shutdown` resolves.

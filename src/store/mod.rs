@@ -8,6 +8,7 @@
 //!   rather than misread.
 
 use crate::ca::AuthorityRecord;
+use crate::policy::{Incident, Profile};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -20,6 +21,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const AUTHORITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("authorities");
 const SEQUENCES: TableDefinition<&str, u64> = TableDefinition::new("bundle_sequences");
 const SVIDS: TableDefinition<&str, &[u8]> = TableDefinition::new("svids");
+const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
+const INCIDENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("incidents");
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +118,8 @@ impl Store {
             tx.open_table(AUTHORITIES).map_err(db_err)?;
             tx.open_table(SEQUENCES).map_err(db_err)?;
             tx.open_table(SVIDS).map_err(db_err)?;
+            tx.open_table(PROFILES).map_err(db_err)?;
+            tx.open_table(INCIDENTS).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
     }
@@ -212,6 +217,74 @@ impl Store {
             out.push(decode_svid(bytes.value())?);
         }
         Ok(out)
+    }
+}
+
+impl Store {
+    fn put_json<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(db_err)?;
+        let tx = self.begin_write()?;
+        {
+            let mut t = tx.open_table(table).map_err(db_err)?;
+            t.insert(key, bytes.as_slice()).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    fn all_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        name: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(table).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(db_err)? {
+            let (_, bytes) = entry.map_err(db_err)?;
+            out.push(
+                serde_json::from_slice(bytes.value()).map_err(|e| StoreError::Corrupt {
+                    table: name,
+                    reason: e.to_string(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Writes (creates or replaces) a profile. Durable when this returns.
+    pub fn put_profile(&self, profile: &Profile) -> Result<(), StoreError> {
+        self.put_json(PROFILES, &profile.name, profile)
+    }
+
+    /// Deletes a profile; returns whether it existed.
+    pub fn delete_profile(&self, name: &str) -> Result<bool, StoreError> {
+        let tx = self.begin_write()?;
+        let existed = {
+            let mut t = tx.open_table(PROFILES).map_err(db_err)?;
+            t.remove(name).map_err(db_err)?.is_some()
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(existed)
+    }
+
+    /// Every profile.
+    pub fn profiles(&self) -> Result<Vec<Profile>, StoreError> {
+        self.all_json(PROFILES, "profiles")
+    }
+
+    /// Writes (creates or replaces) an incident. Durable when this returns.
+    pub fn put_incident(&self, incident: &Incident) -> Result<(), StoreError> {
+        self.put_json(INCIDENTS, &incident.id, incident)
+    }
+
+    /// Every incident, open and closed.
+    pub fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
+        self.all_json(INCIDENTS, "incidents")
     }
 }
 

@@ -1,0 +1,589 @@
+//! Policy: profiles, incidents, and the decision of which identities a workload holds.
+//!
+//! Everything here is pure: inputs in, decision out, no I/O. The server stores and
+//! serves these objects; the agent asks [`entitlements`] what a caller may hold.
+
+mod selector;
+
+pub use selector::{Selector, SelectorError};
+
+use crate::identity::agent_spiffe_id;
+use serde::{Deserialize, Serialize};
+use spiffe::{SpiffeId, TrustDomain};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+use writ_verifier::{Band, WritClaims};
+
+/// Names of profiles, agents and incidents: one SPIFFE path segment each, bounded.
+pub fn check_name(what: &str, name: &str) -> Result<(), PolicyError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(PolicyError::BadName {
+            what: what.to_owned(),
+            name: name.chars().take(64).collect(),
+        })
+    }
+}
+
+/// Scopes: `resource:verb`, lowercase, bounded (e.g. `logs:read`).
+pub fn check_scope(scope: &str) -> Result<(), PolicyError> {
+    let ok = scope.len() <= 128
+        && scope
+            .split_once(':')
+            .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty())
+        && scope.bytes().all(|b| {
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || matches!(b, b':' | b'-' | b'_' | b'.' | b'*')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(PolicyError::BadScope(scope.chars().take(64).collect()))
+    }
+}
+
+/// Why a policy object was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// A name is not a valid single SPIFFE path segment.
+    #[error("invalid {what} name {name:?}: use 1-128 of [A-Za-z0-9._-], not . or ..")]
+    BadName {
+        /// What was being named.
+        what: String,
+        /// The name.
+        name: String,
+    },
+    /// A scope is malformed.
+    #[error("invalid scope {0:?}: use resource:verb, lowercase (e.g. logs:read)")]
+    BadScope(String),
+    /// A selector is malformed.
+    #[error(transparent)]
+    BadSelector(#[from] SelectorError),
+    /// A profile has no selectors.
+    #[error("a profile needs at least one selector")]
+    NoSelectors,
+    /// Too many of something.
+    #[error("too many {0}")]
+    TooMany(&'static str),
+    /// A severity is not sev1..sev4.
+    #[error("invalid severity {0:?}: use sev1, sev2, sev3 or sev4")]
+    BadSeverity(String),
+    /// An incident names no agent.
+    #[error("an incident needs at least one assigned agent (--assign)")]
+    NoAssignee,
+    /// A band list is empty or names the base band.
+    #[error("invalid bands: {0}")]
+    BadBands(String),
+}
+
+/// Upper bound on selectors, scopes and assignees per object.
+pub const MAX_ITEMS: usize = 32;
+
+/// Which attested workloads are which agent, and what they may hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// The agent (or service) name.
+    pub name: String,
+    /// All of these must hold for a workload to match.
+    pub selectors: BTreeSet<Selector>,
+    /// Bands this agent may hold identities in (investigative, remediation).
+    pub bands: BTreeSet<Band>,
+    /// Scopes this agent may ever hold.
+    pub scopes: BTreeSet<String>,
+    /// A service profile: a standing identity `spiffe://<base>/service/<name>`.
+    pub service: bool,
+    /// Seconds since the epoch.
+    pub created_at: i64,
+}
+
+impl Profile {
+    /// Checks names, selectors, bands and scopes.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        check_name("profile", &self.name)?;
+        if self.selectors.is_empty() {
+            return Err(PolicyError::NoSelectors);
+        }
+        if self.selectors.len() > MAX_ITEMS {
+            return Err(PolicyError::TooMany("selectors"));
+        }
+        if self.scopes.len() > MAX_ITEMS {
+            return Err(PolicyError::TooMany("scopes"));
+        }
+        for scope in &self.scopes {
+            check_scope(scope)?;
+        }
+        if self.service {
+            if !self.bands.is_empty() && self.bands != BTreeSet::from([Band::Base]) {
+                return Err(PolicyError::BadBands(
+                    "a service profile holds only a base identity".into(),
+                ));
+            }
+        } else if self.bands.is_empty() || self.bands.contains(&Band::Base) {
+            return Err(PolicyError::BadBands(
+                "agents hold investigative and/or remediation identities, never base".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a workload with `attested` selectors is this profile's: every selector of
+    /// the profile must be among them.
+    pub fn matches(&self, attested: &BTreeSet<Selector>) -> bool {
+        self.selectors.is_subset(attested)
+    }
+}
+
+/// Incident severity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Highest.
+    Sev1,
+    /// High.
+    Sev2,
+    /// Medium.
+    Sev3,
+    /// Low.
+    Sev4,
+}
+
+impl FromStr for Severity {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sev1" => Ok(Severity::Sev1),
+            "sev2" => Ok(Severity::Sev2),
+            "sev3" => Ok(Severity::Sev3),
+            "sev4" => Ok(Severity::Sev4),
+            _ => Err(PolicyError::BadSeverity(s.chars().take(16).collect())),
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Sev1 => "sev1",
+            Severity::Sev2 => "sev2",
+            Severity::Sev3 => "sev3",
+            Severity::Sev4 => "sev4",
+        })
+    }
+}
+
+/// Open, or closed for good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IncidentState {
+    /// Identities are issued.
+    Open,
+    /// Nothing is issued, ever again.
+    Closed,
+}
+
+/// An incident: what agents work on, for how long, with which scopes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Incident {
+    /// Unique, never reused.
+    pub id: String,
+    /// Human title.
+    pub title: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Agent (profile) names assigned.
+    pub assigned: BTreeSet<String>,
+    /// Scopes for this incident; identities carry profile ∩ incident scopes.
+    pub scopes: BTreeSet<String>,
+    /// Open or closed.
+    pub state: IncidentState,
+    /// Who opened it (operator name or uid).
+    pub opened_by: String,
+    /// Seconds since the epoch.
+    pub opened_at: i64,
+    /// Who closed it.
+    #[serde(default)]
+    pub closed_by: Option<String>,
+    /// Seconds since the epoch.
+    #[serde(default)]
+    pub closed_at: Option<i64>,
+    /// After this many seconds open, it must be extended or it closes.
+    pub max_lifetime_secs: u64,
+}
+
+impl Incident {
+    /// Checks names, scopes and assignees.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        check_name("incident", &self.id)?;
+        if self.title.len() > 1024 || self.title.chars().any(char::is_control) {
+            return Err(PolicyError::BadName {
+                what: "title".into(),
+                name: self.title.chars().take(64).collect(),
+            });
+        }
+        if self.assigned.is_empty() {
+            return Err(PolicyError::NoAssignee);
+        }
+        if self.assigned.len() > MAX_ITEMS || self.scopes.len() > MAX_ITEMS {
+            return Err(PolicyError::TooMany("assignees or scopes"));
+        }
+        for agent in &self.assigned {
+            check_name("agent", agent)?;
+        }
+        for scope in &self.scopes {
+            check_scope(scope)?;
+        }
+        Ok(())
+    }
+
+    /// Whether identities may be issued for it.
+    pub fn is_open(&self) -> bool {
+        self.state == IncidentState::Open
+    }
+}
+
+/// The policy at one instant: every profile and incident, and a generation number that
+/// grows on every change.
+#[derive(Clone, Debug, Default)]
+pub struct PolicySnapshot {
+    /// Grows by one on every change.
+    pub generation: u64,
+    /// Profiles by name.
+    pub profiles: BTreeMap<String, Profile>,
+    /// Incidents by id (open and closed).
+    pub incidents: BTreeMap<String, Incident>,
+}
+
+/// One identity a workload is entitled to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entitlement {
+    /// The SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// Its band.
+    pub band: Band,
+    /// writ's claims to embed.
+    pub claims: WritClaims,
+    /// The Workload API `hint`: the incident id (or `service`), unique per response.
+    pub hint: String,
+}
+
+/// Which identities a workload with `attested` selectors holds under `policy`.
+///
+/// Agents: one investigative identity per open incident their profile is assigned to,
+/// with scopes = profile ∩ incident (all of the profile's when the incident names none).
+/// Services: one standing identity in the base trust domain. The default identity (first)
+/// is the service identity, else that of the longest-open incident. Agents never get an
+/// identity outside an open incident.
+pub fn entitlements(
+    policy: &PolicySnapshot,
+    base: &TrustDomain,
+    attested: &BTreeSet<Selector>,
+) -> Vec<Entitlement> {
+    let incidents = open_incidents(policy);
+    let mut out: Vec<Entitlement> = Vec::new();
+    for profile in policy.profiles.values().filter(|p| p.matches(attested)) {
+        let mut mine = profile_entitlements(profile, &incidents, base);
+        if profile.service {
+            mine.append(&mut out);
+            out = mine;
+        } else {
+            out.append(&mut mine);
+        }
+    }
+    // Unique SPIFFE IDs; unique hints (a second profile on the same incident is told apart
+    // by agent name).
+    let mut seen_ids = BTreeSet::new();
+    out.retain(|e| seen_ids.insert(e.spiffe_id.to_string()));
+    let mut seen_hints = BTreeSet::new();
+    for e in &mut out {
+        if !seen_hints.insert(e.hint.clone()) {
+            let agent = e
+                .spiffe_id
+                .path()
+                .split('/')
+                .nth(2)
+                .unwrap_or_default()
+                .to_owned();
+            e.hint = format!("{}:{agent}", e.hint);
+            seen_hints.insert(e.hint.clone());
+        }
+    }
+    out
+}
+
+/// The entitlement behind `spiffe_id`, if some profile holds it under `policy` right now.
+/// The server's check before it signs for an agent: the incident must be open this
+/// instant, and the claims are the ones policy derives, not the ones asked for.
+pub fn entitlement_for(
+    policy: &PolicySnapshot,
+    base: &TrustDomain,
+    spiffe_id: &SpiffeId,
+) -> Option<Entitlement> {
+    let incidents = open_incidents(policy);
+    policy.profiles.values().find_map(|profile| {
+        profile_entitlements(profile, &incidents, base)
+            .into_iter()
+            .find(|e| &e.spiffe_id == spiffe_id)
+    })
+}
+
+fn open_incidents(policy: &PolicySnapshot) -> Vec<&Incident> {
+    let mut incidents: Vec<&Incident> = policy.incidents.values().filter(|i| i.is_open()).collect();
+    incidents.sort_by(|a, b| (a.opened_at, &a.id).cmp(&(b.opened_at, &b.id)));
+    incidents
+}
+
+fn profile_entitlements(
+    profile: &Profile,
+    open: &[&Incident],
+    base: &TrustDomain,
+) -> Vec<Entitlement> {
+    if profile.service {
+        let id = TrustDomain::new(base.as_str())
+            .ok()
+            .and_then(|td| SpiffeId::from_segments(td, &["service", &profile.name]).ok());
+        let mut claims = WritClaims::new(Band::Base);
+        claims.scopes = profile.scopes.iter().cloned().collect();
+        return id
+            .map(|spiffe_id| Entitlement {
+                spiffe_id,
+                band: Band::Base,
+                claims,
+                hint: "service".into(),
+            })
+            .into_iter()
+            .collect();
+    }
+    if !profile.bands.contains(&Band::Investigative) {
+        return Vec::new();
+    }
+    open.iter()
+        .filter(|i| i.assigned.contains(&profile.name))
+        .filter_map(|incident| {
+            let spiffe_id =
+                agent_spiffe_id(base, Band::Investigative, &profile.name, &incident.id, None)
+                    .ok()?;
+            let mut claims = WritClaims::new(Band::Investigative);
+            claims.incident = Some(incident.id.clone());
+            claims.scopes = if incident.scopes.is_empty() {
+                profile.scopes.iter().cloned().collect()
+            } else {
+                profile
+                    .scopes
+                    .intersection(&incident.scopes)
+                    .cloned()
+                    .collect()
+            };
+            Some(Entitlement {
+                spiffe_id,
+                band: Band::Investigative,
+                claims,
+                hint: incident.id.clone(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn sel(s: &str) -> Selector {
+        s.parse().unwrap()
+    }
+
+    fn profile(name: &str, selectors: &[&str], scopes: &[&str]) -> Profile {
+        Profile {
+            name: name.into(),
+            selectors: selectors.iter().map(|s| sel(s)).collect(),
+            bands: BTreeSet::from([Band::Investigative]),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            service: false,
+            created_at: 0,
+        }
+    }
+
+    fn incident(id: &str, assigned: &[&str], scopes: &[&str], opened_at: i64) -> Incident {
+        Incident {
+            id: id.into(),
+            title: "t".into(),
+            severity: Severity::Sev2,
+            assigned: assigned.iter().map(|s| s.to_string()).collect(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            state: IncidentState::Open,
+            opened_by: "root".into(),
+            opened_at,
+            closed_by: None,
+            closed_at: None,
+            max_lifetime_secs: 4 * 3600,
+        }
+    }
+
+    fn policy(profiles: Vec<Profile>, incidents: Vec<Incident>) -> PolicySnapshot {
+        PolicySnapshot {
+            generation: 1,
+            profiles: profiles.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            incidents: incidents.into_iter().map(|i| (i.id.clone(), i)).collect(),
+        }
+    }
+
+    fn base() -> TrustDomain {
+        TrustDomain::new("example.org").unwrap()
+    }
+
+    #[test]
+    fn no_incident_no_identity() {
+        let p = policy(vec![profile("triage", &["unix:uid:1001"], &[])], vec![]);
+        assert!(entitlements(&p, &base(), &BTreeSet::from([sel("unix:uid:1001")])).is_empty());
+    }
+
+    #[test]
+    fn one_identity_per_open_incident_in_opening_order() {
+        let mut closed = incident("INC-0", &["triage"], &[], 0);
+        closed.state = IncidentState::Closed;
+        let p = policy(
+            vec![profile(
+                "triage",
+                &["unix:uid:1001"],
+                &["logs:read", "metrics:read"],
+            )],
+            vec![
+                incident("INC-2", &["triage"], &["logs:read"], 20),
+                incident("INC-1", &["triage"], &[], 10),
+                incident("INC-3", &["other"], &[], 5),
+                closed,
+            ],
+        );
+        let got = entitlements(
+            &p,
+            &base(),
+            &BTreeSet::from([sel("unix:uid:1001"), sel("unix:gid:5")]),
+        );
+        let ids: Vec<_> = got.iter().map(|e| e.spiffe_id.to_string()).collect();
+        assert_eq!(
+            ids,
+            [
+                "spiffe://investigate.example.org/agent/triage/incident/INC-1",
+                "spiffe://investigate.example.org/agent/triage/incident/INC-2"
+            ]
+        );
+        assert_eq!(got[0].claims.scopes, ["logs:read", "metrics:read"]);
+        assert_eq!(got[1].claims.scopes, ["logs:read"]);
+        assert_eq!(got[1].hint, "INC-2");
+        assert_eq!(got[1].claims.incident.as_deref(), Some("INC-2"));
+    }
+
+    #[test]
+    fn every_profile_selector_must_match() {
+        let p = policy(
+            vec![profile(
+                "triage",
+                &["unix:uid:1001", "unix:path:/usr/bin/agent"],
+                &[],
+            )],
+            vec![incident("INC-1", &["triage"], &[], 0)],
+        );
+        assert!(entitlements(&p, &base(), &BTreeSet::from([sel("unix:uid:1001")])).is_empty());
+        assert_eq!(
+            entitlements(
+                &p,
+                &base(),
+                &BTreeSet::from([sel("unix:uid:1001"), sel("unix:path:/usr/bin/agent")])
+            )
+            .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn hints_stay_unique_when_two_profiles_share_an_incident() {
+        let p = policy(
+            vec![
+                profile("a", &["unix:uid:1"], &[]),
+                profile("b", &["unix:uid:1"], &[]),
+            ],
+            vec![incident("INC-1", &["a", "b"], &[], 0)],
+        );
+        let got = entitlements(&p, &base(), &BTreeSet::from([sel("unix:uid:1")]));
+        let hints: BTreeSet<_> = got.iter().map(|e| e.hint.clone()).collect();
+        assert_eq!(got.len(), 2);
+        assert_eq!(hints.len(), 2);
+    }
+
+    #[test]
+    fn service_profiles_get_a_standing_base_identity_first() {
+        let mut svc = profile("logs-api", &["unix:uid:1"], &[]);
+        svc.service = true;
+        svc.bands = BTreeSet::from([Band::Base]);
+        let p = policy(
+            vec![svc, profile("triage", &["unix:uid:1"], &[])],
+            vec![incident("INC-1", &["triage"], &[], 0)],
+        );
+        let got = entitlements(&p, &base(), &BTreeSet::from([sel("unix:uid:1")]));
+        assert_eq!(
+            got[0].spiffe_id.to_string(),
+            "spiffe://example.org/service/logs-api"
+        );
+        assert_eq!(got[0].band, Band::Base);
+        assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn advisory_profiles_without_investigative_band_get_nothing() {
+        let mut remediation_only = profile("fixer", &["unix:uid:1"], &[]);
+        remediation_only.bands = BTreeSet::from([Band::Remediation]);
+        let p = policy(
+            vec![remediation_only],
+            vec![incident("INC-1", &["fixer"], &[], 0)],
+        );
+        assert!(entitlements(&p, &base(), &BTreeSet::from([sel("unix:uid:1")])).is_empty());
+    }
+
+    #[test]
+    fn server_side_check_follows_incident_state() {
+        let mut p = policy(
+            vec![profile("triage", &["unix:uid:1"], &[])],
+            vec![incident("INC-1", &["triage"], &[], 0)],
+        );
+        let id =
+            SpiffeId::new("spiffe://investigate.example.org/agent/triage/incident/INC-1").unwrap();
+        assert!(entitlement_for(&p, &base(), &id).is_some());
+        let other =
+            SpiffeId::new("spiffe://investigate.example.org/agent/other/incident/INC-1").unwrap();
+        assert!(entitlement_for(&p, &base(), &other).is_none());
+        p.incidents.get_mut("INC-1").unwrap().state = IncidentState::Closed;
+        assert!(entitlement_for(&p, &base(), &id).is_none());
+    }
+
+    #[test]
+    fn validation_refuses_bad_objects() {
+        let mut p = profile("ok", &["unix:uid:1"], &["logs:read"]);
+        assert!(p.validate().is_ok());
+        p.name = "a/b".into();
+        assert!(p.validate().is_err());
+        let mut p = profile("ok", &[], &[]);
+        assert_eq!(p.validate(), Err(PolicyError::NoSelectors));
+        p = profile("ok", &["unix:uid:1"], &["LOGS"]);
+        assert!(p.validate().is_err());
+        p = profile("ok", &["unix:uid:1"], &[]);
+        p.bands.insert(Band::Base);
+        assert!(p.validate().is_err());
+        let mut i = incident("INC-1", &[], &[], 0);
+        assert_eq!(i.validate(), Err(PolicyError::NoAssignee));
+        i = incident("..", &["a"], &[], 0);
+        assert!(i.validate().is_err());
+    }
+}

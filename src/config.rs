@@ -17,6 +17,8 @@ pub struct RawConfig {
     pub trust_domain: Option<String>,
     /// The admin API's Unix socket.
     pub admin_socket: Option<PathBuf>,
+    /// The Workload API's Unix socket.
+    pub workload_socket: Option<PathBuf>,
     /// Lifetimes.
     #[serde(default)]
     pub ca: CaConfig,
@@ -31,6 +33,8 @@ pub struct Config {
     pub trust_domain: TrustDomain,
     /// The admin API's Unix socket.
     pub admin_socket: PathBuf,
+    /// The Workload API's Unix socket.
+    pub workload_socket: PathBuf,
     /// Lifetimes.
     pub ca: CaConfig,
 }
@@ -67,7 +71,11 @@ impl RawConfig {
         let admin_socket = self
             .admin_socket
             .unwrap_or_else(|| data_dir.join("admin.sock"));
+        let workload_socket = self
+            .workload_socket
+            .unwrap_or_else(|| data_dir.join("workload.sock"));
         Ok(Config {
+            workload_socket,
             data_dir,
             trust_domain,
             admin_socket,

@@ -1,4 +1,72 @@
 //! The writ agent: serves the SPIFFE Workload API on a Unix socket, attests callers,
 //! holds workload keys and rotates SVIDs.
+//!
+//! Must never: send a workload's private key anywhere, hand out a certificate it has not
+//! verified, or identify a caller from anything but the kernel's socket credentials.
 
+pub mod attest;
+pub mod cache;
 pub mod h2_authority;
+pub mod node;
+pub mod workload;
+
+use crate::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use anyhow::Context;
+use attest::Attestor;
+use cache::SvidCache;
+use node::NodeApi;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+
+/// The agent's state, shared by every Workload API call.
+pub struct Agent {
+    /// The server, in process or remote.
+    pub node: Arc<dyn NodeApi>,
+    /// Workload attestation.
+    pub attestor: Attestor,
+    /// Workload SVIDs.
+    pub cache: Arc<SvidCache>,
+    /// Open Workload API streams (for metrics and tests).
+    pub streams: watch::Sender<usize>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// An agent that signs through `node`.
+    pub fn new(node: Arc<dyn NodeApi>) -> Arc<Self> {
+        Arc::new(Agent {
+            cache: Arc::new(SvidCache::new(Arc::clone(&node))),
+            node,
+            attestor: Attestor::default(),
+            streams: watch::channel(0).0,
+        })
+    }
+
+    /// Renews and prunes SVIDs until `shutdown` resolves.
+    pub async fn run_rotation(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        Arc::clone(&self.cache).run(shutdown).await;
+    }
+}
+
+/// Serves the Workload API on `listener` until `shutdown` resolves.
+pub async fn serve_workload(
+    listener: UnixListener,
+    agent: Arc<Agent>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(SpiffeWorkloadApiServer::new(workload::WorkloadApi::new(
+            agent,
+        )))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("Workload API server failed")
+}

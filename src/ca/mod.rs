@@ -761,6 +761,42 @@ pub fn create_private_dir(dir: &Path) -> Result<(), CaError> {
         .map_err(|e| CaError::Io(format!("chmod {}", dir.display()), e))
 }
 
+/// One trust domain's bundle as the Workload API serves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustBundle {
+    /// The band.
+    pub band: Band,
+    /// `spiffe://<trust domain>`: the key of Workload API bundle maps.
+    pub trust_domain_id: String,
+    /// The trust domain name.
+    pub trust_domain: String,
+    /// Concatenated DER of every published CA certificate.
+    pub x509_der: Vec<u8>,
+    /// JWKS of the `jwt-svid` keys only (FetchJWTBundles must not carry other uses).
+    pub jwt_jwks: Vec<u8>,
+    /// kid → uncompressed P-256 point, for validating JWT-SVIDs.
+    pub jwt_keys: BTreeMap<String, Vec<u8>>,
+}
+
+/// Every band's bundle; changes whenever an authority is prepared, activated or pruned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BundleSet {
+    /// In band order: investigative, remediation, base.
+    pub bundles: Vec<TrustBundle>,
+}
+
+impl BundleSet {
+    /// The bundle of the trust domain named `name`.
+    pub fn by_name(&self, name: &str) -> Option<&TrustBundle> {
+        self.bundles.iter().find(|b| b.trust_domain == name)
+    }
+
+    /// The bundle of `band`.
+    pub fn by_band(&self, band: Band) -> Option<&TrustBundle> {
+        self.bundles.iter().find(|b| b.band == band)
+    }
+}
+
 /// The CAs of every band, the store they record issuance in, and the clock.
 pub struct CaSet {
     base: TrustDomain,
@@ -884,6 +920,28 @@ impl CaSet {
             changed |= ca.rotate(now)?;
         }
         Ok(changed)
+    }
+
+    /// Every band's bundle, as the Workload API serves them.
+    pub fn bundle_set(&self) -> Result<BundleSet, CaError> {
+        let mut bundles = Vec::with_capacity(self.cas.len());
+        for ca in self.cas.values() {
+            let state = ca.snapshot();
+            let jwt_keys = state
+                .authorities
+                .iter()
+                .map(|a| (a.record.jwt_kid.clone(), a.jwt_key.public_point().to_vec()))
+                .collect();
+            bundles.push(TrustBundle {
+                band: ca.band,
+                trust_domain_id: ca.trust_domain.id_string(),
+                trust_domain: ca.trust_domain.to_string(),
+                x509_der: ca.x509_bundle().concat(),
+                jwt_jwks: ca.jwt_jwks()?.to_string().into_bytes(),
+                jwt_keys,
+            });
+        }
+        Ok(BundleSet { bundles })
     }
 
     /// Seconds until some band's rotation is next due.

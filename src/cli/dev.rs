@@ -1,5 +1,7 @@
 //! `writ dev`: the issuer in one process with embedded storage and a local admin socket.
 
+use crate::agent::node::LocalNode;
+use crate::agent::{Agent, serve_workload};
 use crate::clock::SystemClock;
 use crate::config::RawConfig;
 use crate::server::{Issuer, bind_unix, serve_admin};
@@ -17,6 +19,9 @@ pub struct DevArgs {
     /// Where the store, keys and sockets live [default: ./writ-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The Workload API socket [default: DATA_DIR/workload.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
     /// The admin socket [default: DATA_DIR/admin.sock].
     #[arg(long)]
     admin_socket: Option<PathBuf>,
@@ -33,6 +38,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.data_dir.is_some() {
         raw.data_dir = args.data_dir;
     }
+    if args.socket.is_some() {
+        raw.workload_socket = args.socket;
+    }
     if args.admin_socket.is_some() {
         raw.admin_socket = args.admin_socket;
     }
@@ -41,7 +49,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     let config = raw.resolve()?;
     let issuer = Issuer::open(config, Arc::new(SystemClock))?;
-    let listener = bind_unix(&issuer.config.admin_socket).await?;
+    let listener = bind_unix(&issuer.config.admin_socket, 0o600).await?;
+    let workload_listener = bind_unix(&issuer.config.workload_socket, 0o666).await?;
+    let agent = Agent::new(Arc::new(LocalNode::new(Arc::clone(&issuer))));
     print_banner(&issuer);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -49,6 +59,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let _ = rx.wait_for(|stopped| *stopped).await;
     };
     let rotation = tokio::spawn(Arc::clone(&issuer).run_rotation(wait_stop(stop_rx.clone())));
+    let svids = tokio::spawn(Arc::clone(&agent).run_rotation(wait_stop(stop_rx.clone())));
+    let workload = tokio::spawn(serve_workload(
+        workload_listener,
+        agent,
+        wait_stop(stop_rx.clone()),
+    ));
     let server = tokio::spawn(serve_admin(
         listener,
         Arc::clone(&issuer),
@@ -59,8 +75,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     server.await.context("admin server task")??;
+    workload.await.context("Workload API task")??;
     let _ = rotation.await;
+    let _ = svids.await;
     let _ = std::fs::remove_file(&issuer.config.admin_socket);
+    let _ = std::fs::remove_file(&issuer.config.workload_socket);
     Ok(())
 }
 
@@ -77,6 +96,8 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 fn print_banner(issuer: &Issuer) {
     let config = &issuer.config;
     let socket = std::path::absolute(&config.admin_socket).unwrap_or(config.admin_socket.clone());
+    let workload =
+        std::path::absolute(&config.workload_socket).unwrap_or(config.workload_socket.clone());
     println!("writ dev: issuer for {} is running", config.trust_domain);
     for ca in issuer.cas.iter() {
         println!(
@@ -87,11 +108,21 @@ fn print_banner(issuer: &Issuer) {
     }
     println!("  data dir:      {}", config.data_dir.display());
     println!("  admin socket:  {}", socket.display());
+    println!("  Workload API:  {}", workload.display());
     println!();
     println!("In another shell:");
     println!("  export WRIT_ADMIN_SOCKET={}", socket.display());
-    println!("  writ bundle show --band investigative > bundle.pem");
-    println!("  writ x509 mint --agent triage --incident INC-1 --out ./svid");
-    println!("  openssl verify -x509_strict -CAfile bundle.pem ./svid/svid.pem");
+    println!(
+        "  export SPIFFE_ENDPOINT_SOCKET=unix://{}",
+        workload.display()
+    );
+    println!("  writ profile create triage --selector unix:uid:$(id -u) --scope logs:read");
+    println!("  writ incident open INC-1 --title 'db latency' --severity sev2 --assign triage");
+    println!("  # any SPIFFE client run as this user now gets");
+    println!(
+        "  #   spiffe://investigate.{}/agent/triage/incident/INC-1",
+        config.trust_domain
+    );
+    println!("  writ incident close INC-1    # ...and loses it at once");
     println!("Stop with Ctrl-C.");
 }

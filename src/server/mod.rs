@@ -6,14 +6,16 @@
 pub mod admin;
 pub mod registry;
 
-use crate::ca::{CaSet, MintedJwt, MintedX509, SubjectKey, SvidRequest, create_private_dir};
-use crate::policy::entitlement_for;
-use registry::Registry;
-use spiffe::SpiffeId;
+use crate::ca::{
+    BundleSet, CaSet, MintedJwt, MintedX509, SubjectKey, SvidRequest, create_private_dir,
+};
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::policy::entitlement_for;
 use crate::store::Store;
 use anyhow::Context;
+use registry::Registry;
+use spiffe::SpiffeId;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -31,6 +33,8 @@ pub struct Issuer {
     pub registry: Registry,
     /// The store.
     pub store: Arc<Store>,
+    /// Every band's bundle, republished after each rotation.
+    pub bundles: tokio::sync::watch::Sender<Arc<BundleSet>>,
 }
 
 /// Why the issuer refused to sign for a workload.
@@ -49,13 +53,19 @@ impl Issuer {
     /// Opens the data directory: the store, then each band's CA (created on first start,
     /// reused after).
     pub fn open(config: Config, clock: SharedClock) -> anyhow::Result<Arc<Issuer>> {
-        create_private_dir(&config.data_dir)?;
-        let store = Arc::new(Store::open(&config.data_dir.join("writ.redb")).with_context(|| {
-            format!(
-                "opening the store in {} (is another writ using it?)",
-                config.data_dir.display()
-            )
-        })?);
+        // The data directory holds the Workload API socket, which every local user must
+        // reach; keys live in keys/ (0700) and the store is 0600.
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        create_private_dir(&config.data_dir.join("keys"))?;
+        let store = Arc::new(
+            Store::open(&config.data_dir.join("writ.redb")).with_context(|| {
+                format!(
+                    "opening the store in {} (is another writ using it?)",
+                    config.data_dir.display()
+                )
+            })?,
+        );
         let cas = CaSet::open(
             config.trust_domain.clone(),
             &config.data_dir.join("keys"),
@@ -64,12 +74,30 @@ impl Issuer {
             clock,
         )?;
         let registry = Registry::load(Arc::clone(&store))?;
+        let (bundles, _) = tokio::sync::watch::channel(Arc::new(cas.bundle_set()?));
         Ok(Arc::new(Issuer {
             config,
             cas,
             registry,
             store,
+            bundles,
         }))
+    }
+
+    /// Publishes the current bundles to every follower (after a rotation).
+    pub fn publish_bundles(&self) {
+        match self.cas.bundle_set() {
+            Ok(set) => {
+                self.bundles.send_if_modified(|current| {
+                    if **current == set {
+                        return false;
+                    }
+                    *current = Arc::new(set);
+                    true
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "building bundles failed"),
+        }
     }
 
     /// Signs an X.509-SVID for `spiffe_id` on behalf of an agent that attested a workload
@@ -91,7 +119,9 @@ impl Issuer {
             claims: Some(entitlement.claims),
             dns_names: Vec::new(),
         };
-        Ok(self.cas.mint_x509(entitlement.band, SubjectKey::Csr(csr_der), &request)?)
+        Ok(self
+            .cas
+            .mint_x509(entitlement.band, SubjectKey::Csr(csr_der), &request)?)
     }
 
     /// Signs a JWT-SVID for `spiffe_id`, checked against policy as for X.509.
@@ -124,7 +154,8 @@ impl Issuer {
             }
             let issuer = Arc::clone(&self);
             match tokio::task::spawn_blocking(move || issuer.cas.rotate()).await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(false)) => {}
+                Ok(Ok(true)) => self.publish_bundles(),
                 Ok(Err(e)) => tracing::error!(error = %e, "CA rotation failed; will retry"),
                 Err(e) => tracing::error!(error = %e, "CA rotation task failed; will retry"),
             }
@@ -132,9 +163,10 @@ impl Issuer {
     }
 }
 
-/// Binds a Unix socket at `path` with mode 0600, replacing a stale socket file left by a
-/// process that is gone, and refusing to steal one that is still answering.
-pub async fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+/// Binds a Unix socket at `path` with `mode` (0600 for admin, 0666 for the Workload API,
+/// where the kernel's credentials, not file permissions, decide), replacing a stale socket
+/// file left by a process that is gone, and refusing to steal one that is still answering.
+pub async fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
@@ -152,7 +184,7 @@ pub async fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("chmod {}", path.display()))?;
     Ok(listener)
 }

@@ -7,6 +7,7 @@
 //!   extension under the UUID arc 2.25, and one namespaced JWT private claim), and their
 //!   parser.
 //! * [`id`]: strict SPIFFE ID parsing on top of the `spiffe` crate's grammar.
+//! * [`jwt`]: JWT-SVID validation (ES256) against a trust domain's JWT keys.
 //! * [`x509`]: X.509-SVID checks: chain to the bundle of the SVID's own trust domain
 //!   (rustls-webpki path building), the SPIFFE leaf rules, and the claims.
 //!
@@ -16,8 +17,10 @@
 
 pub mod claims;
 pub mod id;
+pub mod jwt;
 pub mod x509;
 
 pub use claims::{Band, ClaimsError, WritClaims};
 pub use id::{IdError, parse_spiffe_id, parse_trust_domain};
+pub use jwt::{JwtSvidError, ValidatedJwt, validate_jwt_svid};
 pub use x509::{Usage, VerifiedX509Svid, X509SvidError, verify_x509_svid};

@@ -1,0 +1,295 @@
+//! The agent's SVIDs: one key and certificate per identity, made on first use, renewed
+//! at half-life (±10 % jitter), dropped when policy no longer entitles anyone to them.
+//!
+//! Keys are generated here, on the workload's host, and never sent anywhere: the server
+//! sees only a CSR. Every certificate the server returns is checked against the bundle
+//! of its trust domain with our own verifier before it is handed to any workload.
+
+use super::node::{NodeApi, NodeError};
+use crate::policy::{Entitlement, PolicySnapshot, entitlement_for};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+/// One identity's current SVID and key.
+pub struct CachedSvid {
+    /// The SPIFFE ID.
+    pub spiffe_id: String,
+    /// DER of the leaf.
+    pub cert_der: Vec<u8>,
+    /// Unencrypted PKCS#8 of the key (what the Workload API hands out).
+    pub key_pkcs8: Zeroizing<Vec<u8>>,
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// When it was issued (seconds since the epoch).
+    pub issued_at: i64,
+    /// notAfter (seconds since the epoch).
+    pub not_after: i64,
+    /// When to renew it.
+    pub renew_at: i64,
+}
+
+impl std::fmt::Debug for CachedSvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedSvid")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Renewal instant: half the lifetime, ±10 % jitter (DESIGN.md §3), at least a second.
+pub fn renew_at(issued_at: i64, not_after: i64, jitter: f64) -> i64 {
+    let lifetime = (not_after - issued_at).max(1) as f64;
+    let jitter = jitter.clamp(-1.0, 1.0) * 0.1;
+    issued_at + ((lifetime * (0.5 + jitter * 0.5)) as i64).max(1)
+}
+
+/// The SVIDs this agent holds.
+pub struct SvidCache {
+    node: Arc<dyn NodeApi>,
+    entries: Mutex<HashMap<String, Arc<CachedSvid>>>,
+    issuing: tokio::sync::Mutex<()>,
+    changed: watch::Sender<u64>,
+    added: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for SvidCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SvidCache")
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl SvidCache {
+    /// An empty cache signing through `node`.
+    pub fn new(node: Arc<dyn NodeApi>) -> Self {
+        SvidCache {
+            node,
+            entries: Mutex::new(HashMap::new()),
+            issuing: tokio::sync::Mutex::new(()),
+            changed: watch::channel(0).0,
+            added: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Ticks whenever an SVID is renewed or dropped.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn cached(&self, id: &str, now: i64) -> Option<Arc<CachedSvid>> {
+        let entries = self.entries.lock().ok()?;
+        entries.get(id).filter(|svid| svid.not_after > now).cloned()
+    }
+
+    /// The SVID for `entitlement`, issuing one if there is none (single flight: many
+    /// callers asking at once cause one signature).
+    pub async fn get(&self, entitlement: &Entitlement) -> Result<Arc<CachedSvid>, NodeError> {
+        let id = entitlement.spiffe_id.to_string();
+        if let Some(svid) = self.cached(&id, now_unix()) {
+            return Ok(svid);
+        }
+        let _one = self.issuing.lock().await;
+        if let Some(svid) = self.cached(&id, now_unix()) {
+            return Ok(svid);
+        }
+        let svid = Arc::new(self.issue(entitlement).await?);
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.insert(id, Arc::clone(&svid));
+        }
+        // The maintenance loop may be asleep until a later renewal: wake it.
+        self.added.notify_one();
+        Ok(svid)
+    }
+
+    async fn issue(&self, entitlement: &Entitlement) -> Result<CachedSvid, NodeError> {
+        let key = rcgen::KeyPair::generate()
+            .map_err(|e| NodeError::Unavailable(format!("key generation: {e}")))?;
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let csr = params
+            .serialize_request(&key)
+            .map_err(|e| NodeError::Unavailable(format!("csr: {e}")))?;
+        let issued_at = now_unix();
+        let signed = self
+            .node
+            .sign_x509(&entitlement.spiffe_id, csr.der().to_vec())
+            .await?;
+        self.check(&entitlement.spiffe_id.to_string(), &signed.cert_der)?;
+        let jitter = rand::random::<f64>() * 2.0 - 1.0;
+        tracing::debug!(spiffe_id = %entitlement.spiffe_id, serial = %signed.serial, "issued workload svid");
+        Ok(CachedSvid {
+            spiffe_id: entitlement.spiffe_id.to_string(),
+            cert_der: signed.cert_der,
+            key_pkcs8: Zeroizing::new(key.serialize_der()),
+            serial: signed.serial,
+            issued_at,
+            not_after: signed.not_after,
+            renew_at: renew_at(issued_at, signed.not_after, jitter),
+        })
+    }
+
+    /// Verifies a certificate from the server before anyone sees it: it must chain to the
+    /// bundle of its own trust domain and carry the SPIFFE ID we asked for.
+    fn check(&self, want_id: &str, cert_der: &[u8]) -> Result<(), NodeError> {
+        let bundles = self.node.bundles().borrow().clone();
+        let td_name = want_id
+            .strip_prefix("spiffe://")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default();
+        let bundle = bundles
+            .by_name(td_name)
+            .ok_or_else(|| NodeError::Unavailable(format!("no bundle for {td_name}")))?;
+        let cas = split_der(&bundle.x509_der);
+        let td = writ_verifier::parse_trust_domain(td_name)
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+        let leaf = [CertificateDer::from(cert_der)];
+        let verified = writ_verifier::verify_x509_svid(
+            &leaf,
+            &cas,
+            &td,
+            writ_verifier::x509::Usage::Client,
+            UnixTime::now(),
+        )
+        .map_err(|e| {
+            NodeError::Unavailable(format!("server returned an SVID that does not verify: {e}"))
+        })?;
+        if verified.spiffe_id.to_string() != want_id {
+            return Err(NodeError::Unavailable(
+                "server returned an SVID for another identity".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Renews what is due and drops what policy no longer entitles. Returns the next
+    /// instant anything is due (seconds since the epoch), if any.
+    pub async fn maintain(&self, policy: &PolicySnapshot) -> Option<i64> {
+        let now = now_unix();
+        let snapshot: Vec<Arc<CachedSvid>> = match self.entries.lock() {
+            Ok(entries) => entries.values().cloned().collect(),
+            Err(_) => return None,
+        };
+        let mut changed = false;
+        for svid in snapshot {
+            let Ok(id) = writ_verifier::parse_spiffe_id(&svid.spiffe_id) else {
+                continue;
+            };
+            let entitlement = entitlement_for(policy, self.node.base(), &id);
+            let Some(entitlement) = entitlement else {
+                self.remove(&svid.spiffe_id);
+                changed = true;
+                continue;
+            };
+            if svid.renew_at <= now {
+                let _one = self.issuing.lock().await;
+                match self.issue(&entitlement).await {
+                    Ok(fresh) => {
+                        if let Ok(mut entries) = self.entries.lock() {
+                            entries.insert(svid.spiffe_id.clone(), Arc::new(fresh));
+                        }
+                        changed = true;
+                    }
+                    Err(NodeError::NotEntitled(_)) => {
+                        self.remove(&svid.spiffe_id);
+                        changed = true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(spiffe_id = %svid.spiffe_id, error = %e, "renewal failed; will retry")
+                    }
+                }
+            }
+        }
+        if changed {
+            self.changed.send_modify(|n| *n += 1);
+        }
+        let entries = self.entries.lock().ok()?;
+        entries.values().map(|s| s.renew_at.max(now + 1)).min()
+    }
+
+    fn remove(&self, id: &str) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(id);
+        }
+    }
+
+    /// Runs [`SvidCache::maintain`] whenever policy changes or something is due, until
+    /// `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut policy_rx = self.node.policy();
+        loop {
+            let policy = policy_rx.borrow_and_update().clone();
+            let next = self.maintain(&policy).await;
+            let wait = next
+                .map(|at| (at - now_unix()).clamp(1, 3600) as u64)
+                .unwrap_or(3600);
+            tokio::select! {
+                () = &mut shutdown => return,
+                changed = policy_rx.changed() => if changed.is_err() { return },
+                () = self.added.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(wait)) => {}
+            }
+        }
+    }
+}
+
+/// Splits concatenated DER certificates (bundle form) into single ones.
+pub fn split_der(mut der: &[u8]) -> Vec<CertificateDer<'static>> {
+    let mut out = Vec::new();
+    while der.len() >= 2 && der[0] == 0x30 {
+        let (len, header): (usize, usize) = match der[1] {
+            n if n < 0x80 => (usize::from(n), 2),
+            0x81 if der.len() >= 3 => (usize::from(der[2]), 3),
+            0x82 if der.len() >= 4 => ((usize::from(der[2]) << 8) | usize::from(der[3]), 4),
+            0x83 if der.len() >= 5 => (
+                (usize::from(der[2]) << 16) | (usize::from(der[3]) << 8) | usize::from(der[4]),
+                5,
+            ),
+            _ => break,
+        };
+        let Some(end) = header.checked_add(len).filter(|end| *end <= der.len()) else {
+            break;
+        };
+        out.push(CertificateDer::from(der[..end].to_vec()));
+        der = &der[end..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_at_half_life_within_ten_percent() {
+        assert_eq!(renew_at(0, 300, 0.0), 150);
+        assert_eq!(renew_at(0, 300, 1.0), 165);
+        assert_eq!(renew_at(0, 300, -1.0), 135);
+        assert_eq!(renew_at(0, 300, 7.0), 165);
+        assert!(renew_at(100, 100, 0.0) > 100);
+    }
+
+    #[test]
+    fn split_der_walks_concatenated_certificates() {
+        let a = [0x30, 0x03, 1, 2, 3];
+        let mut b = vec![0x30, 0x81, 0x80];
+        b.extend([7u8; 0x80]);
+        let joined = [&a[..], &b[..]].concat();
+        let parts = split_der(&joined);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[1].as_ref(), &b[..]);
+        assert_eq!(split_der(&[0x30, 0x05, 1]).len(), 0);
+    }
+}

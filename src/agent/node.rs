@@ -1,0 +1,129 @@
+//! What the agent needs from the server: policy, bundles, and signatures.
+//!
+//! `writ dev` runs both in one process and uses [`LocalNode`]; the networked agent
+//! (`writ agent`, over mTLS with its node SVID) implements the same trait.
+
+use crate::ca::BundleSet;
+use crate::policy::PolicySnapshot;
+use crate::server::{IssueError, Issuer};
+use spiffe::{SpiffeId, TrustDomain};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// A signed X.509-SVID leaf.
+#[derive(Clone, Debug)]
+pub struct SignedX509 {
+    /// DER of the leaf.
+    pub cert_der: Vec<u8>,
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// Seconds since the epoch.
+    pub not_after: i64,
+}
+
+/// Why the server would not sign.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Policy does not entitle any workload to this identity now.
+    #[error("{0}")]
+    NotEntitled(String),
+    /// The request was malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The server could not answer.
+    #[error("server unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The agent's view of the server.
+#[tonic::async_trait]
+pub trait NodeApi: Send + Sync + 'static {
+    /// The base trust domain.
+    fn base(&self) -> &TrustDomain;
+    /// Policy, following every change.
+    fn policy(&self) -> watch::Receiver<Arc<PolicySnapshot>>;
+    /// Bundles, following every change.
+    fn bundles(&self) -> watch::Receiver<Arc<BundleSet>>;
+    /// Signs a CSR for `spiffe_id` if policy entitles some workload to it now.
+    async fn sign_x509(
+        &self,
+        spiffe_id: &SpiffeId,
+        csr_der: Vec<u8>,
+    ) -> Result<SignedX509, NodeError>;
+    /// Signs a JWT-SVID for `spiffe_id` and `audience`.
+    async fn sign_jwt(
+        &self,
+        spiffe_id: &SpiffeId,
+        audience: Vec<String>,
+    ) -> Result<String, NodeError>;
+}
+
+/// The server in the same process (`writ dev`).
+#[derive(Debug, Clone)]
+pub struct LocalNode {
+    issuer: Arc<Issuer>,
+}
+
+impl LocalNode {
+    /// A node API answered by `issuer` directly.
+    pub fn new(issuer: Arc<Issuer>) -> Self {
+        LocalNode { issuer }
+    }
+}
+
+fn node_error(e: IssueError) -> NodeError {
+    match e {
+        IssueError::NotEntitled(_) => NodeError::NotEntitled(e.to_string()),
+        IssueError::Ca(ca) if ca.is_invalid_argument() => NodeError::Invalid(ca.to_string()),
+        IssueError::Ca(ca) => {
+            tracing::error!(error = %ca, "signing failed");
+            NodeError::Unavailable("signing failed".into())
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl NodeApi for LocalNode {
+    fn base(&self) -> &TrustDomain {
+        self.issuer.cas.base()
+    }
+
+    fn policy(&self) -> watch::Receiver<Arc<PolicySnapshot>> {
+        self.issuer.registry.subscribe()
+    }
+
+    fn bundles(&self) -> watch::Receiver<Arc<BundleSet>> {
+        self.issuer.bundles.subscribe()
+    }
+
+    async fn sign_x509(
+        &self,
+        spiffe_id: &SpiffeId,
+        csr_der: Vec<u8>,
+    ) -> Result<SignedX509, NodeError> {
+        let issuer = Arc::clone(&self.issuer);
+        let id = spiffe_id.clone();
+        let minted =
+            tokio::task::spawn_blocking(move || issuer.sign_workload_x509(&id, &csr_der, None))
+                .await
+                .map_err(|e| NodeError::Unavailable(e.to_string()))?
+                .map_err(node_error)?;
+        Ok(SignedX509 {
+            cert_der: minted.cert_der,
+            serial: minted.serial,
+            not_after: minted.not_after,
+        })
+    }
+
+    async fn sign_jwt(
+        &self,
+        spiffe_id: &SpiffeId,
+        audience: Vec<String>,
+    ) -> Result<String, NodeError> {
+        self.issuer
+            .sign_workload_jwt(spiffe_id, &audience)
+            .map(|minted| minted.token)
+            .map_err(node_error)
+    }
+}

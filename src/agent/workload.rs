@@ -1,0 +1,356 @@
+//! The SPIFFE Workload API (SPIFFE_Workload_API.md, SPIFFE_Workload_Endpoint.md).
+//!
+//! Every call must carry `workload.spiffe.io: true` (else InvalidArgument). The caller is
+//! identified out of band from the socket's kernel credentials, never from anything it
+//! sends. A caller with no identity gets PermissionDenied with "no identity issued" (the
+//! phrase clients retry on). Streams send their first message at once and a full-state
+//! message on every change; when the last identity goes, the stream ends with
+//! PermissionDenied, as the spec asks.
+
+use super::Agent;
+use super::attest::PeerCred;
+use super::node::NodeError;
+use crate::policy::{Entitlement, Selector, entitlements};
+use crate::proto::workload::{self as pb, spiffe_workload_api_server::SpiffeWorkloadApi};
+use std::collections::{BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The phrase SPIFFE clients look for before retrying.
+pub const NO_IDENTITY: &str = "no identity issued";
+
+/// The Workload API service.
+#[derive(Debug, Clone)]
+pub struct WorkloadApi {
+    agent: Arc<Agent>,
+}
+
+impl WorkloadApi {
+    /// A service for `agent`.
+    pub fn new(agent: Arc<Agent>) -> Self {
+        WorkloadApi { agent }
+    }
+
+    /// Checks the security header and attests the caller.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<BTreeSet<Selector>, Status> {
+        match request.metadata().get("workload.spiffe.io") {
+            Some(v) if v.as_bytes() == b"true" => {}
+            _ => {
+                return Err(Status::invalid_argument(
+                    "security header missing from request",
+                ));
+            }
+        }
+        let cred = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .and_then(|cred| {
+                Some(PeerCred {
+                    pid: cred.pid()?,
+                    uid: cred.uid(),
+                    gid: cred.gid(),
+                })
+            })
+            .ok_or_else(|| Status::permission_denied("caller credentials unavailable"))?;
+        let agent = Arc::clone(&self.agent);
+        tokio::task::spawn_blocking(move || agent.attestor.attest(cred))
+            .await
+            .map_err(|_| Status::unavailable("attestation failed"))?
+            .map_err(|e| {
+                tracing::debug!(error = %e, "attestation failed");
+                Status::permission_denied(format!("{NO_IDENTITY}: {e}"))
+            })
+    }
+
+    fn entitlements(&self, selectors: &BTreeSet<Selector>) -> Vec<Entitlement> {
+        let policy = self.agent.node.policy().borrow().clone();
+        entitlements(&policy, self.agent.node.base(), selectors)
+    }
+
+    /// The full X.509 state for a caller right now.
+    async fn x509_state(
+        &self,
+        selectors: &BTreeSet<Selector>,
+    ) -> Result<pb::X509svidResponse, Status> {
+        let wanted = self.entitlements(selectors);
+        if wanted.is_empty() {
+            return Err(Status::permission_denied(NO_IDENTITY));
+        }
+        let bundles = self.agent.node.bundles().borrow().clone();
+        let mut svids = Vec::with_capacity(wanted.len());
+        let mut unavailable = None;
+        let mut own_domains = BTreeSet::new();
+        for entitlement in &wanted {
+            match self.agent.cache.get(entitlement).await {
+                Ok(svid) => {
+                    let Some(bundle) = bundles.by_band(entitlement.band) else {
+                        continue;
+                    };
+                    own_domains.insert(bundle.trust_domain_id.clone());
+                    svids.push(pb::X509svid {
+                        spiffe_id: svid.spiffe_id.clone(),
+                        x509_svid: svid.cert_der.clone(),
+                        x509_svid_key: svid.key_pkcs8.to_vec(),
+                        bundle: bundle.x509_der.clone(),
+                        hint: entitlement.hint.clone(),
+                    });
+                }
+                Err(NodeError::NotEntitled(_)) => {}
+                Err(e) => unavailable = Some(e),
+            }
+        }
+        if svids.is_empty() {
+            return Err(match unavailable {
+                Some(e) => Status::unavailable(e.to_string()),
+                None => Status::permission_denied(NO_IDENTITY),
+            });
+        }
+        let federated_bundles = bundles
+            .bundles
+            .iter()
+            .filter(|b| !own_domains.contains(&b.trust_domain_id))
+            .map(|b| (b.trust_domain_id.clone(), b.x509_der.clone()))
+            .collect();
+        Ok(pb::X509svidResponse {
+            svids,
+            crl: Vec::new(),
+            federated_bundles,
+        })
+    }
+
+    fn x509_bundles(&self) -> pb::X509BundlesResponse {
+        let bundles = self.agent.node.bundles().borrow().clone();
+        pb::X509BundlesResponse {
+            crl: Vec::new(),
+            bundles: bundles
+                .bundles
+                .iter()
+                .map(|b| (b.trust_domain_id.clone(), b.x509_der.clone()))
+                .collect(),
+        }
+    }
+
+    fn jwt_bundles(&self) -> pb::JwtBundlesResponse {
+        let bundles = self.agent.node.bundles().borrow().clone();
+        pb::JwtBundlesResponse {
+            bundles: bundles
+                .bundles
+                .iter()
+                .map(|b| (b.trust_domain_id.clone(), b.jwt_jwks.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Runs `state` now and after every change of policy, bundles or SVIDs, sending each
+/// distinct result; ends after sending an error, or when the client goes away.
+fn follow<T, F, Fut>(agent: Arc<Agent>, state: F) -> ResponseStream<T>
+where
+    T: PartialEq + Clone + Send + 'static,
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, Status>> + Send,
+{
+    let (tx, rx) = mpsc::channel(2);
+    let mut policy = agent.node.policy();
+    let mut bundles = agent.node.bundles();
+    let mut svids = agent.cache.subscribe();
+    agent.streams.send_modify(|n| *n += 1);
+    tokio::spawn(async move {
+        policy.mark_unchanged();
+        bundles.mark_unchanged();
+        svids.mark_unchanged();
+        let mut last: Option<T> = None;
+        loop {
+            match state().await {
+                Ok(message) => {
+                    if last.as_ref() != Some(&message) {
+                        if tx.send(Ok(message.clone())).await.is_err() {
+                            break;
+                        }
+                        last = Some(message);
+                    }
+                }
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    break;
+                }
+            }
+            tokio::select! {
+                r = policy.changed() => if r.is_err() { break },
+                r = bundles.changed() => if r.is_err() { break },
+                r = svids.changed() => if r.is_err() { break },
+                () = tx.closed() => break,
+            }
+        }
+        agent.streams.send_modify(|n| *n = n.saturating_sub(1));
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = ResponseStream<pb::X509svidResponse>;
+    type FetchX509BundlesStream = ResponseStream<pb::X509BundlesResponse>;
+    type FetchJWTBundlesStream = ResponseStream<pb::JwtBundlesResponse>;
+    type FetchWITSVIDStream = ResponseStream<pb::WitsvidResponse>;
+    type FetchWITBundlesStream = ResponseStream<pb::WitBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        request: Request<pb::X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let selectors = Arc::new(self.caller(&request).await?);
+        // The first answer decides the status: no identity is an error, not a stream.
+        self.x509_state(&selectors).await?;
+        let this = self.clone();
+        Ok(Response::new(follow(Arc::clone(&self.agent), move || {
+            let this = this.clone();
+            let selectors = Arc::clone(&selectors);
+            async move { this.x509_state(&selectors).await }
+        })))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<pb::X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        // Bundles are public: any attested caller (a verifier holds no identity) gets them.
+        self.caller(&request).await?;
+        let this = self.clone();
+        Ok(Response::new(follow(Arc::clone(&self.agent), move || {
+            let message = this.x509_bundles();
+            async move { Ok(message) }
+        })))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        request: Request<pb::JwtsvidRequest>,
+    ) -> Result<Response<pb::JwtsvidResponse>, Status> {
+        let selectors = self.caller(&request).await?;
+        let body = request.into_inner();
+        if body.audience.is_empty() || body.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        let mut wanted = self.entitlements(&selectors);
+        if !body.spiffe_id.is_empty() {
+            wanted.retain(|e| e.spiffe_id.to_string() == body.spiffe_id);
+        }
+        if wanted.is_empty() {
+            return Err(Status::permission_denied(NO_IDENTITY));
+        }
+        let mut svids = Vec::with_capacity(wanted.len());
+        for entitlement in wanted {
+            match self
+                .agent
+                .node
+                .sign_jwt(&entitlement.spiffe_id, body.audience.clone())
+                .await
+            {
+                Ok(token) => svids.push(pb::Jwtsvid {
+                    spiffe_id: entitlement.spiffe_id.to_string(),
+                    svid: token,
+                    hint: entitlement.hint,
+                }),
+                Err(NodeError::NotEntitled(_)) => {}
+                Err(NodeError::Invalid(e)) => return Err(Status::invalid_argument(e)),
+                Err(e) => return Err(Status::unavailable(e.to_string())),
+            }
+        }
+        if svids.is_empty() {
+            return Err(Status::permission_denied(NO_IDENTITY));
+        }
+        Ok(Response::new(pb::JwtsvidResponse { svids }))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        request: Request<pb::JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        self.caller(&request).await?;
+        let this = self.clone();
+        Ok(Response::new(follow(Arc::clone(&self.agent), move || {
+            let message = this.jwt_bundles();
+            async move { Ok(message) }
+        })))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        request: Request<pb::ValidateJwtsvidRequest>,
+    ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
+        self.caller(&request).await?;
+        let body = request.into_inner();
+        if body.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if body.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let bundles = self.agent.node.bundles().borrow().clone();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let validated =
+            writ_verifier::validate_jwt_svid(&body.svid, &body.audience, now, |td, kid| {
+                bundles
+                    .by_name(td)
+                    .and_then(|b| b.jwt_keys.get(kid))
+                    .map(Vec::as_slice)
+            })
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(pb::ValidateJwtsvidResponse {
+            spiffe_id: validated.spiffe_id.to_string(),
+            claims: Some(to_struct(validated.claims)),
+        }))
+    }
+
+    async fn fetch_witsvid(
+        &self,
+        _request: Request<pb::WitsvidRequest>,
+    ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
+        Err(Status::unimplemented("the WIT-SVID profile is not served"))
+    }
+
+    async fn fetch_wit_bundles(
+        &self,
+        _request: Request<pb::WitBundlesRequest>,
+    ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
+        Err(Status::unimplemented("the WIT-SVID profile is not served"))
+    }
+}
+
+fn to_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map
+            .into_iter()
+            .map(|(k, v)| (k, to_value(v)))
+            .collect::<HashMap<_, _>>()
+            .into_iter()
+            .collect(),
+    }
+}
+
+fn to_value(value: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.into_iter().map(to_value).collect(),
+        }),
+        serde_json::Value::Object(map) => Kind::StructValue(to_struct(map)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}

@@ -1,6 +1,7 @@
 //! `writ x509 mint` and `writ jwt mint`.
 
 use super::client::{connect, rpc_error};
+use super::output::format_unix;
 use super::{AdminArgs, IdentityArgs};
 use crate::ca::bundle::{pem, pem_certificate};
 use crate::proto::admin as pb;
@@ -109,16 +110,6 @@ fn write_outputs(dir: &Path, svid: &str, key: &str, bundle: &str) -> anyhow::Res
     write("key.pem", key, 0o600)?;
     write("svid.pem", svid, 0o644)?;
     write("bundle.pem", bundle, 0o644)
-}
-
-fn format_unix(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
 }
 
 pub async fn jwt(args: JwtMintArgs) -> anyhow::Result<()> {

@@ -4,7 +4,10 @@
 mod bundle;
 mod client;
 mod dev;
+mod incident;
 mod mint;
+mod output;
+mod profile;
 
 use crate::ttl::Ttl;
 use clap::{Args, Parser, Subcommand};
@@ -32,8 +35,38 @@ enum Command {
     /// Trust bundles.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Profiles: which attested workloads are which agent or service.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+    /// Incidents: what agents work on, for how long, with which scopes.
+    #[command(subcommand)]
+    Incident(IncidentCommand),
     /// Check that the server answers.
     Healthcheck(AdminArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ProfileCommand {
+    /// Create a profile.
+    Create(profile::CreateArgs),
+    /// List every profile.
+    List(AdminArgs),
+    /// Show one profile.
+    Show(profile::NameArgs),
+    /// Delete a profile; its workloads lose their identities at once.
+    Delete(profile::NameArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum IncidentCommand {
+    /// Open an incident: its assigned agents receive identities for it.
+    Open(incident::OpenArgs),
+    /// Close an incident for good: no identity for it is issued any more.
+    Close(incident::IdArgs),
+    /// List every incident, open and closed.
+    List(AdminArgs),
+    /// Show one incident.
+    Show(incident::IdArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,7 +97,7 @@ pub struct AdminArgs {
         default_value = "./writ-data/admin.sock"
     )]
     admin_socket: PathBuf,
-    /// Print JSON (one object).
+    /// Print JSON (one object, or one per line for lists).
     #[arg(long)]
     json: bool,
 }
@@ -121,6 +154,14 @@ impl Cli {
             Command::X509(X509Command::Mint(args)) => mint::x509(args).await,
             Command::Jwt(JwtCommand::Mint(args)) => mint::jwt(args).await,
             Command::Bundle(BundleCommand::Show(args)) => bundle::show(args).await,
+            Command::Profile(ProfileCommand::Create(args)) => profile::create(args).await,
+            Command::Profile(ProfileCommand::List(args)) => profile::list(args).await,
+            Command::Profile(ProfileCommand::Show(args)) => profile::show(args).await,
+            Command::Profile(ProfileCommand::Delete(args)) => profile::delete(args).await,
+            Command::Incident(IncidentCommand::Open(args)) => incident::open(args).await,
+            Command::Incident(IncidentCommand::Close(args)) => incident::close(args).await,
+            Command::Incident(IncidentCommand::List(args)) => incident::list(args).await,
+            Command::Incident(IncidentCommand::Show(args)) => incident::show(args).await,
             Command::Healthcheck(args) => bundle::healthcheck(args).await,
         }
     }

@@ -1,14 +1,21 @@
-//! The admin API (`writ.admin.v1`): minting and bundles for operators.
+//! The admin API (`writ.admin.v1`): minting, bundles, profiles and incidents for
+//! operators.
 //!
-//! Errors are mapped to `tonic::Status` in one place, [`status`]. Callers are
-//! identified by SO_PEERCRED: for now only the uid running the server and root may call
-//! (operators with roles arrive with the policy work).
+//! Errors are mapped to `tonic::Status` in one place per source: [`status`] for the CAs,
+//! [`registry_status`] for the registry. Every field of a policy request is parsed here,
+//! whatever the CLI already checked. Callers are identified by SO_PEERCRED: for now only
+//! the uid running the server and root may call (operators with roles arrive later).
 
 use super::Issuer;
+use super::registry::RegistryError;
 use crate::ca::{CaError, SubjectKey, SvidRequest};
 use crate::identity::agent_spiffe_id;
+use crate::policy::{
+    Incident, IncidentState, MAX_ITEMS, PolicyError, Profile, Selector, Severity, check_name,
+};
 use crate::proto::admin::{self as pb, admin_server::Admin};
 use spiffe::SpiffeId;
+use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +25,13 @@ use writ_verifier::{Band, WritClaims};
 
 /// Upper bound on scopes in one request.
 const MAX_SCOPES: usize = 64;
+
+/// An incident's maximum lifetime when the request names none (DESIGN.md §7).
+const DEFAULT_INCIDENT_LIFETIME: Duration = Duration::from_secs(4 * 3600);
+
+/// The longest maximum lifetime an incident may be opened with: long-running work is
+/// extended explicitly, so nothing stays open by accident.
+const MAX_INCIDENT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The admin service.
 #[derive(Debug)]
@@ -126,6 +140,20 @@ impl AdminService {
     }
 }
 
+/// Admin minting is a break-glass tool, not a way around incidents: an identity bound to
+/// an incident is minted only while that incident is open (checked under the issuance
+/// gate, like workload issuance).
+fn incident_is_open(issuer: &Issuer, svid: &SvidRequest) -> Result<(), CaError> {
+    let Some(incident) = svid.claims.as_ref().and_then(|c| c.incident.as_deref()) else {
+        return Ok(());
+    };
+    match issuer.registry.snapshot().incidents.get(incident) {
+        Some(i) if i.is_open() => Ok(()),
+        Some(_) => Err(CaError::BadRequest(format!("incident {incident:?} is closed"))),
+        None => Err(CaError::BadRequest(format!("unknown incident {incident:?}"))),
+    }
+}
+
 fn request(spiffe_id: SpiffeId, claims: Option<WritClaims>) -> SvidRequest {
     SvidRequest {
         spiffe_id,
@@ -150,8 +178,25 @@ fn status(error: CaError) -> Status {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, CaError> + Send + 'static,
+/// Maps a registry error to a gRPC status: the caller's mistakes carry their reason;
+/// a store failure is logged and reported generically (nothing changed).
+fn registry_status(error: RegistryError) -> Status {
+    match error {
+        RegistryError::Invalid(e) => Status::invalid_argument(e.to_string()),
+        e @ RegistryError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
+        e @ RegistryError::NotFound { .. } => Status::not_found(e.to_string()),
+        e @ RegistryError::AlreadyClosed(_) => Status::failed_precondition(e.to_string()),
+        other => {
+            tracing::error!(error = %other, "admin policy request failed");
+            Status::internal("internal error; see the server log")
+        }
+    }
+}
+
+/// Runs `f` (which may fsync) off the async workers, mapping its error with `map`.
+async fn blocking<T: Send + 'static, E: Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+    map: fn(E) -> Status,
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
         .await
@@ -159,7 +204,139 @@ async fn blocking<T: Send + 'static>(
             tracing::error!(error = %e, "blocking task failed");
             Status::internal("internal error; see the server log")
         })?
-        .map_err(status)
+        .map_err(map)
+}
+
+/// How the caller is recorded as opener or closer until operators have names.
+fn caller_name(uid: u32) -> String {
+    format!("uid:{uid}")
+}
+
+fn invalid(error: PolicyError) -> Status {
+    registry_status(RegistryError::Invalid(error))
+}
+
+/// A name of `what` given in a request, checked before it is looked up or echoed.
+fn name_arg(what: &str, name: &str) -> Result<(), Status> {
+    check_name(what, name).map_err(invalid)
+}
+
+/// Refuses oversized lists before parsing their items.
+fn bounded(what: &'static str, items: &[String]) -> Result<(), Status> {
+    if items.len() > MAX_ITEMS {
+        return Err(invalid(PolicyError::TooMany(what)));
+    }
+    Ok(())
+}
+
+/// Parses a profile request; the registry checks the whole object again.
+fn parse_profile(body: pb::CreateProfileRequest, now: i64) -> Result<Profile, Status> {
+    bounded("selectors", &body.selectors)?;
+    bounded("bands", &body.bands)?;
+    bounded("scopes", &body.scopes)?;
+    let selectors = body
+        .selectors
+        .iter()
+        .map(|s| s.parse::<Selector>())
+        .collect::<Result<BTreeSet<_>, _>>()
+        .map_err(|e| invalid(e.into()))?;
+    let mut bands = body
+        .bands
+        .iter()
+        .map(|b| {
+            b.parse::<Band>().map_err(|_| {
+                let b: String = b.chars().take(32).collect();
+                invalid(PolicyError::BadBands(format!(
+                    "unknown band {b:?} (use investigative, remediation, or base for a service)"
+                )))
+            })
+        })
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    if bands.is_empty() {
+        // Advisory-only by default; a service holds only its standing base identity.
+        bands.insert(if body.service {
+            Band::Base
+        } else {
+            Band::Investigative
+        });
+    }
+    let profile = Profile {
+        name: body.name,
+        selectors,
+        bands,
+        scopes: body.scopes.into_iter().collect(),
+        service: body.service,
+        created_at: now,
+    };
+    profile.validate().map_err(invalid)?;
+    Ok(profile)
+}
+
+/// Parses an incident request; the registry checks the whole object again.
+fn parse_incident(body: pb::OpenIncidentRequest, by: String, now: i64) -> Result<Incident, Status> {
+    bounded("assigned agents", &body.assigned)?;
+    bounded("scopes", &body.scopes)?;
+    if body.title.trim().is_empty() {
+        return Err(Status::invalid_argument(
+            "an incident needs a title (--title)",
+        ));
+    }
+    let severity: Severity = body.severity.parse().map_err(invalid)?;
+    let max_lifetime = body
+        .max_lifetime_seconds
+        .map_or(DEFAULT_INCIDENT_LIFETIME, Duration::from_secs);
+    if max_lifetime.is_zero() || max_lifetime > MAX_INCIDENT_LIFETIME {
+        return Err(Status::invalid_argument(format!(
+            "max lifetime must be between 1s and {}",
+            humantime::format_duration(MAX_INCIDENT_LIFETIME)
+        )));
+    }
+    let incident = Incident {
+        id: body.id,
+        title: body.title,
+        severity,
+        assigned: body.assigned.into_iter().collect(),
+        scopes: body.scopes.into_iter().collect(),
+        state: IncidentState::Open,
+        opened_by: by,
+        opened_at: now,
+        closed_by: None,
+        closed_at: None,
+        max_lifetime_secs: max_lifetime.as_secs(),
+    };
+    incident.validate().map_err(invalid)?;
+    Ok(incident)
+}
+
+fn profile_to_proto(profile: &Profile) -> pb::Profile {
+    pb::Profile {
+        name: profile.name.clone(),
+        selectors: profile.selectors.iter().map(ToString::to_string).collect(),
+        bands: profile.bands.iter().map(ToString::to_string).collect(),
+        scopes: profile.scopes.iter().cloned().collect(),
+        service: profile.service,
+        created_at: profile.created_at,
+    }
+}
+
+fn incident_to_proto(incident: &Incident) -> pb::Incident {
+    pb::Incident {
+        id: incident.id.clone(),
+        title: incident.title.clone(),
+        severity: incident.severity.to_string(),
+        assigned: incident.assigned.iter().cloned().collect(),
+        scopes: incident.scopes.iter().cloned().collect(),
+        state: match incident.state {
+            IncidentState::Open => "open",
+            IncidentState::Closed => "closed",
+        }
+        .into(),
+        opened_by: incident.opened_by.clone(),
+        opened_at: incident.opened_at,
+        closed_by: incident.closed_by.clone(),
+        closed_at: incident.closed_at,
+        max_lifetime_seconds: incident.max_lifetime_secs,
+    }
 }
 
 #[tonic::async_trait]
@@ -175,11 +352,16 @@ impl Admin for AdminService {
         svid.dns_names = body.dns_names;
         let issuer = Arc::clone(&self.issuer);
         let spiffe_id = svid.spiffe_id.to_string();
-        let minted = blocking(move || {
-            issuer
-                .cas
-                .mint_x509(band, SubjectKey::Csr(&body.csr), &svid)
-        })
+        let minted = blocking(
+            move || {
+                let _gate = issuer.registry.issuance_gate();
+                incident_is_open(&issuer, &svid)?;
+                issuer
+                    .cas
+                    .mint_x509(band, SubjectKey::Csr(&body.csr), &svid)
+            },
+            status,
+        )
         .await?;
         Ok(Response::new(pb::MintX509SvidResponse {
             spiffe_id,
@@ -198,11 +380,14 @@ impl Admin for AdminService {
         let body = request.into_inner();
         let (band, mut svid) = self.resolve(body.identity)?;
         svid.ttl = body.ttl_seconds.map(Duration::from_secs);
-        let minted = self
-            .issuer
-            .cas
-            .mint_jwt(band, &svid, &body.audience)
-            .map_err(status)?;
+        let minted = {
+            let _gate = self.issuer.registry.issuance_gate();
+            incident_is_open(&self.issuer, &svid).map_err(status)?;
+            self.issuer
+                .cas
+                .mint_jwt(band, &svid, &body.audience)
+                .map_err(status)?
+        };
         Ok(Response::new(pb::MintJwtSvidResponse {
             spiffe_id: svid.spiffe_id.to_string(),
             token: minted.token,
@@ -253,5 +438,289 @@ impl Admin for AdminService {
                 .map(|ca| ca.trust_domain().to_string())
                 .collect(),
         }))
+    }
+
+    async fn create_profile(
+        &self,
+        request: Request<pb::CreateProfileRequest>,
+    ) -> Result<Response<pb::CreateProfileResponse>, Status> {
+        let uid = self.authorize(&request)?;
+        let profile = parse_profile(request.into_inner(), self.issuer.cas.now())?;
+        let issuer = Arc::clone(&self.issuer);
+        let profile = blocking(
+            move || issuer.registry.create_profile(profile),
+            registry_status,
+        )
+        .await?;
+        tracing::info!(
+            profile = %profile.name,
+            service = profile.service,
+            by = %caller_name(uid),
+            "profile created"
+        );
+        Ok(Response::new(pb::CreateProfileResponse {
+            profile: Some(profile_to_proto(&profile)),
+        }))
+    }
+
+    async fn list_profiles(
+        &self,
+        request: Request<pb::ListProfilesRequest>,
+    ) -> Result<Response<pb::ListProfilesResponse>, Status> {
+        self.authorize(&request)?;
+        let policy = self.issuer.registry.snapshot();
+        Ok(Response::new(pb::ListProfilesResponse {
+            profiles: policy.profiles.values().map(profile_to_proto).collect(),
+        }))
+    }
+
+    async fn get_profile(
+        &self,
+        request: Request<pb::GetProfileRequest>,
+    ) -> Result<Response<pb::GetProfileResponse>, Status> {
+        self.authorize(&request)?;
+        let name = request.into_inner().name;
+        name_arg("profile", &name)?;
+        let policy = self.issuer.registry.snapshot();
+        let profile = policy.profiles.get(&name).ok_or_else(|| {
+            registry_status(RegistryError::NotFound {
+                what: "profile",
+                name,
+            })
+        })?;
+        Ok(Response::new(pb::GetProfileResponse {
+            profile: Some(profile_to_proto(profile)),
+        }))
+    }
+
+    async fn delete_profile(
+        &self,
+        request: Request<pb::DeleteProfileRequest>,
+    ) -> Result<Response<pb::DeleteProfileResponse>, Status> {
+        let uid = self.authorize(&request)?;
+        let name = request.into_inner().name;
+        name_arg("profile", &name)?;
+        let issuer = Arc::clone(&self.issuer);
+        let profile = blocking(
+            move || issuer.registry.delete_profile(&name),
+            registry_status,
+        )
+        .await?;
+        tracing::info!(profile = %profile.name, by = %caller_name(uid), "profile deleted");
+        Ok(Response::new(pb::DeleteProfileResponse {
+            profile: Some(profile_to_proto(&profile)),
+        }))
+    }
+
+    async fn open_incident(
+        &self,
+        request: Request<pb::OpenIncidentRequest>,
+    ) -> Result<Response<pb::OpenIncidentResponse>, Status> {
+        let uid = self.authorize(&request)?;
+        let incident = parse_incident(
+            request.into_inner(),
+            caller_name(uid),
+            self.issuer.cas.now(),
+        )?;
+        let issuer = Arc::clone(&self.issuer);
+        let incident = blocking(
+            move || issuer.registry.open_incident(incident),
+            registry_status,
+        )
+        .await?;
+        tracing::info!(
+            incident = %incident.id,
+            severity = %incident.severity,
+            assigned = ?incident.assigned,
+            by = %incident.opened_by,
+            "incident opened"
+        );
+        Ok(Response::new(pb::OpenIncidentResponse {
+            incident: Some(incident_to_proto(&incident)),
+        }))
+    }
+
+    async fn close_incident(
+        &self,
+        request: Request<pb::CloseIncidentRequest>,
+    ) -> Result<Response<pb::CloseIncidentResponse>, Status> {
+        let uid = self.authorize(&request)?;
+        let id = request.into_inner().id;
+        name_arg("incident", &id)?;
+        let issuer = Arc::clone(&self.issuer);
+        let by = caller_name(uid);
+        let incident = blocking(
+            move || {
+                let now = issuer.cas.now();
+                issuer.registry.close_incident(&id, &by, now)
+            },
+            registry_status,
+        )
+        .await?;
+        tracing::info!(incident = %incident.id, by = %caller_name(uid), "incident closed");
+        Ok(Response::new(pb::CloseIncidentResponse {
+            incident: Some(incident_to_proto(&incident)),
+        }))
+    }
+
+    async fn list_incidents(
+        &self,
+        request: Request<pb::ListIncidentsRequest>,
+    ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
+        self.authorize(&request)?;
+        let policy = self.issuer.registry.snapshot();
+        Ok(Response::new(pb::ListIncidentsResponse {
+            incidents: policy.incidents.values().map(incident_to_proto).collect(),
+        }))
+    }
+
+    async fn get_incident(
+        &self,
+        request: Request<pb::GetIncidentRequest>,
+    ) -> Result<Response<pb::GetIncidentResponse>, Status> {
+        self.authorize(&request)?;
+        let id = request.into_inner().id;
+        name_arg("incident", &id)?;
+        let policy = self.issuer.registry.snapshot();
+        let incident = policy.incidents.get(&id).ok_or_else(|| {
+            registry_status(RegistryError::NotFound {
+                what: "incident",
+                name: id,
+            })
+        })?;
+        Ok(Response::new(pb::GetIncidentResponse {
+            incident: Some(incident_to_proto(incident)),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::StoreError;
+    use tonic::Code;
+
+    fn profile_request(
+        selectors: &[&str],
+        bands: &[&str],
+        service: bool,
+    ) -> pb::CreateProfileRequest {
+        pb::CreateProfileRequest {
+            name: "triage".into(),
+            selectors: selectors.iter().map(|s| s.to_string()).collect(),
+            bands: bands.iter().map(|s| s.to_string()).collect(),
+            scopes: vec!["logs:read".into()],
+            service,
+        }
+    }
+
+    fn incident_request(severity: &str, assigned: &[&str]) -> pb::OpenIncidentRequest {
+        pb::OpenIncidentRequest {
+            id: "INC-1".into(),
+            title: "db down".into(),
+            severity: severity.into(),
+            assigned: assigned.iter().map(|s| s.to_string()).collect(),
+            scopes: Vec::new(),
+            max_lifetime_seconds: None,
+        }
+    }
+
+    #[test]
+    fn registry_errors_map_to_codes_and_store_detail_stays_in_the_log() {
+        let cases = [
+            (
+                RegistryError::Invalid(PolicyError::NoSelectors),
+                Code::InvalidArgument,
+            ),
+            (
+                RegistryError::AlreadyExists {
+                    what: "profile",
+                    name: "a".into(),
+                },
+                Code::AlreadyExists,
+            ),
+            (
+                RegistryError::NotFound {
+                    what: "incident",
+                    name: "a".into(),
+                },
+                Code::NotFound,
+            ),
+            (
+                RegistryError::AlreadyClosed("a".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                RegistryError::Store(StoreError::Db("disk /secret/path failed".into())),
+                Code::Internal,
+            ),
+        ];
+        for (error, code) in cases {
+            let status = registry_status(error);
+            assert_eq!(status.code(), code);
+            assert!(!status.message().contains("/secret/path"));
+        }
+    }
+
+    #[test]
+    fn profiles_default_to_the_investigative_band_and_services_to_base() {
+        let agent = parse_profile(profile_request(&["unix:uid:1001"], &[], false), 7).unwrap();
+        assert_eq!(agent.bands, BTreeSet::from([Band::Investigative]));
+        assert_eq!(agent.created_at, 7);
+        let service = parse_profile(profile_request(&["unix:uid:1001"], &[], true), 7).unwrap();
+        assert_eq!(service.bands, BTreeSet::from([Band::Base]));
+        let both = parse_profile(
+            profile_request(&["unix:uid:1001"], &["investigative", "remediation"], false),
+            7,
+        )
+        .unwrap();
+        assert_eq!(both.bands.len(), 2);
+    }
+
+    #[test]
+    fn bad_profile_fields_are_invalid_arguments() {
+        for request in [
+            profile_request(&["uid:1001"], &[], false),
+            profile_request(&["unix:uid:abc"], &[], false),
+            profile_request(&[], &[], false),
+            profile_request(&["unix:uid:1"], &["nope"], false),
+            profile_request(&["unix:uid:1"], &["base"], false),
+            profile_request(&["unix:uid:1"], &["remediation"], true),
+            profile_request(&["unix:uid:1"; MAX_ITEMS + 1], &[], false),
+        ] {
+            let status = parse_profile(request, 0).unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn incidents_are_parsed_with_a_default_lifetime() {
+        let incident =
+            parse_incident(incident_request("sev2", &["triage"]), "uid:0".into(), 9).unwrap();
+        assert_eq!(incident.severity, Severity::Sev2);
+        assert_eq!(incident.max_lifetime_secs, 4 * 3600);
+        assert_eq!(incident.opened_by, "uid:0");
+        assert_eq!(incident.opened_at, 9);
+        assert!(incident.is_open());
+
+        let mut too_long = incident_request("sev2", &["triage"]);
+        too_long.max_lifetime_seconds = Some(MAX_INCIDENT_LIFETIME.as_secs() + 1);
+        let mut zero = incident_request("sev2", &["triage"]);
+        zero.max_lifetime_seconds = Some(0);
+        let mut untitled = incident_request("sev2", &["triage"]);
+        untitled.title = " ".into();
+        for request in [
+            incident_request("sev5", &["triage"]),
+            incident_request("", &["triage"]),
+            incident_request("sev1", &[]),
+            incident_request("sev1", &["a/b"]),
+            too_long,
+            zero,
+            untitled,
+        ] {
+            let status = parse_incident(request, "uid:0".into(), 0).unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        }
     }
 }

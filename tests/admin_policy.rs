@@ -1,0 +1,608 @@
+//! Profiles and incidents through the real `writ` binary: `writ dev` on a temp data
+//! directory, the CLI against its admin socket (DESIGN.md §4, §7).
+//!
+//! Every refusal must be one `error:` line on stderr, a non-zero exit, and no change to
+//! what the server holds.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::Value;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const WRIT: &str = env!("CARGO_BIN_EXE_writ");
+
+/// A running `writ dev`, killed when dropped.
+struct Dev {
+    child: Child,
+    data_dir: PathBuf,
+}
+
+impl Dev {
+    /// Starts `writ dev` on `data_dir` and waits until its admin socket answers.
+    fn start(data_dir: &Path) -> Dev {
+        let log = std::fs::File::create(data_dir.with_extension("log")).expect("dev log");
+        let child = Command::new(WRIT)
+            .arg("dev")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("WRIT_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn writ dev");
+        let mut dev = Dev {
+            child,
+            data_dir: data_dir.to_path_buf(),
+        };
+        // A socket left by a killed server exists but refuses connections: wait for one
+        // that accepts.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while UnixStream::connect(dev.socket()).is_err() {
+            if let Some(status) = dev.child.try_wait().expect("poll writ dev") {
+                panic!("writ dev exited early ({status}): {}", dev.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "writ dev did not open {} in time: {}",
+                dev.socket().display(),
+                dev.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        dev
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.data_dir.join("admin.sock")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+
+    /// Runs `writ ARGS` against this server.
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(WRIT)
+            .args(args)
+            .env("WRIT_ADMIN_SOCKET", self.socket())
+            .env_remove("WRIT_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run writ")
+    }
+
+    /// Runs `writ ARGS`, which must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "writ {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// Runs `writ ARGS --json`, which must succeed and print one JSON object.
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.ok(&[args, &["--json"]].concat());
+        assert_eq!(out.lines().count(), 1, "one JSON object expected: {out}");
+        serde_json::from_str(&out).expect("JSON output")
+    }
+
+    /// Runs `writ ARGS`, which must be refused with exactly one `error:` line mentioning
+    /// `reason`, and print nothing on stdout.
+    fn refused(&self, args: &[&str], reason: &str) {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "writ {args:?} should be refused");
+        assert_ne!(out.status.code(), Some(0));
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "writ {args:?}: one stderr line expected: {stderr}"
+        );
+        assert!(lines[0].starts_with("error: "), "writ {args:?}: {stderr}");
+        assert!(
+            lines[0].contains(reason),
+            "writ {args:?}: error should mention {reason:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "writ {args:?} printed to stdout");
+    }
+
+    fn profiles(&self) -> Vec<Value> {
+        json_lines(&self.ok(&["profile", "list", "--json"]))
+    }
+
+    fn incidents(&self) -> Vec<Value> {
+        json_lines(&self.ok(&["incident", "list", "--json"]))
+    }
+
+    /// Every profile and incident, to compare before and after a refused command.
+    fn state(&self) -> (Vec<Value>, Vec<Value>) {
+        (self.profiles(), self.incidents())
+    }
+
+    /// Stops the server the hard way: whatever it acknowledged must already be durable.
+    fn kill(mut self) -> PathBuf {
+        self.stop();
+        self.data_dir.clone()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn json_lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect()
+}
+
+fn names(values: &[Value], key: &str) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| v[key].as_str().expect("string field").to_owned())
+        .collect()
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// How the server records this process's user as opener and closer.
+fn me() -> String {
+    format!(
+        "uid:{}",
+        std::fs::metadata("/proc/self").expect("/proc/self").uid()
+    )
+}
+
+fn temp_dev() -> (tempfile::TempDir, Dev) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = Dev::start(&dir.path().join("data"));
+    (dir, dev)
+}
+
+#[test]
+fn profile_create_list_show_delete() {
+    let (_dir, dev) = temp_dev();
+    assert!(dev.profiles().is_empty());
+    let before = now();
+
+    let triage = dev.json(&[
+        "profile",
+        "create",
+        "triage",
+        "--selector",
+        "unix:uid:1001",
+        "--selector",
+        "unix:path:/usr/bin/sre-agent",
+        "--scope",
+        "logs:read",
+        "--scope",
+        "metrics:read",
+    ]);
+    assert_eq!(triage["name"], "triage");
+    assert_eq!(triage["service"], false);
+    assert_eq!(
+        triage["selectors"],
+        serde_json::json!(["unix:uid:1001", "unix:path:/usr/bin/sre-agent"])
+    );
+    // Advisory-only unless asked otherwise.
+    assert_eq!(triage["bands"], serde_json::json!(["investigative"]));
+    assert_eq!(
+        triage["scopes"],
+        serde_json::json!(["logs:read", "metrics:read"])
+    );
+    let created = triage["created_at"].as_i64().unwrap();
+    assert!((before - 1..=now() + 1).contains(&created), "{created}");
+
+    let fixer = dev.json(&[
+        "profile",
+        "create",
+        "fixer",
+        "--selector",
+        "unix:uid:1002",
+        "--band",
+        "investigative,remediation",
+    ]);
+    assert_eq!(
+        fixer["bands"],
+        serde_json::json!(["investigative", "remediation"])
+    );
+
+    let service = dev.json(&[
+        "profile",
+        "create",
+        "logs-api",
+        "--selector",
+        "unix:user:logs",
+        "--service",
+    ]);
+    assert_eq!(service["service"], true);
+    assert_eq!(service["bands"], serde_json::json!(["base"]));
+
+    let listed = dev.profiles();
+    assert_eq!(names(&listed, "name"), ["fixer", "logs-api", "triage"]);
+    assert_eq!(listed[2], triage);
+    assert_eq!(dev.json(&["profile", "show", "triage"]), triage);
+
+    let human = dev.ok(&["profile", "show", "triage"]);
+    for field in [
+        "triage",
+        "agent",
+        "investigative",
+        "unix:uid:1001",
+        "unix:path:/usr/bin/sre-agent",
+        "logs:read",
+        "metrics:read",
+        "created:",
+    ] {
+        assert!(human.contains(field), "{field} missing from:\n{human}");
+    }
+    let table = dev.ok(&["profile", "list"]);
+    assert_eq!(table.lines().count(), 4, "header and three rows:\n{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("logs-api") && l.contains("service"))
+    );
+
+    assert_eq!(dev.json(&["profile", "delete", "fixer"]), fixer);
+    assert_eq!(names(&dev.profiles(), "name"), ["logs-api", "triage"]);
+    let state = dev.state();
+    dev.refused(&["profile", "show", "fixer"], "unknown profile");
+    dev.refused(&["profile", "delete", "fixer"], "unknown profile");
+    assert_eq!(dev.state(), state);
+}
+
+#[test]
+fn incident_open_list_show_close() {
+    let (_dir, dev) = temp_dev();
+    dev.ok(&["profile", "create", "triage", "--selector", "unix:uid:1001"]);
+    let before = now();
+
+    let human = dev.ok(&[
+        "incident",
+        "open",
+        "INC-1",
+        "--title",
+        "db down",
+        "--severity",
+        "sev2",
+        "--assign",
+        "triage",
+        "--scope",
+        "logs:read",
+    ]);
+    assert!(
+        human.contains("INC-1") && human.contains("db down"),
+        "{human}"
+    );
+    assert!(
+        human.lines().any(|l| l.starts_with("hint:")),
+        "a hint line expected:\n{human}"
+    );
+
+    let inc1 = dev.json(&["incident", "show", "INC-1"]);
+    assert_eq!(inc1["id"], "INC-1");
+    assert_eq!(inc1["title"], "db down");
+    assert_eq!(inc1["severity"], "sev2");
+    assert_eq!(inc1["state"], "open");
+    assert_eq!(inc1["assigned"], serde_json::json!(["triage"]));
+    assert_eq!(inc1["scopes"], serde_json::json!(["logs:read"]));
+    assert_eq!(inc1["opened_by"], me());
+    assert_eq!(inc1["max_lifetime_seconds"], 4 * 3600);
+    assert_eq!(inc1["closed_by"], Value::Null);
+    assert_eq!(inc1["closed_at"], Value::Null);
+    let opened = inc1["opened_at"].as_i64().unwrap();
+    assert!((before - 1..=now() + 1).contains(&opened), "{opened}");
+
+    let inc2 = dev.json(&[
+        "incident",
+        "open",
+        "INC-2",
+        "--title",
+        "disk full",
+        "--severity",
+        "sev4",
+        "--assign",
+        "triage",
+        "--assign",
+        "other",
+        "--max-lifetime",
+        "90m",
+    ]);
+    assert_eq!(inc2["state"], "open");
+    assert_eq!(inc2["assigned"], serde_json::json!(["other", "triage"]));
+    assert_eq!(inc2["scopes"], serde_json::json!([]));
+    assert_eq!(inc2["max_lifetime_seconds"], 90 * 60);
+
+    let listed = dev.incidents();
+    assert_eq!(names(&listed, "id"), ["INC-1", "INC-2"]);
+    assert_eq!(listed[0], inc1);
+    assert_eq!(listed[1], inc2);
+    let table = dev.ok(&["incident", "list"]);
+    assert_eq!(table.lines().count(), 3, "header and two rows:\n{table}");
+
+    let closed = dev.json(&["incident", "close", "INC-1"]);
+    assert_eq!(closed["id"], "INC-1");
+    assert_eq!(closed["state"], "closed");
+    assert_eq!(closed["closed_by"], me());
+    assert!(closed["closed_at"].as_i64().unwrap() >= opened);
+    assert_eq!(closed["opened_at"], inc1["opened_at"]);
+    assert_eq!(dev.json(&["incident", "show", "INC-1"]), closed);
+    assert_eq!(dev.incidents()[1], inc2, "closing INC-1 leaves INC-2 alone");
+
+    let human = dev.ok(&["incident", "show", "INC-1"]);
+    for field in [
+        "INC-1",
+        "db down",
+        "sev2",
+        "closed",
+        "triage",
+        "logs:read",
+        &me(),
+        "4h",
+    ] {
+        assert!(human.contains(field), "{field} missing from:\n{human}");
+    }
+}
+
+#[test]
+fn duplicates_unknowns_and_closed_incidents_are_refused() {
+    let (_dir, dev) = temp_dev();
+    dev.ok(&["profile", "create", "triage", "--selector", "unix:uid:1001"]);
+    dev.ok(&[
+        "incident",
+        "open",
+        "INC-1",
+        "--title",
+        "t",
+        "--severity",
+        "sev1",
+        "--assign",
+        "triage",
+    ]);
+    let state = dev.state();
+
+    dev.refused(
+        &["profile", "create", "triage", "--selector", "unix:uid:2002"],
+        "already exists",
+    );
+    dev.refused(
+        &[
+            "incident",
+            "open",
+            "INC-1",
+            "--title",
+            "again",
+            "--severity",
+            "sev3",
+            "--assign",
+            "triage",
+        ],
+        "already exists",
+    );
+    dev.refused(&["incident", "close", "NOPE-1"], "unknown incident");
+    dev.refused(&["incident", "show", "NOPE-1"], "unknown incident");
+    dev.refused(&["profile", "show", "nobody"], "unknown profile");
+    dev.refused(&["profile", "delete", "nobody"], "unknown profile");
+    assert_eq!(dev.state(), state);
+
+    let closed = dev.json(&["incident", "close", "INC-1"]);
+    let state = dev.state();
+    dev.refused(&["incident", "close", "INC-1"], "already closed");
+    // Ids are never reused: a closed incident is not reopened under the same id.
+    dev.refused(
+        &[
+            "incident",
+            "open",
+            "INC-1",
+            "--title",
+            "again",
+            "--severity",
+            "sev3",
+            "--assign",
+            "triage",
+        ],
+        "already exists",
+    );
+    assert_eq!(dev.state(), state);
+    assert_eq!(dev.json(&["incident", "show", "INC-1"]), closed);
+}
+
+/// `writ profile create NAME FLAGS`.
+fn create<'a>(name: &'a str, flags: &[&'a str]) -> Vec<&'a str> {
+    [&["profile", "create", name][..], flags].concat()
+}
+
+/// `writ incident open ID --title "db down" FLAGS`.
+fn open<'a>(id: &'a str, flags: &[&'a str]) -> Vec<&'a str> {
+    [&["incident", "open", id, "--title", "db down"][..], flags].concat()
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let (_dir, dev) = temp_dev();
+    let state = dev.state();
+
+    for selector in [
+        "uid:1001",
+        "unix:uid:abc",
+        "unix:uid:-1",
+        "unix:path:relative/bin",
+        "unix:sha256:ABC",
+        "k8s:ns:default",
+    ] {
+        dev.refused(&create("triage", &["--selector", selector]), "selector");
+    }
+    // One bad selector among good ones still refuses the whole profile.
+    dev.refused(
+        &create(
+            "triage",
+            &["--selector", "unix:uid:1001", "--selector", "unix:gid:x"],
+        ),
+        "selector",
+    );
+    dev.refused(&create("triage", &[]), "selector");
+    dev.refused(
+        &create("triage", &["--selector", "unix:uid:1", "--band", "admin"]),
+        "band",
+    );
+    dev.refused(
+        &create("triage", &["--selector", "unix:uid:1", "--band", "base"]),
+        "band",
+    );
+    dev.refused(
+        &create(
+            "logs-api",
+            &[
+                "--selector",
+                "unix:uid:1",
+                "--service",
+                "--band",
+                "remediation",
+            ],
+        ),
+        "band",
+    );
+    dev.refused(
+        &create("triage", &["--selector", "unix:uid:1", "--scope", "LOGS"]),
+        "scope",
+    );
+    dev.refused(&create("a/b", &["--selector", "unix:uid:1"]), "name");
+    assert_eq!(dev.state(), state);
+
+    dev.ok(&["profile", "create", "triage", "--selector", "unix:uid:1001"]);
+    let state = dev.state();
+    dev.refused(
+        &open("INC-1", &["--severity", "sev9", "--assign", "triage"]),
+        "severity",
+    );
+    dev.refused(
+        &open("INC-1", &["--severity", "SEV1", "--assign", "triage"]),
+        "severity",
+    );
+    dev.refused(&open("INC-1", &["--severity", "sev1"]), "--assign");
+    dev.refused(
+        &open("INC-1", &["--severity", "sev1", "--assign", "bad/agent"]),
+        "name",
+    );
+    dev.refused(
+        &open(
+            "INC-1",
+            &[
+                "--severity",
+                "sev1",
+                "--assign",
+                "triage",
+                "--scope",
+                "logs",
+            ],
+        ),
+        "scope",
+    );
+    dev.refused(
+        &open("../INC-1", &["--severity", "sev1", "--assign", "triage"]),
+        "name",
+    );
+    dev.refused(
+        &[
+            "incident",
+            "open",
+            "INC-1",
+            "--title",
+            "",
+            "--severity",
+            "sev1",
+            "--assign",
+            "triage",
+        ],
+        "title",
+    );
+    dev.refused(
+        &open(
+            "INC-1",
+            &[
+                "--severity",
+                "sev1",
+                "--assign",
+                "triage",
+                "--max-lifetime",
+                "400d",
+            ],
+        ),
+        "lifetime",
+    );
+    assert_eq!(dev.state(), state);
+}
+
+#[test]
+fn profiles_and_closed_incidents_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = Dev::start(&dir.path().join("data"));
+    let profile = dev.json(&["profile", "create", "triage", "--selector", "unix:uid:1001"]);
+    dev.ok(&[
+        "incident",
+        "open",
+        "INC-1",
+        "--title",
+        "t",
+        "--severity",
+        "sev2",
+        "--assign",
+        "triage",
+    ]);
+    let closed = dev.json(&["incident", "close", "INC-1"]);
+    let still_open = dev.json(&[
+        "incident",
+        "open",
+        "INC-2",
+        "--title",
+        "t",
+        "--severity",
+        "sev3",
+        "--assign",
+        "triage",
+    ]);
+    let data_dir = dev.kill();
+
+    let dev = Dev::start(&data_dir);
+    assert_eq!(dev.profiles(), [profile]);
+    assert_eq!(dev.incidents(), [closed.clone(), still_open]);
+    assert_eq!(dev.json(&["incident", "show", "INC-1"])["state"], "closed");
+    let state = dev.state();
+    dev.refused(&["incident", "close", "INC-1"], "already closed");
+    dev.refused(
+        &[
+            "incident",
+            "open",
+            "INC-1",
+            "--title",
+            "t",
+            "--severity",
+            "sev2",
+            "--assign",
+            "triage",
+        ],
+        "already exists",
+    );
+    assert_eq!(dev.state(), state);
+}

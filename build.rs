@@ -1,7 +1,11 @@
 //! Compiles the protos with protox (pure Rust): a fresh machine needs no protoc.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/workload.proto", "proto/writ/admin/v1/admin.proto"];
+    let protos = [
+        "proto/workload.proto",
+        "proto/writ/admin/v1/admin.proto",
+        "proto/writ/node/v1/node.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

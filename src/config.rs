@@ -17,8 +17,12 @@ pub struct RawConfig {
     pub trust_domain: Option<String>,
     /// The admin API's Unix socket.
     pub admin_socket: Option<PathBuf>,
-    /// The Workload API's Unix socket.
+    /// The Workload API's Unix socket (`writ dev`).
     pub workload_socket: Option<PathBuf>,
+    /// `host:port` for the node API that remote agents attest to and sync from.
+    pub node_listen: Option<String>,
+    /// PEM CA certificates whose leaves may attest nodes by x509pop.
+    pub x509pop_ca: Option<PathBuf>,
     /// Lifetimes.
     #[serde(default)]
     pub ca: CaConfig,
@@ -35,6 +39,10 @@ pub struct Config {
     pub admin_socket: PathBuf,
     /// The Workload API's Unix socket.
     pub workload_socket: PathBuf,
+    /// Node API address, if remote agents are served.
+    pub node_listen: Option<String>,
+    /// x509pop CA certificates, if x509pop is enabled.
+    pub x509pop_ca: Option<PathBuf>,
     /// Lifetimes.
     pub ca: CaConfig,
 }
@@ -76,11 +84,81 @@ impl RawConfig {
             .unwrap_or_else(|| data_dir.join("workload.sock"));
         Ok(Config {
             workload_socket,
+            node_listen: self.node_listen,
+            x509pop_ca: self.x509pop_ca,
             data_dir,
             trust_domain,
             admin_socket,
             ca: self.ca,
         })
+    }
+}
+
+/// `writ agent`'s file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgentConfig {
+    /// The agent's own state: node key and SVID.
+    pub data_dir: Option<PathBuf>,
+    /// The server's node API, `host:port`.
+    pub server_address: Option<String>,
+    /// The base trust domain.
+    pub trust_domain: Option<String>,
+    /// PEM of the base trust domain's CAs (`writ bundle show --band base`).
+    pub trust_bundle: Option<PathBuf>,
+    /// The Workload API socket.
+    pub workload_socket: Option<PathBuf>,
+    /// A join token (used once, when there is no valid node SVID on disk).
+    pub join_token: Option<String>,
+    /// x509pop: PEM certificate chain of this node.
+    pub x509pop_cert: Option<PathBuf>,
+    /// x509pop: PEM PKCS#8 key of that certificate.
+    pub x509pop_key: Option<PathBuf>,
+}
+
+impl RawAgentConfig {
+    /// Reads and parses an agent config file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+    }
+
+    /// Validates and fills in defaults.
+    pub fn resolve(self) -> anyhow::Result<(crate::agent::remote::RemoteConfig, PathBuf)> {
+        use crate::agent::remote::{Attestation, RemoteConfig};
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("./writ-agent"));
+        let td = self
+            .trust_domain
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.into());
+        let base = writ_verifier::parse_trust_domain(&td)?;
+        let server = self
+            .server_address
+            .context("server_address is required (host:port of the node API)")?;
+        let trust_bundle = self
+            .trust_bundle
+            .context("trust_bundle is required (PEM of `writ bundle show --band base`)")?;
+        let attestation = match (self.join_token, self.x509pop_cert, self.x509pop_key) {
+            (Some(token), None, None) => Some(Attestation::JoinToken(token)),
+            (None, Some(cert), Some(key)) => Some(Attestation::X509Pop { cert, key }),
+            (None, None, None) => None,
+            _ => anyhow::bail!("give either join_token, or both x509pop_cert and x509pop_key"),
+        };
+        let workload_socket = self
+            .workload_socket
+            .unwrap_or_else(|| data_dir.join("workload.sock"));
+        Ok((
+            RemoteConfig {
+                server,
+                base,
+                data_dir,
+                trust_bundle,
+                attestation,
+            },
+            workload_socket,
+        ))
     }
 }
 

@@ -17,3 +17,8 @@ pub mod workload {
 pub mod admin {
     tonic::include_proto!("writ.admin.v1");
 }
+
+/// writ's node API, `writ.node.v1`.
+pub mod node {
+    tonic::include_proto!("writ.node.v1");
+}

@@ -8,6 +8,7 @@ pub mod attest;
 pub mod cache;
 pub mod h2_authority;
 pub mod node;
+pub mod remote;
 pub mod workload;
 
 use crate::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;

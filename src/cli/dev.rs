@@ -1,14 +1,24 @@
-//! `writ dev`: the issuer in one process with embedded storage and a local admin socket.
+//! `writ dev`, `writ server` and `writ agent`: the long-running processes.
+//!
+//! `writ dev` is the issuer and an agent in one process (the agent talks to the issuer
+//! directly); `writ server` is the issuer alone, serving remote agents over the node API;
+//! `writ agent` attests to a server and serves the Workload API on its host.
 
-use crate::agent::node::LocalNode;
+use crate::agent::node::{LocalNode, NodeApi};
+use crate::agent::remote::RemoteNode;
 use crate::agent::{Agent, serve_workload};
 use crate::clock::SystemClock;
-use crate::config::RawConfig;
+use crate::config::{RawAgentConfig, RawConfig};
+use crate::server::node::NodeService;
+use crate::server::tls::{ServerIdentity, accept_tls, server_config};
 use crate::server::{Issuer, bind_unix, serve_admin};
 use anyhow::Context;
 use clap::Args;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// Flags of `writ dev`; each overrides the config file.
 #[derive(Debug, Args)]
@@ -30,7 +40,83 @@ pub struct DevArgs {
     trust_domain: Option<String>,
 }
 
-pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+/// Flags of `writ server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Config file (TOML).
+    #[arg(long)]
+    config: PathBuf,
+}
+
+/// Flags of `writ agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Config file (TOML).
+    #[arg(long)]
+    config: PathBuf,
+}
+
+/// Background tasks and the signal that stops them.
+struct Tasks {
+    stop: watch::Sender<bool>,
+    handles: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Tasks {
+    fn new() -> Self {
+        Tasks {
+            stop: watch::channel(false).0,
+            handles: Vec::new(),
+        }
+    }
+
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        self.handles.push((name, tokio::spawn(task)));
+    }
+
+    /// Waits for Ctrl-C/SIGTERM or the first task to fail, then stops and drains all.
+    async fn run(mut self) -> anyhow::Result<()> {
+        let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
+        let mut watched = Vec::new();
+        for (name, handle) in self.handles.drain(..) {
+            let failed = failed_tx.clone();
+            watched.push(tokio::spawn(async move {
+                match handle.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        let _ = failed.send(e.context(name)).await;
+                    }
+                    Err(e) => {
+                        let _ = failed.send(anyhow::anyhow!("{name} panicked: {e}")).await;
+                    }
+                }
+            }));
+        }
+        let outcome = tokio::select! {
+            r = shutdown_signal() => r,
+            Some(e) = failed_rx.recv() => Err(e),
+        };
+        tracing::info!("shutting down");
+        let _ = self.stop.send(true);
+        for w in watched {
+            let _ = w.await;
+        }
+        outcome
+    }
+}
+
+fn resolve_dev(args: DevArgs) -> anyhow::Result<crate::config::Config> {
     let mut raw = match &args.config {
         Some(path) => RawConfig::load(path)?,
         None => RawConfig::default(),
@@ -47,40 +133,120 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.trust_domain.is_some() {
         raw.trust_domain = args.trust_domain;
     }
-    let config = raw.resolve()?;
-    let issuer = Issuer::open(config, Arc::new(SystemClock))?;
-    let listener = bind_unix(&issuer.config.admin_socket, 0o600).await?;
-    let workload_listener = bind_unix(&issuer.config.workload_socket, 0o666).await?;
-    let agent = Agent::new(Arc::new(LocalNode::new(Arc::clone(&issuer))));
-    print_banner(&issuer);
+    raw.resolve()
+}
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stopped| *stopped).await;
-    };
-    let rotation = tokio::spawn(Arc::clone(&issuer).run_rotation(wait_stop(stop_rx.clone())));
-    let svids = tokio::spawn(Arc::clone(&agent).run_rotation(wait_stop(stop_rx.clone())));
-    let workload = tokio::spawn(serve_workload(
-        workload_listener,
-        agent,
-        wait_stop(stop_rx.clone()),
-    ));
-    let server = tokio::spawn(serve_admin(
-        listener,
-        Arc::clone(&issuer),
-        wait_stop(stop_rx),
-    ));
-
-    shutdown_signal().await?;
-    tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    server.await.context("admin server task")??;
-    workload.await.context("Workload API task")??;
-    let _ = rotation.await;
-    let _ = svids.await;
-    let _ = std::fs::remove_file(&issuer.config.admin_socket);
-    let _ = std::fs::remove_file(&issuer.config.workload_socket);
+/// Starts the issuer's own tasks: rotation, the admin API and, if configured, the
+/// node API for remote agents.
+async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result<()> {
+    let admin = bind_unix(&issuer.config.admin_socket, 0o600).await?;
+    let rotation = Arc::clone(issuer).run_rotation(tasks.stopped());
+    tasks.spawn("CA rotation", async move {
+        rotation.await;
+        Ok(())
+    });
+    tasks.spawn(
+        "admin API",
+        serve_admin(admin, Arc::clone(issuer), tasks.stopped()),
+    );
+    if let Some(address) = &issuer.config.node_listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding the node API on {address}"))?;
+        let identity = ServerIdentity::new(Arc::clone(issuer))?;
+        let tls = server_config(issuer, Arc::clone(&identity))?;
+        let renew = identity.run(tasks.stopped());
+        tasks.spawn("server SVID renewal", async move {
+            renew.await;
+            Ok(())
+        });
+        let roots = match &issuer.config.x509pop_ca {
+            Some(path) => crate::agent::remote::read_pem_certs(path)?,
+            None => Vec::new(),
+        };
+        let service = NodeService::new(Arc::clone(issuer), roots);
+        let stopped = tasks.stopped();
+        tasks.spawn("node API", async move {
+            tonic::transport::Server::builder()
+                .add_service(crate::proto::node::node_server::NodeServer::new(service))
+                .serve_with_incoming_shutdown(accept_tls(listener, tls), stopped)
+                .await
+                .context("node API server failed")
+        });
+    }
     Ok(())
+}
+
+/// Starts an agent's tasks: SVID rotation and the Workload API.
+async fn start_agent(
+    tasks: &mut Tasks,
+    node: Arc<dyn NodeApi>,
+    socket: &std::path::Path,
+) -> anyhow::Result<()> {
+    let listener = bind_unix(socket, 0o666).await?;
+    let agent = Agent::new(node);
+    let rotation = Arc::clone(&agent).run_rotation(tasks.stopped());
+    tasks.spawn("SVID rotation", async move {
+        rotation.await;
+        Ok(())
+    });
+    tasks.spawn(
+        "Workload API",
+        serve_workload(listener, agent, tasks.stopped()),
+    );
+    Ok(())
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let config = resolve_dev(args)?;
+    let issuer = Issuer::open(config, Arc::new(SystemClock))?;
+    let mut tasks = Tasks::new();
+    start_issuer(&mut tasks, &issuer).await?;
+    let socket = issuer.config.workload_socket.clone();
+    start_agent(
+        &mut tasks,
+        Arc::new(LocalNode::new(Arc::clone(&issuer))),
+        &socket,
+    )
+    .await?;
+    print_banner(&issuer);
+    let result = tasks.run().await;
+    let _ = std::fs::remove_file(&issuer.config.admin_socket);
+    let _ = std::fs::remove_file(&socket);
+    result
+}
+
+pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let config = RawConfig::load(&args.config)?.resolve()?;
+    anyhow::ensure!(
+        config.node_listen.is_some(),
+        "node_listen is required for `writ server` (host:port for agents); use `writ dev` for one process"
+    );
+    let issuer = Issuer::open(config, Arc::new(SystemClock))?;
+    let mut tasks = Tasks::new();
+    start_issuer(&mut tasks, &issuer).await?;
+    println!(
+        "writ server: {} serving agents on {} (admin socket {})",
+        issuer.config.trust_domain,
+        issuer.config.node_listen.as_deref().unwrap_or_default(),
+        issuer.config.admin_socket.display()
+    );
+    let result = tasks.run().await;
+    let _ = std::fs::remove_file(&issuer.config.admin_socket);
+    result
+}
+
+pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let (remote, socket) = RawAgentConfig::load(&args.config)?.resolve()?;
+    let node = RemoteNode::connect(remote).await?;
+    let mut tasks = Tasks::new();
+    start_agent(&mut tasks, node, &socket).await?;
+    let shown = std::path::absolute(&socket).unwrap_or(socket.clone());
+    println!("writ agent: Workload API on {}", shown.display());
+    println!("  export SPIFFE_ENDPOINT_SOCKET=unix://{}", shown.display());
+    let result = tasks.run().await;
+    let _ = std::fs::remove_file(&socket);
+    result
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {
@@ -109,6 +275,9 @@ fn print_banner(issuer: &Issuer) {
     println!("  data dir:      {}", config.data_dir.display());
     println!("  admin socket:  {}", socket.display());
     println!("  Workload API:  {}", workload.display());
+    if let Some(node) = &config.node_listen {
+        println!("  node API:      {node}");
+    }
     println!();
     println!("In another shell:");
     println!("  export WRIT_ADMIN_SOCKET={}", socket.display());

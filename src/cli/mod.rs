@@ -8,6 +8,7 @@ mod incident;
 mod mint;
 mod output;
 mod profile;
+mod token;
 
 use crate::ttl::Ttl;
 use clap::{Args, Parser, Subcommand};
@@ -26,6 +27,13 @@ pub struct Cli {
 enum Command {
     /// Run the issuer with embedded storage and a local admin socket.
     Dev(dev::DevArgs),
+    /// Run the issuer alone, serving remote agents over the node API.
+    Server(dev::ServerArgs),
+    /// Run an agent: attest to a server, serve the Workload API on this host.
+    Agent(dev::AgentArgs),
+    /// Join tokens for agents.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// X.509-SVIDs.
     #[command(subcommand)]
     X509(X509Command),
@@ -67,6 +75,12 @@ enum IncidentCommand {
     List(AdminArgs),
     /// Show one incident.
     Show(incident::IdArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a single-use join token (printed once; only its hash is stored).
+    Create(token::CreateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +165,9 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Dev(args) => dev::run(args).await,
+            Command::Server(args) => dev::server(args).await,
+            Command::Agent(args) => dev::agent(args).await,
+            Command::Token(TokenCommand::Create(args)) => token::create(args).await,
             Command::X509(X509Command::Mint(args)) => mint::x509(args).await,
             Command::Jwt(JwtCommand::Mint(args)) => mint::jwt(args).await,
             Command::Bundle(BundleCommand::Show(args)) => bundle::show(args).await,

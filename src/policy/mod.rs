@@ -256,7 +256,7 @@ impl Incident {
 
 /// The policy at one instant: every profile and incident, and a generation number that
 /// grows on every change.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicySnapshot {
     /// Grows by one on every change.
     pub generation: u64,

@@ -149,8 +149,12 @@ fn incident_is_open(issuer: &Issuer, svid: &SvidRequest) -> Result<(), CaError> 
     };
     match issuer.registry.snapshot().incidents.get(incident) {
         Some(i) if i.is_open() => Ok(()),
-        Some(_) => Err(CaError::BadRequest(format!("incident {incident:?} is closed"))),
-        None => Err(CaError::BadRequest(format!("unknown incident {incident:?}"))),
+        Some(_) => Err(CaError::BadRequest(format!(
+            "incident {incident:?} is closed"
+        ))),
+        None => Err(CaError::BadRequest(format!(
+            "unknown incident {incident:?}"
+        ))),
     }
 }
 
@@ -421,6 +425,28 @@ impl Admin for AdminService {
             });
         }
         Ok(Response::new(pb::GetBundlesResponse { bundles }))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        self.authorize(&request)?;
+        let ttl = request.into_inner().ttl_seconds.unwrap_or(600);
+        if ttl == 0 || ttl > 7 * 24 * 3600 {
+            return Err(Status::invalid_argument(
+                "token TTL must be between 1s and 7 days",
+            ));
+        }
+        let issuer = Arc::clone(&self.issuer);
+        let (token, expires_at) =
+            tokio::task::spawn_blocking(move || super::node::create_join_token(&issuer, ttl))
+                .await
+                .map_err(|_| Status::internal("internal error; see the server log"))??;
+        Ok(Response::new(pb::CreateJoinTokenResponse {
+            token,
+            expires_at,
+        }))
     }
 
     async fn health(

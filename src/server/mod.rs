@@ -4,7 +4,9 @@
 //! runs until its shutdown future resolves and then drains.
 
 pub mod admin;
+pub mod node;
 pub mod registry;
+pub mod tls;
 
 use crate::ca::{
     BundleSet, CaSet, MintedJwt, MintedX509, SubjectKey, SvidRequest, create_private_dir,

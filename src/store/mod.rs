@@ -23,6 +23,7 @@ const SEQUENCES: TableDefinition<&str, u64> = TableDefinition::new("bundle_seque
 const SVIDS: TableDefinition<&str, &[u8]> = TableDefinition::new("svids");
 const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
 const INCIDENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("incidents");
+const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tokens");
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +121,7 @@ impl Store {
             tx.open_table(SVIDS).map_err(db_err)?;
             tx.open_table(PROFILES).map_err(db_err)?;
             tx.open_table(INCIDENTS).map_err(db_err)?;
+            tx.open_table(JOIN_TOKENS).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
     }
@@ -288,6 +290,87 @@ impl Store {
     }
 }
 
+/// A join token, stored by the SHA-256 of its secret (the secret itself is never stored).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenRecord {
+    /// Seconds since the epoch.
+    pub created_at: i64,
+    /// Seconds since the epoch.
+    pub expires_at: i64,
+    /// When it was used, if it was.
+    #[serde(default)]
+    pub used_at: Option<i64>,
+    /// The node it admitted.
+    #[serde(default)]
+    pub node_id: Option<String>,
+}
+
+/// What presenting a join token came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenUse {
+    /// Valid; now used up.
+    Consumed,
+    /// No such token.
+    Unknown,
+    /// Already used.
+    Replayed,
+    /// Past its expiry.
+    Expired,
+}
+
+impl Store {
+    /// Stores a new join token under the hash of its secret.
+    pub fn put_join_token(
+        &self,
+        hash_hex: &str,
+        record: &JoinTokenRecord,
+    ) -> Result<(), StoreError> {
+        self.put_json(JOIN_TOKENS, hash_hex, record)
+    }
+
+    /// Uses a join token: checks and marks it used in one durable transaction, so two
+    /// nodes racing with one token can never both succeed.
+    pub fn consume_join_token(
+        &self,
+        hash_hex: &str,
+        now: i64,
+        node_id: &str,
+    ) -> Result<TokenUse, StoreError> {
+        let tx = self.begin_write()?;
+        let outcome = {
+            let mut table = tx.open_table(JOIN_TOKENS).map_err(db_err)?;
+            let current: Option<JoinTokenRecord> = match table.get(hash_hex).map_err(db_err)? {
+                Some(bytes) => Some(serde_json::from_slice(bytes.value()).map_err(|e| {
+                    StoreError::Corrupt {
+                        table: "join_tokens",
+                        reason: e.to_string(),
+                    }
+                })?),
+                None => None,
+            };
+            match current {
+                None => TokenUse::Unknown,
+                Some(record) if record.used_at.is_some() => TokenUse::Replayed,
+                Some(record) if record.expires_at <= now => TokenUse::Expired,
+                Some(mut record) => {
+                    record.used_at = Some(now);
+                    record.node_id = Some(node_id.to_owned());
+                    let bytes = serde_json::to_vec(&record).map_err(db_err)?;
+                    table.insert(hash_hex, bytes.as_slice()).map_err(db_err)?;
+                    TokenUse::Consumed
+                }
+            }
+        };
+        if outcome == TokenUse::Consumed {
+            tx.commit().map_err(db_err)?;
+        } else {
+            tx.abort().map_err(db_err)?;
+        }
+        Ok(outcome)
+    }
+}
+
 fn decode_svid(bytes: &[u8]) -> Result<SvidRecord, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         table: "svids",
@@ -326,6 +409,36 @@ mod tests {
         assert_eq!(store.svid("01").unwrap(), Some(svid("01")));
         assert_eq!(store.authorities("example.org").unwrap().1, 7);
         assert_eq!(store.authorities("other.org").unwrap(), (vec![], 0));
+    }
+
+    #[test]
+    fn join_tokens_are_single_use_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("writ.redb")).unwrap();
+        let record = JoinTokenRecord {
+            created_at: 0,
+            expires_at: 100,
+            used_at: None,
+            node_id: None,
+        };
+        store.put_join_token("aa", &record).unwrap();
+        store.put_join_token("bb", &record).unwrap();
+        assert_eq!(
+            store.consume_join_token("aa", 50, "n1").unwrap(),
+            TokenUse::Consumed
+        );
+        assert_eq!(
+            store.consume_join_token("aa", 51, "n2").unwrap(),
+            TokenUse::Replayed
+        );
+        assert_eq!(
+            store.consume_join_token("bb", 100, "n3").unwrap(),
+            TokenUse::Expired
+        );
+        assert_eq!(
+            store.consume_join_token("cc", 1, "n4").unwrap(),
+            TokenUse::Unknown
+        );
     }
 
     #[test]

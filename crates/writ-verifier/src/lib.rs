@@ -8,6 +8,7 @@
 //!   parser.
 //! * [`id`]: strict SPIFFE ID parsing on top of the `spiffe` crate's grammar.
 //! * [`jwt`]: JWT-SVID validation (ES256) against a trust domain's JWT keys.
+//! * [`tls`]: rustls client and server certificate verifiers for SPIFFE peers.
 //! * [`x509`]: X.509-SVID checks: chain to the bundle of the SVID's own trust domain
 //!   (rustls-webpki path building), the SPIFFE leaf rules, and the claims.
 //!
@@ -18,6 +19,7 @@
 pub mod claims;
 pub mod id;
 pub mod jwt;
+pub mod tls;
 pub mod x509;
 
 pub use claims::{Band, ClaimsError, WritClaims};

@@ -1,0 +1,553 @@
+//! The agent's side of the node API: attest once (join token or x509pop), keep the node
+//! SVID fresh and on disk, follow policy and bundles over a Sync stream, and ask the
+//! server to sign — all over mTLS, where we verify the server's SVID with writ's own
+//! SPIFFE verifier (rustls' name check cannot).
+
+use super::node::{NodeApi, NodeError, SignedX509};
+use crate::ca::{BundleSet, TrustBundle, bundle::pem};
+use crate::policy::PolicySnapshot;
+use crate::proto::node::{self as pb, node_client::NodeClient};
+use anyhow::Context;
+use hyper_util::rt::TokioIo;
+use rustls::client::ResolvesClientCert;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::sign::CertifiedKey;
+use spiffe::{SpiffeId, TrustDomain};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint, Uri};
+use writ_verifier::Band;
+use writ_verifier::tls::{SpiffeServerVerifier, X509BundleSource};
+use zeroize::Zeroizing;
+
+/// How this node proves itself the first time.
+#[derive(Clone, Debug)]
+pub enum Attestation {
+    /// A single-use join token from `writ token create`.
+    JoinToken(String),
+    /// A certificate (and its key) chained to a CA the server trusts for x509pop.
+    X509Pop {
+        /// PEM certificate chain, leaf first.
+        cert: PathBuf,
+        /// PEM PKCS#8 private key.
+        key: PathBuf,
+    },
+}
+
+/// What the agent needs to reach the server.
+#[derive(Clone, Debug)]
+pub struct RemoteConfig {
+    /// `host:port` of the server's node API.
+    pub server: String,
+    /// The base trust domain.
+    pub base: TrustDomain,
+    /// The agent's own state (node key and SVID).
+    pub data_dir: PathBuf,
+    /// PEM of the base trust domain's CA certificates, to trust the server before the
+    /// first sync (`writ bundle show --band base`).
+    pub trust_bundle: PathBuf,
+    /// How to attest when there is no valid node SVID on disk.
+    pub attestation: Option<Attestation>,
+}
+
+/// The node's credentials and what it trusts, shared with rustls.
+#[derive(Debug)]
+struct TlsState {
+    node: RwLock<Option<(Arc<CertifiedKey>, i64)>>,
+    base_bundle: RwLock<Vec<CertificateDer<'static>>>,
+    base: TrustDomain,
+}
+
+impl X509BundleSource for TlsState {
+    fn x509_authorities(&self, trust_domain: &TrustDomain) -> Option<Vec<CertificateDer<'static>>> {
+        (trust_domain == &self.base).then(|| {
+            self.base_bundle
+                .read()
+                .map(|b| b.clone())
+                .unwrap_or_default()
+        })
+    }
+}
+
+impl ResolvesClientCert for TlsState {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.node
+            .read()
+            .ok()?
+            .as_ref()
+            .map(|(key, _)| Arc::clone(key))
+    }
+
+    fn has_certs(&self) -> bool {
+        self.node.read().map(|n| n.is_some()).unwrap_or(false)
+    }
+}
+
+/// The server, over the network.
+pub struct RemoteNode {
+    config: RemoteConfig,
+    tls: Arc<TlsState>,
+    client: NodeClient<Channel>,
+    policy: watch::Sender<Arc<PolicySnapshot>>,
+    bundles: watch::Sender<Arc<BundleSet>>,
+}
+
+impl std::fmt::Debug for RemoteNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteNode")
+            .field("server", &self.config.server)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Reads PEM certificates.
+pub fn read_pem_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", path.display()))?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "{} holds no certificates",
+        path.display()
+    );
+    Ok(certs)
+}
+
+/// Writes a file readable only by its owner, atomically (temp file, fsync, rename).
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn certified(cert_der: Vec<u8>, key_pkcs8: &[u8]) -> anyhow::Result<Arc<CertifiedKey>> {
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8.to_vec()));
+    let signing = rustls::crypto::ring::sign::any_ecdsa_type(&der)?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![CertificateDer::from(cert_der)],
+        signing,
+    )))
+}
+
+fn not_after_of(cert_der: &[u8]) -> anyhow::Result<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| anyhow::anyhow!("node SVID unreadable: {e}"))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+fn new_csr() -> anyhow::Result<(Vec<u8>, Zeroizing<Vec<u8>>)> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key)?;
+    Ok((csr.der().to_vec(), Zeroizing::new(key.serialize_der())))
+}
+
+fn bundle_set(update: &pb::SyncUpdate) -> anyhow::Result<BundleSet> {
+    let mut bundles = Vec::with_capacity(update.bundles.len());
+    for b in &update.bundles {
+        let band: Band = b.band.parse()?;
+        let jwks: serde_json::Value = serde_json::from_slice(&b.jwt_jwks)?;
+        let mut jwt_keys = std::collections::BTreeMap::new();
+        for key in jwks["keys"].as_array().into_iter().flatten() {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let (Some(kid), Some(x), Some(y)) =
+                (key["kid"].as_str(), key["x"].as_str(), key["y"].as_str())
+            else {
+                continue;
+            };
+            let mut point = vec![0x04];
+            point.extend(b64.decode(x)?);
+            point.extend(b64.decode(y)?);
+            jwt_keys.insert(kid.to_owned(), point);
+        }
+        bundles.push(TrustBundle {
+            band,
+            trust_domain_id: format!("spiffe://{}", b.trust_domain),
+            trust_domain: b.trust_domain.clone(),
+            x509_der: b.x509_der.clone(),
+            jwt_jwks: b.jwt_jwks.clone(),
+            jwt_keys,
+        });
+    }
+    Ok(BundleSet { bundles })
+}
+
+impl RemoteNode {
+    /// Loads or obtains the node SVID, connects, and waits for the first policy and
+    /// bundles; then keeps following them and renewing the node SVID in the background.
+    pub async fn connect(config: RemoteConfig) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let tls = Arc::new(TlsState {
+            node: RwLock::new(None),
+            base_bundle: RwLock::new(read_pem_certs(&config.trust_bundle)?),
+            base: config.base.clone(),
+        });
+        let server_id = crate::server::tls::server_id(&config.base)?;
+        let mut client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
+            Arc::clone(&tls) as Arc<dyn X509BundleSource>,
+            writ_verifier::tls::exactly(server_id),
+        )))
+        .with_client_cert_resolver(Arc::clone(&tls) as Arc<dyn ResolvesClientCert>);
+        client_config.alpn_protocols = vec![b"h2".to_vec()];
+        // No session resumption: a session resumed from before attestation would carry
+        // no client identity, and every connection should prove the current node SVID.
+        client_config.resumption = rustls::client::Resumption::disabled();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+        let address = config.server.clone();
+        // Channels connect lazily. Attestation gets a channel of its own: a connection
+        // made before the node SVID existed carries no client certificate, so the main
+        // channel must not be the one that attested.
+        let make_channel = move || -> anyhow::Result<Channel> {
+            let connector = connector.clone();
+            let address = address.clone();
+            Ok(Endpoint::try_from("http://writ-server")?
+                .connect_timeout(Duration::from_secs(10))
+                .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+                    let connector = connector.clone();
+                    let address = address.clone();
+                    async move {
+                        let tcp = tokio::net::TcpStream::connect(&address).await?;
+                        tcp.set_nodelay(true)?;
+                        // The name is not checked (the SPIFFE verifier checks the ID).
+                        let name =
+                            ServerName::try_from("writ-server").map_err(std::io::Error::other)?;
+                        let tls = connector.connect(name, tcp).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(tls))
+                    }
+                })))
+        };
+        let node = Arc::new(RemoteNode {
+            client: NodeClient::new(make_channel()?),
+            tls,
+            policy: watch::channel(Arc::new(PolicySnapshot::default())).0,
+            bundles: watch::channel(Arc::new(BundleSet::default())).0,
+            config,
+        });
+        if !node.load_node_svid()? {
+            node.attest(NodeClient::new(make_channel()?)).await?;
+        }
+        let mut stream = node.open_sync().await?;
+        let first = stream
+            .message()
+            .await
+            .map_err(|s| anyhow::anyhow!("sync failed: {}", s.message()))?
+            .context("the server closed the sync stream")?;
+        node.apply(&first)?;
+        tokio::spawn(Arc::clone(&node).follow_sync(stream));
+        tokio::spawn(Arc::clone(&node).renew_node_svid());
+        Ok(node)
+    }
+
+    fn key_path(&self) -> PathBuf {
+        self.config.data_dir.join("node.key")
+    }
+
+    fn cert_path(&self) -> PathBuf {
+        self.config.data_dir.join("node.der")
+    }
+
+    /// Uses the node SVID on disk if it has at least a minute left.
+    fn load_node_svid(&self) -> anyhow::Result<bool> {
+        let (Ok(key), Ok(cert)) = (
+            std::fs::read(self.key_path()),
+            std::fs::read(self.cert_path()),
+        ) else {
+            return Ok(false);
+        };
+        let key = Zeroizing::new(key);
+        let not_after = not_after_of(&cert)?;
+        if not_after - now_unix() < 60 {
+            tracing::info!("node SVID on disk has expired; attesting again");
+            return Ok(false);
+        }
+        self.install(cert, &key, not_after)?;
+        tracing::info!(not_after, "using the node SVID on disk");
+        Ok(true)
+    }
+
+    fn install(&self, cert_der: Vec<u8>, key_pkcs8: &[u8], not_after: i64) -> anyhow::Result<()> {
+        let key = certified(cert_der, key_pkcs8)?;
+        if let Ok(mut node) = self.tls.node.write() {
+            *node = Some((key, not_after));
+        }
+        Ok(())
+    }
+
+    fn store(&self, svid: &pb::NodeSvid, key_pkcs8: &[u8]) -> anyhow::Result<()> {
+        // Key first: a certificate on disk always has its key beside it.
+        write_private(&self.key_path(), key_pkcs8)?;
+        write_private(&self.cert_path(), &svid.certificate)?;
+        self.install(svid.certificate.clone(), key_pkcs8, svid.not_after)?;
+        if let Ok(mut bundle) = self.tls.base_bundle.write() {
+            *bundle = svid
+                .bundle
+                .iter()
+                .cloned()
+                .map(CertificateDer::from)
+                .collect();
+        }
+        Ok(())
+    }
+
+    async fn attest(&self, mut client: NodeClient<Channel>) -> anyhow::Result<()> {
+        let attestation = self.config.attestation.clone().context(
+            "no valid node SVID on disk and no attestation configured (join_token or x509pop)",
+        )?;
+        let (csr, key) = new_csr()?;
+        let svid = match attestation {
+            Attestation::JoinToken(token) => client
+                .attest_join_token(pb::AttestJoinTokenRequest { token, csr })
+                .await
+                .map_err(|s| anyhow::anyhow!("join token attestation refused: {}", s.message()))?
+                .into_inner(),
+            Attestation::X509Pop {
+                cert,
+                key: key_path,
+            } => {
+                let chain = read_pem_certs(&cert)?;
+                let challenge = client
+                    .x509_pop_challenge(pb::X509PopChallengeRequest {
+                        chain: chain.iter().map(|c| c.to_vec()).collect(),
+                    })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("x509pop refused: {}", s.message()))?
+                    .into_inner();
+                let pem = Zeroizing::new(
+                    std::fs::read_to_string(&key_path)
+                        .with_context(|| format!("reading {}", key_path.display()))?,
+                );
+                let pop_key = rcgen::KeyPair::from_pem(&pem)
+                    .context("x509pop key: expected a PEM PKCS#8 private key")?;
+                let mut message = crate::server::node::X509POP_CONTEXT.to_vec();
+                message.extend_from_slice(&challenge.nonce);
+                let signature = rcgen::SigningKey::sign(&pop_key, &message)?;
+                client
+                    .x509_pop_answer(pb::X509PopAnswerRequest {
+                        challenge_id: challenge.challenge_id,
+                        signature,
+                        csr,
+                    })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("x509pop refused: {}", s.message()))?
+                    .into_inner()
+            }
+        };
+        tracing::info!(node = %svid.spiffe_id, "attested to the server");
+        self.store(&svid, &key)
+    }
+
+    async fn open_sync(&self) -> anyhow::Result<tonic::Streaming<pb::SyncUpdate>> {
+        let mut client = self.client.clone();
+        let stream = client
+            .sync(pb::SyncRequest {})
+            .await
+            .map_err(|s| anyhow::anyhow!("sync refused: {}", s.message()))?
+            .into_inner();
+        Ok(stream)
+    }
+
+    fn apply(&self, update: &pb::SyncUpdate) -> anyhow::Result<()> {
+        let policy: PolicySnapshot =
+            serde_json::from_slice(&update.policy_json).context("policy from the server")?;
+        let bundles = bundle_set(update)?;
+        if let Some(base) = bundles.by_band(Band::Base) {
+            if let Ok(mut b) = self.tls.base_bundle.write() {
+                *b = crate::agent::cache::split_der(&base.x509_der);
+            }
+        }
+        self.bundles.send_if_modified(|current| {
+            let changed = **current != bundles;
+            if changed {
+                *current = Arc::new(bundles);
+            }
+            changed
+        });
+        self.policy.send_replace(Arc::new(policy));
+        Ok(())
+    }
+
+    /// Follows the Sync stream, reconnecting with backoff when it breaks.
+    async fn follow_sync(self: Arc<Self>, first: tonic::Streaming<pb::SyncUpdate>) {
+        let mut stream: Option<tonic::Streaming<pb::SyncUpdate>> = Some(first);
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let current = match stream.as_mut() {
+                Some(s) => s,
+                None => match self.open_sync().await {
+                    Ok(s) => {
+                        backoff = Duration::from_millis(200);
+                        stream.insert(s)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sync with the server failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                },
+            };
+            match current.message().await {
+                Ok(Some(update)) => {
+                    if let Err(e) = self.apply(&update) {
+                        tracing::error!(error = %e, "bad sync update");
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    tracing::warn!("sync stream ended; reconnecting");
+                    stream = None;
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+    }
+
+    /// Renews the node SVID at half-life.
+    async fn renew_node_svid(self: Arc<Self>) {
+        loop {
+            let not_after = self
+                .tls
+                .node
+                .read()
+                .ok()
+                .and_then(|n| n.as_ref().map(|(_, t)| *t))
+                .unwrap_or(0);
+            let wait = ((not_after - now_unix()) / 2).clamp(1, 3600) as u64;
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            let result = async {
+                let (csr, key) = new_csr()?;
+                let svid = self
+                    .client
+                    .clone()
+                    .renew_node_svid(pb::RenewNodeSvidRequest { csr })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                    .into_inner();
+                self.store(&svid, &key)
+            }
+            .await;
+            match result {
+                Ok(()) => tracing::info!("renewed the node SVID"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "node SVID renewal failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        }
+    }
+
+    /// The base bundle as PEM (for operators: what the agent trusts now).
+    pub fn base_bundle_pem(&self) -> String {
+        self.tls
+            .base_bundle
+            .read()
+            .map(|b| b.iter().map(|c| pem("CERTIFICATE", c)).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn node_error(status: tonic::Status) -> NodeError {
+    match status.code() {
+        tonic::Code::PermissionDenied => NodeError::NotEntitled(status.message().to_owned()),
+        tonic::Code::InvalidArgument => NodeError::Invalid(status.message().to_owned()),
+        _ => NodeError::Unavailable(status.message().to_owned()),
+    }
+}
+
+#[tonic::async_trait]
+impl NodeApi for RemoteNode {
+    fn base(&self) -> &TrustDomain {
+        &self.config.base
+    }
+
+    fn policy(&self) -> watch::Receiver<Arc<PolicySnapshot>> {
+        self.policy.subscribe()
+    }
+
+    fn bundles(&self) -> watch::Receiver<Arc<BundleSet>> {
+        self.bundles.subscribe()
+    }
+
+    async fn sign_x509(
+        &self,
+        spiffe_id: &SpiffeId,
+        csr_der: Vec<u8>,
+    ) -> Result<SignedX509, NodeError> {
+        let response = self
+            .client
+            .clone()
+            .sign_x509_svids(pb::SignX509SvidsRequest {
+                csrs: vec![pb::SvidCsr {
+                    spiffe_id: spiffe_id.to_string(),
+                    csr: csr_der,
+                }],
+            })
+            .await
+            .map_err(node_error)?
+            .into_inner();
+        let signed = response
+            .svids
+            .into_iter()
+            .next()
+            .ok_or_else(|| NodeError::Unavailable("empty response".into()))?;
+        match signed.error.split_once(':') {
+            None if signed.error.is_empty() => Ok(SignedX509 {
+                cert_der: signed.certificate,
+                serial: signed.serial,
+                not_after: signed.not_after,
+            }),
+            Some(("not_entitled", reason)) => Err(NodeError::NotEntitled(reason.trim().to_owned())),
+            Some(("invalid", reason)) => Err(NodeError::Invalid(reason.trim().to_owned())),
+            _ => Err(NodeError::Unavailable(signed.error)),
+        }
+    }
+
+    async fn sign_jwt(
+        &self,
+        spiffe_id: &SpiffeId,
+        audience: Vec<String>,
+    ) -> Result<String, NodeError> {
+        self.client
+            .clone()
+            .sign_jwt_svid(pb::SignJwtSvidRequest {
+                spiffe_id: spiffe_id.to_string(),
+                audience,
+            })
+            .await
+            .map(|r| r.into_inner().token)
+            .map_err(node_error)
+    }
+}

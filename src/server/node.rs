@@ -1,0 +1,430 @@
+//! The node API (`writ.node.v1`): node attestation (join token, x509pop), node SVID
+//! renewal, the policy/bundle sync stream, and signing for agents.
+//!
+//! Errors are mapped to `tonic::Status` here. A caller without a verified node SVID
+//! reaches only the attestation RPCs.
+
+use super::tls::NodePeer;
+use super::{IssueError, Issuer};
+use crate::ca::{BundleSet, CaError, SubjectKey, SvidRequest, csr};
+use crate::proto::node::{self as pb, node_server::Node};
+use crate::store::{JoinTokenRecord, TokenUse};
+use ring::digest;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use spiffe::SpiffeId;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use writ_verifier::Band;
+
+/// Most CSRs in one signing batch.
+pub const MAX_BATCH: usize = 256;
+/// Most x509pop challenges outstanding at once.
+const MAX_CHALLENGES: usize = 1024;
+/// How long an x509pop challenge may be answered.
+const CHALLENGE_TTL: i64 = 60;
+/// What an x509pop answer signs, before the nonce.
+pub const X509POP_CONTEXT: &[u8] = b"writ x509pop v1";
+
+struct Challenge {
+    nonce: [u8; 32],
+    spki_der: Vec<u8>,
+    node_id: String,
+    expires_at: i64,
+}
+
+/// The node API service.
+pub struct NodeService {
+    issuer: Arc<Issuer>,
+    x509pop_roots: Vec<CertificateDer<'static>>,
+    challenges: Mutex<HashMap<String, Challenge>>,
+}
+
+impl std::fmt::Debug for NodeService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeService")
+    }
+}
+
+/// Hex of a SHA-256.
+fn sha256_hex(bytes: &[u8]) -> String {
+    digest::digest(&digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn ca_status(error: CaError) -> Status {
+    if error.is_invalid_argument() {
+        Status::invalid_argument(error.to_string())
+    } else {
+        tracing::error!(error = %error, "node API request failed");
+        Status::internal("internal error; see the server log")
+    }
+}
+
+fn random<const N: usize>() -> Result<[u8; N], Status> {
+    let mut out = [0u8; N];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut out)
+        .map_err(|_| Status::internal("no randomness"))?;
+    Ok(out)
+}
+
+impl NodeService {
+    /// A service for `issuer`; `x509pop_roots` are the CAs whose certificates may
+    /// attest nodes by x509pop (empty: x509pop refused).
+    pub fn new(issuer: Arc<Issuer>, x509pop_roots: Vec<CertificateDer<'static>>) -> Self {
+        NodeService {
+            issuer,
+            x509pop_roots,
+            challenges: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn node<T>(request: &Request<T>) -> Result<SpiffeId, Status> {
+        request
+            .extensions()
+            .get::<NodePeer>()
+            .and_then(|peer| peer.spiffe_id.clone())
+            .ok_or_else(|| Status::unauthenticated("a node SVID is required"))
+    }
+
+    fn node_id(&self, name: &str) -> Result<SpiffeId, Status> {
+        SpiffeId::from_segments(self.issuer.cas.base().clone(), &["node", name])
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+
+    /// Signs a node SVID for `id` from `csr` (already checked against `id`).
+    async fn mint_node(&self, id: SpiffeId, csr_der: Vec<u8>) -> Result<pb::NodeSvid, Status> {
+        let issuer = Arc::clone(&self.issuer);
+        let spiffe_id = id.to_string();
+        let minted = tokio::task::spawn_blocking(move || {
+            let request = SvidRequest {
+                spiffe_id: id,
+                ttl: Some(issuer.config.ca.max_svid_ttl),
+                claims: None,
+                dns_names: Vec::new(),
+            };
+            issuer
+                .cas
+                .mint_x509(Band::Base, SubjectKey::Csr(&csr_der), &request)
+        })
+        .await
+        .map_err(|_| Status::internal("signing task failed"))?
+        .map_err(ca_status)?;
+        tracing::info!(node = %spiffe_id, not_after = minted.not_after, "issued node svid");
+        Ok(pb::NodeSvid {
+            spiffe_id,
+            certificate: minted.cert_der,
+            bundle: self.issuer.cas.ca(Band::Base).x509_bundle(),
+            not_after: minted.not_after,
+        })
+    }
+}
+
+fn sync_update(
+    policy: &crate::policy::PolicySnapshot,
+    bundles: &BundleSet,
+) -> Result<pb::SyncUpdate, Status> {
+    Ok(pb::SyncUpdate {
+        generation: policy.generation,
+        policy_json: serde_json::to_vec(policy).map_err(|e| Status::internal(e.to_string()))?,
+        bundles: bundles
+            .bundles
+            .iter()
+            .map(|b| pb::TrustBundle {
+                band: b.band.to_string(),
+                trust_domain: b.trust_domain.clone(),
+                x509_der: b.x509_der.clone(),
+                jwt_jwks: b.jwt_jwks.clone(),
+            })
+            .collect(),
+    })
+}
+
+type SyncStream = Pin<Box<dyn Stream<Item = Result<pb::SyncUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn attest_join_token(
+        &self,
+        request: Request<pb::AttestJoinTokenRequest>,
+    ) -> Result<Response<pb::NodeSvid>, Status> {
+        let body = request.into_inner();
+        if body.token.is_empty() || body.token.len() > 256 {
+            return Err(Status::invalid_argument("join token missing or malformed"));
+        }
+        let hash = sha256_hex(body.token.as_bytes());
+        let node_id = self.node_id(&format!("join-{}", &hash[..24]))?;
+        // Check the CSR before using up the token: a bad request must not burn it.
+        csr::verify_csr(&body.csr, &node_id).map_err(ca_status)?;
+        let store = Arc::clone(&self.issuer.store);
+        let now = self.issuer.cas.now();
+        let id_text = node_id.to_string();
+        let outcome =
+            tokio::task::spawn_blocking(move || store.consume_join_token(&hash, now, &id_text))
+                .await
+                .map_err(|_| Status::internal("token task failed"))?
+                .map_err(|e| {
+                    tracing::error!(error = %e, "join token lookup failed");
+                    Status::internal("internal error; see the server log")
+                })?;
+        match outcome {
+            TokenUse::Consumed => {}
+            TokenUse::Unknown => return Err(Status::permission_denied("unknown join token")),
+            TokenUse::Replayed => {
+                tracing::warn!(node = %node_id, "join token replayed");
+                return Err(Status::permission_denied("join token already used"));
+            }
+            TokenUse::Expired => return Err(Status::permission_denied("join token expired")),
+        }
+        self.mint_node(node_id, body.csr).await.map(Response::new)
+    }
+
+    async fn x509_pop_challenge(
+        &self,
+        request: Request<pb::X509PopChallengeRequest>,
+    ) -> Result<Response<pb::X509PopChallengeResponse>, Status> {
+        if self.x509pop_roots.is_empty() {
+            return Err(Status::failed_precondition(
+                "x509pop attestation is not configured",
+            ));
+        }
+        let chain: Vec<CertificateDer<'static>> = request
+            .into_inner()
+            .chain
+            .into_iter()
+            .take(8)
+            .map(CertificateDer::from)
+            .collect();
+        let leaf = chain
+            .first()
+            .ok_or_else(|| Status::invalid_argument("empty certificate chain"))?;
+        let anchors: Vec<_> = self
+            .x509pop_roots
+            .iter()
+            .filter_map(|ca| webpki::anchor_from_trusted_cert(ca).ok())
+            .collect();
+        let end_entity = webpki::EndEntityCert::try_from(leaf)
+            .map_err(|_| Status::invalid_argument("malformed certificate"))?;
+        end_entity
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &anchors,
+                &chain[1..],
+                UnixTime::now(),
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .map_err(|e| {
+                Status::permission_denied(format!(
+                    "certificate does not chain to the x509pop CA: {e:?}"
+                ))
+            })?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
+            .map_err(|_| Status::invalid_argument("malformed certificate"))?;
+        let spki_der = parsed.public_key().raw.to_vec();
+        let fingerprint = sha256_hex(leaf);
+        let challenge_id: String = random::<16>()?.iter().map(|b| format!("{b:02x}")).collect();
+        let nonce = random::<32>()?;
+        let now = self.issuer.cas.now();
+        let mut challenges = self
+            .challenges
+            .lock()
+            .map_err(|_| Status::internal("lock poisoned"))?;
+        challenges.retain(|_, c| c.expires_at > now);
+        if challenges.len() >= MAX_CHALLENGES {
+            return Err(Status::resource_exhausted(
+                "too many x509pop challenges outstanding",
+            ));
+        }
+        challenges.insert(
+            challenge_id.clone(),
+            Challenge {
+                nonce,
+                spki_der,
+                node_id: format!("x509pop-{}", &fingerprint[..32]),
+                expires_at: now + CHALLENGE_TTL,
+            },
+        );
+        Ok(Response::new(pb::X509PopChallengeResponse {
+            challenge_id,
+            nonce: nonce.to_vec(),
+        }))
+    }
+
+    async fn x509_pop_answer(
+        &self,
+        request: Request<pb::X509PopAnswerRequest>,
+    ) -> Result<Response<pb::NodeSvid>, Status> {
+        let body = request.into_inner();
+        let challenge = self
+            .challenges
+            .lock()
+            .map_err(|_| Status::internal("lock poisoned"))?
+            .remove(&body.challenge_id)
+            .filter(|c| c.expires_at > self.issuer.cas.now())
+            .ok_or_else(|| Status::permission_denied("unknown or expired challenge"))?;
+        let mut signed = X509POP_CONTEXT.to_vec();
+        signed.extend_from_slice(&challenge.nonce);
+        let (_, spki) =
+            <x509_parser::x509::SubjectPublicKeyInfo as x509_parser::prelude::FromDer<
+                x509_parser::error::X509Error,
+            >>::from_der(&challenge.spki_der)
+            .map_err(|_| Status::internal("stored key unreadable"))?;
+        let algorithm: &dyn ring::signature::VerificationAlgorithm =
+            if spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519 {
+                &ring::signature::ED25519
+            } else {
+                &ring::signature::ECDSA_P256_SHA256_ASN1
+            };
+        ring::signature::UnparsedPublicKey::new(algorithm, spki.subject_public_key.data.as_ref())
+            .verify(&signed, &body.signature)
+            .map_err(|_| Status::permission_denied("proof of possession failed"))?;
+        let node_id = self.node_id(&challenge.node_id)?;
+        csr::verify_csr(&body.csr, &node_id).map_err(ca_status)?;
+        self.mint_node(node_id, body.csr).await.map(Response::new)
+    }
+
+    async fn renew_node_svid(
+        &self,
+        request: Request<pb::RenewNodeSvidRequest>,
+    ) -> Result<Response<pb::NodeSvid>, Status> {
+        let node = Self::node(&request)?;
+        let body = request.into_inner();
+        csr::verify_csr(&body.csr, &node).map_err(ca_status)?;
+        self.mint_node(node, body.csr).await.map(Response::new)
+    }
+
+    type SyncStream = SyncStream;
+
+    async fn sync(
+        &self,
+        request: Request<pb::SyncRequest>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        let node = Self::node(&request)?;
+        let mut policy = self.issuer.registry.subscribe();
+        let mut bundles = self.issuer.bundles.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let update = {
+                    let p = policy.borrow_and_update().clone();
+                    let b = bundles.borrow_and_update().clone();
+                    sync_update(&p, &b)
+                };
+                if tx.send(update).await.is_err() {
+                    break;
+                }
+                tokio::select! {
+                    r = policy.changed() => if r.is_err() { break },
+                    r = bundles.changed() => if r.is_err() { break },
+                    () = tx.closed() => break,
+                }
+            }
+            tracing::debug!(%node, "sync stream ended");
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn sign_x509_svids(
+        &self,
+        request: Request<pb::SignX509SvidsRequest>,
+    ) -> Result<Response<pb::SignX509SvidsResponse>, Status> {
+        let node = Self::node(&request)?;
+        let body = request.into_inner();
+        if body.csrs.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_BATCH} CSRs per batch"
+            )));
+        }
+        let issuer = Arc::clone(&self.issuer);
+        let svids = tokio::task::spawn_blocking(move || {
+            body.csrs
+                .into_iter()
+                .map(|item| {
+                    let failed = |error: String| pb::SignedSvid {
+                        spiffe_id: item.spiffe_id.clone(),
+                        error,
+                        ..Default::default()
+                    };
+                    let id = match writ_verifier::parse_spiffe_id(&item.spiffe_id) {
+                        Ok(id) => id,
+                        Err(e) => return failed(format!("invalid: {e}")),
+                    };
+                    match issuer.sign_workload_x509(&id, &item.csr, None) {
+                        Ok(minted) => pb::SignedSvid {
+                            spiffe_id: item.spiffe_id,
+                            certificate: minted.cert_der,
+                            serial: minted.serial,
+                            not_after: minted.not_after,
+                            error: String::new(),
+                        },
+                        Err(IssueError::NotEntitled(reason)) => {
+                            failed(format!("not_entitled: {reason}"))
+                        }
+                        Err(IssueError::Ca(e)) if e.is_invalid_argument() => {
+                            failed(format!("invalid: {e}"))
+                        }
+                        Err(IssueError::Ca(e)) => {
+                            tracing::error!(error = %e, "signing for a node failed");
+                            failed("unavailable: signing failed".into())
+                        }
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|_| Status::internal("signing task failed"))?;
+        tracing::debug!(%node, count = svids.len(), "signed batch");
+        Ok(Response::new(pb::SignX509SvidsResponse { svids }))
+    }
+
+    async fn sign_jwt_svid(
+        &self,
+        request: Request<pb::SignJwtSvidRequest>,
+    ) -> Result<Response<pb::SignJwtSvidResponse>, Status> {
+        Self::node(&request)?;
+        let body = request.into_inner();
+        let id = writ_verifier::parse_spiffe_id(&body.spiffe_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        match self.issuer.sign_workload_jwt(&id, &body.audience) {
+            Ok(minted) => Ok(Response::new(pb::SignJwtSvidResponse {
+                token: minted.token,
+            })),
+            Err(IssueError::NotEntitled(reason)) => Err(Status::permission_denied(reason)),
+            Err(IssueError::Ca(e)) => Err(ca_status(e)),
+        }
+    }
+}
+
+/// Creates a join token: 32 random bytes, base64url; only its hash is stored.
+pub fn create_join_token(issuer: &Issuer, ttl_secs: u64) -> Result<(String, i64), Status> {
+    use base64::Engine;
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random::<32>()?);
+    let now = issuer.cas.now();
+    let expires_at = now + ttl_secs as i64;
+    issuer
+        .store
+        .put_join_token(
+            &sha256_hex(secret.as_bytes()),
+            &JoinTokenRecord {
+                created_at: now,
+                expires_at,
+                used_at: None,
+                node_id: None,
+            },
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "storing a join token failed");
+            Status::internal("internal error; see the server log")
+        })?;
+    tracing::info!(expires_at, "join token created");
+    Ok((secret, expires_at))
+}

@@ -1,0 +1,225 @@
+//! TLS for the node API: the server's own SVID (rotated), SPIFFE client verification of
+//! node SVIDs, and a connection type that carries the verified peer ID to handlers.
+
+use super::Issuer;
+use crate::ca::{SubjectKey, SvidRequest};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use spiffe::{SpiffeId, TrustDomain};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use writ_verifier::Band;
+use writ_verifier::tls::{SpiffeClientVerifier, X509BundleSource, peer_spiffe_id};
+
+/// The server's SPIFFE ID: `spiffe://<base>/writ/server`.
+pub fn server_id(base: &TrustDomain) -> Result<SpiffeId, anyhow::Error> {
+    Ok(SpiffeId::from_segments(base.clone(), &["writ", "server"])?)
+}
+
+/// The base trust domain's CAs, live from the issuer (nodes live in the base domain).
+#[derive(Debug)]
+pub struct IssuerBundles(pub Arc<Issuer>);
+
+impl X509BundleSource for IssuerBundles {
+    fn x509_authorities(&self, trust_domain: &TrustDomain) -> Option<Vec<CertificateDer<'static>>> {
+        let ca = self.0.cas.ca(Band::Base);
+        (ca.trust_domain() == trust_domain).then(|| {
+            ca.x509_bundle()
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect()
+        })
+    }
+}
+
+/// Serves the server's current SVID; [`ServerIdentity::renew`] swaps in a fresh one.
+#[derive(Debug)]
+pub struct ServerIdentity {
+    issuer: Arc<Issuer>,
+    current: RwLock<(Arc<CertifiedKey>, i64)>,
+}
+
+impl ServerIdentity {
+    /// Mints the first server SVID.
+    pub fn new(issuer: Arc<Issuer>) -> anyhow::Result<Arc<Self>> {
+        let first = mint_server_svid(&issuer)?;
+        Ok(Arc::new(ServerIdentity {
+            issuer,
+            current: RwLock::new(first),
+        }))
+    }
+
+    /// Re-mints at half-life, forever.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let not_after = self.current.read().map(|c| c.1).unwrap_or(0);
+            let now = self.issuer.cas.now();
+            let wait = ((not_after - now) / 2).clamp(1, 3600) as u64;
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(Duration::from_secs(wait)) => {}
+            }
+            match mint_server_svid(&self.issuer) {
+                Ok(fresh) => {
+                    if let Ok(mut current) = self.current.write() {
+                        *current = fresh;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "renewing the server SVID failed; will retry"),
+            }
+        }
+    }
+}
+
+fn mint_server_svid(issuer: &Issuer) -> anyhow::Result<(Arc<CertifiedKey>, i64)> {
+    let key = rcgen::KeyPair::generate()?;
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+    let request = SvidRequest {
+        spiffe_id: server_id(issuer.cas.base())?,
+        ttl: Some(issuer.config.ca.max_svid_ttl),
+        claims: None,
+        dns_names: Vec::new(),
+    };
+    let minted = issuer
+        .cas
+        .mint_x509(Band::Base, SubjectKey::PublicKey(&spki), &request)?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signing = rustls::crypto::ring::sign::any_ecdsa_type(&der)?;
+    let certified = CertifiedKey::new(vec![CertificateDer::from(minted.cert_der)], signing);
+    Ok((Arc::new(certified), minted.not_after))
+}
+
+impl ResolvesServerCert for ServerIdentity {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| Arc::clone(&c.0))
+    }
+}
+
+/// The rustls server configuration of the node API: our SVID, node SVIDs optional at
+/// the TLS layer (attestation happens before a node has one) and checked per RPC.
+pub fn server_config(
+    issuer: &Arc<Issuer>,
+    identity: Arc<ServerIdentity>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let base = issuer.cas.base().clone();
+    let verifier = SpiffeClientVerifier::new(
+        Arc::new(IssuerBundles(Arc::clone(issuer))),
+        Arc::new(move |id: &SpiffeId| {
+            id.trust_domain() == &base && id.path().starts_with("/node/")
+        }),
+        false,
+    );
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_client_cert_verifier(Arc::new(verifier))
+    .with_cert_resolver(identity);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// What a node API handler knows about its caller.
+#[derive(Clone, Debug)]
+pub struct NodePeer {
+    /// The verified node SPIFFE ID, if the caller presented a node SVID.
+    pub spiffe_id: Option<SpiffeId>,
+}
+
+/// An accepted TLS connection, with its verified peer.
+pub struct NodeConn {
+    inner: TlsStream<TcpStream>,
+    peer: NodePeer,
+}
+
+impl tonic::transport::server::Connected for NodeConn {
+    type ConnectInfo = NodePeer;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for NodeConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for NodeConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Accepts TCP connections and completes TLS handshakes off the accept loop; a client
+/// that stalls or fails its handshake costs only its own task.
+pub fn accept_tls(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<NodeConn, io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, addr) = match listener.accept().await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "node API accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                return;
+            }
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let spiffe_id = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|certs| certs.first())
+                            .and_then(peer_spiffe_id);
+                        let _ = tx
+                            .send(Ok(NodeConn {
+                                inner: tls,
+                                peer: NodePeer { spiffe_id },
+                            }))
+                            .await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%addr, error = %e, "node API handshake failed"),
+                    Err(_) => tracing::debug!(%addr, "node API handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

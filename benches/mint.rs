@@ -4,6 +4,9 @@
 //! minting is one ECDSA signature plus DER encoding, so the ratio says how much the
 //! encoding and checks cost on top of the signature.
 
+// A measuring tool, not a service: failing loudly on setup errors is what we want.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};

@@ -26,8 +26,19 @@ async fn main() -> ExitCode {
                 e.exit();
             }
             // One line, like every other writ error; `--help` has the rest.
+            // The error is clap's first paragraph: a missing-argument error names the
+            // arguments on the indented lines after its first, so keep them all.
             let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("error: invalid arguments");
+            let first: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let first = if first.is_empty() {
+                "error: invalid arguments".to_owned()
+            } else {
+                first.join(" ")
+            };
             eprintln!("{first} (see --help)");
             return ExitCode::from(2);
         }

@@ -384,10 +384,10 @@ impl RemoteNode {
         let policy: PolicySnapshot =
             serde_json::from_slice(&update.policy_json).context("policy from the server")?;
         let bundles = bundle_set(update)?;
-        if let Some(base) = bundles.by_band(Band::Base) {
-            if let Ok(mut b) = self.tls.base_bundle.write() {
-                *b = crate::agent::cache::split_der(&base.x509_der);
-            }
+        if let Some(base) = bundles.by_band(Band::Base)
+            && let Ok(mut b) = self.tls.base_bundle.write()
+        {
+            *b = crate::agent::cache::split_der(&base.x509_der);
         }
         self.bundles.send_if_modified(|current| {
             let changed = **current != bundles;

@@ -655,6 +655,10 @@ impl TrustDomainCa {
             .active()
             .ok_or_else(|| CaError::NoAuthority(self.trust_domain.to_string()))?;
         let expires_at = (now + ttl.as_secs() as i64).min(authority.record.not_after);
+        // As for X.509: an expired authority signs nothing (not an already-expired token).
+        if expires_at <= now {
+            return Err(CaError::NoAuthority(self.trust_domain.to_string()));
+        }
         let token = jwt::sign_jwt(
             &authority.jwt_key,
             &authority.record.jwt_kid,

@@ -237,3 +237,30 @@ pub fn openssl_verify(
     write_pem(&leaf_path, &[leaf.to_vec()]);
     openssl_verify_files(&bundle_path, &leaf_path, purpose)
 }
+
+/// The DER blocks of a PEM text, with their labels, in order.
+pub fn pem_decode(text: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(label) = line
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        {
+            assert!(current.is_none(), "nested PEM BEGIN");
+            current = Some((label.to_owned(), String::new()));
+        } else if let Some(label) = line
+            .strip_prefix("-----END ")
+            .and_then(|l| l.strip_suffix("-----"))
+        {
+            let (begun, b64) = current.take().expect("PEM END without BEGIN");
+            assert_eq!(begun, label, "PEM labels differ");
+            out.push((label.to_owned(), STANDARD.decode(b64).expect("PEM base64")));
+        } else if let Some((_, b64)) = current.as_mut() {
+            b64.push_str(line);
+        }
+    }
+    assert!(current.is_none(), "unterminated PEM block");
+    out
+}

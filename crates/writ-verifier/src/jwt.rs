@@ -98,10 +98,10 @@ pub fn validate_jwt_svid<'k>(
     {
         return Err(JwtSvidError::Header("only alg, kid and typ are allowed"));
     }
-    if let Some(typ) = header.get("typ") {
-        if !matches!(typ.as_str(), Some("JWT" | "JOSE")) {
-            return Err(JwtSvidError::Header("typ must be JWT or JOSE"));
-        }
+    if let Some(typ) = header.get("typ")
+        && !matches!(typ.as_str(), Some("JWT" | "JOSE"))
+    {
+        return Err(JwtSvidError::Header("typ must be JWT or JOSE"));
     }
     let kid = header
         .get("kid")

@@ -1,0 +1,279 @@
+//! Load tool for the Workload API (issue 3's benchmarks). Starts `writ dev` in a temp
+//! dir, gives this uid a profile and an open incident, then measures:
+//!
+//! 1. FetchX509SVID first-message latency with N concurrent clients (cache warm);
+//! 2. server memory per open FetchX509SVID stream (VmRSS of the `writ dev` process);
+//! 3. time from `writ incident close` returning until every affected stream has its
+//!    redaction (the stream's PermissionDenied).
+//!
+//! `cargo build --release --bin writ --example workload-load &&
+//!  target/release/examples/workload-load --writ target/release/writ`
+//!
+//! Flags: --clients N (default 1000), --streams N (10000), --per-conn N (100).
+
+// A measuring tool, not a service: failing loudly on setup errors is what we want.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_stream::StreamExt;
+use writ::proto::workload::{self as pb, spiffe_workload_api_client::SpiffeWorkloadApiClient};
+
+type Client = SpiffeWorkloadApiClient<tonic::transport::Channel>;
+
+struct Dev(Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn writ_bin() -> PathBuf {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--writ")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/release/writ"))
+}
+
+fn cli(writ: &Path, admin: &Path, args: &[&str]) {
+    let out = Command::new(writ)
+        .args(args)
+        .env("WRIT_ADMIN_SOCKET", admin)
+        .output()
+        .expect("run writ");
+    assert!(
+        out.status.success(),
+        "writ {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn connect(socket: &Path) -> Client {
+    let path = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::try_from("http://localhost")
+        .expect("uri")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+        .expect("connect");
+    SpiffeWorkloadApiClient::new(channel)
+}
+
+fn request() -> tonic::Request<pb::X509svidRequest> {
+    let mut request = tonic::Request::new(pb::X509svidRequest {});
+    request
+        .metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().expect("header"));
+    request
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "{name}: n={} p50={:.3} ms p99={:.3} ms max={:.3} ms",
+        samples.len(),
+        percentile(&samples, 0.50).as_secs_f64() * 1e3,
+        percentile(&samples, 0.99).as_secs_f64() * 1e3,
+        samples.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let clients = arg("--clients", 1000);
+    let streams = arg("--streams", 10_000);
+    let per_conn = arg("--per-conn", 100).max(1);
+    let writ = writ_bin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let admin = data.join("admin.sock");
+    let socket = data.join("workload.sock");
+    let child = Command::new(&writ)
+        .args(["dev", "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start writ dev");
+    let pid = child.id();
+    let _dev = Dev(child);
+    for _ in 0..200 {
+        if socket.exists() && admin.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+        })
+        .expect("uid");
+    cli(
+        &writ,
+        &admin,
+        &[
+            "profile",
+            "create",
+            "load",
+            "--selector",
+            &format!("unix:uid:{uid}"),
+        ],
+    );
+    cli(
+        &writ,
+        &admin,
+        &[
+            "incident",
+            "open",
+            "LOAD-1",
+            "--title",
+            "load",
+            "--severity",
+            "sev3",
+            "--assign",
+            "load",
+        ],
+    );
+
+    // Warm the cache: the first fetch issues the SVID.
+    let warm = connect(&socket).await;
+    warm.clone()
+        .fetch_x509svid(request())
+        .await
+        .expect("warm fetch")
+        .into_inner()
+        .next()
+        .await;
+    println!("writ dev pid {pid}; clients={clients} streams={streams} per_conn={per_conn}");
+
+    // 1. First-message latency, N concurrent clients, each on its own connection.
+    let mut conns = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        conns.push(connect(&socket).await);
+    }
+    let start = Arc::new(tokio::sync::Barrier::new(clients));
+    let mut tasks = Vec::with_capacity(clients);
+    for mut client in conns {
+        let start = Arc::clone(&start);
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let t0 = Instant::now();
+            let mut stream = client
+                .fetch_x509svid(request())
+                .await
+                .expect("fetch")
+                .into_inner();
+            stream.next().await.expect("first message").expect("ok");
+            t0.elapsed()
+        }));
+    }
+    let mut latencies = Vec::with_capacity(clients);
+    for t in tasks {
+        latencies.push(t.await.expect("task"));
+    }
+    report("first-message latency (concurrent clients)", latencies);
+
+    // 2. Memory per open stream.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid);
+    let conns_needed = streams.div_ceil(per_conn);
+    let mut conns = Vec::with_capacity(conns_needed);
+    for _ in 0..conns_needed {
+        conns.push(connect(&socket).await);
+    }
+    let mut open = Vec::with_capacity(streams);
+    for i in 0..streams {
+        let mut client = conns[i / per_conn].clone();
+        open.push(tokio::spawn(async move {
+            let mut stream = client
+                .fetch_x509svid(request())
+                .await
+                .expect("stream")
+                .into_inner();
+            stream.next().await.expect("first").expect("ok");
+            stream
+        }));
+    }
+    let mut held = Vec::with_capacity(streams);
+    for t in open {
+        held.push(t.await.expect("open"));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib(pid);
+    println!(
+        "server RSS: {before} KiB before, {after} KiB with {streams} streams: {:.1} KiB per stream",
+        (after.saturating_sub(before)) as f64 / streams as f64
+    );
+
+    // 3. Redaction: close the incident; every stream must end with PermissionDenied.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for mut stream in held {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let outcome = stream.next().await;
+            let redacted =
+                matches!(outcome, Some(Err(ref s)) if s.code() == tonic::Code::PermissionDenied);
+            let _ = tx.send((Instant::now(), redacted));
+        });
+    }
+    drop(tx);
+    let invoked = Instant::now();
+    cli(&writ, &admin, &["incident", "close", "LOAD-1"]);
+    let returned = Instant::now();
+    let mut from_return = Vec::with_capacity(streams);
+    let mut redacted = 0;
+    while let Some((at, ok)) = rx.recv().await {
+        redacted += usize::from(ok);
+        from_return.push(at.saturating_duration_since(returned));
+    }
+    println!(
+        "close command took {:.1} ms (process start to exit); {redacted}/{streams} streams redacted",
+        returned.duration_since(invoked).as_secs_f64() * 1e3
+    );
+    report(
+        "redaction after `writ incident close` returned",
+        from_return,
+    );
+}

@@ -93,51 +93,112 @@ impl SvidCache {
         entries.get(id).filter(|svid| svid.not_after > now).cloned()
     }
 
-    /// The SVID for `entitlement`, issuing one if there is none (single flight: many
-    /// callers asking at once cause one signature).
-    pub async fn get(&self, entitlement: &Entitlement) -> Result<Arc<CachedSvid>, NodeError> {
-        let id = entitlement.spiffe_id.to_string();
-        if let Some(svid) = self.cached(&id, now_unix()) {
-            return Ok(svid);
+    /// The SVIDs for `wanted`, in order, issuing every missing one in a single batch
+    /// (single flight: many callers asking at once cause one signature per identity).
+    pub async fn get_all(&self, wanted: &[Entitlement]) -> Vec<Result<Arc<CachedSvid>, NodeError>> {
+        let lookup = |now| -> Vec<Option<Arc<CachedSvid>>> {
+            wanted
+                .iter()
+                .map(|e| self.cached(&e.spiffe_id.to_string(), now))
+                .collect()
+        };
+        let found = lookup(now_unix());
+        if found.iter().all(Option::is_some) {
+            return found.into_iter().flatten().map(Ok).collect();
         }
         let _one = self.issuing.lock().await;
-        if let Some(svid) = self.cached(&id, now_unix()) {
-            return Ok(svid);
-        }
-        let svid = Arc::new(self.issue(entitlement).await?);
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.insert(id, Arc::clone(&svid));
+        let found = lookup(now_unix());
+        let missing: Vec<&Entitlement> = wanted
+            .iter()
+            .zip(&found)
+            .filter(|(_, f)| f.is_none())
+            .map(|(e, _)| e)
+            .collect();
+        let mut issued = self.issue(&missing).await.into_iter();
+        let mut out = Vec::with_capacity(wanted.len());
+        for (entitlement, cached) in wanted.iter().zip(found) {
+            out.push(match cached {
+                Some(svid) => Ok(svid),
+                None => match issued.next() {
+                    Some(Ok(svid)) => {
+                        let svid = Arc::new(svid);
+                        if let Ok(mut entries) = self.entries.lock() {
+                            entries.insert(entitlement.spiffe_id.to_string(), Arc::clone(&svid));
+                        }
+                        Ok(svid)
+                    }
+                    Some(Err(e)) => Err(e),
+                    None => Err(NodeError::Unavailable(
+                        "signing returned too few results".into(),
+                    )),
+                },
+            });
         }
         // The maintenance loop may be asleep until a later renewal: wake it.
         self.added.notify_one();
-        Ok(svid)
+        out
     }
 
-    async fn issue(&self, entitlement: &Entitlement) -> Result<CachedSvid, NodeError> {
-        let key = rcgen::KeyPair::generate()
-            .map_err(|e| NodeError::Unavailable(format!("key generation: {e}")))?;
-        let mut params = rcgen::CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        let csr = params
-            .serialize_request(&key)
-            .map_err(|e| NodeError::Unavailable(format!("csr: {e}")))?;
+    /// The SVID for one entitlement (see [`SvidCache::get_all`]).
+    pub async fn get(&self, entitlement: &Entitlement) -> Result<Arc<CachedSvid>, NodeError> {
+        self.get_all(std::slice::from_ref(entitlement))
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(NodeError::Unavailable("no result".into())))
+    }
+
+    /// Makes a key and CSR per entitlement here on the host, has the server sign them all
+    /// in one batch, and checks every certificate before keeping it.
+    async fn issue(&self, wanted: &[&Entitlement]) -> Vec<Result<CachedSvid, NodeError>> {
+        if wanted.is_empty() {
+            return Vec::new();
+        }
+        let mut keys = Vec::with_capacity(wanted.len());
+        let mut csrs = Vec::with_capacity(wanted.len());
+        for entitlement in wanted {
+            let made = rcgen::KeyPair::generate().and_then(|key| {
+                let mut params = rcgen::CertificateParams::default();
+                params.distinguished_name = rcgen::DistinguishedName::new();
+                let csr = params.serialize_request(&key)?;
+                Ok((key, csr.der().to_vec()))
+            });
+            match made {
+                Ok((key, csr)) => {
+                    keys.push(Some(key));
+                    csrs.push((entitlement.spiffe_id.clone(), csr));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "key generation failed");
+                    return wanted
+                        .iter()
+                        .map(|_| Err(NodeError::Unavailable("key generation failed".into())))
+                        .collect();
+                }
+            }
+        }
         let issued_at = now_unix();
-        let signed = self
-            .node
-            .sign_x509(&entitlement.spiffe_id, csr.der().to_vec())
-            .await?;
-        self.check(&entitlement.spiffe_id.to_string(), &signed.cert_der)?;
-        let jitter = rand::random::<f64>() * 2.0 - 1.0;
-        tracing::debug!(spiffe_id = %entitlement.spiffe_id, serial = %signed.serial, "issued workload svid");
-        Ok(CachedSvid {
-            spiffe_id: entitlement.spiffe_id.to_string(),
-            cert_der: signed.cert_der,
-            key_pkcs8: Zeroizing::new(key.serialize_der()),
-            serial: signed.serial,
-            issued_at,
-            not_after: signed.not_after,
-            renew_at: renew_at(issued_at, signed.not_after, jitter),
-        })
+        let signed = self.node.sign_x509_batch(csrs).await;
+        wanted
+            .iter()
+            .zip(keys)
+            .zip(signed)
+            .map(|((entitlement, key), signed)| {
+                let signed = signed?;
+                let key = key.ok_or_else(|| NodeError::Unavailable("key missing".into()))?;
+                self.check(&entitlement.spiffe_id.to_string(), &signed.cert_der)?;
+                let jitter = rand::random::<f64>() * 2.0 - 1.0;
+                tracing::debug!(spiffe_id = %entitlement.spiffe_id, serial = %signed.serial, "issued workload svid");
+                Ok(CachedSvid {
+                    spiffe_id: entitlement.spiffe_id.to_string(),
+                    cert_der: signed.cert_der,
+                    key_pkcs8: Zeroizing::new(key.serialize_der()),
+                    serial: signed.serial,
+                    issued_at,
+                    not_after: signed.not_after,
+                    renew_at: renew_at(issued_at, signed.not_after, jitter),
+                })
+            })
+            .collect()
     }
 
     /// Verifies a certificate from the server before anyone sees it: it must chain to the
@@ -182,31 +243,38 @@ impl SvidCache {
             Err(_) => return None,
         };
         let mut changed = false;
+        let mut due: Vec<Entitlement> = Vec::new();
         for svid in snapshot {
             let Ok(id) = writ_verifier::parse_spiffe_id(&svid.spiffe_id) else {
                 continue;
             };
-            let entitlement = entitlement_for(policy, self.node.base(), &id);
-            let Some(entitlement) = entitlement else {
-                self.remove(&svid.spiffe_id);
-                changed = true;
-                continue;
-            };
-            if svid.renew_at <= now {
-                let _one = self.issuing.lock().await;
-                match self.issue(&entitlement).await {
+            match entitlement_for(policy, self.node.base(), &id) {
+                None => {
+                    self.remove(&svid.spiffe_id);
+                    changed = true;
+                }
+                Some(entitlement) if svid.renew_at <= now => due.push(entitlement),
+                Some(_) => {}
+            }
+        }
+        if !due.is_empty() {
+            let _one = self.issuing.lock().await;
+            let refs: Vec<&Entitlement> = due.iter().collect();
+            for (entitlement, result) in due.iter().zip(self.issue(&refs).await) {
+                let id = entitlement.spiffe_id.to_string();
+                match result {
                     Ok(fresh) => {
                         if let Ok(mut entries) = self.entries.lock() {
-                            entries.insert(svid.spiffe_id.clone(), Arc::new(fresh));
+                            entries.insert(id, Arc::new(fresh));
                         }
                         changed = true;
                     }
                     Err(NodeError::NotEntitled(_)) => {
-                        self.remove(&svid.spiffe_id);
+                        self.remove(&id);
                         changed = true;
                     }
                     Err(e) => {
-                        tracing::warn!(spiffe_id = %svid.spiffe_id, error = %e, "renewal failed; will retry")
+                        tracing::warn!(spiffe_id = %id, error = %e, "renewal failed; will retry")
                     }
                 }
             }

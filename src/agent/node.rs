@@ -45,12 +45,12 @@ pub trait NodeApi: Send + Sync + 'static {
     fn policy(&self) -> watch::Receiver<Arc<PolicySnapshot>>;
     /// Bundles, following every change.
     fn bundles(&self) -> watch::Receiver<Arc<BundleSet>>;
-    /// Signs a CSR for `spiffe_id` if policy entitles some workload to it now.
-    async fn sign_x509(
+    /// Signs CSRs, each for an identity policy entitles some workload to now; one result
+    /// per CSR, in order.
+    async fn sign_x509_batch(
         &self,
-        spiffe_id: &SpiffeId,
-        csr_der: Vec<u8>,
-    ) -> Result<SignedX509, NodeError>;
+        csrs: Vec<(SpiffeId, Vec<u8>)>,
+    ) -> Vec<Result<SignedX509, NodeError>>;
     /// Signs a JWT-SVID for `spiffe_id` and `audience`.
     async fn sign_jwt(
         &self,
@@ -97,22 +97,31 @@ impl NodeApi for LocalNode {
         self.issuer.bundles.subscribe()
     }
 
-    async fn sign_x509(
+    async fn sign_x509_batch(
         &self,
-        spiffe_id: &SpiffeId,
-        csr_der: Vec<u8>,
-    ) -> Result<SignedX509, NodeError> {
+        csrs: Vec<(SpiffeId, Vec<u8>)>,
+    ) -> Vec<Result<SignedX509, NodeError>> {
         let issuer = Arc::clone(&self.issuer);
-        let id = spiffe_id.clone();
-        let minted =
-            tokio::task::spawn_blocking(move || issuer.sign_workload_x509(&id, &csr_der, None))
-                .await
-                .map_err(|e| NodeError::Unavailable(e.to_string()))?
-                .map_err(node_error)?;
-        Ok(SignedX509 {
-            cert_der: minted.cert_der,
-            serial: minted.serial,
-            not_after: minted.not_after,
+        let count = csrs.len();
+        tokio::task::spawn_blocking(move || {
+            csrs.into_iter()
+                .map(|(id, csr)| {
+                    issuer
+                        .sign_workload_x509(&id, &csr, None)
+                        .map(|minted| SignedX509 {
+                            cert_der: minted.cert_der,
+                            serial: minted.serial,
+                            not_after: minted.not_after,
+                        })
+                        .map_err(node_error)
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            (0..count)
+                .map(|_| Err(NodeError::Unavailable(e.to_string())))
+                .collect()
         })
     }
 

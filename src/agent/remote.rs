@@ -479,6 +479,21 @@ impl RemoteNode {
     }
 }
 
+fn signed_result(signed: pb::SignedSvid) -> Result<SignedX509, NodeError> {
+    if signed.error.is_empty() {
+        return Ok(SignedX509 {
+            cert_der: signed.certificate,
+            serial: signed.serial,
+            not_after: signed.not_after,
+        });
+    }
+    match signed.error.split_once(':') {
+        Some(("not_entitled", reason)) => Err(NodeError::NotEntitled(reason.trim().to_owned())),
+        Some(("invalid", reason)) => Err(NodeError::Invalid(reason.trim().to_owned())),
+        _ => Err(NodeError::Unavailable(signed.error)),
+    }
+}
+
 fn node_error(status: tonic::Status) -> NodeError {
     match status.code() {
         tonic::Code::PermissionDenied => NodeError::NotEntitled(status.message().to_owned()),
@@ -501,38 +516,38 @@ impl NodeApi for RemoteNode {
         self.bundles.subscribe()
     }
 
-    async fn sign_x509(
+    async fn sign_x509_batch(
         &self,
-        spiffe_id: &SpiffeId,
-        csr_der: Vec<u8>,
-    ) -> Result<SignedX509, NodeError> {
-        let response = self
-            .client
-            .clone()
-            .sign_x509_svids(pb::SignX509SvidsRequest {
-                csrs: vec![pb::SvidCsr {
-                    spiffe_id: spiffe_id.to_string(),
-                    csr: csr_der,
-                }],
-            })
-            .await
-            .map_err(node_error)?
-            .into_inner();
-        let signed = response
-            .svids
-            .into_iter()
-            .next()
-            .ok_or_else(|| NodeError::Unavailable("empty response".into()))?;
-        match signed.error.split_once(':') {
-            None if signed.error.is_empty() => Ok(SignedX509 {
-                cert_der: signed.certificate,
-                serial: signed.serial,
-                not_after: signed.not_after,
-            }),
-            Some(("not_entitled", reason)) => Err(NodeError::NotEntitled(reason.trim().to_owned())),
-            Some(("invalid", reason)) => Err(NodeError::Invalid(reason.trim().to_owned())),
-            _ => Err(NodeError::Unavailable(signed.error)),
+        csrs: Vec<(SpiffeId, Vec<u8>)>,
+    ) -> Vec<Result<SignedX509, NodeError>> {
+        let mut out = Vec::with_capacity(csrs.len());
+        for chunk in csrs.chunks(crate::server::node::MAX_BATCH) {
+            let request = pb::SignX509SvidsRequest {
+                csrs: chunk
+                    .iter()
+                    .map(|(id, csr)| pb::SvidCsr {
+                        spiffe_id: id.to_string(),
+                        csr: csr.clone(),
+                    })
+                    .collect(),
+            };
+            match self.client.clone().sign_x509_svids(request).await {
+                Ok(response) => {
+                    let mut signed = response.into_inner().svids.into_iter();
+                    for _ in chunk {
+                        out.push(match signed.next() {
+                            Some(s) => signed_result(s),
+                            None => Err(NodeError::Unavailable("short response".into())),
+                        });
+                    }
+                }
+                Err(status) => {
+                    let error = node_error(status);
+                    out.extend(chunk.iter().map(|_| Err(error.clone())));
+                }
+            }
         }
+        out
     }
 
     async fn sign_jwt(

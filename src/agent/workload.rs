@@ -88,8 +88,9 @@ impl WorkloadApi {
         let mut svids = Vec::with_capacity(wanted.len());
         let mut unavailable = None;
         let mut own_domains = BTreeSet::new();
-        for entitlement in &wanted {
-            match self.agent.cache.get(entitlement).await {
+        let results = self.agent.cache.get_all(&wanted).await;
+        for (entitlement, result) in wanted.iter().zip(results) {
+            match result {
                 Ok(svid) => {
                     let Some(bundle) = bundles.by_band(entitlement.band) else {
                         continue;

@@ -7,6 +7,24 @@ use serde::Deserialize;
 use spiffe::TrustDomain;
 use std::path::{Path, PathBuf};
 
+/// Parses a config file. toml's own `Display` draws a multi-line snippet; writ errors
+/// are one line, so keep the message and say where instead.
+fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> anyhow::Result<T> {
+    toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .and_then(|span| text.get(..span.start))
+            .map(|before| before.matches('\n').count() + 1);
+        let message = e.message().trim().replace('\n', " ");
+        match line {
+            Some(line) => {
+                anyhow::anyhow!("parsing config {} line {line}: {message}", path.display())
+            }
+            None => anyhow::anyhow!("parsing config {}: {message}", path.display()),
+        }
+    })
+}
+
 /// The file, as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,7 +75,7 @@ impl RawConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+        parse_toml(path, &text)
     }
 
     /// Validates and fills in defaults.
@@ -121,7 +139,7 @@ impl RawAgentConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+        parse_toml(path, &text)
     }
 
     /// Validates and fills in defaults.
@@ -183,6 +201,19 @@ mod tests {
         let short_ca: RawConfig =
             toml::from_str("[ca]\nca_ttl = \"1h\"\nmax_svid_ttl = \"30m\"").unwrap();
         assert!(short_ca.resolve().is_err());
+    }
+
+    #[test]
+    fn parse_errors_are_one_line() {
+        let path = Path::new("agent.toml");
+        let e = parse_toml::<RawAgentConfig>(path, "data_dir = \"/x\"\njoin_tokn = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(
+            e.starts_with("parsing config agent.toml line 2: unknown field `join_tokn`"),
+            "{e}"
+        );
     }
 
     #[test]

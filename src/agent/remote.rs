@@ -161,6 +161,26 @@ fn not_after_of(cert_der: &[u8]) -> anyhow::Result<i64> {
     Ok(cert.validity().not_after.timestamp())
 }
 
+/// A status as one line with its cause chain: transport failures say why, not only
+/// "transport error".
+fn describe(status: &tonic::Status) -> String {
+    let mut text = if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        status.message().to_owned()
+    };
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn new_csr() -> anyhow::Result<(Vec<u8>, Zeroizing<Vec<u8>>)> {
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::default();
@@ -264,7 +284,7 @@ impl RemoteNode {
         let first = stream
             .message()
             .await
-            .map_err(|s| anyhow::anyhow!("sync failed: {}", s.message()))?
+            .map_err(|s| anyhow::anyhow!("sync with the server failed: {}", describe(&s)))?
             .context("the server closed the sync stream")?;
         node.apply(&first)?;
         tokio::spawn(Arc::clone(&node).follow_sync(stream));
@@ -290,6 +310,15 @@ impl RemoteNode {
         };
         let key = Zeroizing::new(key);
         let not_after = not_after_of(&cert)?;
+        let leaf = CertificateDer::from(cert.as_slice());
+        match writ_verifier::tls::peer_spiffe_id(&leaf) {
+            Some(id)
+                if id.trust_domain() == &self.config.base && id.path().starts_with("/node/") => {}
+            other => {
+                tracing::warn!(found = ?other.map(|i| i.to_string()), "node SVID on disk is not a node of {}; attesting again", self.config.base);
+                return Ok(false);
+            }
+        }
         if not_after - now_unix() < 60 {
             tracing::info!("node SVID on disk has expired; attesting again");
             return Ok(false);
@@ -332,7 +361,7 @@ impl RemoteNode {
             Attestation::JoinToken(token) => client
                 .attest_join_token(pb::AttestJoinTokenRequest { token, csr })
                 .await
-                .map_err(|s| anyhow::anyhow!("join token attestation refused: {}", s.message()))?
+                .map_err(|s| anyhow::anyhow!("join token attestation failed: {}", describe(&s)))?
                 .into_inner(),
             Attestation::X509Pop {
                 cert,
@@ -344,7 +373,7 @@ impl RemoteNode {
                         chain: chain.iter().map(|c| c.to_vec()).collect(),
                     })
                     .await
-                    .map_err(|s| anyhow::anyhow!("x509pop refused: {}", s.message()))?
+                    .map_err(|s| anyhow::anyhow!("x509pop refused: {}", describe(&s)))?
                     .into_inner();
                 let pem = Zeroizing::new(
                     std::fs::read_to_string(&key_path)
@@ -362,7 +391,7 @@ impl RemoteNode {
                         csr,
                     })
                     .await
-                    .map_err(|s| anyhow::anyhow!("x509pop refused: {}", s.message()))?
+                    .map_err(|s| anyhow::anyhow!("x509pop refused: {}", describe(&s)))?
                     .into_inner()
             }
         };
@@ -375,7 +404,7 @@ impl RemoteNode {
         let stream = client
             .sync(pb::SyncRequest {})
             .await
-            .map_err(|s| anyhow::anyhow!("sync refused: {}", s.message()))?
+            .map_err(|s| anyhow::anyhow!("sync with the server failed: {}", describe(&s)))?
             .into_inner();
         Ok(stream)
     }

@@ -1,0 +1,973 @@
+//! The node API end to end through the real binaries: `writ server` and `writ agent` as
+//! child processes on a temp directory and a free loopback port, the admin CLI on the
+//! server's socket, and the stock `spiffe` crate client (`examples/svid-fetch`) on the
+//! agent's Workload API socket.
+//!
+//! Needs the examples built: `scripts/test` does it, or `cargo build --examples`.
+//! Every wait is a bounded poll on the event (a socket that accepts, an exit, the
+//! identities a workload gets); nothing asserts how long anything took.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const WRIT: &str = env!("CARGO_BIN_EXE_writ");
+
+/// The longest any one wait may take before the test fails. Generous: the build
+/// machine is shared. The agent's own connect timeout (10 s) must fit well inside.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// An unprivileged uid for workloads that must not match a `unix:uid:0` profile.
+const NOBODY: u32 = 65534;
+
+/// A port nothing listens on right now (the listener is dropped at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// A temp directory other uids may traverse (workloads run as `NOBODY` reach the
+/// agent's socket inside it).
+fn temp_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+fn write(path: &Path, text: &str) -> PathBuf {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path.to_path_buf()
+}
+
+/// A TOML string literal.
+fn quoted(path: &Path) -> String {
+    toml_string(&path.display().to_string())
+}
+
+fn toml_string(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A child process with its output in files, killed when dropped.
+struct Proc {
+    child: Child,
+    what: String,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    /// Runs `writ ARGS`, its stdout and stderr going to `logs.out` and `logs.err`.
+    fn spawn(what: &str, args: &[&std::ffi::OsStr], logs: &Path) -> Proc {
+        let stdout = logs.with_extension("out");
+        let stderr = logs.with_extension("err");
+        let child = Command::new(WRIT)
+            .args(args)
+            .env_remove("WRIT_LOG")
+            .env_remove("WRIT_ADMIN_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        Proc {
+            child,
+            what: what.to_owned(),
+            stdout,
+            stderr,
+        }
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Panics if the process has exited (it should be serving).
+    fn check_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("poll child") {
+            panic!(
+                "{} exited early ({status}):\n{}{}",
+                self.what,
+                self.stdout(),
+                self.stderr()
+            );
+        }
+    }
+
+    /// Waits for the process to exit by itself. One that is still running after
+    /// [`WAIT`] is hung: kill it and fail.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll child") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                panic!(
+                    "{} did not exit within {WAIT:?} (hung?):\n{}{}",
+                    self.what,
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: nothing gets to clean up.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running `writ server`.
+struct Server {
+    proc: Proc,
+    name: String,
+    config: PathBuf,
+    logs: PathBuf,
+    admin: PathBuf,
+    port: u16,
+}
+
+impl Server {
+    /// Starts `writ server` with data in `dir/name` on a free port; `extra` is more TOML.
+    fn start(dir: &Path, name: &str, extra: &str) -> Server {
+        let data_dir = dir.join(name);
+        let port = free_port();
+        let config = write(
+            &dir.join(format!("{name}.toml")),
+            &format!(
+                "data_dir = {}\nnode_listen = \"127.0.0.1:{port}\"\n{extra}",
+                quoted(&data_dir)
+            ),
+        );
+        let logs = dir.join(format!("{name}.log"));
+        let mut server = Server {
+            proc: Server::spawn(name, &config, &logs),
+            name: name.to_owned(),
+            config,
+            logs,
+            admin: data_dir.join("admin.sock"),
+            port,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn spawn(name: &str, config: &Path, logs: &Path) -> Proc {
+        Proc::spawn(
+            &format!("writ server {name}"),
+            &["server".as_ref(), "--config".as_ref(), config.as_os_str()],
+            logs,
+        )
+    }
+
+    /// Waits until the admin socket accepts and the node API port accepts. A socket
+    /// file left by a killed server exists but refuses connections.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        while UnixStream::connect(&self.admin).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        {
+            self.proc.check_running();
+            assert!(
+                Instant::now() < deadline,
+                "writ server {} not ready in time:\n{}",
+                self.name,
+                self.proc.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9, then start again with the same config.
+    fn restart(&mut self) {
+        self.proc.kill();
+        self.proc = Server::spawn(&self.name, &self.config, &self.logs);
+        self.wait_ready();
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(WRIT)
+            .args(args)
+            .env("WRIT_ADMIN_SOCKET", &self.admin)
+            .env_remove("WRIT_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run writ")
+    }
+
+    /// `writ ARGS` against this server, which must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "writ {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// The base trust domain's CAs as PEM, in `dir/<name>-base.pem`.
+    fn base_pem(&self, dir: &Path) -> PathBuf {
+        let pem = self.ok(&["bundle", "show", "--band", "base"]);
+        assert!(pem.contains("BEGIN CERTIFICATE"), "{pem}");
+        write(&dir.join(format!("{}-base.pem", self.name)), &pem)
+    }
+
+    /// A fresh join token.
+    fn token(&self) -> String {
+        let token = self.ok(&["token", "create"]).trim().to_owned();
+        assert!(!token.is_empty() && !token.contains(char::is_whitespace));
+        token
+    }
+
+    fn profile(&self, name: &str, uid: u32) {
+        self.ok(&[
+            "profile",
+            "create",
+            name,
+            "--selector",
+            &format!("unix:uid:{uid}"),
+        ]);
+    }
+
+    fn open(&self, incident: &str, profile: &str) {
+        self.ok(&[
+            "incident",
+            "open",
+            incident,
+            "--title",
+            "node api test",
+            "--severity",
+            "sev3",
+            "--assign",
+            profile,
+        ]);
+    }
+
+    fn close(&self, incident: &str) {
+        self.ok(&["incident", "close", incident]);
+    }
+}
+
+/// `writ agent`'s config: talk to `server` at `address`, trusting `bundle`, keeping
+/// state in `data_dir`; `extra` is more TOML (attestation, trust domain).
+fn agent_toml(data_dir: &Path, address: &str, bundle: &Path, extra: &str) -> String {
+    format!(
+        "data_dir = {}\nserver_address = {}\ntrust_bundle = {}\n{extra}",
+        quoted(data_dir),
+        toml_string(address),
+        quoted(bundle)
+    )
+}
+
+fn join_token(token: &str) -> String {
+    format!("join_token = {}\n", toml_string(token))
+}
+
+/// A running `writ agent`.
+struct Agent {
+    proc: Proc,
+    name: String,
+    config: PathBuf,
+    logs: PathBuf,
+    data_dir: PathBuf,
+}
+
+impl Agent {
+    /// Starts `writ agent` with `toml` (its data dir must be `dir/name`) and waits for
+    /// its Workload API.
+    fn start(dir: &Path, name: &str, toml: &str) -> Agent {
+        let config = write(&dir.join(format!("{name}.toml")), toml);
+        let logs = dir.join(format!("{name}.log"));
+        let mut agent = Agent {
+            proc: Agent::spawn(name, &config, &logs),
+            name: name.to_owned(),
+            config,
+            logs,
+            data_dir: dir.join(name),
+        };
+        agent.wait_ready();
+        let banner = agent.proc.stdout();
+        assert_eq!(
+            banner.lines().next(),
+            Some(format!("writ agent: Workload API on {}", agent.socket().display()).as_str()),
+            "{banner}"
+        );
+        agent
+    }
+
+    fn spawn(name: &str, config: &Path, logs: &Path) -> Proc {
+        Proc::spawn(
+            &format!("writ agent {name}"),
+            &["agent".as_ref(), "--config".as_ref(), config.as_os_str()],
+            logs,
+        )
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.data_dir.join("workload.sock")
+    }
+
+    /// The socket is bound only once attestation and the first sync succeeded (a
+    /// socket file left by a killed agent refuses connections); the banner follows.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        while UnixStream::connect(self.socket()).is_err() || !self.proc.stdout().ends_with('\n') {
+            self.proc.check_running();
+            assert!(
+                Instant::now() < deadline,
+                "writ agent {} not ready in time:\n{}",
+                self.name,
+                self.proc.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9, then start again with the same config.
+    fn restart(&mut self) {
+        self.proc.kill();
+        self.proc = Agent::spawn(&self.name, &self.config, &self.logs);
+        self.wait_ready();
+    }
+
+    fn kill(&mut self) {
+        self.proc.kill();
+    }
+}
+
+/// Runs `writ agent` with `toml`, which must fail to start: a non-zero exit, nothing
+/// on stdout, no Workload API. Returns its stderr lines.
+fn agent_fails(dir: &Path, name: &str, toml: &str) -> Vec<String> {
+    let config = write(&dir.join(format!("{name}.toml")), toml);
+    let mut proc = Agent::spawn(name, &config, &dir.join(format!("{name}.log")));
+    let status = proc.wait_exit();
+    let stderr = proc.stderr();
+    assert!(!status.success(), "writ agent {name} should fail: {stderr}");
+    assert_eq!(proc.stdout(), "", "writ agent {name} printed a banner");
+    assert!(
+        UnixStream::connect(dir.join(name).join("workload.sock")).is_err(),
+        "writ agent {name} left a serving socket"
+    );
+    stderr.lines().map(str::to_owned).collect()
+}
+
+/// The agent's stderr must be exactly one `error:` line mentioning `reason`.
+fn assert_one_error(lines: &[String], reason: &str) {
+    assert_eq!(lines.len(), 1, "one stderr line expected: {lines:#?}");
+    assert!(lines[0].starts_with("error: "), "{lines:#?}");
+    assert!(
+        lines[0].contains(reason),
+        "the error should mention {reason:?}: {lines:#?}"
+    );
+}
+
+/// The agent's stderr must end with its one `error:` line (log lines may come first).
+fn assert_ends_in_error(lines: &[String]) {
+    let errors = lines.iter().filter(|l| l.starts_with("error: ")).count();
+    assert_eq!(errors, 1, "one error line expected: {lines:#?}");
+    assert!(
+        lines.last().is_some_and(|l| l.starts_with("error: ")),
+        "{lines:#?}"
+    );
+}
+
+/// The stock-client example binary, built beside this test by `cargo build --examples`.
+fn example_bin() -> PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let bin = deps
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/svid-fetch");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --examples` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// What `svid-fetch`, run as `uid`, gets from the Workload API at `socket`.
+fn fetch(socket: &Path, uid: u32) -> Value {
+    let mut command = if uid == 0 {
+        Command::new(example_bin())
+    } else {
+        let mut c = Command::new("setpriv");
+        c.args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+        ])
+        .arg(example_bin());
+        c
+    };
+    let out = command
+        .env(
+            "SPIFFE_ENDPOINT_SOCKET",
+            format!("unix://{}", socket.display()),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .expect("run svid-fetch");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("svid-fetch: {e}: {out:?}"))
+}
+
+/// `(spiffe_id, hint)` of every SVID in a `svid-fetch` answer, sorted; `None` for an
+/// error answer.
+fn identities(answer: &Value) -> Option<Vec<(String, String)>> {
+    let mut ids: Vec<_> = answer["svids"]
+        .as_array()?
+        .iter()
+        .map(|svid| {
+            (
+                svid["spiffe_id"].as_str().unwrap_or_default().to_owned(),
+                svid["hint"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    ids.sort();
+    Some(ids)
+}
+
+/// Polls `svid-fetch` until `done` holds for its answer; fails after [`WAIT`].
+fn poll_fetch(socket: &Path, uid: u32, what: &str, done: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answer = fetch(socket, uid);
+        if done(&answer) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "uid {uid} never got {what}; last answer: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until a workload of `uid` gets exactly the investigative SVIDs of
+/// `(profile, incident)`, each with the incident as its hint.
+fn wait_identities(socket: &Path, uid: u32, want: &[(&str, &str)]) {
+    let mut want: Vec<(String, String)> = want
+        .iter()
+        .map(|(profile, incident)| (id_of(profile, incident), incident.to_string()))
+        .collect();
+    want.sort();
+    poll_fetch(socket, uid, &format!("{want:?}"), |answer| {
+        identities(answer).as_ref() == Some(&want)
+    });
+}
+
+/// Waits until a workload of `uid` gets no identity at all.
+fn wait_no_identity(socket: &Path, uid: u32) {
+    poll_fetch(socket, uid, "NoIdentityIssued", |answer| {
+        answer["error"] == "NoIdentityIssued"
+    });
+}
+
+fn id_of(profile: &str, incident: &str) -> String {
+    format!("spiffe://investigate.example.org/agent/{profile}/incident/{incident}")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The SPIFFE ID of the node SVID an agent keeps in `data_dir`; checks the key beside
+/// it is private to its owner.
+fn node_id(data_dir: &Path) -> String {
+    let mode = std::fs::metadata(data_dir.join("node.key"))
+        .expect("node.key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "node.key mode {mode:o}");
+    let der = std::fs::read(data_dir.join("node.der")).expect("node.der");
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("node SVID parses");
+    let san = cert
+        .subject_alternative_name()
+        .expect("one SAN extension")
+        .expect("a SAN");
+    let uris: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(uris.len(), 1, "one URI SAN: {uris:?}");
+    uris[0].clone()
+}
+
+/// Copies an agent's node key and SVID into a fresh data dir `to`.
+fn copy_node_svid(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for file in ["node.key", "node.der"] {
+        std::fs::copy(from.join(file), to.join(file)).unwrap();
+    }
+}
+
+/// An x509pop PKI: a CA, and a node certificate (client auth) with its PKCS#8 key.
+struct NodePki {
+    ca_pem: String,
+    cert_pem: String,
+    cert_der: Vec<u8>,
+    key_pem: String,
+}
+
+impl NodePki {
+    fn new(name: &str) -> NodePki {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name
+            .push(DnType::CommonName, format!("{name} node CA"));
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, &ca_key);
+
+        let node_key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec![format!("node.{name}.internal")]).unwrap();
+        leaf.distinguished_name
+            .push(DnType::CommonName, format!("node.{name}.internal"));
+        leaf.is_ca = IsCa::ExplicitNoCa;
+        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = leaf.signed_by(&node_key, &issuer).unwrap();
+        NodePki {
+            ca_pem: ca_cert.pem(),
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key_pem: node_key.serialize_pem(),
+        }
+    }
+
+    /// Writes `<prefix>-cert.pem` and `<prefix>-key.pem`; returns the agent TOML lines.
+    fn agent_lines(&self, dir: &Path, prefix: &str) -> String {
+        self.lines_with_key(dir, prefix, &self.key_pem)
+    }
+
+    /// As [`NodePki::agent_lines`], with another key beside the certificate.
+    fn lines_with_key(&self, dir: &Path, prefix: &str, key_pem: &str) -> String {
+        let cert = write(&dir.join(format!("{prefix}-cert.pem")), &self.cert_pem);
+        let key = write(&dir.join(format!("{prefix}-key.pem")), key_pem);
+        format!(
+            "x509pop_cert = {}\nx509pop_key = {}\n",
+            quoted(&cert),
+            quoted(&key)
+        )
+    }
+}
+
+#[test]
+fn join_token_agent_serves_incident_identities() {
+    let dir = temp_dir();
+    let dir = dir.path();
+    let server = Server::start(dir, "server", "");
+    let bundle = server.base_pem(dir);
+    let token = server.token();
+    let agent = Agent::start(
+        dir,
+        "agent",
+        &agent_toml(
+            &dir.join("agent"),
+            &server.address(),
+            &bundle,
+            &join_token(&token),
+        ),
+    );
+    // The node's ID is derived from the token, never the token itself.
+    assert_eq!(
+        node_id(&agent.data_dir),
+        format!(
+            "spiffe://example.org/node/join-{}",
+            &sha256_hex(token.as_bytes())[..24]
+        )
+    );
+
+    server.profile("triage", 0);
+    // A profile alone grants nothing.
+    wait_no_identity(&agent.socket(), 0);
+    server.open("INC-1", "triage");
+    wait_identities(&agent.socket(), 0, &[("triage", "INC-1")]);
+    server.close("INC-1");
+    wait_no_identity(&agent.socket(), 0);
+}
+
+#[test]
+fn join_tokens_are_single_use_known_and_unexpired() {
+    let dir = temp_dir();
+    let dir = dir.path();
+    let server = Server::start(dir, "server", "");
+    let bundle = server.base_pem(dir);
+    let address = server.address();
+    let token = server.token();
+    let _first = Agent::start(
+        dir,
+        "first",
+        &agent_toml(&dir.join("first"), &address, &bundle, &join_token(&token)),
+    );
+
+    let replay = agent_fails(
+        dir,
+        "second",
+        &agent_toml(&dir.join("second"), &address, &bundle, &join_token(&token)),
+    );
+    assert_one_error(&replay, "already used");
+
+    let unknown = agent_fails(
+        dir,
+        "unknown",
+        &agent_toml(
+            &dir.join("unknown"),
+            &address,
+            &bundle,
+            &join_token("bm90LWEtdG9rZW4tdGhpcy1zZXJ2ZXItbWFkZQ"),
+        ),
+    );
+    assert_one_error(&unknown, "unknown join token");
+
+    let created: Value =
+        serde_json::from_str(&server.ok(&["token", "create", "--ttl", "1s", "--json"]))
+            .expect("token JSON");
+    let short = created["token"].as_str().expect("token").to_owned();
+    let expires_at = created["expires_at"].as_i64().expect("expires_at");
+    // Wait on the clock, not a sleep: the token is dead once now >= expires_at; one
+    // more second covers the server's and our clocks reading whole seconds apart.
+    let deadline = Instant::now() + WAIT;
+    while now() <= expires_at {
+        assert!(Instant::now() < deadline, "the clock is not moving");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let expired = agent_fails(
+        dir,
+        "expired",
+        &agent_toml(&dir.join("expired"), &address, &bundle, &join_token(&short)),
+    );
+    assert_one_error(&expired, "expired");
+}
+
+#[test]
+fn server_and_agent_restart_from_disk() {
+    let dir = temp_dir();
+    let dir = dir.path();
+    let mut server = Server::start(dir, "server", "");
+    let bundle = server.base_pem(dir);
+    let token = server.token();
+    // The config keeps naming the token, which is used up by the first start: a restart
+    // must not need it.
+    let mut agent = Agent::start(
+        dir,
+        "agent",
+        &agent_toml(
+            &dir.join("agent"),
+            &server.address(),
+            &bundle,
+            &join_token(&token),
+        ),
+    );
+    let node = node_id(&agent.data_dir);
+
+    server.profile("triage", 0);
+    server.profile("fixer", NOBODY);
+    server.open("INC-1", "triage");
+    server.open("INC-2", "triage");
+    server.open("INC-3", "fixer");
+    wait_identities(
+        &agent.socket(),
+        0,
+        &[("triage", "INC-1"), ("triage", "INC-2")],
+    );
+    wait_identities(&agent.socket(), NOBODY, &[("fixer", "INC-3")]);
+    server.close("INC-2");
+    server.close("INC-3");
+    wait_identities(&agent.socket(), 0, &[("triage", "INC-1")]);
+    wait_no_identity(&agent.socket(), NOBODY);
+
+    agent.kill();
+    server.restart();
+    agent.restart();
+    assert_eq!(node_id(&agent.data_dir), node, "the agent attested again");
+
+    wait_identities(&agent.socket(), 0, &[("triage", "INC-1")]);
+    wait_no_identity(&agent.socket(), NOBODY);
+    // And the restarted pair still follows policy.
+    server.close("INC-1");
+    wait_no_identity(&agent.socket(), 0);
+}
+
+#[test]
+fn x509pop_attests_nodes_of_the_trusted_ca_only() {
+    let dir = temp_dir();
+    let dir = dir.path();
+    let pki = NodePki::new("trusted");
+    let ca = write(&dir.join("ca.pem"), &pki.ca_pem);
+    let server = Server::start(dir, "server", &format!("x509pop_ca = {}\n", quoted(&ca)));
+    let bundle = server.base_pem(dir);
+    let address = server.address();
+
+    let agent = Agent::start(
+        dir,
+        "agent",
+        &agent_toml(
+            &dir.join("agent"),
+            &address,
+            &bundle,
+            &pki.agent_lines(dir, "node"),
+        ),
+    );
+    assert_eq!(
+        node_id(&agent.data_dir),
+        format!(
+            "spiffe://example.org/node/x509pop-{}",
+            &sha256_hex(&pki.cert_der)[..32]
+        )
+    );
+    server.profile("triage", 0);
+    server.open("INC-1", "triage");
+    wait_identities(&agent.socket(), 0, &[("triage", "INC-1")]);
+
+    // A node certificate from a CA the server does not trust.
+    let rogue = NodePki::new("rogue");
+    let refused = agent_fails(
+        dir,
+        "rogue",
+        &agent_toml(
+            &dir.join("rogue"),
+            &address,
+            &bundle,
+            &rogue.agent_lines(dir, "rogue"),
+        ),
+    );
+    assert_one_error(&refused, "x509pop");
+    assert!(refused[0].contains("chain"), "{refused:?}");
+
+    // The trusted certificate without its key: no proof of possession.
+    let stolen = agent_fails(
+        dir,
+        "stolen",
+        &agent_toml(
+            &dir.join("stolen"),
+            &address,
+            &bundle,
+            &pki.lines_with_key(dir, "stolen", &rogue.key_pem),
+        ),
+    );
+    assert_one_error(&stolen, "proof of possession");
+
+    // A server without x509pop_ca takes no x509pop at all.
+    let plain = Server::start(dir, "plain", "");
+    let plain_bundle = plain.base_pem(dir);
+    let off = agent_fails(
+        dir,
+        "off",
+        &agent_toml(
+            &dir.join("off"),
+            &plain.address(),
+            &plain_bundle,
+            &pki.agent_lines(dir, "off"),
+        ),
+    );
+    assert_one_error(&off, "x509pop");
+    assert!(off[0].contains("not configured"), "{off:?}");
+}
+
+#[test]
+fn foreign_node_svids_and_wrong_bundles_are_refused() {
+    let dir = temp_dir();
+    let dir = dir.path();
+    let server = Server::start(dir, "server", "");
+    let bundle = server.base_pem(dir);
+    let address = server.address();
+
+    // Node SVIDs that some other writ server issued: in another trust domain, and in
+    // ours from an independent CA.
+    for (name, trust_domain) in [("other", "other.org"), ("twin", "example.org")] {
+        let foreign = Server::start(
+            dir,
+            name,
+            &format!("trust_domain = {}\n", toml_string(trust_domain)),
+        );
+        let foreign_bundle = foreign.base_pem(dir);
+        let attested = format!("{name}-node");
+        let mut foreign_agent = Agent::start(
+            dir,
+            &attested,
+            &agent_toml(
+                &dir.join(&attested),
+                &foreign.address(),
+                &foreign_bundle,
+                &format!(
+                    "trust_domain = {}\n{}",
+                    toml_string(trust_domain),
+                    join_token(&foreign.token())
+                ),
+            ),
+        );
+        assert!(
+            node_id(&foreign_agent.data_dir).starts_with(&format!("spiffe://{trust_domain}/node/")),
+        );
+        foreign_agent.kill();
+
+        let thief = format!("{name}-thief");
+        copy_node_svid(&foreign_agent.data_dir, &dir.join(&thief));
+        let lines = agent_fails(
+            dir,
+            &thief,
+            &agent_toml(&dir.join(&thief), &address, &bundle, ""),
+        );
+        assert_ends_in_error(&lines);
+    }
+
+    // An agent that trusts another server's CA will not talk to ours, and so does not
+    // spend its token on it: the same token then works with the right bundle.
+    let twin_bundle = dir.join("twin-base.pem");
+    let token = server.token();
+    let lines = agent_fails(
+        dir,
+        "misled",
+        &agent_toml(
+            &dir.join("misled"),
+            &address,
+            &twin_bundle,
+            &join_token(&token),
+        ),
+    );
+    assert_one_error(&lines, "join token attestation failed");
+    let agent = Agent::start(
+        dir,
+        "agent",
+        &agent_toml(&dir.join("agent"), &address, &bundle, &join_token(&token)),
+    );
+    server.profile("triage", 0);
+    server.open("INC-1", "triage");
+    wait_identities(&agent.socket(), 0, &[("triage", "INC-1")]);
+}
+
+#[test]
+fn bad_agent_configs_are_refused() {
+    let dir = temp_dir();
+    let dir = dir.path();
+    let pki = NodePki::new("node");
+    let bundle = write(&dir.join("bundle.pem"), &pki.ca_pem);
+    // Nothing needs to listen: these fail before any connection.
+    let address = format!("127.0.0.1:{}", free_port());
+
+    let typo = agent_fails(
+        dir,
+        "typo",
+        &agent_toml(
+            &dir.join("typo"),
+            &address,
+            &bundle,
+            "join_tokn = \"abc\"\n",
+        ),
+    );
+    assert_one_error(&typo, "unknown field");
+
+    let both = agent_fails(
+        dir,
+        "both",
+        &agent_toml(
+            &dir.join("both"),
+            &address,
+            &bundle,
+            &format!("{}{}", join_token("abc"), pki.agent_lines(dir, "both")),
+        ),
+    );
+    assert_one_error(&both, "either join_token");
+
+    let half = agent_fails(
+        dir,
+        "half",
+        &agent_toml(
+            &dir.join("half"),
+            &address,
+            &bundle,
+            &format!("x509pop_cert = {}\n", quoted(&dir.join("both-cert.pem"))),
+        ),
+    );
+    assert_one_error(&half, "either join_token");
+
+    let none = agent_fails(
+        dir,
+        "none",
+        &agent_toml(&dir.join("none"), &address, &bundle, ""),
+    );
+    assert_one_error(&none, "no attestation configured");
+}
+
+#[test]
+fn agent_gives_up_on_a_server_that_is_down_or_silent() {
+    let dir = temp_dir();
+    let dir = dir.path();
+    let bundle = write(&dir.join("bundle.pem"), &NodePki::new("node").ca_pem);
+
+    let down = agent_fails(
+        dir,
+        "down",
+        &agent_toml(
+            &dir.join("down"),
+            &format!("127.0.0.1:{}", free_port()),
+            &bundle,
+            &join_token("abc"),
+        ),
+    );
+    assert_one_error(&down, "join token attestation failed");
+
+    // Accepts TCP (the kernel completes the handshake) and never says a word: the
+    // agent's connect timeout must end it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = silent.local_addr().unwrap().to_string();
+    let lines = agent_fails(
+        dir,
+        "silent",
+        &agent_toml(&dir.join("silent"), &address, &bundle, &join_token("abc")),
+    );
+    assert_one_error(&lines, "join token attestation failed");
+    drop(silent);
+}

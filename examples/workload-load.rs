@@ -80,6 +80,25 @@ async fn connect(socket: &Path) -> Client {
     SpiffeWorkloadApiClient::new(channel)
 }
 
+async fn admin_client(
+    socket: &Path,
+) -> writ::proto::admin::admin_client::AdminClient<tonic::transport::Channel> {
+    let path = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::try_from("http://localhost")
+        .expect("uri")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+        .expect("connect admin");
+    writ::proto::admin::admin_client::AdminClient::new(channel)
+}
+
 fn request() -> tonic::Request<pb::X509svidRequest> {
     let mut request = tonic::Request::new(pb::X509svidRequest {});
     request
@@ -188,32 +207,47 @@ async fn main() {
         .await;
     println!("writ dev pid {pid}; clients={clients} streams={streams} per_conn={per_conn}");
 
-    // 1. First-message latency, N concurrent clients, each on its own connection.
+    // 1. First-message latency with N clients, each on its own connection: once all
+    //    at the same instant (a burst: mostly queueing on 2 cores), then each at a
+    //    random moment within one second (N requests/s from N connected clients).
     let mut conns = Vec::with_capacity(clients);
     for _ in 0..clients {
         conns.push(connect(&socket).await);
     }
-    let start = Arc::new(tokio::sync::Barrier::new(clients));
-    let mut tasks = Vec::with_capacity(clients);
-    for mut client in conns {
-        let start = Arc::clone(&start);
-        tasks.push(tokio::spawn(async move {
-            start.wait().await;
-            let t0 = Instant::now();
-            let mut stream = client
-                .fetch_x509svid(request())
-                .await
-                .expect("fetch")
-                .into_inner();
-            stream.next().await.expect("first message").expect("ok");
-            t0.elapsed()
-        }));
+    for (label, spread_ms) in [("burst: all at once", 0u64), ("spread over 1 s", 1000)] {
+        let start = Arc::new(tokio::sync::Barrier::new(clients));
+        let mut tasks = Vec::with_capacity(clients);
+        for client in &conns {
+            let mut client = client.clone();
+            let start = Arc::clone(&start);
+            let delay = if spread_ms == 0 {
+                0
+            } else {
+                rand::random::<u64>() % spread_ms
+            };
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let t0 = Instant::now();
+                let mut stream = client
+                    .fetch_x509svid(request())
+                    .await
+                    .expect("fetch")
+                    .into_inner();
+                stream.next().await.expect("first message").expect("ok");
+                t0.elapsed()
+            }));
+        }
+        let mut latencies = Vec::with_capacity(clients);
+        for t in tasks {
+            latencies.push(t.await.expect("task"));
+        }
+        report(
+            &format!("first-message latency, {clients} clients, {label}"),
+            latencies,
+        );
     }
-    let mut latencies = Vec::with_capacity(clients);
-    for t in tasks {
-        latencies.push(t.await.expect("task"));
-    }
-    report("first-message latency (concurrent clients)", latencies);
+    drop(conns);
 
     // 2. Memory per open stream.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -259,21 +293,30 @@ async fn main() {
         });
     }
     drop(tx);
+    let mut admin_client = admin_client(&admin).await;
     let invoked = Instant::now();
-    cli(&writ, &admin, &["incident", "close", "LOAD-1"]);
+    admin_client
+        .close_incident(writ::proto::admin::CloseIncidentRequest {
+            id: "LOAD-1".into(),
+        })
+        .await
+        .expect("close");
     let returned = Instant::now();
     let mut from_return = Vec::with_capacity(streams);
+    let mut from_invoke = Vec::with_capacity(streams);
     let mut redacted = 0;
     while let Some((at, ok)) = rx.recv().await {
         redacted += usize::from(ok);
         from_return.push(at.saturating_duration_since(returned));
+        from_invoke.push(at.saturating_duration_since(invoked));
     }
     println!(
-        "close command took {:.1} ms (process start to exit); {redacted}/{streams} streams redacted",
+        "CloseIncident RPC took {:.1} ms; {redacted}/{streams} streams redacted",
         returned.duration_since(invoked).as_secs_f64() * 1e3
     );
     report(
-        "redaction after `writ incident close` returned",
+        "redaction, from the close RPC's return (0: before it returned)",
         from_return,
     );
+    report("redaction, from the close RPC's start", from_invoke);
 }

@@ -56,6 +56,14 @@ type ExeKey = (u64, u64, u64, i64, i64);
 pub struct Attestor {
     proc_root: PathBuf,
     digests: Mutex<HashMap<ExeKey, String>>,
+    users: Mutex<UserCache>,
+}
+
+/// uid → user name, valid while /etc/passwd keeps its mtime.
+#[derive(Debug, Default)]
+struct UserCache {
+    mtime: Option<std::time::SystemTime>,
+    names: HashMap<u32, Option<String>>,
 }
 
 impl Default for Attestor {
@@ -73,6 +81,7 @@ impl Attestor {
         Attestor {
             proc_root: proc_root.into(),
             digests: Mutex::new(HashMap::new()),
+            users: Mutex::new(UserCache::default()),
         }
     }
 
@@ -108,7 +117,7 @@ impl Attestor {
 
         let mut selectors = BTreeSet::new();
         selectors.insert(Selector::Uid(cred.uid));
-        if let Some(name) = user_name(cred.uid) {
+        if let Some(name) = self.user_name(cred.uid) {
             selectors.insert(Selector::User(name));
         }
         selectors.insert(Selector::Gid(cred.gid));
@@ -123,6 +132,26 @@ impl Attestor {
         }
         selectors.insert(Selector::Sha256(sha256));
         Ok(selectors)
+    }
+
+    /// The user name of `uid`, re-reading /etc/passwd only when it changes.
+    fn user_name(&self, uid: u32) -> Option<String> {
+        let mtime = std::fs::metadata("/etc/passwd")
+            .and_then(|m| m.modified())
+            .ok();
+        let mut cache = self.users.lock().ok()?;
+        if cache.mtime != mtime {
+            cache.mtime = mtime;
+            cache.names.clear();
+        }
+        if let Some(known) = cache.names.get(&uid) {
+            return known.clone();
+        }
+        let name = user_name(uid);
+        if cache.names.len() < MAX_CACHED_DIGESTS {
+            cache.names.insert(uid, name.clone());
+        }
+        name
     }
 
     fn digest(&self, exe: &std::path::Path) -> std::io::Result<String> {

@@ -509,3 +509,137 @@ async fn processes_under_different_uids_get_only_their_own_identities() {
         .expect("no identity for an unknown uid");
     assert!(error.contains("NoIdentityIssued"), "{error}");
 }
+
+async fn next_json(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> serde_json::Value {
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("py-spiffe reports within 30 s")
+        .unwrap()
+        .expect("py-spiffe still running");
+    serde_json::from_str(&line).unwrap()
+}
+
+/// The venv interpreter with pinned py-spiffe (scripts/test sets WRIT_PYTHON).
+fn python() -> Option<String> {
+    let python = std::env::var("WRIT_PYTHON").ok();
+    if python.is_none() {
+        eprintln!("skipped: set WRIT_PYTHON to a venv with tests/python/requirements.txt");
+    }
+    python
+}
+
+fn py_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/workload_check.py")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_spiffe_fetches_rotates_and_sees_redaction() {
+    use tokio::io::AsyncBufReadExt;
+    let Some(python) = python() else { return };
+    let ca = CaConfig {
+        x509_svid_ttl: Duration::from_secs(6),
+        ..CaConfig::default()
+    };
+    let dev = start(ca).await;
+    dev.profile("triage", &[Selector::Uid(my_uid())], &[]);
+    dev.open("INC-1", "triage", 1);
+    dev.open("INC-2", "triage", 2);
+    let mut child = tokio::process::Command::new(python)
+        .arg(py_script())
+        .args(["watch", "50"])
+        .env(
+            "SPIFFE_ENDPOINT_SOCKET",
+            format!("unix://{}", dev.socket.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = next_json(&mut lines).await;
+    assert_eq!(
+        first["ids"],
+        serde_json::json!([id_of("triage", "INC-1"), id_of("triage", "INC-2")]),
+        "{first}"
+    );
+    assert_eq!(first["verified"], true, "{first}");
+
+    // Rotation: a new serial arrives before the first certificate expires.
+    let first_serial = first["serials"][0].clone();
+    let first_not_after = first["not_after"][0].as_i64().unwrap();
+    let rotated = loop {
+        let update = next_json(&mut lines).await;
+        if update["serials"][0] != first_serial {
+            break update;
+        }
+    };
+    assert_eq!(rotated["verified"], true, "{rotated}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        now < first_not_after,
+        "rotation reached py-spiffe before the old SVID expired"
+    );
+
+    // Redaction: closing INC-1 leaves only INC-2; closing INC-2 ends the stream.
+    dev.close("INC-1");
+    let redacted = loop {
+        let update = next_json(&mut lines).await;
+        if update["ids"].as_array().map(Vec::len) == Some(1) {
+            break update;
+        }
+    };
+    assert_eq!(
+        redacted["ids"],
+        serde_json::json!([id_of("triage", "INC-2")])
+    );
+    dev.close("INC-2");
+    let end = loop {
+        let update = next_json(&mut lines).await;
+        if update.get("error").is_some() {
+            break update;
+        }
+    };
+    assert!(
+        end["error"].as_str().unwrap().contains("PERMISSION_DENIED")
+            || end["error"]
+                .as_str()
+                .unwrap()
+                .contains("no identity issued"),
+        "{end}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_spiffe_fetches_and_validates_jwt_svids() {
+    let Some(python) = python() else { return };
+    let dev = start(CaConfig::default()).await;
+    dev.profile("triage", &[Selector::Uid(my_uid())], &[]);
+    dev.open("INC-5", "triage", 1);
+    let out = tokio::process::Command::new(python)
+        .arg(py_script())
+        .args(["jwt", "logs-api"])
+        .env(
+            "SPIFFE_ENDPOINT_SOCKET",
+            format!("unix://{}", dev.socket.display()),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["sub"], id_of("triage", "INC-5"));
+    assert_eq!(result["validated"], true);
+    assert!(
+        dev.agent.authority_stats.rewrites() > 0,
+        "py-spiffe went through the :authority adapter"
+    );
+}

@@ -31,6 +31,8 @@ pub struct Agent {
     pub cache: Arc<SvidCache>,
     /// Open Workload API streams (for metrics and tests).
     pub streams: watch::Sender<usize>,
+    /// How often the `:authority` adapter rewrote a header or fell back.
+    pub authority_stats: Arc<h2_authority::Stats>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -47,6 +49,7 @@ impl Agent {
             node,
             attestor: Attestor::default(),
             streams: watch::channel(0).0,
+            authority_stats: Arc::new(h2_authority::Stats::default()),
         })
     }
 
@@ -57,12 +60,20 @@ impl Agent {
 }
 
 /// Serves the Workload API on `listener` until `shutdown` resolves.
+///
+/// Every accepted connection is wrapped in [`h2_authority::AuthorityRewrite`], so that
+/// grpc C-core clients (py-spiffe), which send the socket path as a percent-encoded
+/// `:authority` that h2 refuses, work unchanged (hyperium/h2 issue 487).
 pub async fn serve_workload(
     listener: UnixListener,
     agent: Arc<Agent>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    use tokio_stream::StreamExt;
+    let stats = Arc::clone(&agent.authority_stats);
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).map(move |conn| {
+        conn.map(|stream| h2_authority::AuthorityRewrite::with_stats(stream, Arc::clone(&stats)))
+    });
     tonic::transport::Server::builder()
         .add_service(SpiffeWorkloadApiServer::new(workload::WorkloadApi::new(
             agent,

@@ -41,6 +41,9 @@ pub struct RawConfig {
     pub node_listen: Option<String>,
     /// PEM CA certificates whose leaves may attest nodes by x509pop.
     pub x509pop_ca: Option<PathBuf>,
+    /// Humans allowed on the admin socket, by uid.
+    #[serde(default, rename = "operator")]
+    pub operators: Vec<crate::policy::Operator>,
     /// Lifetimes.
     #[serde(default)]
     pub ca: CaConfig,
@@ -61,6 +64,8 @@ pub struct Config {
     pub node_listen: Option<String>,
     /// x509pop CA certificates, if x509pop is enabled.
     pub x509pop_ca: Option<PathBuf>,
+    /// Operators, besides root and the uid running the server (every role).
+    pub operators: Vec<crate::policy::Operator>,
     /// Lifetimes.
     pub ca: CaConfig,
 }
@@ -104,6 +109,7 @@ impl RawConfig {
             workload_socket,
             node_listen: self.node_listen,
             x509pop_ca: self.x509pop_ca,
+            operators: self.operators,
             data_dir,
             trust_domain,
             admin_socket,

@@ -23,11 +23,16 @@ struct Dev {
 impl Dev {
     /// Starts `writ dev` on `data_dir` and waits until its admin socket answers.
     fn start(data_dir: &Path) -> Dev {
+        Dev::start_with(data_dir, &[])
+    }
+
+    fn start_with(data_dir: &Path, extra: &[&str]) -> Dev {
         let log = std::fs::File::create(data_dir.with_extension("log")).expect("dev log");
         let child = Command::new(WRIT)
             .arg("dev")
             .arg("--data-dir")
             .arg(data_dir)
+            .args(extra)
             .env("WRIT_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -605,4 +610,62 @@ fn profiles_and_closed_incidents_survive_a_restart() {
         "already exists",
     );
     assert_eq!(dev.state(), state);
+}
+
+/// Runs `writ ARGS` as another uid against `dev`'s admin socket.
+fn run_as(uid: u32, dev: &Dev, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+        ])
+        .arg(WRIT)
+        .args(args)
+        .env("WRIT_ADMIN_SOCKET", dev.socket())
+        .output()
+        .expect("setpriv runs")
+}
+
+#[test]
+fn configured_operators_are_named_and_strangers_refused() {
+    if me() != "uid:0" {
+        eprintln!("skipped: needs root to run the CLI under other uids");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dev = Dev::start_with(
+        &dir.path().join("data"),
+        &["--operator", "alice=65534:incident-commander"],
+    );
+    dev.ok(&["profile", "create", "triage", "--selector", "unix:uid:1"]);
+    let opened = run_as(
+        65534,
+        &dev,
+        &[
+            "incident",
+            "open",
+            "INC-1",
+            "--title",
+            "t",
+            "--severity",
+            "sev3",
+            "--assign",
+            "triage",
+        ],
+    );
+    assert!(
+        opened.status.success(),
+        "{}",
+        String::from_utf8_lossy(&opened.stderr)
+    );
+    let shown = dev.json(&["incident", "show", "INC-1"]);
+    assert_eq!(shown["opened_by"], "alice", "{shown}");
+    let stranger = run_as(65533, &dev, &["incident", "close", "INC-1"]);
+    assert!(!stranger.status.success());
+    let stderr = String::from_utf8_lossy(&stranger.stderr);
+    assert!(stderr.contains("not a writ operator"), "{stderr}");
+    assert_eq!(dev.json(&["incident", "show", "INC-1"])["state"], "open");
 }

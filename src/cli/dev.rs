@@ -38,6 +38,10 @@ pub struct DevArgs {
     /// Base trust domain [default: example.org].
     #[arg(long)]
     trust_domain: Option<String>,
+    /// Another operator: NAME=UID[:ROLE,ROLE] (roles: admin, incident-commander,
+    /// approver, auditor; default approver). Repeatable.
+    #[arg(long = "operator")]
+    operators: Vec<crate::policy::Operator>,
 }
 
 /// Flags of `writ server`.
@@ -133,13 +137,21 @@ fn resolve_dev(args: DevArgs) -> anyhow::Result<crate::config::Config> {
     if args.trust_domain.is_some() {
         raw.trust_domain = args.trust_domain;
     }
+    raw.operators.extend(args.operators);
     raw.resolve()
 }
 
 /// Starts the issuer's own tasks: rotation, the admin API and, if configured, the
 /// node API for remote agents.
 async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result<()> {
-    let admin = bind_unix(&issuer.config.admin_socket, 0o600).await?;
+    // Only the owner can reach the admin socket unless other operators are configured;
+    // then the kernel-reported uid decides, per call, as on the Workload API socket.
+    let mode = if issuer.config.operators.is_empty() {
+        0o600
+    } else {
+        0o666
+    };
+    let admin = bind_unix(&issuer.config.admin_socket, mode).await?;
     let rotation = Arc::clone(issuer).run_rotation(tasks.stopped());
     tasks.spawn("CA rotation", async move {
         rotation.await;

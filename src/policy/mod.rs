@@ -87,6 +87,94 @@ pub enum PolicyError {
     BadBands(String),
 }
 
+/// What an operator may do (DESIGN.md §4). Enforced per admin RPC with the remediation
+/// work; recorded from the start so the audit trail names real people.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Manages profiles, operators, CAs.
+    Admin,
+    /// Opens, extends and closes incidents; activates playbooks.
+    IncidentCommander,
+    /// Approves remediation grants.
+    Approver,
+    /// Reads the audit log.
+    Auditor,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 4] = [
+        Role::Admin,
+        Role::IncidentCommander,
+        Role::Approver,
+        Role::Auditor,
+    ];
+}
+
+impl FromStr for Role {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "incident-commander" => Ok(Role::IncidentCommander),
+            "approver" => Ok(Role::Approver),
+            "auditor" => Ok(Role::Auditor),
+            _ => Err(PolicyError::BadName {
+                what: "role (admin, incident-commander, approver, auditor)".into(),
+                name: s.chars().take(32).collect(),
+            }),
+        }
+    }
+}
+
+/// A human allowed on the admin socket, identified by the uid the kernel reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Operator {
+    /// Name recorded in incidents and logs.
+    pub name: String,
+    /// Local uid.
+    pub uid: u32,
+    /// Roles; default approver.
+    #[serde(default = "default_roles")]
+    pub roles: BTreeSet<Role>,
+}
+
+fn default_roles() -> BTreeSet<Role> {
+    BTreeSet::from([Role::Approver])
+}
+
+impl FromStr for Operator {
+    type Err = PolicyError;
+
+    /// `NAME=UID[:ROLE,ROLE]`, as `writ dev --operator` takes it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || PolicyError::BadName {
+            what: "operator (NAME=UID[:ROLE,ROLE])".into(),
+            name: s.chars().take(64).collect(),
+        };
+        let (name, rest) = s.split_once('=').ok_or_else(bad)?;
+        check_name("operator", name)?;
+        let (uid, roles) = match rest.split_once(':') {
+            Some((uid, roles)) => (
+                uid,
+                roles
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<BTreeSet<Role>, _>>()?,
+            ),
+            None => (rest, default_roles()),
+        };
+        let uid = uid.parse().map_err(|_| bad())?;
+        Ok(Operator {
+            name: name.to_owned(),
+            uid,
+            roles,
+        })
+    }
+}
+
 /// Upper bound on selectors, scopes and assignees per object.
 pub const MAX_ITEMS: usize = 32;
 

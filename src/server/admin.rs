@@ -48,15 +48,19 @@ impl AdminService {
         Ok(AdminService { issuer, server_uid })
     }
 
-    fn authorize<T>(&self, request: &Request<T>) -> Result<u32, Status> {
+    /// The operator calling: a configured operator by uid, or root / the uid running the
+    /// server (every role). Returns the name recorded for their actions.
+    fn authorize<T>(&self, request: &Request<T>) -> Result<String, Status> {
         let uid = request
             .extensions()
             .get::<UdsConnectInfo>()
             .and_then(|info| info.peer_cred)
             .map(|cred| cred.uid())
             .ok_or_else(|| Status::permission_denied("caller credentials unavailable"))?;
-        if uid == 0 || uid == self.server_uid {
-            Ok(uid)
+        if let Some(operator) = self.issuer.config.operators.iter().find(|o| o.uid == uid) {
+            Ok(operator.name.clone())
+        } else if uid == 0 || uid == self.server_uid {
+            Ok(caller_name(uid))
         } else {
             tracing::warn!(uid, "admin call refused: not an operator");
             Err(Status::permission_denied(format!(
@@ -481,7 +485,7 @@ impl Admin for AdminService {
         tracing::info!(
             profile = %profile.name,
             service = profile.service,
-            by = %caller_name(uid),
+            by = %uid.clone(),
             "profile created"
         );
         Ok(Response::new(pb::CreateProfileResponse {
@@ -532,7 +536,7 @@ impl Admin for AdminService {
             registry_status,
         )
         .await?;
-        tracing::info!(profile = %profile.name, by = %caller_name(uid), "profile deleted");
+        tracing::info!(profile = %profile.name, by = %uid.clone(), "profile deleted");
         Ok(Response::new(pb::DeleteProfileResponse {
             profile: Some(profile_to_proto(&profile)),
         }))
@@ -543,11 +547,7 @@ impl Admin for AdminService {
         request: Request<pb::OpenIncidentRequest>,
     ) -> Result<Response<pb::OpenIncidentResponse>, Status> {
         let uid = self.authorize(&request)?;
-        let incident = parse_incident(
-            request.into_inner(),
-            caller_name(uid),
-            self.issuer.cas.now(),
-        )?;
+        let incident = parse_incident(request.into_inner(), uid.clone(), self.issuer.cas.now())?;
         let issuer = Arc::clone(&self.issuer);
         let incident = blocking(
             move || issuer.registry.open_incident(incident),
@@ -574,7 +574,7 @@ impl Admin for AdminService {
         let id = request.into_inner().id;
         name_arg("incident", &id)?;
         let issuer = Arc::clone(&self.issuer);
-        let by = caller_name(uid);
+        let by = uid.clone();
         let incident = blocking(
             move || {
                 let now = issuer.cas.now();
@@ -583,7 +583,7 @@ impl Admin for AdminService {
             registry_status,
         )
         .await?;
-        tracing::info!(incident = %incident.id, by = %caller_name(uid), "incident closed");
+        tracing::info!(incident = %incident.id, by = %uid.clone(), "incident closed");
         Ok(Response::new(pb::CloseIncidentResponse {
             incident: Some(incident_to_proto(&incident)),
         }))

@@ -773,3 +773,73 @@ fn no_server_is_one_error_line() {
     let out = writ_cmd(&socket, ["healthcheck"]);
     assert_one_error_line(&out, "admin socket", "healthcheck without server");
 }
+
+#[test]
+fn authority_prepare_and_activate_rotate_the_ca_by_hand() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = DevServer::start(&tmp.path().join("data"));
+    open_incident(&server, "INC-1");
+    let mint = |name: &str| {
+        let dir = tmp.path().join(name);
+        server.ok([
+            "x509",
+            "mint",
+            "--agent",
+            "triage",
+            "--incident",
+            "INC-1",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        dir.join("svid.pem")
+    };
+    let before = mint("before");
+    let states = |server: &DevServer| -> Vec<String> {
+        server
+            .ok(["authority", "show", "--band", "investigative", "--json"])
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["state"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(states(&server), ["active"]);
+
+    server.ok(["authority", "prepare", "--band", "investigative"]);
+    assert_eq!(states(&server), ["active", "prepared"]);
+    // The next key is published before it signs.
+    let bundle = band_bundle(&server, "investigative", tmp.path());
+    assert_eq!(
+        certs_in(&std::fs::read_to_string(&bundle).unwrap()).len(),
+        2
+    );
+    // Other bands are untouched.
+    assert_eq!(
+        certs_in(&server.ok(["bundle", "show", "--band", "remediation"])).len(),
+        1
+    );
+
+    server.ok(["authority", "activate", "--band", "investigative"]);
+    assert_eq!(states(&server), ["retired", "active"]);
+    let after = mint("after");
+    let bundle = band_bundle(&server, "investigative", tmp.path());
+    // Issued by different authorities, both verify against the current bundle.
+    assert_ne!(
+        parse_cert(&certs_in(&std::fs::read_to_string(&before).unwrap())[0])
+            .issuer()
+            .to_string(),
+        parse_cert(&certs_in(&std::fs::read_to_string(&after).unwrap())[0])
+            .issuer()
+            .to_string()
+    );
+    for svid in [&before, &after] {
+        let verdict = openssl_verify_files(&bundle, svid, None);
+        assert!(verdict.ok, "{}", verdict.output);
+    }
+    // Activating again without a prepared authority is one clear error.
+    let out = server.writ(["authority", "activate", "--band", "investigative"]);
+    assert_one_error_line(&out, "no prepared authority", "activate twice");
+}

@@ -1,6 +1,7 @@
 //! The `writ` command line: one file per command group; this file only parses and
 //! dispatches. Every admin command reaches the server over the admin socket.
 
+mod authority;
 mod bundle;
 mod client;
 mod dev;
@@ -31,6 +32,9 @@ enum Command {
     Server(dev::ServerArgs),
     /// Run an agent: attest to a server, serve the Workload API on this host.
     Agent(dev::AgentArgs),
+    /// CA authorities: show, and rotate by hand (prepare, then activate).
+    #[command(subcommand)]
+    Authority(AuthorityCommand),
     /// Join tokens for agents.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -75,6 +79,16 @@ enum IncidentCommand {
     List(AdminArgs),
     /// Show one incident.
     Show(incident::IdArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthorityCommand {
+    /// List each band's authorities and their states.
+    Show(authority::Args),
+    /// Prepare the next authority now: published in bundles, not yet signing.
+    Prepare(authority::Args),
+    /// Activate the prepared authority now; the current one retires.
+    Activate(authority::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,6 +182,15 @@ impl Cli {
             Command::Server(args) => dev::server(args).await,
             Command::Agent(args) => dev::agent(args).await,
             Command::Token(TokenCommand::Create(args)) => token::create(args).await,
+            Command::Authority(AuthorityCommand::Show(args)) => {
+                authority::run(args, authority::Action::Show).await
+            }
+            Command::Authority(AuthorityCommand::Prepare(args)) => {
+                authority::run(args, authority::Action::Prepare).await
+            }
+            Command::Authority(AuthorityCommand::Activate(args)) => {
+                authority::run(args, authority::Action::Activate).await
+            }
             Command::X509(X509Command::Mint(args)) => mint::x509(args).await,
             Command::Jwt(JwtCommand::Mint(args)) => mint::jwt(args).await,
             Command::Bundle(BundleCommand::Show(args)) => bundle::show(args).await,

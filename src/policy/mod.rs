@@ -657,6 +657,21 @@ mod tests {
     }
 
     #[test]
+    fn operators_parse_with_default_and_explicit_roles() {
+        let alice: Operator = "alice=1001".parse().unwrap();
+        assert_eq!(alice.uid, 1001);
+        assert_eq!(alice.roles, BTreeSet::from([Role::Approver]));
+        let bob: Operator = "bob=1002:admin,incident-commander".parse().unwrap();
+        assert_eq!(
+            bob.roles,
+            BTreeSet::from([Role::Admin, Role::IncidentCommander])
+        );
+        for bad in ["alice", "alice=x", "a/b=1", "carol=1:root", "=1"] {
+            assert!(bad.parse::<Operator>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn validation_refuses_bad_objects() {
         let mut p = profile("ok", &["unix:uid:1"], &["logs:read"]);
         assert!(p.validate().is_ok());

@@ -144,6 +144,62 @@ impl AdminService {
     }
 }
 
+fn bands_of(band: &str) -> Result<Vec<Band>, Status> {
+    if band.is_empty() {
+        return Ok(Band::ALL.to_vec());
+    }
+    band.parse::<Band>()
+        .map(|b| vec![b])
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+impl AdminService {
+    fn authorities(&self, bands: &[Band]) -> pb::AuthoritiesResponse {
+        let mut authorities = Vec::new();
+        for band in bands {
+            let ca = self.issuer.cas.ca(*band);
+            for record in ca.authorities() {
+                authorities.push(pb::Authority {
+                    band: band.to_string(),
+                    trust_domain: ca.trust_domain().to_string(),
+                    id: record.id,
+                    state: serde_json::to_value(record.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    not_before: record.not_before,
+                    not_after: record.not_after,
+                    jwt_kid: record.jwt_kid,
+                });
+            }
+        }
+        pb::AuthoritiesResponse { authorities }
+    }
+
+    /// Prepares (or activates) the next authority of each band, then republishes bundles.
+    async fn rotate(&self, bands: Vec<Band>, who: String, activate: bool) -> Result<(), Status> {
+        let issuer = Arc::clone(&self.issuer);
+        blocking(
+            move || {
+                let now = issuer.cas.now();
+                for band in &bands {
+                    let ca = issuer.cas.ca(*band);
+                    if activate {
+                        ca.activate(now)?;
+                    } else {
+                        ca.prepare(now)?;
+                    }
+                    tracing::info!(%band, by = %who, activate, "CA authority rotated by an operator");
+                }
+                issuer.publish_bundles();
+                Ok(())
+            },
+            status,
+        )
+        .await
+    }
+}
+
 /// Admin minting is a break-glass tool, not a way around incidents: an identity bound to
 /// an incident is minted only while that incident is open (checked under the issuance
 /// gate, like workload issuance).
@@ -429,6 +485,35 @@ impl Admin for AdminService {
             });
         }
         Ok(Response::new(pb::GetBundlesResponse { bundles }))
+    }
+
+    async fn show_authorities(
+        &self,
+        request: Request<pb::AuthorityRequest>,
+    ) -> Result<Response<pb::AuthoritiesResponse>, Status> {
+        self.authorize(&request)?;
+        let bands = bands_of(&request.into_inner().band)?;
+        Ok(Response::new(self.authorities(&bands)))
+    }
+
+    async fn prepare_authority(
+        &self,
+        request: Request<pb::AuthorityRequest>,
+    ) -> Result<Response<pb::AuthoritiesResponse>, Status> {
+        let who = self.authorize(&request)?;
+        let bands = bands_of(&request.into_inner().band)?;
+        self.rotate(bands.clone(), who, false).await?;
+        Ok(Response::new(self.authorities(&bands)))
+    }
+
+    async fn activate_authority(
+        &self,
+        request: Request<pb::AuthorityRequest>,
+    ) -> Result<Response<pb::AuthoritiesResponse>, Status> {
+        let who = self.authorize(&request)?;
+        let bands = bands_of(&request.into_inner().band)?;
+        self.rotate(bands.clone(), who, true).await?;
+        Ok(Response::new(self.authorities(&bands)))
     }
 
     async fn create_join_token(

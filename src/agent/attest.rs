@@ -3,7 +3,7 @@
 //! The kernel tells us the caller's pid, uid and gid (SO_PEERCRED, taken by tonic when the
 //! connection is accepted). From /proc we add the primary and supplementary gids, the
 //! executable's path and the SHA-256 of the executable itself (read through
-//! /proc/<pid>/exe, so a replaced or deleted file on disk cannot stand in for it).
+//! `/proc/<pid>/exe`, so a replaced or deleted file on disk cannot stand in for it).
 //!
 //! Pid reuse: the process's start time is read before and after everything else; if it
 //! changed, or the uid in /proc is not the uid the kernel reported for the socket, the

@@ -1,8 +1,8 @@
 //! The admin API (`writ.admin.v1`): minting, bundles, profiles and incidents for
 //! operators.
 //!
-//! Errors are mapped to `tonic::Status` in one place per source: [`status`] for the CAs,
-//! [`registry_status`] for the registry. Every field of a policy request is parsed here,
+//! Errors are mapped to `tonic::Status` in one place per source: `status` for the CAs,
+//! `registry_status` for the registry. Every field of a policy request is parsed here,
 //! whatever the CLI already checked. Callers are identified by SO_PEERCRED: for now only
 //! the uid running the server and root may call (operators with roles arrive later).
 

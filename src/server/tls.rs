@@ -39,7 +39,7 @@ impl X509BundleSource for IssuerBundles {
     }
 }
 
-/// Serves the server's current SVID; [`ServerIdentity::renew`] swaps in a fresh one.
+/// Serves the server's current SVID; [`ServerIdentity::run`] swaps in a fresh one at half-life.
 #[derive(Debug)]
 pub struct ServerIdentity {
     issuer: Arc<Issuer>,

@@ -44,6 +44,8 @@ pub struct RawConfig {
     /// Humans allowed on the admin socket, by uid.
     #[serde(default, rename = "operator")]
     pub operators: Vec<crate::policy::Operator>,
+    /// How long an approval counts toward a grant's quorum (default 1h).
+    pub approval_ttl: Option<crate::ttl::Ttl>,
     /// Lifetimes.
     #[serde(default)]
     pub ca: CaConfig,
@@ -66,6 +68,8 @@ pub struct Config {
     pub x509pop_ca: Option<PathBuf>,
     /// Operators, besides root and the uid running the server (every role).
     pub operators: Vec<crate::policy::Operator>,
+    /// How long an approval counts toward a grant's quorum, in seconds.
+    pub approval_ttl_secs: u64,
     /// Lifetimes.
     pub ca: CaConfig,
 }
@@ -110,6 +114,7 @@ impl RawConfig {
             node_listen: self.node_listen,
             x509pop_ca: self.x509pop_ca,
             operators: self.operators,
+            approval_ttl_secs: self.approval_ttl.map(|t| t.secs()).unwrap_or(3600),
             data_dir,
             trust_domain,
             admin_socket,

@@ -3,8 +3,10 @@
 //! Everything here is pure: inputs in, decision out, no I/O. The server stores and
 //! serves these objects; the agent asks [`entitlements`] what a caller may hold.
 
+pub mod grant;
 mod selector;
 
+pub use grant::{Grant, GrantError, GrantRequest, GrantState};
 pub use selector::{Selector, SelectorError};
 
 use crate::identity::agent_spiffe_id;
@@ -352,6 +354,9 @@ pub struct PolicySnapshot {
     pub profiles: BTreeMap<String, Profile>,
     /// Incidents by id (open and closed).
     pub incidents: BTreeMap<String, Incident>,
+    /// Remediation grants by id (every state).
+    #[serde(default)]
+    pub grants: BTreeMap<String, Grant>,
 }
 
 /// One identity a workload is entitled to.
@@ -363,8 +368,11 @@ pub struct Entitlement {
     pub band: Band,
     /// writ's claims to embed.
     pub claims: WritClaims,
-    /// The Workload API `hint`: the incident id (or `service`), unique per response.
+    /// The Workload API `hint`: the incident id, the grant id, or `service`; unique per
+    /// response.
     pub hint: String,
+    /// No SVID for it may live past this instant (a grant's window), seconds since epoch.
+    pub not_after_cap: Option<i64>,
 }
 
 /// Which identities a workload with `attested` selectors holds under `policy`.
@@ -382,7 +390,7 @@ pub fn entitlements(
     let incidents = open_incidents(policy);
     let mut out: Vec<Entitlement> = Vec::new();
     for profile in policy.profiles.values().filter(|p| p.matches(attested)) {
-        let mut mine = profile_entitlements(profile, &incidents, base);
+        let mut mine = profile_entitlements(profile, &incidents, policy, base);
         if profile.service {
             mine.append(&mut out);
             out = mine;
@@ -421,7 +429,7 @@ pub fn entitlement_for(
 ) -> Option<Entitlement> {
     let incidents = open_incidents(policy);
     policy.profiles.values().find_map(|profile| {
-        profile_entitlements(profile, &incidents, base)
+        profile_entitlements(profile, &incidents, policy, base)
             .into_iter()
             .find(|e| &e.spiffe_id == spiffe_id)
     })
@@ -433,9 +441,28 @@ fn open_incidents(policy: &PolicySnapshot) -> Vec<&Incident> {
     incidents
 }
 
+/// The scopes an identity carries: profile ∩ incident (when the incident names any) ∩
+/// grant (for remediation). Scopes touching deployment, IAM or secrets survive only in the
+/// remediation band, and only when the incident names them.
+pub fn effective_scopes(
+    profile: &Profile,
+    incident: &Incident,
+    grant: Option<&Grant>,
+) -> Vec<String> {
+    profile
+        .scopes
+        .iter()
+        .filter(|s| incident.scopes.is_empty() || incident.scopes.contains(*s))
+        .filter(|s| grant.is_none_or(|g| g.scopes.contains(*s)))
+        .filter(|s| !grant::is_sensitive(s) || (grant.is_some() && incident.scopes.contains(*s)))
+        .cloned()
+        .collect()
+}
+
 fn profile_entitlements(
     profile: &Profile,
     open: &[&Incident],
+    policy: &PolicySnapshot,
     base: &TrustDomain,
 ) -> Vec<Entitlement> {
     if profile.service {
@@ -443,45 +470,72 @@ fn profile_entitlements(
             .ok()
             .and_then(|td| SpiffeId::from_segments(td, &["service", &profile.name]).ok());
         let mut claims = WritClaims::new(Band::Base);
-        claims.scopes = profile.scopes.iter().cloned().collect();
+        claims.scopes = profile
+            .scopes
+            .iter()
+            .filter(|s| !grant::is_sensitive(s))
+            .cloned()
+            .collect();
         return id
             .map(|spiffe_id| Entitlement {
                 spiffe_id,
                 band: Band::Base,
                 claims,
                 hint: "service".into(),
+                not_after_cap: None,
             })
             .into_iter()
             .collect();
     }
-    if !profile.bands.contains(&Band::Investigative) {
-        return Vec::new();
-    }
-    open.iter()
-        .filter(|i| i.assigned.contains(&profile.name))
-        .filter_map(|incident| {
-            let spiffe_id =
+    let mut out = Vec::new();
+    for incident in open.iter().filter(|i| i.assigned.contains(&profile.name)) {
+        if profile.bands.contains(&Band::Investigative)
+            && let Ok(spiffe_id) =
                 agent_spiffe_id(base, Band::Investigative, &profile.name, &incident.id, None)
-                    .ok()?;
+        {
             let mut claims = WritClaims::new(Band::Investigative);
             claims.incident = Some(incident.id.clone());
-            claims.scopes = if incident.scopes.is_empty() {
-                profile.scopes.iter().cloned().collect()
-            } else {
-                profile
-                    .scopes
-                    .intersection(&incident.scopes)
-                    .cloned()
-                    .collect()
-            };
-            Some(Entitlement {
+            claims.scopes = effective_scopes(profile, incident, None);
+            out.push(Entitlement {
                 spiffe_id,
                 band: Band::Investigative,
                 claims,
                 hint: incident.id.clone(),
-            })
-        })
-        .collect()
+                not_after_cap: None,
+            });
+        }
+        if !profile.bands.contains(&Band::Remediation) {
+            continue;
+        }
+        let active = policy.grants.values().filter(|g| {
+            g.state == GrantState::Active && g.agent == profile.name && g.incident == incident.id
+        });
+        for grant in active {
+            let Ok(spiffe_id) = agent_spiffe_id(
+                base,
+                Band::Remediation,
+                &profile.name,
+                &incident.id,
+                Some(&grant.id),
+            ) else {
+                continue;
+            };
+            let mut claims = WritClaims::new(Band::Remediation);
+            claims.incident = Some(incident.id.clone());
+            claims.grant = Some(grant.id.clone());
+            claims.plan_digest = Some(grant.plan_digest.clone());
+            claims.approvers = grant.approvals.iter().map(|a| a.by.clone()).collect();
+            claims.scopes = effective_scopes(profile, incident, Some(grant));
+            out.push(Entitlement {
+                spiffe_id,
+                band: Band::Remediation,
+                claims,
+                hint: grant.id.clone(),
+                not_after_cap: grant.expires_at,
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -525,6 +579,7 @@ mod tests {
             generation: 1,
             profiles: profiles.into_iter().map(|p| (p.name.clone(), p)).collect(),
             incidents: incidents.into_iter().map(|i| (i.id.clone(), i)).collect(),
+            grants: BTreeMap::new(),
         }
     }
 
@@ -654,6 +709,75 @@ mod tests {
         assert!(entitlement_for(&p, &base(), &other).is_none());
         p.incidents.get_mut("INC-1").unwrap().state = IncidentState::Closed;
         assert!(entitlement_for(&p, &base(), &id).is_none());
+    }
+
+    fn active_grant(p: &PolicySnapshot, agent: &str, incident: &str, scopes: &[&str]) -> Grant {
+        let request = GrantRequest {
+            incident: incident.into(),
+            agent: agent.into(),
+            action: "restart".into(),
+            plan: "kubectl rollout restart deploy/x".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..GrantRequest::default()
+        };
+        let inc = &p.incidents[incident];
+        let g = grant::new_grant(request, inc, true, "agent", "g-1".into(), 10).unwrap();
+        grant::approve(&g, inc, "alice", &g.plan_digest.clone(), 3600, 11).unwrap()
+    }
+
+    #[test]
+    fn an_active_grant_adds_a_remediation_identity_with_its_claims() {
+        let mut fixer = profile("fixer", &["unix:uid:1"], &["logs:read", "deploy:restart"]);
+        fixer.bands.insert(Band::Remediation);
+        let mut inc = incident("INC-1", &["fixer"], &["logs:read", "deploy:restart"], 0);
+        inc.severity = Severity::Sev3;
+        let mut p = policy(vec![fixer], vec![inc]);
+        let attested = BTreeSet::from([sel("unix:uid:1")]);
+        assert_eq!(
+            entitlements(&p, &base(), &attested).len(),
+            1,
+            "investigative only before approval"
+        );
+        let g = active_grant(&p, "fixer", "INC-1", &["deploy:restart"]);
+        p.grants.insert(g.id.clone(), g.clone());
+        let got = entitlements(&p, &base(), &attested);
+        assert_eq!(got.len(), 2);
+        // Investigative identities never carry deploy/IAM/secrets scopes.
+        assert_eq!(got[0].claims.scopes, ["logs:read"]);
+        let rem = &got[1];
+        assert_eq!(
+            rem.spiffe_id.to_string(),
+            "spiffe://remediate.example.org/agent/fixer/incident/INC-1/grant/g-1"
+        );
+        assert_eq!(rem.band, Band::Remediation);
+        assert_eq!(rem.claims.grant.as_deref(), Some("g-1"));
+        assert_eq!(
+            rem.claims.plan_digest.as_deref(),
+            Some(g.plan_digest.as_str())
+        );
+        assert_eq!(rem.claims.approvers, ["alice"]);
+        assert_eq!(rem.claims.scopes, ["deploy:restart"]);
+        assert_eq!(rem.not_after_cap, g.expires_at);
+        assert_eq!(rem.hint, "g-1");
+        // The server's check follows the grant's state.
+        assert!(entitlement_for(&p, &base(), &rem.spiffe_id).is_some());
+        let revoked = grant::end(&g, GrantState::Revoked, "bob", "", 20).unwrap();
+        p.grants.insert(g.id.clone(), revoked);
+        assert!(entitlement_for(&p, &base(), &rem.spiffe_id).is_none());
+    }
+
+    #[test]
+    fn grants_do_not_reach_other_agents_or_advisory_profiles() {
+        let mut fixer = profile("fixer", &["unix:uid:1"], &[]);
+        fixer.bands.insert(Band::Remediation);
+        let advisory = profile("advisor", &["unix:uid:2"], &[]);
+        let mut inc = incident("INC-1", &["fixer", "advisor"], &[], 0);
+        inc.severity = Severity::Sev4;
+        let mut p = policy(vec![fixer, advisory], vec![inc]);
+        let g = active_grant(&p, "fixer", "INC-1", &[]);
+        p.grants.insert(g.id.clone(), g);
+        let advisor = entitlements(&p, &base(), &BTreeSet::from([sel("unix:uid:2")]));
+        assert!(advisor.iter().all(|e| e.band == Band::Investigative));
     }
 
     #[test]

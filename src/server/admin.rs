@@ -7,11 +7,12 @@
 //! the uid running the server and root may call (operators with roles arrive later).
 
 use super::Issuer;
-use super::registry::RegistryError;
+use super::registry::{GrantLimits, RegistryError};
 use crate::ca::{CaError, SubjectKey, SvidRequest};
 use crate::identity::agent_spiffe_id;
 use crate::policy::{
-    Incident, IncidentState, MAX_ITEMS, PolicyError, Profile, Selector, Severity, check_name,
+    Grant, GrantRequest, GrantState, Incident, IncidentState, MAX_ITEMS, PolicyError, Profile,
+    Role, Selector, Severity, check_name,
 };
 use crate::proto::admin::{self as pb, admin_server::Admin};
 use spiffe::SpiffeId;
@@ -46,6 +47,44 @@ impl AdminService {
         // /proc/self belongs to the process's effective uid.
         let server_uid = std::fs::metadata("/proc/self")?.uid();
         Ok(AdminService { issuer, server_uid })
+    }
+
+    /// Like [`AdminService::authorize`], and the operator must hold one of `roles`
+    /// (root and the uid running writ hold every role). Refusals are logged.
+    fn authorize_role<T>(&self, request: &Request<T>, roles: &[Role]) -> Result<String, Status> {
+        let who = self.authorize(request)?;
+        let uid = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .map(|cred| cred.uid());
+        let allowed = match self
+            .issuer
+            .config
+            .operators
+            .iter()
+            .find(|o| Some(o.uid) == uid)
+        {
+            Some(operator) => roles.iter().any(|r| operator.roles.contains(r)),
+            None => true,
+        };
+        if allowed {
+            Ok(who)
+        } else {
+            let wanted: Vec<String> = roles
+                .iter()
+                .filter_map(|r| {
+                    serde_json::to_value(r)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                })
+                .collect();
+            tracing::warn!(operator = %who, ?wanted, "admin call refused: missing role");
+            Err(Status::permission_denied(format!(
+                "{who} needs the role {}",
+                wanted.join(" or ")
+            )))
+        }
     }
 
     /// The operator calling: a configured operator by uid, or root / the uid running the
@@ -200,22 +239,85 @@ impl AdminService {
     }
 }
 
+impl AdminService {
+    async fn end_grant(
+        &self,
+        body: pb::EndGrantRequest,
+        who: String,
+        state: GrantState,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        name_arg("grant", &body.id)?;
+        let issuer = Arc::clone(&self.issuer);
+        let by = who.clone();
+        let reason = if body.reason.is_empty() {
+            format!("{state:?} by {who}").to_lowercase()
+        } else {
+            body.reason
+        };
+        let grant = blocking(
+            move || {
+                let now = issuer.cas.now();
+                issuer
+                    .registry
+                    .end_grant(&body.id, state, &by, &reason, now)
+            },
+            registry_status,
+        )
+        .await?;
+        tracing::info!(grant = %grant.id, by = %who, state = ?grant.state, "grant ended");
+        Ok(Response::new(pb::GrantResponse {
+            grant: Some(grant_to_proto(&grant, &self.issuer)),
+        }))
+    }
+}
+
 /// Admin minting is a break-glass tool, not a way around incidents: an identity bound to
 /// an incident is minted only while that incident is open (checked under the issuance
 /// gate, like workload issuance).
-fn incident_is_open(issuer: &Issuer, svid: &SvidRequest) -> Result<(), CaError> {
-    let Some(incident) = svid.claims.as_ref().and_then(|c| c.incident.as_deref()) else {
+fn incident_is_open(issuer: &Issuer, svid: &mut SvidRequest) -> Result<(), CaError> {
+    let Some(claims) = svid.claims.as_mut() else {
         return Ok(());
     };
-    match issuer.registry.snapshot().incidents.get(incident) {
-        Some(i) if i.is_open() => Ok(()),
-        Some(_) => Err(CaError::BadRequest(format!(
-            "incident {incident:?} is closed"
-        ))),
-        None => Err(CaError::BadRequest(format!(
-            "unknown incident {incident:?}"
-        ))),
+    let Some(incident) = claims.incident.clone() else {
+        return Ok(());
+    };
+    let policy = issuer.registry.snapshot();
+    match policy.incidents.get(&incident) {
+        Some(i) if i.is_open() => {}
+        Some(_) => {
+            return Err(CaError::BadRequest(format!(
+                "incident {incident:?} is closed"
+            )));
+        }
+        None => {
+            return Err(CaError::BadRequest(format!(
+                "unknown incident {incident:?}"
+            )));
+        }
     }
+    // A remediation identity only for an active grant of this incident and agent; the
+    // claims are the grant's, never the caller's, and it ends with the grant's window.
+    if let Some(grant_id) = claims.grant.clone() {
+        let grant = policy
+            .grants
+            .get(&grant_id)
+            .ok_or_else(|| CaError::BadRequest(format!("unknown grant {grant_id:?}")))?;
+        let agent = svid.spiffe_id.path().split('/').nth(2).unwrap_or_default();
+        if grant.state != GrantState::Active || grant.incident != incident || grant.agent != agent {
+            return Err(CaError::BadRequest(format!(
+                "grant {grant_id:?} is not an active grant of agent {agent:?} for incident {incident:?}"
+            )));
+        }
+        claims.plan_digest = Some(grant.plan_digest.clone());
+        claims.approvers = grant.approvals.iter().map(|a| a.by.clone()).collect();
+        claims.scopes.retain(|s| grant.scopes.contains(s));
+        if let Some(expires_at) = grant.expires_at {
+            let left = (expires_at - issuer.cas.now()).max(1) as u64;
+            let wanted = svid.ttl.unwrap_or(issuer.config.ca.x509_svid_ttl);
+            svid.ttl = Some(wanted.min(Duration::from_secs(left)));
+        }
+    }
+    Ok(())
 }
 
 fn request(spiffe_id: SpiffeId, claims: Option<WritClaims>) -> SvidRequest {
@@ -245,8 +347,18 @@ fn status(error: CaError) -> Status {
 /// Maps a registry error to a gRPC status: the caller's mistakes carry their reason;
 /// a store failure is logged and reported generically (nothing changed).
 fn registry_status(error: RegistryError) -> Status {
+    use crate::policy::GrantError;
     match error {
         RegistryError::Invalid(e) => Status::invalid_argument(e.to_string()),
+        RegistryError::Grant(GrantError::Invalid(e)) => Status::invalid_argument(e.to_string()),
+        RegistryError::Grant(e @ (GrantError::OwnRequest(_) | GrantError::NotEligible(_))) => {
+            Status::permission_denied(e.to_string())
+        }
+        RegistryError::Grant(e @ GrantError::DigestMismatch { .. }) => {
+            Status::invalid_argument(e.to_string())
+        }
+        RegistryError::Grant(e) => Status::failed_precondition(e.to_string()),
+        e @ RegistryError::RateLimited(_) => Status::resource_exhausted(e.to_string()),
         e @ RegistryError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
         e @ RegistryError::NotFound { .. } => Status::not_found(e.to_string()),
         e @ RegistryError::AlreadyClosed(_) => Status::failed_precondition(e.to_string()),
@@ -383,6 +495,68 @@ fn profile_to_proto(profile: &Profile) -> pb::Profile {
     }
 }
 
+/// A grant as the API shows it, with the quorum its incident needs and the identity it
+/// grants.
+fn grant_to_proto(grant: &Grant, issuer: &Issuer) -> pb::Grant {
+    let policy = issuer.registry.snapshot();
+    let quorum = policy
+        .incidents
+        .get(&grant.incident)
+        .map(|i| crate::policy::grant::quorum(i.severity) as u32)
+        .unwrap_or(0);
+    let spiffe_id = agent_spiffe_id(
+        issuer.cas.base(),
+        Band::Remediation,
+        &grant.agent,
+        &grant.incident,
+        Some(&grant.id),
+    )
+    .map(|id| id.to_string())
+    .unwrap_or_default();
+    pb::Grant {
+        id: grant.id.clone(),
+        incident: grant.incident.clone(),
+        agent: grant.agent.clone(),
+        action: grant.action.clone(),
+        targets: grant.targets.iter().cloned().collect(),
+        evidence: grant.evidence.clone(),
+        plan: grant.plan.clone(),
+        plan_digest: grant.plan_digest.clone(),
+        scopes: grant.scopes.iter().cloned().collect(),
+        window_seconds: grant.window_secs,
+        requested_by: grant.requested_by.clone(),
+        requested_at: grant.requested_at,
+        approvals: grant
+            .approvals
+            .iter()
+            .map(|a| pb::GrantApproval {
+                by: a.by.clone(),
+                at: a.at,
+                plan_digest: a.plan_digest.clone(),
+            })
+            .collect(),
+        state: serde_json::to_value(grant.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        activated_at: grant.activated_at,
+        expires_at: grant.expires_at,
+        ended_at: grant.ended.as_ref().map(|e| e.at),
+        ended_by: grant
+            .ended
+            .as_ref()
+            .map(|e| e.by.clone())
+            .unwrap_or_default(),
+        end_reason: grant
+            .ended
+            .as_ref()
+            .map(|e| e.reason.clone())
+            .unwrap_or_default(),
+        quorum,
+        spiffe_id,
+    }
+}
+
 fn incident_to_proto(incident: &Incident) -> pb::Incident {
     pb::Incident {
         id: incident.id.clone(),
@@ -409,7 +583,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::MintX509SvidRequest>,
     ) -> Result<Response<pb::MintX509SvidResponse>, Status> {
-        self.authorize(&request)?;
+        self.authorize_role(&request, &[Role::Admin])?;
         let body = request.into_inner();
         let (band, mut svid) = self.resolve(body.identity)?;
         svid.ttl = body.ttl_seconds.map(Duration::from_secs);
@@ -419,7 +593,7 @@ impl Admin for AdminService {
         let minted = blocking(
             move || {
                 let _gate = issuer.registry.issuance_gate();
-                incident_is_open(&issuer, &svid)?;
+                incident_is_open(&issuer, &mut svid)?;
                 issuer
                     .cas
                     .mint_x509(band, SubjectKey::Csr(&body.csr), &svid)
@@ -440,13 +614,13 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::MintJwtSvidRequest>,
     ) -> Result<Response<pb::MintJwtSvidResponse>, Status> {
-        self.authorize(&request)?;
+        self.authorize_role(&request, &[Role::Admin])?;
         let body = request.into_inner();
         let (band, mut svid) = self.resolve(body.identity)?;
         svid.ttl = body.ttl_seconds.map(Duration::from_secs);
         let minted = {
             let _gate = self.issuer.registry.issuance_gate();
-            incident_is_open(&self.issuer, &svid).map_err(status)?;
+            incident_is_open(&self.issuer, &mut svid).map_err(status)?;
             self.issuer
                 .cas
                 .mint_jwt(band, &svid, &body.audience)
@@ -500,7 +674,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::AuthorityRequest>,
     ) -> Result<Response<pb::AuthoritiesResponse>, Status> {
-        let who = self.authorize(&request)?;
+        let who = self.authorize_role(&request, &[Role::Admin])?;
         let bands = bands_of(&request.into_inner().band)?;
         self.rotate(bands.clone(), who, false).await?;
         Ok(Response::new(self.authorities(&bands)))
@@ -510,7 +684,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::AuthorityRequest>,
     ) -> Result<Response<pb::AuthoritiesResponse>, Status> {
-        let who = self.authorize(&request)?;
+        let who = self.authorize_role(&request, &[Role::Admin])?;
         let bands = bands_of(&request.into_inner().band)?;
         self.rotate(bands.clone(), who, true).await?;
         Ok(Response::new(self.authorities(&bands)))
@@ -520,7 +694,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
-        self.authorize(&request)?;
+        self.authorize_role(&request, &[Role::Admin])?;
         let ttl = request.into_inner().ttl_seconds.unwrap_or(600);
         if ttl == 0 || ttl > 7 * 24 * 3600 {
             return Err(Status::invalid_argument(
@@ -559,7 +733,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CreateProfileRequest>,
     ) -> Result<Response<pb::CreateProfileResponse>, Status> {
-        let uid = self.authorize(&request)?;
+        let uid = self.authorize_role(&request, &[Role::Admin])?;
         let profile = parse_profile(request.into_inner(), self.issuer.cas.now())?;
         let issuer = Arc::clone(&self.issuer);
         let profile = blocking(
@@ -612,7 +786,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DeleteProfileRequest>,
     ) -> Result<Response<pb::DeleteProfileResponse>, Status> {
-        let uid = self.authorize(&request)?;
+        let uid = self.authorize_role(&request, &[Role::Admin])?;
         let name = request.into_inner().name;
         name_arg("profile", &name)?;
         let issuer = Arc::clone(&self.issuer);
@@ -631,7 +805,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::OpenIncidentRequest>,
     ) -> Result<Response<pb::OpenIncidentResponse>, Status> {
-        let uid = self.authorize(&request)?;
+        let uid = self.authorize_role(&request, &[Role::IncidentCommander, Role::Admin])?;
         let incident = parse_incident(request.into_inner(), uid.clone(), self.issuer.cas.now())?;
         let issuer = Arc::clone(&self.issuer);
         let incident = blocking(
@@ -655,7 +829,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CloseIncidentRequest>,
     ) -> Result<Response<pb::CloseIncidentResponse>, Status> {
-        let uid = self.authorize(&request)?;
+        let uid = self.authorize_role(&request, &[Role::IncidentCommander, Role::Admin])?;
         let id = request.into_inner().id;
         name_arg("incident", &id)?;
         let issuer = Arc::clone(&self.issuer);
@@ -671,6 +845,160 @@ impl Admin for AdminService {
         tracing::info!(incident = %incident.id, by = %uid.clone(), "incident closed");
         Ok(Response::new(pb::CloseIncidentResponse {
             incident: Some(incident_to_proto(&incident)),
+        }))
+    }
+
+    async fn extend_incident(
+        &self,
+        request: Request<pb::ExtendIncidentRequest>,
+    ) -> Result<Response<pb::GetIncidentResponse>, Status> {
+        let who = self.authorize_role(&request, &[Role::IncidentCommander, Role::Admin])?;
+        let body = request.into_inner();
+        name_arg("incident", &body.id)?;
+        if body.by_seconds == 0 || body.by_seconds > 7 * 24 * 3600 {
+            return Err(Status::invalid_argument(
+                "--by must be between 1s and 7 days",
+            ));
+        }
+        let issuer = Arc::clone(&self.issuer);
+        let incident = blocking(
+            move || {
+                let now = issuer.cas.now();
+                issuer
+                    .registry
+                    .extend_incident(&body.id, body.by_seconds, now)
+            },
+            registry_status,
+        )
+        .await?;
+        tracing::info!(incident = %incident.id, by = %who, max_lifetime_secs = incident.max_lifetime_secs, "incident extended");
+        Ok(Response::new(pb::GetIncidentResponse {
+            incident: Some(incident_to_proto(&incident)),
+        }))
+    }
+
+    async fn request_grant(
+        &self,
+        request: Request<pb::RequestGrantRequest>,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        let who = self.authorize(&request)?;
+        let body = request.into_inner();
+        let grant_request = GrantRequest {
+            incident: body.incident,
+            agent: body.agent,
+            action: body.action,
+            targets: body.targets.into_iter().collect(),
+            evidence: body.evidence,
+            plan: body.plan,
+            scopes: body.scopes.into_iter().collect(),
+            window_secs: body.window_seconds,
+        };
+        name_arg("incident", &grant_request.incident)?;
+        name_arg("agent", &grant_request.agent)?;
+        let issuer = Arc::clone(&self.issuer);
+        let requester = who.clone();
+        let grant = blocking(
+            move || {
+                let now = issuer.cas.now();
+                issuer.registry.request_grant(
+                    grant_request,
+                    &requester,
+                    GrantLimits::default(),
+                    now,
+                )
+            },
+            registry_status,
+        )
+        .await?;
+        tracing::info!(grant = %grant.id, incident = %grant.incident, agent = %grant.agent, plan_digest = %grant.plan_digest, by = %who, "grant requested");
+        Ok(Response::new(pb::GrantResponse {
+            grant: Some(grant_to_proto(&grant, &self.issuer)),
+        }))
+    }
+
+    async fn approve_grant(
+        &self,
+        request: Request<pb::ApproveGrantRequest>,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        let who = self.authorize_role(&request, &[Role::Approver])?;
+        let body = request.into_inner();
+        name_arg("grant", &body.id)?;
+        let issuer = Arc::clone(&self.issuer);
+        let approver = who.clone();
+        let approval_ttl = self.issuer.config.approval_ttl_secs as i64;
+        let grant = blocking(
+            move || {
+                let now = issuer.cas.now();
+                issuer.registry.approve_grant(
+                    &body.id,
+                    &approver,
+                    &body.plan_digest,
+                    approval_ttl,
+                    now,
+                )
+            },
+            registry_status,
+        )
+        .await?;
+        tracing::info!(grant = %grant.id, by = %who, state = ?grant.state, approvals = grant.approvals.len(), "grant approved");
+        Ok(Response::new(pb::GrantResponse {
+            grant: Some(grant_to_proto(&grant, &self.issuer)),
+        }))
+    }
+
+    async fn deny_grant(
+        &self,
+        request: Request<pb::EndGrantRequest>,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        let who = self.authorize_role(&request, &[Role::Approver, Role::IncidentCommander])?;
+        self.end_grant(request.into_inner(), who, GrantState::Denied)
+            .await
+    }
+
+    async fn revoke_grant(
+        &self,
+        request: Request<pb::EndGrantRequest>,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        let who = self.authorize_role(&request, &[Role::IncidentCommander, Role::Admin])?;
+        self.end_grant(request.into_inner(), who, GrantState::Revoked)
+            .await
+    }
+
+    async fn get_grant(
+        &self,
+        request: Request<pb::GetGrantRequest>,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        self.authorize(&request)?;
+        let id = request.into_inner().id;
+        name_arg("grant", &id)?;
+        let policy = self.issuer.registry.snapshot();
+        let grant = policy
+            .grants
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("unknown grant {id:?}")))?;
+        Ok(Response::new(pb::GrantResponse {
+            grant: Some(grant_to_proto(grant, &self.issuer)),
+        }))
+    }
+
+    async fn list_grants(
+        &self,
+        request: Request<pb::ListGrantsRequest>,
+    ) -> Result<Response<pb::ListGrantsResponse>, Status> {
+        self.authorize(&request)?;
+        let incident = request.into_inner().incident;
+        let policy = self.issuer.registry.snapshot();
+        let mut grants: Vec<&Grant> = policy
+            .grants
+            .values()
+            .filter(|g| incident.is_empty() || g.incident == incident)
+            .collect();
+        grants.sort_by(|a, b| (a.requested_at, &a.id).cmp(&(b.requested_at, &b.id)));
+        Ok(Response::new(pb::ListGrantsResponse {
+            grants: grants
+                .into_iter()
+                .map(|g| grant_to_proto(g, &self.issuer))
+                .collect(),
         }))
     }
 

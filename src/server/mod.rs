@@ -115,15 +115,60 @@ impl Issuer {
         let policy = self.registry.snapshot();
         let entitlement = entitlement_for(&policy, self.cas.base(), spiffe_id)
             .ok_or_else(|| IssueError::NotEntitled(spiffe_id.to_string()))?;
+        let ttl = self.capped_ttl(
+            ttl.unwrap_or(self.config.ca.x509_svid_ttl),
+            entitlement.not_after_cap,
+        )?;
         let request = SvidRequest {
             spiffe_id: entitlement.spiffe_id,
-            ttl,
+            ttl: Some(ttl),
             claims: Some(entitlement.claims),
             dns_names: Vec::new(),
         };
         Ok(self
             .cas
             .mint_x509(entitlement.band, SubjectKey::Csr(csr_der), &request)?)
+    }
+
+    /// A TTL that ends no later than `cap` (a grant's window).
+    fn capped_ttl(&self, ttl: Duration, cap: Option<i64>) -> Result<Duration, IssueError> {
+        let Some(cap) = cap else { return Ok(ttl) };
+        let left = cap - self.cas.now();
+        if left <= 0 {
+            return Err(IssueError::NotEntitled(
+                "the grant's window has ended".into(),
+            ));
+        }
+        Ok(ttl.min(Duration::from_secs(left as u64)))
+    }
+
+    /// Ends grants and incidents when their time runs out, until `shutdown` resolves.
+    pub async fn run_expiry(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut changes = self.registry.subscribe();
+        loop {
+            let now = self.cas.now();
+            let issuer = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || issuer.registry.expire_due(now)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "expiring grants and incidents failed; will retry")
+                }
+                Err(e) => tracing::error!(error = %e, "expiry task failed; will retry"),
+            }
+            let wait = self
+                .registry
+                .next_deadline()
+                .map(|at| (at - self.cas.now()).clamp(0, 60) as u64)
+                .unwrap_or(60);
+            changes.mark_unchanged();
+            tokio::select! {
+                () = &mut shutdown => return,
+                // Policy changed: a new deadline may be earlier.
+                r = changes.changed() => if r.is_err() { return },
+                () = tokio::time::sleep(Duration::from_millis(wait * 1000 + 50)) => {}
+            }
+        }
     }
 
     /// Signs a JWT-SVID for `spiffe_id`, checked against policy as for X.509.
@@ -136,9 +181,10 @@ impl Issuer {
         let policy = self.registry.snapshot();
         let entitlement = entitlement_for(&policy, self.cas.base(), spiffe_id)
             .ok_or_else(|| IssueError::NotEntitled(spiffe_id.to_string()))?;
+        let ttl = self.capped_ttl(self.config.ca.jwt_svid_ttl, entitlement.not_after_cap)?;
         let request = SvidRequest {
             spiffe_id: entitlement.spiffe_id,
-            ttl: None,
+            ttl: Some(ttl),
             claims: Some(entitlement.claims),
             dns_names: Vec::new(),
         };

@@ -6,7 +6,8 @@
 //! and signs; closing an incident takes the write side, so once `close_incident`
 //! returns, no SVID for that incident is being or will be signed.
 
-use crate::policy::{Incident, IncidentState, PolicyError, PolicySnapshot, Profile};
+use crate::policy::grant::{self, GrantError, GrantRequest, GrantState};
+use crate::policy::{Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile};
 use crate::store::{Store, StoreError};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
@@ -37,6 +38,12 @@ pub enum RegistryError {
     /// The incident is already closed.
     #[error("incident {0:?} is already closed")]
     AlreadyClosed(String),
+    /// A grant decision was refused.
+    #[error(transparent)]
+    Grant(#[from] GrantError),
+    /// Too many grant requests (against approval fatigue).
+    #[error("{0}")]
+    RateLimited(String),
     /// The store failed; nothing changed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -70,6 +77,11 @@ impl Registry {
                 .incidents()?
                 .into_iter()
                 .map(|i| (i.id.clone(), i))
+                .collect(),
+            grants: store
+                .grants()?
+                .into_iter()
+                .map(|g| (g.id.clone(), g))
                 .collect(),
         };
         let (tx, _) = watch::channel(Arc::new(snapshot));
@@ -174,8 +186,9 @@ impl Registry {
         })
     }
 
-    /// Closes an incident for good: durable before the new policy is published, and no
-    /// signature for it is in flight once this returns.
+    /// Closes an incident for good: its pending and active grants end with it, all in one
+    /// durable write before the new policy is published, and no signature for it is in
+    /// flight once this returns.
     pub fn close_incident(&self, id: &str, by: &str, now: i64) -> Result<Incident, RegistryError> {
         self.change(|policy| {
             let Some(current) = policy.incidents.get(id) else {
@@ -187,15 +200,258 @@ impl Registry {
             if !current.is_open() {
                 return Err(RegistryError::AlreadyClosed(id.into()));
             }
-            let mut closed = current.clone();
-            closed.state = IncidentState::Closed;
-            closed.closed_by = Some(by.into());
-            closed.closed_at = Some(now);
-            self.store.put_incident(&closed)?;
-            policy.incidents.insert(id.into(), closed.clone());
+            let closed = close(current, by, now);
+            let ended = end_incident_grants(policy, id, by, "incident closed", now);
+            self.store
+                .put_policy_changes(std::slice::from_ref(&closed), &ended)?;
+            apply(policy, std::slice::from_ref(&closed), &ended);
             Ok(closed)
         })
     }
+
+    /// Extends an open incident's maximum lifetime by `by_secs`.
+    pub fn extend_incident(
+        &self,
+        id: &str,
+        by_secs: u64,
+        now: i64,
+    ) -> Result<Incident, RegistryError> {
+        self.change(|policy| {
+            let Some(current) = policy.incidents.get(id) else {
+                return Err(RegistryError::NotFound {
+                    what: "incident",
+                    name: id.into(),
+                });
+            };
+            if !current.is_open() {
+                return Err(RegistryError::AlreadyClosed(id.into()));
+            }
+            let mut extended = current.clone();
+            // From now if it had already run out (the expiry task may not have run yet).
+            let end = (extended.opened_at + extended.max_lifetime_secs as i64).max(now);
+            extended.max_lifetime_secs = (end + by_secs as i64 - extended.opened_at) as u64;
+            self.store
+                .put_policy_changes(std::slice::from_ref(&extended), &[])?;
+            apply(policy, std::slice::from_ref(&extended), &[]);
+            Ok(extended)
+        })
+    }
+
+    /// Files a remediation grant request. `requested_by` is the operator's name or the
+    /// requesting agent's SPIFFE ID. Refused when the incident already has
+    /// `limits.pending_per_incident` pending requests, or the agent filed
+    /// `limits.per_agent_per_hour` in the last hour.
+    pub fn request_grant(
+        &self,
+        request: GrantRequest,
+        requested_by: &str,
+        limits: GrantLimits,
+        now: i64,
+    ) -> Result<Grant, RegistryError> {
+        let id = format!("g-{}", random_hex(6));
+        self.change(|policy| {
+            let Some(incident) = policy.incidents.get(&request.incident) else {
+                return Err(RegistryError::NotFound { what: "incident", name: request.incident.clone() });
+            };
+            let profile = policy.profiles.get(&request.agent);
+            let remediation = profile.is_some_and(|p| !p.service && p.bands.contains(&writ_verifier::Band::Remediation));
+            let pending = policy
+                .grants
+                .values()
+                .filter(|g| g.incident == request.incident && g.state == GrantState::Pending)
+                .count();
+            if pending >= limits.pending_per_incident {
+                return Err(RegistryError::RateLimited(format!(
+                    "incident {:?} already has {pending} pending grant requests (limit {}): decide those first",
+                    request.incident, limits.pending_per_incident
+                )));
+            }
+            let recent = policy
+                .grants
+                .values()
+                .filter(|g| g.agent == request.agent && now - g.requested_at < 3600)
+                .count();
+            if recent >= limits.per_agent_per_hour {
+                return Err(RegistryError::RateLimited(format!(
+                    "agent {:?} filed {recent} grant requests in the last hour (limit {})",
+                    request.agent, limits.per_agent_per_hour
+                )));
+            }
+            let grant = grant::new_grant(request.clone(), incident, remediation, requested_by, id.clone(), now)?;
+            self.store.put_policy_changes(&[], std::slice::from_ref(&grant))?;
+            apply(policy, &[], std::slice::from_ref(&grant));
+            Ok(grant)
+        })
+    }
+
+    /// Records an approval of `digest` by `approver`; at quorum the grant goes active and
+    /// its agent's workloads receive the remediation identity.
+    pub fn approve_grant(
+        &self,
+        id: &str,
+        approver: &str,
+        digest: &str,
+        approval_ttl: i64,
+        now: i64,
+    ) -> Result<Grant, RegistryError> {
+        self.change(|policy| {
+            let grant = find_grant(policy, id)?;
+            let incident =
+                policy
+                    .incidents
+                    .get(&grant.incident)
+                    .ok_or_else(|| RegistryError::NotFound {
+                        what: "incident",
+                        name: grant.incident.clone(),
+                    })?;
+            let next = grant::approve(grant, incident, approver, digest, approval_ttl, now)?;
+            self.store
+                .put_policy_changes(&[], std::slice::from_ref(&next))?;
+            apply(policy, &[], std::slice::from_ref(&next));
+            Ok(next)
+        })
+    }
+
+    /// Denies a pending grant, or revokes a pending or active one.
+    pub fn end_grant(
+        &self,
+        id: &str,
+        state: GrantState,
+        by: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<Grant, RegistryError> {
+        self.change(|policy| {
+            let next = grant::end(find_grant(policy, id)?, state, by, reason, now)?;
+            self.store
+                .put_policy_changes(&[], std::slice::from_ref(&next))?;
+            apply(policy, &[], std::slice::from_ref(&next));
+            Ok(next)
+        })
+    }
+
+    /// The next instant something runs out (a grant window, an incident's lifetime).
+    pub fn next_deadline(&self) -> Option<i64> {
+        deadlines(&self.snapshot()).min()
+    }
+
+    /// Ends what has run out by `now`: active grants past their window expire; incidents
+    /// past their maximum lifetime close themselves, with their grants. Returns whether
+    /// anything changed.
+    pub fn expire_due(&self, now: i64) -> Result<bool, RegistryError> {
+        let due = deadlines(&self.snapshot()).any(|at| at <= now);
+        if !due {
+            return Ok(false);
+        }
+        self.change(|policy| {
+            let mut incidents = Vec::new();
+            let mut grants = Vec::new();
+            for incident in policy.incidents.values().filter(|i| i.is_open()) {
+                if incident.opened_at + incident.max_lifetime_secs as i64 <= now {
+                    incidents.push(close(incident, "writ", now));
+                    grants.extend(end_incident_grants(policy, &incident.id, "writ", "incident reached its maximum lifetime", now));
+                }
+            }
+            for g in policy.grants.values() {
+                if g.state == GrantState::Active
+                    && g.expires_at.is_some_and(|at| at <= now)
+                    && !grants.iter().any(|e: &Grant| e.id == g.id)
+                    && let Ok(expired) = grant::end(g, GrantState::Expired, "writ", "window ended", now)
+                {
+                    grants.push(expired);
+                }
+            }
+            self.store.put_policy_changes(&incidents, &grants)?;
+            for i in &incidents {
+                tracing::info!(incident = %i.id, "incident reached its maximum lifetime and closed");
+            }
+            apply(policy, &incidents, &grants);
+            Ok(true)
+        })
+    }
+}
+
+/// Limits on grant requests, against approval fatigue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantLimits {
+    /// Most pending requests per incident.
+    pub pending_per_incident: usize,
+    /// Most requests per agent per hour.
+    pub per_agent_per_hour: usize,
+}
+
+impl Default for GrantLimits {
+    fn default() -> Self {
+        GrantLimits {
+            pending_per_incident: 5,
+            per_agent_per_hour: 20,
+        }
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // SystemRandom only fails if the OS has no entropy source; a zero id would still be
+    // unique-checked by the caller's store write, but ring has never failed here.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn find_grant<'a>(policy: &'a PolicySnapshot, id: &str) -> Result<&'a Grant, RegistryError> {
+    policy
+        .grants
+        .get(id)
+        .ok_or_else(|| RegistryError::NotFound {
+            what: "grant",
+            name: id.chars().take(64).collect(),
+        })
+}
+
+fn close(incident: &Incident, by: &str, now: i64) -> Incident {
+    let mut closed = incident.clone();
+    closed.state = IncidentState::Closed;
+    closed.closed_by = Some(by.into());
+    closed.closed_at = Some(now);
+    closed
+}
+
+/// The incident's pending and active grants, revoked.
+fn end_incident_grants(
+    policy: &PolicySnapshot,
+    incident: &str,
+    by: &str,
+    reason: &str,
+    now: i64,
+) -> Vec<Grant> {
+    policy
+        .grants
+        .values()
+        .filter(|g| g.incident == incident)
+        .filter_map(|g| grant::end(g, GrantState::Revoked, by, reason, now).ok())
+        .collect()
+}
+
+fn apply(policy: &mut PolicySnapshot, incidents: &[Incident], grants: &[Grant]) {
+    for i in incidents {
+        policy.incidents.insert(i.id.clone(), i.clone());
+    }
+    for g in grants {
+        policy.grants.insert(g.id.clone(), g.clone());
+    }
+}
+
+fn deadlines(policy: &PolicySnapshot) -> impl Iterator<Item = i64> + '_ {
+    let incidents = policy
+        .incidents
+        .values()
+        .filter(|i| i.is_open())
+        .map(|i| i.opened_at + i.max_lifetime_secs as i64);
+    let grants = policy
+        .grants
+        .values()
+        .filter(|g| g.state == GrantState::Active)
+        .filter_map(|g| g.expires_at);
+    incidents.chain(grants)
 }
 
 #[cfg(test)]

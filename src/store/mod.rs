@@ -8,7 +8,7 @@
 //!   rather than misread.
 
 use crate::ca::AuthorityRecord;
-use crate::policy::{Incident, Profile};
+use crate::policy::{Grant, Incident, Profile};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -24,6 +24,7 @@ const SVIDS: TableDefinition<&str, &[u8]> = TableDefinition::new("svids");
 const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
 const INCIDENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("incidents");
 const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tokens");
+const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("grants");
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +123,7 @@ impl Store {
             tx.open_table(PROFILES).map_err(db_err)?;
             tx.open_table(INCIDENTS).map_err(db_err)?;
             tx.open_table(JOIN_TOKENS).map_err(db_err)?;
+            tx.open_table(GRANTS).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
     }
@@ -287,6 +289,36 @@ impl Store {
     /// Every incident, open and closed.
     pub fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
         self.all_json(INCIDENTS, "incidents")
+    }
+
+    /// Every grant.
+    pub fn grants(&self) -> Result<Vec<Grant>, StoreError> {
+        self.all_json(GRANTS, "grants")
+    }
+
+    /// Writes incidents and grants that change together (closing an incident revokes its
+    /// grants) in one durable transaction: a crash keeps all of it or none.
+    pub fn put_policy_changes(
+        &self,
+        incidents: &[Incident],
+        grants: &[Grant],
+    ) -> Result<(), StoreError> {
+        let tx = self.begin_write()?;
+        {
+            let mut t = tx.open_table(INCIDENTS).map_err(db_err)?;
+            for incident in incidents {
+                let bytes = serde_json::to_vec(incident).map_err(db_err)?;
+                t.insert(incident.id.as_str(), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+            let mut t = tx.open_table(GRANTS).map_err(db_err)?;
+            for grant in grants {
+                let bytes = serde_json::to_vec(grant).map_err(db_err)?;
+                t.insert(grant.id.as_str(), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
     }
 }
 

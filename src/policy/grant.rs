@@ -1,0 +1,547 @@
+//! Remediation grants: a plan, approved by a quorum of named humans, active for a bounded
+//! window (DESIGN.md §4).
+//!
+//! Every decision here is a pure function of the grant, its incident, the caller and the
+//! time. What approvers approve is the plan's SHA-256: an approval names the digest it saw,
+//! and counts only while it matches.
+
+use super::{Incident, PolicyError, Severity, check_name, check_scope};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// Largest plan accepted (text or diff).
+pub const MAX_PLAN_LEN: usize = 256 * 1024;
+/// Longest grant window.
+pub const MAX_WINDOW_SECS: u64 = 4 * 3600;
+/// Default grant window (DESIGN.md §3).
+pub const DEFAULT_WINDOW_SECS: u64 = 600;
+
+/// Scope prefixes that touch deployment, IAM or secrets: refused unless the incident names
+/// them, and never in the investigative band.
+pub const SENSITIVE_SCOPE_PREFIXES: [&str; 3] = ["deploy:", "iam:", "secrets:"];
+
+/// Whether `scope` touches deployment, IAM or secrets.
+pub fn is_sensitive(scope: &str) -> bool {
+    SENSITIVE_SCOPE_PREFIXES
+        .iter()
+        .any(|p| scope.starts_with(p))
+}
+
+/// Approvals needed for an incident of `severity` (the requester never counts).
+pub fn quorum(severity: Severity) -> usize {
+    match severity {
+        Severity::Sev1 | Severity::Sev2 => 2,
+        Severity::Sev3 | Severity::Sev4 => 1,
+    }
+}
+
+/// Where a grant is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantState {
+    /// Waiting for approvals.
+    Pending,
+    /// Approved: the agent holds a remediation identity until `expires_at`.
+    Active,
+    /// Refused by an approver.
+    Denied,
+    /// Ended by an operator or by the incident closing.
+    Revoked,
+    /// Its window ran out.
+    Expired,
+}
+
+/// One human's approval of one plan digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// The operator.
+    pub by: String,
+    /// Seconds since the epoch.
+    pub at: i64,
+    /// The plan digest they approved.
+    pub plan_digest: String,
+}
+
+/// A request for remediation authority.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// `g-` and 12 hex characters.
+    pub id: String,
+    /// The incident it acts on.
+    pub incident: String,
+    /// The agent (profile) that will hold the identity.
+    pub agent: String,
+    /// What will be done, in a line.
+    pub action: String,
+    /// What it will be done to.
+    pub targets: BTreeSet<String>,
+    /// References to the evidence behind the plan (URIs, log queries, ticket ids).
+    pub evidence: Vec<String>,
+    /// The plan: proposed fix text or diff.
+    pub plan: String,
+    /// SHA-256 of the plan, lowercase hex: what approvers approve.
+    pub plan_digest: String,
+    /// Scopes the remediation identity will carry (∩ profile ∩ incident).
+    pub scopes: BTreeSet<String>,
+    /// How long the grant is active once approved.
+    pub window_secs: u64,
+    /// Operator name, or the requesting agent's SPIFFE ID.
+    pub requested_by: String,
+    /// Seconds since the epoch.
+    pub requested_at: i64,
+    /// Approvals so far.
+    pub approvals: Vec<Approval>,
+    /// State.
+    pub state: GrantState,
+    /// When it became active.
+    #[serde(default)]
+    pub activated_at: Option<i64>,
+    /// When the active window ends (≤ the incident's end).
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// When it was denied, revoked or expired, by whom and why.
+    #[serde(default)]
+    pub ended: Option<Ending>,
+}
+
+/// How a grant ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ending {
+    /// Seconds since the epoch.
+    pub at: i64,
+    /// Operator name, or `writ` for the server's own decisions.
+    pub by: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Why a grant decision was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GrantError {
+    /// A field is invalid.
+    #[error(transparent)]
+    Invalid(#[from] PolicyError),
+    /// The incident is closed.
+    #[error("incident {0:?} is closed")]
+    IncidentClosed(String),
+    /// The agent is not assigned to the incident, or its profile excludes remediation.
+    #[error("{0}")]
+    NotEligible(String),
+    /// The grant is not pending (already active, denied, revoked or expired).
+    #[error("grant {id} is {state:?}, not pending")]
+    NotPending {
+        /// The grant.
+        id: String,
+        /// Its state.
+        state: GrantState,
+    },
+    /// The grant is not pending or active.
+    #[error("grant {id} has already ended ({state:?})")]
+    Ended {
+        /// The grant.
+        id: String,
+        /// Its state.
+        state: GrantState,
+    },
+    /// The requester may not approve their own request.
+    #[error("{0} requested this grant and cannot approve it")]
+    OwnRequest(String),
+    /// The approver already approved.
+    #[error("{0} has already approved this grant")]
+    AlreadyApproved(String),
+    /// The approver saw a different plan.
+    #[error("plan digest mismatch: the grant's plan is {expected}, you approved {given}")]
+    DigestMismatch {
+        /// The grant's digest.
+        expected: String,
+        /// The approver's.
+        given: String,
+    },
+}
+
+/// What a request carries, before writ assigns id, digest and times.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GrantRequest {
+    /// The incident.
+    pub incident: String,
+    /// The agent (profile).
+    pub agent: String,
+    /// One-line action.
+    pub action: String,
+    /// Targets.
+    pub targets: BTreeSet<String>,
+    /// Evidence references.
+    pub evidence: Vec<String>,
+    /// The plan.
+    pub plan: String,
+    /// Scopes wanted.
+    pub scopes: BTreeSet<String>,
+    /// Active window; `None` takes the default.
+    pub window_secs: Option<u64>,
+}
+
+fn text_ok(what: &str, text: &str, max: usize) -> Result<(), PolicyError> {
+    if text.is_empty()
+        || text.len() > max
+        || text
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(PolicyError::BadName {
+            what: what.into(),
+            name: text.chars().take(64).collect(),
+        });
+    }
+    Ok(())
+}
+
+/// SHA-256 of a plan, lowercase hex.
+pub fn plan_digest(plan: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, plan.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Builds a pending grant from a request, checking it against its incident and the
+/// agent's profile (`profile_scopes`, `profile_allows_remediation`).
+pub fn new_grant(
+    request: GrantRequest,
+    incident: &Incident,
+    profile_allows_remediation: bool,
+    requested_by: &str,
+    id: String,
+    now: i64,
+) -> Result<Grant, GrantError> {
+    check_name("agent", &request.agent)?;
+    text_ok("action", &request.action, 1024)?;
+    if request.plan.is_empty() || request.plan.len() > MAX_PLAN_LEN {
+        return Err(PolicyError::BadName {
+            what: format!("plan (1 byte to {MAX_PLAN_LEN} bytes)"),
+            name: String::new(),
+        }
+        .into());
+    }
+    if request.targets.len() > super::MAX_ITEMS
+        || request.evidence.len() > super::MAX_ITEMS
+        || request.scopes.len() > super::MAX_ITEMS
+    {
+        return Err(PolicyError::TooMany("targets, evidence or scopes").into());
+    }
+    for target in &request.targets {
+        text_ok("target", target, 512)?;
+    }
+    for evidence in &request.evidence {
+        text_ok("evidence reference", evidence, 2048)?;
+    }
+    for scope in &request.scopes {
+        check_scope(scope)?;
+    }
+    let window_secs = request.window_secs.unwrap_or(DEFAULT_WINDOW_SECS);
+    if window_secs == 0 || window_secs > MAX_WINDOW_SECS {
+        return Err(PolicyError::BadName {
+            what: format!("window (1s to {MAX_WINDOW_SECS}s)"),
+            name: window_secs.to_string(),
+        }
+        .into());
+    }
+    if !incident.is_open() {
+        return Err(GrantError::IncidentClosed(incident.id.clone()));
+    }
+    if !incident.assigned.contains(&request.agent) {
+        return Err(GrantError::NotEligible(format!(
+            "agent {:?} is not assigned to incident {:?}",
+            request.agent, incident.id
+        )));
+    }
+    if !profile_allows_remediation {
+        return Err(GrantError::NotEligible(format!(
+            "profile {:?} does not allow the remediation band (advisory-only agents never hold remediation identities)",
+            request.agent
+        )));
+    }
+    if let Some(scope) = request
+        .scopes
+        .iter()
+        .find(|s| is_sensitive(s) && !incident.scopes.contains(*s))
+    {
+        return Err(GrantError::NotEligible(format!(
+            "scope {scope:?} touches deployment, IAM or secrets and incident {:?} does not name it",
+            incident.id
+        )));
+    }
+    Ok(Grant {
+        id,
+        incident: request.incident,
+        agent: request.agent,
+        action: request.action,
+        targets: request.targets,
+        evidence: request.evidence,
+        plan_digest: plan_digest(&request.plan),
+        plan: request.plan,
+        scopes: request.scopes,
+        window_secs,
+        requested_by: requested_by.to_owned(),
+        requested_at: now,
+        approvals: Vec::new(),
+        state: GrantState::Pending,
+        activated_at: None,
+        expires_at: None,
+        ended: None,
+    })
+}
+
+/// Records `approver`'s approval of `digest`. Approvals older than `approval_ttl` no
+/// longer count. At quorum the grant becomes active for its window, never past the
+/// incident's end.
+pub fn approve(
+    grant: &Grant,
+    incident: &Incident,
+    approver: &str,
+    digest: &str,
+    approval_ttl: i64,
+    now: i64,
+) -> Result<Grant, GrantError> {
+    if grant.state != GrantState::Pending {
+        return Err(GrantError::NotPending {
+            id: grant.id.clone(),
+            state: grant.state,
+        });
+    }
+    if !incident.is_open() {
+        return Err(GrantError::IncidentClosed(incident.id.clone()));
+    }
+    if approver == grant.requested_by {
+        return Err(GrantError::OwnRequest(approver.to_owned()));
+    }
+    if digest != grant.plan_digest {
+        return Err(GrantError::DigestMismatch {
+            expected: grant.plan_digest.clone(),
+            given: digest.chars().take(64).collect(),
+        });
+    }
+    let mut next = grant.clone();
+    next.approvals
+        .retain(|a| now - a.at < approval_ttl && a.plan_digest == grant.plan_digest);
+    if next.approvals.iter().any(|a| a.by == approver) {
+        return Err(GrantError::AlreadyApproved(approver.to_owned()));
+    }
+    next.approvals.push(Approval {
+        by: approver.to_owned(),
+        at: now,
+        plan_digest: digest.to_owned(),
+    });
+    if next.approvals.len() >= quorum(incident.severity) {
+        let incident_end = incident.opened_at + incident.max_lifetime_secs as i64;
+        next.state = GrantState::Active;
+        next.activated_at = Some(now);
+        next.expires_at = Some((now + next.window_secs as i64).min(incident_end));
+    }
+    Ok(next)
+}
+
+/// Ends a pending or active grant (deny, revoke, incident close, expiry).
+pub fn end(
+    grant: &Grant,
+    state: GrantState,
+    by: &str,
+    reason: &str,
+    now: i64,
+) -> Result<Grant, GrantError> {
+    if !matches!(grant.state, GrantState::Pending | GrantState::Active) {
+        return Err(GrantError::Ended {
+            id: grant.id.clone(),
+            state: grant.state,
+        });
+    }
+    if state == GrantState::Denied && grant.state != GrantState::Pending {
+        return Err(GrantError::NotPending {
+            id: grant.id.clone(),
+            state: grant.state,
+        });
+    }
+    let mut next = grant.clone();
+    next.state = state;
+    next.ended = Some(Ending {
+        at: now,
+        by: by.to_owned(),
+        reason: reason.chars().take(1024).collect(),
+    });
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::policy::IncidentState;
+
+    fn incident(severity: Severity) -> Incident {
+        Incident {
+            id: "INC-1".into(),
+            title: "t".into(),
+            severity,
+            assigned: BTreeSet::from(["fixer".to_string()]),
+            scopes: BTreeSet::from(["deploy:restart".to_string()]),
+            state: IncidentState::Open,
+            opened_by: "root".into(),
+            opened_at: 0,
+            closed_by: None,
+            closed_at: None,
+            max_lifetime_secs: 3600,
+        }
+    }
+
+    fn request() -> GrantRequest {
+        GrantRequest {
+            incident: "INC-1".into(),
+            agent: "fixer".into(),
+            action: "restart checkout".into(),
+            targets: BTreeSet::from(["deploy/checkout".to_string()]),
+            evidence: vec!["https://logs/q?id=1".into()],
+            plan: "kubectl rollout restart deploy/checkout\n".into(),
+            scopes: BTreeSet::from(["deploy:restart".to_string()]),
+            window_secs: None,
+        }
+    }
+
+    fn pending(severity: Severity) -> (Grant, Incident) {
+        let inc = incident(severity);
+        (
+            new_grant(request(), &inc, true, "agent-x", "g-1".into(), 100).unwrap(),
+            inc,
+        )
+    }
+
+    #[test]
+    fn digest_is_the_plans_sha256() {
+        let (g, _) = pending(Severity::Sev2);
+        assert_eq!(
+            g.plan_digest,
+            plan_digest("kubectl rollout restart deploy/checkout\n")
+        );
+        assert_eq!(g.plan_digest.len(), 64);
+    }
+
+    #[test]
+    fn sev2_needs_two_distinct_approvers_and_not_the_requester() {
+        let (g, inc) = pending(Severity::Sev2);
+        let d = g.plan_digest.clone();
+        assert!(matches!(
+            approve(&g, &inc, "agent-x", &d, 3600, 101),
+            Err(GrantError::OwnRequest(_))
+        ));
+        let one = approve(&g, &inc, "alice", &d, 3600, 101).unwrap();
+        assert_eq!(one.state, GrantState::Pending);
+        assert!(matches!(
+            approve(&one, &inc, "alice", &d, 3600, 102),
+            Err(GrantError::AlreadyApproved(_))
+        ));
+        let two = approve(&one, &inc, "bob", &d, 3600, 102).unwrap();
+        assert_eq!(two.state, GrantState::Active);
+        assert_eq!(two.expires_at, Some(102 + 600));
+        assert!(matches!(
+            approve(&two, &inc, "carol", &d, 3600, 103),
+            Err(GrantError::NotPending { .. })
+        ));
+    }
+
+    #[test]
+    fn sev3_needs_one_and_the_window_stops_at_the_incident_end() {
+        let (mut g, inc) = pending(Severity::Sev3);
+        g.window_secs = 3000;
+        let active = approve(&g, &inc, "alice", &g.plan_digest.clone(), 3600, 1000).unwrap();
+        assert_eq!(active.state, GrantState::Active);
+        assert_eq!(
+            active.expires_at,
+            Some(3600),
+            "never past the incident's max lifetime"
+        );
+    }
+
+    #[test]
+    fn wrong_digest_and_stale_approvals_do_not_count() {
+        let (g, inc) = pending(Severity::Sev2);
+        let d = g.plan_digest.clone();
+        assert!(matches!(
+            approve(&g, &inc, "alice", &"0".repeat(64), 3600, 101),
+            Err(GrantError::DigestMismatch { .. })
+        ));
+        let one = approve(&g, &inc, "alice", &d, 60, 101).unwrap();
+        // Alice's approval is older than the approval TTL by the time Bob approves.
+        let two = approve(&one, &inc, "bob", &d, 60, 500).unwrap();
+        assert_eq!(two.state, GrantState::Pending);
+        assert_eq!(two.approvals.len(), 1);
+    }
+
+    #[test]
+    fn closed_incidents_and_ineligible_agents_are_refused() {
+        let mut inc = incident(Severity::Sev3);
+        assert!(matches!(
+            new_grant(request(), &inc, false, "x", "g".into(), 1),
+            Err(GrantError::NotEligible(_))
+        ));
+        let mut other = request();
+        other.agent = "stranger".into();
+        assert!(matches!(
+            new_grant(other, &inc, true, "x", "g".into(), 1),
+            Err(GrantError::NotEligible(_))
+        ));
+        let mut iam = request();
+        iam.scopes = BTreeSet::from(["iam:write".to_string()]);
+        assert!(matches!(
+            new_grant(iam, &inc, true, "x", "g".into(), 1),
+            Err(GrantError::NotEligible(_))
+        ));
+        let (g, _) = pending(Severity::Sev3);
+        inc.state = IncidentState::Closed;
+        assert!(matches!(
+            new_grant(request(), &inc, true, "x", "g".into(), 1),
+            Err(GrantError::IncidentClosed(_))
+        ));
+        assert!(matches!(
+            approve(&g, &inc, "alice", &g.plan_digest.clone(), 3600, 2),
+            Err(GrantError::IncidentClosed(_))
+        ));
+    }
+
+    #[test]
+    fn deny_only_pending_and_nothing_after_the_end() {
+        let (g, inc) = pending(Severity::Sev3);
+        let denied = end(&g, GrantState::Denied, "alice", "risky", 5).unwrap();
+        assert_eq!(denied.state, GrantState::Denied);
+        assert!(matches!(
+            approve(&denied, &inc, "bob", &g.plan_digest, 3600, 6),
+            Err(GrantError::NotPending { .. })
+        ));
+        assert!(matches!(
+            end(&denied, GrantState::Revoked, "bob", "", 7),
+            Err(GrantError::Ended { .. })
+        ));
+        let active = approve(&g, &inc, "alice", &g.plan_digest, 3600, 6).unwrap();
+        assert!(matches!(
+            end(&active, GrantState::Denied, "bob", "", 7),
+            Err(GrantError::NotPending { .. })
+        ));
+        assert_eq!(
+            end(&active, GrantState::Revoked, "bob", "done", 7)
+                .unwrap()
+                .state,
+            GrantState::Revoked
+        );
+    }
+
+    #[test]
+    fn sensitive_scopes_are_recognised() {
+        assert!(is_sensitive("deploy:restart"));
+        assert!(is_sensitive("secrets:read"));
+        assert!(!is_sensitive("logs:read"));
+        assert_eq!(quorum(Severity::Sev1), 2);
+        assert_eq!(quorum(Severity::Sev4), 1);
+    }
+}

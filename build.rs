@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/workload.proto",
         "proto/writ/admin/v1/admin.proto",
         "proto/writ/node/v1/node.proto",
+        "proto/writ/agent/v1/agent.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -22,3 +22,8 @@ pub mod admin {
 pub mod node {
     tonic::include_proto!("writ.node.v1");
 }
+
+/// writ's agent API, `writ.agent.v1`, served on the agent's socket.
+pub mod agent {
+    tonic::include_proto!("writ.agent.v1");
+}

@@ -3,118 +3,23 @@
 //! test needs to break the rules the `spiffe` client follows).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::dev::{my_uid, raw_client, start};
+
 use ring::signature::{
     ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, UnparsedPublicKey,
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
-use spiffe::WorkloadApiClient;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio_stream::StreamExt;
-use writ::agent::node::LocalNode;
-use writ::agent::{Agent, serve_workload};
 use writ::ca::CaConfig;
-use writ::clock::SystemClock;
-use writ::config::RawConfig;
-use writ::policy::{Incident, IncidentState, Profile, Selector, Severity};
-use writ::server::{Issuer, bind_unix};
+use writ::policy::Selector;
 use writ_verifier::claims::{JWT_CLAIMS_KEY, WritClaims};
 use writ_verifier::x509::Usage;
 use writ_verifier::{Band, verify_x509_svid};
-
-struct Dev {
-    _dir: tempfile::TempDir,
-    issuer: Arc<Issuer>,
-    agent: Arc<Agent>,
-    socket: PathBuf,
-    stop: watch::Sender<bool>,
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-async fn start(ca: CaConfig) -> Dev {
-    let dir = tempfile::tempdir().unwrap();
-    let raw = RawConfig {
-        data_dir: Some(dir.path().join("data")),
-        ca,
-        ..RawConfig::default()
-    };
-    let config = raw.resolve().unwrap();
-    let issuer = Issuer::open(config, Arc::new(SystemClock)).unwrap();
-    let socket = issuer.config.workload_socket.clone();
-    let listener = bind_unix(&socket, 0o666).await.unwrap();
-    let agent = Agent::new(Arc::new(LocalNode::new(Arc::clone(&issuer))));
-    let (stop, rx) = watch::channel(false);
-    let wait = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    tokio::spawn(Arc::clone(&agent).run_rotation(wait(rx.clone())));
-    tokio::spawn(serve_workload(listener, Arc::clone(&agent), wait(rx)));
-    Dev {
-        _dir: dir,
-        issuer,
-        agent,
-        socket,
-        stop,
-    }
-}
-
-fn my_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").unwrap().uid()
-}
-
-impl Dev {
-    async fn client(&self) -> WorkloadApiClient {
-        WorkloadApiClient::connect_to(format!("unix://{}", self.socket.display()))
-            .await
-            .unwrap()
-    }
-
-    fn profile(&self, name: &str, selectors: &[Selector], scopes: &[&str]) {
-        self.issuer
-            .registry
-            .create_profile(Profile {
-                name: name.into(),
-                selectors: selectors.iter().cloned().collect(),
-                bands: BTreeSet::from([Band::Investigative]),
-                scopes: scopes.iter().map(|s| s.to_string()).collect(),
-                service: false,
-                created_at: 0,
-            })
-            .unwrap();
-    }
-
-    fn open(&self, id: &str, agent: &str, opened_at: i64) {
-        self.issuer
-            .registry
-            .open_incident(Incident {
-                id: id.into(),
-                title: "test".into(),
-                severity: Severity::Sev2,
-                assigned: BTreeSet::from([agent.to_string()]),
-                scopes: BTreeSet::new(),
-                state: IncidentState::Open,
-                opened_by: "test".into(),
-                opened_at,
-                closed_by: None,
-                closed_at: None,
-                max_lifetime_secs: 3600,
-            })
-            .unwrap();
-    }
-
-    fn close(&self, id: &str) {
-        self.issuer.registry.close_incident(id, "test", 0).unwrap();
-    }
-}
 
 fn id_of(agent: &str, incident: &str) -> String {
     format!("spiffe://investigate.example.org/agent/{agent}/incident/{incident}")
@@ -328,28 +233,6 @@ async fn jwt_svids_fetch_and_validate_through_the_workload_api() {
             .await
             .is_err()
     );
-}
-
-/// writ's own generated client, for requests the `spiffe` crate would never send.
-async fn raw_client(
-    dev: &Dev,
-) -> writ::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<
-    tonic::transport::Channel,
-> {
-    let path = dev.socket.clone();
-    let channel = tonic::transport::Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }))
-        .await
-        .unwrap();
-    writ::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

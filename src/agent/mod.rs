@@ -6,6 +6,7 @@
 
 pub mod attest;
 pub mod cache;
+pub mod grants;
 pub mod h2_authority;
 pub mod node;
 pub mod remote;
@@ -76,8 +77,11 @@ pub async fn serve_workload(
     });
     tonic::transport::Server::builder()
         .add_service(SpiffeWorkloadApiServer::new(workload::WorkloadApi::new(
-            agent,
+            Arc::clone(&agent),
         )))
+        .add_service(crate::proto::agent::agent_api_server::AgentApiServer::new(
+            grants::AgentService::new(agent),
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("Workload API server failed")

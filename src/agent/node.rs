@@ -4,7 +4,7 @@
 //! (`writ agent`, over mTLS with its node SVID) implements the same trait.
 
 use crate::ca::BundleSet;
-use crate::policy::PolicySnapshot;
+use crate::policy::{Grant, GrantRequest, PolicySnapshot};
 use crate::server::{IssueError, Issuer};
 use spiffe::{SpiffeId, TrustDomain};
 use std::sync::Arc;
@@ -34,6 +34,32 @@ pub enum NodeError {
     /// The server could not answer.
     #[error("server unavailable: {0}")]
     Unavailable(String),
+    /// Policy refused the request in the current state (closed incident, not pending…).
+    #[error("{0}")]
+    Refused(String),
+    /// Over a limit (too many pending grant requests).
+    #[error("{0}")]
+    Limited(String),
+}
+
+/// How a registry refusal reaches the agent.
+pub fn registry_error(e: crate::server::registry::RegistryError) -> NodeError {
+    use crate::policy::GrantError;
+    use crate::server::registry::RegistryError;
+    match e {
+        RegistryError::Invalid(_) | RegistryError::Grant(GrantError::Invalid(_)) => {
+            NodeError::Invalid(e.to_string())
+        }
+        RegistryError::Grant(GrantError::NotEligible(_) | GrantError::OwnRequest(_)) => {
+            NodeError::NotEntitled(e.to_string())
+        }
+        RegistryError::RateLimited(_) => NodeError::Limited(e.to_string()),
+        RegistryError::Store(_) => {
+            tracing::error!(error = %e, "grant request failed");
+            NodeError::Unavailable("internal error".into())
+        }
+        other => NodeError::Refused(other.to_string()),
+    }
 }
 
 /// The agent's view of the server.
@@ -57,6 +83,12 @@ pub trait NodeApi: Send + Sync + 'static {
         spiffe_id: &SpiffeId,
         audience: Vec<String>,
     ) -> Result<String, NodeError>;
+    /// Files a grant request for a workload holding `requested_by`.
+    async fn request_grant(
+        &self,
+        request: GrantRequest,
+        requested_by: &SpiffeId,
+    ) -> Result<Grant, NodeError>;
 }
 
 /// The server in the same process (`writ dev`).
@@ -134,5 +166,18 @@ impl NodeApi for LocalNode {
             .sign_workload_jwt(spiffe_id, &audience)
             .map(|minted| minted.token)
             .map_err(node_error)
+    }
+
+    async fn request_grant(
+        &self,
+        request: GrantRequest,
+        requested_by: &SpiffeId,
+    ) -> Result<Grant, NodeError> {
+        let issuer = Arc::clone(&self.issuer);
+        let by = requested_by.clone();
+        tokio::task::spawn_blocking(move || issuer.request_grant_for_workload(request, &by))
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?
+            .map_err(registry_error)
     }
 }

@@ -5,7 +5,7 @@
 
 use super::node::{NodeApi, NodeError, SignedX509};
 use crate::ca::{BundleSet, TrustBundle, bundle::pem};
-use crate::policy::PolicySnapshot;
+use crate::policy::{Grant, GrantRequest, PolicySnapshot};
 use crate::proto::node::{self as pb, node_client::NodeClient};
 use anyhow::Context;
 use hyper_util::rt::TokioIo;
@@ -527,6 +527,8 @@ fn node_error(status: tonic::Status) -> NodeError {
     match status.code() {
         tonic::Code::PermissionDenied => NodeError::NotEntitled(status.message().to_owned()),
         tonic::Code::InvalidArgument => NodeError::Invalid(status.message().to_owned()),
+        tonic::Code::FailedPrecondition => NodeError::Refused(status.message().to_owned()),
+        tonic::Code::ResourceExhausted => NodeError::Limited(status.message().to_owned()),
         _ => NodeError::Unavailable(status.message().to_owned()),
     }
 }
@@ -593,5 +595,31 @@ impl NodeApi for RemoteNode {
             .await
             .map(|r| r.into_inner().token)
             .map_err(node_error)
+    }
+
+    async fn request_grant(
+        &self,
+        request: GrantRequest,
+        requested_by: &SpiffeId,
+    ) -> Result<Grant, NodeError> {
+        let response = self
+            .client
+            .clone()
+            .request_grant(pb::NodeGrantRequest {
+                requested_by: requested_by.to_string(),
+                incident: request.incident,
+                agent: request.agent,
+                action: request.action,
+                targets: request.targets.into_iter().collect(),
+                evidence: request.evidence,
+                plan: request.plan,
+                scopes: request.scopes.into_iter().collect(),
+                window_seconds: request.window_secs,
+            })
+            .await
+            .map_err(node_error)?
+            .into_inner();
+        serde_json::from_slice(&response.grant_json)
+            .map_err(|e| NodeError::Unavailable(format!("grant from the server: {e}")))
     }
 }

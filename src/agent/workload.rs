@@ -40,34 +40,7 @@ impl WorkloadApi {
 
     /// Checks the security header and attests the caller.
     async fn caller<T>(&self, request: &Request<T>) -> Result<BTreeSet<Selector>, Status> {
-        match request.metadata().get("workload.spiffe.io") {
-            Some(v) if v.as_bytes() == b"true" => {}
-            _ => {
-                return Err(Status::invalid_argument(
-                    "security header missing from request",
-                ));
-            }
-        }
-        let cred = request
-            .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
-            .and_then(|cred| {
-                Some(PeerCred {
-                    pid: cred.pid()?,
-                    uid: cred.uid(),
-                    gid: cred.gid(),
-                })
-            })
-            .ok_or_else(|| Status::permission_denied("caller credentials unavailable"))?;
-        let agent = Arc::clone(&self.agent);
-        tokio::task::spawn_blocking(move || agent.attestor.attest(cred))
-            .await
-            .map_err(|_| Status::unavailable("attestation failed"))?
-            .map_err(|e| {
-                tracing::debug!(error = %e, "attestation failed");
-                Status::permission_denied(format!("{NO_IDENTITY}: {e}"))
-            })
+        attest_caller(&self.agent, request).await
     }
 
     fn entitlements(&self, selectors: &BTreeSet<Selector>) -> Vec<Entitlement> {
@@ -149,6 +122,42 @@ impl WorkloadApi {
                 .collect(),
         }
     }
+}
+
+/// Checks the security header and attests the caller from the socket's kernel
+/// credentials: the only way writ's agent-side APIs learn who is calling.
+pub(crate) async fn attest_caller<T>(
+    agent: &Arc<Agent>,
+    request: &Request<T>,
+) -> Result<BTreeSet<Selector>, Status> {
+    match request.metadata().get("workload.spiffe.io") {
+        Some(v) if v.as_bytes() == b"true" => {}
+        _ => {
+            return Err(Status::invalid_argument(
+                "security header missing from request",
+            ));
+        }
+    }
+    let cred = request
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+        .and_then(|cred| {
+            Some(PeerCred {
+                pid: cred.pid()?,
+                uid: cred.uid(),
+                gid: cred.gid(),
+            })
+        })
+        .ok_or_else(|| Status::permission_denied("caller credentials unavailable"))?;
+    let agent = Arc::clone(agent);
+    tokio::task::spawn_blocking(move || agent.attestor.attest(cred))
+        .await
+        .map_err(|_| Status::unavailable("attestation failed"))?
+        .map_err(|e| {
+            tracing::debug!(error = %e, "attestation failed");
+            Status::permission_denied(format!("{NO_IDENTITY}: {e}"))
+        })
 }
 
 /// Runs `state` now and after every change of policy, bundles or SVIDs, sending each

@@ -13,7 +13,7 @@ use crate::ca::{
 };
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::policy::entitlement_for;
+use crate::policy::{Grant, GrantRequest, entitlement_for};
 use crate::store::Store;
 use anyhow::Context;
 use registry::Registry;
@@ -169,6 +169,40 @@ impl Issuer {
                 () = tokio::time::sleep(Duration::from_millis(wait * 1000 + 50)) => {}
             }
         }
+    }
+
+    /// Files a grant request for a workload that holds `requested_by`, the investigative
+    /// identity of the same agent and incident (checked here against policy: an agent can
+    /// only ask for authority on an incident it is investigating now).
+    pub fn request_grant_for_workload(
+        &self,
+        request: GrantRequest,
+        requested_by: &SpiffeId,
+    ) -> Result<Grant, registry::RegistryError> {
+        use registry::RegistryError;
+        let policy = self.registry.snapshot();
+        let holds = entitlement_for(&policy, self.cas.base(), requested_by).filter(|e| {
+            e.band == writ_verifier::Band::Investigative
+                && e.claims.incident.as_deref() == Some(request.incident.as_str())
+                && requested_by.path().split('/').nth(2) == Some(request.agent.as_str())
+        });
+        if holds.is_none() {
+            return Err(RegistryError::Grant(
+                crate::policy::GrantError::NotEligible(format!(
+                    "{requested_by} is not the investigative identity of agent {:?} for incident {:?}",
+                    request.agent, request.incident
+                )),
+            ));
+        }
+        let now = self.cas.now();
+        let grant = self.registry.request_grant(
+            request,
+            &requested_by.to_string(),
+            registry::GrantLimits::default(),
+            now,
+        )?;
+        tracing::info!(grant = %grant.id, incident = %grant.incident, by = %requested_by, plan_digest = %grant.plan_digest, "grant requested by an agent");
+        Ok(grant)
     }
 
     /// Signs a JWT-SVID for `spiffe_id`, checked against policy as for X.509.

@@ -402,6 +402,48 @@ impl Node for NodeService {
             Err(IssueError::Ca(e)) => Err(ca_status(e)),
         }
     }
+
+    async fn request_grant(
+        &self,
+        request: Request<pb::NodeGrantRequest>,
+    ) -> Result<Response<pb::NodeGrantResponse>, Status> {
+        let node = Self::node(&request)?;
+        let body = request.into_inner();
+        let requested_by = writ_verifier::parse_spiffe_id(&body.requested_by)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let grant_request = crate::policy::GrantRequest {
+            incident: body.incident,
+            agent: body.agent,
+            action: body.action,
+            targets: body.targets.into_iter().collect(),
+            evidence: body.evidence,
+            plan: body.plan,
+            scopes: body.scopes.into_iter().collect(),
+            window_secs: body.window_seconds,
+        };
+        let issuer = Arc::clone(&self.issuer);
+        let grant = tokio::task::spawn_blocking(move || {
+            issuer.request_grant_for_workload(grant_request, &requested_by)
+        })
+        .await
+        .map_err(|_| Status::internal("grant task failed"))?
+        .map_err(|e| node_status(crate::agent::node::registry_error(e)))?;
+        tracing::debug!(%node, grant = %grant.id, "grant requested through a node");
+        Ok(Response::new(pb::NodeGrantResponse {
+            grant_json: serde_json::to_vec(&grant).map_err(|e| Status::internal(e.to_string()))?,
+        }))
+    }
+}
+
+fn node_status(error: crate::agent::node::NodeError) -> Status {
+    use crate::agent::node::NodeError;
+    match error {
+        NodeError::NotEntitled(m) => Status::permission_denied(m),
+        NodeError::Invalid(m) => Status::invalid_argument(m),
+        NodeError::Refused(m) => Status::failed_precondition(m),
+        NodeError::Limited(m) => Status::resource_exhausted(m),
+        NodeError::Unavailable(m) => Status::unavailable(m),
+    }
 }
 
 /// Creates a join token: 32 random bytes, base64url; only its hash is stored.

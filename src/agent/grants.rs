@@ -1,0 +1,102 @@
+//! `writ.agent.v1`: what an agent's workload asks of writ under its attested identity.
+//!
+//! A workload may request remediation only for an incident it is investigating right
+//! now: the caller is attested exactly as on the Workload API, must hold the
+//! investigative identity of that incident, and the request is filed under that SPIFFE
+//! ID, which can never approve it.
+
+use super::Agent;
+use super::node::NodeError;
+use super::workload::attest_caller;
+use crate::policy::{GrantRequest, entitlements};
+use crate::proto::agent::{self as pb, agent_api_server::AgentApi};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+use writ_verifier::Band;
+
+/// The agent API service.
+#[derive(Debug, Clone)]
+pub struct AgentService {
+    agent: Arc<Agent>,
+}
+
+impl AgentService {
+    /// A service for `agent`.
+    pub fn new(agent: Arc<Agent>) -> Self {
+        AgentService { agent }
+    }
+}
+
+fn status(error: NodeError) -> Status {
+    match error {
+        NodeError::NotEntitled(m) => Status::permission_denied(m),
+        NodeError::Invalid(m) => Status::invalid_argument(m),
+        NodeError::Refused(m) => Status::failed_precondition(m),
+        NodeError::Limited(m) => Status::resource_exhausted(m),
+        NodeError::Unavailable(m) => Status::unavailable(m),
+    }
+}
+
+#[tonic::async_trait]
+impl AgentApi for AgentService {
+    async fn request_grant(
+        &self,
+        request: Request<pb::RequestGrantRequest>,
+    ) -> Result<Response<pb::RequestGrantResponse>, Status> {
+        let selectors = attest_caller(&self.agent, &request).await?;
+        let body = request.into_inner();
+        let policy = self.agent.node.policy().borrow().clone();
+        let held = entitlements(&policy, self.agent.node.base(), &selectors)
+            .into_iter()
+            .find(|e| {
+                e.band == Band::Investigative
+                    && e.claims.incident.as_deref() == Some(body.incident.as_str())
+            })
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "this workload holds no investigative identity for incident {:?}",
+                    body.incident.chars().take(64).collect::<String>()
+                ))
+            })?;
+        let agent_name = held
+            .spiffe_id
+            .path()
+            .split('/')
+            .nth(2)
+            .unwrap_or_default()
+            .to_owned();
+        let grant = self
+            .agent
+            .node
+            .request_grant(
+                GrantRequest {
+                    incident: body.incident,
+                    agent: agent_name,
+                    action: body.action,
+                    targets: body.targets.into_iter().collect(),
+                    evidence: body.evidence,
+                    plan: body.plan,
+                    scopes: body.scopes.into_iter().collect(),
+                    window_secs: body.window_seconds,
+                },
+                &held.spiffe_id,
+            )
+            .await
+            .map_err(status)?;
+        let quorum = policy
+            .incidents
+            .get(&grant.incident)
+            .map(|i| crate::policy::grant::quorum(i.severity) as u32)
+            .unwrap_or(0);
+        Ok(Response::new(pb::RequestGrantResponse {
+            grant_id: grant.id,
+            plan_digest: grant.plan_digest,
+            state: serde_json::to_value(grant.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            quorum,
+            requested_by: grant.requested_by,
+        }))
+    }
+}

@@ -1,0 +1,136 @@
+//! An in-process `writ dev`: a real issuer and agent on a temp socket, for suites that
+//! drive the Workload API and the agent API with real clients.
+
+use spiffe::WorkloadApiClient;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
+use writ::agent::node::LocalNode;
+use writ::agent::{Agent, serve_workload};
+use writ::ca::CaConfig;
+use writ::clock::SystemClock;
+use writ::config::RawConfig;
+use writ::policy::{Incident, IncidentState, Profile, Selector, Severity};
+use writ::server::{Issuer, bind_unix};
+use writ_verifier::Band;
+
+pub struct Dev {
+    pub _dir: tempfile::TempDir,
+    pub issuer: Arc<Issuer>,
+    pub agent: Arc<Agent>,
+    pub socket: PathBuf,
+    pub stop: watch::Sender<bool>,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+pub async fn start(ca: CaConfig) -> Dev {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = RawConfig {
+        data_dir: Some(dir.path().join("data")),
+        ca,
+        ..RawConfig::default()
+    };
+    let config = raw.resolve().unwrap();
+    let issuer = Issuer::open(config, Arc::new(SystemClock)).unwrap();
+    let socket = issuer.config.workload_socket.clone();
+    let listener = bind_unix(&socket, 0o666).await.unwrap();
+    let agent = Agent::new(Arc::new(LocalNode::new(Arc::clone(&issuer))));
+    let (stop, rx) = watch::channel(false);
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tokio::spawn(Arc::clone(&agent).run_rotation(wait(rx.clone())));
+    tokio::spawn(Arc::clone(&issuer).run_expiry(wait(rx.clone())));
+    tokio::spawn(serve_workload(listener, Arc::clone(&agent), wait(rx)));
+    Dev {
+        _dir: dir,
+        issuer,
+        agent,
+        socket,
+        stop,
+    }
+}
+
+pub fn my_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").unwrap().uid()
+}
+
+impl Dev {
+    pub async fn client(&self) -> WorkloadApiClient {
+        WorkloadApiClient::connect_to(format!("unix://{}", self.socket.display()))
+            .await
+            .unwrap()
+    }
+
+    pub fn profile(&self, name: &str, selectors: &[Selector], scopes: &[&str]) {
+        self.issuer
+            .registry
+            .create_profile(Profile {
+                name: name.into(),
+                selectors: selectors.iter().cloned().collect(),
+                bands: BTreeSet::from([Band::Investigative]),
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                service: false,
+                created_at: 0,
+            })
+            .unwrap();
+    }
+
+    /// Opens `id` for `agent`; `order` (seconds) orders incidents opened in one test.
+    pub fn open(&self, id: &str, agent: &str, order: i64) {
+        let opened_at = self.issuer.cas.now() - 100 + order;
+        self.issuer
+            .registry
+            .open_incident(Incident {
+                id: id.into(),
+                title: "test".into(),
+                severity: Severity::Sev2,
+                assigned: BTreeSet::from([agent.to_string()]),
+                scopes: BTreeSet::new(),
+                state: IncidentState::Open,
+                opened_by: "test".into(),
+                opened_at,
+                closed_by: None,
+                closed_at: None,
+                max_lifetime_secs: 3600,
+            })
+            .unwrap();
+    }
+
+    pub fn close(&self, id: &str) {
+        let now = self.issuer.cas.now();
+        self.issuer
+            .registry
+            .close_incident(id, "test", now)
+            .unwrap();
+    }
+}
+
+/// writ's own generated client, for requests the `spiffe` crate would never send.
+pub async fn raw_client(
+    dev: &Dev,
+) -> writ::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+    tonic::transport::Channel,
+> {
+    let path = dev.socket.clone();
+    let channel = tonic::transport::Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+        .unwrap();
+    writ::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
+}

@@ -668,4 +668,27 @@ fn configured_operators_are_named_and_strangers_refused() {
     let stderr = String::from_utf8_lossy(&stranger.stderr);
     assert!(stderr.contains("not a writ operator"), "{stderr}");
     assert_eq!(dev.json(&["incident", "show", "INC-1"])["state"], "open");
+
+    let operators = json_lines(&dev.ok(&["operator", "list", "--json"]));
+    let alice = operators
+        .iter()
+        .find(|o| o["name"] == "alice")
+        .expect("alice listed");
+    assert_eq!(alice["uid"], 65534);
+    assert_eq!(alice["roles"], serde_json::json!(["incident-commander"]));
+    assert!(
+        operators
+            .iter()
+            .any(|o| o["uid"] == 0 && o["implicit"] == true)
+    );
+    assert_eq!(dev.json(&["operator", "show", "alice"])["uid"], 65534);
+    // Alice may not approve (no approver role); strangers may not even list.
+    let refused = run_as(
+        65534,
+        &dev,
+        &["profile", "create", "x", "--selector", "unix:uid:5"],
+    );
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("needs the role admin"));
+    assert!(!run_as(65533, &dev, &["operator", "list"]).status.success());
 }

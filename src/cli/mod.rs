@@ -7,6 +7,7 @@ mod client;
 mod dev;
 mod incident;
 mod mint;
+mod operator;
 mod output;
 mod profile;
 mod token;
@@ -35,6 +36,9 @@ enum Command {
     /// CA authorities: show, and rotate by hand (prepare, then activate).
     #[command(subcommand)]
     Authority(AuthorityCommand),
+    /// Operators: who may use the admin socket.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
     /// Join tokens for agents.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -89,6 +93,14 @@ enum AuthorityCommand {
     Prepare(authority::Args),
     /// Activate the prepared authority now; the current one retires.
     Activate(authority::Args),
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorCommand {
+    /// Every operator, with uid and roles.
+    List(AdminArgs),
+    /// One operator.
+    Show(operator::ShowArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +194,10 @@ impl Cli {
             Command::Server(args) => dev::server(args).await,
             Command::Agent(args) => dev::agent(args).await,
             Command::Token(TokenCommand::Create(args)) => token::create(args).await,
+            Command::Operator(OperatorCommand::List(args)) => operator::list(args, None).await,
+            Command::Operator(OperatorCommand::Show(args)) => {
+                operator::list(args.admin, Some(args.name)).await
+            }
             Command::Authority(AuthorityCommand::Show(args)) => {
                 authority::run(args, authority::Action::Show).await
             }

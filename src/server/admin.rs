@@ -690,6 +690,49 @@ impl Admin for AdminService {
         Ok(Response::new(self.authorities(&bands)))
     }
 
+    async fn list_operators(
+        &self,
+        request: Request<pb::ListOperatorsRequest>,
+    ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
+        self.authorize(&request)?;
+        let role_names = |roles: &mut dyn Iterator<Item = &Role>| -> Vec<String> {
+            roles
+                .filter_map(|r| {
+                    serde_json::to_value(r)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                })
+                .collect()
+        };
+        let mut operators: Vec<pb::Operator> = self
+            .issuer
+            .config
+            .operators
+            .iter()
+            .map(|o| pb::Operator {
+                name: o.name.clone(),
+                uid: o.uid,
+                roles: role_names(&mut o.roles.iter()),
+                implicit: false,
+            })
+            .collect();
+        let mut implicit = vec![0];
+        if self.server_uid != 0 {
+            implicit.push(self.server_uid);
+        }
+        for uid in implicit {
+            if !operators.iter().any(|o| o.uid == uid) {
+                operators.push(pb::Operator {
+                    name: caller_name(uid),
+                    uid,
+                    roles: role_names(&mut Role::ALL.iter()),
+                    implicit: true,
+                });
+            }
+        }
+        Ok(Response::new(pb::ListOperatorsResponse { operators }))
+    }
+
     async fn create_join_token(
         &self,
         request: Request<pb::CreateJoinTokenRequest>,

@@ -4,12 +4,15 @@
 //! 1. FetchX509SVID first-message latency with N concurrent clients (cache warm);
 //! 2. server memory per open FetchX509SVID stream (VmRSS of the `writ dev` process);
 //! 3. time from `writ incident close` returning until every affected stream has its
-//!    redaction (the stream's PermissionDenied).
+//!    redaction (the stream's PermissionDenied);
+//! 4. a storm of N incidents opened at once for one workload: time until its stream
+//!    holds all N SVIDs.
 //!
 //! `cargo build --release --bin writ --example workload-load &&
 //!  target/release/examples/workload-load --writ target/release/writ`
 //!
-//! Flags: --clients N (default 1000), --streams N (10000), --per-conn N (100).
+//! Flags: --clients N (default 1000), --streams N (10000), --per-conn N (100),
+//! --storm N (1000).
 
 // A measuring tool, not a service: failing loudly on setup errors is what we want.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
@@ -141,6 +144,7 @@ async fn main() {
     let clients = arg("--clients", 1000);
     let streams = arg("--streams", 10_000);
     let per_conn = arg("--per-conn", 100).max(1);
+    let storm = arg("--storm", 1000);
     let writ = writ_bin();
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
@@ -319,4 +323,56 @@ async fn main() {
         from_return,
     );
     report("redaction, from the close RPC's start", from_invoke);
+
+    // 4. Storm: N incidents opened at once, all assigned to this workload's profile.
+    let client = connect(&socket).await;
+    let mut watch = client.clone();
+    let open = |i: usize| writ::proto::admin::OpenIncidentRequest {
+        id: format!("STORM-{i}"),
+        title: "storm".into(),
+        severity: "sev3".into(),
+        assigned: vec!["load".into()],
+        scopes: vec![],
+        max_lifetime_seconds: None,
+    };
+    // A first incident so the workload has a stream to watch.
+    admin_client.open_incident(open(0)).await.expect("open");
+    let mut stream = watch
+        .fetch_x509svid(request())
+        .await
+        .expect("stream")
+        .into_inner();
+    stream.next().await.expect("first").expect("ok");
+    let started = Instant::now();
+    let mut opens = Vec::with_capacity(storm);
+    for i in 1..=storm {
+        let mut admin = admin_client.clone();
+        let req = open(i);
+        opens.push(tokio::spawn(async move {
+            admin.open_incident(req).await.map(|_| ())
+        }));
+    }
+    let mut all_open = None;
+    let waiter = tokio::spawn(async move {
+        loop {
+            match stream.next().await {
+                Some(Ok(message)) if message.svids.len() > storm => return Some(Instant::now()),
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    });
+    for o in opens {
+        o.await.expect("task").expect("open incident");
+    }
+    all_open.get_or_insert(Instant::now());
+    let held = waiter.await.expect("waiter").expect("stream ended");
+    println!(
+        "storm: {storm} incidents opened concurrently in {:.0} ms; the workload held all {} SVIDs after {:.0} ms",
+        all_open
+            .map(|t| t.duration_since(started).as_secs_f64() * 1e3)
+            .unwrap_or(0.0),
+        storm + 1,
+        held.duration_since(started).as_secs_f64() * 1e3
+    );
 }

@@ -41,6 +41,10 @@ pub struct RawConfig {
     pub node_listen: Option<String>,
     /// PEM CA certificates whose leaves may attest nodes by x509pop.
     pub x509pop_ca: Option<PathBuf>,
+    /// `host:port` for the remote admin API (mTLS with operator certificates).
+    pub admin_listen: Option<String>,
+    /// PEM CA certificates of operator client certificates (with `admin_listen`).
+    pub operator_ca: Option<PathBuf>,
     /// Humans allowed on the admin socket, by uid.
     #[serde(default, rename = "operator")]
     pub operators: Vec<crate::policy::Operator>,
@@ -66,6 +70,10 @@ pub struct Config {
     pub node_listen: Option<String>,
     /// x509pop CA certificates, if x509pop is enabled.
     pub x509pop_ca: Option<PathBuf>,
+    /// Remote admin API address, if served.
+    pub admin_listen: Option<String>,
+    /// Operator client certificate CAs, for the remote admin API.
+    pub operator_ca: Option<PathBuf>,
     /// Operators, besides root and the uid running the server (every role).
     pub operators: Vec<crate::policy::Operator>,
     /// How long an approval counts toward a grant's quorum, in seconds.
@@ -113,6 +121,8 @@ impl RawConfig {
             workload_socket,
             node_listen: self.node_listen,
             x509pop_ca: self.x509pop_ca,
+            admin_listen: self.admin_listen,
+            operator_ca: self.operator_ca,
             operators: self.operators,
             approval_ttl_secs: self.approval_ttl.map(|t| t.secs()).unwrap_or(3600),
             data_dir,

@@ -28,7 +28,7 @@ pub enum Action {
 }
 
 pub async fn run(args: Args, action: Action) -> anyhow::Result<()> {
-    let mut client = connect(&args.admin.admin_socket).await?;
+    let mut client = connect(&args.admin).await?;
     let request = pb::AuthorityRequest {
         band: args.band.map(|b| b.to_string()).unwrap_or_default(),
     };

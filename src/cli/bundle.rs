@@ -30,7 +30,7 @@ pub struct ShowArgs {
 }
 
 pub async fn show(args: ShowArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.admin.admin_socket).await?;
+    let mut client = connect(&args.admin).await?;
     let bundles = client
         .get_bundles(pb::GetBundlesRequest {
             band: args.band.map(|b| b.to_string()).unwrap_or_default(),
@@ -82,7 +82,7 @@ pub async fn show(args: ShowArgs) -> anyhow::Result<()> {
 }
 
 pub async fn healthcheck(args: AdminArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.admin_socket).await?;
+    let mut client = connect(&args).await?;
     let health = client
         .health(pb::HealthRequest {})
         .await

@@ -1,13 +1,120 @@
-//! Connecting to the admin API over its Unix socket.
+//! Connecting to the admin API: the local Unix socket, or a remote server over mTLS with
+//! an operator certificate.
 
+use super::AdminArgs;
 use crate::proto::admin::admin_client::AdminClient;
 use anyhow::Context;
 use hyper_util::rt::TokioIo;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+/// Where the admin API is.
+pub enum Target<'a> {
+    /// A local socket.
+    Socket(&'a Path),
+    /// What the command's flags say: the socket, or `--server` with mTLS.
+    Args(&'a AdminArgs),
+}
+
+impl<'a> From<&'a PathBuf> for Target<'a> {
+    fn from(path: &'a PathBuf) -> Self {
+        Target::Socket(path)
+    }
+}
+
+impl<'a> From<&'a AdminArgs> for Target<'a> {
+    fn from(args: &'a AdminArgs) -> Self {
+        Target::Args(args)
+    }
+}
+
+/// A client for the admin API.
+pub async fn connect<'a>(target: impl Into<Target<'a>>) -> anyhow::Result<AdminClient<Channel>> {
+    match target.into() {
+        Target::Socket(path) => connect_socket(path).await,
+        Target::Args(args) => match &args.server {
+            Some(server) => connect_remote(server, args).await,
+            None => connect_socket(&args.admin_socket).await,
+        },
+    }
+}
+
+/// Over mTLS: our operator certificate, and the server's SVID checked with writ's SPIFFE
+/// verifier (`spiffe://<trust domain>/writ/server`, chained to the given bundle).
+async fn connect_remote(server: &str, args: &AdminArgs) -> anyhow::Result<AdminClient<Channel>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let address = server
+        .strip_prefix("https://")
+        .context("--server must be https://HOST:PORT")?
+        .trim_end_matches('/')
+        .to_owned();
+    let need = |v: &Option<PathBuf>, flag: &str| {
+        v.clone().with_context(|| format!("--server needs {flag}"))
+    };
+    let cert_path = need(&args.cert, "--cert")?;
+    let key_path = need(&args.key, "--key")?;
+    let bundle_path = need(&args.server_bundle, "--server-bundle")?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .with_context(|| format!("reading {}", cert_path.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing {}", cert_path.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .with_context(|| format!("reading the key {}", key_path.display()))?;
+    let base = writ_verifier::parse_trust_domain(&args.trust_domain)?;
+    let bundle = crate::agent::remote::read_pem_certs(&bundle_path)?;
+    struct Fixed(spiffe::TrustDomain, Vec<CertificateDer<'static>>);
+    impl writ_verifier::tls::X509BundleSource for Fixed {
+        fn x509_authorities(
+            &self,
+            td: &spiffe::TrustDomain,
+        ) -> Option<Vec<CertificateDer<'static>>> {
+            (td == &self.0).then(|| self.1.clone())
+        }
+    }
+    let server_id = crate::server::tls::server_id(&base)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(writ_verifier::tls::SpiffeServerVerifier::new(
+        Arc::new(Fixed(base, bundle)),
+        writ_verifier::tls::exactly(server_id),
+    )))
+    .with_client_auth_cert(chain, key)
+    .context("the operator certificate and key do not match")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let channel = Endpoint::try_from("http://writ-server")?
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let connector = connector.clone();
+            let address = address.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&address).await?;
+                let name = ServerName::try_from("writ-server").map_err(std::io::Error::other)?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            anyhow::anyhow!("connecting to {server}: {text}")
+        })?;
+    Ok(AdminClient::new(channel))
+}
+
 /// A client for the admin API at `socket`.
-pub async fn connect(socket: &Path) -> anyhow::Result<AdminClient<Channel>> {
+async fn connect_socket(socket: &Path) -> anyhow::Result<AdminClient<Channel>> {
     if !socket.exists() {
         anyhow::bail!(
             "no admin socket at {} (is `writ dev` running? set --admin-socket or WRIT_ADMIN_SOCKET)",
@@ -30,7 +137,18 @@ pub async fn connect(socket: &Path) -> anyhow::Result<AdminClient<Channel>> {
     Ok(AdminClient::new(channel))
 }
 
-/// Turns a gRPC status into a one-line error.
+/// Turns a gRPC status into a one-line error, with the transport's cause when there is
+/// one (a refused certificate says so, not just "transport error").
 pub fn rpc_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", status.message())
+    let mut text = status.message().to_owned();
+    let mut source = std::error::Error::source(&status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    anyhow::anyhow!("{}", text.replace('\n', " "))
 }

@@ -10,7 +10,9 @@ use crate::agent::{Agent, serve_workload};
 use crate::clock::SystemClock;
 use crate::config::{RawAgentConfig, RawConfig};
 use crate::server::node::NodeService;
-use crate::server::tls::{ServerIdentity, accept_tls, server_config};
+use crate::server::tls::{
+    AdminPeer, NodePeer, ServerIdentity, accept_tls, admin_server_config, server_config,
+};
 use crate::server::{Issuer, bind_unix, serve_admin};
 use anyhow::Context;
 use clap::Args;
@@ -161,17 +163,50 @@ async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result
         "admin API",
         serve_admin(admin, Arc::clone(issuer), tasks.stopped()),
     );
-    if let Some(address) = &issuer.config.node_listen {
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .with_context(|| format!("binding the node API on {address}"))?;
+    let remote_admin = issuer
+        .config
+        .admin_listen
+        .as_ref()
+        .zip(issuer.config.operator_ca.as_ref());
+    if issuer.config.admin_listen.is_some() != issuer.config.operator_ca.is_some() {
+        anyhow::bail!(
+            "admin_listen and operator_ca go together: remote admin needs operator certificates"
+        );
+    }
+    let identity = if issuer.config.node_listen.is_some() || remote_admin.is_some() {
         let identity = ServerIdentity::new(Arc::clone(issuer))?;
-        let tls = server_config(issuer, Arc::clone(&identity))?;
-        let renew = identity.run(tasks.stopped());
+        let renew = Arc::clone(&identity).run(tasks.stopped());
         tasks.spawn("server SVID renewal", async move {
             renew.await;
             Ok(())
         });
+        Some(identity)
+    } else {
+        None
+    };
+    if let (Some((address, ca)), Some(identity)) = (remote_admin, &identity) {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding the remote admin API on {address}"))?;
+        let tls = admin_server_config(
+            Arc::clone(identity),
+            &crate::agent::remote::read_pem_certs(ca)?,
+        )?;
+        let service = crate::server::admin::AdminService::new(Arc::clone(issuer))?;
+        let stopped = tasks.stopped();
+        tasks.spawn("remote admin API", async move {
+            tonic::transport::Server::builder()
+                .add_service(crate::proto::admin::admin_server::AdminServer::new(service))
+                .serve_with_incoming_shutdown(accept_tls(listener, tls, AdminPeer::of), stopped)
+                .await
+                .context("remote admin API server failed")
+        });
+    }
+    if let (Some(address), Some(identity)) = (&issuer.config.node_listen, identity) {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding the node API on {address}"))?;
+        let tls = server_config(issuer, Arc::clone(&identity))?;
         let roots = match &issuer.config.x509pop_ca {
             Some(path) => crate::agent::remote::read_pem_certs(path)?,
             None => Vec::new(),
@@ -181,7 +216,7 @@ async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result
         tasks.spawn("node API", async move {
             tonic::transport::Server::builder()
                 .add_service(crate::proto::node::node_server::NodeServer::new(service))
-                .serve_with_incoming_shutdown(accept_tls(listener, tls), stopped)
+                .serve_with_incoming_shutdown(accept_tls(listener, tls, NodePeer::of), stopped)
                 .await
                 .context("node API server failed")
         });

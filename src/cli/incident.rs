@@ -49,7 +49,7 @@ fn returned(incident: Option<pb::Incident>) -> anyhow::Result<pb::Incident> {
 }
 
 pub async fn open(args: OpenArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.admin.admin_socket).await?;
+    let mut client = connect(&args.admin).await?;
     let incident = client
         .open_incident(pb::OpenIncidentRequest {
             id: args.id,
@@ -80,7 +80,7 @@ pub async fn open(args: OpenArgs) -> anyhow::Result<()> {
 }
 
 pub async fn close(args: IdArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.admin.admin_socket).await?;
+    let mut client = connect(&args.admin).await?;
     let incident = client
         .close_incident(pb::CloseIncidentRequest { id: args.id })
         .await
@@ -102,7 +102,7 @@ pub async fn close(args: IdArgs) -> anyhow::Result<()> {
 }
 
 pub async fn list(args: AdminArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.admin_socket).await?;
+    let mut client = connect(&args).await?;
     let incidents = client
         .list_incidents(pb::ListIncidentsRequest {})
         .await
@@ -140,7 +140,7 @@ pub async fn list(args: AdminArgs) -> anyhow::Result<()> {
 }
 
 pub async fn show(args: IdArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.admin.admin_socket).await?;
+    let mut client = connect(&args.admin).await?;
     let incident = client
         .get_incident(pb::GetIncidentRequest { id: args.id })
         .await

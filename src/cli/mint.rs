@@ -46,7 +46,7 @@ pub async fn x509(args: X509MintArgs) -> anyhow::Result<()> {
     let csr = params.serialize_request(&key).context("building the CSR")?;
     let key_der = Zeroizing::new(key.serialize_der());
 
-    let mut client = connect(&args.admin.admin_socket).await?;
+    let mut client = connect(&args.admin).await?;
     let minted = client
         .mint_x509_svid(pb::MintX509SvidRequest {
             identity: Some(args.identity.to_proto()),
@@ -113,7 +113,7 @@ fn write_outputs(dir: &Path, svid: &str, key: &str, bundle: &str) -> anyhow::Res
 }
 
 pub async fn jwt(args: JwtMintArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.admin.admin_socket).await?;
+    let mut client = connect(&args.admin).await?;
     let minted = client
         .mint_jwt_svid(pb::MintJwtSvidRequest {
             identity: Some(args.identity.to_proto()),

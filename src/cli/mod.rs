@@ -137,6 +137,22 @@ pub struct AdminArgs {
         default_value = "./writ-data/admin.sock"
     )]
     admin_socket: PathBuf,
+    /// A remote server's admin API, `https://HOST:PORT`, over mTLS with an operator
+    /// certificate (instead of the local socket).
+    #[arg(long, env = "WRIT_SERVER")]
+    server: Option<String>,
+    /// Operator certificate (PEM) for --server.
+    #[arg(long, env = "WRIT_OPERATOR_CERT", requires = "server")]
+    cert: Option<PathBuf>,
+    /// Operator private key (PEM PKCS#8) for --server.
+    #[arg(long, env = "WRIT_OPERATOR_KEY", requires = "server")]
+    key: Option<PathBuf>,
+    /// The server's base trust bundle (PEM, `writ bundle show --band base`) for --server.
+    #[arg(long, env = "WRIT_SERVER_BUNDLE", requires = "server")]
+    server_bundle: Option<PathBuf>,
+    /// The server's base trust domain, for --server.
+    #[arg(long, env = "WRIT_TRUST_DOMAIN", default_value = "example.org")]
+    trust_domain: String,
     /// Print JSON (one object, or one per line for lists).
     #[arg(long)]
     json: bool,

@@ -14,7 +14,7 @@ pub struct ShowArgs {
 }
 
 pub async fn list(args: AdminArgs, only: Option<String>) -> anyhow::Result<()> {
-    let mut client = connect(&args.admin_socket).await?;
+    let mut client = connect(&args).await?;
     let operators = client
         .list_operators(pb::ListOperatorsRequest {})
         .await
@@ -42,12 +42,8 @@ pub async fn list(args: AdminArgs, only: Option<String>) -> anyhow::Result<()> {
             } else {
                 ""
             };
-            println!(
-                "{:<16} uid {:<6} {}{note}",
-                o.name,
-                o.uid,
-                o.roles.join(",")
-            );
+            let uid = o.uid.map(|u| u.to_string()).unwrap_or_else(|| "-".into());
+            println!("{:<16} uid {uid:<6} {}{note}", o.name, o.roles.join(","));
         }
     }
     Ok(())

@@ -41,7 +41,7 @@ pub struct NameArgs {
 }
 
 pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.admin.admin_socket).await?;
+    let mut client = connect(&args.admin).await?;
     let profile = client
         .create_profile(pb::CreateProfileRequest {
             name: args.name,
@@ -65,7 +65,7 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
 }
 
 pub async fn list(args: AdminArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.admin_socket).await?;
+    let mut client = connect(&args).await?;
     let profiles = client
         .list_profiles(pb::ListProfilesRequest {})
         .await
@@ -98,7 +98,7 @@ pub async fn list(args: AdminArgs) -> anyhow::Result<()> {
 }
 
 pub async fn show(args: NameArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.admin.admin_socket).await?;
+    let mut client = connect(&args.admin).await?;
     let profile = client
         .get_profile(pb::GetProfileRequest { name: args.name })
         .await
@@ -115,7 +115,7 @@ pub async fn show(args: NameArgs) -> anyhow::Result<()> {
 }
 
 pub async fn delete(args: NameArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.admin.admin_socket).await?;
+    let mut client = connect(&args.admin).await?;
     let profile = client
         .delete_profile(pb::DeleteProfileRequest { name: args.name })
         .await

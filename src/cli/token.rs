@@ -18,7 +18,7 @@ pub struct CreateArgs {
 }
 
 pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.admin.admin_socket).await?;
+    let mut client = connect(&args.admin).await?;
     let created = client
         .create_join_token(pb::CreateJoinTokenRequest {
             ttl_seconds: args.ttl.map(|t| t.secs()),

@@ -134,10 +134,12 @@ impl FromStr for Role {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Operator {
-    /// Name recorded in incidents and logs.
+    /// Name recorded in incidents and logs; over mTLS, the name the operator's client
+    /// certificate carries.
     pub name: String,
-    /// Local uid.
-    pub uid: u32,
+    /// Local uid, for the admin socket; absent for remote-only operators.
+    #[serde(default)]
+    pub uid: Option<u32>,
     /// Roles; default approver.
     #[serde(default = "default_roles")]
     pub roles: BTreeSet<Role>,
@@ -171,7 +173,7 @@ impl FromStr for Operator {
         let uid = uid.parse().map_err(|_| bad())?;
         Ok(Operator {
             name: name.to_owned(),
-            uid,
+            uid: Some(uid),
             roles,
         })
     }
@@ -783,7 +785,7 @@ mod tests {
     #[test]
     fn operators_parse_with_default_and_explicit_roles() {
         let alice: Operator = "alice=1001".parse().unwrap();
-        assert_eq!(alice.uid, 1001);
+        assert_eq!(alice.uid, Some(1001));
         assert_eq!(alice.roles, BTreeSet::from([Role::Approver]));
         let bob: Operator = "bob=1002:admin,incident-commander".parse().unwrap();
         assert_eq!(

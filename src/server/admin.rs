@@ -52,54 +52,59 @@ impl AdminService {
     /// Like [`AdminService::authorize`], and the operator must hold one of `roles`
     /// (root and the uid running writ hold every role). Refusals are logged.
     fn authorize_role<T>(&self, request: &Request<T>, roles: &[Role]) -> Result<String, Status> {
-        let who = self.authorize(request)?;
-        let uid = request
-            .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
-            .map(|cred| cred.uid());
-        let allowed = match self
-            .issuer
-            .config
-            .operators
-            .iter()
-            .find(|o| Some(o.uid) == uid)
-        {
-            Some(operator) => roles.iter().any(|r| operator.roles.contains(r)),
-            None => true,
-        };
-        if allowed {
-            Ok(who)
-        } else {
-            let wanted: Vec<String> = roles
-                .iter()
-                .filter_map(|r| {
-                    serde_json::to_value(r)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                })
-                .collect();
-            tracing::warn!(operator = %who, ?wanted, "admin call refused: missing role");
-            Err(Status::permission_denied(format!(
-                "{who} needs the role {}",
-                wanted.join(" or ")
-            )))
+        let (who, held) = self.operator(request)?;
+        if roles.iter().any(|r| held.contains(r)) {
+            return Ok(who);
         }
+        let wanted: Vec<String> = roles
+            .iter()
+            .filter_map(|r| {
+                serde_json::to_value(r)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+            })
+            .collect();
+        tracing::warn!(operator = %who, ?wanted, "admin call refused: missing role");
+        Err(Status::permission_denied(format!(
+            "{who} needs the role {}",
+            wanted.join(" or ")
+        )))
     }
 
-    /// The operator calling: a configured operator by uid, or root / the uid running the
-    /// server (every role). Returns the name recorded for their actions.
+    /// The operator calling. Returns the name recorded for their actions.
     fn authorize<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        self.operator(request).map(|(who, _)| who)
+    }
+
+    /// Who is calling and with which roles: on the local socket, a configured operator by
+    /// the kernel-reported uid, or root / the uid running writ (every role); over mTLS, the
+    /// configured operator named by the verified client certificate.
+    fn operator<T>(&self, request: &Request<T>) -> Result<(String, BTreeSet<Role>), Status> {
+        let operators = &self.issuer.config.operators;
+        if let Some(peer) = request.extensions().get::<super::tls::AdminPeer>() {
+            let name = peer.operator.as_deref().ok_or_else(|| {
+                Status::unauthenticated("an operator client certificate is required")
+            })?;
+            return match operators.iter().find(|o| o.name == name) {
+                Some(o) => Ok((o.name.clone(), o.roles.clone())),
+                None => {
+                    tracing::warn!(operator = %name, "admin call refused: certificate names no configured operator");
+                    Err(Status::permission_denied(format!(
+                        "{name} is not a writ operator"
+                    )))
+                }
+            };
+        }
         let uid = request
             .extensions()
             .get::<UdsConnectInfo>()
             .and_then(|info| info.peer_cred)
             .map(|cred| cred.uid())
             .ok_or_else(|| Status::permission_denied("caller credentials unavailable"))?;
-        if let Some(operator) = self.issuer.config.operators.iter().find(|o| o.uid == uid) {
-            Ok(operator.name.clone())
+        if let Some(o) = operators.iter().find(|o| o.uid == Some(uid)) {
+            Ok((o.name.clone(), o.roles.clone()))
         } else if uid == 0 || uid == self.server_uid {
-            Ok(caller_name(uid))
+            Ok((caller_name(uid), Role::ALL.into_iter().collect()))
         } else {
             tracing::warn!(uid, "admin call refused: not an operator");
             Err(Status::permission_denied(format!(
@@ -721,10 +726,10 @@ impl Admin for AdminService {
             implicit.push(self.server_uid);
         }
         for uid in implicit {
-            if !operators.iter().any(|o| o.uid == uid) {
+            if !operators.iter().any(|o| o.uid == Some(uid)) {
                 operators.push(pb::Operator {
                     name: caller_name(uid),
-                    uid,
+                    uid: Some(uid),
                     roles: role_names(&mut Role::ALL.iter()),
                     implicit: true,
                 });

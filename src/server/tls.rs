@@ -127,6 +127,54 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// What an admin API handler knows about a caller that came over mTLS.
+#[derive(Clone, Debug)]
+pub struct AdminPeer {
+    /// The operator named by the verified client certificate: the last segment of a
+    /// `spiffe://…/operator/<name>` URI SAN, else the subject's common name.
+    pub operator: Option<String>,
+}
+
+/// The operator a verified client certificate names.
+pub fn operator_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    if let Some(id) = peer_spiffe_id(cert) {
+        let mut segments = id.path().split('/').skip(1);
+        if let (Some("operator"), Some(name), None) =
+            (segments.next(), segments.next(), segments.next())
+        {
+            return Some(name.to_owned());
+        }
+    }
+    let cn = parsed.subject().iter_common_name().next()?.as_str().ok()?;
+    crate::policy::check_name("operator", cn).ok()?;
+    Some(cn.to_owned())
+}
+
+/// The rustls configuration of the remote admin API: our SVID; a client certificate
+/// chained to the operator CA is mandatory.
+pub fn admin_server_config(
+    identity: Arc<ServerIdentity>,
+    operator_cas: &[CertificateDer<'static>],
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in operator_cas {
+        roots.add(ca.clone())?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::clone(&provider),
+    )
+    .build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(identity);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// What a node API handler knows about its caller.
 #[derive(Clone, Debug)]
 pub struct NodePeer {
@@ -134,21 +182,42 @@ pub struct NodePeer {
     pub spiffe_id: Option<SpiffeId>,
 }
 
-/// An accepted TLS connection, with its verified peer.
-pub struct NodeConn {
-    inner: TlsStream<TcpStream>,
-    peer: NodePeer,
+impl NodePeer {
+    /// From the verified client certificate, if any.
+    pub fn of(cert: Option<&CertificateDer<'_>>) -> Self {
+        NodePeer {
+            spiffe_id: cert.and_then(peer_spiffe_id),
+        }
+    }
 }
 
-impl tonic::transport::server::Connected for NodeConn {
-    type ConnectInfo = NodePeer;
+impl AdminPeer {
+    /// From the verified client certificate, if any.
+    pub fn of(cert: Option<&CertificateDer<'_>>) -> Self {
+        AdminPeer {
+            operator: cert.and_then(operator_name),
+        }
+    }
+}
+
+/// An accepted TLS connection, with what was learnt of its verified peer.
+pub struct TlsConn<P> {
+    inner: TlsStream<TcpStream>,
+    peer: P,
+}
+
+/// A node API connection.
+pub type NodeConn = TlsConn<NodePeer>;
+
+impl<P: Clone + Send + Sync + 'static> tonic::transport::server::Connected for TlsConn<P> {
+    type ConnectInfo = P;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.peer.clone()
     }
 }
 
-impl AsyncRead for NodeConn {
+impl<P: Unpin> AsyncRead for TlsConn<P> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -158,7 +227,7 @@ impl AsyncRead for NodeConn {
     }
 }
 
-impl AsyncWrite for NodeConn {
+impl<P: Unpin> AsyncWrite for TlsConn<P> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -178,10 +247,11 @@ impl AsyncWrite for NodeConn {
 
 /// Accepts TCP connections and completes TLS handshakes off the accept loop; a client
 /// that stalls or fails its handshake costs only its own task.
-pub fn accept_tls(
+pub fn accept_tls<P: Send + 'static>(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
-) -> tokio_stream::wrappers::ReceiverStream<Result<NodeConn, io::Error>> {
+    peer_of: fn(Option<&CertificateDer<'_>>) -> P,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn<P>, io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
@@ -202,18 +272,13 @@ pub fn accept_tls(
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let spiffe_id = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|certs| certs.first())
-                            .and_then(peer_spiffe_id);
-                        let _ = tx
-                            .send(Ok(NodeConn {
-                                inner: tls,
-                                peer: NodePeer { spiffe_id },
-                            }))
-                            .await;
+                        let peer = peer_of(
+                            tls.get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|certs| certs.first()),
+                        );
+                        let _ = tx.send(Ok(TlsConn { inner: tls, peer })).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%addr, error = %e, "node API handshake failed"),
                     Err(_) => tracing::debug!(%addr, "node API handshake timed out"),

@@ -76,6 +76,20 @@ impl Issuer {
             clock,
         )?;
         let registry = Registry::load(Arc::clone(&store))?;
+        // Operators come from configuration: approvals by someone no longer configured
+        // stop counting, and grants that lose their quorum end now.
+        let server_uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?);
+        let known: Vec<String> = config
+            .operators
+            .iter()
+            .map(|o| o.name.clone())
+            .chain(["uid:0".to_owned(), format!("uid:{server_uid}")])
+            .collect();
+        for grant in
+            registry.withdraw_approvals(|name| known.iter().any(|k| k == name), cas.now())?
+        {
+            tracing::warn!(grant = %grant.id, state = ?grant.state, "approvals of removed operators withdrawn");
+        }
         let (bundles, _) = tokio::sync::watch::channel(Arc::new(cas.bundle_set()?));
         Ok(Arc::new(Issuer {
             config,

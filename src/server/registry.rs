@@ -330,6 +330,55 @@ impl Registry {
         })
     }
 
+    /// Withdraws the approvals of operators who are no longer configured: a pending
+    /// grant loses them; an active grant that no longer has its quorum is revoked.
+    /// Returns the grants that changed.
+    pub fn withdraw_approvals(
+        &self,
+        is_operator: impl Fn(&str) -> bool,
+        now: i64,
+    ) -> Result<Vec<Grant>, RegistryError> {
+        let stale = self.snapshot().grants.values().any(|g| {
+            matches!(g.state, GrantState::Pending | GrantState::Active)
+                && g.approvals.iter().any(|a| !is_operator(&a.by))
+        });
+        if !stale {
+            return Ok(Vec::new());
+        }
+        self.change(|policy| {
+            let mut changed = Vec::new();
+            for g in policy.grants.values() {
+                if !matches!(g.state, GrantState::Pending | GrantState::Active) {
+                    continue;
+                }
+                let removed: Vec<String> = g
+                    .approvals
+                    .iter()
+                    .filter(|a| !is_operator(&a.by))
+                    .map(|a| a.by.clone())
+                    .collect();
+                if removed.is_empty() {
+                    continue;
+                }
+                let mut next = g.clone();
+                next.approvals.retain(|a| is_operator(&a.by));
+                let quorum = policy
+                    .incidents
+                    .get(&g.incident)
+                    .map(|i| grant::quorum(i.severity))
+                    .unwrap_or(usize::MAX);
+                if next.state == GrantState::Active && next.approvals.len() < quorum {
+                    let reason = format!("approver removed: {}", removed.join(", "));
+                    next = grant::end(&next, GrantState::Revoked, "writ", &reason, now)?;
+                }
+                changed.push(next);
+            }
+            self.store.put_policy_changes(&[], &changed)?;
+            apply(policy, &[], &changed);
+            Ok(changed)
+        })
+    }
+
     /// The next instant something runs out (a grant window, an incident's lifetime).
     pub fn next_deadline(&self) -> Option<i64> {
         deadlines(&self.snapshot()).min()
@@ -505,6 +554,52 @@ mod tests {
             registry.close_incident("nope", "root", 3),
             Err(RegistryError::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn removing_an_approver_revokes_grants_that_lose_their_quorum() {
+        use crate::policy::grant::plan_digest;
+        let dir = tempfile::tempdir().unwrap();
+        let registry =
+            Registry::load(Arc::new(Store::open(&dir.path().join("w.redb")).unwrap())).unwrap();
+        registry
+            .create_profile(Profile {
+                name: "triage".into(),
+                selectors: BTreeSet::from(["unix:uid:1".parse().unwrap()]),
+                bands: BTreeSet::from([Band::Investigative, Band::Remediation]),
+                scopes: BTreeSet::new(),
+                service: false,
+                created_at: 0,
+            })
+            .unwrap();
+        let mut inc = incident("INC-1");
+        inc.opened_at = 0;
+        registry.open_incident(inc).unwrap();
+        let request = GrantRequest {
+            incident: "INC-1".into(),
+            agent: "triage".into(),
+            action: "restart".into(),
+            plan: "plan".into(),
+            ..GrantRequest::default()
+        };
+        let g = registry
+            .request_grant(request, "agent", GrantLimits::default(), 1)
+            .unwrap();
+        registry
+            .approve_grant(&g.id, "alice", &plan_digest("plan"), 3600, 2)
+            .unwrap();
+        let active = registry
+            .approve_grant(&g.id, "bob", &plan_digest("plan"), 3600, 3)
+            .unwrap();
+        assert_eq!(active.state, GrantState::Active);
+        assert!(registry.withdraw_approvals(|_| true, 4).unwrap().is_empty());
+        let changed = registry
+            .withdraw_approvals(|name| name != "bob", 5)
+            .unwrap();
+        assert_eq!(changed.len(), 1);
+        let after = &registry.snapshot().grants[&g.id];
+        assert_eq!(after.state, GrantState::Revoked);
+        assert!(after.ended.as_ref().unwrap().reason.contains("bob"));
     }
 
     #[test]

@@ -100,11 +100,9 @@ fn operators_reach_the_admin_api_over_mtls_with_their_roles() {
     std::fs::write(dir.join("operators.pem"), ca_pem).unwrap();
     let (alice_cert, alice_key) = operator_cert(&operator_ca, "alice", dir);
     let (mallory_ca, _) = ca("somebody else");
-    let (mallory_cert, mallory_key) = operator_cert(
-        &mallory_ca,
-        "alice",
-        dir.join("..").as_path().canonicalize().unwrap().as_path(),
-    );
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let (mallory_cert, mallory_key) = operator_cert(&mallory_ca, "alice", &elsewhere);
     let admin_port = free_port();
     let config = format!(
         "data_dir = \"{}\"\nnode_listen = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\noperator_ca = \"{}\"\n\n[[operator]]\nname = \"alice\"\nroles = [\"incident-commander\"]\n",

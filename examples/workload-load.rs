@@ -67,39 +67,15 @@ fn cli(writ: &Path, admin: &Path, args: &[&str]) {
 }
 
 async fn connect(socket: &Path) -> Client {
-    let path = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::try_from("http://localhost")
-        .expect("uri")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }))
-        .await
-        .expect("connect");
-    SpiffeWorkloadApiClient::new(channel)
+    SpiffeWorkloadApiClient::new(writ::uds::channel(socket).await.expect("connect"))
 }
 
 async fn admin_client(
     socket: &Path,
 ) -> writ::proto::admin::admin_client::AdminClient<tonic::transport::Channel> {
-    let path = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::try_from("http://localhost")
-        .expect("uri")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }))
-        .await
-        .expect("connect admin");
-    writ::proto::admin::admin_client::AdminClient::new(channel)
+    writ::proto::admin::admin_client::AdminClient::new(
+        writ::uds::channel(socket).await.expect("connect admin"),
+    )
 }
 
 fn request() -> tonic::Request<pb::X509svidRequest> {

@@ -9,6 +9,7 @@
 //! * [`cli`]: the `writ` command line, one file per command group.
 //! * [`config`]: configuration file → typed config.
 //! * [`proto`]: generated gRPC code (the SPIFFE Workload API and writ's own APIs).
+//! * [`uds`]: gRPC channels over Unix sockets.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -22,5 +23,6 @@ pub mod proto;
 pub mod server;
 pub mod store;
 pub mod ttl;
+pub mod uds;
 
 pub use writ_verifier::{Band, WritClaims};

@@ -57,20 +57,7 @@ fn incident(dev: &Dev, id: &str, severity: Severity) {
 async fn agent_client(
     dev: &Dev,
 ) -> pb::agent_api_client::AgentApiClient<tonic::transport::Channel> {
-    let path = dev.socket.clone();
-    let channel = tonic::transport::Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }))
-        .await
-        .unwrap();
-    pb::agent_api_client::AgentApiClient::new(channel)
+    pb::agent_api_client::AgentApiClient::new(writ::uds::channel(&dev.socket).await.unwrap())
 }
 
 fn grant_request(incident: &str, scopes: &[&str]) -> tonic::Request<pb::RequestGrantRequest> {

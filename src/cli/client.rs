@@ -121,17 +121,7 @@ async fn connect_socket(socket: &Path) -> anyhow::Result<AdminClient<Channel>> {
             socket.display()
         );
     }
-    let path = socket.to_path_buf();
-    // The URI is a placeholder: the connector below ignores it and dials the socket.
-    let channel = Endpoint::try_from("http://localhost")?
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
+    let channel = crate::uds::channel(socket)
         .await
         .with_context(|| format!("connecting to {}", socket.display()))?;
     Ok(AdminClient::new(channel))

@@ -119,18 +119,7 @@ pub async fn raw_client(
 ) -> writ::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<
     tonic::transport::Channel,
 > {
-    let path = dev.socket.clone();
-    let channel = tonic::transport::Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }))
-        .await
-        .unwrap();
-    writ::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
+    writ::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(
+        writ::uds::channel(&dev.socket).await.unwrap(),
+    )
 }

@@ -159,6 +159,12 @@ async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result
         rotation.await;
         Ok(())
     });
+    // Grant windows and incident lifetimes end on time, not only at the next request.
+    let expiry = Arc::clone(issuer).run_expiry(tasks.stopped());
+    tasks.spawn("grant and incident expiry", async move {
+        expiry.await;
+        Ok(())
+    });
     tasks.spawn(
         "admin API",
         serve_admin(admin, Arc::clone(issuer), tasks.stopped()),

@@ -1,4 +1,4 @@
-//! `writ incident open | close | list | show`.
+//! `writ incident open | close | extend | list | show`.
 //!
 //! Flags are passed through as typed: the server parses severity, names and scopes and
 //! is the only judge of them.
@@ -40,6 +40,18 @@ pub struct OpenArgs {
 pub struct IdArgs {
     /// The incident id.
     id: String,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// Flags of `writ incident extend`.
+#[derive(Debug, Args)]
+pub struct ExtendArgs {
+    /// The incident id.
+    id: String,
+    /// How much longer it may stay open, e.g. 2h.
+    #[arg(long)]
+    by: Ttl,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -96,6 +108,31 @@ pub async fn close(args: IdArgs) -> anyhow::Result<()> {
             incident.id,
             incident.closed_at.map_or_else(|| "-".into(), format_unix),
             incident.closed_by.as_deref().unwrap_or("-"),
+        );
+    }
+    Ok(())
+}
+
+pub async fn extend(args: ExtendArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.admin).await?;
+    let incident = client
+        .extend_incident(pb::ExtendIncidentRequest {
+            id: args.id,
+            by_seconds: args.by.secs(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner()
+        .incident;
+    let incident = returned(incident)?;
+    if args.admin.json {
+        println!("{}", to_json(&incident));
+    } else {
+        println!(
+            "extended incident {} by {}; it may stay open until {}",
+            incident.id,
+            args.by,
+            deadline(&incident)
         );
     }
     Ok(())
@@ -172,12 +209,17 @@ fn to_json(incident: &pb::Incident) -> serde_json::Value {
     })
 }
 
-fn print_incident(incident: &pb::Incident) {
-    let lifetime = humantime::format_duration(Duration::from_secs(incident.max_lifetime_seconds));
-    let deadline = incident
+/// When the incident closes itself unless extended.
+fn deadline(incident: &pb::Incident) -> String {
+    incident
         .opened_at
         .checked_add_unsigned(incident.max_lifetime_seconds)
-        .map_or_else(|| "-".into(), format_unix);
+        .map_or_else(|| "-".into(), format_unix)
+}
+
+fn print_incident(incident: &pb::Incident) {
+    let lifetime = humantime::format_duration(Duration::from_secs(incident.max_lifetime_seconds));
+    let deadline = deadline(incident);
     println!("id:            {}", incident.id);
     println!("title:         {}", incident.title);
     println!("severity:      {}", incident.severity);

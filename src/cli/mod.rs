@@ -5,10 +5,12 @@ mod authority;
 mod bundle;
 mod client;
 mod dev;
+mod grant;
 mod incident;
 mod mint;
 mod operator;
 mod output;
+mod playbook;
 mod profile;
 mod token;
 
@@ -57,6 +59,14 @@ enum Command {
     /// Incidents: what agents work on, for how long, with which scopes.
     #[command(subcommand)]
     Incident(IncidentCommand),
+    /// Remediation grants: a plan, approved by a quorum of named humans, active for a
+    /// bounded window.
+    #[command(subcommand)]
+    Grant(GrantCommand),
+    /// Guardrail playbooks: pre-approved containment actions, activated by one incident
+    /// commander for at most 10 minutes.
+    #[command(subcommand)]
+    Playbook(playbook::PlaybookCommand),
     /// Check that the server answers.
     Healthcheck(AdminArgs),
 }
@@ -79,10 +89,29 @@ enum IncidentCommand {
     Open(incident::OpenArgs),
     /// Close an incident for good: no identity for it is issued any more.
     Close(incident::IdArgs),
+    /// Extend an open incident's maximum lifetime.
+    Extend(incident::ExtendArgs),
     /// List every incident, open and closed.
     List(AdminArgs),
     /// Show one incident.
     Show(incident::IdArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum GrantCommand {
+    /// Ask for remediation authority with a plan; prints the grant id.
+    Request(grant::RequestArgs),
+    /// Approve a grant's plan (its SHA-256). Without --digest, the fetched plan's digest
+    /// is sent and, once accepted, what you approved is echoed to stderr.
+    Approve(grant::ApproveArgs),
+    /// Refuse a pending grant.
+    Deny(grant::EndArgs),
+    /// List grants, of every incident or of one.
+    List(grant::ListArgs),
+    /// Show one grant with its evidence and plan in full: what approvers sign.
+    Show(grant::ShowArgs),
+    /// End a pending or active grant now.
+    Revoke(grant::EndArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -232,8 +261,16 @@ impl Cli {
             Command::Profile(ProfileCommand::Delete(args)) => profile::delete(args).await,
             Command::Incident(IncidentCommand::Open(args)) => incident::open(args).await,
             Command::Incident(IncidentCommand::Close(args)) => incident::close(args).await,
+            Command::Incident(IncidentCommand::Extend(args)) => incident::extend(args).await,
             Command::Incident(IncidentCommand::List(args)) => incident::list(args).await,
             Command::Incident(IncidentCommand::Show(args)) => incident::show(args).await,
+            Command::Grant(GrantCommand::Request(args)) => grant::request(args).await,
+            Command::Grant(GrantCommand::Approve(args)) => grant::approve(args).await,
+            Command::Grant(GrantCommand::Deny(args)) => grant::deny(args).await,
+            Command::Grant(GrantCommand::List(args)) => grant::list(args).await,
+            Command::Grant(GrantCommand::Show(args)) => grant::show(args).await,
+            Command::Grant(GrantCommand::Revoke(args)) => grant::revoke(args).await,
+            Command::Playbook(command) => playbook::run(command).await,
             Command::Healthcheck(args) => bundle::healthcheck(args).await,
         }
     }

@@ -46,3 +46,42 @@ pub fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
         println!("{}", line(row.each_ref().map(String::as_str)));
     }
 }
+
+/// `text` for a terminal: control characters other than tab, and the invisible or
+/// direction-changing format characters a hostile text could use to hide or reorder
+/// what a reader sees (carriage return, escape sequences, bidi overrides, zero-width
+/// characters), are shown as `\u{…}` escapes. Newlines are kept.
+pub fn visible(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let hidden = (c.is_control() && c != '\n' && c != '\t')
+            || matches!(
+                c,
+                '\u{061C}'
+                    | '\u{200B}'..='\u{200F}'
+                    | '\u{202A}'..='\u{202E}'
+                    | '\u{2060}'..='\u{2069}'
+                    | '\u{FEFF}'
+            );
+        if hidden {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_characters_are_shown_escaped() {
+        assert_eq!(visible("restart\tcheckout\n"), "restart\tcheckout\n");
+        assert_eq!(visible("a\u{1b}[2Kb"), "a\\u{1b}[2Kb");
+        assert_eq!(visible("ok\rrm -rf"), "ok\\u{d}rm -rf");
+        assert_eq!(visible("x\u{202E}y\u{200B}"), "x\\u{202e}y\\u{200b}");
+        assert_eq!(visible("naïve ✓"), "naïve ✓");
+    }
+}

@@ -11,6 +11,8 @@ use std::collections::BTreeSet;
 
 /// Largest plan accepted (text or diff).
 pub const MAX_PLAN_LEN: usize = 256 * 1024;
+/// Most bytes of targets in one grant (they are carried in every SVID's claims).
+pub const MAX_TARGETS_LEN: usize = 4 * 1024;
 /// Longest grant window.
 pub const MAX_WINDOW_SECS: u64 = 4 * 3600;
 /// Default grant window (DESIGN.md §3).
@@ -104,6 +106,9 @@ pub struct Grant {
     /// When it was denied, revoked or expired, by whom and why.
     #[serde(default)]
     pub ended: Option<Ending>,
+    /// The guardrail playbook it was activated from, if any (see [`super::playbook`]).
+    #[serde(default)]
+    pub playbook: Option<String>,
 }
 
 /// How a grant ended.
@@ -185,18 +190,22 @@ pub struct GrantRequest {
 }
 
 fn text_ok(what: &str, text: &str, max: usize) -> Result<(), PolicyError> {
-    if text.is_empty()
-        || text.len() > max
-        || text
-            .chars()
-            .any(|c| c.is_control() && c != '\n' && c != '\t')
-    {
-        return Err(PolicyError::BadName {
-            what: what.into(),
-            name: text.chars().take(64).collect(),
-        });
+    let bad = |reason: String| PolicyError::BadText { what: what.into(), reason };
+    if text.is_empty() {
+        return Err(bad("must not be empty".into()));
+    }
+    if text.len() > max {
+        return Err(bad(format!("at most {max} bytes")));
+    }
+    if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(bad("control characters are not allowed".into()));
     }
     Ok(())
+}
+
+/// Whether `incident` has run past its maximum lifetime at `now`.
+pub fn incident_ended(incident: &Incident, now: i64) -> bool {
+    incident.opened_at + incident.max_lifetime_secs as i64 <= now
 }
 
 /// SHA-256 of a plan, lowercase hex.
@@ -221,9 +230,9 @@ pub fn new_grant(
     check_name("agent", &request.agent)?;
     text_ok("action", &request.action, 1024)?;
     if request.plan.is_empty() || request.plan.len() > MAX_PLAN_LEN {
-        return Err(PolicyError::BadName {
-            what: format!("plan (1 byte to {MAX_PLAN_LEN} bytes)"),
-            name: String::new(),
+        return Err(PolicyError::BadText {
+            what: "plan".into(),
+            reason: format!("must be 1 to {MAX_PLAN_LEN} bytes"),
         }
         .into());
     }
@@ -236,6 +245,10 @@ pub fn new_grant(
     for target in &request.targets {
         text_ok("target", target, 512)?;
     }
+    // Targets travel in every SVID's claims (capped at 16 KiB): keep them well under.
+    if request.targets.iter().map(String::len).sum::<usize>() > MAX_TARGETS_LEN {
+        return Err(PolicyError::TooMany("target bytes (4 KiB in all)").into());
+    }
     for evidence in &request.evidence {
         text_ok("evidence reference", evidence, 2048)?;
     }
@@ -244,13 +257,13 @@ pub fn new_grant(
     }
     let window_secs = request.window_secs.unwrap_or(DEFAULT_WINDOW_SECS);
     if window_secs == 0 || window_secs > MAX_WINDOW_SECS {
-        return Err(PolicyError::BadName {
-            what: format!("window (1s to {MAX_WINDOW_SECS}s)"),
-            name: window_secs.to_string(),
+        return Err(PolicyError::BadText {
+            what: "window".into(),
+            reason: format!("must be 1s to {MAX_WINDOW_SECS}s, not {window_secs}s"),
         }
         .into());
     }
-    if !incident.is_open() {
+    if !incident.is_open() || incident_ended(incident, now) {
         return Err(GrantError::IncidentClosed(incident.id.clone()));
     }
     if !incident.assigned.contains(&request.agent) {
@@ -293,6 +306,7 @@ pub fn new_grant(
         activated_at: None,
         expires_at: None,
         ended: None,
+        playbook: None,
     })
 }
 
@@ -313,7 +327,9 @@ pub fn approve(
             state: grant.state,
         });
     }
-    if !incident.is_open() {
+    // An incident past its maximum lifetime is closed, whether or not the expiry timer
+    // has written that down yet.
+    if !incident.is_open() || incident_ended(incident, now) {
         return Err(GrantError::IncidentClosed(incident.id.clone()));
     }
     if approver == grant.requested_by {

@@ -4,6 +4,7 @@
 //! serves these objects; the agent asks [`entitlements`] what a caller may hold.
 
 pub mod grant;
+pub mod playbook;
 mod selector;
 
 pub use grant::{Grant, GrantError, GrantRequest, GrantState};
@@ -78,6 +79,14 @@ pub enum PolicyError {
     /// Too many of something.
     #[error("too many {0}")]
     TooMany(&'static str),
+    /// A free-text field is empty, too long, or holds control characters.
+    #[error("invalid {what}: {reason}")]
+    BadText {
+        /// Which field.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A severity is not sev1..sev4.
     #[error("invalid severity {0:?}: use sev1, sev2, sev3 or sev4")]
     BadSeverity(String),
@@ -359,6 +368,9 @@ pub struct PolicySnapshot {
     /// Remediation grants by id (every state).
     #[serde(default)]
     pub grants: BTreeMap<String, Grant>,
+    /// Guardrail playbooks by name (every state).
+    #[serde(default)]
+    pub playbooks: BTreeMap<String, playbook::Playbook>,
 }
 
 /// One identity a workload is entitled to.
@@ -527,6 +539,8 @@ fn profile_entitlements(
             claims.grant = Some(grant.id.clone());
             claims.plan_digest = Some(grant.plan_digest.clone());
             claims.approvers = grant.approvals.iter().map(|a| a.by.clone()).collect();
+            claims.playbook = grant.playbook.clone();
+            claims.targets = grant.targets.iter().cloned().collect();
             claims.scopes = effective_scopes(profile, incident, Some(grant));
             out.push(Entitlement {
                 spiffe_id,
@@ -582,6 +596,7 @@ mod tests {
             profiles: profiles.into_iter().map(|p| (p.name.clone(), p)).collect(),
             incidents: incidents.into_iter().map(|i| (i.id.clone(), i)).collect(),
             grants: BTreeMap::new(),
+            playbooks: BTreeMap::new(),
         }
     }
 

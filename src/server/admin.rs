@@ -6,6 +6,8 @@
 //! whatever the CLI already checked. Callers are identified by SO_PEERCRED: for now only
 //! the uid running the server and root may call (operators with roles arrive later).
 
+mod playbooks;
+
 use super::Issuer;
 use super::registry::{GrantLimits, RegistryError};
 use crate::ca::{CaError, SubjectKey, SvidRequest};
@@ -254,8 +256,14 @@ impl AdminService {
         name_arg("grant", &body.id)?;
         let issuer = Arc::clone(&self.issuer);
         let by = who.clone();
+        if body.reason.chars().count() > 1024 || body.reason.chars().any(char::is_control) {
+            return Err(Status::invalid_argument(
+                "the reason must be one line of at most 1024 characters",
+            ));
+        }
+        // Only the state is lowercased: operator names keep their case.
         let reason = if body.reason.is_empty() {
-            format!("{state:?} by {who}").to_lowercase()
+            format!("{} by {who}", format!("{state:?}").to_lowercase())
         } else {
             body.reason
         };
@@ -315,6 +323,8 @@ fn incident_is_open(issuer: &Issuer, svid: &mut SvidRequest) -> Result<(), CaErr
         }
         claims.plan_digest = Some(grant.plan_digest.clone());
         claims.approvers = grant.approvals.iter().map(|a| a.by.clone()).collect();
+        claims.playbook = grant.playbook.clone();
+        claims.targets = grant.targets.iter().cloned().collect();
         claims.scopes.retain(|s| grant.scopes.contains(s));
         if let Some(expires_at) = grant.expires_at {
             let left = (expires_at - issuer.cas.now()).max(1) as u64;
@@ -353,6 +363,7 @@ fn status(error: CaError) -> Status {
 /// a store failure is logged and reported generically (nothing changed).
 fn registry_status(error: RegistryError) -> Status {
     use crate::policy::GrantError;
+    use crate::policy::playbook::PlaybookError;
     match error {
         RegistryError::Invalid(e) => Status::invalid_argument(e.to_string()),
         RegistryError::Grant(GrantError::Invalid(e)) => Status::invalid_argument(e.to_string()),
@@ -363,6 +374,18 @@ fn registry_status(error: RegistryError) -> Status {
             Status::invalid_argument(e.to_string())
         }
         RegistryError::Grant(e) => Status::failed_precondition(e.to_string()),
+        RegistryError::Playbook(
+            e @ (PlaybookError::Invalid(_)
+            | PlaybookError::BadField(_)
+            | PlaybookError::DigestMismatch { .. }
+            | PlaybookError::NoTargets(_)),
+        ) => Status::invalid_argument(e.to_string()),
+        RegistryError::Playbook(
+            e @ (PlaybookError::OwnPlaybook(_)
+            | PlaybookError::NotEligible(_)
+            | PlaybookError::OutOfBounds(_)),
+        ) => Status::permission_denied(e.to_string()),
+        RegistryError::Playbook(e) => Status::failed_precondition(e.to_string()),
         e @ RegistryError::RateLimited(_) => Status::resource_exhausted(e.to_string()),
         e @ RegistryError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
         e @ RegistryError::NotFound { .. } => Status::not_found(e.to_string()),
@@ -406,6 +429,27 @@ fn name_arg(what: &str, name: &str) -> Result<(), Status> {
 fn bounded(what: &'static str, items: &[String]) -> Result<(), Status> {
     if items.len() > MAX_ITEMS {
         return Err(invalid(PolicyError::TooMany(what)));
+    }
+    Ok(())
+}
+
+/// The plan and window of a grant request, refused with a message that says what is
+/// wrong (the policy checks them again; its refusal reads as if they were names).
+fn check_grant_sizes(request: &GrantRequest) -> Result<(), Status> {
+    use crate::policy::grant::{MAX_PLAN_LEN, MAX_WINDOW_SECS};
+    if request.plan.is_empty() || request.plan.len() > MAX_PLAN_LEN {
+        return Err(Status::invalid_argument(format!(
+            "the plan must be 1 to {MAX_PLAN_LEN} bytes (it is {})",
+            request.plan.len()
+        )));
+    }
+    if let Some(secs) = request.window_secs
+        && (secs == 0 || secs > MAX_WINDOW_SECS)
+    {
+        return Err(Status::invalid_argument(format!(
+            "the grant window must be between 1s and {}",
+            humantime::format_duration(Duration::from_secs(MAX_WINDOW_SECS))
+        )));
     }
     Ok(())
 }
@@ -509,6 +553,11 @@ fn grant_to_proto(grant: &Grant, issuer: &Issuer) -> pb::Grant {
         .get(&grant.incident)
         .map(|i| crate::policy::grant::quorum(i.severity) as u32)
         .unwrap_or(0);
+    // A playbook activation rests on the playbook's quorum and its activator.
+    let quorum = match grant.playbook {
+        Some(_) => crate::policy::playbook::QUORUM as u32 + 1,
+        None => quorum,
+    };
     let spiffe_id = agent_spiffe_id(
         issuer.cas.base(),
         Band::Remediation,
@@ -559,6 +608,7 @@ fn grant_to_proto(grant: &Grant, issuer: &Issuer) -> pb::Grant {
             .unwrap_or_default(),
         quorum,
         spiffe_id,
+        playbook: grant.playbook.clone().unwrap_or_default(),
     }
 }
 
@@ -943,6 +993,7 @@ impl Admin for AdminService {
         };
         name_arg("incident", &grant_request.incident)?;
         name_arg("agent", &grant_request.agent)?;
+        check_grant_sizes(&grant_request)?;
         let issuer = Arc::clone(&self.issuer);
         let requester = who.clone();
         let grant = blocking(
@@ -1079,6 +1130,50 @@ impl Admin for AdminService {
             incident: Some(incident_to_proto(incident)),
         }))
     }
+
+    // Guardrail playbooks: see `playbooks.rs`.
+
+    async fn create_playbook(
+        &self,
+        request: Request<pb::CreatePlaybookRequest>,
+    ) -> Result<Response<pb::PlaybookResponse>, Status> {
+        self.create_playbook_rpc(request).await
+    }
+
+    async fn approve_playbook(
+        &self,
+        request: Request<pb::ApprovePlaybookRequest>,
+    ) -> Result<Response<pb::PlaybookResponse>, Status> {
+        self.approve_playbook_rpc(request).await
+    }
+
+    async fn list_playbooks(
+        &self,
+        request: Request<pb::ListPlaybooksRequest>,
+    ) -> Result<Response<pb::ListPlaybooksResponse>, Status> {
+        self.list_playbooks_rpc(request).await
+    }
+
+    async fn get_playbook(
+        &self,
+        request: Request<pb::GetPlaybookRequest>,
+    ) -> Result<Response<pb::PlaybookResponse>, Status> {
+        self.get_playbook_rpc(request).await
+    }
+
+    async fn retire_playbook(
+        &self,
+        request: Request<pb::RetirePlaybookRequest>,
+    ) -> Result<Response<pb::RetirePlaybookResponse>, Status> {
+        self.retire_playbook_rpc(request).await
+    }
+
+    async fn activate_playbook(
+        &self,
+        request: Request<pb::ActivatePlaybookRequest>,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        self.activate_playbook_rpc(request).await
+    }
 }
 
 #[cfg(test)]
@@ -1110,6 +1205,32 @@ mod tests {
             assigned: assigned.iter().map(|s| s.to_string()).collect(),
             scopes: Vec::new(),
             max_lifetime_seconds: None,
+        }
+    }
+
+    #[test]
+    fn grant_plans_and_windows_out_of_bounds_say_so() {
+        use crate::policy::grant::{MAX_PLAN_LEN, MAX_WINDOW_SECS};
+        let request = |plan: String, window_secs: Option<u64>| GrantRequest {
+            incident: "INC-1".into(),
+            agent: "fixer".into(),
+            action: "restart".into(),
+            plan,
+            window_secs,
+            ..GrantRequest::default()
+        };
+        assert!(check_grant_sizes(&request("p".into(), None)).is_ok());
+        assert!(check_grant_sizes(&request("p".into(), Some(MAX_WINDOW_SECS))).is_ok());
+        for (bad, says) in [
+            (request(String::new(), None), "plan"),
+            (request("x".repeat(MAX_PLAN_LEN + 1), None), "plan"),
+            (request("p".into(), Some(0)), "window"),
+            (request("p".into(), Some(MAX_WINDOW_SECS + 1)), "window"),
+        ] {
+            let status = check_grant_sizes(&bad).unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(status.message().contains(says), "{status:?}");
+            assert!(!status.message().contains("name"), "{status:?}");
         }
     }
 

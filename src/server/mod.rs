@@ -90,6 +90,11 @@ impl Issuer {
         {
             tracing::warn!(grant = %grant.id, state = ?grant.state, "approvals of removed operators withdrawn");
         }
+        for playbook in
+            registry.withdraw_playbook_approvals(|name| known.iter().any(|k| k == name))?
+        {
+            tracing::warn!(playbook = %playbook.name, state = ?playbook.state, "playbook approvals of removed operators withdrawn");
+        }
         let (bundles, _) = tokio::sync::watch::channel(Arc::new(cas.bundle_set()?));
         Ok(Arc::new(Issuer {
             config,

@@ -7,6 +7,7 @@
 //! returns, no SVID for that incident is being or will be signed.
 
 use crate::policy::grant::{self, GrantError, GrantRequest, GrantState};
+use crate::policy::playbook::{self, ActivationRequest, Playbook, PlaybookError, PlaybookState};
 use crate::policy::{Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile};
 use crate::store::{Store, StoreError};
 use std::sync::{Arc, Mutex, RwLock};
@@ -41,6 +42,9 @@ pub enum RegistryError {
     /// A grant decision was refused.
     #[error(transparent)]
     Grant(#[from] GrantError),
+    /// A playbook decision was refused.
+    #[error(transparent)]
+    Playbook(#[from] PlaybookError),
     /// Too many grant requests (against approval fatigue).
     #[error("{0}")]
     RateLimited(String),
@@ -82,6 +86,11 @@ impl Registry {
                 .grants()?
                 .into_iter()
                 .map(|g| (g.id.clone(), g))
+                .collect(),
+            playbooks: store
+                .playbooks()?
+                .into_iter()
+                .map(|p| (p.name.clone(), p))
                 .collect(),
         };
         let (tx, _) = watch::channel(Arc::new(snapshot));
@@ -367,7 +376,12 @@ impl Registry {
                     .get(&g.incident)
                     .map(|i| grant::quorum(i.severity))
                     .unwrap_or(usize::MAX);
-                if next.state == GrantState::Active && next.approvals.len() < quorum {
+                // A playbook activation rests on the playbook's quorum and its activator.
+                let holds = match g.playbook {
+                    Some(_) => playbook::activation_still_approved(&next),
+                    None => next.approvals.len() >= quorum,
+                };
+                if next.state == GrantState::Active && !holds {
                     let reason = format!("approver removed: {}", removed.join(", "));
                     next = grant::end(&next, GrantState::Revoked, "writ", &reason, now)?;
                 }
@@ -375,6 +389,123 @@ impl Registry {
             }
             self.store.put_policy_changes(&[], &changed)?;
             apply(policy, &[], &changed);
+            Ok(changed)
+        })
+    }
+
+    /// Creates a guardrail playbook, pending its quorum. Names are never reused, even after
+    /// retiring: SVIDs carry them.
+    pub fn create_playbook(&self, playbook: Playbook) -> Result<Playbook, RegistryError> {
+        playbook.validate()?;
+        self.change(|policy| {
+            if policy.playbooks.contains_key(&playbook.name) {
+                return Err(RegistryError::AlreadyExists {
+                    what: "playbook",
+                    name: playbook.name.clone(),
+                });
+            }
+            let mut playbook = playbook;
+            playbook.state = PlaybookState::Pending;
+            playbook.approvals.clear();
+            playbook.retired = None;
+            self.store.put_playbook(&playbook)?;
+            policy
+                .playbooks
+                .insert(playbook.name.clone(), playbook.clone());
+            Ok(playbook)
+        })
+    }
+
+    /// Records `approver`'s approval of a playbook's `digest`; at quorum it may be
+    /// activated.
+    pub fn approve_playbook(
+        &self,
+        name: &str,
+        approver: &str,
+        digest: &str,
+        now: i64,
+    ) -> Result<Playbook, RegistryError> {
+        self.change(|policy| {
+            let next = playbook::approve(find_playbook(policy, name)?, approver, digest, now)?;
+            self.store.put_playbook(&next)?;
+            policy.playbooks.insert(next.name.clone(), next.clone());
+            Ok(next)
+        })
+    }
+
+    /// Activates an approved playbook for an open incident: a remediation grant, active at
+    /// once, whose agent's workloads receive the identity.
+    pub fn activate_playbook(
+        &self,
+        name: &str,
+        incident: &str,
+        request: ActivationRequest,
+        activator: &str,
+        now: i64,
+    ) -> Result<Grant, RegistryError> {
+        let id = format!("g-{}", random_hex(6));
+        self.change(|policy| {
+            let book = find_playbook(policy, name)?;
+            let Some(incident) = policy.incidents.get(incident) else {
+                return Err(RegistryError::NotFound {
+                    what: "incident",
+                    name: incident.chars().take(64).collect(),
+                });
+            };
+            let profile = policy.profiles.get(&request.agent);
+            let grant = playbook::activate(book, incident, profile, request, activator, now, id)?;
+            self.store
+                .put_policy_changes(&[], std::slice::from_ref(&grant))?;
+            apply(policy, &[], std::slice::from_ref(&grant));
+            Ok(grant)
+        })
+    }
+
+    /// Retires a playbook for good; its active activations are revoked in the same write.
+    /// Returns the playbook and the grants revoked.
+    pub fn retire_playbook(
+        &self,
+        name: &str,
+        by: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<(Playbook, Vec<Grant>), RegistryError> {
+        self.change(|policy| {
+            let next = playbook::retire(find_playbook(policy, name)?, by, reason, now)?;
+            let ended = playbook::end_activations(policy.grants.values(), name, by, now);
+            self.store
+                .put_playbook_changes(std::slice::from_ref(&next), &ended)?;
+            policy.playbooks.insert(next.name.clone(), next.clone());
+            apply(policy, &[], &ended);
+            Ok((next, ended))
+        })
+    }
+
+    /// Withdraws the playbook approvals of operators who are no longer configured: a
+    /// playbook that loses its quorum is pending again. Returns the playbooks that changed.
+    /// (Activations are checked by [`Registry::withdraw_approvals`].)
+    pub fn withdraw_playbook_approvals(
+        &self,
+        is_operator: impl Fn(&str) -> bool,
+    ) -> Result<Vec<Playbook>, RegistryError> {
+        let stale = self
+            .snapshot()
+            .playbooks
+            .values()
+            .any(|p| playbook::without_approvers(p, &is_operator).is_some());
+        if !stale {
+            return Ok(Vec::new());
+        }
+        self.change(|policy| {
+            let changed: Vec<Playbook> = policy
+                .playbooks
+                .values()
+                .filter_map(|p| playbook::without_approvers(p, &is_operator))
+                .collect();
+            self.store.put_playbook_changes(&changed, &[])?;
+            for p in &changed {
+                policy.playbooks.insert(p.name.clone(), p.clone());
+            }
             Ok(changed)
         })
     }
@@ -453,6 +584,19 @@ fn find_grant<'a>(policy: &'a PolicySnapshot, id: &str) -> Result<&'a Grant, Reg
         .ok_or_else(|| RegistryError::NotFound {
             what: "grant",
             name: id.chars().take(64).collect(),
+        })
+}
+
+fn find_playbook<'a>(
+    policy: &'a PolicySnapshot,
+    name: &str,
+) -> Result<&'a Playbook, RegistryError> {
+    policy
+        .playbooks
+        .get(name)
+        .ok_or_else(|| RegistryError::NotFound {
+            what: "playbook",
+            name: name.chars().take(64).collect(),
         })
 }
 
@@ -619,5 +763,115 @@ mod tests {
         assert!(registry.create_profile(bad).is_err());
         assert_eq!(registry.snapshot().generation, before);
         assert!(registry.snapshot().profiles.is_empty());
+    }
+
+    #[test]
+    fn playbooks_persist_and_retiring_one_revokes_its_activations() {
+        use crate::policy::playbook::{PlaybookSpec, new_playbook};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.redb");
+        let spec = PlaybookSpec {
+            name: "isolate-host".into(),
+            action: "isolate host".into(),
+            allowed_targets: BTreeSet::from(["host/web-1".to_string()]),
+            max_window_secs: Some(300),
+            ..PlaybookSpec::default()
+        };
+        {
+            let registry = Registry::load(Arc::new(Store::open(&path).unwrap())).unwrap();
+            let book = registry
+                .create_playbook(new_playbook(spec.clone(), "root", 0).unwrap())
+                .unwrap();
+            assert!(matches!(
+                registry.create_playbook(new_playbook(spec, "root", 0).unwrap()),
+                Err(RegistryError::AlreadyExists { .. })
+            ));
+            registry
+                .approve_playbook("isolate-host", "alice", &book.digest(), 1)
+                .unwrap();
+            registry
+                .approve_playbook("isolate-host", "bob", &book.digest(), 2)
+                .unwrap();
+        }
+        let registry = Registry::load(Arc::new(Store::open(&path).unwrap())).unwrap();
+        assert_eq!(
+            registry.snapshot().playbooks["isolate-host"].state,
+            PlaybookState::Approved
+        );
+        registry
+            .create_profile(Profile {
+                name: "triage".into(),
+                selectors: BTreeSet::from(["unix:uid:1".parse().unwrap()]),
+                bands: BTreeSet::from([Band::Investigative, Band::Remediation]),
+                scopes: BTreeSet::new(),
+                service: false,
+                created_at: 0,
+            })
+            .unwrap();
+        let mut inc = incident("INC-1");
+        inc.opened_at = 0;
+        registry.open_incident(inc).unwrap();
+        let activate = |targets: &[&str]| {
+            let request = ActivationRequest {
+                agent: "triage".into(),
+                targets: targets.iter().map(|t| t.to_string()).collect(),
+                window_secs: None,
+            };
+            registry.activate_playbook("isolate-host", "INC-1", request, "carol", 10)
+        };
+        let before = registry.snapshot().generation;
+        assert!(matches!(
+            activate(&["host/db-1"]),
+            Err(RegistryError::Playbook(PlaybookError::OutOfBounds(_)))
+        ));
+        assert_eq!(registry.snapshot().generation, before, "nothing changed");
+        let g = activate(&[]).unwrap();
+        assert_eq!(g.expires_at, Some(310));
+        assert_eq!(
+            registry.snapshot().grants[&g.id].playbook.as_deref(),
+            Some("isolate-host")
+        );
+
+        // Bob leaves: the playbook is pending again and the activation is revoked.
+        let gone = |name: &str| name != "bob";
+        assert_eq!(registry.withdraw_playbook_approvals(gone).unwrap().len(), 1);
+        assert_eq!(registry.withdraw_approvals(gone, 11).unwrap().len(), 1);
+        assert_eq!(registry.snapshot().grants[&g.id].state, GrantState::Revoked);
+        assert_eq!(
+            registry.snapshot().playbooks["isolate-host"].state,
+            PlaybookState::Pending
+        );
+        let book = registry.snapshot().playbooks["isolate-host"].clone();
+        registry
+            .approve_playbook("isolate-host", "dave", &book.digest(), 12)
+            .unwrap();
+        let g = activate(&["host/web-1"]).unwrap();
+
+        let (retired, revoked) = registry
+            .retire_playbook("isolate-host", "root", "superseded", 20)
+            .unwrap();
+        assert_eq!(retired.state, PlaybookState::Retired);
+        assert_eq!(revoked.len(), 1);
+        drop(registry);
+        let registry = Registry::load(Arc::new(Store::open(&path).unwrap())).unwrap();
+        let policy = registry.snapshot();
+        assert_eq!(policy.grants[&g.id].state, GrantState::Revoked);
+        assert_eq!(
+            policy.playbooks["isolate-host"].state,
+            PlaybookState::Retired
+        );
+        assert!(matches!(
+            registry.activate_playbook(
+                "isolate-host",
+                "INC-1",
+                ActivationRequest {
+                    agent: "triage".into(),
+                    ..ActivationRequest::default()
+                },
+                "carol",
+                21
+            ),
+            Err(RegistryError::Playbook(PlaybookError::NotApproved { .. }))
+        ));
     }
 }

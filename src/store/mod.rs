@@ -8,6 +8,7 @@
 //!   rather than misread.
 
 use crate::ca::AuthorityRecord;
+use crate::policy::playbook::Playbook;
 use crate::policy::{Grant, Incident, Profile};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,7 @@ const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
 const INCIDENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("incidents");
 const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tokens");
 const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("grants");
+const PLAYBOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("playbooks");
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +126,7 @@ impl Store {
             tx.open_table(INCIDENTS).map_err(db_err)?;
             tx.open_table(JOIN_TOKENS).map_err(db_err)?;
             tx.open_table(GRANTS).map_err(db_err)?;
+            tx.open_table(PLAYBOOKS).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
     }
@@ -309,6 +312,43 @@ impl Store {
             for incident in incidents {
                 let bytes = serde_json::to_vec(incident).map_err(db_err)?;
                 t.insert(incident.id.as_str(), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+            let mut t = tx.open_table(GRANTS).map_err(db_err)?;
+            for grant in grants {
+                let bytes = serde_json::to_vec(grant).map_err(db_err)?;
+                t.insert(grant.id.as_str(), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
+    }
+}
+
+impl Store {
+    /// Writes (creates or replaces) a playbook. Durable when this returns.
+    pub fn put_playbook(&self, playbook: &Playbook) -> Result<(), StoreError> {
+        self.put_json(PLAYBOOKS, &playbook.name, playbook)
+    }
+
+    /// Every playbook, in every state.
+    pub fn playbooks(&self) -> Result<Vec<Playbook>, StoreError> {
+        self.all_json(PLAYBOOKS, "playbooks")
+    }
+
+    /// Writes playbooks and grants that change together (retiring a playbook revokes its
+    /// activations) in one durable transaction: a crash keeps all of it or none.
+    pub fn put_playbook_changes(
+        &self,
+        playbooks: &[Playbook],
+        grants: &[Grant],
+    ) -> Result<(), StoreError> {
+        let tx = self.begin_write()?;
+        {
+            let mut t = tx.open_table(PLAYBOOKS).map_err(db_err)?;
+            for playbook in playbooks {
+                let bytes = serde_json::to_vec(playbook).map_err(db_err)?;
+                t.insert(playbook.name.as_str(), bytes.as_slice())
                     .map_err(db_err)?;
             }
             let mut t = tx.open_table(GRANTS).map_err(db_err)?;

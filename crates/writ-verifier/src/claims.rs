@@ -121,6 +121,13 @@ pub struct WritClaims {
     /// Index of the issuance record in writ's audit log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_index: Option<u64>,
+    /// The guardrail playbook this identity was activated from (DESIGN.md §4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub playbook: Option<String>,
+    /// What the holder may act on: the grant's targets (for a playbook, the ones chosen at
+    /// activation from its allow-list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
 }
 
 /// DER form of [`WritClaims`]:
@@ -135,7 +142,9 @@ pub struct WritClaims {
 ///   grant       [3] UTF8String OPTIONAL,
 ///   planDigest  [4] OCTET STRING (SIZE (32)) OPTIONAL,
 ///   approvers   [5] SEQUENCE OF UTF8String OPTIONAL,
-///   auditIndex  [6] INTEGER OPTIONAL }
+///   auditIndex  [6] INTEGER OPTIONAL,
+///   playbook    [7] UTF8String OPTIONAL,
+///   targets     [8] SEQUENCE OF UTF8String OPTIONAL }
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Sequence)]
 pub struct ClaimsDer {
@@ -155,6 +164,10 @@ pub struct ClaimsDer {
     approvers: Option<Vec<String>>,
     #[asn1(context_specific = "6", optional = "true")]
     audit_index: Option<u64>,
+    #[asn1(context_specific = "7", optional = "true")]
+    playbook: Option<String>,
+    #[asn1(context_specific = "8", optional = "true")]
+    targets: Option<Vec<String>>,
 }
 
 /// Why claims could not be encoded or parsed.
@@ -212,6 +225,8 @@ impl WritClaims {
             plan_digest,
             approvers: non_empty(&self.approvers),
             audit_index: self.audit_index,
+            playbook: self.playbook.clone(),
+            targets: non_empty(&self.targets),
         }
         .to_der()?;
         if der.len() > MAX_CLAIMS_LEN {
@@ -249,6 +264,8 @@ impl WritClaims {
             plan_digest,
             approvers: der.approvers.unwrap_or_default(),
             audit_index: der.audit_index,
+            playbook: der.playbook,
+            targets: der.targets.unwrap_or_default(),
         })
     }
 
@@ -323,6 +340,8 @@ mod tests {
             plan_digest: Some("ab".repeat(32)),
             approvers: vec!["alice".into(), "bob".into()],
             audit_index: Some(1234),
+            playbook: Some("isolate-host".into()),
+            targets: vec!["host/web-1".into(), "host/web-2".into()],
         }
     }
 
@@ -346,6 +365,42 @@ mod tests {
             let der = claims.to_der().unwrap();
             assert_eq!(WritClaims::from_der(&der).unwrap(), claims);
         }
+    }
+
+    #[test]
+    fn playbook_and_targets_are_optional_in_both_encodings() {
+        // A grant's identity without a playbook: neither [7] nor [8] is written, and the
+        // JSON has neither key, so earlier encodings read the same.
+        let mut plain = full();
+        plain.playbook = None;
+        plain.targets.clear();
+        let der = plain.to_der().unwrap();
+        let raw = ClaimsDer::from_der(&der).unwrap();
+        assert_eq!((raw.playbook, raw.targets), (None, None));
+        assert_eq!(WritClaims::from_der(&der).unwrap(), plain);
+        let json = plain.to_json().unwrap();
+        assert!(json.get("playbook").is_none() && json.get("targets").is_none());
+        assert_eq!(WritClaims::from_json(&json).unwrap(), plain);
+
+        // A playbook activation carries both, in both encodings.
+        let raw = ClaimsDer::from_der(&full().to_der().unwrap()).unwrap();
+        assert_eq!(raw.playbook.as_deref(), Some("isolate-host"));
+        assert_eq!(
+            raw.targets,
+            Some(vec!["host/web-1".to_string(), "host/web-2".to_string()])
+        );
+        let json = full().to_json().unwrap();
+        assert_eq!(json["playbook"], "isolate-host");
+        assert_eq!(
+            json["targets"],
+            serde_json::json!(["host/web-1", "host/web-2"])
+        );
+
+        // Targets alone (a grant requested with targets) round-trip too.
+        let mut targets_only = plain.clone();
+        targets_only.targets = vec!["deploy/checkout".into()];
+        let der = targets_only.to_der().unwrap();
+        assert_eq!(WritClaims::from_der(&der).unwrap(), targets_only);
     }
 
     #[test]

@@ -190,14 +190,20 @@ pub struct GrantRequest {
 }
 
 fn text_ok(what: &str, text: &str, max: usize) -> Result<(), PolicyError> {
-    let bad = |reason: String| PolicyError::BadText { what: what.into(), reason };
+    let bad = |reason: String| PolicyError::BadText {
+        what: what.into(),
+        reason,
+    };
     if text.is_empty() {
         return Err(bad("must not be empty".into()));
     }
     if text.len() > max {
         return Err(bad(format!("at most {max} bytes")));
     }
-    if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         return Err(bad("control characters are not allowed".into()));
     }
     Ok(())

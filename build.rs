@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/writ/admin/v1/admin.proto",
         "proto/writ/node/v1/node.proto",
         "proto/writ/agent/v1/agent.proto",
+        "proto/writ/revocation/v1/revocation.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -27,3 +27,8 @@ pub mod node {
 pub mod agent {
     tonic::include_proto!("writ.agent.v1");
 }
+
+/// writ's revocation feed, `writ.revocation.v1`, served on the agent's socket.
+pub mod revocation {
+    tonic::include_proto!("writ.revocation.v1");
+}

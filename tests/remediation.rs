@@ -203,6 +203,17 @@ async fn plan_quorum_identity_and_close() {
     let grant = dev.issuer.registry.snapshot().grants[&filed.grant_id].clone();
     assert_eq!(grant.state, writ::policy::GrantState::Revoked);
     assert_eq!(grant.ended.unwrap().by, "carol");
+    // And what the revocation feed publishes to verifiers: the incident and the grant.
+    let feed = writ::policy::revocation::revocations(
+        &dev.issuer.registry.snapshot(),
+        dev.issuer.cas.now(),
+        3600,
+    );
+    let ids: Vec<&str> = feed.iter().map(|r| r.id.as_str()).collect();
+    assert!(
+        ids.contains(&"INC-1") && ids.contains(&filed.grant_id.as_str()),
+        "{ids:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,10 @@ pub mod grants;
 pub mod h2_authority;
 pub mod node;
 pub mod remote;
+pub mod revocation;
 pub mod workload;
 
+use crate::proto::revocation::revocation_server::RevocationServer;
 use crate::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use anyhow::Context;
 use attest::Attestor;
@@ -76,6 +78,11 @@ pub async fn serve_workload(
         conn.map(|stream| h2_authority::AuthorityRewrite::with_stats(stream, Arc::clone(&stats)))
     });
     tonic::transport::Server::builder()
+        .add_service(RevocationServer::new(revocation::RevocationService::new(
+            &agent,
+            // The longest SVID TTL: after that, revoked SVIDs have expired anyway.
+            agent.node.max_svid_ttl(),
+        )))
         .add_service(SpiffeWorkloadApiServer::new(workload::WorkloadApi::new(
             Arc::clone(&agent),
         )))

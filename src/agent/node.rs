@@ -71,6 +71,8 @@ pub trait NodeApi: Send + Sync + 'static {
     fn policy(&self) -> watch::Receiver<Arc<PolicySnapshot>>;
     /// Bundles, following every change.
     fn bundles(&self) -> watch::Receiver<Arc<BundleSet>>;
+    /// The longest TTL any SVID may have: how long revocations must be remembered.
+    fn max_svid_ttl(&self) -> std::time::Duration;
     /// Signs CSRs, each for an identity policy entitles some workload to now; one result
     /// per CSR, in order.
     async fn sign_x509_batch(
@@ -127,6 +129,10 @@ impl NodeApi for LocalNode {
 
     fn bundles(&self) -> watch::Receiver<Arc<BundleSet>> {
         self.issuer.bundles.subscribe()
+    }
+
+    fn max_svid_ttl(&self) -> std::time::Duration {
+        self.issuer.config.ca.max_svid_ttl
     }
 
     async fn sign_x509_batch(

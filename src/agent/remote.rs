@@ -96,6 +96,7 @@ pub struct RemoteNode {
     client: NodeClient<Channel>,
     policy: watch::Sender<Arc<PolicySnapshot>>,
     bundles: watch::Sender<Arc<BundleSet>>,
+    max_svid_ttl_secs: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RemoteNode {
@@ -275,6 +276,9 @@ impl RemoteNode {
             tls,
             policy: watch::channel(Arc::new(PolicySnapshot::default())).0,
             bundles: watch::channel(Arc::new(BundleSet::default())).0,
+            max_svid_ttl_secs: std::sync::atomic::AtomicU64::new(
+                crate::ca::CaConfig::default().max_svid_ttl.as_secs(),
+            ),
             config,
         });
         if !node.load_node_svid()? {
@@ -412,6 +416,12 @@ impl RemoteNode {
     fn apply(&self, update: &pb::SyncUpdate) -> anyhow::Result<()> {
         let policy: PolicySnapshot =
             serde_json::from_slice(&update.policy_json).context("policy from the server")?;
+        if update.max_svid_ttl_seconds > 0 {
+            self.max_svid_ttl_secs.store(
+                update.max_svid_ttl_seconds,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         let bundles = bundle_set(update)?;
         if let Some(base) = bundles.by_band(Band::Base)
             && let Ok(mut b) = self.tls.base_bundle.write()
@@ -545,6 +555,13 @@ impl NodeApi for RemoteNode {
 
     fn bundles(&self) -> watch::Receiver<Arc<BundleSet>> {
         self.bundles.subscribe()
+    }
+
+    fn max_svid_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.max_svid_ttl_secs
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     async fn sign_x509_batch(

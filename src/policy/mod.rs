@@ -5,6 +5,7 @@
 
 pub mod grant;
 pub mod playbook;
+pub mod revocation;
 mod selector;
 
 pub use grant::{Grant, GrantError, GrantRequest, GrantState};

@@ -128,6 +128,7 @@ impl NodeService {
 fn sync_update(
     policy: &crate::policy::PolicySnapshot,
     bundles: &BundleSet,
+    max_svid_ttl: std::time::Duration,
 ) -> Result<pb::SyncUpdate, Status> {
     Ok(pb::SyncUpdate {
         generation: policy.generation,
@@ -142,6 +143,7 @@ fn sync_update(
                 jwt_jwks: b.jwt_jwks.clone(),
             })
             .collect(),
+        max_svid_ttl_seconds: max_svid_ttl.as_secs(),
     })
 }
 
@@ -308,6 +310,7 @@ impl Node for NodeService {
     ) -> Result<Response<Self::SyncStream>, Status> {
         let node = Self::node(&request)?;
         let mut policy = self.issuer.registry.subscribe();
+        let max_svid_ttl = self.issuer.config.ca.max_svid_ttl;
         let mut bundles = self.issuer.bundles.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
@@ -315,7 +318,7 @@ impl Node for NodeService {
                 let update = {
                     let p = policy.borrow_and_update().clone();
                     let b = bundles.borrow_and_update().clone();
-                    sync_update(&p, &b)
+                    sync_update(&p, &b, max_svid_ttl)
                 };
                 if tx.send(update).await.is_err() {
                     break;

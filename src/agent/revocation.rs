@@ -1,0 +1,173 @@
+//! `writ.revocation.v1`: the revocation feed verifiers watch on the agent's socket
+//! (DESIGN.md §5, item 3).
+//!
+//! One task per agent follows the policy and a timer and keeps the current set (see
+//! [`crate::policy::revocation`]) in a watch channel; every `Watch` stream sends that
+//! set at once and again whenever it changes, always whole. Calls must carry the
+//! Workload API's security header, but the caller is not attested: a verifier may hold
+//! no identity, and the feed reveals nothing a caller could use to obtain one.
+//!
+//! Must never: drop an entry before its window has passed, or send a partial set.
+
+use super::Agent;
+use crate::clock::{Clock, SystemClock};
+use crate::policy::PolicySnapshot;
+use crate::policy::revocation::{CloseEpochs, RevocationKind, next_expiry, revocations};
+use crate::proto::revocation::{self as pb, entry::Kind, revocation_server::Revocation};
+use spiffe::TrustDomain;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use writ_verifier::Band;
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The revocation feed service.
+#[derive(Debug, Clone)]
+pub struct RevocationService {
+    feed: watch::Receiver<Arc<pb::RevocationSet>>,
+}
+
+impl RevocationService {
+    /// A feed of `agent`'s policy reaching back `window`, which must be at least the
+    /// longest SVID lifetime the CA issues (its `max_svid_ttl`): a shorter window drops
+    /// entries whose SVIDs are still valid.
+    ///
+    /// Computes the first set now and spawns the task that keeps it current, so it must
+    /// be called within a Tokio runtime. The task ends once this service and every
+    /// stream it opened are gone, or when the agent's policy source closes.
+    pub fn new(agent: &Agent, window: Duration) -> Self {
+        let window = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
+        let base = agent.node.base().clone();
+        let mut policy = agent.node.policy();
+        let mut feed = Feed {
+            base,
+            window,
+            epochs: CloseEpochs::default(),
+        };
+        let (first, mut next) = feed.compute(&policy.borrow_and_update(), SystemClock.unix());
+        let (tx, rx) = watch::channel(Arc::new(first));
+        tokio::spawn(async move {
+            loop {
+                let wait = next.map(|at| at.saturating_sub(SystemClock.unix()).max(1));
+                tokio::select! {
+                    changed = policy.changed() => if changed.is_err() { break },
+                    () = sleep_secs(wait) => {}
+                    () = tx.closed() => break,
+                }
+                let (set, expiry) = feed.compute(&policy.borrow_and_update(), SystemClock.unix());
+                next = expiry;
+                tx.send_if_modified(|current| {
+                    let changed = **current != set;
+                    if changed {
+                        tracing::debug!(
+                            generation = set.generation,
+                            entries = set.entries.len(),
+                            "revocation set changed"
+                        );
+                        *current = Arc::new(set);
+                    }
+                    changed
+                });
+            }
+            tracing::debug!("revocation feed stopped");
+        });
+        RevocationService { feed: rx }
+    }
+}
+
+/// Sleeps `secs` seconds, or forever when there is nothing to wait for.
+async fn sleep_secs(secs: Option<i64>) {
+    match secs {
+        Some(secs) => tokio::time::sleep(Duration::from_secs(secs.unsigned_abs())).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the feed task carries from one set to the next.
+struct Feed {
+    base: TrustDomain,
+    window: i64,
+    epochs: CloseEpochs,
+}
+
+impl Feed {
+    /// The set for `policy` at `now`, and when it next changes by itself (an entry
+    /// leaving the window).
+    fn compute(&mut self, policy: &PolicySnapshot, now: i64) -> (pb::RevocationSet, Option<i64>) {
+        let set = revocations(policy, now, self.window);
+        self.epochs.observe(&set, policy.generation);
+        let remediation = Band::Remediation.trust_domain_name(self.base.as_str());
+        let entries = set
+            .iter()
+            .map(|r| match r.kind {
+                RevocationKind::Incident => pb::Entry {
+                    kind: Kind::Incident.into(),
+                    id: r.id.clone(),
+                    revoked_at: r.revoked_at,
+                    trust_domain: self.base.as_str().to_owned(),
+                    epoch: self.epochs.epoch(&r.id).unwrap_or(policy.generation),
+                },
+                RevocationKind::Grant => pb::Entry {
+                    kind: Kind::Grant.into(),
+                    id: r.id.clone(),
+                    revoked_at: r.revoked_at,
+                    trust_domain: remediation.clone(),
+                    epoch: 0,
+                },
+            })
+            .collect();
+        let message = pb::RevocationSet {
+            generation: policy.generation,
+            entries,
+            window_seconds: self.window,
+        };
+        (message, next_expiry(&set, self.window))
+    }
+}
+
+/// The Workload API's rule for every call on its socket (SPIFFE_Workload_API.md): the
+/// header shows a deliberate local client, not a request forged through a proxy.
+fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
+    match request.metadata().get("workload.spiffe.io") {
+        Some(v) if v.as_bytes() == b"true" => Ok(()),
+        _ => Err(Status::invalid_argument(
+            "security header missing from request",
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl Revocation for RevocationService {
+    type WatchStream = ResponseStream<pb::RevocationSet>;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        check_header(&request)?;
+        let mut feed = self.feed.clone();
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            loop {
+                // Whole sets only: a slow reader skips to the newest, never sees a delta.
+                let set = Arc::clone(&feed.borrow_and_update());
+                if tx.send(Ok((*set).clone())).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = feed.changed() => if changed.is_err() { break },
+                    () = tx.closed() => return,
+                }
+            }
+            let _ = tx
+                .send(Err(Status::unavailable("revocation feed stopped")))
+                .await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -53,6 +53,9 @@ pub struct RawConfig {
     /// Lifetimes.
     #[serde(default)]
     pub ca: CaConfig,
+    /// Remediation rules: quorums, sensitive scopes, request limits.
+    #[serde(default)]
+    pub remediation: crate::policy::grant::RemediationRules,
 }
 
 /// The configuration in force.
@@ -80,6 +83,8 @@ pub struct Config {
     pub approval_ttl_secs: u64,
     /// Lifetimes.
     pub ca: CaConfig,
+    /// Remediation rules.
+    pub remediation: crate::policy::grant::RemediationRules,
 }
 
 /// Default data directory, relative to where writ runs.
@@ -111,6 +116,7 @@ impl RawConfig {
                 .map_err(|e| anyhow::anyhow!("trust domain {name:?} (band {band}): {e}"))?;
         }
         self.ca.validate()?;
+        self.remediation.validate()?;
         let admin_socket = self
             .admin_socket
             .unwrap_or_else(|| data_dir.join("admin.sock"));
@@ -125,6 +131,7 @@ impl RawConfig {
             operator_ca: self.operator_ca,
             operators: self.operators,
             approval_ttl_secs: self.approval_ttl.map(|t| t.secs()).unwrap_or(3600),
+            remediation: self.remediation,
             data_dir,
             trust_domain,
             admin_socket,
@@ -235,6 +242,24 @@ mod tests {
             e.starts_with("parsing config agent.toml line 2: unknown field `join_tokn`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn remediation_rules_are_configurable_and_checked() {
+        let raw: RawConfig = toml::from_str(
+            "[remediation]\nquorum_sev3 = 2\nsensitive_scope_prefixes = [\"db:\"]\nsensitive_quorum = 3",
+        )
+        .unwrap();
+        let config = raw.resolve().unwrap();
+        assert_eq!(config.remediation.quorum_sev3, 2);
+        assert!(config.remediation.is_sensitive("db:drop"));
+        assert_eq!(
+            config.remediation.per_agent_per_hour, 20,
+            "unset fields keep defaults"
+        );
+        let zero: RawConfig = toml::from_str("[remediation]\nquorum_sev1 = 0").unwrap();
+        assert!(zero.resolve().is_err());
+        assert!(toml::from_str::<RawConfig>("[remediation]\nquorom_sev1 = 2").is_err());
     }
 
     #[test]

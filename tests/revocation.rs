@@ -13,7 +13,6 @@ use writ::ca::CaConfig;
 use writ::policy::grant::plan_digest;
 use writ::policy::{GrantRequest, GrantState, Profile, Selector};
 use writ::proto::revocation::{self as pb, entry::Kind, revocation_client::RevocationClient};
-use writ::server::registry::GrantLimits;
 use writ_verifier::Band;
 
 /// How long any one message may take before the test fails (not a latency claim).
@@ -144,7 +143,6 @@ async fn a_revoked_grant_is_published_in_the_remediation_trust_domain() {
                 ..GrantRequest::default()
             },
             "test",
-            GrantLimits::default(),
             now,
         )
         .unwrap();

@@ -86,7 +86,7 @@ impl AgentApi for AgentService {
         let quorum = policy
             .incidents
             .get(&grant.incident)
-            .map(|i| crate::policy::grant::quorum(i.severity) as u32)
+            .map(|i| policy.rules.quorum(i.severity, &grant.scopes) as u32)
             .unwrap_or(0);
         Ok(Response::new(pb::RequestGrantResponse {
             grant_id: grant.id,

@@ -29,11 +29,100 @@ pub fn is_sensitive(scope: &str) -> bool {
         .any(|p| scope.starts_with(p))
 }
 
-/// Approvals needed for an incident of `severity` (the requester never counts).
+/// Approvals needed for an incident of `severity` under the default rules.
 pub fn quorum(severity: Severity) -> usize {
-    match severity {
-        Severity::Sev1 | Severity::Sev2 => 2,
-        Severity::Sev3 | Severity::Sev4 => 1,
+    RemediationRules::default().quorum(severity, &BTreeSet::new())
+}
+
+/// The remediation knobs (config `[remediation]`), carried in the policy so servers and
+/// agents decide alike.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemediationRules {
+    /// Approvals needed for a sev1 incident's grants.
+    pub quorum_sev1: usize,
+    /// … sev2.
+    pub quorum_sev2: usize,
+    /// … sev3.
+    pub quorum_sev3: usize,
+    /// … sev4.
+    pub quorum_sev4: usize,
+    /// Scope prefixes that touch deployment, IAM or secrets.
+    pub sensitive_scope_prefixes: Vec<String>,
+    /// Approvals needed, at least, when a grant asks for a sensitive scope.
+    pub sensitive_quorum: usize,
+    /// Most pending grant requests per incident.
+    pub pending_per_incident: usize,
+    /// Most grant requests per agent per hour.
+    pub per_agent_per_hour: usize,
+}
+
+impl Default for RemediationRules {
+    fn default() -> Self {
+        RemediationRules {
+            quorum_sev1: 2,
+            quorum_sev2: 2,
+            quorum_sev3: 1,
+            quorum_sev4: 1,
+            sensitive_scope_prefixes: SENSITIVE_SCOPE_PREFIXES
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            // Raise it to demand more humans for deploy/IAM/secrets scopes; 1 keeps the
+            // severity quorum alone in force.
+            sensitive_quorum: 1,
+            pending_per_incident: 5,
+            per_agent_per_hour: 20,
+        }
+    }
+}
+
+impl RemediationRules {
+    /// Approvals a grant needs: by the incident's severity, and at least
+    /// `sensitive_quorum` when it asks for a sensitive scope. Never below one.
+    pub fn quorum(&self, severity: Severity, scopes: &BTreeSet<String>) -> usize {
+        let by_severity = match severity {
+            Severity::Sev1 => self.quorum_sev1,
+            Severity::Sev2 => self.quorum_sev2,
+            Severity::Sev3 => self.quorum_sev3,
+            Severity::Sev4 => self.quorum_sev4,
+        };
+        let by_scope = if scopes.iter().any(|s| self.is_sensitive(s)) {
+            self.sensitive_quorum
+        } else {
+            0
+        };
+        by_severity.max(by_scope).max(1)
+    }
+
+    /// Whether `scope` is sensitive under these rules.
+    pub fn is_sensitive(&self, scope: &str) -> bool {
+        self.sensitive_scope_prefixes
+            .iter()
+            .any(|p| scope.starts_with(p.as_str()))
+    }
+
+    /// Checks the rules make sense (quorums at least one, limits at least one).
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let quorums = [
+            self.quorum_sev1,
+            self.quorum_sev2,
+            self.quorum_sev3,
+            self.quorum_sev4,
+        ];
+        if quorums.contains(&0) || self.pending_per_incident == 0 || self.per_agent_per_hour == 0 {
+            return Err(PolicyError::BadText {
+                what: "[remediation] settings".into(),
+                reason: "quorums and limits must be at least 1".into(),
+            });
+        }
+        if self.sensitive_scope_prefixes.iter().any(|p| p.is_empty()) {
+            return Err(PolicyError::BadText {
+                what: "sensitive_scope_prefixes".into(),
+                reason: "an empty prefix would make every scope sensitive".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -233,6 +322,27 @@ pub fn new_grant(
     id: String,
     now: i64,
 ) -> Result<Grant, GrantError> {
+    new_grant_with(
+        &RemediationRules::default(),
+        request,
+        incident,
+        profile_allows_remediation,
+        requested_by,
+        id,
+        now,
+    )
+}
+
+/// [`new_grant`] under `rules`.
+pub fn new_grant_with(
+    rules: &RemediationRules,
+    request: GrantRequest,
+    incident: &Incident,
+    profile_allows_remediation: bool,
+    requested_by: &str,
+    id: String,
+    now: i64,
+) -> Result<Grant, GrantError> {
     check_name("agent", &request.agent)?;
     text_ok("action", &request.action, 1024)?;
     if request.plan.is_empty() || request.plan.len() > MAX_PLAN_LEN {
@@ -287,7 +397,7 @@ pub fn new_grant(
     if let Some(scope) = request
         .scopes
         .iter()
-        .find(|s| is_sensitive(s) && !incident.scopes.contains(*s))
+        .find(|s| rules.is_sensitive(s) && !incident.scopes.contains(*s))
     {
         return Err(GrantError::NotEligible(format!(
             "scope {scope:?} touches deployment, IAM or secrets and incident {:?} does not name it",
@@ -327,6 +437,27 @@ pub fn approve(
     approval_ttl: i64,
     now: i64,
 ) -> Result<Grant, GrantError> {
+    approve_with(
+        &RemediationRules::default(),
+        grant,
+        incident,
+        approver,
+        digest,
+        approval_ttl,
+        now,
+    )
+}
+
+/// [`approve`] under `rules`.
+pub fn approve_with(
+    rules: &RemediationRules,
+    grant: &Grant,
+    incident: &Incident,
+    approver: &str,
+    digest: &str,
+    approval_ttl: i64,
+    now: i64,
+) -> Result<Grant, GrantError> {
     if grant.state != GrantState::Pending {
         return Err(GrantError::NotPending {
             id: grant.id.clone(),
@@ -358,7 +489,7 @@ pub fn approve(
         at: now,
         plan_digest: digest.to_owned(),
     });
-    if next.approvals.len() >= quorum(incident.severity) {
+    if next.approvals.len() >= rules.quorum(incident.severity, &grant.scopes) {
         let incident_end = incident.opened_at + incident.max_lifetime_secs as i64;
         next.state = GrantState::Active;
         next.activated_at = Some(now);
@@ -555,6 +686,48 @@ mod tests {
                 .unwrap()
                 .state,
             GrantState::Revoked
+        );
+    }
+
+    #[test]
+    fn configured_rules_change_quorum_and_sensitivity() {
+        let rules = RemediationRules {
+            quorum_sev3: 2,
+            sensitive_scope_prefixes: vec!["deploy:".into(), "db:".into()],
+            sensitive_quorum: 3,
+            ..RemediationRules::default()
+        };
+        assert!(rules.validate().is_ok());
+        assert_eq!(rules.quorum(Severity::Sev3, &BTreeSet::new()), 2);
+        let sensitive = BTreeSet::from(["db:write".to_string()]);
+        assert_eq!(
+            rules.quorum(Severity::Sev4, &sensitive),
+            3,
+            "a sensitive scope raises the quorum"
+        );
+        assert!(rules.is_sensitive("db:write") && !rules.is_sensitive("iam:write"));
+        let (g, inc) = pending(Severity::Sev3);
+        let one = approve_with(&rules, &g, &inc, "alice", &g.plan_digest, 3600, 101).unwrap();
+        assert_eq!(
+            one.state,
+            GrantState::Pending,
+            "sev3 needs two under these rules"
+        );
+        assert!(
+            RemediationRules {
+                quorum_sev1: 0,
+                ..RemediationRules::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            RemediationRules {
+                sensitive_scope_prefixes: vec![String::new()],
+                ..RemediationRules::default()
+            }
+            .validate()
+            .is_err()
         );
     }
 

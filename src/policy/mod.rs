@@ -369,6 +369,9 @@ pub struct PolicySnapshot {
     /// Remediation grants by id (every state).
     #[serde(default)]
     pub grants: BTreeMap<String, Grant>,
+    /// The remediation rules in force (quorums, sensitive scopes, limits).
+    #[serde(default)]
+    pub rules: grant::RemediationRules,
     /// Guardrail playbooks by name (every state).
     #[serde(default)]
     pub playbooks: BTreeMap<String, playbook::Playbook>,
@@ -460,6 +463,7 @@ fn open_incidents(policy: &PolicySnapshot) -> Vec<&Incident> {
 /// grant (for remediation). Scopes touching deployment, IAM or secrets survive only in the
 /// remediation band, and only when the incident names them.
 pub fn effective_scopes(
+    rules: &grant::RemediationRules,
     profile: &Profile,
     incident: &Incident,
     grant: Option<&Grant>,
@@ -469,7 +473,7 @@ pub fn effective_scopes(
         .iter()
         .filter(|s| incident.scopes.is_empty() || incident.scopes.contains(*s))
         .filter(|s| grant.is_none_or(|g| g.scopes.contains(*s)))
-        .filter(|s| !grant::is_sensitive(s) || (grant.is_some() && incident.scopes.contains(*s)))
+        .filter(|s| !rules.is_sensitive(s) || (grant.is_some() && incident.scopes.contains(*s)))
         .cloned()
         .collect()
 }
@@ -488,7 +492,7 @@ fn profile_entitlements(
         claims.scopes = profile
             .scopes
             .iter()
-            .filter(|s| !grant::is_sensitive(s))
+            .filter(|s| !policy.rules.is_sensitive(s))
             .cloned()
             .collect();
         return id
@@ -510,7 +514,7 @@ fn profile_entitlements(
         {
             let mut claims = WritClaims::new(Band::Investigative);
             claims.incident = Some(incident.id.clone());
-            claims.scopes = effective_scopes(profile, incident, None);
+            claims.scopes = effective_scopes(&policy.rules, profile, incident, None);
             out.push(Entitlement {
                 spiffe_id,
                 band: Band::Investigative,
@@ -542,7 +546,7 @@ fn profile_entitlements(
             claims.approvers = grant.approvals.iter().map(|a| a.by.clone()).collect();
             claims.playbook = grant.playbook.clone();
             claims.targets = grant.targets.iter().cloned().collect();
-            claims.scopes = effective_scopes(profile, incident, Some(grant));
+            claims.scopes = effective_scopes(&policy.rules, profile, incident, Some(grant));
             out.push(Entitlement {
                 spiffe_id,
                 band: Band::Remediation,
@@ -598,6 +602,7 @@ mod tests {
             incidents: incidents.into_iter().map(|i| (i.id.clone(), i)).collect(),
             grants: BTreeMap::new(),
             playbooks: BTreeMap::new(),
+            rules: grant::RemediationRules::default(),
         }
     }
 

@@ -9,7 +9,7 @@
 mod playbooks;
 
 use super::Issuer;
-use super::registry::{GrantLimits, RegistryError};
+use super::registry::RegistryError;
 use crate::ca::{CaError, SubjectKey, SvidRequest};
 use crate::identity::agent_spiffe_id;
 use crate::policy::{
@@ -551,7 +551,7 @@ fn grant_to_proto(grant: &Grant, issuer: &Issuer) -> pb::Grant {
     let quorum = policy
         .incidents
         .get(&grant.incident)
-        .map(|i| crate::policy::grant::quorum(i.severity) as u32)
+        .map(|i| policy.rules.quorum(i.severity, &grant.scopes) as u32)
         .unwrap_or(0);
     // A playbook activation rests on the playbook's quorum and its activator.
     let quorum = match grant.playbook {
@@ -999,12 +999,9 @@ impl Admin for AdminService {
         let grant = blocking(
             move || {
                 let now = issuer.cas.now();
-                issuer.registry.request_grant(
-                    grant_request,
-                    &requester,
-                    GrantLimits::default(),
-                    now,
-                )
+                issuer
+                    .registry
+                    .request_grant(grant_request, &requester, now)
             },
             registry_status,
         )

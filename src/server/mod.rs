@@ -75,7 +75,7 @@ impl Issuer {
             config.ca,
             clock,
         )?;
-        let registry = Registry::load(Arc::clone(&store))?;
+        let registry = Registry::load_with_rules(Arc::clone(&store), config.remediation.clone())?;
         // Operators come from configuration: approvals by someone no longer configured
         // stop counting, and grants that lose their quorum end now.
         let server_uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?);
@@ -214,12 +214,9 @@ impl Issuer {
             ));
         }
         let now = self.cas.now();
-        let grant = self.registry.request_grant(
-            request,
-            &requested_by.to_string(),
-            registry::GrantLimits::default(),
-            now,
-        )?;
+        let grant = self
+            .registry
+            .request_grant(request, &requested_by.to_string(), now)?;
         tracing::info!(grant = %grant.id, incident = %grant.incident, by = %requested_by, plan_digest = %grant.plan_digest, "grant requested by an agent");
         Ok(grant)
     }

@@ -70,7 +70,17 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// Loads every profile and incident from the store.
     pub fn load(store: Arc<Store>) -> Result<Self, RegistryError> {
+        Self::load_with_rules(store, grant::RemediationRules::default())
+    }
+
+    /// Loads with the configured remediation rules.
+    pub fn load_with_rules(
+        store: Arc<Store>,
+        rules: grant::RemediationRules,
+    ) -> Result<Self, RegistryError> {
+        rules.validate()?;
         let snapshot = PolicySnapshot {
+            rules,
             generation: 1,
             profiles: store
                 .profiles()?
@@ -254,7 +264,6 @@ impl Registry {
         &self,
         request: GrantRequest,
         requested_by: &str,
-        limits: GrantLimits,
         now: i64,
     ) -> Result<Grant, RegistryError> {
         let id = format!("g-{}", random_hex(6));
@@ -269,6 +278,7 @@ impl Registry {
                 .values()
                 .filter(|g| g.incident == request.incident && g.state == GrantState::Pending)
                 .count();
+            let limits = &policy.rules;
             if pending >= limits.pending_per_incident {
                 return Err(RegistryError::RateLimited(format!(
                     "incident {:?} already has {pending} pending grant requests (limit {}): decide those first",
@@ -286,7 +296,7 @@ impl Registry {
                     request.agent, limits.per_agent_per_hour
                 )));
             }
-            let grant = grant::new_grant(request.clone(), incident, remediation, requested_by, id.clone(), now)?;
+            let grant = grant::new_grant_with(&policy.rules, request.clone(), incident, remediation, requested_by, id.clone(), now)?;
             self.store.put_policy_changes(&[], std::slice::from_ref(&grant))?;
             apply(policy, &[], std::slice::from_ref(&grant));
             Ok(grant)
@@ -313,7 +323,15 @@ impl Registry {
                         what: "incident",
                         name: grant.incident.clone(),
                     })?;
-            let next = grant::approve(grant, incident, approver, digest, approval_ttl, now)?;
+            let next = grant::approve_with(
+                &policy.rules,
+                grant,
+                incident,
+                approver,
+                digest,
+                approval_ttl,
+                now,
+            )?;
             self.store
                 .put_policy_changes(&[], std::slice::from_ref(&next))?;
             apply(policy, &[], std::slice::from_ref(&next));
@@ -374,7 +392,7 @@ impl Registry {
                 let quorum = policy
                     .incidents
                     .get(&g.incident)
-                    .map(|i| grant::quorum(i.severity))
+                    .map(|i| policy.rules.quorum(i.severity, &g.scopes))
                     .unwrap_or(usize::MAX);
                 // A playbook activation rests on the playbook's quorum and its activator.
                 let holds = match g.playbook {
@@ -453,6 +471,18 @@ impl Registry {
                 });
             };
             let profile = policy.profiles.get(&request.agent);
+            // The configured sensitive prefixes apply to playbooks as to grants.
+            if let Some(scope) = book
+                .scopes
+                .iter()
+                .find(|s| policy.rules.is_sensitive(s) && !incident.scopes.contains(*s))
+            {
+                return Err(playbook::PlaybookError::NotEligible(format!(
+                    "scope {scope:?} is sensitive and incident {:?} does not name it",
+                    incident.id
+                ))
+                .into());
+            }
             let grant = playbook::activate(book, incident, profile, request, activator, now, id)?;
             self.store
                 .put_policy_changes(&[], std::slice::from_ref(&grant))?;
@@ -548,24 +578,6 @@ impl Registry {
             apply(policy, &incidents, &grants);
             Ok(true)
         })
-    }
-}
-
-/// Limits on grant requests, against approval fatigue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GrantLimits {
-    /// Most pending requests per incident.
-    pub pending_per_incident: usize,
-    /// Most requests per agent per hour.
-    pub per_agent_per_hour: usize,
-}
-
-impl Default for GrantLimits {
-    fn default() -> Self {
-        GrantLimits {
-            pending_per_incident: 5,
-            per_agent_per_hour: 20,
-        }
     }
 }
 
@@ -726,9 +738,7 @@ mod tests {
             plan: "plan".into(),
             ..GrantRequest::default()
         };
-        let g = registry
-            .request_grant(request, "agent", GrantLimits::default(), 1)
-            .unwrap();
+        let g = registry.request_grant(request, "agent", 1).unwrap();
         registry
             .approve_grant(&g.id, "alice", &plan_digest("plan"), 3600, 2)
             .unwrap();

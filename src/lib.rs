@@ -9,6 +9,7 @@
 //! * [`cli`]: the `writ` command line, one file per command group.
 //! * [`config`]: configuration file → typed config.
 //! * [`proto`]: generated gRPC code (the SPIFFE Workload API and writ's own APIs).
+//! * [`errors`]: errors and statuses as one line with their causes.
 //! * [`uds`]: gRPC channels over Unix sockets.
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ pub mod ca;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod errors;
 pub mod identity;
 pub mod policy;
 pub mod proto;

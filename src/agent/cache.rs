@@ -65,10 +65,7 @@ impl std::fmt::Debug for SvidCache {
 }
 
 fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::clock::Clock::unix(&crate::clock::SystemClock)
 }
 
 impl SvidCache {

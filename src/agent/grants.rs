@@ -91,10 +91,7 @@ impl AgentApi for AgentService {
         Ok(Response::new(pb::RequestGrantResponse {
             grant_id: grant.id,
             plan_digest: grant.plan_digest,
-            state: serde_json::to_value(grant.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            state: crate::policy::wire_name(&grant.state),
             quorum,
             requested_by: grant.requested_by,
         }))

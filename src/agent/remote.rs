@@ -107,13 +107,6 @@ impl std::fmt::Debug for RemoteNode {
     }
 }
 
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Reads PEM certificates.
 pub fn read_pem_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     use rustls::pki_types::pem::PemObject;
@@ -160,26 +153,6 @@ fn not_after_of(cert_der: &[u8]) -> anyhow::Result<i64> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
         .map_err(|e| anyhow::anyhow!("node SVID unreadable: {e}"))?;
     Ok(cert.validity().not_after.timestamp())
-}
-
-/// A status as one line with its cause chain: transport failures say why, not only
-/// "transport error".
-fn describe(status: &tonic::Status) -> String {
-    let mut text = if status.message().is_empty() {
-        format!("{:?}", status.code())
-    } else {
-        status.message().to_owned()
-    };
-    let mut source = std::error::Error::source(status);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn new_csr() -> anyhow::Result<(Vec<u8>, Zeroizing<Vec<u8>>)> {
@@ -288,7 +261,12 @@ impl RemoteNode {
         let first = stream
             .message()
             .await
-            .map_err(|s| anyhow::anyhow!("sync with the server failed: {}", describe(&s)))?
+            .map_err(|s| {
+                anyhow::anyhow!(
+                    "sync with the server failed: {}",
+                    crate::errors::describe_status(&s)
+                )
+            })?
             .context("the server closed the sync stream")?;
         node.apply(&first)?;
         tokio::spawn(Arc::clone(&node).follow_sync(stream));
@@ -323,7 +301,7 @@ impl RemoteNode {
                 return Ok(false);
             }
         }
-        if not_after - now_unix() < 60 {
+        if not_after - crate::clock::Clock::unix(&crate::clock::SystemClock) < 60 {
             tracing::info!("node SVID on disk has expired; attesting again");
             return Ok(false);
         }
@@ -365,7 +343,12 @@ impl RemoteNode {
             Attestation::JoinToken(token) => client
                 .attest_join_token(pb::AttestJoinTokenRequest { token, csr })
                 .await
-                .map_err(|s| anyhow::anyhow!("join token attestation failed: {}", describe(&s)))?
+                .map_err(|s| {
+                    anyhow::anyhow!(
+                        "join token attestation failed: {}",
+                        crate::errors::describe_status(&s)
+                    )
+                })?
                 .into_inner(),
             Attestation::X509Pop {
                 cert,
@@ -377,7 +360,9 @@ impl RemoteNode {
                         chain: chain.iter().map(|c| c.to_vec()).collect(),
                     })
                     .await
-                    .map_err(|s| anyhow::anyhow!("x509pop refused: {}", describe(&s)))?
+                    .map_err(|s| {
+                        anyhow::anyhow!("x509pop refused: {}", crate::errors::describe_status(&s))
+                    })?
                     .into_inner();
                 let pem = Zeroizing::new(
                     std::fs::read_to_string(&key_path)
@@ -395,7 +380,9 @@ impl RemoteNode {
                         csr,
                     })
                     .await
-                    .map_err(|s| anyhow::anyhow!("x509pop refused: {}", describe(&s)))?
+                    .map_err(|s| {
+                        anyhow::anyhow!("x509pop refused: {}", crate::errors::describe_status(&s))
+                    })?
                     .into_inner()
             }
         };
@@ -408,7 +395,12 @@ impl RemoteNode {
         let stream = client
             .sync(pb::SyncRequest {})
             .await
-            .map_err(|s| anyhow::anyhow!("sync with the server failed: {}", describe(&s)))?
+            .map_err(|s| {
+                anyhow::anyhow!(
+                    "sync with the server failed: {}",
+                    crate::errors::describe_status(&s)
+                )
+            })?
             .into_inner();
         Ok(stream)
     }
@@ -484,7 +476,8 @@ impl RemoteNode {
                 .ok()
                 .and_then(|n| n.as_ref().map(|(_, t)| *t))
                 .unwrap_or(0);
-            let wait = ((not_after - now_unix()) / 2).clamp(1, 3600) as u64;
+            let wait = ((not_after - crate::clock::Clock::unix(&crate::clock::SystemClock)) / 2)
+                .clamp(1, 3600) as u64;
             tokio::time::sleep(Duration::from_secs(wait)).await;
             let result = async {
                 let (csr, key) = new_csr()?;

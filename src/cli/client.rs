@@ -101,14 +101,10 @@ async fn connect_remote(server: &str, args: &AdminArgs) -> anyhow::Result<AdminC
         }))
         .await
         .map_err(|e| {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                text.push_str(": ");
-                text.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            anyhow::anyhow!("connecting to {server}: {text}")
+            anyhow::anyhow!(
+                "{}",
+                crate::errors::with_causes(&format!("connecting to {server}: {e}"), &e)
+            )
         })?;
     Ok(AdminClient::new(channel))
 }
@@ -130,15 +126,5 @@ async fn connect_socket(socket: &Path) -> anyhow::Result<AdminClient<Channel>> {
 /// Turns a gRPC status into a one-line error, with the transport's cause when there is
 /// one (a refused certificate says so, not just "transport error").
 pub fn rpc_error(status: tonic::Status) -> anyhow::Error {
-    let mut text = status.message().to_owned();
-    let mut source = std::error::Error::source(&status);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    anyhow::anyhow!("{}", text.replace('\n', " "))
+    anyhow::anyhow!("{}", crate::errors::with_causes(status.message(), &status))
 }

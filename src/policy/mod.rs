@@ -189,6 +189,15 @@ impl FromStr for Operator {
     }
 }
 
+/// The name a value has on the wire and in config (`incident-commander`, `active`): its
+/// serde name, so there is one spelling.
+pub fn wire_name<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// Upper bound on selectors, scopes and assignees per object.
 pub const MAX_ITEMS: usize = 32;
 

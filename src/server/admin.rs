@@ -58,14 +58,7 @@ impl AdminService {
         if roles.iter().any(|r| held.contains(r)) {
             return Ok(who);
         }
-        let wanted: Vec<String> = roles
-            .iter()
-            .filter_map(|r| {
-                serde_json::to_value(r)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-            })
-            .collect();
+        let wanted: Vec<String> = roles.iter().map(crate::policy::wire_name).collect();
         tracing::warn!(operator = %who, ?wanted, "admin call refused: missing role");
         Err(Status::permission_denied(format!(
             "{who} needs the role {}",
@@ -209,10 +202,7 @@ impl AdminService {
                     band: band.to_string(),
                     trust_domain: ca.trust_domain().to_string(),
                     id: record.id,
-                    state: serde_json::to_value(record.state)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
+                    state: crate::policy::wire_name(&record.state),
                     not_before: record.not_before,
                     not_after: record.not_after,
                     jwt_kid: record.jwt_kid,
@@ -589,10 +579,7 @@ fn grant_to_proto(grant: &Grant, issuer: &Issuer) -> pb::Grant {
                 plan_digest: a.plan_digest.clone(),
             })
             .collect(),
-        state: serde_json::to_value(grant.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        state: crate::policy::wire_name(&grant.state),
         activated_at: grant.activated_at,
         expires_at: grant.expires_at,
         ended_at: grant.ended.as_ref().map(|e| e.at),
@@ -751,13 +738,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
         self.authorize(&request)?;
         let role_names = |roles: &mut dyn Iterator<Item = &Role>| -> Vec<String> {
-            roles
-                .filter_map(|r| {
-                    serde_json::to_value(r)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                })
-                .collect()
+            roles.map(crate::policy::wire_name).collect()
         };
         let mut operators: Vec<pb::Operator> = self
             .issuer

@@ -1,6 +1,7 @@
 //! writ: a SPIFFE workload identity issuer for AI SRE agents.
 //!
 //! A map of the modules:
+//! * [`audit`]: the tamper-evident audit log (Merkle tree, signed checkpoints).
 //! * [`ca`]: one certificate authority per band (trust domain); mints X.509 and JWT
 //!   SVIDs, rotates authorities, serves bundles.
 //! * [`identity`]: how writ names agents, incidents and grants as SPIFFE IDs.
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod audit;
 pub mod ca;
 pub mod cli;
 pub mod clock;

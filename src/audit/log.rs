@@ -1,0 +1,476 @@
+//! The log on disk and its writer: records, the tree's stored hashes and the latest signed
+//! checkpoint live in one redb file (`audit.redb`), written by one thread that commits
+//! every record queued since its last commit in one durable transaction (group commit).
+//!
+//! Order and fail-closed: an index is assigned under the sequencer lock and the record is
+//! queued under the same lock, so the queue is always in index order. A caller learns its
+//! record is durable only after the transaction holding it committed; if the commit fails,
+//! every queued record fails with it, the next index goes back to the durable size, and
+//! nothing that depended on those records is released (an SVID whose issuance record was
+//! not written is never handed out).
+
+use super::note::LogKey;
+use super::{AuditError, Record, record::MAX_RECORD_LEN};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use tlog_tiles::{Hash, HashReader};
+use tokio::sync::{oneshot, watch};
+
+/// Record index → the record's bytes.
+pub(super) const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_records");
+/// Stored-hash index (tlog's dense numbering of the tree's complete subtrees) → hash.
+pub(super) const HASHES: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_hashes");
+/// `checkpoint` → the latest signed checkpoint.
+pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_meta");
+
+/// How a waiting caller hears that its record is durable (or not).
+enum Done {
+    Sync(std::sync::mpsc::SyncSender<Result<(), AuditError>>),
+    Async(oneshot::Sender<Result<(), AuditError>>),
+}
+
+impl Done {
+    fn send(self, result: Result<(), AuditError>) {
+        // A caller that stopped waiting has nothing left to release.
+        match self {
+            Done::Sync(tx) => {
+                let _ = tx.send(result);
+            }
+            Done::Async(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+struct Queued {
+    index: u64,
+    bytes: Vec<u8>,
+    done: Done,
+}
+
+struct Sequencer {
+    next: u64,
+    queue: Vec<Queued>,
+    stopping: bool,
+}
+
+struct Inner {
+    db: Database,
+    key: LogKey,
+    origin: String,
+    seq: Mutex<Sequencer>,
+    work: Condvar,
+    durable: watch::Sender<u64>,
+    fail_commits: AtomicBool,
+}
+
+/// The audit log: appends from any thread or task, reads, checkpoints.
+pub struct AuditLog {
+    inner: Arc<Inner>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("origin", &self.inner.origin)
+            .field("size", &self.size())
+            .finish()
+    }
+}
+
+pub(super) fn db_err(e: impl std::fmt::Display) -> AuditError {
+    AuditError::Store(e.to_string())
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log at `path`, signing with the key in `key_dir` under the
+    /// name `origin`, and starts its writer thread.
+    pub fn open(path: &Path, key_dir: &Path, origin: &str) -> Result<Self, AuditError> {
+        let key = LogKey::open_or_create(key_dir, origin)?;
+        let db = Database::create(path).map_err(db_err)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        let size = {
+            let tx = db.begin_write().map_err(db_err)?;
+            let size;
+            {
+                let records = tx.open_table(RECORDS).map_err(db_err)?;
+                let hashes = tx.open_table(HASHES).map_err(db_err)?;
+                let mut meta = tx.open_table(META).map_err(db_err)?;
+                size = records.len().map_err(db_err)?;
+                if meta.get("checkpoint").map_err(db_err)?.is_none() {
+                    let root = tlog_tiles::tree_hash(size, &TableHashes(&hashes))?;
+                    meta.insert("checkpoint", key.checkpoint(origin, size, root)?.as_slice())
+                        .map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            size
+        };
+        let (durable, _) = watch::channel(size);
+        let inner = Arc::new(Inner {
+            db,
+            key,
+            origin: origin.to_owned(),
+            seq: Mutex::new(Sequencer {
+                next: size,
+                queue: Vec::new(),
+                stopping: false,
+            }),
+            work: Condvar::new(),
+            durable,
+            fail_commits: AtomicBool::new(false),
+        });
+        let worker = Arc::clone(&inner);
+        let writer = std::thread::Builder::new()
+            .name("writ-audit".into())
+            .spawn(move || worker.run())?;
+        Ok(AuditLog {
+            inner,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// The log's name (the checkpoint's origin line and the key's name).
+    pub fn origin(&self) -> &str {
+        &self.inner.origin
+    }
+
+    /// The verifier key of the log's signing key.
+    pub fn vkey(&self) -> &str {
+        self.inner.key.vkey()
+    }
+
+    /// Records durable now.
+    pub fn size(&self) -> u64 {
+        *self.inner.durable.borrow()
+    }
+
+    /// Follows the durable size.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.durable.subscribe()
+    }
+
+    /// Appends `record` and waits until it is durable. Returns its index.
+    pub fn append(&self, record: &Record) -> Result<u64, AuditError> {
+        let bytes = encode(record)?;
+        self.append_with(|_| Ok::<_, AuditError>((bytes, ())))
+            .map(|(index, ())| index)
+    }
+
+    /// Appends the record `build` makes once it knows the index the record will have, and
+    /// waits until it is durable; returns the index and what `build` returned beside the
+    /// record. `build` runs under the sequencer lock: keep it short (a signature, not I/O).
+    /// If `build` fails nothing is appended; if the append fails, `T` is dropped unseen.
+    pub fn append_with<T, E: From<AuditError>>(
+        &self,
+        build: impl FnOnce(u64) -> Result<(Vec<u8>, T), E>,
+    ) -> Result<(u64, T), E> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (index, out) = self.enqueue(build, Done::Sync(tx))?;
+        rx.recv()
+            .map_err(|_| AuditError::Unavailable("the audit writer stopped".into()))??;
+        Ok((index, out))
+    }
+
+    /// Appends `record` without blocking a thread; resolves once it is durable.
+    pub async fn append_async(&self, record: &Record) -> Result<u64, AuditError> {
+        let bytes = encode(record)?;
+        let (tx, rx) = oneshot::channel();
+        let (index, ()) = self.enqueue(|_| Ok::<_, AuditError>((bytes, ())), Done::Async(tx))?;
+        rx.await
+            .map_err(|_| AuditError::Unavailable("the audit writer stopped".into()))??;
+        Ok(index)
+    }
+
+    fn enqueue<T, E: From<AuditError>>(
+        &self,
+        build: impl FnOnce(u64) -> Result<(Vec<u8>, T), E>,
+        done: Done,
+    ) -> Result<(u64, T), E> {
+        let mut seq = self.inner.lock();
+        if seq.stopping {
+            return Err(AuditError::Unavailable("the audit log is closed".into()).into());
+        }
+        let index = seq.next;
+        let (bytes, out) = build(index)?;
+        if bytes.len() > MAX_RECORD_LEN {
+            return Err(AuditError::TooLarge(bytes.len()).into());
+        }
+        seq.next += 1;
+        seq.queue.push(Queued { index, bytes, done });
+        drop(seq);
+        self.inner.work.notify_one();
+        Ok((index, out))
+    }
+
+    /// Records `[from, from + limit)` that are durable, in order.
+    pub fn read(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+        let end = self.size();
+        let tx = self.inner.db.begin_read().map_err(db_err)?;
+        let records = tx.open_table(RECORDS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in records.range(from..end).map_err(db_err)?.take(limit) {
+            let (k, v) = item.map_err(db_err)?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The latest signed checkpoint (made at every commit).
+    pub fn checkpoint(&self) -> Result<Vec<u8>, AuditError> {
+        let tx = self.inner.db.begin_read().map_err(db_err)?;
+        let meta = tx.open_table(META).map_err(db_err)?;
+        meta.get("checkpoint")
+            .map_err(db_err)?
+            .map(|v| v.value().to_vec())
+            .ok_or_else(|| AuditError::Store("no checkpoint".into()))
+    }
+
+    /// Proof that the tree of `new_size` records extends the tree of `old_size`
+    /// (RFC 6962 consistency, in tlog's form).
+    pub fn prove_consistency(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, AuditError> {
+        if old_size > new_size || new_size > self.size() {
+            return Err(AuditError::Invalid(format!(
+                "no consistency proof from {old_size} to {new_size} records (the log has {})",
+                self.size()
+            )));
+        }
+        let tx = self.inner.db.begin_read().map_err(db_err)?;
+        let hashes = tx.open_table(HASHES).map_err(db_err)?;
+        Ok(tlog_tiles::prove_tree(
+            new_size,
+            old_size,
+            &TableHashes(&hashes),
+        )?)
+    }
+
+    /// Makes every commit fail until cleared: for tests of fail-closed behaviour.
+    #[doc(hidden)]
+    pub fn fail_commits(&self, fail: bool) {
+        self.inner.fail_commits.store(fail, Ordering::SeqCst);
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        self.inner.lock().stopping = true;
+        self.inner.work.notify_all();
+        if let Some(writer) = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn encode(record: &Record) -> Result<Vec<u8>, AuditError> {
+    record
+        .encode()
+        .map_err(|e| AuditError::Invalid(format!("encoding a record: {e}")))
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Sequencer> {
+        self.seq
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The writer: takes everything queued, commits it in one transaction, reports.
+    fn run(&self) {
+        loop {
+            let batch = {
+                let mut seq = self.lock();
+                while seq.queue.is_empty() && !seq.stopping {
+                    seq = self
+                        .work
+                        .wait(seq)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
+                if seq.queue.is_empty() {
+                    return;
+                }
+                std::mem::take(&mut seq.queue)
+            };
+            match self.commit(&batch) {
+                Ok(size) => {
+                    self.durable.send_replace(size);
+                    for q in batch {
+                        q.done.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, records = batch.len(), "audit commit failed; the records and everything waiting on them are refused");
+                    // Everything queued behind the failed batch was numbered after it:
+                    // fail those too and number again from the durable size.
+                    let rest = {
+                        let mut seq = self.lock();
+                        seq.next = *self.durable.borrow();
+                        std::mem::take(&mut seq.queue)
+                    };
+                    let message = e.to_string();
+                    for q in batch.into_iter().chain(rest) {
+                        q.done.send(Err(AuditError::Unavailable(message.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    fn commit(&self, batch: &[Queued]) -> Result<u64, AuditError> {
+        if self.fail_commits.load(Ordering::SeqCst) {
+            return Err(AuditError::Store("injected commit failure".into()));
+        }
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        tx.set_durability(Durability::Immediate).map_err(db_err)?;
+        let mut size = *self.durable.borrow();
+        {
+            let mut records = tx.open_table(RECORDS).map_err(db_err)?;
+            let mut hashes = tx.open_table(HASHES).map_err(db_err)?;
+            let mut meta = tx.open_table(META).map_err(db_err)?;
+            for q in batch {
+                if q.index != size {
+                    return Err(AuditError::Store(format!(
+                        "record {} queued where {size} was due",
+                        q.index
+                    )));
+                }
+                let new = tlog_tiles::stored_hashes(q.index, &q.bytes, &TableHashes(&hashes))?;
+                let base = tlog_tiles::stored_hash_index(0, q.index);
+                for (i, h) in new.iter().enumerate() {
+                    hashes
+                        .insert(base + i as u64, h.0.as_slice())
+                        .map_err(db_err)?;
+                }
+                records
+                    .insert(q.index, q.bytes.as_slice())
+                    .map_err(db_err)?;
+                size += 1;
+            }
+            let root = tlog_tiles::tree_hash(size, &TableHashes(&hashes))?;
+            let note = self.key.checkpoint(&self.origin, size, root)?;
+            meta.insert("checkpoint", note.as_slice()).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(size)
+    }
+}
+
+/// Reads stored hashes from a redb table.
+pub(super) struct TableHashes<'a, T>(pub &'a T);
+
+impl<T: ReadableTable<u64, &'static [u8]>> HashReader for TableHashes<'_, T> {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        indexes
+            .iter()
+            .map(|&i| {
+                let value = self
+                    .0
+                    .get(i)
+                    .map_err(|e| tlog_tiles::Error::InvalidInput(e.to_string()))?
+                    .ok_or(tlog_tiles::Error::IndexesNotInTree)?;
+                let bytes: [u8; 32] = value
+                    .value()
+                    .try_into()
+                    .map_err(|_| tlog_tiles::Error::MalformedHash)?;
+                Ok(Hash(bytes))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{Kind, verify_file};
+
+    const ORIGIN: &str = "example.org/writ-audit";
+
+    fn record(i: u64) -> Record {
+        Record::new(i as i64, Kind::AdminChange, "test.append", format!("op{i}"))
+    }
+
+    #[test]
+    fn concurrent_appends_are_durable_in_order_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.redb");
+        let log = Arc::new(AuditLog::open(&path, dir.path(), ORIGIN).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || {
+                    (0..50)
+                        .map(|i| log.append(&record(t * 100 + i)).unwrap())
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        let mut indexes: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        indexes.sort_unstable();
+        assert_eq!(indexes, (0..400).collect::<Vec<_>>());
+        assert_eq!(log.size(), 400);
+        assert_eq!(log.read(398, 10).unwrap().len(), 2);
+        let proof = log.prove_consistency(100, 400).unwrap();
+        assert!(!proof.is_empty());
+        let vkey = log.vkey().to_owned();
+        let kept = log.checkpoint().unwrap();
+        drop(log);
+
+        let v = verify_file(&path, &vkey, Some(&kept)).unwrap();
+        assert_eq!(v.size, 400);
+        // Reopening continues where it stopped.
+        let log = AuditLog::open(&path, dir.path(), ORIGIN).unwrap();
+        assert_eq!(log.append(&record(1)).unwrap(), 400);
+    }
+
+    #[test]
+    fn a_failed_commit_fails_its_records_and_the_log_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.redb");
+        let log = AuditLog::open(&path, dir.path(), ORIGIN).unwrap();
+        log.append(&record(0)).unwrap();
+        log.fail_commits(true);
+        let refused = log.append_with(|index| {
+            Ok::<_, AuditError>((record(index).encode().unwrap(), "released"))
+        });
+        assert!(matches!(refused, Err(AuditError::Unavailable(_))));
+        assert_eq!(log.size(), 1);
+        log.fail_commits(false);
+        assert_eq!(log.append(&record(2)).unwrap(), 1);
+        let vkey = log.vkey().to_owned();
+        drop(log);
+        assert_eq!(verify_file(&path, &vkey, None).unwrap().size, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn async_appends_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let log =
+            Arc::new(AuditLog::open(&dir.path().join("audit.redb"), dir.path(), ORIGIN).unwrap());
+        let tasks: Vec<_> = (0..500)
+            .map(|i| {
+                let log = Arc::clone(&log);
+                tokio::spawn(async move { log.append_async(&record(i)).await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(log.size(), 500);
+    }
+}

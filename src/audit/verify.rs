@@ -1,0 +1,398 @@
+//! Proving the log intact: recompute the tree from the records, compare it with what the
+//! log stored and signed, and with a checkpoint kept elsewhere.
+//!
+//! The recomputation is independent of the writer: it hashes the stored bytes of every
+//! record in order (RFC 6962 leaf and node hashes via tlog_tiles), so a changed byte,
+//! a missing record, a cut tail, or a history re-hashed and re-signed under another key
+//! each fail here with the place they were found.
+
+use super::Record;
+use super::note::{VerifiedCheckpoint, open_checkpoint};
+use tlog_tiles::{Hash, HashReader};
+
+/// Why the log is not intact, first finding only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// A record is missing from the sequence.
+    #[error("record {index} is missing (the log jumps from {before} to {found})", before = index.wrapping_sub(1))]
+    Missing {
+        /// The first absent index.
+        index: u64,
+        /// The index found in its place.
+        found: u64,
+    },
+    /// A record's bytes no longer hash to the leaf the log stored when it was written.
+    #[error(
+        "record {index} was changed after it was written (its hash differs from the stored leaf hash)"
+    )]
+    Changed {
+        /// The first changed index.
+        index: u64,
+    },
+    /// A record does not parse.
+    #[error("record {index} is malformed: {reason}")]
+    Malformed {
+        /// Its index.
+        index: u64,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// A checkpoint covers more records than the log holds.
+    #[error(
+        "the log was truncated: the {which} checkpoint covers {checkpoint} records, the log holds {size} (first missing index {size})"
+    )]
+    Truncated {
+        /// `signed` (the log's own) or `kept` (the one given to compare with).
+        which: &'static str,
+        /// Records the checkpoint covers.
+        checkpoint: u64,
+        /// Records present.
+        size: u64,
+    },
+    /// The records do not hash to a checkpoint's root: some record below its size was
+    /// changed and the stored hashes rewritten to match.
+    #[error("the records before index {checkpoint} do not match the {which} checkpoint's root: history below it was rewritten{first}",
+        first = match .first_bad { Some(i) => format!(" (first differing record: {i})"), None => String::new() })]
+    Rewritten {
+        /// `signed` or `kept`.
+        which: &'static str,
+        /// The checkpoint's size.
+        checkpoint: u64,
+        /// The first record whose leaf differs from the kept leaves, when known.
+        first_bad: Option<u64>,
+    },
+    /// A checkpoint's signature or form is wrong.
+    #[error("the {which} checkpoint is not valid: {reason}")]
+    Checkpoint {
+        /// `signed` or `kept`.
+        which: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Reading the log failed.
+    #[error("reading the log: {0}")]
+    Read(String),
+}
+
+/// What a successful verification proved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    /// Records verified.
+    pub size: u64,
+    /// The recomputed root.
+    pub root: Hash,
+    /// The log's own latest checkpoint that matched, if one was given.
+    pub signed: Option<VerifiedCheckpoint>,
+    /// The kept checkpoint the log was proved consistent with, if one was given.
+    pub kept: Option<VerifiedCheckpoint>,
+}
+
+/// Every stored hash of the recomputed tree, densely in tlog's stored-hash order.
+#[derive(Default)]
+struct MemoryHashes(Vec<Hash>);
+
+impl HashReader for MemoryHashes {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        indexes
+            .iter()
+            .map(|&i| {
+                self.0
+                    .get(i as usize)
+                    .copied()
+                    .ok_or(tlog_tiles::Error::IndexesNotInTree)
+            })
+            .collect()
+    }
+}
+
+/// The inputs of one verification.
+pub struct Inputs<'a> {
+    /// The log's verifier key (pinned by whoever verifies).
+    pub vkey: &'a str,
+    /// The log's own latest signed checkpoint, if it has one.
+    pub signed: Option<&'a [u8]>,
+    /// A checkpoint kept elsewhere, to prove the log still extends it.
+    pub kept: Option<&'a [u8]>,
+    /// The leaf hash the log stored for a record, when verifying the store itself.
+    pub stored_leaf: Option<&'a dyn Fn(u64) -> Option<Hash>>,
+}
+
+/// Verifies the records, in index order, against the inputs.
+pub fn verify(
+    records: impl IntoIterator<Item = Result<(u64, Vec<u8>), String>>,
+    inputs: &Inputs<'_>,
+) -> Result<Verified, VerifyError> {
+    let mut hashes = MemoryHashes::default();
+    let mut leaves: Vec<Hash> = Vec::new();
+    let mut size = 0u64;
+    for item in records {
+        let (index, bytes) = item.map_err(VerifyError::Read)?;
+        if index != size {
+            return Err(VerifyError::Missing {
+                index: size,
+                found: index,
+            });
+        }
+        let leaf = tlog_tiles::record_hash(&bytes);
+        if let Some(stored) = inputs.stored_leaf.and_then(|f| f(index))
+            && stored != leaf
+        {
+            return Err(VerifyError::Changed { index });
+        }
+        if let Err(e) = Record::decode(&bytes) {
+            return Err(VerifyError::Malformed {
+                index,
+                reason: e.to_string(),
+            });
+        }
+        let new = tlog_tiles::stored_hashes_for_record_hash(index, leaf, &hashes)
+            .map_err(|e| VerifyError::Read(e.to_string()))?;
+        hashes.0.extend(new);
+        leaves.push(leaf);
+        size += 1;
+    }
+    let root =
+        tlog_tiles::tree_hash(size, &hashes).map_err(|e| VerifyError::Read(e.to_string()))?;
+    let check = |which: &'static str, note: &[u8]| -> Result<VerifiedCheckpoint, VerifyError> {
+        let cp = open_checkpoint(note, inputs.vkey)
+            .map_err(|reason| VerifyError::Checkpoint { which, reason })?;
+        if cp.size > size {
+            return Err(VerifyError::Truncated {
+                which,
+                checkpoint: cp.size,
+                size,
+            });
+        }
+        let at = tlog_tiles::tree_hash(cp.size, &hashes)
+            .map_err(|e| VerifyError::Read(e.to_string()))?;
+        if at != cp.root {
+            return Err(VerifyError::Rewritten {
+                which,
+                checkpoint: cp.size,
+                first_bad: None,
+            });
+        }
+        // The standard check a monitor makes with only the two tree heads: a consistency
+        // proof from the checkpoint's tree to the whole log.
+        let proof = tlog_tiles::prove_tree(size, cp.size, &hashes)
+            .map_err(|e| VerifyError::Read(e.to_string()))?;
+        tlog_tiles::check_tree(&proof, size, root, cp.size, cp.root).map_err(|e| {
+            VerifyError::Checkpoint {
+                which,
+                reason: format!("no consistency with the log: {e}"),
+            }
+        })?;
+        Ok(cp)
+    };
+    let signed = inputs.signed.map(|n| check("signed", n)).transpose()?;
+    let kept = inputs.kept.map(|n| check("kept", n)).transpose()?;
+    if let (Some(s), Some(k)) = (&signed, &kept)
+        && s.origin != k.origin
+    {
+        return Err(VerifyError::Checkpoint {
+            which: "kept",
+            reason: format!("it is for log {:?}, not {:?}", k.origin, s.origin),
+        });
+    }
+    Ok(Verified {
+        size,
+        root,
+        signed,
+        kept,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Kind;
+    use crate::audit::note::LogKey;
+
+    const ORIGIN: &str = "example.org/writ-audit";
+
+    fn records(n: u64) -> Vec<(u64, Vec<u8>)> {
+        (0..n)
+            .map(|i| {
+                let r = Record::new(i as i64, Kind::AdminChange, "test", format!("op{i}"));
+                (i, r.encode().unwrap())
+            })
+            .collect()
+    }
+
+    fn root_of(recs: &[(u64, Vec<u8>)]) -> Hash {
+        let mut hashes = MemoryHashes::default();
+        for (i, b) in recs {
+            hashes
+                .0
+                .extend(tlog_tiles::stored_hashes(*i, b, &hashes).unwrap());
+        }
+        tlog_tiles::tree_hash(recs.len() as u64, &hashes).unwrap()
+    }
+
+    fn ok(recs: &[(u64, Vec<u8>)]) -> impl Iterator<Item = Result<(u64, Vec<u8>), String>> {
+        recs.to_vec().into_iter().map(Ok)
+    }
+
+    #[test]
+    fn an_intact_log_verifies_against_signed_and_kept_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = LogKey::open_or_create(dir.path(), ORIGIN).unwrap();
+        let all = records(37);
+        let kept = key.checkpoint(ORIGIN, 20, root_of(&all[..20])).unwrap();
+        let signed = key.checkpoint(ORIGIN, 37, root_of(&all)).unwrap();
+        let inputs = Inputs {
+            vkey: key.vkey(),
+            signed: Some(&signed),
+            kept: Some(&kept),
+            stored_leaf: None,
+        };
+        let v = verify(ok(&all), &inputs).unwrap();
+        assert_eq!(v.size, 37);
+        assert_eq!(v.kept.unwrap().size, 20);
+        // The RFC 6962 empty-tree root for an empty log.
+        let empty = verify(
+            std::iter::empty(),
+            &Inputs {
+                signed: None,
+                kept: None,
+                ..inputs
+            },
+        )
+        .unwrap();
+        assert_eq!(empty.root, tlog_tiles::EMPTY_HASH);
+    }
+
+    #[test]
+    fn each_kind_of_tampering_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = LogKey::open_or_create(dir.path(), ORIGIN).unwrap();
+        let all = records(10);
+        let signed = key.checkpoint(ORIGIN, 10, root_of(&all)).unwrap();
+        let base = Inputs {
+            vkey: key.vkey(),
+            signed: Some(&signed),
+            kept: None,
+            stored_leaf: None,
+        };
+
+        // A removed record.
+        let mut gap = all.clone();
+        gap.remove(4);
+        assert_eq!(
+            verify(ok(&gap), &base).unwrap_err(),
+            VerifyError::Missing { index: 4, found: 5 }
+        );
+
+        // A truncated tail.
+        assert_eq!(
+            verify(ok(&all[..7]), &base).unwrap_err(),
+            VerifyError::Truncated {
+                which: "signed",
+                checkpoint: 10,
+                size: 7
+            }
+        );
+
+        // A changed record, caught by its stored leaf hash.
+        let mut changed = all.clone();
+        changed[6].1 = Record::new(6, Kind::AdminChange, "test", "mallory")
+            .encode()
+            .unwrap();
+        let leaves: Vec<Hash> = all
+            .iter()
+            .map(|(_, b)| tlog_tiles::record_hash(b))
+            .collect();
+        let stored = |i: u64| leaves.get(i as usize).copied();
+        let with_leaves = Inputs {
+            stored_leaf: Some(&stored),
+            ..base
+        };
+        assert_eq!(
+            verify(ok(&changed), &with_leaves).unwrap_err(),
+            VerifyError::Changed { index: 6 }
+        );
+        // Without the stored leaves, the signed root still catches it.
+        assert!(matches!(
+            verify(
+                ok(&changed),
+                &Inputs {
+                    stored_leaf: None,
+                    ..with_leaves
+                }
+            )
+            .unwrap_err(),
+            VerifyError::Rewritten {
+                which: "signed",
+                checkpoint: 10,
+                ..
+            }
+        ));
+
+        // Re-hashed and re-signed by a forger: the log's key refuses the signature.
+        let forger_dir = tempfile::tempdir().unwrap();
+        let forger = LogKey::open_or_create(forger_dir.path(), ORIGIN).unwrap();
+        let forged = forger.checkpoint(ORIGIN, 10, root_of(&changed)).unwrap();
+        assert!(matches!(
+            verify(
+                ok(&changed),
+                &Inputs {
+                    signed: Some(&forged),
+                    ..base
+                }
+            )
+            .unwrap_err(),
+            VerifyError::Checkpoint {
+                which: "signed",
+                ..
+            }
+        ));
+        // Even if the forger also swapped the verifier key, a kept checkpoint still
+        // catches the rewritten history.
+        let kept = key.checkpoint(ORIGIN, 8, root_of(&all[..8])).unwrap();
+        assert!(matches!(
+            verify(
+                ok(&changed),
+                &Inputs {
+                    vkey: forger.vkey(),
+                    signed: Some(&forged),
+                    kept: Some(&kept),
+                    stored_leaf: None
+                }
+            )
+            .unwrap_err(),
+            VerifyError::Checkpoint { which: "kept", .. }
+        ));
+        assert!(matches!(
+            verify(
+                ok(&changed),
+                &Inputs {
+                    signed: None,
+                    kept: Some(&kept),
+                    ..base
+                }
+            )
+            .unwrap_err(),
+            VerifyError::Rewritten {
+                which: "kept",
+                checkpoint: 8,
+                ..
+            }
+        ));
+
+        // Garbage where a record was.
+        let mut garbage = all.clone();
+        garbage[2].1 = b"not json".to_vec();
+        assert!(matches!(
+            verify(
+                ok(&garbage),
+                &Inputs {
+                    signed: None,
+                    ..base
+                }
+            )
+            .unwrap_err(),
+            VerifyError::Malformed { index: 2, .. }
+        ));
+    }
+}

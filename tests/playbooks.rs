@@ -40,7 +40,7 @@ fn fixer(dev: &Dev, bands: &[Band]) {
             scopes: BTreeSet::from(["logs:read".into(), "net:isolate".into()]),
             service: false,
             created_at: 0,
-        })
+        }, "test")
         .unwrap();
 }
 
@@ -273,7 +273,7 @@ async fn activations_outside_the_bounds_issue_nothing() {
             scopes: BTreeSet::new(),
             service: false,
             created_at: 0,
-        })
+        }, "test")
         .unwrap();
     let mut both = dev.issuer.registry.snapshot().incidents["INC-1"].clone();
     both.id = "INC-2".into();

@@ -126,7 +126,7 @@ async fn a_revoked_grant_is_published_in_the_remediation_trust_domain() {
             scopes: BTreeSet::new(),
             service: false,
             created_at: 0,
-        })
+        }, "test")
         .unwrap();
     dev.open("INC-1", "fixer", 1);
     let now = dev.issuer.cas.now();

@@ -106,6 +106,9 @@ impl LocalNode {
     }
 }
 
+/// How the in-process agent of `writ dev` is named in audit records.
+const LOCAL_NODE: &str = "local-agent";
+
 fn node_error(e: IssueError) -> NodeError {
     match e {
         IssueError::NotEntitled(_) => NodeError::NotEntitled(e.to_string()),
@@ -114,6 +117,7 @@ fn node_error(e: IssueError) -> NodeError {
             tracing::error!(error = %ca, "signing failed");
             NodeError::Unavailable("signing failed".into())
         }
+        IssueError::Audit(e) => NodeError::Unavailable(e.to_string()),
     }
 }
 
@@ -142,16 +146,16 @@ impl NodeApi for LocalNode {
         let issuer = Arc::clone(&self.issuer);
         let count = csrs.len();
         tokio::task::spawn_blocking(move || {
-            csrs.into_iter()
-                .map(|(id, csr)| {
-                    issuer
-                        .sign_workload_x509(&id, &csr, None)
-                        .map(|minted| SignedX509 {
-                            cert_der: minted.cert_der,
-                            serial: minted.serial,
-                            not_after: minted.not_after,
-                        })
-                        .map_err(node_error)
+            issuer
+                .sign_workload_x509_batch(&csrs, None, LOCAL_NODE)
+                .into_iter()
+                .map(|r| {
+                    r.map(|minted| SignedX509 {
+                        cert_der: minted.cert_der,
+                        serial: minted.serial,
+                        not_after: minted.not_after,
+                    })
+                    .map_err(node_error)
                 })
                 .collect()
         })
@@ -168,8 +172,11 @@ impl NodeApi for LocalNode {
         spiffe_id: &SpiffeId,
         audience: Vec<String>,
     ) -> Result<String, NodeError> {
-        self.issuer
-            .sign_workload_jwt(spiffe_id, &audience)
+        let issuer = Arc::clone(&self.issuer);
+        let id = spiffe_id.clone();
+        tokio::task::spawn_blocking(move || issuer.sign_workload_jwt(&id, &audience, LOCAL_NODE))
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?
             .map(|minted| minted.token)
             .map_err(node_error)
     }

@@ -69,6 +69,24 @@ struct Inner {
     fail_commits: AtomicBool,
 }
 
+/// A submitted record and what waits on it.
+#[must_use = "nothing is released until the record is durable: call wait"]
+pub struct Pending<T> {
+    index: u64,
+    value: T,
+    rx: std::sync::mpsc::Receiver<Result<(), AuditError>>,
+}
+
+impl<T> Pending<T> {
+    /// Waits until the record is durable; then returns its index and the value.
+    pub fn wait(self) -> Result<(u64, T), AuditError> {
+        self.rx
+            .recv()
+            .map_err(|_| AuditError::Unavailable("the audit writer stopped".into()))??;
+        Ok((self.index, self.value))
+    }
+}
+
 /// The audit log: appends from any thread or task, reads, checkpoints.
 pub struct AuditLog {
     inner: Arc<Inner>,
@@ -174,11 +192,19 @@ impl AuditLog {
         &self,
         build: impl FnOnce(u64) -> Result<(Vec<u8>, T), E>,
     ) -> Result<(u64, T), E> {
+        Ok(self.submit_with(build)?.wait()?)
+    }
+
+    /// Like [`AuditLog::append_with`] without waiting: many submissions then their waits
+    /// share one commit. What `build` returned is only handed out by [`Pending::wait`],
+    /// once the record is durable.
+    pub fn submit_with<T, E: From<AuditError>>(
+        &self,
+        build: impl FnOnce(u64) -> Result<(Vec<u8>, T), E>,
+    ) -> Result<Pending<T>, E> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let (index, out) = self.enqueue(build, Done::Sync(tx))?;
-        rx.recv()
-            .map_err(|_| AuditError::Unavailable("the audit writer stopped".into()))??;
-        Ok((index, out))
+        let (index, value) = self.enqueue(build, Done::Sync(tx))?;
+        Ok(Pending { index, value, rx })
     }
 
     /// Appends `record` without blocking a thread; resolves once it is durable.

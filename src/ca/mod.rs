@@ -753,6 +753,19 @@ fn key_path(dir: &Path, id: &str, kind: &str) -> PathBuf {
     dir.join(format!("{id}.{kind}.key"))
 }
 
+/// What the store keeps of an X.509-SVID minted for `request` in `band`.
+pub fn svid_record(band: Band, request: &SvidRequest, minted: &MintedX509) -> SvidRecord {
+    SvidRecord {
+        serial: minted.serial.clone(),
+        spiffe_id: request.spiffe_id.to_string(),
+        band,
+        authority_id: minted.authority_id.clone(),
+        incident: request.claims.as_ref().and_then(|c| c.incident.clone()),
+        not_before: minted.not_before,
+        not_after: minted.not_after,
+    }
+}
+
 /// Creates `dir` (and parents) readable only by its owner.
 pub fn create_private_dir(dir: &Path) -> Result<(), CaError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -891,15 +904,7 @@ impl CaSet {
         request: &SvidRequest,
     ) -> Result<MintedX509, CaError> {
         let minted = self.ca(band).mint_x509(key, request, self.now())?;
-        self.store.put_svid(&SvidRecord {
-            serial: minted.serial.clone(),
-            spiffe_id: request.spiffe_id.to_string(),
-            band,
-            authority_id: minted.authority_id.clone(),
-            incident: request.claims.as_ref().and_then(|c| c.incident.clone()),
-            not_before: minted.not_before,
-            not_after: minted.not_after,
-        })?;
+        self.store.put_svid(&svid_record(band, request, &minted))?;
         tracing::info!(spiffe_id = %request.spiffe_id, serial = %minted.serial, %band, not_after = minted.not_after, "minted x509-svid");
         Ok(minted)
     }

@@ -349,6 +349,15 @@ fn status(error: CaError) -> Status {
     }
 }
 
+/// Maps an issuance error to a gRPC status.
+fn issue_status(error: super::IssueError) -> Status {
+    match error {
+        super::IssueError::Ca(e) => status(e),
+        e @ super::IssueError::NotEntitled(_) => Status::failed_precondition(e.to_string()),
+        e @ super::IssueError::Audit(_) => Status::unavailable(e.to_string()),
+    }
+}
+
 /// Maps a registry error to a gRPC status: the caller's mistakes carry their reason;
 /// a store failure is logged and reported generically (nothing changed).
 fn registry_status(error: RegistryError) -> Status {
@@ -625,7 +634,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::MintX509SvidRequest>,
     ) -> Result<Response<pb::MintX509SvidResponse>, Status> {
-        self.authorize_role(&request, &[Role::Admin])?;
+        let who = self.authorize_role(&request, &[Role::Admin])?;
         let body = request.into_inner();
         let (band, mut svid) = self.resolve(body.identity)?;
         svid.ttl = body.ttl_seconds.map(Duration::from_secs);
@@ -636,11 +645,9 @@ impl Admin for AdminService {
             move || {
                 let _gate = issuer.registry.issuance_gate();
                 incident_is_open(&issuer, &mut svid)?;
-                issuer
-                    .cas
-                    .mint_x509(band, SubjectKey::Csr(&body.csr), &svid)
+                issuer.issue_x509(band, SubjectKey::Csr(&body.csr), svid, &who)
             },
-            status,
+            issue_status,
         )
         .await?;
         Ok(Response::new(pb::MintX509SvidResponse {
@@ -656,20 +663,23 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::MintJwtSvidRequest>,
     ) -> Result<Response<pb::MintJwtSvidResponse>, Status> {
-        self.authorize_role(&request, &[Role::Admin])?;
+        let who = self.authorize_role(&request, &[Role::Admin])?;
         let body = request.into_inner();
         let (band, mut svid) = self.resolve(body.identity)?;
         svid.ttl = body.ttl_seconds.map(Duration::from_secs);
-        let minted = {
-            let _gate = self.issuer.registry.issuance_gate();
-            incident_is_open(&self.issuer, &mut svid).map_err(status)?;
-            self.issuer
-                .cas
-                .mint_jwt(band, &svid, &body.audience)
-                .map_err(status)?
-        };
+        let spiffe_id = svid.spiffe_id.to_string();
+        let issuer = Arc::clone(&self.issuer);
+        let minted = blocking(
+            move || {
+                let _gate = issuer.registry.issuance_gate();
+                incident_is_open(&issuer, &mut svid)?;
+                issuer.issue_jwt(band, svid, &body.audience, &who)
+            },
+            issue_status,
+        )
+        .await?;
         Ok(Response::new(pb::MintJwtSvidResponse {
-            spiffe_id: svid.spiffe_id.to_string(),
+            spiffe_id,
             token: minted.token,
             expires_at: minted.expires_at,
         }))
@@ -815,8 +825,9 @@ impl Admin for AdminService {
         let uid = self.authorize_role(&request, &[Role::Admin])?;
         let profile = parse_profile(request.into_inner(), self.issuer.cas.now())?;
         let issuer = Arc::clone(&self.issuer);
+        let by = uid.clone();
         let profile = blocking(
-            move || issuer.registry.create_profile(profile),
+            move || issuer.registry.create_profile(profile, &by),
             registry_status,
         )
         .await?;
@@ -869,8 +880,9 @@ impl Admin for AdminService {
         let name = request.into_inner().name;
         name_arg("profile", &name)?;
         let issuer = Arc::clone(&self.issuer);
+        let by = uid.clone();
         let profile = blocking(
-            move || issuer.registry.delete_profile(&name),
+            move || issuer.registry.delete_profile(&name, &by),
             registry_status,
         )
         .await?;
@@ -940,12 +952,13 @@ impl Admin for AdminService {
             ));
         }
         let issuer = Arc::clone(&self.issuer);
+        let by = who.clone();
         let incident = blocking(
             move || {
                 let now = issuer.cas.now();
                 issuer
                     .registry
-                    .extend_incident(&body.id, body.by_seconds, now)
+                    .extend_incident(&body.id, body.by_seconds, &by, now)
             },
             registry_status,
         )

@@ -8,9 +8,11 @@ pub mod node;
 pub mod registry;
 pub mod tls;
 
+use crate::audit::{AuditError, AuditLog, Kind, Record};
 use crate::ca::{
     BundleSet, CaSet, MintedJwt, MintedX509, SubjectKey, SvidRequest, create_private_dir,
 };
+use writ_verifier::Band;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::policy::{Grant, GrantRequest, entitlement_for};
@@ -37,6 +39,8 @@ pub struct Issuer {
     pub store: Arc<Store>,
     /// Every band's bundle, republished after each rotation.
     pub bundles: tokio::sync::watch::Sender<Arc<BundleSet>>,
+    /// The audit log.
+    pub audit: Arc<AuditLog>,
 }
 
 /// Why the issuer refused to sign for a workload.
@@ -49,6 +53,9 @@ pub enum IssueError {
     /// The CA refused or failed.
     #[error(transparent)]
     Ca(#[from] crate::ca::CaError),
+    /// The issuance could not be audited, so nothing was issued.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
 }
 
 impl Issuer {
@@ -68,6 +75,7 @@ impl Issuer {
                 )
             })?,
         );
+        let clock_for_audit = Arc::clone(&clock);
         let cas = CaSet::open(
             config.trust_domain.clone(),
             &config.data_dir.join("keys"),
@@ -75,7 +83,16 @@ impl Issuer {
             config.ca,
             clock,
         )?;
+        let audit = Arc::new(
+            AuditLog::open(
+                &config.data_dir.join("audit.redb"),
+                &config.data_dir.join("keys"),
+                &crate::audit::origin_for(&config.trust_domain.to_string()),
+            )
+            .context("opening the audit log")?,
+        );
         let registry = Registry::load_with_rules(Arc::clone(&store), config.remediation.clone())?;
+        registry.audit_to(Arc::clone(&audit), Arc::clone(&clock_for_audit));
         // Operators come from configuration: approvals by someone no longer configured
         // stop counting, and grants that lose their quorum end now.
         let server_uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?);
@@ -102,6 +119,7 @@ impl Issuer {
             registry,
             store,
             bundles,
+            audit,
         }))
     }
 
@@ -121,32 +139,138 @@ impl Issuer {
         }
     }
 
-    /// Signs an X.509-SVID for `spiffe_id` on behalf of an agent that attested a workload
-    /// entitled to it. Policy is checked again here, at this instant: the claims are
-    /// derived from policy, and a closed incident is refused.
+    /// Signs an X.509-SVID for `spiffe_id` on behalf of `requester` (the node whose agent
+    /// attested a workload entitled to it). See [`Issuer::sign_workload_x509_batch`].
     pub fn sign_workload_x509(
         &self,
         spiffe_id: &SpiffeId,
         csr_der: &[u8],
         ttl: Option<Duration>,
+        requester: &str,
     ) -> Result<MintedX509, IssueError> {
-        let _gate = self.registry.issuance_gate();
-        let policy = self.registry.snapshot();
-        let entitlement = entitlement_for(&policy, self.cas.base(), spiffe_id)
-            .ok_or_else(|| IssueError::NotEntitled(spiffe_id.to_string()))?;
-        let ttl = self.capped_ttl(
-            ttl.unwrap_or(self.config.ca.x509_svid_ttl),
-            entitlement.not_after_cap,
-        )?;
-        let request = SvidRequest {
-            spiffe_id: entitlement.spiffe_id,
-            ttl: Some(ttl),
-            claims: Some(entitlement.claims),
-            dns_names: Vec::new(),
+        self.sign_workload_x509_batch(&[(spiffe_id.clone(), csr_der.to_vec())], ttl, requester)
+            .pop()
+            .unwrap_or_else(|| Err(IssueError::NotEntitled(spiffe_id.to_string())))
+    }
+
+    /// Signs X.509-SVIDs for a batch of CSRs from `requester`. Policy is checked again
+    /// here, at this instant: the claims are derived from policy, and a closed incident is
+    /// refused (with a denial record). Each issuance record is audited before its SVID
+    /// leaves this call, and its index is in the SVID's claims; the batch shares one audit
+    /// commit and one store commit.
+    pub fn sign_workload_x509_batch(
+        &self,
+        items: &[(SpiffeId, Vec<u8>)],
+        ttl: Option<Duration>,
+        requester: &str,
+    ) -> Vec<Result<MintedX509, IssueError>> {
+        let pending: Vec<_> = {
+            let _gate = self.registry.issuance_gate();
+            let policy = self.registry.snapshot();
+            let now = self.cas.now();
+            items
+                .iter()
+                .map(|(spiffe_id, csr)| {
+                    let Some(entitlement) = entitlement_for(&policy, self.cas.base(), spiffe_id)
+                    else {
+                        return Err(self.deny(spiffe_id, requester, "not entitled under current policy"));
+                    };
+                    let ttl = self.capped_ttl(
+                        ttl.unwrap_or(self.config.ca.x509_svid_ttl),
+                        entitlement.not_after_cap,
+                    )?;
+                    let band = entitlement.band;
+                    let request = SvidRequest {
+                        spiffe_id: entitlement.spiffe_id,
+                        ttl: Some(ttl),
+                        claims: Some(entitlement.claims),
+                        dns_names: Vec::new(),
+                    };
+                    self.submit_x509(band, SubjectKey::Csr(csr), request, now, requester)
+                })
+                .collect()
         };
-        Ok(self
-            .cas
-            .mint_x509(entitlement.band, SubjectKey::Csr(csr_der), &request)?)
+        let waited: Vec<_> = pending
+            .into_iter()
+            .map(|p| p.and_then(|p| Ok(p.wait()?.1)))
+            .collect();
+        let records: Vec<_> = waited
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|(band, request, minted)| crate::ca::svid_record(*band, request, minted))
+            .collect();
+        let stored = self.store.put_svids(&records).map_err(|e| e.to_string());
+        waited
+            .into_iter()
+            .map(|r| {
+                let (band, request, minted) = r?;
+                if let Err(e) = &stored {
+                    return Err(IssueError::Ca(crate::ca::CaError::Store(
+                        crate::store::StoreError::Db(e.clone()),
+                    )));
+                }
+                tracing::info!(spiffe_id = %request.spiffe_id, serial = %minted.serial, %band, not_after = minted.not_after, %requester, "issued x509-svid");
+                Ok(minted)
+            })
+            .collect()
+    }
+
+    /// Mints an X.509-SVID for `request` in `band` (policy already checked by the caller,
+    /// under the issuance gate) once its issuance record by `requester` is durable.
+    pub fn issue_x509(
+        &self,
+        band: Band,
+        key: SubjectKey<'_>,
+        request: SvidRequest,
+        requester: &str,
+    ) -> Result<MintedX509, IssueError> {
+        let (_, (band, request, minted)) = self
+            .submit_x509(band, key, request, self.cas.now(), requester)?
+            .wait()?;
+        self.store
+            .put_svid(&crate::ca::svid_record(band, &request, &minted))
+            .map_err(crate::ca::CaError::from)?;
+        Ok(minted)
+    }
+
+    /// Submits the issuance record of an X.509-SVID and mints it with the record's index
+    /// in its claims; the SVID is handed out by [`crate::audit::log::Pending::wait`].
+    fn submit_x509(
+        &self,
+        band: Band,
+        key: SubjectKey<'_>,
+        mut request: SvidRequest,
+        now: i64,
+        requester: &str,
+    ) -> Result<crate::audit::log::Pending<(Band, SvidRequest, MintedX509)>, IssueError> {
+        let ca = self.cas.ca(band);
+        self.audit.submit_with(|index| {
+            if let Some(claims) = request.claims.as_mut() {
+                claims.audit_index = Some(index);
+            }
+            let minted = ca.mint_x509(key, &request, now)?;
+            let record = issuance_record(now, band, &request, requester)
+                .serial(minted.serial.clone())
+                .detail(serde_json::json!({
+                    "band": band.as_str(),
+                    "format": "x509",
+                    "not_after": minted.not_after,
+                    "authority": minted.authority_id,
+                    "claims_sha256": claims_digest(&request),
+                }));
+            Ok::<_, IssueError>((encode(&record)?, (band, request, minted)))
+        })
+    }
+
+    /// Records a refused issuance and returns the refusal.
+    fn deny(&self, spiffe_id: &SpiffeId, requester: &str, reason: &str) -> IssueError {
+        let record = Record::new(self.cas.now(), Kind::Denial, "svid.deny", requester)
+            .spiffe_id(spiffe_id.to_string())
+            .detail(serde_json::json!({ "reason": reason }));
+        if let Err(e) = self.audit.append(&record) {
+            tracing::error!(error = %e, "auditing a denial failed");
+        }
+        IssueError::NotEntitled(spiffe_id.to_string())
     }
 
     /// A TTL that ends no later than `cap` (a grant's window).
@@ -221,24 +345,70 @@ impl Issuer {
         Ok(grant)
     }
 
-    /// Signs a JWT-SVID for `spiffe_id`, checked against policy as for X.509.
+    /// Signs a JWT-SVID for `spiffe_id` on behalf of `requester`, checked against policy
+    /// and audited as for X.509.
     pub fn sign_workload_jwt(
         &self,
         spiffe_id: &SpiffeId,
         audience: &[String],
+        requester: &str,
     ) -> Result<MintedJwt, IssueError> {
-        let _gate = self.registry.issuance_gate();
-        let policy = self.registry.snapshot();
-        let entitlement = entitlement_for(&policy, self.cas.base(), spiffe_id)
-            .ok_or_else(|| IssueError::NotEntitled(spiffe_id.to_string()))?;
-        let ttl = self.capped_ttl(self.config.ca.jwt_svid_ttl, entitlement.not_after_cap)?;
-        let request = SvidRequest {
-            spiffe_id: entitlement.spiffe_id,
-            ttl: Some(ttl),
-            claims: Some(entitlement.claims),
-            dns_names: Vec::new(),
+        let pending = {
+            let _gate = self.registry.issuance_gate();
+            let policy = self.registry.snapshot();
+            let Some(entitlement) = entitlement_for(&policy, self.cas.base(), spiffe_id) else {
+                return Err(self.deny(spiffe_id, requester, "not entitled under current policy"));
+            };
+            let ttl = self.capped_ttl(self.config.ca.jwt_svid_ttl, entitlement.not_after_cap)?;
+            let band = entitlement.band;
+            let request = SvidRequest {
+                spiffe_id: entitlement.spiffe_id,
+                ttl: Some(ttl),
+                claims: Some(entitlement.claims),
+                dns_names: Vec::new(),
+            };
+            self.submit_jwt(band, request, audience, requester)?
         };
-        Ok(self.cas.mint_jwt(entitlement.band, &request, audience)?)
+        let (_, minted) = pending.wait()?;
+        tracing::info!(%spiffe_id, %requester, exp = minted.expires_at, "issued jwt-svid");
+        Ok(minted)
+    }
+
+    /// Mints a JWT-SVID for `request` in `band` (policy already checked by the caller)
+    /// once its issuance record by `requester` is durable.
+    pub fn issue_jwt(
+        &self,
+        band: Band,
+        request: SvidRequest,
+        audience: &[String],
+        requester: &str,
+    ) -> Result<MintedJwt, IssueError> {
+        Ok(self.submit_jwt(band, request, audience, requester)?.wait()?.1)
+    }
+
+    fn submit_jwt(
+        &self,
+        band: Band,
+        mut request: SvidRequest,
+        audience: &[String],
+        requester: &str,
+    ) -> Result<crate::audit::log::Pending<MintedJwt>, IssueError> {
+        let now = self.cas.now();
+        let ca = self.cas.ca(band);
+        self.audit.submit_with(|index| {
+            if let Some(claims) = request.claims.as_mut() {
+                claims.audit_index = Some(index);
+            }
+            let minted = ca.mint_jwt(&request, audience, now)?;
+            let record = issuance_record(now, band, &request, requester).detail(serde_json::json!({
+                "band": band.as_str(),
+                "format": "jwt",
+                "audience": audience,
+                "not_after": minted.expires_at,
+                "claims_sha256": claims_digest(&request),
+            }));
+            Ok::<_, IssueError>((encode(&record)?, minted))
+        })
     }
 
     /// Rotates CA authorities when due, until `shutdown` resolves.
@@ -259,6 +429,26 @@ impl Issuer {
             }
         }
     }
+}
+
+/// The issuance record of `request`, before its serial and details are known.
+fn issuance_record(now: i64, band: Band, request: &SvidRequest, requester: &str) -> Record {
+    let kind = Kind::Issuance;
+    Record::new(now, kind, format!("svid.issue.{}", band.as_str()), requester)
+        .incident(request.claims.as_ref().and_then(|c| c.incident.clone()))
+        .spiffe_id(request.spiffe_id.to_string())
+}
+
+/// SHA-256 of the claims' DER form, as embedded in the SVID.
+fn claims_digest(request: &SvidRequest) -> Option<String> {
+    let der = request.claims.as_ref()?.to_der().ok()?;
+    Some(crate::audit::sha256_hex(&der))
+}
+
+fn encode(record: &Record) -> Result<Vec<u8>, crate::audit::AuditError> {
+    record
+        .encode()
+        .map_err(|e| crate::audit::AuditError::Invalid(e.to_string()))
 }
 
 /// Binds a Unix socket at `path` with `mode` (0600 for admin, 0666 for the Workload API,

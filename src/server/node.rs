@@ -6,6 +6,7 @@
 
 use super::tls::NodePeer;
 use super::{IssueError, Issuer};
+use crate::audit::{Kind, Record};
 use crate::ca::{BundleSet, CaError, SubjectKey, SvidRequest, csr};
 use crate::proto::node::{self as pb, node_server::Node};
 use crate::store::{JoinTokenRecord, TokenUse};
@@ -97,6 +98,31 @@ impl NodeService {
             .map_err(|e| Status::internal(e.to_string()))
     }
 
+    /// Records a node attestation (or its refusal, with `refused` as the reason) before
+    /// anything is issued for it.
+    async fn audit_attestation(
+        &self,
+        node: &SpiffeId,
+        method: &str,
+        refused: Option<&str>,
+    ) -> Result<(), Status> {
+        let (kind, action) = match refused {
+            None => (Kind::Attestation, format!("node.attest.{method}")),
+            Some(_) => (Kind::Denial, format!("node.attest.{method}.refused")),
+        };
+        let mut record = Record::new(self.issuer.cas.now(), kind, action, node.to_string())
+            .spiffe_id(node.to_string());
+        if let Some(reason) = refused {
+            record = record.detail(serde_json::json!({ "reason": reason }));
+        }
+        self.issuer
+            .audit
+            .append_async(&record)
+            .await
+            .map(|_| ())
+            .map_err(|e| Status::unavailable(e.to_string()))
+    }
+
     /// Signs a node SVID for `id` from `csr` (already checked against `id`).
     async fn mint_node(&self, id: SpiffeId, csr_der: Vec<u8>) -> Result<pb::NodeSvid, Status> {
         let issuer = Arc::clone(&self.issuer);
@@ -108,13 +134,15 @@ impl NodeService {
                 claims: None,
                 dns_names: Vec::new(),
             };
-            issuer
-                .cas
-                .mint_x509(Band::Base, SubjectKey::Csr(&csr_der), &request)
+            let requester = request.spiffe_id.to_string();
+            issuer.issue_x509(Band::Base, SubjectKey::Csr(&csr_der), request, &requester)
         })
         .await
         .map_err(|_| Status::internal("signing task failed"))?
-        .map_err(ca_status)?;
+        .map_err(|e| match e {
+            IssueError::Ca(e) => ca_status(e),
+            other => Status::unavailable(other.to_string()),
+        })?;
         tracing::info!(node = %spiffe_id, not_after = minted.not_after, "issued node svid");
         Ok(pb::NodeSvid {
             spiffe_id,
@@ -174,14 +202,18 @@ impl Node for NodeService {
                     tracing::error!(error = %e, "join token lookup failed");
                     Status::internal("internal error; see the server log")
                 })?;
-        match outcome {
-            TokenUse::Consumed => {}
-            TokenUse::Unknown => return Err(Status::permission_denied("unknown join token")),
+        let refused = match outcome {
+            TokenUse::Consumed => None,
+            TokenUse::Unknown => Some("unknown join token"),
             TokenUse::Replayed => {
                 tracing::warn!(node = %node_id, "join token replayed");
-                return Err(Status::permission_denied("join token already used"));
+                Some("join token already used")
             }
-            TokenUse::Expired => return Err(Status::permission_denied("join token expired")),
+            TokenUse::Expired => Some("join token expired"),
+        };
+        self.audit_attestation(&node_id, "join_token", refused).await?;
+        if let Some(reason) = refused {
+            return Err(Status::permission_denied(reason));
         }
         self.mint_node(node_id, body.csr).await.map(Response::new)
     }
@@ -289,6 +321,7 @@ impl Node for NodeService {
             .map_err(|_| Status::permission_denied("proof of possession failed"))?;
         let node_id = self.node_id(&challenge.node_id)?;
         csr::verify_csr(&body.csr, &node_id).map_err(ca_status)?;
+        self.audit_attestation(&node_id, "x509pop", None).await?;
         self.mint_node(node_id, body.csr).await.map(Response::new)
     }
 
@@ -348,36 +381,54 @@ impl Node for NodeService {
             )));
         }
         let issuer = Arc::clone(&self.issuer);
+        let requester = node.to_string();
         let svids = tokio::task::spawn_blocking(move || {
-            body.csrs
+            let failed = |spiffe_id: &str, error: String| pb::SignedSvid {
+                spiffe_id: spiffe_id.to_owned(),
+                error,
+                ..Default::default()
+            };
+            // Parse first; sign the well-formed ones as one batch (one audit commit).
+            let mut out: Vec<Option<pb::SignedSvid>> = Vec::with_capacity(body.csrs.len());
+            let mut batch = Vec::new();
+            for item in &body.csrs {
+                match writ_verifier::parse_spiffe_id(&item.spiffe_id) {
+                    Ok(id) => {
+                        batch.push((id, item.csr.clone()));
+                        out.push(None);
+                    }
+                    Err(e) => out.push(Some(failed(&item.spiffe_id, format!("invalid: {e}")))),
+                }
+            }
+            let mut signed = issuer
+                .sign_workload_x509_batch(&batch, None, &requester)
                 .into_iter()
-                .map(|item| {
-                    let failed = |error: String| pb::SignedSvid {
-                        spiffe_id: item.spiffe_id.clone(),
-                        error,
-                        ..Default::default()
+                .zip(batch.iter().map(|(id, _)| id.to_string()));
+            out.into_iter()
+                .map(|slot| {
+                    if let Some(done) = slot {
+                        return done;
+                    }
+                    let Some((result, spiffe_id)) = signed.next() else {
+                        return failed("", "unavailable: signing failed".into());
                     };
-                    let id = match writ_verifier::parse_spiffe_id(&item.spiffe_id) {
-                        Ok(id) => id,
-                        Err(e) => return failed(format!("invalid: {e}")),
-                    };
-                    match issuer.sign_workload_x509(&id, &item.csr, None) {
+                    match result {
                         Ok(minted) => pb::SignedSvid {
-                            spiffe_id: item.spiffe_id,
+                            spiffe_id,
                             certificate: minted.cert_der,
                             serial: minted.serial,
                             not_after: minted.not_after,
                             error: String::new(),
                         },
                         Err(IssueError::NotEntitled(reason)) => {
-                            failed(format!("not_entitled: {reason}"))
+                            failed(&spiffe_id, format!("not_entitled: {reason}"))
                         }
                         Err(IssueError::Ca(e)) if e.is_invalid_argument() => {
-                            failed(format!("invalid: {e}"))
+                            failed(&spiffe_id, format!("invalid: {e}"))
                         }
-                        Err(IssueError::Ca(e)) => {
+                        Err(e) => {
                             tracing::error!(error = %e, "signing for a node failed");
-                            failed("unavailable: signing failed".into())
+                            failed(&spiffe_id, "unavailable: signing failed".into())
                         }
                     }
                 })
@@ -393,16 +444,24 @@ impl Node for NodeService {
         &self,
         request: Request<pb::SignJwtSvidRequest>,
     ) -> Result<Response<pb::SignJwtSvidResponse>, Status> {
-        Self::node(&request)?;
+        let node = Self::node(&request)?;
         let body = request.into_inner();
         let id = writ_verifier::parse_spiffe_id(&body.spiffe_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        match self.issuer.sign_workload_jwt(&id, &body.audience) {
+        let issuer = Arc::clone(&self.issuer);
+        let requester = node.to_string();
+        let signed = tokio::task::spawn_blocking(move || {
+            issuer.sign_workload_jwt(&id, &body.audience, &requester)
+        })
+        .await
+        .map_err(|_| Status::internal("signing task failed"))?;
+        match signed {
             Ok(minted) => Ok(Response::new(pb::SignJwtSvidResponse {
                 token: minted.token,
             })),
             Err(IssueError::NotEntitled(reason)) => Err(Status::permission_denied(reason)),
             Err(IssueError::Ca(e)) => Err(ca_status(e)),
+            Err(e @ IssueError::Audit(_)) => Err(Status::unavailable(e.to_string())),
         }
     }
 

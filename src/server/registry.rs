@@ -10,7 +10,9 @@ use crate::policy::grant::{self, GrantError, GrantRequest, GrantState};
 use crate::policy::playbook::{self, ActivationRequest, Playbook, PlaybookError, PlaybookState};
 use crate::policy::{Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile};
 use crate::store::{Store, StoreError};
-use std::sync::{Arc, Mutex, RwLock};
+use crate::audit::{AuditError, AuditLog, Kind, Record};
+use crate::clock::SharedClock;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tokio::sync::watch;
 
 /// Why a registry change was refused.
@@ -51,6 +53,102 @@ pub enum RegistryError {
     /// The store failed; nothing changed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The change could not be audited, so it was not made.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// What a change is, for its audit record.
+#[derive(Clone, Copy, Debug)]
+struct Audited<'a> {
+    kind: Kind,
+    action: &'a str,
+    actor: &'a str,
+}
+
+impl<'a> Audited<'a> {
+    fn new(kind: Kind, action: &'a str, actor: &'a str) -> Self {
+        Audited {
+            kind,
+            action,
+            actor,
+        }
+    }
+}
+
+/// The store as a change sees it: each write is audited, durably, before it is made.
+struct Writer<'a> {
+    store: &'a Store,
+    audit: Option<(&'a AuditLog, &'a SharedClock)>,
+    what: Audited<'a>,
+}
+
+impl Writer<'_> {
+    fn record(&self, incident: Option<&str>, detail: serde_json::Value) -> Result<(), RegistryError> {
+        let Some((log, clock)) = self.audit else {
+            return Ok(());
+        };
+        let record = Record::new(clock.unix(), self.what.kind, self.what.action, self.what.actor)
+            .incident(incident)
+            .detail(detail);
+        log.append(&record)?;
+        Ok(())
+    }
+
+    fn put_profile(&self, profile: &Profile) -> Result<(), RegistryError> {
+        self.record(None, serde_json::json!({ "profile": profile }))?;
+        Ok(self.store.put_profile(profile)?)
+    }
+
+    fn delete_profile(&self, name: &str) -> Result<bool, RegistryError> {
+        self.record(None, serde_json::json!({ "profile": name }))?;
+        Ok(self.store.delete_profile(name)?)
+    }
+
+    fn put_incident(&self, incident: &Incident) -> Result<(), RegistryError> {
+        self.record(Some(&incident.id), serde_json::json!({ "incidents": [incident] }))?;
+        Ok(self.store.put_incident(incident)?)
+    }
+
+    fn put_policy_changes(&self, incidents: &[Incident], grants: &[Grant]) -> Result<(), RegistryError> {
+        let incident = incidents
+            .first()
+            .map(|i| i.id.as_str())
+            .or_else(|| grants.first().map(|g| g.incident.as_str()));
+        self.record(
+            incident,
+            serde_json::json!({ "incidents": incidents, "grants": grants_for_audit(grants) }),
+        )?;
+        Ok(self.store.put_policy_changes(incidents, grants)?)
+    }
+
+    fn put_playbook(&self, playbook: &Playbook) -> Result<(), RegistryError> {
+        self.record(None, serde_json::json!({ "playbooks": [playbook] }))?;
+        Ok(self.store.put_playbook(playbook)?)
+    }
+
+    fn put_playbook_changes(&self, playbooks: &[Playbook], grants: &[Grant]) -> Result<(), RegistryError> {
+        self.record(
+            grants.first().map(|g| g.incident.as_str()),
+            serde_json::json!({ "playbooks": playbooks, "grants": grants_for_audit(grants) }),
+        )?;
+        Ok(self.store.put_playbook_changes(playbooks, grants)?)
+    }
+}
+
+/// Grants as the audit log keeps them: everything but the plan's text, which its digest
+/// stands for (the plan can be long; the digest is what the approvers signed).
+fn grants_for_audit(grants: &[Grant]) -> Vec<serde_json::Value> {
+    grants
+        .iter()
+        .map(|g| {
+            let mut v = serde_json::to_value(g).unwrap_or(serde_json::Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                o.remove("plan");
+            }
+            v
+        })
+        .collect()
 }
 
 /// Profiles and incidents.
@@ -59,6 +157,7 @@ pub struct Registry {
     snapshot: watch::Sender<Arc<PolicySnapshot>>,
     writer: Mutex<()>,
     gate: RwLock<()>,
+    audit: OnceLock<(Arc<AuditLog>, SharedClock)>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -109,6 +208,7 @@ impl Registry {
             snapshot: tx,
             writer: Mutex::new(()),
             gate: RwLock::new(()),
+            audit: OnceLock::new(),
         })
     }
 
@@ -129,16 +229,25 @@ impl Registry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Makes one policy change: `f` edits a copy of the policy and writes through `w`,
+    /// which appends the audit record of each write (durably) before making it; then the
+    /// new policy is published. A refused audit append means nothing was written.
     fn change<T>(
         &self,
-        f: impl FnOnce(&mut PolicySnapshot) -> Result<T, RegistryError>,
+        what: Audited<'_>,
+        f: impl FnOnce(&mut PolicySnapshot, &Writer<'_>) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
         let _one_writer = self
             .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut next = (*self.snapshot()).clone();
-        let out = f(&mut next)?;
+        let writer = Writer {
+            store: &self.store,
+            audit: self.audit.get().map(|(log, clock)| (&**log, clock)),
+            what,
+        };
+        let out = f(&mut next, &writer)?;
         next.generation += 1;
         let next = Arc::new(next);
         {
@@ -152,17 +261,22 @@ impl Registry {
         Ok(out)
     }
 
+    /// From now on every change is audited in `log`, stamped by `clock`.
+    pub fn audit_to(&self, log: Arc<AuditLog>, clock: SharedClock) {
+        let _ = self.audit.set((log, clock));
+    }
+
     /// Creates a profile.
-    pub fn create_profile(&self, profile: Profile) -> Result<Profile, RegistryError> {
+    pub fn create_profile(&self, profile: Profile, by: &str) -> Result<Profile, RegistryError> {
         profile.validate()?;
-        self.change(|policy| {
+        self.change(Audited::new(Kind::AdminChange, "profile.create", by), |policy, w| {
             if policy.profiles.contains_key(&profile.name) {
                 return Err(RegistryError::AlreadyExists {
                     what: "profile",
                     name: profile.name.clone(),
                 });
             }
-            self.store.put_profile(&profile)?;
+            w.put_profile(&profile)?;
             policy
                 .profiles
                 .insert(profile.name.clone(), profile.clone());
@@ -171,15 +285,15 @@ impl Registry {
     }
 
     /// Deletes a profile; its workloads lose their identities at once.
-    pub fn delete_profile(&self, name: &str) -> Result<Profile, RegistryError> {
-        self.change(|policy| {
+    pub fn delete_profile(&self, name: &str, by: &str) -> Result<Profile, RegistryError> {
+        self.change(Audited::new(Kind::Revocation, "profile.delete", by), |policy, w| {
             let Some(profile) = policy.profiles.get(name).cloned() else {
                 return Err(RegistryError::NotFound {
                     what: "profile",
                     name: name.into(),
                 });
             };
-            self.store.delete_profile(name)?;
+            w.delete_profile(name)?;
             policy.profiles.remove(name);
             Ok(profile)
         })
@@ -188,7 +302,8 @@ impl Registry {
     /// Opens an incident. Ids are never reused, even after closing.
     pub fn open_incident(&self, incident: Incident) -> Result<Incident, RegistryError> {
         incident.validate()?;
-        self.change(|policy| {
+        let by = incident.opened_by.clone();
+        self.change(Audited::new(Kind::AdminChange, "incident.open", &by), |policy, w| {
             if policy.incidents.contains_key(&incident.id) {
                 return Err(RegistryError::AlreadyExists {
                     what: "incident",
@@ -197,7 +312,7 @@ impl Registry {
             }
             let mut incident = incident;
             incident.state = IncidentState::Open;
-            self.store.put_incident(&incident)?;
+            w.put_incident(&incident)?;
             policy
                 .incidents
                 .insert(incident.id.clone(), incident.clone());
@@ -209,7 +324,7 @@ impl Registry {
     /// durable write before the new policy is published, and no signature for it is in
     /// flight once this returns.
     pub fn close_incident(&self, id: &str, by: &str, now: i64) -> Result<Incident, RegistryError> {
-        self.change(|policy| {
+        self.change(Audited::new(Kind::Revocation, "incident.close", by), |policy, w| {
             let Some(current) = policy.incidents.get(id) else {
                 return Err(RegistryError::NotFound {
                     what: "incident",
@@ -221,8 +336,7 @@ impl Registry {
             }
             let closed = close(current, by, now);
             let ended = end_incident_grants(policy, id, by, "incident closed", now);
-            self.store
-                .put_policy_changes(std::slice::from_ref(&closed), &ended)?;
+            w.put_policy_changes(std::slice::from_ref(&closed), &ended)?;
             apply(policy, std::slice::from_ref(&closed), &ended);
             Ok(closed)
         })
@@ -233,9 +347,10 @@ impl Registry {
         &self,
         id: &str,
         by_secs: u64,
+        by: &str,
         now: i64,
     ) -> Result<Incident, RegistryError> {
-        self.change(|policy| {
+        self.change(Audited::new(Kind::AdminChange, "incident.extend", by), |policy, w| {
             let Some(current) = policy.incidents.get(id) else {
                 return Err(RegistryError::NotFound {
                     what: "incident",
@@ -249,8 +364,7 @@ impl Registry {
             // From now if it had already run out (the expiry task may not have run yet).
             let end = (extended.opened_at + extended.max_lifetime_secs as i64).max(now);
             extended.max_lifetime_secs = (end + by_secs as i64 - extended.opened_at) as u64;
-            self.store
-                .put_policy_changes(std::slice::from_ref(&extended), &[])?;
+            w.put_policy_changes(std::slice::from_ref(&extended), &[])?;
             apply(policy, std::slice::from_ref(&extended), &[]);
             Ok(extended)
         })
@@ -267,7 +381,7 @@ impl Registry {
         now: i64,
     ) -> Result<Grant, RegistryError> {
         let id = format!("g-{}", random_hex(6));
-        self.change(|policy| {
+        self.change(Audited::new(Kind::AdminChange, "grant.request", requested_by), |policy, w| {
             let Some(incident) = policy.incidents.get(&request.incident) else {
                 return Err(RegistryError::NotFound { what: "incident", name: request.incident.clone() });
             };
@@ -297,7 +411,7 @@ impl Registry {
                 )));
             }
             let grant = grant::new_grant_with(&policy.rules, request.clone(), incident, remediation, requested_by, id.clone(), now)?;
-            self.store.put_policy_changes(&[], std::slice::from_ref(&grant))?;
+            w.put_policy_changes(&[], std::slice::from_ref(&grant))?;
             apply(policy, &[], std::slice::from_ref(&grant));
             Ok(grant)
         })
@@ -313,7 +427,7 @@ impl Registry {
         approval_ttl: i64,
         now: i64,
     ) -> Result<Grant, RegistryError> {
-        self.change(|policy| {
+        self.change(Audited::new(Kind::Approval, "grant.approve", approver), |policy, w| {
             let grant = find_grant(policy, id)?;
             let incident =
                 policy
@@ -332,8 +446,7 @@ impl Registry {
                 approval_ttl,
                 now,
             )?;
-            self.store
-                .put_policy_changes(&[], std::slice::from_ref(&next))?;
+            w.put_policy_changes(&[], std::slice::from_ref(&next))?;
             apply(policy, &[], std::slice::from_ref(&next));
             Ok(next)
         })
@@ -348,10 +461,9 @@ impl Registry {
         reason: &str,
         now: i64,
     ) -> Result<Grant, RegistryError> {
-        self.change(|policy| {
+        self.change(Audited::new(Kind::Revocation, if state == GrantState::Denied { "grant.deny" } else { "grant.revoke" }, by), |policy, w| {
             let next = grant::end(find_grant(policy, id)?, state, by, reason, now)?;
-            self.store
-                .put_policy_changes(&[], std::slice::from_ref(&next))?;
+            w.put_policy_changes(&[], std::slice::from_ref(&next))?;
             apply(policy, &[], std::slice::from_ref(&next));
             Ok(next)
         })
@@ -372,7 +484,7 @@ impl Registry {
         if !stale {
             return Ok(Vec::new());
         }
-        self.change(|policy| {
+        self.change(Audited::new(Kind::Revocation, "grant.withdraw_approvals", "writ"), |policy, w| {
             let mut changed = Vec::new();
             for g in policy.grants.values() {
                 if !matches!(g.state, GrantState::Pending | GrantState::Active) {
@@ -405,7 +517,7 @@ impl Registry {
                 }
                 changed.push(next);
             }
-            self.store.put_policy_changes(&[], &changed)?;
+            w.put_policy_changes(&[], &changed)?;
             apply(policy, &[], &changed);
             Ok(changed)
         })
@@ -415,7 +527,8 @@ impl Registry {
     /// retiring: SVIDs carry them.
     pub fn create_playbook(&self, playbook: Playbook) -> Result<Playbook, RegistryError> {
         playbook.validate()?;
-        self.change(|policy| {
+        let by = playbook.created_by.clone();
+        self.change(Audited::new(Kind::AdminChange, "playbook.create", &by), |policy, w| {
             if policy.playbooks.contains_key(&playbook.name) {
                 return Err(RegistryError::AlreadyExists {
                     what: "playbook",
@@ -426,7 +539,7 @@ impl Registry {
             playbook.state = PlaybookState::Pending;
             playbook.approvals.clear();
             playbook.retired = None;
-            self.store.put_playbook(&playbook)?;
+            w.put_playbook(&playbook)?;
             policy
                 .playbooks
                 .insert(playbook.name.clone(), playbook.clone());
@@ -443,9 +556,9 @@ impl Registry {
         digest: &str,
         now: i64,
     ) -> Result<Playbook, RegistryError> {
-        self.change(|policy| {
+        self.change(Audited::new(Kind::Approval, "playbook.approve", approver), |policy, w| {
             let next = playbook::approve(find_playbook(policy, name)?, approver, digest, now)?;
-            self.store.put_playbook(&next)?;
+            w.put_playbook(&next)?;
             policy.playbooks.insert(next.name.clone(), next.clone());
             Ok(next)
         })
@@ -462,7 +575,7 @@ impl Registry {
         now: i64,
     ) -> Result<Grant, RegistryError> {
         let id = format!("g-{}", random_hex(6));
-        self.change(|policy| {
+        self.change(Audited::new(Kind::Approval, "playbook.activate", activator), |policy, w| {
             let book = find_playbook(policy, name)?;
             let Some(incident) = policy.incidents.get(incident) else {
                 return Err(RegistryError::NotFound {
@@ -484,8 +597,7 @@ impl Registry {
                 .into());
             }
             let grant = playbook::activate(book, incident, profile, request, activator, now, id)?;
-            self.store
-                .put_policy_changes(&[], std::slice::from_ref(&grant))?;
+            w.put_policy_changes(&[], std::slice::from_ref(&grant))?;
             apply(policy, &[], std::slice::from_ref(&grant));
             Ok(grant)
         })
@@ -500,11 +612,10 @@ impl Registry {
         reason: &str,
         now: i64,
     ) -> Result<(Playbook, Vec<Grant>), RegistryError> {
-        self.change(|policy| {
+        self.change(Audited::new(Kind::Revocation, "playbook.retire", by), |policy, w| {
             let next = playbook::retire(find_playbook(policy, name)?, by, reason, now)?;
             let ended = playbook::end_activations(policy.grants.values(), name, by, now);
-            self.store
-                .put_playbook_changes(std::slice::from_ref(&next), &ended)?;
+            w.put_playbook_changes(std::slice::from_ref(&next), &ended)?;
             policy.playbooks.insert(next.name.clone(), next.clone());
             apply(policy, &[], &ended);
             Ok((next, ended))
@@ -526,13 +637,13 @@ impl Registry {
         if !stale {
             return Ok(Vec::new());
         }
-        self.change(|policy| {
+        self.change(Audited::new(Kind::Revocation, "playbook.withdraw_approvals", "writ"), |policy, w| {
             let changed: Vec<Playbook> = policy
                 .playbooks
                 .values()
                 .filter_map(|p| playbook::without_approvers(p, &is_operator))
                 .collect();
-            self.store.put_playbook_changes(&changed, &[])?;
+            w.put_playbook_changes(&changed, &[])?;
             for p in &changed {
                 policy.playbooks.insert(p.name.clone(), p.clone());
             }
@@ -553,7 +664,7 @@ impl Registry {
         if !due {
             return Ok(false);
         }
-        self.change(|policy| {
+        self.change(Audited::new(Kind::Revocation, "expire", "writ"), |policy, w| {
             let mut incidents = Vec::new();
             let mut grants = Vec::new();
             for incident in policy.incidents.values().filter(|i| i.is_open()) {
@@ -571,7 +682,7 @@ impl Registry {
                     grants.push(expired);
                 }
             }
-            self.store.put_policy_changes(&incidents, &grants)?;
+            w.put_policy_changes(&incidents, &grants)?;
             for i in &incidents {
                 tracing::info!(incident = %i.id, "incident reached its maximum lifetime and closed");
             }
@@ -726,7 +837,7 @@ mod tests {
                 scopes: BTreeSet::new(),
                 service: false,
                 created_at: 0,
-            })
+            }, "op")
             .unwrap();
         let mut inc = incident("INC-1");
         inc.opened_at = 0;
@@ -770,7 +881,7 @@ mod tests {
             service: false,
             created_at: 0,
         };
-        assert!(registry.create_profile(bad).is_err());
+        assert!(registry.create_profile(bad, "op").is_err());
         assert_eq!(registry.snapshot().generation, before);
         assert!(registry.snapshot().profiles.is_empty());
     }
@@ -816,7 +927,7 @@ mod tests {
                 scopes: BTreeSet::new(),
                 service: false,
                 created_at: 0,
-            })
+            }, "op")
             .unwrap();
         let mut inc = incident("INC-1");
         inc.opened_at = 0;

@@ -192,13 +192,20 @@ impl Store {
 
     /// Records an issued SVID. Durable when this returns.
     pub fn put_svid(&self, record: &SvidRecord) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(record).map_err(db_err)?;
+        self.put_svids(std::slice::from_ref(record))
+    }
+
+    /// Records issued SVIDs in one durable transaction (a batch of CSRs, one fsync).
+    pub fn put_svids(&self, records: &[SvidRecord]) -> Result<(), StoreError> {
         let tx = self.begin_write()?;
         {
             let mut table = tx.open_table(SVIDS).map_err(db_err)?;
-            table
-                .insert(record.serial.as_str(), bytes.as_slice())
-                .map_err(db_err)?;
+            for record in records {
+                let bytes = serde_json::to_vec(record).map_err(db_err)?;
+                table
+                    .insert(record.serial.as_str(), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
         }
         tx.commit().map_err(db_err)
     }

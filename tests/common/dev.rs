@@ -79,7 +79,7 @@ impl Dev {
                 scopes: scopes.iter().map(|s| s.to_string()).collect(),
                 service: false,
                 created_at: 0,
-            })
+            }, "test")
             .unwrap();
     }
 

@@ -48,6 +48,9 @@ pub enum RegistryError {
     /// Too many grant requests (against approval fatigue).
     #[error("{0}")]
     RateLimited(String),
+    /// The operating system gave no randomness for a new id; nothing changed.
+    #[error("no randomness available for a new id")]
+    NoRandomness,
     /// The store failed; nothing changed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -266,7 +269,7 @@ impl Registry {
         requested_by: &str,
         now: i64,
     ) -> Result<Grant, RegistryError> {
-        let id = format!("g-{}", random_hex(6));
+        let id = format!("g-{}", random_hex(6)?);
         self.change(|policy| {
             let Some(incident) = policy.incidents.get(&request.incident) else {
                 return Err(RegistryError::NotFound { what: "incident", name: request.incident.clone() });
@@ -461,7 +464,7 @@ impl Registry {
         activator: &str,
         now: i64,
     ) -> Result<Grant, RegistryError> {
-        let id = format!("g-{}", random_hex(6));
+        let id = format!("g-{}", random_hex(6)?);
         self.change(|policy| {
             let book = find_playbook(policy, name)?;
             let Some(incident) = policy.incidents.get(incident) else {
@@ -581,12 +584,13 @@ impl Registry {
     }
 }
 
-fn random_hex(bytes: usize) -> String {
+/// `bytes` random bytes as hex, for new ids. Fails rather than hand out a predictable
+/// (all-zero) id when the operating system has no randomness.
+fn random_hex(bytes: usize) -> Result<String, RegistryError> {
     let mut buf = vec![0u8; bytes];
-    // SystemRandom only fails if the OS has no entropy source; a zero id would still be
-    // unique-checked by the caller's store write, but ring has never failed here.
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
+        .map_err(|_| RegistryError::NoRandomness)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn find_grant<'a>(policy: &'a PolicySnapshot, id: &str) -> Result<&'a Grant, RegistryError> {

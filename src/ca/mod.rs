@@ -897,6 +897,7 @@ impl CaSet {
             band,
             authority_id: minted.authority_id.clone(),
             incident: request.claims.as_ref().and_then(|c| c.incident.clone()),
+            grant: request.claims.as_ref().and_then(|c| c.grant.clone()),
             not_before: minted.not_before,
             not_after: minted.not_after,
         })?;

@@ -8,6 +8,7 @@
 
 use crate::policy::grant::{self, GrantError, GrantRequest, GrantState};
 use crate::policy::playbook::{self, ActivationRequest, Playbook, PlaybookError, PlaybookState};
+use crate::policy::serial::{self, Issued, RevokedSerial, Serial, SerialError};
 use crate::policy::{Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile};
 use crate::store::{Store, StoreError};
 use std::sync::{Arc, Mutex, RwLock};
@@ -45,6 +46,9 @@ pub enum RegistryError {
     /// A playbook decision was refused.
     #[error(transparent)]
     Playbook(#[from] PlaybookError),
+    /// A serial could not be revoked.
+    #[error(transparent)]
+    Serial(#[from] SerialError),
     /// Too many grant requests (against approval fatigue).
     #[error("{0}")]
     RateLimited(String),
@@ -104,6 +108,11 @@ impl Registry {
                 .playbooks()?
                 .into_iter()
                 .map(|p| (p.name.clone(), p))
+                .collect(),
+            revoked_serials: store
+                .revoked_serials()?
+                .into_iter()
+                .map(|r| (r.serial.clone(), r))
                 .collect(),
         };
         let (tx, _) = watch::channel(Arc::new(snapshot));
@@ -543,14 +552,58 @@ impl Registry {
         })
     }
 
-    /// The next instant something runs out (a grant window, an incident's lifetime).
+    /// Revokes one X.509-SVID by serial (DESIGN.md §5): the certificate must be one writ
+    /// issued and not yet expired. The entry is durable before the new policy is
+    /// published, and no signature is in flight once this returns; the identity itself
+    /// stays entitled, so its holder is issued a fresh SVID.
+    pub fn revoke_serial(
+        &self,
+        serial: &Serial,
+        by: &str,
+        now: i64,
+    ) -> Result<RevokedSerial, RegistryError> {
+        self.change(|policy| {
+            let record =
+                self.store
+                    .svid(serial.as_str())?
+                    .ok_or_else(|| RegistryError::NotFound {
+                        what: "serial",
+                        name: serial.to_string(),
+                    })?;
+            let spiffe_id = writ_verifier::parse_spiffe_id(&record.spiffe_id).map_err(|e| {
+                StoreError::Corrupt {
+                    table: "svids",
+                    reason: e.to_string(),
+                }
+            })?;
+            let issued = Issued {
+                serial,
+                spiffe_id: &spiffe_id,
+                not_after: record.not_after,
+            };
+            let entry = serial::revoke(policy, issued, by, now)?;
+            self.store.put_policy_and_serial_changes(
+                &[],
+                &[],
+                std::slice::from_ref(&entry),
+                &[],
+            )?;
+            policy
+                .revoked_serials
+                .insert(entry.serial.clone(), entry.clone());
+            Ok(entry)
+        })
+    }
+
+    /// The next instant something runs out (a grant window, an incident's lifetime, a
+    /// revoked serial's certificate).
     pub fn next_deadline(&self) -> Option<i64> {
         deadlines(&self.snapshot()).min()
     }
 
     /// Ends what has run out by `now`: active grants past their window expire; incidents
-    /// past their maximum lifetime close themselves, with their grants. Returns whether
-    /// anything changed.
+    /// past their maximum lifetime close themselves, with their grants; revoked serials
+    /// whose certificates have expired are pruned. Returns whether anything changed.
     pub fn expire_due(&self, now: i64) -> Result<bool, RegistryError> {
         let due = deadlines(&self.snapshot()).any(|at| at <= now);
         if !due {
@@ -574,11 +627,16 @@ impl Registry {
                     grants.push(expired);
                 }
             }
-            self.store.put_policy_changes(&incidents, &grants)?;
+            let pruned = serial::expired(policy, now);
+            self.store
+                .put_policy_and_serial_changes(&incidents, &grants, &[], &pruned)?;
             for i in &incidents {
                 tracing::info!(incident = %i.id, "incident reached its maximum lifetime and closed");
             }
             apply(policy, &incidents, &grants);
+            for s in &pruned {
+                policy.revoked_serials.remove(s);
+            }
             Ok(true)
         })
     }
@@ -660,7 +718,7 @@ fn deadlines(policy: &PolicySnapshot) -> impl Iterator<Item = i64> + '_ {
         .values()
         .filter(|g| g.state == GrantState::Active)
         .filter_map(|g| g.expires_at);
-    incidents.chain(grants)
+    incidents.chain(grants).chain(serial::next_prune(policy))
 }
 
 #[cfg(test)]
@@ -758,6 +816,65 @@ mod tests {
         let after = &registry.snapshot().grants[&g.id];
         assert_eq!(after.state, GrantState::Revoked);
         assert!(after.ended.as_ref().unwrap().reason.contains("bob"));
+    }
+
+    #[test]
+    fn revoked_serials_persist_refuse_bad_requests_and_are_pruned_after_not_after() {
+        use crate::store::SvidRecord;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.redb");
+        let record = |serial: &str, not_after: i64| SvidRecord {
+            serial: serial.into(),
+            spiffe_id: "spiffe://investigate.example.org/agent/triage/incident/INC-1".into(),
+            band: Band::Investigative,
+            authority_id: "a".into(),
+            incident: Some("INC-1".into()),
+            grant: None,
+            not_before: 0,
+            not_after,
+        };
+        let serial = |s: &str| s.parse::<Serial>().unwrap();
+        {
+            let store = Arc::new(Store::open(&path).unwrap());
+            store.put_svid(&record("40aa", 100)).unwrap();
+            store.put_svid(&record("40bb", 50)).unwrap();
+            let registry = Registry::load(Arc::clone(&store)).unwrap();
+            let before = registry.snapshot().generation;
+            for (s, now) in [("40cc", 10), ("40bb", 51)] {
+                let refused = registry.revoke_serial(&serial(s), "alice", now);
+                assert!(
+                    matches!(
+                        refused,
+                        Err(RegistryError::NotFound { .. }
+                            | RegistryError::Serial(SerialError::Expired { .. }))
+                    ),
+                    "{s}: {refused:?}"
+                );
+            }
+            assert_eq!(registry.snapshot().generation, before, "nothing changed");
+            let entry = registry
+                .revoke_serial(&serial("40AA"), "alice", 10)
+                .unwrap();
+            assert_eq!(entry.serial, "40aa");
+            assert_eq!(entry.trust_domain, "investigate.example.org");
+            assert!(matches!(
+                registry.revoke_serial(&serial("40aa"), "bob", 11),
+                Err(RegistryError::Serial(SerialError::AlreadyRevoked(_)))
+            ));
+            assert_eq!(registry.next_deadline(), Some(101));
+        }
+        let registry = Registry::load(Arc::new(Store::open(&path).unwrap())).unwrap();
+        assert!(registry.snapshot().revoked_serials.contains_key("40aa"));
+        assert!(!registry.expire_due(100).unwrap(), "kept through notAfter");
+        assert!(registry.expire_due(101).unwrap());
+        assert!(registry.snapshot().revoked_serials.is_empty());
+        assert_eq!(registry.next_deadline(), None);
+        drop(registry);
+        let registry = Registry::load(Arc::new(Store::open(&path).unwrap())).unwrap();
+        assert!(
+            registry.snapshot().revoked_serials.is_empty(),
+            "pruned durably"
+        );
     }
 
     #[test]

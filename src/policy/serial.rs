@@ -34,7 +34,7 @@ impl FromStr for Serial {
     type Err = SerialError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let ok = !s.is_empty()
-            && s.len() % 2 == 0
+            && s.len().is_multiple_of(2)
             && s.len() <= 2 * MAX_SERIAL_OCTETS
             && s.bytes().all(|b| b.is_ascii_hexdigit());
         if ok {

@@ -971,3 +971,58 @@ fn agent_gives_up_on_a_server_that_is_down_or_silent() {
     assert_one_error(&lines, "join token attestation failed");
     drop(silent);
 }
+
+#[test]
+fn a_revoked_node_svid_is_refused_and_the_node_must_attest_again() {
+    let dir = temp_dir();
+    let dir = dir.path();
+    let server = Server::start(dir, "server", "");
+    let bundle = server.base_pem(dir);
+    let address = server.address();
+    let mut agent = Agent::start(
+        dir,
+        "agent",
+        &agent_toml(
+            &dir.join("agent"),
+            &address,
+            &bundle,
+            &join_token(&server.token()),
+        ),
+    );
+    agent.kill();
+    let der = std::fs::read(agent.data_dir.join("node.der")).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let serial: String = cert
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let listed = server.ok(&["svid", "list", "--json"]);
+    assert!(
+        listed.contains(&format!("\"serial\":\"{serial}\"")),
+        "the node SVID is listed: {listed}"
+    );
+    server.ok(&["svid", "revoke", &serial]);
+
+    // The node SVID on disk is still unexpired, but the server refuses it.
+    let lines = agent_fails(
+        dir,
+        "agent",
+        &agent_toml(&dir.join("agent"), &address, &bundle, ""),
+    );
+    assert_ends_in_error(&lines);
+    assert!(
+        lines.last().unwrap().contains("revoked"),
+        "the error says why: {lines:#?}"
+    );
+    // Attesting again with a fresh token gives a node SVID the server accepts.
+    let token = server.token();
+    let again = Agent::start(
+        dir,
+        "again",
+        &agent_toml(&dir.join("again"), &address, &bundle, &join_token(&token)),
+    );
+    server.profile("triage", 0);
+    server.open("INC-1", "triage");
+    wait_identities(&again.socket(), 0, &[("triage", "INC-1")]);
+}

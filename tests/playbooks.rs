@@ -33,14 +33,17 @@ const BOOK: &str = "isolate-host";
 fn fixer(dev: &Dev, bands: &[Band]) {
     dev.issuer
         .registry
-        .create_profile(Profile {
-            name: "fixer".into(),
-            selectors: BTreeSet::from([Selector::Uid(my_uid())]),
-            bands: bands.iter().copied().collect(),
-            scopes: BTreeSet::from(["logs:read".into(), "net:isolate".into()]),
-            service: false,
-            created_at: 0,
-        }, "test")
+        .create_profile(
+            Profile {
+                name: "fixer".into(),
+                selectors: BTreeSet::from([Selector::Uid(my_uid())]),
+                bands: bands.iter().copied().collect(),
+                scopes: BTreeSet::from(["logs:read".into(), "net:isolate".into()]),
+                service: false,
+                created_at: 0,
+            },
+            "test",
+        )
         .unwrap();
 }
 
@@ -266,14 +269,17 @@ async fn activations_outside_the_bounds_issue_nothing() {
     // An advisory-only agent never holds a remediation identity, playbook or not.
     dev.issuer
         .registry
-        .create_profile(Profile {
-            name: "advisor".into(),
-            selectors: BTreeSet::from([Selector::Uid(u32::MAX - 1)]),
-            bands: BTreeSet::from([Band::Investigative]),
-            scopes: BTreeSet::new(),
-            service: false,
-            created_at: 0,
-        }, "test")
+        .create_profile(
+            Profile {
+                name: "advisor".into(),
+                selectors: BTreeSet::from([Selector::Uid(u32::MAX - 1)]),
+                bands: BTreeSet::from([Band::Investigative]),
+                scopes: BTreeSet::new(),
+                service: false,
+                created_at: 0,
+            },
+            "test",
+        )
         .unwrap();
     let mut both = dev.issuer.registry.snapshot().incidents["INC-1"].clone();
     both.id = "INC-2".into();

@@ -24,14 +24,17 @@ const PLAN: &str = "kubectl -n shop rollout restart deploy/checkout\n";
 fn fixer(dev: &Dev, bands: &[Band]) {
     dev.issuer
         .registry
-        .create_profile(Profile {
-            name: "fixer".into(),
-            selectors: BTreeSet::from([Selector::Uid(my_uid())]),
-            bands: bands.iter().copied().collect(),
-            scopes: BTreeSet::from(["logs:read".into(), "deploy:restart".into()]),
-            service: false,
-            created_at: 0,
-        }, "test")
+        .create_profile(
+            Profile {
+                name: "fixer".into(),
+                selectors: BTreeSet::from([Selector::Uid(my_uid())]),
+                bands: bands.iter().copied().collect(),
+                scopes: BTreeSet::from(["logs:read".into(), "deploy:restart".into()]),
+                service: false,
+                created_at: 0,
+            },
+            "test",
+        )
         .unwrap();
 }
 
@@ -197,7 +200,9 @@ async fn plan_quorum_identity_and_close() {
     let rem_id = writ_verifier::parse_spiffe_id(&rem.spiffe_id().to_string()).unwrap();
     let (_, csr) = common::csr();
     assert!(
-        dev.issuer.sign_workload_x509(&rem_id, &csr, None, "test").is_err(),
+        dev.issuer
+            .sign_workload_x509(&rem_id, &csr, None, "test")
+            .is_err(),
         "renewal refused after close"
     );
     let grant = dev.issuer.registry.snapshot().grants[&filed.grant_id].clone();

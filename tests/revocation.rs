@@ -119,14 +119,17 @@ async fn a_revoked_grant_is_published_in_the_remediation_trust_domain() {
     let dev = start(CaConfig::default()).await;
     dev.issuer
         .registry
-        .create_profile(Profile {
-            name: "fixer".into(),
-            selectors: BTreeSet::from([Selector::Uid(my_uid())]),
-            bands: BTreeSet::from([Band::Investigative, Band::Remediation]),
-            scopes: BTreeSet::new(),
-            service: false,
-            created_at: 0,
-        }, "test")
+        .create_profile(
+            Profile {
+                name: "fixer".into(),
+                selectors: BTreeSet::from([Selector::Uid(my_uid())]),
+                bands: BTreeSet::from([Band::Investigative, Band::Remediation]),
+                scopes: BTreeSet::new(),
+                service: false,
+                created_at: 0,
+            },
+            "test",
+        )
         .unwrap();
     dev.open("INC-1", "fixer", 1);
     let now = dev.issuer.cas.now();

@@ -31,6 +31,7 @@ fn record(serial: &str) -> SvidRecord {
         band: Band::Investigative,
         authority_id: "durability".into(),
         incident: Some("INC-KILL".into()),
+        grant: None,
         not_before: 1,
         not_after: 2,
     }

@@ -157,7 +157,11 @@ async fn closing_an_incident_redacts_it_from_open_streams() {
         "{err:?}"
     );
     let id = writ_verifier::parse_spiffe_id(&id_of("triage", "INC-1")).unwrap();
-    assert!(dev.issuer.sign_workload_jwt(&id, &["a".into()], "test").is_err());
+    assert!(
+        dev.issuer
+            .sign_workload_jwt(&id, &["a".into()], "test")
+            .is_err()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

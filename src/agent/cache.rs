@@ -1,5 +1,7 @@
 //! The agent's SVIDs: one key and certificate per identity, made on first use, renewed
 //! at half-life (±10 % jitter), dropped when policy no longer entitles anyone to them.
+//! A certificate whose serial policy lists as revoked is never handed out again: it is
+//! dropped, and its identity, if still entitled, gets a fresh certificate (DESIGN.md §5).
 //!
 //! Keys are generated here, on the workload's host, and never sent anywhere: the server
 //! sees only a CSR. Every certificate the server returns is checked against the bundle
@@ -85,9 +87,18 @@ impl SvidCache {
         self.changed.subscribe()
     }
 
+    /// The held SVID for `id`, unless it has expired or its serial is revoked. Checked
+    /// against the policy of this instant, so a stream that wakes on a revocation never
+    /// sends the revoked certificate, even before [`SvidCache::maintain`] has run.
     fn cached(&self, id: &str, now: i64) -> Option<Arc<CachedSvid>> {
+        let policy = self.node.policy().borrow().clone();
         let entries = self.entries.lock().ok()?;
-        entries.get(id).filter(|svid| svid.not_after > now).cloned()
+        entries
+            .get(id)
+            .filter(|svid| {
+                svid.not_after > now && !policy.revoked_serials.contains_key(&svid.serial)
+            })
+            .cloned()
     }
 
     /// The SVIDs for `wanted`, in order, issuing every missing one in a single batch
@@ -231,8 +242,9 @@ impl SvidCache {
         Ok(())
     }
 
-    /// Renews what is due and drops what policy no longer entitles. Returns the next
-    /// instant anything is due (seconds since the epoch), if any.
+    /// Renews what is due, drops what policy no longer entitles, and replaces SVIDs whose
+    /// serials are revoked (dropped at once; re-issued when the identity is still
+    /// entitled). Returns the next instant anything is due (seconds since the epoch).
     pub async fn maintain(&self, policy: &PolicySnapshot) -> Option<i64> {
         let now = now_unix();
         let snapshot: Vec<Arc<CachedSvid>> = match self.entries.lock() {
@@ -245,17 +257,35 @@ impl SvidCache {
             let Ok(id) = writ_verifier::parse_spiffe_id(&svid.spiffe_id) else {
                 continue;
             };
+            let revoked = policy.revoked_serials.contains_key(&svid.serial);
             match entitlement_for(policy, self.node.base(), &id) {
                 None => {
                     self.remove(&svid.spiffe_id);
                     changed = true;
                 }
+                Some(entitlement) if revoked => {
+                    tracing::info!(spiffe_id = %svid.spiffe_id, serial = %svid.serial, "svid revoked; dropped and re-issued");
+                    self.remove_serial(&svid.spiffe_id, &svid.serial);
+                    changed = true;
+                    due.push(entitlement);
+                }
                 Some(entitlement) if svid.renew_at <= now => due.push(entitlement),
                 Some(_) => {}
             }
         }
+        if changed {
+            // Streams send the state without the dropped SVIDs now, not after re-issuing.
+            self.changed.send_modify(|n| *n += 1);
+            changed = false;
+        }
         if !due.is_empty() {
             let _one = self.issuing.lock().await;
+            // A stream may have issued some of these while we waited (single flight):
+            // keep what is current.
+            due.retain(|e| {
+                self.cached(&e.spiffe_id.to_string(), now)
+                    .is_none_or(|svid| svid.renew_at <= now)
+            });
             let refs: Vec<&Entitlement> = due.iter().collect();
             for (entitlement, result) in due.iter().zip(self.issue(&refs).await) {
                 let id = entitlement.spiffe_id.to_string();
@@ -285,6 +315,16 @@ impl SvidCache {
 
     fn remove(&self, id: &str) {
         if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(id);
+        }
+    }
+
+    /// Removes `id`'s SVID if it is still the one with `serial` (a stream may already
+    /// have replaced it with a fresh one).
+    fn remove_serial(&self, id: &str, serial: &str) {
+        if let Ok(mut entries) = self.entries.lock()
+            && entries.get(id).is_some_and(|svid| svid.serial == serial)
+        {
             entries.remove(id);
         }
     }

@@ -119,6 +119,17 @@ impl Feed {
                     trust_domain: remediation.clone(),
                     epoch: 0,
                 },
+                RevocationKind::Serial => pb::Entry {
+                    kind: Kind::Serial.into(),
+                    id: r.id.clone(),
+                    revoked_at: r.revoked_at,
+                    trust_domain: r
+                        .serial
+                        .as_ref()
+                        .map(|s| s.trust_domain.clone())
+                        .unwrap_or_default(),
+                    epoch: 0,
+                },
             })
             .collect();
         let message = pb::RevocationSet {

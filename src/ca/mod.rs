@@ -761,6 +761,7 @@ pub fn svid_record(band: Band, request: &SvidRequest, minted: &MintedX509) -> Sv
         band,
         authority_id: minted.authority_id.clone(),
         incident: request.claims.as_ref().and_then(|c| c.incident.clone()),
+        grant: request.claims.as_ref().and_then(|c| c.grant.clone()),
         not_before: minted.not_before,
         not_after: minted.not_after,
     }

@@ -12,6 +12,7 @@ mod operator;
 mod output;
 mod playbook;
 mod profile;
+mod svid;
 mod token;
 
 use crate::ttl::Ttl;
@@ -67,6 +68,9 @@ enum Command {
     /// commander for at most 10 minutes.
     #[command(subcommand)]
     Playbook(playbook::PlaybookCommand),
+    /// Issued X.509-SVIDs: list them, revoke one by serial.
+    #[command(subcommand)]
+    Svid(SvidCommand),
     /// Check that the server answers.
     Healthcheck(AdminArgs),
 }
@@ -112,6 +116,15 @@ enum GrantCommand {
     Show(grant::ShowArgs),
     /// End a pending or active grant now.
     Revoke(grant::EndArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum SvidCommand {
+    /// List live X.509-SVIDs, of every incident or of one, revoked or not.
+    List(svid::ListArgs),
+    /// Revoke one X.509-SVID by serial: its holder is issued a fresh one, and verifiers
+    /// are told to refuse it until it expires.
+    Revoke(svid::RevokeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -271,6 +284,8 @@ impl Cli {
             Command::Grant(GrantCommand::Show(args)) => grant::show(args).await,
             Command::Grant(GrantCommand::Revoke(args)) => grant::revoke(args).await,
             Command::Playbook(command) => playbook::run(command).await,
+            Command::Svid(SvidCommand::List(args)) => svid::list(args).await,
+            Command::Svid(SvidCommand::Revoke(args)) => svid::revoke(args).await,
             Command::Healthcheck(args) => bundle::healthcheck(args).await,
         }
     }

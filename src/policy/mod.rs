@@ -7,9 +7,11 @@ pub mod grant;
 pub mod playbook;
 pub mod revocation;
 mod selector;
+pub mod serial;
 
 pub use grant::{Grant, GrantError, GrantRequest, GrantState};
 pub use selector::{Selector, SelectorError};
+pub use serial::{RevokedSerial, Serial, SerialError};
 
 use crate::identity::agent_spiffe_id;
 use serde::{Deserialize, Serialize};
@@ -384,6 +386,9 @@ pub struct PolicySnapshot {
     /// Guardrail playbooks by name (every state).
     #[serde(default)]
     pub playbooks: BTreeMap<String, playbook::Playbook>,
+    /// Revoked X.509-SVIDs by serial, each kept until its notAfter (see [`serial`]).
+    #[serde(default)]
+    pub revoked_serials: BTreeMap<String, RevokedSerial>,
 }
 
 /// One identity a workload is entitled to.
@@ -612,6 +617,7 @@ mod tests {
             grants: BTreeMap::new(),
             playbooks: BTreeMap::new(),
             rules: grant::RemediationRules::default(),
+            revoked_serials: BTreeMap::new(),
         }
     }
 

@@ -1,5 +1,5 @@
-//! What verifiers must refuse before it expires (DESIGN.md §5, item 3): closed incidents
-//! and ended grants, as the agent's revocation feed publishes them.
+//! What verifiers must refuse before it expires (DESIGN.md §5, item 3): closed incidents,
+//! ended grants and revoked serials, as the agent's revocation feed publishes them.
 //!
 //! Pure: a policy snapshot and the time in, the set out. It never reaches back further
 //! than the window (the longest SVID lifetime): an SVID issued before a revocation lives
@@ -16,6 +16,8 @@ pub enum RevocationKind {
     Incident,
     /// A remediation grant that was revoked or ran out.
     Grant,
+    /// One certificate, by serial (lowercase hex).
+    Serial,
 }
 
 /// One entry of the revocation set.
@@ -25,8 +27,38 @@ pub struct Revocation {
     pub revoked_at: i64,
     /// What it names.
     pub kind: RevocationKind,
-    /// The incident or grant id.
+    /// The incident or grant id, or the serial.
     pub id: String,
+    /// For a serial: the certificate's trust domain and notAfter, after which the entry
+    /// names an expired certificate and leaves the set even inside the window.
+    pub serial: Option<SerialScope>,
+}
+
+/// Where a revoked serial lives and until when.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SerialScope {
+    /// The certificate's trust domain.
+    pub trust_domain: String,
+    /// Its notAfter, seconds since the epoch.
+    pub not_after: i64,
+}
+
+impl Revocation {
+    /// Whether the entry belongs in the set at `now`: inside the window, and for a serial
+    /// no later than its notAfter second.
+    pub fn is_current(&self, now: i64, window_secs: i64) -> bool {
+        within_window(self.revoked_at, now, window_secs)
+            && self.serial.as_ref().is_none_or(|s| now <= s.not_after)
+    }
+
+    /// The first instant the entry is no longer current.
+    pub fn leaves_at(&self, window_secs: i64) -> i64 {
+        let window_end = self.revoked_at.saturating_add(window_secs);
+        self.serial
+            .as_ref()
+            .map_or(window_end, |s| window_end.min(s.not_after))
+            .saturating_add(1)
+    }
 }
 
 /// Whether something revoked at `revoked_at` may still have SVIDs alive at `now`.
@@ -40,8 +72,8 @@ pub fn within_window(revoked_at: i64, now: i64, window_secs: i64) -> bool {
 }
 
 /// The revocation set at `now`: incidents closed and grants revoked or expired within
-/// the last `window_secs`, oldest first (ties by kind, then id), so equal policies give
-/// equal sets.
+/// the last `window_secs`, and serials revoked within it whose certificates have not
+/// expired; oldest first (ties by kind, then id), so equal policies give equal sets.
 ///
 /// Denied grants never held an identity, nor did grants revoked before they were ever
 /// active; neither is listed. Grants revoked by their incident's close are listed as
@@ -54,6 +86,7 @@ pub fn revocations(policy: &PolicySnapshot, now: i64, window_secs: i64) -> Vec<R
                 revoked_at: closed_at,
                 kind: RevocationKind::Incident,
                 id: incident.id.clone(),
+                serial: None,
             })
     });
     let grants = policy.grants.values().filter_map(|grant| {
@@ -65,9 +98,23 @@ pub fn revocations(policy: &PolicySnapshot, now: i64, window_secs: i64) -> Vec<R
             revoked_at: ended.at,
             kind: RevocationKind::Grant,
             id: grant.id.clone(),
+            serial: None,
         })
     });
-    let mut out: Vec<Revocation> = incidents.chain(grants).collect();
+    let serials = policy
+        .revoked_serials
+        .values()
+        .map(|r| Revocation {
+            revoked_at: r.revoked_at,
+            kind: RevocationKind::Serial,
+            id: r.serial.clone(),
+            serial: Some(SerialScope {
+                trust_domain: r.trust_domain.clone(),
+                not_after: r.not_after,
+            }),
+        })
+        .filter(|r| r.is_current(now, window_secs));
+    let mut out: Vec<Revocation> = incidents.chain(grants).chain(serials).collect();
     out.sort();
     out
 }
@@ -75,9 +122,7 @@ pub fn revocations(policy: &PolicySnapshot, now: i64, window_secs: i64) -> Vec<R
 /// The instant the oldest entry of `set` leaves the window, if any: when the set next
 /// changes without a policy change.
 pub fn next_expiry(set: &[Revocation], window_secs: i64) -> Option<i64> {
-    set.iter()
-        .map(|r| r.revoked_at.saturating_add(window_secs).saturating_add(1))
-        .min()
+    set.iter().map(|r| r.leaves_at(window_secs)).min()
 }
 
 /// The policy generation each listed incident was first seen closed in: an incident's
@@ -118,7 +163,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::policy::grant::Ending;
-    use crate::policy::{Grant, Incident, Severity};
+    use crate::policy::{Grant, Incident, RevokedSerial, Severity};
     use std::collections::BTreeSet;
 
     const WINDOW: i64 = 3600;
@@ -185,6 +230,7 @@ mod tests {
             revoked_at,
             kind,
             id: id.into(),
+            serial: None,
         }
     }
 
@@ -317,5 +363,52 @@ mod tests {
         epochs.observe(&[b], 12);
         assert_eq!(epochs.epoch("INC-a"), None);
         assert_eq!(epochs.epoch("INC-b"), Some(9));
+    }
+
+    fn revoked_serial(serial: &str, revoked_at: i64, not_after: i64) -> RevokedSerial {
+        RevokedSerial {
+            serial: serial.into(),
+            spiffe_id: "spiffe://remediate.example.org/agent/fixer/incident/INC-1/grant/g-1".into(),
+            trust_domain: "remediate.example.org".into(),
+            revoked_at,
+            revoked_by: "alice".into(),
+            not_after,
+        }
+    }
+
+    #[test]
+    fn serials_are_listed_with_their_trust_domain_until_their_not_after() {
+        let mut p = policy(vec![incident("INC-closed", Some(NOW - 10))], vec![]);
+        for r in [
+            revoked_serial("4001", NOW - 5, NOW + 30),
+            // Expired already: its certificate can no longer be presented.
+            revoked_serial("4002", NOW - 5, NOW - 1),
+            // Revoked before the window: every certificate it could name has expired.
+            revoked_serial("4003", NOW - WINDOW - 1, NOW + 30),
+        ] {
+            p.revoked_serials.insert(r.serial.clone(), r);
+        }
+        let set = revocations(&p, NOW, WINDOW);
+        assert_eq!(set.len(), 2, "{set:?}");
+        assert_eq!(set[0].kind, RevocationKind::Incident);
+        let serial = &set[1];
+        assert_eq!(
+            (serial.kind, serial.id.as_str(), serial.revoked_at),
+            (RevocationKind::Serial, "4001", NOW - 5)
+        );
+        assert_eq!(
+            serial.serial,
+            Some(SerialScope {
+                trust_domain: "remediate.example.org".into(),
+                not_after: NOW + 30,
+            })
+        );
+        // The set next changes when the serial's certificate expires, well before the
+        // incident leaves the window; through its notAfter second it is still listed.
+        assert_eq!(next_expiry(&set, WINDOW), Some(NOW + 31));
+        assert_eq!(revocations(&p, NOW + 30, WINDOW).len(), 2);
+        let later = revocations(&p, NOW + 31, WINDOW);
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].kind, RevocationKind::Incident);
     }
 }

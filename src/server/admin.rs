@@ -7,6 +7,7 @@
 //! the uid running the server and root may call (operators with roles arrive later).
 
 mod playbooks;
+mod svids;
 
 use super::Issuer;
 use super::registry::RegistryError;
@@ -385,6 +386,10 @@ fn registry_status(error: RegistryError) -> Status {
             | PlaybookError::OutOfBounds(_)),
         ) => Status::permission_denied(e.to_string()),
         RegistryError::Playbook(e) => Status::failed_precondition(e.to_string()),
+        RegistryError::Serial(e @ crate::policy::SerialError::Malformed(_)) => {
+            Status::invalid_argument(e.to_string())
+        }
+        RegistryError::Serial(e) => Status::failed_precondition(e.to_string()),
         e @ RegistryError::RateLimited(_) => Status::resource_exhausted(e.to_string()),
         e @ RegistryError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
         e @ RegistryError::NotFound { .. } => Status::not_found(e.to_string()),
@@ -417,6 +422,10 @@ fn caller_name(uid: u32) -> String {
 
 fn invalid(error: PolicyError) -> Status {
     registry_status(RegistryError::Invalid(error))
+}
+
+fn invalid_serial(error: crate::policy::SerialError) -> Status {
+    registry_status(RegistryError::Serial(error))
 }
 
 /// A name of `what` given in a request, checked before it is looked up or echoed.
@@ -1164,6 +1173,22 @@ impl Admin for AdminService {
         request: Request<pb::ActivatePlaybookRequest>,
     ) -> Result<Response<pb::GrantResponse>, Status> {
         self.activate_playbook_rpc(request).await
+    }
+
+    // Issued SVIDs: see `svids.rs`.
+
+    async fn list_svids(
+        &self,
+        request: Request<pb::ListSvidsRequest>,
+    ) -> Result<Response<pb::ListSvidsResponse>, Status> {
+        self.list_svids_rpc(request).await
+    }
+
+    async fn revoke_svid(
+        &self,
+        request: Request<pb::RevokeSvidRequest>,
+    ) -> Result<Response<pb::SvidResponse>, Status> {
+        self.revoke_svid_rpc(request).await
     }
 }
 

@@ -12,7 +12,6 @@ use crate::audit::{AuditError, AuditLog, Kind, Record};
 use crate::ca::{
     BundleSet, CaSet, MintedJwt, MintedX509, SubjectKey, SvidRequest, create_private_dir,
 };
-use writ_verifier::Band;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::policy::{Grant, GrantRequest, entitlement_for};
@@ -25,6 +24,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
+use writ_verifier::Band;
 
 /// The issuer: configuration, CAs, policy and store, shared by every service.
 #[derive(Debug)]
@@ -173,7 +173,11 @@ impl Issuer {
                 .map(|(spiffe_id, csr)| {
                     let Some(entitlement) = entitlement_for(&policy, self.cas.base(), spiffe_id)
                     else {
-                        return Err(self.deny(spiffe_id, requester, "not entitled under current policy"));
+                        return Err(self.deny(
+                            spiffe_id,
+                            requester,
+                            "not entitled under current policy",
+                        ));
                     };
                     let ttl = self.capped_ttl(
                         ttl.unwrap_or(self.config.ca.x509_svid_ttl),
@@ -383,7 +387,10 @@ impl Issuer {
         audience: &[String],
         requester: &str,
     ) -> Result<MintedJwt, IssueError> {
-        Ok(self.submit_jwt(band, request, audience, requester)?.wait()?.1)
+        Ok(self
+            .submit_jwt(band, request, audience, requester)?
+            .wait()?
+            .1)
     }
 
     fn submit_jwt(
@@ -400,13 +407,14 @@ impl Issuer {
                 claims.audit_index = Some(index);
             }
             let minted = ca.mint_jwt(&request, audience, now)?;
-            let record = issuance_record(now, band, &request, requester).detail(serde_json::json!({
-                "band": band.as_str(),
-                "format": "jwt",
-                "audience": audience,
-                "not_after": minted.expires_at,
-                "claims_sha256": claims_digest(&request),
-            }));
+            let record =
+                issuance_record(now, band, &request, requester).detail(serde_json::json!({
+                    "band": band.as_str(),
+                    "format": "jwt",
+                    "audience": audience,
+                    "not_after": minted.expires_at,
+                    "claims_sha256": claims_digest(&request),
+                }));
             Ok::<_, IssueError>((encode(&record)?, minted))
         })
     }
@@ -434,9 +442,14 @@ impl Issuer {
 /// The issuance record of `request`, before its serial and details are known.
 fn issuance_record(now: i64, band: Band, request: &SvidRequest, requester: &str) -> Record {
     let kind = Kind::Issuance;
-    Record::new(now, kind, format!("svid.issue.{}", band.as_str()), requester)
-        .incident(request.claims.as_ref().and_then(|c| c.incident.clone()))
-        .spiffe_id(request.spiffe_id.to_string())
+    Record::new(
+        now,
+        kind,
+        format!("svid.issue.{}", band.as_str()),
+        requester,
+    )
+    .incident(request.claims.as_ref().and_then(|c| c.incident.clone()))
+    .spiffe_id(request.spiffe_id.to_string())
 }
 
 /// SHA-256 of the claims' DER form, as embedded in the SVID.

@@ -85,12 +85,29 @@ impl NodeService {
         }
     }
 
-    fn node<T>(request: &Request<T>) -> Result<SpiffeId, Status> {
-        request
-            .extensions()
-            .get::<NodePeer>()
+    /// The calling node, from its verified node SVID. A node SVID whose serial has been
+    /// revoked is refused on every call, renewal included: the node must attest again.
+    fn node<T>(&self, request: &Request<T>) -> Result<SpiffeId, Status> {
+        let peer = request.extensions().get::<NodePeer>();
+        let id = peer
             .and_then(|peer| peer.spiffe_id.clone())
-            .ok_or_else(|| Status::unauthenticated("a node SVID is required"))
+            .ok_or_else(|| Status::unauthenticated("a node SVID is required"))?;
+        let serial = peer
+            .and_then(|peer| peer.serial.as_deref())
+            .unwrap_or_default();
+        if self
+            .issuer
+            .registry
+            .snapshot()
+            .revoked_serials
+            .contains_key(serial)
+        {
+            tracing::warn!(node = %id, serial, "node API call refused: node svid revoked");
+            return Err(Status::permission_denied(format!(
+                "the node SVID of {id} (serial {serial}) is revoked; attest the node again"
+            )));
+        }
+        Ok(id)
     }
 
     fn node_id(&self, name: &str) -> Result<SpiffeId, Status> {
@@ -211,7 +228,8 @@ impl Node for NodeService {
             }
             TokenUse::Expired => Some("join token expired"),
         };
-        self.audit_attestation(&node_id, "join_token", refused).await?;
+        self.audit_attestation(&node_id, "join_token", refused)
+            .await?;
         if let Some(reason) = refused {
             return Err(Status::permission_denied(reason));
         }
@@ -329,7 +347,7 @@ impl Node for NodeService {
         &self,
         request: Request<pb::RenewNodeSvidRequest>,
     ) -> Result<Response<pb::NodeSvid>, Status> {
-        let node = Self::node(&request)?;
+        let node = self.node(&request)?;
         let body = request.into_inner();
         csr::verify_csr(&body.csr, &node).map_err(ca_status)?;
         self.mint_node(node, body.csr).await.map(Response::new)
@@ -341,7 +359,7 @@ impl Node for NodeService {
         &self,
         request: Request<pb::SyncRequest>,
     ) -> Result<Response<Self::SyncStream>, Status> {
-        let node = Self::node(&request)?;
+        let node = self.node(&request)?;
         let mut policy = self.issuer.registry.subscribe();
         let max_svid_ttl = self.issuer.config.ca.max_svid_ttl;
         let mut bundles = self.issuer.bundles.subscribe();
@@ -373,7 +391,7 @@ impl Node for NodeService {
         &self,
         request: Request<pb::SignX509SvidsRequest>,
     ) -> Result<Response<pb::SignX509SvidsResponse>, Status> {
-        let node = Self::node(&request)?;
+        let node = self.node(&request)?;
         let body = request.into_inner();
         if body.csrs.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
@@ -444,7 +462,7 @@ impl Node for NodeService {
         &self,
         request: Request<pb::SignJwtSvidRequest>,
     ) -> Result<Response<pb::SignJwtSvidResponse>, Status> {
-        let node = Self::node(&request)?;
+        let node = self.node(&request)?;
         let body = request.into_inner();
         let id = writ_verifier::parse_spiffe_id(&body.spiffe_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -469,7 +487,7 @@ impl Node for NodeService {
         &self,
         request: Request<pb::NodeGrantRequest>,
     ) -> Result<Response<pb::NodeGrantResponse>, Status> {
-        let node = Self::node(&request)?;
+        let node = self.node(&request)?;
         let body = request.into_inner();
         let requested_by = writ_verifier::parse_spiffe_id(&body.requested_by)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;

@@ -6,12 +6,13 @@
 //! and signs; closing an incident takes the write side, so once `close_incident`
 //! returns, no SVID for that incident is being or will be signed.
 
-use crate::policy::grant::{self, GrantError, GrantRequest, GrantState};
-use crate::policy::playbook::{self, ActivationRequest, Playbook, PlaybookError, PlaybookState};
-use crate::policy::{Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile};
-use crate::store::{Store, StoreError};
 use crate::audit::{AuditError, AuditLog, Kind, Record};
 use crate::clock::SharedClock;
+use crate::policy::grant::{self, GrantError, GrantRequest, GrantState};
+use crate::policy::playbook::{self, ActivationRequest, Playbook, PlaybookError, PlaybookState};
+use crate::policy::serial::{self, Issued, RevokedSerial, Serial, SerialError};
+use crate::policy::{Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile};
+use crate::store::{Store, StoreError};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tokio::sync::watch;
 
@@ -47,9 +48,15 @@ pub enum RegistryError {
     /// A playbook decision was refused.
     #[error(transparent)]
     Playbook(#[from] PlaybookError),
+    /// A serial could not be revoked.
+    #[error(transparent)]
+    Serial(#[from] SerialError),
     /// Too many grant requests (against approval fatigue).
     #[error("{0}")]
     RateLimited(String),
+    /// The operating system gave no randomness for a new id; nothing changed.
+    #[error("no randomness available for a new id")]
+    NoRandomness,
     /// The store failed; nothing changed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -84,13 +91,22 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    fn record(&self, incident: Option<&str>, detail: serde_json::Value) -> Result<(), RegistryError> {
+    fn record(
+        &self,
+        incident: Option<&str>,
+        detail: serde_json::Value,
+    ) -> Result<(), RegistryError> {
         let Some((log, clock)) = self.audit else {
             return Ok(());
         };
-        let record = Record::new(clock.unix(), self.what.kind, self.what.action, self.what.actor)
-            .incident(incident)
-            .detail(detail);
+        let record = Record::new(
+            clock.unix(),
+            self.what.kind,
+            self.what.action,
+            self.what.actor,
+        )
+        .incident(incident)
+        .detail(detail);
         log.append(&record)?;
         Ok(())
     }
@@ -106,11 +122,18 @@ impl Writer<'_> {
     }
 
     fn put_incident(&self, incident: &Incident) -> Result<(), RegistryError> {
-        self.record(Some(&incident.id), serde_json::json!({ "incidents": [incident] }))?;
+        self.record(
+            Some(&incident.id),
+            serde_json::json!({ "incidents": [incident] }),
+        )?;
         Ok(self.store.put_incident(incident)?)
     }
 
-    fn put_policy_changes(&self, incidents: &[Incident], grants: &[Grant]) -> Result<(), RegistryError> {
+    fn put_policy_changes(
+        &self,
+        incidents: &[Incident],
+        grants: &[Grant],
+    ) -> Result<(), RegistryError> {
         let incident = incidents
             .first()
             .map(|i| i.id.as_str())
@@ -122,12 +145,41 @@ impl Writer<'_> {
         Ok(self.store.put_policy_changes(incidents, grants)?)
     }
 
+    fn put_policy_and_serial_changes(
+        &self,
+        incidents: &[Incident],
+        grants: &[Grant],
+        revoked: &[RevokedSerial],
+        pruned: &[String],
+    ) -> Result<(), RegistryError> {
+        let incident = incidents
+            .first()
+            .map(|i| i.id.as_str())
+            .or_else(|| grants.first().map(|g| g.incident.as_str()));
+        self.record(
+            incident,
+            serde_json::json!({
+                "incidents": incidents,
+                "grants": grants_for_audit(grants),
+                "revoked_serials": revoked,
+                "pruned_serials": pruned,
+            }),
+        )?;
+        Ok(self
+            .store
+            .put_policy_and_serial_changes(incidents, grants, revoked, pruned)?)
+    }
+
     fn put_playbook(&self, playbook: &Playbook) -> Result<(), RegistryError> {
         self.record(None, serde_json::json!({ "playbooks": [playbook] }))?;
         Ok(self.store.put_playbook(playbook)?)
     }
 
-    fn put_playbook_changes(&self, playbooks: &[Playbook], grants: &[Grant]) -> Result<(), RegistryError> {
+    fn put_playbook_changes(
+        &self,
+        playbooks: &[Playbook],
+        grants: &[Grant],
+    ) -> Result<(), RegistryError> {
         self.record(
             grants.first().map(|g| g.incident.as_str()),
             serde_json::json!({ "playbooks": playbooks, "grants": grants_for_audit(grants) }),
@@ -201,6 +253,11 @@ impl Registry {
                 .into_iter()
                 .map(|p| (p.name.clone(), p))
                 .collect(),
+            revoked_serials: store
+                .revoked_serials()?
+                .into_iter()
+                .map(|r| (r.serial.clone(), r))
+                .collect(),
         };
         let (tx, _) = watch::channel(Arc::new(snapshot));
         Ok(Registry {
@@ -269,77 +326,89 @@ impl Registry {
     /// Creates a profile.
     pub fn create_profile(&self, profile: Profile, by: &str) -> Result<Profile, RegistryError> {
         profile.validate()?;
-        self.change(Audited::new(Kind::AdminChange, "profile.create", by), |policy, w| {
-            if policy.profiles.contains_key(&profile.name) {
-                return Err(RegistryError::AlreadyExists {
-                    what: "profile",
-                    name: profile.name.clone(),
-                });
-            }
-            w.put_profile(&profile)?;
-            policy
-                .profiles
-                .insert(profile.name.clone(), profile.clone());
-            Ok(profile)
-        })
+        self.change(
+            Audited::new(Kind::AdminChange, "profile.create", by),
+            |policy, w| {
+                if policy.profiles.contains_key(&profile.name) {
+                    return Err(RegistryError::AlreadyExists {
+                        what: "profile",
+                        name: profile.name.clone(),
+                    });
+                }
+                w.put_profile(&profile)?;
+                policy
+                    .profiles
+                    .insert(profile.name.clone(), profile.clone());
+                Ok(profile)
+            },
+        )
     }
 
     /// Deletes a profile; its workloads lose their identities at once.
     pub fn delete_profile(&self, name: &str, by: &str) -> Result<Profile, RegistryError> {
-        self.change(Audited::new(Kind::Revocation, "profile.delete", by), |policy, w| {
-            let Some(profile) = policy.profiles.get(name).cloned() else {
-                return Err(RegistryError::NotFound {
-                    what: "profile",
-                    name: name.into(),
-                });
-            };
-            w.delete_profile(name)?;
-            policy.profiles.remove(name);
-            Ok(profile)
-        })
+        self.change(
+            Audited::new(Kind::Revocation, "profile.delete", by),
+            |policy, w| {
+                let Some(profile) = policy.profiles.get(name).cloned() else {
+                    return Err(RegistryError::NotFound {
+                        what: "profile",
+                        name: name.into(),
+                    });
+                };
+                w.delete_profile(name)?;
+                policy.profiles.remove(name);
+                Ok(profile)
+            },
+        )
     }
 
     /// Opens an incident. Ids are never reused, even after closing.
     pub fn open_incident(&self, incident: Incident) -> Result<Incident, RegistryError> {
         incident.validate()?;
         let by = incident.opened_by.clone();
-        self.change(Audited::new(Kind::AdminChange, "incident.open", &by), |policy, w| {
-            if policy.incidents.contains_key(&incident.id) {
-                return Err(RegistryError::AlreadyExists {
-                    what: "incident",
-                    name: incident.id.clone(),
-                });
-            }
-            let mut incident = incident;
-            incident.state = IncidentState::Open;
-            w.put_incident(&incident)?;
-            policy
-                .incidents
-                .insert(incident.id.clone(), incident.clone());
-            Ok(incident)
-        })
+        self.change(
+            Audited::new(Kind::AdminChange, "incident.open", &by),
+            |policy, w| {
+                if policy.incidents.contains_key(&incident.id) {
+                    return Err(RegistryError::AlreadyExists {
+                        what: "incident",
+                        name: incident.id.clone(),
+                    });
+                }
+                let mut incident = incident;
+                incident.state = IncidentState::Open;
+                w.put_incident(&incident)?;
+                policy
+                    .incidents
+                    .insert(incident.id.clone(), incident.clone());
+                Ok(incident)
+            },
+        )
     }
 
     /// Closes an incident for good: its pending and active grants end with it, all in one
     /// durable write before the new policy is published, and no signature for it is in
     /// flight once this returns.
     pub fn close_incident(&self, id: &str, by: &str, now: i64) -> Result<Incident, RegistryError> {
-        self.change(Audited::new(Kind::Revocation, "incident.close", by), |policy, w| {
-            let Some(current) = policy.incidents.get(id) else {
-                return Err(RegistryError::NotFound {
-                    what: "incident",
-                    name: id.into(),
-                });
-            };
-            if !current.is_open() {
-                return Err(RegistryError::AlreadyClosed(id.into()));
-            }
-            let closed = close(current, by, now);
-            let ended = end_incident_grants(policy, id, by, "incident closed", now);
-            w.put_policy_changes(std::slice::from_ref(&closed), &ended)?;
-            apply(policy, std::slice::from_ref(&closed), &ended);
-            Ok(closed)
-        })
+        self.change(
+            Audited::new(Kind::Revocation, "incident.close", by),
+            |policy, w| {
+                let Some(current) = policy.incidents.get(id) else {
+                    return Err(RegistryError::NotFound {
+                        what: "incident",
+                        name: id.into(),
+                    });
+                };
+                if !current.is_open() {
+                    return Err(RegistryError::AlreadyClosed(id.into()));
+                }
+                let closed = close(current, by, now);
+                let ended = end_incident_grants(policy, id, by, "incident closed", now);
+                w.put_policy_changes(std::slice::from_ref(&closed), &ended)?;
+                apply(policy, std::slice::from_ref(&closed), &ended);
+                Ok(closed)
+            },
+        )
     }
 
     /// Extends an open incident's maximum lifetime by `by_secs`.
@@ -350,24 +419,27 @@ impl Registry {
         by: &str,
         now: i64,
     ) -> Result<Incident, RegistryError> {
-        self.change(Audited::new(Kind::AdminChange, "incident.extend", by), |policy, w| {
-            let Some(current) = policy.incidents.get(id) else {
-                return Err(RegistryError::NotFound {
-                    what: "incident",
-                    name: id.into(),
-                });
-            };
-            if !current.is_open() {
-                return Err(RegistryError::AlreadyClosed(id.into()));
-            }
-            let mut extended = current.clone();
-            // From now if it had already run out (the expiry task may not have run yet).
-            let end = (extended.opened_at + extended.max_lifetime_secs as i64).max(now);
-            extended.max_lifetime_secs = (end + by_secs as i64 - extended.opened_at) as u64;
-            w.put_policy_changes(std::slice::from_ref(&extended), &[])?;
-            apply(policy, std::slice::from_ref(&extended), &[]);
-            Ok(extended)
-        })
+        self.change(
+            Audited::new(Kind::AdminChange, "incident.extend", by),
+            |policy, w| {
+                let Some(current) = policy.incidents.get(id) else {
+                    return Err(RegistryError::NotFound {
+                        what: "incident",
+                        name: id.into(),
+                    });
+                };
+                if !current.is_open() {
+                    return Err(RegistryError::AlreadyClosed(id.into()));
+                }
+                let mut extended = current.clone();
+                // From now if it had already run out (the expiry task may not have run yet).
+                let end = (extended.opened_at + extended.max_lifetime_secs as i64).max(now);
+                extended.max_lifetime_secs = (end + by_secs as i64 - extended.opened_at) as u64;
+                w.put_policy_changes(std::slice::from_ref(&extended), &[])?;
+                apply(policy, std::slice::from_ref(&extended), &[]);
+                Ok(extended)
+            },
+        )
     }
 
     /// Files a remediation grant request. `requested_by` is the operator's name or the
@@ -380,7 +452,7 @@ impl Registry {
         requested_by: &str,
         now: i64,
     ) -> Result<Grant, RegistryError> {
-        let id = format!("g-{}", random_hex(6));
+        let id = format!("g-{}", random_hex(6)?);
         self.change(Audited::new(Kind::AdminChange, "grant.request", requested_by), |policy, w| {
             let Some(incident) = policy.incidents.get(&request.incident) else {
                 return Err(RegistryError::NotFound { what: "incident", name: request.incident.clone() });
@@ -427,29 +499,30 @@ impl Registry {
         approval_ttl: i64,
         now: i64,
     ) -> Result<Grant, RegistryError> {
-        self.change(Audited::new(Kind::Approval, "grant.approve", approver), |policy, w| {
-            let grant = find_grant(policy, id)?;
-            let incident =
-                policy
-                    .incidents
-                    .get(&grant.incident)
-                    .ok_or_else(|| RegistryError::NotFound {
+        self.change(
+            Audited::new(Kind::Approval, "grant.approve", approver),
+            |policy, w| {
+                let grant = find_grant(policy, id)?;
+                let incident = policy.incidents.get(&grant.incident).ok_or_else(|| {
+                    RegistryError::NotFound {
                         what: "incident",
                         name: grant.incident.clone(),
-                    })?;
-            let next = grant::approve_with(
-                &policy.rules,
-                grant,
-                incident,
-                approver,
-                digest,
-                approval_ttl,
-                now,
-            )?;
-            w.put_policy_changes(&[], std::slice::from_ref(&next))?;
-            apply(policy, &[], std::slice::from_ref(&next));
-            Ok(next)
-        })
+                    }
+                })?;
+                let next = grant::approve_with(
+                    &policy.rules,
+                    grant,
+                    incident,
+                    approver,
+                    digest,
+                    approval_ttl,
+                    now,
+                )?;
+                w.put_policy_changes(&[], std::slice::from_ref(&next))?;
+                apply(policy, &[], std::slice::from_ref(&next));
+                Ok(next)
+            },
+        )
     }
 
     /// Denies a pending grant, or revokes a pending or active one.
@@ -461,12 +534,23 @@ impl Registry {
         reason: &str,
         now: i64,
     ) -> Result<Grant, RegistryError> {
-        self.change(Audited::new(Kind::Revocation, if state == GrantState::Denied { "grant.deny" } else { "grant.revoke" }, by), |policy, w| {
-            let next = grant::end(find_grant(policy, id)?, state, by, reason, now)?;
-            w.put_policy_changes(&[], std::slice::from_ref(&next))?;
-            apply(policy, &[], std::slice::from_ref(&next));
-            Ok(next)
-        })
+        self.change(
+            Audited::new(
+                Kind::Revocation,
+                if state == GrantState::Denied {
+                    "grant.deny"
+                } else {
+                    "grant.revoke"
+                },
+                by,
+            ),
+            |policy, w| {
+                let next = grant::end(find_grant(policy, id)?, state, by, reason, now)?;
+                w.put_policy_changes(&[], std::slice::from_ref(&next))?;
+                apply(policy, &[], std::slice::from_ref(&next));
+                Ok(next)
+            },
+        )
     }
 
     /// Withdraws the approvals of operators who are no longer configured: a pending
@@ -484,43 +568,46 @@ impl Registry {
         if !stale {
             return Ok(Vec::new());
         }
-        self.change(Audited::new(Kind::Revocation, "grant.withdraw_approvals", "writ"), |policy, w| {
-            let mut changed = Vec::new();
-            for g in policy.grants.values() {
-                if !matches!(g.state, GrantState::Pending | GrantState::Active) {
-                    continue;
+        self.change(
+            Audited::new(Kind::Revocation, "grant.withdraw_approvals", "writ"),
+            |policy, w| {
+                let mut changed = Vec::new();
+                for g in policy.grants.values() {
+                    if !matches!(g.state, GrantState::Pending | GrantState::Active) {
+                        continue;
+                    }
+                    let removed: Vec<String> = g
+                        .approvals
+                        .iter()
+                        .filter(|a| !is_operator(&a.by))
+                        .map(|a| a.by.clone())
+                        .collect();
+                    if removed.is_empty() {
+                        continue;
+                    }
+                    let mut next = g.clone();
+                    next.approvals.retain(|a| is_operator(&a.by));
+                    let quorum = policy
+                        .incidents
+                        .get(&g.incident)
+                        .map(|i| policy.rules.quorum(i.severity, &g.scopes))
+                        .unwrap_or(usize::MAX);
+                    // A playbook activation rests on the playbook's quorum and its activator.
+                    let holds = match g.playbook {
+                        Some(_) => playbook::activation_still_approved(&next),
+                        None => next.approvals.len() >= quorum,
+                    };
+                    if next.state == GrantState::Active && !holds {
+                        let reason = format!("approver removed: {}", removed.join(", "));
+                        next = grant::end(&next, GrantState::Revoked, "writ", &reason, now)?;
+                    }
+                    changed.push(next);
                 }
-                let removed: Vec<String> = g
-                    .approvals
-                    .iter()
-                    .filter(|a| !is_operator(&a.by))
-                    .map(|a| a.by.clone())
-                    .collect();
-                if removed.is_empty() {
-                    continue;
-                }
-                let mut next = g.clone();
-                next.approvals.retain(|a| is_operator(&a.by));
-                let quorum = policy
-                    .incidents
-                    .get(&g.incident)
-                    .map(|i| policy.rules.quorum(i.severity, &g.scopes))
-                    .unwrap_or(usize::MAX);
-                // A playbook activation rests on the playbook's quorum and its activator.
-                let holds = match g.playbook {
-                    Some(_) => playbook::activation_still_approved(&next),
-                    None => next.approvals.len() >= quorum,
-                };
-                if next.state == GrantState::Active && !holds {
-                    let reason = format!("approver removed: {}", removed.join(", "));
-                    next = grant::end(&next, GrantState::Revoked, "writ", &reason, now)?;
-                }
-                changed.push(next);
-            }
-            w.put_policy_changes(&[], &changed)?;
-            apply(policy, &[], &changed);
-            Ok(changed)
-        })
+                w.put_policy_changes(&[], &changed)?;
+                apply(policy, &[], &changed);
+                Ok(changed)
+            },
+        )
     }
 
     /// Creates a guardrail playbook, pending its quorum. Names are never reused, even after
@@ -528,23 +615,26 @@ impl Registry {
     pub fn create_playbook(&self, playbook: Playbook) -> Result<Playbook, RegistryError> {
         playbook.validate()?;
         let by = playbook.created_by.clone();
-        self.change(Audited::new(Kind::AdminChange, "playbook.create", &by), |policy, w| {
-            if policy.playbooks.contains_key(&playbook.name) {
-                return Err(RegistryError::AlreadyExists {
-                    what: "playbook",
-                    name: playbook.name.clone(),
-                });
-            }
-            let mut playbook = playbook;
-            playbook.state = PlaybookState::Pending;
-            playbook.approvals.clear();
-            playbook.retired = None;
-            w.put_playbook(&playbook)?;
-            policy
-                .playbooks
-                .insert(playbook.name.clone(), playbook.clone());
-            Ok(playbook)
-        })
+        self.change(
+            Audited::new(Kind::AdminChange, "playbook.create", &by),
+            |policy, w| {
+                if policy.playbooks.contains_key(&playbook.name) {
+                    return Err(RegistryError::AlreadyExists {
+                        what: "playbook",
+                        name: playbook.name.clone(),
+                    });
+                }
+                let mut playbook = playbook;
+                playbook.state = PlaybookState::Pending;
+                playbook.approvals.clear();
+                playbook.retired = None;
+                w.put_playbook(&playbook)?;
+                policy
+                    .playbooks
+                    .insert(playbook.name.clone(), playbook.clone());
+                Ok(playbook)
+            },
+        )
     }
 
     /// Records `approver`'s approval of a playbook's `digest`; at quorum it may be
@@ -556,12 +646,15 @@ impl Registry {
         digest: &str,
         now: i64,
     ) -> Result<Playbook, RegistryError> {
-        self.change(Audited::new(Kind::Approval, "playbook.approve", approver), |policy, w| {
-            let next = playbook::approve(find_playbook(policy, name)?, approver, digest, now)?;
-            w.put_playbook(&next)?;
-            policy.playbooks.insert(next.name.clone(), next.clone());
-            Ok(next)
-        })
+        self.change(
+            Audited::new(Kind::Approval, "playbook.approve", approver),
+            |policy, w| {
+                let next = playbook::approve(find_playbook(policy, name)?, approver, digest, now)?;
+                w.put_playbook(&next)?;
+                policy.playbooks.insert(next.name.clone(), next.clone());
+                Ok(next)
+            },
+        )
     }
 
     /// Activates an approved playbook for an open incident: a remediation grant, active at
@@ -574,33 +667,37 @@ impl Registry {
         activator: &str,
         now: i64,
     ) -> Result<Grant, RegistryError> {
-        let id = format!("g-{}", random_hex(6));
-        self.change(Audited::new(Kind::Approval, "playbook.activate", activator), |policy, w| {
-            let book = find_playbook(policy, name)?;
-            let Some(incident) = policy.incidents.get(incident) else {
-                return Err(RegistryError::NotFound {
-                    what: "incident",
-                    name: incident.chars().take(64).collect(),
-                });
-            };
-            let profile = policy.profiles.get(&request.agent);
-            // The configured sensitive prefixes apply to playbooks as to grants.
-            if let Some(scope) = book
-                .scopes
-                .iter()
-                .find(|s| policy.rules.is_sensitive(s) && !incident.scopes.contains(*s))
-            {
-                return Err(playbook::PlaybookError::NotEligible(format!(
-                    "scope {scope:?} is sensitive and incident {:?} does not name it",
-                    incident.id
-                ))
-                .into());
-            }
-            let grant = playbook::activate(book, incident, profile, request, activator, now, id)?;
-            w.put_policy_changes(&[], std::slice::from_ref(&grant))?;
-            apply(policy, &[], std::slice::from_ref(&grant));
-            Ok(grant)
-        })
+        let id = format!("g-{}", random_hex(6)?);
+        self.change(
+            Audited::new(Kind::Approval, "playbook.activate", activator),
+            |policy, w| {
+                let book = find_playbook(policy, name)?;
+                let Some(incident) = policy.incidents.get(incident) else {
+                    return Err(RegistryError::NotFound {
+                        what: "incident",
+                        name: incident.chars().take(64).collect(),
+                    });
+                };
+                let profile = policy.profiles.get(&request.agent);
+                // The configured sensitive prefixes apply to playbooks as to grants.
+                if let Some(scope) = book
+                    .scopes
+                    .iter()
+                    .find(|s| policy.rules.is_sensitive(s) && !incident.scopes.contains(*s))
+                {
+                    return Err(playbook::PlaybookError::NotEligible(format!(
+                        "scope {scope:?} is sensitive and incident {:?} does not name it",
+                        incident.id
+                    ))
+                    .into());
+                }
+                let grant =
+                    playbook::activate(book, incident, profile, request, activator, now, id)?;
+                w.put_policy_changes(&[], std::slice::from_ref(&grant))?;
+                apply(policy, &[], std::slice::from_ref(&grant));
+                Ok(grant)
+            },
+        )
     }
 
     /// Retires a playbook for good; its active activations are revoked in the same write.
@@ -612,14 +709,17 @@ impl Registry {
         reason: &str,
         now: i64,
     ) -> Result<(Playbook, Vec<Grant>), RegistryError> {
-        self.change(Audited::new(Kind::Revocation, "playbook.retire", by), |policy, w| {
-            let next = playbook::retire(find_playbook(policy, name)?, by, reason, now)?;
-            let ended = playbook::end_activations(policy.grants.values(), name, by, now);
-            w.put_playbook_changes(std::slice::from_ref(&next), &ended)?;
-            policy.playbooks.insert(next.name.clone(), next.clone());
-            apply(policy, &[], &ended);
-            Ok((next, ended))
-        })
+        self.change(
+            Audited::new(Kind::Revocation, "playbook.retire", by),
+            |policy, w| {
+                let next = playbook::retire(find_playbook(policy, name)?, by, reason, now)?;
+                let ended = playbook::end_activations(policy.grants.values(), name, by, now);
+                w.put_playbook_changes(std::slice::from_ref(&next), &ended)?;
+                policy.playbooks.insert(next.name.clone(), next.clone());
+                apply(policy, &[], &ended);
+                Ok((next, ended))
+            },
+        )
     }
 
     /// Withdraws the playbook approvals of operators who are no longer configured: a
@@ -637,28 +737,73 @@ impl Registry {
         if !stale {
             return Ok(Vec::new());
         }
-        self.change(Audited::new(Kind::Revocation, "playbook.withdraw_approvals", "writ"), |policy, w| {
-            let changed: Vec<Playbook> = policy
-                .playbooks
-                .values()
-                .filter_map(|p| playbook::without_approvers(p, &is_operator))
-                .collect();
-            w.put_playbook_changes(&changed, &[])?;
-            for p in &changed {
-                policy.playbooks.insert(p.name.clone(), p.clone());
-            }
-            Ok(changed)
-        })
+        self.change(
+            Audited::new(Kind::Revocation, "playbook.withdraw_approvals", "writ"),
+            |policy, w| {
+                let changed: Vec<Playbook> = policy
+                    .playbooks
+                    .values()
+                    .filter_map(|p| playbook::without_approvers(p, &is_operator))
+                    .collect();
+                w.put_playbook_changes(&changed, &[])?;
+                for p in &changed {
+                    policy.playbooks.insert(p.name.clone(), p.clone());
+                }
+                Ok(changed)
+            },
+        )
     }
 
-    /// The next instant something runs out (a grant window, an incident's lifetime).
+    /// Revokes one X.509-SVID by serial (DESIGN.md §5): the certificate must be one writ
+    /// issued and not yet expired. The entry is durable before the new policy is
+    /// published, and no signature is in flight once this returns; the identity itself
+    /// stays entitled, so its holder is issued a fresh SVID.
+    pub fn revoke_serial(
+        &self,
+        serial: &Serial,
+        by: &str,
+        now: i64,
+    ) -> Result<RevokedSerial, RegistryError> {
+        self.change(
+            Audited::new(Kind::Revocation, "svid.revoke", by),
+            |policy, w| {
+                let record =
+                    self.store
+                        .svid(serial.as_str())?
+                        .ok_or_else(|| RegistryError::NotFound {
+                            what: "serial",
+                            name: serial.to_string(),
+                        })?;
+                let spiffe_id = writ_verifier::parse_spiffe_id(&record.spiffe_id).map_err(|e| {
+                    StoreError::Corrupt {
+                        table: "svids",
+                        reason: e.to_string(),
+                    }
+                })?;
+                let issued = Issued {
+                    serial,
+                    spiffe_id: &spiffe_id,
+                    not_after: record.not_after,
+                };
+                let entry = serial::revoke(policy, issued, by, now)?;
+                w.put_policy_and_serial_changes(&[], &[], std::slice::from_ref(&entry), &[])?;
+                policy
+                    .revoked_serials
+                    .insert(entry.serial.clone(), entry.clone());
+                Ok(entry)
+            },
+        )
+    }
+
+    /// The next instant something runs out (a grant window, an incident's lifetime, a
+    /// revoked serial's certificate).
     pub fn next_deadline(&self) -> Option<i64> {
         deadlines(&self.snapshot()).min()
     }
 
     /// Ends what has run out by `now`: active grants past their window expire; incidents
-    /// past their maximum lifetime close themselves, with their grants. Returns whether
-    /// anything changed.
+    /// past their maximum lifetime close themselves, with their grants; revoked serials
+    /// whose certificates have expired are pruned. Returns whether anything changed.
     pub fn expire_due(&self, now: i64) -> Result<bool, RegistryError> {
         let due = deadlines(&self.snapshot()).any(|at| at <= now);
         if !due {
@@ -682,22 +827,27 @@ impl Registry {
                     grants.push(expired);
                 }
             }
-            w.put_policy_changes(&incidents, &grants)?;
+            let pruned = serial::expired(policy, now);
+            w.put_policy_and_serial_changes(&incidents, &grants, &[], &pruned)?;
             for i in &incidents {
                 tracing::info!(incident = %i.id, "incident reached its maximum lifetime and closed");
             }
             apply(policy, &incidents, &grants);
+            for s in &pruned {
+                policy.revoked_serials.remove(s);
+            }
             Ok(true)
         })
     }
 }
 
-fn random_hex(bytes: usize) -> String {
+/// `bytes` random bytes as hex, for new ids. Fails rather than hand out a predictable
+/// (all-zero) id when the operating system has no randomness.
+fn random_hex(bytes: usize) -> Result<String, RegistryError> {
     let mut buf = vec![0u8; bytes];
-    // SystemRandom only fails if the OS has no entropy source; a zero id would still be
-    // unique-checked by the caller's store write, but ring has never failed here.
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
+        .map_err(|_| RegistryError::NoRandomness)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn find_grant<'a>(policy: &'a PolicySnapshot, id: &str) -> Result<&'a Grant, RegistryError> {
@@ -767,7 +917,7 @@ fn deadlines(policy: &PolicySnapshot) -> impl Iterator<Item = i64> + '_ {
         .values()
         .filter(|g| g.state == GrantState::Active)
         .filter_map(|g| g.expires_at);
-    incidents.chain(grants)
+    incidents.chain(grants).chain(serial::next_prune(policy))
 }
 
 #[cfg(test)]
@@ -830,14 +980,17 @@ mod tests {
         let registry =
             Registry::load(Arc::new(Store::open(&dir.path().join("w.redb")).unwrap())).unwrap();
         registry
-            .create_profile(Profile {
-                name: "triage".into(),
-                selectors: BTreeSet::from(["unix:uid:1".parse().unwrap()]),
-                bands: BTreeSet::from([Band::Investigative, Band::Remediation]),
-                scopes: BTreeSet::new(),
-                service: false,
-                created_at: 0,
-            }, "op")
+            .create_profile(
+                Profile {
+                    name: "triage".into(),
+                    selectors: BTreeSet::from(["unix:uid:1".parse().unwrap()]),
+                    bands: BTreeSet::from([Band::Investigative, Band::Remediation]),
+                    scopes: BTreeSet::new(),
+                    service: false,
+                    created_at: 0,
+                },
+                "op",
+            )
             .unwrap();
         let mut inc = incident("INC-1");
         inc.opened_at = 0;
@@ -865,6 +1018,65 @@ mod tests {
         let after = &registry.snapshot().grants[&g.id];
         assert_eq!(after.state, GrantState::Revoked);
         assert!(after.ended.as_ref().unwrap().reason.contains("bob"));
+    }
+
+    #[test]
+    fn revoked_serials_persist_refuse_bad_requests_and_are_pruned_after_not_after() {
+        use crate::store::SvidRecord;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.redb");
+        let record = |serial: &str, not_after: i64| SvidRecord {
+            serial: serial.into(),
+            spiffe_id: "spiffe://investigate.example.org/agent/triage/incident/INC-1".into(),
+            band: Band::Investigative,
+            authority_id: "a".into(),
+            incident: Some("INC-1".into()),
+            grant: None,
+            not_before: 0,
+            not_after,
+        };
+        let serial = |s: &str| s.parse::<Serial>().unwrap();
+        {
+            let store = Arc::new(Store::open(&path).unwrap());
+            store.put_svid(&record("40aa", 100)).unwrap();
+            store.put_svid(&record("40bb", 50)).unwrap();
+            let registry = Registry::load(Arc::clone(&store)).unwrap();
+            let before = registry.snapshot().generation;
+            for (s, now) in [("40cc", 10), ("40bb", 51)] {
+                let refused = registry.revoke_serial(&serial(s), "alice", now);
+                assert!(
+                    matches!(
+                        refused,
+                        Err(RegistryError::NotFound { .. }
+                            | RegistryError::Serial(SerialError::Expired { .. }))
+                    ),
+                    "{s}: {refused:?}"
+                );
+            }
+            assert_eq!(registry.snapshot().generation, before, "nothing changed");
+            let entry = registry
+                .revoke_serial(&serial("40AA"), "alice", 10)
+                .unwrap();
+            assert_eq!(entry.serial, "40aa");
+            assert_eq!(entry.trust_domain, "investigate.example.org");
+            assert!(matches!(
+                registry.revoke_serial(&serial("40aa"), "bob", 11),
+                Err(RegistryError::Serial(SerialError::AlreadyRevoked(_)))
+            ));
+            assert_eq!(registry.next_deadline(), Some(101));
+        }
+        let registry = Registry::load(Arc::new(Store::open(&path).unwrap())).unwrap();
+        assert!(registry.snapshot().revoked_serials.contains_key("40aa"));
+        assert!(!registry.expire_due(100).unwrap(), "kept through notAfter");
+        assert!(registry.expire_due(101).unwrap());
+        assert!(registry.snapshot().revoked_serials.is_empty());
+        assert_eq!(registry.next_deadline(), None);
+        drop(registry);
+        let registry = Registry::load(Arc::new(Store::open(&path).unwrap())).unwrap();
+        assert!(
+            registry.snapshot().revoked_serials.is_empty(),
+            "pruned durably"
+        );
     }
 
     #[test]
@@ -920,14 +1132,17 @@ mod tests {
             PlaybookState::Approved
         );
         registry
-            .create_profile(Profile {
-                name: "triage".into(),
-                selectors: BTreeSet::from(["unix:uid:1".parse().unwrap()]),
-                bands: BTreeSet::from([Band::Investigative, Band::Remediation]),
-                scopes: BTreeSet::new(),
-                service: false,
-                created_at: 0,
-            }, "op")
+            .create_profile(
+                Profile {
+                    name: "triage".into(),
+                    selectors: BTreeSet::from(["unix:uid:1".parse().unwrap()]),
+                    bands: BTreeSet::from([Band::Investigative, Band::Remediation]),
+                    scopes: BTreeSet::new(),
+                    service: false,
+                    created_at: 0,
+                },
+                "op",
+            )
             .unwrap();
         let mut inc = incident("INC-1");
         inc.opened_at = 0;

@@ -180,6 +180,9 @@ pub fn admin_server_config(
 pub struct NodePeer {
     /// The verified node SPIFFE ID, if the caller presented a node SVID.
     pub spiffe_id: Option<SpiffeId>,
+    /// The serial of that certificate, lowercase hex, so that a revoked node SVID can be
+    /// refused (DESIGN.md §5).
+    pub serial: Option<String>,
 }
 
 impl NodePeer {
@@ -187,6 +190,16 @@ impl NodePeer {
     pub fn of(cert: Option<&CertificateDer<'_>>) -> Self {
         NodePeer {
             spiffe_id: cert.and_then(peer_spiffe_id),
+            serial: cert.and_then(|der| {
+                let (_, parsed) = x509_parser::parse_x509_certificate(der).ok()?;
+                Some(
+                    parsed
+                        .raw_serial()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect(),
+                )
+            }),
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use crate::ca::AuthorityRecord;
 use crate::policy::playbook::Playbook;
-use crate::policy::{Grant, Incident, Profile};
+use crate::policy::{Grant, Incident, Profile, RevokedSerial};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -27,6 +27,7 @@ const INCIDENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("incidents"
 const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tokens");
 const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("grants");
 const PLAYBOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("playbooks");
+const REVOKED_SERIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked_serials");
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,10 @@ pub struct SvidRecord {
     /// The incident it is bound to, if any.
     #[serde(default)]
     pub incident: Option<String>,
+    /// The remediation grant it is bound to, if any. Left out of the record when absent,
+    /// so that records without one stay readable by builds that predate the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
     /// notBefore, seconds since the epoch.
     pub not_before: i64,
     /// notAfter, seconds since the epoch.
@@ -127,6 +132,8 @@ impl Store {
             tx.open_table(JOIN_TOKENS).map_err(db_err)?;
             tx.open_table(GRANTS).map_err(db_err)?;
             tx.open_table(PLAYBOOKS).map_err(db_err)?;
+            // Added after schema 1 shipped; created here on first open, empty.
+            tx.open_table(REVOKED_SERIALS).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
     }
@@ -306,6 +313,11 @@ impl Store {
         self.all_json(GRANTS, "grants")
     }
 
+    /// Every revoked serial still kept (see [`crate::policy::serial`]).
+    pub fn revoked_serials(&self) -> Result<Vec<RevokedSerial>, StoreError> {
+        self.all_json(REVOKED_SERIALS, "revoked_serials")
+    }
+
     /// Writes incidents and grants that change together (closing an incident revokes its
     /// grants) in one durable transaction: a crash keeps all of it or none.
     pub fn put_policy_changes(
@@ -313,8 +325,29 @@ impl Store {
         incidents: &[Incident],
         grants: &[Grant],
     ) -> Result<(), StoreError> {
+        self.put_policy_and_serial_changes(incidents, grants, &[], &[])
+    }
+
+    /// Like [`Store::put_policy_changes`], and in the same transaction adds the serials
+    /// `revoked` and removes the entries of `pruned` (serials whose certificates expired).
+    pub fn put_policy_and_serial_changes(
+        &self,
+        incidents: &[Incident],
+        grants: &[Grant],
+        revoked: &[RevokedSerial],
+        pruned: &[String],
+    ) -> Result<(), StoreError> {
         let tx = self.begin_write()?;
         {
+            let mut t = tx.open_table(REVOKED_SERIALS).map_err(db_err)?;
+            for entry in revoked {
+                let bytes = serde_json::to_vec(entry).map_err(db_err)?;
+                t.insert(entry.serial.as_str(), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+            for serial in pruned {
+                t.remove(serial.as_str()).map_err(db_err)?;
+            }
             let mut t = tx.open_table(INCIDENTS).map_err(db_err)?;
             for incident in incidents {
                 let bytes = serde_json::to_vec(incident).map_err(db_err)?;
@@ -469,6 +502,7 @@ mod tests {
             band: Band::Investigative,
             authority_id: "x".into(),
             incident: Some("i".into()),
+            grant: None,
             not_before: 1,
             not_after: 2,
         }
@@ -488,6 +522,47 @@ mod tests {
         assert_eq!(store.svid("01").unwrap(), Some(svid("01")));
         assert_eq!(store.authorities("example.org").unwrap().1, 7);
         assert_eq!(store.authorities("other.org").unwrap(), (vec![], 0));
+    }
+
+    #[test]
+    fn revoked_serials_are_added_and_pruned_in_one_write_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writ.redb");
+        let entry = |serial: &str| RevokedSerial {
+            serial: serial.into(),
+            spiffe_id: "spiffe://example.org/service/logs".into(),
+            trust_domain: "example.org".into(),
+            revoked_at: 1,
+            revoked_by: "alice".into(),
+            not_after: 2,
+        };
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .put_policy_and_serial_changes(&[], &[], &[entry("4001"), entry("4002")], &[])
+                .unwrap();
+            store
+                .put_policy_and_serial_changes(&[], &[], &[entry("4003")], &["4001".into()])
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let kept: Vec<String> = store
+            .revoked_serials()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.serial)
+            .collect();
+        assert_eq!(kept, ["4002", "4003"]);
+    }
+
+    #[test]
+    fn svid_records_without_a_grant_omit_the_field() {
+        let json = serde_json::to_value(svid("01")).unwrap();
+        assert!(json.get("grant").is_none(), "{json}");
+        let mut with = svid("02");
+        with.grant = Some("g-1".into());
+        let back: SvidRecord = serde_json::from_slice(&serde_json::to_vec(&with).unwrap()).unwrap();
+        assert_eq!(back, with);
     }
 
     #[test]

@@ -72,14 +72,17 @@ impl Dev {
     pub fn profile(&self, name: &str, selectors: &[Selector], scopes: &[&str]) {
         self.issuer
             .registry
-            .create_profile(Profile {
-                name: name.into(),
-                selectors: selectors.iter().cloned().collect(),
-                bands: BTreeSet::from([Band::Investigative]),
-                scopes: scopes.iter().map(|s| s.to_string()).collect(),
-                service: false,
-                created_at: 0,
-            }, "test")
+            .create_profile(
+                Profile {
+                    name: name.into(),
+                    selectors: selectors.iter().cloned().collect(),
+                    bands: BTreeSet::from([Band::Investigative]),
+                    scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                    service: false,
+                    created_at: 0,
+                },
+                "test",
+            )
             .unwrap();
     }
 

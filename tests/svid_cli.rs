@@ -1,0 +1,270 @@
+//! `writ svid list | revoke` through the real `writ` binary (DESIGN.md §5, §7): `writ dev`
+//! on a temp data directory, the CLI run as root and, through `setpriv`, as an auditor
+//! and as a uid that is no operator.
+//!
+//! Every refusal must be a non-zero exit, exactly one `error:` line on stderr naming the
+//! problem, nothing on stdout, and no change to any SVID's state. The tests that run the
+//! CLI under other uids are skipped when not run as root.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::Value;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const WRIT: &str = env!("CARGO_BIN_EXE_writ");
+
+const AUDITOR: u32 = 65530;
+const STRANGER: u32 = 65531;
+
+/// Who runs a command: this process, or another uid.
+#[derive(Clone, Copy)]
+enum As {
+    Me,
+    Uid(u32),
+}
+
+/// A running `writ dev`, killed when dropped.
+struct Dev {
+    child: Child,
+    data_dir: PathBuf,
+    dir: PathBuf,
+}
+
+impl Dev {
+    fn start(dir: &Path) -> Dev {
+        let data_dir = dir.join("data");
+        let log = std::fs::File::create(dir.join("dev.log")).expect("dev log");
+        let child = Command::new(WRIT)
+            .arg("dev")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--operator", &format!("dora={AUDITOR}:auditor")])
+            .env("WRIT_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn writ dev");
+        let mut dev = Dev {
+            child,
+            data_dir,
+            dir: dir.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while UnixStream::connect(dev.socket()).is_err() {
+            if let Some(status) = dev.child.try_wait().expect("poll writ dev") {
+                panic!("writ dev exited early ({status}): {}", dev.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "writ dev did not open its admin socket in time: {}",
+                dev.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        dev
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.data_dir.join("admin.sock")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dev.log")).unwrap_or_default()
+    }
+
+    fn run_as(&self, who: As, args: &[&str]) -> Output {
+        let mut command = match who {
+            As::Me => Command::new(WRIT),
+            As::Uid(uid) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--clear-groups",
+                ])
+                .arg(WRIT);
+                c
+            }
+        };
+        command
+            .args(args)
+            .env("WRIT_ADMIN_SOCKET", self.socket())
+            .env_remove("WRIT_LOG")
+            .env_remove("WRIT_SERVER")
+            .stdin(Stdio::null())
+            .current_dir(&self.dir)
+            .output()
+            .expect("run writ")
+    }
+
+    fn ok_as(&self, who: As, args: &[&str]) -> String {
+        let out = self.run_as(who, args);
+        assert!(
+            out.status.success(),
+            "writ {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        self.ok_as(As::Me, args)
+    }
+
+    /// `svid list --json` (plus `extra`) as `who`: one JSON object per line.
+    fn svids_as(&self, who: As, extra: &[&str]) -> Vec<Value> {
+        let args = [&["svid", "list", "--json"][..], extra].concat();
+        self.ok_as(who, &args)
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+            .collect()
+    }
+
+    fn svids(&self) -> Vec<Value> {
+        self.svids_as(As::Me, &[])
+    }
+
+    /// `writ ARGS` as `who` must be refused with one `error:` line mentioning `reason`,
+    /// nothing on stdout, and no SVID's state changed.
+    fn refused_as(&self, who: As, args: &[&str], reason: &str) {
+        let before = self.svids();
+        let out = self.run_as(who, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "writ {args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "writ {args:?}: one stderr line: {stderr}");
+        assert!(lines[0].starts_with("error: "), "writ {args:?}: {stderr}");
+        assert!(
+            lines[0].contains(reason),
+            "writ {args:?}: error should mention {reason:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "writ {args:?} printed to stdout");
+        assert_eq!(self.svids(), before, "writ {args:?} changed an SVID");
+    }
+
+    fn refused(&self, args: &[&str], reason: &str) {
+        self.refused_as(As::Me, args, reason);
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").expect("/proc/self").uid() == 0
+}
+
+/// `writ dev` with a profile, an open incident and one SVID minted for it; returns the
+/// SVID's serial.
+fn setup() -> (tempfile::TempDir, Dev, String) {
+    let dir = tempfile::tempdir().unwrap();
+    // Other uids must reach the admin socket inside.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dev = Dev::start(dir.path());
+    dev.ok(&["profile", "create", "triage", "--selector", "unix:uid:1001"]);
+    dev.ok(&[
+        "incident",
+        "open",
+        "INC-1",
+        "--title",
+        "db down",
+        "--severity",
+        "sev2",
+        "--assign",
+        "triage",
+    ]);
+    let out = dir.path().join("svid");
+    let minted: Value = serde_json::from_str(&dev.ok(&[
+        "x509",
+        "mint",
+        "--agent",
+        "triage",
+        "--incident",
+        "INC-1",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    let serial = minted["serial"].as_str().unwrap().to_owned();
+    (dir, dev, serial)
+}
+
+#[test]
+fn list_then_revoke_by_serial() {
+    let (_dir, dev, serial) = setup();
+    let listed = dev.svids();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let svid = &listed[0];
+    assert_eq!(svid["serial"], serial.as_str());
+    assert_eq!(
+        svid["spiffe_id"],
+        "spiffe://investigate.example.org/agent/triage/incident/INC-1"
+    );
+    assert_eq!(svid["band"], "investigative");
+    assert_eq!(svid["trust_domain"], "investigate.example.org");
+    assert_eq!(svid["incident"], "INC-1");
+    assert_eq!(svid["grant"], Value::Null);
+    assert_eq!(svid["revoked"], false);
+    assert!(svid["not_before"].as_i64().unwrap() < svid["not_after"].as_i64().unwrap());
+    assert_eq!(dev.svids_as(As::Me, &["--incident", "INC-1"]), listed);
+    assert!(dev.svids_as(As::Me, &["--incident", "INC-2"]).is_empty());
+    // The table names the serial too.
+    assert!(dev.ok(&["svid", "list"]).contains(&serial));
+
+    let out = dev.ok(&["svid", "revoke", &serial]);
+    assert!(out.starts_with(&format!("revoked svid {serial} ")), "{out}");
+    let after = dev.svids();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0]["revoked"], true);
+    assert!(after[0]["revoked_at"].is_i64());
+    assert!(after[0]["revoked_by"].as_str().unwrap().starts_with("uid:"));
+    dev.refused(&["svid", "revoke", &serial], "already revoked");
+}
+
+#[test]
+fn bad_serials_are_refused_and_change_nothing() {
+    let (_dir, dev, serial) = setup();
+    dev.refused(&["svid", "revoke", "not-a-serial"], "invalid serial");
+    dev.refused(&["svid", "revoke", "abc"], "invalid serial");
+    // Well formed, but writ never issued it.
+    let unknown = if serial.starts_with("40") {
+        "41ff"
+    } else {
+        "40ff"
+    };
+    dev.refused(&["svid", "revoke", unknown], "unknown serial");
+    dev.refused(
+        &["svid", "list", "--incident", "a/b"],
+        "invalid incident name",
+    );
+    assert_eq!(dev.svids()[0]["revoked"], false);
+}
+
+#[test]
+fn only_admins_and_incident_commanders_revoke_and_strangers_see_nothing() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run the CLI under other uids");
+        return;
+    }
+    let (_dir, dev, serial) = setup();
+    // An auditor reads the list, but may not revoke.
+    assert_eq!(dev.svids_as(As::Uid(AUDITOR), &[]), dev.svids());
+    dev.refused_as(
+        As::Uid(AUDITOR),
+        &["svid", "revoke", &serial],
+        "needs the role incident-commander or admin",
+    );
+    let not = "uid 65531 is not a writ operator";
+    dev.refused_as(As::Uid(STRANGER), &["svid", "list"], not);
+    dev.refused_as(As::Uid(STRANGER), &["svid", "revoke", &serial], not);
+    assert_eq!(dev.svids()[0]["revoked"], false);
+}

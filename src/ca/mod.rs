@@ -892,6 +892,11 @@ impl CaSet {
             })
     }
 
+    /// The clock itself.
+    pub fn clock(&self) -> SharedClock {
+        std::sync::Arc::clone(&self.clock)
+    }
+
     /// The clock.
     pub fn now(&self) -> i64 {
         self.clock.unix()

@@ -198,11 +198,11 @@ async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result
             Arc::clone(identity),
             &crate::agent::remote::read_pem_certs(ca)?,
         )?;
-        let service = crate::server::admin::AdminService::new(Arc::clone(issuer))?;
+        let service = crate::server::admin::server(Arc::clone(issuer))?;
         let stopped = tasks.stopped();
         tasks.spawn("remote admin API", async move {
             tonic::transport::Server::builder()
-                .add_service(crate::proto::admin::admin_server::AdminServer::new(service))
+                .add_service(service)
                 .serve_with_incoming_shutdown(accept_tls(listener, tls, AdminPeer::of), stopped)
                 .await
                 .context("remote admin API server failed")

@@ -39,9 +39,9 @@ pub struct OpenArgs {
 #[derive(Debug, Args)]
 pub struct IdArgs {
     /// The incident id.
-    id: String,
+    pub(super) id: String,
     #[command(flatten)]
-    admin: AdminArgs,
+    pub(super) admin: AdminArgs,
 }
 
 /// Flags of `writ incident extend`.

@@ -1,6 +1,7 @@
 //! The `writ` command line: one file per command group; this file only parses and
 //! dispatches. Every admin command reaches the server over the admin socket.
 
+mod audit;
 mod authority;
 mod bundle;
 mod client;
@@ -71,6 +72,9 @@ enum Command {
     /// Issued X.509-SVIDs: list them, revoke one by serial.
     #[command(subcommand)]
     Svid(SvidCommand),
+    /// The tamper-evident audit log: read it, checkpoint it, prove it intact.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Check that the server answers.
     Healthcheck(AdminArgs),
 }
@@ -99,6 +103,9 @@ enum IncidentCommand {
     List(AdminArgs),
     /// Show one incident.
     Show(incident::IdArgs),
+    /// The incident's decision chain from the audit log: evidence, plan, approvals,
+    /// identities, actions, close.
+    Timeline(incident::IdArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +123,19 @@ enum GrantCommand {
     Show(grant::ShowArgs),
     /// End a pending or active grant now.
     Revoke(grant::EndArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// The latest records; with -f, follow new ones.
+    Tail(audit::TailArgs),
+    /// Print the log's latest signed checkpoint (keep it elsewhere; verify --since it).
+    Checkpoint(AdminArgs),
+    /// Recompute the tree and check the signed checkpoint (and a kept one): names the
+    /// first bad index.
+    Verify(audit::VerifyArgs),
+    /// Every record as JSON lines, of the whole log or of one incident.
+    Export(audit::ExportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,6 +297,13 @@ impl Cli {
             Command::Incident(IncidentCommand::Extend(args)) => incident::extend(args).await,
             Command::Incident(IncidentCommand::List(args)) => incident::list(args).await,
             Command::Incident(IncidentCommand::Show(args)) => incident::show(args).await,
+            Command::Incident(IncidentCommand::Timeline(args)) => {
+                audit::timeline(args.id, args.admin).await
+            }
+            Command::Audit(AuditCommand::Tail(args)) => audit::tail(args).await,
+            Command::Audit(AuditCommand::Checkpoint(args)) => audit::checkpoint(args).await,
+            Command::Audit(AuditCommand::Verify(args)) => audit::verify_cmd(args).await,
+            Command::Audit(AuditCommand::Export(args)) => audit::export(args).await,
             Command::Grant(GrantCommand::Request(args)) => grant::request(args).await,
             Command::Grant(GrantCommand::Approve(args)) => grant::approve(args).await,
             Command::Grant(GrantCommand::Deny(args)) => grant::deny(args).await,

@@ -6,7 +6,9 @@
 //! whatever the CLI already checked. Callers are identified by SO_PEERCRED: for now only
 //! the uid running the server and root may call (operators with roles arrive later).
 
+mod audit;
 mod playbooks;
+pub mod refusals;
 mod svids;
 
 use super::Issuer;
@@ -42,6 +44,22 @@ const MAX_INCIDENT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 pub struct AdminService {
     issuer: Arc<Issuer>,
     server_uid: u32,
+}
+
+/// The admin API as served: the service, its refusals audited.
+pub fn server(
+    issuer: Arc<Issuer>,
+) -> anyhow::Result<
+    refusals::AuditRefusals<crate::proto::admin::admin_server::AdminServer<AdminService>>,
+> {
+    let log = Arc::clone(&issuer.audit);
+    let clock = issuer.cas.clock();
+    let service = AdminService::new(issuer)?;
+    Ok(refusals::AuditRefusals::new(
+        crate::proto::admin::admin_server::AdminServer::new(service),
+        log,
+        clock,
+    ))
 }
 
 impl AdminService {
@@ -639,6 +657,22 @@ fn incident_to_proto(incident: &Incident) -> pb::Incident {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    type ReadAuditStream = audit::AuditStream;
+
+    async fn read_audit(
+        &self,
+        request: Request<pb::ReadAuditRequest>,
+    ) -> Result<Response<Self::ReadAuditStream>, Status> {
+        self.read_audit_rpc(request).await
+    }
+
+    async fn get_audit_checkpoint(
+        &self,
+        request: Request<pb::GetAuditCheckpointRequest>,
+    ) -> Result<Response<pb::AuditCheckpoint>, Status> {
+        self.get_audit_checkpoint_rpc(request).await
+    }
+
     async fn mint_x509_svid(
         &self,
         request: Request<pb::MintX509SvidRequest>,

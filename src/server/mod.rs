@@ -496,9 +496,8 @@ pub async fn serve_admin(
     issuer: Arc<Issuer>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let service = admin::AdminService::new(issuer)?;
     tonic::transport::Server::builder()
-        .add_service(crate::proto::admin::admin_server::AdminServer::new(service))
+        .add_service(admin::server(issuer)?)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             shutdown,

@@ -1,0 +1,376 @@
+//! `writ audit tail|checkpoint|verify|export` and `writ incident timeline`.
+//!
+//! `verify` recomputes the Merkle tree here, from the records' stored bytes, and checks the
+//! log's signed checkpoint and a kept one: it trusts the server for nothing but the bytes.
+
+use super::AdminArgs;
+use super::client::{connect, rpc_error};
+use super::output::format_unix;
+use crate::audit::{Record, VerifyError, verify};
+use crate::proto::admin as pb;
+use clap::Args;
+use std::path::PathBuf;
+
+/// Flags of `writ audit tail`.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Keep printing records as they are written.
+    #[arg(short, long)]
+    follow: bool,
+    /// How many of the latest records to print first.
+    #[arg(short = 'n', long, default_value_t = 20)]
+    lines: u64,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// Flags of `writ audit verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// A checkpoint kept earlier (`writ audit checkpoint > FILE`): the log must still
+    /// extend it.
+    #[arg(long, value_name = "CHECKPOINT_FILE")]
+    since: Option<PathBuf>,
+    /// Verify the log file in this data directory at rest (a copy, a backup, or a stopped
+    /// server's), instead of asking the server for its records.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The log's verifier key (`keys/audit.pub`), pinned; default: the server's, or the
+    /// data directory's.
+    #[arg(long, value_name = "FILE")]
+    log_key: Option<PathBuf>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// Flags of `writ audit export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Only this incident's records.
+    #[arg(long)]
+    incident: Option<String>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+async fn read_all(
+    admin: &AdminArgs,
+    request: pb::ReadAuditRequest,
+) -> anyhow::Result<tonic::Streaming<pb::AuditRecord>> {
+    let mut client = connect(admin).await?;
+    Ok(client
+        .read_audit(request)
+        .await
+        .map_err(rpc_error)?
+        .into_inner())
+}
+
+/// One record as a JSON line: its index, then its fields.
+fn json_line(index: u64, bytes: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            let mut out = serde_json::Map::new();
+            out.insert("index".into(), index.into());
+            out.append(&mut fields);
+            serde_json::Value::Object(out).to_string()
+        }
+        _ => serde_json::json!({ "index": index, "malformed": String::from_utf8_lossy(bytes) })
+            .to_string(),
+    }
+}
+
+/// One record as a human line.
+fn human_line(index: u64, bytes: &[u8]) -> String {
+    match Record::decode(bytes) {
+        Ok(r) => format!(
+            "{index:>6}  {}  {:<12} {:<26} {}  {}",
+            format_unix(r.time),
+            r.kind.as_str(),
+            r.action,
+            r.actor,
+            summary(&r)
+        ),
+        Err(e) => format!("{index:>6}  (malformed record: {e})"),
+    }
+}
+
+pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
+    let mut stream = read_all(
+        &args.admin,
+        pb::ReadAuditRequest {
+            last: args.lines.max(1),
+            follow: args.follow,
+            ..Default::default()
+        },
+    )
+    .await?;
+    while let Some(item) = stream.message().await.map_err(rpc_error)? {
+        if args.admin.json {
+            println!("{}", json_line(item.index, &item.record));
+        } else {
+            println!("{}", human_line(item.index, &item.record));
+        }
+    }
+    Ok(())
+}
+
+pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    if let Some(id) = &args.incident {
+        crate::policy::check_name("incident", id)?;
+    }
+    let mut stream = read_all(
+        &args.admin,
+        pb::ReadAuditRequest {
+            incident: args.incident.unwrap_or_default(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    while let Some(item) = stream.message().await.map_err(rpc_error)? {
+        println!("{}", json_line(item.index, &item.record));
+    }
+    Ok(())
+}
+
+pub async fn checkpoint(args: AdminArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args).await?;
+    let cp = client
+        .get_audit_checkpoint(pb::GetAuditCheckpointRequest {})
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "origin": cp.origin,
+                "size": cp.size,
+                "verifier_key": cp.verifier_key,
+                "checkpoint": String::from_utf8_lossy(&cp.checkpoint),
+            })
+        );
+    } else {
+        // Verbatim, so `writ audit checkpoint > FILE` keeps a verifiable note.
+        print!("{}", String::from_utf8_lossy(&cp.checkpoint));
+    }
+    Ok(())
+}
+
+fn read_file(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| anyhow::anyhow!("reading {what} {}: {e}", path.display()))?;
+    if meta.len() > 1 << 20 {
+        anyhow::bail!("{what} {} is too large", path.display());
+    }
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {what} {}: {e}", path.display()))
+}
+
+pub async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<()> {
+    let kept = args
+        .since
+        .as_deref()
+        .map(|p| read_file(p, "checkpoint"))
+        .transpose()?;
+    let pinned = args
+        .log_key
+        .as_deref()
+        .map(|p| read_file(p, "log key").map(|b| String::from_utf8_lossy(&b).trim().to_owned()))
+        .transpose()?;
+    let result = match &args.data_dir {
+        Some(dir) => {
+            let vkey = match pinned {
+                Some(k) => k,
+                None => String::from_utf8_lossy(&read_file(
+                    &dir.join("keys").join("audit.pub"),
+                    "log key",
+                )?)
+                .trim()
+                .to_owned(),
+            };
+            crate::audit::verify_file(&dir.join("audit.redb"), &vkey, kept.as_deref())
+        }
+        None => {
+            let mut client = connect(&args.admin).await?;
+            let cp = client
+                .get_audit_checkpoint(pb::GetAuditCheckpointRequest {})
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            let vkey = pinned.unwrap_or(cp.verifier_key);
+            let mut stream = client
+                .read_audit(pb::ReadAuditRequest::default())
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            let mut records = Vec::new();
+            while let Some(item) = stream.message().await.map_err(rpc_error)? {
+                records.push(Ok((item.index, item.record)));
+            }
+            verify::verify(
+                records,
+                &verify::Inputs {
+                    vkey: &vkey,
+                    signed: Some(&cp.checkpoint),
+                    kept: kept.as_deref(),
+                    stored_leaf: None,
+                },
+            )
+        }
+    };
+    report(result, args.admin.json)
+}
+
+fn report(result: Result<crate::audit::Verified, VerifyError>, json: bool) -> anyhow::Result<()> {
+    use base64::Engine;
+    match result {
+        Ok(v) => {
+            let root = base64::engine::general_purpose::STANDARD.encode(v.root.0);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "intact": true,
+                        "size": v.size,
+                        "root": root,
+                        "signed_checkpoint_size": v.signed.as_ref().map(|c| c.size),
+                        "kept_checkpoint_size": v.kept.as_ref().map(|c| c.size),
+                    })
+                );
+            } else {
+                println!("audit log intact: {} records, root {root}", v.size);
+                if let Some(c) = &v.signed {
+                    println!(
+                        "  the log's signed checkpoint ({} records) verifies",
+                        c.size
+                    );
+                }
+                if let Some(c) = &v.kept {
+                    println!(
+                        "  consistent with the kept checkpoint of {} ({} records)",
+                        c.origin, c.size
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(e) => anyhow::bail!("audit log NOT intact: {e}"),
+    }
+}
+
+/// `writ incident timeline ID`: the decision chain of one incident, in log order.
+pub async fn timeline(id: String, admin: AdminArgs) -> anyhow::Result<()> {
+    crate::policy::check_name("incident", &id)?;
+    let mut stream = read_all(
+        &admin,
+        pb::ReadAuditRequest {
+            incident: id.clone(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut any = false;
+    while let Some(item) = stream.message().await.map_err(rpc_error)? {
+        any = true;
+        if admin.json {
+            println!("{}", json_line(item.index, &item.record));
+            continue;
+        }
+        match Record::decode(&item.record) {
+            Ok(r) => println!(
+                "{}  [{:>5}]  {:<22} {}\n{:>36}{}",
+                format_unix(r.time),
+                item.index,
+                step(&r),
+                r.actor,
+                "",
+                summary(&r)
+            ),
+            Err(e) => println!("[{}] malformed record: {e}", item.index),
+        }
+    }
+    if !any {
+        anyhow::bail!("no audit records for incident {id:?}");
+    }
+    Ok(())
+}
+
+/// Where a record sits in the decision chain.
+fn step(r: &Record) -> &'static str {
+    let a = r.action.as_str();
+    match a {
+        "incident.open" => "opened",
+        "incident.extend" => "extended",
+        "incident.close" => "closed",
+        "expire" => "expired",
+        "grant.request" => "plan proposed",
+        "grant.approve" => "approved",
+        "grant.deny" => "denied",
+        "grant.revoke" | "svid.revoke" | "grant.withdraw_approvals" => "revoked",
+        "playbook.activate" => "playbook activated",
+        "activity.evidence" => "evidence",
+        "activity.prompt" => "prompt",
+        "activity.tool_call" => "action (tool call)",
+        "activity.proposed_fix" => "fix proposed",
+        _ if a.starts_with("svid.issue") => "identity issued",
+        _ if a.starts_with("svid.deny") => "identity refused",
+        _ => "event",
+    }
+}
+
+/// The few fields of a record's detail that say what happened.
+fn summary(r: &Record) -> String {
+    let d = &r.detail;
+    let s = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(id) = &r.spiffe_id {
+        parts.push(id.clone());
+    }
+    if let Some(serial) = &r.serial {
+        parts.push(format!("serial {serial}"));
+    }
+    if let Some(g) = d
+        .get("grants")
+        .and_then(|g| g.as_array())
+        .and_then(|g| g.first())
+    {
+        let mut line = format!(
+            "grant {} {}",
+            s(&g["id"]).unwrap_or_default(),
+            s(&g["state"]).unwrap_or_default()
+        );
+        if let Some(action) = s(&g["action"]) {
+            line.push_str(&format!(": {action:?}"));
+        }
+        if let Some(digest) = s(&g["plan_digest"]) {
+            line.push_str(&format!(" plan sha256 {digest}"));
+        }
+        if let Some(ev) = g["evidence"].as_array().filter(|e| !e.is_empty()) {
+            let ev: Vec<String> = ev.iter().filter_map(s).collect();
+            line.push_str(&format!(" evidence [{}]", ev.join(", ")));
+        }
+        parts.push(line);
+    }
+    if let Some(i) = d
+        .get("incidents")
+        .and_then(|i| i.as_array())
+        .and_then(|i| i.first())
+    {
+        parts.push(format!(
+            "incident {} {} {}",
+            s(&i["id"]).unwrap_or_default(),
+            s(&i["severity"]).unwrap_or_default(),
+            s(&i["state"]).unwrap_or_default()
+        ));
+    }
+    for key in ["reason", "tool", "uri", "digest", "summary", "audience"] {
+        if let Some(v) = d.get(key).filter(|v| !v.is_null()) {
+            parts.push(format!(
+                "{key}={}",
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string())
+            ));
+        }
+    }
+    parts.join("  ")
+}

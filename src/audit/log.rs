@@ -418,6 +418,7 @@ impl<T: ReadableTable<u64, &'static [u8]>> HashReader for TableHashes<'_, T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::audit::{Kind, verify_file};

@@ -152,6 +152,7 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AuditError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

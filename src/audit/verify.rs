@@ -204,6 +204,7 @@ pub fn verify(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::audit::Kind;
@@ -231,7 +232,7 @@ mod tests {
     }
 
     fn ok(recs: &[(u64, Vec<u8>)]) -> impl Iterator<Item = Result<(u64, Vec<u8>), String>> {
-        recs.to_vec().into_iter().map(Ok)
+        recs.iter().cloned().map(Ok)
     }
 
     #[test]

@@ -523,3 +523,39 @@ fn kill_9_mid_appends_loses_no_acknowledged_record() {
         assert_eq!(&record.actor, actor, "record {index}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_grant_request_is_recorded() {
+    let dev = dev::start(writ::ca::CaConfig::default()).await;
+    dev.profile("triage", &[writ::policy::Selector::Uid(dev::my_uid())], &[]);
+    dev.open("INC-1", "triage", 1);
+    // Holds an identity for INC-1, asks for authority on INC-2 (which it does not investigate).
+    let by = writ_verifier::parse_spiffe_id(
+        "spiffe://investigate.example.org/agent/triage/incident/INC-1",
+    )
+    .unwrap();
+    let request = writ::policy::GrantRequest {
+        incident: "INC-2".into(),
+        agent: "triage".into(),
+        action: "restart".into(),
+        targets: Default::default(),
+        evidence: vec![],
+        plan: "kubectl rollout restart deploy/x".into(),
+        scopes: Default::default(),
+        window_secs: None,
+    };
+    let issuer = std::sync::Arc::clone(&dev.issuer);
+    let before = issuer.audit.size();
+    let refused =
+        tokio::task::spawn_blocking(move || issuer.request_grant_for_workload(request, &by))
+            .await
+            .unwrap();
+    assert!(refused.is_err());
+    let records = dev.issuer.audit.read(before, 10).unwrap();
+    assert_eq!(records.len(), 1, "exactly the refusal was recorded");
+    let record = Record::decode(&records[0].1).unwrap();
+    assert_eq!(record.kind, Kind::Refusal);
+    assert_eq!(record.action, "grant.request.refused");
+    assert_eq!(record.incident.as_deref(), Some("INC-2"));
+    assert!(dev.issuer.registry.snapshot().grants.is_empty());
+}

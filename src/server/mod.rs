@@ -326,6 +326,32 @@ impl Issuer {
         request: GrantRequest,
         requested_by: &SpiffeId,
     ) -> Result<Grant, registry::RegistryError> {
+        let incident = request.incident.clone();
+        let result = self.file_grant_for_workload(request, requested_by);
+        if let Err(e) = &result {
+            // An agent asking for authority it may not have is exactly what an auditor
+            // wants to see; the refusal is recorded before the agent hears it.
+            let record = Record::new(
+                self.cas.now(),
+                Kind::Refusal,
+                "grant.request.refused",
+                requested_by.to_string(),
+            )
+            .incident(Some(incident))
+            .spiffe_id(requested_by.to_string())
+            .detail(serde_json::json!({ "reason": e.to_string() }));
+            if let Err(e) = self.audit.append(&record) {
+                tracing::error!(error = %e, "auditing a refused grant request failed");
+            }
+        }
+        result
+    }
+
+    fn file_grant_for_workload(
+        &self,
+        request: GrantRequest,
+        requested_by: &SpiffeId,
+    ) -> Result<Grant, registry::RegistryError> {
         use registry::RegistryError;
         let policy = self.registry.snapshot();
         let holds = entitlement_for(&policy, self.cas.base(), requested_by).filter(|e| {

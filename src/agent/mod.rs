@@ -78,11 +78,10 @@ pub async fn serve_workload(
         conn.map(|stream| h2_authority::AuthorityRewrite::with_stats(stream, Arc::clone(&stats)))
     });
     tonic::transport::Server::builder()
-        .add_service(RevocationServer::new(revocation::RevocationService::new(
-            &agent,
-            // The longest SVID TTL: after that, revoked SVIDs have expired anyway.
-            agent.node.max_svid_ttl(),
-        )))
+        // The longest SVID TTL: after that, revoked SVIDs have expired anyway.
+        .add_service(RevocationServer::new(
+            revocation::RevocationService::following_server(&agent),
+        ))
         .add_service(SpiffeWorkloadApiServer::new(workload::WorkloadApi::new(
             Arc::clone(&agent),
         )))

@@ -41,7 +41,17 @@ impl RevocationService {
     /// be called within a Tokio runtime. The task ends once this service and every
     /// stream it opened are gone, or when the agent's policy source closes.
     pub fn new(agent: &Agent, window: Duration) -> Self {
-        let window = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
+        Self::with_window(agent, Window::Fixed(secs(window)))
+    }
+
+    /// A feed whose window is the server's longest SVID lifetime, read again at every
+    /// change: a remote server restarted with a longer `max_svid_ttl` widens it without
+    /// an agent restart.
+    pub fn following_server(agent: &Agent) -> Self {
+        Self::with_window(agent, Window::Server(Arc::clone(&agent.node)))
+    }
+
+    fn with_window(agent: &Agent, window: Window) -> Self {
         let base = agent.node.base().clone();
         let mut policy = agent.node.policy();
         let mut feed = Feed {
@@ -88,10 +98,31 @@ async fn sleep_secs(secs: Option<i64>) {
     }
 }
 
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// How far back the feed reaches.
+enum Window {
+    /// A fixed window (tests).
+    Fixed(i64),
+    /// The server's max SVID TTL as the node API last reported it.
+    Server(Arc<dyn super::node::NodeApi>),
+}
+
+impl Window {
+    fn secs(&self) -> i64 {
+        match self {
+            Window::Fixed(s) => *s,
+            Window::Server(node) => secs(node.max_svid_ttl()),
+        }
+    }
+}
+
 /// What the feed task carries from one set to the next.
 struct Feed {
     base: TrustDomain,
-    window: i64,
+    window: Window,
     epochs: CloseEpochs,
 }
 
@@ -99,7 +130,8 @@ impl Feed {
     /// The set for `policy` at `now`, and when it next changes by itself (an entry
     /// leaving the window).
     fn compute(&mut self, policy: &PolicySnapshot, now: i64) -> (pb::RevocationSet, Option<i64>) {
-        let set = revocations(policy, now, self.window);
+        let window = self.window.secs();
+        let set = revocations(policy, now, window);
         self.epochs.observe(&set, policy.generation);
         let remediation = Band::Remediation.trust_domain_name(self.base.as_str());
         let entries = set
@@ -135,9 +167,9 @@ impl Feed {
         let message = pb::RevocationSet {
             generation: policy.generation,
             entries,
-            window_seconds: self.window,
+            window_seconds: window,
         };
-        (message, next_expiry(&set, self.window))
+        (message, next_expiry(&set, window))
     }
 }
 

@@ -153,6 +153,7 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AuditError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

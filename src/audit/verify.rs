@@ -205,6 +205,7 @@ pub fn verify(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::audit::Kind;
     use crate::audit::note::LogKey;
@@ -231,7 +232,7 @@ mod tests {
     }
 
     fn ok(recs: &[(u64, Vec<u8>)]) -> impl Iterator<Item = Result<(u64, Vec<u8>), String>> {
-        recs.to_vec().into_iter().map(Ok)
+        recs.iter().cloned().map(Ok)
     }
 
     #[test]

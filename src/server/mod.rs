@@ -87,7 +87,7 @@ impl Issuer {
             AuditLog::open(
                 &config.data_dir.join("audit.redb"),
                 &config.data_dir.join("keys"),
-                &crate::audit::origin_for(&config.trust_domain.to_string()),
+                &crate::audit::origin_for(config.trust_domain.as_str()),
             )
             .context("opening the audit log")?,
         );

@@ -15,7 +15,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use tlog_tiles::{Hash, HashReader};
 use tokio::sync::{oneshot, watch};
@@ -67,6 +67,7 @@ struct Inner {
     work: Condvar,
     durable: watch::Sender<u64>,
     fail_commits: AtomicBool,
+    commits: AtomicU64,
 }
 
 /// A submitted record and what waits on it.
@@ -146,6 +147,7 @@ impl AuditLog {
             work: Condvar::new(),
             durable,
             fail_commits: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
         });
         let worker = Arc::clone(&inner);
         let writer = std::thread::Builder::new()
@@ -170,6 +172,13 @@ impl AuditLog {
     /// Records durable now.
     pub fn size(&self) -> u64 {
         *self.inner.durable.borrow()
+    }
+
+    /// Append transactions committed since this process opened the log (each one fsync
+    /// and one signed checkpoint). Records appended over commits is the mean group-commit
+    /// batch: for metrics and the benchmark in `examples/audit-load.rs`.
+    pub fn commits(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
     }
 
     /// Follows the durable size.
@@ -332,6 +341,7 @@ impl Inner {
             };
             match self.commit(&batch) {
                 Ok(size) => {
+                    self.commits.fetch_add(1, Ordering::Relaxed);
                     self.durable.send_replace(size);
                     for q in batch {
                         q.done.send(Ok(()));
@@ -499,5 +509,6 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(log.size(), 500);
+        assert!((1..=500).contains(&log.commits()));
     }
 }

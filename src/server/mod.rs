@@ -8,11 +8,11 @@ pub mod node;
 pub mod registry;
 pub mod tls;
 
+use crate::audit::activity::{Activity, check_serial};
 use crate::audit::{AuditError, AuditLog, Kind, Record};
 use crate::ca::{
     BundleSet, CaSet, MintedJwt, MintedX509, SubjectKey, SvidRequest, create_private_dir,
 };
-use writ_verifier::Band;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::policy::{Grant, GrantRequest, entitlement_for};
@@ -25,6 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
+use writ_verifier::Band;
 
 /// The issuer: configuration, CAs, policy and store, shared by every service.
 #[derive(Debug)]
@@ -41,6 +42,24 @@ pub struct Issuer {
     pub bundles: tokio::sync::watch::Sender<Arc<BundleSet>>,
     /// The audit log.
     pub audit: Arc<AuditLog>,
+}
+
+/// Why an agent's activity report was not recorded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ActivityRefusal {
+    /// The SPIFFE ID is not an identity policy gives anyone for the incident now.
+    #[error("{0}")]
+    NotEntitled(String),
+    /// The serial does not name an X.509-SVID of that identity.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store could not be read.
+    #[error("store: {0}")]
+    Store(String),
+    /// The record could not be made durable, so nothing was recorded.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
 }
 
 /// Why the issuer refused to sign for a workload.
@@ -173,7 +192,11 @@ impl Issuer {
                 .map(|(spiffe_id, csr)| {
                     let Some(entitlement) = entitlement_for(&policy, self.cas.base(), spiffe_id)
                     else {
-                        return Err(self.deny(spiffe_id, requester, "not entitled under current policy"));
+                        return Err(self.deny(
+                            spiffe_id,
+                            requester,
+                            "not entitled under current policy",
+                        ));
                     };
                     let ttl = self.capped_ttl(
                         ttl.unwrap_or(self.config.ca.x509_svid_ttl),
@@ -345,6 +368,62 @@ impl Issuer {
         Ok(grant)
     }
 
+    /// Appends the record of `activity`, reported by a workload holding `spiffe_id` (and
+    /// the X.509-SVID `serial`, empty if it holds none yet) through the agent `node`.
+    ///
+    /// Checked here again, whatever the agent checked: `spiffe_id` must be an
+    /// investigative or remediation identity of the activity's incident under current
+    /// policy, and `serial` must be lowercase hex naming an SVID issued to that identity.
+    /// Returns the record's index once it is durable; fails closed.
+    pub async fn record_activity(
+        &self,
+        activity: &Activity,
+        spiffe_id: &SpiffeId,
+        serial: &str,
+        node: &str,
+    ) -> Result<u64, ActivityRefusal> {
+        check_serial(serial).map_err(|e| ActivityRefusal::Invalid(e.to_string()))?;
+        let policy = self.registry.snapshot();
+        let entitled = entitlement_for(&policy, self.cas.base(), spiffe_id).filter(|e| {
+            matches!(e.band, Band::Investigative | Band::Remediation)
+                && e.claims.incident.as_deref() == Some(activity.incident())
+        });
+        if entitled.is_none() {
+            return Err(ActivityRefusal::NotEntitled(format!(
+                "{spiffe_id} is not an identity for incident {:?} under current policy",
+                activity.incident()
+            )));
+        }
+        if !serial.is_empty() {
+            let store = Arc::clone(&self.store);
+            let key = serial.to_owned();
+            let issued = tokio::task::spawn_blocking(move || store.svid(&key))
+                .await
+                .map_err(|e| ActivityRefusal::Store(e.to_string()))?
+                .map_err(|e| ActivityRefusal::Store(e.to_string()))?;
+            if issued.is_none_or(|svid| svid.spiffe_id != spiffe_id.to_string()) {
+                return Err(ActivityRefusal::Invalid(format!(
+                    "serial {serial} is not an X.509-SVID issued to {spiffe_id}"
+                )));
+            }
+        }
+        let mut record = Record::new(
+            self.cas.now(),
+            Kind::Activity,
+            format!("activity.{}", activity.kind()),
+            spiffe_id.to_string(),
+        )
+        .incident(Some(activity.incident()))
+        .spiffe_id(spiffe_id.to_string())
+        .detail(activity.detail(node));
+        if !serial.is_empty() {
+            record = record.serial(serial);
+        }
+        let index = self.audit.append_async(&record).await?;
+        tracing::debug!(%spiffe_id, incident = %activity.incident(), kind = %activity.kind(), index, %node, "agent activity recorded");
+        Ok(index)
+    }
+
     /// Signs a JWT-SVID for `spiffe_id` on behalf of `requester`, checked against policy
     /// and audited as for X.509.
     pub fn sign_workload_jwt(
@@ -383,7 +462,10 @@ impl Issuer {
         audience: &[String],
         requester: &str,
     ) -> Result<MintedJwt, IssueError> {
-        Ok(self.submit_jwt(band, request, audience, requester)?.wait()?.1)
+        Ok(self
+            .submit_jwt(band, request, audience, requester)?
+            .wait()?
+            .1)
     }
 
     fn submit_jwt(
@@ -400,13 +482,14 @@ impl Issuer {
                 claims.audit_index = Some(index);
             }
             let minted = ca.mint_jwt(&request, audience, now)?;
-            let record = issuance_record(now, band, &request, requester).detail(serde_json::json!({
-                "band": band.as_str(),
-                "format": "jwt",
-                "audience": audience,
-                "not_after": minted.expires_at,
-                "claims_sha256": claims_digest(&request),
-            }));
+            let record =
+                issuance_record(now, band, &request, requester).detail(serde_json::json!({
+                    "band": band.as_str(),
+                    "format": "jwt",
+                    "audience": audience,
+                    "not_after": minted.expires_at,
+                    "claims_sha256": claims_digest(&request),
+                }));
             Ok::<_, IssueError>((encode(&record)?, minted))
         })
     }
@@ -434,9 +517,14 @@ impl Issuer {
 /// The issuance record of `request`, before its serial and details are known.
 fn issuance_record(now: i64, band: Band, request: &SvidRequest, requester: &str) -> Record {
     let kind = Kind::Issuance;
-    Record::new(now, kind, format!("svid.issue.{}", band.as_str()), requester)
-        .incident(request.claims.as_ref().and_then(|c| c.incident.clone()))
-        .spiffe_id(request.spiffe_id.to_string())
+    Record::new(
+        now,
+        kind,
+        format!("svid.issue.{}", band.as_str()),
+        requester,
+    )
+    .incident(request.claims.as_ref().and_then(|c| c.incident.clone()))
+    .spiffe_id(request.spiffe_id.to_string())
 }
 
 /// SHA-256 of the claims' DER form, as embedded in the SVID.

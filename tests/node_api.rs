@@ -1026,3 +1026,123 @@ fn a_revoked_node_svid_is_refused_and_the_node_must_attest_again() {
     server.open("INC-1", "triage");
     wait_identities(&again.socket(), 0, &[("triage", "INC-1")]);
 }
+
+/// A workload behind a remote agent reports activity: the agent forwards it over the node
+/// API under its node SVID, the server appends it, and the record names the workload's
+/// SVID serial and the node.
+#[test]
+fn remote_agent_forwards_activity_reports() {
+    use writ::proto::agent as pb;
+    let dir = temp_dir();
+    let dir = dir.path();
+    let mut server = Server::start(dir, "server", "");
+    let bundle = server.base_pem(dir);
+    let token = server.token();
+    let agent = Agent::start(
+        dir,
+        "agent",
+        &agent_toml(
+            &dir.join("agent"),
+            &server.address(),
+            &bundle,
+            &join_token(&token),
+        ),
+    );
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    server.profile("triage", uid);
+    server.open("INC-1", "triage");
+    let want = id_of("triage", "INC-1");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let socket = agent.socket();
+    let (answer, serial, refused) = runtime.block_on(async {
+        // The agent follows policy over its sync stream: wait for the identity.
+        let client = spiffe::WorkloadApiClient::connect_to(format!("unix://{}", socket.display()))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        let svid = loop {
+            if let Ok(ctx) = client.fetch_x509_context().await
+                && let Some(svid) = ctx
+                    .svids()
+                    .iter()
+                    .find(|s| s.spiffe_id().to_string() == want)
+            {
+                break svid.clone();
+            }
+            assert!(Instant::now() < deadline, "no identity for INC-1");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let (_, cert) = x509_parser::parse_x509_certificate(svid.leaf().as_bytes()).unwrap();
+        let serial: String = cert
+            .raw_serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut api =
+            pb::agent_api_client::AgentApiClient::new(writ::uds::channel(&socket).await.unwrap());
+        let request = |uri: &str| {
+            let mut request = tonic::Request::new(pb::RecordActivityRequest {
+                incident: "INC-1".into(),
+                kind: pb::ActivityKind::Evidence.into(),
+                digest: sha256_hex(b"the logs"),
+                tool: String::new(),
+                uri: uri.into(),
+                summary: "checkout logs".into(),
+            });
+            request
+                .metadata_mut()
+                .insert("workload.spiffe.io", "true".parse().unwrap());
+            request
+        };
+        let answer = api
+            .record_activity(request("https://logs.example/q?service=checkout"))
+            .await
+            .unwrap()
+            .into_inner();
+        let refused = api
+            .record_activity(request("https://logs.example/q?token=abc"))
+            .await
+            .unwrap_err();
+        (answer, serial, refused)
+    });
+    assert_eq!(answer.spiffe_id, want);
+    assert_eq!(answer.serial, serial);
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+
+    // Read the server's log at rest.
+    server.proc.kill();
+    let data = dir.join("server");
+    let log = writ::audit::AuditLog::open(
+        &data.join("audit.redb"),
+        &data.join("keys"),
+        &writ::audit::origin_for("example.org"),
+    )
+    .unwrap();
+    let records: Vec<writ::audit::Record> = log
+        .read(0, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|(_, bytes)| writ::audit::Record::decode(&bytes).unwrap())
+        .filter(|r| r.kind == writ::audit::Kind::Activity)
+        .collect();
+    assert_eq!(
+        records.len(),
+        1,
+        "the refused report appended nothing: {records:?}"
+    );
+    let record = &records[0];
+    let (index, _) = log.read(answer.index, 1).unwrap().pop().unwrap();
+    assert_eq!(index, answer.index);
+    assert_eq!(record.action, "activity.evidence");
+    assert_eq!(record.actor, want);
+    assert_eq!(record.incident.as_deref(), Some("INC-1"));
+    assert_eq!(record.serial.as_deref(), Some(serial.as_str()));
+    assert_eq!(record.detail["node"], node_id(&agent.data_dir));
+    assert_eq!(
+        record.detail["uri"],
+        "https://logs.example/q?service=checkout"
+    );
+}

@@ -101,6 +101,11 @@ impl SvidCache {
             .cloned()
     }
 
+    /// The unexpired SVID held now for `spiffe_id`, without issuing one.
+    pub fn current(&self, spiffe_id: &str) -> Option<Arc<CachedSvid>> {
+        self.cached(spiffe_id, now_unix())
+    }
+
     /// The SVIDs for `wanted`, in order, issuing every missing one in a single batch
     /// (single flight: many callers asking at once cause one signature per identity).
     pub async fn get_all(&self, wanted: &[Entitlement]) -> Vec<Result<Arc<CachedSvid>, NodeError>> {

@@ -4,10 +4,15 @@
 //! now: the caller is attested exactly as on the Workload API, must hold the
 //! investigative identity of that incident, and the request is filed under that SPIFFE
 //! ID, which can never approve it.
+//!
+//! A workload reports what it did (prompts, tool calls, evidence, proposed fixes) under
+//! the identity it holds for the incident; the server appends the audit record. Reports
+//! carry digests, never content.
 
 use super::Agent;
 use super::node::NodeError;
 use super::workload::attest_caller;
+use crate::audit::activity::{Activity, RawActivity};
 use crate::policy::{GrantRequest, entitlements};
 use crate::proto::agent::{self as pb, agent_api_server::AgentApi};
 use std::sync::Arc;
@@ -34,6 +39,19 @@ fn status(error: NodeError) -> Status {
         NodeError::Refused(m) => Status::failed_precondition(m),
         NodeError::Limited(m) => Status::resource_exhausted(m),
         NodeError::Unavailable(m) => Status::unavailable(m),
+    }
+}
+
+/// The wire name of a proto activity kind; unspecified and unknown values become names
+/// [`Activity::parse`] refuses.
+fn kind_name(kind: i32) -> String {
+    match pb::ActivityKind::try_from(kind) {
+        Ok(pb::ActivityKind::Prompt) => "prompt".into(),
+        Ok(pb::ActivityKind::ToolCall) => "tool_call".into(),
+        Ok(pb::ActivityKind::Evidence) => "evidence".into(),
+        Ok(pb::ActivityKind::ProposedFix) => "proposed_fix".into(),
+        Ok(pb::ActivityKind::Unspecified) => "unspecified".into(),
+        Err(_) => kind.to_string(),
     }
 }
 
@@ -94,6 +112,61 @@ impl AgentApi for AgentService {
             state: crate::policy::wire_name(&grant.state),
             quorum,
             requested_by: grant.requested_by,
+        }))
+    }
+
+    async fn record_activity(
+        &self,
+        request: Request<pb::RecordActivityRequest>,
+    ) -> Result<Response<pb::RecordActivityResponse>, Status> {
+        let selectors = attest_caller(&self.agent, &request).await?;
+        let body = request.into_inner();
+        let activity = Activity::parse(&RawActivity {
+            incident: body.incident,
+            kind: kind_name(body.kind),
+            digest: body.digest,
+            tool: body.tool,
+            uri: body.uri,
+            summary: body.summary,
+        })
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let policy = self.agent.node.policy().borrow().clone();
+        let held: Vec<_> = entitlements(&policy, self.agent.node.base(), &selectors)
+            .into_iter()
+            .filter(|e| {
+                matches!(e.band, Band::Investigative | Band::Remediation)
+                    && e.claims.incident.as_deref() == Some(activity.incident())
+            })
+            .collect();
+        // Act under the strongest identity held: what was done with remediation authority
+        // must be attributed to it.
+        let identity = held
+            .iter()
+            .find(|e| e.band == Band::Remediation)
+            .or_else(|| held.first())
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "this workload holds no identity for incident {:?}",
+                    activity.incident()
+                ))
+            })?;
+        let spiffe_id = identity.spiffe_id.to_string();
+        let serial = self
+            .agent
+            .cache
+            .current(&spiffe_id)
+            .map(|svid| svid.serial.clone())
+            .unwrap_or_default();
+        let index = self
+            .agent
+            .node
+            .record_activity(&activity, &identity.spiffe_id, &serial)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RecordActivityResponse {
+            index,
+            spiffe_id,
+            serial,
         }))
     }
 }

@@ -3,6 +3,7 @@
 //! `writ dev` runs both in one process and uses [`LocalNode`]; the networked agent
 //! (`writ agent`, over mTLS with its node SVID) implements the same trait.
 
+use crate::audit::activity::Activity;
 use crate::ca::BundleSet;
 use crate::policy::{Grant, GrantRequest, PolicySnapshot};
 use crate::server::{IssueError, Issuer};
@@ -62,6 +63,20 @@ pub fn registry_error(e: crate::server::registry::RegistryError) -> NodeError {
     }
 }
 
+/// How a refused activity report reaches the agent.
+pub fn activity_error(e: crate::server::ActivityRefusal) -> NodeError {
+    use crate::server::ActivityRefusal;
+    match e {
+        ActivityRefusal::NotEntitled(m) => NodeError::NotEntitled(m),
+        ActivityRefusal::Invalid(m) => NodeError::Invalid(m),
+        ActivityRefusal::Audit(e) => NodeError::Unavailable(e.to_string()),
+        other => {
+            tracing::error!(error = %other, "recording agent activity failed");
+            NodeError::Unavailable("internal error".into())
+        }
+    }
+}
+
 /// The agent's view of the server.
 #[tonic::async_trait]
 pub trait NodeApi: Send + Sync + 'static {
@@ -91,6 +106,14 @@ pub trait NodeApi: Send + Sync + 'static {
         request: GrantRequest,
         requested_by: &SpiffeId,
     ) -> Result<Grant, NodeError>;
+    /// Records `activity` by a workload holding `spiffe_id` and the X.509-SVID `serial`
+    /// (empty if none yet); returns the audit record's index.
+    async fn record_activity(
+        &self,
+        activity: &Activity,
+        spiffe_id: &SpiffeId,
+        serial: &str,
+    ) -> Result<u64, NodeError>;
 }
 
 /// The server in the same process (`writ dev`).
@@ -192,5 +215,17 @@ impl NodeApi for LocalNode {
             .await
             .map_err(|e| NodeError::Unavailable(e.to_string()))?
             .map_err(registry_error)
+    }
+
+    async fn record_activity(
+        &self,
+        activity: &Activity,
+        spiffe_id: &SpiffeId,
+        serial: &str,
+    ) -> Result<u64, NodeError> {
+        self.issuer
+            .record_activity(activity, spiffe_id, serial, LOCAL_NODE)
+            .await
+            .map_err(activity_error)
     }
 }

@@ -4,6 +4,7 @@
 //! SPIFFE verifier (rustls' name check cannot).
 
 use super::node::{NodeApi, NodeError, SignedX509};
+use crate::audit::activity::Activity;
 use crate::ca::{BundleSet, TrustBundle, bundle::pem};
 use crate::policy::{Grant, GrantRequest, PolicySnapshot};
 use crate::proto::node::{self as pb, node_client::NodeClient};
@@ -631,5 +632,29 @@ impl NodeApi for RemoteNode {
             .into_inner();
         serde_json::from_slice(&response.grant_json)
             .map_err(|e| NodeError::Unavailable(format!("grant from the server: {e}")))
+    }
+
+    async fn record_activity(
+        &self,
+        activity: &Activity,
+        spiffe_id: &SpiffeId,
+        serial: &str,
+    ) -> Result<u64, NodeError> {
+        let raw = activity.to_raw();
+        self.client
+            .clone()
+            .record_activity(pb::NodeActivityRequest {
+                spiffe_id: spiffe_id.to_string(),
+                serial: serial.to_owned(),
+                incident: raw.incident,
+                kind: raw.kind,
+                digest: raw.digest,
+                tool: raw.tool,
+                uri: raw.uri,
+                summary: raw.summary,
+            })
+            .await
+            .map(|r| r.into_inner().index)
+            .map_err(node_error)
     }
 }

@@ -13,6 +13,7 @@
 //! Fail-closed: callers that must not act without a record (issuance, approvals,
 //! revocations, admin changes) append first and act only once the append is durable.
 
+pub mod activity;
 pub mod log;
 pub mod note;
 pub mod record;

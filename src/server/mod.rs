@@ -8,6 +8,7 @@ pub mod node;
 pub mod registry;
 pub mod tls;
 
+use crate::audit::activity::{Activity, check_serial};
 use crate::audit::{AuditError, AuditLog, Kind, Record};
 use crate::ca::{
     BundleSet, CaSet, MintedJwt, MintedX509, SubjectKey, SvidRequest, create_private_dir,
@@ -41,6 +42,24 @@ pub struct Issuer {
     pub bundles: tokio::sync::watch::Sender<Arc<BundleSet>>,
     /// The audit log.
     pub audit: Arc<AuditLog>,
+}
+
+/// Why an agent's activity report was not recorded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ActivityRefusal {
+    /// The SPIFFE ID is not an identity policy gives anyone for the incident now.
+    #[error("{0}")]
+    NotEntitled(String),
+    /// The serial does not name an X.509-SVID of that identity.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store could not be read.
+    #[error("store: {0}")]
+    Store(String),
+    /// The record could not be made durable, so nothing was recorded.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
 }
 
 /// Why the issuer refused to sign for a workload.
@@ -373,6 +392,62 @@ impl Issuer {
             .request_grant(request, &requested_by.to_string(), now)?;
         tracing::info!(grant = %grant.id, incident = %grant.incident, by = %requested_by, plan_digest = %grant.plan_digest, "grant requested by an agent");
         Ok(grant)
+    }
+
+    /// Appends the record of `activity`, reported by a workload holding `spiffe_id` (and
+    /// the X.509-SVID `serial`, empty if it holds none yet) through the agent `node`.
+    ///
+    /// Checked here again, whatever the agent checked: `spiffe_id` must be an
+    /// investigative or remediation identity of the activity's incident under current
+    /// policy, and `serial` must be lowercase hex naming an SVID issued to that identity.
+    /// Returns the record's index once it is durable; fails closed.
+    pub async fn record_activity(
+        &self,
+        activity: &Activity,
+        spiffe_id: &SpiffeId,
+        serial: &str,
+        node: &str,
+    ) -> Result<u64, ActivityRefusal> {
+        check_serial(serial).map_err(|e| ActivityRefusal::Invalid(e.to_string()))?;
+        let policy = self.registry.snapshot();
+        let entitled = entitlement_for(&policy, self.cas.base(), spiffe_id).filter(|e| {
+            matches!(e.band, Band::Investigative | Band::Remediation)
+                && e.claims.incident.as_deref() == Some(activity.incident())
+        });
+        if entitled.is_none() {
+            return Err(ActivityRefusal::NotEntitled(format!(
+                "{spiffe_id} is not an identity for incident {:?} under current policy",
+                activity.incident()
+            )));
+        }
+        if !serial.is_empty() {
+            let store = Arc::clone(&self.store);
+            let key = serial.to_owned();
+            let issued = tokio::task::spawn_blocking(move || store.svid(&key))
+                .await
+                .map_err(|e| ActivityRefusal::Store(e.to_string()))?
+                .map_err(|e| ActivityRefusal::Store(e.to_string()))?;
+            if issued.is_none_or(|svid| svid.spiffe_id != spiffe_id.to_string()) {
+                return Err(ActivityRefusal::Invalid(format!(
+                    "serial {serial} is not an X.509-SVID issued to {spiffe_id}"
+                )));
+            }
+        }
+        let mut record = Record::new(
+            self.cas.now(),
+            Kind::Activity,
+            format!("activity.{}", activity.kind()),
+            spiffe_id.to_string(),
+        )
+        .incident(Some(activity.incident()))
+        .spiffe_id(spiffe_id.to_string())
+        .detail(activity.detail(node));
+        if !serial.is_empty() {
+            record = record.serial(serial);
+        }
+        let index = self.audit.append_async(&record).await?;
+        tracing::debug!(%spiffe_id, incident = %activity.incident(), kind = %activity.kind(), index, %node, "agent activity recorded");
+        Ok(index)
     }
 
     /// Signs a JWT-SVID for `spiffe_id` on behalf of `requester`, checked against policy

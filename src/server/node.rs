@@ -6,6 +6,7 @@
 
 use super::tls::NodePeer;
 use super::{IssueError, Issuer};
+use crate::audit::activity::{Activity, RawActivity};
 use crate::audit::{Kind, Record};
 use crate::ca::{BundleSet, CaError, SubjectKey, SvidRequest, csr};
 use crate::proto::node::{self as pb, node_server::Node};
@@ -512,6 +513,32 @@ impl Node for NodeService {
         Ok(Response::new(pb::NodeGrantResponse {
             grant_json: serde_json::to_vec(&grant).map_err(|e| Status::internal(e.to_string()))?,
         }))
+    }
+
+    async fn record_activity(
+        &self,
+        request: Request<pb::NodeActivityRequest>,
+    ) -> Result<Response<pb::NodeActivityResponse>, Status> {
+        let node = self.node(&request)?;
+        let body = request.into_inner();
+        let spiffe_id = writ_verifier::parse_spiffe_id(&body.spiffe_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // The agent checked this too; the server never relies on it.
+        let activity = Activity::parse(&RawActivity {
+            incident: body.incident,
+            kind: body.kind,
+            digest: body.digest,
+            tool: body.tool,
+            uri: body.uri,
+            summary: body.summary,
+        })
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let index = self
+            .issuer
+            .record_activity(&activity, &spiffe_id, &body.serial, &node.to_string())
+            .await
+            .map_err(|e| node_status(crate::agent::node::activity_error(e)))?;
+        Ok(Response::new(pb::NodeActivityResponse { index }))
     }
 }
 

@@ -226,7 +226,25 @@ fn verify_names_what_was_tampered_with_on_a_copy_of_a_real_store() {
         "{}",
         String::from_utf8_lossy(&fetch.stdout)
     );
+    // `audit tail -f` follows: it prints the latest record, then each new one as it is
+    // written (reads block on the child's output; no timing is asserted).
+    let mut tail = Command::new(WRIT)
+        .args(["audit", "tail", "-f", "-n", "1"])
+        .env("WRIT_ADMIN_SOCKET", &socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut tail_out = BufReader::new(tail.stdout.take().unwrap());
+    let mut line = String::new();
+    tail_out.read_line(&mut line).unwrap();
+    assert!(line.contains("svid.issue"), "first tail line: {line:?}");
     ok(&socket, &["incident", "close", "INC-1"]);
+    line.clear();
+    tail_out.read_line(&mut line).unwrap();
+    assert!(line.contains("incident.close"), "followed line: {line:?}");
+    let _ = tail.kill();
+    let _ = tail.wait();
     // A refused call is a record too.
     assert!(
         !writ(&socket, &["incident", "close", "INC-1"])

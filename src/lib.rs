@@ -10,6 +10,7 @@
 //! * [`cli`]: the `writ` command line, one file per command group.
 //! * [`config`]: configuration file → typed config.
 //! * [`proto`]: generated gRPC code (the SPIFFE Workload API and writ's own APIs).
+//! * [`hex`]: lowercase hex and SHA-256 digests.
 //! * [`errors`]: errors and statuses as one line with their causes.
 //! * [`uds`]: gRPC channels over Unix sockets.
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod errors;
+pub mod hex;
 pub mod identity;
 pub mod policy;
 pub mod proto;

@@ -181,12 +181,7 @@ impl Attestor {
             }
             ctx.update(&buf[..n]);
         }
-        let hex: String = ctx
-            .finish()
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = crate::hex::lower(ctx.finish().as_ref());
         if let Ok(mut cache) = self.digests.lock() {
             if cache.len() >= MAX_CACHED_DIGESTS {
                 cache.clear();
@@ -269,11 +264,7 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         assert!(selectors.contains(&Selector::Path(exe.to_str().unwrap().to_owned())));
         let bytes = std::fs::read(&exe).unwrap();
-        let want: String = digest::digest(&digest::SHA256, &bytes)
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let want = crate::hex::sha256(&bytes);
         assert!(selectors.contains(&Selector::Sha256(want)));
     }
 

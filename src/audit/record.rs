@@ -127,11 +127,7 @@ impl Record {
 
 /// SHA-256 of `bytes`, lowercase hex: how records name content they must not hold.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex::sha256(bytes)
 }
 
 #[cfg(test)]

@@ -316,7 +316,7 @@ fn random_hex(bytes: usize) -> Result<String, CaError> {
     ring::rand::SystemRandom::new()
         .fill(&mut buf)
         .map_err(|_| CaError::Crypto("no randomness"))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::hex::lower(&buf))
 }
 
 impl TrustDomainCa {
@@ -634,7 +634,7 @@ impl TrustDomainCa {
         )?;
         Ok(MintedX509 {
             cert_der,
-            serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
+            serial: crate::hex::lower(&serial),
             not_before,
             not_after,
             authority_id: authority.record.id.clone(),

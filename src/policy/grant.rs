@@ -305,11 +305,7 @@ pub fn incident_ended(incident: &Incident, now: i64) -> bool {
 
 /// SHA-256 of a plan, lowercase hex.
 pub fn plan_digest(plan: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, plan.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex::sha256(plan.as_bytes())
 }
 
 /// Builds a pending grant from a request, checking it against its incident and the

@@ -9,9 +9,9 @@ use super::{IssueError, Issuer};
 use crate::audit::activity::{Activity, RawActivity};
 use crate::audit::{Kind, Record};
 use crate::ca::{BundleSet, CaError, SubjectKey, SvidRequest, csr};
+use crate::hex::sha256 as sha256_hex;
 use crate::proto::node::{self as pb, node_server::Node};
 use crate::store::{JoinTokenRecord, TokenUse};
-use ring::digest;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use spiffe::SpiffeId;
 use std::collections::HashMap;
@@ -48,15 +48,6 @@ impl std::fmt::Debug for NodeService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("NodeService")
     }
-}
-
-/// Hex of a SHA-256.
-fn sha256_hex(bytes: &[u8]) -> String {
-    digest::digest(&digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn ca_status(error: CaError) -> Status {
@@ -282,7 +273,7 @@ impl Node for NodeService {
             .map_err(|_| Status::invalid_argument("malformed certificate"))?;
         let spki_der = parsed.public_key().raw.to_vec();
         let fingerprint = sha256_hex(leaf);
-        let challenge_id: String = random::<16>()?.iter().map(|b| format!("{b:02x}")).collect();
+        let challenge_id: String = crate::hex::lower(&random::<16>()?);
         let nonce = random::<32>()?;
         let now = self.issuer.cas.now();
         let mut challenges = self

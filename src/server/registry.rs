@@ -847,7 +847,7 @@ fn random_hex(bytes: usize) -> Result<String, RegistryError> {
     let mut buf = vec![0u8; bytes];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
         .map_err(|_| RegistryError::NoRandomness)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::hex::lower(&buf))
 }
 
 fn find_grant<'a>(policy: &'a PolicySnapshot, id: &str) -> Result<&'a Grant, RegistryError> {

@@ -192,13 +192,7 @@ impl NodePeer {
             spiffe_id: cert.and_then(peer_spiffe_id),
             serial: cert.and_then(|der| {
                 let (_, parsed) = x509_parser::parse_x509_certificate(der).ok()?;
-                Some(
-                    parsed
-                        .raw_serial()
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect(),
-                )
+                Some(crate::hex::lower(parsed.raw_serial()))
             }),
         }
     }

@@ -288,6 +288,25 @@ impl AuditLog {
         )?)
     }
 
+    /// Proof that record `index` is in the tree of `size` records (RFC 6962 inclusion, in
+    /// tlog's form): with the record's bytes and a checkpoint of that size, anyone can
+    /// check it (`tlog_tiles::check_record`) without the rest of the log.
+    pub fn prove_inclusion(&self, index: u64, size: u64) -> Result<Vec<Hash>, AuditError> {
+        if index >= size || size > self.size() {
+            return Err(AuditError::Invalid(format!(
+                "no inclusion proof of record {index} in {size} records (the log has {})",
+                self.size()
+            )));
+        }
+        let tx = self.inner.db.begin_read().map_err(db_err)?;
+        let hashes = tx.open_table(HASHES).map_err(db_err)?;
+        Ok(tlog_tiles::prove_record(
+            size,
+            index,
+            &TableHashes(&hashes),
+        )?)
+    }
+
     /// Makes every commit fail until cleared: for tests of fail-closed behaviour.
     #[doc(hidden)]
     pub fn fail_commits(&self, fail: bool) {
@@ -464,6 +483,32 @@ mod tests {
         assert_eq!(log.read(398, 10).unwrap().len(), 2);
         let proof = log.prove_consistency(100, 400).unwrap();
         assert!(!proof.is_empty());
+        // Inclusion: record 123 against the signed checkpoint of all 400, from the proof
+        // and the record's bytes alone.
+        let cp =
+            crate::audit::note::open_checkpoint(&log.checkpoint().unwrap(), log.vkey()).unwrap();
+        assert_eq!(cp.size, 400);
+        let (_, bytes) = log.read(123, 1).unwrap().pop().unwrap();
+        let inclusion = log.prove_inclusion(123, 400).unwrap();
+        tlog_tiles::check_record(
+            &inclusion,
+            400,
+            cp.root,
+            123,
+            tlog_tiles::record_hash(&bytes),
+        )
+        .unwrap();
+        assert!(
+            tlog_tiles::check_record(
+                &inclusion,
+                400,
+                cp.root,
+                124,
+                tlog_tiles::record_hash(&bytes)
+            )
+            .is_err()
+        );
+        assert!(log.prove_inclusion(400, 400).is_err());
         let vkey = log.vkey().to_owned();
         let kept = log.checkpoint().unwrap();
         drop(log);

@@ -179,7 +179,7 @@ pub enum DenyReason {
     #[error("SPIFFE ID {0} not allowed")]
     SpiffeId(String),
     /// Another tenant.
-    #[error("tenant {found:?} not allowed")]
+    #[error("tenant {} not allowed", found.as_deref().unwrap_or("(none)"))]
     Tenant {
         /// The peer's tenant, if any.
         found: Option<String>,
@@ -188,7 +188,7 @@ pub enum DenyReason {
     #[error("agent {0:?} not allowed")]
     Agent(String),
     /// Another incident.
-    #[error("incident {found:?} not allowed (required {required})")]
+    #[error("incident {} not allowed (required {required})", found.as_deref().unwrap_or("(none)"))]
     Incident {
         /// The peer's incident, if any.
         found: Option<String>,
@@ -199,7 +199,7 @@ pub enum DenyReason {
     #[error("scope {0:?} missing")]
     Scope(String),
     /// Another grant.
-    #[error("grant {found:?} not allowed (required {required})")]
+    #[error("grant {} not allowed (required {required})", found.as_deref().unwrap_or("(none)"))]
     Grant {
         /// The peer's grant, if any.
         found: Option<String>,
@@ -207,7 +207,7 @@ pub enum DenyReason {
         required: String,
     },
     /// The approved plan's digest is not the digest of what is asked.
-    #[error("plan digest {found:?} does not match the request's {expected}")]
+    #[error("approved plan digest {} does not match the request's {expected}", found.as_deref().unwrap_or("(none)"))]
     PlanDigest {
         /// The digest in the claims, if any.
         found: Option<String>,

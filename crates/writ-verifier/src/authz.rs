@@ -50,20 +50,26 @@ pub struct AgentPath<'a> {
 
 impl<'a> AgentPath<'a> {
     /// Splits `path`; every field is `None` unless the whole path has writ's shape.
+    /// Allocates nothing: it runs on every handshake.
     pub fn parse(path: &'a str) -> Self {
-        let segments: Vec<&str> = path.split('/').skip(1).collect();
-        match segments.as_slice() {
-            ["agent", agent, "incident", incident] => AgentPath {
-                agent: Some(agent),
-                incident: Some(incident),
-                grant: None,
-            },
-            ["agent", agent, "incident", incident, "grant", grant] => AgentPath {
-                agent: Some(agent),
-                incident: Some(incident),
-                grant: Some(grant),
-            },
-            _ => AgentPath::default(),
+        let mut it = path.split('/');
+        let none = AgentPath::default();
+        if it.next() != Some("") || it.next() != Some("agent") {
+            return none;
+        }
+        let (Some(agent), Some("incident"), Some(incident)) = (it.next(), it.next(), it.next())
+        else {
+            return none;
+        };
+        let grant = match (it.next(), it.next(), it.next()) {
+            (None, _, _) => None,
+            (Some("grant"), Some(grant), None) => Some(grant),
+            _ => return none,
+        };
+        AgentPath {
+            agent: Some(agent),
+            incident: Some(incident),
+            grant,
         }
     }
 }
@@ -468,12 +474,14 @@ impl Authorizer {
 fn band_matches(band: Band, base: &str, trust_domain: &str) -> bool {
     match band {
         Band::Base => trust_domain == base,
-        Band::Investigative | Band::Remediation => {
-            let prefix = band.trust_domain_name("");
-            trust_domain
-                .strip_prefix(prefix.as_str())
-                .is_some_and(|rest| rest == base)
-        }
+        // Prefixes written out so that no handshake allocates; a test ties them to
+        // `Band::trust_domain_name`.
+        Band::Investigative => trust_domain
+            .strip_prefix("investigate.")
+            .is_some_and(|rest| rest == base),
+        Band::Remediation => trust_domain
+            .strip_prefix("remediate.")
+            .is_some_and(|rest| rest == base),
     }
 }
 
@@ -803,7 +811,30 @@ mod tests {
             AgentPath::default()
         );
         assert_eq!(AgentPath::parse("/service/x"), AgentPath::default());
+        for bad in [
+            "/agent/a/incident",
+            "/agent/a/incident/i/grant",
+            "/agent/a/incident/i/grant/g/x",
+            "agent/a/incident/i",
+            "/agent/a/case/i",
+        ] {
+            assert_eq!(AgentPath::parse(bad), AgentPath::default(), "{bad}");
+        }
+        assert_eq!(
+            AgentPath::parse("/agent/a/incident/i").grant,
+            None,
+            "investigative"
+        );
         assert_eq!(AgentPath::parse(""), AgentPath::default());
+    }
+
+    #[test]
+    fn band_prefixes_match_the_band_names() {
+        for band in Band::ALL {
+            let td = band.trust_domain_name("x.org");
+            assert!(band_matches(band, "x.org", &td), "{band}");
+            assert!(!band_matches(band, "y.org", &td), "{band}");
+        }
     }
 
     #[test]

@@ -494,7 +494,7 @@ impl fmt::Display for Authorizer {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
     use crate::revocation::{RevocationEntry, RevocationKind};
 

@@ -10,7 +10,6 @@
 //! Must never: answer "not revoked" from a partially applied set.
 
 use crate::authz::Peer;
-use crate::claims::Band;
 use arc_swap::ArcSwap;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -232,7 +231,7 @@ impl Revocations {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::claims::WritClaims;
+    use crate::claims::{Band, WritClaims};
 
     fn entry(kind: RevocationKind, id: &str, td: &str) -> RevocationEntry {
         RevocationEntry {

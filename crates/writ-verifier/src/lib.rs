@@ -24,6 +24,38 @@
 //! the verifiers built with an [`Authorizer`] consult the live revocation set at every
 //! handshake, and an application re-decides per request with [`tls::verified_peer`].
 //!
+//! # Use
+//!
+//! ```no_run
+//! # #[cfg(feature = "workload-api")]
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use writ_verifier::tls::{SpiffeClientVerifier, verified_peer};
+//! use writ_verifier::{Authorizer, WorkloadApiSource, parse_trust_domain};
+//!
+//! // Bundles and revocations from the agent's socket (SPIFFE_ENDPOINT_SOCKET).
+//! let source = Arc::new(WorkloadApiSource::from_env().await?);
+//! let base = parse_trust_domain("example.org")?;
+//! // At the handshake: investigative identities of an incident not closed, with logs:read.
+//! let verifier = SpiffeClientVerifier::with_authorizer(
+//!     source.clone(),
+//!     Authorizer::investigative(&base).scope("logs:read"),
+//!     source.revocations(),
+//! );
+//! // ... rustls::ServerConfig::builder().with_client_cert_verifier(Arc::new(verifier)) ...
+//!
+//! // Per request, on the connection's verified peer certificate: a write needs the
+//! // remediation identity whose approved plan is exactly this body.
+//! # let (leaf, body, now): (rustls_pki_types::CertificateDer<'static>, Vec<u8>, i64) = todo!();
+//! let peer = verified_peer(&leaf).ok_or("no peer")?;
+//! let decision = Authorizer::remediation(&base)
+//!     .plan(&body)
+//!     .decide(&peer, &source.revocations().snapshot(), now);
+//! println!("{} {decision:?}", peer.spiffe_id);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # What is reused, and what is not
 //!
 //! * The `spiffe` crate: `SpiffeId` and `TrustDomain` (behind our strict parser, because

@@ -5,11 +5,14 @@
 //! Only ES256 is accepted: writ issues nothing else, and a narrower set is a smaller
 //! attack surface (`none` and HS* are never accepted).
 
+use crate::authz::{Authorizer, DenyReason, Peer};
+use crate::revocation::RevocationSnapshot;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
 use serde_json::{Map, Value};
 use spiffe::SpiffeId;
+use std::collections::HashMap;
 
 /// Upper bound on a token's length.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -145,4 +148,100 @@ pub fn validate_jwt_svid<'k>(
         return Err(JwtSvidError::Audience(audience.chars().take(64).collect()));
     }
     Ok(ValidatedJwt { spiffe_id, claims })
+}
+
+/// The JWT keys of several trust domains: trust domain name → kid → uncompressed P-256
+/// point. Bundles of different trust domains stay apart: a key is only ever looked up in
+/// the trust domain of the token's `sub`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JwtKeys {
+    by_trust_domain: HashMap<String, HashMap<String, Vec<u8>>>,
+}
+
+impl JwtKeys {
+    /// No keys.
+    pub fn new() -> Self {
+        JwtKeys::default()
+    }
+
+    /// Replaces the keys of `trust_domain` with the `use: jwt-svid` P-256 keys of the
+    /// SPIFFE bundle `jwks` (JSON). Keys of other types are skipped: writ signs ES256
+    /// only. Fails on JSON that is not a JWKS.
+    pub fn insert_jwks(&mut self, trust_domain: &str, jwks: &[u8]) -> Result<usize, JwtSvidError> {
+        let value: Value =
+            serde_json::from_slice(jwks).map_err(|_| JwtSvidError::Malformed("JWKS not JSON"))?;
+        let keys = value
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or(JwtSvidError::Malformed("JWKS without keys"))?;
+        let mut out = HashMap::new();
+        for key in keys {
+            if let Some((kid, point)) = p256_key(key) {
+                out.insert(kid, point);
+            }
+        }
+        let n = out.len();
+        self.by_trust_domain.insert(trust_domain.to_owned(), out);
+        Ok(n)
+    }
+
+    /// The point for (`trust_domain`, `kid`).
+    pub fn key(&self, trust_domain: &str, kid: &str) -> Option<&[u8]> {
+        self.by_trust_domain
+            .get(trust_domain)?
+            .get(kid)
+            .map(Vec::as_slice)
+    }
+}
+
+fn p256_key(key: &Value) -> Option<(String, Vec<u8>)> {
+    let text = |name: &str| key.get(name).and_then(Value::as_str);
+    if text("kty")? != "EC" || text("crv")? != "P-256" {
+        return None;
+    }
+    if text("use").is_some_and(|u| u != "jwt-svid") {
+        return None;
+    }
+    let x = URL_SAFE_NO_PAD.decode(text("x")?).ok()?;
+    let y = URL_SAFE_NO_PAD.decode(text("y")?).ok()?;
+    if x.len() != 32 || y.len() != 32 {
+        return None;
+    }
+    let mut point = Vec::with_capacity(65);
+    point.push(0x04);
+    point.extend_from_slice(&x);
+    point.extend_from_slice(&y);
+    Some((text("kid")?.to_owned(), point))
+}
+
+/// Why [`authorize_jwt_svid`] refused a token.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum JwtRefused {
+    /// The token is not a valid JWT-SVID for the audience (signature, `aud`, `exp` …).
+    #[error(transparent)]
+    Invalid(#[from] JwtSvidError),
+    /// writ's private claim is present but unreadable.
+    #[error("writ claims: {0}")]
+    Claims(String),
+    /// Valid, but the authorizer refused it.
+    #[error("refused: {0}")]
+    Denied(#[from] DenyReason),
+}
+
+/// Validates `token` for `audience` against `keys` (JWT-SVID.md), then decides with
+/// `authorizer` against `revocations`: the same decision an X.509-SVID of the same
+/// identity gets at the TLS handshake.
+pub fn authorize_jwt_svid(
+    token: &str,
+    audience: &str,
+    keys: &JwtKeys,
+    authorizer: &Authorizer,
+    revocations: &RevocationSnapshot,
+    now: i64,
+) -> Result<Peer, JwtRefused> {
+    let validated = validate_jwt_svid(token, audience, now, |td, kid| keys.key(td, kid))?;
+    let peer = Peer::from_jwt(&validated).map_err(|e| JwtRefused::Claims(e.to_string()))?;
+    authorizer.decide(&peer, revocations, now).into_result()?;
+    Ok(peer)
 }

@@ -5,6 +5,8 @@
 //! own trust domain (via [`crate::verify_x509_svid`]), the SPIFFE leaf rules, and an
 //! authorization decision on the peer's SPIFFE ID.
 
+use crate::authz::{Authorizer, Peer};
+use crate::revocation::Revocations;
 use crate::x509::{Usage, verify_x509_svid};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
@@ -29,13 +31,34 @@ pub fn exactly(id: SpiffeId) -> Authorize {
     Arc::new(move |peer| *peer == id)
 }
 
+/// What a verifier decides once the chain and the SPIFFE rules passed.
+#[derive(Clone)]
+enum Policy {
+    /// A predicate on the SPIFFE ID alone (writ's own node and admin connections).
+    Ids(Authorize),
+    /// writ's [`Authorizer`] on the whole peer, against the live revocation set.
+    Writ {
+        authorizer: Arc<Authorizer>,
+        revocations: Arc<Revocations>,
+    },
+}
+
+impl Policy {
+    fn writ(authorizer: Authorizer, revocations: Arc<Revocations>) -> Self {
+        Policy::Writ {
+            authorizer: Arc::new(authorizer),
+            revocations,
+        }
+    }
+}
+
 fn algorithms() -> WebPkiSupportedAlgorithms {
     rustls::crypto::ring::default_provider().signature_verification_algorithms
 }
 
 fn check(
     bundles: &dyn X509BundleSource,
-    authorize: &Authorize,
+    policy: &Policy,
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     usage: Usage,
@@ -54,11 +77,26 @@ fn check(
     chain.extend(intermediates.iter().cloned());
     let verified = verify_x509_svid(&chain, &authorities, id.trust_domain(), usage, now)
         .map_err(|e| bad(e.to_string()))?;
-    if !authorize(&verified.spiffe_id) {
-        return Err(bad(format!(
-            "peer {} is not authorized",
-            verified.spiffe_id
-        )));
+    match policy {
+        Policy::Ids(authorize) => {
+            if !authorize(&verified.spiffe_id) {
+                return Err(bad(format!(
+                    "peer {} is not authorized",
+                    verified.spiffe_id
+                )));
+            }
+        }
+        Policy::Writ {
+            authorizer,
+            revocations,
+        } => {
+            let peer = Peer::from_x509(&verified);
+            let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+            authorizer
+                .decide(&peer, &revocations.snapshot(), now)
+                .into_result()
+                .map_err(|reason| bad(format!("peer {} refused: {reason}", peer.spiffe_id)))?;
+        }
     }
     Ok(verified.spiffe_id)
 }
@@ -66,13 +104,29 @@ fn check(
 /// Verifies a server's SVID (the client side of mTLS).
 pub struct SpiffeServerVerifier {
     bundles: Arc<dyn X509BundleSource>,
-    authorize: Authorize,
+    policy: Policy,
 }
 
 impl SpiffeServerVerifier {
     /// A verifier trusting `bundles` and accepting servers `authorize` approves.
     pub fn new(bundles: Arc<dyn X509BundleSource>, authorize: Authorize) -> Self {
-        SpiffeServerVerifier { bundles, authorize }
+        SpiffeServerVerifier {
+            bundles,
+            policy: Policy::Ids(authorize),
+        }
+    }
+
+    /// A verifier trusting `bundles` and accepting servers `authorizer` allows under the
+    /// current set of `revocations` (read at every handshake).
+    pub fn with_authorizer(
+        bundles: Arc<dyn X509BundleSource>,
+        authorizer: Authorizer,
+        revocations: Arc<Revocations>,
+    ) -> Self {
+        SpiffeServerVerifier {
+            bundles,
+            policy: Policy::writ(authorizer, revocations),
+        }
     }
 }
 
@@ -94,7 +148,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         // The server name is not the identity: the SPIFFE ID is, and `authorize` checks it.
         check(
             &*self.bundles,
-            &self.authorize,
+            &self.policy,
             end_entity,
             intermediates,
             Usage::Server,
@@ -129,7 +183,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 /// Verifies a client's SVID (the server side of mTLS).
 pub struct SpiffeClientVerifier {
     bundles: Arc<dyn X509BundleSource>,
-    authorize: Authorize,
+    policy: Policy,
     mandatory: bool,
 }
 
@@ -140,8 +194,23 @@ impl SpiffeClientVerifier {
     pub fn new(bundles: Arc<dyn X509BundleSource>, authorize: Authorize, mandatory: bool) -> Self {
         SpiffeClientVerifier {
             bundles,
-            authorize,
+            policy: Policy::Ids(authorize),
             mandatory,
+        }
+    }
+
+    /// A verifier trusting `bundles`, requiring a client certificate, and accepting
+    /// clients `authorizer` allows under the current set of `revocations` (read at every
+    /// handshake).
+    pub fn with_authorizer(
+        bundles: Arc<dyn X509BundleSource>,
+        authorizer: Authorizer,
+        revocations: Arc<Revocations>,
+    ) -> Self {
+        SpiffeClientVerifier {
+            bundles,
+            policy: Policy::writ(authorizer, revocations),
+            mandatory: true,
         }
     }
 }
@@ -173,7 +242,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         check(
             &*self.bundles,
-            &self.authorize,
+            &self.policy,
             end_entity,
             intermediates,
             Usage::Client,
@@ -203,6 +272,19 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         algorithms().supported_schemes()
     }
+}
+
+/// The [`Peer`] behind a certificate that rustls already verified on this connection
+/// (with one of this module's verifiers): what per-request authorization decides on.
+pub fn verified_peer(cert: &CertificateDer<'_>) -> Option<Peer> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, leaf) = X509Certificate::from_der(cert).ok()?;
+    Some(Peer {
+        spiffe_id: crate::x509::leaf_spiffe_id(&leaf).ok()?,
+        claims: crate::x509::leaf_claims(&leaf).ok()?,
+        serial: Some(crate::authz::hex(leaf.raw_serial())),
+        expires_at: leaf.validity().not_after.timestamp(),
+    })
 }
 
 /// The SPIFFE ID of a peer certificate that rustls already verified.

@@ -216,4 +216,21 @@ fn the_quickstart_runs_as_written() {
             .any(|l| l.contains("denied at handshake") && l.contains("incident INC-1 is revoked")),
         "the replayed certificate is refused as revoked\n{context}"
     );
+    // Step 10: the audit log tells the story and proves itself intact.
+    for step in [
+        "opened",
+        "identity issued",
+        "plan proposed",
+        "approved",
+        "closed",
+    ] {
+        assert!(
+            stdout.contains(step),
+            "the timeline shows {step:?}\n{context}"
+        );
+    }
+    assert!(
+        stdout.contains("audit log intact"),
+        "the audit log verifies\n{context}"
+    );
 }

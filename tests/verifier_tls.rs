@@ -54,14 +54,17 @@ fn profiles(dev: &Dev) {
     ] {
         dev.issuer
             .registry
-            .create_profile(Profile {
-                name: name.into(),
-                selectors: BTreeSet::from([Selector::Uid(my_uid())]),
-                bands: bands.into_iter().collect(),
-                scopes: BTreeSet::from(["logs:read".into(), "deploy:restart".into()]),
-                service,
-                created_at: 0,
-            })
+            .create_profile(
+                Profile {
+                    name: name.into(),
+                    selectors: BTreeSet::from([Selector::Uid(my_uid())]),
+                    bands: bands.into_iter().collect(),
+                    scopes: BTreeSet::from(["logs:read".into(), "deploy:restart".into()]),
+                    service,
+                    created_at: 0,
+                },
+                "test",
+            )
             .unwrap();
     }
 }

@@ -14,7 +14,7 @@ use writ::audit::activity::{Activity, RawActivity};
 use writ::audit::{Kind, Record, sha256_hex};
 use writ::ca::CaConfig;
 use writ::policy::grant::plan_digest;
-use writ::policy::{Incident, IncidentState, Profile, Selector, Severity};
+use writ::policy::{Profile, Selector, Severity};
 use writ::proto::agent as pb;
 use writ::proto::node::{self as node_pb, node_server::Node};
 use writ::server::ActivityRefusal;
@@ -42,28 +42,13 @@ fn profile(dev: &Dev, name: &str, uid: u32, bands: &[Band]) {
 }
 
 fn incident(dev: &Dev, id: &str, agent: &str) {
-    dev.issuer
-        .registry
-        .open_incident(Incident {
-            id: id.into(),
-            title: "checkout 500s".into(),
-            severity: Severity::Sev2,
-            assigned: BTreeSet::from([agent.to_string()]),
-            scopes: BTreeSet::from(["logs:read".into(), "deploy:restart".into()]),
-            state: IncidentState::Open,
-            opened_by: "alice".into(),
-            opened_at: dev.issuer.cas.now(),
-            closed_by: None,
-            closed_at: None,
-            max_lifetime_secs: 3600,
-        })
-        .unwrap();
+    dev.open_remediable(id, agent, Severity::Sev2);
 }
 
 async fn agent_client(
     dev: &Dev,
 ) -> pb::agent_api_client::AgentApiClient<tonic::transport::Channel> {
-    pb::agent_api_client::AgentApiClient::new(writ::uds::channel(&dev.socket).await.unwrap())
+    dev.agent_client().await
 }
 
 fn report(

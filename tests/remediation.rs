@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use writ::ca::CaConfig;
 use writ::policy::grant::plan_digest;
-use writ::policy::{GrantError, Incident, IncidentState, Profile, Selector, Severity};
+use writ::policy::{GrantError, Profile, Selector, Severity};
 use writ::proto::agent as pb;
 use writ::server::registry::RegistryError;
 use writ_verifier::x509::Usage;
@@ -39,28 +39,13 @@ fn fixer(dev: &Dev, bands: &[Band]) {
 }
 
 fn incident(dev: &Dev, id: &str, severity: Severity) {
-    dev.issuer
-        .registry
-        .open_incident(Incident {
-            id: id.into(),
-            title: "checkout 500s".into(),
-            severity,
-            assigned: BTreeSet::from(["fixer".to_string()]),
-            scopes: BTreeSet::from(["logs:read".into(), "deploy:restart".into()]),
-            state: IncidentState::Open,
-            opened_by: "alice".into(),
-            opened_at: dev.issuer.cas.now(),
-            closed_by: None,
-            closed_at: None,
-            max_lifetime_secs: 3600,
-        })
-        .unwrap();
+    dev.open_remediable(id, "fixer", severity);
 }
 
 async fn agent_client(
     dev: &Dev,
 ) -> pb::agent_api_client::AgentApiClient<tonic::transport::Channel> {
-    pb::agent_api_client::AgentApiClient::new(writ::uds::channel(&dev.socket).await.unwrap())
+    dev.agent_client().await
 }
 
 fn grant_request(incident: &str, scopes: &[&str]) -> tonic::Request<pb::RequestGrantRequest> {

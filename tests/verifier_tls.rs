@@ -18,9 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use writ::ca::CaConfig;
 use writ::policy::grant::plan_digest;
-use writ::policy::{
-    GrantRequest, GrantState, Incident, IncidentState, Profile, Selector, Severity,
-};
+use writ::policy::{GrantRequest, GrantState, Profile, Selector, Severity};
 use writ_verifier::tls::{SpiffeClientVerifier, SpiffeServerVerifier, peer_spiffe_id};
 use writ_verifier::{
     Authorizer, Band, JwtRefused, JwtSvidError, WorkloadApiSource, authorize_jwt_svid,
@@ -70,22 +68,7 @@ fn profiles(dev: &Dev) {
 }
 
 fn open(dev: &Dev, id: &str) {
-    dev.issuer
-        .registry
-        .open_incident(Incident {
-            id: id.into(),
-            title: "checkout 500s".into(),
-            severity: Severity::Sev2,
-            assigned: BTreeSet::from(["fixer".to_string()]),
-            scopes: BTreeSet::from(["logs:read".into(), "deploy:restart".into()]),
-            state: IncidentState::Open,
-            opened_by: "alice".into(),
-            opened_at: dev.issuer.cas.now(),
-            closed_by: None,
-            closed_at: None,
-            max_lifetime_secs: 3600,
-        })
-        .unwrap();
+    dev.open_remediable(id, "fixer", Severity::Sev2);
 }
 
 /// Requests and approves (quorum 2 for sev2) a grant for `PLAN`; returns its id.

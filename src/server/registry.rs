@@ -134,15 +134,7 @@ impl Writer<'_> {
         incidents: &[Incident],
         grants: &[Grant],
     ) -> Result<(), RegistryError> {
-        let incident = incidents
-            .first()
-            .map(|i| i.id.as_str())
-            .or_else(|| grants.first().map(|g| g.incident.as_str()));
-        self.record(
-            incident,
-            serde_json::json!({ "incidents": incidents, "grants": grants_for_audit(grants) }),
-        )?;
-        Ok(self.store.put_policy_changes(incidents, grants)?)
+        self.put_policy_and_serial_changes(incidents, grants, &[], &[])
     }
 
     fn put_policy_and_serial_changes(
@@ -156,15 +148,7 @@ impl Writer<'_> {
             .first()
             .map(|i| i.id.as_str())
             .or_else(|| grants.first().map(|g| g.incident.as_str()));
-        self.record(
-            incident,
-            serde_json::json!({
-                "incidents": incidents,
-                "grants": grants_for_audit(grants),
-                "revoked_serials": revoked,
-                "pruned_serials": pruned,
-            }),
-        )?;
+        self.record(incident, policy_detail(incidents, grants, revoked, pruned))?;
         Ok(self
             .store
             .put_policy_and_serial_changes(incidents, grants, revoked, pruned)?)
@@ -186,6 +170,29 @@ impl Writer<'_> {
         )?;
         Ok(self.store.put_playbook_changes(playbooks, grants)?)
     }
+}
+
+/// The detail of a policy change's audit record: what it writes, empty parts left out.
+fn policy_detail(
+    incidents: &[Incident],
+    grants: &[Grant],
+    revoked: &[RevokedSerial],
+    pruned: &[String],
+) -> serde_json::Value {
+    let mut detail = serde_json::Map::new();
+    if !incidents.is_empty() {
+        detail.insert("incidents".into(), serde_json::json!(incidents));
+    }
+    if !grants.is_empty() {
+        detail.insert("grants".into(), grants_for_audit(grants).into());
+    }
+    if !revoked.is_empty() {
+        detail.insert("revoked_serials".into(), serde_json::json!(revoked));
+    }
+    if !pruned.is_empty() {
+        detail.insert("pruned_serials".into(), serde_json::json!(pruned));
+    }
+    detail.into()
 }
 
 /// Grants as the audit log keeps them: everything but the plan's text, which its digest

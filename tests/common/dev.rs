@@ -107,6 +107,36 @@ impl Dev {
             .unwrap();
     }
 
+    /// Opens `id` at `severity` for `agent` with the scopes the remediation suites use
+    /// (`logs:read`, `deploy:restart`), opened by alice now.
+    pub fn open_remediable(&self, id: &str, agent: &str, severity: Severity) {
+        self.issuer
+            .registry
+            .open_incident(Incident {
+                id: id.into(),
+                title: "checkout 500s".into(),
+                severity,
+                assigned: BTreeSet::from([agent.to_string()]),
+                scopes: BTreeSet::from(["logs:read".into(), "deploy:restart".into()]),
+                state: IncidentState::Open,
+                opened_by: "alice".into(),
+                opened_at: self.issuer.cas.now(),
+                closed_by: None,
+                closed_at: None,
+                max_lifetime_secs: 3600,
+            })
+            .unwrap();
+    }
+
+    /// A client of `writ.agent.v1` on the agent socket.
+    pub async fn agent_client(
+        &self,
+    ) -> writ::proto::agent::agent_api_client::AgentApiClient<tonic::transport::Channel> {
+        writ::proto::agent::agent_api_client::AgentApiClient::new(
+            writ::uds::channel(&self.socket).await.unwrap(),
+        )
+    }
+
     pub fn close(&self, id: &str) {
         let now = self.issuer.cas.now();
         self.issuer

@@ -559,3 +559,94 @@ async fn jwt_svids_with_the_wrong_audience_or_band_are_refused() {
         "{err:?}"
     );
 }
+
+/// A Unix-socket relay to the agent's socket that can be cut: dropping it closes every
+/// relayed connection, as an agent crash would.
+struct Relay {
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Relay {
+    async fn start(at: &std::path::Path, to: &std::path::Path) -> Relay {
+        let _ = std::fs::remove_file(at);
+        let listener = tokio::net::UnixListener::bind(at).unwrap();
+        let to = to.to_owned();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let to = to.clone();
+                conns.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::UnixStream::connect(&to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Relay { tasks }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // Aborting the accept loop drops its JoinSet of connections, aborting each.
+        self.tasks.abort_all();
+    }
+}
+
+/// A source told to fail closed refuses every peer once the agent's feed has been gone for
+/// its grace period (here: at once), and accepts again when the feed is back. The source
+/// reaches the real agent through a relay; cutting the relay is the agent going away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_closed_source_refuses_everyone_while_the_feed_is_lost() {
+    let w = world().await;
+    let socket = w.dev.socket.with_file_name("relay.sock");
+    let relay = Relay::start(&socket, &w.dev.socket).await;
+    let options = writ_verifier::SourceOptions {
+        fail_closed_after: Some(Duration::ZERO),
+    };
+    let strict = Arc::new(
+        tokio::time::timeout(
+            PATIENCE,
+            WorkloadApiSource::connect_with(&format!("unix://{}", socket.display()), options),
+        )
+        .await
+        .expect("source ready in time")
+        .unwrap(),
+    );
+    let make = || {
+        (
+            server(&strict, Authorizer::investigative(&base()), &w.service),
+            client(&w.source, the_service(), &w.investigative),
+        )
+    };
+    let (s, c) = make();
+    let (s, _) = exchange(s, c).await;
+    assert!(s.is_ok(), "{s:?}");
+
+    let mut updates = strict.updates();
+    drop(relay);
+    tokio::time::timeout(PATIENCE, updates.wait_for(|p| p.revocation_unavailable))
+        .await
+        .expect("the source notices the lost feed in time")
+        .unwrap();
+    let (s, c) = make();
+    refused_by_server(exchange(s, c).await, "revocation feed has been unavailable");
+    // The default source (fail-open) still accepts the same peer meanwhile.
+    let (s, _) = exchange(
+        server(&w.source, Authorizer::investigative(&base()), &w.service),
+        client(&w.source, the_service(), &w.investigative),
+    )
+    .await;
+    assert!(s.is_ok(), "{s:?}");
+
+    // The agent is reachable again: the next set clears the mark.
+    let _relay = Relay::start(&socket, &w.dev.socket).await;
+    tokio::time::timeout(PATIENCE, updates.wait_for(|p| !p.revocation_unavailable))
+        .await
+        .expect("the source reconnects in time")
+        .unwrap();
+    let (s, c) = make();
+    let (s, _) = exchange(s, c).await;
+    assert!(s.is_ok(), "{s:?}");
+}

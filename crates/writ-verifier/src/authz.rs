@@ -155,6 +155,10 @@ impl Decision {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DenyReason {
+    /// The revocation feed has been lost for longer than the source tolerates, and the
+    /// source fails closed: nothing can be known to be unrevoked.
+    #[error("the revocation feed has been unavailable since {0}: refusing every peer")]
+    RevocationsUnavailable(i64),
     /// The credential's notAfter / `exp` has passed.
     #[error("credential expired at {0}")]
     Expired(i64),
@@ -463,6 +467,9 @@ impl Authorizer {
             .find(|t| !claims.is_some_and(|c| c.targets.contains(t)))
         {
             return Err(DenyReason::Target(missing.clone()));
+        }
+        if let Some(since) = revocations.unavailable() {
+            return Err(DenyReason::RevocationsUnavailable(since));
         }
         if let Some(revoked) = revocations.check(peer) {
             return Err(DenyReason::Revoked(revoked));
@@ -781,6 +788,14 @@ mod tests {
                 .decide(&investigative(), &grant, NOW)
                 .is_allow()
         );
+        // A set marked unavailable (a fail-closed source whose feed is lost) refuses even
+        // a peer nothing revokes; the unmarked set still allows it.
+        let lost = grant.unavailable_since(NOW - 5);
+        assert_eq!(
+            Authorizer::investigative(&base()).decide(&investigative(), &lost, NOW),
+            Decision::Deny(DenyReason::RevocationsUnavailable(NOW - 5))
+        );
+        assert_eq!(lost.generation(), grant.generation());
         let serial = RevocationSnapshot::new(
             9,
             [RevocationEntry {

@@ -92,5 +92,5 @@ pub use jwt::{
 };
 pub use revocation::{RevocationSnapshot, Revocations};
 #[cfg(feature = "workload-api")]
-pub use source::WorkloadApiSource;
+pub use source::{SourceOptions, WorkloadApiSource};
 pub use x509::{Usage, VerifiedX509Svid, X509SvidError, verify_x509_svid};

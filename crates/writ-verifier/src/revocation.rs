@@ -62,6 +62,9 @@ pub struct RevocationSnapshot {
     /// lowercase hex serials.
     serials: HashSet<String>,
     len: usize,
+    /// Set when the feed this set came from has been lost for longer than its source
+    /// tolerates: since when (seconds since the epoch). Every peer is refused meanwhile.
+    unavailable_since: Option<i64>,
 }
 
 /// Why a peer is revoked: the entry that names it.
@@ -109,6 +112,20 @@ impl RevocationSnapshot {
             set.len += usize::from(inserted);
         }
         set
+    }
+
+    /// This set, marked as coming from a feed lost since `since`: a source that fails
+    /// closed publishes it, and [`crate::Authorizer`] then refuses every peer.
+    pub fn unavailable_since(&self, since: i64) -> Self {
+        RevocationSnapshot {
+            unavailable_since: Some(since),
+            ..self.clone()
+        }
+    }
+
+    /// When the feed was lost, if this set is marked unavailable.
+    pub fn unavailable(&self) -> Option<i64> {
+        self.unavailable_since
     }
 
     /// The policy generation the set was computed from.
@@ -219,6 +236,13 @@ impl Revocations {
     /// Replaces the current set with `set`.
     pub fn replace(&self, set: RevocationSnapshot) {
         self.current.store(Arc::new(set));
+    }
+
+    /// Marks the current set as unavailable since `since` (fail-closed), until the next
+    /// [`Revocations::replace`].
+    pub fn mark_unavailable(&self, since: i64) {
+        let marked = self.current.load().unavailable_since(since);
+        self.current.store(Arc::new(marked));
     }
 
     /// The entry revoking `peer` in the current set, if any. Takes no lock.

@@ -77,6 +77,20 @@ pub struct Progress {
     pub revocation_generation: u64,
     /// Whether the revocation stream is open right now.
     pub revocation_connected: bool,
+    /// Whether the source is failing closed: the feed has been lost for longer than
+    /// [`SourceOptions::fail_closed_after`], and every peer is refused until it is back.
+    pub revocation_unavailable: bool,
+}
+
+/// How a [`WorkloadApiSource`] behaves when the agent's revocation feed goes away.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceOptions {
+    /// `None` (the default): keep the last revocation set while reconnecting (fail-open;
+    /// what is revoked meanwhile is refused once the feed is back, or when the SVIDs'
+    /// short TTLs run out). `Some(grace)`: once the feed has been lost for `grace`, refuse
+    /// every peer until it delivers again (fail-closed; an agent restart longer than
+    /// `grace` then stops this service's traffic).
+    pub fail_closed_after: Option<Duration>,
 }
 
 impl Progress {
@@ -129,6 +143,11 @@ impl WorkloadApiSource {
     /// delivered its first message. Must be called within a Tokio runtime. Wrap it in a
     /// timeout: it waits for as long as the agent is unreachable.
     pub async fn connect(endpoint: &str) -> Result<Self, SourceError> {
+        WorkloadApiSource::connect_with(endpoint, SourceOptions::default()).await
+    }
+
+    /// Like [`WorkloadApiSource::connect`], with `options`.
+    pub async fn connect_with(endpoint: &str, options: SourceOptions) -> Result<Self, SourceError> {
         let socket = endpoint
             .strip_prefix("unix://")
             .filter(|p| p.starts_with('/'))
@@ -144,7 +163,7 @@ impl WorkloadApiSource {
         let tasks = vec![
             tokio::spawn(follow_x509(Arc::clone(&state), endpoint.to_owned())),
             tokio::spawn(follow_jwt(Arc::clone(&state), endpoint.to_owned())),
-            tokio::spawn(follow_revocations(Arc::clone(&state), socket)),
+            tokio::spawn(follow_revocations(Arc::clone(&state), socket, options)),
         ];
         let source = WorkloadApiSource { state, tasks };
         ready
@@ -255,8 +274,10 @@ async fn follow_jwt(state: Arc<State>, endpoint: String) {
     }
 }
 
-async fn follow_revocations(state: Arc<State>, socket: PathBuf) {
+async fn follow_revocations(state: Arc<State>, socket: PathBuf, options: SourceOptions) {
     let mut delay = FIRST_BACKOFF;
+    // When the feed was lost (monotonic, and as Unix time for the deny reason).
+    let mut lost: Option<(std::time::Instant, i64)> = None;
     loop {
         match watch_revocations(&socket).await {
             Ok(mut stream) => {
@@ -265,11 +286,14 @@ async fn follow_revocations(state: Arc<State>, socket: PathBuf) {
                     .send_modify(|p| p.revocation_connected = true);
                 while let Ok(Some(set)) = stream.message().await {
                     delay = FIRST_BACKOFF;
+                    lost = None;
                     let generation = set.generation;
+                    // A fresh set clears any fail-closed mark.
                     state.revocations.replace(snapshot(set));
                     state.progress.send_modify(|p| {
                         p.revocation_updates += 1;
                         p.revocation_generation = generation;
+                        p.revocation_unavailable = false;
                     });
                 }
                 state
@@ -279,8 +303,36 @@ async fn follow_revocations(state: Arc<State>, socket: PathBuf) {
             }
             Err(e) => tracing::warn!(error = %e, "revocation feed failed; retrying"),
         }
+        let (lost_at, lost_unix) =
+            *lost.get_or_insert_with(|| (std::time::Instant::now(), unix_now()));
+        if let Some(grace) = options.fail_closed_after {
+            let left = grace.saturating_sub(lost_at.elapsed());
+            if left.is_zero() {
+                if !state.progress.borrow().revocation_unavailable {
+                    tracing::error!(
+                        since = lost_unix,
+                        "revocation feed lost for longer than allowed; refusing every peer until it is back"
+                    );
+                    state.revocations.mark_unavailable(lost_unix);
+                    state
+                        .progress
+                        .send_modify(|p| p.revocation_unavailable = true);
+                }
+            } else if left < delay {
+                // Wake in time to fail closed when the grace runs out.
+                tokio::time::sleep(left).await;
+                continue;
+            }
+        }
         backoff(&mut delay).await;
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// The feed's message as a lookup set. Entries of an unknown kind are skipped: a kind

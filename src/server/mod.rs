@@ -312,8 +312,22 @@ impl Issuer {
     pub async fn run_expiry(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut changes = self.registry.subscribe();
+        let mut next_prune = 0;
         loop {
             let now = self.cas.now();
+            if now >= next_prune {
+                // Expired SVID rows, at most every ten minutes (a scan of the table).
+                next_prune = now + 600;
+                let store = Arc::clone(&self.store);
+                match tokio::task::spawn_blocking(move || store.prune_expired_svids(now)).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::debug!(pruned = n, "expired SVID records pruned"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "pruning expired SVIDs failed; will retry")
+                    }
+                    Err(e) => tracing::error!(error = %e, "pruning task failed; will retry"),
+                }
+            }
             let issuer = Arc::clone(&self);
             match tokio::task::spawn_blocking(move || issuer.registry.expire_due(now)).await {
                 Ok(Ok(_)) => {}

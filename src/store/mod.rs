@@ -217,6 +217,26 @@ impl Store {
         tx.commit().map_err(db_err)
     }
 
+    /// Forgets SVIDs that expired before `now` (their issuance stays in the audit log):
+    /// the table holds what is live, not everything ever issued. Returns how many went.
+    /// A row that does not parse is kept, to be reported by whoever reads it.
+    pub fn prune_expired_svids(&self, now: i64) -> Result<usize, StoreError> {
+        let tx = self.begin_write()?;
+        let mut pruned = 0;
+        {
+            let mut table = tx.open_table(SVIDS).map_err(db_err)?;
+            table
+                .retain(|_, bytes| {
+                    let expired = decode_svid(bytes).is_ok_and(|r| r.not_after < now);
+                    pruned += usize::from(expired);
+                    !expired
+                })
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(pruned)
+    }
+
     /// One issued SVID by serial.
     pub fn svid(&self, serial: &str) -> Result<Option<SvidRecord>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
@@ -494,6 +514,34 @@ fn decode_svid(bytes: &[u8]) -> Result<SvidRecord, StoreError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn expired_svids_are_pruned_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("w.redb")).unwrap();
+        let record = |serial: &str, not_after: i64| SvidRecord {
+            serial: serial.into(),
+            spiffe_id: "spiffe://investigate.example.org/agent/a/incident/i".into(),
+            band: crate::Band::Investigative,
+            authority_id: "a".into(),
+            incident: Some("i".into()),
+            grant: None,
+            not_before: 0,
+            not_after,
+        };
+        store
+            .put_svids(&[record("01", 100), record("02", 200), record("03", 300)])
+            .unwrap();
+        assert_eq!(store.prune_expired_svids(200).unwrap(), 1);
+        let left: Vec<String> = store
+            .svids()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.serial)
+            .collect();
+        assert_eq!(left, ["02", "03"]);
+        assert_eq!(store.prune_expired_svids(200).unwrap(), 0);
+    }
 
     fn svid(serial: &str) -> SvidRecord {
         SvidRecord {

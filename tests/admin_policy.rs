@@ -7,17 +7,22 @@
 
 use serde_json::Value;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Command, Output};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-const WRIT: &str = env!("CARGO_BIN_EXE_writ");
+mod common;
+
+use common::bin::{As, DevProcess, WRIT, json_lines};
 
 /// A running `writ dev`, killed when dropped.
-struct Dev {
-    child: Child,
-    data_dir: PathBuf,
+struct Dev(DevProcess);
+
+impl std::ops::Deref for Dev {
+    type Target = DevProcess;
+    fn deref(&self) -> &DevProcess {
+        &self.0
+    }
 }
 
 impl Dev {
@@ -27,96 +32,13 @@ impl Dev {
     }
 
     fn start_with(data_dir: &Path, extra: &[&str]) -> Dev {
-        let log = std::fs::File::create(data_dir.with_extension("log")).expect("dev log");
-        let child = Command::new(WRIT)
-            .arg("dev")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
-            .env("WRIT_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn writ dev");
-        let mut dev = Dev {
-            child,
-            data_dir: data_dir.to_path_buf(),
-        };
-        // A socket left by a killed server exists but refuses connections: wait for one
-        // that accepts.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while UnixStream::connect(dev.socket()).is_err() {
-            if let Some(status) = dev.child.try_wait().expect("poll writ dev") {
-                panic!("writ dev exited early ({status}): {}", dev.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "writ dev did not open {} in time: {}",
-                dev.socket().display(),
-                dev.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        dev
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.data_dir.join("admin.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
-    }
-
-    /// Runs `writ ARGS` against this server.
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(WRIT)
-            .args(args)
-            .env("WRIT_ADMIN_SOCKET", self.socket())
-            .env_remove("WRIT_LOG")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run writ")
-    }
-
-    /// Runs `writ ARGS`, which must succeed; returns its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "writ {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8 stdout")
-    }
-
-    /// Runs `writ ARGS --json`, which must succeed and print one JSON object.
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.ok(&[args, &["--json"]].concat());
-        assert_eq!(out.lines().count(), 1, "one JSON object expected: {out}");
-        serde_json::from_str(&out).expect("JSON output")
+        Dev(DevProcess::start(data_dir, extra))
     }
 
     /// Runs `writ ARGS`, which must be refused with exactly one `error:` line mentioning
     /// `reason`, and print nothing on stdout.
     fn refused(&self, args: &[&str], reason: &str) {
-        let out = self.run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "writ {args:?} should be refused");
-        assert_ne!(out.status.code(), Some(0));
-        let lines: Vec<&str> = stderr.lines().collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "writ {args:?}: one stderr line expected: {stderr}"
-        );
-        assert!(lines[0].starts_with("error: "), "writ {args:?}: {stderr}");
-        assert!(
-            lines[0].contains(reason),
-            "writ {args:?}: error should mention {reason:?}: {stderr}"
-        );
-        assert!(out.stdout.is_empty(), "writ {args:?} printed to stdout");
+        self.refusal(As::Me, args, None, reason);
     }
 
     fn profiles(&self) -> Vec<Value> {
@@ -134,26 +56,9 @@ impl Dev {
 
     /// Stops the server the hard way: whatever it acknowledged must already be durable.
     fn kill(mut self) -> PathBuf {
-        self.stop();
-        self.data_dir.clone()
+        self.0.kill();
+        self.0.data_dir.clone()
     }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn json_lines(out: &str) -> Vec<Value> {
-    out.lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
-        .collect()
 }
 
 fn names(values: &[Value], key: &str) -> Vec<String> {

@@ -10,99 +10,28 @@
 
 mod common;
 
+use common::bin::{DevProcess, WRIT};
 use common::dev;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 use writ::audit::{AuditLog, Kind, Record};
 
-const WRIT: &str = env!("CARGO_BIN_EXE_writ");
-const PATIENCE: Duration = Duration::from_secs(60);
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_records");
 const HASHES: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_hashes");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_meta");
 
-fn writ(socket: &Path, args: &[&str]) -> Output {
+/// `writ ARGS` with no server (`audit verify --data-dir`).
+fn writ_offline(args: &[&str]) -> Output {
     Command::new(WRIT)
         .args(args)
-        .env("WRIT_ADMIN_SOCKET", socket)
+        .env_remove("WRIT_ADMIN_SOCKET")
         .env_remove("WRIT_LOG")
         .stdin(Stdio::null())
         .output()
         .expect("run writ")
-}
-
-fn ok(socket: &Path, args: &[&str]) -> String {
-    let out = writ(socket, args);
-    assert!(
-        out.status.success(),
-        "writ {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `writ dev` on `dir` until SIGTERM: a real server writing a real audit log.
-struct DevProcess {
-    child: std::process::Child,
-    socket: PathBuf,
-}
-
-impl DevProcess {
-    fn start(dir: &Path) -> Self {
-        let mut child = Command::new(WRIT)
-            .arg("dev")
-            .arg("--data-dir")
-            .arg(dir)
-            .env_remove("WRIT_ADMIN_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn writ dev");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("writ dev came up");
-            if line.trim_start().starts_with("admin socket:") {
-                break;
-            }
-        }
-        DevProcess {
-            child,
-            socket: dir.join("admin.sock"),
-        }
-    }
-
-    fn stop(mut self) {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "writ dev exited with {status}");
-    }
-}
-
-impl Drop for DevProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -114,7 +43,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn verify(dir: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["audit", "verify", "--data-dir", dir.to_str().unwrap()];
     args.extend_from_slice(extra);
-    writ(Path::new("/nonexistent"), &args)
+    writ_offline(&args)
 }
 
 fn assert_fails(out: &Output, needle: &str, label: &str) {
@@ -184,35 +113,29 @@ fn forge(dir: &Path, records: &BTreeMap<u64, Vec<u8>>) {
 fn verify_names_what_was_tampered_with_on_a_copy_of_a_real_store() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
-    let server = DevProcess::start(&data);
-    let socket = server.socket.clone();
+    let server = DevProcess::start(&data, &[]);
+    let socket = server.socket();
     let uid = dev::my_uid().to_string();
-    ok(
-        &socket,
-        &[
-            "profile",
-            "create",
-            "triage",
-            "--selector",
-            &format!("unix:uid:{uid}"),
-        ],
-    );
-    ok(
-        &socket,
-        &[
-            "incident",
-            "open",
-            "INC-1",
-            "--title",
-            "t",
-            "--severity",
-            "sev3",
-            "--assign",
-            "triage",
-        ],
-    );
+    server.ok(&[
+        "profile",
+        "create",
+        "triage",
+        "--selector",
+        &format!("unix:uid:{uid}"),
+    ]);
+    server.ok(&[
+        "incident",
+        "open",
+        "INC-1",
+        "--title",
+        "t",
+        "--severity",
+        "sev3",
+        "--assign",
+        "triage",
+    ]);
     let kept_at_two = root.path().join("kept2.txt");
-    std::fs::write(&kept_at_two, ok(&socket, &["audit", "checkpoint"])).unwrap();
+    std::fs::write(&kept_at_two, server.ok(&["audit", "checkpoint"])).unwrap();
     // Issuance: a stock SPIFFE client fetches the workload's SVID.
     let fetch = Command::new(env!("CARGO_BIN_EXE_writ").replace("/writ", "/examples/svid-fetch"))
         .env(
@@ -239,37 +162,30 @@ fn verify_names_what_was_tampered_with_on_a_copy_of_a_real_store() {
     let mut line = String::new();
     tail_out.read_line(&mut line).unwrap();
     assert!(line.contains("svid.issue"), "first tail line: {line:?}");
-    ok(&socket, &["incident", "close", "INC-1"]);
+    server.ok(&["incident", "close", "INC-1"]);
     line.clear();
     tail_out.read_line(&mut line).unwrap();
     assert!(line.contains("incident.close"), "followed line: {line:?}");
     let _ = tail.kill();
     let _ = tail.wait();
     // A refused call is a record too.
-    assert!(
-        !writ(&socket, &["incident", "close", "INC-1"])
-            .status
-            .success()
-    );
+    assert!(!server.run(&["incident", "close", "INC-1"]).status.success());
     let kept = root.path().join("kept.txt");
-    std::fs::write(&kept, ok(&socket, &["audit", "checkpoint"])).unwrap();
-    let verified = ok(
-        &socket,
-        &[
-            "audit",
-            "verify",
-            "--since",
-            kept_at_two.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    std::fs::write(&kept, server.ok(&["audit", "checkpoint"])).unwrap();
+    let verified = server.ok(&[
+        "audit",
+        "verify",
+        "--since",
+        kept_at_two.to_str().unwrap(),
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(verified.trim()).unwrap();
     assert_eq!(v["intact"], true);
-    let timeline = ok(&socket, &["incident", "timeline", "INC-1"]);
+    let timeline = server.ok(&["incident", "timeline", "INC-1"]);
     for step in ["opened", "identity issued", "closed"] {
         assert!(timeline.contains(step), "timeline lacks {step}: {timeline}");
     }
-    server.stop();
+    server.terminate();
 
     // The intact store verifies at rest, against the checkpoints kept along the way.
     let out = verify(&data, &["--since", kept.to_str().unwrap()]);

@@ -9,12 +9,13 @@
 
 use serde_json::Value;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const WRIT: &str = env!("CARGO_BIN_EXE_writ");
+mod common;
+
+use common::bin::{As, DevProcess, WRIT, json_lines};
 
 const ALICE: u32 = 65534; // approver
 const BOB: u32 = 65533; // approver
@@ -39,66 +40,27 @@ const EVIDENCE: [&str; 2] = [
     "TICKET-4711",
 ];
 
-/// Who runs a command: this process (root), or an operator by uid.
-#[derive(Clone, Copy)]
-enum As {
-    Root,
-    Uid(u32),
+/// `writ dev` with the operators, and a directory of files (plans) every operator can read,
+/// where the CLI runs.
+struct Dev {
+    process: DevProcess,
+    files: PathBuf,
 }
 
-/// A running `writ dev`, killed when dropped.
-struct Dev {
-    child: Child,
-    data_dir: PathBuf,
-    /// Files the CLI reads (plans), readable by every operator.
-    files: PathBuf,
+impl std::ops::Deref for Dev {
+    type Target = DevProcess;
+    fn deref(&self) -> &DevProcess {
+        &self.process
+    }
 }
 
 impl Dev {
     fn start_with(dir: &Path, extra: &[&str]) -> Dev {
-        let data_dir = dir.join("data");
         let files = dir.join("files");
         std::fs::create_dir(&files).unwrap();
         std::fs::set_permissions(&files, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let log = std::fs::File::create(dir.join("dev.log")).expect("dev log");
-        let child = Command::new(WRIT)
-            .arg("dev")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(extra)
-            .env("WRIT_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn writ dev");
-        let mut dev = Dev {
-            child,
-            data_dir,
-            files,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while UnixStream::connect(dev.socket()).is_err() {
-            if let Some(status) = dev.child.try_wait().expect("poll writ dev") {
-                panic!("writ dev exited early ({status}): {}", dev.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "writ dev did not open {} in time: {}",
-                dev.socket().display(),
-                dev.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        dev
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.data_dir.join("admin.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.data_dir.with_file_name("dev.log")).unwrap_or_default()
+        let process = DevProcess::start(&dir.join("data"), extra).in_dir(&files);
+        Dev { process, files }
     }
 
     /// Writes a file every operator can read; returns its path.
@@ -107,58 +69,6 @@ impl Dev {
         std::fs::write(&path, content).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         path.to_str().unwrap().to_owned()
-    }
-
-    /// Runs `writ ARGS` as `who` against this server.
-    fn run_as(&self, who: As, args: &[&str]) -> Output {
-        let mut command = match who {
-            As::Root => Command::new(WRIT),
-            As::Uid(uid) => {
-                let mut c = Command::new("setpriv");
-                c.args([
-                    &format!("--reuid={uid}"),
-                    &format!("--regid={uid}"),
-                    "--clear-groups",
-                ])
-                .arg(WRIT);
-                c
-            }
-        };
-        command
-            .args(args)
-            .env("WRIT_ADMIN_SOCKET", self.socket())
-            .env_remove("WRIT_LOG")
-            .env_remove("WRIT_SERVER")
-            .stdin(Stdio::null())
-            .current_dir(&self.files)
-            .output()
-            .expect("run writ")
-    }
-
-    /// Runs `writ ARGS` as `who`, which must succeed; returns its stdout.
-    fn ok_as(&self, who: As, args: &[&str]) -> String {
-        let out = self.run_as(who, args);
-        assert!(
-            out.status.success(),
-            "writ {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8 stdout")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.ok_as(As::Root, args)
-    }
-
-    /// Runs `writ ARGS --json` as `who`, which must succeed and print one JSON object.
-    fn json_as(&self, who: As, args: &[&str]) -> Value {
-        let out = self.ok_as(who, &[args, &["--json"]].concat());
-        assert_eq!(out.lines().count(), 1, "one JSON object expected: {out}");
-        serde_json::from_str(&out).expect("JSON output")
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        self.json_as(As::Root, args)
     }
 
     /// Runs `writ ARGS` as `who`, which must be refused with exactly one `error:` line
@@ -170,27 +80,12 @@ impl Dev {
     /// Like [`Dev::refused_as`], exiting with `code` (1: refused, 2: bad usage).
     fn refused_with(&self, who: As, args: &[&str], code: i32, reason: &str) {
         let before = self.grants();
-        let out = self.run_as(who, args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "writ {args:?} should be refused");
-        assert_eq!(out.status.code(), Some(code), "writ {args:?}: {stderr}");
-        let lines: Vec<&str> = stderr.lines().collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "writ {args:?}: one stderr line expected: {stderr}"
-        );
-        assert!(lines[0].starts_with("error: "), "writ {args:?}: {stderr}");
-        assert!(
-            lines[0].contains(reason),
-            "writ {args:?}: error should mention {reason:?}: {stderr}"
-        );
-        assert!(out.stdout.is_empty(), "writ {args:?} printed to stdout");
+        self.refusal(who, args, Some(code), reason);
         assert_eq!(self.grants(), before, "writ {args:?} changed a grant");
     }
 
     fn refused(&self, args: &[&str], reason: &str) {
-        self.refused_as(As::Root, args, reason);
+        self.refused_as(As::Me, args, reason);
     }
 
     /// Every grant, as `grant list --json` prints them.
@@ -262,25 +157,8 @@ impl Dev {
     }
 
     fn request(&self, incident: &str, plan: &str) -> String {
-        self.request_as(As::Root, incident, plan, &[])
+        self.request_as(As::Me, incident, plan, &[])
     }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn json_lines(out: &str) -> Vec<Value> {
-    out.lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
-        .collect()
 }
 
 fn is_root() -> bool {
@@ -354,7 +232,7 @@ fn a_sev2_grant_needs_two_distinct_approvers_then_is_active() {
     dev.open("INC-1", "sev2", &["logs:read", "deploy:restart"]);
     let plan = dev.file("plan.txt", PLAN);
     let before = now();
-    let id = dev.request_as(As::Root, "INC-1", &plan, &["--scope", "deploy:restart"]);
+    let id = dev.request_as(As::Me, "INC-1", &plan, &["--scope", "deploy:restart"]);
 
     let pending = dev.grant(&id);
     assert_eq!(pending["state"], "pending");
@@ -781,7 +659,7 @@ fn an_active_grant_expires_when_its_window_ends() {
     let Some((_dir, dev)) = setup() else { return };
     dev.open("INC-1", "sev3", &[]);
     let plan = dev.file("plan.txt", PLAN);
-    let id = dev.request_as(As::Root, "INC-1", &plan, &["--window", "2s"]);
+    let id = dev.request_as(As::Me, "INC-1", &plan, &["--window", "2s"]);
     assert_eq!(dev.grant(&id)["window_seconds"], 2);
     assert_eq!(dev.grant(&id)["quorum"], 1);
     let approved = dev.json_as(As::Uid(ALICE), &["grant", "approve", &id]);

@@ -9,119 +9,38 @@
 
 use serde_json::Value;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-const WRIT: &str = env!("CARGO_BIN_EXE_writ");
+mod common;
+
+use common::bin::{As, DevProcess, json_lines};
 
 const AUDITOR: u32 = 65530;
 const STRANGER: u32 = 65531;
 
-/// Who runs a command: this process, or another uid.
-#[derive(Clone, Copy)]
-enum As {
-    Me,
-    Uid(u32),
-}
+/// `writ dev` with an auditor operator.
+struct Dev(DevProcess);
 
-/// A running `writ dev`, killed when dropped.
-struct Dev {
-    child: Child,
-    data_dir: PathBuf,
-    dir: PathBuf,
+impl std::ops::Deref for Dev {
+    type Target = DevProcess;
+    fn deref(&self) -> &DevProcess {
+        &self.0
+    }
 }
 
 impl Dev {
     fn start(dir: &Path) -> Dev {
-        let data_dir = dir.join("data");
-        let log = std::fs::File::create(dir.join("dev.log")).expect("dev log");
-        let child = Command::new(WRIT)
-            .arg("dev")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--operator", &format!("dora={AUDITOR}:auditor")])
-            .env("WRIT_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn writ dev");
-        let mut dev = Dev {
-            child,
-            data_dir,
-            dir: dir.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while UnixStream::connect(dev.socket()).is_err() {
-            if let Some(status) = dev.child.try_wait().expect("poll writ dev") {
-                panic!("writ dev exited early ({status}): {}", dev.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "writ dev did not open its admin socket in time: {}",
-                dev.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        dev
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.data_dir.join("admin.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("dev.log")).unwrap_or_default()
-    }
-
-    fn run_as(&self, who: As, args: &[&str]) -> Output {
-        let mut command = match who {
-            As::Me => Command::new(WRIT),
-            As::Uid(uid) => {
-                let mut c = Command::new("setpriv");
-                c.args([
-                    &format!("--reuid={uid}"),
-                    &format!("--regid={uid}"),
-                    "--clear-groups",
-                ])
-                .arg(WRIT);
-                c
-            }
-        };
-        command
-            .args(args)
-            .env("WRIT_ADMIN_SOCKET", self.socket())
-            .env_remove("WRIT_LOG")
-            .env_remove("WRIT_SERVER")
-            .stdin(Stdio::null())
-            .current_dir(&self.dir)
-            .output()
-            .expect("run writ")
-    }
-
-    fn ok_as(&self, who: As, args: &[&str]) -> String {
-        let out = self.run_as(who, args);
-        assert!(
-            out.status.success(),
-            "writ {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8 stdout")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.ok_as(As::Me, args)
+        let auditor = format!("dora={AUDITOR}:auditor");
+        Dev(DevProcess::start(
+            &dir.join("data"),
+            &["--operator", &auditor],
+        ))
     }
 
     /// `svid list --json` (plus `extra`) as `who`: one JSON object per line.
     fn svids_as(&self, who: As, extra: &[&str]) -> Vec<Value> {
         let args = [&["svid", "list", "--json"][..], extra].concat();
-        self.ok_as(who, &args)
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
-            .collect()
+        json_lines(&self.ok_as(who, &args))
     }
 
     fn svids(&self) -> Vec<Value> {
@@ -132,29 +51,12 @@ impl Dev {
     /// nothing on stdout, and no SVID's state changed.
     fn refused_as(&self, who: As, args: &[&str], reason: &str) {
         let before = self.svids();
-        let out = self.run_as(who, args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "writ {args:?}: {stderr}");
-        let lines: Vec<&str> = stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "writ {args:?}: one stderr line: {stderr}");
-        assert!(lines[0].starts_with("error: "), "writ {args:?}: {stderr}");
-        assert!(
-            lines[0].contains(reason),
-            "writ {args:?}: error should mention {reason:?}: {stderr}"
-        );
-        assert!(out.stdout.is_empty(), "writ {args:?} printed to stdout");
+        self.refusal(who, args, Some(1), reason);
         assert_eq!(self.svids(), before, "writ {args:?} changed an SVID");
     }
 
     fn refused(&self, args: &[&str], reason: &str) {
         self.refused_as(As::Me, args, reason);
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -4,6 +4,7 @@
 //! Each suite uses a different subset, hence the `dead_code` allowance.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod bin;
 pub mod dev;
 
 use base64::Engine;

@@ -318,8 +318,11 @@ impl Issuer {
             if now >= next_prune {
                 // Expired SVID rows, at most every ten minutes (a scan of the table).
                 next_prune = now + 600;
+                // A day after expiry: revoking a recently expired serial still says
+                // "expired", not "unknown".
                 let store = Arc::clone(&self.store);
-                match tokio::task::spawn_blocking(move || store.prune_expired_svids(now)).await {
+                let before = now - 24 * 3600;
+                match tokio::task::spawn_blocking(move || store.prune_expired_svids(before)).await {
                     Ok(Ok(0)) => {}
                     Ok(Ok(n)) => tracing::debug!(pruned = n, "expired SVID records pruned"),
                     Ok(Err(e)) => {

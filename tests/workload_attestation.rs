@@ -128,6 +128,7 @@ async fn the_first_fetch_records_each_identity_once() {
 
     // The same process again, by every route: nothing new. Reports are decided before the
     // answer is sent, so a report not started by now never will be for these calls.
+    dev.reports_settled().await;
     let size = dev.issuer.audit.size();
     client.fetch_x509_context().await.unwrap();
     let id = writ_verifier::parse_spiffe_id(&id_of("INC-1")).unwrap();
@@ -138,6 +139,7 @@ async fn the_first_fetch_records_each_identity_once() {
     let mut stream = client.stream_x509_contexts().await.unwrap();
     assert_eq!(stream.next().await.unwrap().unwrap().svids().len(), 2);
     assert_eq!(dev.agent.reported.started(), 2, "no report started again");
+    dev.reports_settled().await;
     assert_eq!(attestation_records(&dev).len(), 2);
     assert!(
         dev.issuer.audit.size() > size,
@@ -178,16 +180,9 @@ async fn a_failed_report_is_retried_on_the_next_call() {
     dev.issuer.audit.fail_commits(true);
     client.fetch_x509_context().await.unwrap();
     assert_eq!(dev.agent.reported.started(), 2);
-    // The failed report forgets the pair again: wait for that, boundedly.
-    let deadline = Instant::now() + WAIT;
-    while !dev.agent.reported.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the failed report was never released"
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // The failed report forgets the pair again.
+    dev.reports_settled().await;
+    assert!(dev.agent.reported.is_empty());
     dev.issuer.audit.fail_commits(false);
     assert_eq!(attestation_records(&dev).len(), 1);
 

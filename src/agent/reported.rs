@@ -17,6 +17,7 @@ use spiffe::SpiffeId;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::watch;
 
 /// How many (workload, SPIFFE ID) pairs an agent remembers before it starts over.
 pub const DEFAULT_CAPACITY: usize = 100_000;
@@ -71,6 +72,7 @@ pub struct Reported {
     capacity: usize,
     keys: Mutex<HashSet<AttestationKey>>,
     started: AtomicU64,
+    in_flight: watch::Sender<usize>,
 }
 
 impl Default for Reported {
@@ -86,30 +88,47 @@ impl Reported {
             capacity: capacity.max(1),
             keys: Mutex::new(HashSet::new()),
             started: AtomicU64::new(0),
+            in_flight: watch::channel(0).0,
         }
     }
 
-    /// Whether the caller should report `key` now: true exactly once until
-    /// [`Reported::release`] (a report that failed) or the set starts over. A report in
-    /// flight counts as made, so a client polling meanwhile does not start another.
+    /// Whether the caller should report `key` now: true exactly once until the pair is
+    /// forgotten (a report that failed, or the set starting over). A report in flight
+    /// counts as made, so a client polling meanwhile does not start another. Every true
+    /// must be followed by [`Reported::finish`].
     pub fn claim(&self, key: AttestationKey) -> bool {
-        let Ok(mut keys) = self.keys.lock() else {
-            // Poisoned: report again rather than never; a duplicate is harmless.
-            return true;
-        };
-        if keys.contains(&key) {
-            return false;
+        if let Ok(mut keys) = self.keys.lock() {
+            if keys.contains(&key) {
+                return false;
+            }
+            if keys.len() >= self.capacity {
+                tracing::debug!(
+                    capacity = self.capacity,
+                    "reported workload attestations forgotten"
+                );
+                keys.clear();
+            }
+            keys.insert(key);
         }
-        if keys.len() >= self.capacity {
-            tracing::debug!(
-                capacity = self.capacity,
-                "reported workload attestations forgotten"
-            );
-            keys.clear();
-        }
-        keys.insert(key);
+        // Poisoned: report again rather than never; a duplicate is harmless.
         self.started.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.send_modify(|n| *n += 1);
         true
+    }
+
+    /// Ends the report of a claimed `key`: kept (recorded, or refused for good) or
+    /// forgotten, so the next call serving that pair reports it again.
+    pub fn finish(&self, key: AttestationKey, keep: bool) {
+        if !keep {
+            self.release(key);
+        }
+        self.in_flight.send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    /// How many reports are in flight now, following every change: for tests and for a
+    /// shutdown that wants them done.
+    pub fn in_flight(&self) -> watch::Receiver<usize> {
+        self.in_flight.subscribe()
     }
 
     /// Forgets `key`, so the next call serving that pair reports it again.
@@ -211,13 +230,18 @@ mod tests {
     fn a_pair_is_claimed_once_until_released() {
         let reported = Reported::default();
         let key = WorkloadDigest::new(&workload(1001, "/bin/a")).key(&id(INC1));
+        let in_flight = reported.in_flight();
         assert!(reported.claim(key));
-        assert!(!reported.claim(key), "in flight or done: not again");
-        assert_eq!(reported.started(), 1);
-        reported.release(key);
+        assert_eq!(*in_flight.borrow(), 1);
+        assert!(!reported.claim(key), "in flight: not again");
+        reported.finish(key, false);
+        assert_eq!(*in_flight.borrow(), 0);
         assert!(reported.claim(key), "a failed report is retried");
+        reported.finish(key, true);
+        assert!(!reported.claim(key), "recorded: not again");
         assert_eq!(reported.started(), 2);
         assert_eq!(reported.len(), 1);
+        assert_eq!(*in_flight.borrow(), 0);
     }
 
     #[test]

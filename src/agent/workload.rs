@@ -199,18 +199,21 @@ fn report_served<'a>(
         let reported = Arc::clone(&agent.reported);
         let spiffe_id = spiffe_id.clone();
         tokio::spawn(async move {
-            match node.record_attestation(&spiffe_id, &wire).await {
+            let keep = match node.record_attestation(&spiffe_id, &wire).await {
                 Ok(index) => {
                     tracing::debug!(%spiffe_id, index, "workload attestation recorded");
+                    true
                 }
                 Err(NodeError::Invalid(e)) => {
                     tracing::warn!(%spiffe_id, error = %e, "workload attestation refused by the server; not retried");
+                    true
                 }
                 Err(e) => {
-                    reported.release(key);
                     tracing::warn!(%spiffe_id, error = %e, "recording a workload attestation failed; will retry on its next call");
+                    false
                 }
-            }
+            };
+            reported.finish(key, keep);
         });
     }
 }

@@ -226,6 +226,13 @@ fn verify_names_what_was_tampered_with_on_a_copy_of_a_real_store() {
         "{}",
         String::from_utf8_lossy(&fetch.stdout)
     );
+    // The agent records the workload's attestation beside the issuance, off the answer's
+    // path: wait for it (bounded), so that it is the latest record.
+    let deadline = Instant::now() + PATIENCE;
+    while !ok(&socket, &["audit", "export"]).contains("\"workload.attest\"") {
+        assert!(Instant::now() < deadline, "no workload attestation record");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // `audit tail -f` follows: it prints the latest record, then each new one as it is
     // written (reads block on the child's output; no timing is asserted).
     let mut tail = Command::new(WRIT)
@@ -238,7 +245,10 @@ fn verify_names_what_was_tampered_with_on_a_copy_of_a_real_store() {
     let mut tail_out = BufReader::new(tail.stdout.take().unwrap());
     let mut line = String::new();
     tail_out.read_line(&mut line).unwrap();
-    assert!(line.contains("svid.issue"), "first tail line: {line:?}");
+    assert!(
+        line.contains("workload.attest"),
+        "first tail line: {line:?}"
+    );
     ok(&socket, &["incident", "close", "INC-1"]);
     line.clear();
     tail_out.read_line(&mut line).unwrap();
@@ -266,7 +276,7 @@ fn verify_names_what_was_tampered_with_on_a_copy_of_a_real_store() {
     let v: serde_json::Value = serde_json::from_str(verified.trim()).unwrap();
     assert_eq!(v["intact"], true);
     let timeline = ok(&socket, &["incident", "timeline", "INC-1"]);
-    for step in ["opened", "identity issued", "closed"] {
+    for step in ["opened", "identity issued", "workload attested", "closed"] {
         assert!(timeline.contains(step), "timeline lacks {step}: {timeline}");
     }
     server.stop();
@@ -290,6 +300,7 @@ fn verify_names_what_was_tampered_with_on_a_copy_of_a_real_store() {
     for kind in [
         Kind::AdminChange,
         Kind::Issuance,
+        Kind::Attestation,
         Kind::Revocation,
         Kind::Refusal,
     ] {

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 use writ::audit::{AuditLog, Kind, Record};
 
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_records");
@@ -149,6 +150,16 @@ fn verify_names_what_was_tampered_with_on_a_copy_of_a_real_store() {
         "{}",
         String::from_utf8_lossy(&fetch.stdout)
     );
+    // The agent records the workload's attestation beside the issuance, off the answer's
+    // path: wait for it (bounded), so that it is the latest record.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !server
+        .ok(&["audit", "export"])
+        .contains("\"workload.attest\"")
+    {
+        assert!(Instant::now() < deadline, "no workload attestation record");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // `audit tail -f` follows: it prints the latest record, then each new one as it is
     // written (reads block on the child's output; no timing is asserted).
     let mut tail = Command::new(WRIT)
@@ -161,7 +172,10 @@ fn verify_names_what_was_tampered_with_on_a_copy_of_a_real_store() {
     let mut tail_out = BufReader::new(tail.stdout.take().unwrap());
     let mut line = String::new();
     tail_out.read_line(&mut line).unwrap();
-    assert!(line.contains("svid.issue"), "first tail line: {line:?}");
+    assert!(
+        line.contains("workload.attest"),
+        "first tail line: {line:?}"
+    );
     server.ok(&["incident", "close", "INC-1"]);
     line.clear();
     tail_out.read_line(&mut line).unwrap();
@@ -182,7 +196,7 @@ fn verify_names_what_was_tampered_with_on_a_copy_of_a_real_store() {
     let v: serde_json::Value = serde_json::from_str(verified.trim()).unwrap();
     assert_eq!(v["intact"], true);
     let timeline = server.ok(&["incident", "timeline", "INC-1"]);
-    for step in ["opened", "identity issued", "closed"] {
+    for step in ["opened", "identity issued", "workload attested", "closed"] {
         assert!(timeline.contains(step), "timeline lacks {step}: {timeline}");
     }
     server.terminate();
@@ -206,6 +220,7 @@ fn verify_names_what_was_tampered_with_on_a_copy_of_a_real_store() {
     for kind in [
         Kind::AdminChange,
         Kind::Issuance,
+        Kind::Attestation,
         Kind::Revocation,
         Kind::Refusal,
     ] {

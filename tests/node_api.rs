@@ -1111,6 +1111,15 @@ fn remote_agent_forwards_activity_reports() {
     assert_eq!(answer.spiffe_id, want);
     assert_eq!(answer.serial, serial);
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    // The agent reports the workload attestation off the answer's path: wait for it.
+    let deadline = Instant::now() + WAIT;
+    while !server
+        .ok(&["audit", "export"])
+        .contains("\"workload.attest\"")
+    {
+        assert!(Instant::now() < deadline, "no workload attestation record");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // Read the server's log at rest.
     server.proc.kill();
@@ -1121,11 +1130,37 @@ fn remote_agent_forwards_activity_reports() {
         &writ::audit::origin_for("example.org"),
     )
     .unwrap();
-    let records: Vec<writ::audit::Record> = log
+    let all: Vec<writ::audit::Record> = log
         .read(0, 10_000)
         .unwrap()
         .into_iter()
         .map(|(_, bytes)| writ::audit::Record::decode(&bytes).unwrap())
+        .collect();
+    let attested: Vec<_> = all
+        .iter()
+        .filter(|r| r.kind == writ::audit::Kind::Attestation && r.action == "workload.attest")
+        .collect();
+    assert_eq!(
+        attested.len(),
+        1,
+        "one workload, one identity: {attested:?}"
+    );
+    assert_eq!(attested[0].actor, node_id(&agent.data_dir));
+    assert_eq!(attested[0].detail["node"], node_id(&agent.data_dir));
+    assert_eq!(attested[0].spiffe_id.as_deref(), Some(want.as_str()));
+    assert_eq!(attested[0].incident.as_deref(), Some("INC-1"));
+    let selectors = attested[0].detail["selectors"].to_string();
+    let exe_sha256 = sha256_hex(&std::fs::read("/proc/self/exe").unwrap());
+    assert!(
+        selectors.contains(&format!("\"unix:uid:{uid}\"")),
+        "{selectors}"
+    );
+    assert!(
+        selectors.contains(&format!("\"unix:sha256:{exe_sha256}\"")),
+        "{selectors}"
+    );
+    let records: Vec<_> = all
+        .iter()
         .filter(|r| r.kind == writ::audit::Kind::Activity)
         .collect();
     assert_eq!(

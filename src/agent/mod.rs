@@ -10,6 +10,7 @@ pub mod grants;
 pub mod h2_authority;
 pub mod node;
 pub mod remote;
+pub mod reported;
 pub mod revocation;
 pub mod workload;
 
@@ -36,6 +37,8 @@ pub struct Agent {
     pub streams: watch::Sender<usize>,
     /// How often the `:authority` adapter rewrote a header or fell back.
     pub authority_stats: Arc<h2_authority::Stats>,
+    /// Which (workload, SPIFFE ID) pairs are in the audit log already, from this agent.
+    pub reported: Arc<reported::Reported>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -53,6 +56,7 @@ impl Agent {
             attestor: Attestor::default(),
             streams: watch::channel(0).0,
             authority_stats: Arc::new(h2_authority::Stats::default()),
+            reported: Arc::new(reported::Reported::default()),
         })
     }
 

@@ -77,6 +77,16 @@ pub fn activity_error(e: crate::server::ActivityRefusal) -> NodeError {
     }
 }
 
+/// How a refused workload attestation report reaches the agent.
+pub fn attestation_error(e: crate::server::AttestationRefusal) -> NodeError {
+    use crate::server::AttestationRefusal;
+    match e {
+        AttestationRefusal::NotEntitled(m) => NodeError::NotEntitled(m),
+        AttestationRefusal::Invalid(m) => NodeError::Invalid(m),
+        AttestationRefusal::Audit(e) => NodeError::Unavailable(e.to_string()),
+    }
+}
+
 /// The agent's view of the server.
 #[tonic::async_trait]
 pub trait NodeApi: Send + Sync + 'static {
@@ -113,6 +123,13 @@ pub trait NodeApi: Send + Sync + 'static {
         activity: &Activity,
         spiffe_id: &SpiffeId,
         serial: &str,
+    ) -> Result<u64, NodeError>;
+    /// Records that this agent attested a workload as `selectors` (wire form) and served
+    /// it `spiffe_id` for the first time; returns the audit record's index.
+    async fn record_attestation(
+        &self,
+        spiffe_id: &SpiffeId,
+        selectors: &[String],
     ) -> Result<u64, NodeError>;
 }
 
@@ -227,5 +244,16 @@ impl NodeApi for LocalNode {
             .record_activity(activity, spiffe_id, serial, LOCAL_NODE)
             .await
             .map_err(activity_error)
+    }
+
+    async fn record_attestation(
+        &self,
+        spiffe_id: &SpiffeId,
+        selectors: &[String],
+    ) -> Result<u64, NodeError> {
+        self.issuer
+            .record_attestation(spiffe_id, selectors, LOCAL_NODE)
+            .await
+            .map_err(attestation_error)
     }
 }

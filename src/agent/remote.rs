@@ -657,4 +657,20 @@ impl NodeApi for RemoteNode {
             .map(|r| r.into_inner().index)
             .map_err(node_error)
     }
+
+    async fn record_attestation(
+        &self,
+        spiffe_id: &SpiffeId,
+        selectors: &[String],
+    ) -> Result<u64, NodeError> {
+        self.client
+            .clone()
+            .record_attestation(pb::NodeAttestationRequest {
+                spiffe_id: spiffe_id.to_string(),
+                selectors: selectors.to_vec(),
+            })
+            .await
+            .map(|r| r.into_inner().index)
+            .map_err(node_error)
+    }
 }

@@ -10,8 +10,10 @@
 use super::Agent;
 use super::attest::PeerCred;
 use super::node::NodeError;
+use super::reported::{WorkloadDigest, report_selectors};
 use crate::policy::{Entitlement, Selector, entitlements};
 use crate::proto::workload::{self as pb, spiffe_workload_api_server::SpiffeWorkloadApi};
+use spiffe::SpiffeId;
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -61,6 +63,7 @@ impl WorkloadApi {
         let mut svids = Vec::with_capacity(wanted.len());
         let mut unavailable = None;
         let mut own_domains = BTreeSet::new();
+        let mut served = Vec::with_capacity(wanted.len());
         let results = self.agent.cache.get_all(&wanted).await;
         for (entitlement, result) in wanted.iter().zip(results) {
             match result {
@@ -69,6 +72,7 @@ impl WorkloadApi {
                         continue;
                     };
                     own_domains.insert(bundle.trust_domain_id.clone());
+                    served.push(&entitlement.spiffe_id);
                     svids.push(pb::X509svid {
                         spiffe_id: svid.spiffe_id.clone(),
                         x509_svid: svid.cert_der.clone(),
@@ -87,6 +91,9 @@ impl WorkloadApi {
                 None => Status::permission_denied(NO_IDENTITY),
             });
         }
+        // Every answer, streamed ones included: an incident opened while a stream is open
+        // serves its workload a new identity.
+        report_served(&self.agent, selectors, served);
         let federated_bundles = bundles
             .bundles
             .iter()
@@ -158,6 +165,57 @@ pub(crate) async fn attest_caller<T>(
             tracing::debug!(error = %e, "attestation failed");
             Status::permission_denied(format!("{NO_IDENTITY}: {e}"))
         })
+}
+
+/// Records in the audit log, once per agent process, that the workload attested as
+/// `selectors` was served each identity in `served` (DESIGN.md §6: attestation records).
+///
+/// Never delays the answer: each report runs on its own task. A report that fails is
+/// forgotten, so the next call serving the pair tries again; one the server refuses as
+/// malformed is not retried (it would be refused again on every call).
+fn report_served<'a>(
+    agent: &Arc<Agent>,
+    selectors: &BTreeSet<Selector>,
+    served: impl IntoIterator<Item = &'a SpiffeId>,
+) {
+    let digest = WorkloadDigest::new(selectors);
+    let mut wire: Option<Arc<Vec<String>>> = None;
+    for spiffe_id in served {
+        let key = digest.key(spiffe_id);
+        if !agent.reported.claim(key) {
+            continue;
+        }
+        let wire = Arc::clone(wire.get_or_insert_with(|| {
+            let policy = agent.node.policy().borrow().clone();
+            let named: BTreeSet<&Selector> = policy
+                .profiles
+                .values()
+                .filter(|p| p.matches(selectors))
+                .flat_map(|p| p.selectors.iter())
+                .collect();
+            Arc::new(report_selectors(selectors, |s| named.contains(s)))
+        }));
+        let node = Arc::clone(&agent.node);
+        let reported = Arc::clone(&agent.reported);
+        let spiffe_id = spiffe_id.clone();
+        tokio::spawn(async move {
+            let keep = match node.record_attestation(&spiffe_id, &wire).await {
+                Ok(index) => {
+                    tracing::debug!(%spiffe_id, index, "workload attestation recorded");
+                    true
+                }
+                Err(NodeError::Invalid(e)) => {
+                    tracing::warn!(%spiffe_id, error = %e, "workload attestation refused by the server; not retried");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(%spiffe_id, error = %e, "recording a workload attestation failed; will retry on its next call");
+                    false
+                }
+            };
+            reported.finish(key, keep);
+        });
+    }
 }
 
 /// Runs `state` now and after every change of policy, bundles or SVIDs, sending each
@@ -258,6 +316,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             return Err(Status::permission_denied(NO_IDENTITY));
         }
         let mut svids = Vec::with_capacity(wanted.len());
+        let mut served = Vec::with_capacity(wanted.len());
         for entitlement in wanted {
             match self
                 .agent
@@ -265,11 +324,14 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 .sign_jwt(&entitlement.spiffe_id, body.audience.clone())
                 .await
             {
-                Ok(token) => svids.push(pb::Jwtsvid {
-                    spiffe_id: entitlement.spiffe_id.to_string(),
-                    svid: token,
-                    hint: entitlement.hint,
-                }),
+                Ok(token) => {
+                    svids.push(pb::Jwtsvid {
+                        spiffe_id: entitlement.spiffe_id.to_string(),
+                        svid: token,
+                        hint: entitlement.hint,
+                    });
+                    served.push(entitlement.spiffe_id);
+                }
                 Err(NodeError::NotEntitled(_)) => {}
                 Err(NodeError::Invalid(e)) => return Err(Status::invalid_argument(e)),
                 Err(e) => return Err(Status::unavailable(e.to_string())),
@@ -278,6 +340,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if svids.is_empty() {
             return Err(Status::permission_denied(NO_IDENTITY));
         }
+        report_served(&self.agent, &selectors, served.iter());
         Ok(Response::new(pb::JwtsvidResponse { svids }))
     }
 

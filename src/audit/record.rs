@@ -14,7 +14,8 @@ pub const MAX_RECORD_LEN: usize = 64 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
-    /// A node attested to the server (join token or x509pop).
+    /// A node attested to the server (join token or x509pop), or an agent served an
+    /// attested workload an identity for the first time.
     Attestation,
     /// An SVID was issued.
     Issuance,

@@ -307,6 +307,7 @@ fn step(r: &Record) -> &'static str {
         "grant.deny" => "denied",
         "grant.revoke" | "svid.revoke" | "grant.withdraw_approvals" => "revoked",
         "playbook.activate" => "playbook activated",
+        "workload.attest" => "workload attested",
         "activity.evidence" => "evidence",
         "activity.prompt" => "prompt",
         "activity.tool_call" => "action (tool call)",
@@ -361,6 +362,10 @@ fn summary(r: &Record) -> String {
             s(&i["severity"]).unwrap_or_default(),
             s(&i["state"]).unwrap_or_default()
         ));
+    }
+    if let Some(selectors) = d.get("selectors").and_then(|v| v.as_array()) {
+        let selectors: Vec<String> = selectors.iter().filter_map(s).collect();
+        parts.push(selectors.join(" "));
     }
     for key in ["reason", "tool", "uri", "digest", "summary", "audience"] {
         if let Some(v) = d.get(key).filter(|v| !v.is_null()) {

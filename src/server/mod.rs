@@ -15,7 +15,7 @@ use crate::ca::{
 };
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::policy::{Grant, GrantRequest, entitlement_for};
+use crate::policy::{Grant, GrantRequest, Selector, entitlement_for, entitlements};
 use crate::store::Store;
 use anyhow::Context;
 use registry::Registry;
@@ -57,6 +57,27 @@ pub enum ActivityRefusal {
     /// The store could not be read.
     #[error("store: {0}")]
     Store(String),
+    /// The record could not be made durable, so nothing was recorded.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// Most selectors a workload attestation report may carry.
+pub const MAX_ATTESTATION_SELECTORS: usize = 32;
+/// Longest selector, in bytes, a workload attestation report may carry.
+pub const MAX_SELECTOR_LEN: usize = 512;
+
+/// Why an agent's workload attestation report was not recorded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestationRefusal {
+    /// Policy gives no workload with these selectors this SPIFFE ID now: a node cannot
+    /// make up identities.
+    #[error("{0}")]
+    NotEntitled(String),
+    /// The selectors are malformed or over the bounds.
+    #[error("{0}")]
+    Invalid(String),
     /// The record could not be made durable, so nothing was recorded.
     #[error(transparent)]
     Audit(#[from] AuditError),
@@ -467,6 +488,43 @@ impl Issuer {
         Ok(index)
     }
 
+    /// Appends the record of a workload attestation: the agent `node` attested a workload
+    /// as `selectors` (wire form, `unix:uid:1001`) and served it `spiffe_id` for the first
+    /// time.
+    ///
+    /// Checked here, whatever the agent checked: at most [`MAX_ATTESTATION_SELECTORS`]
+    /// selectors of at most [`MAX_SELECTOR_LEN`] bytes, each well-formed, and policy must
+    /// give a workload with exactly these selectors `spiffe_id` now. Refusals append
+    /// nothing (a node could otherwise fill the log with them). Returns the record's index
+    /// once it is durable; fails closed.
+    pub async fn record_attestation(
+        &self,
+        spiffe_id: &SpiffeId,
+        selectors: &[String],
+        node: &str,
+    ) -> Result<u64, AttestationRefusal> {
+        let attested = parse_attested(selectors)?;
+        let policy = self.registry.snapshot();
+        let entitlement = entitlements(&policy, self.cas.base(), &attested)
+            .into_iter()
+            .find(|e| &e.spiffe_id == spiffe_id)
+            .ok_or_else(|| {
+                AttestationRefusal::NotEntitled(format!(
+                    "{spiffe_id} is not an identity of a workload with these selectors under current policy"
+                ))
+            })?;
+        let record = Record::new(self.cas.now(), Kind::Attestation, "workload.attest", node)
+            .incident(entitlement.claims.incident)
+            .spiffe_id(spiffe_id.to_string())
+            .detail(serde_json::json!({
+                "selectors": attested.iter().map(Selector::to_string).collect::<Vec<_>>(),
+                "node": node,
+            }));
+        let index = self.audit.append_async(&record).await?;
+        tracing::debug!(%spiffe_id, index, %node, "workload attestation recorded");
+        Ok(index)
+    }
+
     /// Signs a JWT-SVID for `spiffe_id` on behalf of `requester`, checked against policy
     /// and audited as for X.509.
     pub fn sign_workload_jwt(
@@ -555,6 +613,32 @@ impl Issuer {
             }
         }
     }
+}
+
+/// The selectors of a workload attestation report, parsed and bounded.
+fn parse_attested(
+    selectors: &[String],
+) -> Result<std::collections::BTreeSet<Selector>, AttestationRefusal> {
+    let invalid = |m: String| AttestationRefusal::Invalid(m);
+    if selectors.is_empty() {
+        return Err(invalid("a workload attestation needs its selectors".into()));
+    }
+    if selectors.len() > MAX_ATTESTATION_SELECTORS {
+        return Err(invalid(format!(
+            "at most {MAX_ATTESTATION_SELECTORS} selectors per workload attestation"
+        )));
+    }
+    selectors
+        .iter()
+        .map(|s| {
+            if s.len() > MAX_SELECTOR_LEN {
+                return Err(invalid(format!(
+                    "selectors are at most {MAX_SELECTOR_LEN} bytes"
+                )));
+            }
+            s.parse::<Selector>().map_err(|e| invalid(e.to_string()))
+        })
+        .collect()
 }
 
 /// The issuance record of `request`, before its serial and details are known.

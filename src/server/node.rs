@@ -531,6 +531,22 @@ impl Node for NodeService {
             .map_err(|e| node_status(crate::agent::node::activity_error(e)))?;
         Ok(Response::new(pb::NodeActivityResponse { index }))
     }
+
+    async fn record_attestation(
+        &self,
+        request: Request<pb::NodeAttestationRequest>,
+    ) -> Result<Response<pb::NodeAttestationResponse>, Status> {
+        let node = self.node(&request)?;
+        let body = request.into_inner();
+        let spiffe_id = writ_verifier::parse_spiffe_id(&body.spiffe_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let index = self
+            .issuer
+            .record_attestation(&spiffe_id, &body.selectors, &node.to_string())
+            .await
+            .map_err(|e| node_status(crate::agent::node::attestation_error(e)))?;
+        Ok(Response::new(pb::NodeAttestationResponse { index }))
+    }
 }
 
 fn node_status(error: crate::agent::node::NodeError) -> Status {

@@ -137,6 +137,20 @@ impl Dev {
         )
     }
 
+    /// Waits (boundedly) until every workload attestation report the agent has started is
+    /// done: reports run off the answer's path, so a test that counts audit records after
+    /// a Workload API call waits here first.
+    pub async fn reports_settled(&self) {
+        let mut in_flight = self.agent.reported.in_flight();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            in_flight.wait_for(|n| *n == 0),
+        )
+        .await
+        .expect("workload attestation reports never finished")
+        .expect("the agent is gone");
+    }
+
     pub fn close(&self, id: &str) {
         let now = self.issuer.cas.now();
         self.issuer

@@ -989,7 +989,6 @@ fn a_revoked_node_svid_is_refused_and_the_node_must_attest_again() {
             &join_token(&server.token()),
         ),
     );
-    agent.kill();
     let der = std::fs::read(agent.data_dir.join("node.der")).unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
     let serial: String = cert
@@ -1003,6 +1002,22 @@ fn a_revoked_node_svid_is_refused_and_the_node_must_attest_again() {
         "the node SVID is listed: {listed}"
     );
     server.ok(&["svid", "revoke", &serial]);
+    // The running agent's policy stream, opened with that SVID, is cut at once, and
+    // every attempt to reopen it is refused.
+    let deadline = Instant::now() + WAIT;
+    while !agent
+        .proc
+        .stderr()
+        .contains("is revoked; attest the node again")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agent's sync stream was not cut: {}",
+            agent.proc.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent.kill();
 
     // The node SVID on disk is still unexpired, but the server refuses it.
     let lines = agent_fails(

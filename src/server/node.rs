@@ -352,6 +352,11 @@ impl Node for NodeService {
         request: Request<pb::SyncRequest>,
     ) -> Result<Response<Self::SyncStream>, Status> {
         let node = self.node(&request)?;
+        let serial = request
+            .extensions()
+            .get::<NodePeer>()
+            .and_then(|peer| peer.serial.clone())
+            .unwrap_or_default();
         let mut policy = self.issuer.registry.subscribe();
         let max_svid_ttl = self.issuer.config.ca.max_svid_ttl;
         let mut bundles = self.issuer.bundles.subscribe();
@@ -360,6 +365,17 @@ impl Node for NodeService {
             loop {
                 let update = {
                     let p = policy.borrow_and_update().clone();
+                    // Revoking the node's SVID ends the stream it opened with it: the
+                    // node gets no more policy until it attests again.
+                    if p.revoked_serials.contains_key(&serial) {
+                        tracing::warn!(%node, %serial, "sync stream ended: node svid revoked");
+                        let _ = tx
+                            .send(Err(Status::permission_denied(format!(
+                                "the node SVID of {node} (serial {serial}) is revoked; attest the node again"
+                            ))))
+                            .await;
+                        break;
+                    }
                     let b = bundles.borrow_and_update().clone();
                     sync_update(&p, &b, max_svid_ttl)
                 };

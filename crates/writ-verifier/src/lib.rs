@@ -28,7 +28,11 @@
 //!
 //! ```no_run
 //! # #[cfg(feature = "workload-api")]
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn demo(
+//! #     leaf: rustls_pki_types::CertificateDer<'static>,
+//! #     body: Vec<u8>,
+//! #     now: i64,
+//! # ) -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use writ_verifier::tls::{SpiffeClientVerifier, verified_peer};
 //! use writ_verifier::{Authorizer, WorkloadApiSource, parse_trust_domain};
@@ -46,7 +50,6 @@
 //!
 //! // Per request, on the connection's verified peer certificate: a write needs the
 //! // remediation identity whose approved plan is exactly this body.
-//! # let (leaf, body, now): (rustls_pki_types::CertificateDer<'static>, Vec<u8>, i64) = todo!();
 //! let peer = verified_peer(&leaf).ok_or("no peer")?;
 //! let decision = Authorizer::remediation(&base)
 //!     .plan(&body)

@@ -10,7 +10,6 @@
 //! carry digests, never content.
 
 use super::Agent;
-use super::node::NodeError;
 use super::workload::attest_caller;
 use crate::audit::activity::{Activity, RawActivity};
 use crate::policy::{GrantRequest, entitlements};
@@ -29,16 +28,6 @@ impl AgentService {
     /// A service for `agent`.
     pub fn new(agent: Arc<Agent>) -> Self {
         AgentService { agent }
-    }
-}
-
-fn status(error: NodeError) -> Status {
-    match error {
-        NodeError::NotEntitled(m) => Status::permission_denied(m),
-        NodeError::Invalid(m) => Status::invalid_argument(m),
-        NodeError::Refused(m) => Status::failed_precondition(m),
-        NodeError::Limited(m) => Status::resource_exhausted(m),
-        NodeError::Unavailable(m) => Status::unavailable(m),
     }
 }
 
@@ -100,7 +89,7 @@ impl AgentApi for AgentService {
                 &held.spiffe_id,
             )
             .await
-            .map_err(status)?;
+            .map_err(Status::from)?;
         let quorum = policy
             .incidents
             .get(&grant.incident)
@@ -162,7 +151,7 @@ impl AgentApi for AgentService {
             .node
             .record_activity(&activity, &identity.spiffe_id, &serial)
             .await
-            .map_err(status)?;
+            .map_err(Status::from)?;
         Ok(Response::new(pb::RecordActivityResponse {
             index,
             spiffe_id,

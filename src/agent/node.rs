@@ -43,6 +43,20 @@ pub enum NodeError {
     Limited(String),
 }
 
+/// How a refusal reaches a gRPC caller (a workload on the agent socket, or an agent on the
+/// node API): the same code on both hops.
+impl From<NodeError> for tonic::Status {
+    fn from(error: NodeError) -> tonic::Status {
+        match error {
+            NodeError::NotEntitled(m) => tonic::Status::permission_denied(m),
+            NodeError::Invalid(m) => tonic::Status::invalid_argument(m),
+            NodeError::Refused(m) => tonic::Status::failed_precondition(m),
+            NodeError::Limited(m) => tonic::Status::resource_exhausted(m),
+            NodeError::Unavailable(m) => tonic::Status::unavailable(m),
+        }
+    }
+}
+
 /// How a registry refusal reaches the agent.
 pub fn registry_error(e: crate::server::registry::RegistryError) -> NodeError {
     use crate::policy::GrantError;

@@ -165,27 +165,25 @@ fn read_file(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {what} {}: {e}", path.display()))
 }
 
+/// A signed-note verifier key file (`keys/audit.pub`).
+fn read_key(path: &std::path::Path) -> anyhow::Result<String> {
+    Ok(String::from_utf8_lossy(&read_file(path, "log key")?)
+        .trim()
+        .to_owned())
+}
+
 pub async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<()> {
     let kept = args
         .since
         .as_deref()
         .map(|p| read_file(p, "checkpoint"))
         .transpose()?;
-    let pinned = args
-        .log_key
-        .as_deref()
-        .map(|p| read_file(p, "log key").map(|b| String::from_utf8_lossy(&b).trim().to_owned()))
-        .transpose()?;
+    let pinned = args.log_key.as_deref().map(read_key).transpose()?;
     let result = match &args.data_dir {
         Some(dir) => {
             let vkey = match pinned {
                 Some(k) => k,
-                None => String::from_utf8_lossy(&read_file(
-                    &dir.join("keys").join("audit.pub"),
-                    "log key",
-                )?)
-                .trim()
-                .to_owned(),
+                None => read_key(&dir.join("keys").join("audit.pub"))?,
             };
             crate::audit::verify_file(&dir.join("audit.redb"), &vkey, kept.as_deref())
         }

@@ -204,6 +204,7 @@ impl Issuer {
         ttl: Option<Duration>,
         requester: &str,
     ) -> Vec<Result<MintedX509, IssueError>> {
+        let mut denials = Vec::new();
         let pending: Vec<_> = {
             let _gate = self.registry.issuance_gate();
             let policy = self.registry.snapshot();
@@ -213,11 +214,7 @@ impl Issuer {
                 .map(|(spiffe_id, csr)| {
                     let Some(entitlement) = entitlement_for(&policy, self.cas.base(), spiffe_id)
                     else {
-                        return Err(self.deny(
-                            spiffe_id,
-                            requester,
-                            "not entitled under current policy",
-                        ));
+                        return Err(self.deny(spiffe_id, requester, &mut denials));
                     };
                     let ttl = self.capped_ttl(
                         ttl.unwrap_or(self.config.ca.x509_svid_ttl),
@@ -234,6 +231,7 @@ impl Issuer {
                 })
                 .collect()
         };
+        await_denials(denials);
         let waited: Vec<_> = pending
             .into_iter()
             .map(|p| p.and_then(|p| Ok(p.wait()?.1)))
@@ -243,7 +241,11 @@ impl Issuer {
             .filter_map(|r| r.as_ref().ok())
             .map(|(band, request, minted)| crate::ca::svid_record(*band, request, minted))
             .collect();
-        let stored = self.store.put_svids(&records).map_err(|e| e.to_string());
+        // Nothing issued (all refused): no empty, fsync'd store commit.
+        let stored = match records.is_empty() {
+            true => Ok(()),
+            false => self.store.put_svids(&records).map_err(|e| e.to_string()),
+        };
         waited
             .into_iter()
             .map(|r| {
@@ -306,13 +308,21 @@ impl Issuer {
         })
     }
 
-    /// Records a refused issuance and returns the refusal.
-    fn deny(&self, spiffe_id: &SpiffeId, requester: &str, reason: &str) -> IssueError {
+    /// Submits the record of a refused issuance; the caller waits for it with
+    /// `await_denials` once it no longer holds the issuance gate (a denial need not
+    /// stall a concurrent incident close for an fsync).
+    fn deny(
+        &self,
+        spiffe_id: &SpiffeId,
+        requester: &str,
+        denials: &mut Vec<crate::audit::log::Pending<()>>,
+    ) -> IssueError {
         let record = Record::new(self.cas.now(), Kind::Denial, "svid.deny", requester)
             .spiffe_id(spiffe_id.to_string())
-            .detail(serde_json::json!({ "reason": reason }));
-        if let Err(e) = self.audit.append(&record) {
-            tracing::error!(error = %e, "auditing a denial failed");
+            .detail(serde_json::json!({ "reason": "not entitled under current policy" }));
+        match encode(&record).and_then(|bytes| self.audit.submit_with(|_| Ok((bytes, ())))) {
+            Ok(pending) => denials.push(pending),
+            Err(e) => tracing::error!(error = %e, "auditing a denial failed"),
         }
         IssueError::NotEntitled(spiffe_id.to_string())
     }
@@ -533,11 +543,15 @@ impl Issuer {
         audience: &[String],
         requester: &str,
     ) -> Result<MintedJwt, IssueError> {
+        let mut denials = Vec::new();
         let pending = {
             let _gate = self.registry.issuance_gate();
             let policy = self.registry.snapshot();
             let Some(entitlement) = entitlement_for(&policy, self.cas.base(), spiffe_id) else {
-                return Err(self.deny(spiffe_id, requester, "not entitled under current policy"));
+                let refused = self.deny(spiffe_id, requester, &mut denials);
+                drop(_gate);
+                await_denials(denials);
+                return Err(refused);
             };
             let ttl = self.capped_ttl(self.config.ca.jwt_svid_ttl, entitlement.not_after_cap)?;
             let band = entitlement.band;
@@ -639,6 +653,16 @@ fn parse_attested(
             s.parse::<Selector>().map_err(|e| invalid(e.to_string()))
         })
         .collect()
+}
+
+/// Waits for submitted denial records; a denial stands whether or not its record could be
+/// written (the writer logs a failed commit).
+fn await_denials(denials: Vec<crate::audit::log::Pending<()>>) {
+    for pending in denials {
+        if let Err(e) = pending.wait() {
+            tracing::error!(error = %e, "auditing a denial failed");
+        }
+    }
 }
 
 /// The issuance record of `request`, before its serial and details are known.

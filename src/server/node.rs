@@ -515,7 +515,7 @@ impl Node for NodeService {
         })
         .await
         .map_err(|_| Status::internal("grant task failed"))?
-        .map_err(|e| node_status(crate::agent::node::registry_error(e)))?;
+        .map_err(|e| Status::from(crate::agent::node::registry_error(e)))?;
         tracing::debug!(%node, grant = %grant.id, "grant requested through a node");
         Ok(Response::new(pb::NodeGrantResponse {
             grant_json: serde_json::to_vec(&grant).map_err(|e| Status::internal(e.to_string()))?,
@@ -544,7 +544,7 @@ impl Node for NodeService {
             .issuer
             .record_activity(&activity, &spiffe_id, &body.serial, &node.to_string())
             .await
-            .map_err(|e| node_status(crate::agent::node::activity_error(e)))?;
+            .map_err(|e| Status::from(crate::agent::node::activity_error(e)))?;
         Ok(Response::new(pb::NodeActivityResponse { index }))
     }
 
@@ -560,19 +560,8 @@ impl Node for NodeService {
             .issuer
             .record_attestation(&spiffe_id, &body.selectors, &node.to_string())
             .await
-            .map_err(|e| node_status(crate::agent::node::attestation_error(e)))?;
+            .map_err(|e| Status::from(crate::agent::node::attestation_error(e)))?;
         Ok(Response::new(pb::NodeAttestationResponse { index }))
-    }
-}
-
-fn node_status(error: crate::agent::node::NodeError) -> Status {
-    use crate::agent::node::NodeError;
-    match error {
-        NodeError::NotEntitled(m) => Status::permission_denied(m),
-        NodeError::Invalid(m) => Status::invalid_argument(m),
-        NodeError::Refused(m) => Status::failed_precondition(m),
-        NodeError::Limited(m) => Status::resource_exhausted(m),
-        NodeError::Unavailable(m) => Status::unavailable(m),
     }
 }
 

@@ -935,6 +935,26 @@ mod tests {
     use std::collections::BTreeSet;
     use writ_verifier::Band;
 
+    /// A profile `triage` that may remediate, and INC-1 open for it since time 0.
+    fn remediable_incident(registry: &Registry) {
+        registry
+            .create_profile(
+                Profile {
+                    name: "triage".into(),
+                    selectors: BTreeSet::from(["unix:uid:1".parse().unwrap()]),
+                    bands: BTreeSet::from([Band::Investigative, Band::Remediation]),
+                    scopes: BTreeSet::new(),
+                    service: false,
+                    created_at: 0,
+                },
+                "op",
+            )
+            .unwrap();
+        let mut inc = incident("INC-1");
+        inc.opened_at = 0;
+        registry.open_incident(inc).unwrap();
+    }
+
     fn incident(id: &str) -> Incident {
         Incident {
             id: id.into(),
@@ -986,22 +1006,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let registry =
             Registry::load(Arc::new(Store::open(&dir.path().join("w.redb")).unwrap())).unwrap();
-        registry
-            .create_profile(
-                Profile {
-                    name: "triage".into(),
-                    selectors: BTreeSet::from(["unix:uid:1".parse().unwrap()]),
-                    bands: BTreeSet::from([Band::Investigative, Band::Remediation]),
-                    scopes: BTreeSet::new(),
-                    service: false,
-                    created_at: 0,
-                },
-                "op",
-            )
-            .unwrap();
-        let mut inc = incident("INC-1");
-        inc.opened_at = 0;
-        registry.open_incident(inc).unwrap();
+        remediable_incident(&registry);
         let request = GrantRequest {
             incident: "INC-1".into(),
             agent: "triage".into(),
@@ -1138,22 +1143,7 @@ mod tests {
             registry.snapshot().playbooks["isolate-host"].state,
             PlaybookState::Approved
         );
-        registry
-            .create_profile(
-                Profile {
-                    name: "triage".into(),
-                    selectors: BTreeSet::from(["unix:uid:1".parse().unwrap()]),
-                    bands: BTreeSet::from([Band::Investigative, Band::Remediation]),
-                    scopes: BTreeSet::new(),
-                    service: false,
-                    created_at: 0,
-                },
-                "op",
-            )
-            .unwrap();
-        let mut inc = incident("INC-1");
-        inc.opened_at = 0;
-        registry.open_incident(inc).unwrap();
+        remediable_incident(&registry);
         let activate = |targets: &[&str]| {
             let request = ActivationRequest {
                 agent: "triage".into(),

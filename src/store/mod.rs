@@ -138,6 +138,20 @@ impl Store {
         tx.commit().map_err(db_err)
     }
 
+    /// Writes each `(key, value)` of `rows` as JSON into `table`, within `tx`.
+    fn insert_json<'v, T: Serialize + 'v>(
+        tx: &redb::WriteTransaction,
+        table: TableDefinition<&str, &[u8]>,
+        rows: impl IntoIterator<Item = (&'v str, &'v T)>,
+    ) -> Result<(), StoreError> {
+        let mut t = tx.open_table(table).map_err(db_err)?;
+        for (key, value) in rows {
+            let bytes = serde_json::to_vec(value).map_err(db_err)?;
+            t.insert(key, bytes.as_slice()).map_err(db_err)?;
+        }
+        Ok(())
+    }
+
     fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
         let mut tx = self.db.begin_write().map_err(db_err)?;
         tx.set_durability(Durability::Immediate).map_err(db_err)?;
@@ -205,15 +219,7 @@ impl Store {
     /// Records issued SVIDs in one durable transaction (a batch of CSRs, one fsync).
     pub fn put_svids(&self, records: &[SvidRecord]) -> Result<(), StoreError> {
         let tx = self.begin_write()?;
-        {
-            let mut table = tx.open_table(SVIDS).map_err(db_err)?;
-            for record in records {
-                let bytes = serde_json::to_vec(record).map_err(db_err)?;
-                table
-                    .insert(record.serial.as_str(), bytes.as_slice())
-                    .map_err(db_err)?;
-            }
-        }
+        Self::insert_json(&tx, SVIDS, records.iter().map(|r| (r.serial.as_str(), r)))?;
         tx.commit().map_err(db_err)
     }
 
@@ -268,12 +274,8 @@ impl Store {
         key: &str,
         value: &T,
     ) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value).map_err(db_err)?;
         let tx = self.begin_write()?;
-        {
-            let mut t = tx.open_table(table).map_err(db_err)?;
-            t.insert(key, bytes.as_slice()).map_err(db_err)?;
-        }
+        Self::insert_json(&tx, table, [(key, value)])?;
         tx.commit().map_err(db_err)
     }
 
@@ -358,29 +360,19 @@ impl Store {
         pruned: &[String],
     ) -> Result<(), StoreError> {
         let tx = self.begin_write()?;
+        Self::insert_json(
+            &tx,
+            REVOKED_SERIALS,
+            revoked.iter().map(|e| (e.serial.as_str(), e)),
+        )?;
         {
             let mut t = tx.open_table(REVOKED_SERIALS).map_err(db_err)?;
-            for entry in revoked {
-                let bytes = serde_json::to_vec(entry).map_err(db_err)?;
-                t.insert(entry.serial.as_str(), bytes.as_slice())
-                    .map_err(db_err)?;
-            }
             for serial in pruned {
                 t.remove(serial.as_str()).map_err(db_err)?;
             }
-            let mut t = tx.open_table(INCIDENTS).map_err(db_err)?;
-            for incident in incidents {
-                let bytes = serde_json::to_vec(incident).map_err(db_err)?;
-                t.insert(incident.id.as_str(), bytes.as_slice())
-                    .map_err(db_err)?;
-            }
-            let mut t = tx.open_table(GRANTS).map_err(db_err)?;
-            for grant in grants {
-                let bytes = serde_json::to_vec(grant).map_err(db_err)?;
-                t.insert(grant.id.as_str(), bytes.as_slice())
-                    .map_err(db_err)?;
-            }
         }
+        Self::insert_json(&tx, INCIDENTS, incidents.iter().map(|i| (i.id.as_str(), i)))?;
+        Self::insert_json(&tx, GRANTS, grants.iter().map(|g| (g.id.as_str(), g)))?;
         tx.commit().map_err(db_err)
     }
 }
@@ -404,20 +396,12 @@ impl Store {
         grants: &[Grant],
     ) -> Result<(), StoreError> {
         let tx = self.begin_write()?;
-        {
-            let mut t = tx.open_table(PLAYBOOKS).map_err(db_err)?;
-            for playbook in playbooks {
-                let bytes = serde_json::to_vec(playbook).map_err(db_err)?;
-                t.insert(playbook.name.as_str(), bytes.as_slice())
-                    .map_err(db_err)?;
-            }
-            let mut t = tx.open_table(GRANTS).map_err(db_err)?;
-            for grant in grants {
-                let bytes = serde_json::to_vec(grant).map_err(db_err)?;
-                t.insert(grant.id.as_str(), bytes.as_slice())
-                    .map_err(db_err)?;
-            }
-        }
+        Self::insert_json(
+            &tx,
+            PLAYBOOKS,
+            playbooks.iter().map(|p| (p.name.as_str(), p)),
+        )?;
+        Self::insert_json(&tx, GRANTS, grants.iter().map(|g| (g.id.as_str(), g)))?;
         tx.commit().map_err(db_err)
     }
 }

@@ -44,20 +44,18 @@ impl AdminService {
     ) -> Result<Response<pb::AuditCheckpoint>, Status> {
         self.authorize_role(&request, &[Role::Auditor, Role::Admin])?;
         let log = Arc::clone(&self.issuer.audit);
-        let (checkpoint, size) = tokio::task::spawn_blocking(move || {
-            // The size the checkpoint covers is in its second line.
-            log.checkpoint().map(|c| {
-                let size = std::str::from_utf8(&c)
-                    .ok()
-                    .and_then(|t| t.lines().nth(1))
-                    .and_then(|l| l.parse().ok())
-                    .unwrap_or(0);
-                (c, size)
-            })
-        })
-        .await
-        .map_err(|_| Status::internal("audit task failed"))?
-        .map_err(|e| Status::unavailable(e.to_string()))?;
+        let checkpoint = tokio::task::spawn_blocking(move || log.checkpoint())
+            .await
+            .map_err(|_| Status::internal("audit task failed"))?
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        // Parsed and checked as any verifier would; a log whose own checkpoint does not
+        // verify under its key is reported, not served.
+        let size = crate::audit::note::open_checkpoint(&checkpoint, self.issuer.audit.vkey())
+            .map_err(|e| {
+                tracing::error!(error = %e, "the audit log's checkpoint does not verify");
+                Status::internal("the audit log's checkpoint does not verify; see the server log")
+            })?
+            .size;
         Ok(Response::new(pb::AuditCheckpoint {
             checkpoint,
             verifier_key: self.issuer.audit.vkey().to_owned(),

@@ -1,11 +1,14 @@
 //! Configuration: a TOML file (every field optional, unknown fields refused) → [`Config`].
 //! Command-line flags override the file; no file at all gives working defaults.
 
+use crate::agent::listener::WorkloadApiConfig;
 use crate::ca::CaConfig;
+use crate::ttl::Ttl;
 use anyhow::Context;
 use serde::Deserialize;
 use spiffe::TrustDomain;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Parses a config file. toml's own `Display` draws a multi-line snippet; writ errors
 /// are one line, so keep the message and say where instead.
@@ -56,6 +59,11 @@ pub struct RawConfig {
     /// Remediation rules: quorums, sensitive scopes, request limits.
     #[serde(default)]
     pub remediation: crate::policy::grant::RemediationRules,
+    /// Limits of the Workload API socket (`writ dev`).
+    #[serde(default)]
+    pub workload_api: WorkloadApiConfig,
+    /// How long a stopping process waits for open streams and calls to end (default 5s).
+    pub shutdown_grace: Option<Ttl>,
 }
 
 /// The configuration in force.
@@ -85,6 +93,10 @@ pub struct Config {
     pub ca: CaConfig,
     /// Remediation rules.
     pub remediation: crate::policy::grant::RemediationRules,
+    /// Limits of the Workload API socket.
+    pub workload_api: WorkloadApiConfig,
+    /// How long a stopping process drains before it exits.
+    pub shutdown_grace: Duration,
 }
 
 /// Default data directory, relative to where writ runs.
@@ -117,6 +129,8 @@ impl RawConfig {
         }
         self.ca.validate()?;
         self.remediation.validate()?;
+        self.workload_api.validate()?;
+        let shutdown_grace = shutdown_grace(self.shutdown_grace)?;
         let admin_socket = self
             .admin_socket
             .unwrap_or_else(|| data_dir.join("admin.sock"));
@@ -132,6 +146,8 @@ impl RawConfig {
             operators: self.operators,
             approval_ttl_secs: self.approval_ttl.map(|t| t.secs()).unwrap_or(3600),
             remediation: self.remediation,
+            workload_api: self.workload_api,
+            shutdown_grace,
             data_dir,
             trust_domain,
             admin_socket,
@@ -160,6 +176,38 @@ pub struct RawAgentConfig {
     pub x509pop_cert: Option<PathBuf>,
     /// x509pop: PEM PKCS#8 key of that certificate.
     pub x509pop_key: Option<PathBuf>,
+    /// Limits of the Workload API socket.
+    #[serde(default)]
+    pub workload_api: WorkloadApiConfig,
+    /// How long a stopping agent waits for open streams to end (default 5s).
+    pub shutdown_grace: Option<Ttl>,
+}
+
+/// `writ agent`'s configuration in force.
+#[derive(Debug)]
+pub struct AgentConfig {
+    /// How to reach and attest to the server.
+    pub remote: crate::agent::remote::RemoteConfig,
+    /// The Workload API socket.
+    pub workload_socket: PathBuf,
+    /// Its limits.
+    pub workload_api: WorkloadApiConfig,
+    /// How long a stopping agent drains before it exits.
+    pub shutdown_grace: Duration,
+}
+
+/// Default drain time of a stopping process.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The drain time: at most a minute, so a stop is never held hostage by a client.
+fn shutdown_grace(configured: Option<Ttl>) -> anyhow::Result<Duration> {
+    let grace = configured.map_or(DEFAULT_SHUTDOWN_GRACE, Ttl::duration);
+    anyhow::ensure!(
+        grace <= Duration::from_secs(60),
+        "shutdown_grace must be at most 1m (got {})",
+        humantime::format_duration(grace)
+    );
+    Ok(grace)
 }
 
 impl RawAgentConfig {
@@ -171,7 +219,7 @@ impl RawAgentConfig {
     }
 
     /// Validates and fills in defaults.
-    pub fn resolve(self) -> anyhow::Result<(crate::agent::remote::RemoteConfig, PathBuf)> {
+    pub fn resolve(self) -> anyhow::Result<AgentConfig> {
         use crate::agent::remote::{Attestation, RemoteConfig};
         let data_dir = self
             .data_dir
@@ -195,8 +243,9 @@ impl RawAgentConfig {
         let workload_socket = self
             .workload_socket
             .unwrap_or_else(|| data_dir.join("workload.sock"));
-        Ok((
-            RemoteConfig {
+        self.workload_api.validate()?;
+        Ok(AgentConfig {
+            remote: RemoteConfig {
                 server,
                 base,
                 data_dir,
@@ -204,7 +253,9 @@ impl RawAgentConfig {
                 attestation,
             },
             workload_socket,
-        ))
+            workload_api: self.workload_api,
+            shutdown_grace: shutdown_grace(self.shutdown_grace)?,
+        })
     }
 }
 

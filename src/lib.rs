@@ -13,6 +13,9 @@
 //! * [`hex`]: lowercase hex and SHA-256 digests.
 //! * [`errors`]: errors and statuses as one line with their causes.
 //! * [`uds`]: gRPC channels over Unix sockets.
+//! * [`throttle`]: rate limits for log lines a caller can cause.
+//! * [`agent`]: the agent: the Workload API socket (accept loop and limits in
+//!   `agent::listener`, attestation in `agent::attest`), SVID cache, node API client.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -28,6 +31,7 @@ pub mod policy;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod ttl;
 pub mod uds;
 

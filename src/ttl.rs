@@ -32,6 +32,12 @@ impl Ttl {
         Ok(Ttl(Duration::from_secs(secs)))
     }
 
+    /// A TTL of `secs` seconds known at compile time; zero does not compile.
+    pub const fn constant(secs: u64) -> Self {
+        assert!(secs > 0, "a TTL is positive");
+        Ttl(Duration::from_secs(secs))
+    }
+
     /// The duration.
     pub fn duration(self) -> Duration {
         self.0

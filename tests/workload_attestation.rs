@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
-use writ::agent::attest::PeerCred;
+use writ::agent::attest::{ConnectedPeer, PeerCred};
 use writ::agent::reported::WorkloadDigest;
 use writ::audit::{Kind, Record, sha256_hex};
 use writ::ca::CaConfig;
@@ -74,14 +74,28 @@ async fn quiet(dev: &Dev) {
 fn my_selectors(dev: &Dev) -> BTreeSet<Selector> {
     use std::os::unix::fs::MetadataExt;
     let me = std::fs::metadata("/proc/self").unwrap();
-    dev.agent
-        .attestor
-        .attest(PeerCred {
-            pid: std::process::id() as i32,
-            uid: me.uid(),
-            gid: me.gid(),
-        })
+    let cred = PeerCred {
+        pid: std::process::id() as i32,
+        uid: me.uid(),
+        gid: me.gid(),
+    };
+    // This process has not changed its groups since it started: /proc has them as a
+    // socket would.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let groups = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
         .unwrap()
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    let peer = ConnectedPeer {
+        cred,
+        groups,
+        process: dev.agent.attestor.at_accept(cred),
+    };
+    let with_digest = dev.agent.node.policy().borrow().selects_by_digest();
+    dev.agent.attestor.attest(&peer, with_digest).unwrap()
 }
 
 fn wire(selectors: &BTreeSet<Selector>) -> Vec<String> {
@@ -124,11 +138,16 @@ async fn the_first_fetch_records_each_identity_once() {
             .collect();
         for want in [
             format!("unix:uid:{}", my_uid()),
-            format!("unix:sha256:{exe_sha256}"),
             format!("unix:path:{}", exe.display()),
         ] {
             assert!(selectors.contains(&want.as_str()), "{want}: {selectors:?}");
         }
+        // No profile selects by digest, so the executable was not hashed (hashing is the
+        // costly step; docs/threat-model.md).
+        assert!(
+            !selectors.contains(&format!("unix:sha256:{exe_sha256}").as_str()),
+            "{selectors:?}"
+        );
         assert!(
             !selectors.iter().any(|s| s.contains("pid")),
             "the pid is not part of a workload's identity: {selectors:?}"

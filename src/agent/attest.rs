@@ -1,13 +1,27 @@
 //! Unix workload attestation: who is on the other end of a Workload API connection.
 //!
-//! The kernel tells us the caller's pid, uid and gid (SO_PEERCRED, taken by tonic when the
-//! connection is accepted). From /proc we add the primary and supplementary gids, the
-//! executable's path and the SHA-256 of the executable itself (read through
-//! `/proc/<pid>/exe`, so a replaced or deleted file on disk cannot stand in for it).
+//! Two moments count (docs/threat-model.md, "workload attestation"):
 //!
-//! Pid reuse: the process's start time is read before and after everything else; if it
-//! changed, or the uid in /proc is not the uid the kernel reported for the socket, the
-//! pid no longer names the caller and attestation fails.
+//! - **When the connection is accepted** ([`Attestor::at_accept`]): the kernel's
+//!   credentials of the socket — pid, uid, primary gid (`SO_PEERCRED`) and supplementary
+//!   groups (`SO_PEERGROUPS`) — are what the process held at `connect(2)`, and are the only
+//!   uid and gids writ ever uses. From /proc we add what the kernel does not record on the
+//!   socket: the process's start time and its executable (path and file identity).
+//! - **At every call** ([`Attestor::attest`]): the same pid must still be the same process
+//!   (start time) running the same executable (path, device, inode, size, ctime). A
+//!   process that connected and then exec'd something else — the connect-then-exec attack,
+//!   where a child keeps the socket while the connecting pid becomes an entitled binary — is
+//!   refused. Groups are never read from /proc, so a `setgid`/`setgroups` or a setgid
+//!   exec after connecting changes nothing.
+//!
+//! The executable's SHA-256 is computed only when some profile selects by digest, only
+//! for files up to a configured size, once per file version (device, inode, size, ctime:
+//! ctime cannot be set back by the file's owner, mtime can), and concurrent callers of
+//! one file wait for the same computation. Callers run this off the async workers.
+//!
+//! What remains (the threat model says what operators should do): an exec *between*
+//! `connect(2)` and writ's accept is indistinguishable from a process that was always the
+//! entitled binary.
 
 use crate::policy::Selector;
 use ring::digest;
@@ -15,10 +29,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Why a caller could not be attested.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AttestError {
     /// The connection carried no pid (not a Unix socket, or the kernel withheld it).
@@ -35,6 +49,22 @@ pub enum AttestError {
     /// The pid changed hands while we looked, or no longer matches the socket's uid.
     #[error("pid {0} changed while being attested")]
     PidReused(i32),
+    /// The process runs another executable than when it connected: it exec'd after
+    /// `connect(2)`, and whoever holds the socket now is not what was attested.
+    #[error("pid {0} runs another executable than when it connected; reconnect")]
+    ExecAfterConnect(i32),
+    /// The executable is larger than the configured hashing limit.
+    #[error(
+        "executable of pid {pid} is {size} bytes, above the {limit}-byte limit for sha256 selectors (workload_api.max_exe_hash_bytes)"
+    )]
+    TooLargeToHash {
+        /// The caller's pid.
+        pid: i32,
+        /// The file's size.
+        size: u64,
+        /// The limit in force.
+        limit: u64,
+    },
 }
 
 /// Facts the kernel gave us about the caller.
@@ -48,14 +78,40 @@ pub struct PeerCred {
     pub gid: u32,
 }
 
-/// Hash cache entry key: an executable is identified by device, inode, size and mtime.
+/// A version of an executable file: device, inode, size, ctime (s, ns).
 type ExeKey = (u64, u64, u64, i64, i64);
+
+/// One executable version's SHA-256 (hex), computed once by whoever asks first; an error
+/// is the reason hashing failed.
+type Digest = OnceLock<Result<String, String>>;
+
+/// What /proc said about the calling process: its start time and its executable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessFacts {
+    start_time: u64,
+    exe_path: PathBuf,
+    exe: ExeKey,
+}
+
+/// Everything known about a Workload API connection from the moment it was accepted:
+/// the kernel's credentials of the socket and the process facts read then. Requests on
+/// the connection carry it (as tonic connect info) to [`Attestor::attest`].
+#[derive(Debug)]
+pub struct ConnectedPeer {
+    /// `SO_PEERCRED`.
+    pub cred: PeerCred,
+    /// `SO_PEERGROUPS`: supplementary groups at connect time.
+    pub groups: Vec<u32>,
+    /// The process when the connection was accepted, or why it could not be read.
+    pub process: Result<ProcessFacts, AttestError>,
+}
 
 /// Attests callers; caches executable digests.
 #[derive(Debug)]
 pub struct Attestor {
     proc_root: PathBuf,
-    digests: Mutex<HashMap<ExeKey, String>>,
+    max_hash_bytes: u64,
+    digests: Mutex<HashMap<ExeKey, Arc<Digest>>>,
     users: Mutex<UserCache>,
 }
 
@@ -68,50 +124,60 @@ struct UserCache {
 
 impl Default for Attestor {
     fn default() -> Self {
-        Attestor::new("/proc")
+        Attestor::new("/proc", DEFAULT_MAX_HASH_BYTES)
     }
 }
 
 /// Cap on remembered executable digests.
 const MAX_CACHED_DIGESTS: usize = 4096;
 
+/// Default largest executable hashed for `sha256` selectors: 256 MiB, above any agent
+/// binary we know of, and a bound on what one new file can cost (about a second of CPU).
+pub const DEFAULT_MAX_HASH_BYTES: u64 = 256 * 1024 * 1024;
+
 impl Attestor {
-    /// An attestor reading the given procfs root (tests may point elsewhere).
-    pub fn new(proc_root: impl Into<PathBuf>) -> Self {
+    /// An attestor reading the given procfs root (tests may point elsewhere) that hashes
+    /// executables of at most `max_hash_bytes`.
+    pub fn new(proc_root: impl Into<PathBuf>, max_hash_bytes: u64) -> Self {
         Attestor {
             proc_root: proc_root.into(),
+            max_hash_bytes,
             digests: Mutex::new(HashMap::new()),
             users: Mutex::new(UserCache::default()),
         }
     }
 
-    /// The selectors of the caller. Blocking (file I/O and hashing): call from a
-    /// blocking-capable context.
-    pub fn attest(&self, cred: PeerCred) -> Result<BTreeSet<Selector>, AttestError> {
-        let pid = cred.pid;
-        let dir = self.proc_root.join(pid.to_string());
-        let proc_err = |reason: String| AttestError::Proc { pid, reason };
-        let start = start_time(
-            &std::fs::read_to_string(dir.join("stat")).map_err(|e| proc_err(e.to_string()))?,
-        )
-        .ok_or_else(|| proc_err("unreadable stat".into()))?;
+    /// Reads the facts of a just-accepted connection's process. Cheap (three small /proc
+    /// reads, no hashing), so the accept loop can afford it for every connection.
+    pub fn at_accept(&self, cred: PeerCred) -> Result<ProcessFacts, AttestError> {
+        self.process_facts(cred)
+    }
 
-        let status =
-            std::fs::read_to_string(dir.join("status")).map_err(|e| proc_err(e.to_string()))?;
-        let ids = StatusIds::parse(&status).ok_or_else(|| proc_err("unreadable status".into()))?;
-        if ids.effective_uid != cred.uid {
+    /// The selectors of a caller on a connection accepted as `peer`; `with_digest` adds
+    /// the executable's SHA-256. Blocking (file I/O, maybe hashing): call from a
+    /// blocking-capable context.
+    pub fn attest(
+        &self,
+        peer: &ConnectedPeer,
+        with_digest: bool,
+    ) -> Result<BTreeSet<Selector>, AttestError> {
+        let cred = peer.cred;
+        let pid = cred.pid;
+        let accepted = peer.process.as_ref().map_err(Clone::clone)?;
+        let now = self.process_facts(cred)?;
+        if now.start_time != accepted.start_time {
             return Err(AttestError::PidReused(pid));
         }
-        let exe_link = dir.join("exe");
-        let path = std::fs::read_link(&exe_link).map_err(|e| proc_err(format!("exe: {e}")))?;
-        let sha256 = self
-            .digest(&exe_link)
-            .map_err(|e| proc_err(format!("exe: {e}")))?;
-
-        let again = start_time(
-            &std::fs::read_to_string(dir.join("stat")).map_err(|e| proc_err(e.to_string()))?,
-        );
-        if again != Some(start) {
+        if now.exe_path != accepted.exe_path || now.exe != accepted.exe {
+            return Err(AttestError::ExecAfterConnect(pid));
+        }
+        let sha256 = if with_digest {
+            Some(self.digest(pid, &accepted.exe)?)
+        } else {
+            None
+        };
+        // The pid may have changed hands while we hashed.
+        if self.start_time(pid)? != accepted.start_time {
             return Err(AttestError::PidReused(pid));
         }
 
@@ -121,17 +187,54 @@ impl Attestor {
             selectors.insert(Selector::User(name));
         }
         selectors.insert(Selector::Gid(cred.gid));
-        for gid in ids.gids {
-            selectors.insert(Selector::Gid(gid));
+        for gid in &peer.groups {
+            selectors.insert(Selector::Gid(*gid));
         }
-        if let Some(path) = path.to_str() {
+        if let Some(path) = accepted.exe_path.to_str() {
             // A deleted executable reads as "/path (deleted)": not a path anyone configured.
             if !path.ends_with(" (deleted)") {
                 selectors.insert(Selector::Path(path.to_owned()));
             }
         }
-        selectors.insert(Selector::Sha256(sha256));
+        if let Some(sha256) = sha256 {
+            selectors.insert(Selector::Sha256(sha256));
+        }
         Ok(selectors)
+    }
+
+    fn proc_dir(&self, pid: i32) -> PathBuf {
+        self.proc_root.join(pid.to_string())
+    }
+
+    fn start_time(&self, pid: i32) -> Result<u64, AttestError> {
+        let proc_err = |reason: String| AttestError::Proc { pid, reason };
+        let stat = std::fs::read_to_string(self.proc_dir(pid).join("stat"))
+            .map_err(|e| proc_err(e.to_string()))?;
+        start_time(&stat).ok_or_else(|| proc_err("unreadable stat".into()))
+    }
+
+    /// Start time and executable of `cred.pid`, checked to still be `cred.uid`'s.
+    fn process_facts(&self, cred: PeerCred) -> Result<ProcessFacts, AttestError> {
+        let pid = cred.pid;
+        let dir = self.proc_dir(pid);
+        let proc_err = |reason: String| AttestError::Proc { pid, reason };
+        let start = self.start_time(pid)?;
+        let status =
+            std::fs::read_to_string(dir.join("status")).map_err(|e| proc_err(e.to_string()))?;
+        if effective_uid(&status) != Some(cred.uid) {
+            return Err(AttestError::PidReused(pid));
+        }
+        let exe_link = dir.join("exe");
+        let exe_path = std::fs::read_link(&exe_link).map_err(|e| proc_err(format!("exe: {e}")))?;
+        let meta = std::fs::metadata(&exe_link).map_err(|e| proc_err(format!("exe: {e}")))?;
+        if self.start_time(pid)? != start {
+            return Err(AttestError::PidReused(pid));
+        }
+        Ok(ProcessFacts {
+            start_time: start,
+            exe_path,
+            exe: exe_key(&meta),
+        })
     }
 
     /// The user name of `uid`, re-reading /etc/passwd only when it changes.
@@ -154,42 +257,83 @@ impl Attestor {
         name
     }
 
-    fn digest(&self, exe: &std::path::Path) -> std::io::Result<String> {
-        let mut file = std::fs::File::open(exe)?;
-        let meta = file.metadata()?;
-        let key = (
-            meta.dev(),
-            meta.ino(),
-            meta.size(),
-            meta.mtime(),
-            meta.mtime_nsec(),
-        );
-        if let Some(hex) = self
-            .digests
-            .lock()
-            .ok()
-            .and_then(|cache| cache.get(&key).cloned())
-        {
-            return Ok(hex);
+    /// SHA-256 of `pid`'s executable, which must be the file version `expected`.
+    fn digest(&self, pid: i32, expected: &ExeKey) -> Result<String, AttestError> {
+        let proc_err = |reason: String| AttestError::Proc { pid, reason };
+        let file = std::fs::File::open(self.proc_dir(pid).join("exe"))
+            .map_err(|e| proc_err(format!("exe: {e}")))?;
+        let meta = file.metadata().map_err(|e| proc_err(format!("exe: {e}")))?;
+        if &exe_key(&meta) != expected {
+            return Err(AttestError::ExecAfterConnect(pid));
         }
-        let mut ctx = digest::Context::new(&digest::SHA256);
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            ctx.update(&buf[..n]);
+        if meta.size() > self.max_hash_bytes {
+            return Err(AttestError::TooLargeToHash {
+                pid,
+                size: meta.size(),
+                limit: self.max_hash_bytes,
+            });
         }
-        let hex = crate::hex::lower(ctx.finish().as_ref());
-        if let Ok(mut cache) = self.digests.lock() {
-            if cache.len() >= MAX_CACHED_DIGESTS {
+        // One computation per file version: later and concurrent callers share it.
+        let cell = {
+            let mut cache = self
+                .digests
+                .lock()
+                .map_err(|_| proc_err("digest cache poisoned".into()))?;
+            if cache.len() >= MAX_CACHED_DIGESTS && !cache.contains_key(expected) {
                 cache.clear();
             }
-            cache.insert(key, hex.clone());
+            Arc::clone(cache.entry(*expected).or_default())
+        };
+        let result = cell.get_or_init(|| hash(file, self.max_hash_bytes));
+        match result {
+            Ok(hex) => Ok(hex.clone()),
+            Err(reason) => {
+                // Don't remember a failure: the next call tries again.
+                if let Ok(mut cache) = self.digests.lock()
+                    && cache.get(expected).is_some_and(|c| Arc::ptr_eq(c, &cell))
+                {
+                    cache.remove(expected);
+                }
+                Err(proc_err(format!("exe: {reason}")))
+            }
         }
-        Ok(hex)
     }
+
+    /// How many executable versions have been hashed and remembered (for tests).
+    pub fn cached_digests(&self) -> usize {
+        self.digests.lock().map(|c| c.len()).unwrap_or(0)
+    }
+}
+
+fn exe_key(meta: &std::fs::Metadata) -> ExeKey {
+    (
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    )
+}
+
+/// Hashes at most `limit` bytes of `file` (the size was checked; a file growing while we
+/// read is cut off there and fails, rather than reading without end).
+fn hash(file: std::fs::File, limit: u64) -> Result<String, String> {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut reader = file.take(limit.saturating_add(1));
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > limit {
+            return Err("executable grew while being hashed".into());
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(crate::hex::lower(ctx.finish().as_ref()))
 }
 
 /// Field 22 of /proc/<pid>/stat (starttime), read after the last `)` since the command
@@ -200,31 +344,16 @@ fn start_time(stat: &str) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
-struct StatusIds {
-    effective_uid: u32,
-    gids: Vec<u32>,
-}
-
-impl StatusIds {
-    fn parse(status: &str) -> Option<Self> {
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .map(|rest| {
-                    rest.split_whitespace()
-                        .filter_map(|v| v.parse::<u32>().ok())
-                        .collect::<Vec<_>>()
-                })
-        };
-        let uids = field("Uid:")?;
-        let gids = field("Gid:")?;
-        let groups = field("Groups:").unwrap_or_default();
-        Some(StatusIds {
-            effective_uid: *uids.get(1)?,
-            gids: gids.iter().take(2).chain(groups.iter()).copied().collect(),
-        })
-    }
+/// The effective uid on the `Uid:` line of /proc/<pid>/status. Only the uid is read from
+/// /proc, to tell a reused pid; gids come from the socket (module docs).
+fn effective_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// The user name of `uid` from /etc/passwd (no NSS: local accounts only).
@@ -238,11 +367,52 @@ fn user_name(uid: u32) -> Option<String> {
     })
 }
 
+/// The kernel's view of an accepted Unix stream: `SO_PEERCRED` and `SO_PEERGROUPS`.
+pub fn socket_credentials(
+    stream: &tokio::net::UnixStream,
+) -> Result<(PeerCred, Vec<u32>), AttestError> {
+    let cred = stream.peer_cred().map_err(|_| AttestError::NoCredentials)?;
+    let pid = cred.pid().ok_or(AttestError::NoCredentials)?;
+    let groups = writ_sys::peer_groups(stream).map_err(|e| AttestError::Proc {
+        pid,
+        reason: format!("SO_PEERGROUPS: {e}"),
+    })?;
+    Ok((
+        PeerCred {
+            pid,
+            uid: cred.uid(),
+            gid: cred.gid(),
+        },
+        groups,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    fn me() -> PeerCred {
+        let meta = std::fs::metadata("/proc/self").unwrap();
+        PeerCred {
+            pid: std::process::id() as i32,
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }
+    }
+
+    fn sha256_file(path: &std::path::Path) -> String {
+        crate::hex::sha256(&std::fs::read(path).unwrap())
+    }
+
+    fn connected(attestor: &Attestor, cred: PeerCred, groups: Vec<u32>) -> ConnectedPeer {
+        ConnectedPeer {
+            cred,
+            groups,
+            process: attestor.at_accept(cred),
+        }
+    }
 
     #[test]
     fn start_time_survives_odd_command_names() {
@@ -252,40 +422,90 @@ mod tests {
     }
 
     #[test]
-    fn attests_this_process() {
-        let me = std::process::id() as i32;
-        let uid = std::fs::metadata("/proc/self").unwrap().uid();
-        let gid = std::fs::metadata("/proc/self").unwrap().gid();
-        let selectors = Attestor::default()
-            .attest(PeerCred { pid: me, uid, gid })
-            .unwrap();
-        assert!(selectors.contains(&Selector::Uid(uid)));
-        assert!(selectors.contains(&Selector::Gid(gid)));
+    fn attests_this_process_with_the_connections_groups() {
+        let attestor = Attestor::default();
+        let peer = connected(&attestor, me(), vec![4242]);
+        let selectors = attestor.attest(&peer, true).unwrap();
+        assert!(selectors.contains(&Selector::Uid(me().uid)));
+        assert!(selectors.contains(&Selector::Gid(me().gid)));
+        // Groups are the socket's, whatever /proc says.
+        assert!(selectors.contains(&Selector::Gid(4242)));
         let exe = std::env::current_exe().unwrap();
         assert!(selectors.contains(&Selector::Path(exe.to_str().unwrap().to_owned())));
-        let bytes = std::fs::read(&exe).unwrap();
-        let want = crate::hex::sha256(&bytes);
-        assert!(selectors.contains(&Selector::Sha256(want)));
+        assert!(selectors.contains(&Selector::Sha256(sha256_file(&exe))));
+    }
+
+    #[test]
+    fn no_digest_unless_asked() {
+        let attestor = Attestor::default();
+        let peer = connected(&attestor, me(), vec![]);
+        let selectors = attestor.attest(&peer, false).unwrap();
+        assert!(!selectors.iter().any(|s| matches!(s, Selector::Sha256(_))));
+        assert_eq!(attestor.cached_digests(), 0);
+    }
+
+    #[test]
+    fn an_executable_over_the_limit_is_refused_not_hashed() {
+        let attestor = Attestor::new("/proc", 1024);
+        let peer = connected(&attestor, me(), vec![]);
+        let err = attestor.attest(&peer, true).unwrap_err();
+        assert!(
+            matches!(err, AttestError::TooLargeToHash { limit: 1024, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("max_exe_hash_bytes"), "{err}");
+        assert_eq!(attestor.cached_digests(), 0);
+        // Without digest selectors in policy, the same process is attested.
+        assert!(attestor.attest(&peer, false).is_ok());
+    }
+
+    #[test]
+    fn concurrent_callers_share_one_digest() {
+        let attestor = Arc::new(Attestor::default());
+        let peer = Arc::new(connected(&attestor, me(), vec![]));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (attestor, peer) = (Arc::clone(&attestor), Arc::clone(&peer));
+                std::thread::spawn(move || attestor.attest(&peer, true).unwrap())
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(results.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(attestor.cached_digests(), 1);
+    }
+
+    #[test]
+    fn another_executable_than_at_accept_is_refused() {
+        let attestor = Attestor::default();
+        let mut peer = connected(&attestor, me(), vec![]);
+        if let Ok(facts) = peer.process.as_mut() {
+            facts.exe_path = PathBuf::from("/usr/bin/true");
+        }
+        let err = attestor.attest(&peer, false).unwrap_err();
+        assert!(matches!(err, AttestError::ExecAfterConnect(_)), "{err}");
+        if let Ok(facts) = peer.process.as_mut() {
+            facts.exe_path = std::env::current_exe().unwrap();
+            facts.exe.1 += 1; // another inode at the same path: a replaced file
+        }
+        let err = attestor.attest(&peer, false).unwrap_err();
+        assert!(matches!(err, AttestError::ExecAfterConnect(_)), "{err}");
     }
 
     #[test]
     fn a_uid_mismatch_is_refused() {
-        let me = std::process::id() as i32;
-        let uid = std::fs::metadata("/proc/self").unwrap().uid();
-        let err = Attestor::default()
-            .attest(PeerCred {
-                pid: me,
-                uid: uid + 1,
-                gid: 0,
-            })
-            .unwrap_err();
+        let attestor = Attestor::default();
+        let cred = PeerCred {
+            uid: me().uid + 1,
+            ..me()
+        };
+        let err = attestor.at_accept(cred).unwrap_err();
         assert!(matches!(err, AttestError::PidReused(_)));
     }
 
     #[test]
     fn a_vanished_pid_is_refused() {
         let err = Attestor::default()
-            .attest(PeerCred {
+            .at_accept(PeerCred {
                 pid: i32::MAX,
                 uid: 0,
                 gid: 0,

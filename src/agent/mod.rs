@@ -8,6 +8,7 @@ pub mod attest;
 pub mod cache;
 pub mod grants;
 pub mod h2_authority;
+pub mod listener;
 pub mod node;
 pub mod remote;
 pub mod reported;
@@ -39,6 +40,16 @@ pub struct Agent {
     pub authority_stats: Arc<h2_authority::Stats>,
     /// Which (workload, SPIFFE ID) pairs are in the audit log already, from this agent.
     pub reported: Arc<reported::Reported>,
+    /// Limits of the Workload API socket.
+    pub workload_api: listener::WorkloadApiConfig,
+    /// Open Workload API connections, in all and per uid.
+    pub connections: Arc<listener::Connections>,
+    /// The open-files limit in force (raised to the hard limit at start).
+    pub nofile_limit: u64,
+    /// Set when the agent stops: open streams end with a status clients retry on.
+    pub stopping: watch::Sender<bool>,
+    /// Throttles the log line of a failed workload attestation (a caller can repeat it).
+    pub attest_failures: crate::throttle::Throttle,
 }
 
 impl std::fmt::Debug for Agent {
@@ -48,16 +59,40 @@ impl std::fmt::Debug for Agent {
 }
 
 impl Agent {
-    /// An agent that signs through `node`.
+    /// An agent that signs through `node`, with the default Workload API limits.
     pub fn new(node: Arc<dyn NodeApi>) -> Arc<Self> {
+        Self::with_config(node, listener::WorkloadApiConfig::default())
+    }
+
+    /// An agent that signs through `node` and serves the Workload API within `limits`.
+    /// Raises the process's soft open-files limit to the hard one, as servers holding
+    /// many client connections do.
+    pub fn with_config(node: Arc<dyn NodeApi>, limits: listener::WorkloadApiConfig) -> Arc<Self> {
+        let nofile_limit = writ_sys::raise_nofile_limit().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading the open-files limit failed; assuming 1024");
+            1024
+        });
         Arc::new(Agent {
             cache: Arc::new(SvidCache::new(Arc::clone(&node))),
             node,
-            attestor: Attestor::default(),
+            attestor: Attestor::new("/proc", limits.max_exe_hash_bytes),
             streams: watch::channel(0).0,
             authority_stats: Arc::new(h2_authority::Stats::default()),
             reported: Arc::new(reported::Reported::default()),
+            workload_api: limits,
+            connections: Arc::default(),
+            nofile_limit,
+            stopping: watch::channel(false).0,
+            attest_failures: crate::throttle::Throttle::new(std::time::Duration::from_secs(10)),
         })
+    }
+
+    /// Resolves once the agent is stopping.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.subscribe();
+        async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        }
     }
 
     /// Renews and prunes SVIDs until `shutdown` resolves.
@@ -68,21 +103,28 @@ impl Agent {
 
 /// Serves the Workload API on `listener` until `shutdown` resolves.
 ///
-/// Every accepted connection is wrapped in [`h2_authority::AuthorityRewrite`], so that
-/// grpc C-core clients (py-spiffe), which send the socket path as a percent-encoded
-/// `:authority` that h2 refuses, work unchanged (hyperium/h2 issue 487).
+/// Connections come through [`listener::accept`] (limits, handshake timeout, accept-time
+/// attestation), each wrapped in [`h2_authority::AuthorityRewrite`], so that grpc C-core
+/// clients (py-spiffe), which send the socket path as a percent-encoded `:authority` that
+/// h2 refuses, work unchanged (hyperium/h2 issue 487). When `shutdown` resolves, open
+/// streams end with `Unavailable` (clients retry on it elsewhere) and connections drain.
 pub async fn serve_workload(
     listener: UnixListener,
     agent: Arc<Agent>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    use tokio_stream::StreamExt;
-    let stats = Arc::clone(&agent.authority_stats);
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).map(move |conn| {
-        conn.map(|stream| h2_authority::AuthorityRewrite::with_stats(stream, Arc::clone(&stats)))
-    });
+    let stopping = agent.stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.send_replace(true);
+    };
+    let incoming = listener::accept(listener, Arc::clone(&agent), agent.stopped());
     tonic::transport::Server::builder()
-        // The longest SVID TTL: after that, revoked SVIDs have expired anyway.
+        // A peer that is gone stops holding its connection (and its slot).
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        // Streams one connection may hold at once: a workload needs a handful.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(RevocationServer::new(
             revocation::RevocationService::following_server(&agent),
         ))
@@ -96,3 +138,9 @@ pub async fn serve_workload(
         .await
         .context("Workload API server failed")
 }
+
+/// HTTP/2 keepalive on the Workload API socket.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+/// Concurrent streams per Workload API connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;

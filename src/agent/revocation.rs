@@ -30,6 +30,8 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Debug, Clone)]
 pub struct RevocationService {
     feed: watch::Receiver<Arc<pb::RevocationSet>>,
+    /// The agent's stop signal: open watches end with `Unavailable`.
+    stopping: watch::Receiver<bool>,
 }
 
 impl RevocationService {
@@ -86,7 +88,10 @@ impl RevocationService {
             }
             tracing::debug!("revocation feed stopped");
         });
-        RevocationService { feed: rx }
+        RevocationService {
+            feed: rx,
+            stopping: agent.stopping.subscribe(),
+        }
     }
 }
 
@@ -194,9 +199,13 @@ impl Revocation for RevocationService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         check_header(&request)?;
         let mut feed = self.feed.clone();
+        let mut stopping = self.stopping.clone();
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
             loop {
+                if *stopping.borrow_and_update() {
+                    break;
+                }
                 // Whole sets only: a slow reader skips to the newest, never sees a delta.
                 let set = Arc::clone(&feed.borrow_and_update());
                 if tx.send(Ok((*set).clone())).await.is_err() {
@@ -204,6 +213,7 @@ impl Revocation for RevocationService {
                 }
                 tokio::select! {
                     changed = feed.changed() => if changed.is_err() { break },
+                    r = stopping.changed() => if r.is_err() { break },
                     () = tx.closed() => return,
                 }
             }

@@ -8,7 +8,7 @@
 //! PermissionDenied, as the spec asks.
 
 use super::Agent;
-use super::attest::PeerCred;
+use super::attest::ConnectedPeer;
 use super::node::NodeError;
 use super::reported::{WorkloadDigest, report_selectors};
 use crate::policy::{Entitlement, Selector, entitlements};
@@ -20,13 +20,15 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The phrase SPIFFE clients look for before retrying.
 pub const NO_IDENTITY: &str = "no identity issued";
+
+/// How open streams end when the agent stops.
+pub const SHUTTING_DOWN: &str = "writ agent is shutting down; reconnect";
 
 /// The Workload API service.
 #[derive(Debug, Clone)]
@@ -145,24 +147,21 @@ pub(crate) async fn attest_caller<T>(
             ));
         }
     }
-    let cred = request
+    let peer = request
         .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|info| info.peer_cred)
-        .and_then(|cred| {
-            Some(PeerCred {
-                pid: cred.pid()?,
-                uid: cred.uid(),
-                gid: cred.gid(),
-            })
-        })
+        .get::<Arc<ConnectedPeer>>()
+        .cloned()
         .ok_or_else(|| Status::permission_denied("caller credentials unavailable"))?;
-    let agent = Arc::clone(agent);
-    tokio::task::spawn_blocking(move || agent.attestor.attest(cred))
+    // Hash the executable only when some profile selects by digest.
+    let with_digest = agent.node.policy().borrow().selects_by_digest();
+    let attesting = Arc::clone(agent);
+    tokio::task::spawn_blocking(move || attesting.attestor.attest(&peer, with_digest))
         .await
         .map_err(|_| Status::unavailable("attestation failed"))?
         .map_err(|e| {
-            tracing::debug!(error = %e, "attestation failed");
+            if let Some(suppressed) = agent.attest_failures.allow() {
+                tracing::debug!(error = %e, suppressed, "attestation failed");
+            }
             Status::permission_denied(format!("{NO_IDENTITY}: {e}"))
         })
 }
@@ -230,6 +229,7 @@ where
     let mut policy = agent.node.policy();
     let mut bundles = agent.node.bundles();
     let mut svids = agent.cache.subscribe();
+    let mut stopping = agent.stopping.subscribe();
     agent.streams.send_modify(|n| *n += 1);
     tokio::spawn(async move {
         policy.mark_unchanged();
@@ -256,6 +256,11 @@ where
                 r = bundles.changed() => if r.is_err() { break },
                 r = svids.changed() => if r.is_err() { break },
                 () = tx.closed() => break,
+                _ = async { stopping.wait_for(|s| *s).await.is_ok() } => {
+                    // Unavailable: the status SPIFFE clients reconnect on.
+                    let _ = tx.send(Err(Status::unavailable(SHUTTING_DOWN))).await;
+                    break;
+                }
             }
         }
         agent.streams.send_modify(|n| *n = n.saturating_sub(1));

@@ -66,13 +66,16 @@ pub struct AgentArgs {
 struct Tasks {
     stop: watch::Sender<bool>,
     handles: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+    /// How long the tasks may drain after the stop.
+    grace: std::time::Duration,
 }
 
 impl Tasks {
-    fn new() -> Self {
+    fn new(grace: std::time::Duration) -> Self {
         Tasks {
             stop: watch::channel(false).0,
             handles: Vec::new(),
+            grace,
         }
     }
 
@@ -91,8 +94,10 @@ impl Tasks {
         self.handles.push((name, tokio::spawn(task)));
     }
 
-    /// Waits for Ctrl-C/SIGTERM or the first task to fail, then stops and drains all.
+    /// Waits for Ctrl-C/SIGTERM or the first task to fail, then stops and drains all, for
+    /// at most the grace time; a second signal while draining exits at once.
     async fn run(mut self) -> anyhow::Result<()> {
+        let mut signals = Signals::new()?;
         let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
         let mut watched = Vec::new();
         for (name, handle) in self.handles.drain(..) {
@@ -110,15 +115,52 @@ impl Tasks {
             }));
         }
         let outcome = tokio::select! {
-            r = shutdown_signal() => r,
+            () = signals.next() => Ok(()),
             Some(e) = failed_rx.recv() => Err(e),
         };
-        tracing::info!("shutting down");
+        tracing::info!(grace = ?self.grace, "shutting down");
         let _ = self.stop.send(true);
-        for w in watched {
-            let _ = w.await;
+        let drained = async {
+            for w in watched {
+                let _ = w.await;
+            }
+        };
+        tokio::select! {
+            () = drained => {}
+            () = tokio::time::sleep(self.grace) => {
+                tracing::warn!(grace = ?self.grace, "still draining after the grace time; exiting");
+            }
+            () = signals.next() => {
+                tracing::warn!("second signal: exiting without draining");
+                // What is durable is durable (every write commits before it answers);
+                // nothing else is worth waiting for.
+                std::process::exit(130);
+            }
         }
         outcome
+    }
+}
+
+/// SIGINT and SIGTERM, as one stream of "stop" requests.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 
@@ -235,9 +277,10 @@ async fn start_agent(
     tasks: &mut Tasks,
     node: Arc<dyn NodeApi>,
     socket: &std::path::Path,
+    limits: crate::agent::listener::WorkloadApiConfig,
 ) -> anyhow::Result<()> {
     let listener = bind_unix(socket, 0o666).await?;
-    let agent = Agent::new(node);
+    let agent = Agent::with_config(node, limits);
     let rotation = Arc::clone(&agent).run_rotation(tasks.stopped());
     tasks.spawn("SVID rotation", async move {
         rotation.await;
@@ -253,13 +296,14 @@ async fn start_agent(
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let config = resolve_dev(args)?;
     let issuer = Issuer::open(config, Arc::new(SystemClock))?;
-    let mut tasks = Tasks::new();
+    let mut tasks = Tasks::new(issuer.config.shutdown_grace);
     start_issuer(&mut tasks, &issuer).await?;
     let socket = issuer.config.workload_socket.clone();
     start_agent(
         &mut tasks,
         Arc::new(LocalNode::new(Arc::clone(&issuer))),
         &socket,
+        issuer.config.workload_api.clone(),
     )
     .await?;
     print_banner(&issuer);
@@ -276,7 +320,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         "node_listen is required for `writ server` (host:port for agents); use `writ dev` for one process"
     );
     let issuer = Issuer::open(config, Arc::new(SystemClock))?;
-    let mut tasks = Tasks::new();
+    let mut tasks = Tasks::new(issuer.config.shutdown_grace);
     start_issuer(&mut tasks, &issuer).await?;
     println!(
         "writ server: {} serving agents on {} (admin socket {})",
@@ -290,26 +334,17 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    let (remote, socket) = RawAgentConfig::load(&args.config)?.resolve()?;
-    let node = RemoteNode::connect(remote).await?;
-    let mut tasks = Tasks::new();
-    start_agent(&mut tasks, node, &socket).await?;
+    let config = RawAgentConfig::load(&args.config)?.resolve()?;
+    let socket = config.workload_socket;
+    let node = RemoteNode::connect(config.remote).await?;
+    let mut tasks = Tasks::new(config.shutdown_grace);
+    start_agent(&mut tasks, node, &socket, config.workload_api).await?;
     let shown = std::path::absolute(&socket).unwrap_or(socket.clone());
     println!("writ agent: Workload API on {}", shown.display());
     println!("  export SPIFFE_ENDPOINT_SOCKET=unix://{}", shown.display());
     let result = tasks.run().await;
     let _ = std::fs::remove_file(&socket);
     result
-}
-
-async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
-    Ok(())
 }
 
 fn print_banner(issuer: &Issuer) {

@@ -391,6 +391,17 @@ pub struct PolicySnapshot {
     pub revoked_serials: BTreeMap<String, RevokedSerial>,
 }
 
+impl PolicySnapshot {
+    /// Whether some profile selects by executable digest: only then is a caller's
+    /// executable hashed (hashing is the one costly step of workload attestation).
+    pub fn selects_by_digest(&self) -> bool {
+        self.profiles
+            .values()
+            .flat_map(|p| p.selectors.iter())
+            .any(|s| matches!(s, Selector::Sha256(_)))
+    }
+}
+
 /// One identity a workload is entitled to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entitlement {

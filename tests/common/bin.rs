@@ -170,6 +170,32 @@ impl DevProcess {
         assert!(out.stdout.is_empty(), "writ {args:?} printed to stdout");
     }
 
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends the server `signal` (`TERM`, `INT`, …) and waits, boundedly, for it to exit.
+    pub fn signal_and_wait(mut self, signal: &str) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(exit) = self.child.try_wait().expect("try_wait") {
+                return exit;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "writ dev did not exit on SIG{signal}: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops the server the hard way (SIGKILL): whatever it acknowledged must already be
     /// durable.
     pub fn kill(&mut self) {
@@ -178,24 +204,8 @@ impl DevProcess {
     }
 
     /// Stops the server the way an operator does (SIGTERM) and waits for a clean exit.
-    pub fn terminate(mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-        let deadline = Instant::now() + PATIENCE;
-        let exit = loop {
-            if let Some(exit) = self.child.try_wait().expect("try_wait") {
-                break exit;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "writ dev ignored SIGTERM: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+    pub fn terminate(self) {
+        let exit = self.signal_and_wait("TERM");
         assert!(exit.success(), "writ dev exited with {exit} on SIGTERM");
     }
 }

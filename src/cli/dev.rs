@@ -263,7 +263,7 @@ async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result
         let stopped = tasks.stopped();
         tasks.spawn("node API", async move {
             tonic::transport::Server::builder()
-                .add_service(crate::proto::node::node_server::NodeServer::new(service))
+                .add_service(crate::server::node::server(service))
                 .serve_with_incoming_shutdown(accept_tls(listener, tls, NodePeer::of), stopped)
                 .await
                 .context("node API server failed")

@@ -10,7 +10,7 @@ use crate::audit::activity::{Activity, RawActivity};
 use crate::audit::{Kind, Record};
 use crate::ca::{BundleSet, CaError, SubjectKey, SvidRequest, csr};
 use crate::hex::sha256 as sha256_hex;
-use crate::proto::node::{self as pb, node_server::Node};
+use crate::proto::node::{self as pb, node_server::Node, node_server::NodeServer};
 use crate::store::{JoinTokenRecord, TokenUse};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use spiffe::SpiffeId;
@@ -29,12 +29,82 @@ const MAX_CHALLENGES: usize = 1024;
 const CHALLENGE_TTL: i64 = 60;
 /// What an x509pop answer signs, before the nonce.
 pub const X509POP_CONTEXT: &[u8] = b"writ x509pop v1";
+/// Most certificates in an x509pop chain: the leaf, the six intermediates that are the
+/// deepest path webpki will build, and the root some tools append. A longer chain can
+/// never verify, so it is refused before anything in it is parsed.
+pub const MAX_X509POP_CHAIN: usize = 8;
+/// Largest certificate in an x509pop chain. A node certificate with an RSA-4096 key and
+/// the usual extensions is about 2 KiB; the same bound as a CSR leaves room.
+pub const MAX_X509POP_CERT_LEN: usize = csr::MAX_CSR_LEN;
+/// Largest x509pop chain, all certificates together.
+pub const MAX_X509POP_CHAIN_LEN: usize = 64 * 1024;
+/// Largest message the node API decodes. The largest legitimate ones are a signing batch
+/// ([`MAX_BATCH`] CSRs of well under 1 KiB with their IDs) and a grant request (a plan of
+/// at most 256 KiB): both fit with room to spare. tonic's own default is 4 MiB; this is
+/// set here, not inherited, because attestation is reachable before any authentication.
+pub const MAX_MESSAGE_LEN: usize = 1024 * 1024;
 
 struct Challenge {
     nonce: [u8; 32],
     spki_der: Vec<u8>,
     node_id: String,
     expires_at: i64,
+}
+
+/// Why an x509pop chain was refused before it was parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainBoundError {
+    /// No certificate at all.
+    #[error("empty certificate chain")]
+    Empty,
+    /// More certificates than any chain writ can verify.
+    #[error("certificate chain has {0} certificates; at most {MAX_X509POP_CHAIN} are accepted")]
+    TooMany(usize),
+    /// One certificate larger than [`MAX_X509POP_CERT_LEN`].
+    #[error(
+        "certificate {index} of the chain is {len} bytes; at most {MAX_X509POP_CERT_LEN} are accepted"
+    )]
+    CertTooLarge {
+        /// Its position in the chain, the leaf being 0.
+        index: usize,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The certificates together larger than [`MAX_X509POP_CHAIN_LEN`].
+    #[error("certificate chain is {0} bytes; at most {MAX_X509POP_CHAIN_LEN} are accepted")]
+    TooLarge(usize),
+}
+
+/// The leaf and the intermediates of an x509pop chain a node sent, once its bounds are
+/// checked, before any of it is parsed or verified: what a node sends is bounded, so one
+/// attestation costs bounded CPU and memory however deep or large the chain it claims.
+pub fn bounded_chain(chain: &[Vec<u8>]) -> Result<(&[u8], &[Vec<u8>]), ChainBoundError> {
+    let (leaf, intermediates) = chain.split_first().ok_or(ChainBoundError::Empty)?;
+    if chain.len() > MAX_X509POP_CHAIN {
+        return Err(ChainBoundError::TooMany(chain.len()));
+    }
+    if let Some((index, cert)) = chain
+        .iter()
+        .enumerate()
+        .find(|(_, cert)| cert.len() > MAX_X509POP_CERT_LEN)
+    {
+        return Err(ChainBoundError::CertTooLarge {
+            index,
+            len: cert.len(),
+        });
+    }
+    let total: usize = chain.iter().map(Vec::len).sum();
+    if total > MAX_X509POP_CHAIN_LEN {
+        return Err(ChainBoundError::TooLarge(total));
+    }
+    Ok((leaf, intermediates))
+}
+
+/// The node API's gRPC server for `service`, with its decoding bound. Every listener
+/// of the node API is built here, so none can forget the bound.
+pub fn server(service: NodeService) -> NodeServer<NodeService> {
+    NodeServer::new(service).max_decoding_message_size(MAX_MESSAGE_LEN)
 }
 
 /// The node API service.
@@ -237,28 +307,26 @@ impl Node for NodeService {
                 "x509pop attestation is not configured",
             ));
         }
-        let chain: Vec<CertificateDer<'static>> = request
-            .into_inner()
-            .chain
-            .into_iter()
-            .take(8)
-            .map(CertificateDer::from)
+        let chain = request.into_inner().chain;
+        let (leaf, intermediates) =
+            bounded_chain(&chain).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let leaf = CertificateDer::from(leaf);
+        let intermediates: Vec<CertificateDer<'_>> = intermediates
+            .iter()
+            .map(|cert| CertificateDer::from(cert.as_slice()))
             .collect();
-        let leaf = chain
-            .first()
-            .ok_or_else(|| Status::invalid_argument("empty certificate chain"))?;
         let anchors: Vec<_> = self
             .x509pop_roots
             .iter()
             .filter_map(|ca| webpki::anchor_from_trusted_cert(ca).ok())
             .collect();
-        let end_entity = webpki::EndEntityCert::try_from(leaf)
+        let end_entity = webpki::EndEntityCert::try_from(&leaf)
             .map_err(|_| Status::invalid_argument("malformed certificate"))?;
         end_entity
             .verify_for_usage(
                 webpki::ALL_VERIFICATION_ALGS,
                 &anchors,
-                &chain[1..],
+                &intermediates,
                 UnixTime::now(),
                 webpki::KeyUsage::client_auth(),
                 None,
@@ -269,10 +337,10 @@ impl Node for NodeService {
                     "certificate does not chain to the x509pop CA: {e:?}"
                 ))
             })?;
-        let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
+        let (_, parsed) = x509_parser::parse_x509_certificate(&leaf)
             .map_err(|_| Status::invalid_argument("malformed certificate"))?;
         let spki_der = parsed.public_key().raw.to_vec();
-        let fingerprint = sha256_hex(leaf);
+        let fingerprint = sha256_hex(&leaf);
         let challenge_id: String = crate::hex::lower(&random::<16>()?);
         let nonce = random::<32>()?;
         let now = self.issuer.cas.now();
@@ -588,4 +656,53 @@ pub fn create_join_token(issuer: &Issuer, ttl_secs: u64) -> Result<(String, i64)
         })?;
     tracing::info!(expires_at, "join token created");
     Ok((secret, expires_at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(sizes: &[usize]) -> Vec<Vec<u8>> {
+        sizes.iter().map(|&n| vec![0u8; n]).collect()
+    }
+
+    #[test]
+    fn chains_within_every_bound_pass() {
+        let full = chain(&[1000; MAX_X509POP_CHAIN]);
+        assert_eq!(bounded_chain(&full), Ok((&full[0][..], &full[1..])));
+        assert!(bounded_chain(&chain(&[MAX_X509POP_CERT_LEN])).is_ok());
+        let four = MAX_X509POP_CHAIN_LEN / 4;
+        assert!(bounded_chain(&chain(&[four; 4])).is_ok());
+    }
+
+    #[test]
+    fn each_bound_is_refused_one_past_it() {
+        assert_eq!(bounded_chain(&[]), Err(ChainBoundError::Empty));
+        assert_eq!(
+            bounded_chain(&chain(&[10; MAX_X509POP_CHAIN + 1])),
+            Err(ChainBoundError::TooMany(MAX_X509POP_CHAIN + 1))
+        );
+        assert_eq!(
+            bounded_chain(&chain(&[10, MAX_X509POP_CERT_LEN + 1])),
+            Err(ChainBoundError::CertTooLarge {
+                index: 1,
+                len: MAX_X509POP_CERT_LEN + 1
+            })
+        );
+        let four = MAX_X509POP_CHAIN_LEN / 4;
+        assert_eq!(
+            bounded_chain(&chain(&[four, four, four, four, 1])),
+            Err(ChainBoundError::TooLarge(MAX_X509POP_CHAIN_LEN + 1))
+        );
+    }
+
+    #[test]
+    fn the_count_is_checked_before_any_certificate_is_looked_at() {
+        // A thousand oversized "certificates" are refused for their number: the bound
+        // that costs nothing to check comes first.
+        assert_eq!(
+            bounded_chain(&chain(&[MAX_X509POP_CERT_LEN + 1; 1000])),
+            Err(ChainBoundError::TooMany(1000))
+        );
+    }
 }

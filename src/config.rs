@@ -53,6 +53,8 @@ pub struct RawConfig {
     pub operators: Vec<crate::policy::Operator>,
     /// How long an approval counts toward a grant's quorum (default 1h).
     pub approval_ttl: Option<crate::ttl::Ttl>,
+    /// The longest an incident may be open in all, extensions included (default 7d).
+    pub max_incident_lifetime: Option<crate::ttl::Ttl>,
     /// Lifetimes.
     #[serde(default)]
     pub ca: CaConfig,
@@ -89,6 +91,8 @@ pub struct Config {
     pub operators: Vec<crate::policy::Operator>,
     /// How long an approval counts toward a grant's quorum, in seconds.
     pub approval_ttl_secs: u64,
+    /// The longest an incident may be open in all, in seconds.
+    pub max_incident_lifetime_secs: u64,
     /// Lifetimes.
     pub ca: CaConfig,
     /// Remediation rules.
@@ -98,6 +102,9 @@ pub struct Config {
     /// How long a stopping process drains before it exits.
     pub shutdown_grace: Duration,
 }
+
+/// The highest `max_incident_lifetime` accepted.
+const MAX_INCIDENT_LIFETIME_CEILING_SECS: u64 = 365 * 24 * 3600;
 
 /// Default data directory, relative to where writ runs.
 pub const DEFAULT_DATA_DIR: &str = "./writ-data";
@@ -129,6 +136,20 @@ impl RawConfig {
         }
         self.ca.validate()?;
         self.remediation.validate()?;
+        // Root and the uid running writ hold every role; see policy::roles.
+        let server_uid = std::os::unix::fs::MetadataExt::uid(
+            &std::fs::metadata("/proc/self").context("reading /proc/self")?,
+        );
+        crate::policy::roles::check_operators(&self.operators, server_uid)?;
+        let max_incident_lifetime_secs = self
+            .max_incident_lifetime
+            .map_or(crate::policy::DEFAULT_MAX_INCIDENT_LIFETIME_SECS, |t| {
+                t.secs()
+            });
+        anyhow::ensure!(
+            max_incident_lifetime_secs <= MAX_INCIDENT_LIFETIME_CEILING_SECS,
+            "max_incident_lifetime must be at most 365d: a year-long incident is standing access"
+        );
         self.workload_api.validate()?;
         let shutdown_grace = shutdown_grace(self.shutdown_grace)?;
         let admin_socket = self
@@ -144,6 +165,7 @@ impl RawConfig {
             admin_listen: self.admin_listen,
             operator_ca: self.operator_ca,
             operators: self.operators,
+            max_incident_lifetime_secs,
             approval_ttl_secs: self.approval_ttl.map(|t| t.secs()).unwrap_or(3600),
             remediation: self.remediation,
             workload_api: self.workload_api,
@@ -311,6 +333,55 @@ mod tests {
         let zero: RawConfig = toml::from_str("[remediation]\nquorum_sev1 = 0").unwrap();
         assert!(zero.resolve().is_err());
         assert!(toml::from_str::<RawConfig>("[remediation]\nquorom_sev1 = 2").is_err());
+    }
+
+    #[test]
+    fn contradictory_or_out_of_bounds_settings_say_what_is_wrong() {
+        let server_uid =
+            std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+        let other = server_uid.wrapping_add(1).max(1);
+        for (toml, says) in [
+            (
+                format!(
+                    "[[operator]]\nname = \"a\"\nuid = {other}\n[[operator]]\nname = \"b\"\nuid = {other}\n"
+                ),
+                format!("both have uid {other}"),
+            ),
+            (
+                "[[operator]]\nname = \"audit\"\nuid = 0\nroles = [\"auditor\"]\n".to_owned(),
+                "which is root".to_owned(),
+            ),
+            (
+                format!("[[operator]]\nname = \"a\"\nuid = {other}\nroles = []\n"),
+                "has no roles".to_owned(),
+            ),
+            (
+                "[ca]\nbackdate = \"100h\"\n".to_owned(),
+                "backdate (4days 4h) must be at most 5m".to_owned(),
+            ),
+            (
+                "max_incident_lifetime = \"400d\"\n".to_owned(),
+                "at most 365d".to_owned(),
+            ),
+        ] {
+            let raw: RawConfig = toml::from_str(&toml).unwrap();
+            let e = format!("{:#}", raw.resolve().unwrap_err());
+            assert!(e.contains(&says), "{toml}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let raw: RawConfig =
+            toml::from_str("max_incident_lifetime = \"2d\"\n[ca]\nbackdate = \"1m\"").unwrap();
+        let config = raw.resolve().unwrap();
+        assert_eq!(config.max_incident_lifetime_secs, 2 * 24 * 3600);
+        assert_eq!(
+            RawConfig::default()
+                .resolve()
+                .unwrap()
+                .max_incident_lifetime_secs,
+            7 * 24 * 3600
+        );
+        // The demo switch is a `writ dev` flag, never a config key.
+        assert!(toml::from_str::<RawConfig>("[remediation]\ndemo_single_user = true").is_err());
     }
 
     #[test]

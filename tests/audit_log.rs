@@ -114,7 +114,8 @@ fn forge(dir: &Path, records: &BTreeMap<u64, Vec<u8>>) {
 fn verify_names_what_was_tampered_with_on_a_copy_of_a_real_store() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
-    let server = DevProcess::start(&data, &[]);
+    // One user is operator and workload here: the demo switch allows that profile.
+    let server = DevProcess::start(&data, &["--demo-single-user"]);
     let socket = server.socket();
     let uid = dev::my_uid().to_string();
     server.ok(&[
@@ -496,7 +497,7 @@ async fn a_refused_grant_request_is_recorded() {
     let issuer = std::sync::Arc::clone(&dev.issuer);
     let before = issuer.audit.size();
     let refused =
-        tokio::task::spawn_blocking(move || issuer.request_grant_for_workload(request, &by))
+        tokio::task::spawn_blocking(move || issuer.request_grant_for_workload(request, &by, None))
             .await
             .unwrap();
     assert!(refused.is_err());

@@ -21,14 +21,17 @@ const ALICE: u32 = 65534; // approver
 const BOB: u32 = 65533; // approver
 const CAROL: u32 = 65532; // incident-commander
 const STRANGER: u32 = 65531; // not an operator
+const DAVE: u32 = 65530; // approver and incident-commander
 
-const OPERATORS: [&str; 6] = [
+const OPERATORS: [&str; 8] = [
     "--operator",
     "alice=65534:approver",
     "--operator",
     "bob=65533:approver",
     "--operator",
     "carol=65532:incident-commander",
+    "--operator",
+    "dave=65530:approver,incident-commander",
 ];
 
 const PLAN: &str = "kubectl -n shop rollout restart deploy/checkout\n\
@@ -360,16 +363,16 @@ fn approvals_that_break_the_rules_are_refused() {
     let plan = dev.file("plan.txt", PLAN);
     let digest = sha256sum(&plan);
 
-    // Alice files the request; she may not approve it herself.
-    let mine = dev.request_as(As::Uid(ALICE), "INC-1", &plan, &[]);
-    assert_eq!(dev.grant(&mine)["requested_by"], "alice");
+    // Dave (who may both ask and approve) files the request; he may not approve it.
+    let mine = dev.request_as(As::Uid(DAVE), "INC-1", &plan, &[]);
+    assert_eq!(dev.grant(&mine)["requested_by"], "dave");
     dev.refused_as(
-        As::Uid(ALICE),
+        As::Uid(DAVE),
         &["grant", "approve", &mine],
-        "alice requested this grant and cannot approve it",
+        "dave requested this grant and cannot approve it",
     );
     dev.refused_as(
-        As::Uid(ALICE),
+        As::Uid(DAVE),
         &["grant", "approve", &mine, "--digest", &digest],
         "cannot approve",
     );

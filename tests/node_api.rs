@@ -28,6 +28,10 @@ const WAIT: Duration = Duration::from_secs(30);
 /// An unprivileged uid for workloads that must not match a `unix:uid:0` profile.
 const NOBODY: u32 = 65534;
 
+/// The uid of the `triage` workloads: no operator's (root runs the server and is one, and
+/// writ refuses profiles that select an operator's uid).
+const WORKLOAD: u32 = 65533;
+
 /// A port nothing listens on right now (the listener is dropped at once).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -258,13 +262,11 @@ impl Server {
     }
 
     fn profile(&self, name: &str, uid: u32) {
-        self.ok(&[
-            "profile",
-            "create",
-            name,
-            "--selector",
-            &format!("unix:uid:{uid}"),
-        ]);
+        self.profile_selecting(name, &format!("unix:uid:{uid}"));
+    }
+
+    fn profile_selecting(&self, name: &str, selector: &str) {
+        self.ok(&["profile", "create", name, "--selector", selector]);
     }
 
     fn open(&self, incident: &str, profile: &str) {
@@ -629,13 +631,13 @@ fn join_token_agent_serves_incident_identities() {
         )
     );
 
-    server.profile("triage", 0);
+    server.profile("triage", WORKLOAD);
     // A profile alone grants nothing.
-    wait_no_identity(&agent.socket(), 0);
+    wait_no_identity(&agent.socket(), WORKLOAD);
     server.open("INC-1", "triage");
-    wait_identities(&agent.socket(), 0, &[("triage", "INC-1")]);
+    wait_identities(&agent.socket(), WORKLOAD, &[("triage", "INC-1")]);
     server.close("INC-1");
-    wait_no_identity(&agent.socket(), 0);
+    wait_no_identity(&agent.socket(), WORKLOAD);
 }
 
 #[test]
@@ -712,20 +714,20 @@ fn server_and_agent_restart_from_disk() {
     );
     let node = node_id(&agent.data_dir);
 
-    server.profile("triage", 0);
+    server.profile("triage", WORKLOAD);
     server.profile("fixer", NOBODY);
     server.open("INC-1", "triage");
     server.open("INC-2", "triage");
     server.open("INC-3", "fixer");
     wait_identities(
         &agent.socket(),
-        0,
+        WORKLOAD,
         &[("triage", "INC-1"), ("triage", "INC-2")],
     );
     wait_identities(&agent.socket(), NOBODY, &[("fixer", "INC-3")]);
     server.close("INC-2");
     server.close("INC-3");
-    wait_identities(&agent.socket(), 0, &[("triage", "INC-1")]);
+    wait_identities(&agent.socket(), WORKLOAD, &[("triage", "INC-1")]);
     wait_no_identity(&agent.socket(), NOBODY);
 
     agent.kill();
@@ -733,11 +735,11 @@ fn server_and_agent_restart_from_disk() {
     agent.restart();
     assert_eq!(node_id(&agent.data_dir), node, "the agent attested again");
 
-    wait_identities(&agent.socket(), 0, &[("triage", "INC-1")]);
+    wait_identities(&agent.socket(), WORKLOAD, &[("triage", "INC-1")]);
     wait_no_identity(&agent.socket(), NOBODY);
     // And the restarted pair still follows policy.
     server.close("INC-1");
-    wait_no_identity(&agent.socket(), 0);
+    wait_no_identity(&agent.socket(), WORKLOAD);
 }
 
 #[test]
@@ -767,9 +769,9 @@ fn x509pop_attests_nodes_of_the_trusted_ca_only() {
             &sha256_hex(&pki.cert_der)[..32]
         )
     );
-    server.profile("triage", 0);
+    server.profile("triage", WORKLOAD);
     server.open("INC-1", "triage");
-    wait_identities(&agent.socket(), 0, &[("triage", "INC-1")]);
+    wait_identities(&agent.socket(), WORKLOAD, &[("triage", "INC-1")]);
 
     // A node certificate from a CA the server does not trust.
     let rogue = NodePki::new("rogue");
@@ -883,9 +885,9 @@ fn foreign_node_svids_and_wrong_bundles_are_refused() {
         "agent",
         &agent_toml(&dir.join("agent"), &address, &bundle, &join_token(&token)),
     );
-    server.profile("triage", 0);
+    server.profile("triage", WORKLOAD);
     server.open("INC-1", "triage");
-    wait_identities(&agent.socket(), 0, &[("triage", "INC-1")]);
+    wait_identities(&agent.socket(), WORKLOAD, &[("triage", "INC-1")]);
 }
 
 #[test]
@@ -1037,9 +1039,9 @@ fn a_revoked_node_svid_is_refused_and_the_node_must_attest_again() {
         "again",
         &agent_toml(&dir.join("again"), &address, &bundle, &join_token(&token)),
     );
-    server.profile("triage", 0);
+    server.profile("triage", WORKLOAD);
     server.open("INC-1", "triage");
-    wait_identities(&again.socket(), 0, &[("triage", "INC-1")]);
+    wait_identities(&again.socket(), WORKLOAD, &[("triage", "INC-1")]);
 }
 
 /// A workload behind a remote agent reports activity: the agent forwards it over the node
@@ -1063,8 +1065,11 @@ fn remote_agent_forwards_activity_reports() {
             &join_token(&token),
         ),
     );
+    // This process is the workload; it runs as root, an operator, so the profile selects
+    // its executable instead.
     let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
-    server.profile("triage", uid);
+    let exe = std::env::current_exe().unwrap();
+    server.profile_selecting("triage", &format!("unix:path:{}", exe.display()));
     server.open("INC-1", "triage");
     let want = id_of("triage", "INC-1");
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -172,6 +172,10 @@ fn the_quickstart_runs_as_written() {
     }
 
     // What each step promises, seen in its output.
+    assert!(
+        logs.contains("WARNING: --demo-single-user"),
+        "the one-user demo says so when it starts\n{context}"
+    );
     let investigative = "spiffe://investigate.example.org/agent/sre-agent/incident/INC-1";
     if python.is_some() {
         assert!(

@@ -3,7 +3,7 @@
 //! A workload may request remediation only for an incident it is investigating right
 //! now: the caller is attested exactly as on the Workload API, must hold the
 //! investigative identity of that incident, and the request is filed under that SPIFFE
-//! ID, which can never approve it.
+//! ID and the caller's uid, neither of which can ever approve it.
 //!
 //! A workload reports what it did (prompts, tool calls, evidence, proposed fixes) under
 //! the identity it holds for the incident; the server appends the audit record. Reports
@@ -12,7 +12,7 @@
 use super::Agent;
 use super::workload::attest_caller;
 use crate::audit::activity::{Activity, RawActivity};
-use crate::policy::{GrantRequest, entitlements};
+use crate::policy::{GrantRequest, Selector, entitlements};
 use crate::proto::agent::{self as pb, agent_api_server::AgentApi};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -65,6 +65,12 @@ impl AgentApi for AgentService {
                     body.incident.chars().take(64).collect::<String>()
                 ))
             })?;
+        // The uid the kernel reported for the caller: an operator with this uid must never
+        // approve what this workload asks for.
+        let uid = selectors.iter().find_map(|s| match s {
+            Selector::Uid(uid) => Some(*uid),
+            _ => None,
+        });
         let agent_name = held
             .spiffe_id
             .path()
@@ -87,6 +93,7 @@ impl AgentApi for AgentService {
                     window_secs: body.window_seconds,
                 },
                 &held.spiffe_id,
+                uid,
             )
             .await
             .map_err(Status::from)?;

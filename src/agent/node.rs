@@ -124,11 +124,12 @@ pub trait NodeApi: Send + Sync + 'static {
         spiffe_id: &SpiffeId,
         audience: Vec<String>,
     ) -> Result<String, NodeError>;
-    /// Files a grant request for a workload holding `requested_by`.
+    /// Files a grant request for a workload holding `requested_by`, attested as `uid`.
     async fn request_grant(
         &self,
         request: GrantRequest,
         requested_by: &SpiffeId,
+        uid: Option<u32>,
     ) -> Result<Grant, NodeError>;
     /// Records `activity` by a workload holding `spiffe_id` and the X.509-SVID `serial`
     /// (empty if none yet); returns the audit record's index.
@@ -239,10 +240,11 @@ impl NodeApi for LocalNode {
         &self,
         request: GrantRequest,
         requested_by: &SpiffeId,
+        uid: Option<u32>,
     ) -> Result<Grant, NodeError> {
         let issuer = Arc::clone(&self.issuer);
         let by = requested_by.clone();
-        tokio::task::spawn_blocking(move || issuer.request_grant_for_workload(request, &by))
+        tokio::task::spawn_blocking(move || issuer.request_grant_for_workload(request, &by, uid))
             .await
             .map_err(|e| NodeError::Unavailable(e.to_string()))?
             .map_err(registry_error)

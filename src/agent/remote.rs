@@ -612,12 +612,14 @@ impl NodeApi for RemoteNode {
         &self,
         request: GrantRequest,
         requested_by: &SpiffeId,
+        uid: Option<u32>,
     ) -> Result<Grant, NodeError> {
         let response = self
             .client
             .clone()
             .request_grant(pb::NodeGrantRequest {
                 requested_by: requested_by.to_string(),
+                requester_uid: uid,
                 incident: request.incident,
                 agent: request.agent,
                 action: request.action,

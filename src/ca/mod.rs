@@ -105,6 +105,9 @@ impl CaError {
     }
 }
 
+/// The most notBefore may be backdated (config `[ca] backdate`; default 10s).
+pub const MAX_BACKDATE: Duration = Duration::from_secs(5 * 60);
+
 /// Lifetimes, as configured. Defaults follow DESIGN.md §3.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -157,6 +160,15 @@ impl CaConfig {
             return Err(CaError::Config(
                 "default SVID TTLs exceed max_svid_ttl".into(),
             ));
+        }
+        // Backdating only absorbs clock skew between hosts; more would make an SVID valid
+        // for a time before it was issued (before its incident opened, say).
+        if self.backdate > MAX_BACKDATE {
+            return Err(CaError::Config(format!(
+                "backdate ({}) must be at most {}: it only absorbs clock skew",
+                humantime::format_duration(self.backdate),
+                humantime::format_duration(MAX_BACKDATE)
+            )));
         }
         if secs(self.ca_ttl) < 6 * secs(self.max_svid_ttl) {
             return Err(CaError::Config(format!(

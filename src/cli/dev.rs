@@ -44,6 +44,12 @@ pub struct DevArgs {
     /// approver, auditor; default approver). Repeatable.
     #[arg(long = "operator")]
     operators: Vec<crate::policy::Operator>,
+    /// A demo on one machine as one user: that user may be an agent's workload and its
+    /// approvers at once (profiles may select an operator's uid; an approval by the uid
+    /// that requested a grant counts). Never for real use: it removes the separation
+    /// between the agent and the humans who approve it.
+    #[arg(long)]
+    demo_single_user: bool,
 }
 
 /// Flags of `writ server`.
@@ -182,8 +188,23 @@ fn resolve_dev(args: DevArgs) -> anyhow::Result<crate::config::Config> {
         raw.trust_domain = args.trust_domain;
     }
     raw.operators.extend(args.operators);
+    if args.demo_single_user {
+        // Not a config key: only this flag, typed at start, turns it on.
+        raw.remediation.demo_single_user = true;
+        for line in DEMO_WARNING {
+            eprintln!("WARNING: {line}");
+        }
+        tracing::warn!("--demo-single-user: approvals by the uid that requested a grant count");
+    }
     raw.resolve()
 }
+
+/// What `writ dev --demo-single-user` says first, on stderr, whatever the log level.
+const DEMO_WARNING: [&str; 3] = [
+    "--demo-single-user: one user may be an agent's workload and every approver at once.",
+    "Profiles may select operators' uids, and an approval by the uid that asked for a grant counts.",
+    "That is a one-person demo, not a control: never run writ like this for real agents.",
+];
 
 /// Starts the issuer's own tasks: rotation, the admin API and, if configured, the
 /// node API for remote agents.
@@ -373,9 +394,14 @@ fn print_banner(issuer: &Issuer) {
         "  export SPIFFE_ENDPOINT_SOCKET=unix://{}",
         workload.display()
     );
-    println!("  writ profile create triage --selector unix:uid:$(id -u) --scope logs:read");
+    if config.remediation.demo_single_user {
+        println!("  writ profile create triage --selector unix:uid:$(id -u) --scope logs:read");
+    } else {
+        // An operator's uid is never a workload's: the agent runs as its own user.
+        println!("  writ profile create triage --selector unix:user:AGENT_USER --scope logs:read");
+    }
     println!("  writ incident open INC-1 --title 'db latency' --severity sev2 --assign triage");
-    println!("  # any SPIFFE client run as this user now gets");
+    println!("  # any SPIFFE client run as that user now gets");
     println!(
         "  #   spiffe://investigate.{}/agent/triage/incident/INC-1",
         config.trust_domain

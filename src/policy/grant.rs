@@ -55,6 +55,11 @@ pub struct RemediationRules {
     pub pending_per_incident: usize,
     /// Most grant requests per agent per hour.
     pub per_agent_per_hour: usize,
+    /// Whether an approval by the uid that requested a grant counts. Only
+    /// `writ dev --demo-single-user` sets it, for a one-user demo: no config file can
+    /// (`serde(skip)`), and agents never see it.
+    #[serde(skip)]
+    pub demo_single_user: bool,
 }
 
 impl Default for RemediationRules {
@@ -73,6 +78,7 @@ impl Default for RemediationRules {
             sensitive_quorum: 1,
             pending_per_incident: 5,
             per_agent_per_hour: 20,
+            demo_single_user: false,
         }
     }
 }
@@ -180,6 +186,11 @@ pub struct Grant {
     pub window_secs: u64,
     /// Operator name, or the requesting agent's SPIFFE ID.
     pub requested_by: String,
+    /// The uid that requested it: the operator's, or the one the requesting workload was
+    /// attested with. No approval by this uid counts. `None` when unknown (an operator
+    /// over mTLS without a configured uid, grants filed before writ recorded it).
+    #[serde(default)]
+    pub requested_by_uid: Option<u32>,
     /// Seconds since the epoch.
     pub requested_at: i64,
     /// Approvals so far.
@@ -244,6 +255,16 @@ pub enum GrantError {
     /// The requester may not approve their own request.
     #[error("{0} requested this grant and cannot approve it")]
     OwnRequest(String),
+    /// The approver runs as the uid that requested the grant: one person, two votes.
+    #[error(
+        "{approver} runs as uid {uid}, which requested this grant: the requester never approves its own grant (run agents as their own users)"
+    )]
+    SameUid {
+        /// The approver.
+        approver: String,
+        /// The uid they share with the requester.
+        uid: u32,
+    },
     /// The approver already approved.
     #[error("{0} has already approved this grant")]
     AlreadyApproved(String),
@@ -255,6 +276,23 @@ pub enum GrantError {
         /// The approver's.
         given: String,
     },
+}
+
+/// Who files or approves: a name and, when the kernel (or the configuration, for an
+/// operator over mTLS) says, the uid acting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Principal<'a> {
+    /// Operator name, or a workload's SPIFFE ID.
+    pub name: &'a str,
+    /// The uid, if known.
+    pub uid: Option<u32>,
+}
+
+impl<'a> From<&'a str> for Principal<'a> {
+    /// A name alone: no uid is known.
+    fn from(name: &'a str) -> Self {
+        Principal { name, uid: None }
+    }
 }
 
 /// What a request carries, before writ assigns id, digest and times.
@@ -323,19 +361,19 @@ pub fn new_grant(
         request,
         incident,
         profile_allows_remediation,
-        requested_by,
+        requested_by.into(),
         id,
         now,
     )
 }
 
-/// [`new_grant`] under `rules`.
+/// [`new_grant`] under `rules`, recording the requester's uid.
 pub fn new_grant_with(
     rules: &RemediationRules,
     request: GrantRequest,
     incident: &Incident,
     profile_allows_remediation: bool,
-    requested_by: &str,
+    requested_by: Principal<'_>,
     id: String,
     now: i64,
 ) -> Result<Grant, GrantError> {
@@ -411,7 +449,8 @@ pub fn new_grant_with(
         plan: request.plan,
         scopes: request.scopes,
         window_secs,
-        requested_by: requested_by.to_owned(),
+        requested_by: requested_by.name.to_owned(),
+        requested_by_uid: requested_by.uid,
         requested_at: now,
         approvals: Vec::new(),
         state: GrantState::Pending,
@@ -437,23 +476,29 @@ pub fn approve(
         &RemediationRules::default(),
         grant,
         incident,
-        approver,
+        approver.into(),
         digest,
         approval_ttl,
         now,
     )
 }
 
-/// [`approve`] under `rules`.
+/// [`approve`] under `rules`, by an approver whose uid may be known. The requester never
+/// counts: not by name, and not by uid (a workload and an operator sharing a uid are one
+/// person), unless `rules.demo_single_user`.
 pub fn approve_with(
     rules: &RemediationRules,
     grant: &Grant,
     incident: &Incident,
-    approver: &str,
+    approver: Principal<'_>,
     digest: &str,
     approval_ttl: i64,
     now: i64,
 ) -> Result<Grant, GrantError> {
+    let Principal {
+        name: approver,
+        uid: approver_uid,
+    } = approver;
     if grant.state != GrantState::Pending {
         return Err(GrantError::NotPending {
             id: grant.id.clone(),
@@ -467,6 +512,14 @@ pub fn approve_with(
     }
     if approver == grant.requested_by {
         return Err(GrantError::OwnRequest(approver.to_owned()));
+    }
+    if let Some(uid) = approver_uid.filter(|u| Some(*u) == grant.requested_by_uid)
+        && !rules.demo_single_user
+    {
+        return Err(GrantError::SameUid {
+            approver: approver.to_owned(),
+            uid,
+        });
     }
     if digest != grant.plan_digest {
         return Err(GrantError::DigestMismatch {
@@ -703,7 +756,8 @@ mod tests {
         );
         assert!(rules.is_sensitive("db:write") && !rules.is_sensitive("iam:write"));
         let (g, inc) = pending(Severity::Sev3);
-        let one = approve_with(&rules, &g, &inc, "alice", &g.plan_digest, 3600, 101).unwrap();
+        let one =
+            approve_with(&rules, &g, &inc, "alice".into(), &g.plan_digest, 3600, 101).unwrap();
         assert_eq!(
             one.state,
             GrantState::Pending,
@@ -725,6 +779,40 @@ mod tests {
             .validate()
             .is_err()
         );
+    }
+
+    #[test]
+    fn an_approver_running_as_the_requesting_uid_never_counts() {
+        let inc = incident(Severity::Sev3);
+        let rules = RemediationRules::default();
+        let workload = Principal {
+            name: "spiffe://investigate.example.org/agent/fixer/incident/INC-1",
+            uid: Some(1001),
+        };
+        let g = new_grant_with(&rules, request(), &inc, true, workload, "g-1".into(), 100).unwrap();
+        assert_eq!(g.requested_by_uid, Some(1001));
+        let as_uid = |uid| Principal {
+            name: "alice",
+            uid: Some(uid),
+        };
+        assert!(matches!(
+            approve_with(&rules, &g, &inc, as_uid(1001), &g.plan_digest, 3600, 101),
+            Err(GrantError::SameUid { uid: 1001, .. })
+        ));
+        // Another uid, or one writ does not know, counts.
+        for approver in [as_uid(1002), "alice".into()] {
+            let active =
+                approve_with(&rules, &g, &inc, approver, &g.plan_digest, 3600, 101).unwrap();
+            assert_eq!(active.state, GrantState::Active);
+        }
+        // Only the one-user demo lets the same uid approve.
+        let demo = RemediationRules {
+            demo_single_user: true,
+            ..RemediationRules::default()
+        };
+        let active =
+            approve_with(&demo, &g, &inc, as_uid(1001), &g.plan_digest, 3600, 101).unwrap();
+        assert_eq!(active.state, GrantState::Active);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod grant;
 pub mod playbook;
 pub mod revocation;
+pub mod roles;
 mod selector;
 pub mod serial;
 
@@ -99,6 +100,46 @@ pub enum PolicyError {
     /// A band list is empty or names the base band.
     #[error("invalid bands: {0}")]
     BadBands(String),
+    /// Not one of the four roles.
+    #[error("unknown role {0:?}: use admin, incident-commander, approver or auditor")]
+    BadRole(String),
+    /// An operator flag (`NAME=UID[:ROLE,ROLE]`) that does not parse.
+    #[error("invalid operator {input:?}: {reason} (use NAME=UID[:ROLE,ROLE])")]
+    BadOperator {
+        /// What was given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The configured operators contradict each other or demote root.
+    #[error("{0}")]
+    BadOperators(String),
+    /// A profile would make an operator's uid a workload (see [`roles::check_profile`]).
+    #[error(
+        "profile {profile:?} selects {selector}, which is uid {uid}, an operator's: a workload running as it could approve its own grants; run agents as their own users"
+    )]
+    SelectsOperator {
+        /// The profile.
+        profile: String,
+        /// The selector, as written.
+        selector: String,
+        /// The operator uid it selects.
+        uid: u32,
+    },
+    /// An incident would be open longer than `max_incident_lifetime` allows.
+    #[error(
+        "incident {id:?} would be open for {}, longer than max_incident_lifetime ({}) allows",
+        humantime::format_duration(std::time::Duration::from_secs(*lifetime_secs)),
+        humantime::format_duration(std::time::Duration::from_secs(*ceiling_secs))
+    )]
+    PastLifetimeCeiling {
+        /// The incident.
+        id: String,
+        /// Its total lifetime (from opening) it would have.
+        lifetime_secs: u64,
+        /// The ceiling.
+        ceiling_secs: u64,
+    },
 }
 
 /// What an operator may do (DESIGN.md §4). Enforced per admin RPC with the remediation
@@ -134,10 +175,7 @@ impl FromStr for Role {
             "incident-commander" => Ok(Role::IncidentCommander),
             "approver" => Ok(Role::Approver),
             "auditor" => Ok(Role::Auditor),
-            _ => Err(PolicyError::BadName {
-                what: "role (admin, incident-commander, approver, auditor)".into(),
-                name: s.chars().take(32).collect(),
-            }),
+            _ => Err(PolicyError::BadRole(s.chars().take(32).collect())),
         }
     }
 }
@@ -164,13 +202,16 @@ fn default_roles() -> BTreeSet<Role> {
 impl FromStr for Operator {
     type Err = PolicyError;
 
-    /// `NAME=UID[:ROLE,ROLE]`, as `writ dev --operator` takes it.
+    /// `NAME=UID[:ROLE,ROLE]`, as `writ dev --operator` takes it. Each refusal names the
+    /// part that is wrong.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || PolicyError::BadName {
-            what: "operator (NAME=UID[:ROLE,ROLE])".into(),
-            name: s.chars().take(64).collect(),
+        let bad = |reason: String| PolicyError::BadOperator {
+            input: s.chars().take(64).collect(),
+            reason,
         };
-        let (name, rest) = s.split_once('=').ok_or_else(bad)?;
+        let (name, rest) = s
+            .split_once('=')
+            .ok_or_else(|| bad("no '=' between the name and the uid".into()))?;
         check_name("operator", name)?;
         let (uid, roles) = match rest.split_once(':') {
             Some((uid, roles)) => (
@@ -182,7 +223,17 @@ impl FromStr for Operator {
             ),
             None => (rest, default_roles()),
         };
-        let uid = uid.parse().map_err(|_| bad())?;
+        // Digits only: `u32::from_str` would also take a leading `+`.
+        let uid = Some(uid)
+            .filter(|u| !u.is_empty() && u.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|u| u.parse().ok())
+            .ok_or_else(|| {
+                bad(format!(
+                    "uid {:?} is not a number from 0 to {}",
+                    uid.chars().take(16).collect::<String>(),
+                    u32::MAX
+                ))
+            })?;
         Ok(Operator {
             name: name.to_owned(),
             uid: Some(uid),
@@ -365,7 +416,37 @@ impl Incident {
     pub fn is_open(&self) -> bool {
         self.state == IncidentState::Open
     }
+
+    /// Checks that its total lifetime, from opening, stays within `ceiling_secs` (config
+    /// `max_incident_lifetime`): extending is for long incidents, never for authority
+    /// without end.
+    pub fn check_lifetime(&self, ceiling_secs: u64) -> Result<(), PolicyError> {
+        if self.max_lifetime_secs > ceiling_secs {
+            return Err(PolicyError::PastLifetimeCeiling {
+                id: self.id.clone(),
+                lifetime_secs: self.max_lifetime_secs,
+                ceiling_secs,
+            });
+        }
+        Ok(())
+    }
+
+    /// This incident with `by_secs` more lifetime: from its end, or from `now` if it has
+    /// already run out (the expiry task may not have closed it yet). Refused past
+    /// `ceiling_secs` of total lifetime.
+    pub fn extended(&self, by_secs: u64, ceiling_secs: u64, now: i64) -> Result<Self, PolicyError> {
+        let end = (self.opened_at + self.max_lifetime_secs as i64).max(now);
+        let mut extended = self.clone();
+        extended.max_lifetime_secs =
+            (end.saturating_add(by_secs as i64) - self.opened_at).max(0) as u64;
+        extended.check_lifetime(ceiling_secs)?;
+        Ok(extended)
+    }
 }
+
+/// The default ceiling on an incident's total lifetime, extensions included (config
+/// `max_incident_lifetime`; docs/roles.md says why).
+pub const DEFAULT_MAX_INCIDENT_LIFETIME_SECS: u64 = 7 * 24 * 3600;
 
 /// The policy at one instant: every profile and incident, and a generation number that
 /// grows on every change.
@@ -842,6 +923,46 @@ mod tests {
         for bad in ["alice", "alice=x", "a/b=1", "carol=1:root", "=1"] {
             assert!(bad.parse::<Operator>().is_err(), "{bad}");
         }
+        // Each refusal names the part that is wrong, not "a bad name".
+        for (bad, says) in [
+            ("alice=abc", r#"uid "abc" is not a number"#),
+            ("alice=+5", r#"uid "+5" is not a number"#),
+            ("alice=99999999999", "is not a number from 0 to 4294967295"),
+            ("alice", "no '='"),
+            ("carol=1:root", r#"unknown role "root""#),
+            ("a/b=1", "invalid operator name"),
+        ] {
+            let e = bad.parse::<Operator>().unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn extensions_stop_at_the_lifetime_ceiling() {
+        let inc = incident("INC-1", &["a"], &[], 1000);
+        let day = 24 * 3600;
+        let once = inc.extended(2 * 3600, 7 * day, 1500).unwrap();
+        assert_eq!(once.max_lifetime_secs, 6 * 3600);
+        // Past its end already: the extension counts from now.
+        let late = inc.extended(3600, 7 * day, 1000 + 5 * 3600).unwrap();
+        assert_eq!(late.max_lifetime_secs, 6 * 3600);
+        let mut long = inc.clone();
+        long.max_lifetime_secs = 7 * day - 60;
+        assert!(
+            long.extended(60, 7 * day, 1500).is_ok(),
+            "up to the ceiling"
+        );
+        let e = long.extended(61, 7 * day, 1500).unwrap_err();
+        assert!(
+            matches!(e, PolicyError::PastLifetimeCeiling { lifetime_secs, .. } if lifetime_secs == 7 * day + 1),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("max_incident_lifetime (7days)"),
+            "{e}"
+        );
+        assert!(long.check_lifetime(7 * day).is_ok());
+        assert!(long.check_lifetime(day).is_err());
     }
 
     #[test]

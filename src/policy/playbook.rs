@@ -166,6 +166,21 @@ pub enum PlaybookError {
     /// No target named, and the allow-list has more than one.
     #[error("name the targets to act on (--target), from: {0}")]
     NoTargets(String),
+    /// The playbook is already active on the incident: a second activation would stretch
+    /// its bounded window.
+    #[error(
+        "playbook {name:?} is already active on incident {incident:?} (grant {grant}, {left_secs}s left): revoke it first, or let it end"
+    )]
+    AlreadyActive {
+        /// The playbook.
+        name: String,
+        /// The incident.
+        incident: String,
+        /// The activation in force.
+        grant: String,
+        /// Seconds until it ends.
+        left_secs: i64,
+    },
 }
 
 fn bad(message: String) -> PlaybookError {
@@ -402,7 +417,12 @@ pub fn without_approvers(
 /// `request.agent`, active at once for the chosen window (never past the incident's end),
 /// whose approvals are the playbook's quorum plus the activator's approval of this
 /// activation's plan.
-pub fn activate(
+///
+/// At most one activation of a playbook is in force per incident (`grants` are the
+/// policy's grants): otherwise activating it again and again would hold its authority
+/// open far past the window its quorum approved.
+#[allow(clippy::too_many_arguments)]
+pub fn activate<'a>(
     playbook: &Playbook,
     incident: &Incident,
     profile: Option<&Profile>,
@@ -410,6 +430,7 @@ pub fn activate(
     activator: &str,
     now: i64,
     id: String,
+    grants: impl IntoIterator<Item = &'a Grant>,
 ) -> Result<Grant, PlaybookError> {
     check_name("agent", &request.agent)?;
     if request.targets.len() > MAX_ITEMS {
@@ -454,6 +475,20 @@ pub fn activate(
             "profile {:?} does not allow the remediation band (advisory-only agents never hold remediation identities)",
             request.agent
         )));
+    }
+    // In force: active and its window not over (the expiry task may not have run yet).
+    if let Some(active) = grants.into_iter().find(|g| {
+        g.playbook.as_deref() == Some(playbook.name.as_str())
+            && g.incident == incident.id
+            && g.state == GrantState::Active
+            && g.expires_at.is_none_or(|at| at > now)
+    }) {
+        return Err(PlaybookError::AlreadyActive {
+            name: playbook.name.clone(),
+            incident: incident.id.clone(),
+            grant: active.id.clone(),
+            left_secs: active.expires_at.map_or(0, |at| at - now),
+        });
     }
     let targets = if request.targets.is_empty() {
         if playbook.allowed_targets.len() != 1 {
@@ -508,6 +543,7 @@ pub fn activate(
         scopes: playbook.scopes.clone(),
         window_secs,
         requested_by: activator.to_owned(),
+        requested_by_uid: None,
         requested_at: now,
         approvals,
         state: GrantState::Active,
@@ -634,6 +670,7 @@ mod tests {
             "carol",
             1000,
             "g-1".into(),
+            [],
         )
     }
 
@@ -912,6 +949,40 @@ mod tests {
     }
 
     #[test]
+    fn one_activation_per_playbook_and_incident_is_in_force() {
+        let p = approved();
+        let inc = incident();
+        let profile = fixer(&[Band::Remediation]);
+        let first = activate_now(&p, &inc, &profile, request(&["host/web-1"], None)).unwrap();
+        let again = |grants: &[&Grant], now: i64| {
+            activate(
+                &p,
+                &inc,
+                Some(&profile),
+                request(&["host/web-2"], None),
+                "carol",
+                now,
+                "g-2".into(),
+                grants.iter().copied(),
+            )
+        };
+        let refused = again(&[&first], 1001).unwrap_err();
+        assert!(
+            matches!(&refused, PlaybookError::AlreadyActive { grant, .. } if grant == "g-1"),
+            "{refused}"
+        );
+        // Over, whether or not the expiry task has written it down; or ended.
+        let until = first.expires_at.unwrap();
+        assert!(again(&[&first], until).is_ok());
+        let revoked = grant::end(&first, GrantState::Revoked, "carol", "", 1001).unwrap();
+        assert!(again(&[&revoked], 1001).is_ok());
+        // Another incident's activation is no obstacle.
+        let mut elsewhere = first.clone();
+        elsewhere.incident = "INC-2".into();
+        assert!(again(&[&elsewhere], 1001).is_ok());
+    }
+
+    #[test]
     fn advisory_only_and_unassigned_agents_are_refused() {
         let p = approved();
         for profile in [fixer(&[Band::Investigative]), {
@@ -932,7 +1003,8 @@ mod tests {
                 request(&["host/web-1"], None),
                 "carol",
                 1000,
-                "g".into()
+                "g".into(),
+                []
             ),
             Err(PlaybookError::NotEligible(_))
         ));

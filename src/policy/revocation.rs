@@ -202,6 +202,7 @@ mod tests {
             scopes: BTreeSet::new(),
             window_secs: 600,
             requested_by: "agent".into(),
+            requested_by_uid: None,
             requested_at: 0,
             approvals: Vec::new(),
             state,

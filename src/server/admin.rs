@@ -3,18 +3,20 @@
 //!
 //! Errors are mapped to `tonic::Status` in one place per source: `status` for the CAs,
 //! `registry_status` for the registry. Every field of a policy request is parsed here,
-//! whatever the CLI already checked. Callers are identified by SO_PEERCRED: for now only
-//! the uid running the server and root may call (operators with roles arrive later).
+//! whatever the CLI already checked. Callers are identified by SO_PEERCRED (or their mTLS
+//! certificate) and checked against the role matrix (docs/roles.md) at every RPC.
 
 mod audit;
 mod playbooks;
 pub mod refusals;
 mod svids;
 
-use super::Issuer;
 use super::registry::RegistryError;
+use super::{Issuer, uid_of_user};
 use crate::ca::{CaError, SubjectKey, SvidRequest};
 use crate::identity::agent_spiffe_id;
+use crate::policy::grant::Principal;
+use crate::policy::roles::{Operation, allowed, check_profile, operator_uids};
 use crate::policy::{
     Grant, GrantRequest, GrantState, Incident, IncidentState, MAX_ITEMS, PolicyError, Profile,
     Role, Selector, Severity, check_name,
@@ -32,12 +34,31 @@ use writ_verifier::{Band, WritClaims};
 /// Upper bound on scopes in one request.
 const MAX_SCOPES: usize = 64;
 
-/// An incident's maximum lifetime when the request names none (DESIGN.md §7).
+/// An incident's maximum lifetime when the request names none (DESIGN.md §7), or the
+/// configured ceiling if that is shorter.
 const DEFAULT_INCIDENT_LIFETIME: Duration = Duration::from_secs(4 * 3600);
 
-/// The longest maximum lifetime an incident may be opened with: long-running work is
-/// extended explicitly, so nothing stays open by accident.
-const MAX_INCIDENT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// An operator making a call.
+#[derive(Debug)]
+struct Caller {
+    /// The name recorded for their actions.
+    name: String,
+    /// The uid they act as: the kernel's word on the local socket, the configured one over
+    /// mTLS (if any).
+    uid: Option<u32>,
+    /// Their roles.
+    roles: BTreeSet<Role>,
+}
+
+impl Caller {
+    /// As grants record and compare requesters and approvers.
+    fn principal(&self) -> Principal<'_> {
+        Principal {
+            name: &self.name,
+            uid: self.uid,
+        }
+    }
+}
 
 /// The admin service.
 #[derive(Debug)]
@@ -70,37 +91,48 @@ impl AdminService {
         Ok(AdminService { issuer, server_uid })
     }
 
-    /// Like [`AdminService::authorize`], and the operator must hold one of `roles`
-    /// (root and the uid running writ hold every role). Refusals are logged.
-    fn authorize_role<T>(&self, request: &Request<T>, roles: &[Role]) -> Result<String, Status> {
-        let (who, held) = self.operator(request)?;
-        if roles.iter().any(|r| held.contains(r)) {
-            return Ok(who);
-        }
-        let wanted: Vec<String> = roles.iter().map(crate::policy::wire_name).collect();
-        tracing::warn!(operator = %who, ?wanted, "admin call refused: missing role");
-        Err(Status::permission_denied(format!(
-            "{who} needs the role {}",
-            wanted.join(" or ")
-        )))
+    /// The operator calling, if the role matrix ([`crate::policy::roles`], docs/roles.md)
+    /// lets them perform `operation`: the one place an admin RPC checks roles. Returns the
+    /// name recorded for their actions. Refusals are logged.
+    fn authorize<T>(&self, request: &Request<T>, operation: Operation) -> Result<String, Status> {
+        self.caller(request, operation).map(|caller| caller.name)
     }
 
-    /// The operator calling. Returns the name recorded for their actions.
-    fn authorize<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        self.operator(request).map(|(who, _)| who)
+    /// [`AdminService::authorize`], with the uid the caller acts as.
+    fn caller<T>(&self, request: &Request<T>, operation: Operation) -> Result<Caller, Status> {
+        let caller = self.operator(request)?;
+        if allowed(&caller.roles, operation) {
+            return Ok(caller);
+        }
+        let wanted: Vec<String> = operation
+            .roles()
+            .iter()
+            .map(crate::policy::wire_name)
+            .collect();
+        tracing::warn!(operator = %caller.name, ?operation, ?wanted, "admin call refused: missing role");
+        Err(Status::permission_denied(format!(
+            "{} needs the role {}",
+            caller.name,
+            wanted.join(" or ")
+        )))
     }
 
     /// Who is calling and with which roles: on the local socket, a configured operator by
     /// the kernel-reported uid, or root / the uid running writ (every role); over mTLS, the
     /// configured operator named by the verified client certificate.
-    fn operator<T>(&self, request: &Request<T>) -> Result<(String, BTreeSet<Role>), Status> {
+    fn operator<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let operators = &self.issuer.config.operators;
         if let Some(peer) = request.extensions().get::<super::tls::AdminPeer>() {
             let name = peer.operator.as_deref().ok_or_else(|| {
                 Status::unauthenticated("an operator client certificate is required")
             })?;
             return match operators.iter().find(|o| o.name == name) {
-                Some(o) => Ok((o.name.clone(), o.roles.clone())),
+                // The uid configured for them is the one they act as locally too.
+                Some(o) => Ok(Caller {
+                    name: o.name.clone(),
+                    uid: o.uid,
+                    roles: o.roles.clone(),
+                }),
                 None => {
                     tracing::warn!(operator = %name, "admin call refused: certificate names no configured operator");
                     Err(Status::permission_denied(format!(
@@ -116,9 +148,17 @@ impl AdminService {
             .map(|cred| cred.uid())
             .ok_or_else(|| Status::permission_denied("caller credentials unavailable"))?;
         if let Some(o) = operators.iter().find(|o| o.uid == Some(uid)) {
-            Ok((o.name.clone(), o.roles.clone()))
+            Ok(Caller {
+                name: o.name.clone(),
+                uid: Some(uid),
+                roles: o.roles.clone(),
+            })
         } else if uid == 0 || uid == self.server_uid {
-            Ok((caller_name(uid), Role::ALL.into_iter().collect()))
+            Ok(Caller {
+                name: caller_name(uid),
+                uid: Some(uid),
+                roles: Role::ALL.into_iter().collect(),
+            })
         } else {
             tracing::warn!(uid, "admin call refused: not an operator");
             Err(Status::permission_denied(format!(
@@ -383,11 +423,17 @@ fn registry_status(error: RegistryError) -> Status {
     use crate::policy::GrantError;
     use crate::policy::playbook::PlaybookError;
     match error {
+        // Extending is valid input; the incident's age is what refuses it.
+        RegistryError::Invalid(e @ PolicyError::PastLifetimeCeiling { .. }) => {
+            Status::failed_precondition(e.to_string())
+        }
         RegistryError::Invalid(e) => Status::invalid_argument(e.to_string()),
         RegistryError::Grant(GrantError::Invalid(e)) => Status::invalid_argument(e.to_string()),
-        RegistryError::Grant(e @ (GrantError::OwnRequest(_) | GrantError::NotEligible(_))) => {
-            Status::permission_denied(e.to_string())
-        }
+        RegistryError::Grant(
+            e @ (GrantError::OwnRequest(_)
+            | GrantError::SameUid { .. }
+            | GrantError::NotEligible(_)),
+        ) => Status::permission_denied(e.to_string()),
         RegistryError::Grant(e @ GrantError::DigestMismatch { .. }) => {
             Status::invalid_argument(e.to_string())
         }
@@ -523,8 +569,14 @@ fn parse_profile(body: pb::CreateProfileRequest, now: i64) -> Result<Profile, St
     Ok(profile)
 }
 
-/// Parses an incident request; the registry checks the whole object again.
-fn parse_incident(body: pb::OpenIncidentRequest, by: String, now: i64) -> Result<Incident, Status> {
+/// Parses an incident request; the registry checks the whole object again. Its lifetime
+/// may not pass `ceiling_secs` (config `max_incident_lifetime`).
+fn parse_incident(
+    body: pb::OpenIncidentRequest,
+    by: String,
+    now: i64,
+    ceiling_secs: u64,
+) -> Result<Incident, Status> {
     bounded("assigned agents", &body.assigned)?;
     bounded("scopes", &body.scopes)?;
     if body.title.trim().is_empty() {
@@ -535,12 +587,9 @@ fn parse_incident(body: pb::OpenIncidentRequest, by: String, now: i64) -> Result
     let severity: Severity = body.severity.parse().map_err(invalid)?;
     let max_lifetime = body
         .max_lifetime_seconds
-        .map_or(DEFAULT_INCIDENT_LIFETIME, Duration::from_secs);
-    if max_lifetime.is_zero() || max_lifetime > MAX_INCIDENT_LIFETIME {
-        return Err(Status::invalid_argument(format!(
-            "max lifetime must be between 1s and {}",
-            humantime::format_duration(MAX_INCIDENT_LIFETIME)
-        )));
+        .unwrap_or(DEFAULT_INCIDENT_LIFETIME.as_secs().min(ceiling_secs));
+    if max_lifetime == 0 {
+        return Err(Status::invalid_argument("max lifetime must be at least 1s"));
     }
     let incident = Incident {
         id: body.id,
@@ -553,9 +602,13 @@ fn parse_incident(body: pb::OpenIncidentRequest, by: String, now: i64) -> Result
         opened_at: now,
         closed_by: None,
         closed_at: None,
-        max_lifetime_secs: max_lifetime.as_secs(),
+        max_lifetime_secs: max_lifetime,
     };
     incident.validate().map_err(invalid)?;
+    // Bad input here (at extend time the same rule is a matter of the incident's age).
+    incident
+        .check_lifetime(ceiling_secs)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     Ok(incident)
 }
 
@@ -677,7 +730,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::MintX509SvidRequest>,
     ) -> Result<Response<pb::MintX509SvidResponse>, Status> {
-        let who = self.authorize_role(&request, &[Role::Admin])?;
+        let who = self.authorize(&request, Operation::MintSvid)?;
         let body = request.into_inner();
         let (band, mut svid) = self.resolve(body.identity)?;
         svid.ttl = body.ttl_seconds.map(Duration::from_secs);
@@ -706,7 +759,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::MintJwtSvidRequest>,
     ) -> Result<Response<pb::MintJwtSvidResponse>, Status> {
-        let who = self.authorize_role(&request, &[Role::Admin])?;
+        let who = self.authorize(&request, Operation::MintSvid)?;
         let body = request.into_inner();
         let (band, mut svid) = self.resolve(body.identity)?;
         svid.ttl = body.ttl_seconds.map(Duration::from_secs);
@@ -732,7 +785,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetBundlesRequest>,
     ) -> Result<Response<pb::GetBundlesResponse>, Status> {
-        self.authorize(&request)?;
+        self.authorize(&request, Operation::GetBundles)?;
         let body = request.into_inner();
         let bands: Vec<Band> =
             if body.band.is_empty() {
@@ -760,7 +813,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::AuthorityRequest>,
     ) -> Result<Response<pb::AuthoritiesResponse>, Status> {
-        self.authorize(&request)?;
+        self.authorize(&request, Operation::ShowAuthorities)?;
         let bands = bands_of(&request.into_inner().band)?;
         Ok(Response::new(self.authorities(&bands)))
     }
@@ -769,7 +822,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::AuthorityRequest>,
     ) -> Result<Response<pb::AuthoritiesResponse>, Status> {
-        let who = self.authorize_role(&request, &[Role::Admin])?;
+        let who = self.authorize(&request, Operation::RotateAuthority)?;
         let bands = bands_of(&request.into_inner().band)?;
         self.rotate(bands.clone(), who, false).await?;
         Ok(Response::new(self.authorities(&bands)))
@@ -779,7 +832,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::AuthorityRequest>,
     ) -> Result<Response<pb::AuthoritiesResponse>, Status> {
-        let who = self.authorize_role(&request, &[Role::Admin])?;
+        let who = self.authorize(&request, Operation::RotateAuthority)?;
         let bands = bands_of(&request.into_inner().band)?;
         self.rotate(bands.clone(), who, true).await?;
         Ok(Response::new(self.authorities(&bands)))
@@ -789,7 +842,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListOperatorsRequest>,
     ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
-        self.authorize(&request)?;
+        self.authorize(&request, Operation::ListOperators)?;
         let role_names = |roles: &mut dyn Iterator<Item = &Role>| -> Vec<String> {
             roles.map(crate::policy::wire_name).collect()
         };
@@ -826,7 +879,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
-        self.authorize_role(&request, &[Role::Admin])?;
+        self.authorize(&request, Operation::CreateJoinToken)?;
         let ttl = request.into_inner().ttl_seconds.unwrap_or(600);
         if ttl == 0 || ttl > 7 * 24 * 3600 {
             return Err(Status::invalid_argument(
@@ -848,7 +901,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
-        self.authorize(&request)?;
+        self.authorize(&request, Operation::Health)?;
         Ok(Response::new(pb::HealthResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             trust_domain: self.issuer.cas.base().to_string(),
@@ -865,12 +918,23 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CreateProfileRequest>,
     ) -> Result<Response<pb::CreateProfileResponse>, Status> {
-        let uid = self.authorize_role(&request, &[Role::Admin])?;
+        let uid = self.authorize(&request, Operation::ManageProfiles)?;
         let profile = parse_profile(request.into_inner(), self.issuer.cas.now())?;
         let issuer = Arc::clone(&self.issuer);
         let by = uid.clone();
+        let operator_uids = operator_uids(&self.issuer.config.operators, self.server_uid);
         let profile = blocking(
-            move || issuer.registry.create_profile(profile, &by),
+            move || {
+                // Operators and workloads are different people: a profile may not make an
+                // operator's uid an agent (docs/roles.md), save in the one-user demo.
+                match check_profile(&profile, &operator_uids, uid_of_user) {
+                    Err(e) if issuer.config.remediation.demo_single_user => {
+                        tracing::warn!(%e, "accepted for the one-user demo (writ dev --demo-single-user)");
+                    }
+                    checked => checked?,
+                }
+                issuer.registry.create_profile(profile, &by)
+            },
             registry_status,
         )
         .await?;
@@ -889,7 +953,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListProfilesRequest>,
     ) -> Result<Response<pb::ListProfilesResponse>, Status> {
-        self.authorize(&request)?;
+        self.authorize(&request, Operation::ReadProfiles)?;
         let policy = self.issuer.registry.snapshot();
         Ok(Response::new(pb::ListProfilesResponse {
             profiles: policy.profiles.values().map(profile_to_proto).collect(),
@@ -900,7 +964,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetProfileRequest>,
     ) -> Result<Response<pb::GetProfileResponse>, Status> {
-        self.authorize(&request)?;
+        self.authorize(&request, Operation::ReadProfiles)?;
         let name = request.into_inner().name;
         name_arg("profile", &name)?;
         let policy = self.issuer.registry.snapshot();
@@ -919,7 +983,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DeleteProfileRequest>,
     ) -> Result<Response<pb::DeleteProfileResponse>, Status> {
-        let uid = self.authorize_role(&request, &[Role::Admin])?;
+        let uid = self.authorize(&request, Operation::ManageProfiles)?;
         let name = request.into_inner().name;
         name_arg("profile", &name)?;
         let issuer = Arc::clone(&self.issuer);
@@ -939,8 +1003,13 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::OpenIncidentRequest>,
     ) -> Result<Response<pb::OpenIncidentResponse>, Status> {
-        let uid = self.authorize_role(&request, &[Role::IncidentCommander, Role::Admin])?;
-        let incident = parse_incident(request.into_inner(), uid.clone(), self.issuer.cas.now())?;
+        let uid = self.authorize(&request, Operation::CommandIncident)?;
+        let incident = parse_incident(
+            request.into_inner(),
+            uid.clone(),
+            self.issuer.cas.now(),
+            self.issuer.config.max_incident_lifetime_secs,
+        )?;
         let issuer = Arc::clone(&self.issuer);
         let incident = blocking(
             move || issuer.registry.open_incident(incident),
@@ -963,7 +1032,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CloseIncidentRequest>,
     ) -> Result<Response<pb::CloseIncidentResponse>, Status> {
-        let uid = self.authorize_role(&request, &[Role::IncidentCommander, Role::Admin])?;
+        let uid = self.authorize(&request, Operation::CommandIncident)?;
         let id = request.into_inner().id;
         name_arg("incident", &id)?;
         let issuer = Arc::clone(&self.issuer);
@@ -986,7 +1055,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ExtendIncidentRequest>,
     ) -> Result<Response<pb::GetIncidentResponse>, Status> {
-        let who = self.authorize_role(&request, &[Role::IncidentCommander, Role::Admin])?;
+        let who = self.authorize(&request, Operation::CommandIncident)?;
         let body = request.into_inner();
         name_arg("incident", &body.id)?;
         if body.by_seconds == 0 || body.by_seconds > 7 * 24 * 3600 {
@@ -996,12 +1065,13 @@ impl Admin for AdminService {
         }
         let issuer = Arc::clone(&self.issuer);
         let by = who.clone();
+        let ceiling = self.issuer.config.max_incident_lifetime_secs;
         let incident = blocking(
             move || {
                 let now = issuer.cas.now();
                 issuer
                     .registry
-                    .extend_incident(&body.id, body.by_seconds, &by, now)
+                    .extend_incident(&body.id, body.by_seconds, ceiling, &by, now)
             },
             registry_status,
         )
@@ -1016,7 +1086,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RequestGrantRequest>,
     ) -> Result<Response<pb::GrantResponse>, Status> {
-        let who = self.authorize(&request)?;
+        let caller = self.caller(&request, Operation::RequestGrant)?;
         let body = request.into_inner();
         let grant_request = GrantRequest {
             incident: body.incident,
@@ -1032,18 +1102,18 @@ impl Admin for AdminService {
         name_arg("agent", &grant_request.agent)?;
         check_grant_sizes(&grant_request)?;
         let issuer = Arc::clone(&self.issuer);
-        let requester = who.clone();
+        let (who, uid) = (caller.name.clone(), caller.uid);
         let grant = blocking(
             move || {
                 let now = issuer.cas.now();
                 issuer
                     .registry
-                    .request_grant(grant_request, &requester, now)
+                    .request_grant(grant_request, caller.principal(), now)
             },
             registry_status,
         )
         .await?;
-        tracing::info!(grant = %grant.id, incident = %grant.incident, agent = %grant.agent, plan_digest = %grant.plan_digest, by = %who, "grant requested");
+        tracing::info!(grant = %grant.id, incident = %grant.incident, agent = %grant.agent, plan_digest = %grant.plan_digest, by = %who, ?uid, "grant requested");
         Ok(Response::new(pb::GrantResponse {
             grant: Some(grant_to_proto(&grant, &self.issuer)),
         }))
@@ -1053,18 +1123,18 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ApproveGrantRequest>,
     ) -> Result<Response<pb::GrantResponse>, Status> {
-        let who = self.authorize_role(&request, &[Role::Approver])?;
+        let approver = self.caller(&request, Operation::Approve)?;
         let body = request.into_inner();
         name_arg("grant", &body.id)?;
         let issuer = Arc::clone(&self.issuer);
-        let approver = who.clone();
+        let who = approver.name.clone();
         let approval_ttl = self.issuer.config.approval_ttl_secs as i64;
         let grant = blocking(
             move || {
                 let now = issuer.cas.now();
                 issuer.registry.approve_grant(
                     &body.id,
-                    &approver,
+                    approver.principal(),
                     &body.plan_digest,
                     approval_ttl,
                     now,
@@ -1083,7 +1153,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::EndGrantRequest>,
     ) -> Result<Response<pb::GrantResponse>, Status> {
-        let who = self.authorize_role(&request, &[Role::Approver, Role::IncidentCommander])?;
+        let who = self.authorize(&request, Operation::DenyGrant)?;
         self.end_grant(request.into_inner(), who, GrantState::Denied)
             .await
     }
@@ -1092,7 +1162,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::EndGrantRequest>,
     ) -> Result<Response<pb::GrantResponse>, Status> {
-        let who = self.authorize_role(&request, &[Role::IncidentCommander, Role::Admin])?;
+        let who = self.authorize(&request, Operation::RevokeGrant)?;
         self.end_grant(request.into_inner(), who, GrantState::Revoked)
             .await
     }
@@ -1101,7 +1171,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetGrantRequest>,
     ) -> Result<Response<pb::GrantResponse>, Status> {
-        self.authorize(&request)?;
+        self.authorize(&request, Operation::ReadGrants)?;
         let id = request.into_inner().id;
         name_arg("grant", &id)?;
         let policy = self.issuer.registry.snapshot();
@@ -1118,7 +1188,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListGrantsRequest>,
     ) -> Result<Response<pb::ListGrantsResponse>, Status> {
-        self.authorize(&request)?;
+        self.authorize(&request, Operation::ReadGrants)?;
         let incident = request.into_inner().incident;
         let policy = self.issuer.registry.snapshot();
         let mut grants: Vec<&Grant> = policy
@@ -1139,7 +1209,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListIncidentsRequest>,
     ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
-        self.authorize(&request)?;
+        self.authorize(&request, Operation::ReadIncidents)?;
         let policy = self.issuer.registry.snapshot();
         Ok(Response::new(pb::ListIncidentsResponse {
             incidents: policy.incidents.values().map(incident_to_proto).collect(),
@@ -1150,7 +1220,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetIncidentRequest>,
     ) -> Result<Response<pb::GetIncidentResponse>, Status> {
-        self.authorize(&request)?;
+        self.authorize(&request, Operation::ReadIncidents)?;
         let id = request.into_inner().id;
         name_arg("incident", &id)?;
         let policy = self.issuer.registry.snapshot();
@@ -1246,6 +1316,8 @@ mod tests {
             service,
         }
     }
+
+    const CEILING: u64 = crate::policy::DEFAULT_MAX_INCIDENT_LIFETIME_SECS;
 
     fn incident_request(severity: &str, assigned: &[&str]) -> pb::OpenIncidentRequest {
         pb::OpenIncidentRequest {
@@ -1354,8 +1426,13 @@ mod tests {
 
     #[test]
     fn incidents_are_parsed_with_a_default_lifetime() {
-        let incident =
-            parse_incident(incident_request("sev2", &["triage"]), "uid:0".into(), 9).unwrap();
+        let incident = parse_incident(
+            incident_request("sev2", &["triage"]),
+            "uid:0".into(),
+            9,
+            CEILING,
+        )
+        .unwrap();
         assert_eq!(incident.severity, Severity::Sev2);
         assert_eq!(incident.max_lifetime_secs, 4 * 3600);
         assert_eq!(incident.opened_by, "uid:0");
@@ -1363,7 +1440,7 @@ mod tests {
         assert!(incident.is_open());
 
         let mut too_long = incident_request("sev2", &["triage"]);
-        too_long.max_lifetime_seconds = Some(MAX_INCIDENT_LIFETIME.as_secs() + 1);
+        too_long.max_lifetime_seconds = Some(CEILING + 1);
         let mut zero = incident_request("sev2", &["triage"]);
         zero.max_lifetime_seconds = Some(0);
         let mut untitled = incident_request("sev2", &["triage"]);
@@ -1377,7 +1454,7 @@ mod tests {
             zero,
             untitled,
         ] {
-            let status = parse_incident(request, "uid:0".into(), 0).unwrap_err();
+            let status = parse_incident(request, "uid:0".into(), 0, CEILING).unwrap_err();
             assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         }
     }

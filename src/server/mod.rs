@@ -152,6 +152,18 @@ impl Issuer {
         {
             tracing::warn!(playbook = %playbook.name, state = ?playbook.state, "playbook approvals of removed operators withdrawn");
         }
+        // A profile made before its uid became an operator's: approvals by that uid of
+        // what its workloads ask for are refused anyway; say so at every start.
+        let operator_uids = crate::policy::roles::operator_uids(&config.operators, server_uid);
+        if !config.remediation.demo_single_user {
+            for profile in registry.snapshot().profiles.values() {
+                if let Err(e) =
+                    crate::policy::roles::check_profile(profile, &operator_uids, uid_of_user)
+                {
+                    tracing::error!(%e, "a profile selects an operator; delete it or change the operator's uid");
+                }
+            }
+        }
         let (bundles, _) = tokio::sync::watch::channel(Arc::new(cas.bundle_set()?));
         Ok(Arc::new(Issuer {
             config,
@@ -387,14 +399,16 @@ impl Issuer {
 
     /// Files a grant request for a workload that holds `requested_by`, the investigative
     /// identity of the same agent and incident (checked here against policy: an agent can
-    /// only ask for authority on an incident it is investigating now).
+    /// only ask for authority on an incident it is investigating now). `uid` is the uid the
+    /// agent attested the workload with: no approval by that uid will count.
     pub fn request_grant_for_workload(
         &self,
         request: GrantRequest,
         requested_by: &SpiffeId,
+        uid: Option<u32>,
     ) -> Result<Grant, registry::RegistryError> {
         let incident = request.incident.clone();
-        let result = self.file_grant_for_workload(request, requested_by);
+        let result = self.file_grant_for_workload(request, requested_by, uid);
         if let Err(e) = &result {
             // An agent asking for authority it may not have is exactly what an auditor
             // wants to see; the refusal is recorded before the agent hears it.
@@ -418,6 +432,7 @@ impl Issuer {
         &self,
         request: GrantRequest,
         requested_by: &SpiffeId,
+        uid: Option<u32>,
     ) -> Result<Grant, registry::RegistryError> {
         use registry::RegistryError;
         let policy = self.registry.snapshot();
@@ -435,10 +450,10 @@ impl Issuer {
             ));
         }
         let now = self.cas.now();
-        let grant = self
-            .registry
-            .request_grant(request, &requested_by.to_string(), now)?;
-        tracing::info!(grant = %grant.id, incident = %grant.incident, by = %requested_by, plan_digest = %grant.plan_digest, "grant requested by an agent");
+        let name = requested_by.to_string();
+        let requester = crate::policy::grant::Principal { name: &name, uid };
+        let grant = self.registry.request_grant(request, requester, now)?;
+        tracing::info!(grant = %grant.id, incident = %grant.incident, by = %requested_by, ?uid, plan_digest = %grant.plan_digest, "grant requested by an agent");
         Ok(grant)
     }
 
@@ -693,12 +708,24 @@ fn encode(record: &Record) -> Result<Vec<u8>, crate::audit::AuditError> {
 /// Binds a Unix socket at `path` with `mode` (0600 for admin, 0666 for the Workload API,
 /// where the kernel's credentials, not file permissions, decide), replacing a stale socket
 /// file left by a process that is gone, and refusing to steal one that is still answering.
+///
+/// The socket is bound and given its mode inside a fresh directory only writ can enter,
+/// then renamed into place: nothing else can reach it before its mode is set, and no path
+/// outside writ's directory is ever chmod-ed. (Binding at `path` and chmod-ing after
+/// follows a symlink swapped in between, changing the mode of any file the attacker
+/// names. The alternative, a umask around `bind`, is process-wide: it would race every
+/// other thread creating files.) `rename` replaces whatever is at `path` (a symlink
+/// included) without following it.
 pub async fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+    let parent = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+            parent
+        }
+        None => Path::new("."),
+    };
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             anyhow::bail!("{} exists and is not a socket", path.display());
@@ -706,14 +733,41 @@ pub async fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             anyhow::bail!("{} is in use by another process", path.display());
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", path.display()))?;
-    Ok(listener)
+    let mut suffix = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut suffix)
+        .map_err(|_| anyhow::anyhow!("no randomness for a temporary socket directory"))?;
+    // Short: a socket path has at most 107 bytes, and this one is one level deeper.
+    let private = parent.join(format!(".w{}", crate::hex::lower(&suffix)));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("creating {}", private.display()))?;
+    let staged = private.join("s");
+    let bound = (|| -> anyhow::Result<UnixListener> {
+        let listener =
+            UnixListener::bind(&staged).with_context(|| format!("binding {}", path.display()))?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", path.display()))?;
+        std::fs::rename(&staged, path)
+            .with_context(|| format!("moving the socket to {}", path.display()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    bound
+}
+
+/// The uid of the local user `name`, from /etc/passwd (local accounts only, as the agent
+/// attests `unix:user:` selectors).
+pub(crate) fn uid_of_user(name: &str) -> Option<u32> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name)
+            .then(|| fields.nth(1)?.parse().ok())
+            .flatten()
+    })
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves, then drains.

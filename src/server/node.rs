@@ -578,8 +578,11 @@ impl Node for NodeService {
             window_secs: body.window_seconds,
         };
         let issuer = Arc::clone(&self.issuer);
+        // The node attested the workload; its word on the uid is as good as its word on
+        // the selectors it reports.
+        let uid = body.requester_uid;
         let grant = tokio::task::spawn_blocking(move || {
-            issuer.request_grant_for_workload(grant_request, &requested_by)
+            issuer.request_grant_for_workload(grant_request, &requested_by, uid)
         })
         .await
         .map_err(|_| Status::internal("grant task failed"))?

@@ -8,7 +8,7 @@
 
 use crate::audit::{AuditError, AuditLog, Kind, Record};
 use crate::clock::SharedClock;
-use crate::policy::grant::{self, GrantError, GrantRequest, GrantState};
+use crate::policy::grant::{self, GrantError, GrantRequest, GrantState, Principal};
 use crate::policy::playbook::{self, ActivationRequest, Playbook, PlaybookError, PlaybookState};
 use crate::policy::serial::{self, Issued, RevokedSerial, Serial, SerialError};
 use crate::policy::{Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile};
@@ -418,11 +418,13 @@ impl Registry {
         )
     }
 
-    /// Extends an open incident's maximum lifetime by `by_secs`.
+    /// Extends an open incident's maximum lifetime by `by_secs`, never past `ceiling_secs`
+    /// of total lifetime (config `max_incident_lifetime`).
     pub fn extend_incident(
         &self,
         id: &str,
         by_secs: u64,
+        ceiling_secs: u64,
         by: &str,
         now: i64,
     ) -> Result<Incident, RegistryError> {
@@ -438,10 +440,7 @@ impl Registry {
                 if !current.is_open() {
                     return Err(RegistryError::AlreadyClosed(id.into()));
                 }
-                let mut extended = current.clone();
-                // From now if it had already run out (the expiry task may not have run yet).
-                let end = (extended.opened_at + extended.max_lifetime_secs as i64).max(now);
-                extended.max_lifetime_secs = (end + by_secs as i64 - extended.opened_at) as u64;
+                let extended = current.extended(by_secs, ceiling_secs, now)?;
                 w.put_policy_changes(std::slice::from_ref(&extended), &[])?;
                 apply(policy, std::slice::from_ref(&extended), &[]);
                 Ok(extended)
@@ -450,17 +449,18 @@ impl Registry {
     }
 
     /// Files a remediation grant request. `requested_by` is the operator's name or the
-    /// requesting agent's SPIFFE ID. Refused when the incident already has
-    /// `limits.pending_per_incident` pending requests, or the agent filed
-    /// `limits.per_agent_per_hour` in the last hour.
-    pub fn request_grant(
+    /// requesting agent's SPIFFE ID, with the uid that asked when known. Refused when the
+    /// incident already has `limits.pending_per_incident` pending requests, or the agent
+    /// filed `limits.per_agent_per_hour` in the last hour.
+    pub fn request_grant<'a>(
         &self,
         request: GrantRequest,
-        requested_by: &str,
+        requested_by: impl Into<Principal<'a>>,
         now: i64,
     ) -> Result<Grant, RegistryError> {
+        let requested_by = requested_by.into();
         let id = format!("g-{}", random_hex(6)?);
-        self.change(Audited::new(Kind::AdminChange, "grant.request", requested_by), |policy, w| {
+        self.change(Audited::new(Kind::AdminChange, "grant.request", requested_by.name), |policy, w| {
             let Some(incident) = policy.incidents.get(&request.incident) else {
                 return Err(RegistryError::NotFound { what: "incident", name: request.incident.clone() });
             };
@@ -496,18 +496,20 @@ impl Registry {
         })
     }
 
-    /// Records an approval of `digest` by `approver`; at quorum the grant goes active and
-    /// its agent's workloads receive the remediation identity.
-    pub fn approve_grant(
+    /// Records an approval of `digest` by `approver` (with the uid they act as, when
+    /// known); at quorum the grant goes active and its agent's workloads receive the
+    /// remediation identity.
+    pub fn approve_grant<'a>(
         &self,
         id: &str,
-        approver: &str,
+        approver: impl Into<Principal<'a>>,
         digest: &str,
         approval_ttl: i64,
         now: i64,
     ) -> Result<Grant, RegistryError> {
+        let approver = approver.into();
         self.change(
-            Audited::new(Kind::Approval, "grant.approve", approver),
+            Audited::new(Kind::Approval, "grant.approve", approver.name),
             |policy, w| {
                 let grant = find_grant(policy, id)?;
                 let incident = policy.incidents.get(&grant.incident).ok_or_else(|| {
@@ -698,8 +700,16 @@ impl Registry {
                     ))
                     .into());
                 }
-                let grant =
-                    playbook::activate(book, incident, profile, request, activator, now, id)?;
+                let grant = playbook::activate(
+                    book,
+                    incident,
+                    profile,
+                    request,
+                    activator,
+                    now,
+                    id,
+                    policy.grants.values(),
+                )?;
                 w.put_policy_changes(&[], std::slice::from_ref(&grant))?;
                 apply(policy, &[], std::slice::from_ref(&grant));
                 Ok(grant)

@@ -3,7 +3,7 @@
 
 use super::AdminService;
 use crate::audit::{AuditLog, Record};
-use crate::policy::Role;
+use crate::policy::roles::Operation;
 use crate::proto::admin as pb;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ impl AdminService {
         &self,
         request: Request<pb::ReadAuditRequest>,
     ) -> Result<Response<AuditStream>, Status> {
-        self.authorize_role(&request, &[Role::Auditor, Role::Admin])?;
+        self.authorize(&request, Operation::ReadAudit)?;
         let body = request.into_inner();
         if !body.incident.is_empty() {
             super::name_arg("incident", &body.incident)?;
@@ -42,7 +42,7 @@ impl AdminService {
         &self,
         request: Request<pb::GetAuditCheckpointRequest>,
     ) -> Result<Response<pb::AuditCheckpoint>, Status> {
-        self.authorize_role(&request, &[Role::Auditor, Role::Admin])?;
+        self.authorize(&request, Operation::ReadAudit)?;
         let log = Arc::clone(&self.issuer.audit);
         let checkpoint = tokio::task::spawn_blocking(move || log.checkpoint())
             .await

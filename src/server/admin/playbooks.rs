@@ -3,8 +3,8 @@
 //! for an open incident. Errors map through the admin service's `registry_status`.
 
 use super::{AdminService, blocking, bounded, grant_to_proto, name_arg, registry_status};
-use crate::policy::Role;
 use crate::policy::playbook::{self, ActivationRequest, Playbook, PlaybookSpec};
+use crate::policy::roles::Operation;
 use crate::proto::admin as pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -59,7 +59,7 @@ impl AdminService {
         &self,
         request: Request<pb::CreatePlaybookRequest>,
     ) -> Result<Response<pb::PlaybookResponse>, Status> {
-        let who = self.authorize_role(&request, &[Role::Admin])?;
+        let who = self.authorize(&request, Operation::CreatePlaybook)?;
         let body = request.into_inner();
         name_arg("playbook", &body.name)?;
         bounded("targets", &body.allowed_targets)?;
@@ -88,7 +88,7 @@ impl AdminService {
         &self,
         request: Request<pb::ApprovePlaybookRequest>,
     ) -> Result<Response<pb::PlaybookResponse>, Status> {
-        let who = self.authorize_role(&request, &[Role::Approver])?;
+        let who = self.authorize(&request, Operation::Approve)?;
         let body = request.into_inner();
         name_arg("playbook", &body.name)?;
         if body.digest.is_empty() {
@@ -116,7 +116,7 @@ impl AdminService {
         &self,
         request: Request<pb::ListPlaybooksRequest>,
     ) -> Result<Response<pb::ListPlaybooksResponse>, Status> {
-        self.authorize(&request)?;
+        self.authorize(&request, Operation::ReadPlaybooks)?;
         let policy = self.issuer.registry.snapshot();
         Ok(Response::new(pb::ListPlaybooksResponse {
             playbooks: policy.playbooks.values().map(playbook_to_proto).collect(),
@@ -127,7 +127,7 @@ impl AdminService {
         &self,
         request: Request<pb::GetPlaybookRequest>,
     ) -> Result<Response<pb::PlaybookResponse>, Status> {
-        self.authorize(&request)?;
+        self.authorize(&request, Operation::ReadPlaybooks)?;
         let name = request.into_inner().name;
         name_arg("playbook", &name)?;
         let policy = self.issuer.registry.snapshot();
@@ -143,7 +143,7 @@ impl AdminService {
         request: Request<pb::RetirePlaybookRequest>,
     ) -> Result<Response<pb::RetirePlaybookResponse>, Status> {
         // Retiring only ever takes authority away, so incident commanders may too.
-        let who = self.authorize_role(&request, &[Role::Admin, Role::IncidentCommander])?;
+        let who = self.authorize(&request, Operation::RetirePlaybook)?;
         let body = request.into_inner();
         name_arg("playbook", &body.name)?;
         if body.reason.chars().count() > 1024 || body.reason.chars().any(char::is_control) {
@@ -180,7 +180,7 @@ impl AdminService {
         &self,
         request: Request<pb::ActivatePlaybookRequest>,
     ) -> Result<Response<pb::GrantResponse>, Status> {
-        let who = self.authorize_role(&request, &[Role::IncidentCommander])?;
+        let who = self.authorize(&request, Operation::ActivatePlaybook)?;
         let body = request.into_inner();
         name_arg("playbook", &body.name)?;
         name_arg("incident", &body.incident)?;

@@ -3,7 +3,8 @@
 //! `registry_status`; the serial is parsed here before anything is looked up.
 
 use super::{AdminService, blocking, invalid_serial, registry_status};
-use crate::policy::{PolicySnapshot, Role, Serial};
+use crate::policy::roles::Operation;
+use crate::policy::{PolicySnapshot, Serial};
 use crate::proto::admin as pb;
 use crate::store::SvidRecord;
 use std::sync::Arc;
@@ -37,7 +38,7 @@ impl AdminService {
         &self,
         request: Request<pb::ListSvidsRequest>,
     ) -> Result<Response<pb::ListSvidsResponse>, Status> {
-        self.authorize(&request)?;
+        self.authorize(&request, Operation::ListSvids)?;
         let incident = request.into_inner().incident;
         if !incident.is_empty() {
             super::name_arg("incident", &incident)?;
@@ -64,7 +65,7 @@ impl AdminService {
         &self,
         request: Request<pb::RevokeSvidRequest>,
     ) -> Result<Response<pb::SvidResponse>, Status> {
-        let who = self.authorize_role(&request, &[Role::IncidentCommander, Role::Admin])?;
+        let who = self.authorize(&request, Operation::RevokeSvid)?;
         let serial: Serial = request
             .into_inner()
             .serial

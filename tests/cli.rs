@@ -339,6 +339,15 @@ fn json_outputs_parse() {
     let server = DevServer::start(&tmp.path().join("data"));
     open_incident(&server, "INC-1");
     open_incident(&server, "INC-9");
+    // A standing identity is minted only for a service profile that holds it.
+    server.ok([
+        "profile",
+        "create",
+        "log-store",
+        "--selector",
+        "unix:uid:1002",
+        "--service",
+    ]);
 
     // x509 mint --json, without --out: the PEMs are in the object.
     let out = server.ok([
@@ -438,7 +447,7 @@ fn json_outputs_parse() {
         "jwt",
         "mint",
         "--spiffe-id",
-        "spiffe://example.org/svc",
+        "spiffe://example.org/service/log-store",
         "--audience",
         "a",
     ]);
@@ -701,12 +710,7 @@ fn bad_input_fails_with_one_error_line_and_writes_nothing() {
         ),
         (
             "bad DNS name",
-            vec![
-                "--spiffe-id",
-                "spiffe://example.org/svc",
-                "--dns",
-                "not a name",
-            ],
+            [&agent[..], &["--dns", "not a name"]].concat(),
             "DNS name",
         ),
     ];

@@ -114,9 +114,9 @@ async fn closing_an_incident_publishes_it_and_only_after_the_close() {
     assert_eq!(next(&mut late).await, after);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_grant_is_published_in_the_remediation_trust_domain() {
-    let dev = start(CaConfig::default()).await;
+/// A `fixer` profile for this process's uid in both bands, incident INC-1 open for it, and
+/// an active grant of it approved by two humans; returns the grant.
+fn active_grant(dev: &Dev) -> writ::policy::Grant {
     dev.issuer
         .registry
         .create_profile(
@@ -155,10 +155,16 @@ async fn a_revoked_grant_is_published_in_the_remediation_trust_domain() {
             .approve_grant(&grant.id, approver, &plan_digest(plan), 3600, now)
             .unwrap();
     }
-    assert_eq!(
-        dev.issuer.registry.snapshot().grants[&grant.id].state,
-        GrantState::Active
-    );
+    let grant = dev.issuer.registry.snapshot().grants[&grant.id].clone();
+    assert_eq!(grant.state, GrantState::Active);
+    grant
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_grant_is_published_in_the_remediation_trust_domain() {
+    let dev = start(CaConfig::default()).await;
+    let grant = active_grant(&dev);
+    let now = dev.issuer.cas.now();
     let mut stream = watch(&dev).await;
     assert!(
         next(&mut stream).await.entries.is_empty(),
@@ -253,5 +259,134 @@ async fn entries_leave_the_set_once_their_window_has_passed() {
     assert!(
         dev.issuer.cas.now() > closed_at + 2,
         "not before the window ended"
+    );
+}
+
+/// `ValidateJWTSVID` on the agent's socket, through writ's generated client (the `spiffe`
+/// crate's client hides the status): the claims' SPIFFE ID, or the refusal.
+async fn validate_raw(dev: &Dev, token: &str) -> Result<String, tonic::Status> {
+    use writ::proto::workload::ValidateJwtsvidRequest;
+    common::dev::raw_client(dev)
+        .await
+        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+            audience: "logs-api".into(),
+            svid: token.into(),
+        }))
+        .await
+        .map(|r| r.into_inner().spiffe_id)
+}
+
+fn assert_refused(result: Result<String, tonic::Status>, reason: &str) {
+    let status = result.expect_err("a revoked JWT-SVID was answered valid");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains(reason), "{status:?}");
+}
+
+// Issue 10, finding 2: a JWT-SVID minted before its incident closed was answered valid by
+// the agent for the rest of its lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_jwt_svid_refuses_a_token_of_a_closed_incident() {
+    let dev = start(CaConfig::default()).await;
+    dev.profile("triage", &[Selector::Uid(my_uid())], &["logs:read"]);
+    dev.open("INC-1", "triage", 1);
+    dev.open("INC-2", "triage", 2);
+    let client = dev.client().await;
+    let inc = |id: &str| {
+        writ_verifier::parse_spiffe_id(&format!(
+            "spiffe://investigate.example.org/agent/triage/incident/{id}"
+        ))
+        .unwrap()
+    };
+    let token = client
+        .fetch_jwt_token(["logs-api"], Some(&inc("INC-1")))
+        .await
+        .unwrap();
+    let other = client
+        .fetch_jwt_token(["logs-api"], Some(&inc("INC-2")))
+        .await
+        .unwrap();
+    let validated = client.validate_jwt_token("logs-api", &token).await.unwrap();
+    assert_eq!(validated.spiffe_id(), &inc("INC-1"));
+
+    // Revoking a certificate of the same identity revokes that certificate, not the
+    // identity: a JWT-SVID carries no serial (nor a jti), so it stays valid, as
+    // writ-verifier decides.
+    let x509 = client.fetch_x509_svid().await.unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(x509.leaf().as_bytes()).unwrap();
+    let serial: writ::policy::Serial = cert
+        .raw_serial_as_string()
+        .replace(':', "")
+        .parse()
+        .unwrap();
+    let now = dev.issuer.cas.now();
+    dev.issuer
+        .registry
+        .revoke_serial(&serial, "test", now)
+        .unwrap();
+    assert_eq!(
+        validate_raw(&dev, &token).await.unwrap(),
+        inc("INC-1").to_string()
+    );
+
+    dev.close("INC-1");
+    assert_refused(
+        validate_raw(&dev, &token).await,
+        "incident INC-1 is revoked",
+    );
+    assert!(client.validate_jwt_token("logs-api", &token).await.is_err());
+    // Only that incident's tokens: INC-2's still validates.
+    assert_eq!(
+        validate_raw(&dev, &other).await.unwrap(),
+        inc("INC-2").to_string()
+    );
+}
+
+// Issue 10, finding 2: the same for a remediation token whose grant was revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_jwt_svid_refuses_a_token_of_a_revoked_grant() {
+    let dev = start(CaConfig::default()).await;
+    let grant = active_grant(&dev);
+    let client = dev.client().await;
+    let remediation = writ_verifier::parse_spiffe_id(&format!(
+        "spiffe://remediate.example.org/agent/fixer/incident/INC-1/grant/{}",
+        grant.id
+    ))
+    .unwrap();
+    let investigative = writ_verifier::parse_spiffe_id(
+        "spiffe://investigate.example.org/agent/fixer/incident/INC-1",
+    )
+    .unwrap();
+    let acting = client
+        .fetch_jwt_token(["logs-api"], Some(&remediation))
+        .await
+        .unwrap();
+    let looking = client
+        .fetch_jwt_token(["logs-api"], Some(&investigative))
+        .await
+        .unwrap();
+    assert_eq!(
+        validate_raw(&dev, &acting).await.unwrap(),
+        remediation.to_string()
+    );
+
+    let now = dev.issuer.cas.now();
+    dev.issuer
+        .registry
+        .end_grant(&grant.id, GrantState::Revoked, "alice", "done", now)
+        .unwrap();
+    assert_refused(
+        validate_raw(&dev, &acting).await,
+        &format!("grant {} is revoked", grant.id),
+    );
+    assert!(
+        client
+            .validate_jwt_token("logs-api", &acting)
+            .await
+            .is_err()
+    );
+    // The incident is still open: the investigative token is untouched.
+    assert_eq!(
+        validate_raw(&dev, &looking).await.unwrap(),
+        investigative.to_string()
     );
 }

@@ -12,7 +12,9 @@
 use super::Agent;
 use crate::clock::{Clock, SystemClock};
 use crate::policy::PolicySnapshot;
-use crate::policy::revocation::{CloseEpochs, RevocationKind, next_expiry, revocations};
+use crate::policy::revocation::{
+    CloseEpochs, Revocation as Revoked, RevocationKind, next_expiry, revocations,
+};
 use crate::proto::revocation::{self as pb, entry::Kind, revocation_server::Revocation};
 use spiffe::TrustDomain;
 use std::pin::Pin;
@@ -23,6 +25,9 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use writ_verifier::Band;
+use writ_verifier::revocation::{
+    RevocationEntry, RevocationKind as VerifierKind, RevocationSnapshot,
+};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -138,35 +143,25 @@ impl Feed {
         let window = self.window.secs();
         let set = revocations(policy, now, window);
         self.epochs.observe(&set, policy.generation);
-        let remediation = Band::Remediation.trust_domain_name(self.base.as_str());
         let entries = set
             .iter()
-            .map(|r| match r.kind {
-                RevocationKind::Incident => pb::Entry {
-                    kind: Kind::Incident.into(),
-                    id: r.id.clone(),
-                    revoked_at: r.revoked_at,
-                    trust_domain: self.base.as_str().to_owned(),
-                    epoch: self.epochs.epoch(&r.id).unwrap_or(policy.generation),
-                },
-                RevocationKind::Grant => pb::Entry {
-                    kind: Kind::Grant.into(),
-                    id: r.id.clone(),
-                    revoked_at: r.revoked_at,
-                    trust_domain: remediation.clone(),
-                    epoch: 0,
-                },
-                RevocationKind::Serial => pb::Entry {
-                    kind: Kind::Serial.into(),
-                    id: r.id.clone(),
-                    revoked_at: r.revoked_at,
-                    trust_domain: r
-                        .serial
-                        .as_ref()
-                        .map(|s| s.trust_domain.clone())
-                        .unwrap_or_default(),
-                    epoch: 0,
-                },
+            .map(|r| {
+                let (kind, epoch) = match r.kind {
+                    RevocationKind::Incident => (
+                        Kind::Incident,
+                        self.epochs.epoch(&r.id).unwrap_or(policy.generation),
+                    ),
+                    RevocationKind::Grant => (Kind::Grant, 0),
+                    RevocationKind::Serial => (Kind::Serial, 0),
+                };
+                let entry = entry(r, &self.base);
+                pb::Entry {
+                    kind: kind.into(),
+                    id: entry.id,
+                    revoked_at: entry.revoked_at,
+                    trust_domain: entry.trust_domain,
+                    epoch,
+                }
             })
             .collect();
         let message = pb::RevocationSet {
@@ -176,6 +171,44 @@ impl Feed {
         };
         (message, next_expiry(&set, window))
     }
+}
+
+/// One entry of the set as the feed names it and writ-verifier looks it up: an incident
+/// under the base trust domain (both bands), a grant under the remediation trust domain,
+/// a serial under its certificate's trust domain.
+fn entry(r: &Revoked, base: &TrustDomain) -> RevocationEntry {
+    let (kind, trust_domain) = match r.kind {
+        RevocationKind::Incident => (VerifierKind::Incident, base.as_str().to_owned()),
+        RevocationKind::Grant => (
+            VerifierKind::Grant,
+            Band::Remediation.trust_domain_name(base.as_str()),
+        ),
+        RevocationKind::Serial => (
+            VerifierKind::Serial,
+            r.serial
+                .as_ref()
+                .map(|s| s.trust_domain.clone())
+                .unwrap_or_default(),
+        ),
+    };
+    RevocationEntry {
+        kind,
+        id: r.id.clone(),
+        trust_domain,
+        revoked_at: r.revoked_at,
+    }
+}
+
+/// The set `agent`'s feed publishes at `now` (seconds since the epoch), as writ-verifier's
+/// lookup set: the agent's own `ValidateJWTSVID` decides with it, so a token is refused
+/// there exactly when a verifier watching this agent's feed refuses it. Computed from the
+/// policy the agent holds this instant (no feed task in between), over the same window.
+pub(crate) fn verifier_snapshot(agent: &Agent, now: i64) -> RevocationSnapshot {
+    let policy = Arc::clone(&agent.node.policy().borrow());
+    let base = agent.node.base();
+    let window = secs(agent.node.max_svid_ttl());
+    let set = revocations(&policy, now, window);
+    RevocationSnapshot::new(policy.generation, set.iter().map(|r| entry(r, base)))
 }
 
 /// The Workload API's rule for every call on its socket (SPIFFE_Workload_API.md): the

@@ -386,6 +386,21 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     .map(Vec::as_slice)
             })
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // A signature that verifies is not enough: writ-verifier's own decision, against
+        // the set this agent's revocation feed publishes, refuses a token of a closed
+        // incident or an ended grant for the rest of its lifetime.
+        // A JWT-SVID has no serial, so serial entries never name one.
+        use writ_verifier::{DenyReason, JwtRefused};
+        let authorizer =
+            writ_verifier::Authorizer::new(self.agent.node.base(), writ_verifier::Band::ALL);
+        let revocations = super::revocation::verifier_snapshot(&self.agent, now);
+        writ_verifier::authorize_validated_jwt(&validated, &authorizer, &revocations, now)
+            .map_err(|refused| match refused {
+                JwtRefused::Denied(
+                    DenyReason::Revoked(_) | DenyReason::RevocationsUnavailable(_),
+                ) => Status::permission_denied(refused.to_string()),
+                other => Status::invalid_argument(other.to_string()),
+            })?;
         Ok(Response::new(pb::ValidateJwtsvidResponse {
             spiffe_id: validated.spiffe_id.to_string(),
             claims: Some(to_struct(validated.claims)),

@@ -546,25 +546,13 @@ impl TrustDomainCa {
         request: &SvidRequest,
         default_ttl: Duration,
     ) -> Result<Duration, CaError> {
-        let id = request.spiffe_id.to_string();
         if request.spiffe_id.trust_domain() != &self.trust_domain {
             return Err(CaError::WrongTrustDomain {
-                id,
+                id: request.spiffe_id.to_string(),
                 trust_domain: self.trust_domain.to_string(),
             });
         }
-        if request.spiffe_id.path().is_empty() {
-            return Err(CaError::BadSpiffeId {
-                id,
-                reason: "an SVID's SPIFFE ID must have a path".into(),
-            });
-        }
-        if id.len() > MAX_SPIFFE_ID_LEN {
-            return Err(CaError::BadSpiffeId {
-                id: format!("{}…", &id[..64]),
-                reason: format!("longer than {MAX_SPIFFE_ID_LEN} bytes"),
-            });
-        }
+        check_svid_id(&request.spiffe_id)?;
         if let Some(claims) = &request.claims
             && claims.band != Some(self.band)
         {
@@ -789,6 +777,26 @@ pub fn create_private_dir(dir: &Path) -> Result<(), CaError> {
         .map_err(|e| CaError::Io(format!("create {}", dir.display()), e))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| CaError::Io(format!("chmod {}", dir.display()), e))
+}
+
+/// The rules on the SPIFFE ID of any SVID, whoever asks for it: a path, and a bounded
+/// length. Callers that decide policy on an ID check it first, so that a malformed one is
+/// refused as such rather than as not entitled.
+pub fn check_svid_id(spiffe_id: &SpiffeId) -> Result<(), CaError> {
+    let id = spiffe_id.to_string();
+    if spiffe_id.path().is_empty() {
+        return Err(CaError::BadSpiffeId {
+            id,
+            reason: "an SVID's SPIFFE ID must have a path".into(),
+        });
+    }
+    if id.len() > MAX_SPIFFE_ID_LEN {
+        return Err(CaError::BadSpiffeId {
+            id: format!("{}…", &id[..64]),
+            reason: format!("longer than {MAX_SPIFFE_ID_LEN} bytes"),
+        });
+    }
+    Ok(())
 }
 
 /// One trust domain's bundle as the Workload API serves it.

@@ -226,7 +226,8 @@ pub struct IdentityArgs {
     /// Band: investigative, remediation or base.
     #[arg(long, value_parser = parse_band)]
     band: Option<Band>,
-    /// An explicit SPIFFE ID.
+    /// A SPIFFE ID some profile holds now (an agent's, a grant's, a service's): writ mints
+    /// nothing policy does not give a workload.
     #[arg(long, conflicts_with_all = ["agent", "incident", "grant"], required_unless_present = "agent")]
     spiffe_id: Option<String>,
     /// Agent name (with --incident): writ derives the SPIFFE ID and claims.
@@ -238,7 +239,7 @@ pub struct IdentityArgs {
     /// Grant id (remediation band).
     #[arg(long, requires = "agent")]
     grant: Option<String>,
-    /// Scope to embed in the claims (repeatable).
+    /// Only this of the scopes policy gives the identity (repeatable; default: all).
     #[arg(long = "scope")]
     scopes: Vec<String>,
     /// Lifetime, e.g. 90s or 5m (default: the server's).

@@ -4,6 +4,7 @@
 //! serves these objects; the agent asks [`entitlements`] what a caller may hold.
 
 pub mod grant;
+pub mod mint;
 pub mod playbook;
 pub mod revocation;
 pub mod roles;

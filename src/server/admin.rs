@@ -16,10 +16,11 @@ use super::{Issuer, uid_of_user};
 use crate::ca::{CaError, SubjectKey, SvidRequest};
 use crate::identity::agent_spiffe_id;
 use crate::policy::grant::Principal;
+use crate::policy::mint::operator_entitlement;
 use crate::policy::roles::{Operation, allowed, check_profile, operator_uids};
 use crate::policy::{
     Grant, GrantRequest, GrantState, Incident, IncidentState, MAX_ITEMS, PolicyError, Profile,
-    Role, Selector, Severity, check_name,
+    Role, Selector, Severity, check_name, check_scope,
 };
 use crate::proto::admin::{self as pb, admin_server::Admin};
 use spiffe::SpiffeId;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
-use writ_verifier::{Band, WritClaims};
+use writ_verifier::Band;
 
 /// Upper bound on scopes in one request.
 const MAX_SCOPES: usize = 64;
@@ -167,13 +168,17 @@ impl AdminService {
         }
     }
 
-    /// Resolves the request's identity to a band, SPIFFE ID and claims.
-    fn resolve(&self, identity: Option<pb::Identity>) -> Result<(Band, SvidRequest), Status> {
+    /// Resolves the request's identity to the SPIFFE ID it names and the scopes asked
+    /// for; whether anyone holds it is [`operator_request`]'s question.
+    fn resolve(&self, identity: Option<pb::Identity>) -> Result<(SpiffeId, Vec<String>), Status> {
         let identity = identity.ok_or_else(|| Status::invalid_argument("identity is required"))?;
         if identity.scopes.len() > MAX_SCOPES {
             return Err(Status::invalid_argument(format!(
                 "at most {MAX_SCOPES} scopes"
             )));
+        }
+        for scope in &identity.scopes {
+            check_scope(scope).map_err(invalid)?;
         }
         let band = if identity.band.is_empty() {
             None
@@ -202,14 +207,8 @@ impl AdminService {
                         identity.band
                     )));
                 }
-                let claims = if identity.scopes.is_empty() {
-                    None
-                } else {
-                    let mut claims = WritClaims::new(id_band);
-                    claims.scopes = identity.scopes;
-                    Some(claims)
-                };
-                Ok((id_band, request(id, claims)))
+                crate::ca::check_svid_id(&id).map_err(status)?;
+                Ok((id, identity.scopes))
             }
             (true, false) => {
                 if identity.incident.is_empty() {
@@ -226,11 +225,7 @@ impl AdminService {
                 let id =
                     agent_spiffe_id(cas.base(), band, &identity.agent, &identity.incident, grant)
                         .map_err(status)?;
-                let mut claims = WritClaims::new(band);
-                claims.incident = Some(identity.incident.clone());
-                claims.grant = grant.map(str::to_owned);
-                claims.scopes = identity.scopes;
-                Ok((band, request(id, Some(claims))))
+                Ok((id, identity.scopes))
             }
             (true, true) => Err(Status::invalid_argument(
                 "give a SPIFFE ID, or an agent and an incident",
@@ -333,64 +328,23 @@ impl AdminService {
     }
 }
 
-/// Admin minting is a break-glass tool, not a way around incidents: an identity bound to
-/// an incident is minted only while that incident is open (checked under the issuance
-/// gate, like workload issuance).
-fn incident_is_open(issuer: &Issuer, svid: &mut SvidRequest) -> Result<(), CaError> {
-    let Some(claims) = svid.claims.as_mut() else {
-        return Ok(());
-    };
-    let Some(incident) = claims.incident.clone() else {
-        return Ok(());
-    };
+/// What an operator's mint of `spiffe_id` signs, decided under the issuance gate (the
+/// caller holds it): exactly what policy gives some workload this instant, as the
+/// Workload API would issue it, with fewer scopes if asked and living `ttl` at most (a
+/// grant's window cuts it). No identity is minted that policy does not entitle: there is
+/// no break-glass path (issue 10, finding 7).
+fn operator_request(
+    issuer: &Issuer,
+    spiffe_id: &SpiffeId,
+    scopes: &[String],
+    ttl: Duration,
+) -> Result<(Band, SvidRequest), Status> {
     let policy = issuer.registry.snapshot();
-    match policy.incidents.get(&incident) {
-        Some(i) if i.is_open() => {}
-        Some(_) => {
-            return Err(CaError::BadRequest(format!(
-                "incident {incident:?} is closed"
-            )));
-        }
-        None => {
-            return Err(CaError::BadRequest(format!(
-                "unknown incident {incident:?}"
-            )));
-        }
-    }
-    // A remediation identity only for an active grant of this incident and agent; the
-    // claims are the grant's, never the caller's, and it ends with the grant's window.
-    if let Some(grant_id) = claims.grant.clone() {
-        let grant = policy
-            .grants
-            .get(&grant_id)
-            .ok_or_else(|| CaError::BadRequest(format!("unknown grant {grant_id:?}")))?;
-        let agent = svid.spiffe_id.path().split('/').nth(2).unwrap_or_default();
-        if grant.state != GrantState::Active || grant.incident != incident || grant.agent != agent {
-            return Err(CaError::BadRequest(format!(
-                "grant {grant_id:?} is not an active grant of agent {agent:?} for incident {incident:?}"
-            )));
-        }
-        claims.plan_digest = Some(grant.plan_digest.clone());
-        claims.approvers = grant.approvals.iter().map(|a| a.by.clone()).collect();
-        claims.playbook = grant.playbook.clone();
-        claims.targets = grant.targets.iter().cloned().collect();
-        claims.scopes.retain(|s| grant.scopes.contains(s));
-        if let Some(expires_at) = grant.expires_at {
-            let left = (expires_at - issuer.cas.now()).max(1) as u64;
-            let wanted = svid.ttl.unwrap_or(issuer.config.ca.x509_svid_ttl);
-            svid.ttl = Some(wanted.min(Duration::from_secs(left)));
-        }
-    }
-    Ok(())
-}
-
-fn request(spiffe_id: SpiffeId, claims: Option<WritClaims>) -> SvidRequest {
-    SvidRequest {
-        spiffe_id,
-        ttl: None,
-        claims,
-        dns_names: Vec::new(),
-    }
+    let entitlement = operator_entitlement(&policy, issuer.cas.base(), spiffe_id, scopes)
+        .map_err(|e| Status::permission_denied(e.to_string()))?;
+    issuer
+        .entitled_request(entitlement, ttl)
+        .map_err(issue_status)
 }
 
 /// Maps a CA error to a gRPC status: bad input is InvalidArgument with the reason;
@@ -732,22 +686,27 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::MintX509SvidResponse>, Status> {
         let who = self.authorize(&request, Operation::MintSvid)?;
         let body = request.into_inner();
-        let (band, mut svid) = self.resolve(body.identity)?;
-        svid.ttl = body.ttl_seconds.map(Duration::from_secs);
-        svid.dns_names = body.dns_names;
+        let (spiffe_id, scopes) = self.resolve(body.identity)?;
+        let id = spiffe_id.to_string();
         let issuer = Arc::clone(&self.issuer);
-        let spiffe_id = svid.spiffe_id.to_string();
-        let minted = blocking(
+        let (band, minted) = blocking(
             move || {
                 let _gate = issuer.registry.issuance_gate();
-                incident_is_open(&issuer, &mut svid)?;
-                issuer.issue_x509(band, SubjectKey::Csr(&body.csr), svid, &who)
+                let ttl = body
+                    .ttl_seconds
+                    .map_or(issuer.config.ca.x509_svid_ttl, Duration::from_secs);
+                let (band, mut svid) = operator_request(&issuer, &spiffe_id, &scopes, ttl)?;
+                svid.dns_names = body.dns_names;
+                issuer
+                    .issue_x509(band, SubjectKey::Csr(&body.csr), svid, &who)
+                    .map(|minted| (band, minted))
+                    .map_err(issue_status)
             },
-            issue_status,
+            std::convert::identity,
         )
         .await?;
         Ok(Response::new(pb::MintX509SvidResponse {
-            spiffe_id,
+            spiffe_id: id,
             certificate: minted.cert_der,
             bundle: self.issuer.cas.ca(band).x509_bundle(),
             serial: minted.serial,
@@ -761,21 +720,25 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::MintJwtSvidResponse>, Status> {
         let who = self.authorize(&request, Operation::MintSvid)?;
         let body = request.into_inner();
-        let (band, mut svid) = self.resolve(body.identity)?;
-        svid.ttl = body.ttl_seconds.map(Duration::from_secs);
-        let spiffe_id = svid.spiffe_id.to_string();
+        let (spiffe_id, scopes) = self.resolve(body.identity)?;
+        let id = spiffe_id.to_string();
         let issuer = Arc::clone(&self.issuer);
         let minted = blocking(
             move || {
                 let _gate = issuer.registry.issuance_gate();
-                incident_is_open(&issuer, &mut svid)?;
-                issuer.issue_jwt(band, svid, &body.audience, &who)
+                let ttl = body
+                    .ttl_seconds
+                    .map_or(issuer.config.ca.jwt_svid_ttl, Duration::from_secs);
+                let (band, svid) = operator_request(&issuer, &spiffe_id, &scopes, ttl)?;
+                issuer
+                    .issue_jwt(band, svid, &body.audience, &who)
+                    .map_err(issue_status)
             },
-            issue_status,
+            std::convert::identity,
         )
         .await?;
         Ok(Response::new(pb::MintJwtSvidResponse {
-            spiffe_id,
+            spiffe_id: id,
             token: minted.token,
             expires_at: minted.expires_at,
         }))

@@ -15,7 +15,7 @@ use crate::ca::{
 };
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::policy::{Grant, GrantRequest, Selector, entitlement_for, entitlements};
+use crate::policy::{Entitlement, Grant, GrantRequest, Selector, entitlement_for, entitlements};
 use crate::store::Store;
 use anyhow::Context;
 use registry::Registry;
@@ -228,17 +228,10 @@ impl Issuer {
                     else {
                         return Err(self.deny(spiffe_id, requester, &mut denials));
                     };
-                    let ttl = self.capped_ttl(
+                    let (band, request) = self.entitled_request(
+                        entitlement,
                         ttl.unwrap_or(self.config.ca.x509_svid_ttl),
-                        entitlement.not_after_cap,
                     )?;
-                    let band = entitlement.band;
-                    let request = SvidRequest {
-                        spiffe_id: entitlement.spiffe_id,
-                        ttl: Some(ttl),
-                        claims: Some(entitlement.claims),
-                        dns_names: Vec::new(),
-                    };
                     self.submit_x509(band, SubjectKey::Csr(csr), request, now, requester)
                 })
                 .collect()
@@ -337,6 +330,25 @@ impl Issuer {
             Err(e) => tracing::error!(error = %e, "auditing a denial failed"),
         }
         IssueError::NotEntitled(spiffe_id.to_string())
+    }
+
+    /// What to sign for `entitlement`: its band, its SPIFFE ID and the claims policy
+    /// derived (never a requester's), living `ttl` but no later than its cap (a grant's
+    /// window). Every issuance of an identity passes here, a workload's or an operator's,
+    /// with an entitlement read under the issuance gate.
+    fn entitled_request(
+        &self,
+        entitlement: Entitlement,
+        ttl: Duration,
+    ) -> Result<(Band, SvidRequest), IssueError> {
+        let ttl = self.capped_ttl(ttl, entitlement.not_after_cap)?;
+        let request = SvidRequest {
+            spiffe_id: entitlement.spiffe_id,
+            ttl: Some(ttl),
+            claims: Some(entitlement.claims),
+            dns_names: Vec::new(),
+        };
+        Ok((entitlement.band, request))
     }
 
     /// A TTL that ends no later than `cap` (a grant's window).
@@ -568,14 +580,8 @@ impl Issuer {
                 await_denials(denials);
                 return Err(refused);
             };
-            let ttl = self.capped_ttl(self.config.ca.jwt_svid_ttl, entitlement.not_after_cap)?;
-            let band = entitlement.band;
-            let request = SvidRequest {
-                spiffe_id: entitlement.spiffe_id,
-                ttl: Some(ttl),
-                claims: Some(entitlement.claims),
-                dns_names: Vec::new(),
-            };
+            let (band, request) =
+                self.entitled_request(entitlement, self.config.ca.jwt_svid_ttl)?;
             self.submit_jwt(band, request, audience, requester)?
         };
         let (_, minted) = pending.wait()?;

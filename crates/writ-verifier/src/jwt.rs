@@ -241,7 +241,20 @@ pub fn authorize_jwt_svid(
     now: i64,
 ) -> Result<Peer, JwtRefused> {
     let validated = validate_jwt_svid(token, audience, now, |td, kid| keys.key(td, kid))?;
-    let peer = Peer::from_jwt(&validated).map_err(|e| JwtRefused::Claims(e.to_string()))?;
+    authorize_validated_jwt(&validated, authorizer, revocations, now)
+}
+
+/// The second half of [`authorize_jwt_svid`], for a caller that validated the token
+/// itself with [`validate_jwt_svid`] because it keeps its keys elsewhere or needs every
+/// claim afterwards (the writ agent's `ValidateJWTSVID`): reads writ's claims and decides
+/// with `authorizer` against `revocations`.
+pub fn authorize_validated_jwt(
+    validated: &ValidatedJwt,
+    authorizer: &Authorizer,
+    revocations: &RevocationSnapshot,
+    now: i64,
+) -> Result<Peer, JwtRefused> {
+    let peer = Peer::from_jwt(validated).map_err(|e| JwtRefused::Claims(e.to_string()))?;
     authorizer.decide(&peer, revocations, now).into_result()?;
     Ok(peer)
 }

@@ -91,7 +91,8 @@ pub use authz::{Authorizer, Decision, DenyReason, Peer, plan_digest};
 pub use claims::{Band, ClaimsError, WritClaims};
 pub use id::{IdError, parse_spiffe_id, parse_trust_domain};
 pub use jwt::{
-    JwtKeys, JwtRefused, JwtSvidError, ValidatedJwt, authorize_jwt_svid, validate_jwt_svid,
+    JwtKeys, JwtRefused, JwtSvidError, ValidatedJwt, authorize_jwt_svid, authorize_validated_jwt,
+    validate_jwt_svid,
 };
 pub use revocation::{RevocationSnapshot, Revocations};
 #[cfg(feature = "workload-api")]

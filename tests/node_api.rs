@@ -1066,10 +1066,10 @@ fn remote_agent_forwards_activity_reports() {
         ),
     );
     // This process is the workload; it runs as root, an operator, so the profile selects
-    // its executable instead.
+    // its executable's digest instead (and so the remote agent hashes it).
     let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
-    let exe = std::env::current_exe().unwrap();
-    server.profile_selecting("triage", &format!("unix:path:{}", exe.display()));
+    let exe_sha256 = sha256_hex(&std::fs::read("/proc/self/exe").unwrap());
+    server.profile_selecting("triage", &format!("unix:sha256:{exe_sha256}"));
     server.open("INC-1", "triage");
     let want = id_of("triage", "INC-1");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1170,7 +1170,6 @@ fn remote_agent_forwards_activity_reports() {
     assert_eq!(attested[0].spiffe_id.as_deref(), Some(want.as_str()));
     assert_eq!(attested[0].incident.as_deref(), Some("INC-1"));
     let selectors = attested[0].detail["selectors"].to_string();
-    let exe_sha256 = sha256_hex(&std::fs::read("/proc/self/exe").unwrap());
     assert!(
         selectors.contains(&format!("\"unix:uid:{uid}\"")),
         "{selectors}"

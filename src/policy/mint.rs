@@ -200,6 +200,7 @@ mod tests {
             scopes: BTreeSet::from(["deploy:write".into()]),
             window_secs: 600,
             requested_by: "root".into(),
+            requested_by_uid: None,
             requested_at: 0,
             approvals: Vec::new(),
             state,

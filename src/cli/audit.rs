@@ -5,7 +5,7 @@
 
 use super::AdminArgs;
 use super::client::{connect, rpc_error};
-use super::output::format_unix;
+use super::output::{escape, format_unix};
 use crate::audit::{Record, VerifyError, verify};
 use crate::proto::admin as pb;
 use clap::Args;
@@ -79,9 +79,11 @@ fn json_line(index: u64, bytes: &[u8]) -> String {
     }
 }
 
-/// One record as a human line.
+/// One record as a human line. Records hold what callers sent (titles, actions,
+/// evidence, reasons, activity summaries): the line is escaped whole, so no record prints
+/// more than one line or rewrites another.
 fn human_line(index: u64, bytes: &[u8]) -> String {
-    match Record::decode(bytes) {
+    let line = match Record::decode(bytes) {
         Ok(r) => format!(
             "{index:>6}  {}  {:<12} {:<26} {}  {}",
             format_unix(r.time),
@@ -91,7 +93,8 @@ fn human_line(index: u64, bytes: &[u8]) -> String {
             summary(&r)
         ),
         Err(e) => format!("{index:>6}  (malformed record: {e})"),
-    }
+    };
+    escape(&line)
 }
 
 pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
@@ -273,17 +276,22 @@ pub async fn timeline(id: String, admin: AdminArgs) -> anyhow::Result<()> {
             println!("{}", json_line(item.index, &item.record));
             continue;
         }
+        // Two lines per record, each escaped: what a caller wrote cannot add a third.
         match Record::decode(&item.record) {
             Ok(r) => println!(
                 "{}  [{:>5}]  {:<22} {}\n{:>36}{}",
                 format_unix(r.time),
                 item.index,
                 step(&r),
-                r.actor,
+                escape(&r.actor),
                 "",
-                summary(&r)
+                escape(&summary(&r))
             ),
-            Err(e) => println!("[{}] malformed record: {e}", item.index),
+            Err(e) => println!(
+                "[{}] malformed record: {}",
+                item.index,
+                escape(&e.to_string())
+            ),
         }
     }
     if !any {

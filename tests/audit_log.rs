@@ -601,7 +601,7 @@ fn verify_reads_the_log_file_and_never_writes_it() {
         let tx = db.begin_write().unwrap();
         {
             let mut t = tx.open_table(RECORDS).unwrap();
-            let mut r = Record::decode(&t.get(1).unwrap().unwrap().value().to_vec()).unwrap();
+            let mut r = Record::decode(t.get(1).unwrap().unwrap().value()).unwrap();
             r.actor = "mallory".into();
             t.insert(1, r.encode().unwrap().as_slice()).unwrap();
         }

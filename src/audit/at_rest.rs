@@ -217,7 +217,7 @@ impl StorageBackend for Overlay {
             // Zero what lies past the new end inside its last block, drop the blocks after.
             let keep = len.div_ceil(BLOCK);
             state.blocks.retain(|index, _| *index < keep);
-            if len % BLOCK != 0 {
+            if !len.is_multiple_of(BLOCK) {
                 let index = len / BLOCK;
                 let mut block = self.block(&state, index)?;
                 block[(len % BLOCK) as usize..].fill(0);

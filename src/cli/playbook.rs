@@ -52,7 +52,7 @@ pub struct CreateArgs {
     /// The longest an activation may last (at most 10m).
     #[arg(long, default_value = "10m")]
     max_window: Ttl,
-    /// When to use it and how to undo it (not part of the approved digest).
+    /// When to use it and how to undo it, in one line (not part of the approved digest).
     #[arg(long, default_value = "")]
     description: String,
     #[command(flatten)]

@@ -62,8 +62,13 @@ async fn main() -> ExitCode {
     match cli.run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            // Errors quote what callers sent (a name, a digest, a server's refusal):
+            // escaped, so an error is always the one line it claims to be.
+            eprintln!("error: {}", writ::cli::escape(&format!("{error:#}")));
+            match error.downcast_ref::<writ::cli::Exit>() {
+                Some(exit) => ExitCode::from(exit.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

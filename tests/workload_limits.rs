@@ -132,13 +132,15 @@ async fn sigterm_ends_open_streams_with_unavailable_and_exits() {
     use writ::proto::workload as pb;
     let dir = tempfile::tempdir().unwrap();
     let dev = start_with(dir.path(), "shutdown_grace = \"20s\"\n");
-    let uid = common::dev::my_uid().to_string();
+    // This process is the workload; it runs as an operator's uid, so the profile selects
+    // its executable.
+    let exe = std::env::current_exe().unwrap();
     dev.ok(&[
         "profile",
         "create",
         "triage",
         "--selector",
-        &format!("unix:uid:{uid}"),
+        &format!("unix:path:{}", exe.display()),
     ]);
     dev.ok(&[
         "incident",

@@ -84,9 +84,13 @@ pub enum ActivityError {
         "digest must be the sha256 of the content as 64 lowercase hex characters (the content itself is never sent)"
     )]
     Digest,
-    /// The summary is too long or holds control or bidirectional-override characters.
+    /// The summary is too long.
     #[error("summary {0}")]
     Summary(&'static str),
+    /// The summary is not one line of visible text (control, bidi or invisible
+    /// characters; see `crate::policy::text`).
+    #[error(transparent)]
+    Text(crate::policy::PolicyError),
     /// The tool is missing, misplaced or malformed.
     #[error("tool {0}")]
     Tool(String),
@@ -128,8 +132,8 @@ pub struct Activity {
 
 impl Activity {
     /// Checks `raw`: the incident is an incident name; the kind is known; the digest is 64
-    /// lowercase hex; the summary is at most [`MAX_SUMMARY_CHARS`] characters with no
-    /// control or bidirectional-override characters; a tool call names its tool (at most
+    /// lowercase hex; the summary is empty or one line of at most [`MAX_SUMMARY_CHARS`]
+    /// visible characters ([`crate::policy::text::line`]); a tool call names its tool (at most
     /// [`MAX_TOOL_LEN`] of `A-Z a-z 0-9 . _ : / -`) and only a tool call does; evidence
     /// names its URI (at most [`MAX_URI_LEN`] bytes, printable ASCII, with a scheme and no
     /// credentials) and only evidence does.
@@ -264,25 +268,14 @@ fn check_digest(digest: &str) -> Result<(), ActivityError> {
     }
 }
 
-/// Characters that reorder how text is displayed (the "Trojan Source" set): a summary
-/// with them could read differently to a human than its bytes say.
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
 fn check_summary(summary: &str) -> Result<(), ActivityError> {
     if summary.chars().count() > MAX_SUMMARY_CHARS {
         return Err(ActivityError::Summary("is longer than 200 characters"));
     }
-    if summary.chars().any(char::is_control) {
-        return Err(ActivityError::Summary(
-            "must be one line without control characters",
-        ));
-    }
-    if summary.chars().any(is_bidi_control) {
-        return Err(ActivityError::Summary(
-            "must not contain bidirectional-override characters",
-        ));
+    // Empty means "none"; anything else is one line of visible text, by the rule every
+    // caller-supplied text follows.
+    if !summary.is_empty() {
+        crate::policy::text::line("summary", summary, usize::MAX).map_err(ActivityError::Text)?;
     }
     Ok(())
 }
@@ -550,10 +543,17 @@ mod tests {
                 "{bad:?}: {error}"
             );
         }
-        for bad in ["rlo\u{202e}", "lri\u{2066}", "rlm\u{200f}"] {
+        for bad in [
+            "rlo\u{202e}",
+            "lri\u{2066}",
+            "rlm\u{200f}",
+            "zwsp\u{200b}",
+            "ls\u{2028}",
+            "tag\u{e0041}",
+        ] {
             let error = with(|r| r.summary = bad.into(), "prompt").unwrap_err();
             assert!(
-                error.to_string().contains("bidirectional"),
+                error.to_string().contains("invisible formatting"),
                 "{bad:?}: {error}"
             );
         }

@@ -14,6 +14,7 @@
 //! revocations, admin changes) append first and act only once the append is durable.
 
 pub mod activity;
+pub mod at_rest;
 pub mod log;
 pub mod note;
 pub mod record;
@@ -23,7 +24,7 @@ pub use log::AuditLog;
 pub use record::{Kind, Record, sha256_hex};
 pub use verify::{Verified, VerifyError};
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use std::path::Path;
 
 /// Why an audit operation failed.
@@ -61,38 +62,45 @@ pub fn origin_for(base: &str) -> String {
 /// Verifies a log file at rest (a copy, a backup, or the store of a stopped server): the
 /// stored leaf hashes, the log's own signed checkpoint, and `kept` if given. `vkey` is the
 /// log's verifier key as the verifier knows it.
+///
+/// The file is opened for reading only and never written, not even to recover a log
+/// that was not closed cleanly (see [`at_rest`]). A file that cannot be read (permission
+/// denied, an I/O error, in use) is [`VerifyError::Unverifiable`], never tampering.
 pub fn verify_file(path: &Path, vkey: &str, kept: Option<&[u8]>) -> Result<Verified, VerifyError> {
-    let read = |e: &dyn std::fmt::Display| VerifyError::Read(e.to_string());
-    if !path.exists() {
-        return Err(VerifyError::Read(format!(
-            "{} does not exist",
-            path.display()
-        )));
-    }
-    let db = redb::Database::open(path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => VerifyError::Read(format!(
-            "{} is in use by a running writ: verify through it (without --data-dir), or on a copy",
-            path.display()
-        )),
-        other => read(&other),
-    })?;
-    let tx = db.begin_read().map_err(|e| read(&e))?;
-    let records = tx.open_table(log::RECORDS).map_err(|e| read(&e))?;
-    let hashes = tx.open_table(log::HASHES).map_err(|e| read(&e))?;
-    let meta = tx.open_table(log::META).map_err(|e| read(&e))?;
+    Ok(verify_file_at_rest(path, vkey, kept)?.0)
+}
+
+/// [`verify_file`], and whether the log had to be recovered in memory because it was not
+/// closed cleanly (its writer was killed, or it was copied from a running server).
+pub fn verify_file_at_rest(
+    path: &Path,
+    vkey: &str,
+    kept: Option<&[u8]>,
+) -> Result<(Verified, bool), VerifyError> {
+    let db = at_rest::AtRest::open(path)?;
+    let tx = db.begin_read()?;
+    let table = |e: redb::TableError| match e {
+        redb::TableError::Storage(e) => VerifyError::from(at_rest::storage_error(e)),
+        // A missing or mistyped table: the file is a store, but not an intact log.
+        other => VerifyError::Damaged(other.to_string()),
+    };
+    let storage = |e: redb::StorageError| VerifyError::from(at_rest::storage_error(e));
+    let records = tx.open_table(log::RECORDS).map_err(table)?;
+    let hashes = tx.open_table(log::HASHES).map_err(table)?;
+    let meta = tx.open_table(log::META).map_err(table)?;
     let signed = meta
         .get("checkpoint")
-        .map_err(|e| read(&e))?
+        .map_err(storage)?
         .map(|v| v.value().to_vec());
     let stored_leaf = |i: u64| -> Option<tlog_tiles::Hash> {
         let v = hashes.get(tlog_tiles::stored_hash_index(0, i)).ok()??;
         v.value().try_into().ok().map(tlog_tiles::Hash)
     };
-    let iter = records.iter().map_err(|e| read(&e))?.map(|item| {
+    let iter = records.iter().map_err(storage)?.map(|item| {
         item.map(|(k, v)| (k.value(), v.value().to_vec()))
-            .map_err(|e| e.to_string())
+            .map_err(storage)
     });
-    verify::verify(
+    let verified = verify::verify(
         iter,
         &verify::Inputs {
             vkey,
@@ -100,5 +108,6 @@ pub fn verify_file(path: &Path, vkey: &str, kept: Option<&[u8]>) -> Result<Verif
             kept,
             stored_leaf: Some(&stored_leaf),
         },
-    )
+    )?;
+    Ok((verified, db.recovered()))
 }

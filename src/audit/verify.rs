@@ -70,9 +70,37 @@ pub enum VerifyError {
         /// Why.
         reason: String,
     },
-    /// Reading the log failed.
-    #[error("reading the log: {0}")]
-    Read(String),
+    /// The log file's bytes are not a sound store: it was changed outside writ.
+    #[error("the log file is damaged: {0}")]
+    Damaged(String),
+    /// The log could not be read (permission denied, an I/O error, in use by a running
+    /// writ) or the tree not recomputed: verification did not happen, and nothing is
+    /// known about the log's integrity. Never reported as tampering.
+    #[error("{0}")]
+    Unverifiable(String),
+}
+
+impl VerifyError {
+    /// Whether this is evidence that the log was tampered with (every finding but
+    /// [`VerifyError::Unverifiable`]).
+    pub fn is_tampering(&self) -> bool {
+        !matches!(self, VerifyError::Unverifiable(_))
+    }
+}
+
+impl From<super::at_rest::OpenError> for VerifyError {
+    fn from(e: super::at_rest::OpenError) -> Self {
+        match e {
+            super::at_rest::OpenError::Unreadable(m) => VerifyError::Unverifiable(m),
+            super::at_rest::OpenError::Damaged(m) => VerifyError::Damaged(m),
+        }
+    }
+}
+
+/// A failure of the tree math over hashes this module computed itself: a bug, not a
+/// finding about the log.
+fn tree_error(e: tlog_tiles::Error) -> VerifyError {
+    VerifyError::Unverifiable(format!("recomputing the tree: {e}"))
 }
 
 /// What a successful verification proved.
@@ -118,16 +146,17 @@ pub struct Inputs<'a> {
     pub stored_leaf: Option<&'a dyn Fn(u64) -> Option<Hash>>,
 }
 
-/// Verifies the records, in index order, against the inputs.
+/// Verifies the records, in index order, against the inputs. A record that could not be
+/// read is passed as the error that says why.
 pub fn verify(
-    records: impl IntoIterator<Item = Result<(u64, Vec<u8>), String>>,
+    records: impl IntoIterator<Item = Result<(u64, Vec<u8>), VerifyError>>,
     inputs: &Inputs<'_>,
 ) -> Result<Verified, VerifyError> {
     let mut hashes = MemoryHashes::default();
     let mut leaves: Vec<Hash> = Vec::new();
     let mut size = 0u64;
     for item in records {
-        let (index, bytes) = item.map_err(VerifyError::Read)?;
+        let (index, bytes) = item?;
         if index != size {
             return Err(VerifyError::Missing {
                 index: size,
@@ -146,14 +175,13 @@ pub fn verify(
                 reason: e.to_string(),
             });
         }
-        let new = tlog_tiles::stored_hashes_for_record_hash(index, leaf, &hashes)
-            .map_err(|e| VerifyError::Read(e.to_string()))?;
+        let new =
+            tlog_tiles::stored_hashes_for_record_hash(index, leaf, &hashes).map_err(tree_error)?;
         hashes.0.extend(new);
         leaves.push(leaf);
         size += 1;
     }
-    let root =
-        tlog_tiles::tree_hash(size, &hashes).map_err(|e| VerifyError::Read(e.to_string()))?;
+    let root = tlog_tiles::tree_hash(size, &hashes).map_err(tree_error)?;
     let check = |which: &'static str, note: &[u8]| -> Result<VerifiedCheckpoint, VerifyError> {
         let cp = open_checkpoint(note, inputs.vkey)
             .map_err(|reason| VerifyError::Checkpoint { which, reason })?;
@@ -164,8 +192,7 @@ pub fn verify(
                 size,
             });
         }
-        let at = tlog_tiles::tree_hash(cp.size, &hashes)
-            .map_err(|e| VerifyError::Read(e.to_string()))?;
+        let at = tlog_tiles::tree_hash(cp.size, &hashes).map_err(tree_error)?;
         if at != cp.root {
             return Err(VerifyError::Rewritten {
                 which,
@@ -175,8 +202,7 @@ pub fn verify(
         }
         // The standard check a monitor makes with only the two tree heads: a consistency
         // proof from the checkpoint's tree to the whole log.
-        let proof = tlog_tiles::prove_tree(size, cp.size, &hashes)
-            .map_err(|e| VerifyError::Read(e.to_string()))?;
+        let proof = tlog_tiles::prove_tree(size, cp.size, &hashes).map_err(tree_error)?;
         tlog_tiles::check_tree(&proof, size, root, cp.size, cp.root).map_err(|e| {
             VerifyError::Checkpoint {
                 which,
@@ -231,7 +257,7 @@ mod tests {
         tlog_tiles::tree_hash(recs.len() as u64, &hashes).unwrap()
     }
 
-    fn ok(recs: &[(u64, Vec<u8>)]) -> impl Iterator<Item = Result<(u64, Vec<u8>), String>> {
+    fn ok(recs: &[(u64, Vec<u8>)]) -> impl Iterator<Item = Result<(u64, Vec<u8>), VerifyError>> {
         recs.iter().cloned().map(Ok)
     }
 

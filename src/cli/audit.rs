@@ -5,7 +5,7 @@
 
 use super::AdminArgs;
 use super::client::{connect, rpc_error};
-use super::output::format_unix;
+use super::output::{escape, format_unix};
 use crate::audit::{Record, VerifyError, verify};
 use crate::proto::admin as pb;
 use clap::Args;
@@ -26,6 +26,9 @@ pub struct TailArgs {
 
 /// Flags of `writ audit verify`.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 intact; 1 NOT intact (tampering found, and where); 2 could not verify (permission denied, I/O error, server unreachable). The log file is only ever read."
+)]
 pub struct VerifyArgs {
     /// A checkpoint kept earlier (`writ audit checkpoint > FILE`): the log must still
     /// extend it.
@@ -79,9 +82,11 @@ fn json_line(index: u64, bytes: &[u8]) -> String {
     }
 }
 
-/// One record as a human line.
+/// One record as a human line. Records hold what callers sent (titles, actions,
+/// evidence, reasons, activity summaries): the line is escaped whole, so no record prints
+/// more than one line or rewrites another.
 fn human_line(index: u64, bytes: &[u8]) -> String {
-    match Record::decode(bytes) {
+    let line = match Record::decode(bytes) {
         Ok(r) => format!(
             "{index:>6}  {}  {:<12} {:<26} {}  {}",
             format_unix(r.time),
@@ -91,7 +96,8 @@ fn human_line(index: u64, bytes: &[u8]) -> String {
             summary(&r)
         ),
         Err(e) => format!("{index:>6}  (malformed record: {e})"),
-    }
+    };
+    escape(&line)
 }
 
 pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
@@ -172,50 +178,81 @@ fn read_key(path: &std::path::Path) -> anyhow::Result<String> {
         .to_owned())
 }
 
+/// `writ audit verify`. Exit status, as `cmp` and `diff` report theirs: 0 the log is
+/// intact, 1 it is NOT (a finding of tampering, named), 2 it could not be verified
+/// (permission denied, an I/O error, the server unreachable): trouble, never reported as
+/// tampering.
 pub async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<()> {
+    let json = args.admin.json;
+    let (result, recovered) = match gather(args).await {
+        Ok(outcome) => outcome,
+        Err(e) => return Err(cannot_verify(format!("{e:#}"))),
+    };
+    if recovered {
+        eprintln!(
+            "note: the log was not closed cleanly (its writer was killed, or it was copied while in use): it was recovered in memory to be read; the file was not changed"
+        );
+    }
+    report(result, json)
+}
+
+fn cannot_verify(reason: String) -> anyhow::Error {
+    super::Exit {
+        code: 2,
+        message: format!("cannot verify the audit log: {reason}"),
+    }
+    .into()
+}
+
+/// Reads what verification needs and runs it; an error here means it could not run.
+async fn gather(
+    args: VerifyArgs,
+) -> anyhow::Result<(Result<crate::audit::Verified, VerifyError>, bool)> {
     let kept = args
         .since
         .as_deref()
         .map(|p| read_file(p, "checkpoint"))
         .transpose()?;
     let pinned = args.log_key.as_deref().map(read_key).transpose()?;
-    let result = match &args.data_dir {
-        Some(dir) => {
-            let vkey = match pinned {
-                Some(k) => k,
-                None => read_key(&dir.join("keys").join("audit.pub"))?,
-            };
-            crate::audit::verify_file(&dir.join("audit.redb"), &vkey, kept.as_deref())
-        }
-        None => {
-            let mut client = connect(&args.admin).await?;
-            let cp = client
-                .get_audit_checkpoint(pb::GetAuditCheckpointRequest {})
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
-            let vkey = pinned.unwrap_or(cp.verifier_key);
-            let mut stream = client
-                .read_audit(pb::ReadAuditRequest::default())
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
-            let mut records = Vec::new();
-            while let Some(item) = stream.message().await.map_err(rpc_error)? {
-                records.push(Ok((item.index, item.record)));
-            }
-            verify::verify(
-                records,
-                &verify::Inputs {
-                    vkey: &vkey,
-                    signed: Some(&cp.checkpoint),
-                    kept: kept.as_deref(),
-                    stored_leaf: None,
-                },
-            )
-        }
-    };
-    report(result, args.admin.json)
+    if let Some(dir) = &args.data_dir {
+        let vkey = match pinned {
+            Some(k) => k,
+            None => read_key(&dir.join("keys").join("audit.pub"))?,
+        };
+        return Ok(
+            match crate::audit::verify_file_at_rest(&dir.join("audit.redb"), &vkey, kept.as_deref())
+            {
+                Ok((verified, recovered)) => (Ok(verified), recovered),
+                Err(e) => (Err(e), false),
+            },
+        );
+    }
+    let mut client = connect(&args.admin).await?;
+    let cp = client
+        .get_audit_checkpoint(pb::GetAuditCheckpointRequest {})
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let vkey = pinned.unwrap_or(cp.verifier_key);
+    let mut stream = client
+        .read_audit(pb::ReadAuditRequest::default())
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let mut records = Vec::new();
+    while let Some(item) = stream.message().await.map_err(rpc_error)? {
+        records.push(Ok((item.index, item.record)));
+    }
+    let result = verify::verify(
+        records,
+        &verify::Inputs {
+            vkey: &vkey,
+            signed: Some(&cp.checkpoint),
+            kept: kept.as_deref(),
+            stored_leaf: None,
+        },
+    );
+    Ok((result, false))
 }
 
 fn report(result: Result<crate::audit::Verified, VerifyError>, json: bool) -> anyhow::Result<()> {
@@ -245,13 +282,15 @@ fn report(result: Result<crate::audit::Verified, VerifyError>, json: bool) -> an
                 if let Some(c) = &v.kept {
                     println!(
                         "  consistent with the kept checkpoint of {} ({} records)",
-                        c.origin, c.size
+                        escape(&c.origin),
+                        c.size
                     );
                 }
             }
             Ok(())
         }
-        Err(e) => anyhow::bail!("audit log NOT intact: {e}"),
+        Err(e) if e.is_tampering() => anyhow::bail!("audit log NOT intact: {e}"),
+        Err(e) => Err(cannot_verify(e.to_string())),
     }
 }
 
@@ -273,17 +312,22 @@ pub async fn timeline(id: String, admin: AdminArgs) -> anyhow::Result<()> {
             println!("{}", json_line(item.index, &item.record));
             continue;
         }
+        // Two lines per record, each escaped: what a caller wrote cannot add a third.
         match Record::decode(&item.record) {
             Ok(r) => println!(
                 "{}  [{:>5}]  {:<22} {}\n{:>36}{}",
                 format_unix(r.time),
                 item.index,
                 step(&r),
-                r.actor,
+                escape(&r.actor),
                 "",
-                summary(&r)
+                escape(&summary(&r))
             ),
-            Err(e) => println!("[{}] malformed record: {e}", item.index),
+            Err(e) => println!(
+                "[{}] malformed record: {}",
+                item.index,
+                escape(&e.to_string())
+            ),
         }
     }
     if !any {

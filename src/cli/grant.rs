@@ -3,16 +3,17 @@
 //! What an approver signs is the plan's SHA-256. `grant show` prints the plan and the
 //! evidence in full; `grant approve` without `--digest` sends the digest of the plan it
 //! fetched (the one `grant show` displays) and echoes what was approved to stderr once the
-//! server accepts, so that a refused approval is one error line. Plans come from agents:
-//! in human output, control and bidirectional-formatting characters are shown escaped so
-//! a plan cannot hide or rewrite lines on the approver's terminal.
+//! server accepts, so that a refused approval is one error line. Actions, targets and
+//! evidence come from agents: in human output every field is escaped onto its own line,
+//! and the plan is fenced with its digest (`output::plan_block`), so nothing an agent
+//! wrote can hide, rewrite or forge a line on the approver's terminal.
 //!
 //! The server is the only judge of grants; this file only reads the plan file and checks
 //! the shape of a typed digest.
 
 use super::AdminArgs;
 use super::client::{connect, rpc_error};
-use super::output::{format_unix, list_or, print_table, visible};
+use super::output::{escape, format_unix, list_or, plan_block, plan_preview, print_table};
 use crate::policy::grant::MAX_PLAN_LEN;
 use crate::proto::admin as pb;
 use crate::ttl::Ttl;
@@ -130,16 +131,14 @@ pub async fn request(args: RequestArgs) -> anyhow::Result<()> {
         println!("{}", to_json(&grant));
     } else {
         // The id alone on stdout, so `G=$(writ grant request …)` works; the rest is a hint.
-        println!("{}", grant.id);
+        let id = escape(&grant.id);
+        println!("{id}");
         eprintln!(
-            "hint: grant {} for {} on {} is pending; it needs {} approval(s) of plan sha256 {}: `writ grant show {}`, then `writ grant approve {}`",
-            grant.id,
-            grant.agent,
-            grant.incident,
+            "hint: grant {id} for {} on {} is pending; it needs {} approval(s) of plan sha256 {}: `writ grant show {id}`, then `writ grant approve {id}`",
+            escape(&grant.agent),
+            escape(&grant.incident),
             grant.quorum,
-            grant.plan_digest,
-            grant.id,
-            grant.id
+            escape(&grant.plan_digest),
         );
     }
     Ok(())
@@ -182,19 +181,19 @@ pub async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
     } else if grant.state == "active" {
         println!(
             "grant {} is active until {}: agent {} may hold {}",
-            grant.id,
+            escape(&grant.id),
             grant.expires_at.map_or_else(|| "-".into(), format_unix),
-            grant.agent,
-            grant.spiffe_id
+            escape(&grant.agent),
+            escape(&grant.spiffe_id)
         );
     } else {
         println!(
             "approved grant {}: {} of {} approvals ({}); still {}",
-            grant.id,
+            escape(&grant.id),
             grant.approvals.len(),
             grant.quorum,
             approvers(&grant),
-            grant.state
+            escape(&grant.state)
         );
     }
     Ok(())
@@ -225,10 +224,10 @@ async fn end(args: EndArgs, revoke: bool) -> anyhow::Result<()> {
     } else {
         println!(
             "{verb} grant {} at {} by {}: {}",
-            grant.id,
+            escape(&grant.id),
             grant.ended_at.map_or_else(|| "-".into(), format_unix),
-            visible(&grant.ended_by),
-            visible(&grant.end_reason)
+            escape(&grant.ended_by),
+            escape(&grant.end_reason)
         );
     }
     Ok(())
@@ -264,7 +263,7 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
                 g.agent.clone(),
                 format!("{}/{}", g.approvals.len(), g.quorum),
                 format_unix(g.requested_at),
-                visible(&g.action),
+                g.action.clone(),
             ]
         })
         .collect();
@@ -337,7 +336,7 @@ fn parse_digest(text: &str) -> anyhow::Result<String> {
 }
 
 fn approvers(grant: &pb::Grant) -> String {
-    let names: Vec<String> = grant.approvals.iter().map(|a| visible(&a.by)).collect();
+    let names: Vec<String> = grant.approvals.iter().map(|a| escape(&a.by)).collect();
     list_or(&names, "none")
 }
 
@@ -373,23 +372,21 @@ fn to_json(grant: &pb::Grant) -> serde_json::Value {
     })
 }
 
-/// Every field, the evidence and the plan in full: what an approver signs.
+/// Every field, the evidence and the plan in full: what an approver signs. Each value
+/// is escaped onto its own line, so no field can print a line that looks like another.
 fn print_grant(grant: &pb::Grant) {
-    println!("id:          {}", grant.id);
+    println!("id:          {}", escape(&grant.id));
     println!(
         "state:       {} ({} of {} approvals)",
-        grant.state,
+        escape(&grant.state),
         grant.approvals.len(),
         grant.quorum
     );
-    println!("incident:    {}", grant.incident);
-    println!("agent:       {}", grant.agent);
-    println!("action:      {}", visible(&grant.action));
-    println!(
-        "targets:     {}",
-        visible(&list_or(&grant.targets, "(none)"))
-    );
-    println!("scopes:      {}", list_or(&grant.scopes, "(none)"));
+    println!("incident:    {}", escape(&grant.incident));
+    println!("agent:       {}", escape(&grant.agent));
+    println!("action:      {}", escape(&grant.action));
+    println!("targets:     {}", escaped_list(&grant.targets));
+    println!("scopes:      {}", escaped_list(&grant.scopes));
     println!(
         "window:      {}",
         humantime::format_duration(Duration::from_secs(grant.window_seconds))
@@ -397,7 +394,7 @@ fn print_grant(grant: &pb::Grant) {
     println!(
         "requested:   {} by {}",
         format_unix(grant.requested_at),
-        visible(&grant.requested_by)
+        escape(&grant.requested_by)
     );
     println!("quorum:      {}", grant.quorum);
     if grant.approvals.is_empty() {
@@ -405,7 +402,7 @@ fn print_grant(grant: &pb::Grant) {
     }
     for (i, a) in grant.approvals.iter().enumerate() {
         let label = if i == 0 { "approvals:" } else { "" };
-        println!("{label:<12} {} at {}", visible(&a.by), format_unix(a.at));
+        println!("{label:<12} {} at {}", escape(&a.by), format_unix(a.at));
     }
     println!(
         "activated:   {}",
@@ -419,60 +416,44 @@ fn print_grant(grant: &pb::Grant) {
         Some(at) => println!(
             "ended:       {} by {}: {}",
             format_unix(at),
-            visible(&grant.ended_by),
-            visible(&grant.end_reason)
+            escape(&grant.ended_by),
+            escape(&grant.end_reason)
         ),
         None => println!("ended:       -"),
     }
-    println!("identity:    {}", grant.spiffe_id);
+    println!("identity:    {}", escape(&grant.spiffe_id));
     if !grant.playbook.is_empty() {
-        println!("playbook:    {}", grant.playbook);
+        println!("playbook:    {}", escape(&grant.playbook));
     }
     println!("evidence ({}):", grant.evidence.len());
     for reference in &grant.evidence {
-        println!("  {}", visible(reference));
+        println!("  - {}", escape(reference));
     }
-    let lines: Vec<&str> = grant.plan.lines().collect();
-    println!(
-        "plan (sha256 {}, {} line(s)):",
-        grant.plan_digest,
-        lines.len()
-    );
-    for line in &lines {
-        println!("  | {}", visible(line));
+    for line in plan_block(&grant.plan, &grant.plan_digest) {
+        println!("{line}");
     }
+}
+
+/// A list of caller-supplied strings on one line: each escaped, comma-separated.
+fn escaped_list(items: &[String]) -> String {
+    let items: Vec<String> = items.iter().map(|i| escape(i)).collect();
+    list_or(&items, "(none)")
 }
 
 /// What was approved, on stderr: action, targets, evidence, digest and the plan's start.
 fn print_approved(grant: &pb::Grant) {
-    let lines: Vec<&str> = grant.plan.lines().collect();
     eprintln!(
         "approved the plan of grant {} for agent {} on incident {}:",
-        grant.id, grant.agent, grant.incident
+        escape(&grant.id),
+        escape(&grant.agent),
+        escape(&grant.incident)
     );
-    eprintln!("  action:    {}", visible(&grant.action));
-    eprintln!(
-        "  targets:   {}",
-        visible(&list_or(&grant.targets, "(none)"))
-    );
-    eprintln!(
-        "  evidence:  {}",
-        visible(&list_or(&grant.evidence, "(none)"))
-    );
-    eprintln!(
-        "  plan:      sha256 {} ({} line(s))",
-        grant.plan_digest,
-        lines.len()
-    );
-    for line in lines.iter().take(PREVIEW_LINES) {
-        eprintln!("    | {}", visible(line));
-    }
-    if lines.len() > PREVIEW_LINES {
-        eprintln!(
-            "    | … {} more line(s): writ grant show {}",
-            lines.len() - PREVIEW_LINES,
-            grant.id
-        );
+    eprintln!("  action:    {}", escape(&grant.action));
+    eprintln!("  targets:   {}", escaped_list(&grant.targets));
+    eprintln!("  evidence:  {}", escaped_list(&grant.evidence));
+    let rest = format!("writ grant show {}", escape(&grant.id));
+    for line in plan_preview(&grant.plan, &grant.plan_digest, PREVIEW_LINES, &rest) {
+        eprintln!("  {line}");
     }
 }
 

@@ -5,7 +5,7 @@
 
 use super::AdminArgs;
 use super::client::{connect, rpc_error};
-use super::output::{format_unix, list_or, print_table};
+use super::output::{escape, format_unix, list_or, print_table};
 use crate::proto::admin as pb;
 use crate::ttl::Ttl;
 use clap::Args;
@@ -79,13 +79,12 @@ pub async fn open(args: OpenArgs) -> anyhow::Result<()> {
     if args.admin.json {
         println!("{}", to_json(&incident));
     } else {
-        println!("opened incident {}", incident.id);
+        let id = escape(&incident.id);
+        println!("opened incident {id}");
         print_incident(&incident);
         println!(
-            "hint: workloads of {} now receive identities for {}; `writ incident close {}` revokes them all",
-            incident.assigned.join(", "),
-            incident.id,
-            incident.id
+            "hint: workloads of {} now receive identities for {id}; `writ incident close {id}` revokes them all",
+            escaped_list(&incident.assigned, "(none)"),
         );
     }
     Ok(())
@@ -105,9 +104,9 @@ pub async fn close(args: IdArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "closed incident {} at {} by {}; no identity for it is issued any more",
-            incident.id,
+            escape(&incident.id),
             incident.closed_at.map_or_else(|| "-".into(), format_unix),
-            incident.closed_by.as_deref().unwrap_or("-"),
+            escape(incident.closed_by.as_deref().unwrap_or("-")),
         );
     }
     Ok(())
@@ -130,7 +129,7 @@ pub async fn extend(args: ExtendArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "extended incident {} by {}; it may stay open until {}",
-            incident.id,
+            escape(&incident.id),
             args.by,
             deadline(&incident)
         );
@@ -217,29 +216,39 @@ fn deadline(incident: &pb::Incident) -> String {
         .map_or_else(|| "-".into(), format_unix)
 }
 
+/// Caller-supplied strings on one line: each escaped, comma-separated, or `empty`.
+fn escaped_list(items: &[String], empty: &str) -> String {
+    let items: Vec<String> = items.iter().map(|i| escape(i)).collect();
+    list_or(&items, empty)
+}
+
+/// Every field on its own line, each value escaped: a title cannot print a line of its own.
 fn print_incident(incident: &pb::Incident) {
     let lifetime = humantime::format_duration(Duration::from_secs(incident.max_lifetime_seconds));
     let deadline = deadline(incident);
-    println!("id:            {}", incident.id);
-    println!("title:         {}", incident.title);
-    println!("severity:      {}", incident.severity);
-    println!("state:         {}", incident.state);
-    println!("assigned:      {}", incident.assigned.join(", "));
+    println!("id:            {}", escape(&incident.id));
+    println!("title:         {}", escape(&incident.title));
+    println!("severity:      {}", escape(&incident.severity));
+    println!("state:         {}", escape(&incident.state));
+    println!(
+        "assigned:      {}",
+        escaped_list(&incident.assigned, "(none)")
+    );
     println!(
         "scopes:        {}",
-        list_or(&incident.scopes, "(each agent's profile scopes)")
+        escaped_list(&incident.scopes, "(each agent's profile scopes)")
     );
     println!(
         "opened:        {} by {}",
         format_unix(incident.opened_at),
-        incident.opened_by
+        escape(&incident.opened_by)
     );
     println!("max lifetime:  {lifetime} (until {deadline})");
     match (&incident.closed_at, &incident.closed_by) {
         (Some(at), by) => println!(
             "closed:        {} by {}",
             format_unix(*at),
-            by.as_deref().unwrap_or("-")
+            escape(by.as_deref().unwrap_or("-"))
         ),
         (None, _) => println!("closed:        -"),
     }

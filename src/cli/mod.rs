@@ -16,6 +16,19 @@ mod profile;
 mod svid;
 mod token;
 
+pub use output::escape;
+
+/// An error that ends `writ` with its own exit status instead of 1 (`audit verify`
+/// exits 2 when it could not verify, as `cmp` and `diff` do for trouble).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    /// The process exit status.
+    pub code: u8,
+    /// The one-line error.
+    pub message: String,
+}
+
 use crate::ttl::Ttl;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

@@ -43,7 +43,11 @@ pub async fn list(args: AdminArgs, only: Option<String>) -> anyhow::Result<()> {
                 ""
             };
             let uid = o.uid.map(|u| u.to_string()).unwrap_or_else(|| "-".into());
-            println!("{:<16} uid {uid:<6} {}{note}", o.name, o.roles.join(","));
+            println!(
+                "{:<16} uid {uid:<6} {}{note}",
+                super::output::escape(&o.name),
+                super::output::escape(&o.roles.join(","))
+            );
         }
     }
     Ok(())

@@ -8,7 +8,7 @@
 
 use super::AdminArgs;
 use super::client::{connect, rpc_error};
-use super::output::{format_unix, list_or, print_table};
+use super::output::{escape, format_unix, list_or, print_table};
 use crate::proto::admin as pb;
 use crate::ttl::Ttl;
 use clap::{Args, Subcommand};
@@ -52,7 +52,7 @@ pub struct CreateArgs {
     /// The longest an activation may last (at most 10m).
     #[arg(long, default_value = "10m")]
     max_window: Ttl,
-    /// When to use it and how to undo it (not part of the approved digest).
+    /// When to use it and how to undo it, in one line (not part of the approved digest).
     #[arg(long, default_value = "")]
     description: String,
     #[command(flatten)]
@@ -149,11 +149,13 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
     if args.admin.json {
         println!("{}", to_json(&playbook));
     } else {
-        println!("created playbook {} (pending)", playbook.name);
+        println!("created playbook {} (pending)", escape(&playbook.name));
         print_playbook(&playbook);
         eprintln!(
             "hint: it needs {} approvals, not by its creator: `writ playbook approve {} --digest {}`",
-            playbook.quorum, playbook.name, playbook.digest
+            playbook.quorum,
+            escape(&playbook.name),
+            escape(&playbook.digest)
         );
     }
     Ok(())
@@ -188,19 +190,22 @@ async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
     let playbook = returned(playbook)?;
     // Echoed after the server accepted, so a refusal stays one error line.
     if fetched {
-        eprintln!("approved this playbook (sha256 {}):", playbook.digest);
-        eprintln!("  {}", playbook.canonical);
+        eprintln!(
+            "approved this playbook (sha256 {}):",
+            escape(&playbook.digest)
+        );
+        eprintln!("  {}", escape(&playbook.canonical));
     }
     if args.admin.json {
         println!("{}", to_json(&playbook));
     } else {
         println!(
             "approved playbook {}: {} of {} approvals ({}); {}",
-            playbook.name,
+            escape(&playbook.name),
             playbook.approvals.len(),
             playbook.quorum,
             approvers(&playbook),
-            playbook.state
+            escape(&playbook.state)
         );
     }
     Ok(())
@@ -288,16 +293,17 @@ async fn activate(args: ActivateArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "activated playbook {} as grant {}: agent {} may hold {} for {} until {}",
-            grant.playbook,
-            grant.id,
-            grant.agent,
-            grant.spiffe_id,
-            list_or(&grant.targets, "(no targets)"),
+            escape(&grant.playbook),
+            escape(&grant.id),
+            escape(&grant.agent),
+            escape(&grant.spiffe_id),
+            escaped_list(&grant.targets, "(no targets)"),
             grant.expires_at.map_or_else(|| "-".into(), format_unix),
         );
         eprintln!(
             "hint: `writ grant revoke {}` ends it now; closing incident {} ends it too",
-            grant.id, grant.incident
+            escape(&grant.id),
+            escape(&grant.incident)
         );
     }
     Ok(())
@@ -321,8 +327,8 @@ async fn retire(args: RetireArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "retired playbook {}; revoked activations: {}",
-            playbook.name,
-            list_or(&response.revoked_grants, "none")
+            escape(&playbook.name),
+            escaped_list(&response.revoked_grants, "none")
         );
     }
     Ok(())
@@ -340,7 +346,13 @@ fn parse_digest(text: &str) -> anyhow::Result<String> {
 
 fn approvers(playbook: &pb::Playbook) -> String {
     let names: Vec<String> = playbook.approvals.iter().map(|a| a.by.clone()).collect();
-    list_or(&names, "none")
+    escaped_list(&names, "none")
+}
+
+/// Caller-supplied strings on one line: each escaped, comma-separated, or `empty`.
+fn escaped_list(items: &[String], empty: &str) -> String {
+    let items: Vec<String> = items.iter().map(|i| escape(i)).collect();
+    list_or(&items, empty)
 }
 
 fn to_json(playbook: &pb::Playbook) -> serde_json::Value {
@@ -398,17 +410,21 @@ fn grant_json(grant: &pb::Grant) -> serde_json::Value {
     })
 }
 
+/// Every field on its own line, each value escaped: no field can print a line of its own.
 fn print_playbook(playbook: &pb::Playbook) {
-    println!("name:        {}", playbook.name);
+    println!("name:        {}", escape(&playbook.name));
     println!(
         "state:       {} ({} of {} approvals)",
-        playbook.state,
+        escape(&playbook.state),
         playbook.approvals.len(),
         playbook.quorum
     );
-    println!("action:      {}", playbook.action);
-    println!("targets:     {}", playbook.allowed_targets.join(", "));
-    println!("scopes:      {}", list_or(&playbook.scopes, "(none)"));
+    println!("action:      {}", escape(&playbook.action));
+    println!(
+        "targets:     {}",
+        escaped_list(&playbook.allowed_targets, "(none)")
+    );
+    println!("scopes:      {}", escaped_list(&playbook.scopes, "(none)"));
     println!(
         "max window:  {}",
         humantime::format_duration(Duration::from_secs(playbook.max_window_seconds))
@@ -416,25 +432,22 @@ fn print_playbook(playbook: &pb::Playbook) {
     println!(
         "created:     {} by {}",
         format_unix(playbook.created_at),
-        playbook.created_by
+        escape(&playbook.created_by)
     );
     for a in &playbook.approvals {
-        println!("approved:    {} by {}", format_unix(a.at), a.by);
+        println!("approved:    {} by {}", format_unix(a.at), escape(&a.by));
     }
     if let Some(at) = playbook.retired_at {
         println!(
             "retired:     {} by {}: {}",
             format_unix(at),
-            playbook.retired_by,
-            playbook.retire_reason
+            escape(&playbook.retired_by),
+            escape(&playbook.retire_reason)
         );
     }
-    println!("digest:      sha256 {}", playbook.digest);
-    println!("approves:    {}", playbook.canonical);
+    println!("digest:      sha256 {}", escape(&playbook.digest));
+    println!("approves:    {}", escape(&playbook.canonical));
     if !playbook.description.is_empty() {
-        println!("description:");
-        for line in playbook.description.lines() {
-            println!("  {line}");
-        }
+        println!("description: {}", escape(&playbook.description));
     }
 }

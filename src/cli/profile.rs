@@ -5,7 +5,7 @@
 
 use super::AdminArgs;
 use super::client::{connect, rpc_error};
-use super::output::{format_unix, list_or, print_table};
+use super::output::{escape, format_unix, list_or, print_table};
 use crate::proto::admin as pb;
 use clap::Args;
 
@@ -58,7 +58,7 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
     if args.admin.json {
         println!("{}", to_json(&profile));
     } else {
-        println!("created profile {}", profile.name);
+        println!("created profile {}", escape(&profile.name));
         print_profile(&profile);
     }
     Ok(())
@@ -128,7 +128,7 @@ pub async fn delete(args: NameArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "deleted profile {}; its workloads hold no writ identity from it any more",
-            profile.name
+            escape(&profile.name)
         );
     }
     Ok(())
@@ -149,11 +149,19 @@ fn to_json(profile: &pb::Profile) -> serde_json::Value {
     })
 }
 
+/// Caller-supplied strings on one line: each escaped, comma-separated, or `empty`.
+fn escaped_list(items: &[String], empty: &str) -> String {
+    let items: Vec<String> = items.iter().map(|i| escape(i)).collect();
+    list_or(&items, empty)
+}
+
+/// Every field on its own line, each value escaped (a path selector may hold any
+/// character a file name can).
 fn print_profile(profile: &pb::Profile) {
-    println!("name:       {}", profile.name);
+    println!("name:       {}", escape(&profile.name));
     println!("kind:       {}", kind(profile));
-    println!("bands:      {}", profile.bands.join(", "));
-    println!("selectors:  {}", profile.selectors.join(", "));
-    println!("scopes:     {}", list_or(&profile.scopes, "(none)"));
+    println!("bands:      {}", escaped_list(&profile.bands, ""));
+    println!("selectors:  {}", escaped_list(&profile.selectors, ""));
+    println!("scopes:     {}", escaped_list(&profile.scopes, "(none)"));
     println!("created:    {}", format_unix(profile.created_at));
 }

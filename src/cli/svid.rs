@@ -91,8 +91,8 @@ pub async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "revoked svid {} ({}) at {}; verifiers refuse it until it expires at {}",
-            svid.serial,
-            svid.spiffe_id,
+            super::output::escape(&svid.serial),
+            super::output::escape(&svid.spiffe_id),
             svid.revoked_at.map_or_else(|| "-".into(), format_unix),
             format_unix(svid.not_after)
         );

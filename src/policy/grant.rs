@@ -5,7 +5,7 @@
 //! time. What approvers approve is the plan's SHA-256: an approval names the digest it saw,
 //! and counts only while it matches.
 
-use super::{Incident, PolicyError, Severity, check_name, check_scope};
+use super::{Incident, PolicyError, Severity, check_name, check_scope, text};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -17,6 +17,8 @@ pub const MAX_TARGETS_LEN: usize = 4 * 1024;
 pub const MAX_WINDOW_SECS: u64 = 4 * 3600;
 /// Default grant window (DESIGN.md §3).
 pub const DEFAULT_WINDOW_SECS: u64 = 600;
+/// Longest action, and longest reason a grant is denied or revoked with.
+pub const MAX_LINE_LEN: usize = 1024;
 
 /// Scope prefixes that touch deployment, IAM or secrets: refused unless the incident names
 /// them, and never in the investigative band.
@@ -316,26 +318,6 @@ pub struct GrantRequest {
     pub window_secs: Option<u64>,
 }
 
-fn text_ok(what: &str, text: &str, max: usize) -> Result<(), PolicyError> {
-    let bad = |reason: String| PolicyError::BadText {
-        what: what.into(),
-        reason,
-    };
-    if text.is_empty() {
-        return Err(bad("must not be empty".into()));
-    }
-    if text.len() > max {
-        return Err(bad(format!("at most {max} bytes")));
-    }
-    if text
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-    {
-        return Err(bad("control characters are not allowed".into()));
-    }
-    Ok(())
-}
-
 /// Whether `incident` has run past its maximum lifetime at `now`.
 pub fn incident_ended(incident: &Incident, now: i64) -> bool {
     incident.opened_at + incident.max_lifetime_secs as i64 <= now
@@ -378,7 +360,7 @@ pub fn new_grant_with(
     now: i64,
 ) -> Result<Grant, GrantError> {
     check_name("agent", &request.agent)?;
-    text_ok("action", &request.action, 1024)?;
+    text::line("action", &request.action, MAX_LINE_LEN)?;
     if request.plan.is_empty() || request.plan.len() > MAX_PLAN_LEN {
         return Err(PolicyError::BadText {
             what: "plan".into(),
@@ -393,14 +375,14 @@ pub fn new_grant_with(
         return Err(PolicyError::TooMany("targets, evidence or scopes").into());
     }
     for target in &request.targets {
-        text_ok("target", target, 512)?;
+        text::line("target", target, 512)?;
     }
     // Targets travel in every SVID's claims (capped at 16 KiB): keep them well under.
     if request.targets.iter().map(String::len).sum::<usize>() > MAX_TARGETS_LEN {
         return Err(PolicyError::TooMany("target bytes (4 KiB in all)").into());
     }
     for evidence in &request.evidence {
-        text_ok("evidence reference", evidence, 2048)?;
+        text::line("evidence reference", evidence, 2048)?;
     }
     for scope in &request.scopes {
         check_scope(scope)?;
@@ -547,7 +529,8 @@ pub fn approve_with(
     Ok(next)
 }
 
-/// Ends a pending or active grant (deny, revoke, incident close, expiry).
+/// Ends a pending or active grant (deny, revoke, incident close, expiry). A reason, when
+/// given, is one line of text (see [`text::line`]).
 pub fn end(
     grant: &Grant,
     state: GrantState,
@@ -555,6 +538,9 @@ pub fn end(
     reason: &str,
     now: i64,
 ) -> Result<Grant, GrantError> {
+    if !reason.is_empty() {
+        text::line("reason", reason, MAX_LINE_LEN)?;
+    }
     if !matches!(grant.state, GrantState::Pending | GrantState::Active) {
         return Err(GrantError::Ended {
             id: grant.id.clone(),
@@ -572,7 +558,7 @@ pub fn end(
     next.ended = Some(Ending {
         at: now,
         by: by.to_owned(),
-        reason: reason.chars().take(1024).collect(),
+        reason: reason.to_owned(),
     });
     Ok(next)
 }
@@ -813,6 +799,43 @@ mod tests {
         let active =
             approve_with(&demo, &g, &inc, as_uid(1001), &g.plan_digest, 3600, 101).unwrap();
         assert_eq!(active.state, GrantState::Active);
+    }
+
+    #[test]
+    fn free_text_is_one_line_of_visible_text() {
+        let inc = incident(Severity::Sev3);
+        let forged = "restart\napproved:   bob at 2026-01-01T00:00:00Z";
+        let cases: [fn(&mut GrantRequest, &str); 3] = [
+            |r, t| r.action = t.into(),
+            |r, t| {
+                r.targets.insert(t.into());
+            },
+            |r, t| r.evidence.push(t.into()),
+        ];
+        for (i, set) in cases.iter().enumerate() {
+            for text in [forged, "ok\u{202e}", "ok\r", "a\tb"] {
+                let mut r = request();
+                set(&mut r, text);
+                assert!(
+                    matches!(
+                        new_grant(r, &inc, true, "x", "g".into(), 1),
+                        Err(GrantError::Invalid(PolicyError::BadText { .. }))
+                    ),
+                    "case {i}: {text:?}"
+                );
+            }
+        }
+        // The plan is the one multi-line field.
+        let mut multi = request();
+        multi.plan = "line one\n\tline two\r\n".into();
+        assert!(new_grant(multi, &inc, true, "x", "g".into(), 1).is_ok());
+        // Reasons too, when given; nothing changes when refused.
+        let (g, _) = pending(Severity::Sev3);
+        assert!(matches!(
+            end(&g, GrantState::Denied, "alice", "no\nscopes: iam:*", 5),
+            Err(GrantError::Invalid(PolicyError::BadText { .. }))
+        ));
+        assert!(end(&g, GrantState::Denied, "alice", "", 5).is_ok());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod revocation;
 pub mod roles;
 mod selector;
 pub mod serial;
+pub mod text;
 
 pub use grant::{Grant, GrantError, GrantRequest, GrantState};
 pub use selector::{Selector, SelectorError};
@@ -392,12 +393,7 @@ impl Incident {
     /// Checks names, scopes and assignees.
     pub fn validate(&self) -> Result<(), PolicyError> {
         check_name("incident", &self.id)?;
-        if self.title.len() > 1024 || self.title.chars().any(char::is_control) {
-            return Err(PolicyError::BadName {
-                what: "title".into(),
-                name: self.title.chars().take(64).collect(),
-            });
-        }
+        text::line("title", &self.title, 1024)?;
         if self.assigned.is_empty() {
             return Err(PolicyError::NoAssignee);
         }

@@ -11,7 +11,7 @@
 //! maximum, sensitive scopes only when the incident names them.
 
 use super::grant::{self, Approval, Ending, Grant, GrantState, is_sensitive, plan_digest};
-use super::{Incident, MAX_ITEMS, PolicyError, Profile, check_name, check_scope};
+use super::{Incident, MAX_ITEMS, PolicyError, Profile, check_name, check_scope, text};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -27,7 +27,7 @@ pub const MAX_TARGET_LEN: usize = 512;
 /// Most bytes of targets, all together: an activation's targets travel in every SVID's
 /// claims, which are bounded (`writ_verifier::claims::MAX_CLAIMS_LEN`).
 pub const MAX_TARGETS_LEN: usize = 4096;
-/// Longest description.
+/// Longest description (one line, like every free text but a plan).
 pub const MAX_DESCRIPTION_LEN: usize = 4096;
 
 /// Where a playbook is in its life.
@@ -187,33 +187,14 @@ fn bad(message: String) -> PlaybookError {
     PlaybookError::BadField(message)
 }
 
-/// Whether `text` has control characters (`multiline` allows newlines and tabs), or the
-/// invisible and direction-changing characters that would let an approver read something
-/// other than what the bytes say.
-fn has_control(text: &str, multiline: bool) -> bool {
-    text.chars().any(|c| {
-        (c.is_control() && !(multiline && (c == '\n' || c == '\t')))
-            || matches!(
-                c,
-                '\u{061C}'
-                    | '\u{200B}'..='\u{200F}'
-                    | '\u{202A}'..='\u{202E}'
-                    | '\u{2060}'..='\u{2069}'
-                    | '\u{FEFF}'
-            )
-    })
-}
-
-/// A target: 1 to [`MAX_TARGET_LEN`] bytes, printable, no surrounding whitespace (it is
-/// matched exactly, so invisible differences are refused rather than compared).
+/// A target: one line of 1 to [`MAX_TARGET_LEN`] bytes ([`text::line`]), no surrounding
+/// whitespace (it is matched exactly, so invisible differences are refused rather than
+/// compared).
 fn check_target(target: &str) -> Result<(), PlaybookError> {
-    if target.is_empty()
-        || target.len() > MAX_TARGET_LEN
-        || target.trim() != target
-        || has_control(target, false)
-    {
+    text::line("target", target, MAX_TARGET_LEN)?;
+    if target.trim() != target {
         return Err(bad(format!(
-            "invalid target {:?}: use 1 to {MAX_TARGET_LEN} printable characters without surrounding spaces",
+            "invalid target {:?}: remove the surrounding spaces",
             target.chars().take(64).collect::<String>()
         )));
     }
@@ -228,18 +209,13 @@ impl Playbook {
     /// Checks every field; a stored or created playbook must pass.
     pub fn validate(&self) -> Result<(), PlaybookError> {
         check_name("playbook", &self.name)?;
-        if self.action.trim().is_empty()
-            || self.action.len() > 1024
-            || has_control(&self.action, false)
-        {
-            return Err(bad(
-                "the action must be one line of 1 to 1024 characters (--action)".into(),
-            ));
-        }
-        if self.description.len() > MAX_DESCRIPTION_LEN || has_control(&self.description, true) {
-            return Err(bad(format!(
-                "the description must be at most {MAX_DESCRIPTION_LEN} bytes of text"
-            )));
+        text::line("action (--action)", &self.action, grant::MAX_LINE_LEN)?;
+        if !self.description.is_empty() {
+            text::line(
+                "description (--description)",
+                &self.description,
+                MAX_DESCRIPTION_LEN,
+            )?;
         }
         if self.allowed_targets.is_empty() {
             return Err(bad(
@@ -381,6 +357,9 @@ pub fn retire(
     reason: &str,
     now: i64,
 ) -> Result<Playbook, PlaybookError> {
+    if !reason.is_empty() {
+        text::line("reason", reason, grant::MAX_LINE_LEN)?;
+    }
     if playbook.state == PlaybookState::Retired {
         return Err(PlaybookError::AlreadyRetired(playbook.name.clone()));
     }
@@ -389,7 +368,7 @@ pub fn retire(
     next.retired = Some(Ending {
         at: now,
         by: by.to_owned(),
-        reason: reason.chars().take(1024).collect(),
+        reason: reason.to_owned(),
     });
     Ok(next)
 }
@@ -744,7 +723,10 @@ mod tests {
 
     #[test]
     fn bad_playbooks_are_refused() {
-        let cases: [fn(&mut PlaybookSpec); 10] = [
+        let cases: [fn(&mut PlaybookSpec); 13] = [
+            |s| s.action = "isolate\napproved:    bob".into(),
+            |s| s.description = "two\nlines".into(),
+            |s| s.description = "hidden\u{200b}".into(),
             |s| s.name = "a/b".into(),
             |s| s.action = " ".into(),
             |s| s.allowed_targets.clear(),
@@ -842,6 +824,10 @@ mod tests {
                 21
             ),
             Err(PlaybookError::AlreadyRetired(_))
+        ));
+        assert!(matches!(
+            retire(&approved(), "root", "done\nretired:     by bob", 20),
+            Err(PlaybookError::Invalid(PolicyError::BadText { .. }))
         ));
     }
 

@@ -13,6 +13,7 @@
 //! * [`hex`]: lowercase hex and SHA-256 digests.
 //! * [`errors`]: errors and statuses as one line with their causes.
 //! * [`uds`]: gRPC channels over Unix sockets.
+//! * [`passwd`]: local accounts from /etc/passwd, uid ↔ name.
 //! * [`throttle`]: rate limits for log lines a caller can cause.
 //! * [`agent`]: the agent: the Workload API socket (accept loop and limits in
 //!   `agent::listener`, attestation in `agent::attest`), SVID cache, node API client.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod errors;
 pub mod hex;
 pub mod identity;
+pub mod passwd;
 pub mod policy;
 pub mod proto;
 pub mod server;

@@ -250,7 +250,7 @@ impl Attestor {
         if let Some(known) = cache.names.get(&uid) {
             return known.clone();
         }
-        let name = user_name(uid);
+        let name = crate::passwd::name_of(uid);
         if cache.names.len() < MAX_CACHED_DIGESTS {
             cache.names.insert(uid, name.clone());
         }
@@ -354,17 +354,6 @@ fn effective_uid(status: &str) -> Option<u32> {
         .nth(1)?
         .parse()
         .ok()
-}
-
-/// The user name of `uid` from /etc/passwd (no NSS: local accounts only).
-fn user_name(uid: u32) -> Option<String> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        let _password = fields.next()?;
-        (fields.next()?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
-    })
 }
 
 /// The kernel's view of an accepted Unix stream: `SO_PEERCRED` and `SO_PEERGROUPS`.

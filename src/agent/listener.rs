@@ -87,7 +87,7 @@ impl WorkloadApiConfig {
     }
 
     /// The global limit lowered, if need be, to fit the process's open-files limit with
-    /// a reserve to spare ([`FD_RESERVE`]): a flood of the Workload API must leave
+    /// a reserve to spare (a quarter, at most 256): a flood of the Workload API must leave
     /// descriptors for the admin socket.
     pub fn fit_to_fd_limit(&self, nofile: u64) -> usize {
         let reserve = (nofile / 4).min(FD_RESERVE);

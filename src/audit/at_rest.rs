@@ -3,7 +3,7 @@
 //!
 //! A log closed cleanly opens as a [`redb::ReadOnlyDatabase`]. A log that was not (its
 //! writer was killed, or it was copied from a running server) needs redb's recovery,
-//! which writes; it is opened over an [`Overlay`] instead, so that the recovery's writes
+//! which writes; it is opened over an `Overlay` instead, so that the recovery's writes
 //! land in memory and are dropped with it. Errors are sorted by what they prove: the
 //! operating system refusing to read (permissions, I/O, a running writer holding the
 //! lock) says nothing about the log's integrity; a file whose bytes are not a sound store

@@ -5,7 +5,7 @@
 //! An approver decides on what a terminal shows them. A newline in an action can print a
 //! forged `approved bob` or `scopes:` line under it; a carriage return, an escape sequence
 //! or a bidi override can rewrite or reorder what is already on the line. So every input
-//! path refuses such text with [`line`], and every human-facing printer escapes what
+//! path refuses such text with [`line()`], and every human-facing printer escapes what
 //! [`is_hidden`] names anyway (`src/cli/output.rs`), for text stored before this rule or
 //! reaching it some other way. Plans are the one multi-line field: they are hashed and
 //! approved byte for byte, and printed fenced with their digest instead.

@@ -11,8 +11,8 @@ mod playbooks;
 pub mod refusals;
 mod svids;
 
+use super::Issuer;
 use super::registry::RegistryError;
-use super::{Issuer, uid_of_user};
 use crate::ca::{CaError, SubjectKey, SvidRequest};
 use crate::identity::agent_spiffe_id;
 use crate::policy::grant::Principal;
@@ -886,7 +886,7 @@ impl Admin for AdminService {
             move || {
                 // Operators and workloads are different people: a profile may not make an
                 // operator's uid an agent (docs/roles.md), save in the one-user demo.
-                match check_profile(&profile, &operator_uids, uid_of_user) {
+                match check_profile(&profile, &operator_uids, crate::passwd::uid_of) {
                     Err(e) if issuer.config.remediation.demo_single_user => {
                         tracing::warn!(%e, "accepted for the one-user demo (writ dev --demo-single-user)");
                     }

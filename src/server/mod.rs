@@ -157,9 +157,11 @@ impl Issuer {
         let operator_uids = crate::policy::roles::operator_uids(&config.operators, server_uid);
         if !config.remediation.demo_single_user {
             for profile in registry.snapshot().profiles.values() {
-                if let Err(e) =
-                    crate::policy::roles::check_profile(profile, &operator_uids, uid_of_user)
-                {
+                if let Err(e) = crate::policy::roles::check_profile(
+                    profile,
+                    &operator_uids,
+                    crate::passwd::uid_of,
+                ) {
                     tracing::error!(%e, "a profile selects an operator; delete it or change the operator's uid");
                 }
             }
@@ -762,18 +764,6 @@ pub async fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     let _ = std::fs::remove_file(&staged);
     let _ = std::fs::remove_dir(&private);
     bound
-}
-
-/// The uid of the local user `name`, from /etc/passwd (local accounts only, as the agent
-/// attests `unix:user:` selectors).
-pub(crate) fn uid_of_user(name: &str) -> Option<u32> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        (fields.next()? == name)
-            .then(|| fields.nth(1)?.parse().ok())
-            .flatten()
-    })
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves, then drains.

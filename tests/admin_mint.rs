@@ -15,7 +15,7 @@ use std::path::Path;
 
 mod common;
 
-use common::bin::{As, DevProcess, json_lines};
+use common::bin::{As, DevProcess, RESTART_PLAN, json_lines, restart_args};
 
 const ALICE: u32 = 65534;
 
@@ -35,19 +35,7 @@ fn setup(dir: &Path) -> (DevProcess, String) {
         &dir.join("data"),
         &["--operator", &format!("alice={ALICE}:approver")],
     );
-    dev.ok(&[
-        "profile",
-        "create",
-        "fixer",
-        "--selector",
-        "unix:uid:1001",
-        "--band",
-        "investigative,remediation",
-        "--scope",
-        "logs:read",
-        "--scope",
-        "deploy:restart",
-    ]);
+    dev.create_fixer();
     dev.ok(&[
         "profile",
         "create",
@@ -75,24 +63,10 @@ fn setup(dir: &Path) -> (DevProcess, String) {
     }
     dev.ok(&["incident", "close", "INC-0"]);
     let plan = dir.join("plan.txt");
-    std::fs::write(&plan, "kubectl -n shop rollout restart deploy/checkout\n").unwrap();
-    let grant = dev
-        .ok(&[
-            "grant",
-            "request",
-            "--incident",
-            "INC-1",
-            "--agent",
-            "fixer",
-            "--action",
-            "restart checkout",
-            "--plan",
-            plan.to_str().unwrap(),
-            "--scope",
-            "deploy:restart",
-        ])
-        .trim()
-        .to_owned();
+    std::fs::write(&plan, RESTART_PLAN).unwrap();
+    let mut request = restart_args("INC-1", plan.to_str().unwrap());
+    request.extend(["--scope", "deploy:restart"]);
+    let grant = dev.ok(&request).trim().to_owned();
     dev.ok_as(As::Uid(ALICE), &["grant", "approve", &grant]);
     assert_eq!(dev.json(&["grant", "show", &grant])["state"], "active");
     (dev, grant)

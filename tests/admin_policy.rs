@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 mod common;
 
-use common::bin::{As, DevProcess, WRIT, json_lines};
+use common::bin::{As, DevProcess, WRIT, json_lines, open_args};
 
 /// A running `writ dev`, killed when dropped.
 struct Dev(DevProcess);
@@ -481,17 +481,7 @@ fn profiles_and_closed_incidents_survive_a_restart() {
         "triage",
     ]);
     let closed = dev.json(&["incident", "close", "INC-1"]);
-    let still_open = dev.json(&[
-        "incident",
-        "open",
-        "INC-2",
-        "--title",
-        "t",
-        "--severity",
-        "sev3",
-        "--assign",
-        "triage",
-    ]);
+    let still_open = dev.json(&open_args("INC-2", "triage"));
     let data_dir = dev.kill();
 
     let dev = Dev::start(&data_dir);
@@ -546,21 +536,7 @@ fn configured_operators_are_named_and_strangers_refused() {
         &["--operator", "alice=65534:incident-commander"],
     );
     dev.ok(&["profile", "create", "triage", "--selector", "unix:uid:1"]);
-    let opened = run_as(
-        65534,
-        &dev,
-        &[
-            "incident",
-            "open",
-            "INC-1",
-            "--title",
-            "t",
-            "--severity",
-            "sev3",
-            "--assign",
-            "triage",
-        ],
-    );
+    let opened = run_as(65534, &dev, &open_args("INC-1", "triage"));
     assert!(
         opened.status.success(),
         "{}",

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::bin::{DevProcess, WRIT};
+use common::bin::{DevProcess, WRIT, open_args};
 use common::dev;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
@@ -125,17 +125,7 @@ fn verify_names_what_was_tampered_with_on_a_copy_of_a_real_store() {
         "--selector",
         &format!("unix:uid:{uid}"),
     ]);
-    server.ok(&[
-        "incident",
-        "open",
-        "INC-1",
-        "--title",
-        "t",
-        "--severity",
-        "sev3",
-        "--assign",
-        "triage",
-    ]);
+    server.ok(&open_args("INC-1", "triage"));
     let kept_at_two = root.path().join("kept2.txt");
     std::fs::write(&kept_at_two, server.ok(&["audit", "checkpoint"])).unwrap();
     // Issuance: a stock SPIFFE client fetches the workload's SVID.
@@ -556,17 +546,7 @@ fn verify_reads_the_log_file_and_never_writes_it() {
     let data = root.path().join("data");
     let server = DevProcess::start(&data, &[]);
     server.ok(&["profile", "create", "triage", "--selector", "unix:uid:4242"]);
-    server.ok(&[
-        "incident",
-        "open",
-        "INC-1",
-        "--title",
-        "t",
-        "--severity",
-        "sev3",
-        "--assign",
-        "triage",
-    ]);
+    server.ok(&open_args("INC-1", "triage"));
     // A copy of the log while writ runs: not closed cleanly, so reading it needs recovery.
     let live = root.path().join("live");
     copy_dir(&data, &live);

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::bin::{DevProcess, json_lines};
+use common::bin::{DevProcess, json_lines, restart_args};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -98,21 +98,7 @@ fn forged_text_is_refused_at_the_api_and_changes_nothing() {
     );
     // A well-formed request goes through, and is the one grant later denied with a bad
     // reason.
-    let good = dev
-        .ok(&[
-            "grant",
-            "request",
-            "--incident",
-            "INC-1",
-            "--agent",
-            "fixer",
-            "--action",
-            "restart checkout",
-            "--plan",
-            &plan,
-        ])
-        .trim()
-        .to_owned();
+    let good = dev.ok(&restart_args("INC-1", &plan)).trim().to_owned();
     let grants = dev.ok(&["grant", "list", "--json"]);
     let incidents = dev.ok(&["incident", "list", "--json"]);
     let playbooks = dev.ok(&["playbook", "list", "--json"]);

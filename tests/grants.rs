@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod common;
 
-use common::bin::{As, DevProcess, WRIT, json_lines};
+use common::bin::{As, DevProcess, WRIT, json_lines, restart_args};
 
 const ALICE: u32 = 65534; // approver
 const BOB: u32 = 65533; // approver
@@ -123,24 +123,16 @@ impl Dev {
 
     /// The arguments of a well-formed `grant request` for fixer on `incident`.
     fn request_args<'a>(&self, incident: &'a str, plan: &'a str) -> Vec<&'a str> {
-        vec![
-            "grant",
-            "request",
-            "--incident",
-            incident,
-            "--agent",
-            "fixer",
-            "--action",
-            "restart checkout",
-            "--plan",
-            plan,
+        let mut args = restart_args(incident, plan);
+        args.extend([
             "--target",
             "deploy/checkout",
             "--evidence",
             EVIDENCE[0],
             "--evidence",
             EVIDENCE[1],
-        ]
+        ]);
+        args
     }
 
     /// Files a grant request as `who`; returns the grant id (the only line on stdout).
@@ -206,19 +198,7 @@ fn setup() -> Option<(tempfile::TempDir, Dev)> {
     // The operators' uids must reach the admin socket inside.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let dev = Dev::start_with(dir.path(), &OPERATORS);
-    dev.ok(&[
-        "profile",
-        "create",
-        "fixer",
-        "--selector",
-        "unix:uid:1001",
-        "--band",
-        "investigative,remediation",
-        "--scope",
-        "logs:read",
-        "--scope",
-        "deploy:restart",
-    ]);
+    dev.create_fixer();
     dev.ok(&[
         "profile",
         "create",

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 
 mod common;
 
-use common::bin::{As, DevProcess, WRIT, json_lines};
+use common::bin::{As, DevProcess, RESTART_PLAN, WRIT, json_lines, restart_args};
 
 const ALICE: As = As::Uid(65534); // approver
 const BOB: As = As::Uid(65533); // approver
@@ -81,7 +81,7 @@ impl Dev {
 
     fn plan(&self) -> String {
         let path = self.files.join("plan.txt");
-        std::fs::write(&path, "kubectl -n shop rollout restart deploy/checkout\n").unwrap();
+        std::fs::write(&path, RESTART_PLAN).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         path.to_str().unwrap().to_owned()
     }
@@ -132,27 +132,12 @@ impl Dev {
     }
 }
 
-fn request_args<'a>(incident: &'a str, plan: &'a str) -> Vec<&'a str> {
-    vec![
-        "grant",
-        "request",
-        "--incident",
-        incident,
-        "--agent",
-        "fixer",
-        "--action",
-        "restart checkout",
-        "--plan",
-        plan,
-    ]
-}
-
 #[test]
 fn only_incident_commanders_and_admins_ask_for_grants_and_auditors_only_read() {
     let Some(dev) = Dev::start(&[]) else { return };
     dev.open("INC-1");
     let plan = dev.plan();
-    let request = request_args("INC-1", &plan);
+    let request = restart_args("INC-1", &plan);
     dev.refused_as(
         DORA,
         &request,

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::bin::DevProcess;
+use common::bin::{DevProcess, open_args};
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -142,17 +142,7 @@ async fn sigterm_ends_open_streams_with_unavailable_and_exits() {
         "--selector",
         &format!("unix:path:{}", exe.display()),
     ]);
-    dev.ok(&[
-        "incident",
-        "open",
-        "INC-1",
-        "--title",
-        "t",
-        "--severity",
-        "sev3",
-        "--assign",
-        "triage",
-    ]);
+    dev.ok(&open_args("INC-1", "triage"));
 
     let channel = writ::uds::channel(&workload_socket(&dev)).await.unwrap();
     let mut client = pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel);

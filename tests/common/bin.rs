@@ -222,3 +222,58 @@ pub fn json_lines(out: &str) -> Vec<Value> {
         .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
         .collect()
 }
+
+/// `incident open ID --title t --severity sev3 --assign AGENT`: an incident a suite needs
+/// open, whose details it does not look at.
+pub fn open_args<'a>(id: &'a str, agent: &'a str) -> [&'a str; 9] {
+    [
+        "incident",
+        "open",
+        id,
+        "--title",
+        "t",
+        "--severity",
+        "sev3",
+        "--assign",
+        agent,
+    ]
+}
+
+/// The plan the remediation suites file.
+pub const RESTART_PLAN: &str = "kubectl -n shop rollout restart deploy/checkout\n";
+
+/// `grant request` for fixer's checkout restart on `incident`, with the plan at `plan`.
+pub fn restart_args<'a>(incident: &'a str, plan: &'a str) -> Vec<&'a str> {
+    vec![
+        "grant",
+        "request",
+        "--incident",
+        incident,
+        "--agent",
+        "fixer",
+        "--action",
+        "restart checkout",
+        "--plan",
+        plan,
+    ]
+}
+
+impl DevProcess {
+    /// The remediation suites' agent: `fixer`, uid 1001, both bands, `logs:read` and
+    /// `deploy:restart`.
+    pub fn create_fixer(&self) {
+        self.ok(&[
+            "profile",
+            "create",
+            "fixer",
+            "--selector",
+            "unix:uid:1001",
+            "--band",
+            "investigative,remediation",
+            "--scope",
+            "logs:read",
+            "--scope",
+            "deploy:restart",
+        ]);
+    }
+}

@@ -297,10 +297,9 @@ async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result
 async fn start_agent(
     tasks: &mut Tasks,
     node: Arc<dyn NodeApi>,
-    socket: &std::path::Path,
+    listener: tokio::net::UnixListener,
     limits: crate::agent::listener::WorkloadApiConfig,
 ) -> anyhow::Result<()> {
-    let listener = bind_unix(socket, 0o666).await?;
     let agent = Agent::with_config(node, limits);
     let rotation = Arc::clone(&agent).run_rotation(tasks.stopped());
     tasks.spawn("SVID rotation", async move {
@@ -318,12 +317,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let config = resolve_dev(args)?;
     let issuer = Issuer::open(config, Arc::new(SystemClock))?;
     let mut tasks = Tasks::new(issuer.config.shutdown_grace);
-    start_issuer(&mut tasks, &issuer).await?;
+    // The Workload API socket is bound before the admin socket, so a script that waits
+    // for the admin socket to answer finds the Workload API there too.
     let socket = issuer.config.workload_socket.clone();
+    let workload = bind_unix(&socket, 0o666).await?;
+    start_issuer(&mut tasks, &issuer).await?;
     start_agent(
         &mut tasks,
         Arc::new(LocalNode::new(Arc::clone(&issuer))),
-        &socket,
+        workload,
         issuer.config.workload_api.clone(),
     )
     .await?;
@@ -359,7 +361,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let socket = config.workload_socket;
     let node = RemoteNode::connect(config.remote).await?;
     let mut tasks = Tasks::new(config.shutdown_grace);
-    start_agent(&mut tasks, node, &socket, config.workload_api).await?;
+    let listener = bind_unix(&socket, 0o666).await?;
+    start_agent(&mut tasks, node, listener, config.workload_api).await?;
     let shown = std::path::absolute(&socket).unwrap_or(socket.clone());
     println!("writ agent: Workload API on {}", shown.display());
     println!("  export SPIFFE_ENDPOINT_SOCKET=unix://{}", shown.display());

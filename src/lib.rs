@@ -15,6 +15,8 @@
 //! * [`uds`]: gRPC channels over Unix sockets.
 //! * [`passwd`]: local accounts from /etc/passwd, uid ↔ name.
 //! * [`throttle`]: rate limits for log lines a caller can cause.
+//! * [`node_api`]: the contract between server and agents (trait, errors, wire policy);
+//!   neither side owns it, and the agent depends on nothing else of the server's.
 //! * [`agent`]: the agent: the Workload API socket (accept loop and limits in
 //!   `agent::listener`, attestation in `agent::attest`), SVID cache, node API client.
 #![forbid(unsafe_code)]
@@ -34,6 +36,7 @@ pub mod proto;
 pub mod server;
 pub mod store;
 pub mod throttle;
+pub mod node_api;
 pub mod ttl;
 pub mod uds;
 

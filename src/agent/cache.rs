@@ -7,7 +7,7 @@
 //! sees only a CSR. Every certificate the server returns is checked against the bundle
 //! of its trust domain with our own verifier before it is handed to any workload.
 
-use super::node::{NodeApi, NodeError};
+use crate::node_api::{NodeApi, NodeError};
 use crate::policy::{Entitlement, PolicySnapshot, entitlement_for};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use std::collections::HashMap;

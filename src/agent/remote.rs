@@ -3,7 +3,7 @@
 //! server to sign — all over mTLS, where we verify the server's SVID with writ's own
 //! SPIFFE verifier (rustls' name check cannot).
 
-use super::node::{NodeApi, NodeError, SignedX509};
+use crate::node_api::{self, NodeApi, NodeError, SignedX509};
 use crate::audit::activity::Activity;
 use crate::ca::{BundleSet, TrustBundle, bundle::pem};
 use crate::policy::{Grant, GrantRequest, PolicySnapshot};
@@ -206,7 +206,7 @@ impl RemoteNode {
             base_bundle: RwLock::new(read_pem_certs(&config.trust_bundle)?),
             base: config.base.clone(),
         });
-        let server_id = crate::server::tls::server_id(&config.base)?;
+        let server_id = node_api::server_id(&config.base)?;
         let mut client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -371,7 +371,7 @@ impl RemoteNode {
                 );
                 let pop_key = rcgen::KeyPair::from_pem(&pem)
                     .context("x509pop key: expected a PEM PKCS#8 private key")?;
-                let mut message = crate::server::node::X509POP_CONTEXT.to_vec();
+                let mut message = node_api::X509POP_CONTEXT.to_vec();
                 message.extend_from_slice(&challenge.nonce);
                 let signature = rcgen::SigningKey::sign(&pop_key, &message)?;
                 client
@@ -407,8 +407,12 @@ impl RemoteNode {
     }
 
     fn apply(&self, update: &pb::SyncUpdate) -> anyhow::Result<()> {
-        let policy: PolicySnapshot =
-            serde_json::from_slice(&update.policy_json).context("policy from the server")?;
+        let policy = node_api::wire::decode_policy(
+            update
+                .policy
+                .clone()
+                .context("the server sent no policy (a server older than this agent?)")?,
+        )?;
         if update.max_svid_ttl_seconds > 0 {
             self.max_svid_ttl_secs.store(
                 update.max_svid_ttl_seconds,
@@ -520,22 +524,9 @@ fn signed_result(signed: pb::SignedSvid) -> Result<SignedX509, NodeError> {
             not_after: signed.not_after,
         });
     }
-    match signed.error.split_once(':') {
-        Some(("not_entitled", reason)) => Err(NodeError::NotEntitled(reason.trim().to_owned())),
-        Some(("invalid", reason)) => Err(NodeError::Invalid(reason.trim().to_owned())),
-        _ => Err(NodeError::Unavailable(signed.error)),
-    }
+    Err(NodeError::from_batch_error(signed.error))
 }
 
-fn node_error(status: tonic::Status) -> NodeError {
-    match status.code() {
-        tonic::Code::PermissionDenied => NodeError::NotEntitled(status.message().to_owned()),
-        tonic::Code::InvalidArgument => NodeError::Invalid(status.message().to_owned()),
-        tonic::Code::FailedPrecondition => NodeError::Refused(status.message().to_owned()),
-        tonic::Code::ResourceExhausted => NodeError::Limited(status.message().to_owned()),
-        _ => NodeError::Unavailable(status.message().to_owned()),
-    }
-}
 
 #[tonic::async_trait]
 impl NodeApi for RemoteNode {
@@ -563,7 +554,7 @@ impl NodeApi for RemoteNode {
         csrs: Vec<(SpiffeId, Vec<u8>)>,
     ) -> Vec<Result<SignedX509, NodeError>> {
         let mut out = Vec::with_capacity(csrs.len());
-        for chunk in csrs.chunks(crate::server::node::MAX_BATCH) {
+        for chunk in csrs.chunks(node_api::MAX_BATCH) {
             let request = pb::SignX509SvidsRequest {
                 csrs: chunk
                     .iter()
@@ -584,7 +575,7 @@ impl NodeApi for RemoteNode {
                     }
                 }
                 Err(status) => {
-                    let error = node_error(status);
+                    let error = NodeError::from(status);
                     out.extend(chunk.iter().map(|_| Err(error.clone())));
                 }
             }
@@ -605,7 +596,7 @@ impl NodeApi for RemoteNode {
             })
             .await
             .map(|r| r.into_inner().token)
-            .map_err(node_error)
+            .map_err(NodeError::from)
     }
 
     async fn request_grant(
@@ -630,10 +621,12 @@ impl NodeApi for RemoteNode {
                 window_seconds: request.window_secs,
             })
             .await
-            .map_err(node_error)?
+            .map_err(NodeError::from)?
             .into_inner();
-        serde_json::from_slice(&response.grant_json)
-            .map_err(|e| NodeError::Unavailable(format!("grant from the server: {e}")))
+        response
+            .grant
+            .map(node_api::wire::decode_grant)
+            .ok_or_else(|| NodeError::Unavailable("the server sent no grant".into()))
     }
 
     async fn record_activity(
@@ -657,7 +650,7 @@ impl NodeApi for RemoteNode {
             })
             .await
             .map(|r| r.into_inner().index)
-            .map_err(node_error)
+            .map_err(NodeError::from)
     }
 
     async fn record_attestation(
@@ -673,6 +666,6 @@ impl NodeApi for RemoteNode {
             })
             .await
             .map(|r| r.into_inner().index)
-            .map_err(node_error)
+            .map_err(NodeError::from)
     }
 }

@@ -11,7 +11,7 @@
 //! that is a duplicate record, which is harmless.
 
 use crate::policy::Selector;
-use crate::server::MAX_ATTESTATION_SELECTORS;
+use crate::node_api::MAX_ATTESTATION_SELECTORS;
 use ring::digest;
 use spiffe::SpiffeId;
 use std::collections::{BTreeSet, HashSet};

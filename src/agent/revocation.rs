@@ -117,7 +117,7 @@ enum Window {
     /// A fixed window (tests).
     Fixed(i64),
     /// The server's max SVID TTL as the node API last reported it.
-    Server(Arc<dyn super::node::NodeApi>),
+    Server(Arc<dyn crate::node_api::NodeApi>),
 }
 
 impl Window {

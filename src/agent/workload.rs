@@ -9,7 +9,7 @@
 
 use super::Agent;
 use super::attest::ConnectedPeer;
-use super::node::NodeError;
+use crate::node_api::NodeError;
 use super::reported::{WorkloadDigest, report_selectors};
 use crate::policy::{Entitlement, Selector, entitlements};
 use crate::proto::workload::{self as pb, spiffe_workload_api_server::SpiffeWorkloadApi};

@@ -4,7 +4,8 @@
 //! directly); `writ server` is the issuer alone, serving remote agents over the node API;
 //! `writ agent` attests to a server and serves the Workload API on its host.
 
-use crate::agent::node::{LocalNode, NodeApi};
+use crate::node_api::NodeApi;
+use crate::server::local_node::LocalNode;
 use crate::agent::remote::RemoteNode;
 use crate::agent::{Agent, serve_workload};
 use crate::clock::SystemClock;

@@ -3,6 +3,7 @@
 //! Everything here is pure: inputs in, decision out, no I/O. The server stores and
 //! serves these objects; the agent asks [`entitlements`] what a caller may hold.
 
+pub mod agent_view;
 pub mod grant;
 pub mod mint;
 pub mod playbook;
@@ -12,6 +13,7 @@ mod selector;
 pub mod serial;
 pub mod text;
 
+pub use agent_view::agent_view;
 pub use grant::{Grant, GrantError, GrantRequest, GrantState};
 pub use selector::{Selector, SelectorError};
 pub use serial::{RevokedSerial, Serial, SerialError};

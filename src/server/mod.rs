@@ -4,6 +4,7 @@
 //! runs until its shutdown future resolves and then drains.
 
 pub mod admin;
+pub mod local_node;
 pub mod node;
 pub mod registry;
 pub mod tls;
@@ -62,8 +63,7 @@ pub enum ActivityRefusal {
     Audit(#[from] AuditError),
 }
 
-/// Most selectors a workload attestation report may carry.
-pub const MAX_ATTESTATION_SELECTORS: usize = 32;
+pub use crate::node_api::MAX_ATTESTATION_SELECTORS;
 /// Longest selector, in bytes, a workload attestation report may carry.
 pub const MAX_SELECTOR_LEN: usize = 512;
 
@@ -131,7 +131,11 @@ impl Issuer {
             )
             .context("opening the audit log")?,
         );
-        let registry = Registry::load_with_rules(Arc::clone(&store), config.remediation.clone())?;
+        let registry = Registry::load_with_rules(
+            Arc::clone(&store),
+            config.remediation.clone(),
+            config.ca.max_svid_ttl,
+        )?;
         registry.audit_to(Arc::clone(&audit), Arc::clone(&clock_for_audit));
         // Operators come from configuration: approvals by someone no longer configured
         // stop counting, and grants that lose their quorum end now.

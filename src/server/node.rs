@@ -4,8 +4,10 @@
 //! Errors are mapped to `tonic::Status` here. A caller without a verified node SVID
 //! reaches only the attestation RPCs.
 
+use super::local_node::{activity_refusal, attestation_refusal, issue_refusal, registry_refusal};
 use super::tls::NodePeer;
-use super::{IssueError, Issuer};
+use super::Issuer;
+use crate::node_api::NodeError;
 use crate::audit::activity::{Activity, RawActivity};
 use crate::audit::{Kind, Record};
 use crate::ca::{BundleSet, CaError, SubjectKey, SvidRequest, csr};
@@ -21,14 +23,11 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use writ_verifier::Band;
 
-/// Most CSRs in one signing batch.
-pub const MAX_BATCH: usize = 256;
+pub use crate::node_api::{MAX_BATCH, X509POP_CONTEXT};
 /// Most x509pop challenges outstanding at once.
 const MAX_CHALLENGES: usize = 1024;
 /// How long an x509pop challenge may be answered.
 const CHALLENGE_TTL: i64 = 60;
-/// What an x509pop answer signs, before the nonce.
-pub const X509POP_CONTEXT: &[u8] = b"writ x509pop v1";
 /// Most certificates in an x509pop chain: the leaf, the six intermediates that are the
 /// deepest path webpki will build, and the root some tools append. A longer chain can
 /// never verify, so it is refused before anything in it is parsed.
@@ -219,7 +218,7 @@ impl NodeService {
         .await
         .map_err(|_| Status::internal("signing task failed"))?
         .map_err(|e| match e {
-            IssueError::Ca(e) => ca_status(e),
+            super::IssueError::Ca(e) => ca_status(e),
             other => Status::unavailable(other.to_string()),
         })?;
         tracing::info!(node = %spiffe_id, not_after = minted.not_after, "issued node svid");
@@ -239,7 +238,7 @@ fn sync_update(
 ) -> Result<pb::SyncUpdate, Status> {
     Ok(pb::SyncUpdate {
         generation: policy.generation,
-        policy_json: serde_json::to_vec(policy).map_err(|e| Status::internal(e.to_string()))?,
+        policy: Some(crate::node_api::wire::encode_policy(policy)),
         bundles: bundles
             .bundles
             .iter()
@@ -425,7 +424,7 @@ impl Node for NodeService {
             .get::<NodePeer>()
             .and_then(|peer| peer.serial.clone())
             .unwrap_or_default();
-        let mut policy = self.issuer.registry.subscribe();
+        let mut policy = self.issuer.registry.subscribe_agents();
         let max_svid_ttl = self.issuer.config.ca.max_svid_ttl;
         let mut bundles = self.issuer.bundles.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -491,7 +490,10 @@ impl Node for NodeService {
                         batch.push((id, item.csr.clone()));
                         out.push(None);
                     }
-                    Err(e) => out.push(Some(failed(&item.spiffe_id, format!("invalid: {e}")))),
+                    Err(e) => out.push(Some(failed(
+                        &item.spiffe_id,
+                        NodeError::Invalid(e.to_string()).to_batch_error(),
+                    ))),
                 }
             }
             let mut signed = issuer
@@ -504,7 +506,10 @@ impl Node for NodeService {
                         return done;
                     }
                     let Some((result, spiffe_id)) = signed.next() else {
-                        return failed("", "unavailable: signing failed".into());
+                        return failed(
+                            "",
+                            NodeError::Unavailable("signing failed".into()).to_batch_error(),
+                        );
                     };
                     match result {
                         Ok(minted) => pb::SignedSvid {
@@ -514,16 +519,7 @@ impl Node for NodeService {
                             not_after: minted.not_after,
                             error: String::new(),
                         },
-                        Err(IssueError::NotEntitled(reason)) => {
-                            failed(&spiffe_id, format!("not_entitled: {reason}"))
-                        }
-                        Err(IssueError::Ca(e)) if e.is_invalid_argument() => {
-                            failed(&spiffe_id, format!("invalid: {e}"))
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "signing for a node failed");
-                            failed(&spiffe_id, "unavailable: signing failed".into())
-                        }
+                        Err(e) => failed(&spiffe_id, issue_refusal(e).to_batch_error()),
                     }
                 })
                 .collect::<Vec<_>>()
@@ -549,14 +545,10 @@ impl Node for NodeService {
         })
         .await
         .map_err(|_| Status::internal("signing task failed"))?;
-        match signed {
-            Ok(minted) => Ok(Response::new(pb::SignJwtSvidResponse {
-                token: minted.token,
-            })),
-            Err(IssueError::NotEntitled(reason)) => Err(Status::permission_denied(reason)),
-            Err(IssueError::Ca(e)) => Err(ca_status(e)),
-            Err(e @ IssueError::Audit(_)) => Err(Status::unavailable(e.to_string())),
-        }
+        let minted = signed.map_err(|e| Status::from(issue_refusal(e)))?;
+        Ok(Response::new(pb::SignJwtSvidResponse {
+            token: minted.token,
+        }))
     }
 
     async fn request_grant(
@@ -586,10 +578,10 @@ impl Node for NodeService {
         })
         .await
         .map_err(|_| Status::internal("grant task failed"))?
-        .map_err(|e| Status::from(crate::agent::node::registry_error(e)))?;
+        .map_err(|e| Status::from(registry_refusal(e)))?;
         tracing::debug!(%node, grant = %grant.id, "grant requested through a node");
         Ok(Response::new(pb::NodeGrantResponse {
-            grant_json: serde_json::to_vec(&grant).map_err(|e| Status::internal(e.to_string()))?,
+            grant: Some(crate::node_api::wire::encode_grant(&grant)),
         }))
     }
 
@@ -615,7 +607,7 @@ impl Node for NodeService {
             .issuer
             .record_activity(&activity, &spiffe_id, &body.serial, &node.to_string())
             .await
-            .map_err(|e| Status::from(crate::agent::node::activity_error(e)))?;
+            .map_err(|e| Status::from(activity_refusal(e)))?;
         Ok(Response::new(pb::NodeActivityResponse { index }))
     }
 
@@ -631,7 +623,7 @@ impl Node for NodeService {
             .issuer
             .record_attestation(&spiffe_id, &body.selectors, &node.to_string())
             .await
-            .map_err(|e| Status::from(crate::agent::node::attestation_error(e)))?;
+            .map_err(|e| Status::from(attestation_refusal(e)))?;
         Ok(Response::new(pb::NodeAttestationResponse { index }))
     }
 }

@@ -7,11 +7,13 @@
 //! returns, no SVID for that incident is being or will be signed.
 
 use crate::audit::{AuditError, AuditLog, Kind, Record};
-use crate::clock::SharedClock;
+use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::policy::grant::{self, GrantError, GrantRequest, GrantState, Principal};
 use crate::policy::playbook::{self, ActivationRequest, Playbook, PlaybookError, PlaybookState};
 use crate::policy::serial::{self, Issued, RevokedSerial, Serial, SerialError};
-use crate::policy::{Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile};
+use crate::policy::{
+    Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile, agent_view,
+};
 use crate::store::{Store, StoreError};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tokio::sync::watch;
@@ -214,6 +216,10 @@ fn grants_for_audit(grants: &[Grant]) -> Vec<serde_json::Value> {
 pub struct Registry {
     store: Arc<Store>,
     snapshot: watch::Sender<Arc<PolicySnapshot>>,
+    /// What agents receive ([`crate::policy::agent_view`]), published with every change.
+    agents: watch::Sender<Arc<PolicySnapshot>>,
+    /// How long revocations are remembered: the longest SVID lifetime, in seconds.
+    revocation_window: i64,
     writer: Mutex<()>,
     gate: RwLock<()>,
     audit: OnceLock<(Arc<AuditLog>, SharedClock)>,
@@ -228,15 +234,21 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// Loads every profile and incident from the store.
     pub fn load(store: Arc<Store>) -> Result<Self, RegistryError> {
-        Self::load_with_rules(store, grant::RemediationRules::default())
+        Self::load_with_rules(
+            store,
+            grant::RemediationRules::default(),
+            crate::ca::CaConfig::default().max_svid_ttl,
+        )
     }
 
     /// Loads with the configured remediation rules.
     pub fn load_with_rules(
         store: Arc<Store>,
         rules: grant::RemediationRules,
+        max_svid_ttl: std::time::Duration,
     ) -> Result<Self, RegistryError> {
         rules.validate()?;
+        let revocation_window = i64::try_from(max_svid_ttl.as_secs()).unwrap_or(i64::MAX);
         let snapshot = PolicySnapshot {
             rules,
             generation: 1,
@@ -266,10 +278,13 @@ impl Registry {
                 .map(|r| (r.serial.clone(), r))
                 .collect(),
         };
+        let view = agent_view(&snapshot, SystemClock.unix(), revocation_window);
         let (tx, _) = watch::channel(Arc::new(snapshot));
         Ok(Registry {
             store,
             snapshot: tx,
+            agents: watch::channel(Arc::new(view)).0,
+            revocation_window,
             writer: Mutex::new(()),
             gate: RwLock::new(()),
             audit: OnceLock::new(),
@@ -284,6 +299,12 @@ impl Registry {
     /// Follows every change.
     pub fn subscribe(&self) -> watch::Receiver<Arc<PolicySnapshot>> {
         self.snapshot.subscribe()
+    }
+
+    /// What agents need of the policy, following every change: bounded by live state,
+    /// not history (see [`crate::policy::agent_view`]).
+    pub fn subscribe_agents(&self) -> watch::Receiver<Arc<PolicySnapshot>> {
+        self.agents.subscribe()
     }
 
     /// Held (shared) across an entitlement check and the signature that follows it.
@@ -313,6 +334,11 @@ impl Registry {
         };
         let out = f(&mut next, &writer)?;
         next.generation += 1;
+        let now = self
+            .audit
+            .get()
+            .map_or_else(|| SystemClock.unix(), |(_, clock)| clock.unix());
+        let view = Arc::new(agent_view(&next, now, self.revocation_window));
         let next = Arc::new(next);
         {
             // Wait out in-flight signatures; none start until the new policy is published.
@@ -321,6 +347,7 @@ impl Registry {
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             self.snapshot.send_replace(next);
+            self.agents.send_replace(view);
         }
         Ok(out)
     }

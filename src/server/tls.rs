@@ -18,9 +18,10 @@ use tokio_rustls::server::TlsStream;
 use writ_verifier::Band;
 use writ_verifier::tls::{SpiffeClientVerifier, X509BundleSource, peer_spiffe_id};
 
-/// The server's SPIFFE ID: `spiffe://<base>/writ/server`.
+/// The server's SPIFFE ID: `spiffe://<base>/writ/server` (the contract's, so that agents
+/// and server name it alike).
 pub fn server_id(base: &TrustDomain) -> Result<SpiffeId, anyhow::Error> {
-    Ok(SpiffeId::from_segments(base.clone(), &["writ", "server"])?)
+    Ok(crate::node_api::server_id(base)?)
 }
 
 /// The base trust domain's CAs, live from the issuer (nodes live in the base domain).

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
-use writ::agent::node::LocalNode;
+use writ::server::local_node::LocalNode;
 use writ::agent::{Agent, serve_workload};
 use writ::ca::CaConfig;
 use writ::clock::SystemClock;

@@ -1,0 +1,235 @@
+//! What agents receive of the policy: live state only (docs/architecture.md, "The node
+//! API contract").
+//!
+//! The server's policy holds its whole history: every incident ever opened, every grant
+//! with its plan, every playbook. An agent needs far less: which profiles select which
+//! workloads, the incidents it may serve identities for now, the active grants, and what
+//! verifiers must refuse. Anything that ended leaves once no SVID issued under it can still
+//! be valid (the revocation window, the longest SVID lifetime: see [`super::revocation`]),
+//! so the view is bounded by live state however long the history grows. Pure: a snapshot
+//! and the time in, the view out.
+
+use super::revocation::within_window;
+use super::{GrantState, PolicySnapshot};
+
+/// The policy an agent needs at `now`, with revocations remembered for `window_secs`.
+///
+/// - profiles: all of them (they select workloads);
+/// - incidents: the open ones, and the ones closed within the window (their identities
+///   are revoked until they expire);
+/// - grants: the active ones, and the ones that held an identity and were revoked or ran
+///   out within the window; without plans or evidence (identities carry the plan's
+///   digest, never its text). Pending and denied grants never held an identity;
+/// - revoked serials: while inside the window and before the certificate's notAfter;
+/// - no playbooks: activation happens on the server.
+pub fn agent_view(policy: &PolicySnapshot, now: i64, window_secs: i64) -> PolicySnapshot {
+    let incidents = policy
+        .incidents
+        .iter()
+        .filter(|(_, incident)| {
+            incident.is_open()
+                || incident
+                    .closed_at
+                    .is_some_and(|at| within_window(at, now, window_secs))
+        })
+        .map(|(id, incident)| (id.clone(), incident.clone()))
+        .collect();
+    let grants = policy
+        .grants
+        .iter()
+        .filter(|(_, grant)| match grant.state {
+            GrantState::Active => true,
+            GrantState::Revoked | GrantState::Expired => {
+                grant.activated_at.is_some()
+                    && grant
+                        .ended
+                        .as_ref()
+                        .is_some_and(|e| within_window(e.at, now, window_secs))
+            }
+            GrantState::Pending | GrantState::Denied => false,
+        })
+        .map(|(id, grant)| {
+            let mut grant = grant.clone();
+            grant.plan = String::new();
+            grant.evidence = Vec::new();
+            (id.clone(), grant)
+        })
+        .collect();
+    let revoked_serials = policy
+        .revoked_serials
+        .iter()
+        .filter(|(_, r)| within_window(r.revoked_at, now, window_secs) && now <= r.not_after)
+        .map(|(serial, r)| (serial.clone(), r.clone()))
+        .collect();
+    let mut rules = policy.rules.clone();
+    // The server's own decision, never the agents' (see RemediationRules).
+    rules.demo_single_user = false;
+    PolicySnapshot {
+        generation: policy.generation,
+        profiles: policy.profiles.clone(),
+        incidents,
+        grants,
+        rules,
+        playbooks: Default::default(),
+        revoked_serials,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::policy::grant::Ending;
+    use crate::policy::revocation::{RevocationKind, revocations};
+    use crate::policy::{Grant, Incident, IncidentState, RevokedSerial, Severity};
+    use std::collections::BTreeSet;
+
+    const WINDOW: i64 = 300;
+
+    fn incident(id: &str, closed_at: Option<i64>) -> Incident {
+        Incident {
+            id: id.into(),
+            title: "t".into(),
+            severity: Severity::Sev2,
+            assigned: BTreeSet::from(["triage".to_owned()]),
+            scopes: BTreeSet::new(),
+            state: if closed_at.is_some() {
+                IncidentState::Closed
+            } else {
+                IncidentState::Open
+            },
+            opened_by: "alice".into(),
+            opened_at: 0,
+            closed_by: closed_at.map(|_| "alice".into()),
+            closed_at,
+            max_lifetime_secs: 86_400,
+        }
+    }
+
+    fn grant(id: &str, state: GrantState, activated: bool, ended_at: Option<i64>) -> Grant {
+        Grant {
+            id: id.into(),
+            incident: "INC-1".into(),
+            agent: "triage".into(),
+            action: "restart".into(),
+            targets: BTreeSet::from(["svc".to_owned()]),
+            evidence: vec!["https://logs/1".into()],
+            plan: "x".repeat(10_000),
+            plan_digest: "ab".repeat(32),
+            scopes: BTreeSet::new(),
+            window_secs: 600,
+            requested_by: "alice".into(),
+            requested_by_uid: Some(1001),
+            requested_at: 0,
+            approvals: Vec::new(),
+            state,
+            activated_at: activated.then_some(10),
+            expires_at: activated.then_some(610),
+            ended: ended_at.map(|at| Ending {
+                at,
+                by: "writ".into(),
+                reason: "r".into(),
+            }),
+            playbook: None,
+        }
+    }
+
+    fn history(closed: usize) -> PolicySnapshot {
+        let mut policy = PolicySnapshot::default();
+        policy
+            .incidents
+            .insert("INC-1".into(), incident("INC-1", None));
+        for n in 0..closed {
+            let id = format!("OLD-{n}");
+            policy.incidents.insert(id.clone(), incident(&id, Some(100)));
+            let g = format!("g-old{n}");
+            policy.grants.insert(
+                g.clone(),
+                grant(&g, GrantState::Revoked, true, Some(100)),
+            );
+        }
+        policy
+    }
+
+    #[test]
+    fn ended_things_stay_for_the_window_then_leave() {
+        let policy = history(3);
+        // Closed at 100: revoked until 100 + WINDOW, inclusive (an SVID may live that long).
+        let inside = agent_view(&policy, 100 + WINDOW, WINDOW);
+        assert_eq!(inside.incidents.len(), 4);
+        assert_eq!(inside.grants.len(), 3);
+        let after = agent_view(&policy, 101 + WINDOW, WINDOW);
+        assert_eq!(
+            after.incidents.keys().collect::<Vec<_>>(),
+            vec!["INC-1"],
+            "closed incidents leave after the window"
+        );
+        assert!(after.grants.is_empty(), "ended grants leave after the window");
+        // The server's own history is untouched.
+        assert_eq!(policy.incidents.len(), 4);
+    }
+
+    #[test]
+    fn the_view_is_bounded_by_live_state_not_history() {
+        let now = 100 + WINDOW + 1;
+        let small = serde_json::to_vec(&agent_view(&history(1), now, WINDOW)).unwrap();
+        let large = serde_json::to_vec(&agent_view(&history(1_000), now, WINDOW)).unwrap();
+        assert_eq!(small.len(), large.len());
+    }
+
+    #[test]
+    fn the_view_revokes_exactly_what_the_whole_policy_revokes() {
+        let mut policy = history(2);
+        policy.grants.insert(
+            "g-live".into(),
+            grant("g-live", GrantState::Active, true, None),
+        );
+        policy.grants.insert(
+            "g-never".into(),
+            grant("g-never", GrantState::Revoked, false, Some(150)),
+        );
+        policy.revoked_serials.insert(
+            "0a".into(),
+            RevokedSerial {
+                serial: "0a".into(),
+                spiffe_id: "spiffe://example.org/x".into(),
+                trust_domain: "example.org".into(),
+                revoked_at: 120,
+                revoked_by: "alice".into(),
+                not_after: 200,
+            },
+        );
+        for now in [100, 150, 200, 201, 400, 401, 1_000] {
+            let view = agent_view(&policy, now, WINDOW);
+            assert_eq!(
+                revocations(&view, now, WINDOW),
+                revocations(&policy, now, WINDOW),
+                "at {now}"
+            );
+        }
+        let set = revocations(&agent_view(&policy, 150, WINDOW), 150, WINDOW);
+        assert!(set.iter().any(|r| r.kind == RevocationKind::Serial));
+    }
+
+    #[test]
+    fn plans_evidence_pending_grants_and_playbooks_never_reach_agents() {
+        let mut policy = history(0);
+        policy.rules.demo_single_user = true;
+        policy
+            .grants
+            .insert("g-a".into(), grant("g-a", GrantState::Active, true, None));
+        policy
+            .grants
+            .insert("g-p".into(), grant("g-p", GrantState::Pending, false, None));
+        policy
+            .grants
+            .insert("g-d".into(), grant("g-d", GrantState::Denied, false, Some(5)));
+        let view = agent_view(&policy, 20, WINDOW);
+        assert_eq!(view.grants.keys().collect::<Vec<_>>(), vec!["g-a"]);
+        let active = &view.grants["g-a"];
+        assert!(active.plan.is_empty() && active.evidence.is_empty());
+        assert_eq!(active.plan_digest, policy.grants["g-a"].plan_digest);
+        assert!(view.playbooks.is_empty());
+        assert!(!view.rules.demo_single_user);
+    }
+}

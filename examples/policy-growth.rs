@@ -1,0 +1,120 @@
+//! Load tool for policy growth (issue 11): what a server and its agents pay as closed
+//! history grows. For each history size N (default 0, 1000, 10000) it opens a fresh
+//! issuer in a temp dir, opens and closes N incidents (each a durable, audited change),
+//! moves its clock past the longest SVID lifetime, and reports:
+//!
+//! - `agent bytes`: the encoded `AgentPolicy` (what `Sync` sends each agent per change);
+//! - `server policy bytes`: the server's own policy as JSON (history included), for scale;
+//! - `rss MiB`: the process's resident set after the history was written;
+//! - `open p50/p99 ms`: latency of `open_incident` (a durable audited change) for 50 new
+//!   incidents on top of that history.
+//!
+//! `cargo build --release --example policy-growth && target/release/examples/policy-growth`
+//! Flags: --sizes 0,1000,10000
+
+// A measuring tool, not a service: failing loudly on setup errors is what we want.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use prost::Message;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use writ::clock::{Clock, ManualClock};
+use writ::config::RawConfig;
+use writ::node_api::wire::encode_policy;
+use writ::policy::{Incident, IncidentState, Profile, Selector, Severity};
+use writ::server::Issuer;
+use writ_verifier::Band;
+
+fn sizes() -> Vec<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--sizes")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(|n| n.parse().expect("--sizes")).collect())
+        .unwrap_or_else(|| vec![0, 1_000, 10_000])
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn incident(id: &str, now: i64) -> Incident {
+    Incident {
+        id: id.into(),
+        title: "checkout returns 500 for a fifth of requests".into(),
+        severity: Severity::Sev2,
+        assigned: BTreeSet::from(["triage".to_owned()]),
+        scopes: BTreeSet::from(["logs:read".to_owned(), "metrics:read".to_owned()]),
+        state: IncidentState::Open,
+        opened_by: "alice".into(),
+        opened_at: now,
+        closed_by: None,
+        closed_at: None,
+        max_lifetime_secs: 86_400,
+    }
+}
+
+fn main() {
+    println!("closed\tagent bytes\tserver policy bytes\trss MiB\topen p50 ms\topen p99 ms");
+    for n in sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at(1_900_000_000);
+        let config = RawConfig {
+            data_dir: Some(dir.path().join("data")),
+            ..RawConfig::default()
+        }
+        .resolve()
+        .unwrap();
+        let issuer = Issuer::open(config, Arc::new(clock.clone())).unwrap();
+        issuer
+            .registry
+            .create_profile(
+                Profile {
+                    name: "triage".into(),
+                    selectors: BTreeSet::from(["unix:uid:1001".parse::<Selector>().unwrap()]),
+                    bands: BTreeSet::from([Band::Investigative]),
+                    scopes: BTreeSet::from(["logs:read".to_owned(), "metrics:read".to_owned()]),
+                    service: false,
+                    created_at: clock.unix(),
+                },
+                "alice",
+            )
+            .unwrap();
+        for i in 0..n {
+            let id = format!("OLD-{i:06}");
+            issuer
+                .registry
+                .open_incident(incident(&id, clock.unix()))
+                .unwrap();
+            issuer
+                .registry
+                .close_incident(&id, "alice", clock.unix())
+                .unwrap();
+        }
+        clock.advance(issuer.config.ca.max_svid_ttl + Duration::from_secs(1));
+        let mut latencies = Vec::new();
+        for i in 0..50 {
+            let started = Instant::now();
+            issuer
+                .registry
+                .open_incident(incident(&format!("NEW-{i:03}"), clock.unix()))
+                .unwrap();
+            latencies.push(started.elapsed());
+        }
+        latencies.sort();
+        let agent = encode_policy(&issuer.registry.subscribe_agents().borrow()).encoded_len();
+        let server = serde_json::to_vec(&*issuer.registry.snapshot()).unwrap().len();
+        println!(
+            "{n}\t{agent}\t{server}\t{:.1}\t{:.2}\t{:.2}",
+            rss_kib() as f64 / 1024.0,
+            latencies[latencies.len() / 2].as_secs_f64() * 1e3,
+            latencies[latencies.len() * 99 / 100].as_secs_f64() * 1e3,
+        );
+    }
+}

@@ -109,7 +109,9 @@ fn main() {
         }
         latencies.sort();
         let agent = encode_policy(&issuer.registry.subscribe_agents().borrow()).encoded_len();
-        let server = serde_json::to_vec(&*issuer.registry.snapshot()).unwrap().len();
+        let server = serde_json::to_vec(&*issuer.registry.snapshot())
+            .unwrap()
+            .len();
         println!(
             "{n}\t{agent}\t{server}\t{:.1}\t{:.2}\t{:.2}",
             rss_kib() as f64 / 1024.0,

@@ -30,13 +30,13 @@ pub mod config;
 pub mod errors;
 pub mod hex;
 pub mod identity;
+pub mod node_api;
 pub mod passwd;
 pub mod policy;
 pub mod proto;
 pub mod server;
 pub mod store;
 pub mod throttle;
-pub mod node_api;
 pub mod ttl;
 pub mod uds;
 

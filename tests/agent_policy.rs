@@ -95,7 +95,14 @@ fn a_closed_incident_leaves_what_agents_receive_after_the_longest_svid_lifetime(
 
     // Its history stays: in the server's policy, the store and the audit log.
     assert!(issuer.registry.snapshot().incidents.contains_key("INC-1"));
-    assert!(issuer.store.incidents().unwrap().iter().any(|i| i.id == "INC-1"));
+    assert!(
+        issuer
+            .store
+            .incidents()
+            .unwrap()
+            .iter()
+            .any(|i| i.id == "INC-1")
+    );
     let records = issuer.audit.read(0, 10_000).unwrap();
     let closes = records
         .iter()

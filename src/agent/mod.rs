@@ -14,12 +14,12 @@ pub mod reported;
 pub mod revocation;
 pub mod workload;
 
+use crate::node_api::NodeApi;
 use crate::proto::revocation::revocation_server::RevocationServer;
 use crate::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use anyhow::Context;
 use attest::Attestor;
 use cache::SvidCache;
-use crate::node_api::NodeApi;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::UnixListener;

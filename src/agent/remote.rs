@@ -3,9 +3,9 @@
 //! server to sign — all over mTLS, where we verify the server's SVID with writ's own
 //! SPIFFE verifier (rustls' name check cannot).
 
-use crate::node_api::{self, NodeApi, NodeError, SignedX509};
 use crate::audit::activity::Activity;
 use crate::ca::{BundleSet, TrustBundle, bundle::pem};
+use crate::node_api::{self, NodeApi, NodeError, SignedX509};
 use crate::policy::{Grant, GrantRequest, PolicySnapshot};
 use crate::proto::node::{self as pb, node_client::NodeClient};
 use anyhow::Context;
@@ -526,7 +526,6 @@ fn signed_result(signed: pb::SignedSvid) -> Result<SignedX509, NodeError> {
     }
     Err(NodeError::from_batch_error(signed.error))
 }
-
 
 #[tonic::async_trait]
 impl NodeApi for RemoteNode {

@@ -10,8 +10,8 @@
 //! It must never grow without bound: when full it forgets everything, and the cost of
 //! that is a duplicate record, which is harmless.
 
-use crate::policy::Selector;
 use crate::node_api::MAX_ATTESTATION_SELECTORS;
+use crate::policy::Selector;
 use ring::digest;
 use spiffe::SpiffeId;
 use std::collections::{BTreeSet, HashSet};

@@ -9,8 +9,8 @@
 
 use super::Agent;
 use super::attest::ConnectedPeer;
-use crate::node_api::NodeError;
 use super::reported::{WorkloadDigest, report_selectors};
+use crate::node_api::NodeError;
 use crate::policy::{Entitlement, Selector, entitlements};
 use crate::proto::workload::{self as pb, spiffe_workload_api_server::SpiffeWorkloadApi};
 use spiffe::SpiffeId;

@@ -4,12 +4,12 @@
 //! directly); `writ server` is the issuer alone, serving remote agents over the node API;
 //! `writ agent` attests to a server and serves the Workload API on its host.
 
-use crate::node_api::NodeApi;
-use crate::server::local_node::LocalNode;
 use crate::agent::remote::RemoteNode;
 use crate::agent::{Agent, serve_workload};
 use crate::clock::SystemClock;
 use crate::config::{RawAgentConfig, RawConfig};
+use crate::node_api::NodeApi;
+use crate::server::local_node::LocalNode;
 use crate::server::node::NodeService;
 use crate::server::tls::{
     AdminPeer, NodePeer, ServerIdentity, accept_tls, admin_server_config, server_config,

@@ -139,9 +139,10 @@ impl From<tonic::Status> for NodeError {
         let make = Self::CODES
             .iter()
             .find(|(code, _)| *code == status.code())
-            .map_or(NodeError::Unavailable as fn(String) -> NodeError, |(_, make)| {
-                *make
-            });
+            .map_or(
+                NodeError::Unavailable as fn(String) -> NodeError,
+                |(_, make)| *make,
+            );
         make(status.message().to_owned())
     }
 }

@@ -117,7 +117,11 @@ fn decode_profile(p: pb::AgentProfile) -> Result<Profile, String> {
         name: p.name,
         selectors,
         // A band this agent does not know is one it never serves.
-        bands: p.bands.iter().filter_map(|b| Band::from_str(b).ok()).collect(),
+        bands: p
+            .bands
+            .iter()
+            .filter_map(|b| Band::from_str(b).ok())
+            .collect(),
         scopes: p.scopes.into_iter().collect(),
         service: p.service,
         created_at: p.created_at,
@@ -417,9 +421,7 @@ mod tests {
     #[test]
     fn what_an_agent_cannot_read_is_read_the_safe_way() {
         let mut message = encode_policy(&policy());
-        message.profiles[0]
-            .selectors
-            .push("k8s:ns:payments".into());
+        message.profiles[0].selectors.push("k8s:ns:payments".into());
         message.profiles[0].bands.push("quantum".into());
         message.incidents[0].state = "paused".into();
         message.incidents[0].severity = "sev0".into();
@@ -431,7 +433,11 @@ mod tests {
         );
         let incident = &read.incidents["INC-1"];
         assert!(!incident.is_open(), "an unknown state is not open");
-        assert_eq!(incident.severity, Severity::Sev1, "an unknown severity needs the most approvals");
+        assert_eq!(
+            incident.severity,
+            Severity::Sev1,
+            "an unknown severity needs the most approvals"
+        );
         assert_ne!(read.grants["g-1"].state, GrantState::Active);
     }
 

@@ -141,12 +141,13 @@ mod tests {
             .insert("INC-1".into(), incident("INC-1", None));
         for n in 0..closed {
             let id = format!("OLD-{n}");
-            policy.incidents.insert(id.clone(), incident(&id, Some(100)));
+            policy
+                .incidents
+                .insert(id.clone(), incident(&id, Some(100)));
             let g = format!("g-old{n}");
-            policy.grants.insert(
-                g.clone(),
-                grant(&g, GrantState::Revoked, true, Some(100)),
-            );
+            policy
+                .grants
+                .insert(g.clone(), grant(&g, GrantState::Revoked, true, Some(100)));
         }
         policy
     }
@@ -164,7 +165,10 @@ mod tests {
             vec!["INC-1"],
             "closed incidents leave after the window"
         );
-        assert!(after.grants.is_empty(), "ended grants leave after the window");
+        assert!(
+            after.grants.is_empty(),
+            "ended grants leave after the window"
+        );
         // The server's own history is untouched.
         assert_eq!(policy.incidents.len(), 4);
     }
@@ -221,9 +225,10 @@ mod tests {
         policy
             .grants
             .insert("g-p".into(), grant("g-p", GrantState::Pending, false, None));
-        policy
-            .grants
-            .insert("g-d".into(), grant("g-d", GrantState::Denied, false, Some(5)));
+        policy.grants.insert(
+            "g-d".into(),
+            grant("g-d", GrantState::Denied, false, Some(5)),
+        );
         let view = agent_view(&policy, 20, WINDOW);
         assert_eq!(view.grants.keys().collect::<Vec<_>>(), vec!["g-a"]);
         let active = &view.grants["g-a"];

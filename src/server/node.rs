@@ -4,14 +4,14 @@
 //! Errors are mapped to `tonic::Status` here. A caller without a verified node SVID
 //! reaches only the attestation RPCs.
 
+use super::Issuer;
 use super::local_node::{activity_refusal, attestation_refusal, issue_refusal, registry_refusal};
 use super::tls::NodePeer;
-use super::Issuer;
-use crate::node_api::NodeError;
 use crate::audit::activity::{Activity, RawActivity};
 use crate::audit::{Kind, Record};
 use crate::ca::{BundleSet, CaError, SubjectKey, SvidRequest, csr};
 use crate::hex::sha256 as sha256_hex;
+use crate::node_api::NodeError;
 use crate::proto::node::{self as pb, node_server::Node, node_server::NodeServer};
 use crate::store::{JoinTokenRecord, TokenUse};
 use rustls::pki_types::{CertificateDer, UnixTime};

@@ -6,12 +6,12 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
-use writ::server::local_node::LocalNode;
 use writ::agent::{Agent, serve_workload};
 use writ::ca::CaConfig;
 use writ::clock::SystemClock;
 use writ::config::RawConfig;
 use writ::policy::{Incident, IncidentState, Profile, Selector, Severity};
+use writ::server::local_node::LocalNode;
 use writ::server::{Issuer, bind_unix};
 use writ_verifier::Band;
 

@@ -63,10 +63,13 @@ pub enum NodeError {
     Limited(String),
 }
 
+/// Builds the refusal a gRPC code stands for.
+type FromMessage = fn(String) -> NodeError;
+
 impl NodeError {
     /// The gRPC code each refusal travels as, on both hops (agent → workload, server →
     /// agent): the one table, read both ways.
-    const CODES: [(tonic::Code, fn(String) -> NodeError); 5] = [
+    const CODES: [(tonic::Code, FromMessage); 5] = [
         (tonic::Code::PermissionDenied, NodeError::NotEntitled),
         (tonic::Code::InvalidArgument, NodeError::Invalid),
         (tonic::Code::FailedPrecondition, NodeError::Refused),

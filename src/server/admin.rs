@@ -580,13 +580,8 @@ fn grant_to_proto(grant: &Grant, issuer: &Issuer) -> pb::Grant {
     let quorum = policy
         .incidents
         .get(&grant.incident)
-        .map(|i| policy.rules.quorum(i.severity, &grant.scopes) as u32)
+        .map(|i| crate::policy::grant::required_approvals(&policy.rules, i.severity, grant) as u32)
         .unwrap_or(0);
-    // A playbook activation rests on the playbook's quorum and its activator.
-    let quorum = match grant.playbook {
-        Some(_) => crate::policy::playbook::QUORUM as u32 + 1,
-        None => quorum,
-    };
     let spiffe_id = agent_spiffe_id(
         issuer.cas.base(),
         Band::Remediation,

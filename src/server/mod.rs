@@ -131,8 +131,12 @@ impl Issuer {
             )
             .context("opening the audit log")?,
         );
-        let registry = Registry::load_with_rules(Arc::clone(&store), config.remediation.clone())?;
-        registry.audit_to(Arc::clone(&audit), Arc::clone(&clock_for_audit));
+        let registry = Registry::load(
+            Arc::clone(&store),
+            config.remediation.clone(),
+            Arc::clone(&audit),
+            clock_for_audit,
+        )?;
         // Operators come from configuration: approvals by someone no longer configured
         // stop counting, and grants that lose their quorum end now.
         let server_uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?);

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod node;
 pub mod registry;
+pub mod status;
 pub mod tls;
 
 use crate::audit::activity::{Activity, check_serial};

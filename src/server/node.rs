@@ -8,7 +8,7 @@ use super::tls::NodePeer;
 use super::{IssueError, Issuer};
 use crate::audit::activity::{Activity, RawActivity};
 use crate::audit::{Kind, Record};
-use crate::ca::{BundleSet, CaError, SubjectKey, SvidRequest, csr};
+use crate::ca::{BundleSet, SubjectKey, SvidRequest, csr};
 use crate::hex::sha256 as sha256_hex;
 use crate::proto::node::{self as pb, node_server::Node, node_server::NodeServer};
 use crate::store::{JoinTokenRecord, TokenUse};
@@ -120,15 +120,6 @@ impl std::fmt::Debug for NodeService {
     }
 }
 
-fn ca_status(error: CaError) -> Status {
-    if error.is_invalid_argument() {
-        Status::invalid_argument(error.to_string())
-    } else {
-        tracing::error!(error = %error, "node API request failed");
-        Status::internal("internal error; see the server log")
-    }
-}
-
 fn random<const N: usize>() -> Result<[u8; N], Status> {
     let mut out = [0u8; N];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut out)
@@ -219,7 +210,7 @@ impl NodeService {
         .await
         .map_err(|_| Status::internal("signing task failed"))?
         .map_err(|e| match e {
-            IssueError::Ca(e) => ca_status(e),
+            IssueError::Ca(e) => e.into(),
             other => Status::unavailable(other.to_string()),
         })?;
         tracing::info!(node = %spiffe_id, not_after = minted.not_after, "issued node svid");
@@ -269,7 +260,7 @@ impl Node for NodeService {
         let hash = sha256_hex(body.token.as_bytes());
         let node_id = self.node_id(&format!("join-{}", &hash[..24]))?;
         // Check the CSR before using up the token: a bad request must not burn it.
-        csr::verify_csr(&body.csr, &node_id).map_err(ca_status)?;
+        csr::verify_csr(&body.csr, &node_id).map_err(Status::from)?;
         let store = Arc::clone(&self.issuer.store);
         let now = self.issuer.cas.now();
         let id_text = node_id.to_string();
@@ -398,7 +389,7 @@ impl Node for NodeService {
             .verify(&signed, &body.signature)
             .map_err(|_| Status::permission_denied("proof of possession failed"))?;
         let node_id = self.node_id(&challenge.node_id)?;
-        csr::verify_csr(&body.csr, &node_id).map_err(ca_status)?;
+        csr::verify_csr(&body.csr, &node_id).map_err(Status::from)?;
         self.audit_attestation(&node_id, "x509pop", None).await?;
         self.mint_node(node_id, body.csr).await.map(Response::new)
     }
@@ -409,7 +400,7 @@ impl Node for NodeService {
     ) -> Result<Response<pb::NodeSvid>, Status> {
         let node = self.node(&request)?;
         let body = request.into_inner();
-        csr::verify_csr(&body.csr, &node).map_err(ca_status)?;
+        csr::verify_csr(&body.csr, &node).map_err(Status::from)?;
         self.mint_node(node, body.csr).await.map(Response::new)
     }
 
@@ -554,7 +545,7 @@ impl Node for NodeService {
                 token: minted.token,
             })),
             Err(IssueError::NotEntitled(reason)) => Err(Status::permission_denied(reason)),
-            Err(IssueError::Ca(e)) => Err(ca_status(e)),
+            Err(IssueError::Ca(e)) => Err(e.into()),
             Err(e @ IssueError::Audit(_)) => Err(Status::unavailable(e.to_string())),
         }
     }

@@ -100,7 +100,9 @@ impl AgentApi for AgentService {
         let quorum = policy
             .incidents
             .get(&grant.incident)
-            .map(|i| policy.rules.quorum(i.severity, &grant.scopes) as u32)
+            .map(|i| {
+                crate::policy::grant::required_approvals(&policy.rules, i.severity, &grant) as u32
+            })
             .unwrap_or(0);
         Ok(Response::new(pb::RequestGrantResponse {
             grant_id: grant.id,

@@ -24,18 +24,6 @@ pub const MAX_LINE_LEN: usize = 1024;
 /// them, and never in the investigative band.
 pub const SENSITIVE_SCOPE_PREFIXES: [&str; 3] = ["deploy:", "iam:", "secrets:"];
 
-/// Whether `scope` touches deployment, IAM or secrets.
-pub fn is_sensitive(scope: &str) -> bool {
-    SENSITIVE_SCOPE_PREFIXES
-        .iter()
-        .any(|p| scope.starts_with(p))
-}
-
-/// Approvals needed for an incident of `severity` under the default rules.
-pub fn quorum(severity: Severity) -> usize {
-    RemediationRules::default().quorum(severity, &BTreeSet::new())
-}
-
 /// The remediation knobs (config `[remediation]`), carried in the policy so servers and
 /// agents decide alike.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,9 +74,10 @@ impl Default for RemediationRules {
 }
 
 impl RemediationRules {
-    /// Approvals a grant needs: by the incident's severity, and at least
-    /// `sensitive_quorum` when it asks for a sensitive scope. Never below one.
-    pub fn quorum(&self, severity: Severity, scopes: &BTreeSet<String>) -> usize {
+    /// Approvals an ordinary grant needs: by the incident's severity, and at least
+    /// `sensitive_quorum` when it asks for a sensitive scope. Never below one. Callers
+    /// ask [`required_approvals`], which knows playbook activations too.
+    fn quorum(&self, severity: Severity, scopes: &BTreeSet<String>) -> usize {
         let by_severity = match severity {
             Severity::Sev1 => self.quorum_sev1,
             Severity::Sev2 => self.quorum_sev2,
@@ -108,6 +97,20 @@ impl RemediationRules {
         self.sensitive_scope_prefixes
             .iter()
             .any(|p| scope.starts_with(p.as_str()))
+    }
+
+    /// The first of `scopes` that is sensitive under these rules and that `incident` does
+    /// not declare. A grant or a playbook activation asking for it is refused: sensitive
+    /// scopes are held only when the incident names them.
+    pub fn undeclared_sensitive_scope<'a>(
+        &self,
+        scopes: &'a BTreeSet<String>,
+        incident: &Incident,
+    ) -> Option<&'a str> {
+        scopes
+            .iter()
+            .find(|s| self.is_sensitive(s) && !incident.scopes.contains(*s))
+            .map(String::as_str)
     }
 
     /// Checks the rules make sense (quorums at least one, limits at least one).
@@ -131,6 +134,26 @@ impl RemediationRules {
             });
         }
         Ok(())
+    }
+}
+
+/// Approvals `grant` needs, its incident being of `severity`. A playbook activation rests
+/// on its playbook's quorum and its activator; any other grant needs the quorum `rules`
+/// set for the severity and its scopes.
+pub fn required_approvals(rules: &RemediationRules, severity: Severity, grant: &Grant) -> usize {
+    match grant.playbook {
+        Some(_) => super::playbook::QUORUM + 1,
+        None => rules.quorum(severity, &grant.scopes),
+    }
+}
+
+/// Whether `grant`'s approvals still carry it (after some were withdrawn), its incident
+/// being of `severity`. A playbook activation needs its playbook's approvers and its
+/// activator's approval of the plan, not merely enough approvals.
+pub fn still_approved(rules: &RemediationRules, severity: Severity, grant: &Grant) -> bool {
+    match grant.playbook {
+        Some(_) => super::playbook::activation_still_approved(grant),
+        None => grant.approvals.len() >= required_approvals(rules, severity, grant),
     }
 }
 
@@ -328,37 +351,19 @@ pub fn plan_digest(plan: &str) -> String {
     crate::hex::sha256(plan.as_bytes())
 }
 
-/// Builds a pending grant from a request, checking it against its incident and the
-/// agent's profile (`profile_scopes`, `profile_allows_remediation`).
-pub fn new_grant(
-    request: GrantRequest,
-    incident: &Incident,
-    profile_allows_remediation: bool,
-    requested_by: &str,
-    id: String,
-    now: i64,
-) -> Result<Grant, GrantError> {
-    new_grant_with(
-        &RemediationRules::default(),
-        request,
-        incident,
-        profile_allows_remediation,
-        requested_by.into(),
-        id,
-        now,
-    )
-}
-
-/// [`new_grant`] under `rules`, recording the requester's uid.
-pub fn new_grant_with(
+/// Builds a pending grant from a request under `rules`, checking it against its incident
+/// and whether the agent's profile allows the remediation band, and recording the
+/// requester (and their uid, when known).
+pub fn new_grant<'a>(
     rules: &RemediationRules,
     request: GrantRequest,
     incident: &Incident,
     profile_allows_remediation: bool,
-    requested_by: Principal<'_>,
+    requested_by: impl Into<Principal<'a>>,
     id: String,
     now: i64,
 ) -> Result<Grant, GrantError> {
+    let requested_by = requested_by.into();
     check_name("agent", &request.agent)?;
     text::line("action", &request.action, MAX_LINE_LEN)?;
     if request.plan.is_empty() || request.plan.len() > MAX_PLAN_LEN {
@@ -410,11 +415,7 @@ pub fn new_grant_with(
             request.agent
         )));
     }
-    if let Some(scope) = request
-        .scopes
-        .iter()
-        .find(|s| rules.is_sensitive(s) && !incident.scopes.contains(*s))
-    {
+    if let Some(scope) = rules.undeclared_sensitive_scope(&request.scopes, incident) {
         return Err(GrantError::NotEligible(format!(
             "scope {scope:?} touches deployment, IAM or secrets and incident {:?} does not name it",
             incident.id
@@ -443,36 +444,16 @@ pub fn new_grant_with(
     })
 }
 
-/// Records `approver`'s approval of `digest`. Approvals older than `approval_ttl` no
-/// longer count. At quorum the grant becomes active for its window, never past the
-/// incident's end.
-pub fn approve(
-    grant: &Grant,
-    incident: &Incident,
-    approver: &str,
-    digest: &str,
-    approval_ttl: i64,
-    now: i64,
-) -> Result<Grant, GrantError> {
-    approve_with(
-        &RemediationRules::default(),
-        grant,
-        incident,
-        approver.into(),
-        digest,
-        approval_ttl,
-        now,
-    )
-}
-
-/// [`approve`] under `rules`, by an approver whose uid may be known. The requester never
-/// counts: not by name, and not by uid (a workload and an operator sharing a uid are one
-/// person), unless `rules.demo_single_user`.
-pub fn approve_with(
+/// Records `approver`'s approval of `digest` under `rules`. Approvals older than
+/// `approval_ttl` no longer count. At quorum the grant becomes active for its window,
+/// never past the incident's end. The requester never counts: not by name, and not by
+/// uid (a workload and an operator sharing a uid are one person), unless
+/// `rules.demo_single_user`.
+pub fn approve<'a>(
     rules: &RemediationRules,
     grant: &Grant,
     incident: &Incident,
-    approver: Principal<'_>,
+    approver: impl Into<Principal<'a>>,
     digest: &str,
     approval_ttl: i64,
     now: i64,
@@ -480,7 +461,7 @@ pub fn approve_with(
     let Principal {
         name: approver,
         uid: approver_uid,
-    } = approver;
+    } = approver.into();
     if grant.state != GrantState::Pending {
         return Err(GrantError::NotPending {
             id: grant.id.clone(),
@@ -520,7 +501,7 @@ pub fn approve_with(
         at: now,
         plan_digest: digest.to_owned(),
     });
-    if next.approvals.len() >= rules.quorum(incident.severity, &grant.scopes) {
+    if next.approvals.len() >= required_approvals(rules, incident.severity, grant) {
         let incident_end = incident.opened_at + incident.max_lifetime_secs as i64;
         next.state = GrantState::Active;
         next.activated_at = Some(now);
@@ -601,7 +582,16 @@ mod tests {
     fn pending(severity: Severity) -> (Grant, Incident) {
         let inc = incident(severity);
         (
-            new_grant(request(), &inc, true, "agent-x", "g-1".into(), 100).unwrap(),
+            new_grant(
+                &RemediationRules::default(),
+                request(),
+                &inc,
+                true,
+                "agent-x",
+                "g-1".into(),
+                100,
+            )
+            .unwrap(),
             inc,
         )
     }
@@ -621,20 +611,62 @@ mod tests {
         let (g, inc) = pending(Severity::Sev2);
         let d = g.plan_digest.clone();
         assert!(matches!(
-            approve(&g, &inc, "agent-x", &d, 3600, 101),
+            approve(
+                &RemediationRules::default(),
+                &g,
+                &inc,
+                "agent-x",
+                &d,
+                3600,
+                101
+            ),
             Err(GrantError::OwnRequest(_))
         ));
-        let one = approve(&g, &inc, "alice", &d, 3600, 101).unwrap();
+        let one = approve(
+            &RemediationRules::default(),
+            &g,
+            &inc,
+            "alice",
+            &d,
+            3600,
+            101,
+        )
+        .unwrap();
         assert_eq!(one.state, GrantState::Pending);
         assert!(matches!(
-            approve(&one, &inc, "alice", &d, 3600, 102),
+            approve(
+                &RemediationRules::default(),
+                &one,
+                &inc,
+                "alice",
+                &d,
+                3600,
+                102
+            ),
             Err(GrantError::AlreadyApproved(_))
         ));
-        let two = approve(&one, &inc, "bob", &d, 3600, 102).unwrap();
+        let two = approve(
+            &RemediationRules::default(),
+            &one,
+            &inc,
+            "bob",
+            &d,
+            3600,
+            102,
+        )
+        .unwrap();
         assert_eq!(two.state, GrantState::Active);
         assert_eq!(two.expires_at, Some(102 + 600));
         assert!(matches!(
-            approve(&two, &inc, "carol", &d, 3600, 103),
+            approve(
+                &RemediationRules::default(),
+                &two,
+                &inc,
+                "carol",
+                &d,
+                3600,
+                103
+            ),
             Err(GrantError::NotPending { .. })
         ));
     }
@@ -643,7 +675,16 @@ mod tests {
     fn sev3_needs_one_and_the_window_stops_at_the_incident_end() {
         let (mut g, inc) = pending(Severity::Sev3);
         g.window_secs = 3000;
-        let active = approve(&g, &inc, "alice", &g.plan_digest.clone(), 3600, 1000).unwrap();
+        let active = approve(
+            &RemediationRules::default(),
+            &g,
+            &inc,
+            "alice",
+            &g.plan_digest.clone(),
+            3600,
+            1000,
+        )
+        .unwrap();
         assert_eq!(active.state, GrantState::Active);
         assert_eq!(
             active.expires_at,
@@ -657,12 +698,20 @@ mod tests {
         let (g, inc) = pending(Severity::Sev2);
         let d = g.plan_digest.clone();
         assert!(matches!(
-            approve(&g, &inc, "alice", &"0".repeat(64), 3600, 101),
+            approve(
+                &RemediationRules::default(),
+                &g,
+                &inc,
+                "alice",
+                &"0".repeat(64),
+                3600,
+                101
+            ),
             Err(GrantError::DigestMismatch { .. })
         ));
-        let one = approve(&g, &inc, "alice", &d, 60, 101).unwrap();
+        let one = approve(&RemediationRules::default(), &g, &inc, "alice", &d, 60, 101).unwrap();
         // Alice's approval is older than the approval TTL by the time Bob approves.
-        let two = approve(&one, &inc, "bob", &d, 60, 500).unwrap();
+        let two = approve(&RemediationRules::default(), &one, &inc, "bob", &d, 60, 500).unwrap();
         assert_eq!(two.state, GrantState::Pending);
         assert_eq!(two.approvals.len(), 1);
     }
@@ -671,29 +720,69 @@ mod tests {
     fn closed_incidents_and_ineligible_agents_are_refused() {
         let mut inc = incident(Severity::Sev3);
         assert!(matches!(
-            new_grant(request(), &inc, false, "x", "g".into(), 1),
+            new_grant(
+                &RemediationRules::default(),
+                request(),
+                &inc,
+                false,
+                "x",
+                "g".into(),
+                1
+            ),
             Err(GrantError::NotEligible(_))
         ));
         let mut other = request();
         other.agent = "stranger".into();
         assert!(matches!(
-            new_grant(other, &inc, true, "x", "g".into(), 1),
+            new_grant(
+                &RemediationRules::default(),
+                other,
+                &inc,
+                true,
+                "x",
+                "g".into(),
+                1
+            ),
             Err(GrantError::NotEligible(_))
         ));
         let mut iam = request();
         iam.scopes = BTreeSet::from(["iam:write".to_string()]);
         assert!(matches!(
-            new_grant(iam, &inc, true, "x", "g".into(), 1),
+            new_grant(
+                &RemediationRules::default(),
+                iam,
+                &inc,
+                true,
+                "x",
+                "g".into(),
+                1
+            ),
             Err(GrantError::NotEligible(_))
         ));
         let (g, _) = pending(Severity::Sev3);
         inc.state = IncidentState::Closed;
         assert!(matches!(
-            new_grant(request(), &inc, true, "x", "g".into(), 1),
+            new_grant(
+                &RemediationRules::default(),
+                request(),
+                &inc,
+                true,
+                "x",
+                "g".into(),
+                1
+            ),
             Err(GrantError::IncidentClosed(_))
         ));
         assert!(matches!(
-            approve(&g, &inc, "alice", &g.plan_digest.clone(), 3600, 2),
+            approve(
+                &RemediationRules::default(),
+                &g,
+                &inc,
+                "alice",
+                &g.plan_digest.clone(),
+                3600,
+                2
+            ),
             Err(GrantError::IncidentClosed(_))
         ));
     }
@@ -704,14 +793,31 @@ mod tests {
         let denied = end(&g, GrantState::Denied, "alice", "risky", 5).unwrap();
         assert_eq!(denied.state, GrantState::Denied);
         assert!(matches!(
-            approve(&denied, &inc, "bob", &g.plan_digest, 3600, 6),
+            approve(
+                &RemediationRules::default(),
+                &denied,
+                &inc,
+                "bob",
+                &g.plan_digest,
+                3600,
+                6
+            ),
             Err(GrantError::NotPending { .. })
         ));
         assert!(matches!(
             end(&denied, GrantState::Revoked, "bob", "", 7),
             Err(GrantError::Ended { .. })
         ));
-        let active = approve(&g, &inc, "alice", &g.plan_digest, 3600, 6).unwrap();
+        let active = approve(
+            &RemediationRules::default(),
+            &g,
+            &inc,
+            "alice",
+            &g.plan_digest,
+            3600,
+            6,
+        )
+        .unwrap();
         assert!(matches!(
             end(&active, GrantState::Denied, "bob", "", 7),
             Err(GrantError::NotPending { .. })
@@ -742,8 +848,7 @@ mod tests {
         );
         assert!(rules.is_sensitive("db:write") && !rules.is_sensitive("iam:write"));
         let (g, inc) = pending(Severity::Sev3);
-        let one =
-            approve_with(&rules, &g, &inc, "alice".into(), &g.plan_digest, 3600, 101).unwrap();
+        let one = approve(&rules, &g, &inc, "alice", &g.plan_digest, 3600, 101).unwrap();
         assert_eq!(
             one.state,
             GrantState::Pending,
@@ -775,20 +880,19 @@ mod tests {
             name: "spiffe://investigate.example.org/agent/fixer/incident/INC-1",
             uid: Some(1001),
         };
-        let g = new_grant_with(&rules, request(), &inc, true, workload, "g-1".into(), 100).unwrap();
+        let g = new_grant(&rules, request(), &inc, true, workload, "g-1".into(), 100).unwrap();
         assert_eq!(g.requested_by_uid, Some(1001));
         let as_uid = |uid| Principal {
             name: "alice",
             uid: Some(uid),
         };
         assert!(matches!(
-            approve_with(&rules, &g, &inc, as_uid(1001), &g.plan_digest, 3600, 101),
+            approve(&rules, &g, &inc, as_uid(1001), &g.plan_digest, 3600, 101),
             Err(GrantError::SameUid { uid: 1001, .. })
         ));
         // Another uid, or one writ does not know, counts.
         for approver in [as_uid(1002), "alice".into()] {
-            let active =
-                approve_with(&rules, &g, &inc, approver, &g.plan_digest, 3600, 101).unwrap();
+            let active = approve(&rules, &g, &inc, approver, &g.plan_digest, 3600, 101).unwrap();
             assert_eq!(active.state, GrantState::Active);
         }
         // Only the one-user demo lets the same uid approve.
@@ -796,8 +900,7 @@ mod tests {
             demo_single_user: true,
             ..RemediationRules::default()
         };
-        let active =
-            approve_with(&demo, &g, &inc, as_uid(1001), &g.plan_digest, 3600, 101).unwrap();
+        let active = approve(&demo, &g, &inc, as_uid(1001), &g.plan_digest, 3600, 101).unwrap();
         assert_eq!(active.state, GrantState::Active);
     }
 
@@ -818,7 +921,15 @@ mod tests {
                 set(&mut r, text);
                 assert!(
                     matches!(
-                        new_grant(r, &inc, true, "x", "g".into(), 1),
+                        new_grant(
+                            &RemediationRules::default(),
+                            r,
+                            &inc,
+                            true,
+                            "x",
+                            "g".into(),
+                            1
+                        ),
                         Err(GrantError::Invalid(PolicyError::BadText { .. }))
                     ),
                     "case {i}: {text:?}"
@@ -828,7 +939,18 @@ mod tests {
         // The plan is the one multi-line field.
         let mut multi = request();
         multi.plan = "line one\n\tline two\r\n".into();
-        assert!(new_grant(multi, &inc, true, "x", "g".into(), 1).is_ok());
+        assert!(
+            new_grant(
+                &RemediationRules::default(),
+                multi,
+                &inc,
+                true,
+                "x",
+                "g".into(),
+                1
+            )
+            .is_ok()
+        );
         // Reasons too, when given; nothing changes when refused.
         let (g, _) = pending(Severity::Sev3);
         assert!(matches!(
@@ -839,11 +961,76 @@ mod tests {
     }
 
     #[test]
-    fn sensitive_scopes_are_recognised() {
-        assert!(is_sensitive("deploy:restart"));
-        assert!(is_sensitive("secrets:read"));
-        assert!(!is_sensitive("logs:read"));
-        assert_eq!(quorum(Severity::Sev1), 2);
-        assert_eq!(quorum(Severity::Sev4), 1);
+    fn the_default_rules_mark_deploy_iam_and_secrets_sensitive() {
+        let rules = RemediationRules::default();
+        assert!(rules.is_sensitive("deploy:restart"));
+        assert!(rules.is_sensitive("secrets:read"));
+        assert!(!rules.is_sensitive("logs:read"));
+        let (g, _) = pending(Severity::Sev1);
+        assert_eq!(required_approvals(&rules, Severity::Sev1, &g), 2);
+        assert_eq!(required_approvals(&rules, Severity::Sev4, &g), 1);
+    }
+
+    #[test]
+    fn a_playbook_activation_needs_its_playbooks_quorum_and_its_activator() {
+        let rules = RemediationRules {
+            quorum_sev4: 5,
+            ..RemediationRules::default()
+        };
+        let (mut g, _) = pending(Severity::Sev4);
+        assert_eq!(required_approvals(&rules, Severity::Sev4, &g), 5);
+        g.playbook = Some("isolate-host".into());
+        assert_eq!(
+            required_approvals(&rules, Severity::Sev4, &g),
+            crate::policy::playbook::QUORUM + 1,
+            "the incident's severity does not set an activation's quorum"
+        );
+        // Three approvals of other digests and none of the plan: enough in number, but
+        // the activator's approval of the plan is missing.
+        g.approvals = ["alice", "bob", "carol"]
+            .map(|by| Approval {
+                by: by.into(),
+                at: 1,
+                plan_digest: "0".repeat(64),
+            })
+            .to_vec();
+        assert!(!still_approved(&rules, Severity::Sev4, &g));
+        g.approvals[2].plan_digest = g.plan_digest.clone();
+        assert!(still_approved(&rules, Severity::Sev4, &g));
+        g.playbook = None;
+        assert!(
+            !still_approved(&rules, Severity::Sev4, &g),
+            "an ordinary grant needs the quorum the rules set"
+        );
+    }
+
+    #[test]
+    fn an_undeclared_sensitive_scope_is_found_under_the_configured_prefixes() {
+        let rules = RemediationRules {
+            sensitive_scope_prefixes: vec!["db:".into()],
+            ..RemediationRules::default()
+        };
+        let inc = incident(Severity::Sev3);
+        let scopes = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(
+            rules.undeclared_sensitive_scope(&scopes(&["logs:read", "db:write"]), &inc),
+            Some("db:write")
+        );
+        assert_eq!(
+            rules.undeclared_sensitive_scope(&scopes(&["iam:write"]), &inc),
+            None,
+            "only the configured prefixes are sensitive"
+        );
+        assert_eq!(
+            rules.undeclared_sensitive_scope(&scopes(&["deploy:restart"]), &inc),
+            None
+        );
+        let mut declared = inc.clone();
+        declared.scopes.insert("db:write".into());
+        assert_eq!(
+            rules.undeclared_sensitive_scope(&scopes(&["db:write"]), &declared),
+            None,
+            "a scope the incident declares is allowed"
+        );
     }
 }

@@ -850,8 +850,9 @@ mod tests {
             ..GrantRequest::default()
         };
         let inc = &p.incidents[incident];
-        let g = grant::new_grant(request, inc, true, "agent", "g-1".into(), 10).unwrap();
-        grant::approve(&g, inc, "alice", &g.plan_digest.clone(), 3600, 11).unwrap()
+        let rules = grant::RemediationRules::default();
+        let g = grant::new_grant(&rules, request, inc, true, "agent", "g-1".into(), 10).unwrap();
+        grant::approve(&rules, &g, inc, "alice", &g.plan_digest.clone(), 3600, 11).unwrap()
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! quorum approved: targets only from the allow-list, a window only up to the playbook's
 //! maximum, sensitive scopes only when the incident names them.
 
-use super::grant::{self, Approval, Ending, Grant, GrantState, is_sensitive, plan_digest};
+use super::grant::{self, Approval, Ending, Grant, GrantState, RemediationRules, plan_digest};
 use super::{Incident, MAX_ITEMS, PolicyError, Profile, check_name, check_scope, text};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -395,13 +395,14 @@ pub fn without_approvers(
 /// Activates an approved playbook for `incident`: a remediation grant for
 /// `request.agent`, active at once for the chosen window (never past the incident's end),
 /// whose approvals are the playbook's quorum plus the activator's approval of this
-/// activation's plan.
+/// activation's plan. Its scopes are held to `rules`' sensitive prefixes as a grant's are.
 ///
 /// At most one activation of a playbook is in force per incident (`grants` are the
 /// policy's grants): otherwise activating it again and again would hold its authority
 /// open far past the window its quorum approved.
 #[allow(clippy::too_many_arguments)]
 pub fn activate<'a>(
+    rules: &RemediationRules,
     playbook: &Playbook,
     incident: &Incident,
     profile: Option<&Profile>,
@@ -492,13 +493,9 @@ pub fn activate<'a>(
             playbook.name
         )));
     }
-    if let Some(scope) = playbook
-        .scopes
-        .iter()
-        .find(|s| is_sensitive(s) && !incident.scopes.contains(*s))
-    {
+    if let Some(scope) = rules.undeclared_sensitive_scope(&playbook.scopes, incident) {
         return Err(PlaybookError::NotEligible(format!(
-            "scope {scope:?} touches deployment, IAM or secrets and incident {:?} does not name it",
+            "scope {scope:?} is sensitive and incident {:?} does not name it",
             incident.id
         )));
     }
@@ -642,6 +639,7 @@ mod tests {
         request: ActivationRequest,
     ) -> Result<Grant, PlaybookError> {
         activate(
+            &RemediationRules::default(),
             playbook,
             incident,
             Some(profile),
@@ -942,6 +940,7 @@ mod tests {
         let first = activate_now(&p, &inc, &profile, request(&["host/web-1"], None)).unwrap();
         let again = |grants: &[&Grant], now: i64| {
             activate(
+                &RemediationRules::default(),
                 &p,
                 &inc,
                 Some(&profile),
@@ -983,6 +982,7 @@ mod tests {
         }
         assert!(matches!(
             activate(
+                &RemediationRules::default(),
                 &p,
                 &incident(),
                 None,
@@ -1017,6 +1017,59 @@ mod tests {
         let mut naming = incident();
         naming.scopes.insert("iam:disable-token".into());
         assert!(activate_now(&p, &naming, &profile, request(&["host/web-1"], None)).is_ok());
+    }
+
+    #[test]
+    fn a_configured_sensitive_prefix_is_honoured_by_activation() {
+        // "net:" is not sensitive by default; configured, the incident must declare it.
+        let p = approved();
+        let profile = fixer(&[Band::Remediation]);
+        let rules = RemediationRules {
+            sensitive_scope_prefixes: vec!["net:".into()],
+            ..RemediationRules::default()
+        };
+        let activate_under = |rules: &RemediationRules, incident: &Incident| {
+            activate(
+                rules,
+                &p,
+                incident,
+                Some(&profile),
+                request(&["host/web-1"], None),
+                "carol",
+                1000,
+                "g-1".into(),
+                [],
+            )
+        };
+        assert!(activate_under(&RemediationRules::default(), &incident()).is_ok());
+        let refused = activate_under(&rules, &incident()).unwrap_err();
+        assert!(
+            matches!(&refused, PlaybookError::NotEligible(why) if why.contains("net:isolate")),
+            "{refused}"
+        );
+        let mut declaring = incident();
+        declaring.scopes.insert("net:isolate".into());
+        assert!(activate_under(&rules, &declaring).is_ok());
+        // Configured prefixes replace the defaults: "iam:" is no longer sensitive.
+        let mut iam = spec();
+        iam.scopes = BTreeSet::from(["iam:disable-token".to_string()]);
+        let iam = new_playbook(iam, "root", 0).unwrap();
+        let d = iam.digest();
+        let iam = approve(&approve(&iam, "alice", &d, 1).unwrap(), "bob", &d, 2).unwrap();
+        assert!(
+            activate(
+                &rules,
+                &iam,
+                &incident(),
+                Some(&profile),
+                request(&["host/web-1"], None),
+                "carol",
+                1000,
+                "g-2".into(),
+                [],
+            )
+            .is_ok()
+        );
     }
 
     #[test]

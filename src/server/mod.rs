@@ -7,6 +7,7 @@ pub mod admin;
 pub mod local_node;
 pub mod node;
 pub mod registry;
+pub mod status;
 pub mod tls;
 
 use crate::audit::activity::{Activity, check_serial};
@@ -131,12 +132,13 @@ impl Issuer {
             )
             .context("opening the audit log")?,
         );
-        let registry = Registry::load_with_rules(
+        let registry = Registry::load(
             Arc::clone(&store),
             config.remediation.clone(),
+            Arc::clone(&audit),
+            clock_for_audit,
             config.ca.max_svid_ttl,
         )?;
-        registry.audit_to(Arc::clone(&audit), Arc::clone(&clock_for_audit));
         // Operators come from configuration: approvals by someone no longer configured
         // stop counting, and grants that lose their quorum end now.
         let server_uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?);

@@ -9,7 +9,7 @@ use super::local_node::{activity_refusal, attestation_refusal, issue_refusal, re
 use super::tls::NodePeer;
 use crate::audit::activity::{Activity, RawActivity};
 use crate::audit::{Kind, Record};
-use crate::ca::{BundleSet, CaError, SubjectKey, SvidRequest, csr};
+use crate::ca::{BundleSet, SubjectKey, SvidRequest, csr};
 use crate::hex::sha256 as sha256_hex;
 use crate::node_api::NodeError;
 use crate::proto::node::{self as pb, node_server::Node, node_server::NodeServer};
@@ -119,15 +119,6 @@ impl std::fmt::Debug for NodeService {
     }
 }
 
-fn ca_status(error: CaError) -> Status {
-    if error.is_invalid_argument() {
-        Status::invalid_argument(error.to_string())
-    } else {
-        tracing::error!(error = %error, "node API request failed");
-        Status::internal("internal error; see the server log")
-    }
-}
-
 fn random<const N: usize>() -> Result<[u8; N], Status> {
     let mut out = [0u8; N];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut out)
@@ -217,10 +208,7 @@ impl NodeService {
         })
         .await
         .map_err(|_| Status::internal("signing task failed"))?
-        .map_err(|e| match e {
-            super::IssueError::Ca(e) => ca_status(e),
-            other => Status::unavailable(other.to_string()),
-        })?;
+        .map_err(Status::from)?;
         tracing::info!(node = %spiffe_id, not_after = minted.not_after, "issued node svid");
         Ok(pb::NodeSvid {
             spiffe_id,
@@ -268,7 +256,7 @@ impl Node for NodeService {
         let hash = sha256_hex(body.token.as_bytes());
         let node_id = self.node_id(&format!("join-{}", &hash[..24]))?;
         // Check the CSR before using up the token: a bad request must not burn it.
-        csr::verify_csr(&body.csr, &node_id).map_err(ca_status)?;
+        csr::verify_csr(&body.csr, &node_id).map_err(Status::from)?;
         let store = Arc::clone(&self.issuer.store);
         let now = self.issuer.cas.now();
         let id_text = node_id.to_string();
@@ -397,7 +385,7 @@ impl Node for NodeService {
             .verify(&signed, &body.signature)
             .map_err(|_| Status::permission_denied("proof of possession failed"))?;
         let node_id = self.node_id(&challenge.node_id)?;
-        csr::verify_csr(&body.csr, &node_id).map_err(ca_status)?;
+        csr::verify_csr(&body.csr, &node_id).map_err(Status::from)?;
         self.audit_attestation(&node_id, "x509pop", None).await?;
         self.mint_node(node_id, body.csr).await.map(Response::new)
     }
@@ -408,7 +396,7 @@ impl Node for NodeService {
     ) -> Result<Response<pb::NodeSvid>, Status> {
         let node = self.node(&request)?;
         let body = request.into_inner();
-        csr::verify_csr(&body.csr, &node).map_err(ca_status)?;
+        csr::verify_csr(&body.csr, &node).map_err(Status::from)?;
         self.mint_node(node, body.csr).await.map(Response::new)
     }
 

@@ -7,7 +7,7 @@
 //! returns, no SVID for that incident is being or will be signed.
 
 use crate::audit::{AuditError, AuditLog, Kind, Record};
-use crate::clock::{Clock, SharedClock, SystemClock};
+use crate::clock::SharedClock;
 use crate::policy::grant::{self, GrantError, GrantRequest, GrantState, Principal};
 use crate::policy::playbook::{self, ActivationRequest, Playbook, PlaybookError, PlaybookState};
 use crate::policy::serial::{self, Issued, RevokedSerial, Serial, SerialError};
@@ -15,7 +15,7 @@ use crate::policy::{
     Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile, agent_view,
 };
 use crate::store::{Store, StoreError};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
 
 /// Why a registry change was refused.
@@ -88,7 +88,8 @@ impl<'a> Audited<'a> {
 /// The store as a change sees it: each write is audited, durably, before it is made.
 struct Writer<'a> {
     store: &'a Store,
-    audit: Option<(&'a AuditLog, &'a SharedClock)>,
+    audit: &'a AuditLog,
+    clock: &'a SharedClock,
     what: Audited<'a>,
 }
 
@@ -98,18 +99,15 @@ impl Writer<'_> {
         incident: Option<&str>,
         detail: serde_json::Value,
     ) -> Result<(), RegistryError> {
-        let Some((log, clock)) = self.audit else {
-            return Ok(());
-        };
         let record = Record::new(
-            clock.unix(),
+            self.clock.unix(),
             self.what.kind,
             self.what.action,
             self.what.actor,
         )
         .incident(incident)
         .detail(detail);
-        log.append(&record)?;
+        self.audit.append(&record)?;
         Ok(())
     }
 
@@ -222,7 +220,11 @@ pub struct Registry {
     revocation_window: i64,
     writer: Mutex<()>,
     gate: RwLock<()>,
-    audit: OnceLock<(Arc<AuditLog>, SharedClock)>,
+    /// Every change is audited here before it is written: there is no registry without
+    /// an audit log.
+    audit: Arc<AuditLog>,
+    /// Stamps the audit records.
+    clock: SharedClock,
 }
 
 impl std::fmt::Debug for Registry {
@@ -232,19 +234,14 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// Loads every profile and incident from the store.
-    pub fn load(store: Arc<Store>) -> Result<Self, RegistryError> {
-        Self::load_with_rules(
-            store,
-            grant::RemediationRules::default(),
-            crate::ca::CaConfig::default().max_svid_ttl,
-        )
-    }
-
-    /// Loads with the configured remediation rules.
-    pub fn load_with_rules(
+    /// Loads every profile and incident from the store, under the configured remediation
+    /// `rules`. Every change from then on is audited in `audit`, stamped by `clock`,
+    /// before it is written; agents remember revocations for `max_svid_ttl`.
+    pub fn load(
         store: Arc<Store>,
         rules: grant::RemediationRules,
+        audit: Arc<AuditLog>,
+        clock: SharedClock,
         max_svid_ttl: std::time::Duration,
     ) -> Result<Self, RegistryError> {
         rules.validate()?;
@@ -278,7 +275,7 @@ impl Registry {
                 .map(|r| (r.serial.clone(), r))
                 .collect(),
         };
-        let view = agent_view(&snapshot, SystemClock.unix(), revocation_window);
+        let view = agent_view(&snapshot, clock.unix(), revocation_window);
         let (tx, _) = watch::channel(Arc::new(snapshot));
         Ok(Registry {
             store,
@@ -287,7 +284,8 @@ impl Registry {
             revocation_window,
             writer: Mutex::new(()),
             gate: RwLock::new(()),
-            audit: OnceLock::new(),
+            audit,
+            clock,
         })
     }
 
@@ -329,16 +327,13 @@ impl Registry {
         let mut next = (*self.snapshot()).clone();
         let writer = Writer {
             store: &self.store,
-            audit: self.audit.get().map(|(log, clock)| (&**log, clock)),
+            audit: &self.audit,
+            clock: &self.clock,
             what,
         };
         let out = f(&mut next, &writer)?;
         next.generation += 1;
-        let now = self
-            .audit
-            .get()
-            .map_or_else(|| SystemClock.unix(), |(_, clock)| clock.unix());
-        let view = Arc::new(agent_view(&next, now, self.revocation_window));
+        let view = Arc::new(agent_view(&next, self.clock.unix(), self.revocation_window));
         let next = Arc::new(next);
         {
             // Wait out in-flight signatures; none start until the new policy is published.
@@ -350,11 +345,6 @@ impl Registry {
             self.agents.send_replace(view);
         }
         Ok(out)
-    }
-
-    /// From now on every change is audited in `log`, stamped by `clock`.
-    pub fn audit_to(&self, log: Arc<AuditLog>, clock: SharedClock) {
-        let _ = self.audit.set((log, clock));
     }
 
     /// Creates a profile.
@@ -516,7 +506,7 @@ impl Registry {
                     request.agent, limits.per_agent_per_hour
                 )));
             }
-            let grant = grant::new_grant_with(&policy.rules, request.clone(), incident, remediation, requested_by, id.clone(), now)?;
+            let grant = grant::new_grant(&policy.rules, request.clone(), incident, remediation, requested_by, id.clone(), now)?;
             w.put_policy_changes(&[], std::slice::from_ref(&grant))?;
             apply(policy, &[], std::slice::from_ref(&grant));
             Ok(grant)
@@ -545,7 +535,7 @@ impl Registry {
                         name: grant.incident.clone(),
                     }
                 })?;
-                let next = grant::approve_with(
+                let next = grant::approve(
                     &policy.rules,
                     grant,
                     incident,
@@ -623,16 +613,10 @@ impl Registry {
                     }
                     let mut next = g.clone();
                     next.approvals.retain(|a| is_operator(&a.by));
-                    let quorum = policy
+                    let holds = policy
                         .incidents
                         .get(&g.incident)
-                        .map(|i| policy.rules.quorum(i.severity, &g.scopes))
-                        .unwrap_or(usize::MAX);
-                    // A playbook activation rests on the playbook's quorum and its activator.
-                    let holds = match g.playbook {
-                        Some(_) => playbook::activation_still_approved(&next),
-                        None => next.approvals.len() >= quorum,
-                    };
+                        .is_some_and(|i| grant::still_approved(&policy.rules, i.severity, &next));
                     if next.state == GrantState::Active && !holds {
                         let reason = format!("approver removed: {}", removed.join(", "));
                         next = grant::end(&next, GrantState::Revoked, "writ", &reason, now)?;
@@ -715,19 +699,8 @@ impl Registry {
                     });
                 };
                 let profile = policy.profiles.get(&request.agent);
-                // The configured sensitive prefixes apply to playbooks as to grants.
-                if let Some(scope) = book
-                    .scopes
-                    .iter()
-                    .find(|s| policy.rules.is_sensitive(s) && !incident.scopes.contains(*s))
-                {
-                    return Err(playbook::PlaybookError::NotEligible(format!(
-                        "scope {scope:?} is sensitive and incident {:?} does not name it",
-                        incident.id
-                    ))
-                    .into());
-                }
                 let grant = playbook::activate(
+                    &policy.rules,
                     book,
                     incident,
                     profile,
@@ -969,8 +942,28 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::policy::Severity;
+    use crate::policy::grant::RemediationRules;
     use std::collections::BTreeSet;
     use writ_verifier::Band;
+
+    /// A registry over `store` under the default rules, auditing to a log in `dir`.
+    fn load(store: Arc<Store>, dir: &std::path::Path) -> Registry {
+        let audit = AuditLog::open(&dir.join("audit.redb"), dir, "example.org/writ-audit");
+        let clock: SharedClock = Arc::new(crate::clock::ManualClock::at(0));
+        Registry::load(
+            store,
+            RemediationRules::default(),
+            Arc::new(audit.unwrap()),
+            clock,
+            crate::ca::CaConfig::default().max_svid_ttl,
+        )
+        .unwrap()
+    }
+
+    /// [`load`] over the store at `path`, its audit log beside it.
+    fn open(path: &std::path::Path) -> Registry {
+        load(Arc::new(Store::open(path).unwrap()), path.parent().unwrap())
+    }
 
     /// A profile `triage` that may remediate, and INC-1 open for it since time 0.
     fn remediable_incident(registry: &Registry) {
@@ -1013,7 +1006,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("writ.redb");
         {
-            let registry = Registry::load(Arc::new(Store::open(&path).unwrap())).unwrap();
+            let registry = open(&path);
             let mut rx = registry.subscribe();
             registry.open_incident(incident("INC-1")).unwrap();
             assert!(rx.has_changed().unwrap());
@@ -1025,7 +1018,7 @@ mod tests {
                 Err(RegistryError::AlreadyClosed(_))
             ));
         }
-        let registry = Registry::load(Arc::new(Store::open(&path).unwrap())).unwrap();
+        let registry = open(&path);
         assert!(!registry.snapshot().incidents["INC-1"].is_open());
         assert!(matches!(
             registry.open_incident(incident("INC-1")),
@@ -1041,8 +1034,7 @@ mod tests {
     fn removing_an_approver_revokes_grants_that_lose_their_quorum() {
         use crate::policy::grant::plan_digest;
         let dir = tempfile::tempdir().unwrap();
-        let registry =
-            Registry::load(Arc::new(Store::open(&dir.path().join("w.redb")).unwrap())).unwrap();
+        let registry = open(&dir.path().join("w.redb"));
         remediable_incident(&registry);
         let request = GrantRequest {
             incident: "INC-1".into(),
@@ -1089,7 +1081,7 @@ mod tests {
             let store = Arc::new(Store::open(&path).unwrap());
             store.put_svid(&record("40aa", 100)).unwrap();
             store.put_svid(&record("40bb", 50)).unwrap();
-            let registry = Registry::load(Arc::clone(&store)).unwrap();
+            let registry = load(Arc::clone(&store), dir.path());
             let before = registry.snapshot().generation;
             for (s, now) in [("40cc", 10), ("40bb", 51)] {
                 let refused = registry.revoke_serial(&serial(s), "alice", now);
@@ -1114,14 +1106,14 @@ mod tests {
             ));
             assert_eq!(registry.next_deadline(), Some(101));
         }
-        let registry = Registry::load(Arc::new(Store::open(&path).unwrap())).unwrap();
+        let registry = open(&path);
         assert!(registry.snapshot().revoked_serials.contains_key("40aa"));
         assert!(!registry.expire_due(100).unwrap(), "kept through notAfter");
         assert!(registry.expire_due(101).unwrap());
         assert!(registry.snapshot().revoked_serials.is_empty());
         assert_eq!(registry.next_deadline(), None);
         drop(registry);
-        let registry = Registry::load(Arc::new(Store::open(&path).unwrap())).unwrap();
+        let registry = open(&path);
         assert!(
             registry.snapshot().revoked_serials.is_empty(),
             "pruned durably"
@@ -1131,8 +1123,7 @@ mod tests {
     #[test]
     fn invalid_profiles_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let registry =
-            Registry::load(Arc::new(Store::open(&dir.path().join("w.redb")).unwrap())).unwrap();
+        let registry = open(&dir.path().join("w.redb"));
         let before = registry.snapshot().generation;
         let bad = Profile {
             name: "x".into(),
@@ -1160,7 +1151,7 @@ mod tests {
             ..PlaybookSpec::default()
         };
         {
-            let registry = Registry::load(Arc::new(Store::open(&path).unwrap())).unwrap();
+            let registry = open(&path);
             let book = registry
                 .create_playbook(new_playbook(spec.clone(), "root", 0).unwrap())
                 .unwrap();
@@ -1175,7 +1166,7 @@ mod tests {
                 .approve_playbook("isolate-host", "bob", &book.digest(), 2)
                 .unwrap();
         }
-        let registry = Registry::load(Arc::new(Store::open(&path).unwrap())).unwrap();
+        let registry = open(&path);
         assert_eq!(
             registry.snapshot().playbooks["isolate-host"].state,
             PlaybookState::Approved
@@ -1223,7 +1214,7 @@ mod tests {
         assert_eq!(retired.state, PlaybookState::Retired);
         assert_eq!(revoked.len(), 1);
         drop(registry);
-        let registry = Registry::load(Arc::new(Store::open(&path).unwrap())).unwrap();
+        let registry = open(&path);
         let policy = registry.snapshot();
         assert_eq!(policy.grants[&g.id].state, GrantState::Revoked);
         assert_eq!(
@@ -1243,5 +1234,88 @@ mod tests {
             ),
             Err(RegistryError::Playbook(PlaybookError::NotApproved { .. }))
         ));
+    }
+
+    #[test]
+    fn every_change_is_audited_before_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.redb");
+        {
+            let registry = open(&path);
+            let before = registry.audit.size();
+            registry.open_incident(incident("INC-1")).unwrap();
+            assert_eq!(
+                registry.audit.size(),
+                before + 1,
+                "the change has its record"
+            );
+            registry.audit.fail_commits(true);
+            let generation = registry.snapshot().generation;
+            assert!(matches!(
+                registry.open_incident(incident("INC-2")),
+                Err(RegistryError::Audit(_))
+            ));
+            assert_eq!(registry.snapshot().generation, generation);
+        }
+        let registry = open(&path);
+        assert!(registry.snapshot().incidents.contains_key("INC-1"));
+        assert!(
+            !registry.snapshot().incidents.contains_key("INC-2"),
+            "an unaudited change is not written"
+        );
+    }
+
+    #[test]
+    fn playbook_activation_honours_the_configured_sensitive_prefixes() {
+        use crate::policy::playbook::{PlaybookSpec, new_playbook};
+        let dir = tempfile::tempdir().unwrap();
+        let rules = RemediationRules {
+            sensitive_scope_prefixes: vec!["net:".into()],
+            ..RemediationRules::default()
+        };
+        let audit = AuditLog::open(
+            &dir.path().join("audit.redb"),
+            dir.path(),
+            "example.org/writ-audit",
+        );
+        let registry = Registry::load(
+            Arc::new(Store::open(&dir.path().join("w.redb")).unwrap()),
+            rules,
+            Arc::new(audit.unwrap()),
+            Arc::new(crate::clock::ManualClock::at(0)),
+            crate::ca::CaConfig::default().max_svid_ttl,
+        )
+        .unwrap();
+        let book = new_playbook(
+            PlaybookSpec {
+                name: "isolate-host".into(),
+                action: "isolate host".into(),
+                allowed_targets: BTreeSet::from(["host/web-1".to_string()]),
+                scopes: BTreeSet::from(["net:isolate".to_string()]),
+                ..PlaybookSpec::default()
+            },
+            "root",
+            0,
+        )
+        .unwrap();
+        let digest = registry.create_playbook(book).unwrap().digest();
+        for approver in ["alice", "bob"] {
+            registry
+                .approve_playbook("isolate-host", approver, &digest, 1)
+                .unwrap();
+        }
+        remediable_incident(&registry);
+        let request = ActivationRequest {
+            agent: "triage".into(),
+            ..ActivationRequest::default()
+        };
+        let refused = registry.activate_playbook("isolate-host", "INC-1", request, "carol", 10);
+        assert!(
+            matches!(
+                &refused,
+                Err(RegistryError::Playbook(PlaybookError::NotEligible(why))) if why.contains("net:isolate")
+            ),
+            "{refused:?}"
+        );
     }
 }

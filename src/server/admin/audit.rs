@@ -2,6 +2,7 @@
 //! recompute the tree itself), follow new ones, and fetch the latest signed checkpoint.
 
 use super::AdminService;
+use super::call::name_arg;
 use crate::audit::{AuditLog, Record};
 use crate::policy::roles::Operation;
 use crate::proto::admin as pb;
@@ -24,7 +25,7 @@ impl AdminService {
         self.authorize(&request, Operation::ReadAudit)?;
         let body = request.into_inner();
         if !body.incident.is_empty() {
-            super::name_arg("incident", &body.incident)?;
+            name_arg("incident", &body.incident)?;
         }
         let log = Arc::clone(&self.issuer.audit);
         let from = match body.last {
@@ -42,12 +43,15 @@ impl AdminService {
         &self,
         request: Request<pb::GetAuditCheckpointRequest>,
     ) -> Result<Response<pb::AuditCheckpoint>, Status> {
-        self.authorize(&request, Operation::ReadAudit)?;
-        let log = Arc::clone(&self.issuer.audit);
-        let checkpoint = tokio::task::spawn_blocking(move || log.checkpoint())
-            .await
-            .map_err(|_| Status::internal("audit task failed"))?
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let checkpoint = self
+            .call(
+                request,
+                Operation::ReadAudit,
+                |issuer, _, _| Ok(issuer.audit.checkpoint()?),
+                // A read: nothing to log.
+                |_, _| (),
+            )
+            .await?;
         // Parsed and checked as any verifier would; a log whose own checkpoint does not
         // verify under its key is reported, not served.
         let size = crate::audit::note::open_checkpoint(&checkpoint, self.issuer.audit.vkey())
@@ -81,11 +85,11 @@ async fn pump(
         let page = match tokio::task::spawn_blocking(move || reader.read(from, PAGE)).await {
             Ok(Ok(page)) => page,
             Ok(Err(e)) => {
-                let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                let _ = tx.send(Err(e.into())).await;
                 return;
             }
-            Err(_) => {
-                let _ = tx.send(Err(Status::internal("audit task failed"))).await;
+            Err(e) => {
+                let _ = tx.send(Err(crate::server::status::internal(e))).await;
                 return;
             }
         };

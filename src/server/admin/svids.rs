@@ -1,13 +1,13 @@
 //! Admin RPCs for issued X.509-SVIDs (DESIGN.md §5, §7): list them with their revocation
-//! state, and revoke one by serial. Errors map through the admin service's
-//! `registry_status`; the serial is parsed here before anything is looked up.
+//! state, and revoke one by serial. The serial is parsed here before anything is looked
+//! up.
 
-use super::{AdminService, blocking, invalid_serial, registry_status};
+use super::AdminService;
+use super::call::name_arg;
 use crate::policy::roles::Operation;
 use crate::policy::{PolicySnapshot, Serial};
 use crate::proto::admin as pb;
 use crate::store::SvidRecord;
-use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// An issued SVID as the API shows it, with its state under `policy`.
@@ -38,14 +38,20 @@ impl AdminService {
         &self,
         request: Request<pb::ListSvidsRequest>,
     ) -> Result<Response<pb::ListSvidsResponse>, Status> {
-        self.authorize(&request, Operation::ListSvids)?;
-        let incident = request.into_inner().incident;
-        if !incident.is_empty() {
-            super::name_arg("incident", &incident)?;
-        }
-        let issuer = Arc::clone(&self.issuer);
-        let mut records =
-            blocking(move || issuer.store.svids(), |e| registry_status(e.into())).await?;
+        let (incident, mut records) = self
+            .call(
+                request,
+                Operation::ListSvids,
+                |issuer, _, body| {
+                    if !body.incident.is_empty() {
+                        name_arg("incident", &body.incident)?;
+                    }
+                    Ok((body.incident, issuer.store.svids()?))
+                },
+                // A read: nothing to log.
+                |_, _| (),
+            )
+            .await?;
         // Expired certificates can be neither presented nor revoked: only live ones.
         let now = self.issuer.cas.now();
         records.retain(|r| {
@@ -65,26 +71,22 @@ impl AdminService {
         &self,
         request: Request<pb::RevokeSvidRequest>,
     ) -> Result<Response<pb::SvidResponse>, Status> {
-        let who = self.authorize(&request, Operation::RevokeSvid)?;
-        let serial: Serial = request
-            .into_inner()
-            .serial
-            .parse()
-            .map_err(invalid_serial)?;
-        let issuer = Arc::clone(&self.issuer);
-        let by = who.clone();
-        let revoking = serial.clone();
-        let (entry, record) = blocking(
-            move || {
-                let now = issuer.cas.now();
-                let entry = issuer.registry.revoke_serial(&revoking, &by, now)?;
-                let record = issuer.store.svid(revoking.as_str())?;
-                Ok((entry, record))
-            },
-            registry_status,
-        )
-        .await?;
-        tracing::info!(serial = %entry.serial, spiffe_id = %entry.spiffe_id, by = %who, not_after = entry.not_after, "svid revoked");
+        let (_, record) = self
+            .call(
+                request,
+                Operation::RevokeSvid,
+                |issuer, caller, body| {
+                    let serial: Serial = body.serial.parse()?;
+                    let now = issuer.cas.now();
+                    let entry = issuer.registry.revoke_serial(&serial, &caller.name, now)?;
+                    let record = issuer.store.svid(serial.as_str())?;
+                    Ok((entry, record))
+                },
+                |caller, (entry, _)| {
+                    tracing::info!(serial = %entry.serial, spiffe_id = %entry.spiffe_id, by = %caller.name, not_after = entry.not_after, "svid revoked");
+                },
+            )
+            .await?;
         let policy = self.issuer.registry.snapshot();
         let svid = record.map(|r| self.svid_proto(&r, &policy));
         Ok(Response::new(pb::SvidResponse { svid }))

@@ -1,0 +1,274 @@
+//! Remediation grants (DESIGN.md §4): requested with a plan, approved by a quorum of
+//! operators other than the requester, denied or revoked; read with the quorum they need
+//! and the identity they grant.
+
+use super::AdminService;
+use super::call::name_arg;
+use crate::identity::agent_spiffe_id;
+use crate::policy::grant::required_approvals;
+use crate::policy::roles::Operation;
+use crate::policy::{Grant, GrantRequest, GrantState};
+use crate::proto::admin as pb;
+use crate::server::Issuer;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+use writ_verifier::Band;
+
+/// The plan and window of a grant request, refused with a message that says what is
+/// wrong (the policy checks them again; its refusal reads as if they were names).
+fn check_grant_sizes(request: &GrantRequest) -> Result<(), Status> {
+    use crate::policy::grant::{MAX_PLAN_LEN, MAX_WINDOW_SECS};
+    if request.plan.is_empty() || request.plan.len() > MAX_PLAN_LEN {
+        return Err(Status::invalid_argument(format!(
+            "the plan must be 1 to {MAX_PLAN_LEN} bytes (it is {})",
+            request.plan.len()
+        )));
+    }
+    if let Some(secs) = request.window_secs
+        && (secs == 0 || secs > MAX_WINDOW_SECS)
+    {
+        return Err(Status::invalid_argument(format!(
+            "the grant window must be between 1s and {}",
+            humantime::format_duration(Duration::from_secs(MAX_WINDOW_SECS))
+        )));
+    }
+    Ok(())
+}
+
+/// A grant as the API shows it, with the quorum it needs and the identity it grants.
+pub(super) fn grant_to_proto(grant: &Grant, issuer: &Issuer) -> pb::Grant {
+    let policy = issuer.registry.snapshot();
+    let quorum = policy
+        .incidents
+        .get(&grant.incident)
+        .map(|i| required_approvals(&policy.rules, i.severity, grant) as u32)
+        .unwrap_or(0);
+    let spiffe_id = agent_spiffe_id(
+        issuer.cas.base(),
+        Band::Remediation,
+        &grant.agent,
+        &grant.incident,
+        Some(&grant.id),
+    )
+    .map(|id| id.to_string())
+    .unwrap_or_default();
+    pb::Grant {
+        id: grant.id.clone(),
+        incident: grant.incident.clone(),
+        agent: grant.agent.clone(),
+        action: grant.action.clone(),
+        targets: grant.targets.iter().cloned().collect(),
+        evidence: grant.evidence.clone(),
+        plan: grant.plan.clone(),
+        plan_digest: grant.plan_digest.clone(),
+        scopes: grant.scopes.iter().cloned().collect(),
+        window_seconds: grant.window_secs,
+        requested_by: grant.requested_by.clone(),
+        requested_at: grant.requested_at,
+        approvals: grant
+            .approvals
+            .iter()
+            .map(|a| pb::GrantApproval {
+                by: a.by.clone(),
+                at: a.at,
+                plan_digest: a.plan_digest.clone(),
+            })
+            .collect(),
+        state: crate::policy::wire_name(&grant.state),
+        activated_at: grant.activated_at,
+        expires_at: grant.expires_at,
+        ended_at: grant.ended.as_ref().map(|e| e.at),
+        ended_by: grant
+            .ended
+            .as_ref()
+            .map(|e| e.by.clone())
+            .unwrap_or_default(),
+        end_reason: grant
+            .ended
+            .as_ref()
+            .map(|e| e.reason.clone())
+            .unwrap_or_default(),
+        quorum,
+        spiffe_id,
+        playbook: grant.playbook.clone().unwrap_or_default(),
+    }
+}
+
+impl AdminService {
+    fn grant_response(&self, grant: &Grant) -> Response<pb::GrantResponse> {
+        Response::new(pb::GrantResponse {
+            grant: Some(grant_to_proto(grant, &self.issuer)),
+        })
+    }
+
+    pub(super) async fn request_grant_rpc(
+        &self,
+        request: Request<pb::RequestGrantRequest>,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        let grant = self
+            .call(
+                request,
+                Operation::RequestGrant,
+                |issuer, caller, body| {
+                    let request = GrantRequest {
+                        incident: body.incident,
+                        agent: body.agent,
+                        action: body.action,
+                        targets: body.targets.into_iter().collect(),
+                        evidence: body.evidence,
+                        plan: body.plan,
+                        scopes: body.scopes.into_iter().collect(),
+                        window_secs: body.window_seconds,
+                    };
+                    name_arg("incident", &request.incident)?;
+                    name_arg("agent", &request.agent)?;
+                    check_grant_sizes(&request)?;
+                    let now = issuer.cas.now();
+                    Ok(issuer
+                        .registry
+                        .request_grant(request, caller.principal(), now)?)
+                },
+                |caller, grant| {
+                    tracing::info!(grant = %grant.id, incident = %grant.incident, agent = %grant.agent, plan_digest = %grant.plan_digest, by = %caller.name, uid = ?caller.uid, "grant requested");
+                },
+            )
+            .await?;
+        Ok(self.grant_response(&grant))
+    }
+
+    pub(super) async fn approve_grant_rpc(
+        &self,
+        request: Request<pb::ApproveGrantRequest>,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        let grant = self
+            .call(
+                request,
+                Operation::Approve,
+                |issuer, caller, body| {
+                    name_arg("grant", &body.id)?;
+                    let approval_ttl = issuer.config.approval_ttl_secs as i64;
+                    let now = issuer.cas.now();
+                    Ok(issuer.registry.approve_grant(
+                        &body.id,
+                        caller.principal(),
+                        &body.plan_digest,
+                        approval_ttl,
+                        now,
+                    )?)
+                },
+                |caller, grant| {
+                    tracing::info!(grant = %grant.id, by = %caller.name, state = ?grant.state, approvals = grant.approvals.len(), "grant approved");
+                },
+            )
+            .await?;
+        Ok(self.grant_response(&grant))
+    }
+
+    /// Denies (`state` Denied) or revokes (Revoked) a grant; each has its own operation
+    /// in the role matrix.
+    pub(super) async fn end_grant_rpc(
+        &self,
+        request: Request<pb::EndGrantRequest>,
+        state: GrantState,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        let operation = match state {
+            GrantState::Denied => Operation::DenyGrant,
+            _ => Operation::RevokeGrant,
+        };
+        let grant = self
+            .call(
+                request,
+                operation,
+                move |issuer, caller, body| {
+                    name_arg("grant", &body.id)?;
+                    // The reason is checked by the policy (one line of visible text); empty
+                    // takes a default. Only the state is lowercased: operator names keep
+                    // their case.
+                    let reason = if body.reason.is_empty() {
+                        let ended = format!("{state:?}").to_lowercase();
+                        format!("{ended} by {}", caller.name)
+                    } else {
+                        body.reason
+                    };
+                    let now = issuer.cas.now();
+                    Ok(issuer
+                        .registry
+                        .end_grant(&body.id, state, &caller.name, &reason, now)?)
+                },
+                |caller, grant| {
+                    tracing::info!(grant = %grant.id, by = %caller.name, state = ?grant.state, "grant ended");
+                },
+            )
+            .await?;
+        Ok(self.grant_response(&grant))
+    }
+
+    pub(super) async fn get_grant_rpc(
+        &self,
+        request: Request<pb::GetGrantRequest>,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        self.authorize(&request, Operation::ReadGrants)?;
+        let id = request.into_inner().id;
+        name_arg("grant", &id)?;
+        let policy = self.issuer.registry.snapshot();
+        let grant = policy
+            .grants
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("unknown grant {id:?}")))?;
+        Ok(self.grant_response(grant))
+    }
+
+    pub(super) async fn list_grants_rpc(
+        &self,
+        request: Request<pb::ListGrantsRequest>,
+    ) -> Result<Response<pb::ListGrantsResponse>, Status> {
+        self.authorize(&request, Operation::ReadGrants)?;
+        let incident = request.into_inner().incident;
+        let policy = self.issuer.registry.snapshot();
+        let mut grants: Vec<&Grant> = policy
+            .grants
+            .values()
+            .filter(|g| incident.is_empty() || g.incident == incident)
+            .collect();
+        grants.sort_by(|a, b| (a.requested_at, &a.id).cmp(&(b.requested_at, &b.id)));
+        Ok(Response::new(pb::ListGrantsResponse {
+            grants: grants
+                .into_iter()
+                .map(|g| grant_to_proto(g, &self.issuer))
+                .collect(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn grant_plans_and_windows_out_of_bounds_say_so() {
+        use crate::policy::grant::{MAX_PLAN_LEN, MAX_WINDOW_SECS};
+        let request = |plan: String, window_secs: Option<u64>| GrantRequest {
+            incident: "INC-1".into(),
+            agent: "fixer".into(),
+            action: "restart".into(),
+            plan,
+            window_secs,
+            ..GrantRequest::default()
+        };
+        assert!(check_grant_sizes(&request("p".into(), None)).is_ok());
+        assert!(check_grant_sizes(&request("p".into(), Some(MAX_WINDOW_SECS))).is_ok());
+        for (bad, says) in [
+            (request(String::new(), None), "plan"),
+            (request("x".repeat(MAX_PLAN_LEN + 1), None), "plan"),
+            (request("p".into(), Some(0)), "window"),
+            (request("p".into(), Some(MAX_WINDOW_SECS + 1)), "window"),
+        ] {
+            let status = check_grant_sizes(&bad).unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(status.message().contains(says), "{status:?}");
+            assert!(!status.message().contains("name"), "{status:?}");
+        }
+    }
+}

@@ -730,7 +730,8 @@ fn malformed_public_key_is_refused() {
 #[test]
 fn agent_ids_refuse_band_and_grant_mismatches() {
     // Ids minted for agents use the identity module's naming: a grant in the
-    // investigative band, or none in remediation, is refused as a bad SPIFFE ID.
+    // investigative band, or none in remediation, is refused as a bad SPIFFE ID (the
+    // caller's mistake, invalid argument, once it reaches the CA's error).
     let base = spiffe::TrustDomain::new(common::BASE).unwrap();
     for (band, grant) in [
         (Band::Investigative, Some("g")),
@@ -739,7 +740,9 @@ fn agent_ids_refuse_band_and_grant_mismatches() {
     ] {
         let err = writ::identity::agent_spiffe_id(&base, band, "triage", "INC-1", grant)
             .expect_err("derived an ID it should not");
+        let err = CaError::from(err);
         assert!(matches!(err, CaError::BadSpiffeId { .. }), "{band}: {err}");
+        assert!(err.is_invalid_argument(), "{band}: {err}");
     }
     let ok = writ::identity::agent_spiffe_id(&base, Band::Remediation, "a", "i", Some("g"))
         .expect("valid");

@@ -16,6 +16,7 @@ pub mod x509;
 pub use authority::{AuthorityRecord, AuthorityState, RotationStep, rotation_steps};
 
 use crate::clock::SharedClock;
+use crate::identity::IdError;
 use crate::store::{Store, StoreError, SvidRecord};
 use keys::{EcKey, SignatureEncoding};
 use ring::rand::SecureRandom;
@@ -87,6 +88,15 @@ pub enum CaError {
     /// No authority of the trust domain can sign right now.
     #[error("no active authority for trust domain {0}")]
     NoAuthority(String),
+}
+
+impl From<IdError> for CaError {
+    fn from(e: IdError) -> Self {
+        CaError::BadSpiffeId {
+            id: e.id().to_owned(),
+            reason: e.reason().to_owned(),
+        }
+    }
 }
 
 impl CaError {

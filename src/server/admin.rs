@@ -224,7 +224,7 @@ impl AdminService {
                 let grant = (!identity.grant.is_empty()).then_some(identity.grant.as_str());
                 let id =
                     agent_spiffe_id(cas.base(), band, &identity.agent, &identity.incident, grant)
-                        .map_err(status)?;
+                        .map_err(|e| status(e.into()))?;
                 Ok((id, identity.scopes))
             }
             (true, true) => Err(Status::invalid_argument(

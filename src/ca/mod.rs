@@ -17,7 +17,7 @@ pub use authority::{AuthorityRecord, AuthorityState, RotationStep, rotation_step
 
 use crate::clock::SharedClock;
 use crate::identity::IdError;
-use crate::store::{Store, StoreError, SvidRecord};
+use crate::store::{Store, StoreError};
 use keys::{EcKey, SignatureEncoding};
 use ring::rand::SecureRandom;
 use serde::Deserialize;
@@ -763,20 +763,6 @@ fn key_path(dir: &Path, id: &str, kind: &str) -> PathBuf {
     dir.join(format!("{id}.{kind}.key"))
 }
 
-/// What the store keeps of an X.509-SVID minted for `request` in `band`.
-pub fn svid_record(band: Band, request: &SvidRequest, minted: &MintedX509) -> SvidRecord {
-    SvidRecord {
-        serial: minted.serial.clone(),
-        spiffe_id: request.spiffe_id.to_string(),
-        band,
-        authority_id: minted.authority_id.clone(),
-        incident: request.claims.as_ref().and_then(|c| c.incident.clone()),
-        grant: request.claims.as_ref().and_then(|c| c.grant.clone()),
-        not_before: minted.not_before,
-        not_after: minted.not_after,
-    }
-}
-
 /// Creates `dir` (and parents) readable only by its owner.
 pub fn create_private_dir(dir: &Path) -> Result<(), CaError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -845,11 +831,11 @@ impl BundleSet {
     }
 }
 
-/// The CAs of every band, the store they record issuance in, and the clock.
+/// The CAs of every band and the clock. The issuer records what it hands out; nothing
+/// here writes SVID records.
 pub struct CaSet {
     base: TrustDomain,
     cas: BTreeMap<Band, TrustDomainCa>,
-    store: Arc<Store>,
     clock: SharedClock,
 }
 
@@ -881,12 +867,7 @@ impl CaSet {
                 TrustDomainCa::open(band, td, key_dir, Arc::clone(&store), config, now)?,
             );
         }
-        Ok(CaSet {
-            base,
-            cas,
-            store,
-            clock,
-        })
+        Ok(CaSet { base, cas, clock })
     }
 
     /// The base trust domain.
@@ -932,7 +913,8 @@ impl CaSet {
         self.clock.unix()
     }
 
-    /// Mints an X.509-SVID in `band` and records it durably before returning it.
+    /// Mints an X.509-SVID in `band` at the clock's now. Records nothing: whoever hands
+    /// the SVID out records it first (the issuer).
     pub fn mint_x509(
         &self,
         band: Band,
@@ -940,7 +922,6 @@ impl CaSet {
         request: &SvidRequest,
     ) -> Result<MintedX509, CaError> {
         let minted = self.ca(band).mint_x509(key, request, self.now())?;
-        self.store.put_svid(&svid_record(band, request, &minted))?;
         tracing::info!(spiffe_id = %request.spiffe_id, serial = %minted.serial, %band, not_after = minted.not_after, "minted x509-svid");
         Ok(minted)
     }

@@ -1,9 +1,12 @@
 //! Trust-domain certificate authorities: one per band, each with its own keys.
 //!
 //! Owns: CA keys (ECDSA P-256 through ring), self-signed roots, rotation, minting of
-//! X.509-SVIDs and JWT-SVIDs, and the bundles. Must never: copy anything but the public
-//! key out of a CSR, sign with one band's key for another band's trust domain, log or
-//! return a CA private key, or mint past the issuing authority's notAfter.
+//! X.509-SVIDs and JWT-SVIDs, and the bundles. Authorities persist through
+//! [`AuthorityStore`], an interface this module owns and the store implements; SVID
+//! records are the issuer's to write. Must never: copy anything but the public key out of
+//! a CSR, sign with one band's key for another band's trust domain, log or return a CA
+//! private key, mint past the issuing authority's notAfter, or import the store, the
+//! server or policy (the dependency runs the other way).
 
 pub mod authority;
 pub mod bundle;
@@ -17,7 +20,6 @@ pub use authority::{AuthorityRecord, AuthorityState, RotationStep, rotation_step
 
 use crate::clock::SharedClock;
 use crate::identity::IdError;
-use crate::store::{Store, StoreError};
 use keys::{EcKey, SignatureEncoding};
 use ring::rand::SecureRandom;
 use serde::Deserialize;
@@ -82,9 +84,9 @@ pub enum CaError {
     /// A key file could not be read or written.
     #[error("{0}")]
     Io(String, #[source] std::io::Error),
-    /// The store failed.
+    /// The authority store failed (see [`AuthorityStore`]).
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(AuthorityStoreError),
     /// No authority of the trust domain can sign right now.
     #[error("no active authority for trust domain {0}")]
     NoAuthority(String),
@@ -201,6 +203,31 @@ mod humantime_serde_secs {
     }
 }
 
+/// What an [`AuthorityStore`] failed with, in the store's own terms.
+pub type AuthorityStoreError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where the CAs keep their authority records and bundle sequence numbers, durably.
+///
+/// The CA owns this interface and the store implements it, so that the CA never depends
+/// on the database (nor on what else the database holds).
+pub trait AuthorityStore: Send + Sync {
+    /// The authorities of `trust_domain`, in the order they were created, and its bundle
+    /// sequence number: none and 0 for a trust domain never stored.
+    fn authorities(
+        &self,
+        trust_domain: &str,
+    ) -> Result<(Vec<AuthorityRecord>, u64), AuthorityStoreError>;
+
+    /// Replaces the authorities of `trust_domain` and its bundle sequence number in one
+    /// step: durable when this returns `Ok`, unchanged when it fails.
+    fn put_authorities(
+        &self,
+        trust_domain: &str,
+        records: &[AuthorityRecord],
+        sequence: u64,
+    ) -> Result<(), AuthorityStoreError>;
+}
+
 /// One loaded authority: its record and keys, with what minting needs pre-parsed.
 pub struct Authority {
     record: AuthorityRecord,
@@ -315,7 +342,7 @@ pub struct TrustDomainCa {
     band: Band,
     trust_domain: TrustDomain,
     key_dir: PathBuf,
-    store: Arc<Store>,
+    store: Arc<dyn AuthorityStore>,
     config: CaConfig,
     state: RwLock<Arc<CaState>>,
     rotation: Mutex<()>,
@@ -348,14 +375,29 @@ impl TrustDomainCa {
         band: Band,
         trust_domain: TrustDomain,
         key_dir: &Path,
-        store: Arc<Store>,
+        store: Arc<impl AuthorityStore + 'static>,
+        config: CaConfig,
+        now: i64,
+    ) -> Result<Self, CaError> {
+        Self::open_dyn(band, trust_domain, key_dir, store, config, now)
+    }
+
+    /// [`TrustDomainCa::open`] over a shared trait object ([`CaSet`] gives every band's
+    /// CA the same store).
+    fn open_dyn(
+        band: Band,
+        trust_domain: TrustDomain,
+        key_dir: &Path,
+        store: Arc<dyn AuthorityStore>,
         config: CaConfig,
         now: i64,
     ) -> Result<Self, CaError> {
         config.validate()?;
         let key_dir = key_dir.join(trust_domain.to_string());
         create_private_dir(&key_dir)?;
-        let (records, sequence) = store.authorities(trust_domain.as_ref())?;
+        let (records, sequence) = store
+            .authorities(trust_domain.as_ref())
+            .map_err(CaError::Store)?;
         let mut authorities = Vec::with_capacity(records.len());
         for record in records {
             let x509_key = EcKey::read(
@@ -503,7 +545,8 @@ impl TrustDomainCa {
         }
         let records: Vec<_> = authorities.iter().map(|a| a.record.clone()).collect();
         self.store
-            .put_authorities(self.trust_domain.as_ref(), &records, sequence)?;
+            .put_authorities(self.trust_domain.as_ref(), &records, sequence)
+            .map_err(CaError::Store)?;
         {
             let mut guard = match self.state.write() {
                 Ok(guard) => guard,
@@ -852,10 +895,11 @@ impl CaSet {
     pub fn open(
         base: TrustDomain,
         key_dir: &Path,
-        store: Arc<Store>,
+        store: Arc<impl AuthorityStore + 'static>,
         config: CaConfig,
         clock: SharedClock,
     ) -> Result<Self, CaError> {
+        let store: Arc<dyn AuthorityStore> = store;
         let now = clock.unix();
         let mut cas = BTreeMap::new();
         for band in Band::ALL {
@@ -864,7 +908,7 @@ impl CaSet {
             })?;
             cas.insert(
                 band,
-                TrustDomainCa::open(band, td, key_dir, Arc::clone(&store), config, now)?,
+                TrustDomainCa::open_dyn(band, td, key_dir, Arc::clone(&store), config, now)?,
             );
         }
         Ok(CaSet { base, cas, clock })
@@ -978,5 +1022,83 @@ impl CaSet {
             .map(|ca| authority::next_rotation_in(&ca.authorities(), now))
             .min()
             .unwrap_or(60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::collections::HashMap;
+
+    /// An authority store in memory that can be told to fail its writes.
+    #[derive(Default)]
+    struct MemoryStore {
+        rows: Mutex<HashMap<String, (Vec<AuthorityRecord>, u64)>>,
+        fail_writes: bool,
+    }
+
+    impl AuthorityStore for MemoryStore {
+        fn authorities(
+            &self,
+            trust_domain: &str,
+        ) -> Result<(Vec<AuthorityRecord>, u64), AuthorityStoreError> {
+            let rows = self.rows.lock().unwrap();
+            Ok(rows.get(trust_domain).cloned().unwrap_or_default())
+        }
+
+        fn put_authorities(
+            &self,
+            trust_domain: &str,
+            records: &[AuthorityRecord],
+            sequence: u64,
+        ) -> Result<(), AuthorityStoreError> {
+            if self.fail_writes {
+                return Err("disk full".into());
+            }
+            let mut rows = self.rows.lock().unwrap();
+            rows.insert(trust_domain.to_owned(), (records.to_vec(), sequence));
+            Ok(())
+        }
+    }
+
+    fn open(dir: &Path, store: Arc<MemoryStore>) -> Result<TrustDomainCa, CaError> {
+        TrustDomainCa::open(
+            Band::Investigative,
+            TrustDomain::new("investigate.example.org").unwrap(),
+            dir,
+            store,
+            CaConfig::default(),
+            1_700_000_000,
+        )
+    }
+
+    #[test]
+    fn authorities_are_kept_in_whatever_store_the_ca_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::default());
+        let first = open(dir.path(), Arc::clone(&store)).unwrap();
+        let created = first.authorities();
+        assert_eq!(created.len(), 1, "the first open creates one authority");
+        assert_eq!(
+            store.authorities("investigate.example.org").unwrap(),
+            (created.clone(), first.sequence())
+        );
+        // Reopened over the same store, the CA finds its authority rather than making one.
+        let again = open(dir.path(), store).unwrap();
+        assert_eq!(again.authorities(), created);
+        assert_eq!(again.sequence(), first.sequence());
+    }
+
+    #[test]
+    fn a_store_that_cannot_write_fails_the_ca_with_its_own_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore {
+            fail_writes: true,
+            ..MemoryStore::default()
+        });
+        let err = open(dir.path(), store).expect_err("opened without persisting");
+        assert!(matches!(err, CaError::Store(_)), "{err:?}");
+        assert_eq!(err.to_string(), "disk full");
     }
 }

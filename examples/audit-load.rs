@@ -13,7 +13,8 @@
 //!    - `mint`: `TrustDomainCa::mint_x509` alone (CSR, CPU only);
 //!    - `mint+audit`: the mint inside `AuditLog::submit_with`, then `Pending::wait`, as
 //!      `Issuer::issue_x509` does it (what the log adds, without the SVID store);
-//!    - `CaSet::mint_x509`: mint + the SVID store's own fsync (issuance before the log);
+//!    - `mint+store`: `CaSet::mint_x509`, then the SVID store's own fsync (`Store::put_svid`;
+//!      issuance before the log);
 //!    - `Issuer::issue_x509`: mint + audit append + SVID store (issuance now).
 //!
 //! `cargo build --release --example audit-load && target/release/examples/audit-load`
@@ -30,6 +31,7 @@ use writ::audit::{AuditError, AuditLog, Kind, Record};
 use writ::ca::{MintedX509, SubjectKey, SvidRequest};
 use writ::config::RawConfig;
 use writ::server::Issuer;
+use writ::store::SvidRecord;
 use writ::{Band, WritClaims};
 
 const ORIGIN: &str = "example.org/writ-audit";
@@ -271,6 +273,21 @@ fn mint_audited(issuer: &Issuer, csr: &[u8]) -> MintedX509 {
     minted
 }
 
+/// The SVID record of an investigative mint, as the issuer writes it.
+fn svid_record(request: &SvidRequest, minted: &MintedX509) -> SvidRecord {
+    let claims = request.claims.as_ref();
+    SvidRecord {
+        serial: minted.serial.clone(),
+        spiffe_id: request.spiffe_id.to_string(),
+        band: Band::Investigative,
+        authority_id: minted.authority_id.clone(),
+        incident: claims.and_then(|c| c.incident.clone()),
+        grant: claims.and_then(|c| c.grant.clone()),
+        not_before: minted.not_before,
+        not_after: minted.not_after,
+    }
+}
+
 /// One way to issue, run by the load threads.
 type IssuePath = Arc<dyn Fn(&Issuer, &[u8]) + Send + Sync>;
 
@@ -299,11 +316,16 @@ fn issuance_section(levels: &[usize], secs: Duration) {
                 }),
             ),
             (
-                "CaSet::mint_x509",
+                "mint+store",
                 Arc::new(|i: &Issuer, csr: &[u8]| {
-                    i.cas
-                        .mint_x509(Band::Investigative, SubjectKey::Csr(csr), &request())
+                    let request = request();
+                    let minted = i
+                        .cas
+                        .mint_x509(Band::Investigative, SubjectKey::Csr(csr), &request)
                         .expect("mint");
+                    i.store
+                        .put_svid(&svid_record(&request, &minted))
+                        .expect("store");
                 }),
             ),
             (

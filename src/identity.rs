@@ -6,9 +6,31 @@
 //! Names become single path segments, so they are held to the SPIFFE segment charset
 //! (`[A-Za-z0-9._-]`, not `.` or `..`); the `spiffe` crate enforces it.
 
-use crate::ca::CaError;
 use spiffe::{SpiffeId, TrustDomain};
 use writ_verifier::Band;
+
+/// Why no agent SPIFFE ID could be built: a name is not a valid path segment, or the band
+/// and the grant do not go together. Always the caller's mistake; the CA's error turns it
+/// into its `BadSpiffeId` (invalid argument) with the same message. This module depends
+/// on nothing of writ's, so that policy and the CA can both use it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid SPIFFE ID {id:?}: {reason}")]
+pub struct IdError {
+    id: String,
+    reason: String,
+}
+
+impl IdError {
+    /// What was asked for (agent and incident, as no SPIFFE ID could be made of them).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// What is wrong with it.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
 
 /// The SPIFFE ID of `agent` working `incident` in `band` (with `grant` in remediation).
 pub fn agent_spiffe_id(
@@ -17,8 +39,8 @@ pub fn agent_spiffe_id(
     agent: &str,
     incident: &str,
     grant: Option<&str>,
-) -> Result<SpiffeId, CaError> {
-    let bad = |reason: String| CaError::BadSpiffeId {
+) -> Result<SpiffeId, IdError> {
+    let bad = |reason: String| IdError {
         id: format!("agent {agent:?} incident {incident:?}"),
         reason,
     };
@@ -76,8 +98,15 @@ mod tests {
         ] {
             assert!(agent_spiffe_id(&base, Band::Investigative, agent, incident, None).is_err());
         }
-        assert!(agent_spiffe_id(&base, Band::Remediation, "a", "i", None).is_err());
-        assert!(agent_spiffe_id(&base, Band::Investigative, "a", "i", Some("g")).is_err());
-        assert!(agent_spiffe_id(&base, Band::Base, "a", "i", None).is_err());
+        let err = agent_spiffe_id(&base, Band::Remediation, "a", "i", None).unwrap_err();
+        assert_eq!(err.reason(), "a remediation identity needs a grant");
+        assert_eq!(err.id(), r#"agent "a" incident "i""#);
+        let err = agent_spiffe_id(&base, Band::Investigative, "a", "i", Some("g")).unwrap_err();
+        assert_eq!(err.reason(), "a grant belongs in the remediation band");
+        let err = agent_spiffe_id(&base, Band::Base, "a", "i", None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"invalid SPIFFE ID "agent \"a\" incident \"i\"": agents never get a standing identity in the base trust domain"#
+        );
     }
 }

@@ -1,9 +1,12 @@
 //! Trust-domain certificate authorities: one per band, each with its own keys.
 //!
 //! Owns: CA keys (ECDSA P-256 through ring), self-signed roots, rotation, minting of
-//! X.509-SVIDs and JWT-SVIDs, and the bundles. Must never: copy anything but the public
-//! key out of a CSR, sign with one band's key for another band's trust domain, log or
-//! return a CA private key, or mint past the issuing authority's notAfter.
+//! X.509-SVIDs and JWT-SVIDs, and the bundles. Authorities persist through
+//! [`AuthorityStore`], an interface this module owns and the store implements; SVID
+//! records are the issuer's to write. Must never: copy anything but the public key out of
+//! a CSR, sign with one band's key for another band's trust domain, log or return a CA
+//! private key, mint past the issuing authority's notAfter, or import the store, the
+//! server or policy (the dependency runs the other way).
 
 pub mod authority;
 pub mod bundle;
@@ -16,7 +19,7 @@ pub mod x509;
 pub use authority::{AuthorityRecord, AuthorityState, RotationStep, rotation_steps};
 
 use crate::clock::SharedClock;
-use crate::store::{Store, StoreError, SvidRecord};
+use crate::identity::IdError;
 use keys::{EcKey, SignatureEncoding};
 use ring::rand::SecureRandom;
 use serde::Deserialize;
@@ -81,12 +84,21 @@ pub enum CaError {
     /// A key file could not be read or written.
     #[error("{0}")]
     Io(String, #[source] std::io::Error),
-    /// The store failed.
+    /// The authority store failed (see [`AuthorityStore`]).
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(AuthorityStoreError),
     /// No authority of the trust domain can sign right now.
     #[error("no active authority for trust domain {0}")]
     NoAuthority(String),
+}
+
+impl From<IdError> for CaError {
+    fn from(e: IdError) -> Self {
+        CaError::BadSpiffeId {
+            id: e.id().to_owned(),
+            reason: e.reason().to_owned(),
+        }
+    }
 }
 
 impl CaError {
@@ -189,6 +201,31 @@ mod humantime_serde_secs {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(serde::de::Error::custom)
     }
+}
+
+/// What an [`AuthorityStore`] failed with, in the store's own terms.
+pub type AuthorityStoreError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where the CAs keep their authority records and bundle sequence numbers, durably.
+///
+/// The CA owns this interface and the store implements it, so that the CA never depends
+/// on the database (nor on what else the database holds).
+pub trait AuthorityStore: Send + Sync {
+    /// The authorities of `trust_domain`, in the order they were created, and its bundle
+    /// sequence number: none and 0 for a trust domain never stored.
+    fn authorities(
+        &self,
+        trust_domain: &str,
+    ) -> Result<(Vec<AuthorityRecord>, u64), AuthorityStoreError>;
+
+    /// Replaces the authorities of `trust_domain` and its bundle sequence number in one
+    /// step: durable when this returns `Ok`, unchanged when it fails.
+    fn put_authorities(
+        &self,
+        trust_domain: &str,
+        records: &[AuthorityRecord],
+        sequence: u64,
+    ) -> Result<(), AuthorityStoreError>;
 }
 
 /// One loaded authority: its record and keys, with what minting needs pre-parsed.
@@ -305,7 +342,7 @@ pub struct TrustDomainCa {
     band: Band,
     trust_domain: TrustDomain,
     key_dir: PathBuf,
-    store: Arc<Store>,
+    store: Arc<dyn AuthorityStore>,
     config: CaConfig,
     state: RwLock<Arc<CaState>>,
     rotation: Mutex<()>,
@@ -338,14 +375,29 @@ impl TrustDomainCa {
         band: Band,
         trust_domain: TrustDomain,
         key_dir: &Path,
-        store: Arc<Store>,
+        store: Arc<impl AuthorityStore + 'static>,
+        config: CaConfig,
+        now: i64,
+    ) -> Result<Self, CaError> {
+        Self::open_dyn(band, trust_domain, key_dir, store, config, now)
+    }
+
+    /// [`TrustDomainCa::open`] over a shared trait object ([`CaSet`] gives every band's
+    /// CA the same store).
+    fn open_dyn(
+        band: Band,
+        trust_domain: TrustDomain,
+        key_dir: &Path,
+        store: Arc<dyn AuthorityStore>,
         config: CaConfig,
         now: i64,
     ) -> Result<Self, CaError> {
         config.validate()?;
         let key_dir = key_dir.join(trust_domain.to_string());
         create_private_dir(&key_dir)?;
-        let (records, sequence) = store.authorities(trust_domain.as_ref())?;
+        let (records, sequence) = store
+            .authorities(trust_domain.as_ref())
+            .map_err(CaError::Store)?;
         let mut authorities = Vec::with_capacity(records.len());
         for record in records {
             let x509_key = EcKey::read(
@@ -493,7 +545,8 @@ impl TrustDomainCa {
         }
         let records: Vec<_> = authorities.iter().map(|a| a.record.clone()).collect();
         self.store
-            .put_authorities(self.trust_domain.as_ref(), &records, sequence)?;
+            .put_authorities(self.trust_domain.as_ref(), &records, sequence)
+            .map_err(CaError::Store)?;
         {
             let mut guard = match self.state.write() {
                 Ok(guard) => guard,
@@ -753,20 +806,6 @@ fn key_path(dir: &Path, id: &str, kind: &str) -> PathBuf {
     dir.join(format!("{id}.{kind}.key"))
 }
 
-/// What the store keeps of an X.509-SVID minted for `request` in `band`.
-pub fn svid_record(band: Band, request: &SvidRequest, minted: &MintedX509) -> SvidRecord {
-    SvidRecord {
-        serial: minted.serial.clone(),
-        spiffe_id: request.spiffe_id.to_string(),
-        band,
-        authority_id: minted.authority_id.clone(),
-        incident: request.claims.as_ref().and_then(|c| c.incident.clone()),
-        grant: request.claims.as_ref().and_then(|c| c.grant.clone()),
-        not_before: minted.not_before,
-        not_after: minted.not_after,
-    }
-}
-
 /// Creates `dir` (and parents) readable only by its owner.
 pub fn create_private_dir(dir: &Path) -> Result<(), CaError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -835,11 +874,11 @@ impl BundleSet {
     }
 }
 
-/// The CAs of every band, the store they record issuance in, and the clock.
+/// The CAs of every band and the clock. The issuer records what it hands out; nothing
+/// here writes SVID records.
 pub struct CaSet {
     base: TrustDomain,
     cas: BTreeMap<Band, TrustDomainCa>,
-    store: Arc<Store>,
     clock: SharedClock,
 }
 
@@ -856,10 +895,11 @@ impl CaSet {
     pub fn open(
         base: TrustDomain,
         key_dir: &Path,
-        store: Arc<Store>,
+        store: Arc<impl AuthorityStore + 'static>,
         config: CaConfig,
         clock: SharedClock,
     ) -> Result<Self, CaError> {
+        let store: Arc<dyn AuthorityStore> = store;
         let now = clock.unix();
         let mut cas = BTreeMap::new();
         for band in Band::ALL {
@@ -868,15 +908,10 @@ impl CaSet {
             })?;
             cas.insert(
                 band,
-                TrustDomainCa::open(band, td, key_dir, Arc::clone(&store), config, now)?,
+                TrustDomainCa::open_dyn(band, td, key_dir, Arc::clone(&store), config, now)?,
             );
         }
-        Ok(CaSet {
-            base,
-            cas,
-            store,
-            clock,
-        })
+        Ok(CaSet { base, cas, clock })
     }
 
     /// The base trust domain.
@@ -922,7 +957,8 @@ impl CaSet {
         self.clock.unix()
     }
 
-    /// Mints an X.509-SVID in `band` and records it durably before returning it.
+    /// Mints an X.509-SVID in `band` at the clock's now. Records nothing: whoever hands
+    /// the SVID out records it first (the issuer).
     pub fn mint_x509(
         &self,
         band: Band,
@@ -930,7 +966,6 @@ impl CaSet {
         request: &SvidRequest,
     ) -> Result<MintedX509, CaError> {
         let minted = self.ca(band).mint_x509(key, request, self.now())?;
-        self.store.put_svid(&svid_record(band, request, &minted))?;
         tracing::info!(spiffe_id = %request.spiffe_id, serial = %minted.serial, %band, not_after = minted.not_after, "minted x509-svid");
         Ok(minted)
     }
@@ -987,5 +1022,83 @@ impl CaSet {
             .map(|ca| authority::next_rotation_in(&ca.authorities(), now))
             .min()
             .unwrap_or(60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::collections::HashMap;
+
+    /// An authority store in memory that can be told to fail its writes.
+    #[derive(Default)]
+    struct MemoryStore {
+        rows: Mutex<HashMap<String, (Vec<AuthorityRecord>, u64)>>,
+        fail_writes: bool,
+    }
+
+    impl AuthorityStore for MemoryStore {
+        fn authorities(
+            &self,
+            trust_domain: &str,
+        ) -> Result<(Vec<AuthorityRecord>, u64), AuthorityStoreError> {
+            let rows = self.rows.lock().unwrap();
+            Ok(rows.get(trust_domain).cloned().unwrap_or_default())
+        }
+
+        fn put_authorities(
+            &self,
+            trust_domain: &str,
+            records: &[AuthorityRecord],
+            sequence: u64,
+        ) -> Result<(), AuthorityStoreError> {
+            if self.fail_writes {
+                return Err("disk full".into());
+            }
+            let mut rows = self.rows.lock().unwrap();
+            rows.insert(trust_domain.to_owned(), (records.to_vec(), sequence));
+            Ok(())
+        }
+    }
+
+    fn open(dir: &Path, store: Arc<MemoryStore>) -> Result<TrustDomainCa, CaError> {
+        TrustDomainCa::open(
+            Band::Investigative,
+            TrustDomain::new("investigate.example.org").unwrap(),
+            dir,
+            store,
+            CaConfig::default(),
+            1_700_000_000,
+        )
+    }
+
+    #[test]
+    fn authorities_are_kept_in_whatever_store_the_ca_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::default());
+        let first = open(dir.path(), Arc::clone(&store)).unwrap();
+        let created = first.authorities();
+        assert_eq!(created.len(), 1, "the first open creates one authority");
+        assert_eq!(
+            store.authorities("investigate.example.org").unwrap(),
+            (created.clone(), first.sequence())
+        );
+        // Reopened over the same store, the CA finds its authority rather than making one.
+        let again = open(dir.path(), store).unwrap();
+        assert_eq!(again.authorities(), created);
+        assert_eq!(again.sequence(), first.sequence());
+    }
+
+    #[test]
+    fn a_store_that_cannot_write_fails_the_ca_with_its_own_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore {
+            fail_writes: true,
+            ..MemoryStore::default()
+        });
+        let err = open(dir.path(), store).expect_err("opened without persisting");
+        assert!(matches!(err, CaError::Store(_)), "{err:?}");
+        assert_eq!(err.to_string(), "disk full");
     }
 }

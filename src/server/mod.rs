@@ -18,7 +18,7 @@ use crate::ca::{
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::policy::{Entitlement, Grant, GrantRequest, Selector, entitlement_for, entitlements};
-use crate::store::Store;
+use crate::store::{Store, StoreError, SvidRecord};
 use anyhow::Context;
 use registry::Registry;
 use spiffe::SpiffeId;
@@ -252,7 +252,7 @@ impl Issuer {
         let records: Vec<_> = waited
             .iter()
             .filter_map(|r| r.as_ref().ok())
-            .map(|(band, request, minted)| crate::ca::svid_record(*band, request, minted))
+            .map(|(band, request, minted)| svid_record(*band, request, minted))
             .collect();
         // Nothing issued (all refused): no empty, fsync'd store commit.
         let stored = match records.is_empty() {
@@ -264,9 +264,7 @@ impl Issuer {
             .map(|r| {
                 let (band, request, minted) = r?;
                 if let Err(e) = &stored {
-                    return Err(IssueError::Ca(crate::ca::CaError::Store(
-                        crate::store::StoreError::Db(e.clone()),
-                    )));
+                    return Err(IssueError::Ca(StoreError::Db(e.clone()).into()));
                 }
                 tracing::info!(spiffe_id = %request.spiffe_id, serial = %minted.serial, %band, not_after = minted.not_after, %requester, "issued x509-svid");
                 Ok(minted)
@@ -287,8 +285,26 @@ impl Issuer {
             .submit_x509(band, key, request, self.cas.now(), requester)?
             .wait()?;
         self.store
-            .put_svid(&crate::ca::svid_record(band, &request, &minted))
+            .put_svid(&svid_record(band, &request, &minted))
             .map_err(crate::ca::CaError::from)?;
+        Ok(minted)
+    }
+
+    /// Mints the server's own X.509-SVID (the node API's TLS identity) in the base band,
+    /// for `request` and the public key `spki_der`, and records it durably before
+    /// returning it, so that it is listed and revocable like every X.509-SVID writ signs.
+    /// It is the issuer's own identity, issued to no workload: no entitlement is checked
+    /// and it has no issuance record in the audit log.
+    pub fn mint_server_x509(
+        &self,
+        spki_der: &[u8],
+        request: &SvidRequest,
+    ) -> Result<MintedX509, crate::ca::CaError> {
+        let minted = self
+            .cas
+            .mint_x509(Band::Base, SubjectKey::PublicKey(spki_der), request)?;
+        self.store
+            .put_svid(&svid_record(Band::Base, request, &minted))?;
         Ok(minted)
     }
 
@@ -705,6 +721,20 @@ fn issuance_record(now: i64, band: Band, request: &SvidRequest, requester: &str)
     )
     .incident(request.claims.as_ref().and_then(|c| c.incident.clone()))
     .spiffe_id(request.spiffe_id.to_string())
+}
+
+/// What the store keeps of an X.509-SVID minted for `request` in `band`.
+fn svid_record(band: Band, request: &SvidRequest, minted: &MintedX509) -> SvidRecord {
+    SvidRecord {
+        serial: minted.serial.clone(),
+        spiffe_id: request.spiffe_id.to_string(),
+        band,
+        authority_id: minted.authority_id.clone(),
+        incident: request.claims.as_ref().and_then(|c| c.incident.clone()),
+        grant: request.claims.as_ref().and_then(|c| c.grant.clone()),
+        not_before: minted.not_before,
+        not_after: minted.not_after,
+    }
 }
 
 /// SHA-256 of the claims' DER form, as embedded in the SVID.

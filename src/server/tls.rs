@@ -2,7 +2,7 @@
 //! node SVIDs, and a connection type that carries the verified peer ID to handlers.
 
 use super::Issuer;
-use crate::ca::{SubjectKey, SvidRequest};
+use crate::ca::SvidRequest;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -89,9 +89,7 @@ fn mint_server_svid(issuer: &Issuer) -> anyhow::Result<(Arc<CertifiedKey>, i64)>
         claims: None,
         dns_names: Vec::new(),
     };
-    let minted = issuer
-        .cas
-        .mint_x509(Band::Base, SubjectKey::PublicKey(&spki), &request)?;
+    let minted = issuer.mint_server_x509(&spki, &request)?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let signing = rustls::crypto::ring::sign::any_ecdsa_type(&der)?;
     let certified = CertifiedKey::new(vec![CertificateDer::from(minted.cert_der)], signing);

@@ -7,7 +7,7 @@
 //! * The schema version is stored; opening a database of another version is refused
 //!   rather than misread.
 
-use crate::ca::AuthorityRecord;
+use crate::ca::{AuthorityRecord, AuthorityStore, AuthorityStoreError, CaError};
 use crate::policy::playbook::Playbook;
 use crate::policy::{Grant, Incident, Profile, RevokedSerial};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -52,6 +52,12 @@ pub enum StoreError {
     },
 }
 
+impl From<StoreError> for CaError {
+    fn from(e: StoreError) -> Self {
+        CaError::Store(Box::new(e))
+    }
+}
+
 fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(e.to_string())
 }
@@ -84,6 +90,30 @@ pub struct SvidRecord {
 /// The embedded database.
 pub struct Store {
     db: Database,
+}
+
+/// The CAs keep their authorities here, through the interface they own.
+impl AuthorityStore for Store {
+    fn authorities(
+        &self,
+        trust_domain: &str,
+    ) -> Result<(Vec<AuthorityRecord>, u64), AuthorityStoreError> {
+        Ok(Store::authorities(self, trust_domain)?)
+    }
+
+    fn put_authorities(
+        &self,
+        trust_domain: &str,
+        records: &[AuthorityRecord],
+        sequence: u64,
+    ) -> Result<(), AuthorityStoreError> {
+        Ok(Store::put_authorities(
+            self,
+            trust_domain,
+            records,
+            sequence,
+        )?)
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -498,6 +528,47 @@ fn decode_svid(bytes: &[u8]) -> Result<SvidRecord, StoreError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_cas_authority_store_is_this_database_and_its_errors_keep_their_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("w.redb")).unwrap();
+        let cas: &dyn AuthorityStore = &store;
+        assert_eq!(cas.authorities("td.example").unwrap(), (Vec::new(), 0));
+        let record = AuthorityRecord {
+            id: "0011223344556677".into(),
+            state: crate::ca::AuthorityState::Active,
+            cert_der: vec![0x30, 0x00],
+            jwt_kid: "kid".into(),
+            not_before: 10,
+            not_after: 20,
+        };
+        cas.put_authorities("td.example", std::slice::from_ref(&record), 3)
+            .unwrap();
+        assert_eq!(
+            cas.authorities("td.example").unwrap(),
+            (vec![record.clone()], 3)
+        );
+        // What the CA wrote is what the store's own reader sees.
+        assert_eq!(store.authorities("td.example").unwrap(), (vec![record], 3));
+
+        // A corrupt row reaches the CA as its store error, with the store's message.
+        let tx = store.begin_write().unwrap();
+        tx.open_table(AUTHORITIES)
+            .unwrap()
+            .insert("bad.example", b"not json".as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+        let err = CaError::Store(cas.authorities("bad.example").unwrap_err());
+        assert!(
+            err.to_string()
+                .starts_with("store: corrupt record in authorities:"),
+            "{err}"
+        );
+        let err = CaError::from(StoreError::Db("disk full".into()));
+        assert!(matches!(err, CaError::Store(_)));
+        assert_eq!(err.to_string(), "store: disk full");
+    }
 
     #[test]
     fn expired_svids_are_pruned_and_live_ones_kept() {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use writ::ca::{CaConfig, CaSet, MintedX509, SubjectKey, SvidRequest};
 use writ::clock::ManualClock;
-use writ::store::{Store, SvidRecord};
+use writ::store::Store;
 use writ::{Band, WritClaims};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -89,13 +89,6 @@ impl Fixture {
     /// The band's X.509 bundle (every published CA certificate).
     pub fn bundle(&self, band: Band) -> Vec<Vec<u8>> {
         self.cas.ca(band).x509_bundle()
-    }
-
-    /// The store's SVID records, sorted by serial.
-    pub fn svids(&self) -> Vec<SvidRecord> {
-        let mut records = self.store.svids().expect("read svids");
-        records.sort_by(|a, b| a.serial.cmp(&b.serial));
-        records
     }
 }
 

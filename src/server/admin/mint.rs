@@ -135,7 +135,8 @@ fn resolve(cas: &CaSet, identity: Option<pb::Identity>) -> Result<(SpiffeId, Vec
                 Band::Remediation
             });
             let grant = (!identity.grant.is_empty()).then_some(identity.grant.as_str());
-            let id = agent_spiffe_id(cas.base(), band, &identity.agent, &identity.incident, grant)?;
+            let id = agent_spiffe_id(cas.base(), band, &identity.agent, &identity.incident, grant)
+                .map_err(crate::ca::CaError::from)?;
             Ok((id, identity.scopes))
         }
         (true, true) => Err(Status::invalid_argument(

@@ -6,6 +6,7 @@
 use crate::audit::activity::Activity;
 use crate::backoff::Backoff;
 use crate::ca::{BundleSet, TrustBundle, bundle::pem};
+use crate::clock::SharedClock;
 use crate::node_api::{self, NodeApi, NodeError, SignedX509};
 use crate::policy::{Grant, GrantRequest, PolicySnapshot};
 use crate::proto::node::{self as pb, node_client::NodeClient};
@@ -94,6 +95,7 @@ impl ResolvesClientCert for TlsState {
 /// The server, over the network.
 pub struct RemoteNode {
     config: RemoteConfig,
+    clock: SharedClock,
     tls: Arc<TlsState>,
     client: NodeClient<Channel>,
     policy: watch::Sender<Arc<PolicySnapshot>>,
@@ -198,8 +200,9 @@ fn bundle_set(update: &pb::SyncUpdate) -> anyhow::Result<BundleSet> {
 
 impl RemoteNode {
     /// Loads or obtains the node SVID, connects, and waits for the first policy and
-    /// bundles; then keeps following them and renewing the node SVID in the background.
-    pub async fn connect(config: RemoteConfig) -> anyhow::Result<Arc<Self>> {
+    /// bundles; then keeps following them and renewing the node SVID (when `clock` says
+    /// it is due) in the background.
+    pub async fn connect(config: RemoteConfig, clock: SharedClock) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
         let tls = Arc::new(TlsState {
@@ -255,6 +258,7 @@ impl RemoteNode {
                 crate::ca::CaConfig::default().max_svid_ttl.as_secs(),
             ),
             config,
+            clock,
         });
         if !node.load_node_svid()? {
             node.attest(NodeClient::new(make_channel()?)).await?;
@@ -303,7 +307,7 @@ impl RemoteNode {
                 return Ok(false);
             }
         }
-        if not_after - crate::clock::Clock::unix(&crate::clock::SystemClock) < 60 {
+        if not_after - self.clock.unix() < 60 {
             tracing::info!("node SVID on disk has expired; attesting again");
             return Ok(false);
         }
@@ -490,8 +494,7 @@ impl RemoteNode {
                 .ok()
                 .and_then(|n| n.as_ref().map(|(_, t)| *t))
                 .unwrap_or(0);
-            let wait = ((not_after - crate::clock::Clock::unix(&crate::clock::SystemClock)) / 2)
-                .clamp(1, 3600) as u64;
+            let wait = ((not_after - self.clock.unix()) / 2).clamp(1, 3600) as u64;
             tokio::time::sleep(Duration::from_secs(wait)).await;
             let result = async {
                 let (csr, key) = new_csr()?;

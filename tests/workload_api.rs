@@ -368,8 +368,7 @@ fn fetch_as(uid: u32, socket: &std::path::Path) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_under_different_uids_get_only_their_own_identities() {
-    if my_uid() != 0 {
-        eprintln!("skipped: needs root to run clients under other uids");
+    if !common::require_root() {
         return;
     }
     use std::os::unix::fs::PermissionsExt;

@@ -42,7 +42,10 @@ pub fn require_root() -> bool {
             .name()
             .unwrap_or("this test")
             .to_owned();
-        eprintln!("ignored: needs root ({test})");
+        // Written past the harness's output capture (which takes only `eprintln!` and
+        // friends), so the skip shows in the run's output beside the harness's `ok`.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "ignored: needs root ({test})");
         return false;
     }
     panic!("this test needs root; run as root or set WRIT_ALLOW_SKIPS=1");

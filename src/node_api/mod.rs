@@ -155,7 +155,7 @@ impl From<tonic::Status> for NodeError {
 pub trait NodeApi: Send + Sync + 'static {
     /// The base trust domain.
     fn base(&self) -> &TrustDomain;
-    /// The policy agents need ([`crate::policy::agent_view`]), following every change.
+    /// The policy agents need ([`crate::policy::agent_view()`]), following every change.
     fn policy(&self) -> watch::Receiver<Arc<PolicySnapshot>>;
     /// Bundles, following every change.
     fn bundles(&self) -> watch::Receiver<Arc<BundleSet>>;

@@ -1,5 +1,5 @@
 //! The policy on the wire: [`PolicySnapshot`] (an agent's view of it, see
-//! [`crate::policy::agent_view`]) to and from `writ.node.v1.AgentPolicy`.
+//! [`crate::policy::agent_view()`]) to and from `writ.node.v1.AgentPolicy`.
 //!
 //! Enumerations travel as their names, so a server one version ahead can add a selector
 //! kind, a band or a state without breaking older agents. What an agent does not know it

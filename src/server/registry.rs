@@ -214,7 +214,7 @@ fn grants_for_audit(grants: &[Grant]) -> Vec<serde_json::Value> {
 pub struct Registry {
     store: Arc<Store>,
     snapshot: watch::Sender<Arc<PolicySnapshot>>,
-    /// What agents receive ([`crate::policy::agent_view`]), published with every change.
+    /// What agents receive ([`crate::policy::agent_view()`]), published with every change.
     agents: watch::Sender<Arc<PolicySnapshot>>,
     /// How long revocations are remembered: the longest SVID lifetime, in seconds.
     revocation_window: i64,
@@ -300,7 +300,7 @@ impl Registry {
     }
 
     /// What agents need of the policy, following every change: bounded by live state,
-    /// not history (see [`crate::policy::agent_view`]).
+    /// not history (see [`crate::policy::agent_view()`]).
     pub fn subscribe_agents(&self) -> watch::Receiver<Arc<PolicySnapshot>> {
         self.agents.subscribe()
     }

@@ -17,12 +17,14 @@
 //! * [`throttle`]: rate limits for log lines a caller can cause.
 //! * [`node_api`]: the contract between server and agents (trait, errors, wire policy);
 //!   neither side owns it, and the agent depends on nothing else of the server's.
+//! * [`backoff`]: jittered exponential backoff for reconnect and retry loops.
 //! * [`agent`]: the agent: the Workload API socket (accept loop and limits in
 //!   `agent::listener`, attestation in `agent::attest`), SVID cache, node API client.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod audit;
+pub mod backoff;
 pub mod ca;
 pub mod cli;
 pub mod clock;

@@ -5,12 +5,12 @@
 //! no sensitive scope in the investigative band. Every refusal is one `error:` line, and
 //! nothing is issued (no certificate stored, no issuance in the audit log).
 //!
-//! The grant needs an approver other than the requester, run through `setpriv`: skipped
-//! when not run as root.
+//! The grant needs an approver other than the requester, run through `setpriv`: needs
+//! root (see `common::require_root`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::Value;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 mod common;
@@ -20,10 +20,6 @@ use common::bin::{As, DevProcess, RESTART_PLAN, json_lines, restart_args};
 const ALICE: u32 = 65534;
 
 const INV: &str = "spiffe://investigate.example.org/agent/fixer/incident/INC-1";
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").expect("/proc/self").uid() == 0
-}
 
 /// `writ dev` with approver alice; profile `fixer` (both bands, `logs:read` and the
 /// sensitive `deploy:restart`), service profile `logs-api`; INC-1 open naming both scopes,
@@ -120,8 +116,7 @@ fn jwt_claims(token: &str) -> Value {
 
 #[test]
 fn admin_mints_pass_the_entitlement_rules_of_the_workload_api() {
-    if !is_root() {
-        eprintln!("skipped: needs root to approve as another uid");
+    if !common::require_root() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -225,8 +220,7 @@ fn admin_mints_pass_the_entitlement_rules_of_the_workload_api() {
 
 #[test]
 fn an_operator_mints_what_policy_gives_with_its_claims_and_no_more() {
-    if !is_root() {
-        eprintln!("skipped: needs root to approve as another uid");
+    if !common::require_root() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

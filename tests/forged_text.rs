@@ -14,7 +14,7 @@ mod common;
 use common::bin::{DevProcess, json_lines, restart_args};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use writ::audit::{AuditLog, Kind, Record};
@@ -22,10 +22,6 @@ use writ::policy::{Grant, GrantState, Incident, IncidentState, Severity};
 
 /// The uid the agent's workload runs as (no operator has it).
 const WORKLOAD: u32 = 65530;
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").expect("/proc/self").uid() == 0
-}
 
 /// A temp directory every uid can enter, with `writ dev` in `data/` and readable files
 /// in `files/` (where the CLI runs).
@@ -272,8 +268,7 @@ fn as_workload(socket: &Path, action: &str, target: &str, evidence: &str) -> Val
 
 #[test]
 fn a_workload_cannot_forge_text_through_the_agent_socket() {
-    if !is_root() {
-        eprintln!("skipped: needs root to run the workload under another uid");
+    if !common::require_root() {
         return;
     }
     let root = tempfile::tempdir().unwrap();

@@ -4,11 +4,11 @@
 //!
 //! Every refusal must be a non-zero exit, exactly one `error:` line on stderr naming the
 //! problem, nothing on stdout, and no change to any grant. These tests run the CLI under
-//! other uids and are skipped when not run as root.
+//! other uids and need root (see `common::require_root`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::Value;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -156,10 +156,6 @@ impl Dev {
     }
 }
 
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").expect("/proc/self").uid() == 0
-}
-
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -190,8 +186,7 @@ fn approvers(grant: &Value) -> Vec<String> {
 /// `writ dev` with alice and bob (approvers) and carol (incident commander), a profile
 /// `fixer` that may hold remediation identities and an advisory-only `advisor`.
 fn setup() -> Option<(tempfile::TempDir, Dev)> {
-    if !is_root() {
-        eprintln!("skipped: needs root to run the CLI under other uids");
+    if !common::require_root() {
         return None;
     }
     let dir = tempfile::tempdir().unwrap();

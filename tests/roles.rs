@@ -5,11 +5,11 @@
 //! past `max_incident_lifetime`.
 //!
 //! Every refusal is a non-zero exit, one `error:` line naming the problem, and no change.
-//! These tests run the CLI under other uids and are skipped when not run as root.
+//! These tests run the CLI under other uids and need root (see `common::require_root`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::Value;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -50,8 +50,7 @@ impl std::ops::Deref for Dev {
 
 impl Dev {
     fn start(extra: &[&str]) -> Option<Dev> {
-        if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
-            eprintln!("skipped: needs root to run the CLI under other uids");
+        if !common::require_root() {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();

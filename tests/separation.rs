@@ -27,10 +27,6 @@ const AGENT_GID: u32 = 65500;
 
 const PLAN: &str = "kubectl -n shop rollout restart deploy/checkout\n";
 
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").unwrap().uid() == 0
-}
-
 fn example(name: &str) -> PathBuf {
     let bin = Path::new(WRIT)
         .parent()
@@ -61,8 +57,7 @@ fn grants(dev: &DevProcess) -> Vec<Value> {
 
 #[test]
 fn an_approver_running_as_the_requesting_workloads_uid_is_refused() {
-    if !is_root() {
-        eprintln!("skipped: needs root to run processes under other uids");
+    if !common::require_root() {
         return;
     }
     let request_grant = example("request-grant");

@@ -4,11 +4,11 @@
 //!
 //! Every refusal must be a non-zero exit, exactly one `error:` line on stderr naming the
 //! problem, nothing on stdout, and no change to any SVID's state. The tests that run the
-//! CLI under other uids are skipped when not run as root.
+//! CLI under other uids need root (see `common::require_root`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::Value;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 mod common;
@@ -58,10 +58,6 @@ impl Dev {
     fn refused(&self, args: &[&str], reason: &str) {
         self.refused_as(As::Me, args, reason);
     }
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").expect("/proc/self").uid() == 0
 }
 
 /// `writ dev` with a profile, an open incident and one SVID minted for it; returns the
@@ -153,8 +149,7 @@ fn bad_serials_are_refused_and_change_nothing() {
 
 #[test]
 fn only_admins_and_incident_commanders_revoke_and_strangers_see_nothing() {
-    if !is_root() {
-        eprintln!("skipped: needs root to run the CLI under other uids");
+    if !common::require_root() {
         return;
     }
     let (_dir, dev, serial) = setup();

@@ -368,8 +368,7 @@ fn fetch_as(uid: u32, socket: &std::path::Path) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_under_different_uids_get_only_their_own_identities() {
-    if my_uid() != 0 {
-        eprintln!("skipped: needs root to run clients under other uids");
+    if !common::require_root() {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
@@ -529,4 +528,69 @@ async fn py_spiffe_fetches_and_validates_jwt_svids() {
         dev.agent.authority_stats.rewrites() > 0,
         "py-spiffe went through the :authority adapter"
     );
+}
+
+/// The agent renews at half-life and stops serving at expiry by the clock it was given,
+/// not the system's: a week ahead of the system clock (so nothing signed then would even
+/// verify by system time), the SVID is kept until the injected clock reaches its renewal
+/// instant, renewed at that instant, and the Workload API then answers with the fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_and_expiry_follow_the_agents_injected_clock() {
+    let start = common::system_now() + 7 * 24 * 3600;
+    let clock = writ::clock::ManualClock::at(start);
+    let dev =
+        common::dev::start_with_clock(CaConfig::default(), std::sync::Arc::new(clock.clone()))
+            .await;
+    dev.profile("triage", &[Selector::Uid(my_uid())], &[]);
+    dev.open("INC-1", "triage", 1);
+    let id = id_of("triage", "INC-1");
+    let policy = dev.agent.node.policy().borrow().clone();
+    let entitlement = writ::policy::entitlement_for(
+        &policy,
+        dev.agent.node.base(),
+        &writ_verifier::parse_spiffe_id(&id).unwrap(),
+    )
+    .expect("the open incident entitles triage");
+
+    let first = dev.agent.cache.get(&entitlement).await.unwrap();
+    assert_eq!(first.issued_at, start, "issued at the injected time");
+    let half_life = (first.not_after - first.issued_at) / 2;
+    assert!(
+        (first.renew_at - first.issued_at - half_life).abs() <= half_life / 10 + 1,
+        "renewal at half-life ±10 %: {first:?} renews at {}",
+        first.renew_at
+    );
+
+    // One second before the renewal instant: kept, and the next wake-up is that instant.
+    let move_to = |at: i64| clock.advance(Duration::from_secs((at - clock_now(&clock)) as u64));
+    move_to(first.renew_at - 1);
+    assert_eq!(
+        dev.agent.cache.maintain(&policy).await,
+        Some(first.renew_at)
+    );
+    let kept = dev.agent.cache.current(&id).unwrap();
+    assert_eq!(kept.serial, first.serial, "not renewed before half-life");
+
+    // At the renewal instant: a fresh certificate, issued at the injected time.
+    move_to(first.renew_at);
+    let next_due = dev.agent.cache.maintain(&policy).await.unwrap();
+    let renewed = dev.agent.cache.current(&id).unwrap();
+    assert_ne!(renewed.serial, first.serial, "renewed at half-life");
+    assert_eq!(renewed.issued_at, first.renew_at);
+    assert_eq!(next_due, renewed.renew_at);
+    let svid = dev.client().await.fetch_x509_svid().await.unwrap();
+    assert_eq!(svid.leaf().as_bytes(), &renewed.cert_der[..]);
+
+    // Expiry, by the same clock: held until notAfter, not served from it on.
+    move_to(renewed.not_after - 1);
+    assert!(dev.agent.cache.current(&id).is_some());
+    move_to(renewed.not_after);
+    assert!(
+        dev.agent.cache.current(&id).is_none(),
+        "an SVID at its notAfter is not served"
+    );
+}
+
+fn clock_now(clock: &writ::clock::ManualClock) -> i64 {
+    writ::clock::Clock::unix(clock)
 }

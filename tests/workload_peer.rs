@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::dev::{Dev, my_uid, start};
+use common::dev::{Dev, start};
 use hyper_util::rt::TokioIo;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use std::io::IoSliceMut;
@@ -189,8 +189,7 @@ fn ids(response: &pb::X509svidResponse) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_that_execs_after_connecting_gets_nothing() {
-    if my_uid() != 0 {
-        eprintln!("skipped: needs root to run the workload under another uid");
+    if !common::require_root() {
         return;
     }
     const UID: u32 = 64_711;
@@ -229,8 +228,7 @@ async fn a_process_that_execs_after_connecting_gets_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_are_the_sockets_at_connect_not_procs_now() {
-    if my_uid() != 0 {
-        eprintln!("skipped: needs root to change gids");
+    if !common::require_root() {
         return;
     }
     const NEW_GID: u32 = 64_712;

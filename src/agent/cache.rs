@@ -7,12 +7,13 @@
 //! sees only a CSR. Every certificate the server returns is checked against the bundle
 //! of its trust domain with our own verifier before it is handed to any workload.
 
+use crate::clock::SharedClock;
 use crate::node_api::{NodeApi, NodeError};
 use crate::policy::{Entitlement, PolicySnapshot, entitlement_for};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
@@ -54,6 +55,7 @@ pub fn renew_at(issued_at: i64, not_after: i64, jitter: f64) -> i64 {
 /// The SVIDs this agent holds.
 pub struct SvidCache {
     node: Arc<dyn NodeApi>,
+    clock: SharedClock,
     entries: Mutex<HashMap<String, Arc<CachedSvid>>>,
     issuing: tokio::sync::Mutex<()>,
     changed: watch::Sender<u64>,
@@ -66,15 +68,12 @@ impl std::fmt::Debug for SvidCache {
     }
 }
 
-fn now_unix() -> i64 {
-    crate::clock::Clock::unix(&crate::clock::SystemClock)
-}
-
 impl SvidCache {
-    /// An empty cache signing through `node`.
-    pub fn new(node: Arc<dyn NodeApi>) -> Self {
+    /// An empty cache signing through `node`, deciding renewal and expiry by `clock`.
+    pub fn new(node: Arc<dyn NodeApi>, clock: SharedClock) -> Self {
         SvidCache {
             node,
+            clock,
             entries: Mutex::new(HashMap::new()),
             issuing: tokio::sync::Mutex::new(()),
             changed: watch::channel(0).0,
@@ -103,7 +102,7 @@ impl SvidCache {
 
     /// The unexpired SVID held now for `spiffe_id`, without issuing one.
     pub fn current(&self, spiffe_id: &str) -> Option<Arc<CachedSvid>> {
-        self.cached(spiffe_id, now_unix())
+        self.cached(spiffe_id, self.clock.unix())
     }
 
     /// The SVIDs for `wanted`, in order, issuing every missing one in a single batch
@@ -115,12 +114,12 @@ impl SvidCache {
                 .map(|e| self.cached(&e.spiffe_id.to_string(), now))
                 .collect()
         };
-        let found = lookup(now_unix());
+        let found = lookup(self.clock.unix());
         if found.iter().all(Option::is_some) {
             return found.into_iter().flatten().map(Ok).collect();
         }
         let _one = self.issuing.lock().await;
-        let found = lookup(now_unix());
+        let found = lookup(self.clock.unix());
         let missing: Vec<&Entitlement> = wanted
             .iter()
             .zip(&found)
@@ -189,7 +188,7 @@ impl SvidCache {
                 }
             }
         }
-        let issued_at = now_unix();
+        let issued_at = self.clock.unix();
         let signed = self.node.sign_x509_batch(csrs).await;
         wanted
             .iter()
@@ -234,7 +233,12 @@ impl SvidCache {
             &cas,
             &td,
             writ_verifier::x509::Usage::Client,
-            UnixTime::now(),
+            UnixTime::since_unix_epoch(
+                self.clock
+                    .now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default(),
+            ),
         )
         .map_err(|e| {
             NodeError::Unavailable(format!("server returned an SVID that does not verify: {e}"))
@@ -251,7 +255,7 @@ impl SvidCache {
     /// serials are revoked (dropped at once; re-issued when the identity is still
     /// entitled). Returns the next instant anything is due (seconds since the epoch).
     pub async fn maintain(&self, policy: &PolicySnapshot) -> Option<i64> {
-        let now = now_unix();
+        let now = self.clock.unix();
         let snapshot: Vec<Arc<CachedSvid>> = match self.entries.lock() {
             Ok(entries) => entries.values().cloned().collect(),
             Err(_) => return None,
@@ -343,7 +347,7 @@ impl SvidCache {
             let policy = policy_rx.borrow_and_update().clone();
             let next = self.maintain(&policy).await;
             let wait = next
-                .map(|at| (at - now_unix()).clamp(1, 3600) as u64)
+                .map(|at| (at - self.clock.unix()).clamp(1, 3600) as u64)
                 .unwrap_or(3600);
             tokio::select! {
                 () = &mut shutdown => return,

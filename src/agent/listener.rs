@@ -19,6 +19,7 @@
 use super::Agent;
 use super::attest::{ConnectedPeer, socket_credentials};
 use super::h2_authority::AuthorityRewrite;
+use crate::backoff::Backoff;
 use crate::throttle::Throttle;
 use crate::ttl::Ttl;
 use serde::Deserialize;
@@ -222,7 +223,9 @@ pub fn accept(
         tokio::pin!(shutdown);
         let refused_log = Throttle::new(Duration::from_secs(10));
         let error_log = Throttle::new(Duration::from_secs(10));
-        let mut backoff = Duration::ZERO;
+        // Out of descriptors (EMFILE/ENFILE) or memory: the condition persists until
+        // connections close, so wait instead of spinning a core.
+        let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_secs(1));
         loop {
             let accepted = tokio::select! {
                 r = listener.accept() => r,
@@ -231,17 +234,15 @@ pub fn accept(
             };
             let stream = match accepted {
                 Ok((stream, _)) => {
-                    backoff = Duration::ZERO;
+                    backoff.reset();
                     stream
                 }
                 Err(e) => {
-                    // Out of descriptors (EMFILE/ENFILE) or memory: the condition persists
-                    // until connections close, so wait instead of spinning a core.
-                    backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                    let retry_in = backoff.next_delay();
                     if let Some(suppressed) = error_log.allow() {
-                        tracing::warn!(error = %e, suppressed, retry_in = ?backoff, "Workload API accept failed");
+                        tracing::warn!(error = %e, suppressed, ?retry_in, "Workload API accept failed");
                     }
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(retry_in).await;
                     continue;
                 }
             };

@@ -14,6 +14,7 @@ pub mod reported;
 pub mod revocation;
 pub mod workload;
 
+use crate::clock::SharedClock;
 use crate::node_api::NodeApi;
 use crate::proto::revocation::revocation_server::RevocationServer;
 use crate::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
@@ -49,6 +50,8 @@ pub struct Agent {
     pub stopping: watch::Sender<bool>,
     /// Throttles the log line of a failed workload attestation (a caller can repeat it).
     pub attest_failures: crate::throttle::Throttle,
+    /// Wall-clock time, for every renewal, expiry and validation decision the agent makes.
+    pub clock: SharedClock,
 }
 
 impl std::fmt::Debug for Agent {
@@ -58,21 +61,26 @@ impl std::fmt::Debug for Agent {
 }
 
 impl Agent {
-    /// An agent that signs through `node`, with the default Workload API limits.
-    pub fn new(node: Arc<dyn NodeApi>) -> Arc<Self> {
-        Self::with_config(node, listener::WorkloadApiConfig::default())
+    /// An agent that signs through `node` and tells time by `clock`, with the default
+    /// Workload API limits.
+    pub fn new(node: Arc<dyn NodeApi>, clock: SharedClock) -> Arc<Self> {
+        Self::with_config(node, listener::WorkloadApiConfig::default(), clock)
     }
 
-    /// An agent that signs through `node` and serves the Workload API within `limits`.
-    /// Raises the process's soft open-files limit to the hard one, as servers holding
-    /// many client connections do.
-    pub fn with_config(node: Arc<dyn NodeApi>, limits: listener::WorkloadApiConfig) -> Arc<Self> {
+    /// An agent that signs through `node`, serves the Workload API within `limits` and
+    /// tells time by `clock`. Raises the process's soft open-files limit to the hard one,
+    /// as servers holding many client connections do.
+    pub fn with_config(
+        node: Arc<dyn NodeApi>,
+        limits: listener::WorkloadApiConfig,
+        clock: SharedClock,
+    ) -> Arc<Self> {
         let nofile_limit = writ_sys::raise_nofile_limit().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "reading the open-files limit failed; assuming 1024");
             1024
         });
         Arc::new(Agent {
-            cache: Arc::new(SvidCache::new(Arc::clone(&node))),
+            cache: Arc::new(SvidCache::new(Arc::clone(&node), Arc::clone(&clock))),
             node,
             attestor: Attestor::new("/proc", limits.max_exe_hash_bytes),
             streams: watch::channel(0).0,
@@ -83,6 +91,7 @@ impl Agent {
             nofile_limit,
             stopping: watch::channel(false).0,
             attest_failures: crate::throttle::Throttle::new(std::time::Duration::from_secs(10)),
+            clock,
         })
     }
 

@@ -4,7 +4,9 @@
 //! SPIFFE verifier (rustls' name check cannot).
 
 use crate::audit::activity::Activity;
+use crate::backoff::Backoff;
 use crate::ca::{BundleSet, TrustBundle, bundle::pem};
+use crate::clock::SharedClock;
 use crate::node_api::{self, NodeApi, NodeError, SignedX509};
 use crate::policy::{Grant, GrantRequest, PolicySnapshot};
 use crate::proto::node::{self as pb, node_client::NodeClient};
@@ -93,6 +95,7 @@ impl ResolvesClientCert for TlsState {
 /// The server, over the network.
 pub struct RemoteNode {
     config: RemoteConfig,
+    clock: SharedClock,
     tls: Arc<TlsState>,
     client: NodeClient<Channel>,
     policy: watch::Sender<Arc<PolicySnapshot>>,
@@ -197,8 +200,9 @@ fn bundle_set(update: &pb::SyncUpdate) -> anyhow::Result<BundleSet> {
 
 impl RemoteNode {
     /// Loads or obtains the node SVID, connects, and waits for the first policy and
-    /// bundles; then keeps following them and renewing the node SVID in the background.
-    pub async fn connect(config: RemoteConfig) -> anyhow::Result<Arc<Self>> {
+    /// bundles; then keeps following them and renewing the node SVID (when `clock` says
+    /// it is due) in the background.
+    pub async fn connect(config: RemoteConfig, clock: SharedClock) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
         let tls = Arc::new(TlsState {
@@ -254,6 +258,7 @@ impl RemoteNode {
                 crate::ca::CaConfig::default().max_svid_ttl.as_secs(),
             ),
             config,
+            clock,
         });
         if !node.load_node_svid()? {
             node.attest(NodeClient::new(make_channel()?)).await?;
@@ -302,7 +307,7 @@ impl RemoteNode {
                 return Ok(false);
             }
         }
-        if not_after - crate::clock::Clock::unix(&crate::clock::SystemClock) < 60 {
+        if not_after - self.clock.unix() < 60 {
             tracing::info!("node SVID on disk has expired; attesting again");
             return Ok(false);
         }
@@ -436,43 +441,51 @@ impl RemoteNode {
         Ok(())
     }
 
-    /// Follows the Sync stream, reconnecting with backoff when it breaks.
+    /// Follows the Sync stream, reconnecting with backoff when it breaks. The backoff
+    /// resets only when an update arrives: a server that accepts the stream and drops it
+    /// at once is a failure too, and must not be retried at the base delay forever.
     async fn follow_sync(self: Arc<Self>, first: tonic::Streaming<pb::SyncUpdate>) {
         let mut stream: Option<tonic::Streaming<pb::SyncUpdate>> = Some(first);
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(SYNC_RETRY_BASE, SYNC_RETRY_CAP);
+        let failure_log = crate::throttle::Throttle::new(Duration::from_secs(30));
         loop {
             let current = match stream.as_mut() {
                 Some(s) => s,
                 None => match self.open_sync().await {
-                    Ok(s) => {
-                        backoff = Duration::from_millis(200);
-                        stream.insert(s)
-                    }
+                    Ok(s) => stream.insert(s),
                     Err(e) => {
-                        tracing::warn!(error = %e, "sync with the server failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        let retry_in = backoff.next_delay();
+                        if let Some(suppressed) = failure_log.allow() {
+                            tracing::warn!(error = %e, suppressed, ?retry_in, "sync with the server failed; retrying");
+                        }
+                        tokio::time::sleep(retry_in).await;
                         continue;
                     }
                 },
             };
-            match current.message().await {
+            let error = match current.message().await {
                 Ok(Some(update)) => {
+                    backoff.reset();
                     if let Err(e) = self.apply(&update) {
                         tracing::error!(error = %e, "bad sync update");
                     }
+                    continue;
                 }
-                Ok(None) | Err(_) => {
-                    tracing::warn!("sync stream ended; reconnecting");
-                    stream = None;
-                    tokio::time::sleep(backoff).await;
-                }
+                Ok(None) => "the server ended the stream".to_owned(),
+                Err(status) => crate::errors::describe_status(&status),
+            };
+            stream = None;
+            let retry_in = backoff.next_delay();
+            if let Some(suppressed) = failure_log.allow() {
+                tracing::warn!(%error, suppressed, ?retry_in, "sync stream ended; reconnecting");
             }
+            tokio::time::sleep(retry_in).await;
         }
     }
 
     /// Renews the node SVID at half-life.
     async fn renew_node_svid(self: Arc<Self>) {
+        let mut backoff = Backoff::new(RENEW_RETRY_BASE, RENEW_RETRY_CAP);
         loop {
             let not_after = self
                 .tls
@@ -481,8 +494,7 @@ impl RemoteNode {
                 .ok()
                 .and_then(|n| n.as_ref().map(|(_, t)| *t))
                 .unwrap_or(0);
-            let wait = ((not_after - crate::clock::Clock::unix(&crate::clock::SystemClock)) / 2)
-                .clamp(1, 3600) as u64;
+            let wait = ((not_after - self.clock.unix()) / 2).clamp(1, 3600) as u64;
             tokio::time::sleep(Duration::from_secs(wait)).await;
             let result = async {
                 let (csr, key) = new_csr()?;
@@ -497,10 +509,14 @@ impl RemoteNode {
             }
             .await;
             match result {
-                Ok(()) => tracing::info!("renewed the node SVID"),
+                Ok(()) => {
+                    backoff.reset();
+                    tracing::info!("renewed the node SVID");
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "node SVID renewal failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    let retry_in = backoff.next_delay();
+                    tracing::warn!(error = %e, ?retry_in, "node SVID renewal failed; retrying");
+                    tokio::time::sleep(retry_in).await;
                 }
             }
         }
@@ -515,6 +531,14 @@ impl RemoteNode {
             .unwrap_or_default()
     }
 }
+
+/// Reconnecting the Sync stream: capped low, because an agent off the stream misses
+/// revocations until it is back.
+const SYNC_RETRY_BASE: Duration = Duration::from_millis(200);
+const SYNC_RETRY_CAP: Duration = Duration::from_secs(10);
+/// Retrying a failed node SVID renewal (the next half-life wait follows each attempt).
+const RENEW_RETRY_BASE: Duration = Duration::from_secs(5);
+const RENEW_RETRY_CAP: Duration = Duration::from_secs(60);
 
 fn signed_result(signed: pb::SignedSvid) -> Result<SignedX509, NodeError> {
     if signed.error.is_empty() {

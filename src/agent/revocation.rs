@@ -10,7 +10,6 @@
 //! Must never: drop an entry before its window has passed, or send a partial set.
 
 use super::Agent;
-use crate::clock::{Clock, SystemClock};
 use crate::policy::PolicySnapshot;
 use crate::policy::revocation::{
     CloseEpochs, Revocation as Revoked, RevocationKind, next_expiry, revocations,
@@ -66,17 +65,18 @@ impl RevocationService {
             window,
             epochs: CloseEpochs::default(),
         };
-        let (first, mut next) = feed.compute(&policy.borrow_and_update(), SystemClock.unix());
+        let clock = Arc::clone(&agent.clock);
+        let (first, mut next) = feed.compute(&policy.borrow_and_update(), clock.unix());
         let (tx, rx) = watch::channel(Arc::new(first));
         tokio::spawn(async move {
             loop {
-                let wait = next.map(|at| at.saturating_sub(SystemClock.unix()).max(1));
+                let wait = next.map(|at| at.saturating_sub(clock.unix()).max(1));
                 tokio::select! {
                     changed = policy.changed() => if changed.is_err() { break },
                     () = sleep_secs(wait) => {}
                     () = tx.closed() => break,
                 }
-                let (set, expiry) = feed.compute(&policy.borrow_and_update(), SystemClock.unix());
+                let (set, expiry) = feed.compute(&policy.borrow_and_update(), clock.unix());
                 next = expiry;
                 tx.send_if_modified(|current| {
                     let changed = **current != set;

@@ -374,10 +374,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             return Err(Status::invalid_argument("svid must be specified"));
         }
         let bundles = self.agent.node.bundles().borrow().clone();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = self.agent.clock.unix();
         let validated =
             writ_verifier::validate_jwt_svid(&body.svid, &body.audience, now, |td, kid| {
                 bundles

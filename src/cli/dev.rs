@@ -6,7 +6,7 @@
 
 use crate::agent::remote::RemoteNode;
 use crate::agent::{Agent, serve_workload};
-use crate::clock::SystemClock;
+use crate::clock::{SharedClock, SystemClock};
 use crate::config::{RawAgentConfig, RawConfig};
 use crate::node_api::NodeApi;
 use crate::server::local_node::LocalNode;
@@ -300,8 +300,9 @@ async fn start_agent(
     node: Arc<dyn NodeApi>,
     listener: tokio::net::UnixListener,
     limits: crate::agent::listener::WorkloadApiConfig,
+    clock: SharedClock,
 ) -> anyhow::Result<()> {
-    let agent = Agent::with_config(node, limits);
+    let agent = Agent::with_config(node, limits, clock);
     let rotation = Arc::clone(&agent).run_rotation(tasks.stopped());
     tasks.spawn("SVID rotation", async move {
         rotation.await;
@@ -316,7 +317,9 @@ async fn start_agent(
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let config = resolve_dev(args)?;
-    let issuer = Issuer::open(config, Arc::new(SystemClock))?;
+    // The issuer and the agent in this process tell the same time.
+    let clock: SharedClock = Arc::new(SystemClock);
+    let issuer = Issuer::open(config, Arc::clone(&clock))?;
     let mut tasks = Tasks::new(issuer.config.shutdown_grace);
     // The Workload API socket is bound before the admin socket, so a script that waits
     // for the admin socket to answer finds the Workload API there too.
@@ -328,6 +331,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Arc::new(LocalNode::new(Arc::clone(&issuer))),
         workload,
         issuer.config.workload_api.clone(),
+        clock,
     )
     .await?;
     print_banner(&issuer);
@@ -360,10 +364,11 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let config = RawAgentConfig::load(&args.config)?.resolve()?;
     let socket = config.workload_socket;
-    let node = RemoteNode::connect(config.remote).await?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    let node = RemoteNode::connect(config.remote, Arc::clone(&clock)).await?;
     let mut tasks = Tasks::new(config.shutdown_grace);
     let listener = bind_unix(&socket, 0o666).await?;
-    start_agent(&mut tasks, node, listener, config.workload_api).await?;
+    start_agent(&mut tasks, node, listener, config.workload_api, clock).await?;
     let shown = std::path::absolute(&socket).unwrap_or(socket.clone());
     println!("writ agent: Workload API on {}", shown.display());
     println!("  export SPIFFE_ENDPOINT_SOCKET=unix://{}", shown.display());

@@ -2,6 +2,7 @@
 //! node SVIDs, and a connection type that carries the verified peer ID to handlers.
 
 use super::Issuer;
+use crate::backoff::Backoff;
 use crate::ca::SvidRequest;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -261,12 +262,22 @@ pub fn accept_tls<P: Send + 'static>(
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
+        // Out of descriptors or memory persists until connections close: wait, growing
+        // the wait, and say so once per window rather than once per failed accept.
+        let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_secs(1));
+        let error_log = crate::throttle::Throttle::new(Duration::from_secs(10));
         loop {
             let (tcp, addr) = match listener.accept().await {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    backoff.reset();
+                    pair
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "node API accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let retry_in = backoff.next_delay();
+                    if let Some(suppressed) = error_log.allow() {
+                        tracing::warn!(error = %e, suppressed, ?retry_in, "node API accept failed");
+                    }
+                    tokio::time::sleep(retry_in).await;
                     continue;
                 }
             };

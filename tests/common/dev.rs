@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use writ::agent::{Agent, serve_workload};
 use writ::ca::CaConfig;
-use writ::clock::SystemClock;
+use writ::clock::{SharedClock, SystemClock};
 use writ::config::RawConfig;
 use writ::policy::{Incident, IncidentState, Profile, Selector, Severity};
 use writ::server::local_node::LocalNode;
@@ -30,6 +30,17 @@ impl Drop for Dev {
 }
 
 pub async fn start(ca: CaConfig) -> Dev {
+    launch(ca, Arc::new(SystemClock), true).await
+}
+
+/// `start`, with the issuer and the agent both telling time by `clock`, and without the
+/// agent's rotation loop: its waits are real time, which a manual clock does not drive, so
+/// the test calls `agent.cache.maintain` itself when it has moved the clock.
+pub async fn start_with_clock(ca: CaConfig, clock: SharedClock) -> Dev {
+    launch(ca, clock, false).await
+}
+
+async fn launch(ca: CaConfig, clock: SharedClock, rotate: bool) -> Dev {
     let dir = tempfile::tempdir().unwrap();
     let raw = RawConfig {
         data_dir: Some(dir.path().join("data")),
@@ -37,15 +48,17 @@ pub async fn start(ca: CaConfig) -> Dev {
         ..RawConfig::default()
     };
     let config = raw.resolve().unwrap();
-    let issuer = Issuer::open(config, Arc::new(SystemClock)).unwrap();
+    let issuer = Issuer::open(config, Arc::clone(&clock)).unwrap();
     let socket = issuer.config.workload_socket.clone();
     let listener = bind_unix(&socket, 0o666).await.unwrap();
-    let agent = Agent::new(Arc::new(LocalNode::new(Arc::clone(&issuer))));
+    let agent = Agent::new(Arc::new(LocalNode::new(Arc::clone(&issuer))), clock);
     let (stop, rx) = watch::channel(false);
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    tokio::spawn(Arc::clone(&agent).run_rotation(wait(rx.clone())));
+    if rotate {
+        tokio::spawn(Arc::clone(&agent).run_rotation(wait(rx.clone())));
+    }
     tokio::spawn(Arc::clone(&issuer).run_expiry(wait(rx.clone())));
     tokio::spawn(serve_workload(listener, Arc::clone(&agent), wait(rx)));
     Dev {

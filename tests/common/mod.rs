@@ -22,6 +22,35 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 /// The base trust domain every fixture uses.
 pub const BASE: &str = "example.org";
 
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").expect("/proc/self").uid() == 0
+}
+
+/// Call first in a test that needs root (to run processes under other uids): a test that
+/// cannot run must not pass. As root, `true`. Otherwise it fails, saying how to run it,
+/// unless `WRIT_ALLOW_SKIPS=1` is set: then it prints `ignored: needs root` and returns
+/// `false`, and the test returns at once. CI runs as root, so nothing is skipped there.
+#[must_use = "return from the test when this is false"]
+pub fn require_root() -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("WRIT_ALLOW_SKIPS").is_ok_and(|v| v == "1") {
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("this test")
+            .to_owned();
+        // Written past the harness's output capture (which takes only `eprintln!` and
+        // friends), so the skip shows in the run's output beside the harness's `ok`.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "ignored: needs root ({test})");
+        return false;
+    }
+    panic!("this test needs root; run as root or set WRIT_ALLOW_SKIPS=1");
+}
+
 /// Seconds since the epoch, from the system clock.
 pub fn system_now() -> i64 {
     SystemTime::now()

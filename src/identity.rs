@@ -1,4 +1,4 @@
-//! How writ names things as SPIFFE IDs (DESIGN.md §3).
+//! How writ names things as SPIFFE IDs (docs/architecture.md, "Identities").
 //!
 //! * investigative: `spiffe://investigate.<base>/agent/<agent>/incident/<incident>`
 //! * remediation:  `spiffe://remediate.<base>/agent/<agent>/incident/<incident>/grant/<grant>`

@@ -1,7 +1,7 @@
-//! Agent activity records end to end, in process (DESIGN.md §6): a workload reports what
-//! it did over the agent socket, under its kernel-attested identity, and the server
-//! appends an audit record linked to the incident and the serial of the SVID the
-//! Workload API handed it. Refused reports append nothing.
+//! Agent activity records end to end, in process (docs/architecture.md, "Audit"): a
+//! workload reports what it did over the agent socket, under its kernel-attested identity,
+//! and the server appends an audit record linked to the incident and the serial of the SVID
+//! the Workload API handed it. Refused reports append nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

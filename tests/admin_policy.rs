@@ -1,5 +1,6 @@
 //! Profiles and incidents through the real `writ` binary: `writ dev` on a temp data
-//! directory, the CLI against its admin socket (DESIGN.md §4, §7).
+//! directory, the CLI against its admin socket (docs/architecture.md, "Policy objects" and
+//! "The CLI").
 //!
 //! Every refusal must be one `error:` line on stderr, a non-zero exit, and no change to
 //! what the server holds.

@@ -1,4 +1,4 @@
-//! The audit log's promises (DESIGN.md §6), each against real parts:
+//! The audit log's promises (docs/architecture.md, "Audit"), each against real parts:
 //! * a real store written by `writ dev` (the binary), copied and tampered with — a changed
 //!   record, a removed record, a truncated tail, a history re-hashed and re-signed by a
 //!   forger — makes `writ audit verify` fail and say where;

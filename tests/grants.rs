@@ -1,6 +1,6 @@
-//! Remediation grants through the real `writ` binary (DESIGN.md §4, §7): `writ dev` with
-//! three operators on a temp data directory, the CLI run as each of them (by uid, through
-//! `setpriv`) against its admin socket.
+//! Remediation grants through the real `writ` binary (docs/architecture.md, "Policy
+//! objects" and "The CLI"): `writ dev` with three operators on a temp data directory, the
+//! CLI run as each of them (by uid, through `setpriv`) against its admin socket.
 //!
 //! Every refusal must be a non-zero exit, exactly one `error:` line on stderr naming the
 //! problem, nothing on stdout, and no change to any grant. These tests run the CLI under

@@ -1,8 +1,8 @@
-//! Guardrailed containment end to end, in process, with real clients (DESIGN.md §4): a
-//! playbook approved in advance by two approvers, activated for an open incident by one
-//! incident commander; the agent's workload receives a remediation identity whose claims
-//! name the playbook and the chosen targets and which never outlives the window. Anything
-//! outside the bounds is refused and issues nothing.
+//! Guardrailed containment end to end, in process, with real clients (docs/architecture.md,
+//! "Policy objects"): a playbook approved in advance by two approvers, activated for an
+//! open incident by one incident commander; the agent's workload receives a remediation
+//! identity whose claims name the playbook and the chosen targets and which never outlives
+//! the window. Anything outside the bounds is refused and issues nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

@@ -1,6 +1,6 @@
-//! `writ svid list | revoke` through the real `writ` binary (DESIGN.md §5, §7): `writ dev`
-//! on a temp data directory, the CLI run as root and, through `setpriv`, as an auditor
-//! and as a uid that is no operator.
+//! `writ svid list | revoke` through the real `writ` binary (docs/architecture.md,
+//! "Revocation" and "The CLI"): `writ dev` on a temp data directory, the CLI run as root
+//! and, through `setpriv`, as an auditor and as a uid that is no operator.
 //!
 //! Every refusal must be a non-zero exit, exactly one `error:` line on stderr naming the
 //! problem, nothing on stdout, and no change to any SVID's state. The tests that run the

@@ -1,6 +1,7 @@
-//! Revoking one X.509-SVID by serial, end to end in process (DESIGN.md §5): a real
-//! issuer and agent on temp sockets, the stock `spiffe` crate client on the Workload API,
-//! writ's generated clients on the admin socket and the revocation feed.
+//! Revoking one X.509-SVID by serial, end to end in process (docs/architecture.md,
+//! "Revocation"): a real issuer and agent on temp sockets, the stock `spiffe` crate client
+//! on the Workload API, writ's generated clients on the admin socket and the revocation
+//! feed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

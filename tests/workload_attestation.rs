@@ -1,5 +1,5 @@
-//! Workload attestation records end to end, in process (DESIGN.md §6 "Records:
-//! attestation"): the first time the agent serves an attested workload (its selector
+//! Workload attestation records end to end, in process (docs/architecture.md,
+//! "Audit"): the first time the agent serves an attested workload (its selector
 //! set, not its pid) a SPIFFE ID, the server appends one `workload.attest` record; later
 //! calls by the same workload append nothing. The server checks every report against
 //! policy: a node cannot make up identities.

@@ -1,7 +1,8 @@
 //! The agent's SVIDs: one key and certificate per identity, made on first use, renewed
 //! at half-life (±10 % jitter), dropped when policy no longer entitles anyone to them.
 //! A certificate whose serial policy lists as revoked is never handed out again: it is
-//! dropped, and its identity, if still entitled, gets a fresh certificate (DESIGN.md §5).
+//! dropped, and its identity, if still entitled, gets a fresh certificate
+//! (docs/architecture.md, "Revocation").
 //!
 //! Keys are generated here, on the workload's host, and never sent anywhere: the server
 //! sees only a CSR. Every certificate the server returns is checked against the bundle
@@ -45,7 +46,8 @@ impl std::fmt::Debug for CachedSvid {
     }
 }
 
-/// Renewal instant: half the lifetime, ±10 % jitter (DESIGN.md §3), at least a second.
+/// Renewal instant: half the lifetime, ±10 % jitter (docs/architecture.md, "Identities"),
+/// at least a second.
 pub fn renew_at(issued_at: i64, not_after: i64, jitter: f64) -> i64 {
     let lifetime = (not_after - issued_at).max(1) as f64;
     let jitter = jitter.clamp(-1.0, 1.0) * 0.1;

@@ -2,8 +2,8 @@
 //!
 //! The agent records a workload attestation the first time an attested workload — its
 //! selector set (uid, user, gids, executable path and SHA-256; never the pid, which a
-//! restarted process does not keep) — is served a given SPIFFE ID (DESIGN.md §6).
-//! Recording every Workload API call would flood the log: clients poll and stream.
+//! restarted process does not keep) — is served a given SPIFFE ID (docs/architecture.md,
+//! "Audit"). Recording every Workload API call would flood the log: clients poll and stream.
 //!
 //! This module owns the pure parts: the key of a (selector set, SPIFFE ID) pair, the
 //! bounded set of pairs reported or being reported, and which selectors a report carries.

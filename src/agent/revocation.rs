@@ -1,5 +1,5 @@
 //! `writ.revocation.v1`: the revocation feed verifiers watch on the agent's socket
-//! (DESIGN.md §5, item 3).
+//! (docs/architecture.md, "Revocation").
 //!
 //! One task per agent follows the policy and a timer and keeps the current set (see
 //! [`crate::policy::revocation`]) in a watch channel; every `Watch` stream sends that

@@ -167,7 +167,8 @@ pub(crate) async fn attest_caller<T>(
 }
 
 /// Records in the audit log, once per agent process, that the workload attested as
-/// `selectors` was served each identity in `served` (DESIGN.md §6: attestation records).
+/// `selectors` was served each identity in `served` (docs/architecture.md, "Audit":
+/// attestation records).
 ///
 /// Never delays the answer: each report runs on its own task. A report that fails is
 /// forgotten, so the next call serving the pair tries again; one the server refuses as

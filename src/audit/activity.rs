@@ -1,6 +1,6 @@
-//! Agent activity reports (DESIGN.md §6): what an agent says it did under its SVID — a
-//! prompt, a tool call, evidence it read, a fix it proposes — checked before it becomes
-//! an audit record.
+//! Agent activity reports (docs/architecture.md, "Audit"): what an agent says it did under
+//! its SVID — a prompt, a tool call, evidence it read, a fix it proposes — checked before
+//! it becomes an audit record.
 //!
 //! The log is append-only and cannot be redacted, so a report carries a digest of the
 //! content and never the content: prompts, tool arguments, evidence bodies and fixes can

@@ -1,4 +1,4 @@
-//! The tamper-evident audit log (DESIGN.md §6).
+//! The tamper-evident audit log (docs/architecture.md, "Audit").
 //!
 //! An append-only Merkle log with RFC 6962 hashing, signed checkpoints in the C2SP
 //! tlog-checkpoint / signed-note formats, and inclusion and consistency proofs.

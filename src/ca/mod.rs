@@ -120,7 +120,7 @@ impl CaError {
 /// The most notBefore may be backdated (config `[ca] backdate`; default 10s).
 pub const MAX_BACKDATE: Duration = Duration::from_secs(5 * 60);
 
-/// Lifetimes, as configured. Defaults follow DESIGN.md §3.
+/// Lifetimes, as configured. Defaults follow docs/architecture.md, "Identities".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaConfig {

@@ -1,4 +1,5 @@
-//! `writ grant request | approve | deny | list | show | revoke` (DESIGN.md §4, §7).
+//! `writ grant request | approve | deny | list | show | revoke` (docs/architecture.md,
+//! "Policy objects" and "The CLI").
 //!
 //! What an approver signs is the plan's SHA-256. `grant show` prints the plan and the
 //! evidence in full; `grant approve` without `--digest` sends the digest of the plan it

@@ -1,5 +1,5 @@
-//! `writ playbook create | approve | list | show | activate | retire` (DESIGN.md §4,
-//! "Guardrailed containment").
+//! `writ playbook create | approve | list | show | activate | retire`
+//! (docs/architecture.md, "Policy objects").
 //!
 //! What approvers sign is the playbook's digest: the SHA-256 of its canonical bounds
 //! (action, allowed targets, scopes, maximum window). `playbook show` prints them, and

@@ -1,4 +1,5 @@
-//! `writ svid list [--incident ID] | revoke SERIAL` (DESIGN.md §5, §7).
+//! `writ svid list [--incident ID] | revoke SERIAL` (docs/architecture.md, "Revocation" and
+//! "The CLI").
 //!
 //! The serial is passed through as typed: the server parses it and is the only judge of
 //! whether it names a live certificate writ issued.

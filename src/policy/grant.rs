@@ -1,5 +1,5 @@
 //! Remediation grants: a plan, approved by a quorum of named humans, active for a bounded
-//! window (DESIGN.md §4).
+//! window (docs/architecture.md, "Policy objects").
 //!
 //! Every decision here is a pure function of the grant, its incident, the caller and the
 //! time. What approvers approve is the plan's SHA-256: an approval names the digest it saw,
@@ -15,7 +15,7 @@ pub const MAX_PLAN_LEN: usize = 256 * 1024;
 pub const MAX_TARGETS_LEN: usize = 4 * 1024;
 /// Longest grant window.
 pub const MAX_WINDOW_SECS: u64 = 4 * 3600;
-/// Default grant window (DESIGN.md §3).
+/// Default grant window (docs/architecture.md, "Identities").
 pub const DEFAULT_WINDOW_SECS: u64 = 600;
 /// Longest action, and longest reason a grant is denied or revoked with.
 pub const MAX_LINE_LEN: usize = 1024;

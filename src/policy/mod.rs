@@ -146,8 +146,8 @@ pub enum PolicyError {
     },
 }
 
-/// What an operator may do (DESIGN.md §4). Enforced per admin RPC with the remediation
-/// work; recorded from the start so the audit trail names real people.
+/// What an operator may do (docs/architecture.md, "Policy objects"). Enforced per admin RPC
+/// with the remediation work; recorded from the start so the audit trail names real people.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {

@@ -1,7 +1,7 @@
 //! Guardrail playbooks: pre-approved containment actions (isolate a host, disable a
 //! token) with bounds, approved by a quorum in advance; one incident commander activates
-//! one for an open incident, for at most ten minutes (DESIGN.md §4, "Guardrailed
-//! containment").
+//! one for an open incident, for at most ten minutes (docs/architecture.md,
+//! "Policy objects").
 //!
 //! Pure: every decision is a function of the playbook, the incident, the agent's profile,
 //! the caller and the time. An activation is an ordinary remediation [`Grant`], active at
@@ -20,7 +20,8 @@ use writ_verifier::Band;
 /// Distinct approvers a playbook needs before it can be activated (its creator never
 /// counts).
 pub const QUORUM: usize = 2;
-/// The longest an activation may last, whatever a playbook says (DESIGN.md §4).
+/// The longest an activation may last, whatever a playbook says (docs/architecture.md,
+/// "Policy objects").
 pub const MAX_WINDOW_SECS: u64 = 600;
 /// Longest target string.
 pub const MAX_TARGET_LEN: usize = 512;

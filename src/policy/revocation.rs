@@ -1,5 +1,6 @@
-//! What verifiers must refuse before it expires (DESIGN.md §5, item 3): closed incidents,
-//! ended grants and revoked serials, as the agent's revocation feed publishes them.
+//! What verifiers must refuse before it expires (docs/architecture.md, "Revocation"):
+//! closed incidents, ended grants and revoked serials, as the agent's revocation feed
+//! publishes them.
 //!
 //! Pure: a policy snapshot and the time in, the set out. It never reaches back further
 //! than the window (the longest SVID lifetime): an SVID issued before a revocation lives

@@ -119,7 +119,8 @@ impl Operation {
             | Operation::RevokeSvid => &[IncidentCommander, Admin],
             // Retiring only ever takes authority away.
             Operation::RetirePlaybook => &[Admin, IncidentCommander],
-            // One on-call human takes the containment decision (DESIGN.md §4).
+            // One on-call human takes the containment decision (docs/architecture.md,
+            // "Policy objects").
             Operation::ActivatePlaybook => &[IncidentCommander],
             Operation::Approve => &[Approver],
             Operation::DenyGrant => &[Approver, IncidentCommander],

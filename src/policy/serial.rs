@@ -1,5 +1,6 @@
-//! Revoking one X.509-SVID by serial (DESIGN.md §5): the revoked-serial set that is part
-//! of the policy, and the rules that add to it and prune it.
+//! Revoking one X.509-SVID by serial (docs/architecture.md, "Revocation"): the
+//! revoked-serial set that is part of the policy, and the rules that add to it and prune
+//! it.
 //!
 //! A revoked serial names one certificate, not an identity: the workload that held it is
 //! still entitled to its identity and receives a fresh SVID with a new serial. An entry

@@ -771,10 +771,10 @@ impl Registry {
         )
     }
 
-    /// Revokes one X.509-SVID by serial (DESIGN.md §5): the certificate must be one writ
-    /// issued and not yet expired. The entry is durable before the new policy is
-    /// published, and no signature is in flight once this returns; the identity itself
-    /// stays entitled, so its holder is issued a fresh SVID.
+    /// Revokes one X.509-SVID by serial (docs/architecture.md, "Revocation"): the
+    /// certificate must be one writ issued and not yet expired. The entry is durable before
+    /// the new policy is published, and no signature is in flight once this returns; the
+    /// identity itself stays entitled, so its holder is issued a fresh SVID.
     pub fn revoke_serial(
         &self,
         serial: &Serial,

@@ -181,7 +181,7 @@ pub struct NodePeer {
     /// The verified node SPIFFE ID, if the caller presented a node SVID.
     pub spiffe_id: Option<SpiffeId>,
     /// The serial of that certificate, lowercase hex, so that a revoked node SVID can be
-    /// refused (DESIGN.md §5).
+    /// refused (docs/architecture.md, "Revocation").
     pub serial: Option<String>,
 }
 

@@ -121,7 +121,8 @@ pub struct WritClaims {
     /// Index of the issuance record in writ's audit log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_index: Option<u64>,
-    /// The guardrail playbook this identity was activated from (DESIGN.md §4).
+    /// The guardrail playbook this identity was activated from (docs/architecture.md,
+    /// "Policy objects").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub playbook: Option<String>,
     /// What the holder may act on: the grant's targets (for a playbook, the ones chosen at

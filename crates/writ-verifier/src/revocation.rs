@@ -1,5 +1,5 @@
-//! What has been revoked: closed incidents, ended grants, single certificates (DESIGN.md
-//! §5, `writ.revocation.v1`).
+//! What has been revoked: closed incidents, ended grants, single certificates
+//! (docs/architecture.md, "Revocation", `writ.revocation.v1`).
 //!
 //! A [`RevocationSnapshot`] is an immutable set built once per feed message and looked up
 //! once per handshake or request: hash sets only, so a lookup is O(1) and allocates

@@ -1,5 +1,6 @@
-//! Admin RPCs for the audit log (DESIGN.md §6): read records as stored (so a client can
-//! recompute the tree itself), follow new ones, and fetch the latest signed checkpoint.
+//! Admin RPCs for the audit log (docs/architecture.md, "Audit"): read records as stored (so
+//! a client can recompute the tree itself), follow new ones, and fetch the latest signed
+//! checkpoint.
 
 use super::AdminService;
 use super::call::name_arg;

@@ -1,6 +1,6 @@
-//! Remediation grants (DESIGN.md §4): requested with a plan, approved by a quorum of
-//! operators other than the requester, denied or revoked; read with the quorum they need
-//! and the identity they grant.
+//! Remediation grants (docs/architecture.md, "Policy objects"): requested with a plan,
+//! approved by a quorum of operators other than the requester, denied or revoked; read with
+//! the quorum they need and the identity they grant.
 
 use super::AdminService;
 use super::call::name_arg;

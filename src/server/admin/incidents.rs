@@ -11,8 +11,8 @@ use crate::server::registry::RegistryError;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
-/// An incident's maximum lifetime when the request names none (DESIGN.md §7), or the
-/// configured ceiling if that is shorter.
+/// An incident's maximum lifetime when the request names none (docs/architecture.md, "The
+/// CLI"), or the configured ceiling if that is shorter.
 const DEFAULT_INCIDENT_LIFETIME: Duration = Duration::from_secs(4 * 3600);
 
 /// The most an incident may be extended by at once.

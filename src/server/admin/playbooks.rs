@@ -1,6 +1,6 @@
-//! Admin RPCs for guardrail playbooks (DESIGN.md §4): an admin creates one, two approvers
-//! (never its creator) approve its digest in advance, one incident commander activates it
-//! for an open incident.
+//! Admin RPCs for guardrail playbooks (docs/architecture.md, "Policy objects"): an admin
+//! creates one, two approvers (never its creator) approve its digest in advance, one
+//! incident commander activates it for an open incident.
 
 use super::AdminService;
 use super::call::{bounded, name_arg};

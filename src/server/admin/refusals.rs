@@ -1,4 +1,4 @@
-//! Every refused admin call is audited (DESIGN.md §6; "each a clear error, nothing
+//! Every refused admin call is audited (docs/architecture.md, "Audit"; "each a clear error, nothing
 //! changed, a refusal record"): a thin tower service around the generated admin server
 //! that looks at each response's gRPC status and, for a caller's mistake or a missing
 //! right, appends a refusal record before the caller hears the answer.

@@ -1,6 +1,6 @@
-//! Admin RPCs for issued X.509-SVIDs (DESIGN.md §5, §7): list them with their revocation
-//! state, and revoke one by serial. The serial is parsed here before anything is looked
-//! up.
+//! Admin RPCs for issued X.509-SVIDs (docs/architecture.md, "Revocation" and "The CLI"):
+//! list them with their revocation state, and revoke one by serial. The serial is parsed
+//! here before anything is looked up.
 
 use super::AdminService;
 use super::call::name_arg;

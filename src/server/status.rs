@@ -174,7 +174,7 @@ mod tests {
                 Code::Unavailable,
             ),
             (
-                CaError::Store(StoreError::Db("/secret/path".into())).into(),
+                CaError::from(StoreError::Db("/secret/path".into())).into(),
                 Code::Internal,
             ),
             (

@@ -12,6 +12,7 @@ use writ::config::RawConfig;
 use writ::node_api::wire::encode_policy;
 use writ::policy::{Incident, IncidentState, Profile, Selector, Severity};
 use writ::server::Issuer;
+use writ::server::registry::RegistryError;
 use writ_verifier::Band;
 
 fn issuer(dir: &std::path::Path, clock: &ManualClock) -> Arc<Issuer> {
@@ -93,8 +94,19 @@ fn a_closed_incident_leaves_what_agents_receive_after_the_longest_svid_lifetime(
     );
     assert!(view.incidents["INC-2"].is_open());
 
-    // Its history stays: in the server's policy, the store and the audit log.
-    assert!(issuer.registry.snapshot().incidents.contains_key("INC-1"));
+    // It leaves the server's memory too; its history stays in the store and the audit log,
+    // and reads find it there.
+    assert!(!issuer.registry.snapshot().incidents.contains_key("INC-1"));
+    let shown = issuer.registry.incident("INC-1").unwrap().unwrap();
+    assert_eq!(shown.state, IncidentState::Closed);
+    assert!(
+        issuer
+            .registry
+            .all_incidents()
+            .unwrap()
+            .iter()
+            .any(|i| i.id == "INC-1")
+    );
     assert!(
         issuer
             .store
@@ -133,7 +145,9 @@ fn what_agents_receive_is_the_same_size_after_a_thousand_closed_incidents() {
     // The next change publishes a view pruned at its time.
     open(&fresh, &clock, "LIVE-1");
     open(&busy, &clock, "LIVE-1");
-    assert_eq!(busy.registry.snapshot().incidents.len(), 1_001);
+    // The server's memory holds live state only; the store holds the history.
+    assert_eq!(busy.registry.snapshot().incidents.len(), 1);
+    assert_eq!(busy.registry.all_incidents().unwrap().len(), 1_001);
     assert_eq!(
         wire_size(&busy),
         wire_size(&fresh),
@@ -143,4 +157,50 @@ fn what_agents_receive_is_the_same_size_after_a_thousand_closed_incidents() {
         inside_window > 1_000 * 20,
         "inside the window the closed incidents are revoked, so agents must receive them"
     );
+}
+
+#[test]
+fn history_out_of_memory_is_refused_as_it_always_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(1_900_000_000);
+    let issuer = issuer(dir.path(), &clock);
+    open(&issuer, &clock, "INC-1");
+    issuer
+        .registry
+        .close_incident("INC-1", "alice", clock.unix())
+        .unwrap();
+    clock.advance(issuer.config.ca.max_svid_ttl + Duration::from_secs(3601));
+    open(&issuer, &clock, "INC-2");
+    assert!(!issuer.registry.snapshot().incidents.contains_key("INC-1"));
+
+    // Ids are never reused, though INC-1 is no longer in memory.
+    let mut again = issuer.registry.snapshot().incidents["INC-2"].clone();
+    again.id = "INC-1".into();
+    assert!(
+        matches!(
+            issuer.registry.open_incident(again),
+            Err(RegistryError::AlreadyExists { .. })
+        ),
+        "a closed incident's id was reused"
+    );
+    // Closing or extending it again is refused as closed, not as unknown.
+    assert!(matches!(
+        issuer
+            .registry
+            .close_incident("INC-1", "alice", clock.unix()),
+        Err(RegistryError::AlreadyClosed(_))
+    ));
+    assert!(matches!(
+        issuer
+            .registry
+            .extend_incident("INC-1", 60, 86_400, "alice", clock.unix()),
+        Err(RegistryError::AlreadyClosed(_))
+    ));
+    // An unknown incident is still unknown.
+    assert!(matches!(
+        issuer
+            .registry
+            .close_incident("INC-9", "alice", clock.unix()),
+        Err(RegistryError::NotFound { .. })
+    ));
 }

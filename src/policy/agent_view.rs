@@ -1,16 +1,74 @@
-//! What agents receive of the policy: live state only (docs/architecture.md, "The node
-//! API contract").
+//! What the server keeps in memory ([`live`]) and what agents receive ([`agent_view`]) of
+//! the policy: live state only (docs/architecture.md, "The node API contract").
 //!
-//! The server's policy holds its whole history: every incident ever opened, every grant
-//! with its plan, every playbook. An agent needs far less: which profiles select which
-//! workloads, the incidents it may serve identities for now, the active grants, and what
-//! verifiers must refuse. Anything that ended leaves once no SVID issued under it can still
-//! be valid (the revocation window, the longest SVID lifetime: see [`super::revocation`]),
-//! so the view is bounded by live state however long the history grows. Pure: a snapshot
-//! and the time in, the view out.
+//! History (every incident ever opened, every grant with its plan) lives in the store and
+//! the audit log. In memory the server keeps what its decisions read: what is open or
+//! pending, and what ended recently enough that an SVID issued under it may still be
+//! valid (the revocation window, the longest SVID lifetime: see [`super::revocation`]).
+//! Agents need less again: no plans, no pending requests, no playbooks. Both are bounded
+//! by live state however long the history grows. Pure: a snapshot and the time in, the
+//! view out.
 
 use super::revocation::within_window;
 use super::{GrantState, PolicySnapshot};
+
+/// How long ended things stay in the server's memory at least, whatever the revocation
+/// window: the per-agent request limit counts the grants of the last hour.
+pub const LIVE_AT_LEAST_SECS: i64 = 3600;
+
+/// The server's live policy at `now`: what its decisions read. Everything that ended
+/// longer ago than `window_secs` (and [`LIVE_AT_LEAST_SECS`]) leaves; it stays in the
+/// store and the audit log, where history is read from. So the server's memory and the
+/// cost of a change follow live state, not history.
+///
+/// - profiles and playbooks: all of them;
+/// - incidents: the open ones, and the ones closed within the window;
+/// - grants: pending and active ones, and the ones that ended within the window (a grant
+///   in another state without an ending is kept);
+/// - revoked serials: while inside the window and before the certificate's notAfter.
+pub fn live(policy: &PolicySnapshot, now: i64, window_secs: i64) -> PolicySnapshot {
+    let keep = window_secs.max(LIVE_AT_LEAST_SECS);
+    PolicySnapshot {
+        generation: policy.generation,
+        profiles: policy.profiles.clone(),
+        incidents: policy
+            .incidents
+            .iter()
+            .filter(|(_, i)| {
+                i.is_open() || i.closed_at.is_none_or(|at| within_window(at, now, keep))
+            })
+            .map(|(id, i)| (id.clone(), i.clone()))
+            .collect(),
+        grants: policy
+            .grants
+            .iter()
+            .filter(|(_, g)| match g.state {
+                GrantState::Pending | GrantState::Active => true,
+                _ => g
+                    .ended
+                    .as_ref()
+                    .is_none_or(|e| within_window(e.at, now, keep)),
+            })
+            .map(|(id, g)| (id.clone(), g.clone()))
+            .collect(),
+        rules: policy.rules.clone(),
+        playbooks: policy.playbooks.clone(),
+        revoked_serials: current_serials(policy, now, window_secs),
+    }
+}
+
+fn current_serials(
+    policy: &PolicySnapshot,
+    now: i64,
+    window_secs: i64,
+) -> std::collections::BTreeMap<String, super::RevokedSerial> {
+    policy
+        .revoked_serials
+        .iter()
+        .filter(|(_, r)| within_window(r.revoked_at, now, window_secs) && now <= r.not_after)
+        .map(|(serial, r)| (serial.clone(), r.clone()))
+        .collect()
+}
 
 /// The policy an agent needs at `now`, with revocations remembered for `window_secs`.
 ///
@@ -55,12 +113,6 @@ pub fn agent_view(policy: &PolicySnapshot, now: i64, window_secs: i64) -> Policy
             (id.clone(), grant)
         })
         .collect();
-    let revoked_serials = policy
-        .revoked_serials
-        .iter()
-        .filter(|(_, r)| within_window(r.revoked_at, now, window_secs) && now <= r.not_after)
-        .map(|(serial, r)| (serial.clone(), r.clone()))
-        .collect();
     let mut rules = policy.rules.clone();
     // The server's own decision, never the agents' (see RemediationRules).
     rules.demo_single_user = false;
@@ -71,7 +123,7 @@ pub fn agent_view(policy: &PolicySnapshot, now: i64, window_secs: i64) -> Policy
         grants,
         rules,
         playbooks: Default::default(),
-        revoked_serials,
+        revoked_serials: current_serials(policy, now, window_secs),
     }
 }
 
@@ -213,6 +265,32 @@ mod tests {
         }
         let set = revocations(&agent_view(&policy, 150, WINDOW), 150, WINDOW);
         assert!(set.iter().any(|r| r.kind == RevocationKind::Serial));
+    }
+
+    #[test]
+    fn the_server_keeps_what_ended_within_the_window_and_the_last_hour() {
+        let mut policy = history(2);
+        policy
+            .grants
+            .insert("g-p".into(), grant("g-p", GrantState::Pending, false, None));
+        policy.grants.insert(
+            "g-d".into(),
+            grant("g-d", GrantState::Denied, false, Some(100)),
+        );
+        // Within the longer of the window and an hour: everything stays, plans included.
+        let kept = live(&policy, 100 + LIVE_AT_LEAST_SECS, WINDOW);
+        assert_eq!(kept.incidents.len(), 3);
+        assert_eq!(kept.grants.len(), 4);
+        assert!(!kept.grants["g-d"].plan.is_empty());
+        // After it: only what is open or pending.
+        let later = live(&policy, 101 + LIVE_AT_LEAST_SECS, WINDOW);
+        assert_eq!(later.incidents.keys().collect::<Vec<_>>(), vec!["INC-1"]);
+        assert_eq!(later.grants.keys().collect::<Vec<_>>(), vec!["g-p"]);
+        // What agents receive is taken from the live policy alike.
+        assert_eq!(
+            agent_view(&later, 101 + LIVE_AT_LEAST_SECS, WINDOW),
+            agent_view(&policy, 101 + LIVE_AT_LEAST_SECS, WINDOW)
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod selector;
 pub mod serial;
 pub mod text;
 
-pub use agent_view::agent_view;
+pub use agent_view::{agent_view, live};
 pub use grant::{Grant, GrantError, GrantRequest, GrantState};
 pub use selector::{Selector, SelectorError};
 pub use serial::{RevokedSerial, Serial, SerialError};

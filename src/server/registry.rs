@@ -12,7 +12,7 @@ use crate::policy::grant::{self, GrantError, GrantRequest, GrantState, Principal
 use crate::policy::playbook::{self, ActivationRequest, Playbook, PlaybookError, PlaybookState};
 use crate::policy::serial::{self, Issued, RevokedSerial, Serial, SerialError};
 use crate::policy::{
-    Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile, agent_view,
+    Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile, agent_view, live,
 };
 use crate::store::{Store, StoreError};
 use std::sync::{Arc, Mutex, RwLock};
@@ -275,6 +275,8 @@ impl Registry {
                 .map(|r| (r.serial.clone(), r))
                 .collect(),
         };
+        // In memory only what is live; history is read from the store.
+        let snapshot = live(&snapshot, clock.unix(), revocation_window);
         let view = agent_view(&snapshot, clock.unix(), revocation_window);
         let (tx, _) = watch::channel(Arc::new(snapshot));
         Ok(Registry {
@@ -297,6 +299,33 @@ impl Registry {
     /// Follows every change.
     pub fn subscribe(&self) -> watch::Receiver<Arc<PolicySnapshot>> {
         self.snapshot.subscribe()
+    }
+
+    /// Every incident ever opened, live or history, by id (read from the store, which
+    /// holds everything: each change is written there before it is published).
+    pub fn all_incidents(&self) -> Result<Vec<Incident>, RegistryError> {
+        Ok(self.store.incidents()?)
+    }
+
+    /// One incident, live or history.
+    pub fn incident(&self, id: &str) -> Result<Option<Incident>, RegistryError> {
+        match self.snapshot().incidents.get(id) {
+            Some(incident) => Ok(Some(incident.clone())),
+            None => Ok(self.store.incident(id)?),
+        }
+    }
+
+    /// Every grant ever filed, live or history (from the store, as [`Self::all_incidents`]).
+    pub fn all_grants(&self) -> Result<Vec<Grant>, RegistryError> {
+        Ok(self.store.grants()?)
+    }
+
+    /// One grant, live or history.
+    pub fn grant(&self, id: &str) -> Result<Option<Grant>, RegistryError> {
+        match self.snapshot().grants.get(id) {
+            Some(grant) => Ok(Some(grant.clone())),
+            None => Ok(self.store.grant(id)?),
+        }
     }
 
     /// What agents need of the policy, following every change: bounded by live state,
@@ -333,7 +362,11 @@ impl Registry {
         };
         let out = f(&mut next, &writer)?;
         next.generation += 1;
-        let view = Arc::new(agent_view(&next, self.clock.unix(), self.revocation_window));
+        // What ended longer ago than the window leaves memory (it is in the store), so a
+        // change costs what live state costs, not what history does.
+        let now = self.clock.unix();
+        let next = live(&next, now, self.revocation_window);
+        let view = Arc::new(agent_view(&next, now, self.revocation_window));
         let next = Arc::new(next);
         {
             // Wait out in-flight signatures; none start until the new policy is published.
@@ -393,7 +426,10 @@ impl Registry {
         self.change(
             Audited::new(Kind::AdminChange, "incident.open", &by),
             |policy, w| {
-                if policy.incidents.contains_key(&incident.id) {
+                // Ids are never reused: history is in the store, not only in memory.
+                if policy.incidents.contains_key(&incident.id)
+                    || self.store.incident(&incident.id)?.is_some()
+                {
                     return Err(RegistryError::AlreadyExists {
                         what: "incident",
                         name: incident.id.clone(),
@@ -417,12 +453,7 @@ impl Registry {
         self.change(
             Audited::new(Kind::Revocation, "incident.close", by),
             |policy, w| {
-                let Some(current) = policy.incidents.get(id) else {
-                    return Err(RegistryError::NotFound {
-                        what: "incident",
-                        name: id.into(),
-                    });
-                };
+                let current = find_incident(policy, &self.store, id)?;
                 if !current.is_open() {
                     return Err(RegistryError::AlreadyClosed(id.into()));
                 }
@@ -448,12 +479,7 @@ impl Registry {
         self.change(
             Audited::new(Kind::AdminChange, "incident.extend", by),
             |policy, w| {
-                let Some(current) = policy.incidents.get(id) else {
-                    return Err(RegistryError::NotFound {
-                        what: "incident",
-                        name: id.into(),
-                    });
-                };
+                let current = find_incident(policy, &self.store, id)?;
                 if !current.is_open() {
                     return Err(RegistryError::AlreadyClosed(id.into()));
                 }
@@ -478,9 +504,7 @@ impl Registry {
         let requested_by = requested_by.into();
         let id = format!("g-{}", random_hex(6)?);
         self.change(Audited::new(Kind::AdminChange, "grant.request", requested_by.name), |policy, w| {
-            let Some(incident) = policy.incidents.get(&request.incident) else {
-                return Err(RegistryError::NotFound { what: "incident", name: request.incident.clone() });
-            };
+            let incident = find_incident(policy, &self.store, &request.incident)?;
             let profile = policy.profiles.get(&request.agent);
             let remediation = profile.is_some_and(|p| !p.service && p.bands.contains(&writ_verifier::Band::Remediation));
             let pending = policy
@@ -528,13 +552,8 @@ impl Registry {
         self.change(
             Audited::new(Kind::Approval, "grant.approve", approver.name),
             |policy, w| {
-                let grant = find_grant(policy, id)?;
-                let incident = policy.incidents.get(&grant.incident).ok_or_else(|| {
-                    RegistryError::NotFound {
-                        what: "incident",
-                        name: grant.incident.clone(),
-                    }
-                })?;
+                let grant = find_grant(policy, &self.store, id)?;
+                let incident = find_incident(policy, &self.store, &grant.incident)?;
                 let next = grant::approve(
                     &policy.rules,
                     grant,
@@ -571,7 +590,8 @@ impl Registry {
                 by,
             ),
             |policy, w| {
-                let next = grant::end(find_grant(policy, id)?, state, by, reason, now)?;
+                let next =
+                    grant::end(find_grant(policy, &self.store, id)?, state, by, reason, now)?;
                 w.put_policy_changes(&[], std::slice::from_ref(&next))?;
                 apply(policy, &[], std::slice::from_ref(&next));
                 Ok(next)
@@ -692,12 +712,7 @@ impl Registry {
             Audited::new(Kind::Approval, "playbook.activate", activator),
             |policy, w| {
                 let book = find_playbook(policy, name)?;
-                let Some(incident) = policy.incidents.get(incident) else {
-                    return Err(RegistryError::NotFound {
-                        what: "incident",
-                        name: incident.chars().take(64).collect(),
-                    });
-                };
+                let incident = find_incident(policy, &self.store, incident)?;
                 let profile = policy.profiles.get(&request.agent);
                 let grant = playbook::activate(
                     &policy.rules,
@@ -867,14 +882,46 @@ fn random_hex(bytes: usize) -> Result<String, RegistryError> {
     Ok(crate::hex::lower(&buf))
 }
 
-fn find_grant<'a>(policy: &'a PolicySnapshot, id: &str) -> Result<&'a Grant, RegistryError> {
-    policy
-        .grants
-        .get(id)
-        .ok_or_else(|| RegistryError::NotFound {
+/// A live grant. One that ended longer ago than the live window is only in the store
+/// ([`crate::policy::live`]): it is refused as not pending, as it always was.
+fn find_grant<'a>(
+    policy: &'a PolicySnapshot,
+    store: &Store,
+    id: &str,
+) -> Result<&'a Grant, RegistryError> {
+    if let Some(grant) = policy.grants.get(id) {
+        return Ok(grant);
+    }
+    match store.grant(id)? {
+        Some(ended) => Err(GrantError::NotPending {
+            id: ended.id,
+            state: ended.state,
+        }
+        .into()),
+        None => Err(RegistryError::NotFound {
             what: "grant",
             name: id.chars().take(64).collect(),
-        })
+        }),
+    }
+}
+
+/// A live incident. One closed longer ago than the live window is only in the store
+/// ([`crate::policy::live`]): it is refused as closed, as it always was.
+fn find_incident<'a>(
+    policy: &'a PolicySnapshot,
+    store: &Store,
+    id: &str,
+) -> Result<&'a Incident, RegistryError> {
+    if let Some(incident) = policy.incidents.get(id) {
+        return Ok(incident);
+    }
+    match store.incident(id)? {
+        Some(closed) => Err(RegistryError::AlreadyClosed(closed.id)),
+        None => Err(RegistryError::NotFound {
+            what: "incident",
+            name: id.chars().take(64).collect(),
+        }),
+    }
 }
 
 fn find_playbook<'a>(
@@ -948,8 +995,12 @@ mod tests {
 
     /// A registry over `store` under the default rules, auditing to a log in `dir`.
     fn load(store: Arc<Store>, dir: &std::path::Path) -> Registry {
+        load_at(store, dir, Arc::new(crate::clock::ManualClock::at(0)))
+    }
+
+    /// [`load`], telling time by `clock`.
+    fn load_at(store: Arc<Store>, dir: &std::path::Path, clock: SharedClock) -> Registry {
         let audit = AuditLog::open(&dir.join("audit.redb"), dir, "example.org/writ-audit");
-        let clock: SharedClock = Arc::new(crate::clock::ManualClock::at(0));
         Registry::load(
             store,
             RemediationRules::default(),
@@ -1026,6 +1077,66 @@ mod tests {
         ));
         assert!(matches!(
             registry.close_incident("nope", "root", 3),
+            Err(RegistryError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn grants_and_incidents_out_of_memory_are_refused_as_they_always_were() {
+        use crate::policy::grant::plan_digest;
+        let dir = tempfile::tempdir().unwrap();
+        let clock = crate::clock::ManualClock::at(0);
+        let registry = load_at(
+            Arc::new(Store::open(&dir.path().join("w.redb")).unwrap()),
+            dir.path(),
+            Arc::new(clock.clone()),
+        );
+        remediable_incident(&registry);
+        let request = GrantRequest {
+            incident: "INC-1".into(),
+            agent: "triage".into(),
+            action: "restart".into(),
+            plan: "plan".into(),
+            ..GrantRequest::default()
+        };
+        let denied = registry.request_grant(request.clone(), "agent", 0).unwrap();
+        registry
+            .end_grant(&denied.id, GrantState::Denied, "alice", "no", 1)
+            .unwrap();
+        registry.close_incident("INC-1", "alice", 2).unwrap();
+        // Long after: the next change leaves both out of memory.
+        clock.advance(std::time::Duration::from_secs(10 * 3600));
+        registry.open_incident(incident("INC-2")).unwrap();
+        let live = registry.snapshot();
+        assert!(!live.grants.contains_key(&denied.id) && !live.incidents.contains_key("INC-1"));
+        assert_eq!(
+            registry.grant(&denied.id).unwrap().unwrap().state,
+            GrantState::Denied
+        );
+
+        let not_pending = |r: Result<Grant, RegistryError>| {
+            matches!(r, Err(RegistryError::Grant(GrantError::NotPending { .. })))
+        };
+        assert!(not_pending(registry.approve_grant(
+            &denied.id,
+            "bob",
+            &plan_digest("plan"),
+            3600,
+            36_000
+        )));
+        assert!(not_pending(registry.end_grant(
+            &denied.id,
+            GrantState::Revoked,
+            "bob",
+            "x",
+            36_000
+        )));
+        assert!(matches!(
+            registry.request_grant(request, "agent", 36_000),
+            Err(RegistryError::AlreadyClosed(_))
+        ));
+        assert!(matches!(
+            registry.approve_grant("g-000000000000", "bob", "d", 3600, 36_000),
             Err(RegistryError::NotFound { .. })
         ));
     }

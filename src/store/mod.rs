@@ -329,6 +329,35 @@ impl Store {
         Ok(out)
     }
 
+    fn one_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        name: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(table).map_err(db_err)?;
+        t.get(key)
+            .map_err(db_err)?
+            .map(|bytes| {
+                serde_json::from_slice(bytes.value()).map_err(|e| StoreError::Corrupt {
+                    table: name,
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// One incident by id, open or closed however long ago.
+    pub fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
+        self.one_json(INCIDENTS, "incidents", id)
+    }
+
+    /// One grant by id, in any state however long ago it ended.
+    pub fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
+        self.one_json(GRANTS, "grants", id)
+    }
+
     /// Writes (creates or replaces) a profile. Durable when this returns.
     pub fn put_profile(&self, profile: &Profile) -> Result<(), StoreError> {
         self.put_json(PROFILES, &profile.name, profile)

@@ -10,6 +10,7 @@ use crate::policy::roles::Operation;
 use crate::policy::{Grant, GrantRequest, GrantState};
 use crate::proto::admin as pb;
 use crate::server::Issuer;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 use writ_verifier::Band;
@@ -37,11 +38,15 @@ fn check_grant_sizes(request: &GrantRequest) -> Result<(), Status> {
 
 /// A grant as the API shows it, with the quorum it needs and the identity it grants.
 pub(super) fn grant_to_proto(grant: &Grant, issuer: &Issuer) -> pb::Grant {
-    let policy = issuer.registry.snapshot();
-    let quorum = policy
-        .incidents
-        .get(&grant.incident)
-        .map(|i| required_approvals(&policy.rules, i.severity, grant) as u32)
+    let rules = &issuer.registry.snapshot().rules;
+    // The incident may be history (closed longer ago than the live window): then it is
+    // read from the store.
+    let quorum = issuer
+        .registry
+        .incident(&grant.incident)
+        .ok()
+        .flatten()
+        .map(|i| required_approvals(rules, i.severity, grant) as u32)
         .unwrap_or(0);
     let spiffe_id = agent_spiffe_id(
         issuer.cas.base(),
@@ -210,12 +215,13 @@ impl AdminService {
         self.authorize(&request, Operation::ReadGrants)?;
         let id = request.into_inner().id;
         name_arg("grant", &id)?;
-        let policy = self.issuer.registry.snapshot();
-        let grant = policy
-            .grants
-            .get(&id)
+        let issuer = Arc::clone(&self.issuer);
+        let lookup = id.clone();
+        let grant = tokio::task::spawn_blocking(move || issuer.registry.grant(&lookup))
+            .await
+            .map_err(|_| Status::internal("reading the grant failed"))??
             .ok_or_else(|| Status::not_found(format!("unknown grant {id:?}")))?;
-        Ok(self.grant_response(grant))
+        Ok(self.grant_response(&grant))
     }
 
     pub(super) async fn list_grants_rpc(
@@ -224,19 +230,21 @@ impl AdminService {
     ) -> Result<Response<pb::ListGrantsResponse>, Status> {
         self.authorize(&request, Operation::ReadGrants)?;
         let incident = request.into_inner().incident;
-        let policy = self.issuer.registry.snapshot();
-        let mut grants: Vec<&Grant> = policy
-            .grants
-            .values()
-            .filter(|g| incident.is_empty() || g.incident == incident)
-            .collect();
-        grants.sort_by(|a, b| (a.requested_at, &a.id).cmp(&(b.requested_at, &b.id)));
-        Ok(Response::new(pb::ListGrantsResponse {
-            grants: grants
+        // History is in the store (the registry keeps only live state in memory).
+        let issuer = Arc::clone(&self.issuer);
+        let grants = tokio::task::spawn_blocking(move || -> Result<_, Status> {
+            let mut grants: Vec<Grant> = issuer
+                .registry
+                .all_grants()?
                 .into_iter()
-                .map(|g| grant_to_proto(g, &self.issuer))
-                .collect(),
-        }))
+                .filter(|g| incident.is_empty() || g.incident == incident)
+                .collect();
+            grants.sort_by(|a, b| (a.requested_at, &a.id).cmp(&(b.requested_at, &b.id)));
+            Ok(grants.iter().map(|g| grant_to_proto(g, &issuer)).collect())
+        })
+        .await
+        .map_err(|_| Status::internal("listing grants failed"))??;
+        Ok(Response::new(pb::ListGrantsResponse { grants }))
     }
 }
 

@@ -8,6 +8,7 @@ use crate::policy::roles::Operation;
 use crate::policy::{Incident, IncidentState, Severity};
 use crate::proto::admin as pb;
 use crate::server::registry::RegistryError;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
@@ -181,9 +182,13 @@ impl AdminService {
         request: Request<pb::ListIncidentsRequest>,
     ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
         self.authorize(&request, Operation::ReadIncidents)?;
-        let policy = self.issuer.registry.snapshot();
+        // History is in the store (the registry keeps only live state in memory).
+        let issuer = Arc::clone(&self.issuer);
+        let incidents = tokio::task::spawn_blocking(move || issuer.registry.all_incidents())
+            .await
+            .map_err(|_| Status::internal("listing incidents failed"))??;
         Ok(Response::new(pb::ListIncidentsResponse {
-            incidents: policy.incidents.values().map(incident_to_proto).collect(),
+            incidents: incidents.iter().map(incident_to_proto).collect(),
         }))
     }
 
@@ -194,13 +199,17 @@ impl AdminService {
         self.authorize(&request, Operation::ReadIncidents)?;
         let id = request.into_inner().id;
         name_arg("incident", &id)?;
-        let policy = self.issuer.registry.snapshot();
-        let incident = policy.incidents.get(&id).ok_or(RegistryError::NotFound {
-            what: "incident",
-            name: id,
-        })?;
+        let issuer = Arc::clone(&self.issuer);
+        let lookup = id.clone();
+        let incident = tokio::task::spawn_blocking(move || issuer.registry.incident(&lookup))
+            .await
+            .map_err(|_| Status::internal("reading the incident failed"))??
+            .ok_or(RegistryError::NotFound {
+                what: "incident",
+                name: id,
+            })?;
         Ok(Response::new(pb::GetIncidentResponse {
-            incident: Some(incident_to_proto(incident)),
+            incident: Some(incident_to_proto(&incident)),
         }))
     }
 }

@@ -4,8 +4,8 @@
 //! moves its clock past the longest SVID lifetime, and reports:
 //!
 //! - `agent bytes`: the encoded `AgentPolicy` (what `Sync` sends each agent per change);
-//! - `server policy bytes`: the server's own policy as JSON (history included), for scale;
-//! - `rss MiB`: the process's resident set after the history was written;
+//! - `server policy bytes`: the server's in-memory policy as JSON;
+//! - `rss MiB`: that process's resident set after the 50 opens below;
 //! - `open p50/p99 ms`: latency of `open_incident` (a durable audited change) for 50 new
 //!   incidents on top of that history.
 //!
@@ -18,7 +18,7 @@
 use prost::Message;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use writ::clock::{Clock, ManualClock};
 use writ::config::RawConfig;
 use writ::node_api::wire::encode_policy;
@@ -60,63 +60,96 @@ fn incident(id: &str, now: i64) -> Incident {
     }
 }
 
-fn main() {
-    println!("closed\tagent bytes\tserver policy bytes\trss MiB\topen p50 ms\topen p99 ms");
-    for n in sizes() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = ManualClock::at(1_900_000_000);
-        let config = RawConfig {
-            data_dir: Some(dir.path().join("data")),
-            ..RawConfig::default()
-        }
-        .resolve()
+const START: i64 = 1_900_000_000;
+
+fn open_issuer(dir: &std::path::Path, clock: &ManualClock) -> Arc<Issuer> {
+    let config = RawConfig {
+        data_dir: Some(dir.join("data")),
+        ..RawConfig::default()
+    }
+    .resolve()
+    .unwrap();
+    Issuer::open(config, Arc::new(clock.clone())).unwrap()
+}
+
+/// The history: a profile and `n` incidents opened and closed, each a durable change.
+fn write_history(dir: &std::path::Path, n: usize) {
+    let clock = ManualClock::at(START);
+    let issuer = open_issuer(dir, &clock);
+    issuer
+        .registry
+        .create_profile(
+            Profile {
+                name: "triage".into(),
+                selectors: BTreeSet::from(["unix:uid:1001".parse::<Selector>().unwrap()]),
+                bands: BTreeSet::from([Band::Investigative]),
+                scopes: BTreeSet::from(["logs:read".to_owned(), "metrics:read".to_owned()]),
+                service: false,
+                created_at: clock.unix(),
+            },
+            "alice",
+        )
         .unwrap();
-        let issuer = Issuer::open(config, Arc::new(clock.clone())).unwrap();
+    for i in 0..n {
+        let id = format!("OLD-{i:06}");
         issuer
             .registry
-            .create_profile(
-                Profile {
-                    name: "triage".into(),
-                    selectors: BTreeSet::from(["unix:uid:1001".parse::<Selector>().unwrap()]),
-                    bands: BTreeSet::from([Band::Investigative]),
-                    scopes: BTreeSet::from(["logs:read".to_owned(), "metrics:read".to_owned()]),
-                    service: false,
-                    created_at: clock.unix(),
-                },
-                "alice",
-            )
+            .open_incident(incident(&id, clock.unix()))
             .unwrap();
-        for i in 0..n {
-            let id = format!("OLD-{i:06}");
-            issuer
-                .registry
-                .open_incident(incident(&id, clock.unix()))
-                .unwrap();
-            issuer
-                .registry
-                .close_incident(&id, "alice", clock.unix())
-                .unwrap();
+        issuer
+            .registry
+            .close_incident(&id, "alice", clock.unix())
+            .unwrap();
+    }
+}
+
+/// A server started on that history two hours later (past the revocation window), in a
+/// process of its own so its memory is its own: what it holds, and what a change costs.
+fn measure(dir: &std::path::Path, n: usize) {
+    let clock = ManualClock::at(START + 2 * 3600 + 1);
+    let issuer = open_issuer(dir, &clock);
+    let mut latencies = Vec::new();
+    for i in 0..50 {
+        let started = Instant::now();
+        issuer
+            .registry
+            .open_incident(incident(&format!("NEW-{i:03}"), clock.unix()))
+            .unwrap();
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    let agent = encode_policy(&issuer.registry.subscribe_agents().borrow()).encoded_len();
+    let server = serde_json::to_vec(&*issuer.registry.snapshot())
+        .unwrap()
+        .len();
+    println!(
+        "{n}\t{agent}\t{server}\t{:.1}\t{:.2}\t{:.2}",
+        rss_kib() as f64 / 1024.0,
+        latencies[latencies.len() / 2].as_secs_f64() * 1e3,
+        latencies[latencies.len() * 99 / 100].as_secs_f64() * 1e3,
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, phase, dir, n] = args.as_slice() {
+        let n = n.parse().expect("history size");
+        match phase.as_str() {
+            "--write" => return write_history(std::path::Path::new(dir), n),
+            "--measure" => return measure(std::path::Path::new(dir), n),
+            _ => {}
         }
-        clock.advance(issuer.config.ca.max_svid_ttl + Duration::from_secs(1));
-        let mut latencies = Vec::new();
-        for i in 0..50 {
-            let started = Instant::now();
-            issuer
-                .registry
-                .open_incident(incident(&format!("NEW-{i:03}"), clock.unix()))
+    }
+    println!("closed\tagent bytes\tserver policy bytes\trss MiB\topen p50 ms\topen p99 ms");
+    let me = std::env::current_exe().unwrap();
+    for n in sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        for phase in ["--write", "--measure"] {
+            let status = std::process::Command::new(&me)
+                .args([phase, dir.path().to_str().unwrap(), &n.to_string()])
+                .status()
                 .unwrap();
-            latencies.push(started.elapsed());
+            assert!(status.success(), "{phase} {n} failed");
         }
-        latencies.sort();
-        let agent = encode_policy(&issuer.registry.subscribe_agents().borrow()).encoded_len();
-        let server = serde_json::to_vec(&*issuer.registry.snapshot())
-            .unwrap()
-            .len();
-        println!(
-            "{n}\t{agent}\t{server}\t{:.1}\t{:.2}\t{:.2}",
-            rss_kib() as f64 / 1024.0,
-            latencies[latencies.len() / 2].as_secs_f64() * 1e3,
-            latencies[latencies.len() * 99 / 100].as_secs_f64() * 1e3,
-        );
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! - `agent bytes`: the encoded `AgentPolicy` (what `Sync` sends each agent per change);
 //! - `server policy bytes`: the server's in-memory policy as JSON;
-//! - `rss MiB`: that process's resident set after the 50 opens below;
+//! - `rss at start MiB`, `rss MiB`: that process's resident set once the issuer is open,
+//!   and after the 50 opens below;
 //! - `open p50/p99 ms`: latency of `open_incident` (a durable audited change) for 50 new
 //!   incidents on top of that history.
 //!
@@ -108,6 +109,7 @@ fn write_history(dir: &std::path::Path, n: usize) {
 fn measure(dir: &std::path::Path, n: usize) {
     let clock = ManualClock::at(START + 2 * 3600 + 1);
     let issuer = open_issuer(dir, &clock);
+    let opened_rss = rss_kib();
     let mut latencies = Vec::new();
     for i in 0..50 {
         let started = Instant::now();
@@ -123,7 +125,8 @@ fn measure(dir: &std::path::Path, n: usize) {
         .unwrap()
         .len();
     println!(
-        "{n}\t{agent}\t{server}\t{:.1}\t{:.2}\t{:.2}",
+        "{n}\t{agent}\t{server}\t{:.1}\t{:.1}\t{:.2}\t{:.2}",
+        opened_rss as f64 / 1024.0,
         rss_kib() as f64 / 1024.0,
         latencies[latencies.len() / 2].as_secs_f64() * 1e3,
         latencies[latencies.len() * 99 / 100].as_secs_f64() * 1e3,
@@ -140,7 +143,9 @@ fn main() {
             _ => {}
         }
     }
-    println!("closed\tagent bytes\tserver policy bytes\trss MiB\topen p50 ms\topen p99 ms");
+    println!(
+        "closed\tagent bytes\tserver policy bytes\trss at start MiB\trss MiB\topen p50 ms\topen p99 ms"
+    );
     let me = std::env::current_exe().unwrap();
     for n in sizes() {
         let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@
 //! view out.
 
 use super::revocation::within_window;
-use super::{GrantState, PolicySnapshot};
+use super::{Grant, GrantState, Incident, PolicySnapshot};
 
 /// How long ended things stay in the server's memory at least, whatever the revocation
 /// window: the per-agent request limit counts the grants of the last hour.
@@ -27,33 +27,46 @@ pub const LIVE_AT_LEAST_SECS: i64 = 3600;
 ///   in another state without an ending is kept);
 /// - revoked serials: while inside the window and before the certificate's notAfter.
 pub fn live(policy: &PolicySnapshot, now: i64, window_secs: i64) -> PolicySnapshot {
-    let keep = window_secs.max(LIVE_AT_LEAST_SECS);
     PolicySnapshot {
         generation: policy.generation,
         profiles: policy.profiles.clone(),
         incidents: policy
             .incidents
             .iter()
-            .filter(|(_, i)| {
-                i.is_open() || i.closed_at.is_none_or(|at| within_window(at, now, keep))
-            })
+            .filter(|(_, i)| live_incident(i, now, window_secs))
             .map(|(id, i)| (id.clone(), i.clone()))
             .collect(),
         grants: policy
             .grants
             .iter()
-            .filter(|(_, g)| match g.state {
-                GrantState::Pending | GrantState::Active => true,
-                _ => g
-                    .ended
-                    .as_ref()
-                    .is_none_or(|e| within_window(e.at, now, keep)),
-            })
+            .filter(|(_, g)| live_grant(g, now, window_secs))
             .map(|(id, g)| (id.clone(), g.clone()))
             .collect(),
         rules: policy.rules.clone(),
         playbooks: policy.playbooks.clone(),
         revoked_serials: current_serials(policy, now, window_secs),
+    }
+}
+
+/// Whether the server keeps `incident` in memory at `now` (see [`live`]); the store's
+/// load reads only these.
+pub fn live_incident(incident: &Incident, now: i64, window_secs: i64) -> bool {
+    let keep = window_secs.max(LIVE_AT_LEAST_SECS);
+    incident.is_open()
+        || incident
+            .closed_at
+            .is_none_or(|at| within_window(at, now, keep))
+}
+
+/// Whether the server keeps `grant` in memory at `now` (see [`live`]).
+pub fn live_grant(grant: &Grant, now: i64, window_secs: i64) -> bool {
+    let keep = window_secs.max(LIVE_AT_LEAST_SECS);
+    match grant.state {
+        GrantState::Pending | GrantState::Active => true,
+        _ => grant
+            .ended
+            .as_ref()
+            .is_none_or(|e| within_window(e.at, now, keep)),
     }
 }
 

@@ -8,6 +8,7 @@
 
 use crate::audit::{AuditError, AuditLog, Kind, Record};
 use crate::clock::SharedClock;
+use crate::policy::agent_view::{live_grant, live_incident};
 use crate::policy::grant::{self, GrantError, GrantRequest, GrantState, Principal};
 use crate::policy::playbook::{self, ActivationRequest, Playbook, PlaybookError, PlaybookState};
 use crate::policy::serial::{self, Issued, RevokedSerial, Serial, SerialError};
@@ -246,6 +247,8 @@ impl Registry {
     ) -> Result<Self, RegistryError> {
         rules.validate()?;
         let revocation_window = i64::try_from(max_svid_ttl.as_secs()).unwrap_or(i64::MAX);
+        let now = clock.unix();
+        // In memory only what is live; history stays in the store and is read from there.
         let snapshot = PolicySnapshot {
             rules,
             generation: 1,
@@ -255,12 +258,12 @@ impl Registry {
                 .map(|p| (p.name.clone(), p))
                 .collect(),
             incidents: store
-                .incidents()?
+                .incidents_where(|i| live_incident(i, now, revocation_window))?
                 .into_iter()
                 .map(|i| (i.id.clone(), i))
                 .collect(),
             grants: store
-                .grants()?
+                .grants_where(|g| live_grant(g, now, revocation_window))?
                 .into_iter()
                 .map(|g| (g.id.clone(), g))
                 .collect(),
@@ -275,9 +278,8 @@ impl Registry {
                 .map(|r| (r.serial.clone(), r))
                 .collect(),
         };
-        // In memory only what is live; history is read from the store.
-        let snapshot = live(&snapshot, clock.unix(), revocation_window);
-        let view = agent_view(&snapshot, clock.unix(), revocation_window);
+        let snapshot = live(&snapshot, now, revocation_window);
+        let view = agent_view(&snapshot, now, revocation_window);
         let (tx, _) = watch::channel(Arc::new(snapshot));
         Ok(Registry {
             store,

@@ -314,19 +314,45 @@ impl Store {
         table: TableDefinition<&str, &[u8]>,
         name: &'static str,
     ) -> Result<Vec<T>, StoreError> {
+        self.json_where(table, name, |_| true)
+    }
+
+    /// The rows of `table` that `keep` keeps, decoded one at a time (a load of live rows
+    /// never holds the whole history at once).
+    fn json_where<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        name: &'static str,
+        keep: impl Fn(&T) -> bool,
+    ) -> Result<Vec<T>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(table).map_err(db_err)?;
         let mut out = Vec::new();
         for entry in t.iter().map_err(db_err)? {
             let (_, bytes) = entry.map_err(db_err)?;
-            out.push(
+            let row: T =
                 serde_json::from_slice(bytes.value()).map_err(|e| StoreError::Corrupt {
                     table: name,
                     reason: e.to_string(),
-                })?,
-            );
+                })?;
+            if keep(&row) {
+                out.push(row);
+            }
         }
         Ok(out)
+    }
+
+    /// The incidents `keep` keeps (the registry loads live ones only).
+    pub fn incidents_where(
+        &self,
+        keep: impl Fn(&Incident) -> bool,
+    ) -> Result<Vec<Incident>, StoreError> {
+        self.json_where(INCIDENTS, "incidents", keep)
+    }
+
+    /// The grants `keep` keeps.
+    pub fn grants_where(&self, keep: impl Fn(&Grant) -> bool) -> Result<Vec<Grant>, StoreError> {
+        self.json_where(GRANTS, "grants", keep)
     }
 
     fn one_json<T: for<'de> Deserialize<'de>>(

@@ -73,7 +73,7 @@ async fn connect_remote(server: &str, args: &AdminArgs) -> anyhow::Result<AdminC
             (td == &self.0).then(|| self.1.clone())
         }
     }
-    let server_id = crate::server::tls::server_id(&base)?;
+    let server_id = crate::node_api::server_id(&base)?;
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -69,12 +69,29 @@ type FromMessage = fn(String) -> NodeError;
 impl NodeError {
     /// The gRPC code each refusal travels as, on both hops (agent → workload, server →
     /// agent): the one table, read both ways.
-    const CODES: [(tonic::Code, FromMessage); 5] = [
-        (tonic::Code::PermissionDenied, NodeError::NotEntitled),
-        (tonic::Code::InvalidArgument, NodeError::Invalid),
-        (tonic::Code::FailedPrecondition, NodeError::Refused),
-        (tonic::Code::ResourceExhausted, NodeError::Limited),
-        (tonic::Code::Unavailable, NodeError::Unavailable),
+    /// With each code, its name in a batch's per-CSR error (`SignedSvid.error`).
+    const CODES: [(tonic::Code, &'static str, FromMessage); 5] = [
+        (
+            tonic::Code::PermissionDenied,
+            "not_entitled",
+            NodeError::NotEntitled,
+        ),
+        (tonic::Code::InvalidArgument, "invalid", NodeError::Invalid),
+        (
+            tonic::Code::FailedPrecondition,
+            "refused",
+            NodeError::Refused,
+        ),
+        (
+            tonic::Code::ResourceExhausted,
+            "limited",
+            NodeError::Limited,
+        ),
+        (
+            tonic::Code::Unavailable,
+            "unavailable",
+            NodeError::Unavailable,
+        ),
     ];
 
     fn code(&self) -> tonic::Code {
@@ -100,7 +117,12 @@ impl NodeError {
     /// How one refused CSR of a batch is written in `SignedSvid.error`: the code's name,
     /// a colon, the reason.
     pub fn to_batch_error(&self) -> String {
-        format!("{}: {}", batch_tag(self.code()), self.message())
+        let code = self.code();
+        let tag = Self::CODES
+            .iter()
+            .find(|(c, _, _)| *c == code)
+            .map_or("unavailable", |(_, tag, _)| *tag);
+        format!("{tag}: {}", self.message())
     }
 
     /// Reads [`NodeError::to_batch_error`]; anything else is the server being unable.
@@ -110,20 +132,10 @@ impl NodeError {
             .and_then(|(tag, reason)| {
                 Self::CODES
                     .iter()
-                    .find(|(code, _)| batch_tag(*code) == tag)
-                    .map(|(_, make)| make(reason.trim().to_owned()))
+                    .find(|(_, name, _)| *name == tag)
+                    .map(|(_, _, make)| make(reason.trim().to_owned()))
             })
             .unwrap_or(NodeError::Unavailable(error))
-    }
-}
-
-fn batch_tag(code: tonic::Code) -> &'static str {
-    match code {
-        tonic::Code::PermissionDenied => "not_entitled",
-        tonic::Code::InvalidArgument => "invalid",
-        tonic::Code::FailedPrecondition => "refused",
-        tonic::Code::ResourceExhausted => "limited",
-        _ => "unavailable",
     }
 }
 
@@ -141,11 +153,8 @@ impl From<tonic::Status> for NodeError {
     fn from(status: tonic::Status) -> NodeError {
         let make = Self::CODES
             .iter()
-            .find(|(code, _)| *code == status.code())
-            .map_or(
-                NodeError::Unavailable as fn(String) -> NodeError,
-                |(_, make)| *make,
-            );
+            .find(|(code, _, _)| *code == status.code())
+            .map_or(NodeError::Unavailable as FromMessage, |(_, _, make)| *make);
         make(status.message().to_owned())
     }
 }

@@ -27,25 +27,28 @@ pub const LIVE_AT_LEAST_SECS: i64 = 3600;
 ///   in another state without an ending is kept);
 /// - revoked serials: while inside the window and before the certificate's notAfter.
 pub fn live(policy: &PolicySnapshot, now: i64, window_secs: i64) -> PolicySnapshot {
-    PolicySnapshot {
-        generation: policy.generation,
-        profiles: policy.profiles.clone(),
-        incidents: policy
-            .incidents
-            .iter()
-            .filter(|(_, i)| live_incident(i, now, window_secs))
-            .map(|(id, i)| (id.clone(), i.clone()))
-            .collect(),
-        grants: policy
-            .grants
-            .iter()
-            .filter(|(_, g)| live_grant(g, now, window_secs))
-            .map(|(id, g)| (id.clone(), g.clone()))
-            .collect(),
-        rules: policy.rules.clone(),
-        playbooks: policy.playbooks.clone(),
-        revoked_serials: current_serials(policy, now, window_secs),
-    }
+    let mut live = policy.clone();
+    retain_live(&mut live, now, window_secs);
+    live
+}
+
+/// [`live`] in place: what a change already holds a copy of is pruned, not copied again.
+pub fn retain_live(policy: &mut PolicySnapshot, now: i64, window_secs: i64) {
+    policy
+        .incidents
+        .retain(|_, i| live_incident(i, now, window_secs));
+    policy.grants.retain(|_, g| live_grant(g, now, window_secs));
+    policy
+        .revoked_serials
+        .retain(|_, r| serial_is_current(r, now, window_secs));
+}
+
+/// A grant as agents see it: without its plan and evidence (identities carry the plan's
+/// digest, never its text).
+pub fn as_agents_see(mut grant: Grant) -> Grant {
+    grant.plan = String::new();
+    grant.evidence = Vec::new();
+    grant
 }
 
 /// Whether the server keeps `incident` in memory at `now` (see [`live`]); the store's
@@ -70,6 +73,10 @@ pub fn live_grant(grant: &Grant, now: i64, window_secs: i64) -> bool {
     }
 }
 
+fn serial_is_current(r: &super::RevokedSerial, now: i64, window_secs: i64) -> bool {
+    within_window(r.revoked_at, now, window_secs) && now <= r.not_after
+}
+
 fn current_serials(
     policy: &PolicySnapshot,
     now: i64,
@@ -78,7 +85,7 @@ fn current_serials(
     policy
         .revoked_serials
         .iter()
-        .filter(|(_, r)| within_window(r.revoked_at, now, window_secs) && now <= r.not_after)
+        .filter(|(_, r)| serial_is_current(r, now, window_secs))
         .map(|(serial, r)| (serial.clone(), r.clone()))
         .collect()
 }
@@ -119,12 +126,7 @@ pub fn agent_view(policy: &PolicySnapshot, now: i64, window_secs: i64) -> Policy
             }
             GrantState::Pending | GrantState::Denied => false,
         })
-        .map(|(id, grant)| {
-            let mut grant = grant.clone();
-            grant.plan = String::new();
-            grant.evidence = Vec::new();
-            (id.clone(), grant)
-        })
+        .map(|(id, grant)| (id.clone(), as_agents_see(grant.clone())))
         .collect();
     let mut rules = policy.rules.clone();
     // The server's own decision, never the agents' (see RemediationRules).

@@ -152,12 +152,8 @@ impl NodeApi for LocalNode {
         tokio::task::spawn_blocking(move || issuer.request_grant_for_workload(request, &by, uid))
             .await
             .map_err(|e| NodeError::Unavailable(e.to_string()))?
-            .map(|mut grant| {
-                // As agents see grants, in process or over the network.
-                grant.plan = String::new();
-                grant.evidence = Vec::new();
-                grant
-            })
+            // As agents see grants, in process or over the network.
+            .map(crate::policy::agent_view::as_agents_see)
             .map_err(registry_refusal)
     }
 

@@ -8,12 +8,12 @@
 
 use crate::audit::{AuditError, AuditLog, Kind, Record};
 use crate::clock::SharedClock;
-use crate::policy::agent_view::{live_grant, live_incident};
+use crate::policy::agent_view::{live_grant, live_incident, retain_live};
 use crate::policy::grant::{self, GrantError, GrantRequest, GrantState, Principal};
 use crate::policy::playbook::{self, ActivationRequest, Playbook, PlaybookError, PlaybookState};
 use crate::policy::serial::{self, Issued, RevokedSerial, Serial, SerialError};
 use crate::policy::{
-    Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile, agent_view, live,
+    Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile, agent_view,
 };
 use crate::store::{Store, StoreError};
 use std::sync::{Arc, Mutex, RwLock};
@@ -249,7 +249,7 @@ impl Registry {
         let revocation_window = i64::try_from(max_svid_ttl.as_secs()).unwrap_or(i64::MAX);
         let now = clock.unix();
         // In memory only what is live; history stays in the store and is read from there.
-        let snapshot = PolicySnapshot {
+        let mut snapshot = PolicySnapshot {
             rules,
             generation: 1,
             profiles: store
@@ -278,7 +278,7 @@ impl Registry {
                 .map(|r| (r.serial.clone(), r))
                 .collect(),
         };
-        let snapshot = live(&snapshot, now, revocation_window);
+        retain_live(&mut snapshot, now, revocation_window);
         let view = agent_view(&snapshot, now, revocation_window);
         let (tx, _) = watch::channel(Arc::new(snapshot));
         Ok(Registry {
@@ -367,7 +367,7 @@ impl Registry {
         // What ended longer ago than the window leaves memory (it is in the store), so a
         // change costs what live state costs, not what history does.
         let now = self.clock.unix();
-        let next = live(&next, now, self.revocation_window);
+        retain_live(&mut next, now, self.revocation_window);
         let view = Arc::new(agent_view(&next, now, self.revocation_window));
         let next = Arc::new(next);
         {

@@ -19,12 +19,6 @@ use tokio_rustls::server::TlsStream;
 use writ_verifier::Band;
 use writ_verifier::tls::{SpiffeClientVerifier, X509BundleSource, peer_spiffe_id};
 
-/// The server's SPIFFE ID: `spiffe://<base>/writ/server` (the contract's, so that agents
-/// and server name it alike).
-pub fn server_id(base: &TrustDomain) -> Result<SpiffeId, anyhow::Error> {
-    Ok(crate::node_api::server_id(base)?)
-}
-
 /// The base trust domain's CAs, live from the issuer (nodes live in the base domain).
 #[derive(Debug)]
 pub struct IssuerBundles(pub Arc<Issuer>);
@@ -85,7 +79,7 @@ fn mint_server_svid(issuer: &Issuer) -> anyhow::Result<(Arc<CertifiedKey>, i64)>
     let key = rcgen::KeyPair::generate()?;
     let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
     let request = SvidRequest {
-        spiffe_id: server_id(issuer.cas.base())?,
+        spiffe_id: crate::node_api::server_id(issuer.cas.base())?,
         ttl: Some(issuer.config.ca.max_svid_ttl),
         claims: None,
         dns_names: Vec::new(),

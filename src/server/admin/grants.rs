@@ -5,11 +5,12 @@
 use super::AdminService;
 use super::call::name_arg;
 use crate::identity::agent_spiffe_id;
-use crate::policy::grant::required_approvals;
+use crate::policy::grant::{RemediationRules, required_approvals};
 use crate::policy::roles::Operation;
-use crate::policy::{Grant, GrantRequest, GrantState};
+use crate::policy::{Grant, GrantRequest, GrantState, Severity};
 use crate::proto::admin as pb;
 use crate::server::Issuer;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -37,16 +38,28 @@ fn check_grant_sizes(request: &GrantRequest) -> Result<(), Status> {
 }
 
 /// A grant as the API shows it, with the quorum it needs and the identity it grants.
+/// Its incident may be history (closed longer ago than the live window): then it is read
+/// from the store.
 pub(super) fn grant_to_proto(grant: &Grant, issuer: &Issuer) -> pb::Grant {
-    let rules = &issuer.registry.snapshot().rules;
-    // The incident may be history (closed longer ago than the live window): then it is
-    // read from the store.
-    let quorum = issuer
+    let severity = issuer
         .registry
         .incident(&grant.incident)
         .ok()
         .flatten()
-        .map(|i| required_approvals(rules, i.severity, grant) as u32)
+        .map(|i| i.severity);
+    grant_proto(grant, issuer, &issuer.registry.snapshot().rules, severity)
+}
+
+/// [`grant_to_proto`] with the incident's severity already known (a list reads every
+/// incident once, not once per grant).
+fn grant_proto(
+    grant: &Grant,
+    issuer: &Issuer,
+    rules: &RemediationRules,
+    severity: Option<Severity>,
+) -> pb::Grant {
+    let quorum = severity
+        .map(|s| required_approvals(rules, s, grant) as u32)
         .unwrap_or(0);
     let spiffe_id = agent_spiffe_id(
         issuer.cas.base(),
@@ -240,7 +253,17 @@ impl AdminService {
                 .filter(|g| incident.is_empty() || g.incident == incident)
                 .collect();
             grants.sort_by(|a, b| (a.requested_at, &a.id).cmp(&(b.requested_at, &b.id)));
-            Ok(grants.iter().map(|g| grant_to_proto(g, &issuer)).collect())
+            let severities: BTreeMap<String, Severity> = issuer
+                .registry
+                .all_incidents()?
+                .into_iter()
+                .map(|i| (i.id, i.severity))
+                .collect();
+            let rules = &issuer.registry.snapshot().rules;
+            Ok(grants
+                .iter()
+                .map(|g| grant_proto(g, &issuer, rules, severities.get(&g.incident).copied()))
+                .collect())
         })
         .await
         .map_err(|_| Status::internal("listing grants failed"))??;

@@ -34,6 +34,9 @@ fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> anyhow
 pub struct RawConfig {
     /// Where the store, keys and sockets live.
     pub data_dir: Option<PathBuf>,
+    /// The store: `"redb"` (the default: `writ.redb` in the data directory) or a
+    /// `"postgres://…"` URL shared by several servers (docs/ha.md).
+    pub store: Option<String>,
     /// The base trust domain; bands are `investigate.<base>` and `remediate.<base>`.
     pub trust_domain: Option<String>,
     /// The admin API's Unix socket.
@@ -71,8 +74,10 @@ pub struct RawConfig {
 /// The configuration in force.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Where the store, keys and sockets live.
+    /// Where keys and sockets live (and the store, when it is embedded).
     pub data_dir: PathBuf,
+    /// Where the store is.
+    pub store: crate::store::StoreLocation,
     /// The base trust domain.
     pub trust_domain: TrustDomain,
     /// The admin API's Unix socket.
@@ -152,6 +157,10 @@ impl RawConfig {
         );
         self.workload_api.validate()?;
         let shutdown_grace = shutdown_grace(self.shutdown_grace)?;
+        let store = match self.store {
+            None => crate::store::StoreLocation::default(),
+            Some(text) => text.parse().map_err(|e: String| anyhow::anyhow!("{e}"))?,
+        };
         let admin_socket = self
             .admin_socket
             .unwrap_or_else(|| data_dir.join("admin.sock"));
@@ -171,6 +180,7 @@ impl RawConfig {
             workload_api: self.workload_api,
             shutdown_grace,
             data_dir,
+            store,
             trust_domain,
             admin_socket,
             ca: self.ca,

@@ -18,7 +18,7 @@ use crate::ca::{
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::policy::{Entitlement, Grant, GrantRequest, Selector, entitlement_for, entitlements};
-use crate::store::{Store, StoreError, SvidRecord};
+use crate::store::{Store, StoreError, StoreLocation, SvidRecord};
 use anyhow::Context;
 use registry::Registry;
 use spiffe::SpiffeId;
@@ -109,11 +109,14 @@ impl Issuer {
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
         create_private_dir(&config.data_dir.join("keys"))?;
         let store = Arc::new(
-            Store::open(&config.data_dir.join("writ.redb")).with_context(|| {
-                format!(
-                    "opening the store in {} (is another writ using it?)",
-                    config.data_dir.display()
-                )
+            Store::open_at(&config.store, &config.data_dir).with_context(|| {
+                match &config.store {
+                    StoreLocation::Embedded => format!(
+                        "opening the store in {} (is another writ using it?)",
+                        config.data_dir.display()
+                    ),
+                    StoreLocation::Postgres(url) => format!("opening the store at {url}"),
+                }
             })?,
         );
         let clock_for_audit = Arc::clone(&clock);

@@ -1,33 +1,31 @@
-//! writ's durable state in one embedded redb database.
+//! writ's durable state: one typed interface, two backends.
 //!
-//! Why redb and not sled: see docs/decisions/0001-redb.md. The rules here:
-//! * No redb type leaves this module; callers see typed records and [`StoreError`].
-//! * Every write is one transaction committed with `Durability::Immediate`: when a
-//!   method returns `Ok`, the change survives `kill -9` and power loss.
-//! * The schema version is stored; opening a database of another version is refused
-//!   rather than misread.
+//! * [`Store`] is what the rest of writ sees: typed records in, typed records out,
+//!   [`StoreError`] on failure. No database type leaves this module.
+//! * The embedded backend (redb, `embedded.rs`) is the default and what `writ dev` uses:
+//!   one file in the data directory, no database to run. Why redb: docs/decisions/0001-redb.md.
+//! * The PostgreSQL backend (`postgres.rs`) is what several servers share
+//!   (`store = "postgres://…"` in the server config; docs/ha.md).
+//!
+//! The rules both keep:
+//! * Every write is one transaction, durable when the method returns `Ok` (redb:
+//!   `Durability::Immediate`; PostgreSQL: a committed transaction): a change that spans
+//!   rows (closing an incident revokes its grants) is kept whole or not at all.
+//! * The schema version is stored; a database of another version is refused rather
+//!   than misread.
+//! * Rows are the records' JSON, so what a row means is decided here, once, for both.
+
+mod embedded;
+mod postgres;
 
 use crate::ca::{AuthorityRecord, AuthorityStore, AuthorityStoreError, CaError};
 use crate::policy::playbook::Playbook;
 use crate::policy::{Grant, Incident, Profile, RevokedSerial};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use writ_verifier::Band;
 
-/// The layout version this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 1;
-
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const AUTHORITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("authorities");
-const SEQUENCES: TableDefinition<&str, u64> = TableDefinition::new("bundle_sequences");
-const SVIDS: TableDefinition<&str, &[u8]> = TableDefinition::new("svids");
-const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
-const INCIDENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("incidents");
-const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tokens");
-const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("grants");
-const PLAYBOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("playbooks");
-const REVOKED_SERIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked_serials");
+pub use postgres::PostgresUrl;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,10 +43,12 @@ pub enum StoreError {
         reason: String,
     },
     /// The database was written by another schema version.
-    #[error("store: schema version {found} is not supported (this build reads {SCHEMA_VERSION})")]
+    #[error("store: schema version {found} is not supported (this build reads {supported})")]
     Schema {
-        /// The version found on disk.
+        /// The version found in the database.
         found: u64,
+        /// The version this build reads and writes.
+        supported: u64,
     },
 }
 
@@ -60,6 +60,122 @@ impl From<StoreError> for CaError {
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(e.to_string())
+}
+
+/// The tables whose rows are one record's JSON under a text key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Table {
+    Svids,
+    Profiles,
+    Incidents,
+    JoinTokens,
+    Grants,
+    Playbooks,
+    RevokedSerials,
+}
+
+impl Table {
+    /// Every table, so a backend creates them all up front.
+    pub(crate) const ALL: [Table; 7] = [
+        Table::Svids,
+        Table::Profiles,
+        Table::Incidents,
+        Table::JoinTokens,
+        Table::Grants,
+        Table::Playbooks,
+        Table::RevokedSerials,
+    ];
+
+    /// The table's name in either database (a fixed identifier, never caller text).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Table::Svids => "svids",
+            Table::Profiles => "profiles",
+            Table::Incidents => "incidents",
+            Table::JoinTokens => "join_tokens",
+            Table::Grants => "grants",
+            Table::Playbooks => "playbooks",
+            Table::RevokedSerials => "revoked_serials",
+        }
+    }
+}
+
+/// One row change inside a transaction.
+#[derive(Debug)]
+pub(crate) enum Write {
+    /// Create or replace the row `key` with `body` (a record's JSON).
+    Put {
+        table: Table,
+        key: String,
+        body: Vec<u8>,
+    },
+    /// Remove the row `key`, if it is there.
+    Delete { table: Table, key: String },
+}
+
+/// Decides a row's new body from its current one (see [`Backend::update`]).
+pub(crate) type Change =
+    Box<dyn FnOnce(Option<&[u8]>) -> Result<Option<Vec<u8>>, StoreError> + Send + 'static>;
+
+/// What a backend is: rows of JSON under text keys, and transactions over them.
+/// Everything typed (what a row means, which rows change together) is in [`Store`].
+pub(crate) trait Backend: Send + Sync {
+    /// The stored schema version.
+    fn schema_version(&self) -> Result<u64, StoreError>;
+    /// One row's body.
+    fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every row's body, in key order, handed to `visit` one at a time.
+    fn scan(
+        &self,
+        table: Table,
+        visit: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+    /// Applies `writes` in one durable transaction.
+    fn write(&self, writes: Vec<Write>) -> Result<(), StoreError>;
+    /// Removes a row; whether it was there.
+    fn delete(&self, table: Table, key: &str) -> Result<bool, StoreError>;
+    /// Reads the row `key` with every other writer of it held off, lets `change` decide
+    /// its new body (`None`: leave it), and commits: a read-modify-write no concurrent
+    /// caller (thread or server) can interleave with. Returns the body `change` saw.
+    fn update(
+        &self,
+        table: Table,
+        key: &str,
+        change: Change,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+    /// A trust domain's authorities (JSON) and bundle sequence.
+    fn authorities(&self, trust_domain: &str) -> Result<(Option<Vec<u8>>, u64), StoreError>;
+    /// Replaces both, in one transaction.
+    fn put_authorities(
+        &self,
+        trust_domain: &str,
+        body: Vec<u8>,
+        sequence: u64,
+    ) -> Result<(), StoreError>;
+}
+
+/// Where the store lives, as the server config names it (`store = …`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum StoreLocation {
+    /// The embedded database, `writ.redb` in the data directory (the default).
+    #[default]
+    Embedded,
+    /// A PostgreSQL database shared by every server of a cluster.
+    Postgres(PostgresUrl),
+}
+
+impl std::str::FromStr for StoreLocation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "redb" {
+            Ok(StoreLocation::Embedded)
+        } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(StoreLocation::Postgres(s.parse()?))
+        } else {
+            Err("store must be \"redb\" or a \"postgres://…\" URL".into())
+        }
+    }
 }
 
 /// A record of one issued X.509-SVID.
@@ -87,9 +203,48 @@ pub struct SvidRecord {
     pub not_after: i64,
 }
 
-/// The embedded database.
+/// A join token, stored by the SHA-256 of its secret (the secret itself is never stored).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenRecord {
+    /// Seconds since the epoch.
+    pub created_at: i64,
+    /// Seconds since the epoch.
+    pub expires_at: i64,
+    /// When it was used, if it was.
+    #[serde(default)]
+    pub used_at: Option<i64>,
+    /// The node it admitted.
+    #[serde(default)]
+    pub node_id: Option<String>,
+}
+
+/// What presenting a join token came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenUse {
+    /// Valid; now used up.
+    Consumed,
+    /// No such token.
+    Unknown,
+    /// Already used.
+    Replayed,
+    /// Past its expiry.
+    Expired,
+}
+
+/// What presenting the token `record` at `now` comes to (before anything is written).
+fn token_use(record: Option<&JoinTokenRecord>, now: i64) -> TokenUse {
+    match record {
+        None => TokenUse::Unknown,
+        Some(r) if r.used_at.is_some() => TokenUse::Replayed,
+        Some(r) if r.expires_at <= now => TokenUse::Expired,
+        Some(_) => TokenUse::Consumed,
+    }
+}
+
+/// writ's durable state (see the module docs).
 pub struct Store {
-    db: Database,
+    backend: Box<dyn Backend>,
 }
 
 /// The CAs keep their authorities here, through the interface they own.
@@ -122,78 +277,82 @@ impl std::fmt::Debug for Store {
     }
 }
 
+fn decode<T: for<'de> Deserialize<'de>>(table: Table, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        table: table.name(),
+        reason: e.to_string(),
+    })
+}
+
+fn put<T: Serialize>(table: Table, key: &str, value: &T) -> Result<Write, StoreError> {
+    Ok(Write::Put {
+        table,
+        key: key.to_owned(),
+        body: serde_json::to_vec(value).map_err(db_err)?,
+    })
+}
+
 impl Store {
-    /// Opens (creating if needed) the database at `path` and checks its schema version.
+    /// Opens (creating if needed) the embedded database at `path` and checks its schema
+    /// version.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path).map_err(db_err)?;
-        // The store holds no private keys, but it is nobody else's business either.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| StoreError::Db(format!("chmod {}: {e}", path.display())))?;
-        }
-        let store = Store { db };
-        store.init_schema()?;
-        Ok(store)
+        Ok(Store {
+            backend: Box::new(embedded::Embedded::open(path)?),
+        })
     }
 
-    fn init_schema(&self) -> Result<(), StoreError> {
-        let tx = self.begin_write()?;
-        {
-            let mut meta = tx.open_table(META).map_err(db_err)?;
-            let found = meta
-                .get("schema_version")
-                .map_err(db_err)?
-                .map(|v| v.value());
-            match found {
-                None => {
-                    meta.insert("schema_version", SCHEMA_VERSION)
-                        .map_err(db_err)?;
-                }
-                Some(SCHEMA_VERSION) => {}
-                Some(found) => return Err(StoreError::Schema { found }),
-            }
-            // Create every table up front so readers never meet a missing one.
-            tx.open_table(AUTHORITIES).map_err(db_err)?;
-            tx.open_table(SEQUENCES).map_err(db_err)?;
-            tx.open_table(SVIDS).map_err(db_err)?;
-            tx.open_table(PROFILES).map_err(db_err)?;
-            tx.open_table(INCIDENTS).map_err(db_err)?;
-            tx.open_table(JOIN_TOKENS).map_err(db_err)?;
-            tx.open_table(GRANTS).map_err(db_err)?;
-            tx.open_table(PLAYBOOKS).map_err(db_err)?;
-            // Added after schema 1 shipped; created here on first open, empty.
-            tx.open_table(REVOKED_SERIALS).map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)
+    /// Connects to a PostgreSQL database, creating or upgrading writ's tables (under a
+    /// lock, so servers starting together do it once) and checking the schema version.
+    pub fn connect_postgres(url: &PostgresUrl) -> Result<Store, StoreError> {
+        Ok(Store {
+            backend: Box::new(postgres::Postgres::connect(url)?),
+        })
     }
 
-    /// Writes each `(key, value)` of `rows` as JSON into `table`, within `tx`.
-    fn insert_json<'v, T: Serialize + 'v>(
-        tx: &redb::WriteTransaction,
-        table: TableDefinition<&str, &[u8]>,
-        rows: impl IntoIterator<Item = (&'v str, &'v T)>,
-    ) -> Result<(), StoreError> {
-        let mut t = tx.open_table(table).map_err(db_err)?;
-        for (key, value) in rows {
-            let bytes = serde_json::to_vec(value).map_err(db_err)?;
-            t.insert(key, bytes.as_slice()).map_err(db_err)?;
+    /// Opens the store `location` names; the embedded one is `writ.redb` in `data_dir`.
+    pub fn open_at(location: &StoreLocation, data_dir: &Path) -> Result<Store, StoreError> {
+        match location {
+            StoreLocation::Embedded => Store::open(&data_dir.join("writ.redb")),
+            StoreLocation::Postgres(url) => Store::connect_postgres(url),
         }
-        Ok(())
-    }
-
-    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
-        let mut tx = self.db.begin_write().map_err(db_err)?;
-        tx.set_durability(Durability::Immediate).map_err(db_err)?;
-        Ok(tx)
     }
 
     /// The stored schema version.
     pub fn schema_version(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let meta = tx.open_table(META).map_err(db_err)?;
-        let version = meta.get("schema_version").map_err(db_err)?;
-        Ok(version.map(|v| v.value()).unwrap_or(0))
+        self.backend.schema_version()
+    }
+
+    fn one<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        self.backend
+            .get(table, key)?
+            .map(|bytes| decode(table, &bytes))
+            .transpose()
+    }
+
+    /// The rows of `table` that `keep` keeps, decoded one at a time (a load of live rows
+    /// never holds the whole history at once).
+    fn rows_where<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: Table,
+        keep: impl Fn(&T) -> bool,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        self.backend.scan(table, &mut |bytes| {
+            let row: T = decode(table, bytes)?;
+            if keep(&row) {
+                out.push(row);
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn all<T: for<'de> Deserialize<'de>>(&self, table: Table) -> Result<Vec<T>, StoreError> {
+        self.rows_where(table, |_| true)
     }
 
     /// The authorities of `trust_domain` and its bundle sequence number.
@@ -201,23 +360,14 @@ impl Store {
         &self,
         trust_domain: &str,
     ) -> Result<(Vec<AuthorityRecord>, u64), StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(AUTHORITIES).map_err(db_err)?;
-        let records = match table.get(trust_domain).map_err(db_err)? {
-            Some(bytes) => {
-                serde_json::from_slice(bytes.value()).map_err(|e| StoreError::Corrupt {
-                    table: "authorities",
-                    reason: e.to_string(),
-                })?
-            }
+        let (body, sequence) = self.backend.authorities(trust_domain)?;
+        let records = match body {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                table: "authorities",
+                reason: e.to_string(),
+            })?,
             None => Vec::new(),
         };
-        let sequences = tx.open_table(SEQUENCES).map_err(db_err)?;
-        let sequence = sequences
-            .get(trust_domain)
-            .map_err(db_err)?
-            .map(|v| v.value())
-            .unwrap_or(0);
         Ok((records, sequence))
     }
 
@@ -228,17 +378,8 @@ impl Store {
         records: &[AuthorityRecord],
         sequence: u64,
     ) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(records).map_err(db_err)?;
-        let tx = self.begin_write()?;
-        {
-            let mut table = tx.open_table(AUTHORITIES).map_err(db_err)?;
-            table
-                .insert(trust_domain, bytes.as_slice())
-                .map_err(db_err)?;
-            let mut sequences = tx.open_table(SEQUENCES).map_err(db_err)?;
-            sequences.insert(trust_domain, sequence).map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)
+        let body = serde_json::to_vec(records).map_err(db_err)?;
+        self.backend.put_authorities(trust_domain, body, sequence)
     }
 
     /// Records an issued SVID. Durable when this returns.
@@ -246,100 +387,48 @@ impl Store {
         self.put_svids(std::slice::from_ref(record))
     }
 
-    /// Records issued SVIDs in one durable transaction (a batch of CSRs, one fsync).
+    /// Records issued SVIDs in one durable transaction (a batch of CSRs, one commit).
     pub fn put_svids(&self, records: &[SvidRecord]) -> Result<(), StoreError> {
-        let tx = self.begin_write()?;
-        Self::insert_json(&tx, SVIDS, records.iter().map(|r| (r.serial.as_str(), r)))?;
-        tx.commit().map_err(db_err)
+        let writes = records
+            .iter()
+            .map(|r| put(Table::Svids, &r.serial, r))
+            .collect::<Result<_, _>>()?;
+        self.backend.write(writes)
     }
 
     /// Forgets SVIDs that expired before `now` (their issuance stays in the audit log):
     /// the table holds what is live, not everything ever issued. Returns how many went.
     /// A row that does not parse is kept, to be reported by whoever reads it.
     pub fn prune_expired_svids(&self, now: i64) -> Result<usize, StoreError> {
-        let tx = self.begin_write()?;
-        let mut pruned = 0;
-        {
-            let mut table = tx.open_table(SVIDS).map_err(db_err)?;
-            table
-                .retain(|_, bytes| {
-                    let expired = decode_svid(bytes).is_ok_and(|r| r.not_after < now);
-                    pruned += usize::from(expired);
-                    !expired
-                })
-                .map_err(db_err)?;
+        let mut expired = Vec::new();
+        self.backend.scan(Table::Svids, &mut |bytes| {
+            if let Ok(r) = decode::<SvidRecord>(Table::Svids, bytes) {
+                if r.not_after < now {
+                    expired.push(Write::Delete {
+                        table: Table::Svids,
+                        key: r.serial,
+                    });
+                }
+            }
+            Ok(())
+        })?;
+        let pruned = expired.len();
+        if pruned > 0 {
+            // Serials are never reissued, so a row found expired stays expired: deleting
+            // it in a second transaction removes nothing live.
+            self.backend.write(expired)?;
         }
-        tx.commit().map_err(db_err)?;
         Ok(pruned)
     }
 
     /// One issued SVID by serial.
     pub fn svid(&self, serial: &str) -> Result<Option<SvidRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(SVIDS).map_err(db_err)?;
-        table
-            .get(serial)
-            .map_err(db_err)?
-            .map(|bytes| decode_svid(bytes.value()))
-            .transpose()
+        self.one(Table::Svids, serial)
     }
 
     /// Every recorded SVID, by serial.
     pub fn svids(&self) -> Result<Vec<SvidRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(SVIDS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(db_err)? {
-            let (_, bytes) = entry.map_err(db_err)?;
-            out.push(decode_svid(bytes.value())?);
-        }
-        Ok(out)
-    }
-}
-
-impl Store {
-    fn put_json<T: Serialize>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-        value: &T,
-    ) -> Result<(), StoreError> {
-        let tx = self.begin_write()?;
-        Self::insert_json(&tx, table, [(key, value)])?;
-        tx.commit().map_err(db_err)
-    }
-
-    fn all_json<T: for<'de> Deserialize<'de>>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        name: &'static str,
-    ) -> Result<Vec<T>, StoreError> {
-        self.json_where(table, name, |_| true)
-    }
-
-    /// The rows of `table` that `keep` keeps, decoded one at a time (a load of live rows
-    /// never holds the whole history at once).
-    fn json_where<T: for<'de> Deserialize<'de>>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        name: &'static str,
-        keep: impl Fn(&T) -> bool,
-    ) -> Result<Vec<T>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(table).map_err(db_err)?;
-        let mut out = Vec::new();
-        for entry in t.iter().map_err(db_err)? {
-            let (_, bytes) = entry.map_err(db_err)?;
-            let row: T =
-                serde_json::from_slice(bytes.value()).map_err(|e| StoreError::Corrupt {
-                    table: name,
-                    reason: e.to_string(),
-                })?;
-            if keep(&row) {
-                out.push(row);
-            }
-        }
-        Ok(out)
+        self.all(Table::Svids)
     }
 
     /// The incidents `keep` keeps (the registry loads live ones only).
@@ -347,82 +436,59 @@ impl Store {
         &self,
         keep: impl Fn(&Incident) -> bool,
     ) -> Result<Vec<Incident>, StoreError> {
-        self.json_where(INCIDENTS, "incidents", keep)
+        self.rows_where(Table::Incidents, keep)
     }
 
     /// The grants `keep` keeps.
     pub fn grants_where(&self, keep: impl Fn(&Grant) -> bool) -> Result<Vec<Grant>, StoreError> {
-        self.json_where(GRANTS, "grants", keep)
-    }
-
-    fn one_json<T: for<'de> Deserialize<'de>>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        name: &'static str,
-        key: &str,
-    ) -> Result<Option<T>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(table).map_err(db_err)?;
-        t.get(key)
-            .map_err(db_err)?
-            .map(|bytes| {
-                serde_json::from_slice(bytes.value()).map_err(|e| StoreError::Corrupt {
-                    table: name,
-                    reason: e.to_string(),
-                })
-            })
-            .transpose()
+        self.rows_where(Table::Grants, keep)
     }
 
     /// One incident by id, open or closed however long ago.
     pub fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
-        self.one_json(INCIDENTS, "incidents", id)
+        self.one(Table::Incidents, id)
     }
 
     /// One grant by id, in any state however long ago it ended.
     pub fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
-        self.one_json(GRANTS, "grants", id)
+        self.one(Table::Grants, id)
     }
 
     /// Writes (creates or replaces) a profile. Durable when this returns.
     pub fn put_profile(&self, profile: &Profile) -> Result<(), StoreError> {
-        self.put_json(PROFILES, &profile.name, profile)
+        self.backend
+            .write(vec![put(Table::Profiles, &profile.name, profile)?])
     }
 
     /// Deletes a profile; returns whether it existed.
     pub fn delete_profile(&self, name: &str) -> Result<bool, StoreError> {
-        let tx = self.begin_write()?;
-        let existed = {
-            let mut t = tx.open_table(PROFILES).map_err(db_err)?;
-            t.remove(name).map_err(db_err)?.is_some()
-        };
-        tx.commit().map_err(db_err)?;
-        Ok(existed)
+        self.backend.delete(Table::Profiles, name)
     }
 
     /// Every profile.
     pub fn profiles(&self) -> Result<Vec<Profile>, StoreError> {
-        self.all_json(PROFILES, "profiles")
+        self.all(Table::Profiles)
     }
 
     /// Writes (creates or replaces) an incident. Durable when this returns.
     pub fn put_incident(&self, incident: &Incident) -> Result<(), StoreError> {
-        self.put_json(INCIDENTS, &incident.id, incident)
+        self.backend
+            .write(vec![put(Table::Incidents, &incident.id, incident)?])
     }
 
     /// Every incident, open and closed.
     pub fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
-        self.all_json(INCIDENTS, "incidents")
+        self.all(Table::Incidents)
     }
 
     /// Every grant.
     pub fn grants(&self) -> Result<Vec<Grant>, StoreError> {
-        self.all_json(GRANTS, "grants")
+        self.all(Table::Grants)
     }
 
     /// Every revoked serial still kept (see [`crate::policy::serial`]).
     pub fn revoked_serials(&self) -> Result<Vec<RevokedSerial>, StoreError> {
-        self.all_json(REVOKED_SERIALS, "revoked_serials")
+        self.all(Table::RevokedSerials)
     }
 
     /// Writes incidents and grants that change together (closing an incident revokes its
@@ -444,33 +510,31 @@ impl Store {
         revoked: &[RevokedSerial],
         pruned: &[String],
     ) -> Result<(), StoreError> {
-        let tx = self.begin_write()?;
-        Self::insert_json(
-            &tx,
-            REVOKED_SERIALS,
-            revoked.iter().map(|e| (e.serial.as_str(), e)),
-        )?;
-        {
-            let mut t = tx.open_table(REVOKED_SERIALS).map_err(db_err)?;
-            for serial in pruned {
-                t.remove(serial.as_str()).map_err(db_err)?;
-            }
+        let mut writes = Vec::new();
+        for e in revoked {
+            writes.push(put(Table::RevokedSerials, &e.serial, e)?);
         }
-        Self::insert_json(&tx, INCIDENTS, incidents.iter().map(|i| (i.id.as_str(), i)))?;
-        Self::insert_json(&tx, GRANTS, grants.iter().map(|g| (g.id.as_str(), g)))?;
-        tx.commit().map_err(db_err)
+        writes.extend(pruned.iter().map(|serial| Write::Delete {
+            table: Table::RevokedSerials,
+            key: serial.clone(),
+        }));
+        for i in incidents {
+            writes.push(put(Table::Incidents, &i.id, i)?);
+        }
+        for g in grants {
+            writes.push(put(Table::Grants, &g.id, g)?);
+        }
+        self.backend.write(writes)
     }
-}
 
-impl Store {
     /// Writes (creates or replaces) a playbook. Durable when this returns.
     pub fn put_playbook(&self, playbook: &Playbook) -> Result<(), StoreError> {
-        self.put_json(PLAYBOOKS, &playbook.name, playbook)
+        self.put_playbook_changes(std::slice::from_ref(playbook), &[])
     }
 
     /// Every playbook, in every state.
     pub fn playbooks(&self) -> Result<Vec<Playbook>, StoreError> {
-        self.all_json(PLAYBOOKS, "playbooks")
+        self.all(Table::Playbooks)
     }
 
     /// Writes playbooks and grants that change together (retiring a playbook revokes its
@@ -480,103 +544,61 @@ impl Store {
         playbooks: &[Playbook],
         grants: &[Grant],
     ) -> Result<(), StoreError> {
-        let tx = self.begin_write()?;
-        Self::insert_json(
-            &tx,
-            PLAYBOOKS,
-            playbooks.iter().map(|p| (p.name.as_str(), p)),
-        )?;
-        Self::insert_json(&tx, GRANTS, grants.iter().map(|g| (g.id.as_str(), g)))?;
-        tx.commit().map_err(db_err)
+        let mut writes = Vec::new();
+        for p in playbooks {
+            writes.push(put(Table::Playbooks, &p.name, p)?);
+        }
+        for g in grants {
+            writes.push(put(Table::Grants, &g.id, g)?);
+        }
+        self.backend.write(writes)
     }
-}
 
-/// A join token, stored by the SHA-256 of its secret (the secret itself is never stored).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JoinTokenRecord {
-    /// Seconds since the epoch.
-    pub created_at: i64,
-    /// Seconds since the epoch.
-    pub expires_at: i64,
-    /// When it was used, if it was.
-    #[serde(default)]
-    pub used_at: Option<i64>,
-    /// The node it admitted.
-    #[serde(default)]
-    pub node_id: Option<String>,
-}
-
-/// What presenting a join token came to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TokenUse {
-    /// Valid; now used up.
-    Consumed,
-    /// No such token.
-    Unknown,
-    /// Already used.
-    Replayed,
-    /// Past its expiry.
-    Expired,
-}
-
-impl Store {
     /// Stores a new join token under the hash of its secret.
     pub fn put_join_token(
         &self,
         hash_hex: &str,
         record: &JoinTokenRecord,
     ) -> Result<(), StoreError> {
-        self.put_json(JOIN_TOKENS, hash_hex, record)
+        self.backend
+            .write(vec![put(Table::JoinTokens, hash_hex, record)?])
     }
 
-    /// Uses a join token: checks and marks it used in one durable transaction, so two
-    /// nodes racing with one token can never both succeed.
+    /// Uses a join token: checks and marks it used in one transaction that holds every
+    /// other user of the token off (in PostgreSQL, servers included), so two nodes racing
+    /// with one token can never both succeed.
     pub fn consume_join_token(
         &self,
         hash_hex: &str,
         now: i64,
         node_id: &str,
     ) -> Result<TokenUse, StoreError> {
-        let tx = self.begin_write()?;
-        let outcome = {
-            let mut table = tx.open_table(JOIN_TOKENS).map_err(db_err)?;
-            let current: Option<JoinTokenRecord> = match table.get(hash_hex).map_err(db_err)? {
-                Some(bytes) => Some(serde_json::from_slice(bytes.value()).map_err(|e| {
-                    StoreError::Corrupt {
-                        table: "join_tokens",
-                        reason: e.to_string(),
-                    }
-                })?),
-                None => None,
-            };
-            match current {
-                None => TokenUse::Unknown,
-                Some(record) if record.used_at.is_some() => TokenUse::Replayed,
-                Some(record) if record.expires_at <= now => TokenUse::Expired,
-                Some(mut record) => {
-                    record.used_at = Some(now);
-                    record.node_id = Some(node_id.to_owned());
-                    let bytes = serde_json::to_vec(&record).map_err(db_err)?;
-                    table.insert(hash_hex, bytes.as_slice()).map_err(db_err)?;
-                    TokenUse::Consumed
+        let node_id = node_id.to_owned();
+        let seen = self.backend.update(
+            Table::JoinTokens,
+            hash_hex,
+            Box::new(move |current| {
+                let Some(mut record) = current
+                    .map(|bytes| decode::<JoinTokenRecord>(Table::JoinTokens, bytes))
+                    .transpose()?
+                else {
+                    return Ok(None);
+                };
+                if token_use(Some(&record), now) != TokenUse::Consumed {
+                    return Ok(None);
                 }
-            }
-        };
-        if outcome == TokenUse::Consumed {
-            tx.commit().map_err(db_err)?;
-        } else {
-            tx.abort().map_err(db_err)?;
-        }
+                record.used_at = Some(now);
+                record.node_id = Some(node_id);
+                Ok(Some(serde_json::to_vec(&record).map_err(db_err)?))
+            }),
+        )?;
+        // The same rule on the same row the change saw: what it decided.
+        let seen: Option<JoinTokenRecord> = seen
+            .map(|bytes| decode(Table::JoinTokens, &bytes))
+            .transpose()?;
+        let outcome = token_use(seen.as_ref(), now);
         Ok(outcome)
     }
-}
-
-fn decode_svid(bytes: &[u8]) -> Result<SvidRecord, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        table: "svids",
-        reason: e.to_string(),
-    })
 }
 
 #[cfg(test)]
@@ -585,190 +607,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cas_authority_store_is_this_database_and_its_errors_keep_their_message() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.redb")).unwrap();
-        let cas: &dyn AuthorityStore = &store;
-        assert_eq!(cas.authorities("td.example").unwrap(), (Vec::new(), 0));
-        let record = AuthorityRecord {
-            id: "0011223344556677".into(),
-            state: crate::ca::AuthorityState::Active,
-            cert_der: vec![0x30, 0x00],
-            jwt_kid: "kid".into(),
-            not_before: 10,
-            not_after: 20,
-        };
-        cas.put_authorities("td.example", std::slice::from_ref(&record), 3)
-            .unwrap();
-        assert_eq!(
-            cas.authorities("td.example").unwrap(),
-            (vec![record.clone()], 3)
-        );
-        // What the CA wrote is what the store's own reader sees.
-        assert_eq!(store.authorities("td.example").unwrap(), (vec![record], 3));
-
-        // A corrupt row reaches the CA as its store error, with the store's message.
-        let tx = store.begin_write().unwrap();
-        tx.open_table(AUTHORITIES)
-            .unwrap()
-            .insert("bad.example", b"not json".as_slice())
-            .unwrap();
-        tx.commit().unwrap();
-        let err = CaError::Store(cas.authorities("bad.example").unwrap_err());
-        assert!(
-            err.to_string()
-                .starts_with("store: corrupt record in authorities:"),
-            "{err}"
-        );
-        let err = CaError::from(StoreError::Db("disk full".into()));
-        assert!(matches!(err, CaError::Store(_)));
-        assert_eq!(err.to_string(), "store: disk full");
-    }
-
-    #[test]
-    fn expired_svids_are_pruned_and_live_ones_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.redb")).unwrap();
-        let record = |serial: &str, not_after: i64| SvidRecord {
-            serial: serial.into(),
-            spiffe_id: "spiffe://investigate.example.org/agent/a/incident/i".into(),
-            band: crate::Band::Investigative,
-            authority_id: "a".into(),
-            incident: Some("i".into()),
-            grant: None,
-            not_before: 0,
-            not_after,
-        };
-        store
-            .put_svids(&[record("01", 100), record("02", 200), record("03", 300)])
-            .unwrap();
-        assert_eq!(store.prune_expired_svids(200).unwrap(), 1);
-        let left: Vec<String> = store
-            .svids()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.serial)
-            .collect();
-        assert_eq!(left, ["02", "03"]);
-        assert_eq!(store.prune_expired_svids(200).unwrap(), 0);
-    }
-
-    fn svid(serial: &str) -> SvidRecord {
-        SvidRecord {
-            serial: serial.into(),
-            spiffe_id: "spiffe://investigate.example.org/agent/a/incident/i".into(),
-            band: Band::Investigative,
-            authority_id: "x".into(),
-            incident: Some("i".into()),
-            grant: None,
-            not_before: 1,
-            not_after: 2,
-        }
-    }
-
-    #[test]
-    fn records_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("writ.redb");
-        {
-            let store = Store::open(&path).unwrap();
-            store.put_svid(&svid("01")).unwrap();
-            store.put_authorities("example.org", &[], 7).unwrap();
-        }
-        let store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(store.svid("01").unwrap(), Some(svid("01")));
-        assert_eq!(store.authorities("example.org").unwrap().1, 7);
-        assert_eq!(store.authorities("other.org").unwrap(), (vec![], 0));
-    }
-
-    #[test]
-    fn revoked_serials_are_added_and_pruned_in_one_write_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("writ.redb");
-        let entry = |serial: &str| RevokedSerial {
-            serial: serial.into(),
-            spiffe_id: "spiffe://example.org/service/logs".into(),
-            trust_domain: "example.org".into(),
-            revoked_at: 1,
-            revoked_by: "alice".into(),
-            not_after: 2,
-        };
-        {
-            let store = Store::open(&path).unwrap();
-            store
-                .put_policy_and_serial_changes(&[], &[], &[entry("4001"), entry("4002")], &[])
-                .unwrap();
-            store
-                .put_policy_and_serial_changes(&[], &[], &[entry("4003")], &["4001".into()])
-                .unwrap();
-        }
-        let store = Store::open(&path).unwrap();
-        let kept: Vec<String> = store
-            .revoked_serials()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.serial)
-            .collect();
-        assert_eq!(kept, ["4002", "4003"]);
-    }
-
-    #[test]
-    fn svid_records_without_a_grant_omit_the_field() {
-        let json = serde_json::to_value(svid("01")).unwrap();
-        assert!(json.get("grant").is_none(), "{json}");
-        let mut with = svid("02");
-        with.grant = Some("g-1".into());
-        let back: SvidRecord = serde_json::from_slice(&serde_json::to_vec(&with).unwrap()).unwrap();
-        assert_eq!(back, with);
-    }
-
-    #[test]
-    fn join_tokens_are_single_use_and_expire() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("writ.redb")).unwrap();
-        let record = JoinTokenRecord {
+    fn a_token_is_consumed_once_before_its_expiry() {
+        let record = |used_at: Option<i64>| JoinTokenRecord {
             created_at: 0,
             expires_at: 100,
-            used_at: None,
+            used_at,
             node_id: None,
         };
-        store.put_join_token("aa", &record).unwrap();
-        store.put_join_token("bb", &record).unwrap();
-        assert_eq!(
-            store.consume_join_token("aa", 50, "n1").unwrap(),
-            TokenUse::Consumed
-        );
-        assert_eq!(
-            store.consume_join_token("aa", 51, "n2").unwrap(),
-            TokenUse::Replayed
-        );
-        assert_eq!(
-            store.consume_join_token("bb", 100, "n3").unwrap(),
-            TokenUse::Expired
-        );
-        assert_eq!(
-            store.consume_join_token("cc", 1, "n4").unwrap(),
-            TokenUse::Unknown
-        );
+        assert_eq!(token_use(None, 1), TokenUse::Unknown);
+        assert_eq!(token_use(Some(&record(None)), 99), TokenUse::Consumed);
+        assert_eq!(token_use(Some(&record(None)), 100), TokenUse::Expired);
+        assert_eq!(token_use(Some(&record(Some(5))), 6), TokenUse::Replayed);
+        // A used token is reported as used, not expired, whenever it is presented again.
+        assert_eq!(token_use(Some(&record(Some(5))), 500), TokenUse::Replayed);
     }
 
     #[test]
-    fn another_schema_version_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("writ.redb");
-        {
-            let db = Database::create(&path).unwrap();
-            let tx = db.begin_write().unwrap();
-            tx.open_table(META)
-                .unwrap()
-                .insert("schema_version", 99)
-                .unwrap();
-            tx.commit().unwrap();
-        }
+    fn the_store_setting_is_redb_or_a_postgres_url_and_nothing_else() {
+        assert_eq!(
+            "redb".parse::<StoreLocation>().unwrap(),
+            StoreLocation::Embedded
+        );
         assert!(matches!(
-            Store::open(&path),
-            Err(StoreError::Schema { found: 99 })
+            "postgres://writ@db.internal/writ".parse::<StoreLocation>(),
+            Ok(StoreLocation::Postgres(_))
         ));
+        assert!(matches!(
+            "postgresql:///writ?host=/run/postgresql".parse::<StoreLocation>(),
+            Ok(StoreLocation::Postgres(_))
+        ));
+        for bad in [
+            "",
+            "sqlite://x",
+            "mysql://db/writ",
+            "REDB",
+            "postgres://[::1",
+        ] {
+            assert!(bad.parse::<StoreLocation>().is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod bin;
 pub mod dev;
+pub mod postgres;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;

@@ -1,0 +1,526 @@
+//! The PostgreSQL backend: the store several servers share (docs/ha.md).
+//!
+//! * tokio-postgres through a deadpool pool, on a runtime of its own (one thread it owns):
+//!   the store's interface is synchronous, as redb's is, and a caller on any thread (a
+//!   tokio worker included) waits for its answer on a plain channel, bounded by
+//!   [`CALL_TIMEOUT`], never on a runtime it would have to block.
+//! * Migrations are embedded ([`MIGRATIONS`]) and run at connect inside one transaction
+//!   under an advisory lock, so servers starting together migrate once; a database newer
+//!   than this build is refused.
+//! * Rows are `(key text, body json)`: `json` keeps the record's text as written (jsonb
+//!   would refuse a `\u0000` that redb keeps), and operators can still query it.
+//! * A read-modify-write ([`Backend::update`]) locks its row (`SELECT … FOR UPDATE`) and
+//!   writes with a compare-and-swap whose row count must be one: two servers racing one
+//!   join token serialize on the row, and the loser sees it used.
+//! * No TLS to the database yet: connect over a Unix socket or a private network; a URL
+//!   that asks for TLS (`sslmode=require`) is refused rather than silently downgraded.
+
+use super::{Backend, Change, StoreError, Table, Write};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::future::Future;
+use std::time::Duration;
+use tokio_postgres::NoTls;
+use tokio_postgres::config::{Host, SslMode};
+
+/// Every schema change, in order; version N is the first N applied. Never edit one that
+/// shipped: add the next.
+const MIGRATIONS: &[&str] = &[
+    // 1: the tables of the embedded schema 1.
+    "CREATE TABLE authorities (
+         trust_domain text PRIMARY KEY,
+         records json NOT NULL,
+         sequence bigint NOT NULL);
+     CREATE TABLE svids (key text PRIMARY KEY, body json NOT NULL);
+     CREATE TABLE profiles (key text PRIMARY KEY, body json NOT NULL);
+     CREATE TABLE incidents (key text PRIMARY KEY, body json NOT NULL);
+     CREATE TABLE join_tokens (key text PRIMARY KEY, body json NOT NULL);
+     CREATE TABLE grants (key text PRIMARY KEY, body json NOT NULL);
+     CREATE TABLE playbooks (key text PRIMARY KEY, body json NOT NULL);
+     CREATE TABLE revoked_serials (key text PRIMARY KEY, body json NOT NULL);",
+];
+
+/// The schema version this build reads and writes.
+const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
+
+/// The advisory lock key migrations hold ("writ" in ASCII).
+const MIGRATION_LOCK: i64 = 0x7772_6974;
+
+/// How long one store call may take, connection included, before it fails.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a statement may run, and wait for a lock, on the server.
+const STATEMENT_OPTIONS: &str = "-c statement_timeout=15000 -c lock_timeout=10000";
+
+/// The most connections one server holds.
+const POOL_SIZE: usize = 16;
+
+/// A PostgreSQL connection URL (`postgres://user@host/db`, `postgresql:///db?host=/run/postgresql`).
+/// Its `Debug` and `Display` show where it points and never the password.
+#[derive(Clone)]
+pub struct PostgresUrl {
+    text: String,
+    config: tokio_postgres::Config,
+}
+
+impl PartialEq for PostgresUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for PostgresUrl {}
+
+impl std::str::FromStr for PostgresUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        // tokio-postgres's own parser; its error never repeats the URL (or a password).
+        let config: tokio_postgres::Config = s
+            .parse()
+            .map_err(|e| format!("store: not a PostgreSQL URL: {e}"))?;
+        if config.get_hosts().is_empty() {
+            return Err("store: the PostgreSQL URL names no host (use host=/run/postgresql for a Unix socket)".into());
+        }
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(
+                "store: TLS to PostgreSQL is not supported yet; connect over a Unix socket or a private network (sslmode=disable or prefer)"
+                    .into(),
+            );
+        }
+        Ok(PostgresUrl {
+            text: s.to_owned(),
+            config,
+        })
+    }
+}
+
+impl std::fmt::Display for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hosts: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        write!(
+            f,
+            "postgres://{}@{}/{}",
+            self.config.get_user().unwrap_or(""),
+            hosts.join(","),
+            self.config.get_dbname().unwrap_or("")
+        )
+    }
+}
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PostgresUrl({self})")
+    }
+}
+
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => StoreError::Db(format!("postgres: {}: {}", db.code().code(), db.message())),
+        None => StoreError::Db(format!("postgres: {e}")),
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_err(e),
+        other => StoreError::Db(format!("postgres: {other}")),
+    }
+}
+
+fn text(body: &[u8]) -> Result<&str, StoreError> {
+    std::str::from_utf8(body).map_err(|_| StoreError::Db("store: a record is not UTF-8".into()))
+}
+
+/// The PostgreSQL backend (see the module docs).
+pub(super) struct Postgres {
+    handle: tokio::runtime::Handle,
+    pool: Pool,
+    /// Dropping it ends the runtime's thread (the runtime is dropped there, not here,
+    /// which may be inside another runtime).
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Postgres {
+    /// Connects, migrates and checks the schema version.
+    pub(super) fn connect(url: &PostgresUrl) -> Result<Postgres, StoreError> {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("writ-postgres".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("writ-postgres")
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(runtime) => {
+                        let _ = handle_tx.send(Ok(runtime.handle().clone()));
+                        runtime.block_on(async {
+                            let _ = stopped.await;
+                        });
+                    }
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e.to_string()));
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Db(format!("postgres: starting its thread: {e}")))?;
+        let handle = handle_rx
+            .recv()
+            .map_err(|_| StoreError::Db("postgres: its thread did not start".into()))?
+            .map_err(|e| StoreError::Db(format!("postgres: runtime: {e}")))?;
+
+        let mut config = url.config.clone();
+        if config.get_application_name().is_none() {
+            config.application_name("writ");
+        }
+        if config.get_options().is_none() {
+            config.options(STATEMENT_OPTIONS);
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StoreError::Db(format!("postgres: pool: {e}")))?;
+        let backend = Postgres {
+            handle,
+            pool,
+            _stop: stop,
+        };
+        backend.migrate()?;
+        Ok(backend)
+    }
+
+    /// Runs `work` on the backend's runtime and waits for its answer.
+    fn run<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Pool) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let pool = self.pool.clone();
+        self.handle.spawn(async move {
+            let _ = tx.send(work(pool).await);
+        });
+        match rx.recv_timeout(CALL_TIMEOUT) {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError::Db(format!(
+                "postgres: no answer within {} s",
+                CALL_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        self.run(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await
+                .map_err(pg_err)?;
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS writ_meta (key text PRIMARY KEY, value bigint NOT NULL)",
+            )
+            .await
+            .map_err(pg_err)?;
+            let found: i64 = tx
+                .query_opt(
+                    "SELECT value FROM writ_meta WHERE key = 'schema_version'",
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?
+                .map(|row| row.get(0))
+                .unwrap_or(0);
+            let found = u64::try_from(found).unwrap_or(u64::MAX);
+            if found > SCHEMA_VERSION {
+                return Err(StoreError::Schema {
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            for (i, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+                tx.batch_execute(migration).await.map_err(pg_err)?;
+                let version = i as i64 + 1;
+                tx.execute(
+                    "INSERT INTO writ_meta (key, value) VALUES ('schema_version', $1)
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    &[&version],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+            tx.commit().await.map_err(pg_err)
+        })
+    }
+}
+
+impl Backend for Postgres {
+    fn schema_version(&self) -> Result<u64, StoreError> {
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let row = client
+                .query_opt(
+                    "SELECT value FROM writ_meta WHERE key = 'schema_version'",
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(row
+                .map(|r| r.get::<_, i64>(0))
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or(0))
+        })
+    }
+
+    fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_owned();
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let sql = format!("SELECT body::text FROM {} WHERE key = $1", table.name());
+            let row = client.query_opt(&sql, &[&key]).await.map_err(pg_err)?;
+            Ok(row.map(|r| r.get::<_, String>(0).into_bytes()))
+        })
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        visit: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        // Byte order of keys, as redb iterates, whatever the database's collation.
+        let rows = self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let sql = format!(
+                "SELECT body::text FROM {} ORDER BY key COLLATE \"C\"",
+                table.name()
+            );
+            let rows = client.query(&sql, &[]).await.map_err(pg_err)?;
+            Ok(rows
+                .into_iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>())
+        })?;
+        for body in rows {
+            visit(body.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.run(move |pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            for w in &writes {
+                match w {
+                    Write::Put { table, key, body } => {
+                        let sql = format!(
+                            "INSERT INTO {} (key, body) VALUES ($1, $2::text::json)
+                             ON CONFLICT (key) DO UPDATE SET body = EXCLUDED.body",
+                            table.name()
+                        );
+                        tx.execute(&sql, &[key, &text(body)?])
+                            .await
+                            .map_err(pg_err)?;
+                    }
+                    Write::Delete { table, key } => {
+                        let sql = format!("DELETE FROM {} WHERE key = $1", table.name());
+                        tx.execute(&sql, &[key]).await.map_err(pg_err)?;
+                    }
+                }
+            }
+            tx.commit().await.map_err(pg_err)
+        })
+    }
+
+    fn delete(&self, table: Table, key: &str) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let sql = format!("DELETE FROM {} WHERE key = $1", table.name());
+            Ok(client.execute(&sql, &[&key]).await.map_err(pg_err)? > 0)
+        })
+    }
+
+    fn update(
+        &self,
+        table: Table,
+        key: &str,
+        change: Change,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_owned();
+        self.run(move |pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            let select = format!(
+                "SELECT body::text FROM {} WHERE key = $1 FOR UPDATE",
+                table.name()
+            );
+            let current: Option<String> = tx
+                .query_opt(&select, &[&key])
+                .await
+                .map_err(pg_err)?
+                .map(|r| r.get(0));
+            let Some(next) = change(current.as_deref().map(str::as_bytes))? else {
+                // Dropping the transaction rolls it back.
+                return Ok(current.map(String::into_bytes));
+            };
+            // A compare-and-swap on the row read: exactly one row must change, or
+            // nothing is committed.
+            let (sql, changed) = match &current {
+                Some(seen) => {
+                    let sql = format!(
+                        "UPDATE {} SET body = $2::text::json WHERE key = $1 AND body::text = $3",
+                        table.name()
+                    );
+                    let n = tx
+                        .execute(&sql, &[&key, &text(&next)?, seen])
+                        .await
+                        .map_err(pg_err)?;
+                    (sql, n)
+                }
+                None => {
+                    let sql = format!(
+                        "INSERT INTO {} (key, body) VALUES ($1, $2::text::json) ON CONFLICT (key) DO NOTHING",
+                        table.name()
+                    );
+                    let n = tx
+                        .execute(&sql, &[&key, &text(&next)?])
+                        .await
+                        .map_err(pg_err)?;
+                    (sql, n)
+                }
+            };
+            if changed != 1 {
+                return Err(StoreError::Db(format!(
+                    "postgres: {changed} rows changed where one was locked ({})",
+                    sql.split_whitespace().next().unwrap_or("")
+                )));
+            }
+            tx.commit().await.map_err(pg_err)?;
+            Ok(current.map(String::into_bytes))
+        })
+    }
+
+    fn authorities(&self, trust_domain: &str) -> Result<(Option<Vec<u8>>, u64), StoreError> {
+        let trust_domain = trust_domain.to_owned();
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let row = client
+                .query_opt(
+                    "SELECT records::text, sequence FROM authorities WHERE trust_domain = $1",
+                    &[&trust_domain],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(match row {
+                Some(r) => (
+                    Some(r.get::<_, String>(0).into_bytes()),
+                    u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                ),
+                None => (None, 0),
+            })
+        })
+    }
+
+    fn put_authorities(
+        &self,
+        trust_domain: &str,
+        body: Vec<u8>,
+        sequence: u64,
+    ) -> Result<(), StoreError> {
+        let trust_domain = trust_domain.to_owned();
+        let sequence = i64::try_from(sequence)
+            .map_err(|_| StoreError::Db("store: bundle sequence out of range".into()))?;
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            client
+                .execute(
+                    "INSERT INTO authorities (trust_domain, records, sequence)
+                     VALUES ($1, $2::text::json, $3)
+                     ON CONFLICT (trust_domain) DO UPDATE
+                     SET records = EXCLUDED.records, sequence = EXCLUDED.sequence",
+                    &[&trust_domain, &text(&body)?, &sequence],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_url_shows_where_it_points_and_never_its_password() {
+        let url: PostgresUrl = "postgres://writ:hunter2@db.internal:5433/writ"
+            .parse()
+            .unwrap();
+        for shown in [url.to_string(), format!("{url:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(
+                shown.contains("db.internal") && shown.contains("writ"),
+                "{shown}"
+            );
+        }
+        let socket: PostgresUrl = "postgresql://writ@/writ?host=/run/postgresql"
+            .parse()
+            .unwrap();
+        assert!(socket.to_string().contains("/run/postgresql"), "{socket}");
+    }
+
+    #[test]
+    fn a_url_that_asks_for_tls_or_names_no_host_is_refused() {
+        let e = "postgres://writ@db/writ?sslmode=require"
+            .parse::<PostgresUrl>()
+            .unwrap_err();
+        assert!(e.contains("TLS"), "{e}");
+        let e = "postgres://:hunter2@/writ"
+            .parse::<PostgresUrl>()
+            .unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn schema_versions_count_the_migrations() {
+        assert_eq!(SCHEMA_VERSION, 1);
+        // Every table the store uses is created by some migration.
+        let all = MIGRATIONS.join("\n");
+        for table in Table::ALL {
+            assert!(
+                all.contains(&format!("CREATE TABLE {} (", table.name())),
+                "{}",
+                table.name()
+            );
+        }
+    }
+}

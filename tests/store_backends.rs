@@ -1,0 +1,435 @@
+//! The store's contract, proved against both backends: the embedded redb file and a real
+//! PostgreSQL (a throwaway cluster per test, tests/common/postgres.rs). Then what only a
+//! shared database has to prove: servers racing one join token, servers migrating at
+//! once, a change that fails half way keeping nothing, and a database that restarts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::postgres::Postgres;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Barrier};
+use writ::Band;
+use writ::policy::grant::{Grant, GrantState};
+use writ::policy::{Incident, IncidentState, RevokedSerial, Severity};
+use writ::store::{JoinTokenRecord, Store, StoreError, SvidRecord, TokenUse};
+
+/// A backend under test, and how to open it again (a restart, or another server).
+enum Backend {
+    Redb(tempfile::TempDir),
+    Postgres(Postgres, String),
+}
+
+impl Backend {
+    fn redb() -> Backend {
+        Backend::Redb(tempfile::tempdir().unwrap())
+    }
+
+    fn postgres() -> Option<Backend> {
+        let pg = Postgres::start()?;
+        pg.create_database("writ");
+        let url = pg.url("writ");
+        Some(Backend::Postgres(pg, url))
+    }
+
+    fn open(&self) -> Store {
+        match self {
+            Backend::Redb(dir) => Store::open(&dir.path().join("writ.redb")).unwrap(),
+            Backend::Postgres(_, url) => Store::connect_postgres(&url.parse().unwrap()).unwrap(),
+        }
+    }
+}
+
+/// Runs `check` against redb, then PostgreSQL.
+fn both(check: impl Fn(&Backend)) {
+    check(&Backend::redb());
+    if let Some(pg) = Backend::postgres() {
+        check(&pg);
+    }
+}
+
+fn incident(id: &str, title: &str) -> Incident {
+    Incident {
+        id: id.into(),
+        title: title.into(),
+        severity: Severity::Sev2,
+        assigned: BTreeSet::from(["triage".to_string()]),
+        scopes: BTreeSet::from(["logs:read".to_string()]),
+        state: IncidentState::Open,
+        opened_by: "uid:0".into(),
+        opened_at: 1_000,
+        closed_by: None,
+        closed_at: None,
+        max_lifetime_secs: 3600,
+    }
+}
+
+fn grant(id: &str, incident: &str) -> Grant {
+    let plan = "kubectl rollout restart deploy/checkout\n".to_string();
+    Grant {
+        id: id.into(),
+        incident: incident.into(),
+        agent: "fixer".into(),
+        action: "restart checkout".into(),
+        targets: BTreeSet::from(["deploy/checkout".to_string()]),
+        evidence: vec!["https://logs.example/q?id=1".into()],
+        plan_digest: writ::policy::grant::plan_digest(&plan),
+        plan,
+        scopes: BTreeSet::new(),
+        window_secs: 600,
+        requested_by: "uid:0".into(),
+        requested_by_uid: None,
+        requested_at: 1_000,
+        approvals: Vec::new(),
+        state: GrantState::Pending,
+        activated_at: None,
+        expires_at: None,
+        ended: None,
+        playbook: None,
+    }
+}
+
+fn svid(serial: &str, not_after: i64) -> SvidRecord {
+    SvidRecord {
+        serial: serial.into(),
+        spiffe_id: "spiffe://investigate.example.org/agent/triage/incident/INC-1".into(),
+        band: Band::Investigative,
+        authority_id: "a1".into(),
+        incident: Some("INC-1".into()),
+        grant: None,
+        not_before: 0,
+        not_after,
+    }
+}
+
+fn token(expires_at: i64) -> JoinTokenRecord {
+    JoinTokenRecord {
+        created_at: 0,
+        expires_at,
+        used_at: None,
+        node_id: None,
+    }
+}
+
+#[test]
+fn records_round_trip_and_survive_reopening() {
+    both(|backend| {
+        let store = backend.open();
+        // Text a caller may send survives byte for byte: a NUL, right-to-left marks, emoji.
+        let odd = incident("INC-2", "db \u{0000} down \u{202e} 🔥 \"quoted\"");
+        store
+            .put_policy_changes(
+                &[incident("INC-1", "db down"), odd.clone()],
+                &[grant("g-000000000001", "INC-1")],
+            )
+            .unwrap();
+        store.put_svids(&[svid("0a", 10), svid("0b", 20)]).unwrap();
+        store.put_authorities("example.org", &[], 7).unwrap();
+        drop(store);
+
+        let store = backend.open();
+        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.incident("INC-2").unwrap(), Some(odd));
+        assert_eq!(store.incident("INC-3").unwrap(), None);
+        assert_eq!(
+            store.grant("g-000000000001").unwrap(),
+            Some(grant("g-000000000001", "INC-1"))
+        );
+        let ids: Vec<String> = store
+            .incidents()
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(ids, ["INC-1", "INC-2"]);
+        let open = store.incidents_where(|i| i.title == "db down").unwrap();
+        assert_eq!(open.len(), 1);
+        assert_eq!(store.svid("0b").unwrap(), Some(svid("0b", 20)));
+        assert_eq!(store.authorities("example.org").unwrap(), (vec![], 7));
+        assert_eq!(store.authorities("other.org").unwrap(), (vec![], 0));
+    });
+}
+
+#[test]
+fn expired_svids_are_pruned_and_live_ones_kept() {
+    both(|backend| {
+        let store = backend.open();
+        store
+            .put_svids(&[svid("01", 100), svid("02", 200), svid("03", 300)])
+            .unwrap();
+        assert_eq!(store.prune_expired_svids(200).unwrap(), 1);
+        let left: Vec<String> = store
+            .svids()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.serial)
+            .collect();
+        assert_eq!(left, ["02", "03"]);
+        assert_eq!(store.prune_expired_svids(200).unwrap(), 0);
+    });
+}
+
+#[test]
+fn revoked_serials_are_added_and_pruned_in_one_write() {
+    both(|backend| {
+        let entry = |serial: &str| RevokedSerial {
+            serial: serial.into(),
+            spiffe_id: "spiffe://example.org/service/logs".into(),
+            trust_domain: "example.org".into(),
+            revoked_at: 1,
+            revoked_by: "alice".into(),
+            not_after: 2,
+        };
+        let store = backend.open();
+        store
+            .put_policy_and_serial_changes(&[], &[], &[entry("4001"), entry("4002")], &[])
+            .unwrap();
+        store
+            .put_policy_and_serial_changes(&[], &[], &[entry("4003")], &["4001".into()])
+            .unwrap();
+        drop(store);
+        let kept: Vec<String> = backend
+            .open()
+            .revoked_serials()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.serial)
+            .collect();
+        assert_eq!(kept, ["4002", "4003"]);
+    });
+}
+
+#[test]
+fn profiles_are_replaced_and_deleted() {
+    both(|backend| {
+        let store = backend.open();
+        let mut profile: writ::policy::Profile = serde_json::from_value(serde_json::json!({
+            "name": "triage",
+            "selectors": ["unix:uid:1000"],
+            "bands": ["investigative"],
+            "scopes": ["logs:read"],
+            "service": false,
+            "created_at": 1
+        }))
+        .unwrap_or_else(|e| panic!("profile json: {e}"));
+        store.put_profile(&profile).unwrap();
+        profile.scopes.insert("metrics:read".into());
+        store.put_profile(&profile).unwrap();
+        assert_eq!(store.profiles().unwrap(), vec![profile]);
+        assert!(store.delete_profile("triage").unwrap());
+        assert!(!store.delete_profile("triage").unwrap());
+        assert!(store.profiles().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn join_tokens_are_single_use_and_expire() {
+    both(|backend| {
+        let store = backend.open();
+        store.put_join_token("aa", &token(100)).unwrap();
+        store.put_join_token("bb", &token(100)).unwrap();
+        assert_eq!(
+            store.consume_join_token("aa", 50, "n1").unwrap(),
+            TokenUse::Consumed
+        );
+        assert_eq!(
+            store.consume_join_token("aa", 51, "n2").unwrap(),
+            TokenUse::Replayed
+        );
+        assert_eq!(
+            store.consume_join_token("bb", 100, "n3").unwrap(),
+            TokenUse::Expired
+        );
+        assert_eq!(
+            store.consume_join_token("cc", 1, "n4").unwrap(),
+            TokenUse::Unknown
+        );
+        // An expired token stays unused: presenting it changed nothing.
+        assert_eq!(
+            store.consume_join_token("bb", 100, "n3").unwrap(),
+            TokenUse::Expired
+        );
+    });
+}
+
+/// Two servers (two stores on one database), eight nodes each presenting the same token
+/// at the same instant: exactly one is admitted, and the token names it.
+#[test]
+fn servers_racing_one_join_token_admit_exactly_one_node() {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let servers = [Arc::new(backend.open()), Arc::new(backend.open())];
+    for round in 0..5 {
+        let hash = format!("token-{round}");
+        servers[0].put_join_token(&hash, &token(i64::MAX)).unwrap();
+        let barrier = Arc::new(Barrier::new(8));
+        let racers: Vec<_> = (0..8)
+            .map(|i| {
+                let store = Arc::clone(&servers[i % 2]);
+                let barrier = Arc::clone(&barrier);
+                let hash = hash.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    (
+                        i,
+                        store
+                            .consume_join_token(&hash, 10, &format!("node-{i}"))
+                            .unwrap(),
+                    )
+                })
+            })
+            .collect();
+        let outcomes: Vec<(usize, TokenUse)> =
+            racers.into_iter().map(|t| t.join().unwrap()).collect();
+        let winners: Vec<usize> = outcomes
+            .iter()
+            .filter(|(_, u)| *u == TokenUse::Consumed)
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {outcomes:?}");
+        assert!(
+            outcomes
+                .iter()
+                .all(|(_, u)| matches!(u, TokenUse::Consumed | TokenUse::Replayed)),
+            "{outcomes:?}"
+        );
+        let (pg, _) = match &backend {
+            Backend::Postgres(pg, url) => (pg, url),
+            Backend::Redb(_) => unreachable!(),
+        };
+        let node = pg.psql(
+            "writ",
+            &format!("SELECT body->>'node_id' FROM join_tokens WHERE key = '{hash}'"),
+        );
+        assert_eq!(node, format!("node-{}", winners[0]));
+    }
+}
+
+/// Servers starting together on an empty database: each migrates or waits for the one
+/// that does; all come up on the same schema, and the tables exist once.
+#[test]
+fn servers_starting_together_migrate_once() {
+    let Some(pg) = Postgres::start() else { return };
+    pg.create_database("fresh");
+    let url: writ::store::PostgresUrl = pg.url("fresh").parse().unwrap();
+    let barrier = Arc::new(Barrier::new(4));
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                Store::connect_postgres(&url).map(|s| s.schema_version().unwrap())
+            })
+        })
+        .collect();
+    for start in starts {
+        assert_eq!(start.join().unwrap().unwrap(), 1);
+    }
+    assert_eq!(
+        pg.psql(
+            "fresh",
+            "SELECT value FROM writ_meta WHERE key = 'schema_version'"
+        ),
+        "1"
+    );
+}
+
+#[test]
+fn a_database_of_a_newer_schema_is_refused() {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    drop(backend.open());
+    let Backend::Postgres(pg, url) = &backend else {
+        unreachable!()
+    };
+    pg.psql(
+        "writ",
+        "UPDATE writ_meta SET value = 99 WHERE key = 'schema_version'",
+    );
+    match Store::connect_postgres(&url.parse().unwrap()) {
+        Err(StoreError::Schema {
+            found: 99,
+            supported: 1,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Closing an incident and revoking its grant is one transaction: when the grant's write
+/// fails (here a trigger refuses it, as a full disk or a lost connection would), the
+/// incident is not closed either.
+#[test]
+fn a_policy_change_that_fails_half_way_keeps_nothing() {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let store = backend.open();
+    store
+        .put_policy_changes(
+            &[incident("INC-1", "db down")],
+            &[grant("g-000000000001", "INC-1")],
+        )
+        .unwrap();
+    let Backend::Postgres(pg, _) = &backend else {
+        unreachable!()
+    };
+    pg.psql(
+        "writ",
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused by test'; END $$;
+         CREATE TRIGGER refuse BEFORE UPDATE ON grants FOR EACH ROW EXECUTE FUNCTION refuse();",
+    );
+    let mut closed = incident("INC-1", "db down");
+    closed.state = IncidentState::Closed;
+    closed.closed_at = Some(2_000);
+    let mut revoked = grant("g-000000000001", "INC-1");
+    revoked.state = GrantState::Revoked;
+    let err = store.put_policy_changes(&[closed], &[revoked]).unwrap_err();
+    assert!(err.to_string().contains("refused by test"), "{err}");
+    assert_eq!(
+        store.incident("INC-1").unwrap().unwrap().state,
+        IncidentState::Open
+    );
+    assert_eq!(
+        store.grant("g-000000000001").unwrap().unwrap().state,
+        GrantState::Pending
+    );
+}
+
+/// The database restarting: calls fail with an error while it is down (never hang, never
+/// panic), and the same store works again once it is back, without reopening.
+#[test]
+fn the_store_fails_cleanly_while_the_database_is_down_and_recovers_by_itself() {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let store = backend.open();
+    store.put_incident(&incident("INC-1", "db down")).unwrap();
+    let Backend::Postgres(pg, _) = &backend else {
+        unreachable!()
+    };
+    pg.stop();
+    let err = store.incident("INC-1").unwrap_err();
+    assert!(err.to_string().starts_with("store: postgres"), "{err}");
+    assert!(
+        store
+            .put_incident(&incident("INC-2", "cache down"))
+            .is_err()
+    );
+    pg.start_again();
+    let mut back = None;
+    for _ in 0..100 {
+        match store.incident("INC-1") {
+            Ok(found) => {
+                back = found;
+                break;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+    assert_eq!(back.map(|i| i.id).as_deref(), Some("INC-1"));
+    // The write that failed while it was down did not half happen.
+    assert_eq!(store.incident("INC-2").unwrap(), None);
+}

@@ -8,6 +8,8 @@
 //! identities a workload gets); nothing asserts how long anything took.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -695,9 +697,40 @@ fn join_tokens_are_single_use_known_and_unexpired() {
 
 #[test]
 fn server_and_agent_restart_from_disk() {
+    restart_from_the_store("");
+}
+
+/// The same on PostgreSQL: the server's state is in the database (its keys and audit
+/// log stay in its data directory), and a kill -9 loses none of it.
+#[test]
+fn server_on_postgresql_serves_and_restarts_from_the_database() {
+    let Some(pg) = common::postgres::Postgres::start() else {
+        return;
+    };
+    pg.create_database("writ");
+    restart_from_the_store(&format!("store = {}\n", toml_string(&pg.url("writ"))));
+    // The policy went to the database, not to a redb file.
+    assert_eq!(
+        pg.psql("writ", "SELECT count(*) FROM incidents"),
+        "3",
+        "incidents INC-1..3 are rows of the database"
+    );
+    assert_eq!(
+        pg.psql("writ", "SELECT count(*) FROM join_tokens WHERE body->>'used_at' IS NOT NULL"),
+        "1"
+    );
+}
+
+fn restart_from_the_store(store: &str) {
     let dir = temp_dir();
     let dir = dir.path();
-    let mut server = Server::start(dir, "server", "");
+    let mut server = Server::start(dir, "server", store);
+    if !store.is_empty() {
+        assert!(
+            !dir.join("server").join("writ.redb").exists(),
+            "a server on PostgreSQL made a redb file"
+        );
+    }
     let bundle = server.base_pem(dir);
     let token = server.token();
     // The config keeps naming the token, which is used up by the first start: a restart

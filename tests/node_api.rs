@@ -716,7 +716,10 @@ fn server_on_postgresql_serves_and_restarts_from_the_database() {
         "incidents INC-1..3 are rows of the database"
     );
     assert_eq!(
-        pg.psql("writ", "SELECT count(*) FROM join_tokens WHERE body->>'used_at' IS NOT NULL"),
+        pg.psql(
+            "writ",
+            "SELECT count(*) FROM join_tokens WHERE body->>'used_at' IS NOT NULL"
+        ),
         "1"
     );
 }

@@ -229,6 +229,12 @@ async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result
         expiry.await;
         Ok(())
     });
+    // With a shared store: the other servers' policy changes, and the lease to sign.
+    let following = Arc::clone(issuer).follow_cluster(tasks.stopped());
+    tasks.spawn("following the cluster's policy", async move {
+        following.await;
+        Ok(())
+    });
     tasks.spawn(
         "admin API",
         serve_admin(admin, Arc::clone(issuer), tasks.stopped()),

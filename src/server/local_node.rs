@@ -22,6 +22,7 @@ pub fn issue_refusal(e: IssueError) -> NodeError {
             NodeError::Unavailable("signing failed".into())
         }
         IssueError::Audit(e) => NodeError::Unavailable(e.to_string()),
+        IssueError::NotCurrent(e) => NodeError::Unavailable(e.to_string()),
     }
 }
 
@@ -35,6 +36,7 @@ pub fn registry_refusal(e: RegistryError) -> NodeError {
             NodeError::NotEntitled(e.to_string())
         }
         RegistryError::RateLimited(_) => NodeError::Limited(e.to_string()),
+        RegistryError::NotCurrent => NodeError::Unavailable(e.to_string()),
         RegistryError::Store(_) => {
             tracing::error!(error = %e, "grant request failed");
             NodeError::Unavailable("internal error".into())

@@ -7,11 +7,13 @@ pub mod admin;
 pub mod local_node;
 pub mod node;
 pub mod registry;
+pub mod replica;
 pub mod status;
 pub mod tls;
 
 use crate::audit::activity::{Activity, check_serial};
 use crate::audit::{AuditError, AuditLog, Kind, Record};
+use crate::backoff::Backoff;
 use crate::ca::{
     BundleSet, CaSet, MintedJwt, MintedX509, SubjectKey, SvidRequest, create_private_dir,
 };
@@ -25,7 +27,7 @@ use spiffe::SpiffeId;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::UnixListener;
 use writ_verifier::Band;
 
@@ -37,7 +39,7 @@ pub struct Issuer {
     /// The CA of every band.
     pub cas: CaSet,
     /// Profiles and incidents.
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     /// The store.
     pub store: Arc<Store>,
     /// Every band's bundle, republished after each rotation.
@@ -97,6 +99,9 @@ pub enum IssueError {
     /// The issuance could not be audited, so nothing was issued.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// This server cannot prove its policy is current, so it signs nothing (docs/ha.md).
+    #[error(transparent)]
+    NotCurrent(registry::RegistryError),
 }
 
 impl Issuer {
@@ -175,15 +180,35 @@ impl Issuer {
                 }
             }
         }
+        // With a shared store, prove the policy current before serving, so the first
+        // request can be signed.
+        if let Some(me) = registry.replica_name() {
+            beat(&registry, &store, me)
+                .map_err(|e| anyhow::anyhow!("following the shared store's policy: {e}"))?;
+            tracing::info!(replica = %me, "following the cluster's policy in the shared store");
+        }
         let (bundles, _) = tokio::sync::watch::channel(Arc::new(cas.bundle_set()?));
         Ok(Arc::new(Issuer {
             config,
             cas,
-            registry,
+            registry: Arc::new(registry),
             store,
             bundles,
             audit,
         }))
+    }
+
+    /// With a shared store, follows the cluster's policy until `shutdown` (see
+    /// [`replica`]): listens for changes, heartbeats, reloads, and keeps the lease that
+    /// lets it sign. With a store of its own, returns at once.
+    pub async fn follow_cluster(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        let Some(me) = self.registry.replica_name().map(str::to_owned) else {
+            return;
+        };
+        tokio::select! {
+            () = follow_policy(Arc::clone(&self.registry), Arc::clone(&self.store), me) => {}
+            () = shutdown => {}
+        }
     }
 
     /// Publishes the current bundles to every follower (after a rotation).
@@ -229,7 +254,12 @@ impl Issuer {
     ) -> Vec<Result<MintedX509, IssueError>> {
         let mut denials = Vec::new();
         let pending: Vec<_> = {
-            let _gate = self.registry.issuance_gate();
+            let Ok(_gate) = self.registry.issuance_gate() else {
+                return items
+                    .iter()
+                    .map(|_| Err(IssueError::NotCurrent(registry::RegistryError::NotCurrent)))
+                    .collect();
+            };
             let policy = self.registry.snapshot();
             let now = self.cas.now();
             items
@@ -599,7 +629,10 @@ impl Issuer {
     ) -> Result<MintedJwt, IssueError> {
         let mut denials = Vec::new();
         let pending = {
-            let _gate = self.registry.issuance_gate();
+            let _gate = self
+                .registry
+                .issuance_gate()
+                .map_err(IssueError::NotCurrent)?;
             let policy = self.registry.snapshot();
             let Some(entitlement) = entitlement_for(&policy, self.cas.base(), spiffe_id) else {
                 let refused = self.deny(spiffe_id, requester, &mut denials);
@@ -819,4 +852,80 @@ pub async fn serve_admin(
         )
         .await
         .context("admin API server failed")
+}
+
+/// One heartbeat: records what `registry` has applied; reloads when the store is ahead
+/// (then beats again); renews the lease when it is current.
+fn beat(registry: &Registry, store: &Store, me: &str) -> Result<(), String> {
+    for _ in 0..3 {
+        let Some(applied) = registry.applied_version() else {
+            return Ok(());
+        };
+        let sent = Instant::now();
+        let head = store.heartbeat(me, applied).map_err(|e| e.to_string())?;
+        if head <= applied {
+            registry.renew_lease(applied, sent);
+            return Ok(());
+        }
+        registry.reload().map_err(|e| e.to_string())?;
+    }
+    // Policy moving faster than three reloads: the next beat tries again.
+    Ok(())
+}
+
+/// Follows the shared store's policy as replica `me`, for good (see [`replica`]).
+pub async fn follow_policy(registry: Arc<Registry>, store: Arc<Store>, me: String) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut healthy = true;
+    loop {
+        let listen = {
+            let store = Arc::clone(&store);
+            tokio::task::spawn_blocking(move || store.listen_policy()).await
+        };
+        let mut versions = match listen {
+            Ok(Ok(versions)) => versions,
+            Ok(Err(e)) => {
+                if healthy {
+                    tracing::error!(error = %e, replica = %me, "lost the shared store's policy notifications; signing stops when the lease runs out");
+                    healthy = false;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+            Err(_) => return,
+        };
+        loop {
+            // A notification, or the heartbeat's time: either way, beat (which reloads
+            // when the store is ahead).
+            tokio::select! {
+                v = versions.recv() => if v.is_none() { break },
+                () = tokio::time::sleep(replica::HEARTBEAT) => {}
+            }
+            let outcome = {
+                let (registry, store, me) = (Arc::clone(&registry), Arc::clone(&store), me.clone());
+                tokio::task::spawn_blocking(move || beat(&registry, &store, &me)).await
+            };
+            match outcome {
+                Ok(Ok(())) => {
+                    if !healthy {
+                        tracing::info!(replica = %me, "following the shared store's policy again");
+                        healthy = true;
+                    }
+                    backoff.reset();
+                }
+                Ok(Err(e)) => {
+                    if healthy {
+                        tracing::error!(error = %e, replica = %me, "cannot prove the policy current; signing stops when the lease runs out");
+                        healthy = false;
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(_) => return,
+            }
+        }
+        if healthy {
+            tracing::warn!(replica = %me, "the policy notification channel closed; listening again");
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
 }

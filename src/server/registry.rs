@@ -16,7 +16,8 @@ use crate::policy::{
     Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile, agent_view,
 };
 use crate::store::{Store, StoreError};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tokio::sync::watch;
 
 /// Why a registry change was refused.
@@ -60,6 +61,12 @@ pub enum RegistryError {
     /// The operating system gave no randomness for a new id; nothing changed.
     #[error("no randomness available for a new id")]
     NoRandomness,
+    /// The store is shared and this server cannot prove its policy is current (it lost
+    /// the database, or fell behind): it changes and signs nothing until it can.
+    #[error(
+        "this server cannot prove its policy is current (the shared store is unreachable or it is behind); it signs nothing until it can"
+    )]
+    NotCurrent,
     /// The store failed; nothing changed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -226,6 +233,63 @@ pub struct Registry {
     audit: Arc<AuditLog>,
     /// Stamps the audit records.
     clock: SharedClock,
+    /// With a shared store: which policy version memory holds, and until when this
+    /// server may sign on it (docs/ha.md, "Revocation across replicas").
+    follow: Option<Follow>,
+}
+
+/// What a server sharing its store knows of the cluster's policy.
+struct Follow {
+    /// The policy version the published snapshot reflects (at least).
+    applied: std::sync::atomic::AtomicU64,
+    /// Signing is allowed before this instant: the last heartbeat that found `applied`
+    /// current, plus the lease.
+    lease_until: Mutex<Option<std::time::Instant>>,
+    /// How long a heartbeat that found the policy current lets this server sign.
+    lease: std::time::Duration,
+    /// This server's name among the replicas.
+    name: String,
+}
+
+/// The live policy in the store at `now`, as a snapshot of generation `generation`.
+fn read_live(
+    store: &Store,
+    rules: grant::RemediationRules,
+    generation: u64,
+    now: i64,
+    revocation_window: i64,
+) -> Result<PolicySnapshot, RegistryError> {
+    let mut snapshot = PolicySnapshot {
+        rules,
+        generation,
+        profiles: store
+            .profiles()?
+            .into_iter()
+            .map(|p| (p.name.clone(), p))
+            .collect(),
+        incidents: store
+            .incidents_where(|i| live_incident(i, now, revocation_window))?
+            .into_iter()
+            .map(|i| (i.id.clone(), i))
+            .collect(),
+        grants: store
+            .grants_where(|g| live_grant(g, now, revocation_window))?
+            .into_iter()
+            .map(|g| (g.id.clone(), g))
+            .collect(),
+        playbooks: store
+            .playbooks()?
+            .into_iter()
+            .map(|p| (p.name.clone(), p))
+            .collect(),
+        revoked_serials: store
+            .revoked_serials()?
+            .into_iter()
+            .map(|r| (r.serial.clone(), r))
+            .collect(),
+    };
+    retain_live(&mut snapshot, now, revocation_window);
+    Ok(snapshot)
 }
 
 impl std::fmt::Debug for Registry {
@@ -248,37 +312,22 @@ impl Registry {
         rules.validate()?;
         let revocation_window = i64::try_from(max_svid_ttl.as_secs()).unwrap_or(i64::MAX);
         let now = clock.unix();
-        // In memory only what is live; history stays in the store and is read from there.
-        let mut snapshot = PolicySnapshot {
-            rules,
-            generation: 1,
-            profiles: store
-                .profiles()?
-                .into_iter()
-                .map(|p| (p.name.clone(), p))
-                .collect(),
-            incidents: store
-                .incidents_where(|i| live_incident(i, now, revocation_window))?
-                .into_iter()
-                .map(|i| (i.id.clone(), i))
-                .collect(),
-            grants: store
-                .grants_where(|g| live_grant(g, now, revocation_window))?
-                .into_iter()
-                .map(|g| (g.id.clone(), g))
-                .collect(),
-            playbooks: store
-                .playbooks()?
-                .into_iter()
-                .map(|p| (p.name.clone(), p))
-                .collect(),
-            revoked_serials: store
-                .revoked_serials()?
-                .into_iter()
-                .map(|r| (r.serial.clone(), r))
-                .collect(),
+        // A shared store's version is read before its rows: the rows reflect at least it.
+        let follow = if store.shared() {
+            Some(Follow {
+                applied: store.policy_version()?.into(),
+                lease_until: Mutex::new(None),
+                lease: super::replica::POLICY_LEASE,
+                name: super::replica::replica_name(),
+            })
+        } else {
+            None
         };
-        retain_live(&mut snapshot, now, revocation_window);
+        let generation = follow
+            .as_ref()
+            .map_or(1, |f| generation_of(f.applied.load(Ordering::SeqCst)));
+        // In memory only what is live; history stays in the store and is read from there.
+        let snapshot = read_live(&store, rules, generation, now, revocation_window)?;
         let view = agent_view(&snapshot, now, revocation_window);
         let (tx, _) = watch::channel(Arc::new(snapshot));
         Ok(Registry {
@@ -290,6 +339,7 @@ impl Registry {
             gate: RwLock::new(()),
             audit,
             clock,
+            follow,
         })
     }
 
@@ -337,10 +387,83 @@ impl Registry {
     }
 
     /// Held (shared) across an entitlement check and the signature that follows it.
-    pub fn issuance_gate(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.gate
+    /// With a shared store, refused unless this server holds a lease on current policy:
+    /// a server that cannot prove it has the latest policy signs nothing.
+    pub fn issuance_gate(&self) -> Result<std::sync::RwLockReadGuard<'_, ()>, RegistryError> {
+        let guard = self
+            .gate
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &self.follow {
+            Some(follow) if !lease_holds(*lock(&follow.lease_until), std::time::Instant::now()) => {
+                Err(RegistryError::NotCurrent)
+            }
+            _ => Ok(guard),
+        }
+    }
+
+    /// This server's name among the replicas (with a shared store; else `None`).
+    pub fn replica_name(&self) -> Option<&str> {
+        self.follow.as_ref().map(|f| f.name.as_str())
+    }
+
+    /// The policy version memory reflects (with a shared store; else `None`).
+    pub fn applied_version(&self) -> Option<u64> {
+        self.follow
+            .as_ref()
+            .map(|f| f.applied.load(Ordering::SeqCst))
+    }
+
+    /// A heartbeat sent at `sent` found the policy version this server had applied to be
+    /// the latest: it may sign until `sent` plus the lease.
+    pub fn renew_lease(&self, applied: u64, sent: std::time::Instant) {
+        if let Some(follow) = &self.follow {
+            if follow.applied.load(Ordering::SeqCst) == applied {
+                let mut until = lock(&follow.lease_until);
+                let next = sent + follow.lease;
+                if until.is_none_or(|u| u < next) {
+                    *until = Some(next);
+                }
+            }
+        }
+    }
+
+    /// Reads the live policy from the shared store again and publishes it: another server
+    /// changed it. Returns the version now applied.
+    pub fn reload(&self) -> Result<u64, RegistryError> {
+        let _one_writer = lock(&self.writer);
+        self.reload_locked()
+    }
+
+    fn reload_locked(&self) -> Result<u64, RegistryError> {
+        let Some(follow) = &self.follow else {
+            return Ok(0);
+        };
+        let version = self.store.policy_version()?;
+        let now = self.clock.unix();
+        let rules = self.snapshot().rules.clone();
+        let next = read_live(
+            &self.store,
+            rules,
+            generation_of(version),
+            now,
+            self.revocation_window,
+        )?;
+        self.publish(next, now);
+        follow.applied.store(version, Ordering::SeqCst);
+        Ok(version)
+    }
+
+    /// Publishes `next` once no signature is in flight; none start until it is out.
+    fn publish(&self, next: PolicySnapshot, now: i64) {
+        let view = Arc::new(agent_view(&next, now, self.revocation_window));
+        let next = Arc::new(next);
+        let _exclusive = self
+            .gate
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.snapshot.send_replace(next);
+        self.agents.send_replace(view);
     }
 
     /// Makes one policy change: `f` edits a copy of the policy and writes through `w`,
@@ -351,11 +474,21 @@ impl Registry {
         what: Audited<'_>,
         f: impl FnOnce(&mut PolicySnapshot, &Writer<'_>) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
-        let _one_writer = self
-            .writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _one_writer = lock(&self.writer);
+        // With a shared store, one change at a time in the whole cluster, decided on the
+        // latest policy: catch up first if another server changed it.
+        let cluster = match &self.follow {
+            Some(follow) => {
+                let held = self.store.lock_policy()?;
+                if self.store.policy_version()? != follow.applied.load(Ordering::SeqCst) {
+                    self.reload_locked()?;
+                }
+                Some(held)
+            }
+            None => None,
+        };
         let mut next = (*self.snapshot()).clone();
+        let kind = what.kind;
         let writer = Writer {
             store: &self.store,
             audit: &self.audit,
@@ -363,21 +496,37 @@ impl Registry {
             what,
         };
         let out = f(&mut next, &writer)?;
-        next.generation += 1;
+        let applied = match &self.follow {
+            Some(_) => {
+                let version = self.store.policy_version()?;
+                next.generation = generation_of(version);
+                Some(version)
+            }
+            None => {
+                next.generation += 1;
+                None
+            }
+        };
         // What ended longer ago than the window leaves memory (it is in the store), so a
         // change costs what live state costs, not what history does.
         let now = self.clock.unix();
         retain_live(&mut next, now, self.revocation_window);
-        let view = Arc::new(agent_view(&next, now, self.revocation_window));
-        let next = Arc::new(next);
-        {
-            // Wait out in-flight signatures; none start until the new policy is published.
-            let _exclusive = self
-                .gate
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            self.snapshot.send_replace(next);
-            self.agents.send_replace(view);
+        self.publish(next, now);
+        if let (Some(follow), Some(version)) = (&self.follow, applied) {
+            follow.applied.store(version, Ordering::SeqCst);
+        }
+        drop(cluster);
+        drop(_one_writer);
+        // A revocation returns once no other replica can sign on the policy before it.
+        if let (Some(follow), Some(version), Kind::Revocation) = (&self.follow, applied, kind) {
+            let silent = super::replica::await_applied(&self.store, &follow.name, version)?;
+            if !silent.is_empty() {
+                tracing::warn!(
+                    replicas = ?silent,
+                    version,
+                    "replicas did not confirm a revocation; their leases ran out, so they sign nothing until they have it"
+                );
+            }
         }
         Ok(out)
     }
@@ -984,6 +1133,21 @@ fn deadlines(policy: &PolicySnapshot) -> impl Iterator<Item = i64> + '_ {
         .filter(|g| g.state == GrantState::Active)
         .filter_map(|g| g.expires_at);
     incidents.chain(grants).chain(serial::next_prune(policy))
+}
+
+/// A snapshot's generation from the shared policy version it reflects: the same number on
+/// every server, so an agent moving between servers never sees it go back.
+fn generation_of(version: u64) -> u64 {
+    version.saturating_add(1)
+}
+
+/// Whether a lease that runs until `until` still lets a server sign at `now`.
+fn lease_holds(until: Option<std::time::Instant>, now: std::time::Instant) -> bool {
+    until.is_some_and(|until| now < until)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -58,6 +58,7 @@ impl From<IssueError> for Status {
         match error {
             IssueError::Ca(e) => e.into(),
             e @ IssueError::NotEntitled(_) => Status::failed_precondition(e.to_string()),
+            IssueError::NotCurrent(e) => e.into(),
             IssueError::Audit(e) => e.into(),
         }
     }
@@ -142,6 +143,7 @@ impl From<RegistryError> for Status {
             e @ RegistryError::NotFound { .. } => Status::not_found(e.to_string()),
             e @ RegistryError::AlreadyClosed(_) => Status::failed_precondition(e.to_string()),
             e @ RegistryError::NoRandomness => internal(e),
+            e @ RegistryError::NotCurrent => Status::unavailable(e.to_string()),
         }
     }
 }

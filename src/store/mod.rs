@@ -100,6 +100,14 @@ impl Table {
     }
 }
 
+impl Table {
+    /// Whether the table is policy: a write to it moves the policy version that replicas
+    /// follow (SVID records and join tokens are not policy).
+    pub(crate) fn is_policy(self) -> bool {
+        !matches!(self, Table::Svids | Table::JoinTokens)
+    }
+}
+
 /// One row change inside a transaction.
 #[derive(Debug)]
 pub(crate) enum Write {
@@ -116,6 +124,14 @@ pub(crate) enum Write {
 /// Decides a row's new body from its current one (see [`Backend::update`]).
 pub(crate) type Change =
     Box<dyn FnOnce(Option<&[u8]>) -> Result<Option<Vec<u8>>, StoreError> + Send + 'static>;
+
+impl Write {
+    pub(crate) fn table(&self) -> Table {
+        match self {
+            Write::Put { table, .. } | Write::Delete { table, .. } => *table,
+        }
+    }
+}
 
 /// What a backend is: rows of JSON under text keys, and transactions over them.
 /// Everything typed (what a row means, which rows change together) is in [`Store`].
@@ -152,6 +168,56 @@ pub(crate) trait Backend: Send + Sync {
         body: Vec<u8>,
         sequence: u64,
     ) -> Result<(), StoreError>;
+
+    // What only a store several servers share has (docs/ha.md); a store one server owns
+    // has one writer, whose memory is always current.
+
+    /// Whether several servers may share this store.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// The policy's version: how many policy writes have committed.
+    fn policy_version(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    /// Holds every other server's policy changes off until dropped.
+    fn lock_policy(&self) -> Result<PolicyLock, StoreError> {
+        Ok(PolicyLock { _held: None })
+    }
+    /// Records that `replica` has applied policy version `applied` (and, when that is the
+    /// latest, grants it a lease from now); returns the latest version.
+    fn heartbeat(&self, _replica: &str, applied: u64) -> Result<u64, StoreError> {
+        Ok(applied)
+    }
+    /// Every replica's last heartbeat, as the database's clock saw it.
+    fn replicas(&self) -> Result<Vec<ReplicaRow>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Policy versions as they commit, from any server; `None` once the channel is lost.
+    fn listen_policy(&self) -> Result<tokio::sync::mpsc::Receiver<u64>, StoreError> {
+        Err(StoreError::Db(
+            "this store is not shared: nothing to listen to".into(),
+        ))
+    }
+}
+
+/// A cluster-wide policy lock (see [`Store::lock_policy`]); released when dropped.
+#[must_use = "the lock is released when this is dropped"]
+pub struct PolicyLock {
+    _held: Option<postgres::HeldLock>,
+}
+
+/// One replica as the shared store last heard from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaRow {
+    /// The replica's name (`replica_name` in its config, and a suffix unique per start).
+    pub name: String,
+    /// The policy version it has applied.
+    pub applied_version: u64,
+    /// Milliseconds since its last heartbeat, by the database's clock.
+    pub heartbeat_age_ms: i64,
+    /// Milliseconds since its lease was last granted (it had the latest policy), if ever.
+    pub lease_age_ms: Option<i64>,
 }
 
 /// Where the store lives, as the server config names it (`store = …`).
@@ -320,6 +386,42 @@ impl Store {
     /// The stored schema version.
     pub fn schema_version(&self) -> Result<u64, StoreError> {
         self.backend.schema_version()
+    }
+
+    /// Whether several servers may share this store (PostgreSQL): then each follows the
+    /// others' policy changes (docs/ha.md).
+    pub fn shared(&self) -> bool {
+        self.backend.shared()
+    }
+
+    /// The policy's version: every policy write moves it on in its own transaction.
+    /// Always 0 in a store one server owns.
+    pub fn policy_version(&self) -> Result<u64, StoreError> {
+        self.backend.policy_version()
+    }
+
+    /// Holds every other server's policy changes off until the lock is dropped, so a
+    /// change decided on current policy is written before anyone else decides.
+    pub fn lock_policy(&self) -> Result<PolicyLock, StoreError> {
+        self.backend.lock_policy()
+    }
+
+    /// Records that `replica` has applied policy version `applied`; when that is the
+    /// latest, the database also records that its lease was granted now. Returns the
+    /// latest version.
+    pub fn heartbeat(&self, replica: &str, applied: u64) -> Result<u64, StoreError> {
+        self.backend.heartbeat(replica, applied)
+    }
+
+    /// Every replica's last heartbeat.
+    pub fn replicas(&self) -> Result<Vec<ReplicaRow>, StoreError> {
+        self.backend.replicas()
+    }
+
+    /// Policy versions as any server commits them (LISTEN/NOTIFY); the receiver ends when
+    /// the listening connection is lost.
+    pub fn listen_policy(&self) -> Result<tokio::sync::mpsc::Receiver<u64>, StoreError> {
+        self.backend.listen_policy()
     }
 
     fn one<T: for<'de> Deserialize<'de>>(

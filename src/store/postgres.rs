@@ -37,7 +37,25 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE grants (key text PRIMARY KEY, body json NOT NULL);
      CREATE TABLE playbooks (key text PRIMARY KEY, body json NOT NULL);
      CREATE TABLE revoked_serials (key text PRIMARY KEY, body json NOT NULL);",
+    // 2: the policy's version, moved by every policy write in its own transaction, and
+    // the replicas that follow it (docs/ha.md, "Revocation across replicas").
+    "CREATE TABLE policy_head (
+         one boolean PRIMARY KEY DEFAULT true CHECK (one),
+         version bigint NOT NULL);
+     INSERT INTO policy_head (one, version) VALUES (true, 0);
+     CREATE TABLE replicas (
+         name text PRIMARY KEY,
+         applied_version bigint NOT NULL,
+         heartbeat_at timestamptz NOT NULL,
+         lease_at timestamptz,
+         started_at timestamptz NOT NULL);",
 ];
+
+/// The channel policy writes notify, with the new version as payload.
+const POLICY_CHANNEL: &str = "writ_policy";
+
+/// The advisory lock a policy change holds cluster-wide ("wrpc").
+const POLICY_LOCK: i64 = 0x7772_7063;
 
 /// The schema version this build reads and writes.
 const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
@@ -139,10 +157,55 @@ fn text(body: &[u8]) -> Result<&str, StoreError> {
     std::str::from_utf8(body).map_err(|_| StoreError::Db("store: a record is not UTF-8".into()))
 }
 
+/// Moves the policy's version on, within the transaction of the write that changes it,
+/// and notifies every replica listening (delivered when, and only if, it commits).
+async fn bump_policy(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    let version: i64 = tx
+        .query_one(
+            "UPDATE policy_head SET version = version + 1 RETURNING version",
+            &[],
+        )
+        .await
+        .map_err(pg_err)?
+        .get(0);
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&POLICY_CHANNEL, &version.to_string()],
+    )
+    .await
+    .map_err(pg_err)?;
+    Ok(())
+}
+
+/// A session holding the policy lock; dropping it unlocks on the backend's runtime (a
+/// connection that cannot unlock is closed, which unlocks too).
+pub(super) struct HeldLock {
+    handle: tokio::runtime::Handle,
+    client: Option<deadpool_postgres::Object>,
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            self.handle.spawn(async move {
+                if client
+                    .execute("SELECT pg_advisory_unlock($1)", &[&POLICY_LOCK])
+                    .await
+                    .is_err()
+                {
+                    drop(deadpool_postgres::Object::take(client));
+                }
+            });
+        }
+    }
+}
+
 /// The PostgreSQL backend (see the module docs).
 pub(super) struct Postgres {
     handle: tokio::runtime::Handle,
     pool: Pool,
+    /// For the connection that listens (outside the pool: it lives as long as it listens).
+    config: tokio_postgres::Config,
     /// Dropping it ends the runtime's thread (the runtime is dropped there, not here,
     /// which may be inside another runtime).
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -190,7 +253,7 @@ impl Postgres {
             config.connect_timeout(Duration::from_secs(10));
         }
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -207,6 +270,7 @@ impl Postgres {
         let backend = Postgres {
             handle,
             pool,
+            config,
             _stop: stop,
         };
         backend.migrate()?;
@@ -355,6 +419,9 @@ impl Backend for Postgres {
                     }
                 }
             }
+            if writes.iter().any(|w| w.table().is_policy()) {
+                bump_policy(&tx).await?;
+            }
             tx.commit().await.map_err(pg_err)
         })
     }
@@ -362,9 +429,15 @@ impl Backend for Postgres {
     fn delete(&self, table: Table, key: &str) -> Result<bool, StoreError> {
         let key = key.to_owned();
         self.run(move |pool| async move {
-            let client = pool.get().await.map_err(pool_err)?;
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let tx = client.transaction().await.map_err(pg_err)?;
             let sql = format!("DELETE FROM {} WHERE key = $1", table.name());
-            Ok(client.execute(&sql, &[&key]).await.map_err(pg_err)? > 0)
+            let existed = tx.execute(&sql, &[&key]).await.map_err(pg_err)? > 0;
+            if existed && table.is_policy() {
+                bump_policy(&tx).await?;
+            }
+            tx.commit().await.map_err(pg_err)?;
+            Ok(existed)
         })
     }
 
@@ -426,6 +499,133 @@ impl Backend for Postgres {
             tx.commit().await.map_err(pg_err)?;
             Ok(current.map(String::into_bytes))
         })
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn policy_version(&self) -> Result<u64, StoreError> {
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let v: i64 = client
+                .query_one("SELECT version FROM policy_head", &[])
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            Ok(u64::try_from(v).unwrap_or(0))
+        })
+    }
+
+    fn lock_policy(&self) -> Result<super::PolicyLock, StoreError> {
+        let client = self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            client
+                .execute("SELECT pg_advisory_lock($1)", &[&POLICY_LOCK])
+                .await
+                .map_err(pg_err)?;
+            Ok(client)
+        })?;
+        Ok(super::PolicyLock {
+            _held: Some(HeldLock {
+                handle: self.handle.clone(),
+                client: Some(client),
+            }),
+        })
+    }
+
+    fn heartbeat(&self, replica: &str, applied: u64) -> Result<u64, StoreError> {
+        let replica = replica.to_owned();
+        let applied = i64::try_from(applied)
+            .map_err(|_| StoreError::Db("store: policy version out of range".into()))?;
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            // The lease is granted by the database's clock, in the statement that reads
+            // the head: a commit the statement did not see happened after the grant
+            // began, and whoever waits on it waits out the whole lease.
+            let head: i64 = client
+                .query_one(
+                    "WITH head AS (SELECT version FROM policy_head)
+                     INSERT INTO replicas (name, applied_version, heartbeat_at, lease_at, started_at)
+                     SELECT $1, $2, clock_timestamp(),
+                            CASE WHEN $2 >= head.version THEN clock_timestamp() END,
+                            clock_timestamp()
+                     FROM head
+                     ON CONFLICT (name) DO UPDATE SET
+                         applied_version = EXCLUDED.applied_version,
+                         heartbeat_at = EXCLUDED.heartbeat_at,
+                         lease_at = COALESCE(EXCLUDED.lease_at, replicas.lease_at)
+                     RETURNING (SELECT version FROM head)",
+                    &[&replica, &applied],
+                )
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            Ok(u64::try_from(head).unwrap_or(0))
+        })
+    }
+
+    fn replicas(&self) -> Result<Vec<super::ReplicaRow>, StoreError> {
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let rows = client
+                .query(
+                    "SELECT name, applied_version,
+                            (EXTRACT(EPOCH FROM clock_timestamp() - heartbeat_at) * 1000)::bigint,
+                            (EXTRACT(EPOCH FROM clock_timestamp() - lease_at) * 1000)::bigint
+                     FROM replicas ORDER BY name COLLATE \"C\"",
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(rows
+                .into_iter()
+                .map(|r| super::ReplicaRow {
+                    name: r.get(0),
+                    applied_version: u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                    heartbeat_age_ms: r.get(2),
+                    lease_age_ms: r.get(3),
+                })
+                .collect())
+        })
+    }
+
+    fn listen_policy(&self) -> Result<tokio::sync::mpsc::Receiver<u64>, StoreError> {
+        let config = self.config.clone();
+        let (versions, receiver) = tokio::sync::mpsc::channel(64);
+        self.run(move |_| async move {
+            let (client, mut connection) = config.connect(NoTls).await.map_err(pg_err)?;
+            let (notes, mut noted) = tokio::sync::mpsc::unbounded_channel();
+            // The connection is driven here; its notifications are passed on, and when it
+            // ends (the database restarted, the network went) the senders drop and the
+            // listener's receiver ends: it knows it may have missed something.
+            tokio::spawn(async move {
+                loop {
+                    match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                        Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                            // A payload that is not a version still means "look".
+                            let _ = notes.send(n.payload().parse::<u64>().unwrap_or(0));
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break,
+                    }
+                }
+            });
+            client
+                .batch_execute(&format!("LISTEN {POLICY_CHANNEL}"))
+                .await
+                .map_err(pg_err)?;
+            tokio::spawn(async move {
+                let _listening = client;
+                while let Some(version) = noted.recv().await {
+                    if versions.send(version).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Ok(())
+        })?;
+        Ok(receiver)
     }
 
     fn authorities(&self, trust_domain: &str) -> Result<(Option<Vec<u8>>, u64), StoreError> {
@@ -512,7 +712,7 @@ mod tests {
 
     #[test]
     fn schema_versions_count_the_migrations() {
-        assert_eq!(SCHEMA_VERSION, 1);
+        assert_eq!(SCHEMA_VERSION, 2);
         // Every table the store uses is created by some migration.
         let all = MIGRATIONS.join("\n");
         for table in Table::ALL {

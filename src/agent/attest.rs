@@ -380,6 +380,12 @@ pub fn socket_credentials(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// These tests hash their own executable, a debug test binary whose size grows with
+    /// every dependency: the limit under test is not the default's.
+    fn test_attestor() -> Attestor {
+        Attestor::new("/proc", u64::MAX)
+    }
     use std::os::unix::fs::MetadataExt;
 
     fn me() -> PeerCred {
@@ -412,7 +418,7 @@ mod tests {
 
     #[test]
     fn attests_this_process_with_the_connections_groups() {
-        let attestor = Attestor::default();
+        let attestor = test_attestor();
         let peer = connected(&attestor, me(), vec![4242]);
         let selectors = attestor.attest(&peer, true).unwrap();
         assert!(selectors.contains(&Selector::Uid(me().uid)));
@@ -426,7 +432,7 @@ mod tests {
 
     #[test]
     fn no_digest_unless_asked() {
-        let attestor = Attestor::default();
+        let attestor = test_attestor();
         let peer = connected(&attestor, me(), vec![]);
         let selectors = attestor.attest(&peer, false).unwrap();
         assert!(!selectors.iter().any(|s| matches!(s, Selector::Sha256(_))));
@@ -450,7 +456,7 @@ mod tests {
 
     #[test]
     fn concurrent_callers_share_one_digest() {
-        let attestor = Arc::new(Attestor::default());
+        let attestor = Arc::new(test_attestor());
         let peer = Arc::new(connected(&attestor, me(), vec![]));
         let threads: Vec<_> = (0..8)
             .map(|_| {
@@ -465,7 +471,7 @@ mod tests {
 
     #[test]
     fn another_executable_than_at_accept_is_refused() {
-        let attestor = Attestor::default();
+        let attestor = test_attestor();
         let mut peer = connected(&attestor, me(), vec![]);
         if let Ok(facts) = peer.process.as_mut() {
             facts.exe_path = PathBuf::from("/usr/bin/true");
@@ -482,7 +488,7 @@ mod tests {
 
     #[test]
     fn a_uid_mismatch_is_refused() {
-        let attestor = Attestor::default();
+        let attestor = test_attestor();
         let cred = PeerCred {
             uid: me().uid + 1,
             ..me()
@@ -493,7 +499,7 @@ mod tests {
 
     #[test]
     fn a_vanished_pid_is_refused() {
-        let err = Attestor::default()
+        let err = test_attestor()
             .at_accept(PeerCred {
                 pid: i32::MAX,
                 uid: 0,

@@ -724,6 +724,51 @@ fn server_on_postgresql_serves_and_restarts_from_the_database() {
     );
 }
 
+/// A second server on the same database, with keys of its own, refuses to start and
+/// says why: the authorities in the store are another host's, whose keys never leave it.
+/// It changes nothing the first server serves.
+#[test]
+fn a_second_server_without_the_cas_keys_refuses_to_start_and_changes_nothing() {
+    let Some(pg) = common::postgres::Postgres::start() else {
+        return;
+    };
+    pg.create_database("writ");
+    let dir = temp_dir();
+    let dir = dir.path();
+    let store = format!("store = {}\n", toml_string(&pg.url("writ")));
+    let first = Server::start(dir, "first", &store);
+    let bundle = first.ok(&["bundle", "show", "--band", "base"]);
+    let authorities = pg.psql(
+        "writ",
+        "SELECT records::text FROM authorities ORDER BY trust_domain",
+    );
+
+    let config = write(
+        &dir.join("second.toml"),
+        &format!(
+            "data_dir = {}\nnode_listen = \"127.0.0.1:{}\"\n{store}",
+            quoted(&dir.join("second")),
+            free_port()
+        ),
+    );
+    let mut second = Server::spawn("second", &config, &dir.join("second.log"));
+    let status = second.wait_exit();
+    assert!(!status.success());
+    let stderr = second.stderr();
+    assert!(
+        stderr.contains("a second signing replica is not supported yet"),
+        "{stderr}"
+    );
+    assert_eq!(
+        pg.psql(
+            "writ",
+            "SELECT records::text FROM authorities ORDER BY trust_domain"
+        ),
+        authorities
+    );
+    assert_eq!(first.ok(&["bundle", "show", "--band", "base"]), bundle);
+}
+
 fn restart_from_the_store(store: &str) {
     let dir = temp_dir();
     let dir = dir.path();

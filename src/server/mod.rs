@@ -131,7 +131,17 @@ impl Issuer {
             Arc::clone(&store),
             config.ca,
             clock,
-        )?;
+        )
+        .with_context(|| match &config.store {
+            // The shared store names authorities whose keys another server holds: CA
+            // keys never leave their host, and replicas do not sign yet (docs/ha.md).
+            StoreLocation::Postgres(_) => format!(
+                "opening the CAs: the shared store's authorities must have their keys in {}; \
+                 a second signing replica is not supported yet (docs/ha.md, \"What is not built yet\")",
+                config.data_dir.join("keys").display()
+            ),
+            StoreLocation::Embedded => "opening the CAs".to_owned(),
+        })?;
         let audit = Arc::new(
             AuditLog::open(
                 &config.data_dir.join("audit.redb"),

@@ -3,6 +3,11 @@
 //! parallel), stopped and deleted when dropped. Needs the server binaries (Debian's
 //! `postgresql`, which `.ci/run` installs); as root, the cluster runs as the `postgres`
 //! user (PostgreSQL refuses to run as root).
+//!
+//! Self-contained, so that examples measuring a cluster (examples/replica-propagation.rs)
+//! include this same file rather than a copy.
+
+#![allow(dead_code)]
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -79,7 +84,11 @@ impl Postgres {
             .prefix("writ-pg-")
             .tempdir()
             .expect("temp dir");
-        let run_as = super::is_root().then(|| (id_of("-u"), id_of("-g")));
+        let root = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+        };
+        let run_as = root.then(|| (id_of("-u"), id_of("-g")));
         if let Some((uid, gid)) = run_as {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
         }

@@ -417,13 +417,13 @@ impl Registry {
     /// A heartbeat sent at `sent` found the policy version this server had applied to be
     /// the latest: it may sign until `sent` plus the lease.
     pub fn renew_lease(&self, applied: u64, sent: std::time::Instant) {
-        if let Some(follow) = &self.follow {
-            if follow.applied.load(Ordering::SeqCst) == applied {
-                let mut until = lock(&follow.lease_until);
-                let next = sent + follow.lease;
-                if until.is_none_or(|u| u < next) {
-                    *until = Some(next);
-                }
+        if let Some(follow) = &self.follow
+            && follow.applied.load(Ordering::SeqCst) == applied
+        {
+            let mut until = lock(&follow.lease_until);
+            let next = sent + follow.lease;
+            if until.is_none_or(|u| u < next) {
+                *until = Some(next);
             }
         }
     }

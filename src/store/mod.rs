@@ -227,7 +227,7 @@ pub enum StoreLocation {
     #[default]
     Embedded,
     /// A PostgreSQL database shared by every server of a cluster.
-    Postgres(PostgresUrl),
+    Postgres(Box<PostgresUrl>),
 }
 
 impl std::str::FromStr for StoreLocation {
@@ -237,7 +237,7 @@ impl std::str::FromStr for StoreLocation {
         if s == "redb" {
             Ok(StoreLocation::Embedded)
         } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            Ok(StoreLocation::Postgres(s.parse()?))
+            Ok(StoreLocation::Postgres(Box::new(s.parse()?)))
         } else {
             Err("store must be \"redb\" or a \"postgres://…\" URL".into())
         }
@@ -504,13 +504,13 @@ impl Store {
     pub fn prune_expired_svids(&self, now: i64) -> Result<usize, StoreError> {
         let mut expired = Vec::new();
         self.backend.scan(Table::Svids, &mut |bytes| {
-            if let Ok(r) = decode::<SvidRecord>(Table::Svids, bytes) {
-                if r.not_after < now {
-                    expired.push(Write::Delete {
-                        table: Table::Svids,
-                        key: r.serial,
-                    });
-                }
+            if let Ok(r) = decode::<SvidRecord>(Table::Svids, bytes)
+                && r.not_after < now
+            {
+                expired.push(Write::Delete {
+                    table: Table::Svids,
+                    key: r.serial,
+                });
             }
             Ok(())
         })?;

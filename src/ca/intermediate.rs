@@ -85,9 +85,15 @@ pub fn verify_intermediate_csr(der: &[u8], trust_domain: &TrustDomain) -> Result
     csr.verify_signature()
         .map_err(|_| CaError::BadCsr("signature does not verify".into()))?;
     let spki = &csr.certification_request_info.subject_pki;
-    let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok());
     if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY || curve != Some(OID_EC_P256) {
-        return Err(CaError::BadKey("an intermediate's key must be ECDSA P-256".into()));
+        return Err(CaError::BadKey(
+            "an intermediate's key must be ECDSA P-256".into(),
+        ));
     }
     let want = trust_domain.id_string();
     let mut asked_uri = false;

@@ -1032,7 +1032,10 @@ fn load_intermediate(dir: &Path, authorities: &[Arc<Authority>]) -> Option<Inter
     let mut seen = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".intermediate.der")) else {
+        let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".intermediate.der"))
+        else {
             continue;
         };
         seen.push(id.to_owned());
@@ -1046,9 +1049,7 @@ fn load_intermediate(dir: &Path, authorities: &[Arc<Authority>]) -> Option<Inter
             a.subject_der == cert.tbs_certificate.issuer.as_raw()
                 && X509Certificate::from_der(&a.record.cert_der)
                     .ok()
-                    .is_some_and(|(_, root)| {
-                        cert.verify_signature(Some(root.public_key())).is_ok()
-                    })
+                    .is_some_and(|(_, root)| cert.verify_signature(Some(root.public_key())).is_ok())
         }) else {
             continue;
         };
@@ -1381,6 +1382,254 @@ mod tests {
         let again = open(dir.path(), store).unwrap();
         assert_eq!(again.authorities(), created);
         assert_eq!(again.sequence(), first.sequence());
+    }
+
+    fn chained() -> CaConfig {
+        CaConfig {
+            sign_with_intermediate: true,
+            intermediate_ttl: Duration::from_secs(4 * 3600),
+            ..CaConfig::default()
+        }
+    }
+
+    const T0: i64 = 1_700_000_000;
+
+    fn open_at(
+        dir: &Path,
+        store: Arc<MemoryStore>,
+        config: CaConfig,
+        now: i64,
+    ) -> Result<TrustDomainCa, CaError> {
+        TrustDomainCa::open(
+            Band::Investigative,
+            TrustDomain::new("investigate.example.org").unwrap(),
+            dir,
+            store,
+            config,
+            now,
+        )
+    }
+
+    fn request(ttl: Duration) -> SvidRequest {
+        SvidRequest {
+            spiffe_id: SpiffeId::new("spiffe://investigate.example.org/agent/a").unwrap(),
+            ttl: Some(ttl),
+            claims: None,
+            dns_names: Vec::new(),
+        }
+    }
+
+    fn mint(ca: &TrustDomainCa, ttl: Duration, now: i64) -> MintedX509 {
+        let key = EcKey::generate(SignatureEncoding::Asn1).unwrap();
+        ca.mint_x509(SubjectKey::PublicKey(&key.spki_der()), &request(ttl), now)
+            .unwrap()
+    }
+
+    fn parse(der: &[u8]) -> x509_parser::certificate::X509Certificate<'_> {
+        use x509_parser::prelude::FromDer;
+        x509_parser::certificate::X509Certificate::from_der(der)
+            .unwrap()
+            .1
+    }
+
+    #[test]
+    fn by_default_the_root_signs_and_no_chain_is_carried() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = open_at(dir.path(), Arc::default(), CaConfig::default(), T0).unwrap();
+        assert!(ca.intermediate_cert().is_none());
+        let minted = mint(&ca, Duration::from_secs(300), T0);
+        assert!(minted.chain.is_empty());
+        let root = parse(&ca.x509_bundle()[0])
+            .tbs_certificate
+            .subject
+            .as_raw()
+            .to_vec();
+        assert_eq!(
+            parse(&minted.cert_der).tbs_certificate.issuer.as_raw(),
+            root
+        );
+    }
+
+    #[test]
+    fn leaves_are_signed_by_an_intermediate_the_root_certified() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = open_at(dir.path(), Arc::default(), chained(), T0).unwrap();
+        let bundle = ca.x509_bundle();
+        assert_eq!(bundle.len(), 1, "the bundle holds the root only");
+        let minted = mint(&ca, Duration::from_secs(300), T0);
+        assert_eq!(minted.chain.len(), 1);
+        assert_eq!(
+            minted.full_chain(),
+            vec![minted.cert_der.clone(), minted.chain[0].clone()]
+        );
+        assert_ne!(minted.chain[0], bundle[0], "the root is never in the chain");
+
+        let root = parse(&bundle[0]);
+        let inter = parse(&minted.chain[0]);
+        let leaf = parse(&minted.cert_der);
+        assert_eq!(leaf.tbs_certificate.issuer, inter.tbs_certificate.subject);
+        assert_eq!(inter.tbs_certificate.issuer, root.tbs_certificate.subject);
+        leaf.verify_signature(Some(inter.public_key())).unwrap();
+        inter.verify_signature(Some(root.public_key())).unwrap();
+        // cA true, pathLen 0, keyCertSign + cRLSign, both critical; the trust domain's
+        // ID (no path) as its one SAN, as the root has.
+        let bc = inter.basic_constraints().unwrap().unwrap();
+        assert!(bc.critical && bc.value.ca);
+        assert_eq!(bc.value.path_len_constraint, Some(0));
+        let ku = inter.key_usage().unwrap().unwrap();
+        assert!(ku.critical && ku.value.key_cert_sign() && ku.value.crl_sign());
+        assert!(!ku.value.digital_signature());
+        let sans = |c: &x509_parser::certificate::X509Certificate<'_>| -> Vec<String> {
+            c.subject_alternative_name()
+                .unwrap()
+                .unwrap()
+                .value
+                .general_names
+                .iter()
+                .map(|n| n.to_string())
+                .collect()
+        };
+        assert_eq!(sans(&inter), sans(&root));
+        assert_eq!(sans(&inter), ["URI(spiffe://investigate.example.org)"]);
+        // Lifetime: intermediate_ttl from now, inside the root's.
+        let not_after = inter.validity().not_after.timestamp();
+        assert_eq!(not_after, T0 + 4 * 3600);
+        assert!(not_after <= root.validity().not_after.timestamp());
+        // writ's own verifier builds the path [leaf, intermediate] to the root.
+        let chain: Vec<_> = minted
+            .full_chain()
+            .into_iter()
+            .map(rustls_pki_types::CertificateDer::from)
+            .collect();
+        let anchors = [rustls_pki_types::CertificateDer::from(bundle[0].clone())];
+        let verified = writ_verifier::verify_x509_svid(
+            &chain,
+            &anchors,
+            ca.trust_domain(),
+            writ_verifier::x509::Usage::Client,
+            rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(T0 as u64 + 1)),
+        )
+        .unwrap();
+        assert_eq!(verified.spiffe_id, request(Duration::ZERO).spiffe_id);
+        // Without the intermediate, the leaf does not chain.
+        assert!(
+            writ_verifier::verify_x509_svid(
+                &chain[..1],
+                &anchors,
+                ca.trust_domain(),
+                writ_verifier::x509::Usage::Client,
+                rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(T0 as u64 + 1)),
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_intermediate_key_is_private_and_survives_a_restart() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::default());
+        let first = open_at(dir.path(), Arc::clone(&store), chained(), T0).unwrap();
+        let cert = first.intermediate_cert().unwrap();
+        let keys: Vec<_> = std::fs::read_dir(dir.path().join("investigate.example.org"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains(".intermediate."))
+            .collect();
+        assert_eq!(keys.len(), 2, "one key, one certificate: {keys:?}");
+        for path in &keys {
+            let mode = std::fs::metadata(path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        }
+        drop(first);
+        let again = open_at(dir.path(), store, chained(), T0 + 60).unwrap();
+        assert_eq!(again.intermediate_cert().unwrap(), cert);
+    }
+
+    #[test]
+    fn the_intermediate_is_renewed_at_half_life_and_clamps_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = open_at(dir.path(), Arc::default(), chained(), T0).unwrap();
+        let first = ca.intermediate_cert().unwrap();
+        let first_end = parse(&first).validity().not_after.timestamp();
+        // Just before half-life: same intermediate; a leaf never outlives it.
+        let before = T0 + 2 * 3600 - 11;
+        ca.rotate(before).unwrap();
+        assert_eq!(ca.intermediate_cert().unwrap(), first);
+        let late = mint(&ca, Duration::from_secs(3600), first_end - 600);
+        assert_eq!(late.not_after, first_end, "clamped to the intermediate");
+        // At half-life: a new one, and the old key file is gone.
+        ca.rotate(T0 + 2 * 3600).unwrap();
+        let second = ca.intermediate_cert().unwrap();
+        assert_ne!(second, first);
+        let left = std::fs::read_dir(dir.path().join("investigate.example.org"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".intermediate.key")
+            })
+            .count();
+        assert_eq!(left, 1);
+    }
+
+    #[test]
+    fn a_new_root_gets_a_new_intermediate_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = open_at(dir.path(), Arc::default(), chained(), T0).unwrap();
+        let first = ca.intermediate_cert().unwrap();
+        ca.prepare(T0 + 10).unwrap();
+        ca.activate(T0 + 20).unwrap();
+        let second = ca.intermediate_cert().unwrap();
+        assert_ne!(second, first);
+        let active = ca
+            .authorities()
+            .into_iter()
+            .find(|r| r.state == AuthorityState::Active)
+            .unwrap();
+        let root = parse(&active.cert_der);
+        parse(&second)
+            .verify_signature(Some(root.public_key()))
+            .unwrap();
+        let minted = mint(&ca, Duration::from_secs(60), T0 + 30);
+        assert_eq!(minted.authority_id, active.id);
+        assert_eq!(minted.chain, [second]);
+    }
+
+    #[test]
+    fn certify_refuses_a_csr_for_another_band_and_clamps_to_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = open_at(dir.path(), Arc::default(), chained(), T0).unwrap();
+        let key = EcKey::generate(SignatureEncoding::Asn1).unwrap();
+        let other =
+            intermediate_csr(&TrustDomain::new("remediate.example.org").unwrap(), &key).unwrap();
+        let err = ca.certify_intermediate(&other, T0 + 3600, T0).unwrap_err();
+        assert!(err.is_invalid_argument(), "{err:?}");
+        let own = intermediate_csr(ca.trust_domain(), &key).unwrap();
+        let cert = ca.certify_intermediate(&own, i64::MAX / 2, T0).unwrap();
+        let root_end = ca.authorities()[0].not_after;
+        assert_eq!(parse(&cert).validity().not_after.timestamp(), root_end);
+        assert_eq!(
+            parse(&cert).public_key().subject_public_key.data.as_ref(),
+            key.public_point()
+        );
+    }
+
+    #[test]
+    fn intermediate_ttl_must_cover_two_svid_lifetimes() {
+        let config = CaConfig {
+            intermediate_ttl: Duration::from_secs(3600),
+            ..chained()
+        };
+        assert!(matches!(config.validate(), Err(CaError::Config(_))));
+        // Off, the setting is not checked: today's configurations are unchanged.
+        let off = CaConfig {
+            sign_with_intermediate: false,
+            ..config
+        };
+        off.validate().unwrap();
     }
 
     #[test]

@@ -127,10 +127,24 @@ pub fn build_intermediate(
                     exts,
                     OID_BASIC_CONSTRAINTS,
                     true,
-                    &[der::SEQUENCE, 0x06, der::BOOLEAN, 0x01, 0xff, der::INTEGER, 0x01, 0x00],
+                    &[
+                        der::SEQUENCE,
+                        0x06,
+                        der::BOOLEAN,
+                        0x01,
+                        0xff,
+                        der::INTEGER,
+                        0x01,
+                        0x00,
+                    ],
                 );
                 // keyUsage, critical: keyCertSign (bit 5) and cRLSign (bit 6); 1 unused bit.
-                extension(exts, OID_KEY_USAGE, true, &[der::BIT_STRING, 0x02, 0x01, 0x06]);
+                extension(
+                    exts,
+                    OID_KEY_USAGE,
+                    true,
+                    &[der::BIT_STRING, 0x02, 0x01, 0x06],
+                );
                 let mut ski = Vec::new();
                 tlv(&mut ski, der::OCTET_STRING, &key_identifier(spec.spki_der));
                 extension(exts, OID_SUBJECT_KEY_ID, false, &ski);

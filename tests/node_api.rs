@@ -643,6 +643,46 @@ fn join_token_agent_serves_incident_identities() {
 }
 
 #[test]
+fn a_server_signing_through_intermediates_serves_chains_end_to_end() {
+    // Every X.509-SVID on the way carries [leaf, intermediate]: the server's own TLS
+    // certificate (the agent checks it against the root-only bundle), the node SVID the
+    // agent keeps and presents as its TLS client chain, and the workloads' SVIDs.
+    let dir = temp_dir();
+    let dir = dir.path();
+    let server = Server::start(dir, "server", "[ca]\nsign_with_intermediate = true\n");
+    let bundle = server.base_pem(dir);
+    let roots = std::fs::read_to_string(&bundle).unwrap();
+    assert_eq!(roots.matches("BEGIN CERTIFICATE").count(), 1, "{roots}");
+    let token = server.token();
+    let agent = Agent::start(
+        dir,
+        "agent",
+        &agent_toml(
+            &dir.join("agent"),
+            &server.address(),
+            &bundle,
+            &join_token(&token),
+        ),
+    );
+    assert!(node_id(&agent.data_dir).starts_with("spiffe://example.org/node/join-"));
+    let node_chain = std::fs::read(agent.data_dir.join("node.der")).unwrap();
+    let (rest, _) = x509_parser::parse_x509_certificate(&node_chain).unwrap();
+    let (rest, inter) = x509_parser::parse_x509_certificate(rest).expect("an intermediate");
+    assert!(rest.is_empty());
+    assert!(inter.is_ca());
+
+    server.profile("triage", WORKLOAD);
+    server.open("INC-1", "triage");
+    wait_identities(&agent.socket(), WORKLOAD, &[("triage", "INC-1")]);
+    let answer = fetch(&agent.socket(), WORKLOAD);
+    assert_eq!(answer["svids"][0]["chain_len"], 2, "{answer}");
+    // The agent restarts from the chain on disk and still reaches the server.
+    let mut agent = agent;
+    agent.restart();
+    wait_identities(&agent.socket(), WORKLOAD, &[("triage", "INC-1")]);
+}
+
+#[test]
 fn join_tokens_are_single_use_known_and_unexpired() {
     let dir = temp_dir();
     let dir = dir.path();

@@ -680,6 +680,54 @@ fn a_server_signing_through_intermediates_serves_chains_end_to_end() {
     let mut agent = agent;
     agent.restart();
     wait_identities(&agent.socket(), WORKLOAD, &[("triage", "INC-1")]);
+
+    // `writ x509 mint --out` writes the chain to svid.pem and the root to bundle.pem; the
+    // README's openssl line verifies it.
+    server.ok(&[
+        "profile",
+        "create",
+        "logs-api",
+        "--selector",
+        "unix:uid:65530",
+        "--service",
+    ]);
+    let out = dir.join("svid");
+    server.ok(&[
+        "x509",
+        "mint",
+        "--band",
+        "base",
+        "--spiffe-id",
+        "spiffe://example.org/service/logs-api",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let svid_pem = std::fs::read_to_string(out.join("svid.pem")).unwrap();
+    assert_eq!(
+        svid_pem.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "{svid_pem}"
+    );
+    let bundle_pem = std::fs::read_to_string(out.join("bundle.pem")).unwrap();
+    assert_eq!(bundle_pem.matches("BEGIN CERTIFICATE").count(), 1);
+    let verdict = Command::new("openssl")
+        .current_dir(&out)
+        .args([
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            "bundle.pem",
+            "-untrusted",
+            "svid.pem",
+            "svid.pem",
+        ])
+        .output()
+        .expect("run openssl");
+    assert!(
+        verdict.status.success()
+            && String::from_utf8_lossy(&verdict.stdout).contains("svid.pem: OK"),
+        "{verdict:?}"
+    );
 }
 
 #[test]

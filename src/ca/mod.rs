@@ -550,6 +550,12 @@ impl TrustDomainCa {
         if !self.config.sign_with_intermediate {
             return Ok(());
         }
+        // One renewal at a time (the rotation loop and `authority activate` may race):
+        // a loser would leave a key on disk that nothing uses.
+        let _serial = self
+            .rotation
+            .lock()
+            .map_err(|_| CaError::Crypto("rotation lock poisoned"))?;
         let Some(root_id) = self.snapshot().active().map(|a| a.record.id.clone()) else {
             return Ok(());
         };

@@ -71,15 +71,21 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let dirs: Vec<tempfile::TempDir> = (0..replicas).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dirs: Vec<tempfile::TempDir> = (0..replicas)
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
     let mut followers = Vec::new();
     let registries: Vec<Arc<Registry>> = dirs
         .iter()
         .map(|dir| {
             let store = Arc::new(Store::connect_postgres(&url.parse().unwrap()).unwrap());
             let audit = Arc::new(
-                AuditLog::open(&dir.path().join("audit.redb"), dir.path(), "bench/writ-audit")
-                    .unwrap(),
+                AuditLog::open(
+                    &dir.path().join("audit.redb"),
+                    dir.path(),
+                    "bench/writ-audit",
+                )
+                .unwrap(),
             );
             let clock: SharedClock = Arc::new(SystemClock);
             let registry = Arc::new(

@@ -1224,6 +1224,8 @@ fn remote_agent_forwards_activity_reports() {
     let mut server = Server::start(dir, "server", "");
     let bundle = server.base_pem(dir);
     let token = server.token();
+    // The debug test binary outgrew the default hashing limit (256 MiB): raise it, as the
+    // attestor's own tests do, since this one hashes itself.
     let agent = Agent::start(
         dir,
         "agent",
@@ -1231,7 +1233,10 @@ fn remote_agent_forwards_activity_reports() {
             &dir.join("agent"),
             &server.address(),
             &bundle,
-            &join_token(&token),
+            &format!(
+                "{}[workload_api]\nmax_exe_hash_bytes = 4294967296\n",
+                join_token(&token)
+            ),
         ),
     );
     // This process is the workload; it runs as root, an operator, so the profile selects

@@ -22,6 +22,8 @@ async fn main() -> ExitCode {
                     serde_json::json!({
                         "spiffe_id": svid.spiffe_id().to_string(),
                         "hint": svid.hint(),
+                        // Leaf plus intermediates (2 when the server signs through one).
+                        "chain_len": svid.cert_chain().len(),
                     })
                 })
                 .collect();

@@ -264,7 +264,11 @@ struct World {
 }
 
 async fn world() -> World {
-    let dev = start(CaConfig::default()).await;
+    world_with(CaConfig::default()).await
+}
+
+async fn world_with(ca: CaConfig) -> World {
+    let dev = start(ca).await;
     profiles(&dev);
     open(&dev, "INC-1");
     let service = svid_in(&dev, "example.org").await;
@@ -320,6 +324,107 @@ async fn mutual_tls_in_both_directions_with_writ_svids() {
         err.contains("trust domain example.org not allowed"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn svids_signed_through_an_intermediate_carry_it_to_x509source_and_tls() {
+    let w = world_with(CaConfig {
+        sign_with_intermediate: true,
+        ..CaConfig::default()
+    })
+    .await;
+    // The Workload API's x509_svid is [leaf, intermediate]; the bundle is the root only.
+    for (cred, band) in [
+        (&w.service, Band::Base),
+        (&w.investigative, Band::Investigative),
+    ] {
+        let ca = w.dev.issuer.cas.ca(band);
+        assert_eq!(cred.chain.len(), 2, "{band}: leaf and intermediate");
+        assert_eq!(cred.chain[1].as_ref(), ca.intermediate_cert().unwrap());
+        assert_eq!(ca.x509_bundle().len(), 1);
+    }
+
+    // The stock `spiffe` crate's X509Source takes the chain and the root-only bundle.
+    let endpoint = format!("unix://{}", w.dev.socket.display());
+    let x509_source = tokio::time::timeout(
+        PATIENCE,
+        spiffe::X509Source::builder().endpoint(&endpoint).build(),
+    )
+    .await
+    .expect("X509Source ready in time")
+    .unwrap();
+    let svid = x509_source.svid().unwrap();
+    assert_eq!(svid.cert_chain().len(), 2);
+    let band = if svid.spiffe_id().trust_domain().as_str() == "example.org" {
+        Band::Base
+    } else {
+        Band::Investigative
+    };
+    let bundles = x509_source.bundle_set().unwrap();
+    let bundle = bundles.get(svid.spiffe_id().trust_domain()).unwrap();
+    assert_eq!(
+        bundle
+            .authorities()
+            .iter()
+            .map(|c| c.as_bytes().to_vec())
+            .collect::<Vec<_>>(),
+        w.dev.issuer.cas.ca(band).x509_bundle()
+    );
+
+    // A TLS handshake with the X509Source's SVID on one side and writ-verifier checking
+    // it through the intermediate on the other, then the same the other way round.
+    let from_source = Cred {
+        chain: svid
+            .cert_chain()
+            .iter()
+            .map(|c| CertificateDer::from(c.as_bytes().to_vec()))
+            .collect(),
+        key: svid.private_key().as_bytes().to_vec(),
+    };
+    let (authorizer, other, other_authorizer) = match band {
+        Band::Base => (
+            the_service(),
+            &w.investigative,
+            Authorizer::investigative(&base()),
+        ),
+        _ => (
+            Authorizer::investigative(&base()),
+            &w.service,
+            the_service(),
+        ),
+    };
+    let (s, c) = exchange(
+        server(&w.source, other_authorizer.clone(), &from_source),
+        client(&w.source, authorizer.clone(), other),
+    )
+    .await;
+    assert_eq!(s.unwrap(), svid_id(other));
+    assert_eq!(c.unwrap(), svid.spiffe_id().to_string());
+    let (s, c) = exchange(
+        server(&w.source, authorizer.clone(), other),
+        client(&w.source, other_authorizer.clone(), &from_source),
+    )
+    .await;
+    assert_eq!(s.unwrap(), svid.spiffe_id().to_string());
+    assert_eq!(c.unwrap(), svid_id(other));
+
+    // The same leaf without its intermediate does not verify.
+    let bare = Cred {
+        chain: from_source.chain[..1].to_vec(),
+        key: from_source.key.clone(),
+    };
+    refused_by_server(
+        exchange(
+            server(&w.source, authorizer, other),
+            client(&w.source, other_authorizer, &bare),
+        )
+        .await,
+        "does not verify",
+    );
+}
+
+fn svid_id(cred: &Cred) -> String {
+    peer_spiffe_id(&cred.chain[0]).unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

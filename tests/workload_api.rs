@@ -421,6 +421,36 @@ fn py_script() -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_spiffe_takes_svids_signed_through_an_intermediate() {
+    use tokio::io::AsyncBufReadExt;
+    let Some(python) = python() else { return };
+    let dev = start(CaConfig {
+        sign_with_intermediate: true,
+        ..CaConfig::default()
+    })
+    .await;
+    dev.profile("triage", &[Selector::Uid(my_uid())], &[]);
+    dev.open("INC-1", "triage", 1);
+    let mut child = tokio::process::Command::new(python)
+        .arg(py_script())
+        .args(["watch", "1"])
+        .env(
+            "SPIFFE_ENDPOINT_SOCKET",
+            format!("unix://{}", dev.socket.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = next_json(&mut lines).await;
+    assert_eq!(first["ids"], serde_json::json!([id_of("triage", "INC-1")]));
+    // py-spiffe parsed [leaf, intermediate]; the chain leads to the root-only bundle.
+    assert_eq!(first["chain_lens"], serde_json::json!([2]), "{first}");
+    assert_eq!(first["verified"], true, "{first}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn py_spiffe_fetches_rotates_and_sees_redaction() {
     use tokio::io::AsyncBufReadExt;
     let Some(python) = python() else { return };

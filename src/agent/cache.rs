@@ -24,6 +24,8 @@ pub struct CachedSvid {
     pub spiffe_id: String,
     /// DER of the leaf.
     pub cert_der: Vec<u8>,
+    /// DER of the intermediates that follow the leaf, nearest first (never the root).
+    pub chain: Vec<Vec<u8>>,
     /// Unencrypted PKCS#8 of the key (what the Workload API hands out).
     pub key_pkcs8: Zeroizing<Vec<u8>>,
     /// Serial, lowercase hex.
@@ -199,12 +201,17 @@ impl SvidCache {
             .map(|((entitlement, key), signed)| {
                 let signed = signed?;
                 let key = key.ok_or_else(|| NodeError::Unavailable("key missing".into()))?;
-                self.check(&entitlement.spiffe_id.to_string(), &signed.cert_der)?;
+                self.check(
+                    &entitlement.spiffe_id.to_string(),
+                    &signed.cert_der,
+                    &signed.chain,
+                )?;
                 let jitter = rand::random::<f64>() * 2.0 - 1.0;
                 tracing::debug!(spiffe_id = %entitlement.spiffe_id, serial = %signed.serial, "issued workload svid");
                 Ok(CachedSvid {
                     spiffe_id: entitlement.spiffe_id.to_string(),
                     cert_der: signed.cert_der,
+                    chain: signed.chain,
                     key_pkcs8: Zeroizing::new(key.serialize_der()),
                     serial: signed.serial,
                     issued_at,
@@ -217,7 +224,7 @@ impl SvidCache {
 
     /// Verifies a certificate from the server before anyone sees it: it must chain to the
     /// bundle of its own trust domain and carry the SPIFFE ID we asked for.
-    fn check(&self, want_id: &str, cert_der: &[u8]) -> Result<(), NodeError> {
+    fn check(&self, want_id: &str, cert_der: &[u8], chain: &[Vec<u8>]) -> Result<(), NodeError> {
         let bundles = self.node.bundles().borrow().clone();
         let td_name = want_id
             .strip_prefix("spiffe://")
@@ -229,9 +236,12 @@ impl SvidCache {
         let cas = split_der(&bundle.x509_der);
         let td = writ_verifier::parse_trust_domain(td_name)
             .map_err(|e| NodeError::Unavailable(e.to_string()))?;
-        let leaf = [CertificateDer::from(cert_der)];
+        let presented: Vec<CertificateDer<'_>> = std::iter::once(cert_der)
+            .chain(chain.iter().map(Vec::as_slice))
+            .map(CertificateDer::from)
+            .collect();
         let verified = writ_verifier::verify_x509_svid(
-            &leaf,
+            &presented,
             &cas,
             &td,
             writ_verifier::x509::Usage::Client,

@@ -144,11 +144,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn certified(cert_der: Vec<u8>, key_pkcs8: &[u8]) -> anyhow::Result<Arc<CertifiedKey>> {
+/// `chain_der` is the leaf followed by its intermediates, concatenated DER.
+fn certified(chain_der: &[u8], key_pkcs8: &[u8]) -> anyhow::Result<Arc<CertifiedKey>> {
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8.to_vec()));
     let signing = rustls::crypto::ring::sign::any_ecdsa_type(&der)?;
     Ok(Arc::new(CertifiedKey::new(
-        vec![CertificateDer::from(cert_der)],
+        crate::agent::cache::split_der(chain_der),
         signing,
     )))
 }
@@ -311,13 +312,13 @@ impl RemoteNode {
             tracing::info!("node SVID on disk has expired; attesting again");
             return Ok(false);
         }
-        self.install(cert, &key, not_after)?;
+        self.install(&cert, &key, not_after)?;
         tracing::info!(not_after, "using the node SVID on disk");
         Ok(true)
     }
 
-    fn install(&self, cert_der: Vec<u8>, key_pkcs8: &[u8], not_after: i64) -> anyhow::Result<()> {
-        let key = certified(cert_der, key_pkcs8)?;
+    fn install(&self, chain_der: &[u8], key_pkcs8: &[u8], not_after: i64) -> anyhow::Result<()> {
+        let key = certified(chain_der, key_pkcs8)?;
         if let Ok(mut node) = self.tls.node.write() {
             *node = Some((key, not_after));
         }
@@ -327,8 +328,14 @@ impl RemoteNode {
     fn store(&self, svid: &pb::NodeSvid, key_pkcs8: &[u8]) -> anyhow::Result<()> {
         // Key first: a certificate on disk always has its key beside it.
         write_private(&self.key_path(), key_pkcs8)?;
-        write_private(&self.cert_path(), &svid.certificate)?;
-        self.install(svid.certificate.clone(), key_pkcs8, svid.not_after)?;
+        // The leaf, then any intermediates: the chain the agent presents to the server.
+        let chain_der = [svid.certificate.as_slice()]
+            .into_iter()
+            .chain(svid.intermediates.iter().map(Vec::as_slice))
+            .collect::<Vec<_>>()
+            .concat();
+        write_private(&self.cert_path(), &chain_der)?;
+        self.install(&chain_der, key_pkcs8, svid.not_after)?;
         if let Ok(mut bundle) = self.tls.base_bundle.write() {
             *bundle = svid
                 .bundle
@@ -544,6 +551,7 @@ fn signed_result(signed: pb::SignedSvid) -> Result<SignedX509, NodeError> {
     if signed.error.is_empty() {
         return Ok(SignedX509 {
             cert_der: signed.certificate,
+            chain: signed.intermediates,
             serial: signed.serial,
             not_after: signed.not_after,
         });

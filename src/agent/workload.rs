@@ -77,7 +77,12 @@ impl WorkloadApi {
                     served.push(&entitlement.spiffe_id);
                     svids.push(pb::X509svid {
                         spiffe_id: svid.spiffe_id.clone(),
-                        x509_svid: svid.cert_der.clone(),
+                        // The leaf, then its intermediates (Workload API: x509_svid).
+                        x509_svid: [svid.cert_der.as_slice()]
+                            .into_iter()
+                            .chain(svid.chain.iter().map(Vec::as_slice))
+                            .collect::<Vec<_>>()
+                            .concat(),
                         x509_svid_key: svid.key_pkcs8.to_vec(),
                         bundle: bundle.x509_der.clone(),
                         hint: entitlement.hint.clone(),

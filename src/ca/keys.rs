@@ -78,22 +78,7 @@ impl EcKey {
     /// Writes the key's PKCS#8 DER to a new file readable only by its owner (0600), and
     /// makes it durable before returning. Refuses to overwrite.
     pub fn write_new(&self, path: &Path) -> Result<(), CaError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let io = |what: &str, e| CaError::Io(format!("{what} {}", path.display()), e);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| io("create", e))?;
-        file.write_all(&self.pkcs8).map_err(|e| io("write", e))?;
-        file.sync_all().map_err(|e| io("sync", e))?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io("sync dir of", e))?;
-        }
-        Ok(())
+        write_new_private(path, &self.pkcs8)
     }
 
     /// The PKCS#8 DER (for the Workload API's `x509_svid_key`, and for key files).
@@ -120,6 +105,27 @@ impl EcKey {
             .map(|sig| sig.as_ref().to_vec())
             .map_err(|_| CaError::Crypto("signing failed"))
     }
+}
+
+/// Writes `bytes` to a new file readable only by its owner (0600), durable before this
+/// returns. Refuses to overwrite.
+pub(crate) fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |what: &str, e| CaError::Io(format!("{what} {}", path.display()), e);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io("create", e))?;
+    file.write_all(bytes).map_err(|e| io("write", e))?;
+    file.sync_all().map_err(|e| io("sync", e))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("sync dir of", e))?;
+    }
+    Ok(())
 }
 
 impl fmt::Debug for EcKey {

@@ -12,11 +12,13 @@ pub mod authority;
 pub mod bundle;
 pub mod csr;
 mod der;
+pub mod intermediate;
 pub mod jwt;
 pub mod keys;
 pub mod x509;
 
 pub use authority::{AuthorityRecord, AuthorityState, RotationStep, rotation_steps};
+pub use intermediate::intermediate_csr;
 
 use crate::clock::SharedClock;
 use crate::identity::IdError;
@@ -142,6 +144,12 @@ pub struct CaConfig {
     /// How far notBefore is backdated for clock skew.
     #[serde(with = "humantime_serde_secs")]
     pub backdate: Duration,
+    /// Sign leaves through an intermediate CA certified by the band's root, rather than
+    /// with the root itself (off by default).
+    pub sign_with_intermediate: bool,
+    /// Lifetime of each intermediate (renewed at half-life, never past its root).
+    #[serde(with = "humantime_serde_secs")]
+    pub intermediate_ttl: Duration,
 }
 
 impl Default for CaConfig {
@@ -153,6 +161,8 @@ impl Default for CaConfig {
             max_svid_ttl: Duration::from_secs(3600),
             refresh_hint: Duration::from_secs(60),
             backdate: Duration::from_secs(10),
+            sign_with_intermediate: false,
+            intermediate_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -186,6 +196,16 @@ impl CaConfig {
             return Err(CaError::Config(format!(
                 "ca_ttl ({}s) must be at least 6 x max_svid_ttl ({}s)",
                 secs(self.ca_ttl),
+                secs(self.max_svid_ttl)
+            )));
+        }
+        // Renewal at half-life leaves a fresh intermediate at least half its lifetime, so
+        // that much keeps every leaf its full TTL.
+        if self.sign_with_intermediate && secs(self.intermediate_ttl) < 2 * secs(self.max_svid_ttl)
+        {
+            return Err(CaError::Config(format!(
+                "intermediate_ttl ({}s) must be at least 2 x max_svid_ttl ({}s)",
+                secs(self.intermediate_ttl),
                 secs(self.max_svid_ttl)
             )));
         }
@@ -300,19 +320,43 @@ pub enum SubjectKey<'a> {
     PublicKey(&'a [u8]),
 }
 
+/// This host's intermediate of one band: its key, certificate, and what minting needs.
+struct Intermediate {
+    id: String,
+    life: intermediate::IntermediateLife,
+    key: EcKey,
+    cert_der: Vec<u8>,
+    subject_der: Vec<u8>,
+    key_id: Vec<u8>,
+}
+
 /// A freshly minted X.509-SVID.
 #[derive(Clone, Debug)]
 pub struct MintedX509 {
     /// DER of the leaf.
     pub cert_der: Vec<u8>,
+    /// DER of the intermediates that follow the leaf, nearest first; empty when the root
+    /// signed the leaf. Never the root: that is in the bundle.
+    pub chain: Vec<Vec<u8>>,
     /// Serial number, lowercase hex.
     pub serial: String,
     /// Seconds since the epoch.
     pub not_before: i64,
     /// Seconds since the epoch.
     pub not_after: i64,
-    /// The authority that signed it.
+    /// The authority (root) it chains to.
     pub authority_id: String,
+}
+
+impl MintedX509 {
+    /// The leaf followed by its intermediates: what a TLS stack presents, and the
+    /// Workload API's `x509_svid` once concatenated.
+    pub fn full_chain(&self) -> Vec<Vec<u8>> {
+        let mut chain = Vec::with_capacity(1 + self.chain.len());
+        chain.push(self.cert_der.clone());
+        chain.extend(self.chain.iter().cloned());
+        chain
+    }
 }
 
 /// A freshly minted JWT-SVID.
@@ -346,6 +390,7 @@ pub struct TrustDomainCa {
     config: CaConfig,
     state: RwLock<Arc<CaState>>,
     rotation: Mutex<()>,
+    intermediate: RwLock<Option<Arc<Intermediate>>>,
 }
 
 impl std::fmt::Debug for TrustDomainCa {
@@ -410,6 +455,11 @@ impl TrustDomainCa {
             )?;
             authorities.push(Arc::new(Authority::from_parts(record, x509_key, jwt_key)?));
         }
+        let intermediate = if config.sign_with_intermediate {
+            load_intermediate(&key_dir, &authorities)
+        } else {
+            None
+        };
         let ca = TrustDomainCa {
             band,
             trust_domain,
@@ -421,6 +471,7 @@ impl TrustDomainCa {
                 sequence,
             })),
             rotation: Mutex::new(()),
+            intermediate: RwLock::new(intermediate.map(Arc::new)),
         };
         ca.rotate(now)?;
         Ok(ca)
@@ -469,7 +520,115 @@ impl TrustDomainCa {
                 .collect();
             rotation_steps(&records, now)
         };
-        self.apply(&steps, now)
+        let changed = self.apply(&steps, now)?;
+        self.refresh_intermediate(now)?;
+        Ok(changed)
+    }
+
+    fn current_intermediate(&self) -> Option<Arc<Intermediate>> {
+        match self.intermediate.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// DER of the intermediate this host signs leaves with, if it signs through one.
+    pub fn intermediate_cert(&self) -> Option<Vec<u8>> {
+        self.current_intermediate().map(|i| i.cert_der.clone())
+    }
+
+    /// When this host's intermediate is next due for renewal, if it signs through one.
+    fn intermediate_renew_at(&self) -> Option<i64> {
+        self.current_intermediate()
+            .map(|i| intermediate::renew_at(&i.life))
+    }
+
+    /// Makes and installs a new intermediate if [`intermediate::renewal_due`] says so:
+    /// key generated here, CSR certified by the active root, both written to the key
+    /// directory before the intermediate signs anything.
+    fn refresh_intermediate(&self, now: i64) -> Result<(), CaError> {
+        if !self.config.sign_with_intermediate {
+            return Ok(());
+        }
+        // One renewal at a time (the rotation loop and `authority activate` may race):
+        // a loser would leave a key on disk that nothing uses.
+        let _serial = self
+            .rotation
+            .lock()
+            .map_err(|_| CaError::Crypto("rotation lock poisoned"))?;
+        let Some(root_id) = self.snapshot().active().map(|a| a.record.id.clone()) else {
+            return Ok(());
+        };
+        let current = self.current_intermediate();
+        if !intermediate::renewal_due(current.as_ref().map(|i| &i.life), &root_id, now) {
+            return Ok(());
+        }
+        let key = EcKey::generate(SignatureEncoding::Asn1)?;
+        let csr = intermediate_csr(&self.trust_domain, &key)?;
+        let not_after = now.saturating_add(self.config.intermediate_ttl.as_secs() as i64);
+        let cert_der = self.certify_intermediate(&csr, not_after, now)?;
+        let id = random_hex(8)?;
+        key.write_new(&key_path(&self.key_dir, &id, "intermediate"))?;
+        keys::write_new_private(&intermediate_cert_path(&self.key_dir, &id), &cert_der)?;
+        let fresh = intermediate_from_parts(id, key, cert_der, &root_id)?;
+        tracing::info!(trust_domain = %self.trust_domain, intermediate = %fresh.id, not_after = fresh.life.not_after, "installed a new intermediate CA");
+        {
+            let mut guard = match self.intermediate.write() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            *guard = Some(Arc::new(fresh));
+        }
+        if let Some(old) = current {
+            // Leaves it signed carry its certificate; its key signs nothing more.
+            let _ = std::fs::remove_file(key_path(&self.key_dir, &old.id, "intermediate"));
+            let _ = std::fs::remove_file(intermediate_cert_path(&self.key_dir, &old.id));
+        }
+        Ok(())
+    }
+
+    /// Certifies the intermediate key of `csr_der` with this band's active root, until
+    /// `not_after` or the root's notAfter, whichever is first. The CSR must verify and ask
+    /// for this trust domain's ID and nothing else.
+    pub fn certify_intermediate(
+        &self,
+        csr_der: &[u8],
+        not_after: i64,
+        now: i64,
+    ) -> Result<Vec<u8>, CaError> {
+        let spki_der = intermediate::verify_intermediate_csr(csr_der, &self.trust_domain)?;
+        let state = self.snapshot();
+        let root = state
+            .active()
+            .ok_or_else(|| CaError::NoAuthority(self.trust_domain.to_string()))?;
+        let not_after = not_after.min(root.record.not_after);
+        if not_after <= now {
+            return Err(CaError::NoAuthority(self.trust_domain.to_string()));
+        }
+        let mut serial = [0u8; 16];
+        ring::rand::SystemRandom::new()
+            .fill(&mut serial)
+            .map_err(|_| CaError::Crypto("no randomness"))?;
+        let common_name = format!(
+            "{} intermediate {}",
+            self.trust_domain.id_string(),
+            crate::hex::lower(&serial[..8])
+        );
+        x509::build_intermediate(
+            &x509::IssuerRef {
+                subject_der: &root.subject_der,
+                key_id: &root.key_id,
+                key: &root.x509_key,
+            },
+            &x509::IntermediateSpec {
+                trust_domain: &self.trust_domain,
+                common_name: &common_name,
+                spki_der: &spki_der,
+                not_before: unix_to_datetime(now - self.config.backdate.as_secs() as i64)?,
+                not_after: unix_to_datetime(not_after)?,
+                serial,
+            },
+        )
     }
 
     /// Prepares the next authority now, whatever the schedule says (`writ authority
@@ -494,8 +653,8 @@ impl TrustDomainCa {
             .into_iter()
             .find(|r| r.state == AuthorityState::Prepared)
             .ok_or_else(|| CaError::BadRequest("no prepared authority to activate".into()))?;
-        self.apply(&[RotationStep::Activate(prepared.id)], now)
-            .map(|_| ())
+        self.apply(&[RotationStep::Activate(prepared.id)], now)?;
+        self.refresh_intermediate(now)
     }
 
     fn apply(&self, steps: &[RotationStep], now: i64) -> Result<bool, CaError> {
@@ -659,8 +818,39 @@ impl TrustDomainCa {
         let authority = state
             .active()
             .ok_or_else(|| CaError::NoAuthority(self.trust_domain.to_string()))?;
+        // With intermediates on, the root never signs a leaf: no intermediate, no SVID.
+        let via = if self.config.sign_with_intermediate {
+            Some(
+                self.current_intermediate()
+                    .ok_or_else(|| CaError::NoAuthority(self.trust_domain.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let (issuer, authority_id, ca_not_after, chain) = match &via {
+            Some(inter) => (
+                x509::IssuerRef {
+                    subject_der: &inter.subject_der,
+                    key_id: &inter.key_id,
+                    key: &inter.key,
+                },
+                inter.life.issuer.clone(),
+                inter.life.not_after,
+                vec![inter.cert_der.clone()],
+            ),
+            None => (
+                x509::IssuerRef {
+                    subject_der: &authority.subject_der,
+                    key_id: &authority.key_id,
+                    key: &authority.x509_key,
+                },
+                authority.record.id.clone(),
+                authority.record.not_after,
+                Vec::new(),
+            ),
+        };
         let not_before = now - self.config.backdate.as_secs() as i64;
-        let not_after = (now + ttl.as_secs() as i64).min(authority.record.not_after);
+        let not_after = (now + ttl.as_secs() as i64).min(ca_not_after);
         if not_after <= now {
             return Err(CaError::NoAuthority(self.trust_domain.to_string()));
         }
@@ -670,11 +860,7 @@ impl TrustDomainCa {
             .map_err(|_| CaError::Crypto("no randomness"))?;
         serial[0] = (serial[0] & 0x7f) | 0x40;
         let cert_der = x509::build_leaf(
-            &x509::IssuerRef {
-                subject_der: &authority.subject_der,
-                key_id: &authority.key_id,
-                key: &authority.x509_key,
-            },
+            &issuer,
             &x509::LeafSpec {
                 spiffe_id: &request.spiffe_id,
                 dns_names: &request.dns_names,
@@ -687,10 +873,11 @@ impl TrustDomainCa {
         )?;
         Ok(MintedX509 {
             cert_der,
+            chain,
             serial: crate::hex::lower(&serial),
             not_before,
             not_after,
-            authority_id: authority.record.id.clone(),
+            authority_id,
         })
     }
 
@@ -804,6 +991,97 @@ fn with_state(authority: &Authority, state: AuthorityState) -> Authority {
 
 fn key_path(dir: &Path, id: &str, kind: &str) -> PathBuf {
     dir.join(format!("{id}.{kind}.key"))
+}
+
+fn intermediate_cert_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.intermediate.der"))
+}
+
+fn intermediate_from_parts(
+    id: String,
+    key: EcKey,
+    cert_der: Vec<u8>,
+    issuer: &str,
+) -> Result<Intermediate, CaError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(&cert_der)
+        .map_err(|e| CaError::Certificate(format!("intermediate certificate unreadable: {e}")))?;
+    if cert.public_key().subject_public_key.data.as_ref() != key.public_point() {
+        return Err(CaError::Certificate(format!(
+            "intermediate {id}: key file does not match its certificate"
+        )));
+    }
+    let life = intermediate::IntermediateLife {
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        issuer: issuer.to_owned(),
+    };
+    let subject_der = cert.tbs_certificate.subject.as_raw().to_vec();
+    let key_id = x509::key_identifier(&key.spki_der());
+    Ok(Intermediate {
+        id,
+        life,
+        key,
+        cert_der,
+        subject_der,
+        key_id,
+    })
+}
+
+/// The intermediate a previous run left in `dir` that one of `authorities` certified (the
+/// latest, if several): a restart keeps signing with it rather than making another. Any
+/// unreadable or foreign file is ignored; rotation then makes a fresh intermediate.
+fn load_intermediate(dir: &Path, authorities: &[Arc<Authority>]) -> Option<Intermediate> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let entries = std::fs::read_dir(dir).ok()?;
+    let mut best: Option<Intermediate> = None;
+    let mut seen = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".intermediate.der"))
+        else {
+            continue;
+        };
+        seen.push(id.to_owned());
+        let Ok(cert_der) = std::fs::read(entry.path()) else {
+            continue;
+        };
+        let Ok((_, cert)) = X509Certificate::from_der(&cert_der) else {
+            continue;
+        };
+        let Some(root) = authorities.iter().find(|a| {
+            a.subject_der == cert.tbs_certificate.issuer.as_raw()
+                && X509Certificate::from_der(&a.record.cert_der)
+                    .ok()
+                    .is_some_and(|(_, root)| cert.verify_signature(Some(root.public_key())).is_ok())
+        }) else {
+            continue;
+        };
+        let Ok(key) = EcKey::read(&key_path(dir, id, "intermediate"), SignatureEncoding::Asn1)
+        else {
+            continue;
+        };
+        let Ok(loaded) = intermediate_from_parts(id.to_owned(), key, cert_der, &root.record.id)
+        else {
+            continue;
+        };
+        if best
+            .as_ref()
+            .is_none_or(|b| b.life.not_after < loaded.life.not_after)
+        {
+            best = Some(loaded);
+        }
+    }
+    // Only the one kept may sign again: the others' keys go.
+    for id in seen {
+        if best.as_ref().is_none_or(|b| b.id != id) {
+            let _ = std::fs::remove_file(key_path(dir, &id, "intermediate"));
+            let _ = std::fs::remove_file(intermediate_cert_path(dir, &id));
+        }
+    }
+    best
 }
 
 /// Creates `dir` (and parents) readable only by its owner.
@@ -1014,14 +1292,36 @@ impl CaSet {
         Ok(BundleSet { bundles })
     }
 
-    /// Seconds until some band's rotation is next due.
+    /// Seconds until some band's rotation (or intermediate renewal) is next due.
     pub fn next_rotation_in(&self) -> i64 {
         let now = self.now();
         self.cas
             .values()
-            .map(|ca| authority::next_rotation_in(&ca.authorities(), now))
+            .map(|ca| {
+                let roots = authority::next_rotation_in(&ca.authorities(), now);
+                match ca.intermediate_renew_at() {
+                    Some(at) => roots.min((at - now).max(1)),
+                    None => roots,
+                }
+            })
             .min()
             .unwrap_or(60)
+    }
+
+    /// Certifies an intermediate CSR with `band`'s active root (see
+    /// [`TrustDomainCa::certify_intermediate`]); the root's holder runs this for a signer
+    /// that may be another host.
+    pub fn certify_intermediate(
+        &self,
+        band: Band,
+        csr_der: &[u8],
+        not_after: i64,
+    ) -> Result<Vec<u8>, CaError> {
+        let cert = self
+            .ca(band)
+            .certify_intermediate(csr_der, not_after, self.now())?;
+        tracing::info!(%band, not_after, "certified an intermediate CA");
+        Ok(cert)
     }
 }
 
@@ -1088,6 +1388,254 @@ mod tests {
         let again = open(dir.path(), store).unwrap();
         assert_eq!(again.authorities(), created);
         assert_eq!(again.sequence(), first.sequence());
+    }
+
+    fn chained() -> CaConfig {
+        CaConfig {
+            sign_with_intermediate: true,
+            intermediate_ttl: Duration::from_secs(4 * 3600),
+            ..CaConfig::default()
+        }
+    }
+
+    const T0: i64 = 1_700_000_000;
+
+    fn open_at(
+        dir: &Path,
+        store: Arc<MemoryStore>,
+        config: CaConfig,
+        now: i64,
+    ) -> Result<TrustDomainCa, CaError> {
+        TrustDomainCa::open(
+            Band::Investigative,
+            TrustDomain::new("investigate.example.org").unwrap(),
+            dir,
+            store,
+            config,
+            now,
+        )
+    }
+
+    fn request(ttl: Duration) -> SvidRequest {
+        SvidRequest {
+            spiffe_id: SpiffeId::new("spiffe://investigate.example.org/agent/a").unwrap(),
+            ttl: Some(ttl),
+            claims: None,
+            dns_names: Vec::new(),
+        }
+    }
+
+    fn mint(ca: &TrustDomainCa, ttl: Duration, now: i64) -> MintedX509 {
+        let key = EcKey::generate(SignatureEncoding::Asn1).unwrap();
+        ca.mint_x509(SubjectKey::PublicKey(&key.spki_der()), &request(ttl), now)
+            .unwrap()
+    }
+
+    fn parse(der: &[u8]) -> x509_parser::certificate::X509Certificate<'_> {
+        use x509_parser::prelude::FromDer;
+        x509_parser::certificate::X509Certificate::from_der(der)
+            .unwrap()
+            .1
+    }
+
+    #[test]
+    fn by_default_the_root_signs_and_no_chain_is_carried() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = open_at(dir.path(), Arc::default(), CaConfig::default(), T0).unwrap();
+        assert!(ca.intermediate_cert().is_none());
+        let minted = mint(&ca, Duration::from_secs(300), T0);
+        assert!(minted.chain.is_empty());
+        let root = parse(&ca.x509_bundle()[0])
+            .tbs_certificate
+            .subject
+            .as_raw()
+            .to_vec();
+        assert_eq!(
+            parse(&minted.cert_der).tbs_certificate.issuer.as_raw(),
+            root
+        );
+    }
+
+    #[test]
+    fn leaves_are_signed_by_an_intermediate_the_root_certified() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = open_at(dir.path(), Arc::default(), chained(), T0).unwrap();
+        let bundle = ca.x509_bundle();
+        assert_eq!(bundle.len(), 1, "the bundle holds the root only");
+        let minted = mint(&ca, Duration::from_secs(300), T0);
+        assert_eq!(minted.chain.len(), 1);
+        assert_eq!(
+            minted.full_chain(),
+            vec![minted.cert_der.clone(), minted.chain[0].clone()]
+        );
+        assert_ne!(minted.chain[0], bundle[0], "the root is never in the chain");
+
+        let root = parse(&bundle[0]);
+        let inter = parse(&minted.chain[0]);
+        let leaf = parse(&minted.cert_der);
+        assert_eq!(leaf.tbs_certificate.issuer, inter.tbs_certificate.subject);
+        assert_eq!(inter.tbs_certificate.issuer, root.tbs_certificate.subject);
+        leaf.verify_signature(Some(inter.public_key())).unwrap();
+        inter.verify_signature(Some(root.public_key())).unwrap();
+        // cA true, pathLen 0, keyCertSign + cRLSign, both critical; the trust domain's
+        // ID (no path) as its one SAN, as the root has.
+        let bc = inter.basic_constraints().unwrap().unwrap();
+        assert!(bc.critical && bc.value.ca);
+        assert_eq!(bc.value.path_len_constraint, Some(0));
+        let ku = inter.key_usage().unwrap().unwrap();
+        assert!(ku.critical && ku.value.key_cert_sign() && ku.value.crl_sign());
+        assert!(!ku.value.digital_signature());
+        let sans = |c: &x509_parser::certificate::X509Certificate<'_>| -> Vec<String> {
+            c.subject_alternative_name()
+                .unwrap()
+                .unwrap()
+                .value
+                .general_names
+                .iter()
+                .map(|n| n.to_string())
+                .collect()
+        };
+        assert_eq!(sans(&inter), sans(&root));
+        assert_eq!(sans(&inter), ["URI(spiffe://investigate.example.org)"]);
+        // Lifetime: intermediate_ttl from now, inside the root's.
+        let not_after = inter.validity().not_after.timestamp();
+        assert_eq!(not_after, T0 + 4 * 3600);
+        assert!(not_after <= root.validity().not_after.timestamp());
+        // writ's own verifier builds the path [leaf, intermediate] to the root.
+        let chain: Vec<_> = minted
+            .full_chain()
+            .into_iter()
+            .map(rustls_pki_types::CertificateDer::from)
+            .collect();
+        let anchors = [rustls_pki_types::CertificateDer::from(bundle[0].clone())];
+        let verified = writ_verifier::verify_x509_svid(
+            &chain,
+            &anchors,
+            ca.trust_domain(),
+            writ_verifier::x509::Usage::Client,
+            rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(T0 as u64 + 1)),
+        )
+        .unwrap();
+        assert_eq!(verified.spiffe_id, request(Duration::ZERO).spiffe_id);
+        // Without the intermediate, the leaf does not chain.
+        assert!(
+            writ_verifier::verify_x509_svid(
+                &chain[..1],
+                &anchors,
+                ca.trust_domain(),
+                writ_verifier::x509::Usage::Client,
+                rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(T0 as u64 + 1)),
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_intermediate_key_is_private_and_survives_a_restart() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::default());
+        let first = open_at(dir.path(), Arc::clone(&store), chained(), T0).unwrap();
+        let cert = first.intermediate_cert().unwrap();
+        let keys: Vec<_> = std::fs::read_dir(dir.path().join("investigate.example.org"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains(".intermediate."))
+            .collect();
+        assert_eq!(keys.len(), 2, "one key, one certificate: {keys:?}");
+        for path in &keys {
+            let mode = std::fs::metadata(path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        }
+        drop(first);
+        let again = open_at(dir.path(), store, chained(), T0 + 60).unwrap();
+        assert_eq!(again.intermediate_cert().unwrap(), cert);
+    }
+
+    #[test]
+    fn the_intermediate_is_renewed_at_half_life_and_clamps_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = open_at(dir.path(), Arc::default(), chained(), T0).unwrap();
+        let first = ca.intermediate_cert().unwrap();
+        let first_end = parse(&first).validity().not_after.timestamp();
+        // Just before half-life: same intermediate; a leaf never outlives it.
+        let before = T0 + 2 * 3600 - 11;
+        ca.rotate(before).unwrap();
+        assert_eq!(ca.intermediate_cert().unwrap(), first);
+        let late = mint(&ca, Duration::from_secs(3600), first_end - 600);
+        assert_eq!(late.not_after, first_end, "clamped to the intermediate");
+        // At half-life: a new one, and the old key file is gone.
+        ca.rotate(T0 + 2 * 3600).unwrap();
+        let second = ca.intermediate_cert().unwrap();
+        assert_ne!(second, first);
+        let left = std::fs::read_dir(dir.path().join("investigate.example.org"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".intermediate.key")
+            })
+            .count();
+        assert_eq!(left, 1);
+    }
+
+    #[test]
+    fn a_new_root_gets_a_new_intermediate_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = open_at(dir.path(), Arc::default(), chained(), T0).unwrap();
+        let first = ca.intermediate_cert().unwrap();
+        ca.prepare(T0 + 10).unwrap();
+        ca.activate(T0 + 20).unwrap();
+        let second = ca.intermediate_cert().unwrap();
+        assert_ne!(second, first);
+        let active = ca
+            .authorities()
+            .into_iter()
+            .find(|r| r.state == AuthorityState::Active)
+            .unwrap();
+        let root = parse(&active.cert_der);
+        parse(&second)
+            .verify_signature(Some(root.public_key()))
+            .unwrap();
+        let minted = mint(&ca, Duration::from_secs(60), T0 + 30);
+        assert_eq!(minted.authority_id, active.id);
+        assert_eq!(minted.chain, [second]);
+    }
+
+    #[test]
+    fn certify_refuses_a_csr_for_another_band_and_clamps_to_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = open_at(dir.path(), Arc::default(), chained(), T0).unwrap();
+        let key = EcKey::generate(SignatureEncoding::Asn1).unwrap();
+        let other =
+            intermediate_csr(&TrustDomain::new("remediate.example.org").unwrap(), &key).unwrap();
+        let err = ca.certify_intermediate(&other, T0 + 3600, T0).unwrap_err();
+        assert!(err.is_invalid_argument(), "{err:?}");
+        let own = intermediate_csr(ca.trust_domain(), &key).unwrap();
+        let cert = ca.certify_intermediate(&own, i64::MAX / 2, T0).unwrap();
+        let root_end = ca.authorities()[0].not_after;
+        assert_eq!(parse(&cert).validity().not_after.timestamp(), root_end);
+        assert_eq!(
+            parse(&cert).public_key().subject_public_key.data.as_ref(),
+            key.public_point()
+        );
+    }
+
+    #[test]
+    fn intermediate_ttl_must_cover_two_svid_lifetimes() {
+        let config = CaConfig {
+            intermediate_ttl: Duration::from_secs(3600),
+            ..chained()
+        };
+        assert!(matches!(config.validate(), Err(CaError::Config(_))));
+        // Off, the setting is not checked: today's configurations are unchanged.
+        let off = CaConfig {
+            sign_with_intermediate: false,
+            ..config
+        };
+        off.validate().unwrap();
     }
 
     #[test]

@@ -15,6 +15,7 @@ use writ_verifier::claims::CLAIMS_OID_DER;
 // Object identifiers, as DER content octets.
 const OID_ECDSA_WITH_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
 const OID_ORGANIZATION: &[u8] = &[0x55, 0x04, 0x0a];
+const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
 const OID_BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
 const OID_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x0f];
 const OID_EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25];
@@ -71,6 +72,91 @@ pub fn build_leaf(issuer: &IssuerRef<'_>, spec: &LeafSpec<'_>) -> Result<Vec<u8>
         t.extend_from_slice(spec.spki_der);
         nested(t, 0xa3, |x| {
             nested(x, der::SEQUENCE, |exts| leaf_extensions(exts, issuer, spec));
+        });
+    });
+    sign(issuer.key, &tbs)
+}
+
+/// What goes into one intermediate CA certificate.
+pub struct IntermediateSpec<'a> {
+    /// The band's trust domain: its ID is the one URI SAN, as on the root.
+    pub trust_domain: &'a TrustDomain,
+    /// Common name, distinct per intermediate so path builders matching names never
+    /// confuse two of them.
+    pub common_name: &'a str,
+    /// DER SubjectPublicKeyInfo of the intermediate's key (from its CSR).
+    pub spki_der: &'a [u8],
+    /// Start of validity (already backdated for clock skew).
+    pub not_before: OffsetDateTime,
+    /// End of validity (already clamped to the root's notAfter).
+    pub not_after: OffsetDateTime,
+    /// 16 random bytes; made positive here.
+    pub serial: [u8; 16],
+}
+
+/// Builds and signs an intermediate CA certificate under `issuer` (a band's root).
+///
+/// cA=true with pathLenConstraint 0 (it signs leaves only), keyCertSign + cRLSign
+/// (critical), the trust domain's ID as its one URI SAN with no path, as a signing
+/// certificate's must be (X509-SVID.md §3.2, §4.1, §4.3), and no EKU, like the root.
+pub fn build_intermediate(
+    issuer: &IssuerRef<'_>,
+    spec: &IntermediateSpec<'_>,
+) -> Result<Vec<u8>, CaError> {
+    let mut tbs = Vec::with_capacity(768);
+    nested(&mut tbs, der::SEQUENCE, |t| {
+        tlv(t, 0xa0, &[der::INTEGER, 0x01, 0x02]);
+        let mut serial = spec.serial;
+        serial[0] = (serial[0] & 0x7f) | 0x40;
+        der::unsigned_integer(t, &serial);
+        signature_algorithm(t);
+        t.extend_from_slice(issuer.subject_der);
+        nested(t, der::SEQUENCE, |v| {
+            der::time(v, spec.not_before);
+            der::time(v, spec.not_after);
+        });
+        nested(t, der::SEQUENCE, |name| {
+            rdn(name, OID_ORGANIZATION, "writ");
+            rdn(name, OID_COMMON_NAME, spec.common_name);
+        });
+        t.extend_from_slice(spec.spki_der);
+        nested(t, 0xa3, |x| {
+            nested(x, der::SEQUENCE, |exts| {
+                // basicConstraints, critical: cA TRUE, pathLenConstraint 0.
+                extension(
+                    exts,
+                    OID_BASIC_CONSTRAINTS,
+                    true,
+                    &[
+                        der::SEQUENCE,
+                        0x06,
+                        der::BOOLEAN,
+                        0x01,
+                        0xff,
+                        der::INTEGER,
+                        0x01,
+                        0x00,
+                    ],
+                );
+                // keyUsage, critical: keyCertSign (bit 5) and cRLSign (bit 6); 1 unused bit.
+                extension(
+                    exts,
+                    OID_KEY_USAGE,
+                    true,
+                    &[der::BIT_STRING, 0x02, 0x01, 0x06],
+                );
+                let mut ski = Vec::new();
+                tlv(&mut ski, der::OCTET_STRING, &key_identifier(spec.spki_der));
+                extension(exts, OID_SUBJECT_KEY_ID, false, &ski);
+                let mut aki = Vec::new();
+                nested(&mut aki, der::SEQUENCE, |s| tlv(s, 0x80, issuer.key_id));
+                extension(exts, OID_AUTHORITY_KEY_ID, false, &aki);
+                let mut san = Vec::new();
+                nested(&mut san, der::SEQUENCE, |s| {
+                    tlv(s, 0x86, spec.trust_domain.id_string().as_bytes());
+                });
+                extension(exts, OID_SUBJECT_ALT_NAME, false, &san);
+            });
         });
     });
     sign(issuer.key, &tbs)
@@ -133,12 +219,15 @@ fn signature_algorithm(out: &mut Vec<u8>) {
 }
 
 fn organization_name(out: &mut Vec<u8>, org: &str) {
-    nested(out, der::SEQUENCE, |name| {
-        nested(name, der::SET, |rdn| {
-            nested(rdn, der::SEQUENCE, |atv| {
-                tlv(atv, der::OID, OID_ORGANIZATION);
-                tlv(atv, der::UTF8_STRING, org.as_bytes());
-            });
+    nested(out, der::SEQUENCE, |name| rdn(name, OID_ORGANIZATION, org));
+}
+
+/// One RelativeDistinguishedName holding one UTF8String attribute.
+fn rdn(out: &mut Vec<u8>, oid: &[u8], value: &str) {
+    nested(out, der::SET, |set| {
+        nested(set, der::SEQUENCE, |atv| {
+            tlv(atv, der::OID, oid);
+            tlv(atv, der::UTF8_STRING, value.as_bytes());
         });
     });
 }

@@ -58,7 +58,11 @@ pub async fn x509(args: X509MintArgs) -> anyhow::Result<()> {
         .map_err(rpc_error)?
         .into_inner();
 
-    let svid_pem = pem_certificate(&minted.certificate);
+    // The leaf, then its intermediates: what a TLS stack presents as the chain.
+    let svid_pem: String = std::iter::once(&minted.certificate)
+        .chain(&minted.intermediates)
+        .map(|c| pem_certificate(c))
+        .collect();
     let key_pem = Zeroizing::new(pem("PRIVATE KEY", &key_der));
     let bundle_pem: String = minted.bundle.iter().map(|c| pem_certificate(c)).collect();
     if let Some(dir) = &args.out {

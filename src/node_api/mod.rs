@@ -36,6 +36,8 @@ pub fn server_id(base: &TrustDomain) -> Result<SpiffeId, spiffe::SpiffeIdError> 
 pub struct SignedX509 {
     /// DER of the leaf.
     pub cert_der: Vec<u8>,
+    /// DER of the intermediates that follow the leaf, nearest first (never the root).
+    pub chain: Vec<Vec<u8>>,
     /// Serial, lowercase hex.
     pub serial: String,
     /// Seconds since the epoch.

@@ -114,6 +114,7 @@ impl NodeApi for LocalNode {
                 .map(|r| {
                     r.map(|minted| SignedX509 {
                         cert_der: minted.cert_der,
+                        chain: minted.chain,
                         serial: minted.serial,
                         not_after: minted.not_after,
                     })

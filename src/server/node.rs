@@ -213,6 +213,7 @@ impl NodeService {
         Ok(pb::NodeSvid {
             spiffe_id,
             certificate: minted.cert_der,
+            intermediates: minted.chain,
             bundle: self.issuer.cas.ca(Band::Base).x509_bundle(),
             not_after: minted.not_after,
         })
@@ -503,6 +504,7 @@ impl Node for NodeService {
                         Ok(minted) => pb::SignedSvid {
                             spiffe_id,
                             certificate: minted.cert_der,
+                            intermediates: minted.chain,
                             serial: minted.serial,
                             not_after: minted.not_after,
                             error: String::new(),

@@ -87,7 +87,12 @@ fn mint_server_svid(issuer: &Issuer) -> anyhow::Result<(Arc<CertifiedKey>, i64)>
     let minted = issuer.mint_server_x509(&spki, &request)?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let signing = rustls::crypto::ring::sign::any_ecdsa_type(&der)?;
-    let certified = CertifiedKey::new(vec![CertificateDer::from(minted.cert_der)], signing);
+    let chain = minted
+        .full_chain()
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let certified = CertifiedKey::new(chain, signing);
     Ok((Arc::new(certified), minted.not_after))
 }
 

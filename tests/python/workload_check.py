@@ -5,14 +5,15 @@ Finds the socket in SPIFFE_ENDPOINT_SOCKET, like every SPIFFE client.
 
   workload_check.py watch N    stream X.509 contexts; print one JSON line per update:
                                {"ids": [...], "hints": [...], "serials": [...],
-                                "not_after": [...], "verified": true}
+                                "not_after": [...], "chain_lens": [...], "verified": true}
                                and {"error": "..."} when the stream fails; stop after N
                                updates or the first error.
   workload_check.py jwt AUD    fetch a JWT-SVID for AUD and validate it through the
                                Workload API; print {"sub": ..., "validated": true}.
 
-"verified" is what the clients themselves do not check: each SVID's leaf is signed by a CA
-of its own trust domain's bundle, and the private key is the certificate's.
+"verified" is what the clients themselves do not check: each SVID's chain (the leaf, then
+any intermediates, each signed by the next) ends in a certificate signed by a CA of its own
+trust domain's bundle, and the private key is the leaf's.
 """
 
 import json
@@ -29,10 +30,16 @@ def verified(ctx):
         if bundle is None:
             return False
         leaf = svid.leaf
+        chain = list(svid.cert_chain)
+        for child, parent in zip(chain, chain[1:]):
+            try:
+                child.verify_directly_issued_by(parent)
+            except Exception:
+                return False
         signed = False
         for ca in bundle.x509_authorities:
             try:
-                leaf.verify_directly_issued_by(ca)
+                chain[-1].verify_directly_issued_by(ca)
                 signed = True
                 break
             except Exception:
@@ -51,6 +58,7 @@ def describe(ctx):
         "ids": [str(s.spiffe_id) for s in svids],
         "serials": [format(s.leaf.serial_number, "x") for s in svids],
         "not_after": [int(s.leaf.not_valid_after_utc.timestamp()) for s in svids],
+        "chain_lens": [len(s.cert_chain) for s in svids],
         "verified": verified(ctx),
     }
 

@@ -2,7 +2,9 @@
 //!
 //! Path building and signatures are rustls-webpki's; this module adds what webpki does
 //! not know: the SPIFFE ID in the one URI SAN, the trust domain the bundle must belong
-//! to, the leaf's key usage, and writ's claims extension.
+//! to, the leaf's key usage, writ's claims extension, and the shape of the intermediates
+//! a writ server signs through (a CA that may sign leaves only, of the leaf's own trust
+//! domain).
 
 use crate::claims::{CLAIMS_OID_DER, ClaimsError, WritClaims};
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -71,7 +73,15 @@ pub enum X509SvidError {
     /// The claims extension is present but unreadable.
     #[error(transparent)]
     Claims(#[from] ClaimsError),
+    /// A presented intermediate is not a signing certificate of the leaf's trust domain
+    /// that signs leaves only (cA true, pathLenConstraint 0, keyCertSign), or there are
+    /// too many of them.
+    #[error("intermediate certificate refused: {0}")]
+    Intermediate(String),
 }
+
+/// The most intermediates a peer may present with its leaf.
+pub const MAX_INTERMEDIATES: usize = 4;
 
 /// Verifies `chain` (leaf first) against `bundle`, the CA certificates of `trust_domain`.
 ///
@@ -100,6 +110,21 @@ pub fn verify_x509_svid(
     }
     check_leaf_usage(&leaf)?;
     let claims = leaf_claims(&leaf)?;
+    // A root the peer sends along is already an anchor: it is not an intermediate.
+    let intermediates: Vec<CertificateDer<'_>> = chain[1..]
+        .iter()
+        .filter(|c| !bundle.iter().any(|root| root.as_ref() == c.as_ref()))
+        .cloned()
+        .collect();
+    if intermediates.len() > MAX_INTERMEDIATES {
+        return Err(X509SvidError::Intermediate(format!(
+            "{} presented, at most {MAX_INTERMEDIATES}",
+            intermediates.len()
+        )));
+    }
+    for der in &intermediates {
+        check_intermediate(der, trust_domain)?;
+    }
 
     let anchors = bundle
         .iter()
@@ -118,7 +143,7 @@ pub fn verify_x509_svid(
         .verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
             &anchors,
-            &chain[1..],
+            &intermediates,
             now,
             eku,
             None,
@@ -159,6 +184,49 @@ pub fn leaf_spiffe_id(leaf: &X509Certificate<'_>) -> Result<SpiffeId, X509SvidEr
         return Err(X509SvidError::SpiffeId(format!("{uri} has no path")));
     }
     Ok(id)
+}
+
+/// An intermediate as writ issues them (X509-SVID.md §3.2, §4.1, §4.3): cA true with
+/// pathLenConstraint 0, keyCertSign, and at most a URI SAN that is the trust domain's own
+/// ID (a signing certificate's SPIFFE ID has no path).
+fn check_intermediate(der: &[u8], trust_domain: &TrustDomain) -> Result<(), X509SvidError> {
+    let refuse = |reason: String| X509SvidError::Intermediate(reason);
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| refuse(e.to_string()))?;
+    let constraints = cert
+        .basic_constraints()
+        .map_err(|e| refuse(e.to_string()))?
+        .map(|ext| ext.value.clone());
+    match constraints {
+        Some(bc) if bc.ca && bc.path_len_constraint == Some(0) => {}
+        Some(bc) if bc.ca => {
+            return Err(refuse(format!(
+                "pathLenConstraint is {:?}, must be 0",
+                bc.path_len_constraint
+            )));
+        }
+        _ => return Err(refuse("not a CA certificate".into())),
+    }
+    let key_usage = cert
+        .key_usage()
+        .map_err(|e| refuse(e.to_string()))?
+        .ok_or_else(|| refuse("key usage missing".into()))?;
+    if !key_usage.value.key_cert_sign() {
+        return Err(refuse("keyCertSign not set".into()));
+    }
+    let want = trust_domain.id_string();
+    if let Some(san) = cert
+        .subject_alternative_name()
+        .map_err(|e| refuse(e.to_string()))?
+    {
+        for name in &san.value.general_names {
+            if let GeneralName::URI(uri) = name
+                && *uri != want
+            {
+                return Err(refuse(format!("URI SAN {uri} is not {want}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_leaf_usage(leaf: &X509Certificate<'_>) -> Result<(), X509SvidError> {

@@ -46,6 +46,7 @@ impl AdminService {
         Ok(Response::new(pb::MintX509SvidResponse {
             spiffe_id: spiffe_id.to_string(),
             certificate: minted.cert_der,
+            intermediates: minted.chain,
             bundle: self.issuer.cas.ca(band).x509_bundle(),
             serial: minted.serial,
             not_after: minted.not_after,

@@ -6,6 +6,7 @@
 
 pub mod attest;
 pub mod cache;
+pub mod endpoints;
 pub mod grants;
 pub mod h2_authority;
 pub mod listener;

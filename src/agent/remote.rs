@@ -3,6 +3,7 @@
 //! server to sign — all over mTLS, where we verify the server's SVID with writ's own
 //! SPIFFE verifier (rustls' name check cannot).
 
+use super::endpoints::{NodeHealth, Servers};
 use crate::audit::activity::Activity;
 use crate::backoff::Backoff;
 use crate::ca::{BundleSet, TrustBundle, bundle::pem};
@@ -42,8 +43,9 @@ pub enum Attestation {
 /// What the agent needs to reach the server.
 #[derive(Clone, Debug)]
 pub struct RemoteConfig {
-    /// `host:port` of the server's node API.
-    pub server: String,
+    /// `host:port` of each server's node API (1 to [`super::endpoints::MAX_SERVERS`]),
+    /// tried in turn; a name may resolve to several addresses.
+    pub servers: Vec<String>,
     /// The base trust domain.
     pub base: TrustDomain,
     /// The agent's own state (node key and SVID).
@@ -95,9 +97,15 @@ impl ResolvesClientCert for TlsState {
 /// The server, over the network.
 pub struct RemoteNode {
     config: RemoteConfig,
+    servers: Arc<Servers>,
     clock: SharedClock,
     tls: Arc<TlsState>,
-    client: NodeClient<Channel>,
+    /// Replaced (see [`RemoteNode::gone`]) when a server says it cannot serve while its
+    /// connection stays up: only a new connection moves the agent to the next server.
+    client: RwLock<NodeClient<Channel>>,
+    make_channel: Box<dyn Fn() -> anyhow::Result<Channel> + Send + Sync>,
+    /// Ticks when `client` is replaced, so the Sync stream follows.
+    switched: watch::Sender<u64>,
     policy: watch::Sender<Arc<PolicySnapshot>>,
     bundles: watch::Sender<Arc<BundleSet>>,
     max_svid_ttl_secs: std::sync::atomic::AtomicU64,
@@ -106,7 +114,7 @@ pub struct RemoteNode {
 impl std::fmt::Debug for RemoteNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteNode")
-            .field("server", &self.config.server)
+            .field("servers", &self.config.servers)
             .finish_non_exhaustive()
     }
 }
@@ -226,31 +234,47 @@ impl RemoteNode {
         // no client identity, and every connection should prove the current node SVID.
         client_config.resumption = rustls::client::Resumption::disabled();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
-        let address = config.server.clone();
-        // Channels connect lazily. Attestation gets a channel of its own: a connection
-        // made before the node SVID existed carries no client certificate, so the main
-        // channel must not be the one that attested.
+        let servers = Arc::new(Servers::new(config.servers.clone()));
+        let dialer = Arc::clone(&servers);
+        // Channels connect lazily, and reconnect through `Servers::connect` whenever their
+        // connection closed: that is where the agent moves to the next server.
+        // Attestation gets a channel of its own: a connection made before the node SVID
+        // existed carries no client certificate, so the main channel must not be the one
+        // that attested.
         let make_channel = move || -> anyhow::Result<Channel> {
             let connector = connector.clone();
-            let address = address.clone();
+            let dialer = Arc::clone(&dialer);
             Ok(Endpoint::try_from("http://writ-server")?
-                .connect_timeout(Duration::from_secs(10))
+                // A server that vanished without closing the connection (host down, a
+                // partition) must break the Sync stream, or the agent would wait forever.
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
                 .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
                     let connector = connector.clone();
-                    let address = address.clone();
+                    let dialer = Arc::clone(&dialer);
                     async move {
-                        let tcp = tokio::net::TcpStream::connect(&address).await?;
-                        tcp.set_nodelay(true)?;
-                        // The name is not checked (the SPIFFE verifier checks the ID).
-                        let name =
-                            ServerName::try_from("writ-server").map_err(std::io::Error::other)?;
-                        let tls = connector.connect(name, tcp).await?;
+                        let tls = dialer
+                            .connect(|address| {
+                                let connector = connector.clone();
+                                async move {
+                                    let tcp = tokio::net::TcpStream::connect(address).await?;
+                                    tcp.set_nodelay(true)?;
+                                    // The name is not checked (the SPIFFE verifier checks
+                                    // the ID).
+                                    let name = ServerName::try_from("writ-server")
+                                        .map_err(std::io::Error::other)?;
+                                    connector.connect(name, tcp).await
+                                }
+                            })
+                            .await?;
                         Ok::<_, std::io::Error>(TokioIo::new(tls))
                     }
                 })))
         };
         let node = Arc::new(RemoteNode {
-            client: NodeClient::new(make_channel()?),
+            client: RwLock::new(NodeClient::new(make_channel()?)),
+            switched: watch::channel(0).0,
             tls,
             policy: watch::channel(Arc::new(PolicySnapshot::default())).0,
             bundles: watch::channel(Arc::new(BundleSet::default())).0,
@@ -258,10 +282,15 @@ impl RemoteNode {
                 crate::ca::CaConfig::default().max_svid_ttl.as_secs(),
             ),
             config,
+            servers,
             clock,
+            make_channel: Box::new(make_channel.clone()),
         });
         if !node.load_node_svid()? {
-            node.attest(NodeClient::new(make_channel()?)).await?;
+            let attested = node.attest(NodeClient::new(make_channel()?)).await;
+            // Its channel is dropped now: the main channel's first connect is no loss.
+            node.servers.release();
+            attested?;
         }
         let mut stream = node.open_sync().await?;
         let first = stream
@@ -397,11 +426,12 @@ impl RemoteNode {
     }
 
     async fn open_sync(&self) -> anyhow::Result<tonic::Streaming<pb::SyncUpdate>> {
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let stream = client
             .sync(pb::SyncRequest {})
             .await
             .map_err(|s| {
+                self.gone(&s);
                 anyhow::anyhow!(
                     "sync with the server failed: {}",
                     crate::errors::describe_status(&s)
@@ -441,29 +471,42 @@ impl RemoteNode {
         Ok(())
     }
 
-    /// Follows the Sync stream, reconnecting with backoff when it breaks. The backoff
-    /// resets only when an update arrives: a server that accepts the stream and drops it
-    /// at once is a failure too, and must not be retried at the base delay forever.
+    /// Follows the Sync stream, reconnecting with backoff when it breaks: a broken stream
+    /// means the server is gone, and the agent moves to the next one. The backoff resets
+    /// only when an update arrives: a server that accepts the stream and drops it at once
+    /// is a failure too, and must not be retried at the base delay forever. When a failing
+    /// call moved the agent to another server, the stream follows at once.
     async fn follow_sync(self: Arc<Self>, first: tonic::Streaming<pb::SyncUpdate>) {
         let mut stream: Option<tonic::Streaming<pb::SyncUpdate>> = Some(first);
         let mut backoff = Backoff::new(SYNC_RETRY_BASE, SYNC_RETRY_CAP);
-        let failure_log = crate::throttle::Throttle::new(Duration::from_secs(30));
+        let mut switched = self.switched.subscribe();
         loop {
             let current = match stream.as_mut() {
                 Some(s) => s,
-                None => match self.open_sync().await {
-                    Ok(s) => stream.insert(s),
-                    Err(e) => {
-                        let retry_in = backoff.next_delay();
-                        if let Some(suppressed) = failure_log.allow() {
-                            tracing::warn!(error = %e, suppressed, ?retry_in, "sync with the server failed; retrying");
+                None => {
+                    switched.mark_unchanged();
+                    match self.open_sync().await {
+                        Ok(s) => stream.insert(s),
+                        Err(e) => {
+                            // The link's transitions are logged by `Servers`; this is
+                            // the detail.
+                            let retry_in = backoff.next_delay();
+                            tracing::debug!(error = %e, ?retry_in, "sync with the server failed; retrying");
+                            tokio::time::sleep(retry_in).await;
+                            continue;
                         }
-                        tokio::time::sleep(retry_in).await;
-                        continue;
                     }
-                },
+                }
             };
-            let error = match current.message().await {
+            let message = tokio::select! {
+                message = current.message() => message,
+                _ = switched.changed() => {
+                    tracing::debug!("moved to another server; reopening the sync stream there");
+                    stream = None;
+                    continue;
+                }
+            };
+            let error = match message {
                 Ok(Some(update)) => {
                     backoff.reset();
                     if let Err(e) = self.apply(&update) {
@@ -475,10 +518,9 @@ impl RemoteNode {
                 Err(status) => crate::errors::describe_status(&status),
             };
             stream = None;
+            self.fail_over(&format!("sync stream ended: {error}"));
             let retry_in = backoff.next_delay();
-            if let Some(suppressed) = failure_log.allow() {
-                tracing::warn!(%error, suppressed, ?retry_in, "sync stream ended; reconnecting");
-            }
+            tracing::debug!(%error, ?retry_in, "sync stream ended; reconnecting");
             tokio::time::sleep(retry_in).await;
         }
     }
@@ -499,11 +541,13 @@ impl RemoteNode {
             let result = async {
                 let (csr, key) = new_csr()?;
                 let svid = self
-                    .client
-                    .clone()
+                    .client()
                     .renew_node_svid(pb::RenewNodeSvidRequest { csr })
                     .await
-                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                    .map_err(|s| {
+                        self.gone(&s);
+                        anyhow::anyhow!("{}", s.message())
+                    })?
                     .into_inner();
                 self.store(&svid, &key)
             }
@@ -522,6 +566,45 @@ impl RemoteNode {
         }
     }
 
+    fn client(&self) -> NodeClient<Channel> {
+        self.client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Fails over when `status` says the server cannot serve (`Unavailable`: its
+    /// connection broke, or it answered that it cannot serve now — a replica that lost
+    /// its database, say). Refusals of policy (permission denied, invalid, limited) are
+    /// answers, not failures, and change nothing. The connection is replaced only on the
+    /// transition (see [`RemoteNode::fail_over`]).
+    fn gone(&self, status: &tonic::Status) {
+        if status.code() != tonic::Code::Unavailable {
+            return;
+        }
+        self.fail_over(&crate::errors::describe_status(status));
+    }
+
+    /// The server is gone: the next connection goes to the next one. The connection is
+    /// replaced only on the transition (a burst of failing calls makes one switch).
+    fn fail_over(&self, reason: &str) {
+        if !self.servers.lost(reason) {
+            return;
+        }
+        match (self.make_channel)() {
+            Ok(channel) => {
+                *self.client.write().unwrap_or_else(|p| p.into_inner()) = NodeClient::new(channel);
+                self.switched.send_modify(|n| *n += 1);
+            }
+            Err(e) => tracing::error!(error = %e, "making a new node API channel failed"),
+        }
+    }
+
+    /// The link to the servers: connected to which, since when, the last error.
+    pub fn health(&self) -> watch::Receiver<NodeHealth> {
+        self.servers.health()
+    }
+
     /// The base bundle as PEM (for operators: what the agent trusts now).
     pub fn base_bundle_pem(&self) -> String {
         self.tls
@@ -532,6 +615,9 @@ impl RemoteNode {
     }
 }
 
+/// HTTP/2 pings on the node API connection: how a silent dead server is noticed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reconnecting the Sync stream: capped low, because an agent off the stream misses
 /// revocations until it is back.
 const SYNC_RETRY_BASE: Duration = Duration::from_millis(200);
@@ -587,7 +673,7 @@ impl NodeApi for RemoteNode {
                     })
                     .collect(),
             };
-            match self.client.clone().sign_x509_svids(request).await {
+            match self.client().sign_x509_svids(request).await {
                 Ok(response) => {
                     let mut signed = response.into_inner().svids.into_iter();
                     for _ in chunk {
@@ -598,6 +684,7 @@ impl NodeApi for RemoteNode {
                     }
                 }
                 Err(status) => {
+                    self.gone(&status);
                     let error = NodeError::from(status);
                     out.extend(chunk.iter().map(|_| Err(error.clone())));
                 }
@@ -611,15 +698,17 @@ impl NodeApi for RemoteNode {
         spiffe_id: &SpiffeId,
         audience: Vec<String>,
     ) -> Result<String, NodeError> {
-        self.client
-            .clone()
+        self.client()
             .sign_jwt_svid(pb::SignJwtSvidRequest {
                 spiffe_id: spiffe_id.to_string(),
                 audience,
             })
             .await
             .map(|r| r.into_inner().token)
-            .map_err(NodeError::from)
+            .map_err(|status| {
+                self.gone(&status);
+                NodeError::from(status)
+            })
     }
 
     async fn request_grant(
@@ -629,8 +718,7 @@ impl NodeApi for RemoteNode {
         uid: Option<u32>,
     ) -> Result<Grant, NodeError> {
         let response = self
-            .client
-            .clone()
+            .client()
             .request_grant(pb::NodeGrantRequest {
                 requested_by: requested_by.to_string(),
                 requester_uid: uid,
@@ -659,8 +747,7 @@ impl NodeApi for RemoteNode {
         serial: &str,
     ) -> Result<u64, NodeError> {
         let raw = activity.to_raw();
-        self.client
-            .clone()
+        self.client()
             .record_activity(pb::NodeActivityRequest {
                 spiffe_id: spiffe_id.to_string(),
                 serial: serial.to_owned(),
@@ -681,8 +768,7 @@ impl NodeApi for RemoteNode {
         spiffe_id: &SpiffeId,
         selectors: &[String],
     ) -> Result<u64, NodeError> {
-        self.client
-            .clone()
+        self.client()
             .record_attestation(pb::NodeAttestationRequest {
                 spiffe_id: spiffe_id.to_string(),
                 selectors: selectors.to_vec(),

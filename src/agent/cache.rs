@@ -516,7 +516,180 @@ pub fn split_der(mut der: &[u8]) -> Vec<CertificateDer<'static>> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::audit::activity::Activity;
+    use crate::ca::BundleSet;
+    use crate::clock::ManualClock;
+    use crate::node_api::SignedX509;
+    use crate::policy::{Grant, GrantRequest, Profile, Selector};
+    use spiffe::{SpiffeId, TrustDomain};
+
+    const ID: &str = "spiffe://example.org/service/log-store";
+
+    /// A server that is down: every call fails as unavailable; policy entitles `ID`.
+    struct Down {
+        base: TrustDomain,
+        policy: watch::Sender<Arc<PolicySnapshot>>,
+        bundles: watch::Sender<Arc<BundleSet>>,
+    }
+
+    impl Down {
+        fn new() -> Arc<Self> {
+            let mut policy = PolicySnapshot::default();
+            policy.profiles.insert(
+                "log-store".into(),
+                Profile {
+                    name: "log-store".into(),
+                    selectors: [Selector::Uid(4242)].into(),
+                    bands: Default::default(),
+                    scopes: Default::default(),
+                    service: true,
+                    created_at: 0,
+                },
+            );
+            Arc::new(Down {
+                base: TrustDomain::new("example.org").unwrap(),
+                policy: watch::channel(Arc::new(policy)).0,
+                bundles: watch::channel(Arc::new(BundleSet::default())).0,
+            })
+        }
+    }
+
+    fn down() -> NodeError {
+        NodeError::Unavailable("no server answered".into())
+    }
+
+    #[tonic::async_trait]
+    impl NodeApi for Down {
+        fn base(&self) -> &TrustDomain {
+            &self.base
+        }
+        fn policy(&self) -> watch::Receiver<Arc<PolicySnapshot>> {
+            self.policy.subscribe()
+        }
+        fn bundles(&self) -> watch::Receiver<Arc<BundleSet>> {
+            self.bundles.subscribe()
+        }
+        fn max_svid_ttl(&self) -> Duration {
+            Duration::from_secs(3600)
+        }
+        async fn sign_x509_batch(
+            &self,
+            csrs: Vec<(SpiffeId, Vec<u8>)>,
+        ) -> Vec<Result<SignedX509, NodeError>> {
+            csrs.iter().map(|_| Err(down())).collect()
+        }
+        async fn sign_jwt(&self, _: &SpiffeId, _: Vec<String>) -> Result<String, NodeError> {
+            Err(down())
+        }
+        async fn request_grant(
+            &self,
+            _: GrantRequest,
+            _: &SpiffeId,
+            _: Option<u32>,
+        ) -> Result<Grant, NodeError> {
+            Err(down())
+        }
+        async fn record_activity(
+            &self,
+            _: &Activity,
+            _: &SpiffeId,
+            _: &str,
+        ) -> Result<u64, NodeError> {
+            Err(down())
+        }
+        async fn record_attestation(&self, _: &SpiffeId, _: &[String]) -> Result<u64, NodeError> {
+            Err(down())
+        }
+    }
+
+    fn held(issued_at: i64, not_after: i64, renew_at: i64) -> Arc<CachedSvid> {
+        Arc::new(CachedSvid {
+            spiffe_id: ID.into(),
+            cert_der: vec![0x30, 0x00],
+            key_pkcs8: Zeroizing::new(vec![1, 2, 3]),
+            serial: "0a".into(),
+            issued_at,
+            not_after,
+            renew_at,
+        })
+    }
+
+    fn cache_holding(svid: Arc<CachedSvid>, clock: &ManualClock) -> (Arc<Down>, SvidCache) {
+        let node = Down::new();
+        let cache = SvidCache::new(
+            Arc::clone(&node) as Arc<dyn NodeApi>,
+            Arc::new(clock.clone()),
+        );
+        cache.entries.lock().unwrap().insert(ID.into(), svid);
+        (node, cache)
+    }
+
+    #[tokio::test]
+    async fn while_the_server_is_down_an_svid_is_served_until_it_expires_then_withdrawn() {
+        let t = 1_000_000;
+        let clock = ManualClock::at(t);
+        // Due for renewal, 20 s of life left.
+        let (node, cache) = cache_holding(held(t - 40, t + 20, t - 10), &clock);
+        let policy = node.policy.borrow().clone();
+        let changed = cache.subscribe();
+        let next = cache.maintain(&policy).await.unwrap();
+        // The renewal failed: still served, retried later but no later than the expiry.
+        assert_eq!(cache.current(ID).unwrap().serial, "0a");
+        let retry = cache.current(ID).unwrap().renew_at;
+        assert!(retry > t && retry <= t + 20, "retry at {retry}");
+        assert!(next > t && next <= t + 20, "next wake-up at {next}");
+        assert!(
+            !changed.has_changed().unwrap(),
+            "nothing changed for streams"
+        );
+
+        clock.advance(Duration::from_secs(19));
+        cache.maintain(&policy).await;
+        assert!(
+            cache.current(ID).is_some(),
+            "a second of life left: still served"
+        );
+
+        clock.advance(Duration::from_secs(1));
+        cache.maintain(&policy).await;
+        assert!(cache.current(ID).is_none());
+        assert!(
+            cache.entries.lock().unwrap().is_empty(),
+            "expired SVID dropped"
+        );
+        assert!(
+            changed.has_changed().unwrap(),
+            "streams woken to withdraw it"
+        );
+        // And a stream asking again is told the server is unavailable, not served it.
+        let entitlement = entitlement_for(
+            &policy,
+            &node.base,
+            &writ_verifier::parse_spiffe_id(ID).unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(
+            cache.get(&entitlement).await,
+            Err(NodeError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn back_from_a_cut_off_svids_past_a_third_of_their_life_are_due_soon() {
+        let t = 1_000_000;
+        let clock = ManualClock::at(t);
+        // 90 s of life, 30 s gone: a third. Normally due at half-life, t + 15.
+        let (_node, cache) = cache_holding(held(t - 30, t + 60, t + 15), &clock);
+        assert_eq!(cache.renew_early_after_cut_off(), 1);
+        let at = cache.current(ID).unwrap().renew_at;
+        assert!((t..t + 15).contains(&at), "renew at {at}");
+        // Younger than a third: left on its schedule.
+        let (_node, young) = cache_holding(held(t - 29, t + 61, t + 16), &clock);
+        assert_eq!(young.renew_early_after_cut_off(), 0);
+        assert_eq!(young.current(ID).unwrap().renew_at, t + 16);
+    }
 
     #[test]
     fn renewal_is_at_half_life_within_ten_percent() {

@@ -77,7 +77,6 @@ impl Proc {
         let stdout = logs.with_extension("out");
         let stderr = logs.with_extension("err");
         let child = command
-            .env_remove("WRIT_LOG")
             .env_remove("WRIT_ADMIN_SOCKET")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
@@ -92,9 +91,14 @@ impl Proc {
         }
     }
 
-    fn writ(what: &str, args: &[&std::ffi::OsStr], logs: &Path) -> Proc {
+    /// `writ ARGS`, logging at `log` (a `WRIT_LOG` filter; writ's default when `None`).
+    fn writ(what: &str, args: &[&std::ffi::OsStr], logs: &Path, log: Option<&str>) -> Proc {
         let mut command = Command::new(WRIT);
         command.args(args);
+        match log {
+            Some(filter) => command.env("WRIT_LOG", filter),
+            None => command.env_remove("WRIT_LOG"),
+        };
         Proc::spawn(what, command, logs)
     }
 
@@ -168,6 +172,7 @@ impl Server {
             "writ server",
             &["server".as_ref(), "--config".as_ref(), config.as_os_str()],
             logs,
+            None,
         )
     }
 
@@ -257,7 +262,8 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(dir: &Path, servers: &str, bundle: &Path, token: &str) -> Agent {
+    /// Starts the agent; `log` as in [`Proc::writ`].
+    fn start(dir: &Path, servers: &str, bundle: &Path, token: &str, log: Option<&str>) -> Agent {
         let data_dir = dir.join("agent");
         let config = write(
             &dir.join("agent.toml"),
@@ -273,6 +279,7 @@ impl Agent {
                 "writ agent",
                 &["agent".as_ref(), "--config".as_ref(), config.as_os_str()],
                 &dir.join("agent.log"),
+                log,
             ),
             data_dir,
         };
@@ -442,6 +449,8 @@ fn an_agent_skips_a_dead_address_and_gets_its_identity_from_the_next() {
         &format!("[{}, {}]", toml_string(&dead), toml_string(&live)),
         &bundle,
         &token,
+        // The link's steps while starting are debug detail.
+        Some("warn,writ=debug"),
     );
     let answer = fetch(&agent.socket());
     assert_eq!(ids(&answer), Some(vec![IDENTITY.to_owned()]), "{answer}");
@@ -449,7 +458,7 @@ fn an_agent_skips_a_dead_address_and_gets_its_identity_from_the_next() {
     let log = agent.log();
     assert!(
         log.lines()
-            .any(|l| l.contains("trying server") && l.contains(&dead)),
+            .any(|l| l.contains("starting: trying server") && l.contains(&dead)),
         "the dead address was tried first:\n{log}"
     );
     assert!(
@@ -468,7 +477,7 @@ fn a_workload_keeps_its_svid_while_the_server_is_down_and_the_agent_comes_back_b
     let dir = dir.path();
     let mut server = Server::start(dir, "server");
     let (bundle, token) = server.prepare(dir);
-    let mut agent = Agent::start(dir, &toml_string(&server.address()), &bundle, &token);
+    let mut agent = Agent::start(dir, &toml_string(&server.address()), &bundle, &token, None);
     let watch = Watch::start(dir, &agent.socket());
     watch.wait_for("the identity", |u| ids(u).is_some_and(|i| !i.is_empty()));
 

@@ -342,6 +342,10 @@ impl SvidCache {
                     .is_none_or(|svid| svid.renew_at <= now)
             });
             let refs: Vec<&Entitlement> = due.iter().collect();
+            // One retry instant and one log line per pass, however many renewals failed:
+            // an outage must not become a log flood or jump the backoff to its cap.
+            let mut retry: Option<(i64, Duration)> = None;
+            let mut failed: Vec<(String, NodeError)> = Vec::new();
             for (entitlement, result) in due.iter().zip(self.issue(&refs).await) {
                 let id = entitlement.spiffe_id.to_string();
                 match result {
@@ -357,12 +361,17 @@ impl SvidCache {
                         changed = true;
                     }
                     Err(e) => {
-                        let retry_in = self.lock_retry().next_delay();
-                        let retry_at = now + retry_in.as_secs().max(1) as i64;
+                        let (retry_at, _) = *retry.get_or_insert_with(|| {
+                            let retry_in = self.lock_retry().next_delay();
+                            (now + retry_in.as_secs().max(1) as i64, retry_in)
+                        });
                         self.reschedule(&id, |svid| retry_at.min(svid.not_after));
-                        tracing::warn!(spiffe_id = %id, error = %e, ?retry_in, "renewal failed; will retry")
+                        failed.push((id, e));
                     }
                 }
+            }
+            if let (Some((_, retry_in)), Some((spiffe_id, error))) = (retry, failed.first()) {
+                tracing::warn!(%spiffe_id, %error, failed = failed.len(), ?retry_in, "renewal failed; will retry (served until expiry meanwhile)");
             }
         }
         if changed {

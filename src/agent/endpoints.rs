@@ -212,6 +212,9 @@ pub struct Servers {
     link: Mutex<Link>,
     health: watch::Sender<NodeHealth>,
     still_down: Throttle,
+    /// Until the agent is up, transitions are debug detail: a start that fails says why
+    /// in its one error line, and one that succeeds says where it connected once.
+    starting: std::sync::atomic::AtomicBool,
 }
 
 impl Servers {
@@ -229,6 +232,7 @@ impl Servers {
             })
             .0,
             still_down: Throttle::new(STILL_DOWN_EVERY),
+            starting: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -273,10 +277,16 @@ impl Servers {
             if let Some(trying) = self.with_link(|l| l.trying(index)) {
                 self.note(trying, None);
             }
-            let addresses = match tokio::net::lookup_host(entry.as_str()).await {
-                Ok(found) => found.collect::<Vec<_>>(),
-                Err(e) => {
+            let lookup =
+                tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host(entry.as_str()));
+            let addresses = match lookup.await {
+                Ok(Ok(found)) => found.collect::<Vec<_>>(),
+                Ok(Err(e)) => {
                     errors.push(format!("{entry}: {e}"));
+                    continue;
+                }
+                Err(_) => {
+                    errors.push(format!("{entry}: name lookup timed out"));
                     continue;
                 }
             };
@@ -354,8 +364,35 @@ impl Servers {
         self.log(&transition, error.as_deref());
     }
 
+    /// The agent is up: from now on every transition is logged at info or warn. Logs
+    /// where it is connected.
+    pub fn started(&self) {
+        self.starting
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        match &self.health.borrow().connected_to {
+            Some(server) => tracing::info!(%server, "connected to server"),
+            None => tracing::info!("started; not connected to a server yet"),
+        }
+    }
+
     fn log(&self, transition: &Transition, error: Option<&str>) {
         let name = |i: &usize| self.entries.get(*i).map_or("?", String::as_str);
+        if self.starting.load(std::sync::atomic::Ordering::Relaxed) {
+            let (what, server) = match transition {
+                Transition::Trying(entry) => ("trying server", name(entry)),
+                Transition::Connected { entry, .. } => ("connected to server", name(entry)),
+                Transition::Lost(entry) => ("lost server", name(entry)),
+                Transition::AllDown { .. } | Transition::StillDown { .. } => {
+                    ("all servers down", "")
+                }
+            };
+            tracing::debug!(
+                server,
+                error = error.unwrap_or_default(),
+                "starting: {what}"
+            );
+            return;
+        }
         match transition {
             Transition::Trying(entry) => tracing::info!(server = name(entry), "trying server"),
             Transition::Connected { entry, down_for } => match down_for {

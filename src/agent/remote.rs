@@ -304,6 +304,7 @@ impl RemoteNode {
             })?
             .context("the server closed the sync stream")?;
         node.apply(&first)?;
+        node.servers.started();
         tokio::spawn(Arc::clone(&node).follow_sync(stream));
         tokio::spawn(Arc::clone(&node).renew_node_svid());
         Ok(node)

@@ -67,13 +67,18 @@ pub fn renew_at(not_before: i64, not_after: i64, now: i64, cut_off: bool, jitter
         jitter.clamp(0.0, 1.0)
     };
     let lifetime = (not_after - not_before).max(1);
-    if cut_off && (now - not_before) * 3 >= lifetime {
+    if cut_off && past_a_third(not_before, not_after, now) {
         let left = (not_after - now).max(0);
         let spread = RECOVERY_SPREAD.as_secs().min((left / 3) as u64) as f64;
         return now + (spread * jitter) as i64;
     }
     let half_life_share = 0.5 + (jitter * 2.0 - 1.0) * 0.05;
     not_before + ((lifetime as f64 * half_life_share) as i64).max(1)
+}
+
+/// Whether an SVID living from `not_before` to `not_after` is past a third of its life.
+fn past_a_third(not_before: i64, not_after: i64, now: i64) -> bool {
+    (now - not_before).saturating_mul(3) >= (not_after - not_before).max(1)
 }
 
 /// The window over which SVIDs due after a cut-off are renewed.
@@ -420,6 +425,9 @@ impl SvidCache {
         let mut moved = 0;
         for id in ids {
             self.reschedule(&id, |svid| {
+                if !past_a_third(svid.issued_at, svid.not_after, now) {
+                    return svid.renew_at;
+                }
                 let early = renew_at(
                     svid.issued_at,
                     svid.not_after,
@@ -689,11 +697,12 @@ mod tests {
     async fn back_from_a_cut_off_svids_past_a_third_of_their_life_are_due_soon() {
         let t = 1_000_000;
         let clock = ManualClock::at(t);
-        // 90 s of life, 30 s gone: a third. Normally due at half-life, t + 15.
-        let (_node, cache) = cache_holding(held(t - 30, t + 60, t + 15), &clock);
+        // 180 s of life, 60 s gone: a third. Normally due at half-life, t + 30; now
+        // within the 30 s spread (a jitter sample is below 1, so strictly before).
+        let (_node, cache) = cache_holding(held(t - 60, t + 120, t + 30), &clock);
         assert_eq!(cache.renew_early_after_cut_off(), 1);
         let at = cache.current(ID).unwrap().renew_at;
-        assert!((t..t + 15).contains(&at), "renew at {at}");
+        assert!((t..t + 30).contains(&at), "renew at {at}");
         // Younger than a third: left on its schedule.
         let (_node, young) = cache_holding(held(t - 29, t + 61, t + 16), &clock);
         assert_eq!(young.renew_early_after_cut_off(), 0);

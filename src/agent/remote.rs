@@ -100,11 +100,13 @@ pub struct RemoteNode {
     servers: Arc<Servers>,
     clock: SharedClock,
     tls: Arc<TlsState>,
-    /// Replaced (see [`RemoteNode::gone`]) when a server says it cannot serve while its
-    /// connection stays up: only a new connection moves the agent to the next server.
+    /// Replaced (see [`RemoteNode::fail_over`]) when the server is gone, including when
+    /// it says it cannot serve while its connection stays up: only a new connection moves
+    /// the agent to the next server.
     client: RwLock<NodeClient<Channel>>,
     make_channel: Box<dyn Fn() -> anyhow::Result<Channel> + Send + Sync>,
-    /// Ticks when `client` is replaced, so the Sync stream follows.
+    /// Which `client` is current: ticks when it is replaced, so the Sync stream follows
+    /// and a failure seen on a replaced one moves nothing.
     switched: watch::Sender<u64>,
     policy: watch::Sender<Arc<PolicySnapshot>>,
     bundles: watch::Sender<Arc<BundleSet>>,
@@ -292,7 +294,7 @@ impl RemoteNode {
             node.servers.release();
             attested?;
         }
-        let mut stream = node.open_sync().await?;
+        let (mut stream, generation) = node.open_sync().await?;
         let first = stream
             .message()
             .await
@@ -305,7 +307,7 @@ impl RemoteNode {
             .context("the server closed the sync stream")?;
         node.apply(&first)?;
         node.servers.started();
-        tokio::spawn(Arc::clone(&node).follow_sync(stream));
+        tokio::spawn(Arc::clone(&node).follow_sync(stream, generation));
         tokio::spawn(Arc::clone(&node).renew_node_svid());
         Ok(node)
     }
@@ -426,20 +428,22 @@ impl RemoteNode {
         self.store(&svid, &key)
     }
 
-    async fn open_sync(&self) -> anyhow::Result<tonic::Streaming<pb::SyncUpdate>> {
-        let mut client = self.client();
+    /// Opens the Sync stream on the current connection; returns it with the connection's
+    /// generation.
+    async fn open_sync(&self) -> anyhow::Result<(tonic::Streaming<pb::SyncUpdate>, u64)> {
+        let (mut client, generation) = self.client();
         let stream = client
             .sync(pb::SyncRequest {})
             .await
             .map_err(|s| {
-                self.gone(&s);
+                self.gone(generation, &s);
                 anyhow::anyhow!(
                     "sync with the server failed: {}",
                     crate::errors::describe_status(&s)
                 )
             })?
             .into_inner();
-        Ok(stream)
+        Ok((stream, generation))
     }
 
     fn apply(&self, update: &pb::SyncUpdate) -> anyhow::Result<()> {
@@ -477,8 +481,9 @@ impl RemoteNode {
     /// only when an update arrives: a server that accepts the stream and drops it at once
     /// is a failure too, and must not be retried at the base delay forever. When a failing
     /// call moved the agent to another server, the stream follows at once.
-    async fn follow_sync(self: Arc<Self>, first: tonic::Streaming<pb::SyncUpdate>) {
+    async fn follow_sync(self: Arc<Self>, first: tonic::Streaming<pb::SyncUpdate>, on: u64) {
         let mut stream: Option<tonic::Streaming<pb::SyncUpdate>> = Some(first);
+        let mut generation = on;
         let mut backoff = Backoff::new(SYNC_RETRY_BASE, SYNC_RETRY_CAP);
         let mut switched = self.switched.subscribe();
         loop {
@@ -487,7 +492,10 @@ impl RemoteNode {
                 None => {
                     switched.mark_unchanged();
                     match self.open_sync().await {
-                        Ok(s) => stream.insert(s),
+                        Ok((s, on)) => {
+                            generation = on;
+                            stream.insert(s)
+                        }
                         Err(e) => {
                             // The link's transitions are logged by `Servers`; this is
                             // the detail.
@@ -519,7 +527,7 @@ impl RemoteNode {
                 Err(status) => crate::errors::describe_status(&status),
             };
             stream = None;
-            self.fail_over(&format!("sync stream ended: {error}"));
+            self.fail_over(generation, &format!("sync stream ended: {error}"));
             let retry_in = backoff.next_delay();
             tracing::debug!(%error, ?retry_in, "sync stream ended; reconnecting");
             tokio::time::sleep(retry_in).await;
@@ -541,12 +549,12 @@ impl RemoteNode {
             tokio::time::sleep(Duration::from_secs(wait)).await;
             let result = async {
                 let (csr, key) = new_csr()?;
-                let svid = self
-                    .client()
+                let (mut client, generation) = self.client();
+                let svid = client
                     .renew_node_svid(pb::RenewNodeSvidRequest { csr })
                     .await
                     .map_err(|s| {
-                        self.gone(&s);
+                        self.gone(generation, &s);
                         anyhow::anyhow!("{}", s.message())
                     })?
                     .into_inner();
@@ -567,11 +575,10 @@ impl RemoteNode {
         }
     }
 
-    fn client(&self) -> NodeClient<Channel> {
-        self.client
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The current client, with its generation (for [`RemoteNode::gone`]).
+    fn client(&self) -> (NodeClient<Channel>, u64) {
+        let client = self.client.read().unwrap_or_else(|p| p.into_inner());
+        (client.clone(), *self.switched.borrow())
     }
 
     /// Fails over when `status` says the server cannot serve (`Unavailable`: its
@@ -579,22 +586,29 @@ impl RemoteNode {
     /// its database, say). Refusals of policy (permission denied, invalid, limited) are
     /// answers, not failures, and change nothing. The connection is replaced only on the
     /// transition (see [`RemoteNode::fail_over`]).
-    fn gone(&self, status: &tonic::Status) {
-        if status.code() != tonic::Code::Unavailable {
-            return;
+    fn gone(&self, generation: u64, status: &tonic::Status) {
+        if means_gone(status) {
+            self.fail_over(generation, &crate::errors::describe_status(status));
         }
-        self.fail_over(&crate::errors::describe_status(status));
     }
 
-    /// The server is gone: the next connection goes to the next one. The connection is
-    /// replaced only on the transition (a burst of failing calls makes one switch).
-    fn fail_over(&self, reason: &str) {
-        if !self.servers.lost(reason) {
+    /// The server behind client `generation` is gone: the next connection goes to the
+    /// next one. Acts once per client: a burst of failing calls makes one switch, and a
+    /// late failure of a replaced client does not move the agent off its new server.
+    fn fail_over(&self, generation: u64, reason: &str) {
+        let mut client = self.client.write().unwrap_or_else(|p| p.into_inner());
+        if *self.switched.borrow() != generation {
+            return;
+        }
+        // Only a loss the link did not know of yet makes a new connection (the Sync
+        // stream and a failing call often see the same death).
+        let was_connected = self.servers.lost(reason);
+        if !was_connected {
             return;
         }
         match (self.make_channel)() {
             Ok(channel) => {
-                *self.client.write().unwrap_or_else(|p| p.into_inner()) = NodeClient::new(channel);
+                *client = NodeClient::new(channel);
                 self.switched.send_modify(|n| *n += 1);
             }
             Err(e) => tracing::error!(error = %e, "making a new node API channel failed"),
@@ -626,6 +640,14 @@ const SYNC_RETRY_CAP: Duration = Duration::from_secs(10);
 /// Retrying a failed node SVID renewal (the next half-life wait follows each attempt).
 const RENEW_RETRY_BASE: Duration = Duration::from_secs(5);
 const RENEW_RETRY_CAP: Duration = Duration::from_secs(60);
+
+/// Whether a failed call means the server is gone (move to the next one): `Unavailable`,
+/// which is what a broken or refused connection yields, and what a server answers when it
+/// cannot serve now. Policy refusals (permission denied, invalid, failed precondition,
+/// resource exhausted) are answers: the next server would give the same one.
+fn means_gone(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+}
 
 fn signed_result(signed: pb::SignedSvid) -> Result<SignedX509, NodeError> {
     if signed.error.is_empty() {
@@ -674,7 +696,8 @@ impl NodeApi for RemoteNode {
                     })
                     .collect(),
             };
-            match self.client().sign_x509_svids(request).await {
+            let (mut client, generation) = self.client();
+            match client.sign_x509_svids(request).await {
                 Ok(response) => {
                     let mut signed = response.into_inner().svids.into_iter();
                     for _ in chunk {
@@ -685,7 +708,7 @@ impl NodeApi for RemoteNode {
                     }
                 }
                 Err(status) => {
-                    self.gone(&status);
+                    self.gone(generation, &status);
                     let error = NodeError::from(status);
                     out.extend(chunk.iter().map(|_| Err(error.clone())));
                 }
@@ -699,7 +722,8 @@ impl NodeApi for RemoteNode {
         spiffe_id: &SpiffeId,
         audience: Vec<String>,
     ) -> Result<String, NodeError> {
-        self.client()
+        let (mut client, generation) = self.client();
+        client
             .sign_jwt_svid(pb::SignJwtSvidRequest {
                 spiffe_id: spiffe_id.to_string(),
                 audience,
@@ -707,7 +731,7 @@ impl NodeApi for RemoteNode {
             .await
             .map(|r| r.into_inner().token)
             .map_err(|status| {
-                self.gone(&status);
+                self.gone(generation, &status);
                 NodeError::from(status)
             })
     }
@@ -720,6 +744,7 @@ impl NodeApi for RemoteNode {
     ) -> Result<Grant, NodeError> {
         let response = self
             .client()
+            .0
             .request_grant(pb::NodeGrantRequest {
                 requested_by: requested_by.to_string(),
                 requester_uid: uid,
@@ -749,6 +774,7 @@ impl NodeApi for RemoteNode {
     ) -> Result<u64, NodeError> {
         let raw = activity.to_raw();
         self.client()
+            .0
             .record_activity(pb::NodeActivityRequest {
                 spiffe_id: spiffe_id.to_string(),
                 serial: serial.to_owned(),
@@ -770,6 +796,7 @@ impl NodeApi for RemoteNode {
         selectors: &[String],
     ) -> Result<u64, NodeError> {
         self.client()
+            .0
             .record_attestation(pb::NodeAttestationRequest {
                 spiffe_id: spiffe_id.to_string(),
                 selectors: selectors.to_vec(),
@@ -777,5 +804,24 @@ impl NodeApi for RemoteNode {
             .await
             .map(|r| r.into_inner().index)
             .map_err(NodeError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unavailable_moves_the_agent_to_another_server() {
+        assert!(means_gone(&tonic::Status::unavailable("transport error")));
+        for refusal in [
+            tonic::Status::permission_denied("not entitled"),
+            tonic::Status::invalid_argument("bad csr"),
+            tonic::Status::failed_precondition("incident closed"),
+            tonic::Status::resource_exhausted("too many"),
+            tonic::Status::internal("boom"),
+        ] {
+            assert!(!means_gone(&refusal), "{refusal:?}");
+        }
     }
 }

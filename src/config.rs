@@ -207,7 +207,7 @@ pub struct RawAgentConfig {
 
 /// `server_address` as written: the old single string, or a list.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a \"host:port\" string or a list of them")]
 pub enum ServerAddresses {
     /// `server_address = "host:port"`.
     One(String),
@@ -435,7 +435,11 @@ mod tests {
             let e = agent(bad).unwrap_err();
             assert!(e.contains("host:port"), "{bad}: {e}");
         }
-        assert!(agent("8443").is_err(), "a number is no address");
+        let e = agent("8443").unwrap_err();
+        assert!(
+            e.contains("a \"host:port\" string or a list of them"),
+            "{e}"
+        );
     }
 
     #[test]

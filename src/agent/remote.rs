@@ -649,6 +649,22 @@ fn means_gone(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Unavailable
 }
 
+/// Whether a batch answered with every item unavailable means the server cannot sign
+/// now (a replica that cannot prove it has the latest policy answers so, item by item):
+/// then the agent moves on, as for an `Unavailable` call. Returns the first reason.
+fn batch_means_gone(results: &[Result<SignedX509, NodeError>]) -> Option<&str> {
+    let mut reason = None;
+    for result in results {
+        match result {
+            Err(NodeError::Unavailable(why)) => {
+                reason.get_or_insert(why.as_str());
+            }
+            _ => return None,
+        }
+    }
+    reason
+}
+
 fn signed_result(signed: pb::SignedSvid) -> Result<SignedX509, NodeError> {
     if signed.error.is_empty() {
         return Ok(SignedX509 {
@@ -700,12 +716,17 @@ impl NodeApi for RemoteNode {
             match client.sign_x509_svids(request).await {
                 Ok(response) => {
                     let mut signed = response.into_inner().svids.into_iter();
-                    for _ in chunk {
-                        out.push(match signed.next() {
+                    let results: Vec<_> = chunk
+                        .iter()
+                        .map(|_| match signed.next() {
                             Some(s) => signed_result(s),
                             None => Err(NodeError::Unavailable("short response".into())),
-                        });
+                        })
+                        .collect();
+                    if let Some(reason) = batch_means_gone(&results) {
+                        self.fail_over(generation, &format!("signing unavailable: {reason}"));
                     }
+                    out.extend(results);
                 }
                 Err(status) => {
                     self.gone(generation, &status);
@@ -823,5 +844,27 @@ mod tests {
         ] {
             assert!(!means_gone(&refusal), "{refusal:?}");
         }
+    }
+
+    #[test]
+    fn a_batch_all_unavailable_moves_the_agent_and_any_answer_keeps_it() {
+        let down = || Err(NodeError::Unavailable("policy not current".into()));
+        let signed = || {
+            Ok(SignedX509 {
+                cert_der: vec![0x30],
+                serial: "01".into(),
+                not_after: 0,
+            })
+        };
+        assert_eq!(
+            batch_means_gone(&[down(), down()]),
+            Some("policy not current")
+        );
+        assert_eq!(batch_means_gone(&[down(), signed()]), None);
+        assert_eq!(
+            batch_means_gone(&[down(), Err(NodeError::NotEntitled("no".into()))]),
+            None
+        );
+        assert_eq!(batch_means_gone(&[]), None);
     }
 }

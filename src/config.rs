@@ -194,8 +194,8 @@ impl RawConfig {
 pub struct RawAgentConfig {
     /// The agent's own state: node key and SVID.
     pub data_dir: Option<PathBuf>,
-    /// The server's node API, `host:port`.
-    pub server_address: Option<String>,
+    /// The servers' node API: one `host:port`, or a list of them to fail over between.
+    pub server_address: Option<ServerAddresses>,
     /// The base trust domain.
     pub trust_domain: Option<String>,
     /// PEM of the base trust domain's CAs (`writ bundle show --band base`).
@@ -213,6 +213,25 @@ pub struct RawAgentConfig {
     pub workload_api: WorkloadApiConfig,
     /// How long a stopping agent waits for open streams to end (default 5s).
     pub shutdown_grace: Option<Ttl>,
+}
+
+/// `server_address` as written: the old single string, or a list.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged, expecting = "a \"host:port\" string or a list of them")]
+pub enum ServerAddresses {
+    /// `server_address = "host:port"`.
+    One(String),
+    /// `server_address = ["host:port", …]`, tried in turn.
+    Many(Vec<String>),
+}
+
+impl ServerAddresses {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            ServerAddresses::One(one) => vec![one],
+            ServerAddresses::Many(many) => many,
+        }
+    }
 }
 
 /// `writ agent`'s configuration in force.
@@ -260,9 +279,11 @@ impl RawAgentConfig {
             .trust_domain
             .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.into());
         let base = writ_verifier::parse_trust_domain(&td)?;
-        let server = self
-            .server_address
-            .context("server_address is required (host:port of the node API)")?;
+        let servers = crate::agent::endpoints::check_servers(
+            self.server_address
+                .context("server_address is required (host:port of the node API)")?
+                .into_vec(),
+        )?;
         let trust_bundle = self
             .trust_bundle
             .context("trust_bundle is required (PEM of `writ bundle show --band base`)")?;
@@ -278,7 +299,7 @@ impl RawAgentConfig {
         self.workload_api.validate()?;
         Ok(AgentConfig {
             remote: RemoteConfig {
-                server,
+                servers,
                 base,
                 data_dir,
                 trust_bundle,
@@ -392,6 +413,43 @@ mod tests {
         );
         // The demo switch is a `writ dev` flag, never a config key.
         assert!(toml::from_str::<RawConfig>("[remediation]\ndemo_single_user = true").is_err());
+    }
+
+    #[test]
+    fn server_address_is_one_string_or_a_bounded_list() {
+        let agent = |server_address: &str| {
+            toml::from_str::<RawAgentConfig>(&format!(
+                "server_address = {server_address}\ntrust_bundle = \"/b.pem\"\n"
+            ))
+            .map_err(|e| e.to_string())
+            .and_then(|raw| raw.resolve().map_err(|e| format!("{e:#}")))
+        };
+        let one = agent("\"writ.internal:8443\"").unwrap();
+        assert_eq!(one.remote.servers, ["writ.internal:8443"]);
+        let many = agent("[\"10.0.0.1:8443\", \"[::1]:8443\", \"writ-b:8443\"]").unwrap();
+        assert_eq!(
+            many.remote.servers,
+            ["10.0.0.1:8443", "[::1]:8443", "writ-b:8443"]
+        );
+        let e = agent("[]").unwrap_err();
+        assert!(e.contains("server_address is empty"), "{e}");
+        let seventeen: Vec<String> = (0..17).map(|i| format!("\"s{i}:8443\"")).collect();
+        let e = agent(&format!("[{}]", seventeen.join(", "))).unwrap_err();
+        assert!(e.contains("at most 16"), "{e}");
+        for bad in [
+            "\"no-port\"",
+            "[\"a:1\", \"b:notaport\"]",
+            "[\":8443\"]",
+            "[\"a:0\"]",
+        ] {
+            let e = agent(bad).unwrap_err();
+            assert!(e.contains("host:port"), "{bad}: {e}");
+        }
+        let e = agent("8443").unwrap_err();
+        assert!(
+            e.contains("a \"host:port\" string or a list of them"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod attest;
 pub mod cache;
+pub mod endpoints;
 pub mod grants;
 pub mod h2_authority;
 pub mod listener;
@@ -105,7 +106,17 @@ impl Agent {
 
     /// Renews and prunes SVIDs until `shutdown` resolves.
     pub async fn run_rotation(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
-        Arc::clone(&self.cache).run(shutdown).await;
+        Arc::clone(&self.cache).run(None, shutdown).await;
+    }
+
+    /// As [`Agent::run_rotation`], for an agent of remote servers: renews early each time
+    /// `link` says it reconnected after being cut off.
+    pub async fn run_rotation_following(
+        self: Arc<Self>,
+        link: watch::Receiver<endpoints::NodeHealth>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        Arc::clone(&self.cache).run(Some(link), shutdown).await;
     }
 }
 

@@ -3,6 +3,7 @@
 //! server to sign — all over mTLS, where we verify the server's SVID with writ's own
 //! SPIFFE verifier (rustls' name check cannot).
 
+use super::endpoints::{NodeHealth, Servers};
 use crate::audit::activity::Activity;
 use crate::backoff::Backoff;
 use crate::ca::{BundleSet, TrustBundle, bundle::pem};
@@ -42,8 +43,9 @@ pub enum Attestation {
 /// What the agent needs to reach the server.
 #[derive(Clone, Debug)]
 pub struct RemoteConfig {
-    /// `host:port` of the server's node API.
-    pub server: String,
+    /// `host:port` of each server's node API (1 to [`super::endpoints::MAX_SERVERS`]),
+    /// tried in turn; a name may resolve to several addresses.
+    pub servers: Vec<String>,
     /// The base trust domain.
     pub base: TrustDomain,
     /// The agent's own state (node key and SVID).
@@ -95,9 +97,17 @@ impl ResolvesClientCert for TlsState {
 /// The server, over the network.
 pub struct RemoteNode {
     config: RemoteConfig,
+    servers: Arc<Servers>,
     clock: SharedClock,
     tls: Arc<TlsState>,
-    client: NodeClient<Channel>,
+    /// Replaced (see [`RemoteNode::fail_over`]) when the server is gone, including when
+    /// it says it cannot serve while its connection stays up: only a new connection moves
+    /// the agent to the next server.
+    client: RwLock<NodeClient<Channel>>,
+    make_channel: Box<dyn Fn() -> anyhow::Result<Channel> + Send + Sync>,
+    /// Which `client` is current: ticks when it is replaced, so the Sync stream follows
+    /// and a failure seen on a replaced one moves nothing.
+    switched: watch::Sender<u64>,
     policy: watch::Sender<Arc<PolicySnapshot>>,
     bundles: watch::Sender<Arc<BundleSet>>,
     max_svid_ttl_secs: std::sync::atomic::AtomicU64,
@@ -106,7 +116,7 @@ pub struct RemoteNode {
 impl std::fmt::Debug for RemoteNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteNode")
-            .field("server", &self.config.server)
+            .field("servers", &self.config.servers)
             .finish_non_exhaustive()
     }
 }
@@ -227,31 +237,47 @@ impl RemoteNode {
         // no client identity, and every connection should prove the current node SVID.
         client_config.resumption = rustls::client::Resumption::disabled();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
-        let address = config.server.clone();
-        // Channels connect lazily. Attestation gets a channel of its own: a connection
-        // made before the node SVID existed carries no client certificate, so the main
-        // channel must not be the one that attested.
+        let servers = Arc::new(Servers::new(config.servers.clone()));
+        let dialer = Arc::clone(&servers);
+        // Channels connect lazily, and reconnect through `Servers::connect` whenever their
+        // connection closed: that is where the agent moves to the next server.
+        // Attestation gets a channel of its own: a connection made before the node SVID
+        // existed carries no client certificate, so the main channel must not be the one
+        // that attested.
         let make_channel = move || -> anyhow::Result<Channel> {
             let connector = connector.clone();
-            let address = address.clone();
+            let dialer = Arc::clone(&dialer);
             Ok(Endpoint::try_from("http://writ-server")?
-                .connect_timeout(Duration::from_secs(10))
+                // A server that vanished without closing the connection (host down, a
+                // partition) must break the Sync stream, or the agent would wait forever.
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
                 .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
                     let connector = connector.clone();
-                    let address = address.clone();
+                    let dialer = Arc::clone(&dialer);
                     async move {
-                        let tcp = tokio::net::TcpStream::connect(&address).await?;
-                        tcp.set_nodelay(true)?;
-                        // The name is not checked (the SPIFFE verifier checks the ID).
-                        let name =
-                            ServerName::try_from("writ-server").map_err(std::io::Error::other)?;
-                        let tls = connector.connect(name, tcp).await?;
+                        let tls = dialer
+                            .connect(|address| {
+                                let connector = connector.clone();
+                                async move {
+                                    let tcp = tokio::net::TcpStream::connect(address).await?;
+                                    tcp.set_nodelay(true)?;
+                                    // The name is not checked (the SPIFFE verifier checks
+                                    // the ID).
+                                    let name = ServerName::try_from("writ-server")
+                                        .map_err(std::io::Error::other)?;
+                                    connector.connect(name, tcp).await
+                                }
+                            })
+                            .await?;
                         Ok::<_, std::io::Error>(TokioIo::new(tls))
                     }
                 })))
         };
         let node = Arc::new(RemoteNode {
-            client: NodeClient::new(make_channel()?),
+            client: RwLock::new(NodeClient::new(make_channel()?)),
+            switched: watch::channel(0).0,
             tls,
             policy: watch::channel(Arc::new(PolicySnapshot::default())).0,
             bundles: watch::channel(Arc::new(BundleSet::default())).0,
@@ -259,12 +285,17 @@ impl RemoteNode {
                 crate::ca::CaConfig::default().max_svid_ttl.as_secs(),
             ),
             config,
+            servers,
             clock,
+            make_channel: Box::new(make_channel.clone()),
         });
         if !node.load_node_svid()? {
-            node.attest(NodeClient::new(make_channel()?)).await?;
+            let attested = node.attest(NodeClient::new(make_channel()?)).await;
+            // Its channel is dropped now: the main channel's first connect is no loss.
+            node.servers.release();
+            attested?;
         }
-        let mut stream = node.open_sync().await?;
+        let (mut stream, generation) = node.open_sync().await?;
         let first = stream
             .message()
             .await
@@ -276,7 +307,8 @@ impl RemoteNode {
             })?
             .context("the server closed the sync stream")?;
         node.apply(&first)?;
-        tokio::spawn(Arc::clone(&node).follow_sync(stream));
+        node.servers.started();
+        tokio::spawn(Arc::clone(&node).follow_sync(stream, generation));
         tokio::spawn(Arc::clone(&node).renew_node_svid());
         Ok(node)
     }
@@ -403,19 +435,22 @@ impl RemoteNode {
         self.store(&svid, &key)
     }
 
-    async fn open_sync(&self) -> anyhow::Result<tonic::Streaming<pb::SyncUpdate>> {
-        let mut client = self.client.clone();
+    /// Opens the Sync stream on the current connection; returns it with the connection's
+    /// generation.
+    async fn open_sync(&self) -> anyhow::Result<(tonic::Streaming<pb::SyncUpdate>, u64)> {
+        let (mut client, generation) = self.client();
         let stream = client
             .sync(pb::SyncRequest {})
             .await
             .map_err(|s| {
+                self.gone(generation, &s);
                 anyhow::anyhow!(
                     "sync with the server failed: {}",
                     crate::errors::describe_status(&s)
                 )
             })?
             .into_inner();
-        Ok(stream)
+        Ok((stream, generation))
     }
 
     fn apply(&self, update: &pb::SyncUpdate) -> anyhow::Result<()> {
@@ -448,29 +483,46 @@ impl RemoteNode {
         Ok(())
     }
 
-    /// Follows the Sync stream, reconnecting with backoff when it breaks. The backoff
-    /// resets only when an update arrives: a server that accepts the stream and drops it
-    /// at once is a failure too, and must not be retried at the base delay forever.
-    async fn follow_sync(self: Arc<Self>, first: tonic::Streaming<pb::SyncUpdate>) {
+    /// Follows the Sync stream, reconnecting with backoff when it breaks: a broken stream
+    /// means the server is gone, and the agent moves to the next one. The backoff resets
+    /// only when an update arrives: a server that accepts the stream and drops it at once
+    /// is a failure too, and must not be retried at the base delay forever. When a failing
+    /// call moved the agent to another server, the stream follows at once.
+    async fn follow_sync(self: Arc<Self>, first: tonic::Streaming<pb::SyncUpdate>, on: u64) {
         let mut stream: Option<tonic::Streaming<pb::SyncUpdate>> = Some(first);
+        let mut generation = on;
         let mut backoff = Backoff::new(SYNC_RETRY_BASE, SYNC_RETRY_CAP);
-        let failure_log = crate::throttle::Throttle::new(Duration::from_secs(30));
+        let mut switched = self.switched.subscribe();
         loop {
             let current = match stream.as_mut() {
                 Some(s) => s,
-                None => match self.open_sync().await {
-                    Ok(s) => stream.insert(s),
-                    Err(e) => {
-                        let retry_in = backoff.next_delay();
-                        if let Some(suppressed) = failure_log.allow() {
-                            tracing::warn!(error = %e, suppressed, ?retry_in, "sync with the server failed; retrying");
+                None => {
+                    switched.mark_unchanged();
+                    match self.open_sync().await {
+                        Ok((s, on)) => {
+                            generation = on;
+                            stream.insert(s)
                         }
-                        tokio::time::sleep(retry_in).await;
-                        continue;
+                        Err(e) => {
+                            // The link's transitions are logged by `Servers`; this is
+                            // the detail.
+                            let retry_in = backoff.next_delay();
+                            tracing::debug!(error = %e, ?retry_in, "sync with the server failed; retrying");
+                            tokio::time::sleep(retry_in).await;
+                            continue;
+                        }
                     }
-                },
+                }
             };
-            let error = match current.message().await {
+            let message = tokio::select! {
+                message = current.message() => message,
+                _ = switched.changed() => {
+                    tracing::debug!("moved to another server; reopening the sync stream there");
+                    stream = None;
+                    continue;
+                }
+            };
+            let error = match message {
                 Ok(Some(update)) => {
                     backoff.reset();
                     if let Err(e) = self.apply(&update) {
@@ -482,10 +534,9 @@ impl RemoteNode {
                 Err(status) => crate::errors::describe_status(&status),
             };
             stream = None;
+            self.fail_over(generation, &format!("sync stream ended: {error}"));
             let retry_in = backoff.next_delay();
-            if let Some(suppressed) = failure_log.allow() {
-                tracing::warn!(%error, suppressed, ?retry_in, "sync stream ended; reconnecting");
-            }
+            tracing::debug!(%error, ?retry_in, "sync stream ended; reconnecting");
             tokio::time::sleep(retry_in).await;
         }
     }
@@ -505,12 +556,14 @@ impl RemoteNode {
             tokio::time::sleep(Duration::from_secs(wait)).await;
             let result = async {
                 let (csr, key) = new_csr()?;
-                let svid = self
-                    .client
-                    .clone()
+                let (mut client, generation) = self.client();
+                let svid = client
                     .renew_node_svid(pb::RenewNodeSvidRequest { csr })
                     .await
-                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                    .map_err(|s| {
+                        self.gone(generation, &s);
+                        anyhow::anyhow!("{}", s.message())
+                    })?
                     .into_inner();
                 self.store(&svid, &key)
             }
@@ -529,6 +582,51 @@ impl RemoteNode {
         }
     }
 
+    /// The current client, with its generation (for [`RemoteNode::gone`]).
+    fn client(&self) -> (NodeClient<Channel>, u64) {
+        let client = self.client.read().unwrap_or_else(|p| p.into_inner());
+        (client.clone(), *self.switched.borrow())
+    }
+
+    /// Fails over when `status` says the server cannot serve (`Unavailable`: its
+    /// connection broke, or it answered that it cannot serve now — a replica that lost
+    /// its database, say). Refusals of policy (permission denied, invalid, limited) are
+    /// answers, not failures, and change nothing. The connection is replaced only on the
+    /// transition (see [`RemoteNode::fail_over`]).
+    fn gone(&self, generation: u64, status: &tonic::Status) {
+        if means_gone(status) {
+            self.fail_over(generation, &crate::errors::describe_status(status));
+        }
+    }
+
+    /// The server behind client `generation` is gone: the next connection goes to the
+    /// next one. Acts once per client: a burst of failing calls makes one switch, and a
+    /// late failure of a replaced client does not move the agent off its new server.
+    fn fail_over(&self, generation: u64, reason: &str) {
+        let mut client = self.client.write().unwrap_or_else(|p| p.into_inner());
+        if *self.switched.borrow() != generation {
+            return;
+        }
+        // Only a loss the link did not know of yet makes a new connection (the Sync
+        // stream and a failing call often see the same death).
+        let was_connected = self.servers.lost(reason);
+        if !was_connected {
+            return;
+        }
+        match (self.make_channel)() {
+            Ok(channel) => {
+                *client = NodeClient::new(channel);
+                self.switched.send_modify(|n| *n += 1);
+            }
+            Err(e) => tracing::error!(error = %e, "making a new node API channel failed"),
+        }
+    }
+
+    /// The link to the servers: connected to which, since when, the last error.
+    pub fn health(&self) -> watch::Receiver<NodeHealth> {
+        self.servers.health()
+    }
+
     /// The base bundle as PEM (for operators: what the agent trusts now).
     pub fn base_bundle_pem(&self) -> String {
         self.tls
@@ -539,6 +637,9 @@ impl RemoteNode {
     }
 }
 
+/// HTTP/2 pings on the node API connection: how a silent dead server is noticed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reconnecting the Sync stream: capped low, because an agent off the stream misses
 /// revocations until it is back.
 const SYNC_RETRY_BASE: Duration = Duration::from_millis(200);
@@ -546,6 +647,30 @@ const SYNC_RETRY_CAP: Duration = Duration::from_secs(10);
 /// Retrying a failed node SVID renewal (the next half-life wait follows each attempt).
 const RENEW_RETRY_BASE: Duration = Duration::from_secs(5);
 const RENEW_RETRY_CAP: Duration = Duration::from_secs(60);
+
+/// Whether a failed call means the server is gone (move to the next one): `Unavailable`,
+/// which is what a broken or refused connection yields, and what a server answers when it
+/// cannot serve now. Policy refusals (permission denied, invalid, failed precondition,
+/// resource exhausted) are answers: the next server would give the same one.
+fn means_gone(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+}
+
+/// Whether a batch answered with every item unavailable means the server cannot sign
+/// now (a replica that cannot prove it has the latest policy answers so, item by item):
+/// then the agent moves on, as for an `Unavailable` call. Returns the first reason.
+fn batch_means_gone(results: &[Result<SignedX509, NodeError>]) -> Option<&str> {
+    let mut reason = None;
+    for result in results {
+        match result {
+            Err(NodeError::Unavailable(why)) => {
+                reason.get_or_insert(why.as_str());
+            }
+            _ => return None,
+        }
+    }
+    reason
+}
 
 fn signed_result(signed: pb::SignedSvid) -> Result<SignedX509, NodeError> {
     if signed.error.is_empty() {
@@ -595,17 +720,24 @@ impl NodeApi for RemoteNode {
                     })
                     .collect(),
             };
-            match self.client.clone().sign_x509_svids(request).await {
+            let (mut client, generation) = self.client();
+            match client.sign_x509_svids(request).await {
                 Ok(response) => {
                     let mut signed = response.into_inner().svids.into_iter();
-                    for _ in chunk {
-                        out.push(match signed.next() {
+                    let results: Vec<_> = chunk
+                        .iter()
+                        .map(|_| match signed.next() {
                             Some(s) => signed_result(s),
                             None => Err(NodeError::Unavailable("short response".into())),
-                        });
+                        })
+                        .collect();
+                    if let Some(reason) = batch_means_gone(&results) {
+                        self.fail_over(generation, &format!("signing unavailable: {reason}"));
                     }
+                    out.extend(results);
                 }
                 Err(status) => {
+                    self.gone(generation, &status);
                     let error = NodeError::from(status);
                     out.extend(chunk.iter().map(|_| Err(error.clone())));
                 }
@@ -619,15 +751,18 @@ impl NodeApi for RemoteNode {
         spiffe_id: &SpiffeId,
         audience: Vec<String>,
     ) -> Result<String, NodeError> {
-        self.client
-            .clone()
+        let (mut client, generation) = self.client();
+        client
             .sign_jwt_svid(pb::SignJwtSvidRequest {
                 spiffe_id: spiffe_id.to_string(),
                 audience,
             })
             .await
             .map(|r| r.into_inner().token)
-            .map_err(NodeError::from)
+            .map_err(|status| {
+                self.gone(generation, &status);
+                NodeError::from(status)
+            })
     }
 
     async fn request_grant(
@@ -637,8 +772,8 @@ impl NodeApi for RemoteNode {
         uid: Option<u32>,
     ) -> Result<Grant, NodeError> {
         let response = self
-            .client
-            .clone()
+            .client()
+            .0
             .request_grant(pb::NodeGrantRequest {
                 requested_by: requested_by.to_string(),
                 requester_uid: uid,
@@ -667,8 +802,8 @@ impl NodeApi for RemoteNode {
         serial: &str,
     ) -> Result<u64, NodeError> {
         let raw = activity.to_raw();
-        self.client
-            .clone()
+        self.client()
+            .0
             .record_activity(pb::NodeActivityRequest {
                 spiffe_id: spiffe_id.to_string(),
                 serial: serial.to_owned(),
@@ -689,8 +824,8 @@ impl NodeApi for RemoteNode {
         spiffe_id: &SpiffeId,
         selectors: &[String],
     ) -> Result<u64, NodeError> {
-        self.client
-            .clone()
+        self.client()
+            .0
             .record_attestation(pb::NodeAttestationRequest {
                 spiffe_id: spiffe_id.to_string(),
                 selectors: selectors.to_vec(),
@@ -698,5 +833,47 @@ impl NodeApi for RemoteNode {
             .await
             .map(|r| r.into_inner().index)
             .map_err(NodeError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unavailable_moves_the_agent_to_another_server() {
+        assert!(means_gone(&tonic::Status::unavailable("transport error")));
+        for refusal in [
+            tonic::Status::permission_denied("not entitled"),
+            tonic::Status::invalid_argument("bad csr"),
+            tonic::Status::failed_precondition("incident closed"),
+            tonic::Status::resource_exhausted("too many"),
+            tonic::Status::internal("boom"),
+        ] {
+            assert!(!means_gone(&refusal), "{refusal:?}");
+        }
+    }
+
+    #[test]
+    fn a_batch_all_unavailable_moves_the_agent_and_any_answer_keeps_it() {
+        let down = || Err(NodeError::Unavailable("policy not current".into()));
+        let signed = || {
+            Ok(SignedX509 {
+                cert_der: vec![0x30],
+                chain: Vec::new(),
+                serial: "01".into(),
+                not_after: 0,
+            })
+        };
+        assert_eq!(
+            batch_means_gone(&[down(), down()]),
+            Some("policy not current")
+        );
+        assert_eq!(batch_means_gone(&[down(), signed()]), None);
+        assert_eq!(
+            batch_means_gone(&[down(), Err(NodeError::NotEntitled("no".into()))]),
+            None
+        );
+        assert_eq!(batch_means_gone(&[]), None);
     }
 }

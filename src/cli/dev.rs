@@ -307,9 +307,10 @@ async fn start_agent(
     listener: tokio::net::UnixListener,
     limits: crate::agent::listener::WorkloadApiConfig,
     clock: SharedClock,
+    link: Option<tokio::sync::watch::Receiver<crate::agent::endpoints::NodeHealth>>,
 ) -> anyhow::Result<()> {
     let agent = Agent::with_config(node, limits, clock);
-    let rotation = Arc::clone(&agent).run_rotation(tasks.stopped());
+    let rotation = Arc::clone(&agent.cache).run(link, tasks.stopped());
     tasks.spawn("SVID rotation", async move {
         rotation.await;
         Ok(())
@@ -338,6 +339,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         workload,
         issuer.config.workload_api.clone(),
         clock,
+        None,
     )
     .await?;
     print_banner(&issuer);
@@ -374,7 +376,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let node = RemoteNode::connect(config.remote, Arc::clone(&clock)).await?;
     let mut tasks = Tasks::new(config.shutdown_grace);
     let listener = bind_unix(&socket, 0o666).await?;
-    start_agent(&mut tasks, node, listener, config.workload_api, clock).await?;
+    let link = Some(node.health());
+    start_agent(&mut tasks, node, listener, config.workload_api, clock, link).await?;
     let shown = std::path::absolute(&socket).unwrap_or(socket.clone());
     println!("writ agent: Workload API on {}", shown.display());
     println!("  export SPIFFE_ENDPOINT_SOCKET=unix://{}", shown.display());

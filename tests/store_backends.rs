@@ -440,3 +440,59 @@ fn the_store_fails_cleanly_while_the_database_is_down_and_recovers_by_itself() {
     // The write that failed while it was down did not half happen.
     assert_eq!(store.incident("INC-2").unwrap(), None);
 }
+
+/// TLS to the database: with `sslrootcert` the store requires TLS and verifies the
+/// server's certificate and name against that CA; another CA is refused, and so is a
+/// plain connection to a server that only speaks TLS on TCP.
+#[test]
+fn the_store_reaches_postgresql_over_verified_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let Some(pg) = Postgres::start() else { return };
+    pg.create_database("writ");
+    let ca = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), Issuer::new(params, key))
+    };
+    let (ca_pem, issuer) = ca("db test CA");
+    let (other_pem, _) = ca("someone else's CA");
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let port = pg.serve_tls(&server.pem(), &server_key.serialize_pem());
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let other_file = dir.path().join("other.pem");
+    std::fs::write(&other_file, &other_pem).unwrap();
+    let url = |ca: Option<&std::path::Path>| {
+        let base = format!("postgresql://writ@localhost:{port}/writ");
+        match ca {
+            Some(ca) => format!("{base}?sslrootcert={}", ca.display()),
+            None => base,
+        }
+    };
+
+    let store = Store::connect_postgres(&url(Some(&ca_file)).parse().unwrap()).unwrap();
+    store.put_incident(&incident("INC-1", "over TLS")).unwrap();
+    assert_eq!(store.incident("INC-1").unwrap().unwrap().title, "over TLS");
+    let encrypted = pg.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE s.ssl AND a.application_name = 'writ'",
+    );
+    assert_ne!(encrypted, "0", "no encrypted connection from writ");
+
+    let err = Store::connect_postgres(&url(Some(&other_file)).parse().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("postgres"), "{err}");
+    let err = Store::connect_postgres(&url(None).parse().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("postgres"), "{err}");
+}

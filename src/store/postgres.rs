@@ -12,15 +12,20 @@
 //! * A read-modify-write ([`Backend::update`]) locks its row (`SELECT … FOR UPDATE`) and
 //!   writes with a compare-and-swap whose row count must be one: two servers racing one
 //!   join token serialize on the row, and the loser sees it used.
-//! * No TLS to the database yet: connect over a Unix socket or a private network; a URL
-//!   that asks for TLS (`sslmode=require`) is refused rather than silently downgraded.
+//! * TLS to the database with rustls: `sslrootcert=/path/ca.pem` in the URL (libpq's name)
+//!   makes TLS required and verifies the server's certificate and host name against that CA
+//!   (libpq's `verify-full`). `sslmode=require` without it is refused: writ does not
+//!   encrypt to a server it has not authenticated. Without it the connection is plain,
+//!   for a Unix socket or loopback; a plain connection over the network is logged.
 
 use super::{Backend, Change, StoreError, Table, Write};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio_postgres::NoTls;
 use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Every schema change, in order; version N is the first N applied. Never edit one that
 /// shipped: add the next.
@@ -78,6 +83,54 @@ const POOL_SIZE: usize = 16;
 pub struct PostgresUrl {
     text: String,
     config: tokio_postgres::Config,
+    /// `sslrootcert`: the CA the server's certificate must chain to (TLS required).
+    ca_file: Option<PathBuf>,
+}
+
+/// Takes libpq's `sslrootcert=` out of a URL's query (tokio-postgres does not know it):
+/// the URL without it, and its value, percent-decoded.
+fn take_root_cert(url: &str) -> Result<(String, Option<PathBuf>), String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), None));
+    };
+    let mut kept = Vec::new();
+    let mut ca = None;
+    for pair in query.split('&') {
+        match pair.strip_prefix("sslrootcert=") {
+            Some(value) => {
+                let path = percent_decode(value)
+                    .ok_or("store: sslrootcert is not a valid percent-encoded path")?;
+                if !path.starts_with('/') {
+                    return Err("store: sslrootcert must be an absolute path".into());
+                }
+                ca = Some(PathBuf::from(path));
+            }
+            None => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, ca))
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 impl PartialEq for PostgresUrl {
@@ -92,22 +145,37 @@ impl std::str::FromStr for PostgresUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        let (rest, ca_file) = take_root_cert(s)?;
         // tokio-postgres's own parser; its error never repeats the URL (or a password).
-        let config: tokio_postgres::Config = s
+        let mut config: tokio_postgres::Config = rest
             .parse()
             .map_err(|e| format!("store: not a PostgreSQL URL: {e}"))?;
         if config.get_hosts().is_empty() {
             return Err("store: the PostgreSQL URL names no host (use host=/run/postgresql for a Unix socket)".into());
         }
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(
-                "store: TLS to PostgreSQL is not supported yet; connect over a Unix socket or a private network (sslmode=disable or prefer)"
-                    .into(),
-            );
+        match (&ca_file, config.get_ssl_mode()) {
+            (None, SslMode::Require) => {
+                return Err(
+                    "store: sslmode=require needs sslrootcert=/path/to/ca.pem: writ verifies the database's certificate"
+                        .into(),
+                );
+            }
+            (Some(_), SslMode::Disable) => {
+                return Err("store: sslrootcert and sslmode=disable contradict each other".into());
+            }
+            (Some(_), _) => {
+                config.ssl_mode(SslMode::Require);
+            }
+            (None, _) => {
+                // Without a CA to verify against, plain (prefer would try TLS it cannot
+                // verify): a Unix socket, loopback, or a network the operator trusts.
+                config.ssl_mode(SslMode::Disable);
+            }
         }
         Ok(PostgresUrl {
             text: s.to_owned(),
             config,
+            ca_file,
         })
     }
 }
@@ -177,6 +245,74 @@ async fn bump_policy(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreEr
     Ok(())
 }
 
+/// A connection whose messages (notifications among them) a task drives, TLS or not.
+trait PolledConnection: Send {
+    fn poll(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>>>;
+}
+
+impl<S, T> PolledConnection for tokio_postgres::Connection<S, T>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    fn poll(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>>> {
+        self.poll_message(cx)
+    }
+}
+
+/// rustls for the database: the CA in `path` only, ring, host names checked.
+fn client_tls(path: &std::path::Path) -> Result<rustls::ClientConfig, StoreError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+        StoreError::Db(format!(
+            "store: reading sslrootcert {}: {e}",
+            path.display()
+        ))
+    })?;
+    for cert in certs {
+        let cert = cert.map_err(|e| {
+            StoreError::Db(format!(
+                "store: reading sslrootcert {}: {e}",
+                path.display()
+            ))
+        })?;
+        roots
+            .add(cert)
+            .map_err(|e| StoreError::Db(format!("store: sslrootcert {}: {e}", path.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(StoreError::Db(format!(
+            "store: sslrootcert {} holds no certificate",
+            path.display()
+        )));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Db(format!("store: TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Says so when the store is reached over a network without TLS.
+fn warn_if_plain_over_network(config: &tokio_postgres::Config) {
+    for host in config.get_hosts() {
+        if let Host::Tcp(name) = host
+            && !matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1")
+        {
+            tracing::warn!(host = %name, "the connection to PostgreSQL is not encrypted; name its CA with sslrootcert= in the store URL to require TLS");
+        }
+    }
+}
+
 /// A session holding the policy lock; dropping it unlocks on the backend's runtime (a
 /// connection that cannot unlock is closed, which unlocks too).
 pub(super) struct HeldLock {
@@ -206,6 +342,8 @@ pub(super) struct Postgres {
     pool: Pool,
     /// For the connection that listens (outside the pool: it lives as long as it listens).
     config: tokio_postgres::Config,
+    /// TLS to the database, when the URL names its CA.
+    tls: Option<MakeRustlsConnect>,
     /// Dropping it ends the runtime's thread (the runtime is dropped there, not here,
     /// which may be inside another runtime).
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -252,13 +390,20 @@ impl Postgres {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let tls = match &url.ca_file {
+            Some(path) => Some(MakeRustlsConnect::new(client_tls(path)?)),
+            None => {
+                warn_if_plain_over_network(&config);
+                None
+            }
+        };
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config),
+            None => Manager::from_config(config.clone(), NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -271,6 +416,7 @@ impl Postgres {
             handle,
             pool,
             config,
+            tls,
             _stop: stop,
         };
         backend.migrate()?;
@@ -592,16 +738,26 @@ impl Backend for Postgres {
 
     fn listen_policy(&self) -> Result<tokio::sync::mpsc::Receiver<u64>, StoreError> {
         let config = self.config.clone();
+        let tls = self.tls.clone();
         let (versions, receiver) = tokio::sync::mpsc::channel(64);
         self.run(move |_| async move {
-            let (client, mut connection) = config.connect(NoTls).await.map_err(pg_err)?;
+            let (client, mut connection) = match tls {
+                Some(tls) => {
+                    let (client, connection) = config.connect(tls).await.map_err(pg_err)?;
+                    (client, Box::new(connection) as Box<dyn PolledConnection>)
+                }
+                None => {
+                    let (client, connection) = config.connect(NoTls).await.map_err(pg_err)?;
+                    (client, Box::new(connection) as Box<dyn PolledConnection>)
+                }
+            };
             let (notes, mut noted) = tokio::sync::mpsc::unbounded_channel();
             // The connection is driven here; its notifications are passed on, and when it
             // ends (the database restarted, the network went) the senders drop and the
             // listener's receiver ends: it knows it may have missed something.
             tokio::spawn(async move {
                 loop {
-                    match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    match std::future::poll_fn(|cx| connection.poll(cx)).await {
                         Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
                             // A payload that is not a version still means "look".
                             let _ = notes.send(n.payload().parse::<u64>().unwrap_or(0));
@@ -699,11 +855,35 @@ mod tests {
     }
 
     #[test]
-    fn a_url_that_asks_for_tls_or_names_no_host_is_refused() {
+    fn a_root_cert_makes_tls_required_and_is_taken_out_of_the_url() {
+        let url: PostgresUrl = "postgres://writ@db.internal/writ?sslrootcert=%2Fetc%2Fwrit%2Fdb-ca.pem&application_name=w"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            url.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/writ/db-ca.pem"))
+        );
+        assert_eq!(url.config.get_ssl_mode(), SslMode::Require);
+        assert_eq!(url.config.get_application_name(), Some("w"));
+        let plain: PostgresUrl = "postgres://writ@db.internal/writ?sslmode=prefer"
+            .parse()
+            .unwrap();
+        assert_eq!(plain.config.get_ssl_mode(), SslMode::Disable);
+        for bad in [
+            "postgres://writ@db/writ?sslrootcert=relative.pem",
+            "postgres://writ@db/writ?sslrootcert=%ZZ",
+            "postgres://writ@db/writ?sslrootcert=/ca.pem&sslmode=disable",
+        ] {
+            assert!(bad.parse::<PostgresUrl>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_url_that_asks_for_tls_without_a_ca_or_names_no_host_is_refused() {
         let e = "postgres://writ@db/writ?sslmode=require"
             .parse::<PostgresUrl>()
             .unwrap_err();
-        assert!(e.contains("TLS"), "{e}");
+        assert!(e.contains("sslrootcert"), "{e}");
         let e = "postgres://:hunter2@/writ"
             .parse::<PostgresUrl>()
             .unwrap_err();

@@ -19,6 +19,8 @@ pub struct Postgres {
     bin: PathBuf,
     port: u16,
     run_as: Option<(u32, u32)>,
+    /// Server options added by [`Postgres::serve_tls`].
+    extra: std::sync::Mutex<String>,
 }
 
 /// Where the server binaries are: `WRIT_PG_BIN`, else `initdb` on PATH, else the newest
@@ -101,6 +103,7 @@ impl Postgres {
             bin,
             port,
             run_as,
+            extra: std::sync::Mutex::new(String::new()),
         };
         let data = pg.data_dir();
         pg.run_ok(
@@ -168,10 +171,51 @@ impl Postgres {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Restarts the server listening on 127.0.0.1 too, TLS only there (plain TCP is
+    /// rejected by pg_hba), with this certificate and key; returns the TCP port.
+    pub fn serve_tls(&self, cert_pem: &str, key_pem: &str) -> u16 {
+        self.stop();
+        let data = self.data_dir();
+        let cert = data.join("server.crt");
+        let key = data.join("server.key");
+        std::fs::write(&cert, cert_pem).expect("write cert");
+        std::fs::write(&key, key_pem).expect("write key");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        if let Some((uid, gid)) = self.run_as {
+            for f in [&cert, &key] {
+                std::os::unix::fs::chown(f, Some(uid), Some(gid)).expect("chown");
+            }
+        }
+        let hba = data.join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!("hostnossl all all 0.0.0.0/0 reject\nhostnossl all all ::/0 reject\n{rules}"),
+        )
+        .expect("write pg_hba.conf");
+        // PostgreSQL's TCP port is the socket's `port`, chosen free for TCP at start.
+        *self.extra.lock().unwrap() = format!(
+            "-c listen_addresses='127.0.0.1' -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            cert.display(),
+            key.display()
+        );
+        self.start_again();
+        self.port
+    }
+
     /// Starts the (stopped) server again on the same socket.
     pub fn start_again(&self) {
+        let extra = self.extra.lock().unwrap().clone();
+        let listen = if extra.is_empty() {
+            "-c listen_addresses=''"
+        } else {
+            ""
+        };
         let options = format!(
-            "-k {} -p {} -c listen_addresses='' -c fsync=off -c full_page_writes=off -c max_connections=300",
+            "-k {} -p {} {listen} -c fsync=off -c full_page_writes=off -c max_connections=300 {extra}",
             self.socket_dir().display(),
             self.port
         );

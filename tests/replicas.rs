@@ -250,9 +250,12 @@ fn a_cut_off_replica_stops_signing_and_a_close_waits_out_its_lease() {
     a.registry.open_incident(incident("INC-1")).unwrap();
     wait_for("INC-1 on B", || b.incident_state("INC-1").is_some());
     b.cut_off();
-    a.registry
-        .close_incident("INC-1", "uid:0", common::system_now())
+    let (_, unconfirmed) = a
+        .registry
+        .close_incident_confirmed("INC-1", "uid:0", common::system_now())
         .unwrap();
+    // The close names the replica that never confirmed it, for the operator.
+    assert_eq!(unconfirmed, [b.registry.replica_name().unwrap().to_owned()]);
     // B never heard of the close, and still has INC-1 open in memory: it must not sign.
     assert_eq!(b.incident_state("INC-1"), Some(IncidentState::Open));
     assert!(

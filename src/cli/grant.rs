@@ -219,7 +219,9 @@ async fn end(args: EndArgs, revoke: bool) -> anyhow::Result<()> {
     } else {
         (client.deny_grant(body).await, "denied")
     };
-    let grant = returned(response.map_err(rpc_error)?.into_inner().grant)?;
+    let ended = response.map_err(rpc_error)?.into_inner();
+    super::output::warn_unconfirmed(&ended.unconfirmed_replicas);
+    let grant = returned(ended.grant)?;
     if args.admin.json {
         println!("{}", to_json(&grant));
     } else {

@@ -92,13 +92,13 @@ pub async fn open(args: OpenArgs) -> anyhow::Result<()> {
 
 pub async fn close(args: IdArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.admin).await?;
-    let incident = client
+    let closed = client
         .close_incident(pb::CloseIncidentRequest { id: args.id })
         .await
         .map_err(rpc_error)?
-        .into_inner()
-        .incident;
-    let incident = returned(incident)?;
+        .into_inner();
+    super::output::warn_unconfirmed(&closed.unconfirmed_replicas);
+    let incident = returned(closed.incident)?;
     if args.admin.json {
         println!("{}", to_json(&incident));
     } else {

@@ -122,9 +122,41 @@ pub fn plan_preview(plan: &str, digest: &str, max_lines: usize, rest_hint: &str)
     out
 }
 
+/// What a revocation's caller is told about servers that did not confirm it (several
+/// servers on one PostgreSQL, docs/ha.md): `None` when every server applied it.
+pub fn unconfirmed_warning(replicas: &[String]) -> Option<String> {
+    if replicas.is_empty() {
+        return None;
+    }
+    let names: Vec<String> = replicas.iter().map(|r| escape(r)).collect();
+    Some(format!(
+        "warning: {} did not confirm this revocation; their leases ran out, so they sign nothing until they have it",
+        names.join(", ")
+    ))
+}
+
+/// Prints [`unconfirmed_warning`] on stderr (stdout keeps its shape, `--json` too).
+pub fn warn_unconfirmed(replicas: &[String]) {
+    if let Some(warning) = unconfirmed_warning(replicas) {
+        eprintln!("{warning}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unconfirmed_servers_are_named_escaped_and_nothing_is_said_when_all_confirmed() {
+        assert_eq!(unconfirmed_warning(&[]), None);
+        let warning =
+            unconfirmed_warning(&["writ-b-0a1b2c3d".into(), "evil\u{1b}[2Jname".into()]).unwrap();
+        assert!(
+            warning.starts_with("warning: writ-b-0a1b2c3d, evil"),
+            "{warning}"
+        );
+        assert!(!warning.contains('\u{1b}'), "{warning}");
+    }
 
     #[test]
     fn hidden_characters_are_shown_escaped_on_one_line() {

@@ -78,13 +78,15 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
 
 pub async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.admin).await?;
-    let svid = client
+    let revoked = client
         .revoke_svid(pb::RevokeSvidRequest {
             serial: args.serial,
         })
         .await
         .map_err(rpc_error)?
-        .into_inner()
+        .into_inner();
+    super::output::warn_unconfirmed(&revoked.unconfirmed_replicas);
+    let svid = revoked
         .svid
         .ok_or_else(|| anyhow::anyhow!("the server returned no svid"))?;
     if args.admin.json {

@@ -474,6 +474,16 @@ impl Registry {
         what: Audited<'_>,
         f: impl FnOnce(&mut PolicySnapshot, &Writer<'_>) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
+        Ok(self.change_confirmed(what, f)?.0)
+    }
+
+    /// [`Self::change`], with the replicas that did not confirm a revocation (their
+    /// leases ran out instead): the caller reports them.
+    fn change_confirmed<T>(
+        &self,
+        what: Audited<'_>,
+        f: impl FnOnce(&mut PolicySnapshot, &Writer<'_>) -> Result<T, RegistryError>,
+    ) -> Result<(T, Vec<String>), RegistryError> {
         let _one_writer = lock(&self.writer);
         // With a shared store, one change at a time in the whole cluster, decided on the
         // latest policy: catch up first if another server changed it.
@@ -518,17 +528,18 @@ impl Registry {
         drop(cluster);
         drop(_one_writer);
         // A revocation returns once no other replica can sign on the policy before it.
+        let mut unconfirmed = Vec::new();
         if let (Some(follow), Some(version), Kind::Revocation) = (&self.follow, applied, kind) {
-            let silent = super::replica::await_applied(&self.store, &follow.name, version)?;
-            if !silent.is_empty() {
+            unconfirmed = super::replica::await_applied(&self.store, &follow.name, version)?;
+            if !unconfirmed.is_empty() {
                 tracing::warn!(
-                    replicas = ?silent,
+                    replicas = ?unconfirmed,
                     version,
                     "replicas did not confirm a revocation; their leases ran out, so they sign nothing until they have it"
                 );
             }
         }
-        Ok(out)
+        Ok((out, unconfirmed))
     }
 
     /// Creates a profile.
@@ -601,7 +612,17 @@ impl Registry {
     /// durable write before the new policy is published, and no signature for it is in
     /// flight once this returns.
     pub fn close_incident(&self, id: &str, by: &str, now: i64) -> Result<Incident, RegistryError> {
-        self.change(
+        Ok(self.close_incident_confirmed(id, by, now)?.0)
+    }
+
+    /// [`Self::close_incident`], with the replicas that did not confirm it.
+    pub fn close_incident_confirmed(
+        &self,
+        id: &str,
+        by: &str,
+        now: i64,
+    ) -> Result<(Incident, Vec<String>), RegistryError> {
+        self.change_confirmed(
             Audited::new(Kind::Revocation, "incident.close", by),
             |policy, w| {
                 let current = find_incident(policy, &self.store, id)?;
@@ -730,7 +751,19 @@ impl Registry {
         reason: &str,
         now: i64,
     ) -> Result<Grant, RegistryError> {
-        self.change(
+        Ok(self.end_grant_confirmed(id, state, by, reason, now)?.0)
+    }
+
+    /// [`Self::end_grant`], with the replicas that did not confirm it.
+    pub fn end_grant_confirmed(
+        &self,
+        id: &str,
+        state: GrantState,
+        by: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<(Grant, Vec<String>), RegistryError> {
+        self.change_confirmed(
             Audited::new(
                 Kind::Revocation,
                 if state == GrantState::Denied {
@@ -947,7 +980,17 @@ impl Registry {
         by: &str,
         now: i64,
     ) -> Result<RevokedSerial, RegistryError> {
-        self.change(
+        Ok(self.revoke_serial_confirmed(serial, by, now)?.0)
+    }
+
+    /// [`Self::revoke_serial`], with the replicas that did not confirm it.
+    pub fn revoke_serial_confirmed(
+        &self,
+        serial: &Serial,
+        by: &str,
+        now: i64,
+    ) -> Result<(RevokedSerial, Vec<String>), RegistryError> {
+        self.change_confirmed(
             Audited::new(Kind::Revocation, "svid.revoke", by),
             |policy, w| {
                 let record =

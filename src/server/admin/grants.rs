@@ -113,9 +113,19 @@ fn grant_proto(
 }
 
 impl AdminService {
-    fn grant_response(&self, grant: &Grant) -> Response<pb::GrantResponse> {
+    pub(super) fn grant_response(&self, grant: &Grant) -> Response<pb::GrantResponse> {
+        self.grant_response_confirmed(grant, Vec::new())
+    }
+
+    /// With the servers that did not confirm the change (see `Registry::end_grant_confirmed`).
+    fn grant_response_confirmed(
+        &self,
+        grant: &Grant,
+        unconfirmed_replicas: Vec<String>,
+    ) -> Response<pb::GrantResponse> {
         Response::new(pb::GrantResponse {
             grant: Some(grant_to_proto(grant, &self.issuer)),
+            unconfirmed_replicas,
         })
     }
 
@@ -193,7 +203,7 @@ impl AdminService {
             GrantState::Denied => Operation::DenyGrant,
             _ => Operation::RevokeGrant,
         };
-        let grant = self
+        let (grant, unconfirmed) = self
             .call(
                 request,
                 operation,
@@ -211,14 +221,14 @@ impl AdminService {
                     let now = issuer.cas.now();
                     Ok(issuer
                         .registry
-                        .end_grant(&body.id, state, &caller.name, &reason, now)?)
+                        .end_grant_confirmed(&body.id, state, &caller.name, &reason, now)?)
                 },
-                |caller, grant| {
+                |caller, (grant, _)| {
                     tracing::info!(grant = %grant.id, by = %caller.name, state = ?grant.state, "grant ended");
                 },
             )
             .await?;
-        Ok(self.grant_response(&grant))
+        Ok(self.grant_response_confirmed(&grant, unconfirmed))
     }
 
     pub(super) async fn get_grant_rpc(

@@ -121,7 +121,7 @@ impl AdminService {
         &self,
         request: Request<pb::CloseIncidentRequest>,
     ) -> Result<Response<pb::CloseIncidentResponse>, Status> {
-        let incident = self
+        let (incident, unconfirmed_replicas) = self
             .call(
                 request,
                 Operation::CommandIncident,
@@ -130,15 +130,16 @@ impl AdminService {
                     let now = issuer.cas.now();
                     Ok(issuer
                         .registry
-                        .close_incident(&body.id, &caller.name, now)?)
+                        .close_incident_confirmed(&body.id, &caller.name, now)?)
                 },
-                |caller, incident| {
+                |caller, (incident, _)| {
                     tracing::info!(incident = %incident.id, by = %caller.name, "incident closed");
                 },
             )
             .await?;
         Ok(Response::new(pb::CloseIncidentResponse {
             incident: Some(incident_to_proto(&incident)),
+            unconfirmed_replicas,
         }))
     }
 

@@ -224,8 +224,6 @@ impl AdminService {
                 },
             )
             .await?;
-        Ok(Response::new(pb::GrantResponse {
-            grant: Some(grant_to_proto(&grant, &self.issuer)),
-        }))
+        Ok(self.grant_response(&grant))
     }
 }

@@ -71,25 +71,31 @@ impl AdminService {
         &self,
         request: Request<pb::RevokeSvidRequest>,
     ) -> Result<Response<pb::SvidResponse>, Status> {
-        let (_, record) = self
+        let (_, record, unconfirmed_replicas) = self
             .call(
                 request,
                 Operation::RevokeSvid,
                 |issuer, caller, body| {
                     let serial: Serial = body.serial.parse()?;
                     let now = issuer.cas.now();
-                    let entry = issuer.registry.revoke_serial(&serial, &caller.name, now)?;
+                    let (entry, unconfirmed) =
+                        issuer
+                            .registry
+                            .revoke_serial_confirmed(&serial, &caller.name, now)?;
                     let record = issuer.store.svid(serial.as_str())?;
-                    Ok((entry, record))
+                    Ok((entry, record, unconfirmed))
                 },
-                |caller, (entry, _)| {
+                |caller, (entry, _, _)| {
                     tracing::info!(serial = %entry.serial, spiffe_id = %entry.spiffe_id, by = %caller.name, not_after = entry.not_after, "svid revoked");
                 },
             )
             .await?;
         let policy = self.issuer.registry.snapshot();
         let svid = record.map(|r| self.svid_proto(&r, &policy));
-        Ok(Response::new(pb::SvidResponse { svid }))
+        Ok(Response::new(pb::SvidResponse {
+            svid,
+            unconfirmed_replicas,
+        }))
     }
 }
 

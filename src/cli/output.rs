@@ -149,8 +149,8 @@ mod tests {
     #[test]
     fn unconfirmed_servers_are_named_escaped_and_nothing_is_said_when_all_confirmed() {
         assert_eq!(unconfirmed_warning(&[]), None);
-        let warning =
-            unconfirmed_warning(&["writ-b-0a1b2c3d".into(), "evil\u{1b}[2Jname".into()]).unwrap();
+        let warning = unconfirmed_warning(&["writ-b-0a1b2c3d".into(), "evil\u{1b}[2Jname".into()])
+            .unwrap_or_default();
         assert!(
             warning.starts_with("warning: writ-b-0a1b2c3d, evil"),
             "{warning}"

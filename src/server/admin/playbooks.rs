@@ -4,7 +4,6 @@
 
 use super::AdminService;
 use super::call::{bounded, name_arg};
-use super::grants::grant_to_proto;
 use crate::policy::playbook::{self, ActivationRequest, Playbook, PlaybookSpec};
 use crate::policy::roles::Operation;
 use crate::proto::admin as pb;

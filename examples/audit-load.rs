@@ -20,10 +20,15 @@
 //! `cargo build --release --example audit-load && target/release/examples/audit-load`
 //!
 //! Flags: --secs N (seconds per measurement, default 3), --baseline N (sequential appends
-//! for the fsync baseline, default 300), --max-tasks N (largest async level, default 1024).
+//! for the fsync baseline, default 300), --max-tasks N (largest async level, default 1024),
+//! --postgres (the issuance rows with the store in a throwaway PostgreSQL cluster instead
+//! of redb: initdb/pg_ctl on a Unix socket, fsync on; only the issuance section runs).
 
 // A measuring tool, not a service: failing loudly on setup errors is what we want.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+#[path = "../tests/common/postgres.rs"]
+mod postgres;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -205,10 +210,25 @@ fn threaded(
     }
 }
 
-fn issuer() -> (tempfile::TempDir, Arc<Issuer>) {
+/// Where the issuer's store is: its data directory, or a throwaway PostgreSQL cluster.
+struct Place {
+    _dir: tempfile::TempDir,
+    _postgres: Option<postgres::Postgres>,
+}
+
+fn issuer(on_postgres: bool) -> (Place, Arc<Issuer>) {
     let dir = tempfile::tempdir().expect("tempdir");
+    let (cluster, store) = if on_postgres {
+        let pg = postgres::Postgres::start_durable().expect("PostgreSQL");
+        pg.create_database("writ");
+        let url = pg.url("writ");
+        (Some(pg), Some(url))
+    } else {
+        (None, None)
+    };
     let raw = RawConfig {
         data_dir: Some(dir.path().join("data")),
+        store,
         ..RawConfig::default()
     };
     let issuer = Issuer::open(
@@ -216,7 +236,13 @@ fn issuer() -> (tempfile::TempDir, Arc<Issuer>) {
         Arc::new(writ::clock::SystemClock),
     )
     .expect("issuer");
-    (dir, issuer)
+    (
+        Place {
+            _dir: dir,
+            _postgres: cluster,
+        },
+        issuer,
+    )
 }
 
 fn request() -> SvidRequest {
@@ -291,8 +317,8 @@ fn svid_record(request: &SvidRequest, minted: &MintedX509) -> SvidRecord {
 /// One way to issue, run by the load threads.
 type IssuePath = Arc<dyn Fn(&Issuer, &[u8]) + Send + Sync>;
 
-fn issuance_section(levels: &[usize], secs: Duration) {
-    let (_dir, issuer) = issuer();
+fn issuance_section(levels: &[usize], secs: Duration, on_postgres: bool) {
+    let (_place, issuer) = issuer(on_postgres);
     let csr = Arc::new(csr());
     println!(
         "\n== issuance (X.509-SVID from a CSR), {:?} per row, ops/s and latency per issuance ==",
@@ -360,6 +386,11 @@ fn main() {
     let secs = Duration::from_secs(arg("--secs", 3) as u64);
     let max_tasks = arg("--max-tasks", 1024);
     let n = arg("--baseline", 300);
+    if std::env::args().any(|a| a == "--postgres") {
+        println!("store: a throwaway PostgreSQL cluster (Unix socket, fsync on)");
+        issuance_section(&[1, 16, 64], secs, true);
+        return;
+    }
     println!(
         "record: {} bytes (issuance-shaped); log in {}",
         issuance(0).encode().expect("encode").len(),
@@ -403,5 +434,5 @@ fn main() {
         print_row(&format!("append ×{threads}"), run);
     }
 
-    issuance_section(&[1, 16, 64], secs);
+    issuance_section(&[1, 16, 64], secs, false);
 }

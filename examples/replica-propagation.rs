@@ -15,16 +15,14 @@
 
 #[path = "../tests/common/postgres.rs"]
 mod postgres;
+#[path = "../tests/common/replica.rs"]
+mod replica;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use writ::audit::AuditLog;
-use writ::clock::{SharedClock, SystemClock};
-use writ::policy::grant::RemediationRules;
 use writ::policy::{Incident, IncidentState, Severity};
 use writ::server::registry::Registry;
-use writ::store::Store;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -71,49 +69,17 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let dirs: Vec<tempfile::TempDir> = (0..replicas)
-        .map(|_| tempfile::tempdir().unwrap())
+    let cluster: Vec<replica::Follower> = (0..replicas)
+        .map(|_| replica::Follower::start(&url, &rt))
         .collect();
-    let mut followers = Vec::new();
-    let registries: Vec<Arc<Registry>> = dirs
-        .iter()
-        .map(|dir| {
-            let store = Arc::new(Store::connect_postgres(&url.parse().unwrap()).unwrap());
-            let audit = Arc::new(
-                AuditLog::open(
-                    &dir.path().join("audit.redb"),
-                    dir.path(),
-                    "bench/writ-audit",
-                )
-                .unwrap(),
-            );
-            let clock: SharedClock = Arc::new(SystemClock);
-            let registry = Arc::new(
-                Registry::load(
-                    Arc::clone(&store),
-                    RemediationRules::default(),
-                    audit,
-                    clock,
-                    Duration::from_secs(300),
-                )
-                .unwrap(),
-            );
-            let me = registry.replica_name().unwrap().to_owned();
-            followers.push(rt.spawn(writ::server::follow_policy(
-                Arc::clone(&registry),
-                store,
-                me,
-            )));
-            registry
-        })
-        .collect();
+    let registries: Vec<Arc<Registry>> = cluster.iter().map(|f| Arc::clone(&f.registry)).collect();
     for r in &registries {
         while r.issuance_gate().is_err() {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
     if cut_one {
-        followers.last().unwrap().abort();
+        cluster.last().unwrap().task.abort();
     }
     let watched = if cut_one {
         &registries[1..replicas - 1]

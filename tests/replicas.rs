@@ -15,9 +15,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use writ::audit::AuditLog;
-use writ::clock::{SharedClock, SystemClock};
-use writ::policy::grant::RemediationRules;
 use writ::policy::{Incident, IncidentState, Severity};
 use writ::server::registry::{Registry, RegistryError};
 use writ::store::Store;
@@ -27,47 +24,16 @@ const WAIT: Duration = Duration::from_secs(30);
 struct Replica {
     registry: Arc<Registry>,
     store: Arc<Store>,
-    follower: Option<tokio::task::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    follower: common::replica::Follower,
 }
 
 impl Replica {
     fn start(url: &str, runtime: &tokio::runtime::Runtime) -> Replica {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::connect_postgres(&url.parse().unwrap()).unwrap());
-        let audit = Arc::new(
-            AuditLog::open(
-                &dir.path().join("audit.redb"),
-                dir.path(),
-                "example.org/writ-audit",
-            )
-            .unwrap(),
-        );
-        let clock: SharedClock = Arc::new(SystemClock);
-        let registry = Arc::new(
-            Registry::load(
-                Arc::clone(&store),
-                RemediationRules::default(),
-                audit,
-                clock,
-                Duration::from_secs(300),
-            )
-            .unwrap(),
-        );
-        let me = registry
-            .replica_name()
-            .expect("a shared store names the replica")
-            .to_owned();
-        let follower = runtime.spawn(writ::server::follow_policy(
-            Arc::clone(&registry),
-            Arc::clone(&store),
-            me,
-        ));
+        let follower = common::replica::Follower::start(url, runtime);
         let replica = Replica {
-            registry,
-            store,
-            follower: Some(follower),
-            _dir: dir,
+            registry: Arc::clone(&follower.registry),
+            store: Arc::clone(&follower.store),
+            follower,
         };
         replica.wait_until_it_may_sign();
         replica
@@ -84,9 +50,7 @@ impl Replica {
     /// Its follower stops: no more notifications, no more heartbeats (as a replica
     /// whose connections to the database are cut).
     fn cut_off(&mut self) {
-        if let Some(f) = self.follower.take() {
-            f.abort();
-        }
+        self.follower.task.abort();
     }
 
     fn incident_state(&self, id: &str) -> Option<IncidentState> {

@@ -21,6 +21,8 @@ pub struct Postgres {
     run_as: Option<(u32, u32)>,
     /// Server options added by [`Postgres::serve_tls`].
     extra: std::sync::Mutex<String>,
+    /// `fsync=off` (tests) or on (measurements).
+    fsync: bool,
 }
 
 /// Where the server binaries are: `WRIT_PG_BIN`, else `initdb` on PATH, else the newest
@@ -69,6 +71,16 @@ impl Postgres {
     /// install, unless `WRIT_ALLOW_SKIPS=1`: then it prints why and returns `None`.
     #[must_use = "return from the test when this is None"]
     pub fn start() -> Option<Postgres> {
+        Self::start_with(false)
+    }
+
+    /// A cluster that fsyncs its commits, as a production one does: for measurements.
+    #[must_use = "return when this is None"]
+    pub fn start_durable() -> Option<Postgres> {
+        Self::start_with(true)
+    }
+
+    fn start_with(fsync: bool) -> Option<Postgres> {
         let Some(bin) = bin_dir() else {
             if std::env::var("WRIT_ALLOW_SKIPS").is_ok_and(|v| v == "1") {
                 use std::io::Write;
@@ -104,6 +116,7 @@ impl Postgres {
             port,
             run_as,
             extra: std::sync::Mutex::new(String::new()),
+            fsync,
         };
         let data = pg.data_dir();
         pg.run_ok(
@@ -214,8 +227,13 @@ impl Postgres {
         } else {
             ""
         };
+        let durability = if self.fsync {
+            ""
+        } else {
+            "-c fsync=off -c full_page_writes=off"
+        };
         let options = format!(
-            "-k {} -p {} {listen} -c fsync=off -c full_page_writes=off -c max_connections=300 {extra}",
+            "-k {} -p {} {listen} {durability} -c max_connections=300 {extra}",
             self.socket_dir().display(),
             self.port
         );

@@ -286,3 +286,27 @@ fn replicas_stop_signing_while_the_database_is_down_and_resume_by_themselves() {
     a.registry.open_incident(incident("INC-9")).unwrap();
     wait_for("INC-9 on B", || b.incident_state("INC-9").is_some());
 }
+
+/// A server hears its own changes back as notifications: it publishes each change to its
+/// agents once, not again when the notification arrives.
+#[test]
+fn a_servers_own_change_is_published_once() {
+    let Some((_pg, url)) = cluster() else { return };
+    let rt = runtime();
+    let a = Replica::start(&url, &rt);
+    let b = Replica::start(&url, &rt);
+    let mut published = a.registry.subscribe();
+    published.borrow_and_update();
+    let publishes = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&publishes);
+    rt.spawn(async move {
+        while published.changed().await.is_ok() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    a.registry.open_incident(incident("INC-1")).unwrap();
+    wait_for("INC-1 on B", || b.incident_state("INC-1").is_some());
+    // Several heartbeats and the notification's round trip later, still one publish.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(publishes.load(Ordering::SeqCst), 1);
+}

@@ -440,6 +440,10 @@ impl Registry {
             return Ok(0);
         };
         let version = self.store.policy_version()?;
+        if version == follow.applied.load(Ordering::SeqCst) {
+            // Already published (this server's own change, heard back as a notification).
+            return Ok(version);
+        }
         let now = self.clock.unix();
         let rules = self.snapshot().rules.clone();
         let next = read_live(

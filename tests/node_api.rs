@@ -857,6 +857,76 @@ fn a_second_server_without_the_cas_keys_refuses_to_start_and_changes_nothing() {
     assert_eq!(first.ok(&["bundle", "show", "--band", "base"]), bundle);
 }
 
+/// `writ healthcheck` on a server with a shared store: it signs and names itself among
+/// the replicas; while PostgreSQL is down it says it is not signing and exits non-zero (a
+/// probe sees it); once the database is back it signs again by itself.
+#[test]
+fn healthcheck_shows_the_replicas_and_fails_while_the_server_cannot_sign() {
+    let Some(pg) = common::postgres::Postgres::start() else {
+        return;
+    };
+    pg.create_database("writ");
+    let dir = temp_dir();
+    let dir = dir.path();
+    let server = Server::start(
+        dir,
+        "server",
+        &format!("store = {}\n", toml_string(&pg.url("writ"))),
+    );
+    let health = |server: &Server| {
+        let out = server.run(&["healthcheck", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        (out.status.success(), v)
+    };
+    let (ok, v) = health(&server);
+    assert!(ok, "{v}");
+    assert_eq!(v["status"], "ok");
+    let me = v["replication"]["this_replica"]
+        .as_str()
+        .expect("this replica")
+        .to_owned();
+    let replicas = v["replication"]["replicas"].as_array().expect("replicas");
+    assert!(
+        replicas
+            .iter()
+            .any(|r| r["name"] == me.as_str() && r["state"] == "signing"),
+        "{v}"
+    );
+
+    pg.stop();
+    let deadline = Instant::now() + WAIT;
+    let v = loop {
+        let (ok, v) = health(&server);
+        if !ok {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still signing without its database: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(v["status"], "not_signing");
+    assert!(
+        v["not_signing"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot prove its policy is current"),
+        "{v}"
+    );
+
+    pg.start_again();
+    let deadline = Instant::now() + WAIT;
+    while !health(&server).0 {
+        assert!(
+            Instant::now() < deadline,
+            "did not sign again after the database came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn restart_from_the_store(store: &str) {
     let dir = temp_dir();
     let dir = dir.path();

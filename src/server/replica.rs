@@ -35,6 +35,28 @@ pub fn may_sign_stale(row: &ReplicaRow, version: u64, lease: Duration) -> bool {
     row.lease_age_ms.is_some_and(|age| age < window)
 }
 
+/// How long without a heartbeat before a replica counts as gone (not merely stopped).
+pub const GONE_AFTER: Duration = Duration::from_secs(60);
+
+/// What `row`'s replica is doing, as `writ healthcheck` shows it: `signing` (current, lease
+/// held), `behind` (not current, lease not yet run out: it may still sign on older policy
+/// for at most the lease), `stopped` (alive, lease run out: it signs nothing) or `gone` (no
+/// heartbeat for [`GONE_AFTER`]).
+pub fn state(row: &ReplicaRow, head: u64) -> &'static str {
+    let gone = i64::try_from(GONE_AFTER.as_millis()).unwrap_or(i64::MAX);
+    let lease = i64::try_from(POLICY_LEASE.as_millis()).unwrap_or(i64::MAX);
+    let leased = row.lease_age_ms.is_some_and(|age| age < lease);
+    if row.heartbeat_age_ms >= gone {
+        "gone"
+    } else if leased && row.applied_version >= head {
+        "signing"
+    } else if may_sign_stale(row, head, POLICY_LEASE) {
+        "behind"
+    } else {
+        "stopped"
+    }
+}
+
 /// A name for this server among the replicas: the host's name and a random suffix, so
 /// that two servers (or two starts of one) never share a lease.
 pub fn replica_name() -> String {
@@ -115,6 +137,22 @@ mod tests {
         assert!(!may_sign_stale(&row(4, Some(2_500)), 5, lease));
         // Never held a lease: never signed.
         assert!(!may_sign_stale(&row(0, None), 5, lease));
+    }
+
+    #[test]
+    fn states_follow_the_lease_the_version_and_the_heartbeat() {
+        let at = |applied, heartbeat_age_ms, lease_age_ms| ReplicaRow {
+            name: "b".into(),
+            applied_version: applied,
+            heartbeat_age_ms,
+            lease_age_ms,
+        };
+        assert_eq!(state(&at(5, 100, Some(100)), 5), "signing");
+        assert_eq!(state(&at(4, 100, Some(100)), 5), "behind");
+        assert_eq!(state(&at(5, 100, Some(2_000)), 5), "stopped");
+        assert_eq!(state(&at(4, 100, Some(3_000)), 5), "stopped");
+        assert_eq!(state(&at(0, 100, None), 5), "stopped");
+        assert_eq!(state(&at(5, 60_000, Some(60_000)), 5), "gone");
     }
 
     #[test]

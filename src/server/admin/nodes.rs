@@ -41,6 +41,16 @@ impl AdminService {
         request: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
         self.authorize(&request, Operation::Health)?;
+        let issuer = std::sync::Arc::clone(&self.issuer);
+        let (not_signing, replication) = tokio::task::spawn_blocking(move || {
+            let not_signing = match issuer.registry.issuance_gate() {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            };
+            (not_signing, replication(&issuer))
+        })
+        .await
+        .map_err(|_| Status::internal("reading the server's health failed"))?;
         Ok(Response::new(pb::HealthResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             trust_domain: self.issuer.cas.base().to_string(),
@@ -50,6 +60,46 @@ impl AdminService {
                 .iter()
                 .map(|ca| ca.trust_domain().to_string())
                 .collect(),
+            signing: not_signing.is_empty(),
+            not_signing,
+            replication,
         }))
     }
+}
+
+/// The cluster as this server sees it (`None` with a store of its own).
+fn replication(issuer: &crate::server::Issuer) -> Option<pb::Replication> {
+    let me = issuer.registry.replica_name()?;
+    let applied = issuer.registry.applied_version().unwrap_or(0);
+    let read = issuer
+        .store
+        .policy_version()
+        .and_then(|head| Ok((head, issuer.store.replicas()?)));
+    Some(match read {
+        Ok((head, rows)) => pb::Replication {
+            this_replica: me.to_owned(),
+            policy_version: head,
+            applied_version: applied,
+            // A start is a new replica name: those silent for an hour are history.
+            replicas: rows
+                .iter()
+                .filter(|r| r.heartbeat_age_ms < 3_600_000)
+                .map(|r| pb::ReplicaStatus {
+                    name: r.name.clone(),
+                    state: crate::server::replica::state(r, head).into(),
+                    applied_version: r.applied_version,
+                    heartbeat_age_ms: r.heartbeat_age_ms,
+                    lease_age_ms: r.lease_age_ms.unwrap_or(-1),
+                })
+                .collect(),
+            store_error: String::new(),
+        },
+        Err(e) => pb::Replication {
+            this_replica: me.to_owned(),
+            policy_version: 0,
+            applied_version: applied,
+            replicas: Vec::new(),
+            store_error: e.to_string(),
+        },
+    })
 }

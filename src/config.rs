@@ -336,6 +336,29 @@ mod tests {
     }
 
     #[test]
+    fn the_store_is_redb_by_default_or_a_postgres_url_and_bad_ones_are_refused() {
+        let config = RawConfig::default().resolve().unwrap();
+        assert_eq!(config.store, crate::store::StoreLocation::Embedded);
+        let pg: RawConfig =
+            toml::from_str("store = \"postgresql://writ@/writ?host=/run/postgresql\"").unwrap();
+        assert!(matches!(
+            pg.resolve().unwrap().store,
+            crate::store::StoreLocation::Postgres(_)
+        ));
+        for bad in [
+            "store = \"mysql://db/writ\"",
+            "store = \"postgres://writ:hunter2@db/writ?sslmode=require\"",
+            "store = 5",
+        ] {
+            let refused = toml::from_str::<RawConfig>(bad)
+                .map_err(|e| e.to_string())
+                .and_then(|raw| raw.resolve().map(|_| ()).map_err(|e| e.to_string()));
+            let e = refused.unwrap_err();
+            assert!(!e.contains("hunter2"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn parse_errors_are_one_line() {
         let path = Path::new("agent.toml");
         let e = parse_toml::<RawAgentConfig>(path, "data_dir = \"/x\"\njoin_tokn = \"a\"\n")

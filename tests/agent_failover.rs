@@ -10,8 +10,9 @@
 
 mod common;
 
+use common::{free_port, quoted, temp_dir, toml_string, write};
+
 use serde_json::Value;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,35 +26,6 @@ const WAIT: Duration = Duration::from_secs(120);
 
 /// The uid of the workload: no operator's.
 const WORKLOAD: u32 = 65533;
-
-/// A port nothing listens on right now (the listener is dropped at once).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local address")
-        .port()
-}
-
-/// A temp directory other uids may traverse (the workload reaches the agent's socket).
-fn temp_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    dir
-}
-
-fn write(path: &Path, text: &str) -> PathBuf {
-    std::fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-    path.to_path_buf()
-}
-
-fn toml_string(text: &str) -> String {
-    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-fn quoted(path: &Path) -> String {
-    toml_string(&path.display().to_string())
-}
 
 /// Polls `done` every 50 ms until it holds; fails with `what()` after [`WAIT`].
 fn wait_until(what: impl Fn() -> String, mut done: impl FnMut() -> bool) {

@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::{free_port, quoted, temp_dir, toml_string, write};
+
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -34,42 +36,11 @@ const NOBODY: u32 = 65534;
 /// writ refuses profiles that select an operator's uid).
 const WORKLOAD: u32 = 65533;
 
-/// A port nothing listens on right now (the listener is dropped at once).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local address")
-        .port()
-}
-
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs() as i64
-}
-
-/// A temp directory other uids may traverse (workloads run as `NOBODY` reach the
-/// agent's socket inside it).
-fn temp_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    dir
-}
-
-fn write(path: &Path, text: &str) -> PathBuf {
-    std::fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-    path.to_path_buf()
-}
-
-/// A TOML string literal.
-fn quoted(path: &Path) -> String {
-    toml_string(&path.display().to_string())
-}
-
-fn toml_string(text: &str) -> String {
-    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// A child process with its output in files, killed when dropped.

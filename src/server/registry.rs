@@ -243,10 +243,8 @@ struct Follow {
     /// The policy version the published snapshot reflects (at least).
     applied: std::sync::atomic::AtomicU64,
     /// Signing is allowed before this instant: the last heartbeat that found `applied`
-    /// current, plus the lease.
+    /// current, plus the lease ([`super::replica::POLICY_LEASE`]).
     lease_until: Mutex<Option<std::time::Instant>>,
-    /// How long a heartbeat that found the policy current lets this server sign.
-    lease: std::time::Duration,
     /// This server's name among the replicas.
     name: String,
 }
@@ -317,7 +315,6 @@ impl Registry {
             Some(Follow {
                 applied: store.policy_version()?.into(),
                 lease_until: Mutex::new(None),
-                lease: super::replica::POLICY_LEASE,
                 name: super::replica::replica_name(),
             })
         } else {
@@ -421,7 +418,7 @@ impl Registry {
             && follow.applied.load(Ordering::SeqCst) == applied
         {
             let mut until = lock(&follow.lease_until);
-            let next = sent + follow.lease;
+            let next = sent + super::replica::POLICY_LEASE;
             if until.is_none_or(|u| u < next) {
                 *until = Some(next);
             }

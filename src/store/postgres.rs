@@ -879,6 +879,23 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_or_empty_root_cert_is_refused_before_connecting() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        for path in [dir.path().join("missing.pem"), empty] {
+            let url: PostgresUrl = format!(
+                "postgres://writ@db.invalid/writ?sslrootcert={}",
+                path.display()
+            )
+            .parse()
+            .unwrap();
+            let e = client_tls(url.ca_file.as_deref().unwrap()).unwrap_err();
+            assert!(e.to_string().contains("sslrootcert"), "{e}");
+        }
+    }
+
+    #[test]
     fn a_url_that_asks_for_tls_without_a_ca_or_names_no_host_is_refused() {
         let e = "postgres://writ@db/writ?sslmode=require"
             .parse::<PostgresUrl>()

@@ -53,6 +53,40 @@ pub fn require_root() -> bool {
     panic!("this test needs root; run as root or set WRIT_ALLOW_SKIPS=1");
 }
 
+/// A port nothing listens on right now (the listener is dropped at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// A temp directory other uids may traverse (workloads run under other uids reach the
+/// agent's socket inside it).
+pub fn temp_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+/// Writes `text` to `path`; returns the path.
+pub fn write(path: &Path, text: &str) -> PathBuf {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path.to_path_buf()
+}
+
+/// A TOML string literal.
+pub fn toml_string(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A path as a TOML string literal.
+pub fn quoted(path: &Path) -> String {
+    toml_string(&path.display().to_string())
+}
+
 /// Seconds since the epoch, from the system clock.
 pub fn system_now() -> i64 {
     SystemTime::now()

@@ -759,8 +759,8 @@ fn server_and_agent_restart_from_disk() {
     restart_from_the_store("");
 }
 
-/// The same on PostgreSQL: the server's state is in the database (its keys and audit
-/// log stay in its data directory), and a kill -9 loses none of it.
+/// The same on PostgreSQL: the server's state and its audit log are in the database (its
+/// keys stay in its data directory), and a kill -9 loses none of it.
 #[test]
 fn server_on_postgresql_serves_and_restarts_from_the_database() {
     let Some(pg) = common::postgres::Postgres::start() else {
@@ -780,6 +780,15 @@ fn server_on_postgresql_serves_and_restarts_from_the_database() {
             "SELECT count(*) FROM join_tokens WHERE body->>'used_at' IS NOT NULL"
         ),
         "1"
+    );
+    assert_eq!(
+        pg.psql(
+            "writ",
+            "SELECT count(*) FROM audit_records \
+             WHERE convert_from(body, 'UTF8')::json->>'action' = 'incident.open'"
+        ),
+        "3",
+        "the audit log is in the database"
     );
 }
 
@@ -903,10 +912,12 @@ fn restart_from_the_store(store: &str) {
     let dir = dir.path();
     let mut server = Server::start(dir, "server", store);
     if !store.is_empty() {
-        assert!(
-            !dir.join("server").join("writ.redb").exists(),
-            "a server on PostgreSQL made a redb file"
-        );
+        for file in ["writ.redb", "audit.redb"] {
+            assert!(
+                !dir.join("server").join(file).exists(),
+                "a server on PostgreSQL made {file}"
+            );
+        }
     }
     let bundle = server.base_pem(dir);
     let token = server.token();
@@ -950,6 +961,9 @@ fn restart_from_the_store(store: &str) {
     // And the restarted pair still follows policy.
     server.close("INC-1");
     wait_no_identity(&agent.socket(), WORKLOAD);
+    // The audit log, written across the kill, verifies through the server.
+    let verified = server.ok(&["audit", "verify"]);
+    assert!(verified.contains("audit log intact"), "{verified}");
 }
 
 #[test]

@@ -8,8 +8,13 @@
 //! every queued record fails with it, the next index goes back to the durable size, and
 //! nothing that depended on those records is released (an SVID whose issuance record was
 //! not written is never handed out).
+//!
+//! A log several servers share lives in their shared store instead ([`AuditLog::open_shared`],
+//! [`super::shared`]): indexes come from reservations, commits insert the records, and the
+//! tree is extended over the gapless prefix by whichever server holds the log's head lock.
 
 use super::note::LogKey;
+use super::shared::{self, SharedHashes, SharedLog};
 use super::{AuditError, Record, record::MAX_RECORD_LEN};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -55,13 +60,38 @@ struct Queued {
 
 struct Sequencer {
     next: u64,
+    /// The end of the indexes this server may number from: unbounded for a log of its
+    /// own; the end of its reservation in a shared one.
+    end: u64,
+    /// How many records the last commit took: the next reservation's size.
+    last_batch: u64,
     queue: Vec<Queued>,
     stopping: bool,
 }
 
+/// Where the records live.
+enum Place {
+    /// A log this server owns, in its data directory.
+    Local(Database),
+    /// A log several servers share, in their shared store.
+    Shared {
+        log: Arc<dyn SharedLog>,
+        /// This server's name, on its reservations.
+        owner: String,
+        /// When this server last closed reservations others abandoned.
+        swept: Mutex<std::time::Instant>,
+        /// Whether the last extension failed (said once, not every tick).
+        failing: AtomicBool,
+    },
+}
+
+/// How often a server on a shared log looks for others' records to take into the tree
+/// (and for its own unfilled reservation) when it has nothing to commit.
+const SHARED_TICK: std::time::Duration = std::time::Duration::from_millis(250);
+
 struct Inner {
-    db: Database,
-    key: LogKey,
+    place: Place,
+    key: Arc<LogKey>,
     origin: String,
     seq: Mutex<Sequencer>,
     work: Condvar,
@@ -134,13 +164,53 @@ impl AuditLog {
             tx.commit().map_err(db_err)?;
             size
         };
+        Self::start(Place::Local(db), Arc::new(key), origin, size, u64::MAX)
+    }
+
+    /// Opens the log several servers share in `log` (docs/ha.md, "The audit log"), as the
+    /// server `owner`, signing checkpoints with its own key in `key_dir` (published beside
+    /// the log, so verifiers find every server's).
+    pub fn open_shared(
+        log: Arc<dyn SharedLog>,
+        owner: &str,
+        key_dir: &Path,
+        origin: &str,
+    ) -> Result<Self, AuditError> {
+        let key = Arc::new(LogKey::open_or_create(key_dir, origin)?);
+        log.publish_key(owner, key.vkey())?;
+        let place = Place::Shared {
+            log,
+            owner: owner.to_owned(),
+            swept: Mutex::new(std::time::Instant::now()),
+            failing: AtomicBool::new(false),
+        };
+        let opened = Self::start(place, key, origin, 0, 0)?;
+        // The tree as it stands (and its first checkpoint, for a new log).
+        opened.inner.settle();
+        if opened.inner.shared_head()?.1.is_none() {
+            return Err(AuditError::Unavailable(
+                "the shared audit log has no checkpoint yet (another server is extending it); try again".into(),
+            ));
+        }
+        Ok(opened)
+    }
+
+    fn start(
+        place: Place,
+        key: Arc<LogKey>,
+        origin: &str,
+        size: u64,
+        end: u64,
+    ) -> Result<Self, AuditError> {
         let (durable, _) = watch::channel(size);
         let inner = Arc::new(Inner {
-            db,
+            place,
             key,
             origin: origin.to_owned(),
             seq: Mutex::new(Sequencer {
                 next: size,
+                end,
+                last_batch: 1,
                 queue: Vec::new(),
                 stopping: false,
             }),
@@ -164,9 +234,26 @@ impl AuditLog {
         &self.inner.origin
     }
 
-    /// The verifier key of the log's signing key.
+    /// The name this server reserves indexes under, in a log several servers share.
+    pub fn owner(&self) -> Option<&str> {
+        match &self.inner.place {
+            Place::Local(_) => None,
+            Place::Shared { owner, .. } => Some(owner),
+        }
+    }
+
+    /// The verifier key of this server's log signing key.
     pub fn vkey(&self) -> &str {
         self.inner.key.vkey()
+    }
+
+    /// The verifier keys a checkpoint of this log may be signed with, one per line: this
+    /// server's, or in a shared log every server's that published one.
+    pub fn verifier_keys(&self) -> Result<String, AuditError> {
+        match &self.inner.place {
+            Place::Local(_) => Ok(self.inner.key.vkey().to_owned()),
+            Place::Shared { log, .. } => Ok(log.keys()?.join("\n")),
+        }
     }
 
     /// Records durable now.
@@ -235,6 +322,9 @@ impl AuditLog {
         if seq.stopping {
             return Err(AuditError::Unavailable("the audit log is closed".into()).into());
         }
+        if seq.next == seq.end {
+            self.inner.reserve(&mut seq)?;
+        }
         let index = seq.next;
         let (bytes, out) = build(index)?;
         if bytes.len() > MAX_RECORD_LEN {
@@ -249,8 +339,14 @@ impl AuditLog {
 
     /// Records `[from, from + limit)` that are durable, in order.
     pub fn read(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+        let db = match &self.inner.place {
+            Place::Local(db) => db,
+            // Bounded by the tree as the store has it, which may be ahead of this
+            // server's view: a checkpoint read just before covers no more than that.
+            Place::Shared { log, .. } => return log.read(from, u64::MAX, limit),
+        };
         let end = self.size();
-        let tx = self.inner.db.begin_read().map_err(db_err)?;
+        let tx = db.begin_read().map_err(db_err)?;
         let records = tx.open_table(RECORDS).map_err(db_err)?;
         let mut out = Vec::new();
         for item in records.range(from..end).map_err(db_err)?.take(limit) {
@@ -262,7 +358,17 @@ impl AuditLog {
 
     /// The latest signed checkpoint (made at every commit).
     pub fn checkpoint(&self) -> Result<Vec<u8>, AuditError> {
-        let tx = self.inner.db.begin_read().map_err(db_err)?;
+        let db = match &self.inner.place {
+            Place::Local(db) => db,
+            Place::Shared { .. } => {
+                return self
+                    .inner
+                    .shared_head()?
+                    .1
+                    .ok_or_else(|| AuditError::Store("no checkpoint".into()));
+            }
+        };
+        let tx = db.begin_read().map_err(db_err)?;
         let meta = tx.open_table(META).map_err(db_err)?;
         meta.get("checkpoint")
             .map_err(db_err)?
@@ -279,7 +385,17 @@ impl AuditLog {
                 self.size()
             )));
         }
-        let tx = self.inner.db.begin_read().map_err(db_err)?;
+        let db = match &self.inner.place {
+            Place::Local(db) => db,
+            Place::Shared { log, .. } => {
+                return Ok(tlog_tiles::prove_tree(
+                    new_size,
+                    old_size,
+                    &SharedHashes(log.as_ref()),
+                )?);
+            }
+        };
+        let tx = db.begin_read().map_err(db_err)?;
         let hashes = tx.open_table(HASHES).map_err(db_err)?;
         Ok(tlog_tiles::prove_tree(
             new_size,
@@ -298,7 +414,17 @@ impl AuditLog {
                 self.size()
             )));
         }
-        let tx = self.inner.db.begin_read().map_err(db_err)?;
+        let db = match &self.inner.place {
+            Place::Local(db) => db,
+            Place::Shared { log, .. } => {
+                return Ok(tlog_tiles::prove_record(
+                    size,
+                    index,
+                    &SharedHashes(log.as_ref()),
+                )?);
+            }
+        };
+        let tx = db.begin_read().map_err(db_err)?;
         let hashes = tx.open_table(HASHES).map_err(db_err)?;
         Ok(tlog_tiles::prove_record(
             size,
@@ -344,51 +470,227 @@ impl Inner {
 
     /// The writer: takes everything queued, commits it in one transaction, reports.
     fn run(&self) {
+        let shared = matches!(self.place, Place::Shared { .. });
         loop {
-            let batch = {
+            let (batch, stopping) = {
                 let mut seq = self.lock();
-                while seq.queue.is_empty() && !seq.stopping {
-                    seq = self
-                        .work
-                        .wait(seq)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if seq.queue.is_empty() && !seq.stopping {
+                    seq = if shared {
+                        self.work
+                            .wait_timeout(seq, SHARED_TICK)
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .0
+                    } else {
+                        self.work
+                            .wait(seq)
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    };
                 }
-                if seq.queue.is_empty() {
+                let batch = std::mem::take(&mut seq.queue);
+                if !batch.is_empty() {
+                    seq.last_batch = batch.len() as u64;
+                }
+                (batch, seq.stopping)
+            };
+            if batch.is_empty() {
+                if shared {
+                    self.settle();
+                }
+                if stopping {
                     return;
                 }
-                std::mem::take(&mut seq.queue)
-            };
+                continue;
+            }
             match self.commit(&batch) {
                 Ok(size) => {
                     self.commits.fetch_add(1, Ordering::Relaxed);
-                    self.durable.send_replace(size);
+                    if let Some(size) = size {
+                        self.durable.send_replace(size);
+                    }
                     for q in batch {
                         q.done.send(Ok(()));
+                    }
+                    if shared {
+                        self.settle();
                     }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, records = batch.len(), "audit commit failed; the records and everything waiting on them are refused");
                     // Everything queued behind the failed batch was numbered after it:
-                    // fail those too and number again from the durable size.
-                    let rest = {
+                    // fail those too and number again from the durable size (or, in a
+                    // shared log, from a new reservation: the places of these records
+                    // are closed, whether or not the commit reached the store).
+                    let (rest, unfilled) = {
                         let mut seq = self.lock();
-                        seq.next = *self.durable.borrow();
-                        std::mem::take(&mut seq.queue)
+                        let unfilled = (seq.next, seq.end);
+                        if shared {
+                            seq.end = seq.next;
+                        } else {
+                            seq.next = *self.durable.borrow();
+                        }
+                        (std::mem::take(&mut seq.queue), unfilled)
                     };
+                    let first = batch.first().map_or(unfilled.0, |q| q.index);
                     let message = e.to_string();
                     for q in batch.into_iter().chain(rest) {
                         q.done.send(Err(AuditError::Unavailable(message.clone())));
+                    }
+                    if shared {
+                        self.void_own(first, unfilled.1, "its commit failed");
                     }
                 }
             }
         }
     }
 
-    fn commit(&self, batch: &[Queued]) -> Result<u64, AuditError> {
+    /// A shared log's housekeeping, between commits: closes this server's unfilled
+    /// reservation when nothing is queued, closes reservations other servers abandoned,
+    /// and extends the tree (taking in every server's records) when no one else is.
+    fn settle(&self) {
+        let Place::Shared {
+            log,
+            swept,
+            failing,
+            ..
+        } = &self.place
+        else {
+            return;
+        };
+        let unfilled = {
+            let mut seq = self.lock();
+            if seq.queue.is_empty() && seq.next < seq.end {
+                let unfilled = (seq.next, seq.end);
+                seq.end = seq.next;
+                Some(unfilled)
+            } else {
+                None
+            }
+        };
+        if let Some((from, to)) = unfilled {
+            self.void_own(from, to, "reserved and not used");
+        }
+        let sweep = {
+            let mut last = swept
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let due = last.elapsed() >= std::time::Duration::from_secs(1);
+            if due {
+                *last = std::time::Instant::now();
+            }
+            due
+        };
+        if sweep {
+            self.close_abandoned(log.as_ref());
+        }
+        let key = Arc::clone(&self.key);
+        let origin = self.origin.clone();
+        let step: Arc<shared::ExtendFn> = Arc::new(move |size, records, known| {
+            shared::extend_step(&key, &origin, size, records, known)
+        });
+        let extended = log.extend(step);
+        match (
+            &extended,
+            failing.swap(extended.is_err(), Ordering::Relaxed),
+        ) {
+            (Ok(_), true) => tracing::info!("extending the shared audit log works again"),
+            (Err(e), false) => {
+                tracing::warn!(error = %e, "extending the shared audit log failed; retrying every {} ms", SHARED_TICK.as_millis());
+            }
+            _ => {}
+        }
+        // Otherwise another server is extending it (the next tick sees what it did), or
+        // the store is unreachable (said above).
+        if let Ok(Some(size)) = extended {
+            self.durable.send_if_modified(|known| {
+                let grew = size > *known;
+                if grew {
+                    *known = size;
+                }
+                grew
+            });
+        }
+    }
+
+    /// Closes `[from, to)` of this server's reservation with void records.
+    fn void_own(&self, from: u64, to: u64, why: &str) {
+        let Place::Shared { log, owner, .. } = &self.place else {
+            return;
+        };
+        if from >= to {
+            return;
+        }
+        let void = match shared::void_record(unix_now(), owner, why) {
+            Ok(void) => void,
+            Err(e) => {
+                tracing::error!(error = %e, "encoding a void record");
+                return;
+            }
+        };
+        if let Err(e) = log.void(from, to, void) {
+            // Any server closes it once it is old enough.
+            tracing::warn!(error = %e, from, to, "closing this server's unused audit indexes failed; another server will");
+        }
+    }
+
+    /// Closes reservations older than [`shared::ABANDONED_AFTER`]: their owner died or
+    /// lost the store, and the tree cannot grow past them.
+    fn close_abandoned(&self, log: &dyn SharedLog) {
+        let abandoned = match log.abandoned(shared::ABANDONED_AFTER) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "looking for abandoned audit reservations failed");
+                return;
+            }
+        };
+        for (from, to, owner) in abandoned {
+            let why = "reserved by a server that did not write it in time";
+            let result = shared::void_record(unix_now(), &owner, why)
+                .and_then(|void| log.void(from, to, void));
+            match result {
+                Ok(()) => {
+                    tracing::warn!(from, to, owner = ?owner, "closed audit indexes another server reserved and did not write")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, from, to, "closing abandoned audit indexes failed")
+                }
+            }
+        }
+    }
+
+    /// A new reservation for a shared log, sized to the last commit (so a busy server
+    /// asks the store once per batch, an idle one leaves few places to close).
+    fn reserve(&self, seq: &mut Sequencer) -> Result<(), AuditError> {
+        let Place::Shared { log, owner, .. } = &self.place else {
+            return Err(AuditError::Store("the log has no index left".into()));
+        };
+        let count = seq.last_batch.clamp(1, shared::MAX_RESERVATION);
+        let first = log.reserve(owner, count)?;
+        seq.next = first;
+        seq.end = first + count;
+        Ok(())
+    }
+
+    fn shared_head(&self) -> Result<(u64, Option<Vec<u8>>), AuditError> {
+        match &self.place {
+            Place::Shared { log, .. } => log.head(),
+            Place::Local(_) => Err(AuditError::Store("not a shared log".into())),
+        }
+    }
+
+    /// Makes `batch` durable. A local log returns its new size; a shared log's size moves
+    /// when the tree is extended.
+    fn commit(&self, batch: &[Queued]) -> Result<Option<u64>, AuditError> {
         if self.fail_commits.load(Ordering::SeqCst) {
             return Err(AuditError::Store("injected commit failure".into()));
         }
-        let mut tx = self.db.begin_write().map_err(db_err)?;
+        let db = match &self.place {
+            Place::Local(db) => db,
+            Place::Shared { log, .. } => {
+                log.insert(batch.iter().map(|q| (q.index, q.bytes.clone())).collect())?;
+                return Ok(None);
+            }
+        };
+        let mut tx = db.begin_write().map_err(db_err)?;
         tx.set_durability(Durability::Immediate).map_err(db_err)?;
         let mut size = *self.durable.borrow();
         {
@@ -419,8 +721,14 @@ impl Inner {
             meta.insert("checkpoint", note.as_slice()).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
-        Ok(size)
+        Ok(Some(size))
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Reads stored hashes from a redb table.

@@ -18,6 +18,7 @@ pub mod at_rest;
 pub mod log;
 pub mod note;
 pub mod record;
+pub mod shared;
 pub mod verify;
 
 pub use log::AuditLog;

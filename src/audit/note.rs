@@ -120,10 +120,25 @@ pub struct VerifiedCheckpoint {
 
 /// Parses a signed checkpoint and checks its signature against `vkey`. A checkpoint signed
 /// by any other key (a forger's, or the right name with another key) is refused.
+///
+/// `vkey` may hold several verifier keys, one per line: a log several servers share is
+/// checkpointed by whichever of them extended it last, each with its own key (docs/ha.md,
+/// "The audit log"). A checkpoint signed by any one of them is accepted.
 pub fn open_checkpoint(note: &[u8], vkey: &str) -> Result<VerifiedCheckpoint, String> {
-    let verifier =
-        StandardVerifier::new(vkey.trim()).map_err(|e| format!("bad log verifier key: {e}"))?;
-    let list = VerifierList::new(vec![Box::new(verifier)]);
+    let mut verifiers: Vec<Box<dyn signed_note::Verifier>> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in vkey.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !seen.insert(line) {
+            continue;
+        }
+        let verifier =
+            StandardVerifier::new(line).map_err(|e| format!("bad log verifier key: {e}"))?;
+        verifiers.push(Box::new(verifier));
+    }
+    if verifiers.is_empty() {
+        return Err("no log verifier key given".to_owned());
+    }
+    let list = VerifierList::new(verifiers);
     let note = Note::from_bytes(note).map_err(|e| format!("not a signed note: {e}"))?;
     note.verify(&list).map_err(|e| match e {
         signed_note::NoteError::UnverifiedNote => {

@@ -32,6 +32,10 @@ pub enum Kind {
     Refusal,
     /// What an agent reported doing: a prompt, a tool call, evidence read, a proposed fix.
     Activity,
+    /// An index a server reserved in a log several servers share and did not fill (it
+    /// went idle, failed to commit, or died): the place is closed so the tree can grow
+    /// past it (docs/ha.md, "The audit log"). Never stands for an event.
+    Void,
 }
 
 impl Kind {
@@ -46,6 +50,7 @@ impl Kind {
             Kind::AdminChange => "admin_change",
             Kind::Refusal => "refusal",
             Kind::Activity => "activity",
+            Kind::Void => "void",
         }
     }
 }

@@ -39,7 +39,8 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// The log's verifier key (`keys/audit.pub`), pinned; default: the server's, or the
-    /// data directory's.
+    /// data directory's. For a log several servers share, a file with every server's key,
+    /// one per line (each server's `keys/audit.pub`).
     #[arg(long, value_name = "FILE")]
     log_key: Option<PathBuf>,
     #[command(flatten)]

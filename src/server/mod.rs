@@ -142,14 +142,23 @@ impl Issuer {
             ),
             StoreLocation::Embedded => "opening the CAs".to_owned(),
         })?;
-        let audit = Arc::new(
-            AuditLog::open(
+        let origin = crate::audit::origin_for(config.trust_domain.as_ref());
+        let audit = Arc::new(match store.shared_log() {
+            // One log for every server sharing the store (docs/ha.md, "The audit log").
+            Some(shared) => AuditLog::open_shared(
+                shared,
+                &replica::replica_name(),
+                &config.data_dir.join("keys"),
+                &origin,
+            )
+            .context("opening the shared audit log")?,
+            None => AuditLog::open(
                 &config.data_dir.join("audit.redb"),
                 &config.data_dir.join("keys"),
-                &crate::audit::origin_for(config.trust_domain.as_ref()),
+                &origin,
             )
             .context("opening the audit log")?,
-        );
+        });
         let registry = Registry::load(
             Arc::clone(&store),
             config.remediation.clone(),

@@ -315,7 +315,10 @@ impl Registry {
             Some(Follow {
                 applied: store.policy_version()?.into(),
                 lease_until: Mutex::new(None),
-                name: super::replica::replica_name(),
+                // One name per server: the one it reserves audit indexes under.
+                name: audit
+                    .owner()
+                    .map_or_else(super::replica::replica_name, str::to_owned),
             })
         } else {
             None

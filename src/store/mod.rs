@@ -17,6 +17,7 @@
 
 mod embedded;
 mod postgres;
+mod postgres_audit;
 
 use crate::ca::{AuthorityRecord, AuthorityStore, AuthorityStoreError, CaError};
 use crate::policy::playbook::Playbook;
@@ -310,7 +311,9 @@ fn token_use(record: Option<&JoinTokenRecord>, now: i64) -> TokenUse {
 
 /// writ's durable state (see the module docs).
 pub struct Store {
-    backend: Box<dyn Backend>,
+    backend: std::sync::Arc<dyn Backend>,
+    /// The audit log several servers share, when this store is shared.
+    shared_log: Option<std::sync::Arc<dyn crate::audit::shared::SharedLog>>,
 }
 
 /// The CAs keep their authorities here, through the interface they own.
@@ -363,15 +366,18 @@ impl Store {
     /// version.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         Ok(Store {
-            backend: Box::new(embedded::Embedded::open(path)?),
+            backend: std::sync::Arc::new(embedded::Embedded::open(path)?),
+            shared_log: None,
         })
     }
 
     /// Connects to a PostgreSQL database, creating or upgrading writ's tables (under a
     /// lock, so servers starting together do it once) and checking the schema version.
     pub fn connect_postgres(url: &PostgresUrl) -> Result<Store, StoreError> {
+        let postgres = std::sync::Arc::new(postgres::Postgres::connect(url)?);
         Ok(Store {
-            backend: Box::new(postgres::Postgres::connect(url)?),
+            backend: std::sync::Arc::clone(&postgres) as std::sync::Arc<dyn Backend>,
+            shared_log: Some(postgres),
         })
     }
 
@@ -381,6 +387,12 @@ impl Store {
             StoreLocation::Embedded => Store::open(&data_dir.join("writ.redb")),
             StoreLocation::Postgres(url) => Store::connect_postgres(url),
         }
+    }
+
+    /// The audit log several servers share (docs/ha.md, "The audit log"), when this store
+    /// is shared; a server with a store of its own keeps its log in its data directory.
+    pub fn shared_log(&self) -> Option<std::sync::Arc<dyn crate::audit::shared::SharedLog>> {
+        self.shared_log.clone()
     }
 
     /// The stored schema version.

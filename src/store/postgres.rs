@@ -54,6 +54,29 @@ const MIGRATIONS: &[&str] = &[
          heartbeat_at timestamptz NOT NULL,
          lease_at timestamptz,
          started_at timestamptz NOT NULL);",
+    // 3: one audit log for every server (docs/ha.md, "The audit log"): reservations of
+    // indexes, the records, the tree's stored hashes, its head, and each server's log
+    // verifier key.
+    "CREATE TABLE audit_next (
+         one boolean PRIMARY KEY DEFAULT true CHECK (one),
+         next bigint NOT NULL);
+     INSERT INTO audit_next (one, next) VALUES (true, 0);
+     CREATE TABLE audit_ranges (
+         start bigint PRIMARY KEY,
+         stop bigint NOT NULL,
+         owner text NOT NULL,
+         reserved_at timestamptz NOT NULL);
+     CREATE TABLE audit_records (idx bigint PRIMARY KEY, body bytea NOT NULL);
+     CREATE TABLE audit_hashes (idx bigint PRIMARY KEY, hash bytea NOT NULL);
+     CREATE TABLE audit_head (
+         one boolean PRIMARY KEY DEFAULT true CHECK (one),
+         size bigint NOT NULL,
+         checkpoint bytea);
+     INSERT INTO audit_head (one, size) VALUES (true, 0);
+     CREATE TABLE audit_keys (
+         vkey text PRIMARY KEY,
+         owner text NOT NULL,
+         added_at timestamptz NOT NULL);",
 ];
 
 /// The channel policy writes notify, with the new version as payload.
@@ -207,14 +230,14 @@ impl std::fmt::Debug for PostgresUrl {
     }
 }
 
-fn pg_err(e: tokio_postgres::Error) -> StoreError {
+pub(super) fn pg_err(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) => StoreError::Db(format!("postgres: {}: {}", db.code().code(), db.message())),
         None => StoreError::Db(format!("postgres: {e}")),
     }
 }
 
-fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+pub(super) fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => pg_err(e),
         other => StoreError::Db(format!("postgres: {other}")),
@@ -424,7 +447,7 @@ impl Postgres {
     }
 
     /// Runs `work` on the backend's runtime and waits for its answer.
-    fn run<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
+    pub(super) fn run<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(Pool) -> Fut + Send + 'static,

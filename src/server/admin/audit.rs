@@ -44,18 +44,18 @@ impl AdminService {
         &self,
         request: Request<pb::GetAuditCheckpointRequest>,
     ) -> Result<Response<pb::AuditCheckpoint>, Status> {
-        let checkpoint = self
+        let (checkpoint, keys) = self
             .call(
                 request,
                 Operation::ReadAudit,
-                |issuer, _, _| Ok(issuer.audit.checkpoint()?),
+                |issuer, _, _| Ok((issuer.audit.checkpoint()?, issuer.audit.verifier_keys()?)),
                 // A read: nothing to log.
                 |_, _| (),
             )
             .await?;
         // Parsed and checked as any verifier would; a log whose own checkpoint does not
-        // verify under its key is reported, not served.
-        let size = crate::audit::note::open_checkpoint(&checkpoint, self.issuer.audit.vkey())
+        // verify under its keys is reported, not served.
+        let size = crate::audit::note::open_checkpoint(&checkpoint, &keys)
             .map_err(|e| {
                 tracing::error!(error = %e, "the audit log's checkpoint does not verify");
                 Status::internal("the audit log's checkpoint does not verify; see the server log")
@@ -63,7 +63,7 @@ impl AdminService {
             .size;
         Ok(Response::new(pb::AuditCheckpoint {
             checkpoint,
-            verifier_key: self.issuer.audit.vkey().to_owned(),
+            verifier_key: keys,
             size,
             origin: self.issuer.audit.origin().to_owned(),
         }))

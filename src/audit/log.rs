@@ -122,6 +122,8 @@ impl<T> Pending<T> {
 pub struct AuditLog {
     inner: Arc<Inner>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// A shared log's extender thread (it ends after the writer).
+    extender: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -185,14 +187,18 @@ impl AuditLog {
             failing: AtomicBool::new(false),
         };
         let opened = Self::start(place, key, origin, 0, 0)?;
-        // The tree as it stands (and its first checkpoint, for a new log).
-        opened.inner.settle();
-        if opened.inner.shared_head()?.1.is_none() {
-            return Err(AuditError::Unavailable(
-                "the shared audit log has no checkpoint yet (another server is extending it); try again".into(),
-            ));
+        // The tree as it stands (and its first checkpoint, for a new log: a server
+        // starting beside another may find it making that one).
+        for _ in 0..100 {
+            opened.inner.extend_now();
+            if opened.inner.shared_head()?.1.is_some() {
+                return Ok(opened);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        Ok(opened)
+        Err(AuditError::Unavailable(
+            "the shared audit log has no checkpoint and none could be made".into(),
+        ))
     }
 
     fn start(
@@ -219,13 +225,25 @@ impl AuditLog {
             fail_commits: AtomicBool::new(false),
             commits: AtomicU64::new(0),
         });
+        let (poke, extender) = match inner.place {
+            Place::Local(_) => (None, None),
+            Place::Shared { .. } => {
+                let (poke, poked) = std::sync::mpsc::channel();
+                let worker = Arc::clone(&inner);
+                let extender = std::thread::Builder::new()
+                    .name("writ-audit-tree".into())
+                    .spawn(move || worker.extend_loop(poked))?;
+                (Some(poke), Some(extender))
+            }
+        };
         let worker = Arc::clone(&inner);
         let writer = std::thread::Builder::new()
             .name("writ-audit".into())
-            .spawn(move || worker.run())?;
+            .spawn(move || worker.run(poke))?;
         Ok(AuditLog {
             inner,
             writer: Mutex::new(Some(writer)),
+            extender: Mutex::new(extender),
         })
     }
 
@@ -452,6 +470,15 @@ impl Drop for AuditLog {
         {
             let _ = writer.join();
         }
+        // The writer's end dropped the extender's channel: it extends once more, ends.
+        if let Some(extender) = self
+            .extender
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        {
+            let _ = extender.join();
+        }
     }
 }
 
@@ -469,7 +496,7 @@ impl Inner {
     }
 
     /// The writer: takes everything queued, commits it in one transaction, reports.
-    fn run(&self) {
+    fn run(&self, poke: Option<std::sync::mpsc::Sender<()>>) {
         let shared = matches!(self.place, Place::Shared { .. });
         loop {
             let (batch, stopping) = {
@@ -494,7 +521,7 @@ impl Inner {
             };
             if batch.is_empty() {
                 if shared {
-                    self.settle();
+                    self.close_unused();
                 }
                 if stopping {
                     return;
@@ -511,7 +538,10 @@ impl Inner {
                         q.done.send(Ok(()));
                     }
                     if shared {
-                        self.settle();
+                        self.close_unused();
+                        if let Some(poke) = &poke {
+                            let _ = poke.send(());
+                        }
                     }
                 }
                 Err(e) => {
@@ -530,32 +560,26 @@ impl Inner {
                         }
                         (std::mem::take(&mut seq.queue), unfilled)
                     };
-                    let first = batch.first().map_or(unfilled.0, |q| q.index);
                     let message = e.to_string();
+                    let mut failed = vec![unfilled];
                     for q in batch.into_iter().chain(rest) {
+                        failed.push((q.index, q.index + 1));
                         q.done.send(Err(AuditError::Unavailable(message.clone())));
                     }
                     if shared {
-                        self.void_own(first, unfilled.1, "its commit failed");
+                        // Exactly this server's places: a batch may span two of its
+                        // reservations, and what lies between is another server's.
+                        for (from, to) in runs(failed) {
+                            self.void_own(from, to, "its commit failed");
+                        }
                     }
                 }
             }
         }
     }
 
-    /// A shared log's housekeeping, between commits: closes this server's unfilled
-    /// reservation when nothing is queued, closes reservations other servers abandoned,
-    /// and extends the tree (taking in every server's records) when no one else is.
-    fn settle(&self) {
-        let Place::Shared {
-            log,
-            swept,
-            failing,
-            ..
-        } = &self.place
-        else {
-            return;
-        };
+    /// Closes this server's unfilled reservation when nothing is queued (shared logs).
+    fn close_unused(&self) {
         let unfilled = {
             let mut seq = self.lock();
             if seq.queue.is_empty() && seq.next < seq.end {
@@ -569,6 +593,37 @@ impl Inner {
         if let Some((from, to)) = unfilled {
             self.void_own(from, to, "reserved and not used");
         }
+    }
+
+    /// The extender: whenever the writer committed, or every [`SHARED_TICK`], closes
+    /// reservations others abandoned and extends the tree (taking in every server's
+    /// records) unless another server is doing it now. Off the writer's thread, so a
+    /// commit never waits for the tree.
+    fn extend_loop(&self, poked: std::sync::mpsc::Receiver<()>) {
+        use std::sync::mpsc::RecvTimeoutError;
+        loop {
+            let last = matches!(
+                poked.recv_timeout(SHARED_TICK),
+                Err(RecvTimeoutError::Disconnected)
+            );
+            while poked.try_recv().is_ok() {}
+            self.extend_now();
+            if last {
+                return;
+            }
+        }
+    }
+
+    fn extend_now(&self) {
+        let Place::Shared {
+            log,
+            swept,
+            failing,
+            ..
+        } = &self.place
+        else {
+            return;
+        };
         let sweep = {
             let mut last = swept
                 .lock()
@@ -725,6 +780,20 @@ impl Inner {
     }
 }
 
+/// Half-open ranges merged into maximal runs of consecutive indexes, in order.
+fn runs(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.retain(|(from, to)| from < to);
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (from, to) in ranges {
+        match out.last_mut() {
+            Some(last) if from <= last.1 => last.1 = last.1.max(to),
+            _ => out.push((from, to)),
+        }
+    }
+    out
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -826,6 +895,24 @@ mod tests {
         // Reopening continues where it stopped.
         let log = AuditLog::open(&path, dir.path(), ORIGIN).unwrap();
         assert_eq!(log.append(&record(1)).unwrap(), 400);
+    }
+
+    #[test]
+    fn failed_places_are_closed_in_runs_that_never_cover_a_gap() {
+        // A batch spanning two reservations (10..12 and 20..22) with the rest of the
+        // second one unused: the places between belong to another server.
+        assert_eq!(
+            runs(vec![
+                (22, 25),
+                (10, 11),
+                (11, 12),
+                (20, 21),
+                (21, 22),
+                (5, 5)
+            ]),
+            vec![(10, 12), (20, 25)]
+        );
+        assert_eq!(runs(vec![]), vec![]);
     }
 
     #[test]

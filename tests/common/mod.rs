@@ -7,6 +7,7 @@
 pub mod bin;
 pub mod dev;
 pub mod postgres;
+pub mod procs;
 pub mod replica;
 
 use base64::Engine;

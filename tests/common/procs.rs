@@ -241,6 +241,43 @@ impl ServerProc {
         write(&dir.join(format!("{}-base.pem", self.name)), &pem)
     }
 
+    /// The intermediate keys a signing replica asks to have admitted, from its log (one
+    /// per band, `writ replica admit --key-sha256 HEX`), sorted.
+    pub fn keys_to_admit(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .proc
+            .stderr()
+            .split("--key-sha256 ")
+            .skip(1)
+            .filter_map(|rest| rest.get(..64))
+            .filter(|k| k.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_owned)
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// Admits `replica`'s intermediate keys on this server (which holds the roots) once
+    /// the replica has logged them, and waits until the replica serves.
+    pub fn admit(&self, replica: &mut ServerProc) {
+        let mut keys = Vec::new();
+        wait_until(
+            || format!("{} never logged its keys:\n{}", replica.name, replica.proc.stderr()),
+            || {
+                replica.proc.check_running();
+                keys = replica.keys_to_admit();
+                keys.len() == 3
+            },
+        );
+        let mut args = vec!["replica", "admit"];
+        for key in &keys {
+            args.extend(["--key-sha256", key.as_str()]);
+        }
+        self.ok(&args);
+        replica.wait_ready();
+    }
+
     /// A fresh join token.
     pub fn token(&self) -> String {
         let token = self.ok(&["token", "create"]).trim().to_owned();

@@ -339,7 +339,7 @@ fn servers_starting_together_migrate_once() {
             "fresh",
             "SELECT value FROM writ_meta WHERE key = 'schema_version'"
         ),
-        "2"
+        "3"
     );
 }
 
@@ -359,7 +359,7 @@ fn a_database_of_a_newer_schema_is_refused() {
     match Store::connect_postgres(&url.parse().unwrap()) {
         Err(StoreError::Schema {
             found: 99,
-            supported: 2,
+            supported: 3,
         }) => {}
         other => panic!("{other:?}"),
     }

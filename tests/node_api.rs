@@ -1004,7 +1004,10 @@ fn a_second_server_signs_through_its_own_intermediate_once_admitted() {
             break;
         }
         // `certificate IS NULL` false: it was certified.
-        assert!(!row.starts_with('f'), "a forged request was certified: {row}");
+        assert!(
+            !row.starts_with('f'),
+            "a forged request was certified: {row}"
+        );
         assert!(
             Instant::now() < deadline,
             "the forged request was never refused: {row}"

@@ -655,6 +655,7 @@ impl Issuer {
         audience: &[String],
         requester: &str,
     ) -> Result<MintedJwt, IssueError> {
+        self.signs_jwt()?;
         let mut denials = Vec::new();
         let pending = {
             let _gate = self
@@ -675,6 +676,19 @@ impl Issuer {
         let (_, minted) = pending.wait()?;
         tracing::info!(%spiffe_id, %requester, exp = minted.expires_at, "issued jwt-svid");
         Ok(minted)
+    }
+
+    /// Whether this server signs JWT-SVIDs: a signing replica has no JWT key the bundle
+    /// names (docs/ha.md) and answers, before any policy question, with an error that
+    /// maps to `Unavailable`, which agents take as "ask another server".
+    pub fn signs_jwt(&self) -> Result<(), IssueError> {
+        if self.cas.holds_roots() {
+            Ok(())
+        } else {
+            Err(IssueError::Ca(crate::ca::CaError::RootsElsewhere(
+                self.cas.base().to_string(),
+            )))
+        }
     }
 
     /// Mints a JWT-SVID for `request` in `band` (policy already checked by the caller)

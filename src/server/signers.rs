@@ -460,11 +460,16 @@ mod tests {
         let parsed = parse_key_sha256(&a).unwrap();
         assert_eq!(parsed, "a".repeat(64));
         assert_eq!(
-            admissions.admit(&[parsed.clone()]).unwrap(),
+            admissions.admit(std::slice::from_ref(&parsed)).unwrap(),
             vec![parsed.clone()]
         );
         // Admitting again changes nothing.
-        assert!(admissions.admit(&[parsed.clone()]).unwrap().is_empty());
+        assert!(
+            admissions
+                .admit(std::slice::from_ref(&parsed))
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(admissions.load().unwrap(), BTreeSet::from([parsed]));
         let mode = std::fs::metadata(dir.path().join(ADMISSIONS_FILE))
             .unwrap()

@@ -871,6 +871,13 @@ fn a_second_server_signs_through_its_own_intermediate_once_admitted() {
         "0"
     );
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    let health = second.run(&["healthcheck"]);
+    assert!(!health.status.success(), "{health:?}");
+    assert!(
+        String::from_utf8_lossy(&health.stdout).contains("writ replica admit --key-sha256")
+            || String::from_utf8_lossy(&health.stderr).contains("writ replica admit --key-sha256"),
+        "{health:?}"
+    );
     assert!(
         first
             .proc
@@ -892,6 +899,7 @@ fn a_second_server_signs_through_its_own_intermediate_once_admitted() {
     let admitted = first.ok(&admit);
     assert_eq!(admitted.lines().count(), 3, "{admitted}");
     second.wait_ready();
+    second.ok(&["healthcheck"]);
     assert_eq!(
         pg.psql(
             "writ",

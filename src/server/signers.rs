@@ -282,6 +282,31 @@ pub fn obtain_intermediates(
     Ok(issuer.cas.iter().all(|ca| ca.intermediate_cert().is_some()))
 }
 
+/// Why a signing replica cannot sign X.509-SVIDs yet, as `writ healthcheck` says it:
+/// some band has no intermediate. `None` on the root's holder and on a ready replica.
+pub fn not_signing(issuer: &Issuer) -> Option<String> {
+    let missing: Vec<String> = issuer
+        .cas
+        .iter()
+        .filter(|ca| !ca.holds_roots() && ca.intermediate_cert().is_none())
+        .map(|ca| ca.trust_domain().to_string())
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let keys: Vec<String> = issuer
+        .cas
+        .iter()
+        .filter_map(|ca| ca.replica_key_sha256())
+        .map(|k| format!("--key-sha256 {k}"))
+        .collect();
+    Some(format!(
+        "a signing replica without its intermediate for {}: run `writ replica admit {}` on the server that holds the roots",
+        missing.join(", "),
+        keys.join(" ")
+    ))
+}
+
 /// How long a replica starting without intermediates waits for them to be certified
 /// before it gives up (and exits, saying what to do).
 pub const ADMISSION_WAIT: Duration = Duration::from_secs(15 * 60);

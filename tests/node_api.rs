@@ -960,6 +960,16 @@ fn a_second_server_signs_through_its_own_intermediate_once_admitted() {
     let answer = fetch(&agent.socket(), WORKLOAD);
     assert_eq!(answer["svids"][0]["chain_len"], 2, "{answer}");
 
+    // Restarted (kill -9), the replica keeps its keys and certificates: it serves at once,
+    // with no new admission, and asks for nothing new.
+    second.restart();
+    second.ok(&["healthcheck"]);
+    assert_eq!(admit_keys(&second.proc.stderr()), keys);
+    assert_eq!(
+        pg.psql("writ", "SELECT count(*) FROM intermediate_requests"),
+        "3"
+    );
+
     // No JWT-SVID from a replica: Unavailable, so agents ask another server.
     first.ok(&[
         "profile",

@@ -365,7 +365,6 @@ pub async fn run(issuer: Arc<Issuer>, shutdown: impl std::future::Future<Output 
     let admissions = Admissions::in_dir(&issuer.config.data_dir.join("keys"));
     let mut told = BTreeSet::new();
     let mut asked = BTreeMap::new();
-    let mut ready = false;
     loop {
         let step = {
             let issuer = Arc::clone(&issuer);
@@ -375,9 +374,9 @@ pub async fn run(issuer: Arc<Issuer>, shutdown: impl std::future::Future<Output 
                 (std::mem::take(&mut told), std::mem::take(&mut asked));
             tokio::task::spawn_blocking(move || {
                 let outcome = if holds_roots {
-                    certify_admitted(&issuer, &admissions, &mut told_now).map(|()| true)
+                    certify_admitted(&issuer, &admissions, &mut told_now)
                 } else {
-                    obtain_intermediates(&issuer, &me, &mut asked_now)
+                    obtain_intermediates(&issuer, &me, &mut asked_now).map(|_| ())
                 };
                 (outcome, told_now, asked_now)
             })
@@ -387,16 +386,9 @@ pub async fn run(issuer: Arc<Issuer>, shutdown: impl std::future::Future<Output 
             Ok((outcome, told_now, asked_now)) => {
                 told = told_now;
                 asked = asked_now;
-                match outcome {
-                    Ok(now_ready) => {
-                        if !holds_roots && now_ready != ready {
-                            ready = now_ready;
-                            issuer.publish_bundles();
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "intermediate exchange failed; will retry")
-                    }
+                // Bundles hold the roots only: an intermediate changes none of them.
+                if let Err(e) = outcome {
+                    tracing::warn!(error = %e, "intermediate exchange failed; will retry");
                 }
             }
             Err(_) => return,

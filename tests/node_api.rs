@@ -792,11 +792,29 @@ fn server_on_postgresql_serves_and_restarts_from_the_database() {
     );
 }
 
-/// A second server on the same database, with keys of its own, refuses to start and
-/// says why: the authorities in the store are another host's, whose keys never leave it.
-/// It changes nothing the first server serves.
+/// The keys a signing replica asks to have admitted, from its log: one per band.
+fn admit_keys(log: &str) -> Vec<String> {
+    let mut keys: Vec<String> = log
+        .split("--key-sha256 ")
+        .skip(1)
+        .filter_map(|rest| rest.get(..64))
+        .filter(|k| k.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// A second server on the same database, without the roots' keys, is a signing replica:
+/// it logs its intermediate keys' hashes and signs nothing (its node API stays closed)
+/// until an operator admits them on the server holding the roots; then it serves an
+/// agent whose workloads get [leaf, its own intermediate] chaining to the roots both
+/// servers serve, byte for byte. It never writes the authorities, and signs no JWT-SVID.
+/// A database writer who posts a CSR of its own under an admitted key's hash gets a
+/// refusal, not a certificate.
 #[test]
-fn a_second_server_without_the_cas_keys_refuses_to_start_and_changes_nothing() {
+fn a_second_server_signs_through_its_own_intermediate_once_admitted() {
     let Some(pg) = common::postgres::Postgres::start() else {
         return;
     };
@@ -805,27 +823,110 @@ fn a_second_server_without_the_cas_keys_refuses_to_start_and_changes_nothing() {
     let dir = dir.path();
     let store = format!("store = {}\n", toml_string(&pg.url("writ")));
     let first = Server::start(dir, "first", &store);
-    let bundle = first.ok(&["bundle", "show", "--band", "base"]);
     let authorities = pg.psql(
         "writ",
         "SELECT records::text FROM authorities ORDER BY trust_domain",
     );
 
+    let port = free_port();
     let config = write(
         &dir.join("second.toml"),
         &format!(
-            "data_dir = {}\nnode_listen = \"127.0.0.1:{}\"\n{store}",
-            quoted(&dir.join("second")),
-            free_port()
+            "data_dir = {}\nnode_listen = \"127.0.0.1:{port}\"\n{store}",
+            quoted(&dir.join("second"))
         ),
     );
-    let mut second = Server::spawn("second", &config, &dir.join("second.log"));
-    let status = second.wait_exit();
-    assert!(!status.success());
-    let stderr = second.stderr();
+    let logs = dir.join("second.log");
+    let mut second = Server {
+        proc: Server::spawn("second", &config, &logs),
+        name: "second".into(),
+        config,
+        logs,
+        admin: dir.join("second").join("admin.sock"),
+        port,
+    };
+    let deadline = Instant::now() + WAIT;
+    let keys = loop {
+        second.proc.check_running();
+        let keys = admit_keys(&second.proc.stderr());
+        if keys.len() == 3 {
+            break keys;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no keys logged:\n{}",
+            second.proc.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Its three requests are posted and stay pending: nothing is certified, and the
+    // replica serves no agent.
+    let deadline = Instant::now() + WAIT;
+    while pg
+        .psql("writ", "SELECT count(*) FROM intermediate_requests")
+        .trim()
+        != "3"
+    {
+        assert!(Instant::now() < deadline, "requests not posted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        pg.psql(
+            "writ",
+            "SELECT count(*) FROM intermediate_requests WHERE certificate IS NOT NULL"
+        )
+        .trim(),
+        "0"
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    let health = second.run(&["healthcheck"]);
+    assert!(!health.status.success(), "{health:?}");
     assert!(
-        stderr.contains("a second signing replica is not supported yet"),
-        "{stderr}"
+        String::from_utf8_lossy(&health.stdout).contains("writ replica admit --key-sha256")
+            || String::from_utf8_lossy(&health.stderr).contains("writ replica admit --key-sha256"),
+        "{health:?}"
+    );
+    assert!(
+        first
+            .proc
+            .stderr()
+            .contains("writ replica admit --key-sha256")
+    );
+    // The replica cannot admit itself.
+    let own = second.run(&["replica", "admit", "--key-sha256", &keys[0]]);
+    assert!(!own.status.success());
+    assert!(
+        String::from_utf8_lossy(&own.stderr).contains("does not hold the roots"),
+        "{own:?}"
+    );
+
+    let mut admit = vec!["replica", "admit"];
+    for key in &keys {
+        admit.extend(["--key-sha256", key.as_str()]);
+    }
+    let admitted = first.ok(&admit);
+    assert_eq!(admitted.lines().count(), 3, "{admitted}");
+    second.wait_ready();
+    second.ok(&["healthcheck"]);
+    assert_eq!(
+        pg.psql(
+            "writ",
+            "SELECT count(*) FROM intermediate_requests WHERE certificate IS NOT NULL"
+        )
+        .trim(),
+        "3"
+    );
+    for band in ["base", "investigative", "remediation"] {
+        assert_eq!(
+            second.ok(&["bundle", "show", "--band", band]),
+            first.ok(&["bundle", "show", "--band", band]),
+            "{band}"
+        );
+    }
+    assert_eq!(
+        second.ok(&["bundle", "show", "--format", "jwks"]),
+        first.ok(&["bundle", "show", "--format", "jwks"])
     );
     assert_eq!(
         pg.psql(
@@ -834,7 +935,117 @@ fn a_second_server_without_the_cas_keys_refuses_to_start_and_changes_nothing() {
         ),
         authorities
     );
-    assert_eq!(first.ok(&["bundle", "show", "--band", "base"]), bundle);
+
+    // An agent of the second server: its node SVID and its workloads' SVIDs chain
+    // through the second server's intermediate to the first server's roots.
+    let bundle = first.base_pem(dir);
+    let token = second.token();
+    let agent = Agent::start(
+        dir,
+        "agent",
+        &agent_toml(
+            &dir.join("agent"),
+            &second.address(),
+            &bundle,
+            &join_token(&token),
+        ),
+    );
+    let node_chain = std::fs::read(agent.data_dir.join("node.der")).unwrap();
+    let (rest, _) = x509_parser::parse_x509_certificate(&node_chain).unwrap();
+    let (after, inter) = x509_parser::parse_x509_certificate(rest).expect("an intermediate");
+    assert!(inter.is_ca() && after.is_empty());
+    let inter_der = &rest[..rest.len() - after.len()];
+    let certified = pg.psql(
+        "writ",
+        "SELECT encode(certificate, 'hex') FROM intermediate_requests WHERE band = 'base'",
+    );
+    assert!(
+        certified.contains(&hex(inter_der)),
+        "the node SVID's intermediate is the one certified for the replica"
+    );
+    first.profile("triage", WORKLOAD);
+    first.open("INC-1", "triage");
+    wait_identities(&agent.socket(), WORKLOAD, &[("triage", "INC-1")]);
+    let answer = fetch(&agent.socket(), WORKLOAD);
+    assert_eq!(answer["svids"][0]["chain_len"], 2, "{answer}");
+
+    // Restarted (kill -9), the replica keeps its keys and certificates: it serves at once,
+    // with no new admission, and asks for nothing new.
+    second.restart();
+    second.ok(&["healthcheck"]);
+    assert_eq!(admit_keys(&second.proc.stderr()), keys);
+    assert_eq!(
+        pg.psql("writ", "SELECT count(*) FROM intermediate_requests"),
+        "3"
+    );
+
+    // No JWT-SVID from a replica: Unavailable, so agents ask another server.
+    first.ok(&[
+        "profile",
+        "create",
+        "logs-api",
+        "--selector",
+        "unix:uid:65530",
+        "--service",
+    ]);
+    let jwt = second.run(&[
+        "jwt",
+        "mint",
+        "--band",
+        "base",
+        "--spiffe-id",
+        "spiffe://example.org/service/logs-api",
+        "--audience",
+        "logs",
+    ]);
+    assert!(!jwt.status.success());
+    assert!(
+        String::from_utf8_lossy(&jwt.stderr).contains("does not hold the keys"),
+        "{jwt:?}"
+    );
+
+    // A database writer posts its own CSR under an admitted key's hash: refused.
+    let forger = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://example.org".try_into().unwrap(),
+    )];
+    let csr = params.serialize_request(&forger).unwrap();
+    pg.psql(
+        "writ",
+        &format!(
+            "INSERT INTO intermediate_requests (replica, band, csr, key_sha256) \
+             VALUES ('forger', 'base', decode('{}', 'hex'), '{}')",
+            hex(csr.der()),
+            keys[0]
+        ),
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let row = pg.psql(
+            "writ",
+            "SELECT certificate IS NULL, refused IS NOT NULL FROM intermediate_requests \
+             WHERE replica = 'forger'",
+        );
+        if row == "t|t" {
+            break;
+        }
+        // `certificate IS NULL` false: it was certified.
+        assert!(
+            !row.starts_with('f'),
+            "a forged request was certified: {row}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the forged request was never refused: {row}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `writ healthcheck` on a server with a shared store: it signs and names itself among

@@ -133,7 +133,7 @@ fn records_round_trip_and_survive_reopening() {
             if matches!(backend, Backend::Redb(_)) {
                 1
             } else {
-                2
+                4
             }
         );
         assert_eq!(store.incident("INC-2").unwrap(), Some(odd));
@@ -332,14 +332,14 @@ fn servers_starting_together_migrate_once() {
         })
         .collect();
     for start in starts {
-        assert_eq!(start.join().unwrap().unwrap(), 2);
+        assert_eq!(start.join().unwrap().unwrap(), 4);
     }
     assert_eq!(
         pg.psql(
             "fresh",
             "SELECT value FROM writ_meta WHERE key = 'schema_version'"
         ),
-        "2"
+        "4"
     );
 }
 
@@ -359,7 +359,7 @@ fn a_database_of_a_newer_schema_is_refused() {
     match Store::connect_postgres(&url.parse().unwrap()) {
         Err(StoreError::Schema {
             found: 99,
-            supported: 2,
+            supported: 3,
         }) => {}
         other => panic!("{other:?}"),
     }
@@ -495,4 +495,65 @@ fn the_store_reaches_postgresql_over_verified_tls() {
     assert!(err.to_string().contains("postgres"), "{err}");
     let err = Store::connect_postgres(&url(None).parse().unwrap()).unwrap_err();
     assert!(err.to_string().contains("postgres"), "{err}");
+}
+
+/// Signing replicas' intermediate requests (docs/ha.md): posted by one server, seen
+/// pending by another, answered once (a second answer changes nothing), and gone from
+/// the pending list once answered. The embedded store takes none.
+#[test]
+fn intermediate_requests_are_answered_once_across_servers() {
+    use writ::store::{IntermediateAnswer, NewIntermediateRequest};
+    let redb = Backend::redb().open();
+    let ask = |band: Band| NewIntermediateRequest {
+        replica: "b-1".into(),
+        band,
+        csr: vec![0x30, 0x00],
+        key_sha256: "ab".repeat(32),
+    };
+    assert!(redb.post_intermediate_request(&ask(Band::Base)).is_err());
+    assert!(redb.pending_intermediate_requests().unwrap().is_empty());
+
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let (replica, holder) = (backend.open(), backend.open());
+    let base = replica.post_intermediate_request(&ask(Band::Base)).unwrap();
+    let remediation = replica
+        .post_intermediate_request(&ask(Band::Remediation))
+        .unwrap();
+    let pending = holder.pending_intermediate_requests().unwrap();
+    assert_eq!(
+        pending.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![base, remediation]
+    );
+    assert_eq!(pending[0].request, ask(Band::Base));
+    assert!(
+        holder
+            .answer_intermediate_request(base, &IntermediateAnswer::Certified(vec![1, 2, 3]))
+            .unwrap()
+    );
+    assert!(
+        !holder
+            .answer_intermediate_request(base, &IntermediateAnswer::Refused("late".into()))
+            .unwrap(),
+        "an answered request is never answered again"
+    );
+    assert!(
+        holder
+            .answer_intermediate_request(
+                remediation,
+                &IntermediateAnswer::Refused("bad csr".into())
+            )
+            .unwrap()
+    );
+    let row = replica.intermediate_request(base).unwrap().unwrap();
+    assert_eq!(row.certificate, Some(vec![1, 2, 3]));
+    assert_eq!(row.refused, None);
+    let row = replica.intermediate_request(remediation).unwrap().unwrap();
+    assert_eq!(
+        (row.certificate, row.refused),
+        (None, Some("bad csr".into()))
+    );
+    assert!(holder.pending_intermediate_requests().unwrap().is_empty());
+    assert_eq!(replica.intermediate_request(base + 1000).unwrap(), None);
 }

@@ -33,6 +33,11 @@ pub struct AuthorityRecord {
     pub cert_der: Vec<u8>,
     /// The JWT signing key's `kid`.
     pub jwt_kid: String,
+    /// The JWT signing key's public point (uncompressed P-256), so that a server without
+    /// the key (a signing replica, docs/ha.md) serves the same JWKS. Absent in records
+    /// written before replicas existed; the root's holder fills it in at start.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "b64_opt")]
+    pub jwt_public: Option<Vec<u8>>,
     /// notBefore, seconds since the epoch.
     pub not_before: i64,
     /// notAfter, seconds since the epoch.
@@ -127,6 +132,25 @@ mod b64 {
     }
 }
 
+mod b64_opt {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(bytes) => s.serialize_str(&STANDARD.encode(bytes)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| STANDARD.decode(t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +161,7 @@ mod tests {
             state,
             cert_der: vec![],
             jwt_kid: id.into(),
+            jwt_public: None,
             not_before: nb,
             not_after: na,
         }

@@ -67,6 +67,12 @@ pub fn intermediate_csr(trust_domain: &TrustDomain, key: &EcKey) -> Result<Vec<u
     Ok(csr.der().to_vec())
 }
 
+/// SHA-256 of a key's DER SubjectPublicKeyInfo, lowercase hex: the name under which an
+/// operator admits a replica's intermediate key (`writ replica admit --key-sha256`).
+pub fn key_sha256(spki_der: &[u8]) -> String {
+    crate::hex::lower(ring::digest::digest(&ring::digest::SHA256, spki_der).as_ref())
+}
+
 /// Parses `der`, verifies its self-signature, and checks that it is a P-256 key asking
 /// for exactly `trust_domain`'s ID as its one URI SAN and no other extension. Returns the
 /// DER SubjectPublicKeyInfo to certify.
@@ -195,6 +201,18 @@ mod tests {
             let err = verify_intermediate_csr(csr.der(), &td("a.example.org")).unwrap_err();
             assert!(matches!(err, CaError::BadCsr(_)), "{sans:?}: {err:?}");
         }
+    }
+
+    #[test]
+    fn the_admitted_hash_is_the_spki_digest_the_root_recomputes_from_the_csr() {
+        let key = EcKey::generate(SignatureEncoding::Asn1).unwrap();
+        let csr = intermediate_csr(&td("a.example.org"), &key).unwrap();
+        let spki = verify_intermediate_csr(&csr, &td("a.example.org")).unwrap();
+        let hash = key_sha256(&spki);
+        assert_eq!(hash, key_sha256(&key.spki_der()));
+        assert_eq!(hash.len(), 64);
+        let other = EcKey::generate(SignatureEncoding::Asn1).unwrap();
+        assert_ne!(hash, key_sha256(&other.spki_der()));
     }
 
     #[test]

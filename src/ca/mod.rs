@@ -92,6 +92,10 @@ pub enum CaError {
     /// No authority of the trust domain can sign right now.
     #[error("no active authority for trust domain {0}")]
     NoAuthority(String),
+    /// This server does not hold the roots' keys (a signing replica, docs/ha.md): it
+    /// signs X.509-SVIDs only through its own intermediate, and no JWT-SVIDs.
+    #[error("this server does not hold the keys of trust domain {0}'s authorities")]
+    RootsElsewhere(String),
 }
 
 impl From<IdError> for CaError {
@@ -248,13 +252,23 @@ pub trait AuthorityStore: Send + Sync {
     ) -> Result<(), AuthorityStoreError>;
 }
 
-/// One loaded authority: its record and keys, with what minting needs pre-parsed.
+/// One loaded authority: its record and, on the host that holds them, its keys, with
+/// what minting needs pre-parsed.
 pub struct Authority {
     record: AuthorityRecord,
-    x509_key: Arc<EcKey>,
-    jwt_key: Arc<EcKey>,
+    /// `None` on a signing replica: it has the certificates only (docs/ha.md).
+    keys: Option<RootKeys>,
+    x509_point: Vec<u8>,
+    jwt_point: Vec<u8>,
     subject_der: Vec<u8>,
     key_id: Vec<u8>,
+}
+
+/// An authority's private keys, on the one host that made them.
+#[derive(Clone)]
+struct RootKeys {
+    x509: Arc<EcKey>,
+    jwt: Arc<EcKey>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -272,29 +286,66 @@ impl Authority {
         &self.record
     }
 
+    /// The authority with its keys (on the root's holder). Fills in the record's JWT
+    /// public key if it was written before records carried it.
     fn from_parts(
-        record: AuthorityRecord,
+        mut record: AuthorityRecord,
         x509_key: EcKey,
         jwt_key: EcKey,
     ) -> Result<Self, CaError> {
+        match &record.jwt_public {
+            Some(point) if point.as_slice() != jwt_key.public_point() => {
+                return Err(CaError::Certificate(format!(
+                    "authority {}: JWT key file does not match its record",
+                    record.id
+                )));
+            }
+            Some(_) => {}
+            None => record.jwt_public = Some(jwt_key.public_point().to_vec()),
+        }
+        let mut authority = Self::from_certificate(record)?;
+        if authority.x509_point != x509_key.public_point() {
+            return Err(CaError::Certificate(format!(
+                "authority {}: key file does not match its certificate",
+                authority.record.id
+            )));
+        }
+        authority.keys = Some(RootKeys {
+            x509: Arc::new(x509_key),
+            jwt: Arc::new(jwt_key),
+        });
+        Ok(authority)
+    }
+
+    /// The authority from its record alone, without keys (on a signing replica).
+    fn from_certificate(record: AuthorityRecord) -> Result<Self, CaError> {
         use x509_parser::prelude::{FromDer, X509Certificate};
         let (_, cert) = X509Certificate::from_der(&record.cert_der)
             .map_err(|e| CaError::Certificate(format!("stored CA certificate unreadable: {e}")))?;
-        if cert.public_key().subject_public_key.data.as_ref() != x509_key.public_point() {
-            return Err(CaError::Certificate(format!(
-                "authority {}: key file does not match its certificate",
+        let jwt_point = record.jwt_public.clone().ok_or_else(|| {
+            CaError::Certificate(format!(
+                "authority {} has no JWT public key in the store: start the server that holds \
+                 the roots once, which records it",
                 record.id
-            )));
-        }
+            ))
+        })?;
+        let x509_point = cert.public_key().subject_public_key.data.to_vec();
         let subject_der = cert.tbs_certificate.subject.as_raw().to_vec();
-        let key_id = x509::key_identifier(&x509_key.spki_der());
+        let key_id = x509::key_identifier(cert.public_key().raw);
         Ok(Authority {
             record,
-            x509_key: Arc::new(x509_key),
-            jwt_key: Arc::new(jwt_key),
+            keys: None,
+            x509_point,
+            jwt_point,
             subject_der,
             key_id,
         })
+    }
+
+    fn keys(&self, trust_domain: &TrustDomain) -> Result<&RootKeys, CaError> {
+        self.keys
+            .as_ref()
+            .ok_or_else(|| CaError::RootsElsewhere(trust_domain.to_string()))
     }
 }
 
@@ -324,7 +375,7 @@ pub enum SubjectKey<'a> {
 struct Intermediate {
     id: String,
     life: intermediate::IntermediateLife,
-    key: EcKey,
+    key: Arc<EcKey>,
     cert_der: Vec<u8>,
     subject_der: Vec<u8>,
     key_id: Vec<u8>,
@@ -391,6 +442,26 @@ pub struct TrustDomainCa {
     state: RwLock<Arc<CaState>>,
     rotation: Mutex<()>,
     intermediate: RwLock<Option<Arc<Intermediate>>>,
+    /// On a signing replica (no root keys here), its own intermediate key: made once,
+    /// kept in the key directory, certified by the root's holder (docs/ha.md).
+    replica_key: Option<Arc<EcKey>>,
+}
+
+/// Whether this host holds a trust domain's root keys, given whether each stored
+/// authority's key file is here. A server that may follow (a shared store) and has none
+/// of them is a signing replica; one that has some but not all is broken, and opening
+/// the keys says which is missing. No authorities yet: this server makes the first.
+pub fn holds_roots(key_files_here: &[bool], may_follow: bool) -> bool {
+    !(may_follow && !key_files_here.is_empty() && key_files_here.iter().all(|here| !here))
+}
+
+/// What a signing replica asks the root's holder to certify for one band.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntermediateWanted {
+    /// The PKCS#10 CSR (DER) of the replica's intermediate key.
+    pub csr: Vec<u8>,
+    /// SHA-256 of the key's SubjectPublicKeyInfo, lowercase hex: what an operator admits.
+    pub key_sha256: String,
 }
 
 impl std::fmt::Debug for TrustDomainCa {
@@ -424,7 +495,7 @@ impl TrustDomainCa {
         config: CaConfig,
         now: i64,
     ) -> Result<Self, CaError> {
-        Self::open_dyn(band, trust_domain, key_dir, store, config, now)
+        Self::open_dyn(band, trust_domain, key_dir, store, config, now, false)
     }
 
     /// [`TrustDomainCa::open`] over a shared trait object ([`CaSet`] gives every band's
@@ -436,6 +507,7 @@ impl TrustDomainCa {
         store: Arc<dyn AuthorityStore>,
         config: CaConfig,
         now: i64,
+        may_follow: bool,
     ) -> Result<Self, CaError> {
         config.validate()?;
         let key_dir = key_dir.join(trust_domain.to_string());
@@ -443,7 +515,15 @@ impl TrustDomainCa {
         let (records, sequence) = store
             .authorities(trust_domain.as_ref())
             .map_err(CaError::Store)?;
+        let here: Vec<bool> = records
+            .iter()
+            .map(|r| key_path(&key_dir, &r.id, "x509").exists())
+            .collect();
+        if !holds_roots(&here, may_follow) {
+            return Self::open_replica(band, trust_domain, key_dir, store, config, now);
+        }
         let mut authorities = Vec::with_capacity(records.len());
+        let mut filled_in = false;
         for record in records {
             let x509_key = EcKey::read(
                 &key_path(&key_dir, &record.id, "x509"),
@@ -453,7 +533,16 @@ impl TrustDomainCa {
                 &key_path(&key_dir, &record.id, "jwt"),
                 SignatureEncoding::Fixed,
             )?;
+            filled_in |= record.jwt_public.is_none();
             authorities.push(Arc::new(Authority::from_parts(record, x509_key, jwt_key)?));
+        }
+        if filled_in {
+            // Records from before replicas existed: publish the JWT public keys so that
+            // a replica serves the same JWKS. The bundle itself is unchanged.
+            let records: Vec<_> = authorities.iter().map(|a| a.record.clone()).collect();
+            store
+                .put_authorities(trust_domain.as_ref(), &records, sequence)
+                .map_err(CaError::Store)?;
         }
         let intermediate = if config.sign_with_intermediate {
             load_intermediate(&key_dir, &authorities)
@@ -472,9 +561,188 @@ impl TrustDomainCa {
             })),
             rotation: Mutex::new(()),
             intermediate: RwLock::new(intermediate.map(Arc::new)),
+            replica_key: None,
         };
         ca.rotate(now)?;
         Ok(ca)
+    }
+
+    /// Opens a signing replica's CA: the authorities from their certificates (another
+    /// host holds their keys and rotates them), and this host's own intermediate key,
+    /// made on first start and kept, with its certificate once the root's holder has
+    /// certified it.
+    fn open_replica(
+        band: Band,
+        trust_domain: TrustDomain,
+        key_dir: PathBuf,
+        store: Arc<dyn AuthorityStore>,
+        config: CaConfig,
+        now: i64,
+    ) -> Result<Self, CaError> {
+        let key_file = key_dir.join(REPLICA_KEY);
+        let key = if key_file.exists() {
+            EcKey::read(&key_file, SignatureEncoding::Asn1)?
+        } else {
+            let key = EcKey::generate(SignatureEncoding::Asn1)?;
+            key.write_new(&key_file)?;
+            key
+        };
+        let ca = TrustDomainCa {
+            band,
+            trust_domain,
+            key_dir,
+            store,
+            config,
+            state: RwLock::new(Arc::new(CaState {
+                authorities: Vec::new(),
+                sequence: 0,
+            })),
+            rotation: Mutex::new(()),
+            intermediate: RwLock::new(None),
+            replica_key: Some(Arc::new(key)),
+        };
+        ca.reload()?;
+        if let Ok(cert_der) = std::fs::read(ca.key_dir.join(REPLICA_CERT)) {
+            // A certificate from a previous run keeps signing if it is still good;
+            // otherwise the replica asks for a new one.
+            if let Err(e) = ca.install_intermediate(&cert_der, now) {
+                tracing::warn!(trust_domain = %ca.trust_domain, error = %e, "the intermediate of a previous run is no longer usable");
+            }
+        }
+        Ok(ca)
+    }
+
+    /// Whether this host holds the roots' keys (otherwise it is a signing replica).
+    pub fn holds_roots(&self) -> bool {
+        self.replica_key.is_none()
+    }
+
+    /// A replica: re-reads the authorities the root's holder keeps in the store (it
+    /// prepares, activates and prunes them). Returns whether they changed.
+    fn reload(&self) -> Result<bool, CaError> {
+        let (records, sequence) = self
+            .store
+            .authorities(self.trust_domain.as_ref())
+            .map_err(CaError::Store)?;
+        let current = self.snapshot();
+        let unchanged = current.sequence == sequence
+            && current.authorities.len() == records.len()
+            && current
+                .authorities
+                .iter()
+                .zip(&records)
+                .all(|(a, r)| &a.record == r);
+        if unchanged {
+            return Ok(false);
+        }
+        let authorities = records
+            .into_iter()
+            .map(|r| Authority::from_certificate(r).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut guard = match self.state.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = Arc::new(CaState {
+            authorities,
+            sequence,
+        });
+        tracing::info!(trust_domain = %self.trust_domain, sequence, "followed the roots' authorities");
+        Ok(true)
+    }
+
+    /// On a signing replica whose intermediate is missing or due for renewal at `now`:
+    /// the CSR of its (kept) key for the root's holder to certify. `None` otherwise, and
+    /// always on the root's holder, which certifies its own.
+    pub fn intermediate_wanted(&self, now: i64) -> Result<Option<IntermediateWanted>, CaError> {
+        let Some(key) = &self.replica_key else {
+            return Ok(None);
+        };
+        let Some(root_id) = self.snapshot().active().map(|a| a.record.id.clone()) else {
+            return Ok(None);
+        };
+        let current = self.current_intermediate();
+        if !intermediate::renewal_due(current.as_ref().map(|i| &i.life), &root_id, now) {
+            return Ok(None);
+        }
+        Ok(Some(IntermediateWanted {
+            csr: intermediate_csr(&self.trust_domain, key)?,
+            key_sha256: intermediate::key_sha256(&key.spki_der()),
+        }))
+    }
+
+    /// SHA-256 of a replica's intermediate key, as operators admit it (`None` on the
+    /// root's holder).
+    pub fn replica_key_sha256(&self) -> Option<String> {
+        self.replica_key
+            .as_ref()
+            .map(|key| intermediate::key_sha256(&key.spki_der()))
+    }
+
+    /// On a signing replica: checks that `cert_der` certifies this host's intermediate
+    /// key for this trust domain, is signed by one of the trust domain's authorities and
+    /// is valid at `now`; then keeps it (in the key directory) and signs with it.
+    pub fn install_intermediate(&self, cert_der: &[u8], now: i64) -> Result<(), CaError> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let key = self.replica_key.as_ref().ok_or_else(|| {
+            CaError::BadRequest("this host certifies its own intermediates".into())
+        })?;
+        let (_, cert) = X509Certificate::from_der(cert_der).map_err(|e| {
+            CaError::Certificate(format!("intermediate certificate unreadable: {e}"))
+        })?;
+        let state = self.snapshot();
+        let root = state
+            .authorities
+            .iter()
+            .find(|a| {
+                a.subject_der == cert.tbs_certificate.issuer.as_raw()
+                    && X509Certificate::from_der(&a.record.cert_der)
+                        .ok()
+                        .is_some_and(|(_, root)| {
+                            cert.verify_signature(Some(root.public_key())).is_ok()
+                        })
+            })
+            .ok_or_else(|| {
+                CaError::Certificate(format!(
+                    "the intermediate is not signed by an authority of {}",
+                    self.trust_domain
+                ))
+            })?;
+        let fresh = intermediate_from_parts(
+            REPLICA_CERT.to_owned(),
+            Arc::clone(key),
+            cert_der.to_vec(),
+            &root.record.id,
+        )?;
+        let names_us = cert.subject_alternative_name().ok().flatten().is_some_and(|san| {
+            matches!(san.value.general_names.as_slice(),
+                [x509_parser::extensions::GeneralName::URI(uri)] if *uri == self.trust_domain.id_string())
+        });
+        if !names_us {
+            return Err(CaError::Certificate(format!(
+                "the intermediate does not name exactly {}",
+                self.trust_domain.id_string()
+            )));
+        }
+        if now < fresh.life.not_before || now >= fresh.life.not_after {
+            return Err(CaError::Certificate(
+                "the intermediate is not valid now".into(),
+            ));
+        }
+        // Durable before it signs: replace the kept certificate through a new file.
+        let path = self.key_dir.join(REPLICA_CERT);
+        let staged = self.key_dir.join(format!("{REPLICA_CERT}.new"));
+        let _ = std::fs::remove_file(&staged);
+        keys::write_new_private(&staged, cert_der)?;
+        std::fs::rename(&staged, &path)
+            .map_err(|e| CaError::Io(format!("rename {}", staged.display()), e))?;
+        tracing::info!(trust_domain = %self.trust_domain, not_after = fresh.life.not_after, "installed the intermediate the root's holder certified");
+        let mut guard = match self.intermediate.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = Some(Arc::new(fresh));
+        Ok(())
     }
 
     /// The band this CA serves.
@@ -511,6 +779,10 @@ impl TrustDomainCa {
     /// Applies whatever [`rotation_steps`] asks for at `now`. Returns whether anything
     /// changed. Persists before publishing: a crash leaves the old state, or the new.
     pub fn rotate(&self, now: i64) -> Result<bool, CaError> {
+        if !self.holds_roots() {
+            // The root's holder rotates; a replica follows what it stored.
+            return self.reload();
+        }
         let steps = {
             let snapshot = self.snapshot();
             let records: Vec<_> = snapshot
@@ -547,7 +819,7 @@ impl TrustDomainCa {
     /// key generated here, CSR certified by the active root, both written to the key
     /// directory before the intermediate signs anything.
     fn refresh_intermediate(&self, now: i64) -> Result<(), CaError> {
-        if !self.config.sign_with_intermediate {
+        if !self.config.sign_with_intermediate || !self.holds_roots() {
             return Ok(());
         }
         // One renewal at a time (the rotation loop and `authority activate` may race):
@@ -570,7 +842,7 @@ impl TrustDomainCa {
         let id = random_hex(8)?;
         key.write_new(&key_path(&self.key_dir, &id, "intermediate"))?;
         keys::write_new_private(&intermediate_cert_path(&self.key_dir, &id), &cert_der)?;
-        let fresh = intermediate_from_parts(id, key, cert_der, &root_id)?;
+        let fresh = intermediate_from_parts(id, Arc::new(key), cert_der, &root_id)?;
         tracing::info!(trust_domain = %self.trust_domain, intermediate = %fresh.id, not_after = fresh.life.not_after, "installed a new intermediate CA");
         {
             let mut guard = match self.intermediate.write() {
@@ -601,6 +873,7 @@ impl TrustDomainCa {
         let root = state
             .active()
             .ok_or_else(|| CaError::NoAuthority(self.trust_domain.to_string()))?;
+        let root_key = &root.keys(&self.trust_domain)?.x509;
         let not_after = not_after.min(root.record.not_after);
         if not_after <= now {
             return Err(CaError::NoAuthority(self.trust_domain.to_string()));
@@ -618,7 +891,7 @@ impl TrustDomainCa {
             &x509::IssuerRef {
                 subject_der: &root.subject_der,
                 key_id: &root.key_id,
-                key: &root.x509_key,
+                key: root_key,
             },
             &x509::IntermediateSpec {
                 trust_domain: &self.trust_domain,
@@ -634,6 +907,9 @@ impl TrustDomainCa {
     /// Prepares the next authority now, whatever the schedule says (`writ authority
     /// prepare`). Refused if one is already prepared.
     pub fn prepare(&self, now: i64) -> Result<(), CaError> {
+        if !self.holds_roots() {
+            return Err(CaError::RootsElsewhere(self.trust_domain.to_string()));
+        }
         if self
             .authorities()
             .iter()
@@ -648,6 +924,9 @@ impl TrustDomainCa {
 
     /// Activates the prepared authority now (`writ authority activate`).
     pub fn activate(&self, now: i64) -> Result<(), CaError> {
+        if !self.holds_roots() {
+            return Err(CaError::RootsElsewhere(self.trust_domain.to_string()));
+        }
         let prepared = self
             .authorities()
             .into_iter()
@@ -744,6 +1023,7 @@ impl TrustDomainCa {
         jwt_key.write_new(&key_path(&self.key_dir, &id, "jwt"))?;
         let record = AuthorityRecord {
             jwt_kid: jwt::key_id(jwt_key.public_point())?,
+            jwt_public: Some(jwt_key.public_point().to_vec()),
             id,
             state,
             cert_der,
@@ -819,7 +1099,8 @@ impl TrustDomainCa {
             .active()
             .ok_or_else(|| CaError::NoAuthority(self.trust_domain.to_string()))?;
         // With intermediates on, the root never signs a leaf: no intermediate, no SVID.
-        let via = if self.config.sign_with_intermediate {
+        // A replica has no root key to sign with: only its intermediate.
+        let via = if self.config.sign_with_intermediate || !self.holds_roots() {
             Some(
                 self.current_intermediate()
                     .ok_or_else(|| CaError::NoAuthority(self.trust_domain.to_string()))?,
@@ -842,7 +1123,7 @@ impl TrustDomainCa {
                 x509::IssuerRef {
                     subject_der: &authority.subject_der,
                     key_id: &authority.key_id,
-                    key: &authority.x509_key,
+                    key: &authority.keys(&self.trust_domain)?.x509,
                 },
                 authority.record.id.clone(),
                 authority.record.not_after,
@@ -900,7 +1181,7 @@ impl TrustDomainCa {
             return Err(CaError::NoAuthority(self.trust_domain.to_string()));
         }
         let token = jwt::sign_jwt(
-            &authority.jwt_key,
+            &authority.keys(&self.trust_domain)?.jwt,
             &authority.record.jwt_kid,
             &jwt::JwtSpec {
                 spiffe_id: &request.spiffe_id,
@@ -935,7 +1216,7 @@ impl TrustDomainCa {
             .iter()
             .map(|a| bundle::X509Authority {
                 cert_der: &a.record.cert_der,
-                point: a.x509_key.public_point(),
+                point: &a.x509_point,
             })
             .collect();
         let jwt: Vec<_> = state
@@ -943,7 +1224,7 @@ impl TrustDomainCa {
             .iter()
             .map(|a| bundle::JwtAuthority {
                 kid: &a.record.jwt_kid,
-                point: a.jwt_key.public_point(),
+                point: &a.jwt_point,
             })
             .collect();
         bundle::jwks(
@@ -962,7 +1243,7 @@ impl TrustDomainCa {
             .iter()
             .map(|a| bundle::JwtAuthority {
                 kid: &a.record.jwt_kid,
-                point: a.jwt_key.public_point(),
+                point: &a.jwt_point,
             })
             .collect();
         bundle::jwt_jwks(&jwt)
@@ -982,8 +1263,9 @@ fn with_state(authority: &Authority, state: AuthorityState) -> Authority {
     record.state = state;
     Authority {
         record,
-        x509_key: Arc::clone(&authority.x509_key),
-        jwt_key: Arc::clone(&authority.jwt_key),
+        keys: authority.keys.clone(),
+        x509_point: authority.x509_point.clone(),
+        jwt_point: authority.jwt_point.clone(),
         subject_der: authority.subject_der.clone(),
         key_id: authority.key_id.clone(),
     }
@@ -993,13 +1275,17 @@ fn key_path(dir: &Path, id: &str, kind: &str) -> PathBuf {
     dir.join(format!("{id}.{kind}.key"))
 }
 
+/// A signing replica's intermediate key and certificate, in each band's key directory.
+const REPLICA_KEY: &str = "replica-intermediate.key";
+const REPLICA_CERT: &str = "replica-intermediate.der";
+
 fn intermediate_cert_path(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!("{id}.intermediate.der"))
 }
 
 fn intermediate_from_parts(
     id: String,
-    key: EcKey,
+    key: Arc<EcKey>,
     cert_der: Vec<u8>,
     issuer: &str,
 ) -> Result<Intermediate, CaError> {
@@ -1063,7 +1349,8 @@ fn load_intermediate(dir: &Path, authorities: &[Arc<Authority>]) -> Option<Inter
         else {
             continue;
         };
-        let Ok(loaded) = intermediate_from_parts(id.to_owned(), key, cert_der, &root.record.id)
+        let Ok(loaded) =
+            intermediate_from_parts(id.to_owned(), Arc::new(key), cert_der, &root.record.id)
         else {
             continue;
         };
@@ -1177,6 +1464,31 @@ impl CaSet {
         config: CaConfig,
         clock: SharedClock,
     ) -> Result<Self, CaError> {
+        Self::open_with(base, key_dir, store, config, clock, false)
+    }
+
+    /// [`CaSet::open`] on a store several servers share: where the stored authorities'
+    /// keys are not in `key_dir`, this server is a signing replica of that band (see
+    /// [`holds_roots`]): it signs through its own intermediate, once the root's holder
+    /// has certified it ([`TrustDomainCa::intermediate_wanted`]).
+    pub fn open_shared(
+        base: TrustDomain,
+        key_dir: &Path,
+        store: Arc<impl AuthorityStore + 'static>,
+        config: CaConfig,
+        clock: SharedClock,
+    ) -> Result<Self, CaError> {
+        Self::open_with(base, key_dir, store, config, clock, true)
+    }
+
+    fn open_with(
+        base: TrustDomain,
+        key_dir: &Path,
+        store: Arc<impl AuthorityStore + 'static>,
+        config: CaConfig,
+        clock: SharedClock,
+        may_follow: bool,
+    ) -> Result<Self, CaError> {
         let store: Arc<dyn AuthorityStore> = store;
         let now = clock.unix();
         let mut cas = BTreeMap::new();
@@ -1186,10 +1498,24 @@ impl CaSet {
             })?;
             cas.insert(
                 band,
-                TrustDomainCa::open_dyn(band, td, key_dir, Arc::clone(&store), config, now)?,
+                TrustDomainCa::open_dyn(
+                    band,
+                    td,
+                    key_dir,
+                    Arc::clone(&store),
+                    config,
+                    now,
+                    may_follow,
+                )?,
             );
         }
         Ok(CaSet { base, cas, clock })
+    }
+
+    /// Whether this server holds the roots' keys of every band (otherwise it is a
+    /// signing replica: no JWT-SVIDs, X.509 only through its own intermediates).
+    pub fn holds_roots(&self) -> bool {
+        self.cas.values().all(TrustDomainCa::holds_roots)
     }
 
     /// The base trust domain.
@@ -1278,7 +1604,7 @@ impl CaSet {
             let jwt_keys = state
                 .authorities
                 .iter()
-                .map(|a| (a.record.jwt_kid.clone(), a.jwt_key.public_point().to_vec()))
+                .map(|a| (a.record.jwt_kid.clone(), a.jwt_point.clone()))
                 .collect();
             bundles.push(TrustBundle {
                 band: ca.band,
@@ -1528,6 +1854,161 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    fn open_replica_at(dir: &Path, store: Arc<MemoryStore>, now: i64) -> TrustDomainCa {
+        TrustDomainCa::open_dyn(
+            Band::Investigative,
+            TrustDomain::new("investigate.example.org").unwrap(),
+            dir,
+            store,
+            chained(),
+            now,
+            true,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_server_with_none_of_the_stored_roots_keys_may_follow_only_if_allowed() {
+        assert!(
+            holds_roots(&[], true),
+            "no authorities yet: this one makes them"
+        );
+        assert!(holds_roots(&[true, true], true));
+        assert!(!holds_roots(&[false, false], true));
+        assert!(
+            holds_roots(&[false], false),
+            "a store of its own: keys must be here"
+        );
+        // Some keys here but not all: not a replica; opening the keys says what is missing.
+        assert!(holds_roots(&[true, false], true));
+    }
+
+    #[test]
+    fn a_replica_signs_only_through_an_intermediate_the_root_holder_certified() {
+        let (root_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Arc::new(MemoryStore::default());
+        let holder = TrustDomainCa::open_dyn(
+            Band::Investigative,
+            TrustDomain::new("investigate.example.org").unwrap(),
+            root_dir.path(),
+            Arc::clone(&store) as Arc<dyn AuthorityStore>,
+            chained(),
+            T0,
+            true,
+        )
+        .unwrap();
+        assert!(holder.holds_roots());
+        assert_eq!(holder.intermediate_wanted(T0).unwrap(), None);
+        let replica = open_replica_at(replica_dir.path(), Arc::clone(&store), T0);
+        assert!(!replica.holds_roots());
+        // The same bundle, byte for byte: certificates and JWT keys come from the store.
+        assert_eq!(replica.x509_bundle(), holder.x509_bundle());
+        assert_eq!(replica.jwks().unwrap(), holder.jwks().unwrap());
+        assert_eq!(replica.jwt_jwks().unwrap(), holder.jwt_jwks().unwrap());
+        // No root key here: nothing signs until an intermediate is installed.
+        let key = EcKey::generate(SignatureEncoding::Asn1).unwrap();
+        let refused = replica.mint_x509(
+            SubjectKey::PublicKey(&key.spki_der()),
+            &request(Duration::from_secs(300)),
+            T0,
+        );
+        assert!(
+            matches!(refused, Err(CaError::NoAuthority(_))),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            replica.mint_jwt(&request(Duration::from_secs(300)), &["aud".into()], T0),
+            Err(CaError::RootsElsewhere(_))
+        ));
+        assert!(matches!(
+            replica.prepare(T0),
+            Err(CaError::RootsElsewhere(_))
+        ));
+        // It asks for its own key; the holder certifies the CSR.
+        let wanted = replica.intermediate_wanted(T0).unwrap().unwrap();
+        assert_eq!(
+            Some(wanted.key_sha256.clone()),
+            replica.replica_key_sha256()
+        );
+        // A certificate for another key is not installed.
+        let other = EcKey::generate(SignatureEncoding::Asn1).unwrap();
+        let foreign = holder
+            .certify_intermediate(
+                &intermediate_csr(replica.trust_domain(), &other).unwrap(),
+                T0 + 3600,
+                T0,
+            )
+            .unwrap();
+        assert!(replica.install_intermediate(&foreign, T0).is_err());
+        let cert = holder
+            .certify_intermediate(&wanted.csr, T0 + 4 * 3600, T0)
+            .unwrap();
+        replica.install_intermediate(&cert, T0).unwrap();
+        assert_eq!(replica.intermediate_wanted(T0).unwrap(), None);
+        let minted = mint(&replica, Duration::from_secs(300), T0);
+        assert_eq!(minted.chain, vec![cert.clone()]);
+        let chain: Vec<_> = minted
+            .full_chain()
+            .into_iter()
+            .map(rustls_pki_types::CertificateDer::from)
+            .collect();
+        let anchors: Vec<_> = holder
+            .x509_bundle()
+            .into_iter()
+            .map(rustls_pki_types::CertificateDer::from)
+            .collect();
+        writ_verifier::verify_x509_svid(
+            &chain,
+            &anchors,
+            replica.trust_domain(),
+            writ_verifier::x509::Usage::Client,
+            rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(T0 as u64 + 1)),
+        )
+        .unwrap();
+        // Restarted, it keeps its key (admitted once) and its certificate.
+        let again = open_replica_at(replica_dir.path(), Arc::clone(&store), T0 + 60);
+        assert_eq!(again.replica_key_sha256(), replica.replica_key_sha256());
+        assert_eq!(again.intermediate_cert(), Some(cert));
+        // At half-life it asks again, for the same key.
+        let renewal = again.intermediate_wanted(T0 + 2 * 3600).unwrap().unwrap();
+        assert_eq!(renewal.key_sha256, wanted.key_sha256);
+    }
+
+    #[test]
+    fn a_replica_follows_the_root_holders_rotation() {
+        let (root_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Arc::new(MemoryStore::default());
+        let holder = open_at(root_dir.path(), Arc::clone(&store), chained(), T0).unwrap();
+        let replica = open_replica_at(replica_dir.path(), Arc::clone(&store), T0);
+        holder.prepare(T0 + 10).unwrap();
+        assert_ne!(replica.x509_bundle(), holder.x509_bundle());
+        assert!(replica.rotate(T0 + 10).unwrap());
+        assert_eq!(replica.x509_bundle(), holder.x509_bundle());
+        assert_eq!(replica.sequence(), holder.sequence());
+        assert!(!replica.rotate(T0 + 11).unwrap(), "nothing new");
+    }
+
+    #[test]
+    fn records_from_before_replicas_get_their_jwt_public_key_filled_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::default());
+        let first = open(dir.path(), Arc::clone(&store)).unwrap();
+        let sequence = first.sequence();
+        let mut old = first.authorities();
+        for record in &mut old {
+            record.jwt_public = None;
+        }
+        store
+            .put_authorities("investigate.example.org", &old, sequence)
+            .unwrap();
+        drop(first);
+        let again = open(dir.path(), Arc::clone(&store)).unwrap();
+        let (stored, stored_sequence) = store.authorities("investigate.example.org").unwrap();
+        assert_eq!(stored_sequence, sequence, "the bundle did not change");
+        assert!(stored.iter().all(|r| r.jwt_public.is_some()));
+        assert_eq!(stored, again.authorities());
     }
 
     #[test]

@@ -235,6 +235,13 @@ async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result
         following.await;
         Ok(())
     });
+    // With a shared store: certify admitted replicas' intermediates (the roots' holder),
+    // or obtain and renew this replica's own.
+    let signers = crate::server::signers::run(Arc::clone(issuer), tasks.stopped());
+    tasks.spawn("replica intermediates", async move {
+        signers.await;
+        Ok(())
+    });
     tasks.spawn(
         "admin API",
         serve_admin(admin, Arc::clone(issuer), tasks.stopped()),
@@ -248,6 +255,12 @@ async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result
         anyhow::bail!(
             "admin_listen and operator_ca go together: remote admin needs operator certificates"
         );
+    }
+    if !issuer.cas.holds_roots() {
+        // A signing replica's TLS identity comes from its own intermediate: wait (bounded)
+        // for the root's holder to certify it; until then agents use other servers.
+        crate::server::signers::await_intermediates(issuer, crate::server::signers::ADMISSION_WAIT)
+            .await?;
     }
     let identity = if issuer.config.node_listen.is_some() || remote_admin.is_some() {
         let identity = ServerIdentity::new(Arc::clone(issuer))?;

@@ -13,6 +13,7 @@ mod operator;
 mod output;
 mod playbook;
 mod profile;
+mod replica;
 mod svid;
 mod token;
 
@@ -53,6 +54,9 @@ enum Command {
     /// CA authorities: show, and rotate by hand (prepare, then activate).
     #[command(subcommand)]
     Authority(AuthorityCommand),
+    /// Signing replicas: admit one's intermediate keys on the server holding the roots.
+    #[command(subcommand)]
+    Replica(ReplicaCommand),
     /// Operators: who may use the admin socket.
     #[command(subcommand)]
     Operator(OperatorCommand),
@@ -168,6 +172,12 @@ enum AuthorityCommand {
     Prepare(authority::Args),
     /// Activate the prepared authority now; the current one retires.
     Activate(authority::Args),
+}
+
+#[derive(Debug, Subcommand)]
+enum ReplicaCommand {
+    /// Admit a replica's intermediate keys (by SHA-256): the roots then certify them.
+    Admit(replica::AdmitArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -290,6 +300,7 @@ impl Cli {
             Command::Operator(OperatorCommand::Show(args)) => {
                 operator::list(args.admin, Some(args.name)).await
             }
+            Command::Replica(ReplicaCommand::Admit(args)) => replica::admit(args).await,
             Command::Authority(AuthorityCommand::Show(args)) => {
                 authority::run(args, authority::Action::Show).await
             }

@@ -33,7 +33,7 @@ pub enum Operation {
     ReadAudit,
     /// `writ x509 mint`, `writ jwt mint`.
     MintSvid,
-    /// `writ authority prepare | activate`.
+    /// `writ authority prepare | activate`, `writ replica admit` (what the roots sign).
     RotateAuthority,
     /// `writ token create`.
     CreateJoinToken,
@@ -141,7 +141,7 @@ impl Operation {
             Operation::ListSvids => "svid list",
             Operation::ReadAudit => "audit tail, export, checkpoint, verify; incident timeline",
             Operation::MintSvid => "x509 mint, jwt mint",
-            Operation::RotateAuthority => "authority prepare, activate",
+            Operation::RotateAuthority => "authority prepare, activate; replica admit",
             Operation::CreateJoinToken => "token create",
             Operation::ManageProfiles => "profile create, delete",
             Operation::CreatePlaybook => "playbook create",

@@ -17,6 +17,11 @@ pub fn issue_refusal(e: IssueError) -> NodeError {
     match e {
         IssueError::NotEntitled(_) => NodeError::NotEntitled(e.to_string()),
         IssueError::Ca(ca) if ca.is_invalid_argument() => NodeError::Invalid(ca.to_string()),
+        // Another server may sign it: a replica without the roots, or without its
+        // intermediate yet.
+        IssueError::Ca(
+            ca @ (crate::ca::CaError::RootsElsewhere(_) | crate::ca::CaError::NoAuthority(_)),
+        ) => NodeError::Unavailable(ca.to_string()),
         IssueError::Ca(ca) => {
             tracing::error!(error = %ca, "signing failed");
             NodeError::Unavailable("signing failed".into())

@@ -8,6 +8,7 @@ pub mod local_node;
 pub mod node;
 pub mod registry;
 pub mod replica;
+pub mod signers;
 pub mod status;
 pub mod tls;
 
@@ -107,7 +108,7 @@ pub enum IssueError {
 impl Issuer {
     /// Opens the data directory: the store, then each band's CA (created on first start,
     /// reused after).
-    pub fn open(config: Config, clock: SharedClock) -> anyhow::Result<Arc<Issuer>> {
+    pub fn open(mut config: Config, clock: SharedClock) -> anyhow::Result<Arc<Issuer>> {
         // The data directory holds the Workload API socket, which every local user must
         // reach; keys live in keys/ (0700) and the store is 0600.
         std::fs::create_dir_all(&config.data_dir)
@@ -125,23 +126,40 @@ impl Issuer {
             })?,
         );
         let clock_for_audit = Arc::clone(&clock);
-        let cas = CaSet::open(
-            config.trust_domain.clone(),
-            &config.data_dir.join("keys"),
-            Arc::clone(&store),
-            config.ca,
-            clock,
-        )
-        .with_context(|| match &config.store {
-            // The shared store names authorities whose keys another server holds: CA
-            // keys never leave their host, and replicas do not sign yet (docs/ha.md).
-            StoreLocation::Postgres(_) => format!(
-                "opening the CAs: the shared store's authorities must have their keys in {}; \
-                 a second signing replica is not supported yet (docs/ha.md, \"What is not built yet\")",
-                config.data_dir.join("keys").display()
-            ),
-            StoreLocation::Embedded => "opening the CAs".to_owned(),
-        })?;
+        let cas = if store.shared() {
+            // Every server of a cluster signs through an intermediate: the roots' keys
+            // stay on the one host that made them, and the others (signing replicas)
+            // have their own intermediates certified by it (docs/ha.md).
+            config.ca.sign_with_intermediate = true;
+            let cas = CaSet::open_shared(
+                config.trust_domain.clone(),
+                &config.data_dir.join("keys"),
+                Arc::clone(&store),
+                config.ca,
+                clock,
+            )
+            .with_context(|| {
+                format!(
+                    "opening the CAs: the shared store's authorities must have all their keys in {}, or none (a signing replica)",
+                    config.data_dir.join("keys").display()
+                )
+            })?;
+            if !cas.holds_roots() {
+                tracing::info!(
+                    "this server does not hold the roots' keys: a signing replica (X.509 through its own intermediates, no JWT-SVIDs)"
+                );
+            }
+            cas
+        } else {
+            CaSet::open(
+                config.trust_domain.clone(),
+                &config.data_dir.join("keys"),
+                Arc::clone(&store),
+                config.ca,
+                clock,
+            )
+            .context("opening the CAs")?
+        };
         let origin = crate::audit::origin_for(config.trust_domain.as_ref());
         let audit = Arc::new(match store.shared_log() {
             // One log for every server sharing the store (docs/ha.md, "The audit log").
@@ -646,6 +664,7 @@ impl Issuer {
         audience: &[String],
         requester: &str,
     ) -> Result<MintedJwt, IssueError> {
+        self.signs_jwt()?;
         let mut denials = Vec::new();
         let pending = {
             let _gate = self
@@ -666,6 +685,19 @@ impl Issuer {
         let (_, minted) = pending.wait()?;
         tracing::info!(%spiffe_id, %requester, exp = minted.expires_at, "issued jwt-svid");
         Ok(minted)
+    }
+
+    /// Whether this server signs JWT-SVIDs: a signing replica has no JWT key the bundle
+    /// names (docs/ha.md) and answers, before any policy question, with an error that
+    /// maps to `Unavailable`, which agents take as "ask another server".
+    pub fn signs_jwt(&self) -> Result<(), IssueError> {
+        if self.cas.holds_roots() {
+            Ok(())
+        } else {
+            Err(IssueError::Ca(crate::ca::CaError::RootsElsewhere(
+                self.cas.base().to_string(),
+            )))
+        }
     }
 
     /// Mints a JWT-SVID for `request` in `band` (policy already checked by the caller)
@@ -692,6 +724,13 @@ impl Issuer {
     ) -> Result<crate::audit::log::Pending<MintedJwt>, IssueError> {
         let now = self.cas.now();
         let ca = self.cas.ca(band);
+        if !ca.holds_roots() {
+            // A signing replica has no JWT key the bundle names (docs/ha.md): the agent
+            // takes Unavailable as "ask another server".
+            return Err(IssueError::Ca(crate::ca::CaError::RootsElsewhere(
+                ca.trust_domain().to_string(),
+            )));
+        }
         self.audit.submit_with(|index| {
             if let Some(claims) = request.claims.as_mut() {
                 claims.audit_index = Some(index);

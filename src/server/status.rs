@@ -34,6 +34,8 @@ impl From<CaError> for Status {
         match error {
             // The server cannot sign now; a rotation or restart will mend it.
             CaError::NoAuthority(_) => Status::unavailable(error.to_string()),
+            // A signing replica: another server can sign this.
+            CaError::RootsElsewhere(_) => Status::unavailable(error.to_string()),
             other => internal(other),
         }
     }

@@ -209,6 +209,7 @@ mod tests {
             state: crate::ca::AuthorityState::Active,
             cert_der: vec![0x30, 0x00],
             jwt_kid: "kid".into(),
+            jwt_public: Some(vec![4, 1, 2]),
             not_before: 10,
             not_after: 20,
         };

@@ -200,6 +200,68 @@ pub(crate) trait Backend: Send + Sync {
             "this store is not shared: nothing to listen to".into(),
         ))
     }
+    /// Posts a replica's request for an intermediate; returns its id.
+    fn post_intermediate_request(
+        &self,
+        _request: &NewIntermediateRequest,
+    ) -> Result<i64, StoreError> {
+        Err(StoreError::Db(
+            "this store is not shared: no replica asks it for an intermediate".into(),
+        ))
+    }
+    /// One intermediate request.
+    fn intermediate_request(&self, _id: i64) -> Result<Option<IntermediateRequest>, StoreError> {
+        Ok(None)
+    }
+    /// Requests neither certified nor refused, oldest first.
+    fn pending_intermediate_requests(&self) -> Result<Vec<IntermediateRequest>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Answers a pending request: a certificate, or why it is refused. Whether it was
+    /// still pending (an answered request is never answered again).
+    fn answer_intermediate_request(
+        &self,
+        _id: i64,
+        _answer: &IntermediateAnswer,
+    ) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+}
+
+/// What a signing replica posts when it needs an intermediate for one band.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewIntermediateRequest {
+    /// The replica's name.
+    pub replica: String,
+    /// The band.
+    pub band: Band,
+    /// The CSR (DER).
+    pub csr: Vec<u8>,
+    /// SHA-256 of the CSR's key, as the replica states it (the root's holder recomputes
+    /// it from the CSR and never trusts this column).
+    pub key_sha256: String,
+}
+
+/// One row of `intermediate_requests`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntermediateRequest {
+    /// Its id.
+    pub id: i64,
+    /// What was asked.
+    pub request: NewIntermediateRequest,
+    /// The certificate (DER), once the root's holder has certified it.
+    pub certificate: Option<Vec<u8>>,
+    /// Why it was refused, if it was.
+    pub refused: Option<String>,
+}
+
+/// How the root's holder answers an intermediate request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IntermediateAnswer {
+    /// The certificate (DER).
+    Certified(Vec<u8>),
+    /// Refused, and why.
+    Refused(String),
 }
 
 /// A cluster-wide policy lock (see [`Store::lock_policy`]); released when dropped.
@@ -434,6 +496,34 @@ impl Store {
     /// the listening connection is lost.
     pub fn listen_policy(&self) -> Result<tokio::sync::mpsc::Receiver<u64>, StoreError> {
         self.backend.listen_policy()
+    }
+
+    /// A signing replica asks the root's holder for an intermediate (docs/ha.md);
+    /// returns the request's id. Only a shared store takes requests.
+    pub fn post_intermediate_request(
+        &self,
+        request: &NewIntermediateRequest,
+    ) -> Result<i64, StoreError> {
+        self.backend.post_intermediate_request(request)
+    }
+
+    /// The intermediate request `id`, if there is one.
+    pub fn intermediate_request(&self, id: i64) -> Result<Option<IntermediateRequest>, StoreError> {
+        self.backend.intermediate_request(id)
+    }
+
+    /// Intermediate requests not yet answered, oldest first.
+    pub fn pending_intermediate_requests(&self) -> Result<Vec<IntermediateRequest>, StoreError> {
+        self.backend.pending_intermediate_requests()
+    }
+
+    /// Answers a pending intermediate request; whether it was still pending.
+    pub fn answer_intermediate_request(
+        &self,
+        id: i64,
+        answer: &IntermediateAnswer,
+    ) -> Result<bool, StoreError> {
+        self.backend.answer_intermediate_request(id, answer)
     }
 
     fn one<T: for<'de> Deserialize<'de>>(

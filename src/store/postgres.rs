@@ -77,6 +77,20 @@ const MIGRATIONS: &[&str] = &[
          vkey text PRIMARY KEY,
          owner text NOT NULL,
          added_at timestamptz NOT NULL);",
+    // 4: signing replicas' requests for an intermediate, answered by the server that
+    // holds the roots (docs/ha.md, "Signing replicas"). Admissions are not here: they live
+    // on the root holder's host, so that write access to the database cannot admit a key.
+    "CREATE TABLE intermediate_requests (
+         id bigserial PRIMARY KEY,
+         replica text NOT NULL,
+         band text NOT NULL,
+         csr bytea NOT NULL,
+         key_sha256 text NOT NULL,
+         requested_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+         certificate bytea,
+         certified_at timestamptz,
+         refused text,
+         CHECK (certificate IS NULL OR refused IS NULL));",
 ];
 
 /// The channel policy writes notify, with the new version as payload.
@@ -807,6 +821,94 @@ impl Backend for Postgres {
         Ok(receiver)
     }
 
+    fn post_intermediate_request(
+        &self,
+        request: &super::NewIntermediateRequest,
+    ) -> Result<i64, StoreError> {
+        let request = request.clone();
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let row = client
+                .query_one(
+                    "INSERT INTO intermediate_requests (replica, band, csr, key_sha256)
+                     VALUES ($1, $2, $3, $4) RETURNING id",
+                    &[
+                        &request.replica,
+                        &request.band.as_str(),
+                        &request.csr,
+                        &request.key_sha256,
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(row.get(0))
+        })
+    }
+
+    fn intermediate_request(
+        &self,
+        id: i64,
+    ) -> Result<Option<super::IntermediateRequest>, StoreError> {
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let row = client
+                .query_opt(&format!("{REQUEST_COLUMNS} WHERE id = $1"), &[&id])
+                .await
+                .map_err(pg_err)?;
+            row.map(|r| request_row(&r)).transpose()
+        })
+    }
+
+    fn pending_intermediate_requests(&self) -> Result<Vec<super::IntermediateRequest>, StoreError> {
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let rows = client
+                .query(
+                    &format!(
+                        "{REQUEST_COLUMNS} WHERE certificate IS NULL AND refused IS NULL ORDER BY id"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
+            // One unreadable row must not stall every other replica's request.
+            Ok(rows
+                .iter()
+                .filter_map(|row| {
+                    request_row(row)
+                        .map_err(|e| tracing::warn!(error = %e, "skipping an intermediate request"))
+                        .ok()
+                })
+                .collect())
+        })
+    }
+
+    fn answer_intermediate_request(
+        &self,
+        id: i64,
+        answer: &super::IntermediateAnswer,
+    ) -> Result<bool, StoreError> {
+        let answer = answer.clone();
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let (certificate, refused) = match answer {
+                super::IntermediateAnswer::Certified(der) => (Some(der), None),
+                super::IntermediateAnswer::Refused(why) => (None, Some(why)),
+            };
+            let changed = client
+                .execute(
+                    "UPDATE intermediate_requests
+                     SET certificate = $2, refused = $3,
+                         certified_at = CASE WHEN $2::bytea IS NULL THEN NULL ELSE clock_timestamp() END
+                     WHERE id = $1 AND certificate IS NULL AND refused IS NULL",
+                    &[&id, &certificate, &refused],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(changed == 1)
+        })
+    }
+
     fn authorities(&self, trust_domain: &str) -> Result<(Option<Vec<u8>>, u64), StoreError> {
         let trust_domain = trust_domain.to_owned();
         self.run(move |pool| async move {
@@ -852,6 +954,29 @@ impl Backend for Postgres {
             Ok(())
         })
     }
+}
+
+/// The columns of an intermediate request, in [`request_row`]'s order.
+const REQUEST_COLUMNS: &str =
+    "SELECT id, replica, band, csr, key_sha256, certificate, refused FROM intermediate_requests";
+
+fn request_row(row: &tokio_postgres::Row) -> Result<super::IntermediateRequest, StoreError> {
+    let band: String = row.get(2);
+    let band = band.parse().map_err(|_| StoreError::Corrupt {
+        table: "intermediate_requests",
+        reason: format!("unknown band {band:?}"),
+    })?;
+    Ok(super::IntermediateRequest {
+        id: row.get(0),
+        request: super::NewIntermediateRequest {
+            replica: row.get(1),
+            band,
+            csr: row.get(3),
+            key_sha256: row.get(4),
+        },
+        certificate: row.get(5),
+        refused: row.get(6),
+    })
 }
 
 #[cfg(test)]
@@ -932,7 +1057,7 @@ mod tests {
 
     #[test]
     fn schema_versions_count_the_migrations() {
-        assert_eq!(SCHEMA_VERSION, 2);
+        assert_eq!(SCHEMA_VERSION, 4);
         // Every table the store uses is created by some migration.
         let all = MIGRATIONS.join("\n");
         for table in Table::ALL {

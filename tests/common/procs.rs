@@ -261,15 +261,21 @@ impl ServerProc {
     /// Admits `replica`'s intermediate keys on this server (which holds the roots) once
     /// the replica has logged them, and waits until the replica serves.
     pub fn admit(&self, replica: &mut ServerProc) {
-        let mut keys = Vec::new();
-        wait_until(
-            || format!("{} never logged its keys:\n{}", replica.name, replica.proc.stderr()),
-            || {
-                replica.proc.check_running();
-                keys = replica.keys_to_admit();
-                keys.len() == 3
-            },
-        );
+        let deadline = Instant::now() + WAIT;
+        let keys = loop {
+            replica.proc.check_running();
+            let keys = replica.keys_to_admit();
+            if keys.len() == 3 {
+                break keys;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never logged its keys:\n{}",
+                replica.name,
+                replica.proc.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
         let mut args = vec!["replica", "admit"];
         for key in &keys {
             args.extend(["--key-sha256", key.as_str()]);

@@ -2,9 +2,11 @@
 //! them (prepare the next authority, then activate it) on an operator's word.
 
 use super::AdminService;
+use crate::audit::{Kind, Record};
 use crate::policy::roles::Operation;
 use crate::proto::admin as pb;
 use crate::server::Issuer;
+use crate::server::signers::{Admissions, parse_key_sha256};
 use tonic::{Request, Response, Status};
 use writ_verifier::Band;
 
@@ -99,5 +101,54 @@ impl AdminService {
             )
             .await?;
         Ok(Response::new(authorities(&self.issuer, &bands)))
+    }
+}
+
+impl AdminService {
+    /// Admits signing replicas' intermediate keys on this server, which must hold the
+    /// roots: audited first, then kept in its key directory (never in the database).
+    pub(super) async fn admit_replica_rpc(
+        &self,
+        request: Request<pb::AdmitReplicaRequest>,
+    ) -> Result<Response<pb::AdmitReplicaResponse>, Status> {
+        let admitted = self
+            .call(
+                request,
+                Operation::RotateAuthority,
+                |issuer, caller, body| {
+                    if !issuer.cas.holds_roots() {
+                        return Err(Status::failed_precondition(
+                            "this server does not hold the roots: admit replicas on the server that does",
+                        ));
+                    }
+                    if body.key_sha256.is_empty() || body.key_sha256.len() > 64 {
+                        return Err(Status::invalid_argument(
+                            "give between 1 and 64 key hashes (--key-sha256)",
+                        ));
+                    }
+                    let hashes = body
+                        .key_sha256
+                        .iter()
+                        .map(|h| parse_key_sha256(h))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                    let record = Record::new(
+                        issuer.cas.now(),
+                        Kind::AdminChange,
+                        "replica.admit",
+                        &caller.name,
+                    )
+                    .detail(serde_json::json!({ "key_sha256": hashes }));
+                    issuer.audit.append(&record)?;
+                    Admissions::in_dir(&issuer.config.data_dir.join("keys"))
+                        .admit(&hashes)
+                        .map_err(crate::server::status::internal)
+                },
+                |caller, admitted: &Vec<String>| {
+                    tracing::info!(by = %caller.name, admitted = ?admitted, "replica keys admitted");
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::AdmitReplicaResponse { admitted }))
     }
 }

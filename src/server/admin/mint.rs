@@ -62,6 +62,7 @@ impl AdminService {
                 request,
                 Operation::MintSvid,
                 |issuer, caller, body| {
+                    issuer.signs_jwt()?;
                     let (spiffe_id, scopes) = resolve(&issuer.cas, body.identity)?;
                     let _gate = issuer.registry.issuance_gate();
                     let ttl = body

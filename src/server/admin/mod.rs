@@ -133,6 +133,13 @@ impl Admin for AdminService {
         self.rotate_rpc(request, true).await
     }
 
+    async fn admit_replica(
+        &self,
+        request: Request<pb::AdmitReplicaRequest>,
+    ) -> Result<Response<pb::AdmitReplicaResponse>, Status> {
+        self.admit_replica_rpc(request).await
+    }
+
     // Operators: `auth.rs`.
 
     async fn list_operators(

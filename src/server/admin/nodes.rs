@@ -44,7 +44,7 @@ impl AdminService {
         let issuer = std::sync::Arc::clone(&self.issuer);
         let (not_signing, replication) = tokio::task::spawn_blocking(move || {
             let not_signing = match issuer.registry.issuance_gate() {
-                Ok(_) => String::new(),
+                Ok(_) => crate::server::signers::not_signing(&issuer).unwrap_or_default(),
                 Err(e) => e.to_string(),
             };
             (not_signing, replication(&issuer))

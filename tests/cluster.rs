@@ -5,7 +5,11 @@
 //! * a close on one replica reaches the agents of the others, and once it returns no
 //!   replica signs for the incident again, even with requests racing the close;
 //! * a replica SIGKILLed under load loses no workload its identity (its agents fail over),
-//!   no acknowledged audit record, and the shared audit log verifies.
+//!   no acknowledged audit record, and the shared audit log verifies;
+//! * two agents racing one join token to two replicas: exactly one is admitted;
+//! * PostgreSQL restarting stops every replica's signing until it is back, and a replica
+//!   cut off from the database alone stops signing once its lease runs out, while a close
+//!   on the others waits that out, and catches up when it is let back.
 //!
 //! Needs root (workloads run under another uid through `setpriv`) and the examples built
 //! (`cargo build --examples`; scripts/test does).
@@ -27,9 +31,10 @@ const WORKLOAD: u32 = 65533;
 
 const IDENTITY: &str = "spiffe://investigate.example.org/agent/triage/incident/INC-1";
 
-/// Three replicas: `a` holds the roots, `b` and `c` are admitted on it.
+/// Three replicas: `a` holds the roots, `b` and `c` are admitted on it. Each connects
+/// to the database as a role of its own (`writ_a`…), so one can be cut off alone.
 struct Cluster {
-    _pg: Postgres,
+    pg: Postgres,
     servers: Vec<ServerProc>,
 }
 
@@ -38,15 +43,40 @@ impl Cluster {
     fn start(dir: &Path, extra: &str) -> Option<Cluster> {
         let pg = Postgres::start()?;
         pg.create_database("writ");
-        let config = format!("store = {}\n{extra}", toml_string(&pg.url("writ")));
-        let a = ServerProc::start(dir, "a", &config);
+        let config = |name: &str| {
+            pg.psql("writ", &format!("CREATE ROLE writ_{name} SUPERUSER LOGIN"));
+            let url = pg.url("writ").replacen(
+                "postgresql://writ@",
+                &format!("postgresql://writ_{name}@"),
+                1,
+            );
+            format!("store = {}\n{extra}", toml_string(&url))
+        };
+        let a = ServerProc::start(dir, "a", &config("a"));
         let mut servers = vec![a];
         for name in ["b", "c"] {
-            let mut replica = ServerProc::spawn(dir, name, &config, None);
+            let mut replica = ServerProc::spawn(dir, name, &config(name), None);
             servers[0].admit(&mut replica);
             servers.push(replica);
         }
-        Some(Cluster { _pg: pg, servers })
+        Some(Cluster { pg, servers })
+    }
+
+    /// Cuts replica `name` off the database (its role may not log in, its sessions are
+    /// ended), or lets it back.
+    fn cut_off(&self, name: &str, cut: bool) {
+        let login = if cut { "NOLOGIN" } else { "LOGIN" };
+        self.pg
+            .psql("writ", &format!("ALTER ROLE writ_{name} {login}"));
+        if cut {
+            self.pg.psql(
+                "writ",
+                &format!(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE usename = 'writ_{name}'"
+                ),
+            );
+        }
     }
 
     fn a(&self) -> &ServerProc {
@@ -109,10 +139,16 @@ fn lost_identity(update: &Value) -> bool {
 
 /// `writ x509 mint` for the incident's identity on `server`: whether it was signed.
 fn mint(server: &ServerProc) -> bool {
-    server
-        .run(&["x509", "mint", "--agent", "triage", "--incident", "INC-1"])
-        .status
-        .success()
+    mint_for(server, "INC-1").status.success()
+}
+
+fn mint_for(server: &ServerProc, incident: &str) -> std::process::Output {
+    server.run(&["x509", "mint", "--agent", "triage", "--incident", incident])
+}
+
+/// Whether `writ healthcheck` on `server` says it signs (exit 0).
+fn signing(server: &ServerProc) -> bool {
+    server.run(&["healthcheck"]).status.success()
 }
 
 #[test]
@@ -126,6 +162,56 @@ fn a_close_on_one_replica_holds_on_every_replica_and_reaches_every_agent() {
         return;
     };
     cluster.open_incident();
+
+    // Two nodes present one join token at once, one to b and one to c: one is admitted.
+    let bundle = cluster.a().base_pem(dir);
+    let token = cluster.a().token();
+    let mut racing: Vec<AgentProc> = [1usize, 2]
+        .iter()
+        .map(|&i| {
+            AgentProc::spawn(
+                dir,
+                &format!("racer-{i}"),
+                &cluster.addresses(&[i]),
+                &bundle,
+                &token,
+                "",
+                None,
+            )
+        })
+        .collect();
+    let mut served = 0;
+    let mut refused = 0;
+    wait_until(
+        || "both racing agents to be admitted or refused".into(),
+        || {
+            served = 0;
+            refused = 0;
+            for agent in &mut racing {
+                match agent.proc.exited() {
+                    Some(status) => {
+                        assert!(!status.success());
+                        assert!(
+                            agent.proc.stderr().contains("already used"),
+                            "{}",
+                            agent.proc.stderr()
+                        );
+                        refused += 1;
+                    }
+                    None if agent.serving() => served += 1,
+                    None => {}
+                }
+            }
+            served + refused == 2
+        },
+    );
+    assert_eq!(
+        (served, refused),
+        (1, 1),
+        "one join token admitted {served} nodes"
+    );
+    drop(racing);
+
     // An agent on b and one on c (each knows only its own replica).
     let on_b = cluster.agent(dir, "agent-b", &[1]);
     let on_c = cluster.agent(dir, "agent-c", &[2]);
@@ -172,8 +258,15 @@ fn a_close_on_one_replica_holds_on_every_replica_and_reaches_every_agent() {
             .collect::<Vec<_>>()
     });
     let closed_at = closed_at.lock().unwrap().unwrap();
-    let before = outcomes.iter().filter(|(t, ok)| *ok && *t < closed_at).count();
+    let before = outcomes
+        .iter()
+        .filter(|(t, ok)| *ok && *t < closed_at)
+        .count();
     let after: Vec<_> = outcomes.iter().filter(|(t, _)| *t >= closed_at).collect();
+    eprintln!(
+        "racing mints: {before} signed before the close returned, {} tried after (all refused)",
+        after.len()
+    );
     assert!(before > 0, "no racer signed before the close: {outcomes:?}");
     assert!(!after.is_empty(), "no racer ran after the close");
     assert!(
@@ -269,6 +362,10 @@ fn a_replica_killed_under_load_costs_no_workload_its_identity_and_no_audit_recor
         minting.join().unwrap();
         changing.join().unwrap()
     });
+    eprintln!(
+        "b acknowledged {} changes before it died",
+        acknowledged.len()
+    );
     assert!(!acknowledged.is_empty());
     let load = acknowledged;
     cluster.servers[1].kill();
@@ -294,7 +391,9 @@ fn a_replica_killed_under_load_costs_no_workload_its_identity_and_no_audit_recor
     for watch in &watches {
         let updates = watch.updates();
         assert!(
-            updates.iter().all(|u| u.get("error").is_none() && holds_identity(u)),
+            updates
+                .iter()
+                .all(|u| u.get("error").is_none() && holds_identity(u)),
             "a workload lost its identity after the replica died: {updates:#?}"
         );
     }
@@ -311,7 +410,8 @@ fn a_replica_killed_under_load_costs_no_workload_its_identity_and_no_audit_recor
         || "the audit log to cover b's last records".into(),
         || {
             let exported = c.ok(&["audit", "export"]);
-            load.iter().all(|name| exported.contains(&format!("\"{name}\"")))
+            load.iter()
+                .all(|name| exported.contains(&format!("\"{name}\"")))
         },
     );
     let verified = c.ok(&["audit", "verify"]);
@@ -321,4 +421,82 @@ fn a_replica_killed_under_load_costs_no_workload_its_identity_and_no_audit_recor
     cluster.servers[1].start_again();
     let again = cluster.servers[1].ok(&["healthcheck"]);
     assert!(again.contains("signing"), "{again}");
+}
+
+#[test]
+fn replicas_stop_signing_without_the_database_and_a_cut_off_one_cannot_sign_stale() {
+    let dir = temp_dir();
+    let dir = dir.path();
+    let Some(cluster) = Cluster::start(dir, "") else {
+        return;
+    };
+    cluster.open_incident();
+    for server in &cluster.servers {
+        wait_until(|| format!("{} to sign", server.name), || mint(server));
+    }
+
+    // PostgreSQL goes down: every replica stops signing (no lease can be proved), and
+    // comes back by itself when the database does.
+    cluster.pg.stop();
+    for server in &cluster.servers {
+        wait_until(
+            || format!("{} to stop signing", server.name),
+            || !signing(server),
+        );
+        assert!(!mint(server), "{} signed without its database", server.name);
+    }
+    cluster.pg.start_again();
+    for server in &cluster.servers {
+        wait_until(
+            || format!("{} to sign again", server.name),
+            || signing(server),
+        );
+        assert!(
+            mint(server),
+            "{} does not sign after the restart",
+            server.name
+        );
+    }
+
+    // c alone loses the database. It stops signing, even for an incident still open; a
+    // close on a waits out c's lease and names c as unconfirmed; b goes on.
+    cluster.a().ok(&[
+        "incident",
+        "open",
+        "INC-2",
+        "--title",
+        "partition",
+        "--severity",
+        "sev3",
+        "--assign",
+        "triage",
+    ]);
+    let c = &cluster.servers[2];
+    // (An open is not waited for on the others: c has it a moment later.)
+    wait_until(
+        || "c to sign for INC-2".into(),
+        || mint_for(c, "INC-2").status.success(),
+    );
+    cluster.cut_off("c", true);
+    wait_until(|| "c to stop signing".into(), || !signing(c));
+    // (Refused because it cannot prove its policy current, or cannot record the
+    // refusal: either way, nothing signed.)
+    assert!(!mint_for(c, "INC-2").status.success());
+    assert!(mint_for(&cluster.servers[1], "INC-2").status.success());
+    let close = cluster.a().run(&["incident", "close", "INC-2"]);
+    assert!(close.status.success());
+    eprintln!(
+        "close while c is cut off: {}",
+        String::from_utf8_lossy(&close.stderr)
+    );
+
+    // Let back, c catches up: it signs again, and never for the incident closed while it
+    // was away.
+    cluster.cut_off("c", false);
+    wait_until(|| "c to sign again".into(), || signing(c));
+    assert!(
+        !mint_for(c, "INC-2").status.success(),
+        "c signed for a closed incident"
+    );
+    assert!(mint(c));
 }

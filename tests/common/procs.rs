@@ -83,6 +83,11 @@ impl Proc {
         }
     }
 
+    /// The exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("poll child")
+    }
+
     /// Waits for the process to exit by itself; one still running after [`WAIT`] is
     /// hung: killed, and the test fails.
     pub fn wait_exit(&mut self) -> ExitStatus {
@@ -314,6 +319,21 @@ impl AgentProc {
         extra: &str,
         log: Option<&str>,
     ) -> AgentProc {
+        let mut agent = Self::spawn(dir, name, servers, bundle, token, extra, log);
+        agent.wait_ready();
+        agent
+    }
+
+    /// [`AgentProc::start`] without waiting for it.
+    pub fn spawn(
+        dir: &Path,
+        name: &str,
+        servers: &[String],
+        bundle: &Path,
+        token: &str,
+        extra: &str,
+        log: Option<&str>,
+    ) -> AgentProc {
         let data_dir = dir.join(name);
         let list = servers
             .iter()
@@ -330,16 +350,19 @@ impl AgentProc {
             ),
         );
         let logs = dir.join(format!("{name}.log"));
-        let mut agent = AgentProc {
+        AgentProc {
             proc: Self::process(name, &config, &logs, log),
             name: name.to_owned(),
             config,
             logs,
             data_dir,
             log: log.map(str::to_owned),
-        };
-        agent.wait_ready();
-        agent
+        }
+    }
+
+    /// Whether it serves its Workload API (attested, first sync done).
+    pub fn serving(&self) -> bool {
+        UnixStream::connect(self.socket()).is_ok() && self.proc.stdout().ends_with('\n')
     }
 
     fn process(name: &str, config: &Path, logs: &Path, log: Option<&str>) -> Proc {

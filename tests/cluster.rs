@@ -18,7 +18,7 @@
 mod common;
 
 use common::postgres::Postgres;
-use common::procs::{AgentProc, ServerProc, Watch, fetch, ids, wait_until};
+use common::procs::{AgentProc, ServerProc, Watch, address_list, fetch, ids, wait_until};
 use common::{temp_dir, toml_string};
 use serde_json::Value;
 use std::path::Path;
@@ -117,7 +117,7 @@ impl Cluster {
         AgentProc::start(
             dir,
             name,
-            &self.addresses(order),
+            &address_list(&self.addresses(order)),
             &bundle,
             &token,
             "",
@@ -172,7 +172,7 @@ fn a_close_on_one_replica_holds_on_every_replica_and_reaches_every_agent() {
             AgentProc::spawn(
                 dir,
                 &format!("racer-{i}"),
-                &cluster.addresses(&[i]),
+                &address_list(&cluster.addresses(&[i])),
                 &bundle,
                 &token,
                 "",

@@ -10,6 +10,7 @@
 
 mod common;
 
+use common::procs::{AgentProc as Agent, ServerProc as Server, WAIT};
 use common::{free_port, quoted, temp_dir, toml_string, write};
 
 use rcgen::{
@@ -19,15 +20,9 @@ use rcgen::{
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-const WRIT: &str = env!("CARGO_BIN_EXE_writ");
-
-/// The longest any one wait may take before the test fails. Generous: the build
-/// machine is shared. The agent's own connect timeout (10 s) must fit well inside.
-const WAIT: Duration = Duration::from_secs(30);
 
 /// An unprivileged uid for workloads that must not match a `unix:uid:0` profile.
 const NOBODY: u32 = 65534;
@@ -43,197 +38,15 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-/// A child process with its output in files, killed when dropped.
-struct Proc {
-    child: Child,
-    what: String,
-    stdout: PathBuf,
-    stderr: PathBuf,
+/// What these tests do to a server's policy through the CLI.
+trait Policy {
+    fn profile(&self, name: &str, uid: u32);
+    fn profile_selecting(&self, name: &str, selector: &str);
+    fn open(&self, incident: &str, profile: &str);
+    fn close(&self, incident: &str);
 }
 
-impl Proc {
-    /// Runs `writ ARGS`, its stdout and stderr going to `logs.out` and `logs.err`.
-    fn spawn(what: &str, args: &[&std::ffi::OsStr], logs: &Path) -> Proc {
-        let stdout = logs.with_extension("out");
-        let stderr = logs.with_extension("err");
-        let child = Command::new(WRIT)
-            .args(args)
-            .env_remove("WRIT_LOG")
-            .env_remove("WRIT_ADMIN_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        Proc {
-            child,
-            what: what.to_owned(),
-            stdout,
-            stderr,
-        }
-    }
-
-    fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Panics if the process has exited (it should be serving).
-    fn check_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("poll child") {
-            panic!(
-                "{} exited early ({status}):\n{}{}",
-                self.what,
-                self.stdout(),
-                self.stderr()
-            );
-        }
-    }
-
-    /// Waits for the process to exit by itself. One that is still running after
-    /// [`WAIT`] is hung: kill it and fail.
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll child") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                panic!(
-                    "{} did not exit within {WAIT:?} (hung?):\n{}{}",
-                    self.what,
-                    self.stdout(),
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL: nothing gets to clean up.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A running `writ server`.
-struct Server {
-    proc: Proc,
-    name: String,
-    config: PathBuf,
-    logs: PathBuf,
-    admin: PathBuf,
-    port: u16,
-}
-
-impl Server {
-    /// Starts `writ server` with data in `dir/name` on a free port; `extra` is more TOML.
-    fn start(dir: &Path, name: &str, extra: &str) -> Server {
-        let data_dir = dir.join(name);
-        let port = free_port();
-        let config = write(
-            &dir.join(format!("{name}.toml")),
-            &format!(
-                "data_dir = {}\nnode_listen = \"127.0.0.1:{port}\"\n{extra}",
-                quoted(&data_dir)
-            ),
-        );
-        let logs = dir.join(format!("{name}.log"));
-        let mut server = Server {
-            proc: Server::spawn(name, &config, &logs),
-            name: name.to_owned(),
-            config,
-            logs,
-            admin: data_dir.join("admin.sock"),
-            port,
-        };
-        server.wait_ready();
-        server
-    }
-
-    fn spawn(name: &str, config: &Path, logs: &Path) -> Proc {
-        Proc::spawn(
-            &format!("writ server {name}"),
-            &["server".as_ref(), "--config".as_ref(), config.as_os_str()],
-            logs,
-        )
-    }
-
-    /// Waits until the admin socket accepts and the node API port accepts. A socket
-    /// file left by a killed server exists but refuses connections.
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + WAIT;
-        while UnixStream::connect(&self.admin).is_err()
-            || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
-        {
-            self.proc.check_running();
-            assert!(
-                Instant::now() < deadline,
-                "writ server {} not ready in time:\n{}",
-                self.name,
-                self.proc.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// kill -9, then start again with the same config.
-    fn restart(&mut self) {
-        self.proc.kill();
-        self.proc = Server::spawn(&self.name, &self.config, &self.logs);
-        self.wait_ready();
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(WRIT)
-            .args(args)
-            .env("WRIT_ADMIN_SOCKET", &self.admin)
-            .env_remove("WRIT_LOG")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run writ")
-    }
-
-    /// `writ ARGS` against this server, which must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "writ {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8 stdout")
-    }
-
-    /// The base trust domain's CAs as PEM, in `dir/<name>-base.pem`.
-    fn base_pem(&self, dir: &Path) -> PathBuf {
-        let pem = self.ok(&["bundle", "show", "--band", "base"]);
-        assert!(pem.contains("BEGIN CERTIFICATE"), "{pem}");
-        write(&dir.join(format!("{}-base.pem", self.name)), &pem)
-    }
-
-    /// A fresh join token.
-    fn token(&self) -> String {
-        let token = self.ok(&["token", "create"]).trim().to_owned();
-        assert!(!token.is_empty() && !token.contains(char::is_whitespace));
-        token
-    }
-
+impl Policy for Server {
     fn profile(&self, name: &str, uid: u32) {
         self.profile_selecting(name, &format!("unix:uid:{uid}"));
     }
@@ -276,83 +89,11 @@ fn join_token(token: &str) -> String {
     format!("join_token = {}\n", toml_string(token))
 }
 
-/// A running `writ agent`.
-struct Agent {
-    proc: Proc,
-    name: String,
-    config: PathBuf,
-    logs: PathBuf,
-    data_dir: PathBuf,
-}
-
-impl Agent {
-    /// Starts `writ agent` with `toml` (its data dir must be `dir/name`) and waits for
-    /// its Workload API.
-    fn start(dir: &Path, name: &str, toml: &str) -> Agent {
-        let config = write(&dir.join(format!("{name}.toml")), toml);
-        let logs = dir.join(format!("{name}.log"));
-        let mut agent = Agent {
-            proc: Agent::spawn(name, &config, &logs),
-            name: name.to_owned(),
-            config,
-            logs,
-            data_dir: dir.join(name),
-        };
-        agent.wait_ready();
-        let banner = agent.proc.stdout();
-        assert_eq!(
-            banner.lines().next(),
-            Some(format!("writ agent: Workload API on {}", agent.socket().display()).as_str()),
-            "{banner}"
-        );
-        agent
-    }
-
-    fn spawn(name: &str, config: &Path, logs: &Path) -> Proc {
-        Proc::spawn(
-            &format!("writ agent {name}"),
-            &["agent".as_ref(), "--config".as_ref(), config.as_os_str()],
-            logs,
-        )
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.data_dir.join("workload.sock")
-    }
-
-    /// The socket is bound only once attestation and the first sync succeeded (a
-    /// socket file left by a killed agent refuses connections); the banner follows.
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + WAIT;
-        while UnixStream::connect(self.socket()).is_err() || !self.proc.stdout().ends_with('\n') {
-            self.proc.check_running();
-            assert!(
-                Instant::now() < deadline,
-                "writ agent {} not ready in time:\n{}",
-                self.name,
-                self.proc.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// kill -9, then start again with the same config.
-    fn restart(&mut self) {
-        self.proc.kill();
-        self.proc = Agent::spawn(&self.name, &self.config, &self.logs);
-        self.wait_ready();
-    }
-
-    fn kill(&mut self) {
-        self.proc.kill();
-    }
-}
-
 /// Runs `writ agent` with `toml`, which must fail to start: a non-zero exit, nothing
 /// on stdout, no Workload API. Returns its stderr lines.
 fn agent_fails(dir: &Path, name: &str, toml: &str) -> Vec<String> {
-    let config = write(&dir.join(format!("{name}.toml")), toml);
-    let mut proc = Agent::spawn(name, &config, &dir.join(format!("{name}.log")));
+    let mut agent = Agent::spawn_toml(dir, name, toml, None);
+    let proc = &mut agent.proc;
     let status = proc.wait_exit();
     let stderr = proc.stderr();
     assert!(!status.success(), "writ agent {name} should fail: {stderr}");
@@ -384,46 +125,9 @@ fn assert_ends_in_error(lines: &[String]) {
     );
 }
 
-/// The stock-client example binary, built beside this test by `cargo build --examples`.
-fn example_bin() -> PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let bin = deps
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/svid-fetch");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --examples` (scripts/test does)",
-        bin.display()
-    );
-    bin
-}
-
 /// What `svid-fetch`, run as `uid`, gets from the Workload API at `socket`.
 fn fetch(socket: &Path, uid: u32) -> Value {
-    let mut command = if uid == 0 {
-        Command::new(example_bin())
-    } else {
-        let mut c = Command::new("setpriv");
-        c.args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            "--clear-groups",
-        ])
-        .arg(example_bin());
-        c
-    };
-    let out = command
-        .env(
-            "SPIFFE_ENDPOINT_SOCKET",
-            format!("unix://{}", socket.display()),
-        )
-        .stdin(Stdio::null())
-        .output()
-        .expect("run svid-fetch");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("svid-fetch: {e}: {out:?}"))
+    common::procs::fetch(uid, socket)
 }
 
 /// `(spiffe_id, hint)` of every SVID in a `svid-fetch` answer, sorted; `None` for an
@@ -585,7 +289,7 @@ fn join_token_agent_serves_incident_identities() {
     let server = Server::start(dir, "server", "");
     let bundle = server.base_pem(dir);
     let token = server.token();
-    let agent = Agent::start(
+    let agent = Agent::start_toml(
         dir,
         "agent",
         &agent_toml(
@@ -625,7 +329,7 @@ fn a_server_signing_through_intermediates_serves_chains_end_to_end() {
     let roots = std::fs::read_to_string(&bundle).unwrap();
     assert_eq!(roots.matches("BEGIN CERTIFICATE").count(), 1, "{roots}");
     let token = server.token();
-    let agent = Agent::start(
+    let agent = Agent::start_toml(
         dir,
         "agent",
         &agent_toml(
@@ -649,7 +353,7 @@ fn a_server_signing_through_intermediates_serves_chains_end_to_end() {
     assert_eq!(answer["svids"][0]["chain_len"], 2, "{answer}");
     // The agent restarts from the chain on disk and still reaches the server.
     let mut agent = agent;
-    agent.restart();
+    agent.start_again();
     wait_identities(&agent.socket(), WORKLOAD, &[("triage", "INC-1")]);
 
     // `writ x509 mint --out` writes the chain to svid.pem and the root to bundle.pem; the
@@ -709,7 +413,7 @@ fn join_tokens_are_single_use_known_and_unexpired() {
     let bundle = server.base_pem(dir);
     let address = server.address();
     let token = server.token();
-    let _first = Agent::start(
+    let _first = Agent::start_toml(
         dir,
         "first",
         &agent_toml(&dir.join("first"), &address, &bundle, &join_token(&token)),
@@ -792,20 +496,6 @@ fn server_on_postgresql_serves_and_restarts_from_the_database() {
     );
 }
 
-/// The keys a signing replica asks to have admitted, from its log: one per band.
-fn admit_keys(log: &str) -> Vec<String> {
-    let mut keys: Vec<String> = log
-        .split("--key-sha256 ")
-        .skip(1)
-        .filter_map(|rest| rest.get(..64))
-        .filter(|k| k.bytes().all(|b| b.is_ascii_hexdigit()))
-        .map(str::to_owned)
-        .collect();
-    keys.sort();
-    keys.dedup();
-    keys
-}
-
 /// A second server on the same database, without the roots' keys, is a signing replica:
 /// it logs its intermediate keys' hashes and signs nothing (its node API stays closed)
 /// until an operator admits them on the server holding the roots; then it serves an
@@ -828,27 +518,12 @@ fn a_second_server_signs_through_its_own_intermediate_once_admitted() {
         "SELECT records::text FROM authorities ORDER BY trust_domain",
     );
 
-    let port = free_port();
-    let config = write(
-        &dir.join("second.toml"),
-        &format!(
-            "data_dir = {}\nnode_listen = \"127.0.0.1:{port}\"\n{store}",
-            quoted(&dir.join("second"))
-        ),
-    );
-    let logs = dir.join("second.log");
-    let mut second = Server {
-        proc: Server::spawn("second", &config, &logs),
-        name: "second".into(),
-        config,
-        logs,
-        admin: dir.join("second").join("admin.sock"),
-        port,
-    };
+    let mut second = Server::spawn(dir, "second", &store, None);
+    let port = second.port;
     let deadline = Instant::now() + WAIT;
     let keys = loop {
         second.proc.check_running();
-        let keys = admit_keys(&second.proc.stderr());
+        let keys = second.keys_to_admit();
         if keys.len() == 3 {
             break keys;
         }
@@ -940,7 +615,7 @@ fn a_second_server_signs_through_its_own_intermediate_once_admitted() {
     // through the second server's intermediate to the first server's roots.
     let bundle = first.base_pem(dir);
     let token = second.token();
-    let agent = Agent::start(
+    let agent = Agent::start_toml(
         dir,
         "agent",
         &agent_toml(
@@ -971,9 +646,9 @@ fn a_second_server_signs_through_its_own_intermediate_once_admitted() {
 
     // Restarted (kill -9), the replica keeps its keys and certificates: it serves at once,
     // with no new admission, and asks for nothing new.
-    second.restart();
+    second.start_again();
     second.ok(&["healthcheck"]);
-    assert_eq!(admit_keys(&second.proc.stderr()), keys);
+    assert_eq!(second.keys_to_admit(), keys);
     assert_eq!(
         pg.psql("writ", "SELECT count(*) FROM intermediate_requests"),
         "3"
@@ -1134,7 +809,7 @@ fn restart_from_the_store(store: &str) {
     let token = server.token();
     // The config keeps naming the token, which is used up by the first start: a restart
     // must not need it.
-    let mut agent = Agent::start(
+    let mut agent = Agent::start_toml(
         dir,
         "agent",
         &agent_toml(
@@ -1163,8 +838,8 @@ fn restart_from_the_store(store: &str) {
     wait_no_identity(&agent.socket(), NOBODY);
 
     agent.kill();
-    server.restart();
-    agent.restart();
+    server.start_again();
+    agent.start_again();
     assert_eq!(node_id(&agent.data_dir), node, "the agent attested again");
 
     wait_identities(&agent.socket(), WORKLOAD, &[("triage", "INC-1")]);
@@ -1187,7 +862,7 @@ fn x509pop_attests_nodes_of_the_trusted_ca_only() {
     let bundle = server.base_pem(dir);
     let address = server.address();
 
-    let agent = Agent::start(
+    let agent = Agent::start_toml(
         dir,
         "agent",
         &agent_toml(
@@ -1271,7 +946,7 @@ fn foreign_node_svids_and_wrong_bundles_are_refused() {
         );
         let foreign_bundle = foreign.base_pem(dir);
         let attested = format!("{name}-node");
-        let mut foreign_agent = Agent::start(
+        let mut foreign_agent = Agent::start_toml(
             dir,
             &attested,
             &agent_toml(
@@ -1315,7 +990,7 @@ fn foreign_node_svids_and_wrong_bundles_are_refused() {
         ),
     );
     assert_one_error(&lines, "join token attestation failed");
-    let agent = Agent::start(
+    let agent = Agent::start_toml(
         dir,
         "agent",
         &agent_toml(&dir.join("agent"), &address, &bundle, &join_token(&token)),
@@ -1416,7 +1091,7 @@ fn a_revoked_node_svid_is_refused_and_the_node_must_attest_again() {
     let server = Server::start(dir, "server", "");
     let bundle = server.base_pem(dir);
     let address = server.address();
-    let mut agent = Agent::start(
+    let mut agent = Agent::start_toml(
         dir,
         "agent",
         &agent_toml(
@@ -1469,7 +1144,7 @@ fn a_revoked_node_svid_is_refused_and_the_node_must_attest_again() {
     );
     // Attesting again with a fresh token gives a node SVID the server accepts.
     let token = server.token();
-    let again = Agent::start(
+    let again = Agent::start_toml(
         dir,
         "again",
         &agent_toml(&dir.join("again"), &address, &bundle, &join_token(&token)),
@@ -1492,7 +1167,7 @@ fn remote_agent_forwards_activity_reports() {
     let token = server.token();
     // The debug test binary outgrew the default hashing limit (256 MiB): raise it, as the
     // attestor's own tests do, since this one hashes itself.
-    let agent = Agent::start(
+    let agent = Agent::start_toml(
         dir,
         "agent",
         &agent_toml(

@@ -308,12 +308,13 @@ pub struct AgentProc {
 }
 
 impl AgentProc {
-    /// Starts `writ agent` against `servers` (tried in order), trusting `bundle`, joining
-    /// with `token`; `extra` is more TOML. Waits for its Workload API.
+    /// Starts `writ agent` against `servers` (its `server_address`, as TOML: one string,
+    /// or a list tried in order, see [`address_list`]), trusting `bundle`, joining with
+    /// `token`; `extra` is more TOML. Waits for its Workload API.
     pub fn start(
         dir: &Path,
         name: &str,
-        servers: &[String],
+        servers: &str,
         bundle: &Path,
         token: &str,
         extra: &str,
@@ -328,36 +329,79 @@ impl AgentProc {
     pub fn spawn(
         dir: &Path,
         name: &str,
-        servers: &[String],
+        servers: &str,
         bundle: &Path,
         token: &str,
         extra: &str,
         log: Option<&str>,
     ) -> AgentProc {
-        let data_dir = dir.join(name);
-        let list = servers
-            .iter()
-            .map(|s| toml_string(s))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let config = write(
-            &dir.join(format!("{name}.toml")),
-            &format!(
-                "data_dir = {}\nserver_address = [{list}]\ntrust_bundle = {}\njoin_token = {}\n{extra}",
-                quoted(&data_dir),
-                quoted(bundle),
-                toml_string(token)
-            ),
+        let toml = format!(
+            "data_dir = {}\nserver_address = {servers}\ntrust_bundle = {}\njoin_token = {}\n{extra}",
+            quoted(&dir.join(name)),
+            quoted(bundle),
+            toml_string(token)
         );
+        Self::spawn_toml(dir, name, &toml, log)
+    }
+
+    /// Spawns `writ agent` with the whole config `toml` (whose data dir must be
+    /// `dir/NAME`); does not wait for it.
+    pub fn spawn_toml(dir: &Path, name: &str, toml: &str, log: Option<&str>) -> AgentProc {
+        let config = write(&dir.join(format!("{name}.toml")), toml);
         let logs = dir.join(format!("{name}.log"));
         AgentProc {
             proc: Self::process(name, &config, &logs, log),
             name: name.to_owned(),
             config,
             logs,
-            data_dir,
+            data_dir: dir.join(name),
             log: log.map(str::to_owned),
         }
+    }
+
+    /// [`AgentProc::spawn_toml`], then waits for its Workload API and checks its banner.
+    pub fn start_toml(dir: &Path, name: &str, toml: &str) -> AgentProc {
+        let mut agent = Self::spawn_toml(dir, name, toml, None);
+        agent.wait_ready();
+        let banner = agent.proc.stdout();
+        assert_eq!(
+            banner.lines().next(),
+            Some(format!("writ agent: Workload API on {}", agent.socket().display()).as_str()),
+            "{banner}"
+        );
+        agent
+    }
+
+    /// Its log (stderr).
+    pub fn log(&self) -> String {
+        self.proc.stderr()
+    }
+
+    /// Waits for a log line containing every one of `parts`; returns it.
+    pub fn wait_log(&mut self, parts: &[&str]) -> String {
+        let mut found = String::new();
+        let log = self.proc.stderr.clone();
+        wait_until(
+            || {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                format!("agent log line with {parts:?}:\n{log}")
+            },
+            || {
+                self.proc.check_running();
+                match self
+                    .log()
+                    .lines()
+                    .find(|l| parts.iter().all(|p| l.contains(p)))
+                {
+                    Some(line) => {
+                        found = line.to_owned();
+                        true
+                    }
+                    None => false,
+                }
+            },
+        );
+        found
     }
 
     /// Whether it serves its Workload API (attested, first sync done).
@@ -404,6 +448,12 @@ impl AgentProc {
         self.proc = Self::process(&self.name, &self.config, &self.logs, self.log.as_deref());
         self.wait_ready();
     }
+}
+
+/// A TOML list of server addresses, for `server_address`.
+pub fn address_list(servers: &[String]) -> String {
+    let list: Vec<String> = servers.iter().map(|s| toml_string(s)).collect();
+    format!("[{}]", list.join(", "))
 }
 
 /// The stock-client example (`examples/svid-fetch`, the `spiffe` crate), built beside

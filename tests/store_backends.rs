@@ -556,4 +556,34 @@ fn intermediate_requests_are_answered_once_across_servers() {
     );
     assert!(holder.pending_intermediate_requests().unwrap().is_empty());
     assert_eq!(replica.intermediate_request(base + 1000).unwrap(), None);
+
+    // Housekeeping: rows a week old (answered or not) and replicas silent for a day go.
+    let stale = replica.post_intermediate_request(&ask(Band::Base)).unwrap();
+    let Backend::Postgres(pg, _) = &backend else {
+        unreachable!()
+    };
+    pg.psql(
+        "writ",
+        &format!(
+            "UPDATE intermediate_requests SET requested_at = now() - interval '8 days' \
+             WHERE id IN ({base}, {stale})"
+        ),
+    );
+    assert!(holder.pending_intermediate_requests().unwrap().is_empty());
+    assert_eq!(replica.intermediate_request(base).unwrap(), None);
+    assert!(replica.intermediate_request(remediation).unwrap().is_some());
+    holder.heartbeat("gone-1", 0).unwrap();
+    holder.heartbeat("here-1", 0).unwrap();
+    pg.psql(
+        "writ",
+        "UPDATE replicas SET heartbeat_at = now() - interval '2 days' WHERE name = 'gone-1'",
+    );
+    holder.heartbeat("here-1", 0).unwrap();
+    let names: Vec<String> = holder
+        .replicas()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, vec!["here-1".to_owned()]);
 }

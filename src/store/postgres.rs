@@ -726,6 +726,14 @@ impl Backend for Postgres {
             // The lease is granted by the database's clock, in the statement that reads
             // the head: a commit the statement did not see happened after the grant
             // began, and whoever waits on it waits out the whole lease.
+            // Servers restart under new names: one silent for a day is gone for good.
+            client
+                .execute(
+                    "DELETE FROM replicas WHERE heartbeat_at < clock_timestamp() - interval '1 day'",
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
             let head: i64 = client
                 .query_one(
                     "WITH head AS (SELECT version FROM policy_head)
@@ -862,6 +870,16 @@ impl Backend for Postgres {
     fn pending_intermediate_requests(&self) -> Result<Vec<super::IntermediateRequest>, StoreError> {
         self.run(|pool| async move {
             let client = pool.get().await.map_err(pool_err)?;
+            // Requests are answered in seconds and their replicas read the answer at once;
+            // a week-old row, answered or not, is nobody's any more.
+            client
+                .execute(
+                    "DELETE FROM intermediate_requests
+                     WHERE requested_at < clock_timestamp() - interval '7 days'",
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
             let rows = client
                 .query(
                     &format!(

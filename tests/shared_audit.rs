@@ -212,3 +212,106 @@ fn a_failed_commit_closes_its_places_and_the_log_goes_on() {
     assert_eq!(failed.kind, Kind::Void);
     assert_eq!(verify_all(&a.log).size, next + 1);
 }
+
+/// `writ audit verify --store`: the log read straight from the database, without a
+/// server, under pinned keys; a record changed in the database, or changed with its
+/// stored leaf hash rewritten to match, or the tail cut, is found and named.
+#[test]
+fn the_shared_log_verifies_from_the_database_and_tampering_there_is_found() {
+    let Some(pg) = Postgres::start() else { return };
+    pg.create_database("writ");
+    let url = pg.url("writ");
+    let a = server(&url, "server-a");
+    let b = server(&url, "server-b");
+    let mut last = 0;
+    for i in 0..20 {
+        last = a.log.append(&record("a", i)).unwrap();
+        last = last.max(b.log.append(&record("b", i)).unwrap());
+    }
+    wait_for_tree(&a.log, last, Duration::from_secs(30));
+    let keys = tempfile::tempdir().unwrap();
+    let pinned = keys.path().join("audit.pub");
+    std::fs::write(&pinned, a.log.verifier_keys().unwrap()).unwrap();
+    let verify = || {
+        std::process::Command::new(common::procs::WRIT)
+            .args(["audit", "verify", "--store", &url, "--log-key"])
+            .arg(&pinned)
+            .output()
+            .unwrap()
+    };
+    let intact = verify();
+    assert!(intact.status.success(), "{intact:?}");
+    assert!(String::from_utf8_lossy(&intact.stdout).contains("audit log intact"));
+    // Nothing was written by verifying.
+    let raw = Store::shared_log_to_read(&url.parse().unwrap()).unwrap();
+    let head = raw.head().unwrap();
+    let verified = writ::audit::verify_shared(raw.as_ref(), None, None).unwrap();
+    assert_eq!(verified.size, head.0);
+    assert_eq!(raw.head().unwrap(), head);
+
+    // A record's bytes changed in the database.
+    let bytes = |i: u64| all_records(&a.log)[i as usize].1.clone();
+    let original = bytes(5);
+    let forged =
+        String::from_utf8(original.clone())
+            .unwrap()
+            .replacen("test.append", "test.forged", 1);
+    let set = |i: u64, body: &[u8]| {
+        let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
+        pg.psql(
+            "writ",
+            &format!("UPDATE audit_records SET body = '\\x{hex}'::bytea WHERE idx = {i}"),
+        );
+    };
+    set(5, forged.as_bytes());
+    assert!(matches!(
+        writ::audit::verify_shared(raw.as_ref(), None, None),
+        Err(writ::audit::VerifyError::Changed { index: 5 })
+    ));
+    let caught = verify();
+    assert_eq!(caught.status.code(), Some(1), "{caught:?}");
+    assert!(String::from_utf8_lossy(&caught.stderr).contains("record 5 was changed"));
+
+    // ... and its stored leaf hash rewritten to match: the signed root still says no.
+    let leaf = tlog_tiles::record_hash(forged.as_bytes());
+    let hex: String = leaf.0.iter().map(|b| format!("{b:02x}")).collect();
+    pg.psql(
+        "writ",
+        &format!(
+            "UPDATE audit_hashes SET hash = '\\x{hex}'::bytea WHERE idx = {}",
+            tlog_tiles::stored_hash_index(0, 5)
+        ),
+    );
+    assert!(matches!(
+        writ::audit::verify_shared(raw.as_ref(), None, None),
+        Err(writ::audit::VerifyError::Rewritten { .. })
+    ));
+    set(5, &original);
+    let leaf = tlog_tiles::record_hash(&original);
+    let hex: String = leaf.0.iter().map(|b| format!("{b:02x}")).collect();
+    pg.psql(
+        "writ",
+        &format!(
+            "UPDATE audit_hashes SET hash = '\\x{hex}'::bytea WHERE idx = {}",
+            tlog_tiles::stored_hash_index(0, 5)
+        ),
+    );
+    writ::audit::verify_shared(raw.as_ref(), None, None).unwrap();
+
+    // The tail cut.
+    pg.psql(
+        "writ",
+        &format!("DELETE FROM audit_records WHERE idx = {}", head.0 - 1),
+    );
+    assert!(matches!(
+        writ::audit::verify_shared(raw.as_ref(), None, None),
+        Err(writ::audit::VerifyError::Truncated { .. })
+    ));
+    // A key that is none of the servers': the checkpoint does not verify.
+    let stranger = tempfile::tempdir().unwrap();
+    let other = writ::audit::note::LogKey::open_or_create(stranger.path(), ORIGIN).unwrap();
+    assert!(matches!(
+        writ::audit::verify_shared(raw.as_ref(), Some(other.vkey()), None),
+        Err(writ::audit::VerifyError::Checkpoint { .. })
+    ));
+}

@@ -71,6 +71,83 @@ pub fn verify_file(path: &Path, vkey: &str, kept: Option<&[u8]>) -> Result<Verif
     Ok(verify_file_at_rest(path, vkey, kept)?.0)
 }
 
+/// Verifies a log several servers share, read straight from its store (docs/ha.md, "The
+/// audit log"): every record the tree covers against the leaf hash stored for it, the
+/// recomputed tree against the stored signed checkpoint, and `kept` if given. `vkeys` are
+/// the servers' verifier keys, one per line, as the verifier pinned them; `None` takes
+/// the ones published beside the log (which whoever can write the store could add to).
+pub fn verify_shared(
+    log: &dyn shared::SharedLog,
+    vkeys: Option<&str>,
+    kept: Option<&[u8]>,
+) -> Result<Verified, VerifyError> {
+    const PAGE: usize = 1024;
+    let unreadable = |e: AuditError| VerifyError::Unverifiable(e.to_string());
+    let (size, signed) = log.head().map_err(unreadable)?;
+    let published;
+    let vkeys = match vkeys {
+        Some(keys) => keys,
+        None => {
+            published = log.keys().map_err(unreadable)?.join("\n");
+            &published
+        }
+    };
+    // Records and their stored leaf hashes, a page at a time.
+    let leaves = std::cell::RefCell::new(std::collections::HashMap::new());
+    let mut next = 0u64;
+    let mut page: std::vec::IntoIter<(u64, Vec<u8>)> = Vec::new().into_iter();
+    let records = std::iter::from_fn(|| {
+        loop {
+            if let Some(item) = page.next() {
+                return Some(Ok(item));
+            }
+            if next >= size {
+                return None;
+            }
+            let read = log.read(next, size, PAGE).map(|records| {
+                let indexes: Vec<u64> = records
+                    .iter()
+                    .map(|(i, _)| tlog_tiles::stored_hash_index(0, *i))
+                    .collect();
+                // Stored leaves missing or unreadable: the page is checked against the
+                // signed root alone (which still catches any change).
+                let hashes = log.hashes(&indexes).unwrap_or_default();
+                (records, hashes)
+            });
+            match read {
+                Ok((records, _)) if records.is_empty() => {
+                    // The head says more records exist than the store holds.
+                    next = size;
+                    return None;
+                }
+                Ok((records, hashes)) => {
+                    let mut known = leaves.borrow_mut();
+                    known.clear();
+                    for ((i, _), h) in records.iter().zip(hashes) {
+                        known.insert(*i, h);
+                    }
+                    next = records.last().map_or(size, |(i, _)| i + 1);
+                    page = records.into_iter();
+                }
+                Err(e) => {
+                    next = size;
+                    return Some(Err(unreadable(e)));
+                }
+            }
+        }
+    });
+    let stored_leaf = |i: u64| leaves.borrow().get(&i).copied();
+    verify::verify(
+        records,
+        &verify::Inputs {
+            vkey: vkeys,
+            signed: signed.as_deref(),
+            kept,
+            stored_leaf: Some(&stored_leaf),
+        },
+    )
+}
+
 /// [`verify_file`], and whether the log had to be recovered in memory because it was not
 /// closed cleanly (its writer was killed, or it was copied from a running server).
 pub fn verify_file_at_rest(

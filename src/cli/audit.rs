@@ -38,6 +38,10 @@ pub struct VerifyArgs {
     /// server's), instead of asking the server for its records.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Verify the audit log several servers share, read straight from their PostgreSQL
+    /// database (`postgres://…`, read only), instead of asking a server.
+    #[arg(long, value_name = "URL", conflicts_with = "data_dir")]
+    store: Option<String>,
     /// The log's verifier key (`keys/audit.pub`), pinned; default: the server's, or the
     /// data directory's. For a log several servers share, a file with every server's key,
     /// one per line (each server's `keys/audit.pub`).
@@ -227,6 +231,22 @@ async fn gather(
                 Err(e) => (Err(e), false),
             },
         );
+    }
+    if let Some(url) = &args.store {
+        let url: crate::store::PostgresUrl =
+            url.parse().map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+        let kept = kept.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let log = crate::store::Store::shared_log_to_read(&url)
+                .map_err(|e| anyhow::anyhow!("opening the shared audit log: {e}"))?;
+            Ok::<_, anyhow::Error>(crate::audit::verify_shared(
+                log.as_ref(),
+                pinned.as_deref(),
+                kept.as_deref(),
+            ))
+        })
+        .await??;
+        return Ok((result, false));
     }
     let mut client = connect(&args.admin).await?;
     let cp = client

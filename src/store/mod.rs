@@ -443,6 +443,17 @@ impl Store {
         })
     }
 
+    /// The audit log several servers share in the PostgreSQL database at `url`, opened
+    /// only to read it (no migration, nothing written): to verify it without trusting a
+    /// server (`writ audit verify --store`).
+    pub fn shared_log_to_read(
+        url: &PostgresUrl,
+    ) -> Result<std::sync::Arc<dyn crate::audit::shared::SharedLog>, StoreError> {
+        Ok(std::sync::Arc::new(postgres::Postgres::connect_to_read(
+            url,
+        )?))
+    }
+
     /// Opens the store `location` names; the embedded one is `writ.redb` in `data_dir`.
     pub fn open_at(location: &StoreLocation, data_dir: &Path) -> Result<Store, StoreError> {
         match location {

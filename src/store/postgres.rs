@@ -389,6 +389,26 @@ pub(super) struct Postgres {
 impl Postgres {
     /// Connects, migrates and checks the schema version.
     pub(super) fn connect(url: &PostgresUrl) -> Result<Postgres, StoreError> {
+        let backend = Self::connect_only(url)?;
+        backend.migrate()?;
+        Ok(backend)
+    }
+
+    /// Connects to read what is there, changing nothing (no migration): for verifying
+    /// the audit log at rest. The schema must be one this build reads.
+    pub(super) fn connect_to_read(url: &PostgresUrl) -> Result<Postgres, StoreError> {
+        let backend = Self::connect_only(url)?;
+        let found = backend.schema_version()?;
+        if found == 0 || found > SCHEMA_VERSION {
+            return Err(StoreError::Schema {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(backend)
+    }
+
+    fn connect_only(url: &PostgresUrl) -> Result<Postgres, StoreError> {
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
@@ -456,7 +476,6 @@ impl Postgres {
             tls,
             _stop: stop,
         };
-        backend.migrate()?;
         Ok(backend)
     }
 

@@ -716,6 +716,66 @@ fn a_second_server_signs_through_its_own_intermediate_once_admitted() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // `writ replica list`: the root holder knows which keys are admitted; the replica
+    // shows the requests only.
+    let listed = |server: &Server| -> Vec<Value> {
+        server
+            .ok(&["replica", "list", "--json"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let on_root = listed(&first);
+    for key in &keys {
+        let row = on_root
+            .iter()
+            .find(|r| r["key_sha256"] == key.as_str() && r["replica"] != "forger")
+            .unwrap_or_else(|| panic!("{key} not listed: {on_root:?}"));
+        assert_eq!(
+            (&row["state"], &row["admitted"]),
+            (&"certified".into(), &true.into())
+        );
+    }
+    // The forged request shows as its own row, refused.
+    assert!(
+        on_root
+            .iter()
+            .any(|r| r["replica"] == "forger" && r["state"] == "refused"),
+        "{on_root:?}"
+    );
+    assert!(listed(&second).iter().all(|r| r["admitted"].is_null()));
+
+    // `writ replica remove`: only on the root holder; the keys' next requests (a renewal)
+    // are not certified.
+    let mut remove = vec!["replica", "remove"];
+    for key in &keys {
+        remove.extend(["--key-sha256", key.as_str()]);
+    }
+    assert!(!second.run(&remove).status.success());
+    assert_eq!(first.ok(&remove).lines().count(), 3);
+    assert!(
+        listed(&first)
+            .iter()
+            .filter(|r| keys.contains(&r["key_sha256"].as_str().unwrap_or_default().to_owned()))
+            .all(|r| r["admitted"] == false)
+    );
+    pg.psql(
+        "writ",
+        "INSERT INTO intermediate_requests (replica, band, csr, key_sha256) \
+         SELECT replica, band, csr, key_sha256 FROM intermediate_requests \
+         WHERE certificate IS NOT NULL AND band = 'base'",
+    );
+    // Several of the root holder's rounds (every 0.5 s) go by; it stays pending.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        pg.psql(
+            "writ",
+            "SELECT count(*) FROM intermediate_requests \
+             WHERE band = 'base' AND certificate IS NULL AND refused IS NULL"
+        ),
+        "1"
+    );
 }
 
 /// Lowercase hex of `bytes`.

@@ -178,6 +178,12 @@ enum AuthorityCommand {
 enum ReplicaCommand {
     /// Admit a replica's intermediate keys (by SHA-256): the roots then certify them.
     Admit(replica::AdmitArgs),
+    /// Withdraw admitted keys: their intermediates are not renewed and stop signing when
+    /// they expire.
+    Remove(replica::RemoveArgs),
+    /// Every replica key that asked for an intermediate: its replica, band, state, and
+    /// (on the server holding the roots) whether it is admitted.
+    List(AdminArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -301,6 +307,8 @@ impl Cli {
                 operator::list(args.admin, Some(args.name)).await
             }
             Command::Replica(ReplicaCommand::Admit(args)) => replica::admit(args).await,
+            Command::Replica(ReplicaCommand::Remove(args)) => replica::remove(args).await,
+            Command::Replica(ReplicaCommand::List(args)) => replica::list(args).await,
             Command::Authority(AuthorityCommand::Show(args)) => {
                 authority::run(args, authority::Action::Show).await
             }

@@ -113,6 +113,51 @@ impl Admissions {
     }
 }
 
+impl Admissions {
+    /// Removes `hashes` and makes the file durable (written whole beside it, then
+    /// renamed over it); returns those that were admitted. A removed key's intermediate
+    /// is not renewed: it stops signing when its certificate expires.
+    pub fn withdraw(&self, hashes: &[String]) -> Result<Vec<String>, AdmissionError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let known = self.load()?;
+        let removed: Vec<String> = hashes
+            .iter()
+            .filter(|h| known.contains(*h))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if removed.is_empty() {
+            return Ok(removed);
+        }
+        let io = |what: &str, e| AdmissionError::Io(format!("{what} {}", self.path.display()), e);
+        let keep: String = known
+            .iter()
+            .filter(|h| !removed.contains(*h))
+            .map(|h| format!("{h}\n"))
+            .collect();
+        let next = self.path.with_extension("next");
+        let _ = std::fs::remove_file(&next);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&next)
+            .map_err(|e| io("create", e))?;
+        file.write_all(keep.as_bytes())
+            .map_err(|e| io("write", e))?;
+        file.sync_all().map_err(|e| io("sync", e))?;
+        std::fs::rename(&next, &self.path).map_err(|e| io("replace", e))?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("sync the directory of", e))?;
+        }
+        Ok(removed)
+    }
+}
+
 /// What the root's holder does with one pending request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -487,7 +532,24 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(admissions.load().unwrap(), BTreeSet::from([parsed]));
+        assert_eq!(admissions.load().unwrap(), BTreeSet::from([parsed.clone()]));
+        let mode = std::fs::metadata(dir.path().join(ADMISSIONS_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // Withdrawn: only the named key goes, the file stays private.
+        let b = "b".repeat(64);
+        admissions.admit(std::slice::from_ref(&b)).unwrap();
+        assert_eq!(
+            admissions
+                .withdraw(&[parsed.clone(), "c".repeat(64)])
+                .unwrap(),
+            vec![parsed.clone()]
+        );
+        assert_eq!(admissions.load().unwrap(), BTreeSet::from([b]));
+        assert!(admissions.withdraw(&[parsed]).unwrap().is_empty());
         let mode = std::fs::metadata(dir.path().join(ADMISSIONS_FILE))
             .unwrap()
             .permissions()

@@ -217,6 +217,10 @@ pub(crate) trait Backend: Send + Sync {
     fn pending_intermediate_requests(&self) -> Result<Vec<IntermediateRequest>, StoreError> {
         Ok(Vec::new())
     }
+    /// The latest request for each key and replica name, by key hash.
+    fn latest_intermediate_requests(&self) -> Result<Vec<IntermediateRequest>, StoreError> {
+        Ok(Vec::new())
+    }
     /// Answers a pending request: a certificate, or why it is refused. Whether it was
     /// still pending (an answered request is never answered again).
     fn answer_intermediate_request(
@@ -526,6 +530,13 @@ impl Store {
     /// Intermediate requests not yet answered, oldest first.
     pub fn pending_intermediate_requests(&self) -> Result<Vec<IntermediateRequest>, StoreError> {
         self.backend.pending_intermediate_requests()
+    }
+
+    /// The latest intermediate request for each key (as its column states it) from each
+    /// replica name, by key hash: what `writ replica list` shows (a request naming
+    /// another replica's key shows as its own row).
+    pub fn latest_intermediate_requests(&self) -> Result<Vec<IntermediateRequest>, StoreError> {
+        self.backend.latest_intermediate_requests()
     }
 
     /// Answers a pending intermediate request; whether it was still pending.

@@ -920,6 +920,30 @@ impl Backend for Postgres {
         })
     }
 
+    fn latest_intermediate_requests(&self) -> Result<Vec<super::IntermediateRequest>, StoreError> {
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let rows = client
+                .query(
+                    "SELECT id, replica, band, csr, key_sha256, certificate, refused FROM (
+                         SELECT DISTINCT ON (key_sha256, replica) * FROM intermediate_requests
+                         ORDER BY key_sha256, replica, id DESC) latest
+                     ORDER BY key_sha256, replica LIMIT 1000",
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(rows
+                .iter()
+                .filter_map(|row| {
+                    request_row(row)
+                        .map_err(|e| tracing::warn!(error = %e, "skipping an intermediate request"))
+                        .ok()
+                })
+                .collect())
+        })
+    }
+
     fn answer_intermediate_request(
         &self,
         id: i64,

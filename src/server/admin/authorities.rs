@@ -121,17 +121,7 @@ impl AdminService {
                             "this server does not hold the roots: admit replicas on the server that does",
                         ));
                     }
-                    if body.key_sha256.is_empty() || body.key_sha256.len() > 64 {
-                        return Err(Status::invalid_argument(
-                            "give between 1 and 64 key hashes (--key-sha256)",
-                        ));
-                    }
-                    let hashes = body
-                        .key_sha256
-                        .iter()
-                        .map(|h| parse_key_sha256(h))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                    let hashes = key_hashes(&body.key_sha256)?;
                     let record = Record::new(
                         issuer.cas.now(),
                         Kind::AdminChange,
@@ -151,4 +141,108 @@ impl AdminService {
             .await?;
         Ok(Response::new(pb::AdmitReplicaResponse { admitted }))
     }
+
+    /// Withdraws admitted replica keys on this server, which must hold the roots:
+    /// audited first. Their intermediates are not renewed.
+    pub(super) async fn remove_replica_rpc(
+        &self,
+        request: Request<pb::RemoveReplicaRequest>,
+    ) -> Result<Response<pb::RemoveReplicaResponse>, Status> {
+        let removed = self
+            .call(
+                request,
+                Operation::RotateAuthority,
+                |issuer, caller, body| {
+                    if !issuer.cas.holds_roots() {
+                        return Err(Status::failed_precondition(
+                            "this server does not hold the roots: remove replicas on the server that does",
+                        ));
+                    }
+                    let hashes = key_hashes(&body.key_sha256)?;
+                    let record = Record::new(
+                        issuer.cas.now(),
+                        Kind::Revocation,
+                        "replica.remove",
+                        &caller.name,
+                    )
+                    .detail(serde_json::json!({ "key_sha256": hashes }));
+                    issuer.audit.append(&record)?;
+                    Admissions::in_dir(&issuer.config.data_dir.join("keys"))
+                        .withdraw(&hashes)
+                        .map_err(crate::server::status::internal)
+                },
+                |caller, removed: &Vec<String>| {
+                    tracing::info!(by = %caller.name, removed = ?removed, "replica keys removed");
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::RemoveReplicaResponse { removed }))
+    }
+
+    /// Every replica key that asked for an intermediate, with its latest request's
+    /// state, and (on the root holder) whether it is admitted.
+    pub(super) async fn list_replica_keys_rpc(
+        &self,
+        request: Request<pb::ListReplicaKeysRequest>,
+    ) -> Result<Response<pb::ListReplicaKeysResponse>, Status> {
+        let keys = self
+            .call(
+                request,
+                Operation::ShowAuthorities,
+                |issuer, _, _| {
+                    let admitted = if issuer.cas.holds_roots() {
+                        Some(
+                            Admissions::in_dir(&issuer.config.data_dir.join("keys"))
+                                .load()
+                                .map_err(crate::server::status::internal)?,
+                        )
+                    } else {
+                        None
+                    };
+                    let requests = issuer
+                        .store
+                        .latest_intermediate_requests()
+                        .map_err(crate::server::status::internal)?;
+                    Ok(requests
+                        .into_iter()
+                        .map(|r| {
+                            let state = match (&r.certificate, &r.refused) {
+                                (Some(_), _) => "certified",
+                                (None, Some(_)) => "refused",
+                                (None, None) => "pending",
+                            };
+                            pb::ReplicaKey {
+                                admitted: admitted
+                                    .as_ref()
+                                    .is_some_and(|a| a.contains(&r.request.key_sha256)),
+                                admission_known: admitted.is_some(),
+                                key_sha256: r.request.key_sha256,
+                                replica: r.request.replica,
+                                band: r.request.band.to_string(),
+                                state: state.to_owned(),
+                                refused: r.refused.unwrap_or_default(),
+                            }
+                        })
+                        .collect::<Vec<_>>())
+                },
+                // A read: nothing to log.
+                |_, _| (),
+            )
+            .await?;
+        Ok(Response::new(pb::ListReplicaKeysResponse { keys }))
+    }
+}
+
+/// Key hashes as an operator gave them: 1 to 64, each 64 hex digits.
+fn key_hashes(given: &[String]) -> Result<Vec<String>, Status> {
+    if given.is_empty() || given.len() > 64 {
+        return Err(Status::invalid_argument(
+            "give between 1 and 64 key hashes (--key-sha256)",
+        ));
+    }
+    given
+        .iter()
+        .map(|h| parse_key_sha256(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Status::invalid_argument(e.to_string()))
 }

@@ -140,6 +140,20 @@ impl Admin for AdminService {
         self.admit_replica_rpc(request).await
     }
 
+    async fn remove_replica(
+        &self,
+        request: Request<pb::RemoveReplicaRequest>,
+    ) -> Result<Response<pb::RemoveReplicaResponse>, Status> {
+        self.remove_replica_rpc(request).await
+    }
+
+    async fn list_replica_keys(
+        &self,
+        request: Request<pb::ListReplicaKeysRequest>,
+    ) -> Result<Response<pb::ListReplicaKeysResponse>, Status> {
+        self.list_replica_keys_rpc(request).await
+    }
+
     // Operators: `auth.rs`.
 
     async fn list_operators(

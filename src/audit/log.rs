@@ -698,6 +698,8 @@ impl Inner {
             }
         };
         for (from, to, owner) in abandoned {
+            // The owner's name is whatever the reservation row says: bounded here.
+            let owner: String = owner.chars().take(128).collect();
             let why = "reserved by a server that did not write it in time";
             let result = shared::void_record(unix_now(), &owner, why)
                 .and_then(|void| log.void(from, to, void));

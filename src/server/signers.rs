@@ -158,6 +158,13 @@ impl Admissions {
     }
 }
 
+/// Text read from the shared store (a replica's name, a refusal), as logs show it:
+/// bounded here, and logged with `?` so control characters are escaped. Whoever can
+/// write the database can write these.
+fn shown(text: &str) -> String {
+    text.chars().take(80).collect()
+}
+
 /// What the root's holder does with one pending request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -214,7 +221,7 @@ pub fn certify_admitted(
         let answer = match decide(&request, ca.trust_domain(), &admitted) {
             Decision::Wait { key_sha256 } => {
                 if told.insert(id) {
-                    tracing::warn!(request = id, replica = %request.replica, band = %request.band, %key_sha256,
+                    tracing::warn!(request = id, replica = ?shown(&request.replica), band = %request.band, %key_sha256,
                         "a replica asks for an intermediate; admit its key on this server with `writ replica admit --key-sha256 {key_sha256}` if it is yours");
                 }
                 continue;
@@ -250,10 +257,10 @@ pub fn certify_admitted(
         {
             match answer {
                 IntermediateAnswer::Certified(_) => {
-                    tracing::info!(request = id, replica = %request.replica, band = %request.band, key_sha256 = %request.key_sha256, "certified a replica's intermediate")
+                    tracing::info!(request = id, replica = ?shown(&request.replica), band = %request.band, key_sha256 = %request.key_sha256, "certified a replica's intermediate")
                 }
                 IntermediateAnswer::Refused(why) => {
-                    tracing::warn!(request = id, replica = %request.replica, band = %request.band, reason = %why, "refused a replica's intermediate request")
+                    tracing::warn!(request = id, replica = ?shown(&request.replica), band = %request.band, reason = ?shown(&why), "refused a replica's intermediate request")
                 }
             }
         }
@@ -305,7 +312,7 @@ pub fn obtain_intermediates(
             continue;
         };
         if let Some(why) = row.refused {
-            tracing::error!(%band, request = id, reason = %why, "the server holding the roots refused this replica's intermediate; asking again");
+            tracing::error!(%band, request = id, reason = ?shown(&why), "the server holding the roots refused this replica's intermediate; asking again");
             asked.remove(&band);
             continue;
         }

@@ -21,9 +21,10 @@
 //!    fetching at once, so every agent signs S CSRs through its replica's node API (in
 //!    batches of up to 256, one audit commit each). Reports SVIDs per second for the
 //!    cluster and the CPU each process used meanwhile (which one is the bound).
-//! 3. **Outage** (`--outage`, `--outage-secs T`): `[ca] x509_svid_ttl = "1m"`; two agents
-//!    whose server list is [b, c, a], N streams; SIGKILL `b`, 10 s later restart it, and
-//!    watch T seconds in all (renewals happen meanwhile). Counts streams that ever saw an
+//! 3. **Outage** (`--outage`, `--kill-at K --outage-secs T`): `[ca] x509_svid_ttl = "1m"`;
+//!    two agents whose server list is [b, c, a], N streams; K seconds after every stream
+//!    holds its identity (default 24: the renewals at half-life fall in the outage)
+//!    SIGKILL `b`, 10 s later restart it, and watch T seconds in all (default 90). Counts streams that ever saw an
 //!    error or an update without their identity (goal 0).
 //!
 //! `cargo build --release --bin writ --example cluster-load &&
@@ -797,10 +798,23 @@ async fn revocation(writ: &Path, exe: &Path, dir: &Path) {
         "round  close ms  unconfirmed | from return: p50 ms    p99 ms    max ms | from start: p50 ms    p99 ms    max ms | before return"
     );
     let (mut all_return, mut all_start, mut closes) = (Vec::new(), Vec::new(), Vec::new());
+    // CPU from each close's start until every stream has its update: a, b, c, the two
+    // agents, the workload child, PostgreSQL.
+    let pids: Vec<Vec<u32>> = vec![
+        vec![cluster.servers[0].proc.pid()],
+        vec![cluster.servers[1].proc.pid()],
+        vec![cluster.servers[2].proc.pid()],
+        vec![on_b.proc.pid(), on_c.proc.pid()],
+        child.child.id().into_iter().collect(),
+        cluster.postgres_pids(),
+    ];
+    let mut cpu = vec![0u64; pids.len()];
+    let mut closing_ns = 0i128;
     for round in 1..=rounds {
         let id = format!("LOAD-{round}");
         open_incident(&mut admin, &id).await;
         child.ask(&format!("await {id}")).await;
+        let ticks: Vec<u64> = pids.iter().map(|p| cpu_ticks(p)).collect();
         let started = now_ns();
         let reply = admin
             .close_incident(admin_pb::CloseIncidentRequest { id: id.clone() })
@@ -809,6 +823,10 @@ async fn revocation(writ: &Path, exe: &Path, dir: &Path) {
             .into_inner();
         let returned = now_ns();
         let answer = child.ask(&format!("lost {id}")).await;
+        closing_ns += now_ns() - started;
+        for (total, (p, before)) in cpu.iter_mut().zip(pids.iter().zip(ticks)) {
+            *total += cpu_ticks(p).saturating_sub(before);
+        }
         let times: Vec<i128> = answer
             .split_whitespace()
             .skip(2)
@@ -838,13 +856,28 @@ async fn revocation(writ: &Path, exe: &Path, dir: &Path) {
         summary(&mut all_start),
     );
     println!("streams: {}", child.ask("stats").await);
+    let wall = closing_ns as f64 / 1e9;
+    let share = |ticks: u64| {
+        let s = ticks as f64 / 100.0;
+        format!("{s:.2} s ({:.0}%)", 100.0 * s / wall)
+    };
+    println!(
+        "CPU from each close's start until the last stream had its update ({wall:.2} s in all; % of one core): \
+         a {}, b {}, c {}, agents {}, workload child {}, PostgreSQL {}",
+        share(cpu[0]),
+        share(cpu[1]),
+        share(cpu[2]),
+        share(cpu[3]),
+        share(cpu[4]),
+        share(cpu[5]),
+    );
     drop(on_b);
     drop(on_c);
 }
 
 async fn issuance(writ: &Path, exe: &Path, dir: &Path) {
-    let agents = arg("--agents", 6);
-    let svids = arg("--svids", 100);
+    let agents = arg("--agents", 12);
+    let svids = arg("--svids", 256);
     let cluster = Cluster::start(writ, dir, "");
     cluster.profile();
     let mut admin = cluster.servers[0].admin().await;
@@ -908,6 +941,7 @@ async fn outage(writ: &Path, exe: &Path, dir: &Path) {
     let streams = arg("--streams", 10_000);
     let per_conn = arg("--per-conn", 64);
     let watch_secs = arg("--outage-secs", 90) as u64;
+    let kill_at = arg("--kill-at", 24) as u64;
     let mut cluster = Cluster::start(writ, dir, "[ca]\nx509_svid_ttl = \"1m\"\n");
     cluster.profile();
     let mut admin = cluster.servers[0].admin().await;
@@ -932,11 +966,15 @@ async fn outage(writ: &Path, exe: &Path, dir: &Path) {
     );
     assert_eq!(child.line().await, "ready");
     child.ask("reset").await;
+    // The SVIDs were signed just before `ready`: renewal at half-life (30 s ± 10 %)
+    // falls inside an outage from `--kill-at` (default 24 s) to 10 s later.
     let began = Instant::now();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(kill_at)).await;
+    let at_kill = child.ask("stats").await;
     cluster.servers[1].proc.kill();
     let killed = began.elapsed();
     tokio::time::sleep(Duration::from_secs(10)).await;
+    let at_restart = child.ask("stats").await;
     cluster.servers[1].restart();
     let back = began.elapsed();
     let rest = Duration::from_secs(watch_secs).saturating_sub(began.elapsed());
@@ -948,7 +986,10 @@ async fn outage(writ: &Path, exe: &Path, dir: &Path) {
         back.as_secs_f64(),
         began.elapsed().as_secs_f64()
     );
-    println!("streams: {stats}");
+    println!("when b is killed:     {at_kill}");
+    println!("before b is restarted: {at_restart}");
+    println!("at the end:           {stats}");
+    println!("(counters since `ready`; renewals = updates carrying a new LOAD-0 certificate)");
     drop((one, two, child));
 }
 

@@ -16,11 +16,12 @@
 //!    `a` (the CloseIncident RPC `writ incident close` makes), and reports, over the N
 //!    streams, when each got its update without LOAD-r: from the close's return (negative:
 //!    before it returned) and from its start.
-//! 2. **Issuance** (`--issuance`, `--agents A --svids S`): S incidents for one workload;
+//! 2. **Issuance** (`--issuance`, `--agents A --svids S --repeat K`): S incidents for one workload;
 //!    for 1, 2 and 3 replicas, A fresh agents spread over them and one workload per agent
 //!    fetching at once, so every agent signs S CSRs through its replica's node API (in
 //!    batches of up to 256, one audit commit each). Reports SVIDs per second for the
-//!    cluster and the CPU each process used meanwhile (which one is the bound).
+//!    cluster and the CPU each process used meanwhile (which one is the bound); K rounds
+//!    of 1, 2, 3 (default 3).
 //! 3. **Outage** (`--outage`, `--kill-at K --outage-secs T`): `[ca] x509_svid_ttl = "1m"`;
 //!    two agents whose server list is [b, c, a], N streams; K seconds after every stream
 //!    holds its identity (default 24: the renewals at half-life fall in the outage)
@@ -387,6 +388,23 @@ impl Cluster {
             "--selector",
             &format!("unix:uid:{WORKLOAD}"),
         ]);
+    }
+
+    /// The servers an agent's log says it connected to, in order, by name.
+    fn connections(&self, log: &str) -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("connected to server"))
+            .filter_map(|l| {
+                let address = l.split("server=").nth(1)?.split_whitespace().next()?;
+                let address = address.trim_matches('"');
+                Some(
+                    self.servers
+                        .iter()
+                        .find(|s| s.address() == address)
+                        .map_or_else(|| address.to_owned(), |s| s.name.clone()),
+                )
+            })
+            .collect()
     }
 
     /// The PostgreSQL server's processes: the postmaster and its children.
@@ -891,9 +909,10 @@ async fn issuance(writ: &Path, exe: &Path, dir: &Path) {
         "replicas  SVIDs   wall s  SVIDs/s | CPU s (% of one core):     a            b            c       agents   PostgreSQL"
     );
     let tick = 100.0; // USER_HZ on Linux
-    for replicas in 1..=3usize {
+    let repeat = arg("--repeat", 3);
+    for (replicas, attempt) in (0..repeat).flat_map(|t| (1..=3usize).map(move |r| (r, t))) {
         let run: Vec<Agent> = (0..agents)
-            .map(|j| cluster.agent(&format!("iss{replicas}-{j}"), &[j % replicas]))
+            .map(|j| cluster.agent(&format!("iss{replicas}-{attempt}-{j}"), &[j % replicas]))
             .collect();
         let mut args = vec!["--child".to_string(), "--fetch".into()];
         for agent in &run {
@@ -990,6 +1009,12 @@ async fn outage(writ: &Path, exe: &Path, dir: &Path) {
     println!("before b is restarted: {at_restart}");
     println!("at the end:           {stats}");
     println!("(counters since `ready`; renewals = updates carrying a new LOAD-0 certificate)");
+    for (name, agent) in [("agent-1", &one), ("agent-2", &two)] {
+        println!(
+            "{name} connected to: {}",
+            cluster.connections(&agent.proc.stderr()).join(" → ")
+        );
+    }
     drop((one, two, child));
 }
 

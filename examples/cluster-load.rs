@@ -468,18 +468,24 @@ fn cpu_ticks(pids: &[u32]) -> u64 {
 /// * `lost ID` → `lost ID T…` (unix nanoseconds, one per stream) once each has one;
 /// * `reset` → `ok`: error and update counters back to zero;
 /// * `stats` → `stats bad=… errors=… lacking=… updates=… renewals=… first_error=…`.
+///
 /// It says `ready` once every stream holds its identity, and `timeout …` when a wait
 /// takes longer than [`WAIT`].
 struct Streams {
+    /// The incident every stream must always hold (LOAD-0).
     identity: String,
+    /// Per stream: the incidents of the SVIDs in its latest update.
     ids: Vec<Vec<String>>,
+    /// Per stream: a hash of its identity's certificate chain (0: none yet).
     leaf: Vec<u64>,
+    /// Per stream: it saw an error, an end, or an update without its identity.
     bad: Vec<bool>,
     errors: usize,
     lacking: usize,
     updates: usize,
     renewals: usize,
     first_error: Option<String>,
+    /// The incident being closed, when each stream first lost it, streams left.
     watch: Option<(String, Vec<Option<i128>>, usize)>,
 }
 

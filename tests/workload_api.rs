@@ -624,3 +624,51 @@ async fn renewal_and_expiry_follow_the_agents_injected_clock() {
 fn clock_now(clock: &writ::clock::ManualClock) -> i64 {
     writ::clock::Clock::unix(clock)
 }
+
+/// Many streams of one workload share each computation of its state (one per change, not
+/// one per stream): every stream still sees every change, in order, and the identity
+/// opened after they connected reaches them all, as does its close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_streams_of_one_workload_each_see_every_change() {
+    let dev = start(CaConfig::default()).await;
+    dev.profile("triage", &[Selector::Uid(my_uid())], &[]);
+    dev.open("INC-1", "triage", 1);
+    let mut streams = Vec::new();
+    for _ in 0..24 {
+        let client = dev.client().await;
+        let mut stream = client.stream_x509_contexts().await.unwrap();
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.svids().len(), 1);
+        streams.push(stream);
+    }
+    let ids = |ctx: &spiffe::X509Context| -> Vec<String> {
+        ctx.svids()
+            .iter()
+            .map(|s| s.spiffe_id().to_string())
+            .collect()
+    };
+    dev.open("INC-2", "triage", 2);
+    for stream in &mut streams {
+        // Until the new identity is there (a policy change may come before its SVID).
+        loop {
+            let ctx = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("an update with INC-2")
+                .unwrap()
+                .unwrap();
+            if ids(&ctx) == [id_of("triage", "INC-1"), id_of("triage", "INC-2")] {
+                break;
+            }
+            assert_eq!(ids(&ctx), [id_of("triage", "INC-1")]);
+        }
+    }
+    dev.close("INC-1");
+    for stream in &mut streams {
+        let ctx = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("an update without INC-1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids(&ctx), [id_of("triage", "INC-2")]);
+    }
+}

@@ -34,12 +34,93 @@ pub const SHUTTING_DOWN: &str = "writ agent is shutting down; reconnect";
 #[derive(Debug, Clone)]
 pub struct WorkloadApi {
     agent: Arc<Agent>,
+    shared: Arc<SharedStates>,
 }
+
+/// What one caller's X.509 state was computed from: the policy and bundles (by identity:
+/// each change is a new `Arc`), the SVID cache's generation, and the second.
+struct StateAt {
+    policy: Arc<crate::policy::PolicySnapshot>,
+    bundles: Arc<crate::ca::BundleSet>,
+    svids: u64,
+    now: i64,
+}
+
+impl StateAt {
+    fn same(&self, other: &StateAt) -> bool {
+        Arc::ptr_eq(&self.policy, &other.policy)
+            && Arc::ptr_eq(&self.bundles, &other.bundles)
+            && self.svids == other.svids
+            && self.now == other.now
+    }
+}
+
+type SharedState = Arc<tokio::sync::OnceCell<Result<pb::X509svidResponse, Status>>>;
+
+/// The callers a shared state is for: those attested with exactly these selectors.
+type Callers = Arc<BTreeSet<Selector>>;
+
+/// X.509 states computed once per set of selectors and [`StateAt`]: when a change wakes
+/// every stream, the streams of callers with the same selectors (one workload's many
+/// streams, or many replicas of one workload) share one computation instead of each
+/// making its own.
+#[derive(Default)]
+struct SharedStates {
+    entries: std::sync::Mutex<HashMap<Callers, (StateAt, SharedState)>>,
+}
+
+impl std::fmt::Debug for SharedStates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedStates").finish_non_exhaustive()
+    }
+}
+
+/// More distinct callers than this with streams open and the shared states start over
+/// (a bound on memory, not a limit on callers).
+const MAX_SHARED_STATES: usize = 4096;
 
 impl WorkloadApi {
     /// A service for `agent`.
     pub fn new(agent: Arc<Agent>) -> Self {
-        WorkloadApi { agent }
+        WorkloadApi {
+            agent,
+            shared: Arc::default(),
+        }
+    }
+
+    /// [`WorkloadApi::x509_state`], computed once for every caller with these selectors
+    /// at this state of policy, bundles and SVIDs (see [`SharedStates`]).
+    async fn shared_x509_state(
+        &self,
+        selectors: &Arc<BTreeSet<Selector>>,
+    ) -> Result<pb::X509svidResponse, Status> {
+        let at = StateAt {
+            policy: self.agent.node.policy().borrow().clone(),
+            bundles: self.agent.node.bundles().borrow().clone(),
+            svids: *self.agent.cache.subscribe().borrow(),
+            now: self.agent.clock.unix(),
+        };
+        let cell = {
+            let mut entries = self
+                .shared
+                .entries
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match entries.get(selectors) {
+                Some((seen, cell)) if seen.same(&at) => Arc::clone(cell),
+                _ => {
+                    if entries.len() >= MAX_SHARED_STATES {
+                        entries.clear();
+                    }
+                    let cell = SharedState::default();
+                    entries.insert(Arc::clone(selectors), (at, Arc::clone(&cell)));
+                    cell
+                }
+            }
+        };
+        cell.get_or_init(|| self.x509_state(selectors))
+            .await
+            .clone()
     }
 
     /// Checks the security header and attests the caller.
@@ -288,12 +369,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let selectors = Arc::new(self.caller(&request).await?);
         // The first answer decides the status: no identity is an error, not a stream.
-        self.x509_state(&selectors).await?;
+        self.shared_x509_state(&selectors).await?;
         let this = self.clone();
         Ok(Response::new(follow(Arc::clone(&self.agent), move || {
             let this = this.clone();
             let selectors = Arc::clone(&selectors);
-            async move { this.x509_state(&selectors).await }
+            async move { this.shared_x509_state(&selectors).await }
         })))
     }
 

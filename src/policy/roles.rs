@@ -15,7 +15,7 @@ pub enum Operation {
     Health,
     /// `writ bundle show`.
     GetBundles,
-    /// `writ authority show`.
+    /// `writ authority show`, `writ replica list`.
     ShowAuthorities,
     /// `writ operator list | show`.
     ListOperators,
@@ -33,7 +33,7 @@ pub enum Operation {
     ReadAudit,
     /// `writ x509 mint`, `writ jwt mint`.
     MintSvid,
-    /// `writ authority prepare | activate`, `writ replica admit` (what the roots sign).
+    /// `writ authority prepare | activate`, `writ replica admit | remove` (what the roots sign).
     RotateAuthority,
     /// `writ token create`.
     CreateJoinToken,
@@ -132,7 +132,7 @@ impl Operation {
         match self {
             Operation::Health => "healthcheck",
             Operation::GetBundles => "bundle show",
-            Operation::ShowAuthorities => "authority show",
+            Operation::ShowAuthorities => "authority show; replica list",
             Operation::ListOperators => "operator list, show",
             Operation::ReadProfiles => "profile list, show",
             Operation::ReadIncidents => "incident list, show",
@@ -141,7 +141,7 @@ impl Operation {
             Operation::ListSvids => "svid list",
             Operation::ReadAudit => "audit tail, export, checkpoint, verify; incident timeline",
             Operation::MintSvid => "x509 mint, jwt mint",
-            Operation::RotateAuthority => "authority prepare, activate; replica admit",
+            Operation::RotateAuthority => "authority prepare, activate; replica admit, remove",
             Operation::CreateJoinToken => "token create",
             Operation::ManageProfiles => "profile create, delete",
             Operation::CreatePlaybook => "playbook create",

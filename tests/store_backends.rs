@@ -359,7 +359,7 @@ fn a_database_of_a_newer_schema_is_refused() {
     match Store::connect_postgres(&url.parse().unwrap()) {
         Err(StoreError::Schema {
             found: 99,
-            supported: 3,
+            supported: 4,
         }) => {}
         other => panic!("{other:?}"),
     }

@@ -55,7 +55,9 @@ impl StateAt {
     }
 }
 
-type SharedState = Arc<tokio::sync::OnceCell<Result<pb::X509svidResponse, Status>>>;
+/// A computed state, and the identities it serves (reported by each call that serves them).
+type SharedState =
+    Arc<tokio::sync::OnceCell<Result<(pb::X509svidResponse, Vec<SpiffeId>), Status>>>;
 
 /// The callers a shared state is for: those attested with exactly these selectors.
 type Callers = Arc<BTreeSet<Selector>>;
@@ -118,9 +120,14 @@ impl WorkloadApi {
                 }
             }
         };
-        cell.get_or_init(|| self.x509_state(selectors))
+        let (response, served) = cell
+            .get_or_init(|| self.x509_state(selectors))
             .await
-            .clone()
+            .clone()?;
+        // Every answer reports what it serves (the report itself is deduplicated): a
+        // shared computation must not skip a caller's report.
+        report_served(&self.agent, selectors, &served);
+        Ok(response)
     }
 
     /// Checks the security header and attests the caller.
@@ -137,7 +144,7 @@ impl WorkloadApi {
     async fn x509_state(
         &self,
         selectors: &BTreeSet<Selector>,
-    ) -> Result<pb::X509svidResponse, Status> {
+    ) -> Result<(pb::X509svidResponse, Vec<SpiffeId>), Status> {
         let wanted = self.entitlements(selectors);
         if wanted.is_empty() {
             return Err(Status::permission_denied(NO_IDENTITY));
@@ -179,20 +186,23 @@ impl WorkloadApi {
                 None => Status::permission_denied(NO_IDENTITY),
             });
         }
-        // Every answer, streamed ones included: an incident opened while a stream is open
-        // serves its workload a new identity.
-        report_served(&self.agent, selectors, served);
+        // Reported by every answer, streamed ones included (by the caller): an incident
+        // opened while a stream is open serves its workload a new identity.
+        let served: Vec<SpiffeId> = served.into_iter().cloned().collect();
         let federated_bundles = bundles
             .bundles
             .iter()
             .filter(|b| !own_domains.contains(&b.trust_domain_id))
             .map(|b| (b.trust_domain_id.clone(), b.x509_der.clone()))
             .collect();
-        Ok(pb::X509svidResponse {
-            svids,
-            crl: Vec::new(),
-            federated_bundles,
-        })
+        Ok((
+            pb::X509svidResponse {
+                svids,
+                crl: Vec::new(),
+                federated_bundles,
+            },
+            served,
+        ))
     }
 
     fn x509_bundles(&self) -> pb::X509BundlesResponse {

@@ -745,17 +745,14 @@ impl Backend for Postgres {
             // The lease is granted by the database's clock, in the statement that reads
             // the head: a commit the statement did not see happened after the grant
             // began, and whoever waits on it waits out the whole lease.
-            // Servers restart under new names: one silent for a day is gone for good.
-            client
-                .execute(
-                    "DELETE FROM replicas WHERE heartbeat_at < clock_timestamp() - interval '1 day'",
-                    &[],
-                )
-                .await
-                .map_err(pg_err)?;
+            // Servers restart under new names: one silent for a day is gone for good
+            // (dropped in the same statement, not in a round trip of its own).
             let head: i64 = client
                 .query_one(
-                    "WITH head AS (SELECT version FROM policy_head)
+                    "WITH gone AS (
+                         DELETE FROM replicas
+                         WHERE heartbeat_at < clock_timestamp() - interval '1 day' AND name <> $1),
+                     head AS (SELECT version FROM policy_head)
                      INSERT INTO replicas (name, applied_version, heartbeat_at, lease_at, started_at)
                      SELECT $1, $2, clock_timestamp(),
                             CASE WHEN $2 >= head.version THEN clock_timestamp() END,
@@ -889,34 +886,26 @@ impl Backend for Postgres {
     fn pending_intermediate_requests(&self) -> Result<Vec<super::IntermediateRequest>, StoreError> {
         self.run(|pool| async move {
             let client = pool.get().await.map_err(pool_err)?;
-            // Requests are answered in seconds and their replicas read the answer at once;
-            // a week-old row, answered or not, is nobody's any more.
-            client
-                .execute(
-                    "DELETE FROM intermediate_requests
-                     WHERE requested_at < clock_timestamp() - interval '7 days'",
-                    &[],
-                )
-                .await
-                .map_err(pg_err)?;
+            // Requests are answered in seconds and their replicas read the answer at once:
+            // a week-old row, answered or not, is nobody's any more. Dropped in the same
+            // statement that reads the pending ones.
             let rows = client
                 .query(
                     &format!(
-                        "{REQUEST_COLUMNS} WHERE certificate IS NULL AND refused IS NULL ORDER BY id"
+                        "WITH gone AS (
+                             DELETE FROM intermediate_requests
+                             WHERE requested_at < clock_timestamp() - interval '7 days'
+                             RETURNING id)
+                         {REQUEST_COLUMNS}
+                         WHERE certificate IS NULL AND refused IS NULL
+                           AND id NOT IN (SELECT id FROM gone)
+                         ORDER BY id"
                     ),
                     &[],
                 )
                 .await
                 .map_err(pg_err)?;
-            // One unreadable row must not stall every other replica's request.
-            Ok(rows
-                .iter()
-                .filter_map(|row| {
-                    request_row(row)
-                        .map_err(|e| tracing::warn!(error = %e, "skipping an intermediate request"))
-                        .ok()
-                })
-                .collect())
+            Ok(readable_requests(&rows))
         })
     }
 
@@ -933,14 +922,7 @@ impl Backend for Postgres {
                 )
                 .await
                 .map_err(pg_err)?;
-            Ok(rows
-                .iter()
-                .filter_map(|row| {
-                    request_row(row)
-                        .map_err(|e| tracing::warn!(error = %e, "skipping an intermediate request"))
-                        .ok()
-                })
-                .collect())
+            Ok(readable_requests(&rows))
         })
     }
 
@@ -1020,6 +1002,18 @@ impl Backend for Postgres {
 /// The columns of an intermediate request, in [`request_row`]'s order.
 const REQUEST_COLUMNS: &str =
     "SELECT id, replica, band, csr, key_sha256, certificate, refused FROM intermediate_requests";
+
+/// The rows that read as requests; one unreadable row must not stall every other
+/// replica's request (it is logged and skipped).
+fn readable_requests(rows: &[tokio_postgres::Row]) -> Vec<super::IntermediateRequest> {
+    rows.iter()
+        .filter_map(|row| {
+            request_row(row)
+                .map_err(|e| tracing::warn!(error = %e, "skipping an intermediate request"))
+                .ok()
+        })
+        .collect()
+}
 
 fn request_row(row: &tokio_postgres::Row) -> Result<super::IntermediateRequest, StoreError> {
     let band: String = row.get(2);

@@ -753,6 +753,17 @@ fn a_second_server_signs_through_its_own_intermediate_once_admitted() {
         remove.extend(["--key-sha256", key.as_str()]);
     }
     assert!(!second.run(&remove).status.success());
+    // A hash that is not one is refused whole, and removes nothing.
+    let mut bad = remove.clone();
+    bad.extend(["--key-sha256", "not-a-key\u{1b}[2J"]);
+    let refused = first.run(&bad);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("64 hex digits") && !said.contains('\u{1b}'),
+        "{said}"
+    );
+    assert!(listed(&first).iter().any(|r| r["admitted"] == true));
     assert_eq!(first.ok(&remove).lines().count(), 3);
     assert!(
         listed(&first)

@@ -116,23 +116,7 @@ impl AdminService {
                 request,
                 Operation::RotateAuthority,
                 |issuer, caller, body| {
-                    if !issuer.cas.holds_roots() {
-                        return Err(Status::failed_precondition(
-                            "this server does not hold the roots: admit replicas on the server that does",
-                        ));
-                    }
-                    let hashes = key_hashes(&body.key_sha256)?;
-                    let record = Record::new(
-                        issuer.cas.now(),
-                        Kind::AdminChange,
-                        "replica.admit",
-                        &caller.name,
-                    )
-                    .detail(serde_json::json!({ "key_sha256": hashes }));
-                    issuer.audit.append(&record)?;
-                    Admissions::in_dir(&issuer.config.data_dir.join("keys"))
-                        .admit(&hashes)
-                        .map_err(crate::server::status::internal)
+                    change_admissions(issuer, &caller.name, &body.key_sha256, Admission::Admit)
                 },
                 |caller, admitted: &Vec<String>| {
                     tracing::info!(by = %caller.name, admitted = ?admitted, "replica keys admitted");
@@ -153,23 +137,7 @@ impl AdminService {
                 request,
                 Operation::RotateAuthority,
                 |issuer, caller, body| {
-                    if !issuer.cas.holds_roots() {
-                        return Err(Status::failed_precondition(
-                            "this server does not hold the roots: remove replicas on the server that does",
-                        ));
-                    }
-                    let hashes = key_hashes(&body.key_sha256)?;
-                    let record = Record::new(
-                        issuer.cas.now(),
-                        Kind::Revocation,
-                        "replica.remove",
-                        &caller.name,
-                    )
-                    .detail(serde_json::json!({ "key_sha256": hashes }));
-                    issuer.audit.append(&record)?;
-                    Admissions::in_dir(&issuer.config.data_dir.join("keys"))
-                        .withdraw(&hashes)
-                        .map_err(crate::server::status::internal)
+                    change_admissions(issuer, &caller.name, &body.key_sha256, Admission::Remove)
                 },
                 |caller, removed: &Vec<String>| {
                     tracing::info!(by = %caller.name, removed = ?removed, "replica keys removed");
@@ -231,6 +199,43 @@ impl AdminService {
             .await?;
         Ok(Response::new(pb::ListReplicaKeysResponse { keys }))
     }
+}
+
+/// Which way an operator changes the admissions.
+#[derive(Clone, Copy)]
+enum Admission {
+    Admit,
+    Remove,
+}
+
+/// Admits or removes replica keys on this server, which must hold the roots: the hashes
+/// checked, the change audited, then made in the admissions file. Returns the keys whose
+/// admission changed.
+fn change_admissions(
+    issuer: &Issuer,
+    by: &str,
+    given: &[String],
+    change: Admission,
+) -> Result<Vec<String>, Status> {
+    let (verb, kind, action) = match change {
+        Admission::Admit => ("admit", Kind::AdminChange, "replica.admit"),
+        Admission::Remove => ("remove", Kind::Revocation, "replica.remove"),
+    };
+    if !issuer.cas.holds_roots() {
+        return Err(Status::failed_precondition(format!(
+            "this server does not hold the roots: {verb} replicas on the server that does"
+        )));
+    }
+    let hashes = key_hashes(given)?;
+    let record = Record::new(issuer.cas.now(), kind, action, by)
+        .detail(serde_json::json!({ "key_sha256": hashes }));
+    issuer.audit.append(&record)?;
+    let admissions = Admissions::in_dir(&issuer.config.data_dir.join("keys"));
+    match change {
+        Admission::Admit => admissions.admit(&hashes),
+        Admission::Remove => admissions.withdraw(&hashes),
+    }
+    .map_err(crate::server::status::internal)
 }
 
 /// Key hashes as an operator gave them: 1 to 64, each 64 hex digits.

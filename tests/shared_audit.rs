@@ -241,6 +241,21 @@ fn the_shared_log_verifies_from_the_database_and_tampering_there_is_found() {
     };
     let intact = verify();
     assert!(intact.status.success(), "{intact:?}");
+    // A bad or unreachable store is "could not verify" (2), never tampering (1).
+    for store in [
+        "not-a-url".to_owned(),
+        format!(
+            "postgresql://writ@/writ?host={}&port=1",
+            keys.path().display()
+        ),
+    ] {
+        let out = std::process::Command::new(common::procs::WRIT)
+            .args(["audit", "verify", "--store", &store])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{store}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cannot verify"));
+    }
     assert!(String::from_utf8_lossy(&intact.stdout).contains("audit log intact"));
     // Nothing was written by verifying.
     let raw = Store::shared_log_to_read(&url.parse().unwrap()).unwrap();
@@ -250,20 +265,32 @@ fn the_shared_log_verifies_from_the_database_and_tampering_there_is_found() {
     assert_eq!(raw.head().unwrap(), head);
 
     // A record's bytes changed in the database.
-    let bytes = |i: u64| all_records(&a.log)[i as usize].1.clone();
-    let original = bytes(5);
+    let original = all_records(&a.log)[5].1.clone();
     let forged =
         String::from_utf8(original.clone())
             .unwrap()
             .replacen("test.append", "test.forged", 1);
-    let set = |i: u64, body: &[u8]| {
-        let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
+    // Record 5's bytes, and (when asked) its stored leaf hash made to match them.
+    let set = |body: &[u8], leaf_too: bool| {
         pg.psql(
             "writ",
-            &format!("UPDATE audit_records SET body = '\\x{hex}'::bytea WHERE idx = {i}"),
+            &format!(
+                "UPDATE audit_records SET body = '\\x{}'::bytea WHERE idx = 5",
+                writ::hex::lower(body)
+            ),
         );
+        if leaf_too {
+            pg.psql(
+                "writ",
+                &format!(
+                    "UPDATE audit_hashes SET hash = '\\x{}'::bytea WHERE idx = {}",
+                    writ::hex::lower(&tlog_tiles::record_hash(body).0),
+                    tlog_tiles::stored_hash_index(0, 5)
+                ),
+            );
+        }
     };
-    set(5, forged.as_bytes());
+    set(forged.as_bytes(), false);
     assert!(matches!(
         writ::audit::verify_shared(raw.as_ref(), None, None),
         Err(writ::audit::VerifyError::Changed { index: 5 })
@@ -273,29 +300,12 @@ fn the_shared_log_verifies_from_the_database_and_tampering_there_is_found() {
     assert!(String::from_utf8_lossy(&caught.stderr).contains("record 5 was changed"));
 
     // ... and its stored leaf hash rewritten to match: the signed root still says no.
-    let leaf = tlog_tiles::record_hash(forged.as_bytes());
-    let hex: String = leaf.0.iter().map(|b| format!("{b:02x}")).collect();
-    pg.psql(
-        "writ",
-        &format!(
-            "UPDATE audit_hashes SET hash = '\\x{hex}'::bytea WHERE idx = {}",
-            tlog_tiles::stored_hash_index(0, 5)
-        ),
-    );
+    set(forged.as_bytes(), true);
     assert!(matches!(
         writ::audit::verify_shared(raw.as_ref(), None, None),
         Err(writ::audit::VerifyError::Rewritten { .. })
     ));
-    set(5, &original);
-    let leaf = tlog_tiles::record_hash(&original);
-    let hex: String = leaf.0.iter().map(|b| format!("{b:02x}")).collect();
-    pg.psql(
-        "writ",
-        &format!(
-            "UPDATE audit_hashes SET hash = '\\x{hex}'::bytea WHERE idx = {}",
-            tlog_tiles::stored_hash_index(0, 5)
-        ),
-    );
+    set(&original, true);
     writ::audit::verify_shared(raw.as_ref(), None, None).unwrap();
 
     // The tail cut.

@@ -126,6 +126,11 @@ impl SvidCache {
         self.changed.subscribe()
     }
 
+    /// How many times the cached SVIDs have changed: what [`SvidCache::subscribe`] follows.
+    pub fn generation(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
     /// The held SVID for `id`, unless it has expired or its serial is revoked. Checked
     /// against the policy of this instant, so a stream that wakes on a revocation never
     /// sends the revoked certificate, even before [`SvidCache::maintain`] has run.

@@ -99,7 +99,7 @@ impl WorkloadApi {
         let at = StateAt {
             policy: self.agent.node.policy().borrow().clone(),
             bundles: self.agent.node.bundles().borrow().clone(),
-            svids: *self.agent.cache.subscribe().borrow(),
+            svids: self.agent.cache.generation(),
             now: self.agent.clock.unix(),
         };
         let cell = {

@@ -796,10 +796,9 @@ fn runs(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     out
 }
 
+/// When a void record is written: the system's clock (the log has no injected one).
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    crate::clock::Clock::unix(&crate::clock::SystemClock)
 }
 
 /// Reads stored hashes from a redb table.

@@ -83,6 +83,21 @@ impl Proc {
         }
     }
 
+    /// Waits until `ready` holds; fails if the process exits first or after [`WAIT`].
+    pub fn wait_until_ready(&mut self, ready: impl Fn(&Proc) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !ready(self) {
+            self.check_running();
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready in time:\n{}",
+                self.what,
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The exit status, if it has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("poll child")
@@ -178,19 +193,11 @@ impl ServerProc {
     /// Waits until the admin socket and the node API port accept. A socket file left by
     /// a killed server exists but refuses connections.
     pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + WAIT;
-        while UnixStream::connect(&self.admin).is_err()
-            || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
-        {
-            self.proc.check_running();
-            assert!(
-                Instant::now() < deadline,
-                "writ server {} not ready in time:\n{}",
-                self.name,
-                self.proc.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (admin, port) = (self.admin.clone(), self.port);
+        self.proc.wait_until_ready(|_| {
+            UnixStream::connect(&admin).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
     }
 
     /// SIGKILL.
@@ -424,17 +431,10 @@ impl AgentProc {
 
     /// The socket is bound once attestation and the first sync succeeded.
     pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + WAIT;
-        while UnixStream::connect(self.socket()).is_err() || !self.proc.stdout().ends_with('\n') {
-            self.proc.check_running();
-            assert!(
-                Instant::now() < deadline,
-                "writ agent {} not ready in time:\n{}",
-                self.name,
-                self.proc.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let socket = self.socket();
+        self.proc.wait_until_ready(|proc| {
+            UnixStream::connect(&socket).is_ok() && proc.stdout().ends_with('\n')
+        });
     }
 
     /// SIGKILL.

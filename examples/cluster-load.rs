@@ -740,6 +740,32 @@ struct WorkloadChild {
 }
 
 impl WorkloadChild {
+    /// The child holding `streams` streams (`per_conn` per connection) on the two agents'
+    /// sockets, all holding LOAD-0, ready and reset.
+    async fn start(
+        exe: &Path,
+        sockets: [&Path; 2],
+        streams: usize,
+        per_conn: usize,
+    ) -> WorkloadChild {
+        let mut args = vec!["--child".to_owned()];
+        for socket in sockets {
+            args.extend(["--socket".to_owned(), socket.display().to_string()]);
+        }
+        args.extend([
+            "--streams".to_owned(),
+            streams.to_string(),
+            "--per-conn".to_owned(),
+            per_conn.to_string(),
+            "--identity".to_owned(),
+            "LOAD-0".to_owned(),
+        ]);
+        let mut child = WorkloadChild::spawn(exe, &args);
+        assert_eq!(child.line().await, "ready");
+        child.ask("reset").await;
+        child
+    }
+
     fn spawn(exe: &Path, args: &[String]) -> WorkloadChild {
         let mut child = tokio::process::Command::new("setpriv")
             .args([
@@ -797,24 +823,8 @@ async fn revocation(writ: &Path, exe: &Path, dir: &Path) {
     open_incident(&mut admin, "LOAD-0").await;
     let on_b = cluster.agent("agent-b", &[1]);
     let on_c = cluster.agent("agent-c", &[2]);
-    let mut child = WorkloadChild::spawn(
-        exe,
-        &[
-            "--child".into(),
-            "--socket".into(),
-            on_b.socket.display().to_string(),
-            "--socket".into(),
-            on_c.socket.display().to_string(),
-            "--streams".into(),
-            streams.to_string(),
-            "--per-conn".into(),
-            per_conn.to_string(),
-            "--identity".into(),
-            "LOAD-0".into(),
-        ],
-    );
-    assert_eq!(child.line().await, "ready");
-    child.ask("reset").await;
+    let mut child =
+        WorkloadChild::start(exe, [&on_b.socket, &on_c.socket], streams, per_conn).await;
     println!(
         "\n## Revocation across replicas: close on a, {streams} streams ({per_conn} per connection) on agents of b and c"
     );
@@ -973,24 +983,7 @@ async fn outage(writ: &Path, exe: &Path, dir: &Path) {
     open_incident(&mut admin, "LOAD-0").await;
     let one = cluster.agent("agent-1", &[1, 2, 0]);
     let two = cluster.agent("agent-2", &[1, 2, 0]);
-    let mut child = WorkloadChild::spawn(
-        exe,
-        &[
-            "--child".into(),
-            "--socket".into(),
-            one.socket.display().to_string(),
-            "--socket".into(),
-            two.socket.display().to_string(),
-            "--streams".into(),
-            streams.to_string(),
-            "--per-conn".into(),
-            per_conn.to_string(),
-            "--identity".into(),
-            "LOAD-0".into(),
-        ],
-    );
-    assert_eq!(child.line().await, "ready");
-    child.ask("reset").await;
+    let mut child = WorkloadChild::start(exe, [&one.socket, &two.socket], streams, per_conn).await;
     // The SVIDs were signed just before `ready`: renewal at half-life (30 s ± 10 %)
     // falls inside an outage from `--kill-at` (default 24 s) to 10 s later.
     let began = Instant::now();

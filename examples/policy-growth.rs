@@ -47,6 +47,7 @@ fn rss_kib() -> u64 {
 
 fn incident(id: &str, now: i64) -> Incident {
     Incident {
+        tenant: "default".into(),
         id: id.into(),
         title: "checkout returns 500 for a fifth of requests".into(),
         severity: Severity::Sev2,
@@ -81,6 +82,7 @@ fn write_history(dir: &std::path::Path, n: usize) {
         .registry
         .create_profile(
             Profile {
+                tenant: "default".into(),
                 name: "triage".into(),
                 selectors: BTreeSet::from(["unix:uid:1001".parse::<Selector>().unwrap()]),
                 bands: BTreeSet::from([Band::Investigative]),
@@ -99,7 +101,7 @@ fn write_history(dir: &std::path::Path, n: usize) {
             .unwrap();
         issuer
             .registry
-            .close_incident(&id, "alice", clock.unix())
+            .close_incident("default", &id, "alice", clock.unix())
             .unwrap();
     }
 }
@@ -120,10 +122,17 @@ fn measure(dir: &std::path::Path, n: usize) {
         latencies.push(started.elapsed());
     }
     latencies.sort();
-    let agent = encode_policy(&issuer.registry.subscribe_agents().borrow()).encoded_len();
-    let server = serde_json::to_vec(&*issuer.registry.snapshot())
-        .unwrap()
-        .len();
+    let agent = encode_policy(&issuer.registry.subscribe_agents().borrow(), true).encoded_len();
+    let live = issuer.registry.snapshot();
+    let server = serde_json::to_vec(&(
+        live.profiles.values().collect::<Vec<_>>(),
+        live.incidents.values().collect::<Vec<_>>(),
+        live.grants.values().collect::<Vec<_>>(),
+        live.playbooks.values().collect::<Vec<_>>(),
+        live.revoked_serials.values().collect::<Vec<_>>(),
+    ))
+    .unwrap()
+    .len();
     println!(
         "{n}\t{agent}\t{server}\t{:.1}\t{:.1}\t{:.2}\t{:.2}",
         opened_rss as f64 / 1024.0,

@@ -37,6 +37,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn incident(id: &str, now: i64) -> Incident {
     Incident {
+        tenant: "default".into(),
         id: id.into(),
         title: "propagation".into(),
         severity: Severity::Sev3,
@@ -98,7 +99,11 @@ fn main() {
         let id = format!("BENCH-{round}");
         a.open_incident(incident(&id, now())).unwrap();
         for r in watched {
-            while !r.snapshot().incidents.contains_key(&id) {
+            while !r
+                .snapshot()
+                .incidents
+                .contains_key(&writ::policy::key("default", &id))
+            {
                 std::thread::sleep(Duration::from_micros(200));
             }
         }
@@ -113,7 +118,7 @@ fn main() {
                         let closed = rx
                             .borrow_and_update()
                             .incidents
-                            .get(&id)
+                            .get(&writ::policy::key("default", &id))
                             .is_none_or(|i| !i.is_open());
                         if closed {
                             return Instant::now();
@@ -126,7 +131,7 @@ fn main() {
             })
             .collect();
         let start = Instant::now();
-        a.close_incident(&id, "uid:0", now()).unwrap();
+        a.close_incident("default", &id, "uid:0", now()).unwrap();
         close.push(start.elapsed());
         let last = watchers
             .into_iter()

@@ -29,6 +29,7 @@ fn profile(dev: &Dev, name: &str, uid: u32, bands: &[Band]) {
         .registry
         .create_profile(
             Profile {
+                tenant: "default".into(),
                 name: name.into(),
                 selectors: BTreeSet::from([Selector::Uid(uid)]),
                 bands: bands.iter().copied().collect(),
@@ -225,7 +226,14 @@ async fn remediation_identity_is_preferred_once_held() {
         let now = dev.issuer.cas.now();
         dev.issuer
             .registry
-            .approve_grant(&filed.grant_id, who, &plan_digest(PLAN), 3600, now)
+            .approve_grant(
+                "default",
+                &filed.grant_id,
+                who,
+                &plan_digest(PLAN),
+                3600,
+                now,
+            )
             .unwrap();
     }
     let update = tokio::time::timeout(Duration::from_secs(10), stream.next())

@@ -27,6 +27,7 @@ fn issuer(dir: &std::path::Path, clock: &ManualClock) -> Arc<Issuer> {
         .registry
         .create_profile(
             Profile {
+                tenant: "default".into(),
                 name: "triage".into(),
                 selectors: BTreeSet::from(["unix:uid:1001".parse::<Selector>().unwrap()]),
                 bands: BTreeSet::from([Band::Investigative]),
@@ -44,6 +45,7 @@ fn open(issuer: &Issuer, clock: &ManualClock, id: &str) {
     issuer
         .registry
         .open_incident(Incident {
+            tenant: "default".into(),
             id: id.into(),
             title: "checkout 500s".into(),
             severity: Severity::Sev2,
@@ -61,7 +63,7 @@ fn open(issuer: &Issuer, clock: &ManualClock, id: &str) {
 
 /// The encoded size of what agents receive, generation aside (it counts changes).
 fn wire_size(issuer: &Issuer) -> usize {
-    let mut policy = encode_policy(&issuer.registry.subscribe_agents().borrow());
+    let mut policy = encode_policy(&issuer.registry.subscribe_agents().borrow(), true);
     policy.generation = 0;
     policy.encoded_len()
 }
@@ -77,11 +79,11 @@ fn a_closed_incident_leaves_what_agents_receive_after_the_longest_svid_lifetime(
     open(&issuer, &clock, "INC-1");
     issuer
         .registry
-        .close_incident("INC-1", "alice", clock.unix())
+        .close_incident("default", "INC-1", "alice", clock.unix())
         .unwrap();
     // Its SVIDs may live for the window yet: agents and verifiers must still refuse them.
     assert_eq!(
-        agents.borrow().incidents["INC-1"].state,
+        agents.borrow().incidents[&writ::policy::key("default", "INC-1")].state,
         IncidentState::Closed
     );
 
@@ -89,20 +91,32 @@ fn a_closed_incident_leaves_what_agents_receive_after_the_longest_svid_lifetime(
     open(&issuer, &clock, "INC-2");
     let view = agents.borrow().clone();
     assert!(
-        !view.incidents.contains_key("INC-1"),
+        !view
+            .incidents
+            .contains_key(&writ::policy::key("default", "INC-1")),
         "INC-1 closed more than the longest SVID lifetime ago, yet agents still receive it"
     );
-    assert!(view.incidents["INC-2"].is_open());
+    assert!(view.incidents[&writ::policy::key("default", "INC-2")].is_open());
 
     // It leaves the server's memory too; its history stays in the store and the audit log,
     // and reads find it there.
-    assert!(!issuer.registry.snapshot().incidents.contains_key("INC-1"));
-    let shown = issuer.registry.incident("INC-1").unwrap().unwrap();
+    assert!(
+        !issuer
+            .registry
+            .snapshot()
+            .incidents
+            .contains_key(&writ::policy::key("default", "INC-1"))
+    );
+    let shown = issuer
+        .registry
+        .incident("default", "INC-1")
+        .unwrap()
+        .unwrap();
     assert_eq!(shown.state, IncidentState::Closed);
     assert!(
         issuer
             .registry
-            .all_incidents()
+            .all_incidents("default",)
             .unwrap()
             .iter()
             .any(|i| i.id == "INC-1")
@@ -137,7 +151,7 @@ fn what_agents_receive_is_the_same_size_after_a_thousand_closed_incidents() {
         let id = format!("OLD-{n:04}");
         open(&busy, &clock, &id);
         busy.registry
-            .close_incident(&id, "alice", clock.unix())
+            .close_incident("default", &id, "alice", clock.unix())
             .unwrap();
     }
     let inside_window = wire_size(&busy);
@@ -147,7 +161,10 @@ fn what_agents_receive_is_the_same_size_after_a_thousand_closed_incidents() {
     open(&busy, &clock, "LIVE-1");
     // The server's memory holds live state only; the store holds the history.
     assert_eq!(busy.registry.snapshot().incidents.len(), 1);
-    assert_eq!(busy.registry.all_incidents().unwrap().len(), 1_001);
+    assert_eq!(
+        busy.registry.all_incidents("default",).unwrap().len(),
+        1_001
+    );
     assert_eq!(
         wire_size(&busy),
         wire_size(&fresh),
@@ -167,14 +184,21 @@ fn history_out_of_memory_is_refused_as_it_always_was() {
     open(&issuer, &clock, "INC-1");
     issuer
         .registry
-        .close_incident("INC-1", "alice", clock.unix())
+        .close_incident("default", "INC-1", "alice", clock.unix())
         .unwrap();
     clock.advance(issuer.config.ca.max_svid_ttl + Duration::from_secs(3601));
     open(&issuer, &clock, "INC-2");
-    assert!(!issuer.registry.snapshot().incidents.contains_key("INC-1"));
+    assert!(
+        !issuer
+            .registry
+            .snapshot()
+            .incidents
+            .contains_key(&writ::policy::key("default", "INC-1"))
+    );
 
     // Ids are never reused, though INC-1 is no longer in memory.
-    let mut again = issuer.registry.snapshot().incidents["INC-2"].clone();
+    let mut again =
+        issuer.registry.snapshot().incidents[&writ::policy::key("default", "INC-2")].clone();
     again.id = "INC-1".into();
     assert!(
         matches!(
@@ -187,20 +211,20 @@ fn history_out_of_memory_is_refused_as_it_always_was() {
     assert!(matches!(
         issuer
             .registry
-            .close_incident("INC-1", "alice", clock.unix()),
+            .close_incident("default", "INC-1", "alice", clock.unix()),
         Err(RegistryError::AlreadyClosed(_))
     ));
     assert!(matches!(
         issuer
             .registry
-            .extend_incident("INC-1", 60, 86_400, "alice", clock.unix()),
+            .extend_incident("default", "INC-1", 60, 86_400, "alice", clock.unix()),
         Err(RegistryError::AlreadyClosed(_))
     ));
     // An unknown incident is still unknown.
     assert!(matches!(
         issuer
             .registry
-            .close_incident("INC-9", "alice", clock.unix()),
+            .close_incident("default", "INC-9", "alice", clock.unix()),
         Err(RegistryError::NotFound { .. })
     ));
 }

@@ -331,16 +331,24 @@ async fn no_svid_without_its_issuance_record() {
     // A policy change is refused too, and nothing of it is visible.
     let generation = issuer.registry.snapshot().generation;
     let (i, now) = (std::sync::Arc::clone(&issuer), issuer.cas.now());
-    let closed =
-        tokio::task::spawn_blocking(move || i.registry.close_incident("INC-1", "test", now))
-            .await
-            .unwrap();
+    let closed = tokio::task::spawn_blocking(move || {
+        i.registry.close_incident("default", "INC-1", "test", now)
+    })
+    .await
+    .unwrap();
     assert!(matches!(
         closed,
         Err(writ::server::registry::RegistryError::Audit(_))
     ));
     assert_eq!(issuer.registry.snapshot().generation, generation);
-    assert!(issuer.registry.snapshot().incidents["INC-1"].is_open());
+    assert!(
+        issuer
+            .registry
+            .snapshot()
+            .incident("default", "INC-1")
+            .unwrap()
+            .is_open()
+    );
     assert_eq!(issuer.audit.size(), before);
     assert_eq!(issuer.store.svids().unwrap().len(), svids_before);
 

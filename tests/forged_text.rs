@@ -359,6 +359,7 @@ fn printers_escape_text_that_reached_the_store_anyway() {
     // refuses, as an older writ or a restored backup could have stored them.
     let now = common::system_now();
     let incident = Incident {
+        tenant: "default".into(),
         id: "INC-9".into(),
         title: format!("db down\nstate:         closed {MARK}"),
         severity: Severity::Sev4,
@@ -376,6 +377,7 @@ fn printers_escape_text_that_reached_the_store_anyway() {
         "0".repeat(64)
     );
     let grant = Grant {
+        tenant: "default".into(),
         id: "g-00000000f0f0".into(),
         incident: "INC-9".into(),
         agent: "fixer".into(),

@@ -35,6 +35,7 @@ fn fixer(dev: &Dev, bands: &[Band]) {
         .registry
         .create_profile(
             Profile {
+                tenant: "default".into(),
                 name: "fixer".into(),
                 selectors: BTreeSet::from([Selector::Uid(my_uid())]),
                 bands: bands.iter().copied().collect(),
@@ -51,6 +52,7 @@ fn incident(dev: &Dev, id: &str) {
     dev.issuer
         .registry
         .open_incident(Incident {
+            tenant: "default".into(),
             id: id.into(),
             title: "lateral movement from web-2".into(),
             severity: Severity::Sev1,
@@ -81,11 +83,11 @@ fn playbook(dev: &Dev, approvers: &[&str]) -> Playbook {
     let now = dev.issuer.cas.now();
     let registry = &dev.issuer.registry;
     let mut book = registry
-        .create_playbook(new_playbook(spec, "root", now).unwrap())
+        .create_playbook(new_playbook("default", spec, "root", now).unwrap())
         .unwrap();
     for who in approvers {
         book = registry
-            .approve_playbook(BOOK, who, &book.digest(), now)
+            .approve_playbook("default", BOOK, who, &book.digest(), now)
             .unwrap();
     }
     book
@@ -105,7 +107,7 @@ fn activate(
     let now = dev.issuer.cas.now();
     dev.issuer
         .registry
-        .activate_playbook(BOOK, incident, request, "carol", now)
+        .activate_playbook("default", BOOK, incident, request, "carol", now)
 }
 
 fn cas(dev: &Dev, band: Band) -> Vec<CertificateDer<'static>> {
@@ -211,9 +213,10 @@ async fn an_activation_issues_an_identity_carrying_the_playbook_and_its_bounds()
     let now = dev.issuer.cas.now();
     dev.issuer
         .registry
-        .close_incident("INC-1", "carol", now)
+        .close_incident("default", "INC-1", "carol", now)
         .unwrap();
-    let ended = dev.issuer.registry.snapshot().grants[&grant.id].clone();
+    let ended =
+        dev.issuer.registry.snapshot().grants[&writ::policy::key("default", &grant.id)].clone();
     assert_eq!(ended.state, writ::policy::GrantState::Revoked);
 }
 
@@ -230,17 +233,18 @@ async fn activations_outside_the_bounds_issue_nothing() {
         activate(&dev, "INC-1", &["host/web-1"], None),
         Err(RegistryError::Playbook(PlaybookError::NotApproved { .. }))
     ));
-    let book = dev.issuer.registry.snapshot().playbooks[BOOK].clone();
+    let book =
+        dev.issuer.registry.snapshot().playbooks[&writ::policy::key("default", BOOK)].clone();
     // Its creator cannot make up the quorum.
     assert!(matches!(
         dev.issuer
             .registry
-            .approve_playbook(BOOK, "root", &book.digest(), 0),
+            .approve_playbook("default", BOOK, "root", &book.digest(), 0),
         Err(RegistryError::Playbook(PlaybookError::OwnPlaybook(_)))
     ));
     dev.issuer
         .registry
-        .approve_playbook(BOOK, "bob", &book.digest(), 0)
+        .approve_playbook("default", BOOK, "bob", &book.digest(), 0)
         .unwrap();
 
     let generation = dev.issuer.registry.snapshot().generation;
@@ -271,6 +275,7 @@ async fn activations_outside_the_bounds_issue_nothing() {
         .registry
         .create_profile(
             Profile {
+                tenant: "default".into(),
                 name: "advisor".into(),
                 selectors: BTreeSet::from([Selector::Uid(u32::MAX - 1)]),
                 bands: BTreeSet::from([Band::Investigative]),
@@ -281,12 +286,14 @@ async fn activations_outside_the_bounds_issue_nothing() {
             "test",
         )
         .unwrap();
-    let mut both = dev.issuer.registry.snapshot().incidents["INC-1"].clone();
+    let mut both =
+        dev.issuer.registry.snapshot().incidents[&writ::policy::key("default", "INC-1")].clone();
     both.id = "INC-2".into();
     both.assigned.insert("advisor".into());
     dev.issuer.registry.open_incident(both).unwrap();
     let generation_after_setup = dev.issuer.registry.snapshot().generation;
     let advisory = dev.issuer.registry.activate_playbook(
+        "default",
         BOOK,
         "INC-2",
         ActivationRequest {
@@ -461,7 +468,7 @@ async fn the_admin_api_and_cli_create_approve_and_activate() {
     for who in ["alice", "bob"] {
         dev.issuer
             .registry
-            .approve_playbook(BOOK, who, &digest, now)
+            .approve_playbook("default", BOOK, who, &digest, now)
             .unwrap();
     }
     let shown: serde_json::Value = serde_json::from_slice(
@@ -588,7 +595,7 @@ async fn the_admin_api_and_cli_create_approve_and_activate() {
     assert_eq!(retired["state"], "retired");
     assert_eq!(retired["revoked_grants"], serde_json::json!([id.clone()]));
     assert_eq!(
-        dev.issuer.registry.snapshot().grants[&id].state,
+        dev.issuer.registry.snapshot().grants[&writ::policy::key("default", &id)].state,
         writ::policy::GrantState::Revoked
     );
     let status = api

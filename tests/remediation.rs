@@ -26,6 +26,7 @@ fn fixer(dev: &Dev, bands: &[Band]) {
         .registry
         .create_profile(
             Profile {
+                tenant: "default".into(),
                 name: "fixer".into(),
                 selectors: BTreeSet::from([Selector::Uid(my_uid())]),
                 bands: bands.iter().copied().collect(),
@@ -68,7 +69,7 @@ fn approve(dev: &Dev, id: &str, who: &str) -> Result<writ::policy::Grant, Regist
     let now = dev.issuer.cas.now();
     dev.issuer
         .registry
-        .approve_grant(id, who, &plan_digest(PLAN), 3600, now)
+        .approve_grant("default", id, who, &plan_digest(PLAN), 3600, now)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +174,7 @@ async fn plan_quorum_identity_and_close() {
     let now = dev.issuer.cas.now();
     dev.issuer
         .registry
-        .close_incident("INC-1", "carol", now)
+        .close_incident("default", "INC-1", "carol", now)
         .unwrap();
     let last = tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
@@ -190,7 +191,9 @@ async fn plan_quorum_identity_and_close() {
             .is_err(),
         "renewal refused after close"
     );
-    let grant = dev.issuer.registry.snapshot().grants[&filed.grant_id].clone();
+    let grant = dev.issuer.registry.snapshot().grants
+        [&writ::policy::key("default", &filed.grant_id)]
+        .clone();
     assert_eq!(grant.state, writ::policy::GrantState::Revoked);
     assert_eq!(grant.ended.unwrap().by, "carol");
     // And what the revocation feed publishes to verifiers: the incident and the grant.
@@ -278,7 +281,7 @@ async fn agents_cannot_ask_beyond_what_they_investigate() {
     let now = dev.issuer.cas.now();
     dev.issuer
         .registry
-        .close_incident("INC-1", "carol", now)
+        .close_incident("default", "INC-1", "carol", now)
         .unwrap();
     let status = agent
         .request_grant(grant_request("INC-1", &[]))
@@ -341,7 +344,8 @@ async fn a_grant_window_ends_on_its_own() {
     // And the expiry timer records it.
     let mut changes = dev.issuer.registry.subscribe();
     tokio::time::timeout(Duration::from_secs(20), async {
-        while changes.borrow_and_update().grants[&filed.grant_id].state
+        while changes.borrow_and_update().grants[&writ::policy::key("default", &filed.grant_id)]
+            .state
             != writ::policy::GrantState::Expired
         {
             changes.changed().await.unwrap();

@@ -54,7 +54,11 @@ impl Replica {
     }
 
     fn incident_state(&self, id: &str) -> Option<IncidentState> {
-        self.registry.snapshot().incidents.get(id).map(|i| i.state)
+        self.registry
+            .snapshot()
+            .incidents
+            .get(&writ::policy::key("default", &id))
+            .map(|i| i.state)
     }
 }
 
@@ -83,6 +87,7 @@ fn cluster() -> Option<(Postgres, String)> {
 
 fn incident(id: &str) -> Incident {
     Incident {
+        tenant: "default".into(),
         id: id.into(),
         title: "checkout errors".into(),
         severity: Severity::Sev2,
@@ -164,7 +169,7 @@ fn once_a_close_returns_no_replica_signs_for_the_incident() {
                         let open = registry
                             .snapshot()
                             .incidents
-                            .get(&id)
+                            .get(&writ::policy::key("default", &id))
                             .is_some_and(|i| i.is_open());
                         if open {
                             signed.fetch_add(1, Ordering::SeqCst);
@@ -178,7 +183,7 @@ fn once_a_close_returns_no_replica_signs_for_the_incident() {
             .collect();
         wait_for("signers to sign", || signed.load(Ordering::SeqCst) > 10);
         a.registry
-            .close_incident(&id, "uid:0", common::system_now())
+            .close_incident("default", &id, "uid:0", common::system_now())
             .unwrap();
         closed.store(true, Ordering::SeqCst);
         // At the instant the close returns, every replica already has it.
@@ -216,7 +221,7 @@ fn a_cut_off_replica_stops_signing_and_a_close_waits_out_its_lease() {
     b.cut_off();
     let (_, unconfirmed) = a
         .registry
-        .close_incident_confirmed("INC-1", "uid:0", common::system_now())
+        .close_incident_confirmed("default", "INC-1", "uid:0", common::system_now())
         .unwrap();
     // The close names the replica that never confirmed it, for the operator.
     assert_eq!(unconfirmed, [b.registry.replica_name().unwrap().to_owned()]);

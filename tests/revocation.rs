@@ -103,7 +103,10 @@ async fn closing_an_incident_publishes_it_and_only_after_the_close() {
     let entry = &after.entries[0];
     assert_eq!(entry.kind, i32::from(Kind::Incident));
     assert_eq!(entry.id, "INC-1");
-    assert_eq!(Some(entry.revoked_at), closed.incidents["INC-1"].closed_at);
+    assert_eq!(
+        Some(entry.revoked_at),
+        closed.incidents[&writ::policy::key("default", "INC-1")].closed_at
+    );
     // Both bands' identities of the incident are revoked: the entry names the base.
     assert_eq!(entry.trust_domain, "example.org");
     // The feed saw the close happen, so the epoch is the closing generation exactly.
@@ -121,6 +124,7 @@ fn active_grant(dev: &Dev) -> writ::policy::Grant {
         .registry
         .create_profile(
             Profile {
+                tenant: "default".into(),
                 name: "fixer".into(),
                 selectors: BTreeSet::from([Selector::Uid(my_uid())]),
                 bands: BTreeSet::from([Band::Investigative, Band::Remediation]),
@@ -138,6 +142,7 @@ fn active_grant(dev: &Dev) -> writ::policy::Grant {
         .issuer
         .registry
         .request_grant(
+            "default",
             GrantRequest {
                 incident: "INC-1".into(),
                 agent: "fixer".into(),
@@ -152,10 +157,18 @@ fn active_grant(dev: &Dev) -> writ::policy::Grant {
     for approver in ["alice", "bob"] {
         dev.issuer
             .registry
-            .approve_grant(&grant.id, approver, &plan_digest(plan), 3600, now)
+            .approve_grant(
+                "default",
+                &grant.id,
+                approver,
+                &plan_digest(plan),
+                3600,
+                now,
+            )
             .unwrap();
     }
-    let grant = dev.issuer.registry.snapshot().grants[&grant.id].clone();
+    let grant =
+        dev.issuer.registry.snapshot().grants[&writ::policy::key("default", &grant.id)].clone();
     assert_eq!(grant.state, GrantState::Active);
     grant
 }
@@ -173,7 +186,14 @@ async fn a_revoked_grant_is_published_in_the_remediation_trust_domain() {
 
     dev.issuer
         .registry
-        .end_grant(&grant.id, GrantState::Revoked, "alice", "done", now)
+        .end_grant(
+            "default",
+            &grant.id,
+            GrantState::Revoked,
+            "alice",
+            "done",
+            now,
+        )
         .unwrap();
     let (_, after) = until(&mut stream, |s| names(s, Kind::Grant, &grant.id)).await;
     let entry = &after.entries[0];
@@ -253,7 +273,8 @@ async fn entries_leave_the_set_once_their_window_has_passed() {
     let aged_out = next().await;
     assert!(aged_out.entries.is_empty(), "{aged_out:?}");
     assert_eq!(aged_out.generation, published.generation);
-    let closed_at = dev.issuer.registry.snapshot().incidents["INC-1"]
+    let closed_at = dev.issuer.registry.snapshot().incidents
+        [&writ::policy::key("default", "INC-1")]
         .closed_at
         .unwrap();
     assert!(
@@ -372,7 +393,14 @@ async fn validate_jwt_svid_refuses_a_token_of_a_revoked_grant() {
     let now = dev.issuer.cas.now();
     dev.issuer
         .registry
-        .end_grant(&grant.id, GrantState::Revoked, "alice", "done", now)
+        .end_grant(
+            "default",
+            &grant.id,
+            GrantState::Revoked,
+            "alice",
+            "done",
+            now,
+        )
         .unwrap();
     assert_refused(
         validate_raw(&dev, &acting).await,

@@ -50,6 +50,7 @@ fn both(check: impl Fn(&Backend)) {
 
 fn incident(id: &str, title: &str) -> Incident {
     Incident {
+        tenant: "default".into(),
         id: id.into(),
         title: title.into(),
         severity: Severity::Sev2,
@@ -67,6 +68,7 @@ fn incident(id: &str, title: &str) -> Incident {
 fn grant(id: &str, incident: &str) -> Grant {
     let plan = "kubectl rollout restart deploy/checkout\n".to_string();
     Grant {
+        tenant: "default".into(),
         id: id.into(),
         incident: incident.into(),
         agent: "fixer".into(),
@@ -136,10 +138,10 @@ fn records_round_trip_and_survive_reopening() {
                 4
             }
         );
-        assert_eq!(store.incident("INC-2").unwrap(), Some(odd));
-        assert_eq!(store.incident("INC-3").unwrap(), None);
+        assert_eq!(store.incident("default", "INC-2").unwrap(), Some(odd));
+        assert_eq!(store.incident("default", "INC-3").unwrap(), None);
         assert_eq!(
-            store.grant("g-000000000001").unwrap(),
+            store.grant("default", "g-000000000001").unwrap(),
             Some(grant("g-000000000001", "INC-1"))
         );
         let ids: Vec<String> = store
@@ -223,8 +225,8 @@ fn profiles_are_replaced_and_deleted() {
         profile.scopes.insert("metrics:read".into());
         store.put_profile(&profile).unwrap();
         assert_eq!(store.profiles().unwrap(), vec![profile]);
-        assert!(store.delete_profile("triage").unwrap());
-        assert!(!store.delete_profile("triage").unwrap());
+        assert!(store.delete_profile("default", "triage").unwrap());
+        assert!(!store.delete_profile("default", "triage").unwrap());
         assert!(store.profiles().unwrap().is_empty());
     });
 }
@@ -396,11 +398,15 @@ fn a_policy_change_that_fails_half_way_keeps_nothing() {
     let err = store.put_policy_changes(&[closed], &[revoked]).unwrap_err();
     assert!(err.to_string().contains("refused by test"), "{err}");
     assert_eq!(
-        store.incident("INC-1").unwrap().unwrap().state,
+        store.incident("default", "INC-1").unwrap().unwrap().state,
         IncidentState::Open
     );
     assert_eq!(
-        store.grant("g-000000000001").unwrap().unwrap().state,
+        store
+            .grant("default", "g-000000000001")
+            .unwrap()
+            .unwrap()
+            .state,
         GrantState::Pending
     );
 }
@@ -418,7 +424,7 @@ fn the_store_fails_cleanly_while_the_database_is_down_and_recovers_by_itself() {
         unreachable!()
     };
     pg.stop();
-    let err = store.incident("INC-1").unwrap_err();
+    let err = store.incident("default", "INC-1").unwrap_err();
     assert!(err.to_string().starts_with("store: postgres"), "{err}");
     assert!(
         store
@@ -428,7 +434,7 @@ fn the_store_fails_cleanly_while_the_database_is_down_and_recovers_by_itself() {
     pg.start_again();
     let mut back = None;
     for _ in 0..100 {
-        match store.incident("INC-1") {
+        match store.incident("default", "INC-1") {
             Ok(found) => {
                 back = found;
                 break;
@@ -438,7 +444,7 @@ fn the_store_fails_cleanly_while_the_database_is_down_and_recovers_by_itself() {
     }
     assert_eq!(back.map(|i| i.id).as_deref(), Some("INC-1"));
     // The write that failed while it was down did not half happen.
-    assert_eq!(store.incident("INC-2").unwrap(), None);
+    assert_eq!(store.incident("default", "INC-2").unwrap(), None);
 }
 
 /// TLS to the database: with `sslrootcert` the store requires TLS and verifies the
@@ -483,7 +489,10 @@ fn the_store_reaches_postgresql_over_verified_tls() {
 
     let store = Store::connect_postgres(&url(Some(&ca_file)).parse().unwrap()).unwrap();
     store.put_incident(&incident("INC-1", "over TLS")).unwrap();
-    assert_eq!(store.incident("INC-1").unwrap().unwrap().title, "over TLS");
+    assert_eq!(
+        store.incident("default", "INC-1").unwrap().unwrap().title,
+        "over TLS"
+    );
     let encrypted = pg.psql(
         "postgres",
         "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \

@@ -54,6 +54,7 @@ fn profiles(dev: &Dev) {
             .registry
             .create_profile(
                 Profile {
+                    tenant: "default".into(),
                     name: name.into(),
                     selectors: BTreeSet::from([Selector::Uid(my_uid())]),
                     bands: bands.into_iter().collect(),
@@ -78,6 +79,7 @@ fn approved_grant(dev: &Dev, incident: &str) -> String {
         .issuer
         .registry
         .request_grant(
+            "default",
             GrantRequest {
                 incident: incident.into(),
                 agent: "fixer".into(),
@@ -93,11 +95,18 @@ fn approved_grant(dev: &Dev, incident: &str) -> String {
     for approver in ["alice", "bob"] {
         dev.issuer
             .registry
-            .approve_grant(&grant.id, approver, &plan_digest(PLAN), 3600, now)
+            .approve_grant(
+                "default",
+                &grant.id,
+                approver,
+                &plan_digest(PLAN),
+                3600,
+                now,
+            )
             .unwrap();
     }
     assert_eq!(
-        dev.issuer.registry.snapshot().grants[&grant.id].state,
+        dev.issuer.registry.snapshot().grants[&writ::policy::key("default", &grant.id)].state,
         GrantState::Active
     );
     grant.id
@@ -589,7 +598,7 @@ async fn a_plan_digest_mismatch_is_refused_and_a_revoked_grant_too() {
     w.dev
         .issuer
         .registry
-        .end_grant(&grant, GrantState::Revoked, "alice", "done", now)
+        .end_grant("default", &grant, GrantState::Revoked, "alice", "done", now)
         .unwrap();
     let revoked = w.dev.issuer.registry.snapshot().generation;
     tokio::time::timeout(

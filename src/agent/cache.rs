@@ -571,8 +571,9 @@ mod tests {
         fn new() -> Arc<Self> {
             let mut policy = PolicySnapshot::default();
             policy.profiles.insert(
-                "log-store".into(),
+                crate::policy::key("default", "log-store"),
                 Profile {
+                    tenant: "default".into(),
                     name: "log-store".into(),
                     selectors: [Selector::Uid(4242)].into(),
                     bands: Default::default(),

@@ -98,8 +98,7 @@ impl AgentApi for AgentService {
             .await
             .map_err(Status::from)?;
         let quorum = policy
-            .incidents
-            .get(&grant.incident)
+            .incident(&grant.tenant, &grant.incident)
             .map(|i| {
                 crate::policy::grant::required_approvals(&policy.rules, i.severity, &grant) as u32
             })

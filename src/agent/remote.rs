@@ -440,7 +440,7 @@ impl RemoteNode {
     async fn open_sync(&self) -> anyhow::Result<(tonic::Streaming<pb::SyncUpdate>, u64)> {
         let (mut client, generation) = self.client();
         let stream = client
-            .sync(pb::SyncRequest {})
+            .sync(pb::SyncRequest { tenants: true })
             .await
             .map_err(|s| {
                 self.gone(generation, &s);

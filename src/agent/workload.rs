@@ -11,7 +11,7 @@ use super::Agent;
 use super::attest::ConnectedPeer;
 use super::reported::{WorkloadDigest, report_selectors};
 use crate::node_api::NodeError;
-use crate::policy::{Entitlement, Selector, entitlements};
+use crate::policy::{Entitlement, Selector, entitlements, visible_trust_domains};
 use crate::proto::workload::{self as pb, spiffe_workload_api_server::SpiffeWorkloadApi};
 use spiffe::SpiffeId;
 use std::collections::{BTreeSet, HashMap};
@@ -158,7 +158,8 @@ impl WorkloadApi {
         for (entitlement, result) in wanted.iter().zip(results) {
             match result {
                 Ok(svid) => {
-                    let Some(bundle) = bundles.by_band(entitlement.band) else {
+                    let Some(bundle) = bundles.by_name(entitlement.spiffe_id.trust_domain_name())
+                    else {
                         continue;
                     };
                     own_domains.insert(bundle.trust_domain_id.clone());
@@ -189,9 +190,11 @@ impl WorkloadApi {
         // Reported by every answer, streamed ones included (by the caller): an incident
         // opened while a stream is open serves its workload a new identity.
         let served: Vec<SpiffeId> = served.into_iter().cloned().collect();
+        let visible = self.visible(selectors);
         let federated_bundles = bundles
             .bundles
             .iter()
+            .filter(|b| visible.contains(&b.trust_domain))
             .filter(|b| !own_domains.contains(&b.trust_domain_id))
             .map(|b| (b.trust_domain_id.clone(), b.x509_der.clone()))
             .collect();
@@ -205,24 +208,35 @@ impl WorkloadApi {
         ))
     }
 
-    fn x509_bundles(&self) -> pb::X509BundlesResponse {
+    /// The trust domains this caller sees the bundles of: its own tenants' and the
+    /// deployment's ([`visible_trust_domains`]).
+    fn visible(&self, selectors: &BTreeSet<Selector>) -> BTreeSet<String> {
+        let policy = self.agent.node.policy().borrow().clone();
+        visible_trust_domains(&policy, self.agent.node.base(), selectors)
+    }
+
+    fn x509_bundles(&self, selectors: &BTreeSet<Selector>) -> pb::X509BundlesResponse {
         let bundles = self.agent.node.bundles().borrow().clone();
+        let visible = self.visible(selectors);
         pb::X509BundlesResponse {
             crl: Vec::new(),
             bundles: bundles
                 .bundles
                 .iter()
+                .filter(|b| visible.contains(&b.trust_domain))
                 .map(|b| (b.trust_domain_id.clone(), b.x509_der.clone()))
                 .collect(),
         }
     }
 
-    fn jwt_bundles(&self) -> pb::JwtBundlesResponse {
+    fn jwt_bundles(&self, selectors: &BTreeSet<Selector>) -> pb::JwtBundlesResponse {
         let bundles = self.agent.node.bundles().borrow().clone();
+        let visible = self.visible(selectors);
         pb::JwtBundlesResponse {
             bundles: bundles
                 .bundles
                 .iter()
+                .filter(|b| visible.contains(&b.trust_domain))
                 .map(|b| (b.trust_domain_id.clone(), b.jwt_jwks.clone()))
                 .collect(),
         }
@@ -392,11 +406,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<pb::X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        // Bundles are public: any attested caller (a verifier holds no identity) gets them.
-        self.caller(&request).await?;
+        // Bundles are public: any attested caller (a verifier holds no identity) gets those
+        // of its own tenants and the deployment's.
+        let selectors = self.caller(&request).await?;
         let this = self.clone();
         Ok(Response::new(follow(Arc::clone(&self.agent), move || {
-            let message = this.x509_bundles();
+            let message = this.x509_bundles(&selectors);
             async move { Ok(message) }
         })))
     }
@@ -450,10 +465,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<pb::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        self.caller(&request).await?;
+        let selectors = self.caller(&request).await?;
         let this = self.clone();
         Ok(Response::new(follow(Arc::clone(&self.agent), move || {
-            let message = this.jwt_bundles();
+            let message = this.jwt_bundles(&selectors);
             async move { Ok(message) }
         })))
     }
@@ -462,7 +477,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<pb::ValidateJwtsvidRequest>,
     ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
-        self.caller(&request).await?;
+        let selectors = self.caller(&request).await?;
         let body = request.into_inner();
         if body.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -472,10 +487,14 @@ impl SpiffeWorkloadApi for WorkloadApi {
         }
         let bundles = self.agent.node.bundles().borrow().clone();
         let now = self.agent.clock.unix();
+        // Only keys of trust domains this caller sees: a workload of one tenant never has
+        // another tenant's token validated.
+        let visible = self.visible(&selectors);
         let validated =
             writ_verifier::validate_jwt_svid(&body.svid, &body.audience, now, |td, kid| {
                 bundles
                     .by_name(td)
+                    .filter(|b| visible.contains(&b.trust_domain))
                     .and_then(|b| b.jwt_keys.get(kid))
                     .map(Vec::as_slice)
             })
@@ -485,8 +504,14 @@ impl SpiffeWorkloadApi for WorkloadApi {
         // incident or an ended grant for the rest of its lifetime.
         // A JWT-SVID has no serial, so serial entries never name one.
         use writ_verifier::{DenyReason, JwtRefused};
-        let authorizer =
-            writ_verifier::Authorizer::new(self.agent.node.base(), writ_verifier::Band::ALL);
+        let policy = self.agent.node.policy().borrow().clone();
+        let base = crate::policy::tenant_of_trust_domain(
+            &policy,
+            self.agent.node.base(),
+            validated.spiffe_id.trust_domain_name(),
+        )
+        .map_or_else(|| self.agent.node.base().clone(), |(_, base)| base);
+        let authorizer = writ_verifier::Authorizer::new(&base, writ_verifier::Band::ALL);
         let revocations = super::revocation::verifier_snapshot(&self.agent, now);
         writ_verifier::authorize_validated_jwt(&validated, &authorizer, &revocations, now)
             .map_err(|refused| match refused {

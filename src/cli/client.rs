@@ -7,6 +7,8 @@ use anyhow::Context;
 use hyper_util::rt::TokioIo;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Where the admin API is.
@@ -29,20 +31,53 @@ impl<'a> From<&'a AdminArgs> for Target<'a> {
     }
 }
 
-/// A client for the admin API.
-pub async fn connect<'a>(target: impl Into<Target<'a>>) -> anyhow::Result<AdminClient<Channel>> {
-    match target.into() {
-        Target::Socket(path) => connect_socket(path).await,
-        Target::Args(args) => match &args.server {
-            Some(server) => connect_remote(server, args).await,
-            None => connect_socket(&args.admin_socket).await,
-        },
+/// An admin API client whose every call names the tenant it acts in.
+pub type Admin = AdminClient<InterceptedService<Channel, InTenant>>;
+
+/// Adds the `writ-tenant` header (`--tenant`, `WRIT_TENANT`) to every call; none means
+/// the default tenant.
+#[derive(Clone, Debug)]
+pub struct InTenant(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for InTenant {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(tenant) = &self.0 {
+            request
+                .metadata_mut()
+                .insert(crate::server::admin::TENANT_HEADER, tenant.clone());
+        }
+        Ok(request)
     }
+}
+
+/// A client for the admin API.
+pub async fn connect<'a>(target: impl Into<Target<'a>>) -> anyhow::Result<Admin> {
+    let (channel, tenant) = match target.into() {
+        Target::Socket(path) => (connect_socket(path).await?, None),
+        Target::Args(args) => (
+            match &args.server {
+                Some(server) => connect_remote(server, args).await?,
+                None => connect_socket(&args.admin_socket).await?,
+            },
+            args.tenant.as_deref(),
+        ),
+    };
+    let tenant = match tenant.filter(|t| !t.is_empty()) {
+        Some(t) => {
+            crate::policy::check_name("tenant", t)?;
+            Some(MetadataValue::try_from(t).context("the tenant name is not a header value")?)
+        }
+        None => None,
+    };
+    Ok(AdminClient::with_interceptor(channel, InTenant(tenant)))
 }
 
 /// Over mTLS: our operator certificate, and the server's SVID checked with writ's SPIFFE
 /// verifier (`spiffe://<trust domain>/writ/server`, chained to the given bundle).
-async fn connect_remote(server: &str, args: &AdminArgs) -> anyhow::Result<AdminClient<Channel>> {
+async fn connect_remote(server: &str, args: &AdminArgs) -> anyhow::Result<Channel> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let address = server
@@ -106,11 +141,11 @@ async fn connect_remote(server: &str, args: &AdminArgs) -> anyhow::Result<AdminC
                 crate::errors::with_causes(&format!("connecting to {server}: {e}"), &e)
             )
         })?;
-    Ok(AdminClient::new(channel))
+    Ok(channel)
 }
 
 /// A client for the admin API at `socket`.
-async fn connect_socket(socket: &Path) -> anyhow::Result<AdminClient<Channel>> {
+async fn connect_socket(socket: &Path) -> anyhow::Result<Channel> {
     if !socket.exists() {
         anyhow::bail!(
             "no admin socket at {} (is `writ dev` running? set --admin-socket or WRIT_ADMIN_SOCKET)",
@@ -120,7 +155,7 @@ async fn connect_socket(socket: &Path) -> anyhow::Result<AdminClient<Channel>> {
     let channel = crate::uds::channel(socket)
         .await
         .with_context(|| format!("connecting to {}", socket.display()))?;
-    Ok(AdminClient::new(channel))
+    Ok(channel)
 }
 
 /// Turns a gRPC status into a one-line error, with the transport's cause when there is

@@ -15,6 +15,7 @@ mod playbook;
 mod profile;
 mod replica;
 mod svid;
+mod tenant;
 mod token;
 
 pub use output::escape;
@@ -60,6 +61,10 @@ enum Command {
     /// Operators: who may use the admin socket.
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// Tenants: one deployment, several organisations, each with its own trust domains,
+    /// operators, incidents and audit trail (docs/multi-tenant.md).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
     /// Join tokens for agents.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -94,6 +99,18 @@ enum Command {
     Audit(AuditCommand),
     /// Check that the server answers.
     Healthcheck(AdminArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Create a tenant with its own base trust domain and band CAs.
+    Create(tenant::CreateArgs),
+    /// List every tenant, the default one first.
+    List(AdminArgs),
+    /// Show one tenant.
+    Show(tenant::NameArgs),
+    /// Disable a tenant for good: its open incidents close, nothing is issued in it again.
+    Disable(tenant::NameArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -244,6 +261,9 @@ pub struct AdminArgs {
     /// The server's base trust domain, for --server.
     #[arg(long, env = "WRIT_TRUST_DOMAIN", default_value = "example.org")]
     trust_domain: String,
+    /// The tenant to act in (docs/multi-tenant.md); none is the default tenant.
+    #[arg(long, env = "WRIT_TENANT")]
+    tenant: Option<String>,
     /// Print JSON (one object, or one per line for lists).
     #[arg(long)]
     json: bool,
@@ -321,6 +341,10 @@ impl Cli {
             Command::X509(X509Command::Mint(args)) => mint::x509(args).await,
             Command::Jwt(JwtCommand::Mint(args)) => mint::jwt(args).await,
             Command::Bundle(BundleCommand::Show(args)) => bundle::show(args).await,
+            Command::Tenant(TenantCommand::Create(args)) => tenant::create(args).await,
+            Command::Tenant(TenantCommand::List(args)) => tenant::list(args).await,
+            Command::Tenant(TenantCommand::Show(args)) => tenant::show(args).await,
+            Command::Tenant(TenantCommand::Disable(args)) => tenant::disable(args).await,
             Command::Profile(ProfileCommand::Create(args)) => profile::create(args).await,
             Command::Profile(ProfileCommand::List(args)) => profile::list(args).await,
             Command::Profile(ProfileCommand::Show(args)) => profile::show(args).await,

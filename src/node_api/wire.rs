@@ -10,8 +10,8 @@
 
 use crate::policy::grant::{Approval, Ending, RemediationRules};
 use crate::policy::{
-    Grant, GrantState, Incident, IncidentState, PolicySnapshot, Profile, RevokedSerial, Selector,
-    Severity, wire_name,
+    DEFAULT_TENANT, Grant, GrantState, Incident, IncidentState, PolicySnapshot, Profile,
+    RevokedSerial, Selector, Severity, Tenant, TenantState, wire_name,
 };
 use crate::proto::node as pb;
 use std::str::FromStr;
@@ -26,13 +26,43 @@ pub enum WireError {
     Missing(&'static str),
 }
 
-/// The policy as sent to agents.
-pub fn encode_policy(view: &PolicySnapshot) -> pb::AgentPolicy {
+/// The policy as sent to agents. An agent that does not know tenants (`tenants` false)
+/// receives the default tenant's objects only: it would read any other's as the default
+/// tenant's, under the deployment's base.
+pub fn encode_policy(view: &PolicySnapshot, tenants: bool) -> pb::AgentPolicy {
+    let sent = |tenant: &str| tenants || tenant == DEFAULT_TENANT;
     pb::AgentPolicy {
         generation: view.generation,
-        profiles: view.profiles.values().map(encode_profile).collect(),
-        incidents: view.incidents.values().map(encode_incident).collect(),
-        grants: view.grants.values().map(encode_grant).collect(),
+        tenants: if tenants {
+            view.tenants
+                .values()
+                .map(|t| pb::AgentTenant {
+                    name: t.name.clone(),
+                    base: t.base.clone(),
+                    state: wire_name(&t.state),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+        profiles: view
+            .profiles
+            .values()
+            .filter(|p| sent(&p.tenant))
+            .map(encode_profile)
+            .collect(),
+        incidents: view
+            .incidents
+            .values()
+            .filter(|i| sent(&i.tenant))
+            .map(encode_incident)
+            .collect(),
+        grants: view
+            .grants
+            .values()
+            .filter(|g| sent(&g.tenant))
+            .map(encode_grant)
+            .collect(),
         rules: Some(encode_rules(&view.rules)),
         revoked_serials: view
             .revoked_serials
@@ -57,10 +87,33 @@ pub fn decode_policy(policy: pb::AgentPolicy) -> Result<PolicySnapshot, WireErro
         rules,
         ..PolicySnapshot::default()
     };
+    for t in policy.tenants {
+        // The default tenant is the deployment's own; a server never sends it.
+        if t.name.is_empty() || t.name == DEFAULT_TENANT {
+            continue;
+        }
+        let state = if t.state == wire_name(&TenantState::Active) {
+            TenantState::Active
+        } else {
+            TenantState::Disabled
+        };
+        out.tenants.insert(
+            t.name.clone(),
+            Tenant {
+                name: t.name,
+                base: t.base,
+                state,
+                created_by: String::new(),
+                created_at: 0,
+                disabled_by: None,
+                disabled_at: None,
+            },
+        );
+    }
     for profile in policy.profiles {
         match decode_profile(profile) {
             Ok(p) => {
-                out.profiles.insert(p.name.clone(), p);
+                out.profiles.insert(p.key(), p);
             }
             Err(name) => {
                 tracing::warn!(profile = ?name,
@@ -70,11 +123,11 @@ pub fn decode_policy(policy: pb::AgentPolicy) -> Result<PolicySnapshot, WireErro
     }
     for incident in policy.incidents {
         let incident = decode_incident(incident);
-        out.incidents.insert(incident.id.clone(), incident);
+        out.incidents.insert(incident.key(), incident);
     }
     for grant in policy.grants {
         let grant = decode_grant(grant);
-        out.grants.insert(grant.id.clone(), grant);
+        out.grants.insert(grant.key(), grant);
     }
     for r in policy.revoked_serials {
         out.revoked_serials.insert(
@@ -100,6 +153,25 @@ fn encode_profile(p: &Profile) -> pb::AgentProfile {
         scopes: p.scopes.iter().cloned().collect(),
         service: p.service,
         created_at: p.created_at,
+        tenant: tenant_on_wire(&p.tenant),
+    }
+}
+
+/// A tenant as the wire carries it: empty for the default tenant, so an older peer's
+/// objects (which carry none) are the default tenant's.
+fn tenant_on_wire(tenant: &str) -> String {
+    if tenant == DEFAULT_TENANT {
+        String::new()
+    } else {
+        tenant.to_owned()
+    }
+}
+
+fn tenant_off_wire(tenant: String) -> String {
+    if tenant.is_empty() {
+        DEFAULT_TENANT.to_owned()
+    } else {
+        tenant
     }
 }
 
@@ -114,6 +186,7 @@ fn decode_profile(p: pb::AgentProfile) -> Result<Profile, String> {
         return Err(p.name);
     };
     Ok(Profile {
+        tenant: tenant_off_wire(p.tenant),
         name: p.name,
         selectors,
         // A band this agent does not know is one it never serves.
@@ -141,11 +214,13 @@ fn encode_incident(i: &Incident) -> pb::AgentIncident {
         closed_by: i.closed_by.clone(),
         closed_at: i.closed_at,
         max_lifetime_secs: i.max_lifetime_secs,
+        tenant: tenant_on_wire(&i.tenant),
     }
 }
 
 fn decode_incident(i: pb::AgentIncident) -> Incident {
     Incident {
+        tenant: tenant_off_wire(i.tenant),
         id: i.id,
         title: i.title,
         severity: Severity::from_str(&i.severity).unwrap_or(Severity::Sev1),
@@ -196,6 +271,7 @@ pub fn encode_grant(g: &Grant) -> pb::AgentGrant {
             reason: e.reason.clone(),
         }),
         playbook: g.playbook.clone(),
+        tenant: tenant_on_wire(&g.tenant),
     }
 }
 
@@ -213,6 +289,7 @@ pub fn decode_grant(g: pb::AgentGrant) -> Grant {
     // Not active, and still listed as revoked if it held an identity.
     .unwrap_or(GrantState::Revoked);
     Grant {
+        tenant: tenant_off_wire(g.tenant),
         id: g.id,
         incident: g.incident,
         agent: g.agent,
@@ -289,8 +366,9 @@ mod tests {
             ..PolicySnapshot::default()
         };
         p.profiles.insert(
-            "triage".into(),
+            crate::policy::key("default", "triage"),
             Profile {
+                tenant: "default".into(),
                 name: "triage".into(),
                 selectors: BTreeSet::from([Selector::from_str("unix:uid:1001").unwrap()]),
                 bands: BTreeSet::from([Band::Investigative, Band::Remediation]),
@@ -300,8 +378,9 @@ mod tests {
             },
         );
         p.incidents.insert(
-            "INC-1".into(),
+            crate::policy::key("default", "INC-1"),
             Incident {
+                tenant: "default".into(),
                 id: "INC-1".into(),
                 title: "db down".into(),
                 severity: Severity::Sev2,
@@ -316,8 +395,9 @@ mod tests {
             },
         );
         p.grants.insert(
-            "g-1".into(),
+            crate::policy::key("default", "g-1"),
             Grant {
+                tenant: "default".into(),
                 id: "g-1".into(),
                 incident: "INC-1".into(),
                 agent: "triage".into(),
@@ -364,7 +444,7 @@ mod tests {
     #[test]
     fn a_view_survives_the_wire() {
         let view = policy();
-        let bytes = encode_policy(&view).encode_to_vec();
+        let bytes = encode_policy(&view, true).encode_to_vec();
         assert_eq!(round_trip(&bytes), view);
     }
 
@@ -380,7 +460,7 @@ mod tests {
     #[test]
     fn an_agent_ignores_fields_a_newer_server_added() {
         let view = policy();
-        let mut message = encode_policy(&view);
+        let mut message = encode_policy(&view, true);
         // Unknown fields at the top and inside nested messages.
         let mut profile = message.profiles[0].encode_to_vec();
         profile.extend(unknown_fields());
@@ -397,7 +477,7 @@ mod tests {
         // The same for the whole Sync update.
         let mut update = pb::SyncUpdate {
             generation: 7,
-            policy: Some(encode_policy(&view)),
+            policy: Some(encode_policy(&view, true)),
             ..Default::default()
         }
         .encode_to_vec();
@@ -411,16 +491,19 @@ mod tests {
         // An older server knew only some fields: here, a profile without `created_at`
         // and a grant without `playbook` (both absent on the wire = defaults).
         let mut view = policy();
-        let mut message = encode_policy(&view);
+        let mut message = encode_policy(&view, true);
         message.profiles[0].created_at = 0;
-        view.profiles.get_mut("triage").unwrap().created_at = 0;
+        view.profiles
+            .get_mut(&crate::policy::key("default", "triage"))
+            .unwrap()
+            .created_at = 0;
         let bytes = message.encode_to_vec();
         assert_eq!(round_trip(&bytes), view);
     }
 
     #[test]
     fn what_an_agent_cannot_read_is_read_the_safe_way() {
-        let mut message = encode_policy(&policy());
+        let mut message = encode_policy(&policy(), true);
         message.profiles[0].selectors.push("k8s:ns:payments".into());
         message.profiles[0].bands.push("quantum".into());
         message.incidents[0].state = "paused".into();
@@ -431,19 +514,22 @@ mod tests {
             read.profiles.is_empty(),
             "a profile with a selector this agent cannot check must select nobody"
         );
-        let incident = &read.incidents["INC-1"];
+        let incident = &read.incidents[&crate::policy::key("default", "INC-1")];
         assert!(!incident.is_open(), "an unknown state is not open");
         assert_eq!(
             incident.severity,
             Severity::Sev1,
             "an unknown severity needs the most approvals"
         );
-        assert_ne!(read.grants["g-1"].state, GrantState::Active);
+        assert_ne!(
+            read.grants[&crate::policy::key("default", "g-1")].state,
+            GrantState::Active
+        );
     }
 
     #[test]
     fn a_policy_without_rules_is_refused() {
-        let mut message = encode_policy(&policy());
+        let mut message = encode_policy(&policy(), true);
         message.rules = None;
         assert_eq!(decode_policy(message), Err(WireError::Missing("rules")));
     }

@@ -133,6 +133,7 @@ pub fn agent_view(policy: &PolicySnapshot, now: i64, window_secs: i64) -> Policy
     rules.demo_single_user = false;
     PolicySnapshot {
         generation: policy.generation,
+        tenants: policy.tenants.clone(),
         profiles: policy.profiles.clone(),
         incidents,
         grants,
@@ -155,6 +156,7 @@ mod tests {
 
     fn incident(id: &str, closed_at: Option<i64>) -> Incident {
         Incident {
+            tenant: "default".into(),
             id: id.into(),
             title: "t".into(),
             severity: Severity::Sev2,
@@ -175,6 +177,7 @@ mod tests {
 
     fn grant(id: &str, state: GrantState, activated: bool, ended_at: Option<i64>) -> Grant {
         Grant {
+            tenant: "default".into(),
             id: id.into(),
             incident: "INC-1".into(),
             agent: "triage".into(),
@@ -203,18 +206,20 @@ mod tests {
 
     fn history(closed: usize) -> PolicySnapshot {
         let mut policy = PolicySnapshot::default();
-        policy
-            .incidents
-            .insert("INC-1".into(), incident("INC-1", None));
+        policy.incidents.insert(
+            crate::policy::key("default", "INC-1"),
+            incident("INC-1", None),
+        );
         for n in 0..closed {
             let id = format!("OLD-{n}");
             policy
                 .incidents
-                .insert(id.clone(), incident(&id, Some(100)));
+                .insert(crate::policy::key("default", &id), incident(&id, Some(100)));
             let g = format!("g-old{n}");
-            policy
-                .grants
-                .insert(g.clone(), grant(&g, GrantState::Revoked, true, Some(100)));
+            policy.grants.insert(
+                crate::policy::key("default", &g),
+                grant(&g, GrantState::Revoked, true, Some(100)),
+            );
         }
         policy
     }
@@ -228,7 +233,11 @@ mod tests {
         assert_eq!(inside.grants.len(), 3);
         let after = agent_view(&policy, 101 + WINDOW, WINDOW);
         assert_eq!(
-            after.incidents.keys().collect::<Vec<_>>(),
+            after
+                .incidents
+                .values()
+                .map(|i| i.id.as_str())
+                .collect::<Vec<_>>(),
             vec!["INC-1"],
             "closed incidents leave after the window"
         );
@@ -243,20 +252,30 @@ mod tests {
     #[test]
     fn the_view_is_bounded_by_live_state_not_history() {
         let now = 100 + WINDOW + 1;
-        let small = serde_json::to_vec(&agent_view(&history(1), now, WINDOW)).unwrap();
-        let large = serde_json::to_vec(&agent_view(&history(1_000), now, WINDOW)).unwrap();
-        assert_eq!(small.len(), large.len());
+        let size = |view: PolicySnapshot| {
+            serde_json::to_vec(&(
+                view.profiles.values().collect::<Vec<_>>(),
+                view.incidents.values().collect::<Vec<_>>(),
+                view.grants.values().collect::<Vec<_>>(),
+                view.revoked_serials.values().collect::<Vec<_>>(),
+            ))
+            .map(|v| v.len())
+            .unwrap_or_default()
+        };
+        let small = size(agent_view(&history(1), now, WINDOW));
+        let large = size(agent_view(&history(1_000), now, WINDOW));
+        assert_eq!(small, large);
     }
 
     #[test]
     fn the_view_revokes_exactly_what_the_whole_policy_revokes() {
         let mut policy = history(2);
         policy.grants.insert(
-            "g-live".into(),
+            crate::policy::key("default", "g-live"),
             grant("g-live", GrantState::Active, true, None),
         );
         policy.grants.insert(
-            "g-never".into(),
+            crate::policy::key("default", "g-never"),
             grant("g-never", GrantState::Revoked, false, Some(150)),
         );
         policy.revoked_serials.insert(
@@ -285,22 +304,41 @@ mod tests {
     #[test]
     fn the_server_keeps_what_ended_within_the_window_and_the_last_hour() {
         let mut policy = history(2);
-        policy
-            .grants
-            .insert("g-p".into(), grant("g-p", GrantState::Pending, false, None));
         policy.grants.insert(
-            "g-d".into(),
+            crate::policy::key("default", "g-p"),
+            grant("g-p", GrantState::Pending, false, None),
+        );
+        policy.grants.insert(
+            crate::policy::key("default", "g-d"),
             grant("g-d", GrantState::Denied, false, Some(100)),
         );
         // Within the longer of the window and an hour: everything stays, plans included.
         let kept = live(&policy, 100 + LIVE_AT_LEAST_SECS, WINDOW);
         assert_eq!(kept.incidents.len(), 3);
         assert_eq!(kept.grants.len(), 4);
-        assert!(!kept.grants["g-d"].plan.is_empty());
+        assert!(
+            !kept.grants[&crate::policy::key("default", "g-d")]
+                .plan
+                .is_empty()
+        );
         // After it: only what is open or pending.
         let later = live(&policy, 101 + LIVE_AT_LEAST_SECS, WINDOW);
-        assert_eq!(later.incidents.keys().collect::<Vec<_>>(), vec!["INC-1"]);
-        assert_eq!(later.grants.keys().collect::<Vec<_>>(), vec!["g-p"]);
+        assert_eq!(
+            later
+                .incidents
+                .values()
+                .map(|i| i.id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["INC-1"]
+        );
+        assert_eq!(
+            later
+                .grants
+                .values()
+                .map(|g| g.id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["g-p"]
+        );
         // What agents receive is taken from the live policy alike.
         assert_eq!(
             agent_view(&later, 101 + LIVE_AT_LEAST_SECS, WINDOW),
@@ -312,21 +350,32 @@ mod tests {
     fn plans_evidence_pending_grants_and_playbooks_never_reach_agents() {
         let mut policy = history(0);
         policy.rules.demo_single_user = true;
-        policy
-            .grants
-            .insert("g-a".into(), grant("g-a", GrantState::Active, true, None));
-        policy
-            .grants
-            .insert("g-p".into(), grant("g-p", GrantState::Pending, false, None));
         policy.grants.insert(
-            "g-d".into(),
+            crate::policy::key("default", "g-a"),
+            grant("g-a", GrantState::Active, true, None),
+        );
+        policy.grants.insert(
+            crate::policy::key("default", "g-p"),
+            grant("g-p", GrantState::Pending, false, None),
+        );
+        policy.grants.insert(
+            crate::policy::key("default", "g-d"),
             grant("g-d", GrantState::Denied, false, Some(5)),
         );
         let view = agent_view(&policy, 20, WINDOW);
-        assert_eq!(view.grants.keys().collect::<Vec<_>>(), vec!["g-a"]);
-        let active = &view.grants["g-a"];
+        assert_eq!(
+            view.grants
+                .values()
+                .map(|g| g.id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["g-a"]
+        );
+        let active = &view.grants[&crate::policy::key("default", "g-a")];
         assert!(active.plan.is_empty() && active.evidence.is_empty());
-        assert_eq!(active.plan_digest, policy.grants["g-a"].plan_digest);
+        assert_eq!(
+            active.plan_digest,
+            policy.grants[&crate::policy::key("default", "g-a")].plan_digest
+        );
         assert!(view.playbooks.is_empty());
         assert!(!view.rules.demo_single_user);
     }

@@ -189,6 +189,9 @@ pub struct Approval {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
+    /// The tenant it belongs to: its incident's.
+    #[serde(default = "super::tenant::default_tenant")]
+    pub tenant: String,
     /// `g-` and 12 hex characters.
     pub id: String,
     /// The incident it acts on.
@@ -234,6 +237,13 @@ pub struct Grant {
     /// The guardrail playbook it was activated from, if any (see [`super::playbook`]).
     #[serde(default)]
     pub playbook: Option<String>,
+}
+
+impl Grant {
+    /// Where it lives in the policy.
+    pub fn key(&self) -> super::Key {
+        super::key(&self.tenant, &self.id)
+    }
 }
 
 /// How a grant ended.
@@ -422,6 +432,7 @@ pub fn new_grant<'a>(
         )));
     }
     Ok(Grant {
+        tenant: incident.tenant.clone(),
         id,
         incident: request.incident,
         agent: request.agent,
@@ -552,6 +563,7 @@ mod tests {
 
     fn incident(severity: Severity) -> Incident {
         Incident {
+            tenant: "default".into(),
             id: "INC-1".into(),
             title: "t".into(),
             severity,

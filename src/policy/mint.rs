@@ -9,7 +9,7 @@
 //! Must never: mint for a closed incident, an inactive grant, an agent with no profile,
 //! or a scope the workload itself would not hold.
 
-use super::{Entitlement, GrantState, PolicySnapshot, entitlement_for, wire_name};
+use super::{DEFAULT_TENANT, Entitlement, GrantState, PolicySnapshot, entitlement_for, wire_name};
 use spiffe::{SpiffeId, TrustDomain};
 use writ_verifier::Band;
 use writ_verifier::authz::AgentPath;
@@ -47,13 +47,16 @@ pub enum MintRefusal {
 pub fn operator_entitlement(
     policy: &PolicySnapshot,
     base: &TrustDomain,
+    tenant: &str,
     spiffe_id: &SpiffeId,
     scopes: &[String],
 ) -> Result<Entitlement, MintRefusal> {
-    let Some(mut entitlement) = entitlement_for(policy, base, spiffe_id) else {
+    let Some(mut entitlement) = entitlement_for(policy, base, spiffe_id)
+        .filter(|e| e.claims.tenant.as_deref() == Some(tenant))
+    else {
         return Err(MintRefusal::NotEntitled {
             spiffe_id: spiffe_id.to_string(),
-            reason: why_not_entitled(policy, base, spiffe_id),
+            reason: why_not_entitled(policy, base, tenant, spiffe_id),
         });
     };
     if scopes.is_empty() {
@@ -85,12 +88,13 @@ pub fn operator_entitlement(
 pub fn why_not_entitled(
     policy: &PolicySnapshot,
     base: &TrustDomain,
+    tenant: &str,
     spiffe_id: &SpiffeId,
 ) -> String {
     let trust_domain = spiffe_id.trust_domain_name();
-    if trust_domain == base.as_str() {
+    if trust_domain == base.as_str() && tenant == DEFAULT_TENANT {
         return match spiffe_id.path().strip_prefix("/service/") {
-            Some(name) => match policy.profiles.get(name) {
+            Some(name) => match policy.profile(tenant, name) {
                 Some(p) if !p.service => format!("profile {name:?} is not a service profile"),
                 _ => format!("no service profile {name:?}"),
             },
@@ -99,10 +103,18 @@ pub fn why_not_entitled(
             ),
         };
     }
-    let band = if trust_domain == Band::Remediation.trust_domain_name(base.as_str()) {
+    // Only the caller's tenant is looked into: another tenant's names never show here.
+    let Some(tenant_base) = policy.tenant_base(base, tenant) else {
+        return format!("tenant {tenant:?} is disabled");
+    };
+    let band = if trust_domain == Band::Remediation.trust_domain_name(tenant_base.as_str()) {
         Band::Remediation
-    } else {
+    } else if trust_domain == Band::Investigative.trust_domain_name(tenant_base.as_str()) {
         Band::Investigative
+    } else {
+        return format!(
+            "{trust_domain} is not a trust domain of tenant {tenant:?} (investigate.{tenant_base}, remediate.{tenant_base})"
+        );
     };
     let path = AgentPath::parse(spiffe_id.path());
     let (Some(agent), Some(incident)) = (path.agent, path.incident) else {
@@ -115,7 +127,7 @@ pub fn why_not_entitled(
             }
         );
     };
-    let Some(profile) = policy.profiles.get(agent) else {
+    let Some(profile) = policy.profile(tenant, agent) else {
         return format!("no profile for agent {agent:?}");
     };
     if profile.service {
@@ -124,7 +136,7 @@ pub fn why_not_entitled(
     if !profile.bands.contains(&band) {
         return format!("profile {agent:?} does not hold the {band} band");
     }
-    match policy.incidents.get(incident) {
+    match policy.incident(tenant, incident) {
         None => return format!("unknown incident {incident:?}"),
         Some(i) if !i.is_open() => return format!("incident {incident:?} is closed"),
         Some(i) if !i.assigned.contains(agent) => {
@@ -133,7 +145,7 @@ pub fn why_not_entitled(
         Some(_) => {}
     }
     if let Some(id) = path.grant {
-        match policy.grants.get(id) {
+        match policy.grant(tenant, id) {
             None => return format!("unknown grant {id:?}"),
             Some(g) if g.agent != agent || g.incident != incident => {
                 return format!("grant {id:?} is not agent {agent:?}'s for incident {incident:?}");
@@ -164,6 +176,7 @@ mod tests {
 
     fn policy() -> PolicySnapshot {
         let profile = |name: &str, bands: &[Band], scopes: &[&str], service: bool| Profile {
+            tenant: "default".into(),
             name: name.into(),
             selectors: BTreeSet::from([Selector::Uid(1001)]),
             bands: bands.iter().copied().collect(),
@@ -172,6 +185,7 @@ mod tests {
             created_at: 0,
         };
         let incident = |id: &str, open: bool| Incident {
+            tenant: "default".into(),
             id: id.into(),
             title: "t".into(),
             severity: Severity::Sev3,
@@ -189,6 +203,7 @@ mod tests {
             max_lifetime_secs: 3600,
         };
         let grant = |id: &str, state: GrantState| Grant {
+            tenant: "default".into(),
             id: id.into(),
             incident: "INC-1".into(),
             agent: "fixer".into(),
@@ -219,23 +234,24 @@ mod tests {
             ),
             profile("logs", &[Band::Base], &["logs:write"], true),
         ] {
-            p.profiles.insert(pr.name.clone(), pr);
+            p.profiles
+                .insert(crate::policy::key("default", &pr.name), pr);
         }
         for i in [incident("INC-1", true), incident("INC-0", false)] {
-            p.incidents.insert(i.id.clone(), i);
+            p.incidents.insert(crate::policy::key("default", &i.id), i);
         }
         for g in [
             grant("g-on", GrantState::Active),
             grant("g-off", GrantState::Revoked),
         ] {
-            p.grants.insert(g.id.clone(), g);
+            p.grants.insert(crate::policy::key("default", &g.id), g);
         }
         p
     }
 
     fn refused(spiffe_id: &str, scopes: &[&str]) -> String {
         let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
-        operator_entitlement(&policy(), &base(), &id(spiffe_id), &scopes)
+        operator_entitlement(&policy(), &base(), "default", &id(spiffe_id), &scopes)
             .unwrap_err()
             .to_string()
     }
@@ -245,17 +261,18 @@ mod tests {
     #[test]
     fn an_operator_mints_what_policy_gives_with_the_policy_claims() {
         let p = policy();
-        let e = operator_entitlement(&p, &base(), &id(INV), &[]).unwrap();
+        let e = operator_entitlement(&p, &base(), "default", &id(INV), &[]).unwrap();
         assert_eq!(e.band, Band::Investigative);
         // The sensitive scope is not held in the investigative band.
         assert_eq!(e.claims.scopes, ["logs:read"]);
         let rem = "spiffe://remediate.example.org/agent/fixer/incident/INC-1/grant/g-on";
-        let e = operator_entitlement(&p, &base(), &id(rem), &[]).unwrap();
+        let e = operator_entitlement(&p, &base(), "default", &id(rem), &[]).unwrap();
         assert_eq!(e.claims.grant.as_deref(), Some("g-on"));
         assert_eq!(e.claims.scopes, ["deploy:write"]);
         let svc = operator_entitlement(
             &p,
             &base(),
+            "default",
             &id("spiffe://example.org/service/logs"),
             &["logs:write".into()],
         )
@@ -267,7 +284,8 @@ mod tests {
     fn fewer_scopes_are_allowed_more_are_not() {
         let p = policy();
         let rem = id("spiffe://remediate.example.org/agent/fixer/incident/INC-1/grant/g-on");
-        let e = operator_entitlement(&p, &base(), &rem, &["deploy:write".into()]).unwrap();
+        let e =
+            operator_entitlement(&p, &base(), "default", &rem, &["deploy:write".into()]).unwrap();
         assert_eq!(e.claims.scopes, ["deploy:write"]);
         let msg = refused(INV, &["deploy:write"]);
         assert!(msg.contains("scope \"deploy:write\" is not among"), "{msg}");

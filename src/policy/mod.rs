@@ -11,12 +11,14 @@ pub mod revocation;
 pub mod roles;
 mod selector;
 pub mod serial;
+pub mod tenant;
 pub mod text;
 
 pub use agent_view::{agent_view, live};
 pub use grant::{Grant, GrantError, GrantRequest, GrantState};
 pub use selector::{Selector, SelectorError};
 pub use serial::{RevokedSerial, Serial, SerialError};
+pub use tenant::{DEFAULT_TENANT, Key, Tenant, TenantState, key};
 
 use crate::identity::agent_spiffe_id;
 use serde::{Deserialize, Serialize};
@@ -108,7 +110,7 @@ pub enum PolicyError {
     #[error("unknown role {0:?}: use admin, incident-commander, approver or auditor")]
     BadRole(String),
     /// An operator flag (`NAME=UID[:ROLE,ROLE]`) that does not parse.
-    #[error("invalid operator {input:?}: {reason} (use NAME=UID[:ROLE,ROLE])")]
+    #[error("invalid operator {input:?}: {reason} (use NAME=UID[:ROLE[@TENANT],…])")]
     BadOperator {
         /// What was given.
         input: String,
@@ -130,6 +132,9 @@ pub enum PolicyError {
         /// The operator uid it selects.
         uid: u32,
     },
+    /// A tenant that may not be created as given.
+    #[error("invalid tenant: {0}")]
+    BadTenant(String),
     /// An incident would be open longer than `max_incident_lifetime` allows.
     #[error(
         "incident {id:?} would be open for {}, longer than max_incident_lifetime ({}) allows",
@@ -184,6 +189,56 @@ impl FromStr for Role {
     }
 }
 
+/// A role held in one tenant: `approver@acme`, or `approver` for the default tenant (as
+/// `--operator` and config `roles` write it).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TenantRole {
+    /// The role.
+    pub role: Role,
+    /// The tenant it is held in.
+    pub tenant: String,
+}
+
+impl FromStr for TenantRole {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (role, tenant) = match s.split_once('@') {
+            Some((role, tenant)) => {
+                check_name("tenant", tenant)?;
+                (role, tenant)
+            }
+            None => (s, DEFAULT_TENANT),
+        };
+        Ok(TenantRole {
+            role: role.parse()?,
+            tenant: tenant.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for TenantRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&wire_name(&self.role))?;
+        if self.tenant != DEFAULT_TENANT {
+            write!(f, "@{}", self.tenant)?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for TenantRole {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TenantRole {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A human allowed on the admin socket, identified by the uid the kernel reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -194,13 +249,33 @@ pub struct Operator {
     /// Local uid, for the admin socket; absent for remote-only operators.
     #[serde(default)]
     pub uid: Option<u32>,
-    /// Roles; default approver.
+    /// Roles, each in one tenant (`approver@acme`; no `@` is the default tenant);
+    /// default approver.
     #[serde(default = "default_roles")]
-    pub roles: BTreeSet<Role>,
+    pub roles: BTreeSet<TenantRole>,
 }
 
-fn default_roles() -> BTreeSet<Role> {
-    BTreeSet::from([Role::Approver])
+impl Operator {
+    /// The roles held in `tenant`.
+    pub fn roles_in(&self, tenant: &str) -> BTreeSet<Role> {
+        self.roles
+            .iter()
+            .filter(|r| r.tenant == tenant)
+            .map(|r| r.role)
+            .collect()
+    }
+
+    /// The tenants they hold a role in.
+    pub fn tenants(&self) -> BTreeSet<&str> {
+        self.roles.iter().map(|r| r.tenant.as_str()).collect()
+    }
+}
+
+fn default_roles() -> BTreeSet<TenantRole> {
+    BTreeSet::from([TenantRole {
+        role: Role::Approver,
+        tenant: DEFAULT_TENANT.to_owned(),
+    }])
 }
 
 impl FromStr for Operator {
@@ -223,7 +298,7 @@ impl FromStr for Operator {
                 roles
                     .split(',')
                     .map(str::parse)
-                    .collect::<Result<BTreeSet<Role>, _>>()?,
+                    .collect::<Result<BTreeSet<TenantRole>, _>>()?,
             ),
             None => (rest, default_roles()),
         };
@@ -262,7 +337,10 @@ pub const MAX_ITEMS: usize = 32;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
-    /// The agent (or service) name.
+    /// The tenant it belongs to.
+    #[serde(default = "tenant::default_tenant")]
+    pub tenant: String,
+    /// The agent (or service) name, unique in its tenant.
     pub name: String,
     /// All of these must hold for a workload to match.
     pub selectors: BTreeSet<Selector>,
@@ -293,6 +371,11 @@ impl Profile {
             check_scope(scope)?;
         }
         if self.service {
+            if self.tenant != DEFAULT_TENANT {
+                return Err(PolicyError::BadBands(
+                    "service profiles are the deployment's standing identities: create them in the default tenant".into(),
+                ));
+            }
             if !self.bands.is_empty() && self.bands != BTreeSet::from([Band::Base]) {
                 return Err(PolicyError::BadBands(
                     "a service profile holds only a base identity".into(),
@@ -304,6 +387,11 @@ impl Profile {
             ));
         }
         Ok(())
+    }
+
+    /// Where it lives in the policy.
+    pub fn key(&self) -> Key {
+        key(&self.tenant, &self.name)
     }
 
     /// Whether a workload with `attested` selectors is this profile's: every selector of
@@ -365,7 +453,10 @@ pub enum IncidentState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Incident {
-    /// Unique, never reused.
+    /// The tenant it belongs to.
+    #[serde(default = "tenant::default_tenant")]
+    pub tenant: String,
+    /// Unique in its tenant, never reused.
     pub id: String,
     /// Human title.
     pub title: String,
@@ -411,6 +502,11 @@ impl Incident {
         Ok(())
     }
 
+    /// Where it lives in the policy.
+    pub fn key(&self) -> Key {
+        key(&self.tenant, &self.id)
+    }
+
     /// Whether identities may be issued for it.
     pub fn is_open(&self) -> bool {
         self.state == IncidentState::Open
@@ -447,27 +543,27 @@ impl Incident {
 /// `max_incident_lifetime`; docs/roles.md says why).
 pub const DEFAULT_MAX_INCIDENT_LIFETIME_SECS: u64 = 7 * 24 * 3600;
 
-/// The policy at one instant: every profile and incident, and a generation number that
-/// grows on every change.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The policy at one instant: every tenant, profile and incident, and a generation number
+/// that grows on every change. Tenant-scoped objects are found by [`Key`] (tenant, name):
+/// a lookup without its tenant does not compile.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PolicySnapshot {
     /// Grows by one on every change.
     pub generation: u64,
-    /// Profiles by name.
-    pub profiles: BTreeMap<String, Profile>,
-    /// Incidents by id (open and closed).
-    pub incidents: BTreeMap<String, Incident>,
-    /// Remediation grants by id (every state).
-    #[serde(default)]
-    pub grants: BTreeMap<String, Grant>,
+    /// The tenants created, by name. The default tenant is never among them: it exists in
+    /// every deployment, on the deployment's base ([`PolicySnapshot::tenant_base`]).
+    pub tenants: BTreeMap<String, Tenant>,
+    /// Profiles by tenant and name.
+    pub profiles: BTreeMap<Key, Profile>,
+    /// Incidents by tenant and id (open and closed).
+    pub incidents: BTreeMap<Key, Incident>,
+    /// Remediation grants by tenant and id (every state).
+    pub grants: BTreeMap<Key, Grant>,
     /// The remediation rules in force (quorums, sensitive scopes, limits).
-    #[serde(default)]
     pub rules: grant::RemediationRules,
-    /// Guardrail playbooks by name (every state).
-    #[serde(default)]
-    pub playbooks: BTreeMap<String, playbook::Playbook>,
+    /// Guardrail playbooks by tenant and name (every state).
+    pub playbooks: BTreeMap<Key, playbook::Playbook>,
     /// Revoked X.509-SVIDs by serial, each kept until its notAfter (see [`serial`]).
-    #[serde(default)]
     pub revoked_serials: BTreeMap<String, RevokedSerial>,
 }
 
@@ -480,6 +576,99 @@ impl PolicySnapshot {
             .flat_map(|p| p.selectors.iter())
             .any(|s| matches!(s, Selector::Sha256(_)))
     }
+
+    /// The profile `name` of `tenant`.
+    pub fn profile(&self, tenant: &str, name: &str) -> Option<&Profile> {
+        self.profiles.get(&key(tenant, name))
+    }
+
+    /// The incident `id` of `tenant`.
+    pub fn incident(&self, tenant: &str, id: &str) -> Option<&Incident> {
+        self.incidents.get(&key(tenant, id))
+    }
+
+    /// The grant `id` of `tenant`.
+    pub fn grant(&self, tenant: &str, id: &str) -> Option<&Grant> {
+        self.grants.get(&key(tenant, id))
+    }
+
+    /// The playbook `name` of `tenant`.
+    pub fn playbook(&self, tenant: &str, name: &str) -> Option<&playbook::Playbook> {
+        self.playbooks.get(&key(tenant, name))
+    }
+
+    /// The base trust domain identities of `tenant` are issued under, while it issues:
+    /// the deployment's `base` for the default tenant, the tenant's own for the others;
+    /// `None` for a tenant unknown or disabled. The one rule of where a tenant's
+    /// identities live.
+    pub fn tenant_base(&self, base: &TrustDomain, tenant: &str) -> Option<TrustDomain> {
+        let active =
+            tenant == DEFAULT_TENANT || self.tenants.get(tenant).is_some_and(Tenant::is_active);
+        active.then(|| self.base_of(base, tenant)).flatten()
+    }
+
+    /// The base trust domain of `tenant`, active or disabled (to name what it held).
+    pub fn base_of(&self, base: &TrustDomain, tenant: &str) -> Option<TrustDomain> {
+        if tenant == DEFAULT_TENANT {
+            return Some(base.clone());
+        }
+        self.tenants.get(tenant).and_then(|t| t.trust_domain().ok())
+    }
+}
+
+/// The tenants a workload with `attested` selectors belongs to: those of the profiles that
+/// select it, or the default tenant when none does.
+pub fn workload_tenants(
+    policy: &PolicySnapshot,
+    attested: &BTreeSet<Selector>,
+) -> BTreeSet<String> {
+    let mut tenants: BTreeSet<String> = policy
+        .profiles
+        .values()
+        .filter(|p| p.matches(attested))
+        .map(|p| p.tenant.clone())
+        .collect();
+    if tenants.is_empty() {
+        tenants.insert(DEFAULT_TENANT.to_owned());
+    }
+    tenants
+}
+
+/// The trust domains whose bundles a workload with `attested` selectors receives, and
+/// whose JWT-SVIDs it may have validated: its tenants' band trust domains and the
+/// deployment's `base` (nodes, the server, services). Never another tenant's.
+pub fn visible_trust_domains(
+    policy: &PolicySnapshot,
+    base: &TrustDomain,
+    attested: &BTreeSet<Selector>,
+) -> BTreeSet<String> {
+    let mut out = BTreeSet::from([base.to_string()]);
+    for tenant in workload_tenants(policy, attested) {
+        if let Some(tenant_base) = policy.base_of(base, &tenant) {
+            for band in [Band::Investigative, Band::Remediation] {
+                out.insert(band.trust_domain_name(tenant_base.as_str()));
+            }
+        }
+    }
+    out
+}
+
+/// The tenant whose band trust domain `trust_domain` is, and that tenant's base (the
+/// deployment's base counts as the default tenant's).
+pub fn tenant_of_trust_domain(
+    policy: &PolicySnapshot,
+    base: &TrustDomain,
+    trust_domain: &str,
+) -> Option<(String, TrustDomain)> {
+    let names = std::iter::once(DEFAULT_TENANT).chain(policy.tenants.keys().map(String::as_str));
+    names
+        .filter_map(|t| policy.base_of(base, t).map(|b| (t.to_owned(), b)))
+        .find(|(_, b)| {
+            b.as_str() == trust_domain
+                || Band::ALL
+                    .iter()
+                    .any(|band| band.trust_domain_name(b.as_str()) == trust_domain)
+        })
 }
 
 /// One identity a workload is entitled to.
@@ -560,7 +749,7 @@ pub fn entitlement_for(
 
 fn open_incidents(policy: &PolicySnapshot) -> Vec<&Incident> {
     let mut incidents: Vec<&Incident> = policy.incidents.values().filter(|i| i.is_open()).collect();
-    incidents.sort_by(|a, b| (a.opened_at, &a.id).cmp(&(b.opened_at, &b.id)));
+    incidents.sort_by(|a, b| (a.opened_at, &a.id, &a.tenant).cmp(&(b.opened_at, &b.id, &b.tenant)));
     incidents
 }
 
@@ -583,17 +772,26 @@ pub fn effective_scopes(
         .collect()
 }
 
+/// The identities `profile` holds: only ever in its own tenant, under that tenant's base,
+/// for that tenant's incidents and grants. Nothing of another tenant is read here.
 fn profile_entitlements(
     profile: &Profile,
     open: &[&Incident],
     policy: &PolicySnapshot,
     base: &TrustDomain,
 ) -> Vec<Entitlement> {
+    let Some(tenant_base) = policy.tenant_base(base, &profile.tenant) else {
+        return Vec::new();
+    };
+    let tenant = Some(profile.tenant.clone());
     if profile.service {
-        let id = TrustDomain::new(base.as_str())
-            .ok()
-            .and_then(|td| SpiffeId::from_segments(td, &["service", &profile.name]).ok());
+        // Services are the deployment's: standing identities in its own base.
+        if profile.tenant != DEFAULT_TENANT {
+            return Vec::new();
+        }
+        let id = SpiffeId::from_segments(tenant_base, &["service", &profile.name]).ok();
         let mut claims = WritClaims::new(Band::Base);
+        claims.tenant = tenant;
         claims.scopes = profile
             .scopes
             .iter()
@@ -612,12 +810,21 @@ fn profile_entitlements(
             .collect();
     }
     let mut out = Vec::new();
-    for incident in open.iter().filter(|i| i.assigned.contains(&profile.name)) {
+    let mine = open
+        .iter()
+        .filter(|i| i.tenant == profile.tenant && i.assigned.contains(&profile.name));
+    for incident in mine {
         if profile.bands.contains(&Band::Investigative)
-            && let Ok(spiffe_id) =
-                agent_spiffe_id(base, Band::Investigative, &profile.name, &incident.id, None)
+            && let Ok(spiffe_id) = agent_spiffe_id(
+                &tenant_base,
+                Band::Investigative,
+                &profile.name,
+                &incident.id,
+                None,
+            )
         {
             let mut claims = WritClaims::new(Band::Investigative);
+            claims.tenant = tenant.clone();
             claims.incident = Some(incident.id.clone());
             claims.scopes = effective_scopes(&policy.rules, profile, incident, None);
             out.push(Entitlement {
@@ -632,11 +839,14 @@ fn profile_entitlements(
             continue;
         }
         let active = policy.grants.values().filter(|g| {
-            g.state == GrantState::Active && g.agent == profile.name && g.incident == incident.id
+            g.state == GrantState::Active
+                && g.tenant == profile.tenant
+                && g.agent == profile.name
+                && g.incident == incident.id
         });
         for grant in active {
             let Ok(spiffe_id) = agent_spiffe_id(
-                base,
+                &tenant_base,
                 Band::Remediation,
                 &profile.name,
                 &incident.id,
@@ -645,6 +855,7 @@ fn profile_entitlements(
                 continue;
             };
             let mut claims = WritClaims::new(Band::Remediation);
+            claims.tenant = tenant.clone();
             claims.incident = Some(incident.id.clone());
             claims.grant = Some(grant.id.clone());
             claims.plan_digest = Some(grant.plan_digest.clone());
@@ -675,6 +886,7 @@ mod tests {
 
     fn profile(name: &str, selectors: &[&str], scopes: &[&str]) -> Profile {
         Profile {
+            tenant: "default".into(),
             name: name.into(),
             selectors: selectors.iter().map(|s| sel(s)).collect(),
             bands: BTreeSet::from([Band::Investigative]),
@@ -686,6 +898,7 @@ mod tests {
 
     fn incident(id: &str, assigned: &[&str], scopes: &[&str], opened_at: i64) -> Incident {
         Incident {
+            tenant: "default".into(),
             id: id.into(),
             title: "t".into(),
             severity: Severity::Sev2,
@@ -702,9 +915,10 @@ mod tests {
 
     fn policy(profiles: Vec<Profile>, incidents: Vec<Incident>) -> PolicySnapshot {
         PolicySnapshot {
+            tenants: Default::default(),
             generation: 1,
-            profiles: profiles.into_iter().map(|p| (p.name.clone(), p)).collect(),
-            incidents: incidents.into_iter().map(|i| (i.id.clone(), i)).collect(),
+            profiles: profiles.into_iter().map(|p| (p.key(), p)).collect(),
+            incidents: incidents.into_iter().map(|i| (i.key(), i)).collect(),
             grants: BTreeMap::new(),
             playbooks: BTreeMap::new(),
             rules: grant::RemediationRules::default(),
@@ -836,7 +1050,10 @@ mod tests {
         let other =
             SpiffeId::new("spiffe://investigate.example.org/agent/other/incident/INC-1").unwrap();
         assert!(entitlement_for(&p, &base(), &other).is_none());
-        p.incidents.get_mut("INC-1").unwrap().state = IncidentState::Closed;
+        p.incidents
+            .get_mut(&crate::policy::key("default", "INC-1"))
+            .unwrap()
+            .state = IncidentState::Closed;
         assert!(entitlement_for(&p, &base(), &id).is_none());
     }
 
@@ -849,7 +1066,7 @@ mod tests {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             ..GrantRequest::default()
         };
-        let inc = &p.incidents[incident];
+        let inc = &p.incidents[&crate::policy::key("default", &incident)];
         let rules = grant::RemediationRules::default();
         let g = grant::new_grant(&rules, request, inc, true, "agent", "g-1".into(), 10).unwrap();
         grant::approve(&rules, &g, inc, "alice", &g.plan_digest.clone(), 3600, 11).unwrap()
@@ -869,7 +1086,8 @@ mod tests {
             "investigative only before approval"
         );
         let g = active_grant(&p, "fixer", "INC-1", &["deploy:restart"]);
-        p.grants.insert(g.id.clone(), g.clone());
+        p.grants
+            .insert(crate::policy::key("default", &g.id), g.clone());
         let got = entitlements(&p, &base(), &attested);
         assert_eq!(got.len(), 2);
         // Investigative identities never carry deploy/IAM/secrets scopes.
@@ -892,7 +1110,8 @@ mod tests {
         // The server's check follows the grant's state.
         assert!(entitlement_for(&p, &base(), &rem.spiffe_id).is_some());
         let revoked = grant::end(&g, GrantState::Revoked, "bob", "", 20).unwrap();
-        p.grants.insert(g.id.clone(), revoked);
+        p.grants
+            .insert(crate::policy::key("default", &g.id), revoked);
         assert!(entitlement_for(&p, &base(), &rem.spiffe_id).is_none());
     }
 
@@ -905,7 +1124,7 @@ mod tests {
         inc.severity = Severity::Sev4;
         let mut p = policy(vec![fixer, advisory], vec![inc]);
         let g = active_grant(&p, "fixer", "INC-1", &[]);
-        p.grants.insert(g.id.clone(), g);
+        p.grants.insert(crate::policy::key("default", &g.id), g);
         let advisor = entitlements(&p, &base(), &BTreeSet::from([sel("unix:uid:2")]));
         assert!(advisor.iter().all(|e| e.band == Band::Investigative));
     }
@@ -914,13 +1133,41 @@ mod tests {
     fn operators_parse_with_default_and_explicit_roles() {
         let alice: Operator = "alice=1001".parse().unwrap();
         assert_eq!(alice.uid, Some(1001));
-        assert_eq!(alice.roles, BTreeSet::from([Role::Approver]));
+        assert_eq!(
+            alice.roles_in(DEFAULT_TENANT),
+            BTreeSet::from([Role::Approver])
+        );
         let bob: Operator = "bob=1002:admin,incident-commander".parse().unwrap();
         assert_eq!(
-            bob.roles,
+            bob.roles_in(DEFAULT_TENANT),
             BTreeSet::from([Role::Admin, Role::IncidentCommander])
         );
-        for bad in ["alice", "alice=x", "a/b=1", "carol=1:root", "=1"] {
+        // Roles held in another tenant are that tenant's alone.
+        let carol: Operator = "carol=1003:approver@acme,auditor".parse().unwrap();
+        assert_eq!(carol.roles_in("acme"), BTreeSet::from([Role::Approver]));
+        assert_eq!(
+            carol.roles_in(DEFAULT_TENANT),
+            BTreeSet::from([Role::Auditor])
+        );
+        assert!(carol.roles_in("globex").is_empty());
+        assert_eq!(
+            carol
+                .roles
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["approver@acme", "auditor"]
+        );
+        for bad in [
+            "alice",
+            "alice=x",
+            "a/b=1",
+            "carol=1:root",
+            "=1",
+            "dave=1:approver@",
+            "dave=1:approver@a/b",
+            "dave=1:@acme",
+        ] {
             assert!(bad.parse::<Operator>().is_err(), "{bad}");
         }
         // Each refusal names the part that is wrong, not "a bad name".

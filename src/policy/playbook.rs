@@ -58,7 +58,10 @@ impl PlaybookState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Playbook {
-    /// Unique, never reused (SVIDs carry it).
+    /// The tenant it belongs to.
+    #[serde(default = "super::tenant::default_tenant")]
+    pub tenant: String,
+    /// Unique in its tenant, never reused (SVIDs carry it).
     pub name: String,
     /// What is done, in a line (e.g. "isolate host from the network").
     pub action: String,
@@ -207,6 +210,11 @@ fn strings(set: &BTreeSet<String>) -> Value {
 }
 
 impl Playbook {
+    /// Where it lives in the policy.
+    pub fn key(&self) -> super::Key {
+        super::key(&self.tenant, &self.name)
+    }
+
     /// Checks every field; a stored or created playbook must pass.
     pub fn validate(&self) -> Result<(), PlaybookError> {
         check_name("playbook", &self.name)?;
@@ -288,13 +296,15 @@ impl Playbook {
     }
 }
 
-/// Builds a pending playbook.
+/// Builds a pending playbook of `tenant`.
 pub fn new_playbook(
+    tenant: &str,
     spec: PlaybookSpec,
     created_by: &str,
     now: i64,
 ) -> Result<Playbook, PlaybookError> {
     let playbook = Playbook {
+        tenant: tenant.to_owned(),
         name: spec.name,
         action: spec.action,
         description: spec.description,
@@ -509,6 +519,7 @@ pub fn activate<'a>(
         plan_digest: digest.clone(),
     });
     Ok(Grant {
+        tenant: incident.tenant.clone(),
         id,
         incident: incident.id.clone(),
         agent: request.agent,
@@ -588,7 +599,7 @@ mod tests {
     }
 
     fn pending() -> Playbook {
-        new_playbook(spec(), "root", 10).unwrap()
+        new_playbook("default", spec(), "root", 10).unwrap()
     }
 
     fn approved() -> Playbook {
@@ -600,6 +611,7 @@ mod tests {
 
     fn incident() -> Incident {
         Incident {
+            tenant: "default".into(),
             id: "INC-1".into(),
             title: "t".into(),
             severity: Severity::Sev1,
@@ -616,6 +628,7 @@ mod tests {
 
     fn fixer(bands: &[Band]) -> Profile {
         Profile {
+            tenant: "default".into(),
             name: "fixer".into(),
             selectors: BTreeSet::from(["unix:uid:1".parse().unwrap()]),
             bands: bands.iter().copied().collect(),
@@ -750,7 +763,7 @@ mod tests {
             change(&mut s);
             assert!(
                 matches!(
-                    new_playbook(s, "root", 0),
+                    new_playbook("default", s, "root", 0),
                     Err(PlaybookError::Invalid(_) | PlaybookError::BadField(_))
                 ),
                 "case {i}"
@@ -759,7 +772,7 @@ mod tests {
         let mut default_window = spec();
         default_window.max_window_secs = None;
         assert_eq!(
-            new_playbook(default_window, "root", 0)
+            new_playbook("default", default_window, "root", 0)
                 .unwrap()
                 .max_window_secs,
             MAX_WINDOW_SECS
@@ -856,7 +869,7 @@ mod tests {
         // With one allowed, that one.
         let mut single_spec = spec();
         single_spec.allowed_targets = BTreeSet::from(["token/ci-bot".to_string()]);
-        let single = new_playbook(single_spec, "root", 0).unwrap();
+        let single = new_playbook("default", single_spec, "root", 0).unwrap();
         let d = single.digest();
         let single = approve(&approve(&single, "a", &d, 1).unwrap(), "b", &d, 2).unwrap();
         let g = activate_now(&single, &incident(), &profile, request(&[], None)).unwrap();
@@ -1007,7 +1020,7 @@ mod tests {
     fn sensitive_scopes_need_the_incident_to_name_them() {
         let mut s = spec();
         s.scopes = BTreeSet::from(["iam:disable-token".to_string()]);
-        let p = new_playbook(s, "root", 0).unwrap();
+        let p = new_playbook("default", s, "root", 0).unwrap();
         let d = p.digest();
         let p = approve(&approve(&p, "alice", &d, 1).unwrap(), "bob", &d, 2).unwrap();
         let profile = fixer(&[Band::Remediation]);
@@ -1054,7 +1067,7 @@ mod tests {
         // Configured prefixes replace the defaults: "iam:" is no longer sensitive.
         let mut iam = spec();
         iam.scopes = BTreeSet::from(["iam:disable-token".to_string()]);
-        let iam = new_playbook(iam, "root", 0).unwrap();
+        let iam = new_playbook("default", iam, "root", 0).unwrap();
         let d = iam.digest();
         let iam = approve(&approve(&iam, "alice", &d, 1).unwrap(), "bob", &d, 2).unwrap();
         assert!(

@@ -172,6 +172,7 @@ mod tests {
 
     fn incident(id: &str, closed_at: Option<i64>) -> Incident {
         Incident {
+            tenant: "default".into(),
             id: id.into(),
             title: "t".into(),
             severity: Severity::Sev2,
@@ -192,6 +193,7 @@ mod tests {
 
     fn grant(id: &str, state: GrantState, activated: bool, ended_at: Option<i64>) -> Grant {
         Grant {
+            tenant: "default".into(),
             id: id.into(),
             incident: "INC-1".into(),
             agent: "fixer".into(),
@@ -221,8 +223,8 @@ mod tests {
     fn policy(incidents: Vec<Incident>, grants: Vec<Grant>) -> PolicySnapshot {
         PolicySnapshot {
             generation: 7,
-            incidents: incidents.into_iter().map(|i| (i.id.clone(), i)).collect(),
-            grants: grants.into_iter().map(|g| (g.id.clone(), g)).collect(),
+            incidents: incidents.into_iter().map(|i| (i.key(), i)).collect(),
+            grants: grants.into_iter().map(|g| (g.key(), g)).collect(),
             ..PolicySnapshot::default()
         }
     }

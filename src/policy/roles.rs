@@ -15,8 +15,10 @@ pub enum Operation {
     Health,
     /// `writ bundle show`.
     GetBundles,
-    /// `writ authority show`, `writ replica list`.
+    /// `writ authority show`.
     ShowAuthorities,
+    /// `writ tenant list | show`, `writ replica list` (the deployment's).
+    ReadDeployment,
     /// `writ operator list | show`.
     ListOperators,
     /// `writ profile list | show`.
@@ -33,8 +35,12 @@ pub enum Operation {
     ReadAudit,
     /// `writ x509 mint`, `writ jwt mint`.
     MintSvid,
-    /// `writ authority prepare | activate`, `writ replica admit | remove` (what the roots sign).
+    /// `writ authority prepare | activate`.
     RotateAuthority,
+    /// `writ replica admit | remove` (what the roots sign).
+    ManageReplicas,
+    /// `writ tenant create | disable`.
+    ManageTenants,
     /// `writ token create`.
     CreateJoinToken,
     /// `writ profile create | delete`.
@@ -66,10 +72,11 @@ const ANY: &[Role] = &[Admin, IncidentCommander, Approver, Auditor];
 
 impl Operation {
     /// Every operation, in the order docs/roles.md lists them.
-    pub const ALL: [Operation; 23] = [
+    pub const ALL: [Operation; 26] = [
         Operation::Health,
         Operation::GetBundles,
         Operation::ShowAuthorities,
+        Operation::ReadDeployment,
         Operation::ListOperators,
         Operation::ReadProfiles,
         Operation::ReadIncidents,
@@ -79,6 +86,8 @@ impl Operation {
         Operation::ReadAudit,
         Operation::MintSvid,
         Operation::RotateAuthority,
+        Operation::ManageReplicas,
+        Operation::ManageTenants,
         Operation::CreateJoinToken,
         Operation::ManageProfiles,
         Operation::CreatePlaybook,
@@ -107,9 +116,11 @@ impl Operation {
             | Operation::ListSvids => ANY,
             // The log records what every role did: its readers are those who answer for
             // the system, not those it records.
-            Operation::ReadAudit => &[Auditor, Admin],
+            Operation::ReadAudit | Operation::ReadDeployment => &[Auditor, Admin],
             Operation::MintSvid
             | Operation::RotateAuthority
+            | Operation::ManageReplicas
+            | Operation::ManageTenants
             | Operation::CreateJoinToken
             | Operation::ManageProfiles
             | Operation::CreatePlaybook => &[Admin],
@@ -132,7 +143,8 @@ impl Operation {
         match self {
             Operation::Health => "healthcheck",
             Operation::GetBundles => "bundle show",
-            Operation::ShowAuthorities => "authority show; replica list",
+            Operation::ShowAuthorities => "authority show",
+            Operation::ReadDeployment => "tenant list, show; replica list",
             Operation::ListOperators => "operator list, show",
             Operation::ReadProfiles => "profile list, show",
             Operation::ReadIncidents => "incident list, show",
@@ -141,7 +153,9 @@ impl Operation {
             Operation::ListSvids => "svid list",
             Operation::ReadAudit => "audit tail, export, checkpoint, verify; incident timeline",
             Operation::MintSvid => "x509 mint, jwt mint",
-            Operation::RotateAuthority => "authority prepare, activate; replica admit, remove",
+            Operation::RotateAuthority => "authority prepare, activate",
+            Operation::ManageReplicas => "replica admit, remove",
+            Operation::ManageTenants => "tenant create, disable",
             Operation::CreateJoinToken => "token create",
             Operation::ManageProfiles => "profile create, delete",
             Operation::CreatePlaybook => "playbook create",
@@ -154,6 +168,21 @@ impl Operation {
             Operation::Approve => "grant approve, playbook approve",
             Operation::DenyGrant => "grant deny",
         }
+    }
+}
+
+impl Operation {
+    /// Whether it acts on the deployment (its nodes, replicas and tenants) rather than in
+    /// one tenant: the caller needs the role in the default tenant, whatever `--tenant`
+    /// names (docs/multi-tenant.md).
+    pub fn deployment_wide(self) -> bool {
+        matches!(
+            self,
+            Operation::ReadDeployment
+                | Operation::ManageReplicas
+                | Operation::ManageTenants
+                | Operation::CreateJoinToken
+        )
     }
 }
 
@@ -207,7 +236,9 @@ pub fn check_operators(operators: &[Operator], server_uid: u32) -> Result<(), Po
                 o.name
             ));
         }
-        if (uid == 0 || uid == server_uid) && o.roles.len() < Role::ALL.len() {
+        if (uid == 0 || uid == server_uid)
+            && o.roles_in(super::DEFAULT_TENANT).len() < Role::ALL.len()
+        {
             let who = if uid == 0 {
                 "root".to_owned()
             } else {
@@ -300,6 +331,7 @@ mod tests {
                     | Operation::ReadPlaybooks
                     | Operation::ListSvids
                     | Operation::ReadAudit
+                    | Operation::ReadDeployment
             );
             assert_eq!(allowed(&auditor, op), reads, "auditor, {op:?}");
         }
@@ -360,6 +392,7 @@ mod tests {
     #[test]
     fn profiles_never_select_an_operators_uid_by_number_or_by_name() {
         let profile = |selectors: &[&str]| super::super::Profile {
+            tenant: "default".into(),
             name: "fixer".into(),
             selectors: selectors.iter().map(|s| s.parse().unwrap()).collect(),
             bands: BTreeSet::from([writ_verifier::Band::Investigative]),

@@ -248,6 +248,23 @@ impl Issuer {
         }
     }
 
+    /// Creates a tenant (docs/multi-tenant.md): checks it, makes its band CAs, then
+    /// records and publishes it, so no one ever sees a tenant that cannot be issued in.
+    /// A refusal after the CAs were made leaves them unused (a retry with the same base
+    /// opens them again).
+    pub fn create_tenant(
+        &self,
+        tenant: crate::policy::Tenant,
+    ) -> Result<crate::policy::Tenant, registry::RegistryError> {
+        let policy = self.registry.snapshot();
+        crate::policy::tenant::check_new(&tenant, policy.tenants.values(), self.cas.base())?;
+        let base = tenant.trust_domain()?;
+        let _ = &base; // MERGE: self.cas.add_tenant(&base)?;
+        let created = self.registry.create_tenant(tenant, self.cas.base())?;
+        self.publish_bundles();
+        Ok(created)
+    }
+
     /// Publishes the current bundles to every follower (after a rotation).
     pub fn publish_bundles(&self) {
         match self.cas.bundle_set() {
@@ -547,18 +564,21 @@ impl Issuer {
                 && e.claims.incident.as_deref() == Some(request.incident.as_str())
                 && requested_by.path().split('/').nth(2) == Some(request.agent.as_str())
         });
-        if holds.is_none() {
+        let Some(tenant) = holds.and_then(|e| e.claims.tenant) else {
             return Err(RegistryError::Grant(
                 crate::policy::GrantError::NotEligible(format!(
                     "{requested_by} is not the investigative identity of agent {:?} for incident {:?}",
                     request.agent, request.incident
                 )),
             ));
-        }
+        };
         let now = self.cas.now();
         let name = requested_by.to_string();
         let requester = crate::policy::grant::Principal { name: &name, uid };
-        let grant = self.registry.request_grant(request, requester, now)?;
+        // The grant is in the tenant of the identity that asked, never one it names.
+        let grant = self
+            .registry
+            .request_grant(&tenant, request, requester, now)?;
         tracing::info!(grant = %grant.id, incident = %grant.incident, by = %requested_by, ?uid, plan_digest = %grant.plan_digest, "grant requested by an agent");
         Ok(grant)
     }

@@ -220,17 +220,28 @@ impl NodeService {
     }
 }
 
+/// One update of the Sync stream. An agent that does not know tenants (`tenants` false)
+/// gets the default tenant's policy and the deployment's own bundles only
+/// ([`crate::node_api::wire::encode_policy`]).
 fn sync_update(
     policy: &crate::policy::PolicySnapshot,
     bundles: &BundleSet,
     max_svid_ttl: std::time::Duration,
+    tenants: bool,
+    base: &spiffe::TrustDomain,
 ) -> Result<pb::SyncUpdate, Status> {
+    let deployment = |td: &str| {
+        Band::ALL
+            .iter()
+            .any(|band| band.trust_domain_name(base.as_str()) == td)
+    };
     Ok(pb::SyncUpdate {
         generation: policy.generation,
-        policy: Some(crate::node_api::wire::encode_policy(policy)),
+        policy: Some(crate::node_api::wire::encode_policy(policy, tenants)),
         bundles: bundles
             .bundles
             .iter()
+            .filter(|b| tenants || deployment(&b.trust_domain))
             .map(|b| pb::TrustBundle {
                 band: b.band.to_string(),
                 trust_domain: b.trust_domain.clone(),
@@ -413,6 +424,8 @@ impl Node for NodeService {
             .get::<NodePeer>()
             .and_then(|peer| peer.serial.clone())
             .unwrap_or_default();
+        let tenants = request.get_ref().tenants;
+        let base = self.issuer.cas.base().clone();
         let mut policy = self.issuer.registry.subscribe_agents();
         let max_svid_ttl = self.issuer.config.ca.max_svid_ttl;
         let mut bundles = self.issuer.bundles.subscribe();
@@ -433,7 +446,7 @@ impl Node for NodeService {
                         break;
                     }
                     let b = bundles.borrow_and_update().clone();
-                    sync_update(&p, &b, max_svid_ttl)
+                    sync_update(&p, &b, max_svid_ttl, tenants, &base)
                 };
                 if tx.send(update).await.is_err() {
                     break;

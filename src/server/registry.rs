@@ -12,6 +12,7 @@ use crate::policy::agent_view::{live_grant, live_incident, retain_live};
 use crate::policy::grant::{self, GrantError, GrantRequest, GrantState, Principal};
 use crate::policy::playbook::{self, ActivationRequest, Playbook, PlaybookError, PlaybookState};
 use crate::policy::serial::{self, Issued, RevokedSerial, Serial, SerialError};
+use crate::policy::tenant::{self, Tenant, TenantState};
 use crate::policy::{
     Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile, agent_view,
 };
@@ -46,6 +47,12 @@ pub enum RegistryError {
     /// The incident is already closed.
     #[error("incident {0:?} is already closed")]
     AlreadyClosed(String),
+    /// A tenant's CAs could not be made or opened; the tenant was not created.
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
+    /// The tenant is disabled: nothing new is made in it.
+    #[error("tenant {0:?} is disabled")]
+    TenantDisabled(String),
     /// A grant decision was refused.
     #[error(transparent)]
     Grant(#[from] GrantError),
@@ -124,9 +131,12 @@ impl Writer<'_> {
         Ok(self.store.put_profile(profile)?)
     }
 
-    fn delete_profile(&self, name: &str) -> Result<bool, RegistryError> {
-        self.record(None, serde_json::json!({ "profile": name }))?;
-        Ok(self.store.delete_profile(name)?)
+    fn delete_profile(&self, tenant: &str, name: &str) -> Result<bool, RegistryError> {
+        self.record(
+            None,
+            serde_json::json!({ "tenant": tenant, "profile": name }),
+        )?;
+        Ok(self.store.delete_profile(tenant, name)?)
     }
 
     fn put_incident(&self, incident: &Incident) -> Result<(), RegistryError> {
@@ -160,6 +170,20 @@ impl Writer<'_> {
         Ok(self
             .store
             .put_policy_and_serial_changes(incidents, grants, revoked, pruned)?)
+    }
+
+    fn put_tenant_changes(
+        &self,
+        tenant: &Tenant,
+        incidents: &[Incident],
+        grants: &[Grant],
+    ) -> Result<(), RegistryError> {
+        let mut detail = policy_detail(incidents, grants, &[], &[]);
+        if let Some(map) = detail.as_object_mut() {
+            map.insert("tenant".into(), serde_json::json!(tenant));
+        }
+        self.record(None, detail)?;
+        Ok(self.store.put_tenant_changes(tenant, incidents, grants)?)
     }
 
     fn put_playbook(&self, playbook: &Playbook) -> Result<(), RegistryError> {
@@ -260,25 +284,30 @@ fn read_live(
     let mut snapshot = PolicySnapshot {
         rules,
         generation,
+        tenants: store
+            .tenants()?
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect(),
         profiles: store
             .profiles()?
             .into_iter()
-            .map(|p| (p.name.clone(), p))
+            .map(|p| (p.key(), p))
             .collect(),
         incidents: store
             .incidents_where(|i| live_incident(i, now, revocation_window))?
             .into_iter()
-            .map(|i| (i.id.clone(), i))
+            .map(|i| (i.key(), i))
             .collect(),
         grants: store
             .grants_where(|g| live_grant(g, now, revocation_window))?
             .into_iter()
-            .map(|g| (g.id.clone(), g))
+            .map(|g| (g.key(), g))
             .collect(),
         playbooks: store
             .playbooks()?
             .into_iter()
-            .map(|p| (p.name.clone(), p))
+            .map(|p| (p.key(), p))
             .collect(),
         revoked_serials: store
             .revoked_serials()?
@@ -353,30 +382,31 @@ impl Registry {
         self.snapshot.subscribe()
     }
 
-    /// Every incident ever opened, live or history, by id (read from the store, which
-    /// holds everything: each change is written there before it is published).
-    pub fn all_incidents(&self) -> Result<Vec<Incident>, RegistryError> {
-        Ok(self.store.incidents()?)
+    /// Every incident `tenant` ever opened, live or history, by id (read from the store,
+    /// which holds everything: each change is written there before it is published).
+    pub fn all_incidents(&self, tenant: &str) -> Result<Vec<Incident>, RegistryError> {
+        Ok(self.store.incidents_where(|i| i.tenant == tenant)?)
     }
 
-    /// One incident, live or history.
-    pub fn incident(&self, id: &str) -> Result<Option<Incident>, RegistryError> {
-        match self.snapshot().incidents.get(id) {
+    /// One incident of `tenant`, live or history.
+    pub fn incident(&self, tenant: &str, id: &str) -> Result<Option<Incident>, RegistryError> {
+        match self.snapshot().incident(tenant, id) {
             Some(incident) => Ok(Some(incident.clone())),
-            None => Ok(self.store.incident(id)?),
+            None => Ok(self.store.incident(tenant, id)?),
         }
     }
 
-    /// Every grant ever filed, live or history (from the store, as [`Self::all_incidents`]).
-    pub fn all_grants(&self) -> Result<Vec<Grant>, RegistryError> {
-        Ok(self.store.grants()?)
+    /// Every grant of `tenant` ever filed, live or history (from the store, as
+    /// [`Self::all_incidents`]).
+    pub fn all_grants(&self, tenant: &str) -> Result<Vec<Grant>, RegistryError> {
+        Ok(self.store.grants_where(|g| g.tenant == tenant)?)
     }
 
-    /// One grant, live or history.
-    pub fn grant(&self, id: &str) -> Result<Option<Grant>, RegistryError> {
-        match self.snapshot().grants.get(id) {
+    /// One grant of `tenant`, live or history.
+    pub fn grant(&self, tenant: &str, id: &str) -> Result<Option<Grant>, RegistryError> {
+        match self.snapshot().grant(tenant, id) {
             Some(grant) => Ok(Some(grant.clone())),
-            None => Ok(self.store.grant(id)?),
+            None => Ok(self.store.grant(tenant, id)?),
         }
     }
 
@@ -546,40 +576,115 @@ impl Registry {
         Ok((out, unconfirmed))
     }
 
+    /// Creates a tenant in a deployment whose own base is `deployment_base`
+    /// ([`crate::policy::tenant::check_new`]). The caller has made its CAs: a tenant is
+    /// never visible before it can be issued in.
+    pub fn create_tenant(
+        &self,
+        tenant: Tenant,
+        deployment_base: &spiffe::TrustDomain,
+    ) -> Result<Tenant, RegistryError> {
+        let by = tenant.created_by.clone();
+        self.change(
+            Audited::new(Kind::AdminChange, "tenant.create", &by),
+            |policy, w| {
+                // Names are never reused: a disabled tenant stays in the store and here.
+                tenant::check_new(&tenant, policy.tenants.values(), deployment_base)?;
+                w.put_tenant_changes(&tenant, &[], &[])?;
+                policy.tenants.insert(tenant.name.clone(), tenant.clone());
+                Ok(tenant)
+            },
+        )
+    }
+
+    /// Disables a tenant for good: nothing is issued in it again, and its open incidents
+    /// close (their grants with them) in the same durable write, so every identity bound
+    /// to them is revoked at once. The default tenant cannot be disabled.
+    pub fn disable_tenant(
+        &self,
+        name: &str,
+        by: &str,
+        now: i64,
+    ) -> Result<(Tenant, Vec<Incident>), RegistryError> {
+        self.change(
+            Audited::new(Kind::Revocation, "tenant.disable", by),
+            |policy, w| {
+                let Some(current) = policy.tenants.get(name) else {
+                    return Err(RegistryError::NotFound {
+                        what: "tenant",
+                        name: name.chars().take(64).collect(),
+                    });
+                };
+                if !current.is_active() {
+                    return Err(RegistryError::TenantDisabled(name.to_owned()));
+                }
+                let mut next = current.clone();
+                next.state = TenantState::Disabled;
+                next.disabled_by = Some(by.to_owned());
+                next.disabled_at = Some(now);
+                let mut incidents = Vec::new();
+                let mut grants = Vec::new();
+                for incident in policy
+                    .incidents
+                    .values()
+                    .filter(|i| i.tenant == name && i.is_open())
+                {
+                    let closed = close(incident, by, now);
+                    grants.extend(end_incident_grants(
+                        policy,
+                        &closed,
+                        by,
+                        "tenant disabled",
+                        now,
+                    ));
+                    incidents.push(closed);
+                }
+                w.put_tenant_changes(&next, &incidents, &grants)?;
+                policy.tenants.insert(next.name.clone(), next.clone());
+                apply(policy, &incidents, &grants);
+                Ok((next, incidents))
+            },
+        )
+    }
+
     /// Creates a profile.
     pub fn create_profile(&self, profile: Profile, by: &str) -> Result<Profile, RegistryError> {
         profile.validate()?;
         self.change(
             Audited::new(Kind::AdminChange, "profile.create", by),
             |policy, w| {
-                if policy.profiles.contains_key(&profile.name) {
+                active_tenant(policy, &profile.tenant)?;
+                if policy.profiles.contains_key(&profile.key()) {
                     return Err(RegistryError::AlreadyExists {
                         what: "profile",
                         name: profile.name.clone(),
                     });
                 }
                 w.put_profile(&profile)?;
-                policy
-                    .profiles
-                    .insert(profile.name.clone(), profile.clone());
+                policy.profiles.insert(profile.key(), profile.clone());
                 Ok(profile)
             },
         )
     }
 
     /// Deletes a profile; its workloads lose their identities at once.
-    pub fn delete_profile(&self, name: &str, by: &str) -> Result<Profile, RegistryError> {
+    pub fn delete_profile(
+        &self,
+        tenant: &str,
+        name: &str,
+        by: &str,
+    ) -> Result<Profile, RegistryError> {
         self.change(
             Audited::new(Kind::Revocation, "profile.delete", by),
             |policy, w| {
-                let Some(profile) = policy.profiles.get(name).cloned() else {
+                let Some(profile) = policy.profile(tenant, name).cloned() else {
                     return Err(RegistryError::NotFound {
                         what: "profile",
                         name: name.into(),
                     });
                 };
-                w.delete_profile(name)?;
-                policy.profiles.remove(name);
+                w.delete_profile(tenant, name)?;
+                policy.profiles.remove(&profile.key());
                 Ok(profile)
             },
         )
@@ -592,9 +697,13 @@ impl Registry {
         self.change(
             Audited::new(Kind::AdminChange, "incident.open", &by),
             |policy, w| {
+                active_tenant(policy, &incident.tenant)?;
                 // Ids are never reused: history is in the store, not only in memory.
-                if policy.incidents.contains_key(&incident.id)
-                    || self.store.incident(&incident.id)?.is_some()
+                if policy.incidents.contains_key(&incident.key())
+                    || self
+                        .store
+                        .incident(&incident.tenant, &incident.id)?
+                        .is_some()
                 {
                     return Err(RegistryError::AlreadyExists {
                         what: "incident",
@@ -604,9 +713,7 @@ impl Registry {
                 let mut incident = incident;
                 incident.state = IncidentState::Open;
                 w.put_incident(&incident)?;
-                policy
-                    .incidents
-                    .insert(incident.id.clone(), incident.clone());
+                policy.incidents.insert(incident.key(), incident.clone());
                 Ok(incident)
             },
         )
@@ -615,13 +722,20 @@ impl Registry {
     /// Closes an incident for good: its pending and active grants end with it, all in one
     /// durable write before the new policy is published, and no signature for it is in
     /// flight once this returns.
-    pub fn close_incident(&self, id: &str, by: &str, now: i64) -> Result<Incident, RegistryError> {
-        Ok(self.close_incident_confirmed(id, by, now)?.0)
+    pub fn close_incident(
+        &self,
+        tenant: &str,
+        id: &str,
+        by: &str,
+        now: i64,
+    ) -> Result<Incident, RegistryError> {
+        Ok(self.close_incident_confirmed(tenant, id, by, now)?.0)
     }
 
     /// [`Self::close_incident`], with the replicas that did not confirm it.
     pub fn close_incident_confirmed(
         &self,
+        tenant: &str,
         id: &str,
         by: &str,
         now: i64,
@@ -629,12 +743,12 @@ impl Registry {
         self.change_confirmed(
             Audited::new(Kind::Revocation, "incident.close", by),
             |policy, w| {
-                let current = find_incident(policy, &self.store, id)?;
+                let current = find_incident(policy, &self.store, tenant, id)?;
                 if !current.is_open() {
                     return Err(RegistryError::AlreadyClosed(id.into()));
                 }
                 let closed = close(current, by, now);
-                let ended = end_incident_grants(policy, id, by, "incident closed", now);
+                let ended = end_incident_grants(policy, &closed, by, "incident closed", now);
                 w.put_policy_changes(std::slice::from_ref(&closed), &ended)?;
                 apply(policy, std::slice::from_ref(&closed), &ended);
                 Ok(closed)
@@ -646,6 +760,7 @@ impl Registry {
     /// of total lifetime (config `max_incident_lifetime`).
     pub fn extend_incident(
         &self,
+        tenant: &str,
         id: &str,
         by_secs: u64,
         ceiling_secs: u64,
@@ -655,7 +770,7 @@ impl Registry {
         self.change(
             Audited::new(Kind::AdminChange, "incident.extend", by),
             |policy, w| {
-                let current = find_incident(policy, &self.store, id)?;
+                let current = find_incident(policy, &self.store, tenant, id)?;
                 if !current.is_open() {
                     return Err(RegistryError::AlreadyClosed(id.into()));
                 }
@@ -673,6 +788,7 @@ impl Registry {
     /// filed `limits.per_agent_per_hour` in the last hour.
     pub fn request_grant<'a>(
         &self,
+        tenant: &str,
         request: GrantRequest,
         requested_by: impl Into<Principal<'a>>,
         now: i64,
@@ -680,13 +796,13 @@ impl Registry {
         let requested_by = requested_by.into();
         let id = format!("g-{}", random_hex(6)?);
         self.change(Audited::new(Kind::AdminChange, "grant.request", requested_by.name), |policy, w| {
-            let incident = find_incident(policy, &self.store, &request.incident)?;
-            let profile = policy.profiles.get(&request.agent);
+            let incident = find_incident(policy, &self.store, tenant, &request.incident)?;
+            let profile = policy.profile(tenant, &request.agent);
             let remediation = profile.is_some_and(|p| !p.service && p.bands.contains(&writ_verifier::Band::Remediation));
             let pending = policy
                 .grants
                 .values()
-                .filter(|g| g.incident == request.incident && g.state == GrantState::Pending)
+                .filter(|g| g.tenant == tenant && g.incident == request.incident && g.state == GrantState::Pending)
                 .count();
             let limits = &policy.rules;
             if pending >= limits.pending_per_incident {
@@ -698,7 +814,7 @@ impl Registry {
             let recent = policy
                 .grants
                 .values()
-                .filter(|g| g.agent == request.agent && now - g.requested_at < 3600)
+                .filter(|g| g.tenant == tenant && g.agent == request.agent && now - g.requested_at < 3600)
                 .count();
             if recent >= limits.per_agent_per_hour {
                 return Err(RegistryError::RateLimited(format!(
@@ -718,6 +834,7 @@ impl Registry {
     /// remediation identity.
     pub fn approve_grant<'a>(
         &self,
+        tenant: &str,
         id: &str,
         approver: impl Into<Principal<'a>>,
         digest: &str,
@@ -728,8 +845,8 @@ impl Registry {
         self.change(
             Audited::new(Kind::Approval, "grant.approve", approver.name),
             |policy, w| {
-                let grant = find_grant(policy, &self.store, id)?;
-                let incident = find_incident(policy, &self.store, &grant.incident)?;
+                let grant = find_grant(policy, &self.store, tenant, id)?;
+                let incident = find_incident(policy, &self.store, tenant, &grant.incident)?;
                 let next = grant::approve(
                     &policy.rules,
                     grant,
@@ -749,18 +866,22 @@ impl Registry {
     /// Denies a pending grant, or revokes a pending or active one.
     pub fn end_grant(
         &self,
+        tenant: &str,
         id: &str,
         state: GrantState,
         by: &str,
         reason: &str,
         now: i64,
     ) -> Result<Grant, RegistryError> {
-        Ok(self.end_grant_confirmed(id, state, by, reason, now)?.0)
+        Ok(self
+            .end_grant_confirmed(tenant, id, state, by, reason, now)?
+            .0)
     }
 
     /// [`Self::end_grant`], with the replicas that did not confirm it.
     pub fn end_grant_confirmed(
         &self,
+        tenant: &str,
         id: &str,
         state: GrantState,
         by: &str,
@@ -778,8 +899,13 @@ impl Registry {
                 by,
             ),
             |policy, w| {
-                let next =
-                    grant::end(find_grant(policy, &self.store, id)?, state, by, reason, now)?;
+                let next = grant::end(
+                    find_grant(policy, &self.store, tenant, id)?,
+                    state,
+                    by,
+                    reason,
+                    now,
+                )?;
                 w.put_policy_changes(&[], std::slice::from_ref(&next))?;
                 apply(policy, &[], std::slice::from_ref(&next));
                 Ok(next)
@@ -822,8 +948,7 @@ impl Registry {
                     let mut next = g.clone();
                     next.approvals.retain(|a| is_operator(&a.by));
                     let holds = policy
-                        .incidents
-                        .get(&g.incident)
+                        .incident(&g.tenant, &g.incident)
                         .is_some_and(|i| grant::still_approved(&policy.rules, i.severity, &next));
                     if next.state == GrantState::Active && !holds {
                         let reason = format!("approver removed: {}", removed.join(", "));
@@ -846,7 +971,8 @@ impl Registry {
         self.change(
             Audited::new(Kind::AdminChange, "playbook.create", &by),
             |policy, w| {
-                if policy.playbooks.contains_key(&playbook.name) {
+                active_tenant(policy, &playbook.tenant)?;
+                if policy.playbooks.contains_key(&playbook.key()) {
                     return Err(RegistryError::AlreadyExists {
                         what: "playbook",
                         name: playbook.name.clone(),
@@ -857,9 +983,7 @@ impl Registry {
                 playbook.approvals.clear();
                 playbook.retired = None;
                 w.put_playbook(&playbook)?;
-                policy
-                    .playbooks
-                    .insert(playbook.name.clone(), playbook.clone());
+                policy.playbooks.insert(playbook.key(), playbook.clone());
                 Ok(playbook)
             },
         )
@@ -869,6 +993,7 @@ impl Registry {
     /// activated.
     pub fn approve_playbook(
         &self,
+        tenant: &str,
         name: &str,
         approver: &str,
         digest: &str,
@@ -877,9 +1002,10 @@ impl Registry {
         self.change(
             Audited::new(Kind::Approval, "playbook.approve", approver),
             |policy, w| {
-                let next = playbook::approve(find_playbook(policy, name)?, approver, digest, now)?;
+                let next =
+                    playbook::approve(find_playbook(policy, tenant, name)?, approver, digest, now)?;
                 w.put_playbook(&next)?;
-                policy.playbooks.insert(next.name.clone(), next.clone());
+                policy.playbooks.insert(next.key(), next.clone());
                 Ok(next)
             },
         )
@@ -889,6 +1015,7 @@ impl Registry {
     /// once, whose agent's workloads receive the identity.
     pub fn activate_playbook(
         &self,
+        tenant: &str,
         name: &str,
         incident: &str,
         request: ActivationRequest,
@@ -899,9 +1026,9 @@ impl Registry {
         self.change(
             Audited::new(Kind::Approval, "playbook.activate", activator),
             |policy, w| {
-                let book = find_playbook(policy, name)?;
-                let incident = find_incident(policy, &self.store, incident)?;
-                let profile = policy.profiles.get(&request.agent);
+                let book = find_playbook(policy, tenant, name)?;
+                let incident = find_incident(policy, &self.store, tenant, incident)?;
+                let profile = policy.profile(tenant, &request.agent);
                 let grant = playbook::activate(
                     &policy.rules,
                     book,
@@ -911,7 +1038,7 @@ impl Registry {
                     activator,
                     now,
                     id,
-                    policy.grants.values(),
+                    policy.grants.values().filter(|g| g.tenant == tenant),
                 )?;
                 w.put_policy_changes(&[], std::slice::from_ref(&grant))?;
                 apply(policy, &[], std::slice::from_ref(&grant));
@@ -924,6 +1051,7 @@ impl Registry {
     /// Returns the playbook and the grants revoked.
     pub fn retire_playbook(
         &self,
+        tenant: &str,
         name: &str,
         by: &str,
         reason: &str,
@@ -932,10 +1060,15 @@ impl Registry {
         self.change(
             Audited::new(Kind::Revocation, "playbook.retire", by),
             |policy, w| {
-                let next = playbook::retire(find_playbook(policy, name)?, by, reason, now)?;
-                let ended = playbook::end_activations(policy.grants.values(), name, by, now);
+                let next = playbook::retire(find_playbook(policy, tenant, name)?, by, reason, now)?;
+                let ended = playbook::end_activations(
+                    policy.grants.values().filter(|g| g.tenant == tenant),
+                    name,
+                    by,
+                    now,
+                );
                 w.put_playbook_changes(std::slice::from_ref(&next), &ended)?;
-                policy.playbooks.insert(next.name.clone(), next.clone());
+                policy.playbooks.insert(next.key(), next.clone());
                 apply(policy, &[], &ended);
                 Ok((next, ended))
             },
@@ -967,7 +1100,7 @@ impl Registry {
                     .collect();
                 w.put_playbook_changes(&changed, &[])?;
                 for p in &changed {
-                    policy.playbooks.insert(p.name.clone(), p.clone());
+                    policy.playbooks.insert(p.key(), p.clone());
                 }
                 Ok(changed)
             },
@@ -1045,13 +1178,13 @@ impl Registry {
             for incident in policy.incidents.values().filter(|i| i.is_open()) {
                 if incident.opened_at + incident.max_lifetime_secs as i64 <= now {
                     incidents.push(close(incident, "writ", now));
-                    grants.extend(end_incident_grants(policy, &incident.id, "writ", "incident reached its maximum lifetime", now));
+                    grants.extend(end_incident_grants(policy, incident, "writ", "incident reached its maximum lifetime", now));
                 }
             }
             for g in policy.grants.values() {
                 if g.state == GrantState::Active
                     && g.expires_at.is_some_and(|at| at <= now)
-                    && !grants.iter().any(|e: &Grant| e.id == g.id)
+                    && !grants.iter().any(|e: &Grant| e.key() == g.key())
                     && let Ok(expired) = grant::end(g, GrantState::Expired, "writ", "window ended", now)
                 {
                     grants.push(expired);
@@ -1085,12 +1218,13 @@ fn random_hex(bytes: usize) -> Result<String, RegistryError> {
 fn find_grant<'a>(
     policy: &'a PolicySnapshot,
     store: &Store,
+    tenant: &str,
     id: &str,
 ) -> Result<&'a Grant, RegistryError> {
-    if let Some(grant) = policy.grants.get(id) {
+    if let Some(grant) = policy.grant(tenant, id) {
         return Ok(grant);
     }
-    match store.grant(id)? {
+    match store.grant(tenant, id)? {
         Some(ended) => Err(GrantError::NotPending {
             id: ended.id,
             state: ended.state,
@@ -1108,12 +1242,13 @@ fn find_grant<'a>(
 fn find_incident<'a>(
     policy: &'a PolicySnapshot,
     store: &Store,
+    tenant: &str,
     id: &str,
 ) -> Result<&'a Incident, RegistryError> {
-    if let Some(incident) = policy.incidents.get(id) {
+    if let Some(incident) = policy.incident(tenant, id) {
         return Ok(incident);
     }
-    match store.incident(id)? {
+    match store.incident(tenant, id)? {
         Some(closed) => Err(RegistryError::AlreadyClosed(closed.id)),
         None => Err(RegistryError::NotFound {
             what: "incident",
@@ -1124,15 +1259,24 @@ fn find_incident<'a>(
 
 fn find_playbook<'a>(
     policy: &'a PolicySnapshot,
+    tenant: &str,
     name: &str,
 ) -> Result<&'a Playbook, RegistryError> {
     policy
-        .playbooks
-        .get(name)
+        .playbook(tenant, name)
         .ok_or_else(|| RegistryError::NotFound {
             what: "playbook",
             name: name.chars().take(64).collect(),
         })
+}
+
+/// Refuses a change that would add to a disabled tenant (closing and revoking in it
+/// stay possible). The caller's tenant was checked to exist when the call was authorized.
+fn active_tenant(policy: &PolicySnapshot, tenant: &str) -> Result<(), RegistryError> {
+    match policy.tenants.get(tenant) {
+        Some(t) if !t.is_active() => Err(RegistryError::TenantDisabled(tenant.to_owned())),
+        _ => Ok(()),
+    }
 }
 
 fn close(incident: &Incident, by: &str, now: i64) -> Incident {
@@ -1146,7 +1290,7 @@ fn close(incident: &Incident, by: &str, now: i64) -> Incident {
 /// The incident's pending and active grants, revoked.
 fn end_incident_grants(
     policy: &PolicySnapshot,
-    incident: &str,
+    incident: &Incident,
     by: &str,
     reason: &str,
     now: i64,
@@ -1154,17 +1298,17 @@ fn end_incident_grants(
     policy
         .grants
         .values()
-        .filter(|g| g.incident == incident)
+        .filter(|g| g.tenant == incident.tenant && g.incident == incident.id)
         .filter_map(|g| grant::end(g, GrantState::Revoked, by, reason, now).ok())
         .collect()
 }
 
 fn apply(policy: &mut PolicySnapshot, incidents: &[Incident], grants: &[Grant]) {
     for i in incidents {
-        policy.incidents.insert(i.id.clone(), i.clone());
+        policy.incidents.insert(i.key(), i.clone());
     }
     for g in grants {
-        policy.grants.insert(g.id.clone(), g.clone());
+        policy.grants.insert(g.key(), g.clone());
     }
 }
 
@@ -1234,6 +1378,7 @@ mod tests {
         registry
             .create_profile(
                 Profile {
+                    tenant: "default".into(),
                     name: "triage".into(),
                     selectors: BTreeSet::from(["unix:uid:1".parse().unwrap()]),
                     bands: BTreeSet::from([Band::Investigative, Band::Remediation]),
@@ -1251,6 +1396,7 @@ mod tests {
 
     fn incident(id: &str) -> Incident {
         Incident {
+            tenant: "default".into(),
             id: id.into(),
             title: "db down".into(),
             severity: Severity::Sev2,
@@ -1275,21 +1421,23 @@ mod tests {
             registry.open_incident(incident("INC-1")).unwrap();
             assert!(rx.has_changed().unwrap());
             let _ = rx.borrow_and_update();
-            registry.close_incident("INC-1", "root", 2).unwrap();
+            registry
+                .close_incident("default", "INC-1", "root", 2)
+                .unwrap();
             assert!(rx.has_changed().unwrap());
             assert!(matches!(
-                registry.close_incident("INC-1", "root", 3),
+                registry.close_incident("default", "INC-1", "root", 3),
                 Err(RegistryError::AlreadyClosed(_))
             ));
         }
         let registry = open(&path);
-        assert!(!registry.snapshot().incidents["INC-1"].is_open());
+        assert!(!registry.snapshot().incidents[&crate::policy::key("default", "INC-1")].is_open());
         assert!(matches!(
             registry.open_incident(incident("INC-1")),
             Err(RegistryError::AlreadyExists { .. })
         ));
         assert!(matches!(
-            registry.close_incident("nope", "root", 3),
+            registry.close_incident("default", "nope", "root", 3),
             Err(RegistryError::NotFound { .. })
         ));
     }
@@ -1312,18 +1460,33 @@ mod tests {
             plan: "plan".into(),
             ..GrantRequest::default()
         };
-        let denied = registry.request_grant(request.clone(), "agent", 0).unwrap();
-        registry
-            .end_grant(&denied.id, GrantState::Denied, "alice", "no", 1)
+        let denied = registry
+            .request_grant("default", request.clone(), "agent", 0)
             .unwrap();
-        registry.close_incident("INC-1", "alice", 2).unwrap();
+        registry
+            .end_grant("default", &denied.id, GrantState::Denied, "alice", "no", 1)
+            .unwrap();
+        registry
+            .close_incident("default", "INC-1", "alice", 2)
+            .unwrap();
         // Long after: the next change leaves both out of memory.
         clock.advance(std::time::Duration::from_secs(10 * 3600));
         registry.open_incident(incident("INC-2")).unwrap();
         let live = registry.snapshot();
-        assert!(!live.grants.contains_key(&denied.id) && !live.incidents.contains_key("INC-1"));
+        assert!(
+            !live
+                .grants
+                .contains_key(&crate::policy::key("default", &denied.id))
+                && !live
+                    .incidents
+                    .contains_key(&crate::policy::key("default", "INC-1"))
+        );
         assert_eq!(
-            registry.grant(&denied.id).unwrap().unwrap().state,
+            registry
+                .grant("default", &denied.id)
+                .unwrap()
+                .unwrap()
+                .state,
             GrantState::Denied
         );
 
@@ -1331,6 +1494,7 @@ mod tests {
             matches!(r, Err(RegistryError::Grant(GrantError::NotPending { .. })))
         };
         assert!(not_pending(registry.approve_grant(
+            "default",
             &denied.id,
             "bob",
             &plan_digest("plan"),
@@ -1338,6 +1502,7 @@ mod tests {
             36_000
         )));
         assert!(not_pending(registry.end_grant(
+            "default",
             &denied.id,
             GrantState::Revoked,
             "bob",
@@ -1345,11 +1510,11 @@ mod tests {
             36_000
         )));
         assert!(matches!(
-            registry.request_grant(request, "agent", 36_000),
+            registry.request_grant("default", request, "agent", 36_000),
             Err(RegistryError::AlreadyClosed(_))
         ));
         assert!(matches!(
-            registry.approve_grant("g-000000000000", "bob", "d", 3600, 36_000),
+            registry.approve_grant("default", "g-000000000000", "bob", "d", 3600, 36_000),
             Err(RegistryError::NotFound { .. })
         ));
     }
@@ -1367,12 +1532,14 @@ mod tests {
             plan: "plan".into(),
             ..GrantRequest::default()
         };
-        let g = registry.request_grant(request, "agent", 1).unwrap();
+        let g = registry
+            .request_grant("default", request, "agent", 1)
+            .unwrap();
         registry
-            .approve_grant(&g.id, "alice", &plan_digest("plan"), 3600, 2)
+            .approve_grant("default", &g.id, "alice", &plan_digest("plan"), 3600, 2)
             .unwrap();
         let active = registry
-            .approve_grant(&g.id, "bob", &plan_digest("plan"), 3600, 3)
+            .approve_grant("default", &g.id, "bob", &plan_digest("plan"), 3600, 3)
             .unwrap();
         assert_eq!(active.state, GrantState::Active);
         assert!(registry.withdraw_approvals(|_| true, 4).unwrap().is_empty());
@@ -1380,7 +1547,7 @@ mod tests {
             .withdraw_approvals(|name| name != "bob", 5)
             .unwrap();
         assert_eq!(changed.len(), 1);
-        let after = &registry.snapshot().grants[&g.id];
+        let after = &registry.snapshot().grants[&crate::policy::key("default", &g.id)];
         assert_eq!(after.state, GrantState::Revoked);
         assert!(after.ended.as_ref().unwrap().reason.contains("bob"));
     }
@@ -1450,6 +1617,7 @@ mod tests {
         let registry = open(&dir.path().join("w.redb"));
         let before = registry.snapshot().generation;
         let bad = Profile {
+            tenant: "default".into(),
             name: "x".into(),
             selectors: BTreeSet::new(),
             bands: BTreeSet::from([Band::Investigative]),
@@ -1477,22 +1645,22 @@ mod tests {
         {
             let registry = open(&path);
             let book = registry
-                .create_playbook(new_playbook(spec.clone(), "root", 0).unwrap())
+                .create_playbook(new_playbook("default", spec.clone(), "root", 0).unwrap())
                 .unwrap();
             assert!(matches!(
-                registry.create_playbook(new_playbook(spec, "root", 0).unwrap()),
+                registry.create_playbook(new_playbook("default", spec, "root", 0).unwrap()),
                 Err(RegistryError::AlreadyExists { .. })
             ));
             registry
-                .approve_playbook("isolate-host", "alice", &book.digest(), 1)
+                .approve_playbook("default", "isolate-host", "alice", &book.digest(), 1)
                 .unwrap();
             registry
-                .approve_playbook("isolate-host", "bob", &book.digest(), 2)
+                .approve_playbook("default", "isolate-host", "bob", &book.digest(), 2)
                 .unwrap();
         }
         let registry = open(&path);
         assert_eq!(
-            registry.snapshot().playbooks["isolate-host"].state,
+            registry.snapshot().playbooks[&crate::policy::key("default", "isolate-host")].state,
             PlaybookState::Approved
         );
         remediable_incident(&registry);
@@ -1502,7 +1670,7 @@ mod tests {
                 targets: targets.iter().map(|t| t.to_string()).collect(),
                 window_secs: None,
             };
-            registry.activate_playbook("isolate-host", "INC-1", request, "carol", 10)
+            registry.activate_playbook("default", "isolate-host", "INC-1", request, "carol", 10)
         };
         let before = registry.snapshot().generation;
         assert!(matches!(
@@ -1513,7 +1681,9 @@ mod tests {
         let g = activate(&[]).unwrap();
         assert_eq!(g.expires_at, Some(310));
         assert_eq!(
-            registry.snapshot().grants[&g.id].playbook.as_deref(),
+            registry.snapshot().grants[&crate::policy::key("default", &g.id)]
+                .playbook
+                .as_deref(),
             Some("isolate-host")
         );
 
@@ -1521,32 +1691,40 @@ mod tests {
         let gone = |name: &str| name != "bob";
         assert_eq!(registry.withdraw_playbook_approvals(gone).unwrap().len(), 1);
         assert_eq!(registry.withdraw_approvals(gone, 11).unwrap().len(), 1);
-        assert_eq!(registry.snapshot().grants[&g.id].state, GrantState::Revoked);
         assert_eq!(
-            registry.snapshot().playbooks["isolate-host"].state,
+            registry.snapshot().grants[&crate::policy::key("default", &g.id)].state,
+            GrantState::Revoked
+        );
+        assert_eq!(
+            registry.snapshot().playbooks[&crate::policy::key("default", "isolate-host")].state,
             PlaybookState::Pending
         );
-        let book = registry.snapshot().playbooks["isolate-host"].clone();
+        let book =
+            registry.snapshot().playbooks[&crate::policy::key("default", "isolate-host")].clone();
         registry
-            .approve_playbook("isolate-host", "dave", &book.digest(), 12)
+            .approve_playbook("default", "isolate-host", "dave", &book.digest(), 12)
             .unwrap();
         let g = activate(&["host/web-1"]).unwrap();
 
         let (retired, revoked) = registry
-            .retire_playbook("isolate-host", "root", "superseded", 20)
+            .retire_playbook("default", "isolate-host", "root", "superseded", 20)
             .unwrap();
         assert_eq!(retired.state, PlaybookState::Retired);
         assert_eq!(revoked.len(), 1);
         drop(registry);
         let registry = open(&path);
         let policy = registry.snapshot();
-        assert_eq!(policy.grants[&g.id].state, GrantState::Revoked);
         assert_eq!(
-            policy.playbooks["isolate-host"].state,
+            policy.grants[&crate::policy::key("default", &g.id)].state,
+            GrantState::Revoked
+        );
+        assert_eq!(
+            policy.playbooks[&crate::policy::key("default", "isolate-host")].state,
             PlaybookState::Retired
         );
         assert!(matches!(
             registry.activate_playbook(
+                "default",
                 "isolate-host",
                 "INC-1",
                 ActivationRequest {
@@ -1582,9 +1760,17 @@ mod tests {
             assert_eq!(registry.snapshot().generation, generation);
         }
         let registry = open(&path);
-        assert!(registry.snapshot().incidents.contains_key("INC-1"));
         assert!(
-            !registry.snapshot().incidents.contains_key("INC-2"),
+            registry
+                .snapshot()
+                .incidents
+                .contains_key(&crate::policy::key("default", "INC-1"))
+        );
+        assert!(
+            !registry
+                .snapshot()
+                .incidents
+                .contains_key(&crate::policy::key("default", "INC-2")),
             "an unaudited change is not written"
         );
     }
@@ -1611,6 +1797,7 @@ mod tests {
         )
         .unwrap();
         let book = new_playbook(
+            "default",
             PlaybookSpec {
                 name: "isolate-host".into(),
                 action: "isolate host".into(),
@@ -1625,7 +1812,7 @@ mod tests {
         let digest = registry.create_playbook(book).unwrap().digest();
         for approver in ["alice", "bob"] {
             registry
-                .approve_playbook("isolate-host", approver, &digest, 1)
+                .approve_playbook("default", "isolate-host", approver, &digest, 1)
                 .unwrap();
         }
         remediable_incident(&registry);
@@ -1633,7 +1820,8 @@ mod tests {
             agent: "triage".into(),
             ..ActivationRequest::default()
         };
-        let refused = registry.activate_playbook("isolate-host", "INC-1", request, "carol", 10);
+        let refused =
+            registry.activate_playbook("default", "isolate-host", "INC-1", request, "carol", 10);
         assert!(
             matches!(
                 &refused,

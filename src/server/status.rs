@@ -134,6 +134,7 @@ impl From<SerialError> for Status {
 impl From<RegistryError> for Status {
     fn from(error: RegistryError) -> Status {
         match error {
+            RegistryError::Ca(e) => e.into(),
             RegistryError::Invalid(e) => e.into(),
             RegistryError::Grant(e) => e.into(),
             RegistryError::Playbook(e) => e.into(),
@@ -143,7 +144,9 @@ impl From<RegistryError> for Status {
             e @ RegistryError::RateLimited(_) => Status::resource_exhausted(e.to_string()),
             e @ RegistryError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
             e @ RegistryError::NotFound { .. } => Status::not_found(e.to_string()),
-            e @ RegistryError::AlreadyClosed(_) => Status::failed_precondition(e.to_string()),
+            e @ (RegistryError::AlreadyClosed(_) | RegistryError::TenantDisabled(_)) => {
+                Status::failed_precondition(e.to_string())
+            }
             e @ RegistryError::NoRandomness => internal(e),
             e @ RegistryError::NotCurrent => Status::unavailable(e.to_string()),
         }

@@ -5,8 +5,11 @@ use super::{Backend, Change, StoreError, Table, Write, db_err};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 
-/// The layout version this build reads and writes.
-pub(super) const SCHEMA_VERSION: u64 = 1;
+/// The layout version this build reads and writes. 2: tenants (a table of them, and
+/// tenant-scoped keys, [`super::scoped_key`]). A schema 1 store is upgraded in place on
+/// open: its rows are the default tenant's as they are, so only the version moves, and a
+/// build that knows only schema 1 then refuses the store instead of misreading it.
+pub(super) const SCHEMA_VERSION: u64 = 2;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const AUTHORITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("authorities");
@@ -48,6 +51,10 @@ impl Embedded {
                         .map_err(db_err)?;
                 }
                 Some(SCHEMA_VERSION) => {}
+                Some(1) => {
+                    meta.insert("schema_version", SCHEMA_VERSION)
+                        .map_err(db_err)?;
+                }
                 Some(found) => {
                     return Err(StoreError::Schema {
                         found,

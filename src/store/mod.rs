@@ -21,7 +21,7 @@ mod postgres_audit;
 
 use crate::ca::{AuthorityRecord, AuthorityStore, AuthorityStoreError, CaError};
 use crate::policy::playbook::Playbook;
-use crate::policy::{Grant, Incident, Profile, RevokedSerial};
+use crate::policy::{DEFAULT_TENANT, Grant, Incident, Profile, RevokedSerial, Tenant};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use writ_verifier::Band;
@@ -73,11 +73,12 @@ pub(crate) enum Table {
     Grants,
     Playbooks,
     RevokedSerials,
+    Tenants,
 }
 
 impl Table {
     /// Every table, so a backend creates them all up front.
-    pub(crate) const ALL: [Table; 7] = [
+    pub(crate) const ALL: [Table; 8] = [
         Table::Svids,
         Table::Profiles,
         Table::Incidents,
@@ -85,6 +86,7 @@ impl Table {
         Table::Grants,
         Table::Playbooks,
         Table::RevokedSerials,
+        Table::Tenants,
     ];
 
     /// The table's name in either database (a fixed identifier, never caller text).
@@ -97,6 +99,7 @@ impl Table {
             Table::Grants => "grants",
             Table::Playbooks => "playbooks",
             Table::RevokedSerials => "revoked_serials",
+            Table::Tenants => "tenants",
         }
     }
 }
@@ -419,12 +422,35 @@ fn decode<T: for<'de> Deserialize<'de>>(table: Table, bytes: &[u8]) -> Result<T,
     })
 }
 
+/// The key of a tenant-scoped row: its name in the default tenant (so rows written before
+/// tenants existed are that tenant's, unchanged), `tenant/name` in any other. Names never
+/// hold `/` ([`crate::policy::check_name`]), so no two keys collide.
+pub(crate) fn scoped_key(tenant: &str, name: &str) -> String {
+    if tenant == DEFAULT_TENANT {
+        name.to_owned()
+    } else {
+        format!("{tenant}/{name}")
+    }
+}
+
 fn put<T: Serialize>(table: Table, key: &str, value: &T) -> Result<Write, StoreError> {
     Ok(Write::Put {
         table,
         key: key.to_owned(),
         body: serde_json::to_vec(value).map_err(db_err)?,
     })
+}
+
+/// The writes of `incidents` and `grants`, each under its tenant-scoped key.
+fn policy_writes(incidents: &[Incident], grants: &[Grant]) -> Result<Vec<Write>, StoreError> {
+    let mut writes = Vec::with_capacity(incidents.len() + grants.len());
+    for i in incidents {
+        writes.push(put(Table::Incidents, &scoped_key(&i.tenant, &i.id), i)?);
+    }
+    for g in grants {
+        writes.push(put(Table::Grants, &scoped_key(&g.tenant, &g.id), g)?);
+    }
+    Ok(writes)
 }
 
 impl Store {
@@ -670,25 +696,45 @@ impl Store {
         self.rows_where(Table::Grants, keep)
     }
 
-    /// One incident by id, open or closed however long ago.
-    pub fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
-        self.one(Table::Incidents, id)
+    /// One incident of `tenant` by id, open or closed however long ago.
+    pub fn incident(&self, tenant: &str, id: &str) -> Result<Option<Incident>, StoreError> {
+        self.one(Table::Incidents, &scoped_key(tenant, id))
     }
 
-    /// One grant by id, in any state however long ago it ended.
-    pub fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
-        self.one(Table::Grants, id)
+    /// One grant of `tenant` by id, in any state however long ago it ended.
+    pub fn grant(&self, tenant: &str, id: &str) -> Result<Option<Grant>, StoreError> {
+        self.one(Table::Grants, &scoped_key(tenant, id))
     }
 
     /// Writes (creates or replaces) a profile. Durable when this returns.
     pub fn put_profile(&self, profile: &Profile) -> Result<(), StoreError> {
+        let key = scoped_key(&profile.tenant, &profile.name);
         self.backend
-            .write(vec![put(Table::Profiles, &profile.name, profile)?])
+            .write(vec![put(Table::Profiles, &key, profile)?])
     }
 
-    /// Deletes a profile; returns whether it existed.
-    pub fn delete_profile(&self, name: &str) -> Result<bool, StoreError> {
-        self.backend.delete(Table::Profiles, name)
+    /// Deletes a profile of `tenant`; returns whether it existed.
+    pub fn delete_profile(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
+        self.backend
+            .delete(Table::Profiles, &scoped_key(tenant, name))
+    }
+
+    /// Every tenant created, disabled ones included (the default tenant is never stored).
+    pub fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        self.all(Table::Tenants)
+    }
+
+    /// Writes a tenant, and the incidents and grants that change with it (disabling a
+    /// tenant closes its incidents), in one durable transaction.
+    pub fn put_tenant_changes(
+        &self,
+        tenant: &Tenant,
+        incidents: &[Incident],
+        grants: &[Grant],
+    ) -> Result<(), StoreError> {
+        let mut writes = vec![put(Table::Tenants, &tenant.name, tenant)?];
+        writes.extend(policy_writes(incidents, grants)?);
+        self.backend.write(writes)
     }
 
     /// Every profile.
@@ -699,7 +745,7 @@ impl Store {
     /// Writes (creates or replaces) an incident. Durable when this returns.
     pub fn put_incident(&self, incident: &Incident) -> Result<(), StoreError> {
         self.backend
-            .write(vec![put(Table::Incidents, &incident.id, incident)?])
+            .write(policy_writes(std::slice::from_ref(incident), &[])?)
     }
 
     /// Every incident, open and closed.
@@ -744,12 +790,7 @@ impl Store {
             table: Table::RevokedSerials,
             key: serial.clone(),
         }));
-        for i in incidents {
-            writes.push(put(Table::Incidents, &i.id, i)?);
-        }
-        for g in grants {
-            writes.push(put(Table::Grants, &g.id, g)?);
-        }
+        writes.extend(policy_writes(incidents, grants)?);
         self.backend.write(writes)
     }
 
@@ -772,11 +813,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut writes = Vec::new();
         for p in playbooks {
-            writes.push(put(Table::Playbooks, &p.name, p)?);
+            writes.push(put(Table::Playbooks, &scoped_key(&p.tenant, &p.name), p)?);
         }
-        for g in grants {
-            writes.push(put(Table::Grants, &g.id, g)?);
-        }
+        writes.extend(policy_writes(&[], grants)?);
         self.backend.write(writes)
     }
 

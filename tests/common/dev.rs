@@ -87,6 +87,7 @@ impl Dev {
             .registry
             .create_profile(
                 Profile {
+                    tenant: "default".into(),
                     name: name.into(),
                     selectors: selectors.iter().cloned().collect(),
                     bands: BTreeSet::from([Band::Investigative]),
@@ -105,6 +106,7 @@ impl Dev {
         self.issuer
             .registry
             .open_incident(Incident {
+                tenant: "default".into(),
                 id: id.into(),
                 title: "test".into(),
                 severity: Severity::Sev2,
@@ -126,6 +128,7 @@ impl Dev {
         self.issuer
             .registry
             .open_incident(Incident {
+                tenant: "default".into(),
                 id: id.into(),
                 title: "checkout 500s".into(),
                 severity,
@@ -168,7 +171,7 @@ impl Dev {
         let now = self.issuer.cas.now();
         self.issuer
             .registry
-            .close_incident(id, "test", now)
+            .close_incident("default", id, "test", now)
             .unwrap();
     }
 }

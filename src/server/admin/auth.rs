@@ -3,15 +3,19 @@
 //! `ListOperators` RPC, which shows the same table.
 
 use super::AdminService;
-use crate::policy::Role;
 use crate::policy::grant::Principal;
 use crate::policy::roles::{Operation, allowed};
+use crate::policy::{DEFAULT_TENANT, Operator, Role, check_name};
 use crate::proto::admin as pb;
 use std::collections::BTreeSet;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
-/// An operator making a call.
+/// The gRPC metadata key naming the tenant a call acts in (`--tenant`, `WRIT_TENANT`);
+/// absent, the default tenant.
+pub const TENANT_HEADER: &str = "writ-tenant";
+
+/// An operator making a call, in one tenant.
 #[derive(Debug)]
 pub(super) struct Caller {
     /// The name recorded for their actions.
@@ -19,7 +23,9 @@ pub(super) struct Caller {
     /// The uid they act as: the kernel's word on the local socket, the configured one over
     /// mTLS (if any).
     pub(super) uid: Option<u32>,
-    /// Their roles.
+    /// The tenant the call acts in: everything it reads or changes is this tenant's.
+    pub(super) tenant: String,
+    /// Their roles in that tenant.
     roles: BTreeSet<Role>,
 }
 
@@ -33,20 +39,92 @@ impl Caller {
     }
 }
 
+/// Who is calling, before a tenant is chosen.
+enum Who<'a> {
+    /// A configured operator: the roles they are given, tenant by tenant.
+    Operator(&'a Operator, Option<u32>),
+    /// Root or the uid running writ: every role in every tenant (it can read writ's keys).
+    Host(u32),
+}
+
+impl Who<'_> {
+    fn name(&self) -> String {
+        match self {
+            Who::Operator(o, _) => o.name.clone(),
+            Who::Host(uid) => caller_name(*uid),
+        }
+    }
+
+    fn uid(&self) -> Option<u32> {
+        match self {
+            Who::Operator(_, uid) => *uid,
+            Who::Host(uid) => Some(*uid),
+        }
+    }
+
+    fn roles_in(&self, tenant: &str) -> BTreeSet<Role> {
+        match self {
+            Who::Operator(o, _) => o.roles_in(tenant),
+            Who::Host(_) => Role::ALL.into_iter().collect(),
+        }
+    }
+}
+
 /// How a caller with no configured name is recorded: root, or the uid running writ.
 pub(super) fn caller_name(uid: u32) -> String {
     format!("uid:{uid}")
 }
 
+/// The tenant a request names, checked before anything is looked up or echoed.
+fn requested_tenant<T>(request: &Request<T>) -> Result<String, Status> {
+    let Some(value) = request.metadata().get(TENANT_HEADER) else {
+        return Ok(DEFAULT_TENANT.to_owned());
+    };
+    let tenant = value
+        .to_str()
+        .map_err(|_| Status::invalid_argument("the tenant name is not text"))?;
+    if tenant.is_empty() {
+        return Ok(DEFAULT_TENANT.to_owned());
+    }
+    check_name("tenant", tenant)?;
+    Ok(tenant.to_owned())
+}
+
 impl AdminService {
-    /// The operator calling, if the role matrix lets them perform `operation`. Refusals
-    /// are logged.
+    /// The operator calling and the tenant the call acts in, if the role matrix lets them
+    /// perform `operation` there. A tenant in which the caller holds no role is refused as
+    /// not found, whether it exists or not, so another tenant's name never leaks; a
+    /// deployment-wide operation ([`Operation::deployment_wide`]) needs the role in the
+    /// default tenant. Refusals are logged.
     pub(super) fn caller<T>(
         &self,
         request: &Request<T>,
         operation: Operation,
     ) -> Result<Caller, Status> {
-        let caller = self.operator(request)?;
+        let who = self.operator(request)?;
+        let tenant = if operation.deployment_wide() {
+            DEFAULT_TENANT.to_owned()
+        } else {
+            requested_tenant(request)?
+        };
+        let roles = who.roles_in(&tenant);
+        let exists = tenant == DEFAULT_TENANT
+            || self
+                .issuer
+                .registry
+                .snapshot()
+                .tenants
+                .contains_key(&tenant);
+        if roles.is_empty() || !exists {
+            tracing::warn!(operator = %who.name(), tenant = ?tenant, ?operation, "admin call refused: no role in the tenant");
+            return Err(Status::not_found(format!("tenant {tenant:?} not found")));
+        }
+        let caller = Caller {
+            name: who.name(),
+            uid: who.uid(),
+            tenant,
+            roles,
+        };
         if allowed(&caller.roles, operation) {
             return Ok(caller);
         }
@@ -55,27 +133,32 @@ impl AdminService {
             .iter()
             .map(crate::policy::wire_name)
             .collect();
-        tracing::warn!(operator = %caller.name, ?operation, ?wanted, "admin call refused: missing role");
+        tracing::warn!(operator = %caller.name, tenant = %caller.tenant, ?operation, ?wanted, "admin call refused: missing role");
         Err(Status::permission_denied(format!(
-            "{} needs the role {}",
+            "{} needs the role {}{}",
             caller.name,
-            wanted.join(" or ")
+            wanted.join(" or "),
+            if caller.tenant == DEFAULT_TENANT {
+                String::new()
+            } else {
+                format!(" in tenant {}", caller.tenant)
+            }
         )))
     }
 
-    /// [`AdminService::caller`] for calls that only read: the caller's name is not needed.
+    /// [`AdminService::caller`] for calls that only read: returns the tenant they read.
     pub(super) fn authorize<T>(
         &self,
         request: &Request<T>,
         operation: Operation,
-    ) -> Result<(), Status> {
-        self.caller(request, operation).map(|_| ())
+    ) -> Result<String, Status> {
+        self.caller(request, operation).map(|c| c.tenant)
     }
 
-    /// Who is calling and with which roles: on the local socket, a configured operator by
-    /// the kernel-reported uid, or root / the uid running writ (every role); over mTLS, the
-    /// configured operator named by the verified client certificate.
-    fn operator<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+    /// Who is calling: on the local socket, a configured operator by the kernel-reported
+    /// uid, or root / the uid running writ; over mTLS, the configured operator named by the
+    /// verified client certificate.
+    fn operator<T>(&self, request: &Request<T>) -> Result<Who<'_>, Status> {
         let operators = &self.issuer.config.operators;
         if let Some(peer) = request.extensions().get::<crate::server::tls::AdminPeer>() {
             let name = peer.operator.as_deref().ok_or_else(|| {
@@ -83,11 +166,7 @@ impl AdminService {
             })?;
             return match operators.iter().find(|o| o.name == name) {
                 // The uid configured for them is the one they act as locally too.
-                Some(o) => Ok(Caller {
-                    name: o.name.clone(),
-                    uid: o.uid,
-                    roles: o.roles.clone(),
-                }),
+                Some(o) => Ok(Who::Operator(o, o.uid)),
                 None => {
                     tracing::warn!(operator = %name, "admin call refused: certificate names no configured operator");
                     Err(Status::permission_denied(format!(
@@ -103,17 +182,9 @@ impl AdminService {
             .map(|cred| cred.uid())
             .ok_or_else(|| Status::permission_denied("caller credentials unavailable"))?;
         if let Some(o) = operators.iter().find(|o| o.uid == Some(uid)) {
-            Ok(Caller {
-                name: o.name.clone(),
-                uid: Some(uid),
-                roles: o.roles.clone(),
-            })
+            Ok(Who::Operator(o, Some(uid)))
         } else if uid == 0 || uid == self.server_uid {
-            Ok(Caller {
-                name: caller_name(uid),
-                uid: Some(uid),
-                roles: Role::ALL.into_iter().collect(),
-            })
+            Ok(Who::Host(uid))
         } else {
             tracing::warn!(uid, "admin call refused: not an operator");
             Err(Status::permission_denied(format!(
@@ -128,7 +199,9 @@ impl AdminService {
         &self,
         request: Request<pb::ListOperatorsRequest>,
     ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
-        self.authorize(&request, Operation::ListOperators)?;
+        // The operators of the caller's tenant, with their roles there: who holds roles
+        // in other tenants is those tenants' business.
+        let tenant = self.authorize(&request, Operation::ListOperators)?;
         let role_names = |roles: &mut dyn Iterator<Item = &Role>| -> Vec<String> {
             roles.map(crate::policy::wire_name).collect()
         };
@@ -137,10 +210,11 @@ impl AdminService {
             .config
             .operators
             .iter()
+            .filter(|o| !o.roles_in(&tenant).is_empty())
             .map(|o| pb::Operator {
                 name: o.name.clone(),
                 uid: o.uid,
-                roles: role_names(&mut o.roles.iter()),
+                roles: role_names(&mut o.roles_in(&tenant).iter()),
                 implicit: false,
             })
             .collect();

@@ -114,7 +114,7 @@ impl AdminService {
         let admitted = self
             .call(
                 request,
-                Operation::RotateAuthority,
+                Operation::ManageReplicas,
                 |issuer, caller, body| {
                     change_admissions(issuer, &caller.name, &body.key_sha256, Admission::Admit)
                 },
@@ -135,7 +135,7 @@ impl AdminService {
         let removed = self
             .call(
                 request,
-                Operation::RotateAuthority,
+                Operation::ManageReplicas,
                 |issuer, caller, body| {
                     change_admissions(issuer, &caller.name, &body.key_sha256, Admission::Remove)
                 },
@@ -156,7 +156,7 @@ impl AdminService {
         let keys = self
             .call(
                 request,
-                Operation::ShowAuthorities,
+                Operation::ReadDeployment,
                 |issuer, _, _| {
                     let admitted = if issuer.cas.holds_roots() {
                         Some(

@@ -43,7 +43,7 @@ fn check_grant_sizes(request: &GrantRequest) -> Result<(), Status> {
 pub(super) fn grant_to_proto(grant: &Grant, issuer: &Issuer) -> pb::Grant {
     let severity = issuer
         .registry
-        .incident(&grant.incident)
+        .incident(&grant.tenant, &grant.incident)
         .ok()
         .flatten()
         .map(|i| i.severity);
@@ -61,15 +61,22 @@ fn grant_proto(
     let quorum = severity
         .map(|s| required_approvals(rules, s, grant) as u32)
         .unwrap_or(0);
-    let spiffe_id = agent_spiffe_id(
-        issuer.cas.base(),
-        Band::Remediation,
-        &grant.agent,
-        &grant.incident,
-        Some(&grant.id),
-    )
-    .map(|id| id.to_string())
-    .unwrap_or_default();
+    let spiffe_id = issuer
+        .registry
+        .snapshot()
+        .base_of(issuer.cas.base(), &grant.tenant)
+        .and_then(|base| {
+            agent_spiffe_id(
+                &base,
+                Band::Remediation,
+                &grant.agent,
+                &grant.incident,
+                Some(&grant.id),
+            )
+            .ok()
+        })
+        .map(|id| id.to_string())
+        .unwrap_or_default();
     pb::Grant {
         id: grant.id.clone(),
         incident: grant.incident.clone(),
@@ -154,7 +161,7 @@ impl AdminService {
                     let now = issuer.cas.now();
                     Ok(issuer
                         .registry
-                        .request_grant(request, caller.principal(), now)?)
+                        .request_grant(&caller.tenant, request, caller.principal(), now)?)
                 },
                 |caller, grant| {
                     tracing::info!(grant = %grant.id, incident = %grant.incident, agent = %grant.agent, plan_digest = %grant.plan_digest, by = %caller.name, uid = ?caller.uid, "grant requested");
@@ -177,6 +184,7 @@ impl AdminService {
                     let approval_ttl = issuer.config.approval_ttl_secs as i64;
                     let now = issuer.cas.now();
                     Ok(issuer.registry.approve_grant(
+                        &caller.tenant,
                         &body.id,
                         caller.principal(),
                         &body.plan_digest,
@@ -221,7 +229,14 @@ impl AdminService {
                     let now = issuer.cas.now();
                     Ok(issuer
                         .registry
-                        .end_grant_confirmed(&body.id, state, &caller.name, &reason, now)?)
+                        .end_grant_confirmed(
+                        &caller.tenant,
+                        &body.id,
+                        state,
+                        &caller.name,
+                        &reason,
+                        now,
+                    )?)
                 },
                 |caller, (grant, _)| {
                     tracing::info!(grant = %grant.id, by = %caller.name, state = ?grant.state, "grant ended");
@@ -235,12 +250,12 @@ impl AdminService {
         &self,
         request: Request<pb::GetGrantRequest>,
     ) -> Result<Response<pb::GrantResponse>, Status> {
-        self.authorize(&request, Operation::ReadGrants)?;
+        let tenant = self.authorize(&request, Operation::ReadGrants)?;
         let id = request.into_inner().id;
         name_arg("grant", &id)?;
         let issuer = Arc::clone(&self.issuer);
         let lookup = id.clone();
-        let grant = tokio::task::spawn_blocking(move || issuer.registry.grant(&lookup))
+        let grant = tokio::task::spawn_blocking(move || issuer.registry.grant(&tenant, &lookup))
             .await
             .map_err(|_| Status::internal("reading the grant failed"))??
             .ok_or_else(|| Status::not_found(format!("unknown grant {id:?}")))?;
@@ -251,21 +266,21 @@ impl AdminService {
         &self,
         request: Request<pb::ListGrantsRequest>,
     ) -> Result<Response<pb::ListGrantsResponse>, Status> {
-        self.authorize(&request, Operation::ReadGrants)?;
+        let tenant = self.authorize(&request, Operation::ReadGrants)?;
         let incident = request.into_inner().incident;
         // History is in the store (the registry keeps only live state in memory).
         let issuer = Arc::clone(&self.issuer);
         let grants = tokio::task::spawn_blocking(move || -> Result<_, Status> {
             let mut grants: Vec<Grant> = issuer
                 .registry
-                .all_grants()?
+                .all_grants(&tenant)?
                 .into_iter()
                 .filter(|g| incident.is_empty() || g.incident == incident)
                 .collect();
             grants.sort_by(|a, b| (a.requested_at, &a.id).cmp(&(b.requested_at, &b.id)));
             let severities: BTreeMap<String, Severity> = issuer
                 .registry
-                .all_incidents()?
+                .all_incidents(&tenant)?
                 .into_iter()
                 .map(|i| (i.id, i.severity))
                 .collect();

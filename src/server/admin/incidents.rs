@@ -22,6 +22,7 @@ const MAX_EXTENSION_SECS: u64 = 7 * 24 * 3600;
 /// Parses an incident request; the registry checks the whole object again. Its lifetime
 /// may not pass `ceiling_secs` (config `max_incident_lifetime`).
 fn parse_incident(
+    tenant: &str,
     body: pb::OpenIncidentRequest,
     by: String,
     now: i64,
@@ -42,6 +43,7 @@ fn parse_incident(
         return Err(Status::invalid_argument("max lifetime must be at least 1s"));
     }
     let incident = Incident {
+        tenant: tenant.to_owned(),
         id: body.id,
         title: body.title,
         severity,
@@ -94,6 +96,7 @@ impl AdminService {
                 Operation::CommandIncident,
                 |issuer, caller, body| {
                     let incident = parse_incident(
+                        &caller.tenant,
                         body,
                         caller.name.clone(),
                         issuer.cas.now(),
@@ -128,9 +131,12 @@ impl AdminService {
                 |issuer, caller, body| {
                     name_arg("incident", &body.id)?;
                     let now = issuer.cas.now();
-                    Ok(issuer
-                        .registry
-                        .close_incident_confirmed(&body.id, &caller.name, now)?)
+                    Ok(issuer.registry.close_incident_confirmed(
+                        &caller.tenant,
+                        &body.id,
+                        &caller.name,
+                        now,
+                    )?)
                 },
                 |caller, (incident, _)| {
                     tracing::info!(incident = %incident.id, by = %caller.name, "incident closed");
@@ -161,6 +167,7 @@ impl AdminService {
                     let ceiling = issuer.config.max_incident_lifetime_secs;
                     let now = issuer.cas.now();
                     Ok(issuer.registry.extend_incident(
+                        &caller.tenant,
                         &body.id,
                         body.by_seconds,
                         ceiling,
@@ -182,10 +189,10 @@ impl AdminService {
         &self,
         request: Request<pb::ListIncidentsRequest>,
     ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
-        self.authorize(&request, Operation::ReadIncidents)?;
+        let tenant = self.authorize(&request, Operation::ReadIncidents)?;
         // History is in the store (the registry keeps only live state in memory).
         let issuer = Arc::clone(&self.issuer);
-        let incidents = tokio::task::spawn_blocking(move || issuer.registry.all_incidents())
+        let incidents = tokio::task::spawn_blocking(move || issuer.registry.all_incidents(&tenant))
             .await
             .map_err(|_| Status::internal("listing incidents failed"))??;
         Ok(Response::new(pb::ListIncidentsResponse {
@@ -197,18 +204,19 @@ impl AdminService {
         &self,
         request: Request<pb::GetIncidentRequest>,
     ) -> Result<Response<pb::GetIncidentResponse>, Status> {
-        self.authorize(&request, Operation::ReadIncidents)?;
+        let tenant = self.authorize(&request, Operation::ReadIncidents)?;
         let id = request.into_inner().id;
         name_arg("incident", &id)?;
         let issuer = Arc::clone(&self.issuer);
         let lookup = id.clone();
-        let incident = tokio::task::spawn_blocking(move || issuer.registry.incident(&lookup))
-            .await
-            .map_err(|_| Status::internal("reading the incident failed"))??
-            .ok_or(RegistryError::NotFound {
-                what: "incident",
-                name: id,
-            })?;
+        let incident =
+            tokio::task::spawn_blocking(move || issuer.registry.incident(&tenant, &lookup))
+                .await
+                .map_err(|_| Status::internal("reading the incident failed"))??
+                .ok_or(RegistryError::NotFound {
+                    what: "incident",
+                    name: id,
+                })?;
         Ok(Response::new(pb::GetIncidentResponse {
             incident: Some(incident_to_proto(&incident)),
         }))
@@ -237,6 +245,7 @@ mod tests {
     #[test]
     fn incidents_are_parsed_with_a_default_lifetime() {
         let incident = parse_incident(
+            "default",
             incident_request("sev2", &["triage"]),
             "uid:0".into(),
             9,
@@ -264,7 +273,8 @@ mod tests {
             zero,
             untitled,
         ] {
-            let status = parse_incident(request, "uid:0".into(), 0, CEILING).unwrap_err();
+            let status =
+                parse_incident("default", request, "uid:0".into(), 0, CEILING).unwrap_err();
             assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         }
     }

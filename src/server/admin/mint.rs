@@ -3,7 +3,7 @@
 //! workload is entitled to, no operator can mint.
 
 use super::AdminService;
-use crate::ca::{CaSet, SubjectKey, SvidRequest};
+use crate::ca::{SubjectKey, SvidRequest};
 use crate::identity::agent_spiffe_id;
 use crate::policy::check_scope;
 use crate::policy::mint::operator_entitlement;
@@ -28,12 +28,13 @@ impl AdminService {
                 request,
                 Operation::MintSvid,
                 |issuer, caller, body| {
-                    let (spiffe_id, scopes) = resolve(&issuer.cas, body.identity)?;
+                    let (spiffe_id, scopes) = resolve(issuer, &caller.tenant, body.identity)?;
                     let _gate = issuer.registry.issuance_gate();
                     let ttl = body
                         .ttl_seconds
                         .map_or(issuer.config.ca.x509_svid_ttl, Duration::from_secs);
-                    let (band, mut svid) = operator_request(issuer, &spiffe_id, &scopes, ttl)?;
+                    let (band, mut svid) =
+                        operator_request(issuer, &caller.tenant, &spiffe_id, &scopes, ttl)?;
                     svid.dns_names = body.dns_names;
                     let minted =
                         issuer.issue_x509(band, SubjectKey::Csr(&body.csr), svid, &caller.name)?;
@@ -63,12 +64,13 @@ impl AdminService {
                 Operation::MintSvid,
                 |issuer, caller, body| {
                     issuer.signs_jwt()?;
-                    let (spiffe_id, scopes) = resolve(&issuer.cas, body.identity)?;
+                    let (spiffe_id, scopes) = resolve(issuer, &caller.tenant, body.identity)?;
                     let _gate = issuer.registry.issuance_gate();
                     let ttl = body
                         .ttl_seconds
                         .map_or(issuer.config.ca.jwt_svid_ttl, Duration::from_secs);
-                    let (band, svid) = operator_request(issuer, &spiffe_id, &scopes, ttl)?;
+                    let (band, svid) =
+                        operator_request(issuer, &caller.tenant, &spiffe_id, &scopes, ttl)?;
                     let minted = issuer.issue_jwt(band, svid, &body.audience, &caller.name)?;
                     Ok((spiffe_id, minted))
                 },
@@ -84,9 +86,14 @@ impl AdminService {
     }
 }
 
-/// Resolves the request's identity to the SPIFFE ID it names and the scopes asked for;
-/// whether anyone holds it is [`operator_request`]'s question.
-fn resolve(cas: &CaSet, identity: Option<pb::Identity>) -> Result<(SpiffeId, Vec<String>), Status> {
+/// Resolves the request's identity to the SPIFFE ID it names in `tenant` and the scopes
+/// asked for; whether anyone holds it is [`operator_request`]'s question.
+fn resolve(
+    issuer: &Issuer,
+    tenant: &str,
+    identity: Option<pb::Identity>,
+) -> Result<(SpiffeId, Vec<String>), Status> {
+    let cas = &issuer.cas;
     let identity = identity.ok_or_else(|| Status::invalid_argument("identity is required"))?;
     if identity.scopes.len() > MAX_SCOPES {
         return Err(Status::invalid_argument(format!(
@@ -137,7 +144,14 @@ fn resolve(cas: &CaSet, identity: Option<pb::Identity>) -> Result<(SpiffeId, Vec
                 Band::Remediation
             });
             let grant = (!identity.grant.is_empty()).then_some(identity.grant.as_str());
-            let id = agent_spiffe_id(cas.base(), band, &identity.agent, &identity.incident, grant)
+            let base = issuer
+                .registry
+                .snapshot()
+                .tenant_base(cas.base(), tenant)
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!("tenant {tenant:?} is disabled"))
+                })?;
+            let id = agent_spiffe_id(&base, band, &identity.agent, &identity.incident, grant)
                 .map_err(crate::ca::CaError::from)?;
             Ok((id, identity.scopes))
         }
@@ -156,12 +170,13 @@ fn resolve(cas: &CaSet, identity: Option<pb::Identity>) -> Result<(SpiffeId, Vec
 /// grant's window cuts it).
 fn operator_request(
     issuer: &Issuer,
+    tenant: &str,
     spiffe_id: &SpiffeId,
     scopes: &[String],
     ttl: Duration,
 ) -> Result<(Band, SvidRequest), Status> {
     let policy = issuer.registry.snapshot();
-    let entitlement = operator_entitlement(&policy, issuer.cas.base(), spiffe_id, scopes)
+    let entitlement = operator_entitlement(&policy, issuer.cas.base(), tenant, spiffe_id, scopes)
         .map_err(|e| Status::permission_denied(e.to_string()))?;
     Ok(issuer.entitled_request(entitlement, ttl)?)
 }

@@ -28,6 +28,9 @@ mod playbooks;
 mod profiles;
 pub mod refusals;
 mod svids;
+mod tenants;
+
+pub use auth::TENANT_HEADER;
 
 use super::Issuer;
 use crate::proto::admin::{self as pb, admin_server::Admin, admin_server::AdminServer};
@@ -161,6 +164,36 @@ impl Admin for AdminService {
         request: Request<pb::ListOperatorsRequest>,
     ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
         self.list_operators_rpc(request).await
+    }
+
+    // Tenants: `tenants.rs`.
+
+    async fn create_tenant(
+        &self,
+        request: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::TenantResponse>, Status> {
+        self.create_tenant_rpc(request).await
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        self.list_tenants_rpc(request).await
+    }
+
+    async fn get_tenant(
+        &self,
+        request: Request<pb::GetTenantRequest>,
+    ) -> Result<Response<pb::TenantResponse>, Status> {
+        self.get_tenant_rpc(request).await
+    }
+
+    async fn disable_tenant(
+        &self,
+        request: Request<pb::DisableTenantRequest>,
+    ) -> Result<Response<pb::DisableTenantResponse>, Status> {
+        self.disable_tenant_rpc(request).await
     }
 
     // Nodes and the server itself: `nodes.rs`.

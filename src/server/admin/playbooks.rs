@@ -75,7 +75,7 @@ impl AdminService {
                         scopes: body.scopes.into_iter().collect(),
                         max_window_secs: body.max_window_seconds,
                     };
-                    let book = playbook::new_playbook(spec, &caller.name, issuer.cas.now())?;
+                    let book = playbook::new_playbook(&caller.tenant, spec, &caller.name, issuer.cas.now())?;
                     Ok(issuer.registry.create_playbook(book)?)
                 },
                 |caller, book| {
@@ -103,6 +103,7 @@ impl AdminService {
                     }
                     let now = issuer.cas.now();
                     Ok(issuer.registry.approve_playbook(
+                        &caller.tenant,
                         &body.name,
                         &caller.name,
                         &body.digest,
@@ -121,10 +122,15 @@ impl AdminService {
         &self,
         request: Request<pb::ListPlaybooksRequest>,
     ) -> Result<Response<pb::ListPlaybooksResponse>, Status> {
-        self.authorize(&request, Operation::ReadPlaybooks)?;
+        let tenant = self.authorize(&request, Operation::ReadPlaybooks)?;
         let policy = self.issuer.registry.snapshot();
         Ok(Response::new(pb::ListPlaybooksResponse {
-            playbooks: policy.playbooks.values().map(playbook_to_proto).collect(),
+            playbooks: policy
+                .playbooks
+                .values()
+                .filter(|p| p.tenant == tenant)
+                .map(playbook_to_proto)
+                .collect(),
         }))
     }
 
@@ -132,13 +138,12 @@ impl AdminService {
         &self,
         request: Request<pb::GetPlaybookRequest>,
     ) -> Result<Response<pb::PlaybookResponse>, Status> {
-        self.authorize(&request, Operation::ReadPlaybooks)?;
+        let tenant = self.authorize(&request, Operation::ReadPlaybooks)?;
         let name = request.into_inner().name;
         name_arg("playbook", &name)?;
         let policy = self.issuer.registry.snapshot();
         let book = policy
-            .playbooks
-            .get(&name)
+            .playbook(&tenant, &name)
             .ok_or_else(|| Status::not_found(format!("unknown playbook {name:?}")))?;
         Ok(response(book))
     }
@@ -163,6 +168,7 @@ impl AdminService {
                     };
                     let now = issuer.cas.now();
                     let (book, revoked) = issuer.registry.retire_playbook(
+                        &caller.tenant,
                         &body.name,
                         &caller.name,
                         &reason,
@@ -203,7 +209,14 @@ impl AdminService {
                     let now = issuer.cas.now();
                     let activated = issuer
                         .registry
-                        .activate_playbook(&body.name, &body.incident, activation, &caller.name, now)
+                        .activate_playbook(
+                            &caller.tenant,
+                            &body.name,
+                            &body.incident,
+                            activation,
+                            &caller.name,
+                            now,
+                        )
                         .inspect_err(|e| {
                             tracing::info!(playbook = %body.name, incident = %body.incident, by = %caller.name, reason = %e, "playbook activation refused");
                         })?;

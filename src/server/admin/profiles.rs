@@ -12,7 +12,11 @@ use tonic::{Request, Response, Status};
 use writ_verifier::Band;
 
 /// Parses a profile request; the registry checks the whole object again.
-fn parse_profile(body: pb::CreateProfileRequest, now: i64) -> Result<Profile, Status> {
+fn parse_profile(
+    tenant: &str,
+    body: pb::CreateProfileRequest,
+    now: i64,
+) -> Result<Profile, Status> {
     bounded("selectors", &body.selectors)?;
     bounded("bands", &body.bands)?;
     bounded("scopes", &body.scopes)?;
@@ -43,6 +47,7 @@ fn parse_profile(body: pb::CreateProfileRequest, now: i64) -> Result<Profile, St
         });
     }
     let profile = Profile {
+        tenant: tenant.to_owned(),
         name: body.name,
         selectors,
         bands,
@@ -77,7 +82,7 @@ impl AdminService {
                 request,
                 Operation::ManageProfiles,
                 move |issuer, caller, body| {
-                    let profile = parse_profile(body, issuer.cas.now())?;
+                    let profile = parse_profile(&caller.tenant, body, issuer.cas.now())?;
                     // Operators and workloads are different people: a profile may not make
                     // an operator's uid an agent (docs/roles.md), save in the one-user demo.
                     let operator_uids = operator_uids(&issuer.config.operators, server_uid);
@@ -108,10 +113,15 @@ impl AdminService {
         &self,
         request: Request<pb::ListProfilesRequest>,
     ) -> Result<Response<pb::ListProfilesResponse>, Status> {
-        self.authorize(&request, Operation::ReadProfiles)?;
+        let tenant = self.authorize(&request, Operation::ReadProfiles)?;
         let policy = self.issuer.registry.snapshot();
         Ok(Response::new(pb::ListProfilesResponse {
-            profiles: policy.profiles.values().map(profile_to_proto).collect(),
+            profiles: policy
+                .profiles
+                .values()
+                .filter(|p| p.tenant == tenant)
+                .map(profile_to_proto)
+                .collect(),
         }))
     }
 
@@ -119,14 +129,16 @@ impl AdminService {
         &self,
         request: Request<pb::GetProfileRequest>,
     ) -> Result<Response<pb::GetProfileResponse>, Status> {
-        self.authorize(&request, Operation::ReadProfiles)?;
+        let tenant = self.authorize(&request, Operation::ReadProfiles)?;
         let name = request.into_inner().name;
         name_arg("profile", &name)?;
         let policy = self.issuer.registry.snapshot();
-        let profile = policy.profiles.get(&name).ok_or(RegistryError::NotFound {
-            what: "profile",
-            name,
-        })?;
+        let profile = policy
+            .profile(&tenant, &name)
+            .ok_or(RegistryError::NotFound {
+                what: "profile",
+                name,
+            })?;
         Ok(Response::new(pb::GetProfileResponse {
             profile: Some(profile_to_proto(profile)),
         }))
@@ -142,7 +154,9 @@ impl AdminService {
                 Operation::ManageProfiles,
                 |issuer, caller, body| {
                     name_arg("profile", &body.name)?;
-                    Ok(issuer.registry.delete_profile(&body.name, &caller.name)?)
+                    Ok(issuer
+                        .registry
+                        .delete_profile(&caller.tenant, &body.name, &caller.name)?)
                 },
                 |caller, profile| {
                     tracing::info!(profile = %profile.name, by = %caller.name, "profile deleted");
@@ -178,12 +192,19 @@ mod tests {
 
     #[test]
     fn profiles_default_to_the_investigative_band_and_services_to_base() {
-        let agent = parse_profile(profile_request(&["unix:uid:1001"], &[], false), 7).unwrap();
+        let agent = parse_profile(
+            "default",
+            profile_request(&["unix:uid:1001"], &[], false),
+            7,
+        )
+        .unwrap();
         assert_eq!(agent.bands, BTreeSet::from([Band::Investigative]));
         assert_eq!(agent.created_at, 7);
-        let service = parse_profile(profile_request(&["unix:uid:1001"], &[], true), 7).unwrap();
+        let service =
+            parse_profile("default", profile_request(&["unix:uid:1001"], &[], true), 7).unwrap();
         assert_eq!(service.bands, BTreeSet::from([Band::Base]));
         let both = parse_profile(
+            "default",
             profile_request(&["unix:uid:1001"], &["investigative", "remediation"], false),
             7,
         )
@@ -202,7 +223,7 @@ mod tests {
             profile_request(&["unix:uid:1"], &["remediation"], true),
             profile_request(&["unix:uid:1"; MAX_ITEMS + 1], &[], false),
         ] {
-            let status = parse_profile(request, 0).unwrap_err();
+            let status = parse_profile("default", request, 0).unwrap_err();
             assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         }
     }

@@ -1,0 +1,220 @@
+//! Tenants: one writ deployment, several organisations, nothing that crosses
+//! (docs/multi-tenant.md).
+//!
+//! A tenant has its own base trust domain and so its own band pair
+//! (`investigate.<base>`, `remediate.<base>`), each with its own CA. Every profile,
+//! incident, grant and playbook belongs to one tenant, and names are unique within it:
+//! [`Key`] is how the policy finds an object. The deployment's own tenant,
+//! [`DEFAULT_TENANT`], has the deployment's base: a deployment that never creates a tenant
+//! is exactly what it was before tenants existed. Pure: the rules of naming and creating
+//! tenants, no I/O.
+
+use super::{PolicyError, check_name};
+use serde::{Deserialize, Serialize};
+use spiffe::TrustDomain;
+use writ_verifier::Band;
+
+/// The deployment's own tenant: objects stored before tenants existed are its, and an
+/// admin command without `--tenant` acts in it.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Most tenants one deployment holds (each has two CAs that rotate).
+pub const MAX_TENANTS: usize = 1024;
+
+/// Where a tenant-scoped object lives in the policy: its tenant and its name (an
+/// incident's or grant's id, a profile's or playbook's name).
+pub type Key = (String, String);
+
+/// The key of `name` in `tenant`.
+pub fn key(tenant: &str, name: &str) -> Key {
+    (tenant.to_owned(), name.to_owned())
+}
+
+/// Serde's default for the `tenant` field of objects stored before tenants existed.
+pub fn default_tenant() -> String {
+    DEFAULT_TENANT.to_owned()
+}
+
+/// Whether a tenant's objects may still be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantState {
+    /// Issues identities.
+    Active,
+    /// Issues nothing, ever again; its incidents were closed when it was disabled.
+    Disabled,
+}
+
+/// A tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    /// Unique, never reused.
+    pub name: String,
+    /// Its base trust domain: its identities live in `investigate.<base>` and
+    /// `remediate.<base>`.
+    pub base: String,
+    /// Active or disabled.
+    pub state: TenantState,
+    /// The operator who created it (`writ` for the default tenant).
+    pub created_by: String,
+    /// Seconds since the epoch.
+    pub created_at: i64,
+    /// Who disabled it.
+    #[serde(default)]
+    pub disabled_by: Option<String>,
+    /// Seconds since the epoch.
+    #[serde(default)]
+    pub disabled_at: Option<i64>,
+}
+
+impl Tenant {
+    /// The deployment's own tenant, on the deployment's `base`. Never stored: it exists
+    /// in every deployment, made from the configuration.
+    pub fn default_for(base: &TrustDomain) -> Tenant {
+        Tenant {
+            name: DEFAULT_TENANT.to_owned(),
+            base: base.to_string(),
+            state: TenantState::Active,
+            created_by: "writ".to_owned(),
+            created_at: 0,
+            disabled_by: None,
+            disabled_at: None,
+        }
+    }
+
+    /// Whether identities may be issued in it.
+    pub fn is_active(&self) -> bool {
+        self.state == TenantState::Active
+    }
+
+    /// Its base trust domain, parsed.
+    pub fn trust_domain(&self) -> Result<TrustDomain, PolicyError> {
+        TrustDomain::new(&self.base).map_err(|e| {
+            PolicyError::BadTenant(format!(
+                "trust domain {:?}: {e}",
+                self.base.chars().take(64).collect::<String>()
+            ))
+        })
+    }
+}
+
+/// Checks that `new` may join `existing` tenants in a deployment whose own base is
+/// `deployment_base`: a valid name not already taken, a valid base whose band trust
+/// domains are no one else's. Two tenants on one base would share CAs' trust domains and
+/// accept each other's identities; a tenant whose band trust domain is the deployment's
+/// base would collide with the nodes' and services' CA.
+pub fn check_new<'a>(
+    new: &Tenant,
+    existing: impl IntoIterator<Item = &'a Tenant>,
+    deployment_base: &TrustDomain,
+) -> Result<(), PolicyError> {
+    check_name("tenant", &new.name)?;
+    if new.name.len() > 63
+        || !new
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(PolicyError::BadTenant(format!(
+            "name {:?}: use 1-63 of [a-z0-9-]",
+            new.name.chars().take(64).collect::<String>()
+        )));
+    }
+    let base = new.trust_domain()?;
+    for band in [Band::Investigative, Band::Remediation] {
+        let td = band.trust_domain_name(base.as_str());
+        TrustDomain::new(&td)
+            .map_err(|e| PolicyError::BadTenant(format!("band trust domain {td:?}: {e}")))?;
+        if td == deployment_base.as_str() {
+            return Err(PolicyError::BadTenant(format!(
+                "its {band} trust domain {td} is the deployment's base"
+            )));
+        }
+    }
+    let mut count = 0;
+    for other in existing {
+        count += 1;
+        if other.name == new.name {
+            return Err(PolicyError::BadTenant(format!(
+                "tenant {:?} already exists (names are never reused)",
+                new.name
+            )));
+        }
+        if other.base == new.base {
+            return Err(PolicyError::BadTenant(format!(
+                "trust domain {} is another tenant's",
+                new.base
+            )));
+        }
+    }
+    if count >= MAX_TENANTS {
+        return Err(PolicyError::TooMany("tenants"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn tenant(name: &str, base: &str) -> Tenant {
+        Tenant {
+            name: name.into(),
+            base: base.into(),
+            state: TenantState::Active,
+            created_by: "root".into(),
+            created_at: 1,
+            disabled_by: None,
+            disabled_at: None,
+        }
+    }
+
+    #[test]
+    fn a_new_tenant_needs_its_own_name_and_trust_domains() {
+        let deployment = TrustDomain::new("example.org").unwrap();
+        let default = Tenant::default_for(&deployment);
+        let acme = tenant("acme", "acme.example");
+        let existing = [default.clone(), acme.clone()];
+        assert_eq!(
+            check_new(&tenant("globex", "globex.example"), &existing, &deployment),
+            Ok(())
+        );
+        for (bad, why) in [
+            (tenant("acme", "other.example"), "already exists"),
+            (tenant("default", "other.example"), "already exists"),
+            (tenant("globex", "acme.example"), "another tenant's"),
+            (tenant("globex", "example.org"), "another tenant's"),
+            (tenant("Acme2", "a2.example"), "[a-z0-9-]"),
+            (tenant("a/b", "a2.example"), "invalid tenant name"),
+            (tenant("globex", "Not A Domain"), "trust domain"),
+            (tenant("globex", ""), "trust domain"),
+        ] {
+            let err = check_new(&bad, &existing, &deployment)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+        // A tenant whose band trust domain is the deployment's own base.
+        let odd = TrustDomain::new("investigate.corp.example").unwrap();
+        let err = check_new(&tenant("corp", "corp.example"), [], &odd).unwrap_err();
+        assert!(
+            err.to_string().contains("is the deployment's base"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn old_objects_belong_to_the_default_tenant() {
+        assert_eq!(default_tenant(), DEFAULT_TENANT);
+        assert_eq!(
+            key("acme", "INC-1"),
+            ("acme".to_owned(), "INC-1".to_owned())
+        );
+        assert_ne!(key("acme", "INC-1"), key("globex", "INC-1"));
+        let d = Tenant::default_for(&TrustDomain::new("example.org").unwrap());
+        assert!(d.is_active());
+        assert_eq!(d.trust_domain().unwrap().as_str(), "example.org");
+    }
+}

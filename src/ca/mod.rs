@@ -1482,6 +1482,10 @@ fn band_trust_domain(band: Band, base: &str) -> Result<TrustDomain, CaError> {
 /// tenant's pair, `investigate.<tenant base>` and `remediate.<tenant base>`, each with
 /// its own keys, authorities and bundle. Minting picks the CA by the SPIFFE ID's trust
 /// domain. The issuer records what it hands out; nothing here writes SVID records.
+///
+/// Every CA keeps its key files in `<key dir>/<its trust domain>/`: a tenant's never
+/// share a file with another tenant's or the deployment's, and the deployment's are where
+/// a server without tenants has always kept them.
 pub struct CaSet {
     base: TrustDomain,
     /// The deployment's CAs by band: always there, so [`CaSet::ca`] takes no lock.

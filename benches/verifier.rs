@@ -139,6 +139,7 @@ fn bench(c: &mut Criterion) {
     let base = TrustDomain::new("example.org").unwrap();
     let cas = CaSet::open(
         base.clone(),
+        &[],
         &dir.path().join("keys"),
         store,
         CaConfig::default(),

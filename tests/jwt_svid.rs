@@ -583,6 +583,7 @@ fn bundle_and_keys_survive_reopening_the_ca_set() {
     );
     let reopened = writ::ca::CaSet::open(
         spiffe::TrustDomain::new(common::BASE).unwrap(),
+        &[],
         &fx.dir.path().join("keys"),
         std::sync::Arc::clone(&fx.store),
         CaConfig::default(),

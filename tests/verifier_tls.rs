@@ -500,6 +500,7 @@ async fn another_trust_domain_or_another_deployments_ca_is_refused() {
     let store = Arc::new(writ::store::Store::open(&dir.path().join("s.redb")).unwrap());
     let acme = writ::ca::CaSet::open(
         writ_verifier::parse_trust_domain("acme.org").unwrap(),
+        &[],
         &dir.path().join("keys"),
         store,
         CaConfig::default(),

@@ -1,12 +1,14 @@
-//! Trust-domain certificate authorities: one per band, each with its own keys.
+//! Trust-domain certificate authorities: one per band of the deployment and of each tenant,
+//! each with its own keys.
 //!
 //! Owns: CA keys (ECDSA P-256 through ring), self-signed roots, rotation, minting of
 //! X.509-SVIDs and JWT-SVIDs, and the bundles. Authorities persist through
 //! [`AuthorityStore`], an interface this module owns and the store implements; SVID
 //! records are the issuer's to write. Must never: copy anything but the public key out of
-//! a CSR, sign with one band's key for another band's trust domain, log or return a CA
-//! private key, mint past the issuing authority's notAfter, or import the store, the
-//! server or policy (the dependency runs the other way).
+//! a CSR, sign with one band's key for another band's trust domain (nor with one
+//! tenant's for another's or the deployment's), log or return a CA private key, mint past
+//! the issuing authority's notAfter, or import the store, the server or policy (the
+//! dependency runs the other way).
 
 pub mod authority;
 pub mod bundle;
@@ -26,7 +28,7 @@ use keys::{EcKey, SignatureEncoding};
 use ring::rand::SecureRandom;
 use serde::Deserialize;
 use spiffe::{SpiffeId, TrustDomain};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -447,6 +449,20 @@ pub struct TrustDomainCa {
     replica_key: Option<Arc<EcKey>>,
 }
 
+/// Where a CA's roots' keys are made and kept, as [`CaSet`] opens it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Roots {
+    /// Here (a server alone on its store): a stored authority's missing key file is an
+    /// error.
+    Here,
+    /// Here, unless none of the stored authorities' key files is (a shared store: then
+    /// this server is a signing replica of the trust domain, see [`holds_roots`]).
+    HereOrFollow,
+    /// Elsewhere, even before anything is stored: a signing replica's tenant CAs follow
+    /// what the root's holder stores and never make roots of their own.
+    Follow,
+}
+
 /// Whether this host holds a trust domain's root keys, given whether each stored
 /// authority's key file is here. A server that may follow (a shared store) and has none
 /// of them is a signing replica; one that has some but not all is broken, and opening
@@ -495,11 +511,16 @@ impl TrustDomainCa {
         config: CaConfig,
         now: i64,
     ) -> Result<Self, CaError> {
-        Self::open_dyn(band, trust_domain, key_dir, store, config, now, false)
+        Self::open_dyn(band, trust_domain, key_dir, store, config, now, Roots::Here)
     }
 
     /// [`TrustDomainCa::open`] over a shared trait object ([`CaSet`] gives every band's
     /// CA the same store).
+    ///
+    /// Key files live in `key_dir/<trust domain>/`, named by authority id: a directory
+    /// per trust domain, so two trust domains (the deployment's bands, or two tenants'
+    /// bands) never share a key file, and the deployment's keys stay where every earlier
+    /// version put them.
     fn open_dyn(
         band: Band,
         trust_domain: TrustDomain,
@@ -507,7 +528,7 @@ impl TrustDomainCa {
         store: Arc<dyn AuthorityStore>,
         config: CaConfig,
         now: i64,
-        may_follow: bool,
+        roots: Roots,
     ) -> Result<Self, CaError> {
         config.validate()?;
         let key_dir = key_dir.join(trust_domain.to_string());
@@ -519,7 +540,12 @@ impl TrustDomainCa {
             .iter()
             .map(|r| key_path(&key_dir, &r.id, "x509").exists())
             .collect();
-        if !holds_roots(&here, may_follow) {
+        let roots_here = match roots {
+            Roots::Here => holds_roots(&here, false),
+            Roots::HereOrFollow => holds_roots(&here, true),
+            Roots::Follow => false,
+        };
+        if !roots_here {
             return Self::open_replica(band, trust_domain, key_dir, store, config, now);
         }
         let mut authorities = Vec::with_capacity(records.len());
@@ -1420,10 +1446,12 @@ pub struct TrustBundle {
     pub jwt_keys: BTreeMap<String, Vec<u8>>,
 }
 
-/// Every band's bundle; changes whenever an authority is prepared, activated or pruned.
+/// Every held trust domain's bundle; changes whenever an authority is prepared,
+/// activated or pruned, and when a tenant is added.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BundleSet {
-    /// In band order: investigative, remediation, base.
+    /// The deployment's, in band order (investigative, remediation, base), then each
+    /// tenant's pair (investigative, remediation), tenants in the order of their base.
     pub bundles: Vec<TrustBundle>,
 }
 
@@ -1433,122 +1461,359 @@ impl BundleSet {
         self.bundles.iter().find(|b| b.trust_domain == name)
     }
 
-    /// The bundle of `band`.
+    /// The deployment's bundle of `band`: the first of that band, since the deployment's
+    /// come first (a tenant's are found by [`BundleSet::by_name`]).
     pub fn by_band(&self, band: Band) -> Option<&TrustBundle> {
         self.bundles.iter().find(|b| b.band == band)
     }
 }
 
-/// The CAs of every band and the clock. The issuer records what it hands out; nothing
-/// here writes SVID records.
+/// The bands a tenant has a CA for: it has no nodes or services of its own, so no base.
+pub const TENANT_BANDS: [Band; 2] = [Band::Investigative, Band::Remediation];
+
+/// The trust domain of `band` under `base`.
+fn band_trust_domain(band: Band, base: &str) -> Result<TrustDomain, CaError> {
+    TrustDomain::new(band.trust_domain_name(base))
+        .map_err(|e| CaError::Config(format!("trust domain for band {band} under {base}: {e}")))
+}
+
+/// The CAs this server holds, and the clock: the deployment's, one per band under its
+/// base trust domain (nodes, services and the server live in the base), and each
+/// tenant's pair, `investigate.<tenant base>` and `remediate.<tenant base>`, each with
+/// its own keys, authorities and bundle. Minting picks the CA by the SPIFFE ID's trust
+/// domain. The issuer records what it hands out; nothing here writes SVID records.
+///
+/// Every CA keeps its key files in `<key dir>/<its trust domain>/`: a tenant's never
+/// share a file with another tenant's or the deployment's, and the deployment's are where
+/// a server without tenants has always kept them.
 pub struct CaSet {
     base: TrustDomain,
-    cas: BTreeMap<Band, TrustDomainCa>,
+    /// The deployment's CAs by band: always there, so [`CaSet::ca`] takes no lock.
+    deployment: BTreeMap<Band, Arc<TrustDomainCa>>,
+    /// Every CA held and the tenants; replaced whole when a tenant is added.
+    held: RwLock<Arc<Held>>,
+    /// One tenant added at a time: two callers adding the same tenant must not both make
+    /// its first authorities.
+    adding: Mutex<()>,
+    key_dir: PathBuf,
+    store: Arc<dyn AuthorityStore>,
+    config: CaConfig,
+    /// Where tenants' roots are: here if the deployment's are (this server makes and
+    /// rotates them), elsewhere on a signing replica (it follows the store).
+    tenant_roots: Roots,
     clock: SharedClock,
+}
+
+/// What [`CaSet`] holds besides the deployment's CAs by band.
+#[derive(Clone, Default)]
+struct Held {
+    /// Every CA, the deployment's and the tenants', by its trust domain's name.
+    by_trust_domain: BTreeMap<String, HeldCa>,
+    /// Each tenant's base trust domain.
+    tenants: BTreeSet<String>,
+}
+
+#[derive(Clone)]
+struct HeldCa {
+    /// The base trust domain the CA's band is under: the deployment's or a tenant's.
+    base: String,
+    ca: Arc<TrustDomainCa>,
 }
 
 impl std::fmt::Debug for CaSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CaSet")
             .field("base", &self.base.to_string())
+            .field("tenants", &self.held().tenants.len())
             .finish_non_exhaustive()
     }
 }
 
+/// The trust domain names a base claims: itself and its bands'.
+fn claimed_names(base: &str) -> [String; 3] {
+    Band::ALL.map(|band| band.trust_domain_name(base))
+}
+
 impl CaSet {
-    /// Opens (creating on first start) the CA of every band under `base`.
+    /// Opens (creating on first start) the CA of every band under `base`, and the band
+    /// CAs of every tenant base in `tenants` (see [`CaSet::add_tenant`]).
     pub fn open(
         base: TrustDomain,
+        tenants: &[TrustDomain],
         key_dir: &Path,
         store: Arc<impl AuthorityStore + 'static>,
         config: CaConfig,
         clock: SharedClock,
     ) -> Result<Self, CaError> {
-        Self::open_with(base, key_dir, store, config, clock, false)
+        Self::open_with(base, tenants, key_dir, store, config, clock, Roots::Here)
     }
 
     /// [`CaSet::open`] on a store several servers share: where the stored authorities'
     /// keys are not in `key_dir`, this server is a signing replica of that band (see
     /// [`holds_roots`]): it signs through its own intermediate, once the root's holder
-    /// has certified it ([`TrustDomainCa::intermediate_wanted`]).
+    /// has certified it ([`TrustDomainCa::intermediate_wanted`]). A replica's tenant CAs
+    /// always follow the store (the server holding the deployment's roots makes and
+    /// rotates the tenants' too); the intermediate exchange covers the deployment's
+    /// bands only, so a replica does not sign for tenants yet.
     pub fn open_shared(
         base: TrustDomain,
+        tenants: &[TrustDomain],
         key_dir: &Path,
         store: Arc<impl AuthorityStore + 'static>,
         config: CaConfig,
         clock: SharedClock,
     ) -> Result<Self, CaError> {
-        Self::open_with(base, key_dir, store, config, clock, true)
+        Self::open_with(
+            base,
+            tenants,
+            key_dir,
+            store,
+            config,
+            clock,
+            Roots::HereOrFollow,
+        )
     }
 
     fn open_with(
         base: TrustDomain,
+        tenants: &[TrustDomain],
         key_dir: &Path,
         store: Arc<impl AuthorityStore + 'static>,
         config: CaConfig,
         clock: SharedClock,
-        may_follow: bool,
+        roots: Roots,
     ) -> Result<Self, CaError> {
         let store: Arc<dyn AuthorityStore> = store;
         let now = clock.unix();
-        let mut cas = BTreeMap::new();
+        let mut deployment = BTreeMap::new();
+        let mut held = Held::default();
         for band in Band::ALL {
-            let td = TrustDomain::new(band.trust_domain_name(base.as_ref())).map_err(|e| {
-                CaError::Config(format!("trust domain for band {band} under {base}: {e}"))
-            })?;
-            cas.insert(
+            let ca = Arc::new(TrustDomainCa::open_dyn(
                 band,
-                TrustDomainCa::open_dyn(
-                    band,
-                    td,
-                    key_dir,
-                    Arc::clone(&store),
-                    config,
-                    now,
-                    may_follow,
-                )?,
+                band_trust_domain(band, base.as_ref())?,
+                key_dir,
+                Arc::clone(&store),
+                config,
+                now,
+                roots,
+            )?);
+            held.by_trust_domain.insert(
+                ca.trust_domain().to_string(),
+                HeldCa {
+                    base: base.to_string(),
+                    ca: Arc::clone(&ca),
+                },
+            );
+            deployment.insert(band, ca);
+        }
+        let tenant_roots = if deployment.values().all(|ca| ca.holds_roots()) {
+            Roots::Here
+        } else {
+            Roots::Follow
+        };
+        let set = CaSet {
+            base,
+            deployment,
+            held: RwLock::new(Arc::new(held)),
+            adding: Mutex::new(()),
+            key_dir: key_dir.to_path_buf(),
+            store,
+            config,
+            tenant_roots,
+            clock,
+        };
+        for tenant in tenants {
+            set.add_tenant(tenant)?;
+        }
+        Ok(set)
+    }
+
+    fn held(&self) -> Arc<Held> {
+        match self.held.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Opens the CAs of the tenant whose base trust domain is `base`, creating their
+    /// first authorities if the store has none: `investigate.<base>` and
+    /// `remediate.<base>`. Does nothing if the tenant is held already. Refuses a base
+    /// whose trust domains (itself or its bands') are the deployment's or another
+    /// tenant's, so that no trust domain has two owners.
+    pub fn add_tenant(&self, base: &TrustDomain) -> Result<(), CaError> {
+        let _one = match self.adding.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let held = self.held();
+        let name = base.to_string();
+        if held.tenants.contains(&name) {
+            return Ok(());
+        }
+        if name == self.base.as_ref() {
+            return Err(CaError::Config(format!(
+                "tenant base {name} is the deployment's base trust domain"
+            )));
+        }
+        let wanted = claimed_names(&name);
+        let owners = std::iter::once((self.base.as_ref(), "the deployment's")).chain(
+            held.tenants
+                .iter()
+                .map(|t| (t.as_str(), "another tenant's")),
+        );
+        for (owner, whose) in owners {
+            if let Some(taken) = claimed_names(owner).iter().find(|n| wanted.contains(n)) {
+                return Err(CaError::Config(format!(
+                    "tenant base {name}: trust domain {taken} is already {whose}"
+                )));
+            }
+        }
+        let now = self.now();
+        let mut opened = Vec::with_capacity(TENANT_BANDS.len());
+        for band in TENANT_BANDS {
+            opened.push(Arc::new(TrustDomainCa::open_dyn(
+                band,
+                band_trust_domain(band, &name)?,
+                &self.key_dir,
+                Arc::clone(&self.store),
+                self.config,
+                now,
+                self.tenant_roots,
+            )?));
+        }
+        let mut next = Held::clone(&held);
+        for ca in opened {
+            next.by_trust_domain.insert(
+                ca.trust_domain().to_string(),
+                HeldCa {
+                    base: name.clone(),
+                    ca,
+                },
             );
         }
-        Ok(CaSet { base, cas, clock })
+        next.tenants.insert(name);
+        let mut guard = match self.held.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = Arc::new(next);
+        tracing::info!(tenant = %base, "opened the tenant's CAs");
+        Ok(())
     }
 
-    /// Whether this server holds the roots' keys of every band (otherwise it is a
-    /// signing replica: no JWT-SVIDs, X.509 only through its own intermediates).
+    /// The tenants' base trust domains, in order.
+    pub fn tenants(&self) -> Vec<TrustDomain> {
+        self.held()
+            .tenants
+            .iter()
+            .filter_map(|t| TrustDomain::new(t).ok())
+            .collect()
+    }
+
+    /// Whether this server holds the roots' keys of every CA (otherwise it is a signing
+    /// replica: no JWT-SVIDs, X.509 only through its own intermediates).
     pub fn holds_roots(&self) -> bool {
-        self.cas.values().all(TrustDomainCa::holds_roots)
+        self.all().iter().all(|ca| ca.holds_roots())
     }
 
-    /// The base trust domain.
+    /// The deployment's base trust domain.
     pub fn base(&self) -> &TrustDomain {
         &self.base
     }
 
-    /// The CA of `band`.
+    /// The deployment's CA of `band`.
     pub fn ca(&self, band: Band) -> &TrustDomainCa {
         // Every band is inserted by `open`; indexing cannot miss.
-        &self.cas[&band]
+        &self.deployment[&band]
     }
 
-    /// Every band's CA.
+    /// The deployment's CAs, one per band (the ones the signing replicas' intermediate
+    /// exchange covers); [`CaSet::all`] adds the tenants'.
     pub fn iter(&self) -> impl Iterator<Item = &TrustDomainCa> {
-        self.cas.values()
+        self.deployment.values().map(|ca| &**ca)
     }
 
-    /// The band whose trust domain `id` belongs to.
-    pub fn band_of(&self, id: &SpiffeId) -> Result<Band, CaError> {
-        self.cas
-            .values()
-            .find(|ca| id.trust_domain() == ca.trust_domain())
-            .map(|ca| ca.band)
-            .ok_or_else(|| CaError::WrongTrustDomain {
-                id: id.to_string(),
-                trust_domain: self
-                    .cas
-                    .values()
-                    .map(|ca| ca.trust_domain().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+    /// Every CA held: the deployment's in band order, then each tenant's pair.
+    pub fn all(&self) -> Vec<Arc<TrustDomainCa>> {
+        let held = self.held();
+        let mut all: Vec<_> = self.deployment.values().cloned().collect();
+        for tenant in &held.tenants {
+            all.extend(TENANT_BANDS.iter().filter_map(|band| {
+                held.by_trust_domain
+                    .get(&band.trust_domain_name(tenant))
+                    .map(|h| Arc::clone(&h.ca))
+            }));
+        }
+        all
+    }
+
+    /// The CA of `trust_domain`, if this server holds it.
+    pub fn ca_in(&self, trust_domain: &TrustDomain) -> Option<Arc<TrustDomainCa>> {
+        self.held()
+            .by_trust_domain
+            .get(trust_domain.as_ref())
+            .map(|h| Arc::clone(&h.ca))
+    }
+
+    /// The band CAs under `base`: a tenant's pair, or the deployment's three for its
+    /// own base; none for a base this server does not hold.
+    pub fn band_cas(&self, base: &TrustDomain) -> Vec<Arc<TrustDomainCa>> {
+        if base == &self.base {
+            return self.deployment.values().cloned().collect();
+        }
+        let held = self.held();
+        if !held.tenants.contains(base.as_ref()) {
+            return Vec::new();
+        }
+        TENANT_BANDS
+            .iter()
+            .filter_map(|band| {
+                held.by_trust_domain
+                    .get(&band.trust_domain_name(base.as_ref()))
+                    .map(|h| Arc::clone(&h.ca))
             })
+            .collect()
+    }
+
+    /// Refuses `id` as in none of the trust domains held. Names only the deployment's:
+    /// a caller learns no tenant's trust domain from a refusal.
+    fn not_held(&self, id: &SpiffeId) -> CaError {
+        CaError::WrongTrustDomain {
+            id: id.to_string(),
+            trust_domain: self
+                .deployment
+                .values()
+                .map(|ca| ca.trust_domain().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    /// The CA of `id`'s trust domain: the one that signs it.
+    pub fn ca_of(&self, id: &SpiffeId) -> Result<Arc<TrustDomainCa>, CaError> {
+        self.ca_in(id.trust_domain())
+            .ok_or_else(|| self.not_held(id))
+    }
+
+    /// The CA that signs `id` in `band`: its trust domain's, which must be a CA of
+    /// `band` (an investigative ID is never signed as a remediation one, in any tenant).
+    pub fn ca_for(&self, band: Band, id: &SpiffeId) -> Result<Arc<TrustDomainCa>, CaError> {
+        let held = self.held();
+        let Some(entry) = held.by_trust_domain.get(id.trust_domain().as_ref()) else {
+            return Err(self.not_held(id));
+        };
+        if entry.ca.band() != band {
+            return Err(CaError::WrongTrustDomain {
+                id: id.to_string(),
+                trust_domain: band.trust_domain_name(&entry.base),
+            });
+        }
+        Ok(Arc::clone(&entry.ca))
+    }
+
+    /// The band whose trust domain `id` belongs to, the deployment's or a tenant's.
+    pub fn band_of(&self, id: &SpiffeId) -> Result<Band, CaError> {
+        self.ca_of(id).map(|ca| ca.band())
     }
 
     /// The clock itself.
@@ -1561,45 +1826,63 @@ impl CaSet {
         self.clock.unix()
     }
 
-    /// Mints an X.509-SVID in `band` at the clock's now. Records nothing: whoever hands
-    /// the SVID out records it first (the issuer).
+    /// Mints an X.509-SVID in `band` at the clock's now, with the CA of the SPIFFE ID's
+    /// trust domain (see [`CaSet::ca_for`]). Records nothing: whoever hands the SVID out
+    /// records it first (the issuer).
     pub fn mint_x509(
         &self,
         band: Band,
         key: SubjectKey<'_>,
         request: &SvidRequest,
     ) -> Result<MintedX509, CaError> {
-        let minted = self.ca(band).mint_x509(key, request, self.now())?;
+        let minted = self
+            .ca_for(band, &request.spiffe_id)?
+            .mint_x509(key, request, self.now())?;
         tracing::info!(spiffe_id = %request.spiffe_id, serial = %minted.serial, %band, not_after = minted.not_after, "minted x509-svid");
         Ok(minted)
     }
 
-    /// Mints a JWT-SVID in `band`.
+    /// Mints a JWT-SVID in `band`, with the CA of the SPIFFE ID's trust domain.
     pub fn mint_jwt(
         &self,
         band: Band,
         request: &SvidRequest,
         audience: &[String],
     ) -> Result<MintedJwt, CaError> {
-        let minted = self.ca(band).mint_jwt(request, audience, self.now())?;
+        let minted =
+            self.ca_for(band, &request.spiffe_id)?
+                .mint_jwt(request, audience, self.now())?;
         tracing::info!(spiffe_id = %request.spiffe_id, %band, exp = minted.expires_at, "minted jwt-svid");
         Ok(minted)
     }
 
-    /// Runs rotation for every band at the clock's now.
+    /// Runs rotation for every CA at the clock's now. One CA's failure does not keep the
+    /// others from rotating (a tenant's broken store row must not stall the deployment):
+    /// the first error is returned once every CA has had its turn.
     pub fn rotate(&self) -> Result<bool, CaError> {
         let now = self.now();
         let mut changed = false;
-        for ca in self.cas.values() {
-            changed |= ca.rotate(now)?;
+        let mut first_error = None;
+        for ca in self.all() {
+            match ca.rotate(now) {
+                Ok(rotated) => changed |= rotated,
+                Err(e) => {
+                    tracing::warn!(trust_domain = %ca.trust_domain(), error = %e, "rotation failed");
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(changed)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(changed),
+        }
     }
 
-    /// Every band's bundle, as the Workload API serves them.
+    /// Every held CA's bundle, as the Workload API serves them (order: [`BundleSet`]).
     pub fn bundle_set(&self) -> Result<BundleSet, CaError> {
-        let mut bundles = Vec::with_capacity(self.cas.len());
-        for ca in self.cas.values() {
+        let all = self.all();
+        let mut bundles = Vec::with_capacity(all.len());
+        for ca in all {
             let state = ca.snapshot();
             let jwt_keys = state
                 .authorities
@@ -1618,11 +1901,11 @@ impl CaSet {
         Ok(BundleSet { bundles })
     }
 
-    /// Seconds until some band's rotation (or intermediate renewal) is next due.
+    /// Seconds until some CA's rotation (or intermediate renewal) is next due.
     pub fn next_rotation_in(&self) -> i64 {
         let now = self.now();
-        self.cas
-            .values()
+        self.all()
+            .iter()
             .map(|ca| {
                 let roots = authority::next_rotation_in(&ca.authorities(), now);
                 match ca.intermediate_renew_at() {
@@ -1634,7 +1917,7 @@ impl CaSet {
             .unwrap_or(60)
     }
 
-    /// Certifies an intermediate CSR with `band`'s active root (see
+    /// Certifies an intermediate CSR with the deployment's `band` active root (see
     /// [`TrustDomainCa::certify_intermediate`]); the root's holder runs this for a signer
     /// that may be another host.
     pub fn certify_intermediate(
@@ -1864,7 +2147,7 @@ mod tests {
             store,
             chained(),
             now,
-            true,
+            Roots::HereOrFollow,
         )
         .unwrap()
     }
@@ -1896,7 +2179,7 @@ mod tests {
             Arc::clone(&store) as Arc<dyn AuthorityStore>,
             chained(),
             T0,
-            true,
+            Roots::HereOrFollow,
         )
         .unwrap();
         assert!(holder.holds_roots());
@@ -2129,5 +2412,425 @@ mod tests {
         let err = open(dir.path(), store).expect_err("opened without persisting");
         assert!(matches!(err, CaError::Store(_)), "{err:?}");
         assert_eq!(err.to_string(), "disk full");
+    }
+
+    // Tenants: each tenant's band CAs are CAs of their own trust domains.
+
+    const DEPLOYMENT: &str = "example.org";
+
+    fn td(name: &str) -> TrustDomain {
+        TrustDomain::new(name).unwrap()
+    }
+
+    fn open_set(dir: &Path, store: &Arc<MemoryStore>, tenants: &[&str]) -> Result<CaSet, CaError> {
+        let tenants: Vec<_> = tenants.iter().map(|t| td(t)).collect();
+        CaSet::open(
+            td(DEPLOYMENT),
+            &tenants,
+            dir,
+            Arc::clone(store),
+            CaConfig::default(),
+            Arc::new(crate::clock::ManualClock::at(T0)),
+        )
+    }
+
+    fn id_request(id: &str) -> SvidRequest {
+        SvidRequest {
+            spiffe_id: SpiffeId::new(id).unwrap(),
+            ttl: Some(Duration::from_secs(300)),
+            claims: None,
+            dns_names: Vec::new(),
+        }
+    }
+
+    /// Verifies `minted` as an X.509-SVID of `trust_domain` against `bundle` (webpki,
+    /// through writ-verifier).
+    fn verifies(
+        minted: &MintedX509,
+        bundle: &[Vec<u8>],
+        trust_domain: &TrustDomain,
+    ) -> Result<(), writ_verifier::x509::X509SvidError> {
+        let chain: Vec<_> = minted
+            .full_chain()
+            .into_iter()
+            .map(rustls_pki_types::CertificateDer::from)
+            .collect();
+        let anchors: Vec<_> = bundle
+            .iter()
+            .cloned()
+            .map(rustls_pki_types::CertificateDer::from)
+            .collect();
+        writ_verifier::verify_x509_svid(
+            &chain,
+            &anchors,
+            trust_domain,
+            writ_verifier::x509::Usage::Client,
+            rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(T0 as u64 + 1)),
+        )
+        .map(|_| ())
+    }
+
+    /// The key files (`*.key`) directly in `dir`, sorted.
+    fn key_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.ends_with(".key"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn each_tenant_has_its_own_band_cas_and_an_svid_of_one_verifies_against_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::default());
+        let cas = open_set(dir.path(), &store, &["acme.test", "globex.test"]).unwrap();
+        assert_eq!(cas.tenants(), vec![td("acme.test"), td("globex.test")]);
+
+        let acme = cas.ca_in(&td("investigate.acme.test")).expect("acme's CA");
+        let globex = cas
+            .ca_in(&td("investigate.globex.test"))
+            .expect("globex's CA");
+        let deployment = cas.ca(Band::Investigative);
+        assert_eq!(acme.band(), Band::Investigative);
+        assert_eq!(acme.trust_domain(), &td("investigate.acme.test"));
+        assert_eq!(deployment.trust_domain(), &td("investigate.example.org"));
+        // No base CA for a tenant: nodes and services are the deployment's.
+        assert!(cas.ca_in(&td("acme.test")).is_none());
+        let pair: Vec<_> = cas
+            .band_cas(&td("acme.test"))
+            .iter()
+            .map(|ca| (ca.band(), ca.trust_domain().to_string()))
+            .collect();
+        assert_eq!(
+            pair,
+            vec![
+                (Band::Investigative, "investigate.acme.test".to_owned()),
+                (Band::Remediation, "remediate.acme.test".to_owned()),
+            ]
+        );
+        assert_eq!(cas.band_cas(&td(DEPLOYMENT)).len(), 3);
+        assert!(cas.band_cas(&td("initech.test")).is_empty());
+
+        // Own keys: each CA's key files are in its own trust domain's directory, and no
+        // two CAs share an authority, a certificate or a key.
+        let roots = [&acme, &globex]
+            .iter()
+            .map(|ca| {
+                let [record] = ca.authorities().try_into().unwrap();
+                let key_dir = dir.path().join(ca.trust_domain().to_string());
+                assert_eq!(
+                    key_files(&key_dir),
+                    vec![
+                        format!("{}.jwt.key", record.id),
+                        format!("{}.x509.key", record.id)
+                    ]
+                );
+                let key = std::fs::read(key_dir.join(format!("{}.x509.key", record.id))).unwrap();
+                (record, key)
+            })
+            .collect::<Vec<_>>();
+        assert_ne!(roots[0].0.cert_der, roots[1].0.cert_der);
+        assert_ne!(roots[0].0.jwt_kid, roots[1].0.jwt_kid);
+        assert_ne!(roots[0].1, roots[1].1);
+        assert_ne!(deployment.x509_bundle(), acme.x509_bundle());
+
+        // Minting picks the CA by the SPIFFE ID's trust domain.
+        let key = EcKey::generate(SignatureEncoding::Asn1).unwrap();
+        let spki = key.spki_der();
+        let request = id_request("spiffe://investigate.acme.test/agent/a/incident/INC-1");
+        let minted = cas
+            .mint_x509(Band::Investigative, SubjectKey::PublicKey(&spki), &request)
+            .unwrap();
+        assert_eq!(minted.authority_id, roots[0].0.id);
+        let acme_td = td("investigate.acme.test");
+        verifies(&minted, &acme.x509_bundle(), &acme_td).unwrap();
+        // Neither the other tenant's bundle nor the deployment's is a trust anchor for it.
+        let other = verifies(&minted, &globex.x509_bundle(), &acme_td);
+        assert!(other.is_err(), "verified against globex's bundle");
+        let own = verifies(&minted, &deployment.x509_bundle(), &acme_td);
+        assert!(own.is_err(), "verified against the deployment's bundle");
+        // The same incident name in the other tenant is another identity, signed by its CA.
+        let theirs = cas
+            .mint_x509(
+                Band::Investigative,
+                SubjectKey::PublicKey(&spki),
+                &id_request("spiffe://investigate.globex.test/agent/a/incident/INC-1"),
+            )
+            .unwrap();
+        assert_eq!(theirs.authority_id, roots[1].0.id);
+        assert!(verifies(&theirs, &acme.x509_bundle(), &td("investigate.globex.test")).is_err());
+
+        // JWT-SVIDs too: signed by acme's JWT key, which globex's does not verify.
+        let jwt = cas
+            .mint_jwt(Band::Investigative, &request, &["aud".into()])
+            .unwrap();
+        let jwt_verifies = |jwt_keys: &BTreeMap<String, Vec<u8>>| {
+            use base64::Engine;
+            let (input, signature) = jwt.token.rsplit_once('.').unwrap();
+            let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(signature)
+                .unwrap();
+            jwt_keys.values().any(|point| {
+                ring::signature::UnparsedPublicKey::new(
+                    &ring::signature::ECDSA_P256_SHA256_FIXED,
+                    point,
+                )
+                .verify(input.as_bytes(), &signature)
+                .is_ok()
+            })
+        };
+        let bundles = cas.bundle_set().unwrap();
+        let jwt_keys = |name: &str| bundles.by_name(name).unwrap().jwt_keys.clone();
+        assert!(jwt_verifies(&jwt_keys("investigate.acme.test")));
+        assert!(!jwt_verifies(&jwt_keys("investigate.globex.test")));
+        assert!(!jwt_verifies(&jwt_keys("investigate.example.org")));
+        assert!(jwt_keys("investigate.acme.test").contains_key(&roots[0].0.jwt_kid));
+
+        // A band the ID's trust domain does not serve is refused, in a tenant too.
+        let err = cas
+            .mint_x509(Band::Remediation, SubjectKey::PublicKey(&spki), &request)
+            .unwrap_err();
+        assert!(
+            matches!(&err, CaError::WrongTrustDomain { trust_domain, .. } if trust_domain == "remediate.acme.test"),
+            "{err:?}"
+        );
+        assert_eq!(
+            cas.band_of(&request.spiffe_id).unwrap(),
+            Band::Investigative
+        );
+
+        // Bundles: every held CA's, the deployment's first (what `by_band` finds).
+        let names: Vec<_> = bundles
+            .bundles
+            .iter()
+            .map(|b| b.trust_domain.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "investigate.example.org",
+                "remediate.example.org",
+                "example.org",
+                "investigate.acme.test",
+                "remediate.acme.test",
+                "investigate.globex.test",
+                "remediate.globex.test",
+            ]
+        );
+        assert_eq!(
+            bundles.by_band(Band::Investigative).unwrap().trust_domain,
+            "investigate.example.org"
+        );
+        assert_eq!(
+            bundles.by_name("investigate.acme.test").unwrap().x509_der,
+            acme.x509_bundle().concat()
+        );
+        assert!(cas.holds_roots());
+    }
+
+    #[test]
+    fn add_tenant_is_idempotent_survives_reopen_and_refuses_taken_trust_domains() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::default());
+        let cas = open_set(dir.path(), &store, &[]).unwrap();
+        assert!(cas.tenants().is_empty());
+        let acme_td = td("investigate.acme.test");
+        assert!(cas.ca_in(&acme_td).is_none());
+
+        cas.add_tenant(&td("acme.test")).unwrap();
+        let created = cas.ca_in(&acme_td).unwrap().authorities();
+        assert_eq!(created.len(), 1);
+        let remediation = cas.ca_in(&td("remediate.acme.test")).unwrap().authorities();
+        cas.add_tenant(&td("acme.test")).unwrap();
+        assert_eq!(cas.tenants(), vec![td("acme.test")]);
+        assert_eq!(
+            cas.ca_in(&acme_td).unwrap().authorities(),
+            created,
+            "added once"
+        );
+        assert_eq!(store.authorities(acme_td.as_ref()).unwrap().0, created);
+
+        // Reopened over the same store and key directory, the tenant's CAs find their
+        // authorities and keys rather than making new ones, and sign.
+        drop(cas);
+        let again = open_set(dir.path(), &store, &["acme.test"]).unwrap();
+        let acme = again.ca_in(&acme_td).unwrap();
+        assert_eq!(acme.authorities(), created);
+        assert_eq!(
+            again
+                .ca_in(&td("remediate.acme.test"))
+                .unwrap()
+                .authorities(),
+            remediation
+        );
+        let key = EcKey::generate(SignatureEncoding::Asn1).unwrap();
+        let minted = again
+            .mint_x509(
+                Band::Investigative,
+                SubjectKey::PublicKey(&key.spki_der()),
+                &id_request("spiffe://investigate.acme.test/agent/a/incident/INC-1"),
+            )
+            .unwrap();
+        assert_eq!(minted.authority_id, created[0].id);
+        verifies(&minted, &acme.x509_bundle(), &acme_td).unwrap();
+
+        // No trust domain gets two owners: not the deployment's base or bands, not a
+        // tenant's base or bands, whichever way round the names nest.
+        again.add_tenant(&td("investigate.foo.test")).unwrap();
+        for taken in [
+            DEPLOYMENT,
+            "investigate.example.org",
+            "remediate.example.org",
+            "investigate.acme.test",
+            "foo.test",
+        ] {
+            let err = again.add_tenant(&td(taken)).unwrap_err();
+            assert!(matches!(err, CaError::Config(_)), "{taken}: {err:?}");
+        }
+        let err = again.add_tenant(&td("remediate.acme.test")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid CA configuration: tenant base remediate.acme.test: trust domain \
+             remediate.acme.test is already another tenant's"
+        );
+        assert_eq!(
+            again.tenants(),
+            vec![td("acme.test"), td("investigate.foo.test")]
+        );
+        assert!(again.ca_in(&td("investigate.example.org")).is_some());
+
+        // A SPIFFE ID in a trust domain no CA here holds: refused as the caller's
+        // mistake, naming no tenant.
+        let stranger = id_request("spiffe://investigate.other.test/agent/a/incident/INC-1");
+        let err = again
+            .mint_x509(
+                Band::Investigative,
+                SubjectKey::PublicKey(&key.spki_der()),
+                &stranger,
+            )
+            .unwrap_err();
+        assert!(matches!(err, CaError::WrongTrustDomain { .. }), "{err:?}");
+        assert!(err.is_invalid_argument());
+        assert!(!err.to_string().contains("acme"), "{err}");
+        let err = again
+            .mint_jwt(Band::Investigative, &stranger, &["aud".into()])
+            .unwrap_err();
+        assert!(matches!(err, CaError::WrongTrustDomain { .. }), "{err:?}");
+        assert!(matches!(
+            again.band_of(&stranger.spiffe_id),
+            Err(CaError::WrongTrustDomain { .. })
+        ));
+    }
+
+    #[test]
+    fn the_deployments_key_files_keep_their_paths_when_tenants_are_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::default());
+        // A key directory as a server without tenants writes it: one directory per
+        // band's trust domain, directly in the key directory.
+        let before: Vec<(String, Vec<AuthorityRecord>)> = {
+            let cas = open_set(dir.path(), &store, &[]).unwrap();
+            cas.iter()
+                .map(|ca| (ca.trust_domain().to_string(), ca.authorities()))
+                .collect()
+        };
+        for (trust_domain, records) in &before {
+            let id = &records[0].id;
+            assert_eq!(
+                key_files(&dir.path().join(trust_domain)),
+                vec![format!("{id}.jwt.key"), format!("{id}.x509.key")],
+                "{trust_domain}"
+            );
+        }
+        // Reopened with a tenant: the deployment's CAs find the same keys where they
+        // were, and the tenant's keys go in directories of their own.
+        let cas = open_set(dir.path(), &store, &["acme.test"]).unwrap();
+        let after: Vec<_> = cas
+            .iter()
+            .map(|ca| (ca.trust_domain().to_string(), ca.authorities()))
+            .collect();
+        assert_eq!(after, before);
+        for (trust_domain, records) in &before {
+            let id = &records[0].id;
+            assert_eq!(
+                key_files(&dir.path().join(trust_domain)),
+                vec![format!("{id}.jwt.key"), format!("{id}.x509.key")],
+                "{trust_domain}: nothing added or moved"
+            );
+        }
+        for tenant_td in ["investigate.acme.test", "remediate.acme.test"] {
+            let [record] = cas
+                .ca_in(&td(tenant_td))
+                .unwrap()
+                .authorities()
+                .try_into()
+                .unwrap();
+            assert_eq!(
+                key_files(&dir.path().join(tenant_td)),
+                vec![
+                    format!("{}.jwt.key", record.id),
+                    format!("{}.x509.key", record.id)
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn a_replicas_tenant_cas_follow_the_store_and_never_make_roots() {
+        let (root_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Arc::new(MemoryStore::default());
+        let open_shared = |dir: &Path, tenants: &[TrustDomain]| {
+            CaSet::open_shared(
+                td(DEPLOYMENT),
+                tenants,
+                dir,
+                Arc::clone(&store),
+                chained(),
+                Arc::new(crate::clock::ManualClock::at(T0)),
+            )
+            .unwrap()
+        };
+        let holder = open_shared(root_dir.path(), &[td("acme.test")]);
+        assert!(holder.holds_roots());
+        let replica = open_shared(replica_dir.path(), &[td("acme.test")]);
+        assert!(!replica.holds_roots());
+        let acme_td = td("investigate.acme.test");
+        let (theirs, ours) = (
+            holder.ca_in(&acme_td).unwrap(),
+            replica.ca_in(&acme_td).unwrap(),
+        );
+        assert!(!ours.holds_roots());
+        assert_eq!(ours.x509_bundle(), theirs.x509_bundle());
+        assert!(
+            key_files(&replica_dir.path().join(acme_td.to_string()))
+                .iter()
+                .all(|f| f == REPLICA_KEY)
+        );
+        // A tenant the root's holder has not stored yet: the replica waits for it
+        // rather than making roots of its own.
+        replica.add_tenant(&td("globex.test")).unwrap();
+        let globex = replica.ca_in(&td("investigate.globex.test")).unwrap();
+        assert!(!globex.holds_roots());
+        assert!(globex.authorities().is_empty());
+        assert_eq!(
+            store.authorities("investigate.globex.test").unwrap().0,
+            Vec::new()
+        );
+        // Once the holder adds it, the replica follows at its next rotation.
+        holder.add_tenant(&td("globex.test")).unwrap();
+        replica.rotate().unwrap();
+        assert_eq!(
+            globex.x509_bundle(),
+            holder
+                .ca_in(&td("investigate.globex.test"))
+                .unwrap()
+                .x509_bundle()
+        );
     }
 }

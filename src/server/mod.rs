@@ -133,6 +133,7 @@ impl Issuer {
             config.ca.sign_with_intermediate = true;
             let cas = CaSet::open_shared(
                 config.trust_domain.clone(),
+                &[],
                 &config.data_dir.join("keys"),
                 Arc::clone(&store),
                 config.ca,
@@ -153,6 +154,7 @@ impl Issuer {
         } else {
             CaSet::open(
                 config.trust_domain.clone(),
+                &[],
                 &config.data_dir.join("keys"),
                 Arc::clone(&store),
                 config.ca,
@@ -405,7 +407,9 @@ impl Issuer {
         now: i64,
         requester: &str,
     ) -> Result<crate::audit::log::Pending<(Band, SvidRequest, MintedX509)>, IssueError> {
-        let ca = self.cas.ca(band);
+        // The CA of the ID's trust domain (the deployment's or a tenant's), which must
+        // serve `band`.
+        let ca = self.cas.ca_for(band, &request.spiffe_id)?;
         self.audit.submit_with(|index| {
             if let Some(claims) = request.claims.as_mut() {
                 claims.audit_index = Some(index);
@@ -743,7 +747,7 @@ impl Issuer {
         requester: &str,
     ) -> Result<crate::audit::log::Pending<MintedJwt>, IssueError> {
         let now = self.cas.now();
-        let ca = self.cas.ca(band);
+        let ca = self.cas.ca_for(band, &request.spiffe_id)?;
         if !ca.holds_roots() {
             // A signing replica has no JWT key the bundle names (docs/ha.md): the agent
             // takes Unavailable as "ask another server".

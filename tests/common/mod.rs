@@ -118,6 +118,7 @@ impl Fixture {
         let clock = ManualClock::at(start);
         let cas = CaSet::open(
             spiffe::TrustDomain::new(BASE).expect("base trust domain"),
+            &[],
             &dir.path().join("keys"),
             Arc::clone(&store),
             config,

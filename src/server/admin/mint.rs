@@ -23,7 +23,7 @@ impl AdminService {
         &self,
         request: Request<pb::MintX509SvidRequest>,
     ) -> Result<Response<pb::MintX509SvidResponse>, Status> {
-        let (spiffe_id, band, minted) = self
+        let (spiffe_id, minted) = self
             .call(
                 request,
                 Operation::MintSvid,
@@ -38,7 +38,7 @@ impl AdminService {
                     svid.dns_names = body.dns_names;
                     let minted =
                         issuer.issue_x509(band, SubjectKey::Csr(&body.csr), svid, &caller.name)?;
-                    Ok((spiffe_id, band, minted))
+                    Ok((spiffe_id, minted))
                 },
                 // The issuer logs and audits every issuance.
                 |_, _| (),
@@ -48,7 +48,8 @@ impl AdminService {
             spiffe_id: spiffe_id.to_string(),
             certificate: minted.cert_der,
             intermediates: minted.chain,
-            bundle: self.issuer.cas.ca(band).x509_bundle(),
+            // The bundle of the trust domain it was minted in (a tenant's, perhaps).
+            bundle: self.issuer.cas.ca_of(&spiffe_id)?.x509_bundle(),
             serial: minted.serial,
             not_after: minted.not_after,
         }))

@@ -57,7 +57,7 @@ impl Replica {
         self.registry
             .snapshot()
             .incidents
-            .get(&writ::policy::key("default", &id))
+            .get(&writ::policy::key("default", id))
             .map(|i| i.state)
     }
 }

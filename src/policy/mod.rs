@@ -1066,7 +1066,7 @@ mod tests {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             ..GrantRequest::default()
         };
-        let inc = &p.incidents[&crate::policy::key("default", &incident)];
+        let inc = &p.incidents[&crate::policy::key("default", incident)];
         let rules = grant::RemediationRules::default();
         let g = grant::new_grant(&rules, request, inc, true, "agent", "g-1".into(), 10).unwrap();
         grant::approve(&rules, &g, inc, "alice", &g.plan_digest.clone(), 3600, 11).unwrap()

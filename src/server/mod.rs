@@ -126,6 +126,15 @@ impl Issuer {
             })?,
         );
         let clock_for_audit = Arc::clone(&clock);
+        // Every tenant's band CAs open beside the deployment's, disabled tenants' too (their
+        // bundles still verify what they issued until it expires).
+        let tenant_bases = store
+            .tenants()
+            .context("reading the tenants")?
+            .iter()
+            .map(crate::policy::Tenant::trust_domain)
+            .collect::<Result<Vec<_>, _>>()
+            .context("a stored tenant's trust domain")?;
         let cas = if store.shared() {
             // Every server of a cluster signs through an intermediate: the roots' keys
             // stay on the one host that made them, and the others (signing replicas)
@@ -133,7 +142,7 @@ impl Issuer {
             config.ca.sign_with_intermediate = true;
             let cas = CaSet::open_shared(
                 config.trust_domain.clone(),
-                &[],
+                &tenant_bases,
                 &config.data_dir.join("keys"),
                 Arc::clone(&store),
                 config.ca,
@@ -154,7 +163,7 @@ impl Issuer {
         } else {
             CaSet::open(
                 config.trust_domain.clone(),
-                &[],
+                &tenant_bases,
                 &config.data_dir.join("keys"),
                 Arc::clone(&store),
                 config.ca,
@@ -261,7 +270,7 @@ impl Issuer {
         let policy = self.registry.snapshot();
         crate::policy::tenant::check_new(&tenant, policy.tenants.values(), self.cas.base())?;
         let base = tenant.trust_domain()?;
-        let _ = &base; // MERGE: self.cas.add_tenant(&base)?;
+        self.cas.add_tenant(&base)?;
         let created = self.registry.create_tenant(tenant, self.cas.base())?;
         self.publish_bundles();
         Ok(created)

@@ -3,10 +3,12 @@
 
 use super::AdminService;
 use crate::audit::{Kind, Record};
+use crate::ca::TrustDomainCa;
 use crate::policy::roles::Operation;
 use crate::proto::admin as pb;
 use crate::server::Issuer;
 use crate::server::signers::{Admissions, parse_key_sha256};
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use writ_verifier::Band;
 
@@ -20,14 +22,48 @@ fn bands_of(band: &str) -> Result<Vec<Band>, Status> {
         .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-/// The authorities of `bands`, as the API shows them.
-fn authorities(issuer: &Issuer, bands: &[Band]) -> pb::AuthoritiesResponse {
+/// The CAs of `tenant` that a request for `band` (empty: all) names: the deployment's
+/// three in the default tenant, the tenant's band pair in any other. With `with_base`, a
+/// tenant's request may also read the deployment's base CA (its bundle is public: it
+/// verifies the server), never rotate it.
+fn tenant_cas(
+    issuer: &Issuer,
+    tenant: &str,
+    band: &str,
+    with_base: bool,
+) -> Result<Vec<Arc<TrustDomainCa>>, Status> {
+    let bands = bands_of(band)?;
+    let base = issuer
+        .registry
+        .snapshot()
+        .base_of(issuer.cas.base(), tenant)
+        .ok_or_else(|| Status::not_found(format!("tenant {tenant:?} not found")))?;
+    let mut cas = issuer.cas.band_cas(&base);
+    if with_base && base != *issuer.cas.base() {
+        cas.extend(
+            issuer
+                .cas
+                .band_cas(issuer.cas.base())
+                .into_iter()
+                .filter(|ca| ca.band() == Band::Base),
+        );
+    }
+    cas.retain(|ca| bands.contains(&ca.band()));
+    if cas.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "tenant {tenant:?} has no {band} band (a tenant has investigative and remediation)"
+        )));
+    }
+    Ok(cas)
+}
+
+/// The authorities of `cas`, as the API shows them.
+fn authorities(cas: &[Arc<TrustDomainCa>]) -> pb::AuthoritiesResponse {
     let mut authorities = Vec::new();
-    for band in bands {
-        let ca = issuer.cas.ca(*band);
+    for ca in cas {
         for record in ca.authorities() {
             authorities.push(pb::Authority {
-                band: band.to_string(),
+                band: ca.band().to_string(),
                 trust_domain: ca.trust_domain().to_string(),
                 id: record.id,
                 state: crate::policy::wire_name(&record.state),
@@ -45,13 +81,12 @@ impl AdminService {
         &self,
         request: Request<pb::GetBundlesRequest>,
     ) -> Result<Response<pb::GetBundlesResponse>, Status> {
-        self.authorize(&request, Operation::GetBundles)?;
-        let bands = bands_of(&request.into_inner().band)?;
-        let mut bundles = Vec::with_capacity(bands.len());
-        for band in bands {
-            let ca = self.issuer.cas.ca(band);
+        let tenant = self.authorize(&request, Operation::GetBundles)?;
+        let cas = tenant_cas(&self.issuer, &tenant, &request.into_inner().band, true)?;
+        let mut bundles = Vec::with_capacity(cas.len());
+        for ca in cas {
             bundles.push(pb::Bundle {
-                band: band.to_string(),
+                band: ca.band().to_string(),
                 trust_domain: ca.trust_domain().to_string(),
                 x509_authorities: ca.x509_bundle(),
                 jwks: ca.jwks()?.to_string(),
@@ -65,42 +100,41 @@ impl AdminService {
         &self,
         request: Request<pb::AuthorityRequest>,
     ) -> Result<Response<pb::AuthoritiesResponse>, Status> {
-        self.authorize(&request, Operation::ShowAuthorities)?;
-        let bands = bands_of(&request.into_inner().band)?;
-        Ok(Response::new(authorities(&self.issuer, &bands)))
+        let tenant = self.authorize(&request, Operation::ShowAuthorities)?;
+        let cas = tenant_cas(&self.issuer, &tenant, &request.into_inner().band, false)?;
+        Ok(Response::new(authorities(&cas)))
     }
 
-    /// Prepares (or, with `activate`, activates) the next authority of each band the
-    /// request names, then republishes the bundles.
+    /// Prepares (or, with `activate`, activates) the next authority of each of the
+    /// caller's tenant's bands the request names, then republishes the bundles.
     pub(super) async fn rotate_rpc(
         &self,
         request: Request<pb::AuthorityRequest>,
         activate: bool,
     ) -> Result<Response<pb::AuthoritiesResponse>, Status> {
-        let bands = self
+        let cas = self
             .call(
                 request,
                 Operation::RotateAuthority,
                 move |issuer, caller, body| {
-                    let bands = bands_of(&body.band)?;
+                    let cas = tenant_cas(issuer, &caller.tenant, &body.band, false)?;
                     let now = issuer.cas.now();
-                    for band in &bands {
-                        let ca = issuer.cas.ca(*band);
+                    for ca in &cas {
                         if activate {
                             ca.activate(now)?;
                         } else {
                             ca.prepare(now)?;
                         }
-                        tracing::info!(%band, by = %caller.name, activate, "CA authority rotated by an operator");
+                        tracing::info!(band = %ca.band(), trust_domain = %ca.trust_domain(), by = %caller.name, activate, "CA authority rotated by an operator");
                     }
                     issuer.publish_bundles();
-                    Ok(bands)
+                    Ok(cas)
                 },
-                // Logged band by band as each rotates.
+                // Logged CA by CA as each rotates.
                 |_, _| (),
             )
             .await?;
-        Ok(Response::new(authorities(&self.issuer, &bands)))
+        Ok(Response::new(authorities(&cas)))
     }
 }
 

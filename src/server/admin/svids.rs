@@ -28,25 +28,42 @@ fn svid_to_proto(record: &SvidRecord, trust_domain: String, policy: &PolicySnaps
     }
 }
 
+/// The trust domain of a recorded SVID's SPIFFE ID (empty if the record is malformed).
+fn trust_domain_of(record: &SvidRecord) -> String {
+    writ_verifier::parse_spiffe_id(&record.spiffe_id)
+        .map(|id| id.trust_domain_name().to_owned())
+        .unwrap_or_default()
+}
+
+/// Whether a recorded SVID is `tenant`'s: its trust domain is one of that tenant's.
+fn in_tenant(
+    record: &SvidRecord,
+    policy: &PolicySnapshot,
+    base: &spiffe::TrustDomain,
+    tenant: &str,
+) -> bool {
+    crate::policy::tenant_of_trust_domain(policy, base, &trust_domain_of(record))
+        .is_some_and(|(t, _)| t == tenant)
+}
+
 impl AdminService {
     fn svid_proto(&self, record: &SvidRecord, policy: &PolicySnapshot) -> pb::Svid {
-        let trust_domain = self.issuer.cas.ca(record.band).trust_domain().to_string();
-        svid_to_proto(record, trust_domain, policy)
+        svid_to_proto(record, trust_domain_of(record), policy)
     }
 
     pub(super) async fn list_svids_rpc(
         &self,
         request: Request<pb::ListSvidsRequest>,
     ) -> Result<Response<pb::ListSvidsResponse>, Status> {
-        let (incident, mut records) = self
+        let (incident, tenant, mut records) = self
             .call(
                 request,
                 Operation::ListSvids,
-                |issuer, _, body| {
+                |issuer, caller, body| {
                     if !body.incident.is_empty() {
                         name_arg("incident", &body.incident)?;
                     }
-                    Ok((body.incident, issuer.store.svids()?))
+                    Ok((body.incident, caller.tenant.clone(), issuer.store.svids()?))
                 },
                 // A read: nothing to log.
                 |_, _| (),
@@ -54,11 +71,14 @@ impl AdminService {
             .await?;
         // Expired certificates can be neither presented nor revoked: only live ones.
         let now = self.issuer.cas.now();
+        let policy = self.issuer.registry.snapshot();
+        let base = self.issuer.cas.base();
         records.retain(|r| {
-            r.not_after >= now && (incident.is_empty() || r.incident.as_deref() == Some(&incident))
+            r.not_after >= now
+                && (incident.is_empty() || r.incident.as_deref() == Some(&incident))
+                && in_tenant(r, &policy, base, &tenant)
         });
         records.sort_by(|a, b| (a.not_before, &a.serial).cmp(&(b.not_before, &b.serial)));
-        let policy = self.issuer.registry.snapshot();
         Ok(Response::new(pb::ListSvidsResponse {
             svids: records
                 .iter()
@@ -77,6 +97,18 @@ impl AdminService {
                 Operation::RevokeSvid,
                 |issuer, caller, body| {
                     let serial: Serial = body.serial.parse()?;
+                    // Another tenant's serial is as unknown as one never issued.
+                    let policy = issuer.registry.snapshot();
+                    let theirs = issuer.store.svid(serial.as_str())?.is_some_and(|r| {
+                        !in_tenant(&r, &policy, issuer.cas.base(), &caller.tenant)
+                    });
+                    if theirs {
+                        return Err(crate::server::registry::RegistryError::NotFound {
+                            what: "serial",
+                            name: serial.to_string(),
+                        }
+                        .into());
+                    }
                     let now = issuer.cas.now();
                     let (entry, unconfirmed) =
                         issuer

@@ -12,7 +12,32 @@ use std::io::Write;
 use std::process::ExitCode;
 use tokio_stream::StreamExt;
 
+/// DER certificates as one PEM text.
+fn pem<'a>(certs: impl IntoIterator<Item = &'a [u8]>) -> String {
+    use base64::Engine;
+    let mut out = String::new();
+    for der in certs {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
+}
+
 fn describe(ctx: &spiffe::X509Context) -> serde_json::Value {
+    // Every trust domain whose bundle the workload was given, with its roots (PEM).
+    let bundles: serde_json::Map<String, serde_json::Value> = ctx
+        .bundle_set()
+        .iter()
+        .map(|(td, bundle)| {
+            let roots = pem(bundle.authorities().iter().map(|c| c.as_ref()));
+            (td.to_string(), serde_json::Value::String(roots))
+        })
+        .collect();
     let svids: Vec<_> = ctx
         .svids()
         .iter()
@@ -25,10 +50,11 @@ fn describe(ctx: &spiffe::X509Context) -> serde_json::Value {
                 "leaf_sha256": leaf,
                 // Leaf plus intermediates (2 when the server signs through one).
                 "chain_len": svid.cert_chain().len(),
+                "chain_pem": pem(svid.cert_chain().iter().map(|c| c.as_ref())),
             })
         })
         .collect();
-    serde_json::json!({ "svids": svids })
+    serde_json::json!({ "svids": svids, "bundles": bundles })
 }
 
 async fn watch() -> ExitCode {

@@ -259,7 +259,11 @@ pub struct AdminArgs {
     #[arg(long, env = "WRIT_SERVER_BUNDLE", requires = "server")]
     server_bundle: Option<PathBuf>,
     /// The server's base trust domain, for --server.
-    #[arg(long, env = "WRIT_TRUST_DOMAIN", default_value = "example.org")]
+    #[arg(
+        long = "server-trust-domain",
+        env = "WRIT_TRUST_DOMAIN",
+        default_value = "example.org"
+    )]
     trust_domain: String,
     /// The tenant to act in (docs/multi-tenant.md); none is the default tenant.
     #[arg(long, env = "WRIT_TENANT")]

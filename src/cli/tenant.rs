@@ -14,7 +14,7 @@ pub struct CreateArgs {
     name: String,
     /// Its base trust domain: its identities live in investigate.BASE and remediate.BASE.
     #[arg(long = "trust-domain", value_name = "BASE")]
-    trust_domain: String,
+    base: String,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -33,7 +33,7 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
     let tenant = client
         .create_tenant(pb::CreateTenantRequest {
             name: args.name,
-            trust_domain: args.trust_domain,
+            trust_domain: args.base,
         })
         .await
         .map_err(rpc_error)?

@@ -9,9 +9,10 @@
 //! is exactly what it was before tenants existed. Pure: the rules of naming and creating
 //! tenants, no I/O.
 
-use super::{PolicyError, check_name};
+use super::{PolicyError, Profile, Selector, check_name};
 use serde::{Deserialize, Serialize};
 use spiffe::TrustDomain;
+use std::collections::BTreeSet;
 use writ_verifier::Band;
 
 /// The deployment's own tenant: objects stored before tenants existed are its, and an
@@ -154,6 +155,60 @@ pub fn check_new<'a>(
     Ok(())
 }
 
+/// Whether no workload can match both selector sets: for some kind a process has exactly
+/// one of (its uid, user name, executable path, executable digest), the two sets name
+/// different values. Gids are not such a kind (a process has several), and a uid against
+/// a user name is not known to differ without reading /etc/passwd, so it counts as
+/// overlapping: the answer errs towards "may overlap".
+pub fn selectors_disjoint(a: &BTreeSet<Selector>, b: &BTreeSet<Selector>) -> bool {
+    let of = |set: &BTreeSet<Selector>,
+              kind: fn(&Selector) -> Option<String>|
+     -> BTreeSet<String> { set.iter().filter_map(kind).collect() };
+    let kinds: [fn(&Selector) -> Option<String>; 4] = [
+        |s| match s {
+            Selector::Uid(u) => Some(u.to_string()),
+            _ => None,
+        },
+        |s| match s {
+            Selector::User(u) => Some(u.clone()),
+            _ => None,
+        },
+        |s| match s {
+            Selector::Path(p) => Some(p.clone()),
+            _ => None,
+        },
+        |s| match s {
+            Selector::Sha256(d) => Some(d.clone()),
+            _ => None,
+        },
+    ];
+    kinds.iter().any(|kind| {
+        let (x, y) = (of(a, *kind), of(b, *kind));
+        // Two values of one kind in one set match no process at all.
+        x.len() > 1 || y.len() > 1 || (!x.is_empty() && !y.is_empty() && x != y)
+    })
+}
+
+/// Checks that `profile` selects no workload a profile of another tenant may select
+/// ([`selectors_disjoint`]): a workload holds identities of one tenant only, so one
+/// tenant's admin can never make another tenant's workload act under its own identities,
+/// nor receive its bundles. The refusal names no other tenant or profile.
+pub fn check_profile_tenant<'a>(
+    profile: &Profile,
+    others: impl IntoIterator<Item = &'a Profile>,
+) -> Result<(), PolicyError> {
+    let overlaps = others.into_iter().any(|other| {
+        other.tenant != profile.tenant && !selectors_disjoint(&profile.selectors, &other.selectors)
+    });
+    if overlaps {
+        return Err(PolicyError::BadTenant(format!(
+            "profile {:?} may select workloads a profile of another tenant selects: give it a selector of its own (its own unix:uid, unix:path or unix:sha256)",
+            profile.name
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -202,6 +257,58 @@ mod tests {
         assert!(
             err.to_string().contains("is the deployment's base"),
             "{err}"
+        );
+    }
+
+    fn selectors(list: &[&str]) -> BTreeSet<Selector> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_workload_is_selected_in_one_tenant_only() {
+        let disjoint = |a: &[&str], b: &[&str]| selectors_disjoint(&selectors(a), &selectors(b));
+        assert!(disjoint(&["unix:uid:2001"], &["unix:uid:2002"]));
+        assert!(disjoint(
+            &["unix:uid:1", "unix:gid:5"],
+            &["unix:uid:2", "unix:gid:5"]
+        ));
+        assert!(disjoint(&["unix:path:/a"], &["unix:uid:1", "unix:path:/b"]));
+        assert!(!disjoint(&["unix:uid:2001"], &["unix:uid:2001"]));
+        assert!(
+            !disjoint(&["unix:uid:2001"], &["unix:gid:7"]),
+            "one process may have both"
+        );
+        assert!(
+            !disjoint(&["unix:gid:1"], &["unix:gid:2"]),
+            "a process has several gids"
+        );
+        assert!(
+            !disjoint(&["unix:uid:2001"], &["unix:user:bob"]),
+            "not known to differ"
+        );
+
+        let profile = |tenant: &str, sel: &[&str]| Profile {
+            tenant: tenant.into(),
+            name: "triage".into(),
+            selectors: selectors(sel),
+            bands: BTreeSet::from([writ_verifier::Band::Investigative]),
+            scopes: BTreeSet::new(),
+            service: false,
+            created_at: 0,
+        };
+        let acme = profile("acme", &["unix:uid:2001"]);
+        let others = [
+            profile("globex", &["unix:uid:2002"]),
+            profile("acme", &["unix:gid:9"]),
+        ];
+        assert_eq!(check_profile_tenant(&acme, &others), Ok(()));
+        let err = check_profile_tenant(&profile("globex", &["unix:gid:4"]), [&acme])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a profile of another tenant"), "{err}");
+        assert!(
+            !err.contains("acme"),
+            "the refusal names the other tenant: {err}"
         );
     }
 

@@ -654,6 +654,7 @@ impl Registry {
             Audited::new(Kind::AdminChange, "profile.create", by),
             |policy, w| {
                 active_tenant(policy, &profile.tenant)?;
+                tenant::check_profile_tenant(&profile, policy.profiles.values())?;
                 if policy.profiles.contains_key(&profile.key()) {
                     return Err(RegistryError::AlreadyExists {
                         what: "profile",

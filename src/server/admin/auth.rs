@@ -75,6 +75,16 @@ pub(super) fn caller_name(uid: u32) -> String {
     format!("uid:{uid}")
 }
 
+/// The roles that may perform `operation`, as a refusal names them (`a or b`).
+fn role_names(operation: Operation) -> String {
+    operation
+        .roles()
+        .iter()
+        .map(crate::policy::wire_name)
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
 /// The tenant a request names, checked before anything is looked up or echoed.
 fn requested_tenant<T>(request: &Request<T>) -> Result<String, Status> {
     let Some(value) = request.metadata().get(TENANT_HEADER) else {
@@ -108,6 +118,15 @@ impl AdminService {
             requested_tenant(request)?
         };
         let roles = who.roles_in(&tenant);
+        if operation.deployment_wide() && roles.is_empty() {
+            // The deployment's own tenant is no secret: say what is missing.
+            tracing::warn!(operator = %who.name(), ?operation, "admin call refused: no role in the default tenant");
+            return Err(Status::permission_denied(format!(
+                "{} needs the role {} in the default tenant (this acts on the deployment)",
+                who.name(),
+                role_names(operation)
+            )));
+        }
         let exists = tenant == DEFAULT_TENANT
             || self
                 .issuer
@@ -128,16 +147,11 @@ impl AdminService {
         if allowed(&caller.roles, operation) {
             return Ok(caller);
         }
-        let wanted: Vec<String> = operation
-            .roles()
-            .iter()
-            .map(crate::policy::wire_name)
-            .collect();
-        tracing::warn!(operator = %caller.name, tenant = %caller.tenant, ?operation, ?wanted, "admin call refused: missing role");
+        let wanted = role_names(operation);
+        tracing::warn!(operator = %caller.name, tenant = %caller.tenant, ?operation, %wanted, "admin call refused: missing role");
         Err(Status::permission_denied(format!(
-            "{} needs the role {}{}",
+            "{} needs the role {wanted}{}",
             caller.name,
-            wanted.join(" or "),
             if caller.tenant == DEFAULT_TENANT {
                 String::new()
             } else {

@@ -123,6 +123,17 @@ fn resolve(
             }
             let id = writ_verifier::parse_spiffe_id(&identity.spiffe_id)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            // Only the caller's tenant's trust domains: another tenant's is answered as
+            // one no one holds, so a tenant learns nothing of the others.
+            let policy = issuer.registry.snapshot();
+            let ours =
+                crate::policy::tenant_of_trust_domain(&policy, cas.base(), id.trust_domain_name())
+                    .is_some_and(|(t, _)| t == tenant);
+            if !ours {
+                return Err(Status::invalid_argument(format!(
+                    "{id} is not in a trust domain of tenant {tenant:?}"
+                )));
+            }
             let id_band = cas.band_of(&id)?;
             if band.is_some_and(|b| b != id_band) {
                 return Err(Status::invalid_argument(format!(

@@ -1,0 +1,442 @@
+//! Two tenants side by side in one deployment (issue 13, docs/multi-tenant.md): the real
+//! `writ dev`, the CLI run as each tenant's operators (by uid, through `setpriv`) and
+//! workloads fetching over the Workload API with the stock `spiffe` client.
+//!
+//! Both tenants use the same agent name (`triage`) and incident id (`INC-1`): their
+//! identities differ, neither's SVID verifies against the other's bundle (writ-verifier and
+//! `openssl verify -x509_strict`), neither's workload sees the other's bundles, and every
+//! cross-tenant attempt is refused as "not found" and changes nothing. These tests run
+//! processes under other uids and need root (see `common::require_root`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+mod common;
+
+use common::bin::{As, DevProcess, json_lines};
+use common::procs::{fetch, ids};
+
+/// acme's admin, incident commander and auditor.
+const ADA: As = As::Uid(65530);
+/// acme's approver.
+const ABE: As = As::Uid(65529);
+/// globex's admin and incident commander.
+const GUS: As = As::Uid(65528);
+/// globex's approver.
+const GIL: As = As::Uid(65527);
+/// The workloads: acme's triage agent and globex's.
+const ACME_AGENT: u32 = 2001;
+const GLOBEX_AGENT: u32 = 2002;
+
+const OPERATORS: [&str; 8] = [
+    "--operator",
+    "ada=65530:admin@acme,incident-commander@acme,auditor@acme",
+    "--operator",
+    "abe=65529:approver@acme",
+    "--operator",
+    "gus=65528:admin@globex,incident-commander@globex",
+    "--operator",
+    "gil=65527:approver@globex",
+];
+
+const ACME_ID: &str = "spiffe://investigate.acme.test/agent/triage/incident/INC-1";
+const GLOBEX_ID: &str = "spiffe://investigate.globex.test/agent/triage/incident/INC-1";
+
+/// `writ dev` with both tenants, each with a `triage` profile and an open `INC-1`.
+struct Tenants {
+    dev: DevProcess,
+    files: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tenants {
+    fn start() -> Option<Tenants> {
+        if !common::require_root() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // The operators' and workloads' uids must reach the sockets inside.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let files = dir.path().join("files");
+        std::fs::create_dir(&files).unwrap();
+        std::fs::set_permissions(&files, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dev = DevProcess::start(&dir.path().join("data"), &OPERATORS).in_dir(&files);
+        let t = Tenants {
+            dev,
+            files,
+            _dir: dir,
+        };
+        t.dev
+            .ok(&["tenant", "create", "acme", "--trust-domain", "acme.test"]);
+        t.dev.ok(&[
+            "tenant",
+            "create",
+            "globex",
+            "--trust-domain",
+            "globex.test",
+        ]);
+        for (who, tenant, uid) in [(ADA, "acme", ACME_AGENT), (GUS, "globex", GLOBEX_AGENT)] {
+            let selector = format!("unix:uid:{uid}");
+            t.ok_in(
+                who,
+                tenant,
+                &[
+                    "profile",
+                    "create",
+                    "triage",
+                    "--selector",
+                    &selector,
+                    "--band",
+                    "investigative,remediation",
+                ],
+            );
+            t.ok_in(
+                who,
+                tenant,
+                &[
+                    "incident",
+                    "open",
+                    "INC-1",
+                    "--title",
+                    "checkout 500s",
+                    "--severity",
+                    "sev3",
+                    "--assign",
+                    "triage",
+                ],
+            );
+        }
+        Some(t)
+    }
+
+    /// `writ --tenant TENANT ARGS` as `who`, which must succeed.
+    fn ok_in(&self, who: As, tenant: &str, args: &[&str]) -> String {
+        self.dev.ok_as(who, &[args, &["--tenant", tenant]].concat())
+    }
+
+    /// `writ --tenant TENANT ARGS` as `who`, which must be refused saying `reason`.
+    fn refused_in(&self, who: As, tenant: &str, args: &[&str], reason: &str) {
+        self.dev.refusal(
+            who,
+            &[args, &["--tenant", tenant]].concat(),
+            Some(1),
+            reason,
+        );
+    }
+
+    /// Everything each tenant holds, as its admin lists it: what a refused call must not
+    /// change.
+    fn state(&self) -> Vec<Value> {
+        let mut all = Vec::new();
+        for (who, tenant) in [(ADA, "acme"), (GUS, "globex")] {
+            for list in [["incident", "list"], ["grant", "list"], ["profile", "list"]] {
+                all.extend(json_lines(&self.ok_in(
+                    who,
+                    tenant,
+                    &[&list[..], &["--json"]].concat(),
+                )));
+            }
+        }
+        all
+    }
+
+    fn workload_socket(&self) -> PathBuf {
+        self.dev.data_dir.join("workload.sock")
+    }
+
+    fn plan(&self) -> String {
+        let path = self.files.join("plan.txt");
+        std::fs::write(&path, "kubectl -n shop rollout restart deploy/checkout\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+}
+
+/// The DER certificates of a PEM text.
+fn ders(pem: &str) -> Vec<Vec<u8>> {
+    common::pem_decode(pem)
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn same_names_in_two_tenants_are_different_identities_that_never_cross() {
+    let Some(t) = Tenants::start() else { return };
+    let socket = t.workload_socket();
+    let acme = fetch(ACME_AGENT, &socket);
+    let globex = fetch(GLOBEX_AGENT, &socket);
+    assert_eq!(ids(&acme), Some(vec![ACME_ID.to_owned()]), "{acme}");
+    assert_eq!(ids(&globex), Some(vec![GLOBEX_ID.to_owned()]), "{globex}");
+
+    // A workload receives its own tenant's bundles and the deployment's, never another
+    // tenant's (nor the default tenant's band bundles).
+    let domains = |answer: &Value| -> Vec<String> {
+        let mut d: Vec<String> = answer["bundles"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        d.sort();
+        d
+    };
+    assert_eq!(
+        domains(&acme),
+        [
+            "example.org",
+            "investigate.acme.test",
+            "remediate.acme.test"
+        ]
+    );
+    assert_eq!(
+        domains(&globex),
+        [
+            "example.org",
+            "investigate.globex.test",
+            "remediate.globex.test"
+        ]
+    );
+
+    // acme's SVID verifies against acme's bundle, and against nothing of globex's:
+    // openssl -x509_strict and writ-verifier alike.
+    let chain_pem = acme["svids"][0]["chain_pem"].as_str().unwrap();
+    let acme_bundle = acme["bundles"]["investigate.acme.test"].as_str().unwrap();
+    let globex_bundle = globex["bundles"]["investigate.globex.test"]
+        .as_str()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = write(dir.path(), "acme-leaf.pem", chain_pem);
+    let own = common::openssl_verify_files(&write(dir.path(), "a.pem", acme_bundle), &leaf, None);
+    assert!(own.ok, "{}", own.output);
+    let other =
+        common::openssl_verify_files(&write(dir.path(), "g.pem", globex_bundle), &leaf, None);
+    assert!(
+        !other.ok,
+        "globex's bundle accepted acme's SVID: {}",
+        other.output
+    );
+
+    use rustls::pki_types::{CertificateDer, UnixTime};
+    use writ_verifier::{Authorizer, Decision, Peer, RevocationSnapshot, Usage};
+    let chain: Vec<CertificateDer<'static>> = ders(chain_pem)
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let anchors = |pem: &str| -> Vec<CertificateDer<'static>> {
+        ders(pem).into_iter().map(CertificateDer::from).collect()
+    };
+    let acme_td = writ_verifier::parse_trust_domain("investigate.acme.test").unwrap();
+    let globex_td = writ_verifier::parse_trust_domain("investigate.globex.test").unwrap();
+    let now = UnixTime::now();
+    // A globex service checks peers against globex's bundle: acme's SVID is refused
+    // whichever trust domain it is checked as.
+    for td in [&globex_td, &acme_td] {
+        assert!(
+            writ_verifier::verify_x509_svid(
+                &chain,
+                &anchors(globex_bundle),
+                td,
+                Usage::Client,
+                now
+            )
+            .is_err(),
+            "acme's SVID verified against globex's bundle as {td}"
+        );
+    }
+    let verified = writ_verifier::verify_x509_svid(
+        &chain,
+        &anchors(acme_bundle),
+        &acme_td,
+        Usage::Client,
+        now,
+    )
+    .unwrap();
+    let peer = Peer::from_x509(&verified);
+    assert_eq!(
+        peer.claims.as_ref().and_then(|c| c.tenant.as_deref()),
+        Some("acme")
+    );
+    let secs = common::system_now();
+    let none = RevocationSnapshot::empty();
+    let acme_base = writ_verifier::parse_trust_domain("acme.test").unwrap();
+    let globex_base = writ_verifier::parse_trust_domain("globex.test").unwrap();
+    assert!(matches!(
+        Authorizer::investigative(&acme_base)
+            .tenant("acme")
+            .decide(&peer, &none, secs),
+        Decision::Allow
+    ));
+    for authorizer in [
+        Authorizer::investigative(&globex_base).tenant("globex"),
+        Authorizer::investigative(&acme_base).tenant("globex"),
+    ] {
+        assert!(
+            matches!(authorizer.decide(&peer, &none, secs), Decision::Deny(_)),
+            "{authorizer} allowed acme's SVID"
+        );
+    }
+}
+
+#[test]
+fn every_cross_tenant_attempt_is_refused_as_not_found_and_changes_nothing() {
+    let Some(t) = Tenants::start() else { return };
+    let plan = t.plan();
+    let request = [
+        "grant",
+        "request",
+        "--incident",
+        "INC-1",
+        "--agent",
+        "triage",
+        "--action",
+        "restart checkout",
+        "--plan",
+        &plan,
+    ];
+    let acme_grant = t.ok_in(ADA, "acme", &request).trim().to_owned();
+    // Each tenant's workload holds an SVID (one for `svid revoke` to aim at).
+    let socket = t.workload_socket();
+    for uid in [ACME_AGENT, GLOBEX_AGENT] {
+        assert!(ids(&fetch(uid, &socket)).is_some());
+    }
+    let before = t.state();
+
+    // A tenant in which the caller holds no role does not exist for them: the same answer
+    // as for a tenant that does not exist at all.
+    let attempts: [&[&str]; 6] = [
+        &["incident", "list"],
+        &["incident", "show", "INC-1"],
+        &["incident", "close", "INC-1"],
+        &["profile", "delete", "triage"],
+        &["grant", "revoke", &acme_grant],
+        &["audit", "export"],
+    ];
+    for args in attempts {
+        t.refused_in(GUS, "acme", args, "tenant \"acme\" not found");
+        t.refused_in(GUS, "nosuch", args, "tenant \"nosuch\" not found");
+    }
+    t.refused_in(
+        GIL,
+        "acme",
+        &["grant", "approve", &acme_grant],
+        "tenant \"acme\" not found",
+    );
+    // In their own tenant, another tenant's grant is unknown.
+    t.refused_in(
+        GIL,
+        "globex",
+        &["grant", "approve", &acme_grant],
+        "unknown grant",
+    );
+    // An admin of a tenant mints nothing of another's, and learns nothing of whether
+    // another tenant holds the trust domain: the answer is the one for a trust domain no
+    // one holds.
+    let out = t.files.to_str().unwrap().to_owned();
+    for id in [
+        ACME_ID,
+        "spiffe://investigate.nowhere.test/agent/triage/incident/INC-1",
+    ] {
+        t.refused_in(
+            GUS,
+            "globex",
+            &["x509", "mint", "--spiffe-id", id, "--out", &out],
+            "is not in a trust domain of tenant \"globex\"",
+        );
+    }
+    // Another tenant's serial is as unknown as one never issued.
+    let serials: Vec<String> = json_lines(&t.ok_in(ADA, "acme", &["svid", "list", "--json"]))
+        .iter()
+        .map(|s| {
+            assert!(
+                s["spiffe_id"].as_str().unwrap().contains(".acme.test/"),
+                "acme lists another tenant's SVID: {s}"
+            );
+            s["serial"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(!serials.is_empty());
+    t.refused_in(
+        GUS,
+        "globex",
+        &["svid", "revoke", &serials[0]],
+        "unknown serial",
+    );
+    // A tenant's admin cannot make another tenant's workload theirs.
+    t.refused_in(
+        GUS,
+        "globex",
+        &["profile", "create", "grab", "--selector", "unix:uid:2001"],
+        "may select workloads a profile of another tenant selects",
+    );
+    // Tenants are the deployment's: a tenant's admin creates none.
+    t.refused_in(
+        ADA,
+        "acme",
+        &["tenant", "create", "evil", "--trust-domain", "evil.test"],
+        "ada needs the role admin in the default tenant",
+    );
+    assert_eq!(t.state(), before, "a refused call changed something");
+
+    // The default tenant sees none of it.
+    assert!(
+        json_lines(&t.dev.ok(&["incident", "list", "--json"])).is_empty(),
+        "the default tenant lists another tenant's incidents"
+    );
+
+    // acme's own approver approves; closing acme's INC-1 leaves globex's alone.
+    t.ok_in(ABE, "acme", &["grant", "approve", &acme_grant]);
+    assert_eq!(
+        ids(&fetch(ACME_AGENT, &socket)).unwrap().len(),
+        2,
+        "acme's agent holds its investigative and remediation identities"
+    );
+    t.ok_in(ADA, "acme", &["incident", "close", "INC-1"]);
+    assert_eq!(ids(&fetch(ACME_AGENT, &socket)), None);
+    assert_eq!(
+        ids(&fetch(GLOBEX_AGENT, &socket)),
+        Some(vec![GLOBEX_ID.to_owned()])
+    );
+
+    // Disabling a tenant revokes everything in it at once and makes nothing new.
+    let disabled = t.dev.json_as(As::Me, &["tenant", "disable", "globex"]);
+    assert_eq!(disabled["closed_incidents"], serde_json::json!(["INC-1"]));
+    assert_eq!(ids(&fetch(GLOBEX_AGENT, &socket)), None);
+    t.refused_in(
+        GUS,
+        "globex",
+        &[
+            "incident",
+            "open",
+            "INC-2",
+            "--title",
+            "t",
+            "--severity",
+            "sev3",
+            "--assign",
+            "triage",
+        ],
+        "tenant \"globex\" is disabled",
+    );
+    let tenants = json_lines(&t.dev.ok(&["tenant", "list", "--json"]));
+    let states: Vec<(&str, &str)> = tenants
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("default", "active"),
+            ("acme", "active"),
+            ("globex", "disabled")
+        ]
+    );
+}

@@ -232,6 +232,58 @@ fn profiles_are_replaced_and_deleted() {
 }
 
 #[test]
+fn the_same_names_in_two_tenants_are_two_rows() {
+    both(|backend| {
+        let store = backend.open();
+        let acme: writ::policy::Tenant = serde_json::from_value(serde_json::json!({
+            "name": "acme", "base": "acme.test", "state": "active",
+            "created_by": "root", "created_at": 1
+        }))
+        .unwrap();
+        store.put_tenant_changes(&acme, &[], &[]).unwrap();
+        let ours = incident("INC-1", "ours");
+        let theirs = Incident {
+            tenant: "acme".into(),
+            ..incident("INC-1", "theirs")
+        };
+        store.put_incident(&ours).unwrap();
+        store.put_incident(&theirs).unwrap();
+        // Reopened: another server, or a restart, reads the same.
+        drop(store);
+        let store = backend.open();
+        assert_eq!(store.tenants().unwrap(), vec![acme.clone()]);
+        assert_eq!(store.incident("default", "INC-1").unwrap(), Some(ours));
+        assert_eq!(
+            store.incident("acme", "INC-1").unwrap(),
+            Some(theirs.clone())
+        );
+        assert_eq!(store.incident("globex", "INC-1").unwrap(), None);
+        assert_eq!(store.incidents().unwrap().len(), 2);
+        // Disabling closes the tenant's incidents in the same write as the tenant.
+        let disabled = writ::policy::Tenant {
+            state: writ::policy::TenantState::Disabled,
+            ..acme
+        };
+        let closed = Incident {
+            state: IncidentState::Closed,
+            ..theirs
+        };
+        store
+            .put_tenant_changes(&disabled, std::slice::from_ref(&closed), &[])
+            .unwrap();
+        assert_eq!(store.tenants().unwrap(), vec![disabled]);
+        assert_eq!(store.incident("acme", "INC-1").unwrap(), Some(closed));
+        assert!(
+            store
+                .incident("default", "INC-1")
+                .unwrap()
+                .unwrap()
+                .is_open()
+        );
+    });
+}
+
+#[test]
 fn join_tokens_are_single_use_and_expire() {
     both(|backend| {
         let store = backend.open();

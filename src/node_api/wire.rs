@@ -533,4 +533,104 @@ mod tests {
         message.rules = None;
         assert_eq!(decode_policy(message), Err(WireError::Missing("rules")));
     }
+
+    /// The policy of [`policy`] with the same objects again in tenant acme.
+    fn two_tenants() -> PolicySnapshot {
+        let mut p = policy();
+        p.tenants.insert(
+            "acme".into(),
+            Tenant {
+                name: "acme".into(),
+                base: "acme.test".into(),
+                state: TenantState::Active,
+                created_by: "root".into(),
+                created_at: 1,
+                disabled_by: None,
+                disabled_at: None,
+            },
+        );
+        let mut profiles = Vec::new();
+        for profile in p.profiles.values() {
+            let mut other = profile.clone();
+            other.tenant = "acme".into();
+            profiles.push(other);
+        }
+        for profile in profiles {
+            p.profiles.insert(profile.key(), profile);
+        }
+        let incidents: Vec<Incident> = p
+            .incidents
+            .values()
+            .map(|i| Incident {
+                tenant: "acme".into(),
+                ..i.clone()
+            })
+            .collect();
+        for incident in incidents {
+            p.incidents.insert(incident.key(), incident);
+        }
+        let grants: Vec<Grant> = p
+            .grants
+            .values()
+            .map(|g| Grant {
+                tenant: "acme".into(),
+                ..g.clone()
+            })
+            .collect();
+        for grant in grants {
+            p.grants.insert(grant.key(), grant);
+        }
+        p
+    }
+
+    #[test]
+    fn tenants_travel_to_agents_that_know_them_and_to_no_other() {
+        let view = two_tenants();
+        // An agent that knows tenants reads back every tenant's objects, each its own.
+        let read = decode_policy(encode_policy(&view, true)).unwrap();
+        assert_eq!(
+            read.tenants,
+            view.tenants
+                .iter()
+                .map(|(k, t)| {
+                    // What travels: name, base, state.
+                    (
+                        k.clone(),
+                        Tenant {
+                            created_by: String::new(),
+                            created_at: 0,
+                            ..t.clone()
+                        },
+                    )
+                })
+                .collect()
+        );
+        assert_eq!(read.profiles, view.profiles);
+        assert_eq!(read.incidents, view.incidents);
+        assert_eq!(
+            read.grants.keys().collect::<Vec<_>>(),
+            view.grants.keys().collect::<Vec<_>>()
+        );
+        // An agent that does not would read acme's objects as the default tenant's: it is
+        // sent the default tenant's only, and no tenants.
+        let old = encode_policy(&view, false);
+        assert!(old.tenants.is_empty());
+        assert_eq!(old.profiles.len(), 1);
+        assert_eq!(old.incidents.len(), 1);
+        assert_eq!(old.grants.len(), 1);
+        assert!(old.profiles.iter().all(|p| p.tenant.is_empty()));
+        let read = decode_policy(old).unwrap();
+        assert!(read.profiles.keys().all(|(t, _)| t == "default"));
+        // The default tenant travels as an empty tenant field, so an older server's
+        // objects (which carry none) are the default tenant's.
+        let new = encode_policy(&view, true);
+        assert_eq!(
+            new.profiles.iter().filter(|p| p.tenant.is_empty()).count(),
+            1
+        );
+        assert_eq!(
+            new.profiles.iter().filter(|p| p.tenant == "acme").count(),
+            1
+        );
+    }
 }

@@ -133,9 +133,9 @@ fn records_round_trip_and_survive_reopening() {
         assert_eq!(
             store.schema_version().unwrap(),
             if matches!(backend, Backend::Redb(_)) {
-                1
+                2
             } else {
-                4
+                5
             }
         );
         assert_eq!(store.incident("default", "INC-2").unwrap(), Some(odd));
@@ -386,14 +386,14 @@ fn servers_starting_together_migrate_once() {
         })
         .collect();
     for start in starts {
-        assert_eq!(start.join().unwrap().unwrap(), 4);
+        assert_eq!(start.join().unwrap().unwrap(), 5);
     }
     assert_eq!(
         pg.psql(
             "fresh",
             "SELECT value FROM writ_meta WHERE key = 'schema_version'"
         ),
-        "4"
+        "5"
     );
 }
 
@@ -413,7 +413,7 @@ fn a_database_of_a_newer_schema_is_refused() {
     match Store::connect_postgres(&url.parse().unwrap()) {
         Err(StoreError::Schema {
             found: 99,
-            supported: 4,
+            supported: 5,
         }) => {}
         other => panic!("{other:?}"),
     }

@@ -401,6 +401,7 @@ fn every_cross_tenant_attempt_is_refused_as_not_found_and_changes_nothing() {
     );
     t.ok_in(ADA, "acme", &["incident", "close", "INC-1"]);
     assert_eq!(ids(&fetch(ACME_AGENT, &socket)), None);
+    verifiers_hear_of_the_close_in_acme_only(&socket);
     assert_eq!(
         ids(&fetch(GLOBEX_AGENT, &socket)),
         Some(vec![GLOBEX_ID.to_owned()])
@@ -439,4 +440,50 @@ fn every_cross_tenant_attempt_is_refused_as_not_found_and_changes_nothing() {
             ("globex", "disabled")
         ]
     );
+}
+
+/// A verifier watching the agent's revocation feed refuses acme's `INC-1` identities once
+/// it closed, and neither globex's `INC-1` nor the default tenant's (same id, other trust
+/// domains).
+fn verifiers_hear_of_the_close_in_acme_only(socket: &Path) {
+    use std::time::{Duration, Instant};
+    use writ_verifier::{Band, Peer, WorkloadApiSource, WritClaims};
+    let peer = |id: &str, tenant: &str| {
+        let mut claims = WritClaims::new(Band::Investigative);
+        claims.incident = Some("INC-1".into());
+        claims.tenant = Some(tenant.into());
+        Peer {
+            spiffe_id: writ_verifier::parse_spiffe_id(id).unwrap(),
+            claims: Some(claims),
+            serial: None,
+            expires_at: i64::MAX,
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let endpoint = format!("unix://{}", socket.display());
+        let source = tokio::time::timeout(
+            Duration::from_secs(60),
+            WorkloadApiSource::connect(&endpoint),
+        )
+        .await
+        .expect("the feed answers")
+        .unwrap();
+        let revocations = source.revocations();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while revocations.check(&peer(ACME_ID, "acme")).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "acme's closed INC-1 never reached the feed: {:?}",
+                revocations.snapshot()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(revocations.check(&peer(GLOBEX_ID, "globex")), None);
+        let default_inc = "spiffe://investigate.example.org/agent/triage/incident/INC-1";
+        assert_eq!(revocations.check(&peer(default_inc, "default")), None);
+    });
 }

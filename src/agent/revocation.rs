@@ -145,23 +145,25 @@ impl Feed {
         self.epochs.observe(&set, policy.generation);
         let entries = set
             .iter()
-            .map(|r| {
+            .filter_map(|r| {
                 let (kind, epoch) = match r.kind {
                     RevocationKind::Incident => (
                         Kind::Incident,
-                        self.epochs.epoch(&r.id).unwrap_or(policy.generation),
+                        self.epochs
+                            .epoch(&r.tenant, &r.id)
+                            .unwrap_or(policy.generation),
                     ),
                     RevocationKind::Grant => (Kind::Grant, 0),
                     RevocationKind::Serial => (Kind::Serial, 0),
                 };
-                let entry = entry(r, &self.base);
-                pb::Entry {
+                let entry = entry(r, policy, &self.base)?;
+                Some(pb::Entry {
                     kind: kind.into(),
                     id: entry.id,
                     revoked_at: entry.revoked_at,
                     trust_domain: entry.trust_domain,
                     epoch,
-                }
+                })
             })
             .collect();
         let message = pb::RevocationSet {
@@ -174,14 +176,23 @@ impl Feed {
 }
 
 /// One entry of the set as the feed names it and writ-verifier looks it up: an incident
-/// under the base trust domain (both bands), a grant under the remediation trust domain,
-/// a serial under its certificate's trust domain.
-fn entry(r: &Revoked, base: &TrustDomain) -> RevocationEntry {
+/// under its tenant's base trust domain (both bands), a grant under its tenant's
+/// remediation trust domain, a serial under its certificate's trust domain. `None` only
+/// for an incident or grant of a tenant `policy` does not name, which a consistent policy
+/// never holds (its objects and tenants come in one snapshot).
+fn entry(r: &Revoked, policy: &PolicySnapshot, base: &TrustDomain) -> Option<RevocationEntry> {
+    let tenant_base = || {
+        let found = policy.base_of(base, &r.tenant);
+        if found.is_none() {
+            tracing::error!(tenant = ?r.tenant, id = %r.id, "a revocation names a tenant the policy does not hold");
+        }
+        found
+    };
     let (kind, trust_domain) = match r.kind {
-        RevocationKind::Incident => (VerifierKind::Incident, base.as_str().to_owned()),
+        RevocationKind::Incident => (VerifierKind::Incident, tenant_base()?.as_str().to_owned()),
         RevocationKind::Grant => (
             VerifierKind::Grant,
-            Band::Remediation.trust_domain_name(base.as_str()),
+            Band::Remediation.trust_domain_name(tenant_base()?.as_str()),
         ),
         RevocationKind::Serial => (
             VerifierKind::Serial,
@@ -191,12 +202,12 @@ fn entry(r: &Revoked, base: &TrustDomain) -> RevocationEntry {
                 .unwrap_or_default(),
         ),
     };
-    RevocationEntry {
+    Some(RevocationEntry {
         kind,
         id: r.id.clone(),
         trust_domain,
         revoked_at: r.revoked_at,
-    }
+    })
 }
 
 /// The set `agent`'s feed publishes at `now` (seconds since the epoch), as writ-verifier's
@@ -208,7 +219,10 @@ pub(crate) fn verifier_snapshot(agent: &Agent, now: i64) -> RevocationSnapshot {
     let base = agent.node.base();
     let window = secs(agent.node.max_svid_ttl());
     let set = revocations(&policy, now, window);
-    RevocationSnapshot::new(policy.generation, set.iter().map(|r| entry(r, base)))
+    RevocationSnapshot::new(
+        policy.generation,
+        set.iter().filter_map(|r| entry(r, &policy, base)),
+    )
 }
 
 /// The Workload API's rule for every call on its socket (SPIFFE_Workload_API.md): the

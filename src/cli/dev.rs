@@ -42,7 +42,8 @@ pub struct DevArgs {
     #[arg(long)]
     trust_domain: Option<String>,
     /// Another operator: NAME=UID[:ROLE,ROLE] (roles: admin, incident-commander,
-    /// approver, auditor; default approver). Repeatable.
+    /// approver, auditor; default approver). ROLE@TENANT holds it in one tenant only
+    /// (docs/multi-tenant.md); a role without @ is the default tenant's. Repeatable.
     #[arg(long = "operator")]
     operators: Vec<crate::policy::Operator>,
     /// A demo on one machine as one user: that user may be an agent's workload and its

@@ -30,6 +30,9 @@ pub struct Revocation {
     pub kind: RevocationKind,
     /// The incident or grant id, or the serial.
     pub id: String,
+    /// The tenant of the incident or grant: its base trust domain is where the revoked
+    /// identities live. Empty for a serial (its scope names its trust domain).
+    pub tenant: String,
     /// For a serial: the certificate's trust domain and notAfter, after which the entry
     /// names an expired certificate and leaves the set even inside the window.
     pub serial: Option<SerialScope>,
@@ -87,6 +90,7 @@ pub fn revocations(policy: &PolicySnapshot, now: i64, window_secs: i64) -> Vec<R
                 revoked_at: closed_at,
                 kind: RevocationKind::Incident,
                 id: incident.id.clone(),
+                tenant: incident.tenant.clone(),
                 serial: None,
             })
     });
@@ -99,6 +103,7 @@ pub fn revocations(policy: &PolicySnapshot, now: i64, window_secs: i64) -> Vec<R
             revoked_at: ended.at,
             kind: RevocationKind::Grant,
             id: grant.id.clone(),
+            tenant: grant.tenant.clone(),
             serial: None,
         })
     });
@@ -109,6 +114,7 @@ pub fn revocations(policy: &PolicySnapshot, now: i64, window_secs: i64) -> Vec<R
             revoked_at: r.revoked_at,
             kind: RevocationKind::Serial,
             id: r.serial.clone(),
+            tenant: String::new(),
             serial: Some(SerialScope {
                 trust_domain: r.trust_domain.clone(),
                 not_after: r.not_after,
@@ -135,7 +141,8 @@ pub fn next_expiry(set: &[Revocation], window_secs: i64) -> Option<i64> {
 /// current set are remembered, so it is as small as the set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CloseEpochs {
-    seen: BTreeMap<String, u64>,
+    /// By tenant and incident id: `INC-1` of one tenant is not `INC-1` of another.
+    seen: BTreeMap<(String, String), u64>,
 }
 
 impl CloseEpochs {
@@ -144,18 +151,19 @@ impl CloseEpochs {
     pub fn observe(&mut self, set: &[Revocation], generation: u64) {
         let mut next = BTreeMap::new();
         for r in set.iter().filter(|r| r.kind == RevocationKind::Incident) {
+            let key = (r.tenant.clone(), r.id.clone());
             let epoch = self
                 .seen
-                .get(&r.id)
+                .get(&key)
                 .map_or(generation, |&g| g.min(generation));
-            next.insert(r.id.clone(), epoch);
+            next.insert(key, epoch);
         }
         self.seen = next;
     }
 
-    /// The epoch of incident `id`, once observed.
-    pub fn epoch(&self, id: &str) -> Option<u64> {
-        self.seen.get(id).copied()
+    /// The epoch of incident `id` of `tenant`, once observed.
+    pub fn epoch(&self, tenant: &str, id: &str) -> Option<u64> {
+        self.seen.get(&(tenant.to_owned(), id.to_owned())).copied()
     }
 }
 
@@ -234,6 +242,11 @@ mod tests {
             revoked_at,
             kind,
             id: id.into(),
+            tenant: if kind == RevocationKind::Serial {
+                String::new()
+            } else {
+                "default".into()
+            },
             serial: None,
         }
     }
@@ -355,18 +368,21 @@ mod tests {
         let a = entry(RevocationKind::Incident, "INC-a", NOW);
         let g = entry(RevocationKind::Grant, "g-1", NOW);
         epochs.observe(&[a.clone(), g], 5);
-        assert_eq!(epochs.epoch("INC-a"), Some(5));
-        assert_eq!(epochs.epoch("g-1"), None, "grants have no epoch");
+        assert_eq!(epochs.epoch("default", "INC-a"), Some(5));
+        assert_eq!(epochs.epoch("default", "g-1"), None, "grants have no epoch");
         let b = entry(RevocationKind::Incident, "INC-b", NOW);
         epochs.observe(&[a.clone(), b.clone()], 9);
         assert_eq!(
-            (epochs.epoch("INC-a"), epochs.epoch("INC-b")),
+            (
+                epochs.epoch("default", "INC-a"),
+                epochs.epoch("default", "INC-b")
+            ),
             (Some(5), Some(9))
         );
         // Out of the set (aged out): forgotten, so memory follows the set's size.
         epochs.observe(&[b], 12);
-        assert_eq!(epochs.epoch("INC-a"), None);
-        assert_eq!(epochs.epoch("INC-b"), Some(9));
+        assert_eq!(epochs.epoch("default", "INC-a"), None);
+        assert_eq!(epochs.epoch("default", "INC-b"), Some(9));
     }
 
     fn revoked_serial(serial: &str, revoked_at: i64, not_after: i64) -> RevokedSerial {
@@ -414,5 +430,25 @@ mod tests {
         let later = revocations(&p, NOW + 31, WINDOW);
         assert_eq!(later.len(), 1);
         assert_eq!(later[0].kind, RevocationKind::Incident);
+    }
+
+    #[test]
+    fn the_same_incident_id_in_two_tenants_is_two_entries_with_two_epochs() {
+        let ours = incident("INC-1", Some(NOW - 10));
+        let theirs = Incident {
+            tenant: "acme".into(),
+            ..incident("INC-1", Some(NOW - 5))
+        };
+        let set = revocations(&policy(vec![ours, theirs], vec![]), NOW, WINDOW);
+        let named: Vec<(&str, &str)> = set
+            .iter()
+            .map(|r| (r.tenant.as_str(), r.id.as_str()))
+            .collect();
+        assert_eq!(named, [("default", "INC-1"), ("acme", "INC-1")]);
+        let mut epochs = CloseEpochs::default();
+        epochs.observe(&set[..1], 3);
+        epochs.observe(&set, 4);
+        assert_eq!(epochs.epoch("default", "INC-1"), Some(3));
+        assert_eq!(epochs.epoch("acme", "INC-1"), Some(4));
     }
 }

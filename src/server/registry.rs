@@ -1293,7 +1293,7 @@ impl Registry {
         for tenant in &due {
             self.expire_due_in(tenant, base, now)?;
         }
-        Ok(true)
+        Ok(!due.is_empty())
     }
 
     /// [`Self::expire_due`] in one tenant.

@@ -81,6 +81,19 @@ fn a_tenants_auditor_reads_and_proves_only_its_tenants_records() {
             tenant,
         ]);
     }
+    // An identity of acme's issued: its issuance record is acme's.
+    let out = dir.path().join("minted");
+    std::fs::create_dir(&out).unwrap();
+    dev.ok(&[
+        "x509",
+        "mint",
+        "--spiffe-id",
+        "spiffe://investigate.acme.test/agent/fixer/incident/INC-1",
+        "--out",
+        out.to_str().unwrap(),
+        "--tenant",
+        "acme",
+    ]);
     // A refused call in acme by its auditor is acme's to see; a call naming a tenant the
     // caller holds no role in is the deployment's.
     let refused = dev.run_as(
@@ -104,6 +117,10 @@ fn a_tenants_auditor_reads_and_proves_only_its_tenants_records() {
         "{seen:?}"
     );
     assert!(seen.contains(&("admin.refused", "acme", "")), "{seen:?}");
+    assert!(
+        seen.contains(&("svid.issue.investigative", "acme", "INC-1")),
+        "{seen:?}"
+    );
     assert!(!seen.iter().any(|(a, _, _)| *a == "tenant.create"));
     // The incident's timeline is acme's INC-1, not the default tenant's.
     let timeline = json_lines(&dev.ok_as(
@@ -114,7 +131,10 @@ fn a_tenants_auditor_reads_and_proves_only_its_tenants_records() {
     ));
     assert_eq!(
         actions(&timeline),
-        [("incident.open", "acme", "INC-1")],
+        [
+            ("incident.open", "acme", "INC-1"),
+            ("svid.issue.investigative", "acme", "INC-1")
+        ],
         "{timeline:?}"
     );
 
@@ -142,6 +162,10 @@ fn a_tenants_auditor_reads_and_proves_only_its_tenants_records() {
     assert!(seen.contains(&("tenant.create", "default", "")), "{seen:?}");
     assert!(
         seen.contains(&("incident.open", "default", "INC-1")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|(a, _, _)| a.starts_with("svid.issue")),
         "{seen:?}"
     );
     assert_eq!(

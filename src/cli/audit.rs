@@ -559,3 +559,70 @@ fn summary(r: &Record) -> String {
     }
     parts.join("  ")
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditLog, Kind};
+
+    #[test]
+    fn a_tenants_records_verify_by_their_proofs_and_a_changed_one_is_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(
+            &dir.path().join("audit.redb"),
+            dir.path(),
+            "example.org/writ-audit",
+        )
+        .unwrap();
+        for i in 0..9 {
+            let tenant = if i % 3 == 0 { "acme" } else { DEFAULT_TENANT };
+            let r = Record::new(i, Kind::AdminChange, "incident.open", "op").tenant(tenant);
+            log.append(&r).unwrap();
+        }
+        let note = log.checkpoint().unwrap();
+        // What the server streams to acme: its records, each with its proof at 9.
+        let mut seen: Vec<pb::AuditRecord> = log
+            .read(0, 9)
+            .unwrap()
+            .into_iter()
+            .filter(|(i, _)| i % 3 == 0)
+            .map(|(index, record)| pb::AuditRecord {
+                index,
+                record,
+                inclusion: log
+                    .prove_inclusion(index, 9)
+                    .unwrap()
+                    .iter()
+                    .map(|h| h.0.to_vec())
+                    .collect(),
+            })
+            .collect();
+        let proven = verify_included(&note, log.vkey(), &seen).unwrap();
+        assert_eq!(proven.size, 9);
+
+        // Under another key the checkpoint itself is refused.
+        let other = tempfile::tempdir().unwrap();
+        let forger =
+            crate::audit::note::LogKey::open_or_create(other.path(), "example.org/writ-audit")
+                .unwrap();
+        assert!(matches!(
+            verify_included(&note, forger.vkey(), &seen),
+            Err(VerifyError::Checkpoint { .. })
+        ));
+        // A record shown with other bytes, or a proof hash cut short: tampering (exit 1).
+        seen[1].record = Record::new(3, Kind::AdminChange, "incident.open", "mallory")
+            .tenant("acme")
+            .encode()
+            .unwrap();
+        let refused = verify_included(&note, log.vkey(), &seen).unwrap_err();
+        assert_eq!(refused, VerifyError::NotIncluded { index: 3, size: 9 });
+        assert!(report(Err(refused), false).is_err_and(|e| e.to_string().contains("NOT intact")));
+        seen.truncate(1);
+        seen[0].inclusion[0].pop();
+        assert_eq!(
+            verify_included(&note, log.vkey(), &seen).unwrap_err(),
+            VerifyError::NotIncluded { index: 0, size: 9 }
+        );
+    }
+}

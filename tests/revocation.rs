@@ -342,7 +342,7 @@ async fn validate_jwt_svid_refuses_a_token_of_a_closed_incident() {
     let now = dev.issuer.cas.now();
     dev.issuer
         .registry
-        .revoke_serial(&serial, "test", now)
+        .revoke_serial("default", &serial, "test", now)
         .unwrap();
     assert_eq!(
         validate_raw(&dev, &token).await.unwrap(),

@@ -22,7 +22,7 @@ pub mod shared;
 pub mod verify;
 
 pub use log::AuditLog;
-pub use record::{Kind, Record, sha256_hex};
+pub use record::{Kind, Record, sha256_hex, visible_to};
 pub use verify::{Verified, VerifyError};
 
 use redb::ReadableTable;

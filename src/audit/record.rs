@@ -5,6 +5,7 @@
 //! what the Merkle tree hashes. Verification hashes the stored bytes and never re-encodes,
 //! so the encoding only has to be stable for readers, not byte-canonical across versions.
 
+use crate::policy::DEFAULT_TENANT;
 use serde::{Deserialize, Serialize};
 
 /// The largest record accepted (a record is metadata and digests, never payloads).
@@ -66,6 +67,10 @@ pub struct Record {
     pub action: String,
     /// Who: an operator name, a SPIFFE ID, a node, or `writ` for the server's own timers.
     pub actor: String,
+    /// The tenant it belongs to; `None` is the default tenant, so a deployment without
+    /// tenants writes the bytes it always wrote (set it with [`Record::tenant`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// The incident it belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incident: Option<String>,
@@ -89,11 +94,24 @@ impl Record {
             kind,
             action: action.into(),
             actor: actor.into(),
+            tenant: None,
             incident: None,
             spiffe_id: None,
             serial: None,
             detail: serde_json::Value::Null,
         }
+    }
+
+    /// Sets the tenant: the default tenant is stored as none, so its records' bytes are
+    /// those of a deployment without tenants.
+    pub fn tenant(mut self, tenant: &str) -> Self {
+        self.tenant = (tenant != DEFAULT_TENANT).then(|| tenant.to_owned());
+        self
+    }
+
+    /// The tenant it belongs to.
+    pub fn tenant_name(&self) -> &str {
+        self.tenant.as_deref().unwrap_or(DEFAULT_TENANT)
     }
 
     /// Sets the incident.
@@ -131,6 +149,15 @@ impl Record {
     }
 }
 
+/// Whether the operators of `tenant` may read `record`: it is their tenant's, or, for the
+/// default tenant, it is a tenant's creation or disabling (the deployment's decisions, made
+/// in the default tenant's name whichever tenant they concern).
+pub fn visible_to(record: &Record, tenant: &str) -> bool {
+    record.tenant_name() == tenant
+        || (tenant == DEFAULT_TENANT
+            && matches!(record.action.as_str(), "tenant.create" | "tenant.disable"))
+}
+
 /// SHA-256 of `bytes`, lowercase hex: how records name content they must not hold.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     crate::hex::sha256(bytes)
@@ -155,6 +182,43 @@ mod tests {
             r#"{"time":1700000000,"kind":"issuance","action":"svid.issue","actor":"node-1","incident":"inc-1","spiffe_id":"spiffe://investigate.example.org/agent/a/incident/inc-1","serial":"40ab","detail":{"a":"b","z":1}}"#
         );
         assert_eq!(Record::decode(&bytes).unwrap(), record);
+    }
+
+    #[test]
+    fn the_default_tenant_writes_the_bytes_it_always_wrote() {
+        let plain = Record::new(5, Kind::AdminChange, "incident.open", "alice");
+        let default = plain.clone().tenant(DEFAULT_TENANT);
+        assert_eq!(default.tenant, None);
+        assert_eq!(default.encode().unwrap(), plain.encode().unwrap());
+        let acme = plain.tenant("acme");
+        assert_eq!(
+            std::str::from_utf8(&acme.encode().unwrap()).unwrap(),
+            r#"{"time":5,"kind":"admin_change","action":"incident.open","actor":"alice","tenant":"acme"}"#
+        );
+        assert_eq!(acme.tenant_name(), "acme");
+        assert_eq!(default.tenant_name(), DEFAULT_TENANT);
+        // Records written before tenants read as the default tenant's.
+        let old = Record::decode(br#"{"time":5,"kind":"refusal","action":"a","actor":"b"}"#);
+        assert_eq!(old.unwrap().tenant_name(), DEFAULT_TENANT);
+    }
+
+    #[test]
+    fn each_tenant_sees_its_own_and_the_default_tenant_sees_tenants_made_and_ended() {
+        let open = |t: &str| Record::new(1, Kind::AdminChange, "incident.open", "x").tenant(t);
+        assert!(visible_to(&open("acme"), "acme"));
+        assert!(!visible_to(&open("acme"), "globex"));
+        assert!(!visible_to(&open("acme"), DEFAULT_TENANT));
+        assert!(visible_to(&open(DEFAULT_TENANT), DEFAULT_TENANT));
+        assert!(!visible_to(&open(DEFAULT_TENANT), "acme"));
+        let created = Record::new(1, Kind::AdminChange, "tenant.create", "root");
+        assert!(visible_to(&created, DEFAULT_TENANT));
+        assert!(!visible_to(&created, "acme"));
+        // Disabling is recorded in the disabled tenant's name (it closes its incidents):
+        // both see it, no third tenant does.
+        let disabled = Record::new(1, Kind::Revocation, "tenant.disable", "root").tenant("acme");
+        assert!(visible_to(&disabled, "acme"));
+        assert!(visible_to(&disabled, DEFAULT_TENANT));
+        assert!(!visible_to(&disabled, "globex"));
     }
 
     #[test]

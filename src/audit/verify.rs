@@ -70,6 +70,17 @@ pub enum VerifyError {
         /// Why.
         reason: String,
     },
+    /// A record's inclusion proof does not lead from its bytes to the signed root: the
+    /// record is not the one the signed log holds at that index.
+    #[error(
+        "record {index} is not proven in the signed log of {size} records (its bytes or its inclusion proof do not match the checkpoint's root)"
+    )]
+    NotIncluded {
+        /// The record's index.
+        index: u64,
+        /// The signed checkpoint's size.
+        size: u64,
+    },
     /// The log file's bytes are not a sound store: it was changed outside writ.
     #[error("the log file is damaged: {0}")]
     Damaged(String),
@@ -229,6 +240,40 @@ pub fn verify(
     })
 }
 
+/// Checks that `bytes` are record `index` of the signed log `checkpoint` names, by the
+/// RFC 6962 inclusion proof `proof` ([`super::AuditLog::prove_inclusion`] at the
+/// checkpoint's size): the leaf hash of the bytes, then the proof's path, must give the
+/// checkpoint's root. It says nothing of the other records, which whoever checks need not
+/// see (a tenant's auditor reads only the tenant's).
+pub fn verify_inclusion(
+    checkpoint: &VerifiedCheckpoint,
+    index: u64,
+    bytes: &[u8],
+    proof: &[Hash],
+) -> Result<(), VerifyError> {
+    let not_included = VerifyError::NotIncluded {
+        index,
+        size: checkpoint.size,
+    };
+    if index >= checkpoint.size {
+        return Err(not_included);
+    }
+    let leaf = tlog_tiles::record_hash(bytes);
+    tlog_tiles::check_record(
+        &proof.to_vec(),
+        checkpoint.size,
+        checkpoint.root,
+        index,
+        leaf,
+    )
+    .map_err(|_| not_included)?;
+    Record::decode(bytes).map_err(|e| VerifyError::Malformed {
+        index,
+        reason: e.to_string(),
+    })?;
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -288,6 +333,57 @@ mod tests {
         )
         .unwrap();
         assert_eq!(empty.root, tlog_tiles::EMPTY_HASH);
+    }
+
+    /// The stored hashes of the tree over `recs`.
+    fn tree_of(recs: &[(u64, Vec<u8>)]) -> MemoryHashes {
+        let mut hashes = MemoryHashes::default();
+        for (i, b) in recs {
+            hashes
+                .0
+                .extend(tlog_tiles::stored_hashes(*i, b, &hashes).unwrap());
+        }
+        hashes
+    }
+
+    #[test]
+    fn a_record_is_proven_in_the_signed_log_by_its_inclusion_proof_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = LogKey::open_or_create(dir.path(), ORIGIN).unwrap();
+        let all = records(13);
+        let hashes = tree_of(&all);
+        let note = key.checkpoint(ORIGIN, 13, root_of(&all)).unwrap();
+        let cp = open_checkpoint(&note, key.vkey()).unwrap();
+        let proof = |i: u64| tlog_tiles::prove_record(13, i, &hashes).unwrap();
+
+        for (i, bytes) in &all {
+            verify_inclusion(&cp, *i, bytes, &proof(*i)).unwrap();
+        }
+        // The proof of another index, or the right proof claimed for another index.
+        assert_eq!(
+            verify_inclusion(&cp, 5, &all[5].1, &proof(6)).unwrap_err(),
+            VerifyError::NotIncluded { index: 5, size: 13 }
+        );
+        assert_eq!(
+            verify_inclusion(&cp, 6, &all[5].1, &proof(5)).unwrap_err(),
+            VerifyError::NotIncluded { index: 6, size: 13 }
+        );
+        // Altered bytes: one record rewritten, its proof unchanged.
+        let altered = Record::new(5, Kind::AdminChange, "test", "mallory")
+            .encode()
+            .unwrap();
+        let refused = verify_inclusion(&cp, 5, &altered, &proof(5)).unwrap_err();
+        assert_eq!(refused, VerifyError::NotIncluded { index: 5, size: 13 });
+        assert!(refused.is_tampering());
+        // An index past the checkpoint, and a proof cut short.
+        assert!(verify_inclusion(&cp, 13, &all[5].1, &proof(5)).is_err());
+        let mut short = proof(5);
+        short.pop();
+        assert!(verify_inclusion(&cp, 5, &all[5].1, &short).is_err());
+        // A checkpoint of a smaller tree: the proof at 13 does not reach its root.
+        let smaller = key.checkpoint(ORIGIN, 12, root_of(&all[..12])).unwrap();
+        let smaller = open_checkpoint(&smaller, key.vkey()).unwrap();
+        assert!(verify_inclusion(&smaller, 5, &all[5].1, &proof(5)).is_err());
     }
 
     #[test]

@@ -2,11 +2,15 @@
 //!
 //! `verify` recomputes the Merkle tree here, from the records' stored bytes, and checks the
 //! log's signed checkpoint and a kept one: it trusts the server for nothing but the bytes.
+//! A reader who sees only part of the log (a tenant's operators see only that tenant's
+//! records) checks instead that each record it sees is in the signed log, by its RFC 6962
+//! inclusion proof against the signed checkpoint.
 
 use super::AdminArgs;
 use super::client::{connect, rpc_error};
 use super::output::{escape, format_unix};
 use crate::audit::{Record, VerifyError, verify};
+use crate::policy::DEFAULT_TENANT;
 use crate::proto::admin as pb;
 use clap::Args;
 use std::path::PathBuf;
@@ -27,7 +31,7 @@ pub struct TailArgs {
 /// Flags of `writ audit verify`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Exit status: 0 intact; 1 NOT intact (tampering found, and where); 2 could not verify (permission denied, I/O error, server unreachable). The log file is only ever read."
+    after_help = "Through the server, the whole log is recomputed when the caller sees every record; otherwise (another tenant's records exist) each record the caller sees is checked against the signed checkpoint by its inclusion proof. --data-dir and --store always recompute the whole log.\n\nExit status: 0 intact; 1 NOT intact (tampering found, and where); 2 could not verify (permission denied, I/O error, server unreachable). The log file is only ever read."
 )]
 pub struct VerifyArgs {
     /// A checkpoint kept earlier (`writ audit checkpoint > FILE`): the log must still
@@ -209,10 +213,23 @@ fn cannot_verify(reason: String) -> anyhow::Error {
     .into()
 }
 
+/// What a verification proved.
+enum Outcome {
+    /// The whole log, recomputed.
+    Whole(crate::audit::Verified),
+    /// Each record one tenant sees, proven in the signed log by its inclusion proof.
+    Included {
+        /// The tenant.
+        tenant: String,
+        /// Its records proven.
+        records: u64,
+        /// The signed checkpoint they were proven against.
+        checkpoint: crate::audit::note::VerifiedCheckpoint,
+    },
+}
+
 /// Reads what verification needs and runs it; an error here means it could not run.
-async fn gather(
-    args: VerifyArgs,
-) -> anyhow::Result<(Result<crate::audit::Verified, VerifyError>, bool)> {
+async fn gather(args: VerifyArgs) -> anyhow::Result<(Result<Outcome, VerifyError>, bool)> {
     let kept = args
         .since
         .as_deref()
@@ -227,7 +244,7 @@ async fn gather(
         return Ok(
             match crate::audit::verify_file_at_rest(&dir.join("audit.redb"), &vkey, kept.as_deref())
             {
-                Ok((verified, recovered)) => (Ok(verified), recovered),
+                Ok((verified, recovered)) => (Ok(Outcome::Whole(verified)), recovered),
                 Err(e) => (Err(e), false),
             },
         );
@@ -239,11 +256,10 @@ async fn gather(
         let result = tokio::task::spawn_blocking(move || {
             let log = crate::store::Store::shared_log_to_read(&url)
                 .map_err(|e| anyhow::anyhow!("opening the shared audit log: {e}"))?;
-            Ok::<_, anyhow::Error>(crate::audit::verify_shared(
-                log.as_ref(),
-                pinned.as_deref(),
-                kept.as_deref(),
-            ))
+            Ok::<_, anyhow::Error>(
+                crate::audit::verify_shared(log.as_ref(), pinned.as_deref(), kept.as_deref())
+                    .map(Outcome::Whole),
+            )
         })
         .await??;
         return Ok((result, false));
@@ -255,32 +271,133 @@ async fn gather(
         .map_err(rpc_error)?
         .into_inner();
     let vkey = pinned.unwrap_or(cp.verifier_key);
-    let mut stream = client
-        .read_audit(pb::ReadAuditRequest::default())
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
+    let tenant = args
+        .admin
+        .tenant
+        .clone()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| DEFAULT_TENANT.to_owned());
+    // Each record with its inclusion proof at the checkpoint's size (a checkpoint of an
+    // empty log covers no record: nothing to read).
     let mut records = Vec::new();
-    while let Some(item) = stream.message().await.map_err(rpc_error)? {
-        records.push(Ok((item.index, item.record)));
+    if cp.size > 0 {
+        let mut stream = client
+            .read_audit(pb::ReadAuditRequest {
+                proof_size: cp.size,
+                ..Default::default()
+            })
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        while let Some(item) = stream.message().await.map_err(rpc_error)? {
+            records.push(item);
+        }
     }
-    let result = verify::verify(
-        records,
-        &verify::Inputs {
-            vkey: &vkey,
-            signed: Some(&cp.checkpoint),
-            kept: kept.as_deref(),
-            stored_leaf: None,
-        },
-    );
-    Ok((result, false))
+    // The default tenant of a deployment without other tenants sees every record, and
+    // recomputes the whole log as it always did.
+    let every = tenant == DEFAULT_TENANT
+        && records.iter().enumerate().all(|(i, r)| r.index == i as u64)
+        && records.len() as u64 == cp.size;
+    if every {
+        let records = records.into_iter().map(|r| Ok((r.index, r.record)));
+        let result = verify::verify(
+            records,
+            &verify::Inputs {
+                vkey: &vkey,
+                signed: Some(&cp.checkpoint),
+                kept: kept.as_deref(),
+                stored_leaf: None,
+            },
+        );
+        return Ok((result.map(Outcome::Whole), false));
+    }
+    if kept.is_some() {
+        anyhow::bail!(
+            "--since needs every record of the log, and tenant {tenant} sees only its own: verify the log at rest (--data-dir or --store) to check a kept checkpoint"
+        );
+    }
+    let proven = verify_included(&cp.checkpoint, &vkey, &records);
+    Ok((
+        proven.map(|checkpoint| Outcome::Included {
+            tenant,
+            records: records.len() as u64,
+            checkpoint,
+        }),
+        false,
+    ))
 }
 
-fn report(result: Result<crate::audit::Verified, VerifyError>, json: bool) -> anyhow::Result<()> {
+/// Checks the signed checkpoint `note` under `vkey`, then each of `records` by its
+/// inclusion proof against it ([`verify::verify_inclusion`]).
+fn verify_included(
+    note: &[u8],
+    vkey: &str,
+    records: &[pb::AuditRecord],
+) -> Result<crate::audit::note::VerifiedCheckpoint, VerifyError> {
+    let checkpoint = crate::audit::note::open_checkpoint(note, vkey).map_err(|reason| {
+        VerifyError::Checkpoint {
+            which: "signed",
+            reason,
+        }
+    })?;
+    for r in records {
+        // A hash of the wrong length cannot be on the path to the root.
+        let proof: Option<Vec<tlog_tiles::Hash>> = r
+            .inclusion
+            .iter()
+            .map(|h| {
+                <[u8; 32]>::try_from(h.as_slice())
+                    .ok()
+                    .map(tlog_tiles::Hash)
+            })
+            .collect();
+        let proof = proof.ok_or(VerifyError::NotIncluded {
+            index: r.index,
+            size: checkpoint.size,
+        })?;
+        verify::verify_inclusion(&checkpoint, r.index, &r.record, &proof)?;
+    }
+    Ok(checkpoint)
+}
+
+fn report(result: Result<Outcome, VerifyError>, json: bool) -> anyhow::Result<()> {
     use base64::Engine;
+    let encode = |h: &tlog_tiles::Hash| base64::engine::general_purpose::STANDARD.encode(h.0);
     match result {
-        Ok(v) => {
-            let root = base64::engine::general_purpose::STANDARD.encode(v.root.0);
+        Ok(Outcome::Included {
+            tenant,
+            records,
+            checkpoint,
+        }) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "intact": true,
+                        "tenant": tenant,
+                        "records": records,
+                        "proven": "inclusion",
+                        "size": checkpoint.size,
+                        "root": encode(&checkpoint.root),
+                        "signed_checkpoint_size": checkpoint.size,
+                    })
+                );
+            } else {
+                println!(
+                    "{records} records of tenant {}, each proven included in the signed log of size {}",
+                    escape(&tenant),
+                    checkpoint.size
+                );
+                println!(
+                    "  the log's signed checkpoint ({} records, root {}) verifies",
+                    checkpoint.size,
+                    encode(&checkpoint.root)
+                );
+            }
+            Ok(())
+        }
+        Ok(Outcome::Whole(v)) => {
+            let root = encode(&v.root);
             if json {
                 println!(
                     "{}",
@@ -441,4 +558,71 @@ fn summary(r: &Record) -> String {
         }
     }
     parts.join("  ")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditLog, Kind};
+
+    #[test]
+    fn a_tenants_records_verify_by_their_proofs_and_a_changed_one_is_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(
+            &dir.path().join("audit.redb"),
+            dir.path(),
+            "example.org/writ-audit",
+        )
+        .unwrap();
+        for i in 0..9 {
+            let tenant = if i % 3 == 0 { "acme" } else { DEFAULT_TENANT };
+            let r = Record::new(i, Kind::AdminChange, "incident.open", "op").tenant(tenant);
+            log.append(&r).unwrap();
+        }
+        let note = log.checkpoint().unwrap();
+        // What the server streams to acme: its records, each with its proof at 9.
+        let mut seen: Vec<pb::AuditRecord> = log
+            .read(0, 9)
+            .unwrap()
+            .into_iter()
+            .filter(|(i, _)| i % 3 == 0)
+            .map(|(index, record)| pb::AuditRecord {
+                index,
+                record,
+                inclusion: log
+                    .prove_inclusion(index, 9)
+                    .unwrap()
+                    .iter()
+                    .map(|h| h.0.to_vec())
+                    .collect(),
+            })
+            .collect();
+        let proven = verify_included(&note, log.vkey(), &seen).unwrap();
+        assert_eq!(proven.size, 9);
+
+        // Under another key the checkpoint itself is refused.
+        let other = tempfile::tempdir().unwrap();
+        let forger =
+            crate::audit::note::LogKey::open_or_create(other.path(), "example.org/writ-audit")
+                .unwrap();
+        assert!(matches!(
+            verify_included(&note, forger.vkey(), &seen),
+            Err(VerifyError::Checkpoint { .. })
+        ));
+        // A record shown with other bytes, or a proof hash cut short: tampering (exit 1).
+        seen[1].record = Record::new(3, Kind::AdminChange, "incident.open", "mallory")
+            .tenant("acme")
+            .encode()
+            .unwrap();
+        let refused = verify_included(&note, log.vkey(), &seen).unwrap_err();
+        assert_eq!(refused, VerifyError::NotIncluded { index: 3, size: 9 });
+        assert!(report(Err(refused), false).is_err_and(|e| e.to_string().contains("NOT intact")));
+        seen.truncate(1);
+        seen[0].inclusion[0].pop();
+        assert_eq!(
+            verify_included(&note, log.vkey(), &seen).unwrap_err(),
+            VerifyError::NotIncluded { index: 0, size: 9 }
+        );
+    }
 }

@@ -419,12 +419,13 @@ impl Issuer {
         // The CA of the ID's trust domain (the deployment's or a tenant's), which must
         // serve `band`.
         let ca = self.cas.ca_for(band, &request.spiffe_id)?;
+        let tenant = self.tenant_of_identity(&request.spiffe_id, request.claims.as_ref());
         self.audit.submit_with(|index| {
             if let Some(claims) = request.claims.as_mut() {
                 claims.audit_index = Some(index);
             }
             let minted = ca.mint_x509(key, &request, now)?;
-            let record = issuance_record(now, band, &request, requester)
+            let record = issuance_record(now, band, &request, requester, &tenant)
                 .serial(minted.serial.clone())
                 .detail(serde_json::json!({
                     "band": band.as_str(),
@@ -447,6 +448,7 @@ impl Issuer {
         denials: &mut Vec<crate::audit::log::Pending<()>>,
     ) -> IssueError {
         let record = Record::new(self.cas.now(), Kind::Denial, "svid.deny", requester)
+            .tenant(&self.tenant_of_identity(spiffe_id, None))
             .spiffe_id(spiffe_id.to_string())
             .detail(serde_json::json!({ "reason": "not entitled under current policy" }));
         match encode(&record).and_then(|bytes| self.audit.submit_with(|_| Ok((bytes, ())))) {
@@ -487,6 +489,27 @@ impl Issuer {
         Ok(ttl.min(Duration::from_secs(left as u64)))
     }
 
+    /// The tenant an identity belongs to, for its audit records: its claims' tenant, else
+    /// its trust domain's, else (a trust domain no tenant has) the default tenant.
+    fn tenant_of_identity(
+        &self,
+        id: &SpiffeId,
+        claims: Option<&writ_verifier::WritClaims>,
+    ) -> String {
+        if let Some(tenant) = claims.and_then(|c| c.tenant.clone()) {
+            return tenant;
+        }
+        crate::policy::tenant_of_trust_domain(
+            &self.registry.snapshot(),
+            self.cas.base(),
+            id.trust_domain_name(),
+        )
+        .map_or_else(
+            || crate::policy::DEFAULT_TENANT.to_owned(),
+            |(tenant, _)| tenant,
+        )
+    }
+
     /// Ends grants and incidents when their time runs out, until `shutdown` resolves.
     pub async fn run_expiry(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
@@ -511,7 +534,11 @@ impl Issuer {
                 }
             }
             let issuer = Arc::clone(&self);
-            match tokio::task::spawn_blocking(move || issuer.registry.expire_due(now)).await {
+            match tokio::task::spawn_blocking(move || {
+                issuer.registry.expire_due(issuer.cas.base(), now)
+            })
+            .await
+            {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "expiring grants and incidents failed; will retry")
@@ -554,6 +581,7 @@ impl Issuer {
                 "grant.request.refused",
                 requested_by.to_string(),
             )
+            .tenant(&self.tenant_of_identity(requested_by, None))
             .incident(Some(incident))
             .spiffe_id(requested_by.to_string())
             .detail(serde_json::json!({ "reason": e.to_string() }));
@@ -616,12 +644,14 @@ impl Issuer {
             matches!(e.band, Band::Investigative | Band::Remediation)
                 && e.claims.incident.as_deref() == Some(activity.incident())
         });
-        if entitled.is_none() {
+        let Some(entitled) = entitled else {
             return Err(ActivityRefusal::NotEntitled(format!(
                 "{spiffe_id} is not an identity for incident {:?} under current policy",
                 activity.incident()
             )));
-        }
+        };
+        // The reporting identity's tenant.
+        let tenant = self.tenant_of_identity(spiffe_id, Some(&entitled.claims));
         if !serial.is_empty() {
             let store = Arc::clone(&self.store);
             let key = serial.to_owned();
@@ -641,6 +671,7 @@ impl Issuer {
             format!("activity.{}", activity.kind()),
             spiffe_id.to_string(),
         )
+        .tenant(&tenant)
         .incident(Some(activity.incident()))
         .spiffe_id(spiffe_id.to_string())
         .detail(activity.detail(node));
@@ -677,7 +708,9 @@ impl Issuer {
                     "{spiffe_id} is not an identity of a workload with these selectors under current policy"
                 ))
             })?;
+        let tenant = self.tenant_of_identity(spiffe_id, Some(&entitlement.claims));
         let record = Record::new(self.cas.now(), Kind::Attestation, "workload.attest", node)
+            .tenant(&tenant)
             .incident(entitlement.claims.incident)
             .spiffe_id(spiffe_id.to_string())
             .detail(serde_json::json!({
@@ -757,6 +790,7 @@ impl Issuer {
     ) -> Result<crate::audit::log::Pending<MintedJwt>, IssueError> {
         let now = self.cas.now();
         let ca = self.cas.ca_for(band, &request.spiffe_id)?;
+        let tenant = self.tenant_of_identity(&request.spiffe_id, request.claims.as_ref());
         if !ca.holds_roots() {
             // A signing replica has no JWT key the bundle names (docs/ha.md): the agent
             // takes Unavailable as "ask another server".
@@ -769,14 +803,15 @@ impl Issuer {
                 claims.audit_index = Some(index);
             }
             let minted = ca.mint_jwt(&request, audience, now)?;
-            let record =
-                issuance_record(now, band, &request, requester).detail(serde_json::json!({
+            let record = issuance_record(now, band, &request, requester, &tenant).detail(
+                serde_json::json!({
                     "band": band.as_str(),
                     "format": "jwt",
                     "audience": audience,
                     "not_after": minted.expires_at,
                     "claims_sha256": claims_digest(&request),
-                }));
+                }),
+            );
             Ok::<_, IssueError>((encode(&record)?, minted))
         })
     }
@@ -837,8 +872,14 @@ fn await_denials(denials: Vec<crate::audit::log::Pending<()>>) {
     }
 }
 
-/// The issuance record of `request`, before its serial and details are known.
-fn issuance_record(now: i64, band: Band, request: &SvidRequest, requester: &str) -> Record {
+/// The issuance record of `request` in `tenant`, before its serial and details are known.
+fn issuance_record(
+    now: i64,
+    band: Band,
+    request: &SvidRequest,
+    requester: &str,
+    tenant: &str,
+) -> Record {
     let kind = Kind::Issuance;
     Record::new(
         now,
@@ -846,6 +887,7 @@ fn issuance_record(now: i64, band: Band, request: &SvidRequest, requester: &str)
         format!("svid.issue.{}", band.as_str()),
         requester,
     )
+    .tenant(tenant)
     .incident(request.claims.as_ref().and_then(|c| c.incident.clone()))
     .spiffe_id(request.spiffe_id.to_string())
 }

@@ -14,9 +14,11 @@ use crate::policy::playbook::{self, ActivationRequest, Playbook, PlaybookError, 
 use crate::policy::serial::{self, Issued, RevokedSerial, Serial, SerialError};
 use crate::policy::tenant::{self, Tenant, TenantState};
 use crate::policy::{
-    Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile, agent_view,
+    DEFAULT_TENANT, Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile,
+    agent_view,
 };
 use crate::store::{Store, StoreError};
+use spiffe::TrustDomain;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tokio::sync::watch;
@@ -85,14 +87,18 @@ pub enum RegistryError {
 /// What a change is, for its audit record.
 #[derive(Clone, Copy, Debug)]
 struct Audited<'a> {
+    /// The tenant whose change it is: every object it writes is this tenant's, and its
+    /// record says so (a change never spans tenants).
+    tenant: &'a str,
     kind: Kind,
     action: &'a str,
     actor: &'a str,
 }
 
 impl<'a> Audited<'a> {
-    fn new(kind: Kind, action: &'a str, actor: &'a str) -> Self {
+    fn new(tenant: &'a str, kind: Kind, action: &'a str, actor: &'a str) -> Self {
         Audited {
+            tenant,
             kind,
             action,
             actor,
@@ -120,18 +126,37 @@ impl Writer<'_> {
             self.what.action,
             self.what.actor,
         )
+        .tenant(self.what.tenant)
         .incident(incident)
         .detail(detail);
         self.audit.append(&record)?;
         Ok(())
     }
 
+    /// Refuses to write objects of another tenant than the change's: its one record
+    /// would mislabel them, and show them to the wrong tenant's auditors.
+    fn of_this_tenant<'t>(
+        &self,
+        tenants: impl IntoIterator<Item = &'t str>,
+    ) -> Result<(), RegistryError> {
+        match tenants.into_iter().find(|t| *t != self.what.tenant) {
+            None => Ok(()),
+            Some(other) => Err(AuditError::Invalid(format!(
+                "a change of tenant {:?} would write objects of tenant {other:?} under one audit record",
+                self.what.tenant
+            ))
+            .into()),
+        }
+    }
+
     fn put_profile(&self, profile: &Profile) -> Result<(), RegistryError> {
+        self.of_this_tenant([profile.tenant.as_str()])?;
         self.record(None, serde_json::json!({ "profile": profile }))?;
         Ok(self.store.put_profile(profile)?)
     }
 
     fn delete_profile(&self, tenant: &str, name: &str) -> Result<bool, RegistryError> {
+        self.of_this_tenant([tenant])?;
         self.record(
             None,
             serde_json::json!({ "tenant": tenant, "profile": name }),
@@ -140,6 +165,7 @@ impl Writer<'_> {
     }
 
     fn put_incident(&self, incident: &Incident) -> Result<(), RegistryError> {
+        self.of_this_tenant([incident.tenant.as_str()])?;
         self.record(
             Some(&incident.id),
             serde_json::json!({ "incidents": [incident] }),
@@ -162,6 +188,12 @@ impl Writer<'_> {
         revoked: &[RevokedSerial],
         pruned: &[String],
     ) -> Result<(), RegistryError> {
+        self.of_this_tenant(
+            incidents
+                .iter()
+                .map(|i| i.tenant.as_str())
+                .chain(grants.iter().map(|g| g.tenant.as_str())),
+        )?;
         let incident = incidents
             .first()
             .map(|i| i.id.as_str())
@@ -178,6 +210,12 @@ impl Writer<'_> {
         incidents: &[Incident],
         grants: &[Grant],
     ) -> Result<(), RegistryError> {
+        self.of_this_tenant(
+            incidents
+                .iter()
+                .map(|i| i.tenant.as_str())
+                .chain(grants.iter().map(|g| g.tenant.as_str())),
+        )?;
         let mut detail = policy_detail(incidents, grants, &[], &[]);
         if let Some(map) = detail.as_object_mut() {
             map.insert("tenant".into(), serde_json::json!(tenant));
@@ -187,6 +225,7 @@ impl Writer<'_> {
     }
 
     fn put_playbook(&self, playbook: &Playbook) -> Result<(), RegistryError> {
+        self.of_this_tenant([playbook.tenant.as_str()])?;
         self.record(None, serde_json::json!({ "playbooks": [playbook] }))?;
         Ok(self.store.put_playbook(playbook)?)
     }
@@ -196,6 +235,12 @@ impl Writer<'_> {
         playbooks: &[Playbook],
         grants: &[Grant],
     ) -> Result<(), RegistryError> {
+        self.of_this_tenant(
+            playbooks
+                .iter()
+                .map(|p| p.tenant.as_str())
+                .chain(grants.iter().map(|g| g.tenant.as_str())),
+        )?;
         self.record(
             grants.first().map(|g| g.incident.as_str()),
             serde_json::json!({ "playbooks": playbooks, "grants": grants_for_audit(grants) }),
@@ -586,7 +631,8 @@ impl Registry {
     ) -> Result<Tenant, RegistryError> {
         let by = tenant.created_by.clone();
         self.change(
-            Audited::new(Kind::AdminChange, "tenant.create", &by),
+            // The deployment's decision, in the default tenant's name.
+            Audited::new(DEFAULT_TENANT, Kind::AdminChange, "tenant.create", &by),
             |policy, w| {
                 // Names are never reused: a disabled tenant stays in the store and here.
                 tenant::check_new(&tenant, policy.tenants.values(), deployment_base)?;
@@ -607,7 +653,9 @@ impl Registry {
         now: i64,
     ) -> Result<(Tenant, Vec<Incident>), RegistryError> {
         self.change(
-            Audited::new(Kind::Revocation, "tenant.disable", by),
+            // The disabled tenant's (it closes its incidents); the default tenant sees it
+            // too ([`crate::audit::visible_to`]).
+            Audited::new(name, Kind::Revocation, "tenant.disable", by),
             |policy, w| {
                 let Some(current) = policy.tenants.get(name) else {
                     return Err(RegistryError::NotFound {
@@ -650,8 +698,9 @@ impl Registry {
     /// Creates a profile.
     pub fn create_profile(&self, profile: Profile, by: &str) -> Result<Profile, RegistryError> {
         profile.validate()?;
+        let tenant = profile.tenant.clone();
         self.change(
-            Audited::new(Kind::AdminChange, "profile.create", by),
+            Audited::new(&tenant, Kind::AdminChange, "profile.create", by),
             |policy, w| {
                 active_tenant(policy, &profile.tenant)?;
                 tenant::check_profile_tenant(&profile, policy.profiles.values())?;
@@ -676,7 +725,7 @@ impl Registry {
         by: &str,
     ) -> Result<Profile, RegistryError> {
         self.change(
-            Audited::new(Kind::Revocation, "profile.delete", by),
+            Audited::new(tenant, Kind::Revocation, "profile.delete", by),
             |policy, w| {
                 let Some(profile) = policy.profile(tenant, name).cloned() else {
                     return Err(RegistryError::NotFound {
@@ -695,8 +744,9 @@ impl Registry {
     pub fn open_incident(&self, incident: Incident) -> Result<Incident, RegistryError> {
         incident.validate()?;
         let by = incident.opened_by.clone();
+        let tenant = incident.tenant.clone();
         self.change(
-            Audited::new(Kind::AdminChange, "incident.open", &by),
+            Audited::new(&tenant, Kind::AdminChange, "incident.open", &by),
             |policy, w| {
                 active_tenant(policy, &incident.tenant)?;
                 // Ids are never reused: history is in the store, not only in memory.
@@ -742,7 +792,7 @@ impl Registry {
         now: i64,
     ) -> Result<(Incident, Vec<String>), RegistryError> {
         self.change_confirmed(
-            Audited::new(Kind::Revocation, "incident.close", by),
+            Audited::new(tenant, Kind::Revocation, "incident.close", by),
             |policy, w| {
                 let current = find_incident(policy, &self.store, tenant, id)?;
                 if !current.is_open() {
@@ -769,7 +819,7 @@ impl Registry {
         now: i64,
     ) -> Result<Incident, RegistryError> {
         self.change(
-            Audited::new(Kind::AdminChange, "incident.extend", by),
+            Audited::new(tenant, Kind::AdminChange, "incident.extend", by),
             |policy, w| {
                 let current = find_incident(policy, &self.store, tenant, id)?;
                 if !current.is_open() {
@@ -796,7 +846,7 @@ impl Registry {
     ) -> Result<Grant, RegistryError> {
         let requested_by = requested_by.into();
         let id = format!("g-{}", random_hex(6)?);
-        self.change(Audited::new(Kind::AdminChange, "grant.request", requested_by.name), |policy, w| {
+        self.change(Audited::new(tenant, Kind::AdminChange, "grant.request", requested_by.name), |policy, w| {
             let incident = find_incident(policy, &self.store, tenant, &request.incident)?;
             let profile = policy.profile(tenant, &request.agent);
             let remediation = profile.is_some_and(|p| !p.service && p.bands.contains(&writ_verifier::Band::Remediation));
@@ -844,7 +894,7 @@ impl Registry {
     ) -> Result<Grant, RegistryError> {
         let approver = approver.into();
         self.change(
-            Audited::new(Kind::Approval, "grant.approve", approver.name),
+            Audited::new(tenant, Kind::Approval, "grant.approve", approver.name),
             |policy, w| {
                 let grant = find_grant(policy, &self.store, tenant, id)?;
                 let incident = find_incident(policy, &self.store, tenant, &grant.incident)?;
@@ -891,6 +941,7 @@ impl Registry {
     ) -> Result<(Grant, Vec<String>), RegistryError> {
         self.change_confirmed(
             Audited::new(
+                tenant,
                 Kind::Revocation,
                 if state == GrantState::Denied {
                     "grant.deny"
@@ -922,18 +973,37 @@ impl Registry {
         is_operator: impl Fn(&str) -> bool,
         now: i64,
     ) -> Result<Vec<Grant>, RegistryError> {
-        let stale = self.snapshot().grants.values().any(|g| {
+        let stale = |g: &Grant| {
             matches!(g.state, GrantState::Pending | GrantState::Active)
                 && g.approvals.iter().any(|a| !is_operator(&a.by))
-        });
-        if !stale {
-            return Ok(Vec::new());
+        };
+        // One change per tenant with something to withdraw: a record never spans tenants.
+        let tenants: std::collections::BTreeSet<String> = self
+            .snapshot()
+            .grants
+            .values()
+            .filter(|g| stale(g))
+            .map(|g| g.tenant.clone())
+            .collect();
+        let mut all = Vec::new();
+        for tenant in &tenants {
+            all.extend(self.withdraw_approvals_in(tenant, &is_operator, now)?);
         }
+        Ok(all)
+    }
+
+    /// [`Self::withdraw_approvals`] in one tenant.
+    fn withdraw_approvals_in(
+        &self,
+        tenant: &str,
+        is_operator: &impl Fn(&str) -> bool,
+        now: i64,
+    ) -> Result<Vec<Grant>, RegistryError> {
         self.change(
-            Audited::new(Kind::Revocation, "grant.withdraw_approvals", "writ"),
+            Audited::new(tenant, Kind::Revocation, "grant.withdraw_approvals", "writ"),
             |policy, w| {
                 let mut changed = Vec::new();
-                for g in policy.grants.values() {
+                for g in policy.grants.values().filter(|g| g.tenant == tenant) {
                     if !matches!(g.state, GrantState::Pending | GrantState::Active) {
                         continue;
                     }
@@ -969,8 +1039,9 @@ impl Registry {
     pub fn create_playbook(&self, playbook: Playbook) -> Result<Playbook, RegistryError> {
         playbook.validate()?;
         let by = playbook.created_by.clone();
+        let tenant = playbook.tenant.clone();
         self.change(
-            Audited::new(Kind::AdminChange, "playbook.create", &by),
+            Audited::new(&tenant, Kind::AdminChange, "playbook.create", &by),
             |policy, w| {
                 active_tenant(policy, &playbook.tenant)?;
                 if policy.playbooks.contains_key(&playbook.key()) {
@@ -1001,7 +1072,7 @@ impl Registry {
         now: i64,
     ) -> Result<Playbook, RegistryError> {
         self.change(
-            Audited::new(Kind::Approval, "playbook.approve", approver),
+            Audited::new(tenant, Kind::Approval, "playbook.approve", approver),
             |policy, w| {
                 let next =
                     playbook::approve(find_playbook(policy, tenant, name)?, approver, digest, now)?;
@@ -1025,7 +1096,7 @@ impl Registry {
     ) -> Result<Grant, RegistryError> {
         let id = format!("g-{}", random_hex(6)?);
         self.change(
-            Audited::new(Kind::Approval, "playbook.activate", activator),
+            Audited::new(tenant, Kind::Approval, "playbook.activate", activator),
             |policy, w| {
                 let book = find_playbook(policy, tenant, name)?;
                 let incident = find_incident(policy, &self.store, tenant, incident)?;
@@ -1059,7 +1130,7 @@ impl Registry {
         now: i64,
     ) -> Result<(Playbook, Vec<Grant>), RegistryError> {
         self.change(
-            Audited::new(Kind::Revocation, "playbook.retire", by),
+            Audited::new(tenant, Kind::Revocation, "playbook.retire", by),
             |policy, w| {
                 let next = playbook::retire(find_playbook(policy, tenant, name)?, by, reason, now)?;
                 let ended = playbook::end_activations(
@@ -1083,21 +1154,40 @@ impl Registry {
         &self,
         is_operator: impl Fn(&str) -> bool,
     ) -> Result<Vec<Playbook>, RegistryError> {
-        let stale = self
+        // One change per tenant with something to withdraw: a record never spans tenants.
+        let tenants: std::collections::BTreeSet<String> = self
             .snapshot()
             .playbooks
             .values()
-            .any(|p| playbook::without_approvers(p, &is_operator).is_some());
-        if !stale {
-            return Ok(Vec::new());
+            .filter(|p| playbook::without_approvers(p, &is_operator).is_some())
+            .map(|p| p.tenant.clone())
+            .collect();
+        let mut all = Vec::new();
+        for tenant in &tenants {
+            all.extend(self.withdraw_playbook_approvals_in(tenant, &is_operator)?);
         }
+        Ok(all)
+    }
+
+    /// [`Self::withdraw_playbook_approvals`] in one tenant.
+    fn withdraw_playbook_approvals_in(
+        &self,
+        tenant: &str,
+        is_operator: &impl Fn(&str) -> bool,
+    ) -> Result<Vec<Playbook>, RegistryError> {
         self.change(
-            Audited::new(Kind::Revocation, "playbook.withdraw_approvals", "writ"),
+            Audited::new(
+                tenant,
+                Kind::Revocation,
+                "playbook.withdraw_approvals",
+                "writ",
+            ),
             |policy, w| {
                 let changed: Vec<Playbook> = policy
                     .playbooks
                     .values()
-                    .filter_map(|p| playbook::without_approvers(p, &is_operator))
+                    .filter(|p| p.tenant == tenant)
+                    .filter_map(|p| playbook::without_approvers(p, is_operator))
                     .collect();
                 w.put_playbook_changes(&changed, &[])?;
                 for p in &changed {
@@ -1111,25 +1201,28 @@ impl Registry {
     /// Revokes one X.509-SVID by serial (docs/architecture.md, "Revocation"): the
     /// certificate must be one writ issued and not yet expired. The entry is durable before
     /// the new policy is published, and no signature is in flight once this returns; the
-    /// identity itself stays entitled, so its holder is issued a fresh SVID.
+    /// identity itself stays entitled, so its holder is issued a fresh SVID. `tenant` is
+    /// the tenant whose identity the serial is (the caller checked it).
     pub fn revoke_serial(
         &self,
+        tenant: &str,
         serial: &Serial,
         by: &str,
         now: i64,
     ) -> Result<RevokedSerial, RegistryError> {
-        Ok(self.revoke_serial_confirmed(serial, by, now)?.0)
+        Ok(self.revoke_serial_confirmed(tenant, serial, by, now)?.0)
     }
 
     /// [`Self::revoke_serial`], with the replicas that did not confirm it.
     pub fn revoke_serial_confirmed(
         &self,
+        tenant: &str,
         serial: &Serial,
         by: &str,
         now: i64,
     ) -> Result<(RevokedSerial, Vec<String>), RegistryError> {
         self.change_confirmed(
-            Audited::new(Kind::Revocation, "svid.revoke", by),
+            Audited::new(tenant, Kind::Revocation, "svid.revoke", by),
             |policy, w| {
                 let record =
                     self.store
@@ -1167,22 +1260,59 @@ impl Registry {
 
     /// Ends what has run out by `now`: active grants past their window expire; incidents
     /// past their maximum lifetime close themselves, with their grants; revoked serials
-    /// whose certificates have expired are pruned. Returns whether anything changed.
-    pub fn expire_due(&self, now: i64) -> Result<bool, RegistryError> {
-        let due = deadlines(&self.snapshot()).any(|at| at <= now);
-        if !due {
+    /// whose certificates have expired are pruned. One change per tenant with something
+    /// due, so no record spans tenants (a serial is its trust domain's tenant, in a
+    /// deployment whose own base is `base`). Returns whether anything changed.
+    pub fn expire_due(&self, base: &TrustDomain, now: i64) -> Result<bool, RegistryError> {
+        let policy = self.snapshot();
+        if !deadlines(&policy).any(|at| at <= now) {
             return Ok(false);
         }
-        self.change(Audited::new(Kind::Revocation, "expire", "writ"), |policy, w| {
+        let mut due: std::collections::BTreeSet<String> = policy
+            .incidents
+            .values()
+            .filter(|i| i.is_open() && i.opened_at + i.max_lifetime_secs as i64 <= now)
+            .map(|i| i.tenant.clone())
+            .collect();
+        due.extend(
+            policy
+                .grants
+                .values()
+                .filter(|g| {
+                    g.state == GrantState::Active && g.expires_at.is_some_and(|at| at <= now)
+                })
+                .map(|g| g.tenant.clone()),
+        );
+        due.extend(
+            serial::expired(&policy, now)
+                .iter()
+                .filter_map(|s| policy.revoked_serials.get(s))
+                .map(|r| serial_tenant(&policy, base, r)),
+        );
+        drop(policy);
+        for tenant in &due {
+            self.expire_due_in(tenant, base, now)?;
+        }
+        Ok(!due.is_empty())
+    }
+
+    /// [`Self::expire_due`] in one tenant.
+    fn expire_due_in(
+        &self,
+        tenant: &str,
+        base: &TrustDomain,
+        now: i64,
+    ) -> Result<(), RegistryError> {
+        self.change(Audited::new(tenant, Kind::Revocation, "expire", "writ"), |policy, w| {
             let mut incidents = Vec::new();
             let mut grants = Vec::new();
-            for incident in policy.incidents.values().filter(|i| i.is_open()) {
+            for incident in policy.incidents.values().filter(|i| i.tenant == tenant && i.is_open()) {
                 if incident.opened_at + incident.max_lifetime_secs as i64 <= now {
                     incidents.push(close(incident, "writ", now));
                     grants.extend(end_incident_grants(policy, incident, "writ", "incident reached its maximum lifetime", now));
                 }
             }
-            for g in policy.grants.values() {
+            for g in policy.grants.values().filter(|g| g.tenant == tenant) {
                 if g.state == GrantState::Active
                     && g.expires_at.is_some_and(|at| at <= now)
                     && !grants.iter().any(|e: &Grant| e.key() == g.key())
@@ -1191,18 +1321,34 @@ impl Registry {
                     grants.push(expired);
                 }
             }
-            let pruned = serial::expired(policy, now);
+            let pruned: Vec<String> = serial::expired(policy, now)
+                .into_iter()
+                .filter(|s| {
+                    policy
+                        .revoked_serials
+                        .get(s)
+                        .is_some_and(|r| serial_tenant(policy, base, r) == tenant)
+                })
+                .collect();
             w.put_policy_and_serial_changes(&incidents, &grants, &[], &pruned)?;
             for i in &incidents {
-                tracing::info!(incident = %i.id, "incident reached its maximum lifetime and closed");
+                tracing::info!(tenant = %i.tenant, incident = %i.id, "incident reached its maximum lifetime and closed");
             }
             apply(policy, &incidents, &grants);
             for s in &pruned {
                 policy.revoked_serials.remove(s);
             }
-            Ok(true)
+            Ok(())
         })
     }
+}
+
+/// The tenant a revoked serial's certificate belongs to: its trust domain's, in a
+/// deployment whose own base is `base` (the default tenant for the deployment's own, or
+/// for a trust domain no tenant has).
+fn serial_tenant(policy: &PolicySnapshot, base: &TrustDomain, revoked: &RevokedSerial) -> String {
+    crate::policy::tenant_of_trust_domain(policy, base, &revoked.trust_domain)
+        .map_or_else(|| DEFAULT_TENANT.to_owned(), |(tenant, _)| tenant)
 }
 
 /// `bytes` random bytes as hex, for new ids. Fails rather than hand out a predictable
@@ -1576,7 +1722,7 @@ mod tests {
             let registry = load(Arc::clone(&store), dir.path());
             let before = registry.snapshot().generation;
             for (s, now) in [("40cc", 10), ("40bb", 51)] {
-                let refused = registry.revoke_serial(&serial(s), "alice", now);
+                let refused = registry.revoke_serial("default", &serial(s), "alice", now);
                 assert!(
                     matches!(
                         refused,
@@ -1588,20 +1734,23 @@ mod tests {
             }
             assert_eq!(registry.snapshot().generation, before, "nothing changed");
             let entry = registry
-                .revoke_serial(&serial("40AA"), "alice", 10)
+                .revoke_serial("default", &serial("40AA"), "alice", 10)
                 .unwrap();
             assert_eq!(entry.serial, "40aa");
             assert_eq!(entry.trust_domain, "investigate.example.org");
             assert!(matches!(
-                registry.revoke_serial(&serial("40aa"), "bob", 11),
+                registry.revoke_serial("default", &serial("40aa"), "bob", 11),
                 Err(RegistryError::Serial(SerialError::AlreadyRevoked(_)))
             ));
             assert_eq!(registry.next_deadline(), Some(101));
         }
         let registry = open(&path);
         assert!(registry.snapshot().revoked_serials.contains_key("40aa"));
-        assert!(!registry.expire_due(100).unwrap(), "kept through notAfter");
-        assert!(registry.expire_due(101).unwrap());
+        assert!(
+            !registry.expire_due(&base(), 100).unwrap(),
+            "kept through notAfter"
+        );
+        assert!(registry.expire_due(&base(), 101).unwrap());
         assert!(registry.snapshot().revoked_serials.is_empty());
         assert_eq!(registry.next_deadline(), None);
         drop(registry);
@@ -1737,6 +1886,103 @@ mod tests {
             ),
             Err(RegistryError::Playbook(PlaybookError::NotApproved { .. }))
         ));
+    }
+
+    /// The deployment's own base in these tests.
+    fn base() -> TrustDomain {
+        TrustDomain::new("example.org").unwrap()
+    }
+
+    /// Every record in the registry's log, decoded.
+    fn records(registry: &Registry) -> Vec<Record> {
+        registry
+            .audit
+            .read(0, 10_000)
+            .unwrap()
+            .iter()
+            .map(|(_, b)| Record::decode(b).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn every_record_says_its_tenant_and_no_change_spans_two() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = open(&dir.path().join("w.redb"));
+        let acme = Tenant {
+            name: "acme".into(),
+            base: "acme.test".into(),
+            state: TenantState::Active,
+            created_by: "root".into(),
+            created_at: 0,
+            disabled_by: None,
+            disabled_at: None,
+        };
+        registry.create_tenant(acme, &base()).unwrap();
+        let mut theirs = incident("INC-1");
+        theirs.tenant = "acme".into();
+        theirs.max_lifetime_secs = 10;
+        theirs.opened_at = 0;
+        registry.open_incident(theirs.clone()).unwrap();
+        let mut ours = incident("INC-1");
+        ours.max_lifetime_secs = 10;
+        ours.opened_at = 0;
+        registry.open_incident(ours).unwrap();
+
+        let written = records(&registry);
+        let actions: Vec<(&str, Option<&str>)> = written
+            .iter()
+            .map(|r| (r.action.as_str(), r.tenant.as_deref()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("tenant.create", None),
+                ("incident.open", Some("acme")),
+                ("incident.open", None),
+            ]
+        );
+        assert!(crate::audit::visible_to(&written[1], "acme"));
+        assert!(!crate::audit::visible_to(&written[1], DEFAULT_TENANT));
+
+        // Both run out at once: one record per tenant, each with its own incident only.
+        assert!(registry.expire_due(&base(), 10).unwrap());
+        let expired: Vec<Record> = records(&registry)
+            .into_iter()
+            .filter(|r| r.action == "expire")
+            .collect();
+        assert_eq!(expired.len(), 2, "{expired:?}");
+        for r in &expired {
+            let incidents = r.detail["incidents"].as_array().unwrap();
+            assert_eq!(incidents.len(), 1);
+            assert_eq!(incidents[0]["tenant"], r.tenant_name());
+        }
+        let tenants: BTreeSet<&str> = expired.iter().map(Record::tenant_name).collect();
+        assert_eq!(tenants, BTreeSet::from(["acme", DEFAULT_TENANT]));
+
+        // A write of another tenant's object under a change's record is refused, unwritten.
+        let size = registry.audit.size();
+        let writer = Writer {
+            store: &registry.store,
+            audit: &registry.audit,
+            clock: &registry.clock,
+            what: Audited::new(DEFAULT_TENANT, Kind::AdminChange, "test", "root"),
+        };
+        let mut other = theirs;
+        other.id = "INC-2".into();
+        assert!(matches!(
+            writer.put_incident(&other),
+            Err(RegistryError::Audit(AuditError::Invalid(_)))
+        ));
+        assert_eq!(registry.audit.size(), size);
+
+        // Disabling is the disabled tenant's record; the default tenant sees it too.
+        registry.disable_tenant("acme", "root", 20).unwrap();
+        let last = records(&registry).pop().unwrap();
+        assert_eq!(
+            (last.action.as_str(), last.tenant.as_deref()),
+            ("tenant.disable", Some("acme"))
+        );
+        assert!(crate::audit::visible_to(&last, DEFAULT_TENANT));
     }
 
     #[test]

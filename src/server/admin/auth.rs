@@ -160,6 +160,26 @@ impl AdminService {
         )))
     }
 
+    /// The tenant a refused call's audit record belongs to: the one it named, if it exists
+    /// and the caller holds a role there (so its auditors see what was refused in it);
+    /// otherwise the default tenant, so that no name a caller sends becomes a tenant's
+    /// record and no tenant learns of calls by people who are not its operators.
+    pub(super) fn refusal_tenant<T>(&self, request: &Request<T>) -> String {
+        let named = match requested_tenant(request) {
+            Ok(tenant) if tenant != DEFAULT_TENANT => tenant,
+            _ => return DEFAULT_TENANT.to_owned(),
+        };
+        let holds_role = self
+            .operator(request)
+            .is_ok_and(|who| !who.roles_in(&named).is_empty());
+        let exists = self.issuer.registry.snapshot().tenants.contains_key(&named);
+        if holds_role && exists {
+            named
+        } else {
+            DEFAULT_TENANT.to_owned()
+        }
+    }
+
     /// [`AdminService::caller`] for calls that only read: returns the tenant they read.
     pub(super) fn authorize<T>(
         &self,

@@ -52,11 +52,13 @@ pub fn server(
 ) -> anyhow::Result<refusals::AuditRefusals<AdminServer<AdminService>>> {
     let log = Arc::clone(&issuer.audit);
     let clock = issuer.cas.clock();
-    let service = AdminService::new(issuer)?;
+    let service = Arc::new(AdminService::new(issuer)?);
+    let judge = Arc::clone(&service);
     Ok(refusals::AuditRefusals::new(
-        AdminServer::new(service),
+        AdminServer::from_arc(service),
         log,
         clock,
+        Arc::new(move |call: &Request<()>| judge.refusal_tenant(call)),
     ))
 }
 

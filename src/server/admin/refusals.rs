@@ -1,7 +1,9 @@
 //! Every refused admin call is audited (docs/architecture.md, "Audit"; "each a clear error, nothing
 //! changed, a refusal record"): a thin tower service around the generated admin server
 //! that looks at each response's gRPC status and, for a caller's mistake or a missing
-//! right, appends a refusal record before the caller hears the answer.
+//! right, appends a refusal record before the caller hears the answer. The record is the
+//! tenant's the call named when the caller holds a role there, else the default
+//! tenant's: a name the caller made up never becomes a tenant's record.
 
 use crate::audit::{AuditLog, Kind, Record};
 use crate::clock::SharedClock;
@@ -12,19 +14,60 @@ use std::task::{Context, Poll};
 use tonic::server::NamedService;
 use tonic::transport::server::UdsConnectInfo;
 
+/// Which tenant a refused call's record belongs to, from what the transport knows of the
+/// call (its `writ-tenant` header and the caller's credentials).
+pub type TenantOf = Arc<dyn Fn(&tonic::Request<()>) -> String + Send + Sync>;
+
 /// Wraps a gRPC service so that its refusals are audited.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AuditRefusals<S> {
     inner: S,
     log: Arc<AuditLog>,
     clock: SharedClock,
+    tenant_of: TenantOf,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for AuditRefusals<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditRefusals")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> AuditRefusals<S> {
-    /// Audits `inner`'s refusals in `log`.
-    pub fn new(inner: S, log: Arc<AuditLog>, clock: SharedClock) -> Self {
-        AuditRefusals { inner, log, clock }
+    /// Audits `inner`'s refusals in `log`, each in the tenant `tenant_of` says.
+    pub fn new(inner: S, log: Arc<AuditLog>, clock: SharedClock, tenant_of: TenantOf) -> Self {
+        AuditRefusals {
+            inner,
+            log,
+            clock,
+            tenant_of,
+        }
     }
+}
+
+/// What the tenant of a refusal is decided from: the tenant header and the caller's
+/// credentials, copied before the call consumes the request (nothing else of it).
+fn caller_parts<B>(request: &http::Request<B>) -> tonic::Request<()> {
+    let mut parts = http::Request::new(());
+    if let Some(tenant) = request
+        .headers()
+        .get(super::TENANT_HEADER)
+        .filter(|v| v.len() <= 256)
+    {
+        parts
+            .headers_mut()
+            .insert(super::TENANT_HEADER, tenant.clone());
+    }
+    let extensions = request.extensions();
+    if let Some(peer) = extensions.get::<crate::server::tls::AdminPeer>() {
+        parts.extensions_mut().insert(peer.clone());
+    }
+    if let Some(info) = extensions.get::<UdsConnectInfo>() {
+        parts.extensions_mut().insert(info.clone());
+    }
+    tonic::Request::from_http(parts)
 }
 
 impl<S: NamedService> NamedService for AuditRefusals<S> {
@@ -103,9 +146,11 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = request.uri().path().to_owned();
         let who = caller(request.extensions());
+        let parts = caller_parts(&request);
         let response = self.inner.call(request);
         let log = Arc::clone(&self.log);
         let clock = Arc::clone(&self.clock);
+        let tenant_of = Arc::clone(&self.tenant_of);
         Box::pin(async move {
             let response = response.await?;
             // Unary refusals are trailers-only responses: the status is in the headers.
@@ -121,13 +166,13 @@ where
                     .get("grpc-message")
                     .map(|v| decode_message(v.as_bytes()))
                     .unwrap_or_default();
-                let record = Record::new(clock.unix(), Kind::Refusal, "admin.refused", who).detail(
-                    serde_json::json!({
+                let record = Record::new(clock.unix(), Kind::Refusal, "admin.refused", who)
+                    .tenant(&tenant_of(&parts))
+                    .detail(serde_json::json!({
                         "method": method,
                         "code": format!("{code:?}"),
                         "reason": message,
-                    }),
-                );
+                    }));
                 if let Err(e) = log.append_async(&record).await {
                     tracing::error!(error = %e, "auditing a refused admin call failed");
                 }

@@ -113,7 +113,7 @@ impl AdminService {
                     let (entry, unconfirmed) =
                         issuer
                             .registry
-                            .revoke_serial_confirmed(&serial, &caller.name, now)?;
+                            .revoke_serial_confirmed(&caller.tenant, &serial, &caller.name, now)?;
                     let record = issuer.store.svid(serial.as_str())?;
                     Ok((entry, record, unconfirmed))
                 },

@@ -279,6 +279,16 @@ impl AuditLog {
         *self.inner.durable.borrow()
     }
 
+    /// The size of the tree as it stands, which proofs may reach: this log's durable
+    /// size, or with a shared log the store's (other servers extend it too, and this
+    /// server's own view may lag).
+    pub fn tree_size(&self) -> Result<u64, AuditError> {
+        match &self.inner.place {
+            Place::Local(_) => Ok(self.size()),
+            Place::Shared { .. } => Ok(self.inner.shared_head()?.0.max(self.size())),
+        }
+    }
+
     /// Append transactions committed since this process opened the log (each one fsync
     /// and one signed checkpoint). Records appended over commits is the mean group-commit
     /// batch: for metrics and the benchmark in `examples/audit-load.rs`.
@@ -397,10 +407,10 @@ impl AuditLog {
     /// Proof that the tree of `new_size` records extends the tree of `old_size`
     /// (RFC 6962 consistency, in tlog's form).
     pub fn prove_consistency(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, AuditError> {
-        if old_size > new_size || new_size > self.size() {
+        let size = self.tree_size()?;
+        if old_size > new_size || new_size > size {
             return Err(AuditError::Invalid(format!(
-                "no consistency proof from {old_size} to {new_size} records (the log has {})",
-                self.size()
+                "no consistency proof from {old_size} to {new_size} records (the log has {size})",
             )));
         }
         let db = match &self.inner.place {
@@ -426,10 +436,10 @@ impl AuditLog {
     /// tlog's form): with the record's bytes and a checkpoint of that size, anyone can
     /// check it (`tlog_tiles::check_record`) without the rest of the log.
     pub fn prove_inclusion(&self, index: u64, size: u64) -> Result<Vec<Hash>, AuditError> {
-        if index >= size || size > self.size() {
+        let tree = self.tree_size()?;
+        if index >= size || size > tree {
             return Err(AuditError::Invalid(format!(
-                "no inclusion proof of record {index} in {size} records (the log has {})",
-                self.size()
+                "no inclusion proof of record {index} in {size} records (the log has {tree})"
             )));
         }
         let db = match &self.inner.place {

@@ -276,6 +276,36 @@ impl Issuer {
         Ok(created)
     }
 
+    /// The CA that signs `id` in `band`. With a shared store, another server may have
+    /// created a tenant since this one started: its CAs are opened from the store the
+    /// first time one of its identities is asked for (a signing replica then has no
+    /// intermediate for it and answers Unavailable, so the agent moves to the server
+    /// that holds the roots; docs/multi-tenant.md).
+    fn ca_for(
+        &self,
+        band: Band,
+        id: &spiffe::SpiffeId,
+    ) -> Result<Arc<crate::ca::TrustDomainCa>, crate::ca::CaError> {
+        match self.cas.ca_for(band, id) {
+            Err(unheld @ crate::ca::CaError::WrongTrustDomain { .. }) => {
+                let policy = self.registry.snapshot();
+                match crate::policy::tenant_of_trust_domain(
+                    &policy,
+                    self.cas.base(),
+                    id.trust_domain_name(),
+                ) {
+                    Some((tenant, base)) if tenant != crate::policy::DEFAULT_TENANT => {
+                        self.cas.add_tenant(&base)?;
+                        self.publish_bundles();
+                        self.cas.ca_for(band, id)
+                    }
+                    _ => Err(unheld),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Publishes the current bundles to every follower (after a rotation).
     pub fn publish_bundles(&self) {
         match self.cas.bundle_set() {
@@ -418,7 +448,7 @@ impl Issuer {
     ) -> Result<crate::audit::log::Pending<(Band, SvidRequest, MintedX509)>, IssueError> {
         // The CA of the ID's trust domain (the deployment's or a tenant's), which must
         // serve `band`.
-        let ca = self.cas.ca_for(band, &request.spiffe_id)?;
+        let ca = self.ca_for(band, &request.spiffe_id)?;
         let tenant = self.tenant_of_identity(&request.spiffe_id, request.claims.as_ref());
         self.audit.submit_with(|index| {
             if let Some(claims) = request.claims.as_mut() {
@@ -789,7 +819,7 @@ impl Issuer {
         requester: &str,
     ) -> Result<crate::audit::log::Pending<MintedJwt>, IssueError> {
         let now = self.cas.now();
-        let ca = self.cas.ca_for(band, &request.spiffe_id)?;
+        let ca = self.ca_for(band, &request.spiffe_id)?;
         let tenant = self.tenant_of_identity(&request.spiffe_id, request.claims.as_ref());
         if !ca.holds_roots() {
             // A signing replica has no JWT key the bundle names (docs/ha.md): the agent

@@ -87,7 +87,7 @@ impl AdminService {
                 0 => None,
                 n => {
                     let (_, _, signed) = signed_checkpoint(&issuer)?;
-                    if n > signed || n > issuer.audit.size() {
+                    if n > signed || n > issuer.audit.tree_size()? {
                         return Err(Status::invalid_argument(format!(
                             "no signed checkpoint of {n} records to prove against: ask at the size of the checkpoint GetAuditCheckpoint returns (now {signed})"
                         )));

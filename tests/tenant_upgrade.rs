@@ -3,7 +3,10 @@
 //! an open and a closed incident, a pending grant and a playbook: tests/data/
 //! store-written-by-2009080.redb) opens under this build, is upgraded in place, and means
 //! exactly what it meant: the same objects, all in the default tenant, the same identities.
+//! PostgreSQL likewise, with the same rows in a database of the schema before tenants.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
 
 use std::collections::BTreeSet;
 use writ::policy::{DEFAULT_TENANT, PolicySnapshot, Selector, entitlements};
@@ -85,6 +88,87 @@ fn a_store_written_before_tenants_is_the_default_tenants() {
     drop(store);
     let store = Store::open(&path).unwrap();
     assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.incident(DEFAULT_TENANT, "INC-1").unwrap(), Some(open));
+    assert_eq!(store.incident("acme", "INC-1").unwrap(), Some(theirs));
+}
+
+/// The rows `table` of the fixture holds, as writ 2009080 wrote them: (key, JSON bytes).
+fn fixture_rows(table: &str) -> Vec<(String, Vec<u8>)> {
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("writ.redb");
+    std::fs::copy(FIXTURE, &path).unwrap();
+    let db = redb::Database::open(&path).unwrap();
+    let tx = db.begin_read().unwrap();
+    let definition: TableDefinition<&str, &[u8]> = TableDefinition::new(table);
+    let rows = tx.open_table(definition).unwrap();
+    rows.iter()
+        .unwrap()
+        .map(|row| {
+            let (k, v) = row.unwrap();
+            (k.value().to_owned(), v.value().to_vec())
+        })
+        .collect()
+}
+
+/// The same upgrade on PostgreSQL: a database at schema 4 (the last before tenants) holding
+/// the rows 2009080 wrote, byte for byte, migrates to schema 5 at connect and means what it
+/// meant, every object the default tenant's.
+#[test]
+fn a_postgresql_database_written_before_tenants_is_the_default_tenants() {
+    let Some(pg) = common::postgres::Postgres::start() else {
+        return;
+    };
+    pg.create_database("writ");
+    let url = pg.url("writ");
+    // Schema 4 exactly: migration 5 only adds the tenants table.
+    drop(Store::connect_postgres(&url.parse().unwrap()).unwrap());
+    pg.psql(
+        "writ",
+        "DROP TABLE tenants; UPDATE writ_meta SET value = 4 WHERE key = 'schema_version'",
+    );
+    for table in ["profiles", "incidents", "grants", "playbooks"] {
+        let rows = fixture_rows(table);
+        assert!(!rows.is_empty(), "the fixture has {table}");
+        for (key, body) in rows {
+            let body = String::from_utf8(body).unwrap();
+            assert!(!body.contains("$w$") && !key.contains('\''));
+            pg.psql(
+                "writ",
+                &format!("INSERT INTO {table} (key, body) VALUES ('{key}', $w${body}$w$)"),
+            );
+        }
+    }
+    let store = Store::connect_postgres(&url.parse().unwrap()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 5);
+    assert!(store.tenants().unwrap().is_empty());
+    let profiles = store.profiles().unwrap();
+    assert_eq!(profiles.len(), 1);
+    assert_eq!(profiles[0].tenant, DEFAULT_TENANT);
+    let open = store.incident(DEFAULT_TENANT, "INC-1").unwrap().unwrap();
+    assert!(open.is_open());
+    assert_eq!(store.incidents().unwrap().len(), 2);
+    assert!(
+        store
+            .grants()
+            .unwrap()
+            .iter()
+            .all(|g| g.tenant == DEFAULT_TENANT)
+    );
+    assert_eq!(store.playbooks().unwrap()[0].tenant, DEFAULT_TENANT);
+    // And a tenant's INC-1 beside the old one.
+    let theirs = writ::policy::Incident {
+        tenant: "acme".into(),
+        ..open.clone()
+    };
+    let acme: writ::policy::Tenant = serde_json::from_value(serde_json::json!({
+        "name": "acme", "base": "acme.test", "state": "active",
+        "created_by": "root", "created_at": 1
+    }))
+    .unwrap();
+    store
+        .put_tenant_changes(&acme, std::slice::from_ref(&theirs), &[])
+        .unwrap();
     assert_eq!(store.incident(DEFAULT_TENANT, "INC-1").unwrap(), Some(open));
     assert_eq!(store.incident("acme", "INC-1").unwrap(), Some(theirs));
 }

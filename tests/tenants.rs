@@ -53,6 +53,10 @@ struct Tenants {
 
 impl Tenants {
     fn start() -> Option<Tenants> {
+        Self::start_with(&OPERATORS)
+    }
+
+    fn start_with(operators: &[&str]) -> Option<Tenants> {
         if !common::require_root() {
             return None;
         }
@@ -62,7 +66,7 @@ impl Tenants {
         let files = dir.path().join("files");
         std::fs::create_dir(&files).unwrap();
         std::fs::set_permissions(&files, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let dev = DevProcess::start(&dir.path().join("data"), &OPERATORS).in_dir(&files);
+        let dev = DevProcess::start(&dir.path().join("data"), operators).in_dir(&files);
         let t = Tenants {
             dev,
             files,
@@ -486,4 +490,47 @@ fn verifiers_hear_of_the_close_in_acme_only(socket: &Path) {
         let default_inc = "spiffe://investigate.example.org/agent/triage/incident/INC-1";
         assert_eq!(revocations.check(&peer(default_inc, "default")), None);
     });
+}
+
+/// An approval counts while its approver holds a role in the grant's tenant: an approver
+/// of acme who keeps roles only elsewhere loses their acme approvals at the next start,
+/// and the grant that needed them is revoked.
+#[test]
+fn approvals_last_while_the_approver_holds_a_role_in_the_grants_tenant() {
+    let Some(t) = Tenants::start() else { return };
+    let plan = t.plan();
+    let request = [
+        "grant",
+        "request",
+        "--incident",
+        "INC-1",
+        "--agent",
+        "triage",
+        "--action",
+        "restart checkout",
+        "--plan",
+        &plan,
+    ];
+    let id = t.ok_in(ADA, "acme", &request).trim().to_owned();
+    t.ok_in(ABE, "acme", &["grant", "approve", &id]);
+    let state = |t: &Tenants| {
+        t.dev
+            .json_as(ADA, &["grant", "show", &id, "--tenant", "acme"])["state"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(state(&t), "active");
+    // abe keeps a role, but in globex only.
+    let Tenants { dev, files, _dir } = t;
+    let data = dev.data_dir.clone();
+    dev.terminate();
+    let mut operators = OPERATORS;
+    operators[3] = "abe=65529:approver@globex";
+    let t = Tenants {
+        dev: DevProcess::start(&data, &operators).in_dir(&files),
+        files,
+        _dir,
+    };
+    assert_eq!(state(&t), "revoked");
 }

@@ -195,24 +195,23 @@ impl Issuer {
             clock_for_audit,
             config.ca.max_svid_ttl,
         )?;
-        // Operators come from configuration: approvals by someone no longer configured
-        // stop counting, and grants that lose their quorum end now.
+        // Operators come from configuration: approvals by someone who no longer holds a
+        // role in the grant's tenant stop counting, and grants that lose their quorum end
+        // now.
         let server_uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?);
-        let known: Vec<String> = config
-            .operators
-            .iter()
-            .map(|o| o.name.clone())
-            .chain(["uid:0".to_owned(), format!("uid:{server_uid}")])
-            .collect();
-        for grant in
-            registry.withdraw_approvals(|name| known.iter().any(|k| k == name), cas.now())?
-        {
-            tracing::warn!(grant = %grant.id, state = ?grant.state, "approvals of removed operators withdrawn");
+        let host = ["uid:0".to_owned(), format!("uid:{server_uid}")];
+        let operates_in = |tenant: &str, name: &str| {
+            host.iter().any(|h| h == name)
+                || config
+                    .operators
+                    .iter()
+                    .any(|o| o.name == name && !o.roles_in(tenant).is_empty())
+        };
+        for grant in registry.withdraw_approvals(operates_in, cas.now())? {
+            tracing::warn!(grant = %grant.id, tenant = %grant.tenant, state = ?grant.state, "approvals of removed operators withdrawn");
         }
-        for playbook in
-            registry.withdraw_playbook_approvals(|name| known.iter().any(|k| k == name))?
-        {
-            tracing::warn!(playbook = %playbook.name, state = ?playbook.state, "playbook approvals of removed operators withdrawn");
+        for playbook in registry.withdraw_playbook_approvals(operates_in)? {
+            tracing::warn!(playbook = %playbook.name, tenant = %playbook.tenant, state = ?playbook.state, "playbook approvals of removed operators withdrawn");
         }
         // A profile made before its uid became an operator's: approvals by that uid of
         // what its workloads ask for are refused anyway; say so at every start.

@@ -970,12 +970,12 @@ impl Registry {
     /// Returns the grants that changed.
     pub fn withdraw_approvals(
         &self,
-        is_operator: impl Fn(&str) -> bool,
+        is_operator: impl Fn(&str, &str) -> bool,
         now: i64,
     ) -> Result<Vec<Grant>, RegistryError> {
         let stale = |g: &Grant| {
             matches!(g.state, GrantState::Pending | GrantState::Active)
-                && g.approvals.iter().any(|a| !is_operator(&a.by))
+                && g.approvals.iter().any(|a| !is_operator(&g.tenant, &a.by))
         };
         // One change per tenant with something to withdraw: a record never spans tenants.
         let tenants: std::collections::BTreeSet<String> = self
@@ -996,9 +996,10 @@ impl Registry {
     fn withdraw_approvals_in(
         &self,
         tenant: &str,
-        is_operator: &impl Fn(&str) -> bool,
+        is_operator: &impl Fn(&str, &str) -> bool,
         now: i64,
     ) -> Result<Vec<Grant>, RegistryError> {
+        let is_operator = |name: &str| is_operator(tenant, name);
         self.change(
             Audited::new(tenant, Kind::Revocation, "grant.withdraw_approvals", "writ"),
             |policy, w| {
@@ -1152,14 +1153,16 @@ impl Registry {
     /// (Activations are checked by [`Registry::withdraw_approvals`].)
     pub fn withdraw_playbook_approvals(
         &self,
-        is_operator: impl Fn(&str) -> bool,
+        is_operator: impl Fn(&str, &str) -> bool,
     ) -> Result<Vec<Playbook>, RegistryError> {
         // One change per tenant with something to withdraw: a record never spans tenants.
         let tenants: std::collections::BTreeSet<String> = self
             .snapshot()
             .playbooks
             .values()
-            .filter(|p| playbook::without_approvers(p, &is_operator).is_some())
+            .filter(|p| {
+                playbook::without_approvers(p, |name: &str| is_operator(&p.tenant, name)).is_some()
+            })
             .map(|p| p.tenant.clone())
             .collect();
         let mut all = Vec::new();
@@ -1173,8 +1176,9 @@ impl Registry {
     fn withdraw_playbook_approvals_in(
         &self,
         tenant: &str,
-        is_operator: &impl Fn(&str) -> bool,
+        is_operator: &impl Fn(&str, &str) -> bool,
     ) -> Result<Vec<Playbook>, RegistryError> {
+        let is_operator = |name: &str| is_operator(tenant, name);
         self.change(
             Audited::new(
                 tenant,
@@ -1689,9 +1693,14 @@ mod tests {
             .approve_grant("default", &g.id, "bob", &plan_digest("plan"), 3600, 3)
             .unwrap();
         assert_eq!(active.state, GrantState::Active);
-        assert!(registry.withdraw_approvals(|_| true, 4).unwrap().is_empty());
+        assert!(
+            registry
+                .withdraw_approvals(|_, _| true, 4)
+                .unwrap()
+                .is_empty()
+        );
         let changed = registry
-            .withdraw_approvals(|name| name != "bob", 5)
+            .withdraw_approvals(|_, name| name != "bob", 5)
             .unwrap();
         assert_eq!(changed.len(), 1);
         let after = &registry.snapshot().grants[&crate::policy::key("default", &g.id)];
@@ -1838,7 +1847,7 @@ mod tests {
         );
 
         // Bob leaves: the playbook is pending again and the activation is revoked.
-        let gone = |name: &str| name != "bob";
+        let gone = |_: &str, name: &str| name != "bob";
         assert_eq!(registry.withdraw_playbook_approvals(gone).unwrap().len(), 1);
         assert_eq!(registry.withdraw_approvals(gone, 11).unwrap().len(), 1);
         assert_eq!(

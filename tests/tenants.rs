@@ -150,11 +150,25 @@ impl Tenants {
         self.dev.data_dir.join("workload.sock")
     }
 
-    fn plan(&self) -> String {
+    /// acme's admin asks for a restart on acme's INC-1; returns the grant id.
+    fn request_grant(&self) -> String {
         let path = self.files.join("plan.txt");
         std::fs::write(&path, "kubectl -n shop rollout restart deploy/checkout\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        path.to_str().unwrap().to_owned()
+        let plan = path.to_str().unwrap();
+        let request = [
+            "grant",
+            "request",
+            "--incident",
+            "INC-1",
+            "--agent",
+            "triage",
+            "--action",
+            "restart checkout",
+            "--plan",
+            plan,
+        ];
+        self.ok_in(ADA, "acme", &request).trim().to_owned()
     }
 }
 
@@ -293,20 +307,7 @@ fn same_names_in_two_tenants_are_different_identities_that_never_cross() {
 #[test]
 fn every_cross_tenant_attempt_is_refused_as_not_found_and_changes_nothing() {
     let Some(t) = Tenants::start() else { return };
-    let plan = t.plan();
-    let request = [
-        "grant",
-        "request",
-        "--incident",
-        "INC-1",
-        "--agent",
-        "triage",
-        "--action",
-        "restart checkout",
-        "--plan",
-        &plan,
-    ];
-    let acme_grant = t.ok_in(ADA, "acme", &request).trim().to_owned();
+    let acme_grant = t.request_grant();
     // Each tenant's workload holds an SVID (one for `svid revoke` to aim at).
     let socket = t.workload_socket();
     for uid in [ACME_AGENT, GLOBEX_AGENT] {
@@ -498,20 +499,7 @@ fn verifiers_hear_of_the_close_in_acme_only(socket: &Path) {
 #[test]
 fn approvals_last_while_the_approver_holds_a_role_in_the_grants_tenant() {
     let Some(t) = Tenants::start() else { return };
-    let plan = t.plan();
-    let request = [
-        "grant",
-        "request",
-        "--incident",
-        "INC-1",
-        "--agent",
-        "triage",
-        "--action",
-        "restart checkout",
-        "--plan",
-        &plan,
-    ];
-    let id = t.ok_in(ADA, "acme", &request).trim().to_owned();
+    let id = t.request_grant();
     t.ok_in(ABE, "acme", &["grant", "approve", &id]);
     let state = |t: &Tenants| {
         t.dev

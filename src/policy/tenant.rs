@@ -123,16 +123,30 @@ pub fn check_new<'a>(
         )));
     }
     let base = new.trust_domain()?;
-    for band in [Band::Investigative, Band::Remediation] {
-        let td = band.trust_domain_name(base.as_str());
-        TrustDomain::new(&td)
+    // The names a base claims: itself and its two band trust domains. No two tenants (the
+    // deployment's own base counting as one) may share any, or one tenant's trust domain
+    // would be another's band.
+    let claims = |base: &str| -> [String; 3] {
+        [
+            base.to_owned(),
+            Band::Investigative.trust_domain_name(base),
+            Band::Remediation.trust_domain_name(base),
+        ]
+    };
+    let mine = claims(base.as_str());
+    for td in &mine[1..] {
+        TrustDomain::new(td)
             .map_err(|e| PolicyError::BadTenant(format!("band trust domain {td:?}: {e}")))?;
-        if td == deployment_base.as_str() {
-            return Err(PolicyError::BadTenant(format!(
-                "its {band} trust domain {td} is the deployment's base"
-            )));
-        }
     }
+    let taken = |theirs: [String; 3], whose: &str| -> Result<(), PolicyError> {
+        match mine.iter().find(|td| theirs.contains(td)) {
+            Some(td) => Err(PolicyError::BadTenant(format!(
+                "trust domain {td} is {whose}"
+            ))),
+            None => Ok(()),
+        }
+    };
+    taken(claims(deployment_base.as_str()), "the deployment's")?;
     let mut count = 0;
     for other in existing {
         count += 1;
@@ -142,12 +156,7 @@ pub fn check_new<'a>(
                 new.name
             )));
         }
-        if other.base == new.base {
-            return Err(PolicyError::BadTenant(format!(
-                "trust domain {} is another tenant's",
-                new.base
-            )));
-        }
+        taken(claims(&other.base), "another tenant's")?;
     }
     if count >= MAX_TENANTS {
         return Err(PolicyError::TooMany("tenants"));
@@ -240,7 +249,15 @@ mod tests {
             (tenant("acme", "other.example"), "already exists"),
             (tenant("default", "other.example"), "already exists"),
             (tenant("globex", "acme.example"), "another tenant's"),
-            (tenant("globex", "example.org"), "another tenant's"),
+            (tenant("globex", "example.org"), "the deployment's"),
+            (
+                tenant("globex", "investigate.example.org"),
+                "the deployment's",
+            ),
+            (
+                tenant("globex", "remediate.acme.example"),
+                "another tenant's",
+            ),
             (tenant("Acme2", "a2.example"), "[a-z0-9-]"),
             (tenant("a/b", "a2.example"), "invalid tenant name"),
             (tenant("globex", "Not A Domain"), "trust domain"),
@@ -255,7 +272,8 @@ mod tests {
         let odd = TrustDomain::new("investigate.corp.example").unwrap();
         let err = check_new(&tenant("corp", "corp.example"), [], &odd).unwrap_err();
         assert!(
-            err.to_string().contains("is the deployment's base"),
+            err.to_string()
+                .contains("trust domain investigate.corp.example is the deployment's"),
             "{err}"
         );
     }

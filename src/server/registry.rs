@@ -677,14 +677,8 @@ impl Registry {
                     .values()
                     .filter(|i| i.tenant == name && i.is_open())
                 {
-                    let closed = close(incident, by, now);
-                    grants.extend(end_incident_grants(
-                        policy,
-                        &closed,
-                        by,
-                        "tenant disabled",
-                        now,
-                    ));
+                    let (closed, ended) = close(policy, incident, by, "tenant disabled", now);
+                    grants.extend(ended);
                     incidents.push(closed);
                 }
                 w.put_tenant_changes(&next, &incidents, &grants)?;
@@ -798,8 +792,7 @@ impl Registry {
                 if !current.is_open() {
                     return Err(RegistryError::AlreadyClosed(id.into()));
                 }
-                let closed = close(current, by, now);
-                let ended = end_incident_grants(policy, &closed, by, "incident closed", now);
+                let (closed, ended) = close(policy, current, by, "incident closed", now);
                 w.put_policy_changes(std::slice::from_ref(&closed), &ended)?;
                 apply(policy, std::slice::from_ref(&closed), &ended);
                 Ok(closed)
@@ -1312,8 +1305,9 @@ impl Registry {
             let mut grants = Vec::new();
             for incident in policy.incidents.values().filter(|i| i.tenant == tenant && i.is_open()) {
                 if incident.opened_at + incident.max_lifetime_secs as i64 <= now {
-                    incidents.push(close(incident, "writ", now));
-                    grants.extend(end_incident_grants(policy, incident, "writ", "incident reached its maximum lifetime", now));
+                    let (closed, ended) = close(policy, incident, "writ", "incident reached its maximum lifetime", now);
+                    incidents.push(closed);
+                    grants.extend(ended);
                 }
             }
             for g in policy.grants.values().filter(|g| g.tenant == tenant) {
@@ -1430,28 +1424,27 @@ fn active_tenant(policy: &PolicySnapshot, tenant: &str) -> Result<(), RegistryEr
     }
 }
 
-fn close(incident: &Incident, by: &str, now: i64) -> Incident {
-    let mut closed = incident.clone();
-    closed.state = IncidentState::Closed;
-    closed.closed_by = Some(by.into());
-    closed.closed_at = Some(now);
-    closed
-}
-
-/// The incident's pending and active grants, revoked.
-fn end_incident_grants(
+/// `incident` closed by `by`, and its pending and active grants revoked with `reason`:
+/// what every close writes in one change (an operator's, the lifetime's, a tenant's
+/// disabling).
+fn close(
     policy: &PolicySnapshot,
     incident: &Incident,
     by: &str,
     reason: &str,
     now: i64,
-) -> Vec<Grant> {
-    policy
+) -> (Incident, Vec<Grant>) {
+    let mut closed = incident.clone();
+    closed.state = IncidentState::Closed;
+    closed.closed_by = Some(by.into());
+    closed.closed_at = Some(now);
+    let ended = policy
         .grants
         .values()
         .filter(|g| g.tenant == incident.tenant && g.incident == incident.id)
         .filter_map(|g| grant::end(g, GrantState::Revoked, by, reason, now).ok())
-        .collect()
+        .collect();
+    (closed, ended)
 }
 
 fn apply(policy: &mut PolicySnapshot, incidents: &[Incident], grants: &[Grant]) {

@@ -295,7 +295,9 @@ pub struct Registry {
     agents: watch::Sender<Arc<PolicySnapshot>>,
     /// How long revocations are remembered: the longest SVID lifetime, in seconds.
     revocation_window: i64,
-    writer: Mutex<()>,
+    /// One change at a time, passed round-robin between tenants ([`super::fair`]): one
+    /// tenant's storm of changes never queues another's behind all of it.
+    writer: super::fair::FairLock,
     gate: RwLock<()>,
     /// Every change is audited here before it is written: there is no registry without
     /// an audit log.
@@ -409,7 +411,7 @@ impl Registry {
             snapshot: tx,
             agents: watch::channel(Arc::new(view)).0,
             revocation_window,
-            writer: Mutex::new(()),
+            writer: super::fair::FairLock::new(),
             gate: RwLock::new(()),
             audit,
             clock,
@@ -506,7 +508,7 @@ impl Registry {
     /// Reads the live policy from the shared store again and publishes it: another server
     /// changed it. Returns the version now applied.
     pub fn reload(&self) -> Result<u64, RegistryError> {
-        let _one_writer = lock(&self.writer);
+        let _one_writer = self.writer.lock(tenant::DEFAULT_TENANT);
         self.reload_locked()
     }
 
@@ -563,7 +565,7 @@ impl Registry {
         what: Audited<'_>,
         f: impl FnOnce(&mut PolicySnapshot, &Writer<'_>) -> Result<T, RegistryError>,
     ) -> Result<(T, Vec<String>), RegistryError> {
-        let _one_writer = lock(&self.writer);
+        let _one_writer = self.writer.lock(what.tenant);
         // With a shared store, one change at a time in the whole cluster, decided on the
         // latest policy: catch up first if another server changed it.
         let cluster = match &self.follow {

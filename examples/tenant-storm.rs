@@ -1,0 +1,195 @@
+//! Load tool for fairness between tenants (issue 13): one tenant's storm of policy changes
+//! while another tenant makes its own, in one process on a fresh issuer (embedded store,
+//! every change audited and durable).
+//!
+//! Tenant `b` opens and closes incidents one at a time, first alone, then while tenant `a`
+//! opens `--storm` incidents from `--threads` threads at once. It reports each phase's
+//! change latency (p50, p99, max) for both tenants: with the registry's writer passed
+//! round-robin between tenants (`server::fair`), b's changes wait behind at most one of
+//! a's, not behind a's queue.
+//!
+//! `cargo build --release --example tenant-storm && target/release/examples/tenant-storm`
+//! Flags: --storm 1000 --threads 32 --changes 50
+
+// A measuring tool, not a service: failing loudly on setup errors is what we want.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use writ::clock::{Clock, SystemClock};
+use writ::config::RawConfig;
+use writ::policy::{Incident, IncidentState, Profile, Selector, Severity, Tenant, TenantState};
+use writ::server::Issuer;
+use writ_verifier::Band;
+
+fn flag(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map_or(default, |v| v.parse().expect(name))
+}
+
+fn incident(tenant: &str, id: &str, now: i64) -> Incident {
+    Incident {
+        tenant: tenant.into(),
+        id: id.into(),
+        title: "checkout returns 500 for a fifth of requests".into(),
+        severity: Severity::Sev2,
+        assigned: BTreeSet::from(["triage".to_owned()]),
+        scopes: BTreeSet::new(),
+        state: IncidentState::Open,
+        opened_by: "alice".into(),
+        opened_at: now,
+        closed_by: None,
+        closed_at: None,
+        max_lifetime_secs: 86_400,
+    }
+}
+
+fn percentiles(mut d: Vec<Duration>) -> String {
+    if d.is_empty() {
+        return "-".into();
+    }
+    d.sort();
+    let at = |q: f64| d[((d.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
+    format!("{:>8.1} {:>8.1} {:>8.1}", at(0.50), at(0.99), at(1.0))
+}
+
+/// Tenant b's `n` changes (an open and a close each), one at a time: their latencies.
+fn b_changes(issuer: &Issuer, round: &str, n: usize) -> Vec<Duration> {
+    let clock = SystemClock;
+    let mut out = Vec::with_capacity(2 * n);
+    for i in 0..n {
+        let id = format!("B-{round}-{i}");
+        let started = Instant::now();
+        issuer
+            .registry
+            .open_incident(incident("b", &id, clock.unix()))
+            .unwrap();
+        out.push(started.elapsed());
+        let started = Instant::now();
+        issuer
+            .registry
+            .close_incident("b", &id, "alice", clock.unix())
+            .unwrap();
+        out.push(started.elapsed());
+    }
+    out
+}
+
+fn main() {
+    let storm = flag("--storm", 1_000);
+    let threads = flag("--threads", 32);
+    let changes = flag("--changes", 50);
+    let dir = tempfile::tempdir().unwrap();
+    let config = RawConfig {
+        data_dir: Some(dir.path().join("data")),
+        ..RawConfig::default()
+    }
+    .resolve()
+    .unwrap();
+    let issuer = Issuer::open(config, Arc::new(SystemClock)).unwrap();
+    for (name, base) in [("a", "a.test"), ("b", "b.test")] {
+        issuer
+            .create_tenant(Tenant {
+                name: name.into(),
+                base: base.into(),
+                state: TenantState::Active,
+                created_by: "root".into(),
+                created_at: SystemClock.unix(),
+                disabled_by: None,
+                disabled_at: None,
+            })
+            .unwrap();
+        let uid = if name == "a" {
+            "unix:uid:2001"
+        } else {
+            "unix:uid:2002"
+        };
+        issuer
+            .registry
+            .create_profile(
+                Profile {
+                    tenant: name.into(),
+                    name: "triage".into(),
+                    selectors: BTreeSet::from([uid.parse::<Selector>().unwrap()]),
+                    bands: BTreeSet::from([Band::Investigative]),
+                    scopes: BTreeSet::new(),
+                    service: false,
+                    created_at: 0,
+                },
+                "root",
+            )
+            .unwrap();
+    }
+
+    eprintln!("b alone: {changes} opens and closes");
+    let alone = b_changes(&issuer, "alone", changes);
+
+    eprintln!("a storms: {storm} opens from {threads} threads; b as before");
+    let next = Arc::new(AtomicUsize::new(0));
+    let a_latencies: Vec<Duration> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (issuer, next) = (&issuer, Arc::clone(&next));
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        if i >= storm {
+                            return mine;
+                        }
+                        let started = Instant::now();
+                        issuer
+                            .registry
+                            .open_incident(incident("a", &format!("A-{i}"), SystemClock.unix()))
+                            .unwrap();
+                        mine.push(started.elapsed());
+                    }
+                })
+            })
+            .collect();
+        // b starts once a's queue is full.
+        while next.load(Ordering::SeqCst) < threads.min(storm) {
+            std::thread::yield_now();
+        }
+        let during = b_changes(&issuer, "storm", changes);
+        let a_done = next.load(Ordering::SeqCst).min(storm);
+        let a: Vec<Duration> = workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        println!("| phase | tenant | changes | p50 ms | p99 ms | max ms |");
+        println!("|---|---|---:|---:|---:|---:|");
+        let row = |phase: &str, tenant: &str, d: &[Duration]| {
+            let p = percentiles(d.to_vec());
+            let cols: Vec<&str> = p.split_whitespace().collect();
+            println!(
+                "| {phase} | {tenant} | {} | {} | {} | {} |",
+                d.len(),
+                cols[0],
+                cols[1],
+                cols[2]
+            );
+        };
+        row("alone", "b", &alone);
+        row(
+            &format!("during a's storm ({a_done} of a's opens started by b's last change)"),
+            "b",
+            &during,
+        );
+        a
+    });
+    let p = percentiles(a_latencies.clone());
+    let cols: Vec<&str> = p.split_whitespace().collect();
+    println!(
+        "| storm | a ({threads} threads) | {} | {} | {} | {} |",
+        a_latencies.len(),
+        cols[0],
+        cols[1],
+        cols[2]
+    );
+}

@@ -8,6 +8,11 @@
 //! round-robin between tenants (`server::fair`), b's changes wait behind at most one of
 //! a's, not behind a's queue.
 //!
+//! Then issuance: b has SVIDs signed one at a time (a CSR each, as an agent sends them),
+//! alone and while a has `--storm` SVIDs signed from `--threads` threads; b's issuance
+//! latency in both phases. Issuance takes no writer lock; it shares the audit log's group
+//! commit and the SVID store with everyone.
+//!
 //! `cargo build --release --example tenant-storm && target/release/examples/tenant-storm`
 //! Flags: --storm 1000 --threads 32 --changes 50
 
@@ -78,6 +83,28 @@ fn b_changes(issuer: &Issuer, round: &str, n: usize) -> Vec<Duration> {
         out.push(started.elapsed());
     }
     out
+}
+
+/// A CSR as an agent sends it (the server sets the SPIFFE ID).
+fn csr() -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.serialize_request(&key).expect("csr").der().to_vec()
+}
+
+/// `n` SVIDs for `id` signed one at a time: their latencies.
+fn b_issues(issuer: &Issuer, id: &spiffe::SpiffeId, n: usize) -> Vec<Duration> {
+    (0..n)
+        .map(|_| {
+            let request = csr();
+            let started = Instant::now();
+            issuer
+                .sign_workload_x509(id, &request, None, "node-b")
+                .unwrap();
+            started.elapsed()
+        })
+        .collect()
 }
 
 fn main() {
@@ -192,4 +219,69 @@ fn main() {
         cols[1],
         cols[2]
     );
+
+    // Issuance: one open incident each, SVIDs signed from CSRs.
+    for (tenant, id) in [("a", "A-ISSUE"), ("b", "B-ISSUE")] {
+        issuer
+            .registry
+            .open_incident(incident(tenant, id, SystemClock.unix()))
+            .unwrap();
+    }
+    let a_id =
+        spiffe::SpiffeId::new("spiffe://investigate.a.test/agent/triage/incident/A-ISSUE").unwrap();
+    let b_id =
+        spiffe::SpiffeId::new("spiffe://investigate.b.test/agent/triage/incident/B-ISSUE").unwrap();
+    eprintln!("b issues alone: {changes} SVIDs");
+    let alone = b_issues(&issuer, &b_id, changes);
+    eprintln!("a issues {storm} SVIDs from {threads} threads; b as before");
+    let csrs: Vec<Vec<u8>> = (0..storm).map(|_| csr()).collect();
+    let next = AtomicUsize::new(0);
+    let (during, a_signed) = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (issuer, next, csrs, a_id) = (&issuer, &next, &csrs, &a_id);
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(request) = csrs.get(i) else {
+                            return mine;
+                        };
+                        let started = Instant::now();
+                        issuer
+                            .sign_workload_x509(a_id, request, None, "node-a")
+                            .unwrap();
+                        mine.push(started.elapsed());
+                    }
+                })
+            })
+            .collect();
+        while next.load(Ordering::SeqCst) < threads.min(storm) {
+            std::thread::yield_now();
+        }
+        let during = b_issues(&issuer, &b_id, changes);
+        let a: Vec<Duration> = workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        (during, a)
+    });
+    println!();
+    println!("| issuance phase | tenant | SVIDs | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for (phase, tenant, d) in [
+        ("alone", "b".to_owned(), &alone),
+        ("during a's storm", "b".to_owned(), &during),
+        ("storm", format!("a ({threads} threads)"), &a_signed),
+    ] {
+        let p = percentiles(d.clone());
+        let cols: Vec<&str> = p.split_whitespace().collect();
+        println!(
+            "| {phase} | {tenant} | {} | {} | {} | {} |",
+            d.len(),
+            cols[0],
+            cols[1],
+            cols[2]
+        );
+    }
 }

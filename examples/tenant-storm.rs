@@ -54,13 +54,21 @@ fn incident(tenant: &str, id: &str, now: i64) -> Incident {
     }
 }
 
-fn percentiles(mut d: Vec<Duration>) -> String {
-    if d.is_empty() {
-        return "-".into();
-    }
+/// One table row: the phase, the tenant, and the latencies' count, p50, p99 and max (ms).
+fn row(phase: &str, tenant: &str, latencies: &[Duration]) {
+    let mut d = latencies.to_vec();
     d.sort();
-    let at = |q: f64| d[((d.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
-    format!("{:>8.1} {:>8.1} {:>8.1}", at(0.50), at(0.99), at(1.0))
+    let at = |q: f64| {
+        d.get(((d.len().max(1) - 1) as f64 * q).round() as usize)
+            .map_or("-".to_owned(), |x| format!("{:.1}", x.as_secs_f64() * 1e3))
+    };
+    println!(
+        "| {phase} | {tenant} | {} | {} | {} | {} |",
+        d.len(),
+        at(0.50),
+        at(0.99),
+        at(1.0)
+    );
 }
 
 /// Tenant b's `n` changes (an open and a close each), one at a time: their latencies.
@@ -191,17 +199,6 @@ fn main() {
             .collect();
         println!("| phase | tenant | changes | p50 ms | p99 ms | max ms |");
         println!("|---|---|---:|---:|---:|---:|");
-        let row = |phase: &str, tenant: &str, d: &[Duration]| {
-            let p = percentiles(d.to_vec());
-            let cols: Vec<&str> = p.split_whitespace().collect();
-            println!(
-                "| {phase} | {tenant} | {} | {} | {} | {} |",
-                d.len(),
-                cols[0],
-                cols[1],
-                cols[2]
-            );
-        };
         row("alone", "b", &alone);
         row(
             &format!("during a's storm ({a_done} of a's opens started by b's last change)"),
@@ -210,15 +207,7 @@ fn main() {
         );
         a
     });
-    let p = percentiles(a_latencies.clone());
-    let cols: Vec<&str> = p.split_whitespace().collect();
-    println!(
-        "| storm | a ({threads} threads) | {} | {} | {} | {} |",
-        a_latencies.len(),
-        cols[0],
-        cols[1],
-        cols[2]
-    );
+    row("storm", &format!("a ({threads} threads)"), &a_latencies);
 
     // Issuance: one open incident each, SVIDs signed from CSRs.
     for (tenant, id) in [("a", "A-ISSUE"), ("b", "B-ISSUE")] {
@@ -274,14 +263,6 @@ fn main() {
         ("during a's storm", "b".to_owned(), &during),
         ("storm", format!("a ({threads} threads)"), &a_signed),
     ] {
-        let p = percentiles(d.clone());
-        let cols: Vec<&str> = p.split_whitespace().collect();
-        println!(
-            "| {phase} | {tenant} | {} | {} | {} | {} |",
-            d.len(),
-            cols[0],
-            cols[1],
-            cols[2]
-        );
+        row(phase, &tenant, d);
     }
 }

@@ -522,3 +522,43 @@ fn approvals_last_while_the_approver_holds_a_role_in_the_grants_tenant() {
     };
     assert_eq!(state(&t), "revoked");
 }
+
+/// Bad input on the new paths (the tenant RPCs, the `--tenant` header) is one clear error,
+/// echoes nothing raw, and creates nothing.
+#[test]
+fn bad_tenant_input_is_refused_and_changes_nothing() {
+    let Some(t) = Tenants::start() else { return };
+    let tenants = || json_lines(&t.dev.ok(&["tenant", "list", "--json"]));
+    let before = tenants();
+    for (args, reason) in [
+        (
+            vec!["tenant", "create", "Bad", "--trust-domain", "bad.test"],
+            "[a-z0-9-]",
+        ),
+        (
+            vec!["tenant", "create", "ok", "--trust-domain", "Not A Domain"],
+            "trust domain",
+        ),
+        (
+            vec!["tenant", "create", "ok", "--trust-domain", "acme.test"],
+            "another tenant's",
+        ),
+        (
+            vec!["tenant", "create", "acme", "--trust-domain", "new.test"],
+            "already exists",
+        ),
+        (vec!["tenant", "show", "a/b"], "invalid tenant name"),
+        (vec!["tenant", "disable", "default"], "cannot be disabled"),
+        (
+            vec!["incident", "list", "--tenant", "a/b"],
+            "invalid tenant name",
+        ),
+        (
+            vec!["incident", "list", "--tenant", "\u{1b}[31mred"],
+            "invalid tenant name",
+        ),
+    ] {
+        t.dev.refusal(As::Me, &args, Some(1), reason);
+    }
+    assert_eq!(tenants(), before, "a refused call changed the tenants");
+}

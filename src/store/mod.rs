@@ -16,6 +16,7 @@
 //! * Rows are the records' JSON, so what a row means is decided here, once, for both.
 
 mod embedded;
+mod group;
 mod postgres;
 mod postgres_audit;
 
@@ -383,6 +384,8 @@ pub struct Store {
     backend: std::sync::Arc<dyn Backend>,
     /// The audit log several servers share, when this store is shared.
     shared_log: Option<std::sync::Arc<dyn crate::audit::shared::SharedLog>>,
+    /// Issued SVIDs' rows, committed in groups.
+    svid_commits: group::GroupCommit,
 }
 
 /// The CAs keep their authorities here, through the interface they own.
@@ -460,6 +463,7 @@ impl Store {
         Ok(Store {
             backend: std::sync::Arc::new(embedded::Embedded::open(path)?),
             shared_log: None,
+            svid_commits: group::GroupCommit::default(),
         })
     }
 
@@ -470,6 +474,7 @@ impl Store {
         Ok(Store {
             backend: std::sync::Arc::clone(&postgres) as std::sync::Arc<dyn Backend>,
             shared_log: Some(postgres),
+            svid_commits: group::GroupCommit::default(),
         })
     }
 
@@ -639,13 +644,15 @@ impl Store {
         self.put_svids(std::slice::from_ref(record))
     }
 
-    /// Records issued SVIDs in one durable transaction (a batch of CSRs, one commit).
+    /// Records issued SVIDs durably, in one transaction with the rows of every other
+    /// issuance that arrives meanwhile (group commit, `store::group`).
     pub fn put_svids(&self, records: &[SvidRecord]) -> Result<(), StoreError> {
         let writes = records
             .iter()
             .map(|r| put(Table::Svids, &r.serial, r))
             .collect::<Result<_, _>>()?;
-        self.backend.write(writes)
+        self.svid_commits
+            .write(writes, |group| self.backend.write(group))
     }
 
     /// Forgets SVIDs that expired before `now` (their issuance stays in the audit log):

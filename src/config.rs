@@ -64,6 +64,9 @@ pub struct RawConfig {
     /// Remediation rules: quorums, sensitive scopes, request limits.
     #[serde(default)]
     pub remediation: crate::policy::grant::RemediationRules,
+    /// What each tenant's changes are held to.
+    #[serde(default)]
+    pub tenant_limits: crate::policy::tenant::TenantLimits,
     /// Limits of the Workload API socket (`writ dev`).
     #[serde(default)]
     pub workload_api: WorkloadApiConfig,
@@ -102,6 +105,8 @@ pub struct Config {
     pub ca: CaConfig,
     /// Remediation rules.
     pub remediation: crate::policy::grant::RemediationRules,
+    /// What each tenant's changes are held to.
+    pub tenant_limits: crate::policy::tenant::TenantLimits,
     /// Limits of the Workload API socket.
     pub workload_api: WorkloadApiConfig,
     /// How long a stopping process drains before it exits.
@@ -141,6 +146,7 @@ impl RawConfig {
         }
         self.ca.validate()?;
         self.remediation.validate()?;
+        self.tenant_limits.validate()?;
         // Root and the uid running writ hold every role; see policy::roles.
         let server_uid = std::os::unix::fs::MetadataExt::uid(
             &std::fs::metadata("/proc/self").context("reading /proc/self")?,
@@ -177,6 +183,7 @@ impl RawConfig {
             max_incident_lifetime_secs,
             approval_ttl_secs: self.approval_ttl.map(|t| t.secs()).unwrap_or(3600),
             remediation: self.remediation,
+            tenant_limits: self.tenant_limits,
             workload_api: self.workload_api,
             shutdown_grace,
             data_dir,

@@ -218,6 +218,105 @@ pub fn check_profile_tenant<'a>(
     Ok(())
 }
 
+/// What each tenant's policy changes are held to (`[tenant_limits]`), so that one tenant's
+/// spam (an automation opening incidents in a loop, an agent filing grant requests) cannot
+/// fill the store or the registry's queue for the others (docs/multi-tenant.md,
+/// "Fairness"). Revocations are never limited: closing, denying and revoking always go
+/// through.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantLimits {
+    /// Changes a tenant may make per second, sustained.
+    pub changes_per_second: u32,
+    /// Changes a tenant may make at once above that rate (an outage opening hundreds of
+    /// incidents together fits in it).
+    pub change_burst: u32,
+    /// Incidents a tenant may have open at once.
+    pub max_open_incidents: usize,
+}
+
+impl Default for TenantLimits {
+    fn default() -> Self {
+        TenantLimits {
+            changes_per_second: 100,
+            change_burst: 2_000,
+            max_open_incidents: 5_000,
+        }
+    }
+}
+
+/// The highest value any `[tenant_limits]` setting takes.
+const LIMIT_CEILING: u64 = 1_000_000;
+
+impl TenantLimits {
+    /// Checks every limit is at least one and at most a million.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let values = [
+            u64::from(self.changes_per_second),
+            u64::from(self.change_burst),
+            self.max_open_incidents as u64,
+        ];
+        if values.iter().any(|v| *v == 0 || *v > LIMIT_CEILING) {
+            return Err(PolicyError::BadText {
+                what: "[tenant_limits] settings".into(),
+                reason: format!("each limit must be between 1 and {LIMIT_CEILING}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses one more open incident in a tenant that has `open` already.
+    pub fn check_open_incidents(&self, tenant: &str, open: usize) -> Result<(), String> {
+        if open >= self.max_open_incidents {
+            return Err(format!(
+                "tenant {tenant:?} has {open} open incidents, its limit ([tenant_limits] max_open_incidents): close some first"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A token bucket: one tenant's allowance of changes under [`TenantLimits`]. Full when
+/// made; refilled at `changes_per_second` up to `change_burst`.
+#[derive(Clone, Copy, Debug)]
+pub struct Bucket {
+    tokens: f64,
+    at: std::time::SystemTime,
+}
+
+impl Bucket {
+    /// A full bucket at `now`.
+    pub fn full(limits: &TenantLimits, now: std::time::SystemTime) -> Bucket {
+        Bucket {
+            tokens: f64::from(limits.change_burst),
+            at: now,
+        }
+    }
+
+    /// Takes one change's token at `now`; refused with how long until one is there.
+    pub fn take(
+        &mut self,
+        limits: &TenantLimits,
+        now: std::time::SystemTime,
+    ) -> Result<(), std::time::Duration> {
+        let rate = f64::from(limits.changes_per_second.max(1));
+        // A clock set back earns nothing.
+        let elapsed = now
+            .duration_since(self.at)
+            .unwrap_or_default()
+            .as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(f64::from(limits.change_burst));
+        self.at = self.at.max(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        Err(std::time::Duration::from_secs_f64(
+            (1.0 - self.tokens) / rate,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -341,5 +440,69 @@ mod tests {
         let d = Tenant::default_for(&TrustDomain::new("example.org").unwrap());
         assert!(d.is_active());
         assert_eq!(d.trust_domain().unwrap().as_str(), "example.org");
+    }
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate_and_never_more() {
+        let limits = TenantLimits {
+            changes_per_second: 10,
+            change_burst: 5,
+            max_open_incidents: 1,
+        };
+        let t0 = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let mut b = Bucket::full(&limits, t0);
+        for _ in 0..5 {
+            assert!(b.take(&limits, t0).is_ok());
+        }
+        let wait = b.take(&limits, t0).unwrap_err();
+        assert!(wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_millis(100));
+        // A tenth of a second later: one more, not two.
+        let t1 = t0 + std::time::Duration::from_millis(100);
+        assert!(b.take(&limits, t1).is_ok());
+        assert!(b.take(&limits, t1).is_err());
+        // A long pause refills to the burst, no further.
+        let t2 = t1 + std::time::Duration::from_secs(3600);
+        for _ in 0..5 {
+            assert!(b.take(&limits, t2).is_ok());
+        }
+        assert!(b.take(&limits, t2).is_err());
+        // A clock read out of order takes nothing it did not earn.
+        assert!(b.take(&limits, t0).is_err());
+    }
+
+    #[test]
+    fn limits_are_checked_and_open_incidents_are_capped() {
+        assert!(TenantLimits::default().validate().is_ok());
+        for bad in [
+            TenantLimits {
+                changes_per_second: 0,
+                ..TenantLimits::default()
+            },
+            TenantLimits {
+                change_burst: 0,
+                ..TenantLimits::default()
+            },
+            TenantLimits {
+                max_open_incidents: 0,
+                ..TenantLimits::default()
+            },
+            TenantLimits {
+                max_open_incidents: 2_000_000,
+                ..TenantLimits::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        let limits = TenantLimits {
+            max_open_incidents: 2,
+            ..TenantLimits::default()
+        };
+        assert!(limits.check_open_incidents("acme", 1).is_ok());
+        let refused = limits.check_open_incidents("acme", 2).unwrap_err();
+        assert!(
+            refused.contains("\"acme\" has 2 open incidents"),
+            "{refused}"
+        );
+        assert!(refused.contains("max_open_incidents"), "{refused}");
     }
 }

@@ -24,8 +24,10 @@ use crate::config::Config;
 use crate::policy::{Entitlement, Grant, GrantRequest, Selector, entitlement_for, entitlements};
 use crate::store::{Store, StoreError, StoreLocation, SvidRecord};
 use anyhow::Context;
+use fair::Urgency;
 use registry::Registry;
-use spiffe::SpiffeId;
+use spiffe::{SpiffeId, TrustDomain};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -48,7 +50,16 @@ pub struct Issuer {
     pub bundles: tokio::sync::watch::Sender<Arc<BundleSet>>,
     /// The audit log.
     pub audit: Arc<AuditLog>,
+    /// Issuance slots, passed round-robin between tenants: one tenant's storm of CSRs
+    /// waits behind another tenant's, not the other way round (docs/multi-tenant.md).
+    issuance: fair::Fair,
 }
+
+/// How many issuances (a CSR batch or a JWT each) are in flight at once. Enough for
+/// signatures to overlap and group commits to fill (measured with `examples/tenant-storm`,
+/// docs/performance.md); few enough that a tenant's call waits for one of a storm's to
+/// finish, not for the storm.
+pub const ISSUANCE_SLOTS: usize = 8;
 
 /// Why an agent's activity report was not recorded.
 #[derive(Debug, thiserror::Error)]
@@ -195,7 +206,8 @@ impl Issuer {
             Arc::clone(&audit),
             clock_for_audit,
             config.ca.max_svid_ttl,
-        )?;
+        )?
+        .with_tenant_limits(config.tenant_limits.clone())?;
         // Operators come from configuration: approvals by someone who no longer holds a
         // role in the grant's tenant stop counting, and grants that lose their quorum end
         // now.
@@ -243,6 +255,7 @@ impl Issuer {
             store,
             bundles,
             audit,
+            issuance: fair::Fair::new(ISSUANCE_SLOTS),
         }))
     }
 
@@ -341,7 +354,46 @@ impl Issuer {
     /// refused (with a denial record). Each issuance record is audited before its SVID
     /// leaves this call, and its index is in the SVID's claims; the batch shares one audit
     /// commit and one store commit.
+    /// Each tenant's CSRs of the batch are signed in that tenant's issuance turn.
     pub fn sign_workload_x509_batch(
+        &self,
+        items: &[(SpiffeId, Vec<u8>)],
+        ttl: Option<Duration>,
+        requester: &str,
+    ) -> Vec<Result<MintedX509, IssueError>> {
+        let policy = self.registry.snapshot();
+        let mut by_tenant: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, (id, _)) in items.iter().enumerate() {
+            let tenant = tenant_of_id(&policy, self.cas.base(), id);
+            by_tenant.entry(tenant).or_default().push(i);
+        }
+        drop(policy);
+        let mut out: Vec<Option<Result<MintedX509, IssueError>>> =
+            items.iter().map(|_| None).collect();
+        for (tenant, indices) in by_tenant {
+            let _turn = self.issuance.enter(&tenant, Urgency::Normal);
+            let part: Vec<_> = indices
+                .iter()
+                .filter_map(|&i| items.get(i).cloned())
+                .collect();
+            for (i, result) in indices
+                .into_iter()
+                .zip(self.sign_x509_now(&part, ttl, requester))
+            {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(result);
+                }
+            }
+        }
+        items
+            .iter()
+            .zip(out)
+            .map(|((id, _), r)| r.unwrap_or_else(|| Err(IssueError::NotEntitled(id.to_string()))))
+            .collect()
+    }
+
+    /// [`Issuer::sign_workload_x509_batch`] in the caller's issuance turn.
+    fn sign_x509_now(
         &self,
         items: &[(SpiffeId, Vec<u8>)],
         ttl: Option<Duration>,
@@ -409,6 +461,8 @@ impl Issuer {
         request: SvidRequest,
         requester: &str,
     ) -> Result<MintedX509, IssueError> {
+        let tenant = self.tenant_of_identity(&request.spiffe_id, request.claims.as_ref());
+        let _turn = self.issuance.enter(&tenant, Urgency::Normal);
         let (_, (band, request, minted)) = self
             .submit_x509(band, key, request, self.cas.now(), requester)?
             .wait()?;
@@ -529,15 +583,7 @@ impl Issuer {
         if let Some(tenant) = claims.and_then(|c| c.tenant.clone()) {
             return tenant;
         }
-        crate::policy::tenant_of_trust_domain(
-            &self.registry.snapshot(),
-            self.cas.base(),
-            id.trust_domain_name(),
-        )
-        .map_or_else(
-            || crate::policy::DEFAULT_TENANT.to_owned(),
-            |(tenant, _)| tenant,
-        )
+        tenant_of_id(&self.registry.snapshot(), self.cas.base(), id)
     }
 
     /// Ends grants and incidents when their time runs out, until `shutdown` resolves.
@@ -761,6 +807,8 @@ impl Issuer {
         requester: &str,
     ) -> Result<MintedJwt, IssueError> {
         self.signs_jwt()?;
+        let tenant = self.tenant_of_identity(spiffe_id, None);
+        let _turn = self.issuance.enter(&tenant, Urgency::Normal);
         let mut denials = Vec::new();
         let pending = {
             let _gate = self
@@ -805,6 +853,8 @@ impl Issuer {
         audience: &[String],
         requester: &str,
     ) -> Result<MintedJwt, IssueError> {
+        let tenant = self.tenant_of_identity(&request.spiffe_id, request.claims.as_ref());
+        let _turn = self.issuance.enter(&tenant, Urgency::Normal);
         Ok(self
             .submit_jwt(band, request, audience, requester)?
             .wait()?
@@ -946,6 +996,18 @@ fn encode(record: &Record) -> Result<Vec<u8>, crate::audit::AuditError> {
     record
         .encode()
         .map_err(|e| crate::audit::AuditError::Invalid(e.to_string()))
+}
+
+/// The tenant whose trust domains `id` is in; the default tenant's for any other.
+fn tenant_of_id(
+    policy: &crate::policy::PolicySnapshot,
+    base: &TrustDomain,
+    id: &SpiffeId,
+) -> String {
+    crate::policy::tenant_of_trust_domain(policy, base, id.trust_domain_name()).map_or_else(
+        || crate::policy::DEFAULT_TENANT.to_owned(),
+        |(tenant, _)| tenant,
+    )
 }
 
 /// Binds a Unix socket at `path` with `mode` (0600 for admin, 0666 for the Workload API,

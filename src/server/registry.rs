@@ -6,6 +6,7 @@
 //! and signs; closing an incident takes the write side, so once `close_incident`
 //! returns, no SVID for that incident is being or will be signed.
 
+use super::fair::Urgency;
 use crate::audit::{AuditError, AuditLog, Kind, Record};
 use crate::clock::SharedClock;
 use crate::policy::agent_view::{live_grant, live_incident, retain_live};
@@ -297,7 +298,7 @@ pub struct Registry {
     revocation_window: i64,
     /// One change at a time, passed round-robin between tenants ([`super::fair`]): one
     /// tenant's storm of changes never queues another's behind all of it.
-    writer: super::fair::FairLock,
+    writer: super::fair::Fair,
     gate: RwLock<()>,
     /// Every change is audited here before it is written: there is no registry without
     /// an audit log.
@@ -307,6 +308,10 @@ pub struct Registry {
     /// With a shared store: which policy version memory holds, and until when this
     /// server may sign on it (docs/ha.md, "Revocation across replicas").
     follow: Option<Follow>,
+    /// What each tenant's changes are held to.
+    limits: tenant::TenantLimits,
+    /// Each tenant's allowance of changes (made full on its first change).
+    buckets: Mutex<std::collections::BTreeMap<String, tenant::Bucket>>,
 }
 
 /// What a server sharing its store knows of the cluster's policy.
@@ -411,11 +416,42 @@ impl Registry {
             snapshot: tx,
             agents: watch::channel(Arc::new(view)).0,
             revocation_window,
-            writer: super::fair::FairLock::new(),
+            writer: super::fair::Fair::new(1),
             gate: RwLock::new(()),
             audit,
             clock,
             follow,
+            limits: tenant::TenantLimits::default(),
+            buckets: Mutex::new(std::collections::BTreeMap::new()),
+        })
+    }
+
+    /// Holds every tenant's changes to `limits` (`[tenant_limits]`) instead of the
+    /// defaults.
+    pub fn with_tenant_limits(
+        mut self,
+        limits: tenant::TenantLimits,
+    ) -> Result<Self, RegistryError> {
+        limits.validate()?;
+        self.limits = limits;
+        Ok(self)
+    }
+
+    /// Takes one of `tenant`'s changes from its allowance, or refuses it (the caller
+    /// retries later): a tenant's spam must not fill the one writer's queue for everyone.
+    fn spend(&self, tenant: &str) -> Result<(), RegistryError> {
+        let now = self.clock.now();
+        let mut buckets = lock(&self.buckets);
+        let bucket = buckets
+            .entry(tenant.to_owned())
+            .or_insert_with(|| tenant::Bucket::full(&self.limits, now));
+        bucket.take(&self.limits, now).map_err(|wait| {
+            RegistryError::RateLimited(format!(
+                "tenant {tenant:?} is making changes faster than its limit ([tenant_limits] changes_per_second = {}, change_burst = {}): retry in {} ms",
+                self.limits.changes_per_second,
+                self.limits.change_burst,
+                wait.as_millis().max(1)
+            ))
         })
     }
 
@@ -508,7 +544,7 @@ impl Registry {
     /// Reads the live policy from the shared store again and publishes it: another server
     /// changed it. Returns the version now applied.
     pub fn reload(&self) -> Result<u64, RegistryError> {
-        let _one_writer = self.writer.lock(tenant::DEFAULT_TENANT);
+        let _one_writer = self.writer.enter(tenant::DEFAULT_TENANT, Urgency::Normal);
         self.reload_locked()
     }
 
@@ -565,7 +601,16 @@ impl Registry {
         what: Audited<'_>,
         f: impl FnOnce(&mut PolicySnapshot, &Writer<'_>) -> Result<T, RegistryError>,
     ) -> Result<(T, Vec<String>), RegistryError> {
-        let _one_writer = self.writer.lock(what.tenant);
+        // A revocation goes before its own tenant's waiting changes (a storm of opens
+        // must not hold up a close).
+        let urgency = match what.kind {
+            Kind::Revocation => Urgency::Urgent,
+            _ => Urgency::Normal,
+        };
+        if urgency == Urgency::Normal {
+            self.spend(what.tenant)?;
+        }
+        let _one_writer = self.writer.enter(what.tenant, urgency);
         // With a shared store, one change at a time in the whole cluster, decided on the
         // latest policy: catch up first if another server changed it.
         let cluster = match &self.follow {
@@ -745,6 +790,14 @@ impl Registry {
             Audited::new(&tenant, Kind::AdminChange, "incident.open", &by),
             |policy, w| {
                 active_tenant(policy, &incident.tenant)?;
+                let open = policy
+                    .incidents
+                    .values()
+                    .filter(|i| i.tenant == incident.tenant && i.state == IncidentState::Open)
+                    .count();
+                self.limits
+                    .check_open_incidents(&incident.tenant, open)
+                    .map_err(RegistryError::RateLimited)?;
                 // Ids are never reused: history is in the store, not only in memory.
                 if policy.incidents.contains_key(&incident.key())
                     || self
@@ -1555,6 +1608,55 @@ mod tests {
             closed_at: None,
             max_lifetime_secs: 3600,
         }
+    }
+
+    #[test]
+    fn a_tenant_over_its_limits_is_refused_and_its_revocations_still_go_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(crate::clock::ManualClock::at(1_000));
+        let store = Arc::new(Store::open(&dir.path().join("writ.redb")).unwrap());
+        let registry = load_at(store, dir.path(), clock.clone())
+            .with_tenant_limits(tenant::TenantLimits {
+                changes_per_second: 1,
+                change_burst: 3,
+                max_open_incidents: 2,
+            })
+            .unwrap();
+        registry.open_incident(incident("INC-1")).unwrap();
+        registry.open_incident(incident("INC-2")).unwrap();
+        // A third open incident is over the cap (and spends the last token).
+        let over = registry.open_incident(incident("INC-3")).unwrap_err();
+        assert!(
+            matches!(&over, RegistryError::RateLimited(m) if m.contains("max_open_incidents")),
+            "{over}"
+        );
+        assert!(
+            registry.incident("default", "INC-3").unwrap().is_none(),
+            "nothing written"
+        );
+        // Closing is never limited, even with no token left.
+        registry
+            .close_incident("default", "INC-1", "root", 1_000)
+            .unwrap();
+        let spam = registry.open_incident(incident("INC-4")).unwrap_err();
+        assert!(
+            matches!(&spam, RegistryError::RateLimited(m) if m.contains("changes_per_second = 1")),
+            "{spam}"
+        );
+        assert!(
+            registry.incident("default", "INC-4").unwrap().is_none(),
+            "nothing written"
+        );
+        assert_eq!(
+            tonic::Status::from(spam).code(),
+            tonic::Code::ResourceExhausted
+        );
+        // A second later the tenant has one change again.
+        clock.advance(std::time::Duration::from_secs(1));
+        registry.open_incident(incident("INC-4")).unwrap();
+        registry
+            .close_incident("default", "INC-2", "root", 1_001)
+            .unwrap();
     }
 
     #[test]

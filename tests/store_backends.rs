@@ -135,7 +135,7 @@ fn records_round_trip_and_survive_reopening() {
             if matches!(backend, Backend::Redb(_)) {
                 2
             } else {
-                5
+                6
             }
         );
         assert_eq!(store.incident("default", "INC-2").unwrap(), Some(odd));
@@ -386,14 +386,14 @@ fn servers_starting_together_migrate_once() {
         })
         .collect();
     for start in starts {
-        assert_eq!(start.join().unwrap().unwrap(), 5);
+        assert_eq!(start.join().unwrap().unwrap(), 6);
     }
     assert_eq!(
         pg.psql(
             "fresh",
             "SELECT value FROM writ_meta WHERE key = 'schema_version'"
         ),
-        "5"
+        "6"
     );
 }
 
@@ -413,7 +413,7 @@ fn a_database_of_a_newer_schema_is_refused() {
     match Store::connect_postgres(&url.parse().unwrap()) {
         Err(StoreError::Schema {
             found: 99,
-            supported: 5,
+            supported: 6,
         }) => {}
         other => panic!("{other:?}"),
     }
@@ -567,6 +567,7 @@ fn intermediate_requests_are_answered_once_across_servers() {
     let redb = Backend::redb().open();
     let ask = |band: Band| NewIntermediateRequest {
         replica: "b-1".into(),
+        trust_domain: Some(spiffe::TrustDomain::new(band.trust_domain_name("acme.test")).unwrap()),
         band,
         csr: vec![0x30, 0x00],
         key_sha256: "ab".repeat(32),
@@ -647,4 +648,99 @@ fn intermediate_requests_are_answered_once_across_servers() {
         .map(|r| r.name)
         .collect();
     assert_eq!(names, vec!["here-1".to_owned()]);
+}
+
+/// Upgrading a database of schema 5 (intermediate requests keyed by band only) to 6: the
+/// rows already there keep everything they had, read with no trust domain (the root's
+/// holder takes the deployment's of their band, `signers::requested_trust_domain`); one
+/// still pending is still pending and can be answered; new rows name their trust domain.
+#[test]
+fn intermediate_requests_from_before_trust_domains_survive_the_upgrade() {
+    use writ::store::{IntermediateAnswer, NewIntermediateRequest};
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let Backend::Postgres(pg, _) = &backend else {
+        unreachable!()
+    };
+    // Schema 5 exactly: migration 6 only adds the column.
+    drop(backend.open());
+    pg.psql(
+        "writ",
+        "ALTER TABLE intermediate_requests DROP COLUMN trust_domain; \
+         UPDATE writ_meta SET value = 5 WHERE key = 'schema_version'",
+    );
+    let key = "cd".repeat(32);
+    pg.psql(
+        "writ",
+        &format!(
+            "INSERT INTO intermediate_requests (replica, band, csr, key_sha256) \
+             VALUES ('b-1', 'investigative', '\\x3000', '{key}')"
+        ),
+    );
+    let old_pending = pg.psql(
+        "writ",
+        "SELECT id FROM intermediate_requests WHERE replica = 'b-1'",
+    );
+    pg.psql(
+        "writ",
+        &format!(
+            "INSERT INTO intermediate_requests (replica, band, csr, key_sha256, certificate) \
+             VALUES ('b-2', 'base', '\\x3000', '{key}', '\\x010203')"
+        ),
+    );
+
+    let store = backend.open();
+    assert_eq!(store.schema_version().unwrap(), 6);
+    let pending = store.pending_intermediate_requests().unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0].id.to_string(), old_pending);
+    assert_eq!(
+        pending[0].request,
+        NewIntermediateRequest {
+            replica: "b-1".into(),
+            trust_domain: None,
+            band: Band::Investigative,
+            csr: vec![0x30, 0x00],
+            key_sha256: key.clone(),
+        }
+    );
+    let latest = store.latest_intermediate_requests().unwrap();
+    assert_eq!(latest.len(), 2);
+    let certified = latest.iter().find(|r| r.request.replica == "b-2").unwrap();
+    assert_eq!(
+        (
+            certified.request.trust_domain.as_ref(),
+            certified.request.band
+        ),
+        (None, Band::Base)
+    );
+    assert_eq!(certified.certificate, Some(vec![1, 2, 3]));
+    assert!(
+        store
+            .answer_intermediate_request(pending[0].id, &IntermediateAnswer::Refused("old".into()))
+            .unwrap()
+    );
+
+    // A request posted now names its trust domain, and reads back with it.
+    let tenant_band = spiffe::TrustDomain::new("remediate.acme.test").unwrap();
+    let fresh = NewIntermediateRequest {
+        replica: "b-1".into(),
+        trust_domain: Some(tenant_band.clone()),
+        band: Band::Remediation,
+        csr: vec![0x30, 0x00],
+        key_sha256: "ef".repeat(32),
+    };
+    let id = store.post_intermediate_request(&fresh).unwrap();
+    assert_eq!(
+        store.intermediate_request(id).unwrap().unwrap().request,
+        fresh
+    );
+    assert_eq!(
+        pg.psql(
+            "writ",
+            &format!("SELECT trust_domain FROM intermediate_requests WHERE id = {id}")
+        ),
+        tenant_band.to_string()
+    );
 }

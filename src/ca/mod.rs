@@ -1553,8 +1553,8 @@ impl CaSet {
     /// [`holds_roots`]): it signs through its own intermediate, once the root's holder
     /// has certified it ([`TrustDomainCa::intermediate_wanted`]). A replica's tenant CAs
     /// always follow the store (the server holding the deployment's roots makes and
-    /// rotates the tenants' too); the intermediate exchange covers the deployment's
-    /// bands only, so a replica does not sign for tenants yet.
+    /// rotates the tenants' too), and it signs for them through intermediates of their
+    /// own, obtained the same way (`server::signers`).
     pub fn open_shared(
         base: TrustDomain,
         tenants: &[TrustDomain],
@@ -1727,8 +1727,8 @@ impl CaSet {
         &self.deployment[&band]
     }
 
-    /// The deployment's CAs, one per band (the ones the signing replicas' intermediate
-    /// exchange covers); [`CaSet::all`] adds the tenants'.
+    /// The deployment's CAs, one per band (the ones a signing replica must have
+    /// intermediates for before it serves); [`CaSet::all`] adds the tenants'.
     pub fn iter(&self) -> impl Iterator<Item = &TrustDomainCa> {
         self.deployment.values().map(|ca| &**ca)
     }
@@ -1917,19 +1917,23 @@ impl CaSet {
             .unwrap_or(60)
     }
 
-    /// Certifies an intermediate CSR with the deployment's `band` active root (see
-    /// [`TrustDomainCa::certify_intermediate`]); the root's holder runs this for a signer
-    /// that may be another host.
+    /// Certifies an intermediate CSR with the active root of `trust_domain`'s CA, the
+    /// deployment's or a tenant's (see [`TrustDomainCa::certify_intermediate`]); the
+    /// root's holder runs this for a signer that may be another host. Refused for a trust
+    /// domain this server does not hold.
     pub fn certify_intermediate(
         &self,
-        band: Band,
+        trust_domain: &TrustDomain,
         csr_der: &[u8],
         not_after: i64,
     ) -> Result<Vec<u8>, CaError> {
-        let cert = self
-            .ca(band)
-            .certify_intermediate(csr_der, not_after, self.now())?;
-        tracing::info!(%band, not_after, "certified an intermediate CA");
+        let ca = self.ca_in(trust_domain).ok_or_else(|| {
+            CaError::BadRequest(format!(
+                "this server holds no CA of trust domain {trust_domain}"
+            ))
+        })?;
+        let cert = ca.certify_intermediate(csr_der, not_after, self.now())?;
+        tracing::info!(%trust_domain, band = %ca.band(), not_after, "certified an intermediate CA");
         Ok(cert)
     }
 }

@@ -88,6 +88,7 @@ pub async fn list(admin: AdminArgs) -> anyhow::Result<()> {
                     "key_sha256": key.key_sha256,
                     "replica": key.replica,
                     "band": key.band,
+                    "trust_domain": key.trust_domain,
                     "state": key.state,
                     "refused": (!key.refused.is_empty()).then_some(&key.refused),
                     "admitted": admitted,
@@ -96,9 +97,10 @@ pub async fn list(admin: AdminArgs) -> anyhow::Result<()> {
         } else {
             // Names and reasons come from the database: escaped, one line each.
             println!(
-                "{}  {:<14} {:<10} {}  {}{}",
+                "{}  {:<14} {} {:<10} {}  {}{}",
                 key.key_sha256,
                 escape(&key.band),
+                escape(&key.trust_domain),
                 escape(&key.state),
                 match admitted {
                     Some(true) => "admitted",

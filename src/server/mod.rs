@@ -291,9 +291,9 @@ impl Issuer {
 
     /// The CA that signs `id` in `band`. With a shared store, another server may have
     /// created a tenant since this one started: its CAs are opened from the store the
-    /// first time one of its identities is asked for (a signing replica then has no
-    /// intermediate for it and answers Unavailable, so the agent moves to the server
-    /// that holds the roots; docs/multi-tenant.md).
+    /// first time one of its identities is asked for (a signing replica answers
+    /// Unavailable, so the agent moves to the server that holds the roots, until its own
+    /// intermediate for the tenant's band is certified; docs/ha.md, "Signing replicas").
     fn ca_for(
         &self,
         band: Band,

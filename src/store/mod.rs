@@ -236,12 +236,20 @@ pub(crate) trait Backend: Send + Sync {
     }
 }
 
-/// What a signing replica posts when it needs an intermediate for one band.
+/// What a signing replica posts when it needs an intermediate for one CA: one of the
+/// deployment's bands or a tenant's (docs/ha.md, "Signing replicas").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewIntermediateRequest {
     /// The replica's name.
     pub replica: String,
-    /// The band.
+    /// The trust domain whose CA is to certify the key: the root's holder finds the CA by
+    /// it, and refuses one it does not hold. `None` only in rows posted before the
+    /// exchange was keyed by trust domain (PostgreSQL schema 5 and earlier): those were
+    /// always the deployment's, and are read as the deployment's trust domain of `band`
+    /// (the store cannot say which that is: it does not know the deployment's base).
+    pub trust_domain: Option<spiffe::TrustDomain>,
+    /// The band of that CA: shown by `writ replica list`, and what a row without a trust
+    /// domain is read by.
     pub band: Band,
     /// The CSR (DER).
     pub csr: Vec<u8>,

@@ -94,6 +94,12 @@ const MIGRATIONS: &[&str] = &[
     // 5: tenants (docs/multi-tenant.md). Rows written before are the default tenant's
     // under the keys they have; other tenants' rows are keyed `tenant/name`.
     "CREATE TABLE tenants (key text PRIMARY KEY, body json NOT NULL);",
+    // 6: intermediate requests name the trust domain whose CA is to certify them, so a
+    // replica can ask for tenants' band CAs too (docs/ha.md, "Signing replicas"). Rows
+    // posted before keep it NULL: SQL cannot fill it (the deployment's base is in the
+    // servers' configuration, not here), and they were all for the deployment's bands, so
+    // the code that reads them takes the deployment's trust domain of their band.
+    "ALTER TABLE intermediate_requests ADD COLUMN trust_domain text;",
 ];
 
 /// The channel policy writes notify, with the new version as payload.
@@ -857,13 +863,14 @@ impl Backend for Postgres {
             let client = pool.get().await.map_err(pool_err)?;
             let row = client
                 .query_one(
-                    "INSERT INTO intermediate_requests (replica, band, csr, key_sha256)
-                     VALUES ($1, $2, $3, $4) RETURNING id",
+                    "INSERT INTO intermediate_requests (replica, band, csr, key_sha256, trust_domain)
+                     VALUES ($1, $2, $3, $4, $5) RETURNING id",
                     &[
                         &request.replica,
                         &request.band.as_str(),
                         &request.csr,
                         &request.key_sha256,
+                        &request.trust_domain.as_ref().map(|td| td.to_string()),
                     ],
                 )
                 .await
@@ -917,7 +924,7 @@ impl Backend for Postgres {
             let client = pool.get().await.map_err(pool_err)?;
             let rows = client
                 .query(
-                    "SELECT id, replica, band, csr, key_sha256, certificate, refused FROM (
+                    "SELECT id, replica, band, csr, key_sha256, certificate, refused, trust_domain FROM (
                          SELECT DISTINCT ON (key_sha256, replica) * FROM intermediate_requests
                          ORDER BY key_sha256, replica, id DESC) latest
                      ORDER BY key_sha256, replica LIMIT 1000",
@@ -1004,7 +1011,8 @@ impl Backend for Postgres {
 
 /// The columns of an intermediate request, in [`request_row`]'s order.
 const REQUEST_COLUMNS: &str =
-    "SELECT id, replica, band, csr, key_sha256, certificate, refused FROM intermediate_requests";
+    "SELECT id, replica, band, csr, key_sha256, certificate, refused, trust_domain
+     FROM intermediate_requests";
 
 /// The rows that read as requests; one unreadable row must not stall every other
 /// replica's request (it is logged and skipped).
@@ -1024,10 +1032,25 @@ fn request_row(row: &tokio_postgres::Row) -> Result<super::IntermediateRequest, 
         table: "intermediate_requests",
         reason: format!("unknown band {band:?}"),
     })?;
+    // NULL in rows posted before schema 6 (see MIGRATIONS): the reader takes the
+    // deployment's trust domain of the band.
+    let trust_domain = row
+        .get::<_, Option<String>>(7)
+        .map(|name| {
+            spiffe::TrustDomain::new(&name).map_err(|_| StoreError::Corrupt {
+                table: "intermediate_requests",
+                reason: format!(
+                    "not a trust domain: {:?}",
+                    name.chars().take(80).collect::<String>()
+                ),
+            })
+        })
+        .transpose()?;
     Ok(super::IntermediateRequest {
         id: row.get(0),
         request: super::NewIntermediateRequest {
             replica: row.get(1),
+            trust_domain,
             band,
             csr: row.get(3),
             key_sha256: row.get(4),
@@ -1115,7 +1138,7 @@ mod tests {
 
     #[test]
     fn schema_versions_count_the_migrations() {
-        assert_eq!(SCHEMA_VERSION, 5);
+        assert_eq!(SCHEMA_VERSION, 6);
         // Every table the store uses is created by some migration.
         let all = MIGRATIONS.join("\n");
         for table in Table::ALL {

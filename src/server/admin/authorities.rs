@@ -218,6 +218,11 @@ impl AdminService {
                                     .as_ref()
                                     .is_some_and(|a| a.contains(&r.request.key_sha256)),
                                 admission_known: admitted.is_some(),
+                                trust_domain: crate::server::signers::requested_trust_domain(
+                                    &issuer.cas,
+                                    &r.request,
+                                )
+                                .to_string(),
                                 key_sha256: r.request.key_sha256,
                                 replica: r.request.replica,
                                 band: r.request.band.to_string(),

@@ -6,6 +6,9 @@
 //! (each SVID with the SHA-256 of its leaf, so a renewal shows), then `{"error": ...}` and
 //! exit 1 when the stream ends; what a long-running workload sees.
 //!
+//! With `--revocations`, prints instead the first set writ's revocation feed (on the same
+//! socket) sends this process: `{"covers": [...], "entries": [[kind, trust domain, id], ...]}`.
+//!
 //! `cargo run --example svid-fetch` after `writ dev`, a profile and an open incident.
 
 use std::io::Write;
@@ -76,10 +79,54 @@ async fn watch() -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// The first revocation set the feed sends this process, as JSON.
+async fn revocations() -> ExitCode {
+    use writ::proto::revocation::{WatchRequest, entry::Kind, revocation_client::RevocationClient};
+    let result = async {
+        let endpoint = std::env::var("SPIFFE_ENDPOINT_SOCKET")?;
+        let socket = endpoint.strip_prefix("unix://").unwrap_or(&endpoint);
+        let channel = writ::uds::channel(std::path::Path::new(socket)).await?;
+        let mut request = tonic::Request::new(WatchRequest {});
+        request
+            .metadata_mut()
+            .insert("workload.spiffe.io", "true".parse()?);
+        let mut stream = RevocationClient::new(channel)
+            .watch(request)
+            .await?
+            .into_inner();
+        let set = stream.message().await?.ok_or("the feed ended")?;
+        let entries: Vec<_> = set
+            .entries
+            .iter()
+            .map(|e| {
+                let kind = Kind::try_from(e.kind).map_or("unknown", |k| k.as_str_name());
+                serde_json::json!([kind, e.trust_domain, e.id])
+            })
+            .collect();
+        Ok::<_, Box<dyn std::error::Error>>(serde_json::json!({
+            "covers": set.covers,
+            "entries": entries,
+        }))
+    }
+    .await;
+    match result {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{}", serde_json::json!({ "error": e.to_string() }));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("--watch") {
-        return watch().await;
+    match std::env::args().nth(1).as_deref() {
+        Some("--watch") => return watch().await,
+        Some("--revocations") => return revocations().await,
+        _ => {}
     }
     let result = async {
         let client = spiffe::WorkloadApiClient::connect_env().await?;

@@ -248,11 +248,21 @@ async fn entries_leave_the_set_once_their_window_has_passed() {
     // A feed with a two-second window, called directly: the agent's own uses the CA's
     // max SVID TTL (an hour), too long to wait out.
     let feed = RevocationService::new(&dev.agent, Duration::from_secs(2));
-    let mut stream = feed
-        .watch(with_header(pb::WatchRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
+    // The feed attests its caller: this process, as the agent's listener would see it.
+    let mut request = with_header(pb::WatchRequest {});
+    let cred = writ::agent::attest::PeerCred {
+        pid: std::process::id() as i32,
+        uid: my_uid(),
+        gid: std::os::unix::fs::MetadataExt::gid(&std::fs::metadata("/proc/self").unwrap()),
+    };
+    request
+        .extensions_mut()
+        .insert(std::sync::Arc::new(writ::agent::attest::ConnectedPeer {
+            cred,
+            groups: Vec::new(),
+            process: dev.agent.attestor.at_accept(cred),
+        }));
+    let mut stream = feed.watch(request).await.unwrap().into_inner();
     let mut next = async || {
         tokio::time::timeout(PATIENCE, stream.next())
             .await

@@ -447,12 +447,66 @@ fn every_cross_tenant_attempt_is_refused_as_not_found_and_changes_nothing() {
     );
 }
 
-/// A verifier watching the agent's revocation feed refuses acme's `INC-1` identities once
-/// it closed, and neither globex's `INC-1` nor the default tenant's (same id, other trust
-/// domains).
+/// The first set the revocation feed sends `uid`, through `svid-fetch --revocations`.
+fn feed_as(uid: u32, socket: &Path) -> Value {
+    let out = common::procs::svid_fetch(uid, socket, &["--revocations"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("svid-fetch: {e}: {out:?}"))
+}
+
+/// The revocation feed per tenant, once acme's `INC-1` closed. acme's workload (as a
+/// verifier) gets acme's entry and a `covers` list of acme's trust domains and the
+/// deployment's; globex's workload gets nothing of acme's; and a verifier no profile
+/// selects (this process: the default tenant) gets none of acme's entries, so writ-verifier
+/// refuses acme's peer as not covered rather than take it as unrevoked. Neither globex's
+/// `INC-1` nor the default tenant's (same id, other trust domains) is revoked anywhere.
 fn verifiers_hear_of_the_close_in_acme_only(socket: &Path) {
     use std::time::{Duration, Instant};
-    use writ_verifier::{Band, Peer, WorkloadApiSource, WritClaims};
+    use writ_verifier::{
+        Authorizer, Band, Decision, DenyReason, Peer, WorkloadApiSource, WritClaims,
+    };
+    let acme_close = serde_json::json!(["INCIDENT", "acme.test", "INC-1"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let acme = loop {
+        let set = feed_as(ACME_AGENT, socket);
+        if set["entries"].as_array().unwrap().contains(&acme_close) {
+            break set;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acme's close never reached acme's feed: {set}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // INC-1 and the grant that ended with it: acme's trust domains only.
+    for entry in acme["entries"].as_array().unwrap() {
+        let trust_domain = entry[1].as_str().unwrap();
+        assert!(
+            trust_domain == "acme.test" || trust_domain.ends_with(".acme.test"),
+            "{acme}"
+        );
+    }
+    assert_eq!(
+        acme["covers"],
+        serde_json::json!([
+            "example.org",
+            "investigate.acme.test",
+            "remediate.acme.test"
+        ])
+    );
+    let globex = feed_as(GLOBEX_AGENT, socket);
+    assert_eq!(globex["entries"], serde_json::json!([]), "{globex}");
+    assert_eq!(
+        globex["covers"],
+        serde_json::json!([
+            "example.org",
+            "investigate.globex.test",
+            "remediate.globex.test"
+        ])
+    );
+
     let peer = |id: &str, tenant: &str| {
         let mut claims = WritClaims::new(Band::Investigative);
         claims.incident = Some("INC-1".into());
@@ -477,19 +531,25 @@ fn verifiers_hear_of_the_close_in_acme_only(socket: &Path) {
         .await
         .expect("the feed answers")
         .unwrap();
-        let revocations = source.revocations();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while revocations.check(&peer(ACME_ID, "acme")).is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "acme's closed INC-1 never reached the feed: {:?}",
-                revocations.snapshot()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(revocations.check(&peer(GLOBEX_ID, "globex")), None);
+        let outside = source.revocations().snapshot();
+        assert!(outside.covers("investigate.example.org"), "{outside:?}");
+        assert!(!outside.covers("investigate.acme.test"), "{outside:?}");
+        assert!(
+            !outside.incident_revoked("acme.test", "INC-1"),
+            "{outside:?}"
+        );
+        let acme_base = writ_verifier::parse_trust_domain("acme.test").unwrap();
+        assert_eq!(
+            Authorizer::investigative(&acme_base).decide(&peer(ACME_ID, "acme"), &outside, 1),
+            Decision::Deny(DenyReason::NotCovered("investigate.acme.test".into())),
+            "a verifier outside acme refuses acme's peer: nothing shows it unrevoked"
+        );
         let default_inc = "spiffe://investigate.example.org/agent/triage/incident/INC-1";
-        assert_eq!(revocations.check(&peer(default_inc, "default")), None);
+        assert_eq!(outside.check(&peer(default_inc, "default")), None);
+        assert!(
+            !outside.incident_revoked("globex.test", "INC-1"),
+            "{outside:?}"
+        );
     });
 }
 

@@ -2,20 +2,26 @@
 //! (docs/architecture.md, "Revocation").
 //!
 //! One task per agent follows the policy and a timer and keeps the current set (see
-//! [`crate::policy::revocation`]) in a watch channel; every `Watch` stream sends that
-//! set at once and again whenever it changes, always whole. Calls must carry the
-//! Workload API's security header, but the caller is not attested: a verifier may hold
-//! no identity, and the feed reveals nothing a caller could use to obtain one.
+//! [`crate::policy::revocation`]) in a watch channel; every `Watch` stream sends its
+//! caller's part of that set at once and again whenever it changes, always whole. Calls
+//! must carry the Workload API's security header, and the caller is attested from the
+//! socket's kernel credentials, as on the Workload API: identity or not (a verifier may
+//! hold none), it is sent the entries of the trust domains it sees bundles of (its
+//! tenants' and the deployment's, [`visible_trust_domains`]) and the list of them
+//! (`covers`); writ-verifier refuses a peer of a trust domain the list does not name, so
+//! sending a verifier less never lets it accept more (docs/multi-tenant.md).
 //!
-//! Must never: drop an entry before its window has passed, or send a partial set.
+//! Must never: drop an entry before its window has passed, send a partial set of a trust
+//! domain it covers, or send a caller another tenant's entries.
 
 use super::Agent;
-use crate::policy::PolicySnapshot;
 use crate::policy::revocation::{
     CloseEpochs, Revocation as Revoked, RevocationKind, next_expiry, revocations,
 };
+use crate::policy::{PolicySnapshot, Selector, visible_trust_domains};
 use crate::proto::revocation::{self as pb, entry::Kind, revocation_server::Revocation};
 use spiffe::TrustDomain;
+use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,9 +39,34 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// The revocation feed service.
 #[derive(Debug, Clone)]
 pub struct RevocationService {
-    feed: watch::Receiver<Arc<pb::RevocationSet>>,
+    agent: Arc<Agent>,
+    feed: watch::Receiver<Arc<Published>>,
     /// The agent's stop signal: open watches end with `Unavailable`.
     stopping: watch::Receiver<bool>,
+}
+
+/// What the feed task publishes to every stream.
+#[derive(Debug, PartialEq)]
+struct Published {
+    /// The whole set, every tenant's.
+    set: pb::RevocationSet,
+    /// Who belongs to which tenant (profiles' selectors and tenants' bases): a stream
+    /// works out its caller's trust domains again when it changes.
+    membership: Membership,
+}
+
+/// The parts of a policy that decide which trust domains a caller sees.
+type Membership = Vec<(String, BTreeSet<Selector>, Option<String>)>;
+
+fn membership(policy: &PolicySnapshot, base: &TrustDomain) -> Membership {
+    policy
+        .profiles
+        .values()
+        .map(|p| {
+            let tenant_base = policy.base_of(base, &p.tenant).map(|b| b.to_string());
+            (p.tenant.clone(), p.selectors.clone(), tenant_base)
+        })
+        .collect()
 }
 
 impl RevocationService {
@@ -46,18 +77,18 @@ impl RevocationService {
     /// Computes the first set now and spawns the task that keeps it current, so it must
     /// be called within a Tokio runtime. The task ends once this service and every
     /// stream it opened are gone, or when the agent's policy source closes.
-    pub fn new(agent: &Agent, window: Duration) -> Self {
+    pub fn new(agent: &Arc<Agent>, window: Duration) -> Self {
         Self::with_window(agent, Window::Fixed(secs(window)))
     }
 
     /// A feed whose window is the server's longest SVID lifetime, read again at every
     /// change: a remote server restarted with a longer `max_svid_ttl` widens it without
     /// an agent restart.
-    pub fn following_server(agent: &Agent) -> Self {
+    pub fn following_server(agent: &Arc<Agent>) -> Self {
         Self::with_window(agent, Window::Server(Arc::clone(&agent.node)))
     }
 
-    fn with_window(agent: &Agent, window: Window) -> Self {
+    fn with_window(agent: &Arc<Agent>, window: Window) -> Self {
         let base = agent.node.base().clone();
         let mut policy = agent.node.policy();
         let mut feed = Feed {
@@ -68,6 +99,8 @@ impl RevocationService {
         let clock = Arc::clone(&agent.clock);
         let (first, mut next) = feed.compute(&policy.borrow_and_update(), clock.unix());
         let (tx, rx) = watch::channel(Arc::new(first));
+        let stopping = agent.stopping.subscribe();
+        let agent = Arc::clone(agent);
         tokio::spawn(async move {
             loop {
                 let wait = next.map(|at| at.saturating_sub(clock.unix()).max(1));
@@ -82,8 +115,8 @@ impl RevocationService {
                     let changed = **current != set;
                     if changed {
                         tracing::debug!(
-                            generation = set.generation,
-                            entries = set.entries.len(),
+                            generation = set.set.generation,
+                            entries = set.set.entries.len(),
                             "revocation set changed"
                         );
                         *current = Arc::new(set);
@@ -94,8 +127,9 @@ impl RevocationService {
             tracing::debug!("revocation feed stopped");
         });
         RevocationService {
+            agent,
             feed: rx,
-            stopping: agent.stopping.subscribe(),
+            stopping,
         }
     }
 }
@@ -139,7 +173,7 @@ struct Feed {
 impl Feed {
     /// The set for `policy` at `now`, and when it next changes by itself (an entry
     /// leaving the window).
-    fn compute(&mut self, policy: &PolicySnapshot, now: i64) -> (pb::RevocationSet, Option<i64>) {
+    fn compute(&mut self, policy: &PolicySnapshot, now: i64) -> (Published, Option<i64>) {
         let window = self.window.secs();
         let set = revocations(policy, now, window);
         self.epochs.observe(&set, policy.generation);
@@ -170,8 +204,13 @@ impl Feed {
             generation: policy.generation,
             entries,
             window_seconds: window,
+            covers: Vec::new(),
         };
-        (message, next_expiry(&set, window))
+        let published = Published {
+            set: message,
+            membership: membership(policy, &self.base),
+        };
+        (published, next_expiry(&set, window))
     }
 }
 
@@ -210,6 +249,29 @@ fn entry(r: &Revoked, policy: &PolicySnapshot, base: &TrustDomain) -> Option<Rev
     })
 }
 
+/// The part of `set` for a caller that sees the bundles of `visible` trust domains: the
+/// entries that can name an identity of one of them, and `covers` naming them all. An
+/// incident entry names its tenant's base and so both band trust domains under it.
+fn for_caller(set: &pb::RevocationSet, visible: &BTreeSet<String>) -> pb::RevocationSet {
+    let names_visible = |e: &pb::Entry| match Kind::try_from(e.kind) {
+        Ok(Kind::Incident) => [Band::Investigative, Band::Remediation]
+            .iter()
+            .any(|band| visible.contains(&band.trust_domain_name(&e.trust_domain))),
+        _ => visible.contains(&e.trust_domain),
+    };
+    pb::RevocationSet {
+        generation: set.generation,
+        entries: set
+            .entries
+            .iter()
+            .filter(|e| names_visible(e))
+            .cloned()
+            .collect(),
+        window_seconds: set.window_seconds,
+        covers: visible.iter().cloned().collect(),
+    }
+}
+
 /// The set `agent`'s feed publishes at `now` (seconds since the epoch), as writ-verifier's
 /// lookup set: the agent's own `ValidateJWTSVID` decides with it, so a token is refused
 /// there exactly when a verifier watching this agent's feed refuses it. Computed from the
@@ -225,17 +287,6 @@ pub(crate) fn verifier_snapshot(agent: &Agent, now: i64) -> RevocationSnapshot {
     )
 }
 
-/// The Workload API's rule for every call on its socket (SPIFFE_Workload_API.md): the
-/// header shows a deliberate local client, not a request forged through a proxy.
-fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
-    match request.metadata().get("workload.spiffe.io") {
-        Some(v) if v.as_bytes() == b"true" => Ok(()),
-        _ => Err(Status::invalid_argument(
-            "security header missing from request",
-        )),
-    }
-}
-
 #[tonic::async_trait]
 impl Revocation for RevocationService {
     type WatchStream = ResponseStream<pb::RevocationSet>;
@@ -244,19 +295,34 @@ impl Revocation for RevocationService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        check_header(&request)?;
+        let selectors = super::workload::attest_caller(&self.agent, &request).await?;
         let mut feed = self.feed.clone();
         let mut stopping = self.stopping.clone();
+        let agent = Arc::clone(&self.agent);
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
+            let mut sent: Option<pb::RevocationSet> = None;
             loop {
                 if *stopping.borrow_and_update() {
                     break;
                 }
                 // Whole sets only: a slow reader skips to the newest, never sees a delta.
-                let set = Arc::clone(&feed.borrow_and_update());
-                if tx.send(Ok((*set).clone())).await.is_err() {
-                    return;
+                let published = Arc::clone(&feed.borrow_and_update());
+                let visible = {
+                    let policy = agent.node.policy().borrow().clone();
+                    visible_trust_domains(&policy, agent.node.base(), &selectors)
+                };
+                let mine = for_caller(&published.set, &visible);
+                // Another tenant's change is not news to this caller.
+                let news = sent.as_ref().is_none_or(|last| {
+                    (&last.entries, &last.covers, last.window_seconds)
+                        != (&mine.entries, &mine.covers, mine.window_seconds)
+                });
+                if news {
+                    if tx.send(Ok(mine.clone())).await.is_err() {
+                        return;
+                    }
+                    sent = Some(mine);
                 }
                 tokio::select! {
                     changed = feed.changed() => if changed.is_err() { break },
@@ -269,5 +335,77 @@ impl Revocation for RevocationService {
                 .await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kind: Kind, id: &str, trust_domain: &str) -> pb::Entry {
+        pb::Entry {
+            kind: kind.into(),
+            id: id.into(),
+            revoked_at: 1,
+            trust_domain: trust_domain.into(),
+            epoch: 0,
+        }
+    }
+
+    #[test]
+    fn a_caller_gets_the_entries_of_the_trust_domains_it_sees_and_their_list() {
+        let set = pb::RevocationSet {
+            generation: 7,
+            entries: vec![
+                entry(Kind::Incident, "INC-1", "example.org"),
+                entry(Kind::Incident, "INC-1", "acme.test"),
+                entry(Kind::Incident, "INC-9", "globex.test"),
+                entry(Kind::Grant, "g-1", "remediate.acme.test"),
+                entry(Kind::Grant, "g-2", "remediate.globex.test"),
+                entry(Kind::Serial, "0a", "investigate.acme.test"),
+                entry(Kind::Serial, "0b", "investigate.globex.test"),
+                entry(Kind::Serial, "0c", "example.org"),
+            ],
+            window_seconds: 3600,
+            covers: Vec::new(),
+        };
+        // A workload of acme: acme's band trust domains and the deployment's base.
+        let acme: BTreeSet<String> = [
+            "example.org",
+            "investigate.acme.test",
+            "remediate.acme.test",
+        ]
+        .map(String::from)
+        .into();
+        let mine = for_caller(&set, &acme);
+        let ids: Vec<(&str, &str)> = mine
+            .entries
+            .iter()
+            .map(|e| (e.id.as_str(), e.trust_domain.as_str()))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("INC-1", "acme.test"),
+                ("g-1", "remediate.acme.test"),
+                ("0a", "investigate.acme.test"),
+                ("0c", "example.org"),
+            ],
+            "acme's and the deployment's services', never globex's nor the default tenant's incidents"
+        );
+        assert_eq!(mine.covers, Vec::from_iter(acme.iter().cloned()));
+        assert_eq!((mine.generation, mine.window_seconds), (7, 3600));
+        // The default tenant's workload: its bands, not acme's.
+        let default: BTreeSet<String> = [
+            "example.org",
+            "investigate.example.org",
+            "remediate.example.org",
+        ]
+        .map(String::from)
+        .into();
+        let theirs = for_caller(&set, &default);
+        let ids: Vec<&str> = theirs.entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["INC-1", "0c"]);
+        assert_eq!(theirs.entries[0].trust_domain, "example.org");
     }
 }

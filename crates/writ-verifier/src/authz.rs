@@ -230,6 +230,10 @@ pub enum DenyReason {
     /// The revocation set names the peer's incident, grant or serial.
     #[error("{0}")]
     Revoked(Revoked),
+    /// The revocation feed sent nothing for the peer's trust domain (this verifier is not
+    /// in its tenant), so nothing shows the peer unrevoked.
+    #[error("the revocation feed does not cover trust domain {0}")]
+    NotCovered(String),
 }
 
 /// Rules a peer must satisfy. Build with [`Authorizer::investigative`],
@@ -470,6 +474,10 @@ impl Authorizer {
         }
         if let Some(since) = revocations.unavailable() {
             return Err(DenyReason::RevocationsUnavailable(since));
+        }
+        let trust_domain = peer.spiffe_id.trust_domain_name();
+        if !revocations.covers(trust_domain) {
+            return Err(DenyReason::NotCovered(trust_domain.to_owned()));
         }
         if let Some(revoked) = revocations.check(peer) {
             return Err(DenyReason::Revoked(revoked));
@@ -809,6 +817,24 @@ mod tests {
             Authorizer::service(&base()).decide(&service(), &serial, NOW),
             Decision::Deny(DenyReason::Revoked(_))
         ));
+        // A set that covers only other trust domains (a feed sent to a verifier of another
+        // tenant) shows nothing about this peer: refused, not allowed.
+        let elsewhere = RevocationSnapshot::empty().covering(["investigate.acme.test".to_owned()]);
+        assert_eq!(
+            Authorizer::investigative(&base()).decide(&investigative(), &elsewhere, NOW),
+            Decision::Deny(DenyReason::NotCovered("investigate.example.org".into()))
+        );
+        let here = RevocationSnapshot::empty().covering(["investigate.example.org".to_owned()]);
+        assert!(
+            Authorizer::investigative(&base())
+                .decide(&investigative(), &here, NOW)
+                .is_allow()
+        );
+        assert!(here.covers("investigate.example.org") && !here.covers("example.org"));
+        assert!(
+            RevocationSnapshot::empty().covers("anything.test"),
+            "no list: all"
+        );
     }
 
     #[test]

@@ -65,6 +65,10 @@ pub struct RevocationSnapshot {
     /// Set when the feed this set came from has been lost for longer than its source
     /// tolerates: since when (seconds since the epoch). Every peer is refused meanwhile.
     unavailable_since: Option<i64>,
+    /// The trust domains the set holds every revocation of, when its feed says so
+    /// (`None`: all of them). A peer of another trust domain is refused: nothing was sent
+    /// that could show it revoked.
+    covers: Option<HashSet<String>>,
 }
 
 /// Why a peer is revoked: the entry that names it.
@@ -121,6 +125,23 @@ impl RevocationSnapshot {
             unavailable_since: Some(since),
             ..self.clone()
         }
+    }
+
+    /// This set, holding the revocations of `trust_domains` only (as the feed sent it to
+    /// one caller): [`crate::Authorizer`] refuses a peer of any other trust domain.
+    pub fn covering(self, trust_domains: impl IntoIterator<Item = String>) -> Self {
+        RevocationSnapshot {
+            covers: Some(trust_domains.into_iter().collect()),
+            ..self
+        }
+    }
+
+    /// Whether the set holds the revocations of `trust_domain` (all do, unless the feed
+    /// named what it covers).
+    pub fn covers(&self, trust_domain: &str) -> bool {
+        self.covers
+            .as_ref()
+            .is_none_or(|covered| covered.contains(trust_domain))
     }
 
     /// When the feed was lost, if this set is marked unavailable.

@@ -353,7 +353,13 @@ pub fn snapshot(set: pb::RevocationSet) -> RevocationSnapshot {
             revoked_at: e.revoked_at,
         })
     });
-    RevocationSnapshot::new(set.generation, entries)
+    let covers = set.covers;
+    let snapshot = RevocationSnapshot::new(set.generation, entries);
+    // An agent older than tenants names nothing: its set holds every trust domain's.
+    match covers.is_empty() {
+        true => snapshot,
+        false => snapshot.covering(covers),
+    }
 }
 
 async fn watch_revocations(

@@ -11,11 +11,11 @@
 //! Then issuance: b has SVIDs signed one at a time (a CSR each, as an agent sends them),
 //! alone and while a has `--storm` SVIDs signed from `--threads` threads; b's issuance
 //! latency in both phases, and the storm's throughput. Issuance slots pass round-robin
-//! between tenants (`server::fair`, `ISSUANCE_SLOTS` in flight), so b waits for one of a's
+//! between tenants (`server::fair`, `[tenant_limits] issuance_slots` in flight; `--slots N` sets it), so b waits for one of a's
 //! issuances, not for a's queue.
 //!
 //! `cargo build --release --example tenant-storm && target/release/examples/tenant-storm`
-//! Flags: --storm 1000 --threads 32 --changes 50
+//! Flags: --storm 1000 --threads 32 --changes 50 --slots 8
 
 // A measuring tool, not a service: failing loudly on setup errors is what we want.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
@@ -120,9 +120,17 @@ fn main() {
     let storm = flag("--storm", 1_000);
     let threads = flag("--threads", 32);
     let changes = flag("--changes", 50);
+    let slots = flag(
+        "--slots",
+        writ::policy::tenant::TenantLimits::default().issuance_slots,
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = RawConfig {
         data_dir: Some(dir.path().join("data")),
+        tenant_limits: writ::policy::tenant::TenantLimits {
+            issuance_slots: slots,
+            ..Default::default()
+        },
         ..RawConfig::default()
     }
     .resolve()

@@ -233,6 +233,11 @@ pub struct TenantLimits {
     pub change_burst: u32,
     /// Incidents a tenant may have open at once.
     pub max_open_incidents: usize,
+    /// Issuances (a CSR batch or a JWT each) in flight at once, for all tenants; free
+    /// slots pass round-robin between tenants. Fewer: another tenant's CSR waits behind
+    /// less of a storm; more: a storm's signatures and commits overlap more
+    /// (docs/performance.md, "Fairness between tenants").
+    pub issuance_slots: usize,
 }
 
 impl Default for TenantLimits {
@@ -241,6 +246,7 @@ impl Default for TenantLimits {
             changes_per_second: 100,
             change_burst: 2_000,
             max_open_incidents: 5_000,
+            issuance_slots: 8,
         }
     }
 }
@@ -255,6 +261,7 @@ impl TenantLimits {
             u64::from(self.changes_per_second),
             u64::from(self.change_burst),
             self.max_open_incidents as u64,
+            self.issuance_slots as u64,
         ];
         if values.iter().any(|v| *v == 0 || *v > LIMIT_CEILING) {
             return Err(PolicyError::BadText {
@@ -448,6 +455,7 @@ mod tests {
             changes_per_second: 10,
             change_burst: 5,
             max_open_incidents: 1,
+            issuance_slots: 1,
         };
         let t0 = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
         let mut b = Bucket::full(&limits, t0);

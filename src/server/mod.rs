@@ -55,12 +55,6 @@ pub struct Issuer {
     issuance: fair::Fair,
 }
 
-/// How many issuances (a CSR batch or a JWT each) are in flight at once. Enough for
-/// signatures to overlap and group commits to fill (measured with `examples/tenant-storm`,
-/// docs/performance.md); few enough that a tenant's call waits for one of a storm's to
-/// finish, not for the storm.
-pub const ISSUANCE_SLOTS: usize = 8;
-
 /// Why an agent's activity report was not recorded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -248,6 +242,7 @@ impl Issuer {
             tracing::info!(replica = %me, "following the cluster's policy in the shared store");
         }
         let (bundles, _) = tokio::sync::watch::channel(Arc::new(cas.bundle_set()?));
+        let issuance_slots = config.tenant_limits.issuance_slots;
         Ok(Arc::new(Issuer {
             config,
             cas,
@@ -255,7 +250,7 @@ impl Issuer {
             store,
             bundles,
             audit,
-            issuance: fair::Fair::new(ISSUANCE_SLOTS),
+            issuance: fair::Fair::shared(issuance_slots),
         }))
     }
 

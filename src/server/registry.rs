@@ -416,7 +416,7 @@ impl Registry {
             snapshot: tx,
             agents: watch::channel(Arc::new(view)).0,
             revocation_window,
-            writer: super::fair::Fair::new(1),
+            writer: super::fair::Fair::lock(),
             gate: RwLock::new(()),
             audit,
             clock,
@@ -1620,6 +1620,7 @@ mod tests {
                 changes_per_second: 1,
                 change_burst: 3,
                 max_open_incidents: 2,
+                ..tenant::TenantLimits::default()
             })
             .unwrap();
         registry.open_incident(incident("INC-1")).unwrap();

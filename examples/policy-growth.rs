@@ -67,6 +67,14 @@ const START: i64 = 1_900_000_000;
 fn open_issuer(dir: &std::path::Path, clock: &ManualClock) -> Arc<Issuer> {
     let config = RawConfig {
         data_dir: Some(dir.join("data")),
+        // History written as fast as the store takes it, on a clock that does not move:
+        // no tenant limit may slow it.
+        tenant_limits: writ::policy::tenant::TenantLimits {
+            changes_per_second: 1_000_000,
+            change_burst: 1_000_000,
+            max_open_incidents: 1_000_000,
+            ..Default::default()
+        },
         ..RawConfig::default()
     }
     .resolve()

@@ -379,6 +379,22 @@ mod tests {
     }
 
     #[test]
+    fn tenant_limits_are_configurable_and_checked() {
+        let raw: RawConfig =
+            toml::from_str("[tenant_limits]\nchanges_per_second = 5\nissuance_slots = 2").unwrap();
+        let config = raw.resolve().unwrap();
+        assert_eq!(config.tenant_limits.changes_per_second, 5);
+        assert_eq!(config.tenant_limits.issuance_slots, 2);
+        assert_eq!(config.tenant_limits.change_burst, 2_000, "unset fields keep defaults");
+        let zero: RawConfig = toml::from_str("[tenant_limits]\nchange_burst = 0").unwrap();
+        let e = zero.resolve().unwrap_err().to_string();
+        assert!(e.contains("[tenant_limits]"), "{e}");
+        let huge: RawConfig = toml::from_str("[tenant_limits]\nmax_open_incidents = 2000000").unwrap();
+        assert!(huge.resolve().is_err());
+        assert!(toml::from_str::<RawConfig>("[tenant_limits]\nchanges_per_sec = 5").is_err());
+    }
+
+    #[test]
     fn remediation_rules_are_configurable_and_checked() {
         let raw: RawConfig = toml::from_str(
             "[remediation]\nquorum_sev3 = 2\nsensitive_scope_prefixes = [\"db:\"]\nsensitive_quorum = 3",

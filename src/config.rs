@@ -385,11 +385,15 @@ mod tests {
         let config = raw.resolve().unwrap();
         assert_eq!(config.tenant_limits.changes_per_second, 5);
         assert_eq!(config.tenant_limits.issuance_slots, 2);
-        assert_eq!(config.tenant_limits.change_burst, 2_000, "unset fields keep defaults");
+        assert_eq!(
+            config.tenant_limits.change_burst, 2_000,
+            "unset fields keep defaults"
+        );
         let zero: RawConfig = toml::from_str("[tenant_limits]\nchange_burst = 0").unwrap();
         let e = zero.resolve().unwrap_err().to_string();
         assert!(e.contains("[tenant_limits]"), "{e}");
-        let huge: RawConfig = toml::from_str("[tenant_limits]\nmax_open_incidents = 2000000").unwrap();
+        let huge: RawConfig =
+            toml::from_str("[tenant_limits]\nmax_open_incidents = 2000000").unwrap();
         assert!(huge.resolve().is_err());
         assert!(toml::from_str::<RawConfig>("[tenant_limits]\nchanges_per_sec = 5").is_err());
     }

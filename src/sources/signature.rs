@@ -497,6 +497,9 @@ mod tests {
     const NOW: i64 = 1_800_000_000;
     const TOLERANCE: i64 = 300;
 
+    /// A header, and whether an error is the one it should cause.
+    type Case<'a> = (&'a str, fn(&SignatureError) -> bool);
+
     fn mac(key: &[u8], message: &[u8]) -> Vec<u8> {
         let key = hmac::Key::new(hmac::HMAC_SHA256, key);
         hmac::sign(&key, message).as_ref().to_vec()
@@ -811,9 +814,9 @@ mod tests {
     fn malformed_pagerduty_headers_refused() {
         let good = pd_entry(PD_KEY, BODY);
         let secrets = pd(&[PD_KEY]);
-        let nine = vec![good.as_str(); 9].join(",");
+        let nine = [good.as_str(); 9].join(",");
         let long = format!("{good},{}", "x".repeat(2048));
-        let cases: Vec<(&str, fn(&SignatureError) -> bool)> = vec![
+        let cases: Vec<Case> = vec![
             ("", |e| matches!(e, SignatureError::MissingHeader(_))),
             ("  ", |e| matches!(e, SignatureError::MissingHeader(_))),
             ("v1=abc", |e| {
@@ -843,10 +846,8 @@ mod tests {
         let err = verify_pagerduty(&secrets, &v2, BODY).unwrap_err();
         assert!(matches!(err, SignatureError::NoV1Signature(_)), "{err:?}");
         // Eight is allowed, and the one matching signature among them is found.
-        let eight = format!(
-            "{},{good}",
-            vec!["v1=".to_owned() + &"00".repeat(32); 7].join(",")
-        );
+        let zero = format!("v1={}", "00".repeat(32));
+        let eight = format!("{},{good}", [zero.as_str(); 7].join(","));
         verify_pagerduty(&secrets, &eight, BODY).unwrap();
     }
 
@@ -854,10 +855,10 @@ mod tests {
     fn malformed_standard_headers_refused() {
         let (key, _) = std_key();
         let good = std_entry(&key, ID, &NOW.to_string(), BODY);
-        let nine = vec![good.as_str(); 9].join(" ");
+        let nine = [good.as_str(); 9].join(" ");
         let long = format!("{good} v1a,{}", "A".repeat(2048));
         let short = format!("v1,{}", BASE64.encode([1u8; 31]));
-        let cases: Vec<(&str, fn(&SignatureError) -> bool)> = vec![
+        let cases: Vec<Case> = vec![
             ("", |e| matches!(e, SignatureError::MissingHeader(_))),
             ("v1,not-base64!", |e| {
                 matches!(e, SignatureError::MalformedHeader { .. })

@@ -3,13 +3,16 @@
 //!
 //! Built so far: the pure parts, each unit-tested. [`signature`] checks a delivery's
 //! signature (and, for Standard Webhooks, its timestamp) before anything reads the body;
-//! `pagerduty`, `incident_io` and `generic` turn a verified body into a
-//! [`SourceEvent`]. Not built yet: the HTTPS listener, the mapping rules, the decisions
-//! (open, close, tombstones, dedupe) and the audit records of each.
+//! `pagerduty`, `incident_io` and `generic` turn a verified body into a [`SourceEvent`];
+//! [`rules`] decides what writ does with it (open, close, tombstone, refuse). Not built
+//! yet: the configuration blocks, the HTTPS listener, applying a decision through the
+//! registry with its audit record, the store of seen deliveries and tombstones, and
+//! approver notifications.
 //!
 //! Must never: read a body before its signature is checked, act on a stale or replayed
 //! delivery, or let text from a source reach a log or a human unescaped and unbounded.
 
+pub mod rules;
 pub mod signature;
 
 /// The largest webhook body read, in bytes; a longer one is refused before it is parsed.

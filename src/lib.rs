@@ -37,6 +37,7 @@ pub mod passwd;
 pub mod policy;
 pub mod proto;
 pub mod server;
+pub mod sources;
 pub mod store;
 pub mod throttle;
 pub mod ttl;

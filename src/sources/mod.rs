@@ -10,6 +10,7 @@
 //! Must never: read a body before its signature is checked, act on a stale or replayed
 //! delivery, or let text from a source reach a log or a human unescaped and unbounded.
 
+pub mod generic;
 pub mod incident_io;
 pub mod pagerduty;
 

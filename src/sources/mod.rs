@@ -3,7 +3,7 @@
 //!
 //! Built so far: the pure parts, each unit-tested. [`signature`] checks a delivery's
 //! signature (and, for Standard Webhooks, its timestamp) before anything reads the body;
-//! `pagerduty`, `incident_io` and `generic` turn a verified body into a [`SourceEvent`];
+//! [`pagerduty`], [`incident_io`] and [`generic`] turn a verified body into a [`SourceEvent`];
 //! [`rules`] decides what writ does with it (open, close, tombstone, refuse). Not built
 //! yet: the configuration blocks, the HTTPS listener, applying a decision through the
 //! registry with its audit record, the store of seen deliveries and tombstones, and
@@ -12,6 +12,10 @@
 //! Must never: read a body before its signature is checked, act on a stale or replayed
 //! delivery, or let text from a source reach a log or a human unescaped and unbounded.
 
+mod bounds;
+pub mod generic;
+pub mod incident_io;
+pub mod pagerduty;
 pub mod rules;
 pub mod signature;
 

@@ -146,6 +146,23 @@ pub(super) mod tests {
 
     use super::*;
     use crate::sources::SourceEvent;
+    use proptest::prelude::*;
+
+    /// Optional text for the parsers' proptests: absent, any string, printable ASCII, or
+    /// around the text bound.
+    pub(crate) fn any_text() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            any::<String>().prop_map(Some),
+            "[ -~]{0,140}".prop_map(Some),
+            (0usize..MAX_TEXT_BYTES + 40).prop_map(|n| Some("x".repeat(n))),
+        ]
+    }
+
+    /// Whether a parse was refused as malformed.
+    pub(crate) fn is_malformed(result: Result<SourceEvent, ParseError>) -> bool {
+        matches!(result, Err(ParseError::Malformed(_)))
+    }
 
     /// Asserts that an accepted event holds every bound, whatever body it came from.
     pub(crate) fn assert_bounded(event: &SourceEvent) {

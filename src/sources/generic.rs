@@ -101,7 +101,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::sources::bounds::tests::assert_bounded;
+    use crate::sources::bounds::tests::{any_text, assert_bounded, is_malformed};
     use crate::sources::{MAX_BODY_BYTES, MAX_ID_BYTES, MAX_TEXT_BYTES};
 
     fn body(action: &str) -> Value {
@@ -117,10 +117,6 @@ mod tests {
 
     fn parse_value(body: &Value) -> Result<SourceEvent, ParseError> {
         parse(&serde_json::to_vec(body).unwrap(), "msg_77")
-    }
-
-    fn is_malformed(result: Result<SourceEvent, ParseError>) -> bool {
-        matches!(result, Err(ParseError::Malformed(_)))
     }
 
     #[test]
@@ -265,15 +261,6 @@ mod tests {
             body[field] = value;
             assert!(is_malformed(parse_value(&body)), "{field}");
         }
-    }
-
-    fn any_text() -> impl Strategy<Value = Option<String>> {
-        prop_oneof![
-            Just(None),
-            any::<String>().prop_map(Some),
-            "[ -~]{0,140}".prop_map(Some),
-            (0usize..MAX_TEXT_BYTES + 40).prop_map(|n| Some("x".repeat(n))),
-        ]
     }
 
     proptest! {

@@ -179,7 +179,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::sources::bounds::tests::assert_bounded;
+    use crate::sources::bounds::tests::{any_text, assert_bounded, is_malformed};
     use crate::sources::{MAX_BODY_BYTES, MAX_ID_BYTES, MAX_TEXT_BYTES};
 
     /// An incident in incident.io's documented shape, built here.
@@ -212,10 +212,6 @@ mod tests {
 
     fn parse_value(body: &Value) -> Result<SourceEvent, ParseError> {
         parse(&serde_json::to_vec(body).unwrap(), "msg_2Kx9")
-    }
-
-    fn is_malformed(result: Result<SourceEvent, ParseError>) -> bool {
-        matches!(result, Err(ParseError::Malformed(_)))
     }
 
     #[test]
@@ -417,15 +413,6 @@ mod tests {
             assert_eq!(event.action, Action::Ignore(event_type.into()));
             assert_eq!(event.incident_id, "");
         }
-    }
-
-    fn any_text() -> impl Strategy<Value = Option<String>> {
-        prop_oneof![
-            Just(None),
-            any::<String>().prop_map(Some),
-            "[ -~]{0,140}".prop_map(Some),
-            (0usize..MAX_TEXT_BYTES + 40).prop_map(|n| Some("x".repeat(n))),
-        ]
     }
 
     proptest! {

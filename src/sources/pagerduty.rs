@@ -160,7 +160,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::sources::bounds::tests::assert_bounded;
+    use crate::sources::bounds::tests::{any_text, assert_bounded, is_malformed};
     use crate::sources::{MAX_BODY_BYTES, MAX_ID_BYTES, MAX_TEXT_BYTES};
 
     /// A v3 body in PagerDuty's documented shape, built here.
@@ -188,10 +188,6 @@ mod tests {
 
     fn parse_value(body: &Value) -> Result<SourceEvent, ParseError> {
         parse(&serde_json::to_vec(body).unwrap(), "")
-    }
-
-    fn is_malformed(result: Result<SourceEvent, ParseError>) -> bool {
-        matches!(result, Err(ParseError::Malformed(_)))
     }
 
     #[test]
@@ -404,15 +400,6 @@ mod tests {
         assert_eq!(event.action, Action::Ignore("service.updated".into()));
         assert_eq!(event.incident_id, "");
         assert_eq!((event.service, event.title), (None, None));
-    }
-
-    fn any_text() -> impl Strategy<Value = Option<String>> {
-        prop_oneof![
-            Just(None),
-            any::<String>().prop_map(Some),
-            "[ -~]{0,140}".prop_map(Some),
-            (0usize..MAX_TEXT_BYTES + 40).prop_map(|n| Some("x".repeat(n))),
-        ]
     }
 
     proptest! {

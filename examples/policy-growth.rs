@@ -59,6 +59,7 @@ fn incident(id: &str, now: i64) -> Incident {
         closed_by: None,
         closed_at: None,
         max_lifetime_secs: 86_400,
+        source: None,
     }
 }
 

@@ -49,6 +49,7 @@ fn incident(id: &str, now: i64) -> Incident {
         closed_by: None,
         closed_at: None,
         max_lifetime_secs: 3600,
+        source: None,
     }
 }
 

@@ -52,6 +52,7 @@ fn incident(tenant: &str, id: &str, now: i64) -> Incident {
         closed_by: None,
         closed_at: None,
         max_lifetime_secs: 86_400,
+        source: None,
     }
 }
 

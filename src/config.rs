@@ -72,6 +72,27 @@ pub struct RawConfig {
     pub workload_api: WorkloadApiConfig,
     /// How long a stopping process waits for open streams and calls to end (default 5s).
     pub shutdown_grace: Option<Ttl>,
+    /// `host:port` the incident sources post to (docs/incident-sources.md).
+    pub webhook_listen: Option<String>,
+    /// PEM certificate chain of the webhook listener; without it (and its key) the
+    /// listener is plain HTTP, allowed on a loopback address only.
+    pub webhook_tls_cert: Option<PathBuf>,
+    /// PEM private key of the webhook listener.
+    pub webhook_tls_key: Option<PathBuf>,
+    /// PagerDuty, incident.io and generic webhooks that open and close incidents.
+    #[serde(default, rename = "incident_source")]
+    pub incident_sources: Vec<crate::sources::config::RawSource>,
+}
+
+/// Where incident sources post, and what they are (docs/incident-sources.md).
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    /// The listen address.
+    pub listen: String,
+    /// TLS certificate chain and key files; `None`: plain HTTP on loopback.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The sources, secrets read.
+    pub sources: Vec<std::sync::Arc<crate::sources::config::Source>>,
 }
 
 /// The configuration in force.
@@ -111,6 +132,8 @@ pub struct Config {
     pub workload_api: WorkloadApiConfig,
     /// How long a stopping process drains before it exits.
     pub shutdown_grace: Duration,
+    /// The incident sources' listener, if any source is configured.
+    pub webhooks: Option<WebhookConfig>,
 }
 
 /// The highest `max_incident_lifetime` accepted.
@@ -163,6 +186,12 @@ impl RawConfig {
         );
         self.workload_api.validate()?;
         let shutdown_grace = shutdown_grace(self.shutdown_grace)?;
+        let webhooks = webhooks(
+            self.webhook_listen,
+            self.webhook_tls_cert,
+            self.webhook_tls_key,
+            self.incident_sources,
+        )?;
         let store = match self.store {
             None => crate::store::StoreLocation::default(),
             Some(text) => text.parse().map_err(|e: String| anyhow::anyhow!("{e}"))?,
@@ -186,6 +215,7 @@ impl RawConfig {
             tenant_limits: self.tenant_limits,
             workload_api: self.workload_api,
             shutdown_grace,
+            webhooks,
             data_dir,
             store,
             trust_domain,
@@ -193,6 +223,51 @@ impl RawConfig {
             ca: self.ca,
         })
     }
+}
+
+/// The webhook listener's settings, checked: sources need a listener, a listener needs
+/// sources, TLS needs both files, and plain HTTP only on a loopback address.
+fn webhooks(
+    listen: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    sources: Vec<crate::sources::config::RawSource>,
+) -> anyhow::Result<Option<WebhookConfig>> {
+    let Some(listen) = listen else {
+        anyhow::ensure!(
+            sources.is_empty() && cert.is_none() && key.is_none(),
+            "incident_source and webhook_tls_* need webhook_listen (host:port to serve webhooks on)"
+        );
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        !sources.is_empty(),
+        "webhook_listen is set but no [[incident_source]] is configured"
+    );
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => {
+            let loopback = listen
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.ip().is_loopback());
+            anyhow::ensure!(
+                loopback,
+                "webhook_listen {listen:?} without webhook_tls_cert and webhook_tls_key: plain HTTP \
+                 is served on a loopback address only (127.0.0.1:PORT or [::1]:PORT, behind a TLS proxy)"
+            );
+            None
+        }
+        _ => anyhow::bail!("webhook_tls_cert and webhook_tls_key go together"),
+    };
+    let sources = crate::sources::config::resolve(sources)?
+        .into_iter()
+        .map(std::sync::Arc::new)
+        .collect();
+    Ok(Some(WebhookConfig {
+        listen,
+        tls,
+        sources,
+    }))
 }
 
 /// `writ agent`'s file, as written.

@@ -57,6 +57,7 @@ fn open(issuer: &Issuer, clock: &ManualClock, id: &str) {
             closed_by: None,
             closed_at: None,
             max_lifetime_secs: 3600,
+            source: None,
         })
         .unwrap();
 }

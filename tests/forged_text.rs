@@ -371,6 +371,7 @@ fn printers_escape_text_that_reached_the_store_anyway() {
         closed_by: None,
         closed_at: None,
         max_lifetime_secs: 3600,
+        source: None,
     };
     let plan = format!(
         "kubectl rollout restart deploy/x\n  end of plan sha256 {}\nidentity:    spiffe://evil {MARK}\n\u{1b}[2K\u{202e}{MARK}\n",

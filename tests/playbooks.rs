@@ -64,6 +64,7 @@ fn incident(dev: &Dev, id: &str) {
             closed_by: None,
             closed_at: None,
             max_lifetime_secs: 3600,
+            source: None,
         })
         .unwrap();
 }

@@ -99,6 +99,7 @@ fn incident(id: &str) -> Incident {
         closed_by: None,
         closed_at: None,
         max_lifetime_secs: 3600,
+        source: None,
     }
 }
 

@@ -62,6 +62,7 @@ fn incident(id: &str, title: &str) -> Incident {
         closed_by: None,
         closed_at: None,
         max_lifetime_secs: 3600,
+        source: None,
     }
 }
 
@@ -386,14 +387,14 @@ fn servers_starting_together_migrate_once() {
         })
         .collect();
     for start in starts {
-        assert_eq!(start.join().unwrap().unwrap(), 6);
+        assert_eq!(start.join().unwrap().unwrap(), 7);
     }
     assert_eq!(
         pg.psql(
             "fresh",
             "SELECT value FROM writ_meta WHERE key = 'schema_version'"
         ),
-        "6"
+        "7"
     );
 }
 
@@ -413,7 +414,7 @@ fn a_database_of_a_newer_schema_is_refused() {
     match Store::connect_postgres(&url.parse().unwrap()) {
         Err(StoreError::Schema {
             found: 99,
-            supported: 6,
+            supported: 7,
         }) => {}
         other => panic!("{other:?}"),
     }
@@ -663,11 +664,11 @@ fn intermediate_requests_from_before_trust_domains_survive_the_upgrade() {
     let Backend::Postgres(pg, _) = &backend else {
         unreachable!()
     };
-    // Schema 5 exactly: migration 6 only adds the column.
+    // Schema 5 exactly: migration 6 only adds the column, and 7 the source_incidents table.
     drop(backend.open());
     pg.psql(
         "writ",
-        "ALTER TABLE intermediate_requests DROP COLUMN trust_domain; \
+        "DROP TABLE source_incidents; ALTER TABLE intermediate_requests DROP COLUMN trust_domain; \
          UPDATE writ_meta SET value = 5 WHERE key = 'schema_version'",
     );
     let key = "cd".repeat(32);
@@ -691,7 +692,7 @@ fn intermediate_requests_from_before_trust_domains_survive_the_upgrade() {
     );
 
     let store = backend.open();
-    assert_eq!(store.schema_version().unwrap(), 6);
+    assert_eq!(store.schema_version().unwrap(), 7);
     let pending = store.pending_intermediate_requests().unwrap();
     assert_eq!(pending.len(), 1, "{pending:?}");
     assert_eq!(pending[0].id.to_string(), old_pending);

@@ -112,7 +112,7 @@ fn fixture_rows(table: &str) -> Vec<(String, Vec<u8>)> {
 }
 
 /// The same upgrade on PostgreSQL: a database at schema 4 (the last before tenants) holding
-/// the rows 2009080 wrote, byte for byte, migrates to schema 6 at connect and means what it
+/// the rows 2009080 wrote, byte for byte, migrates to the latest schema at connect and means what it
 /// meant, every object the default tenant's.
 #[test]
 fn a_postgresql_database_written_before_tenants_is_the_default_tenants() {
@@ -122,11 +122,11 @@ fn a_postgresql_database_written_before_tenants_is_the_default_tenants() {
     pg.create_database("writ");
     let url = pg.url("writ");
     // Schema 4 exactly: migration 5 only adds the tenants table, and 6 one column of
-    // intermediate_requests.
+    // intermediate_requests, and 7 the source_incidents table.
     drop(Store::connect_postgres(&url.parse().unwrap()).unwrap());
     pg.psql(
         "writ",
-        "DROP TABLE tenants; ALTER TABLE intermediate_requests DROP COLUMN trust_domain; \
+        "DROP TABLE tenants, source_incidents; ALTER TABLE intermediate_requests DROP COLUMN trust_domain; \
          UPDATE writ_meta SET value = 4 WHERE key = 'schema_version'",
     );
     for table in ["profiles", "incidents", "grants", "playbooks"] {
@@ -142,7 +142,7 @@ fn a_postgresql_database_written_before_tenants_is_the_default_tenants() {
         }
     }
     let store = Store::connect_postgres(&url.parse().unwrap()).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 6);
+    assert_eq!(store.schema_version().unwrap(), 7);
     assert!(store.tenants().unwrap().is_empty());
     let profiles = store.profiles().unwrap();
     assert_eq!(profiles.len(), 1);

@@ -292,6 +292,23 @@ async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result
                 .context("remote admin API server failed")
         });
     }
+    if let Some(webhooks) = &issuer.config.webhooks {
+        let listener = tokio::net::TcpListener::bind(&webhooks.listen)
+            .await
+            .with_context(|| format!("binding the webhook listener on {}", webhooks.listen))?;
+        let tls = match &webhooks.tls {
+            Some((cert, key)) => Some(crate::server::webhooks::tls_config(cert, key)?),
+            None => None,
+        };
+        let hooks = crate::server::webhooks::Webhooks::new(Arc::clone(issuer), &webhooks.sources);
+        let names: Vec<&str> = webhooks.sources.iter().map(|s| s.name.as_str()).collect();
+        tracing::info!(listen = %webhooks.listen, tls = tls.is_some(), sources = ?names, "serving incident source webhooks");
+        let stopped = tasks.stopped();
+        tasks.spawn(
+            "incident source webhooks",
+            crate::server::webhooks::serve(listener, tls, hooks, stopped),
+        );
+    }
     if let (Some(address), Some(identity)) = (&issuer.config.node_listen, identity) {
         let listener = tokio::net::TcpListener::bind(address)
             .await

@@ -205,6 +205,12 @@ fn to_json(incident: &pb::Incident) -> serde_json::Value {
         "closed_by": incident.closed_by,
         "closed_at": incident.closed_at,
         "max_lifetime_seconds": incident.max_lifetime_seconds,
+        "source": incident.source.as_ref().map(|s| serde_json::json!({
+            "name": s.name,
+            "kind": s.kind,
+            "incident_id": s.incident_id,
+            "url": s.url,
+        })),
     })
 }
 
@@ -244,6 +250,19 @@ fn print_incident(incident: &pb::Incident) {
         escape(&incident.opened_by)
     );
     println!("max lifetime:  {lifetime} (until {deadline})");
+    match &incident.source {
+        Some(s) => println!(
+            "source:        {} ({}) incident {}{}",
+            escape(&s.name),
+            escape(&s.kind),
+            escape(&s.incident_id),
+            s.url
+                .as_deref()
+                .map(|u| format!(" {}", escape(u)))
+                .unwrap_or_default()
+        ),
+        None => println!("source:        - (opened by hand)"),
+    }
     match (&incident.closed_at, &incident.closed_by) {
         (Some(at), by) => println!(
             "closed:        {} by {}",

@@ -236,6 +236,8 @@ fn decode_incident(i: pb::AgentIncident) -> Incident {
         closed_by: i.closed_by,
         closed_at: i.closed_at,
         max_lifetime_secs: i.max_lifetime_secs,
+        // Agents need nothing of where an incident came from.
+        source: None,
     }
 }
 
@@ -392,6 +394,7 @@ mod tests {
                 closed_by: None,
                 closed_at: None,
                 max_lifetime_secs: 3600,
+                source: None,
             },
         );
         p.grants.insert(

@@ -172,6 +172,7 @@ mod tests {
             closed_by: closed_at.map(|_| "alice".into()),
             closed_at,
             max_lifetime_secs: 86_400,
+            source: None,
         }
     }
 

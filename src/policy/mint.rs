@@ -201,6 +201,7 @@ mod tests {
             closed_by: None,
             closed_at: (!open).then_some(1),
             max_lifetime_secs: 3600,
+            source: None,
         };
         let grant = |id: &str, state: GrantState| Grant {
             tenant: "default".into(),

@@ -480,6 +480,26 @@ pub struct Incident {
     pub closed_at: Option<i64>,
     /// After this many seconds open, it must be extended or it closes.
     pub max_lifetime_secs: u64,
+    /// The incident in another system it was opened from (docs/incident-sources.md);
+    /// `None` for one opened by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<IncidentSource>,
+}
+
+/// Where an incident opened by a webhook came from: the configured source and the
+/// source's own incident. Text from the source, bounded by the parsers (crate::sources).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentSource {
+    /// The configured source's name (`[[incident_source]] name`).
+    pub name: String,
+    /// Its kind: `pagerduty`, `incident-io` or `generic`.
+    pub kind: String,
+    /// The source's incident id.
+    pub incident_id: String,
+    /// A link to the incident in the source, if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 impl Incident {
@@ -538,6 +558,10 @@ impl Incident {
         Ok(extended)
     }
 }
+
+/// An incident's maximum lifetime when its opener names none (docs/architecture.md, "The
+/// CLI"), or the configured ceiling if that is shorter.
+pub const DEFAULT_INCIDENT_LIFETIME_SECS: u64 = 4 * 3600;
 
 /// The default ceiling on an incident's total lifetime, extensions included (config
 /// `max_incident_lifetime`; docs/roles.md says why).
@@ -910,6 +934,7 @@ mod tests {
             closed_by: None,
             closed_at: None,
             max_lifetime_secs: 4 * 3600,
+            source: None,
         }
     }
 

@@ -623,6 +623,7 @@ mod tests {
             closed_by: None,
             closed_at: None,
             max_lifetime_secs: 3600,
+            source: None,
         }
     }
 

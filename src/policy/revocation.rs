@@ -196,6 +196,7 @@ mod tests {
             closed_by: closed_at.map(|_| "root".into()),
             closed_at,
             max_lifetime_secs: 4 * 3600,
+            source: None,
         }
     }
 

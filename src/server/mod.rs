@@ -12,6 +12,7 @@ pub mod replica;
 pub mod signers;
 pub mod status;
 pub mod tls;
+pub mod webhooks;
 
 use crate::audit::activity::{Activity, check_serial};
 use crate::audit::{AuditError, AuditLog, Kind, Record};

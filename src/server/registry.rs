@@ -15,9 +15,12 @@ use crate::policy::playbook::{self, ActivationRequest, Playbook, PlaybookError, 
 use crate::policy::serial::{self, Issued, RevokedSerial, Serial, SerialError};
 use crate::policy::tenant::{self, Tenant, TenantState};
 use crate::policy::{
-    DEFAULT_TENANT, Grant, Incident, IncidentState, PolicyError, PolicySnapshot, Profile,
-    agent_view,
+    DEFAULT_TENANT, Grant, Incident, IncidentSource, IncidentState, PolicyError, PolicySnapshot,
+    Profile, agent_view,
 };
+use crate::sources::config::Source;
+use crate::sources::rules::{self, Decision, SourceIncident};
+use crate::sources::{Action, SourceEvent};
 use crate::store::{Store, StoreError};
 use spiffe::TrustDomain;
 use std::sync::atomic::Ordering;
@@ -121,15 +124,22 @@ impl Writer<'_> {
         incident: Option<&str>,
         detail: serde_json::Value,
     ) -> Result<(), RegistryError> {
-        let record = Record::new(
-            self.clock.unix(),
-            self.what.kind,
-            self.what.action,
-            self.what.actor,
-        )
-        .tenant(self.what.tenant)
-        .incident(incident)
-        .detail(detail);
+        self.record_as(self.what.kind, self.what.action, incident, detail)
+    }
+
+    /// A record of this change's tenant and actor whose kind and action the change
+    /// decided as it went (a webhook delivery opens, closes or is refused).
+    fn record_as(
+        &self,
+        kind: Kind,
+        action: &str,
+        incident: Option<&str>,
+        detail: serde_json::Value,
+    ) -> Result<(), RegistryError> {
+        let record = Record::new(self.clock.unix(), kind, action, self.what.actor)
+            .tenant(self.what.tenant)
+            .incident(incident)
+            .detail(detail);
         self.audit.append(&record)?;
         Ok(())
     }
@@ -203,6 +213,37 @@ impl Writer<'_> {
         Ok(self
             .store
             .put_policy_and_serial_changes(incidents, grants, revoked, pruned)?)
+    }
+
+    /// A source incident's row with the incidents and grants its delivery changed, under
+    /// one record of `kind` and `action` filed under writ incident `incident`.
+    #[allow(clippy::too_many_arguments)]
+    fn put_source_changes(
+        &self,
+        kind: Kind,
+        action: &str,
+        incident: Option<&str>,
+        source: serde_json::Value,
+        row: Option<&SourceIncident>,
+        incidents: &[Incident],
+        grants: &[Grant],
+    ) -> Result<(), RegistryError> {
+        self.of_this_tenant(
+            row.map(|r| r.tenant.as_str())
+                .into_iter()
+                .chain(incidents.iter().map(|i| i.tenant.as_str()))
+                .chain(grants.iter().map(|g| g.tenant.as_str())),
+        )?;
+        let mut detail = policy_detail(incidents, grants, &[], &[]);
+        if let Some(map) = detail.as_object_mut() {
+            map.insert("source".into(), source);
+        }
+        self.record_as(kind, action, incident, detail)?;
+        match row {
+            Some(row) => Ok(self.store.put_source_changes(row, incidents, grants)?),
+            // A duplicate: recorded, nothing to keep.
+            None => Ok(()),
+        }
     }
 
     fn put_tenant_changes(
@@ -453,6 +494,11 @@ impl Registry {
                 wait.as_millis().max(1)
             ))
         })
+    }
+
+    /// The registry's time, unix seconds (a test's manual clock in tests).
+    pub fn now(&self) -> i64 {
+        self.clock.unix()
     }
 
     /// The policy now.
@@ -789,34 +835,183 @@ impl Registry {
         self.change(
             Audited::new(&tenant, Kind::AdminChange, "incident.open", &by),
             |policy, w| {
-                active_tenant(policy, &incident.tenant)?;
-                let open = policy
-                    .incidents
-                    .values()
-                    .filter(|i| i.tenant == incident.tenant && i.state == IncidentState::Open)
-                    .count();
-                self.limits
-                    .check_open_incidents(&incident.tenant, open)
-                    .map_err(RegistryError::RateLimited)?;
-                // Ids are never reused: history is in the store, not only in memory.
-                if policy.incidents.contains_key(&incident.key())
-                    || self
-                        .store
-                        .incident(&incident.tenant, &incident.id)?
-                        .is_some()
-                {
-                    return Err(RegistryError::AlreadyExists {
-                        what: "incident",
-                        name: incident.id.clone(),
-                    });
-                }
-                let mut incident = incident;
-                incident.state = IncidentState::Open;
+                let incident = self.admit_incident(policy, incident)?;
                 w.put_incident(&incident)?;
                 policy.incidents.insert(incident.key(), incident.clone());
                 Ok(incident)
             },
         )
+    }
+
+    /// `incident`, open, if it may be opened now: its tenant active and under its cap of
+    /// open incidents, and its id never used before (history is in the store, not only
+    /// in memory). Every way of opening an incident goes through here.
+    fn admit_incident(
+        &self,
+        policy: &PolicySnapshot,
+        mut incident: Incident,
+    ) -> Result<Incident, RegistryError> {
+        active_tenant(policy, &incident.tenant)?;
+        let open = policy
+            .incidents
+            .values()
+            .filter(|i| i.tenant == incident.tenant && i.state == IncidentState::Open)
+            .count();
+        self.limits
+            .check_open_incidents(&incident.tenant, open)
+            .map_err(RegistryError::RateLimited)?;
+        if policy.incidents.contains_key(&incident.key())
+            || self
+                .store
+                .incident(&incident.tenant, &incident.id)?
+                .is_some()
+        {
+            return Err(RegistryError::AlreadyExists {
+                what: "incident",
+                name: incident.id.clone(),
+            });
+        }
+        incident.state = IncidentState::Open;
+        Ok(incident)
+    }
+
+    /// Handles one verified delivery from incident source `source`
+    /// (docs/incident-sources.md): decides it ([`rules::decide`]) on what the store
+    /// keeps of the source's incident and the live policy, applies the decision, and
+    /// keeps the delivery as handled, in one audited write. A close returns once nothing
+    /// signs for the incident any more, as an operator's does. `ceiling_secs` is the
+    /// configured `max_incident_lifetime`.
+    pub fn apply_source_event(
+        &self,
+        source: &Source,
+        event: &SourceEvent,
+        ceiling_secs: u64,
+    ) -> Result<SourceOutcome, RegistryError> {
+        let tenant = source.tenant.as_str();
+        let actor = source.actor();
+        // A close is a revocation: it goes before the tenant's waiting opens and is not
+        // held to the change rate.
+        let kind = match event.action {
+            Action::Close => Kind::Revocation,
+            _ => Kind::AdminChange,
+        };
+        let (outcome, unconfirmed) = self.change_confirmed(
+            Audited::new(tenant, kind, "source.delivery", &actor),
+            |policy, w| {
+                let now = self.clock.unix();
+                let row = self
+                    .store
+                    .source_incident(tenant, &source.name, &event.incident_id)?
+                    .unwrap_or_else(|| {
+                        SourceIncident::new(tenant, &source.name, &event.incident_id)
+                    });
+                let known = row.known(&event.delivery_id, |id| {
+                    policy.incident(tenant, id).is_some_and(Incident::is_open)
+                });
+                let mut decision = rules::decide(event, &source.rules, &source.name, &known);
+                let mut incidents = Vec::new();
+                let mut grants = Vec::new();
+                match &decision {
+                    Decision::Open {
+                        id,
+                        assign,
+                        scopes,
+                        severity,
+                        max_lifetime_secs,
+                    } => {
+                        let incident = Incident {
+                            tenant: tenant.to_owned(),
+                            id: id.clone(),
+                            title: event.title.clone().unwrap_or_else(|| {
+                                format!("{} incident {}", source.kind.as_str(), event.incident_id)
+                            }),
+                            severity: *severity,
+                            assigned: assign.clone(),
+                            scopes: scopes.clone(),
+                            state: IncidentState::Open,
+                            opened_by: actor.clone(),
+                            opened_at: now,
+                            closed_by: None,
+                            closed_at: None,
+                            max_lifetime_secs: max_lifetime_secs
+                                .unwrap_or(crate::policy::DEFAULT_INCIDENT_LIFETIME_SECS)
+                                .min(ceiling_secs),
+                            source: Some(IncidentSource {
+                                name: source.name.clone(),
+                                kind: source.kind.as_str().to_owned(),
+                                incident_id: event.incident_id.clone(),
+                                url: event.url.clone(),
+                            }),
+                        };
+                        let admitted = incident
+                            .validate()
+                            .map_err(RegistryError::from)
+                            .and_then(|()| self.admit_incident(policy, incident));
+                        match admitted {
+                            Ok(incident) => incidents.push(incident),
+                            // Over a limit: nothing is kept, so the source's retry is
+                            // decided afresh.
+                            Err(e @ RegistryError::RateLimited(_)) => return Err(e),
+                            Err(e) => decision = Decision::Refused(e.to_string()),
+                        }
+                    }
+                    Decision::Close { id } => {
+                        let current = find_incident(policy, &self.store, tenant, id)?;
+                        let reason =
+                            format!("closed in {} (incident {})", source.name, event.incident_id);
+                        let (closed, ended) = close(policy, current, &actor, &reason, now);
+                        incidents.push(closed);
+                        grants = ended;
+                    }
+                    Decision::Severity { id, severity } => {
+                        let mut changed = find_incident(policy, &self.store, tenant, id)?.clone();
+                        changed.severity = *severity;
+                        incidents.push(changed);
+                    }
+                    Decision::Duplicate
+                    | Decision::Tombstone
+                    | Decision::Refused(_)
+                    | Decision::Nothing(_) => {}
+                }
+                let (kind, action) = source_action(&decision);
+                // An event that names no incident (PagerDuty's service events, say) is
+                // recorded and kept nowhere.
+                let next = match event.incident_id.is_empty() {
+                    true => None,
+                    false => row.after(&event.delivery_id, &decision),
+                };
+                let filed = next.as_ref().unwrap_or(&row).timeline_id(&source.name);
+                let detail = serde_json::json!({
+                    "name": source.name,
+                    "kind": source.kind.as_str(),
+                    "incident_id": event.incident_id,
+                    "url": event.url,
+                    "delivery_id": event.delivery_id,
+                    "service": event.service,
+                    "severity": event.severity,
+                    "decision": decision_text(&decision),
+                });
+                w.put_source_changes(
+                    kind,
+                    action,
+                    filed.as_deref(),
+                    detail,
+                    next.as_ref(),
+                    &incidents,
+                    &grants,
+                )?;
+                apply(policy, &incidents, &grants);
+                Ok(SourceOutcome {
+                    decision,
+                    incident: filed,
+                    unconfirmed: Vec::new(),
+                })
+            },
+        )?;
+        Ok(SourceOutcome {
+            unconfirmed,
+            ..outcome
+        })
     }
 
     /// Closes an incident for good: its pending and active grants end with it, all in one
@@ -1511,6 +1706,44 @@ fn apply(policy: &mut PolicySnapshot, incidents: &[Incident], grants: &[Grant]) 
     }
 }
 
+/// What one delivery did, for the source's answer.
+#[derive(Debug)]
+pub struct SourceOutcome {
+    /// The decision, as applied (an open the registry refused is `Refused`).
+    pub decision: Decision,
+    /// The writ incident its record is filed under, if any.
+    pub incident: Option<String>,
+    /// Replicas that did not confirm a close (their leases ran out instead).
+    pub unconfirmed: Vec<String>,
+}
+
+/// The kind and action of a delivery's audit record: an open or close reads as any
+/// other in `writ incident timeline`.
+fn source_action(decision: &Decision) -> (Kind, &'static str) {
+    match decision {
+        Decision::Open { .. } => (Kind::AdminChange, "incident.open"),
+        Decision::Close { .. } => (Kind::Revocation, "incident.close"),
+        Decision::Severity { .. } => (Kind::AdminChange, "incident.severity"),
+        Decision::Tombstone => (Kind::AdminChange, "source.tombstone"),
+        Decision::Duplicate => (Kind::Refusal, "source.duplicate"),
+        Decision::Refused(_) => (Kind::Refusal, "source.refused"),
+        Decision::Nothing(_) => (Kind::AdminChange, "source.ignored"),
+    }
+}
+
+/// A decision in a few words, for its record and the source's answer.
+pub fn decision_text(decision: &Decision) -> String {
+    match decision {
+        Decision::Open { id, .. } => format!("opened {id}"),
+        Decision::Close { id } => format!("closed {id}"),
+        Decision::Severity { id, severity } => format!("{id} is now {severity}"),
+        Decision::Tombstone => "ended before it was opened: a late open will open nothing".into(),
+        Decision::Duplicate => "delivery already handled".into(),
+        Decision::Refused(why) => format!("refused: {why}"),
+        Decision::Nothing(why) => format!("nothing to do: {why}"),
+    }
+}
+
 fn deadlines(policy: &PolicySnapshot) -> impl Iterator<Item = i64> + '_ {
     let incidents = policy
         .incidents
@@ -1607,6 +1840,7 @@ mod tests {
             closed_by: None,
             closed_at: None,
             max_lifetime_secs: 3600,
+            source: None,
         }
     }
 

@@ -13,6 +13,7 @@
 //! delivery, or let text from a source reach a log or a human unescaped and unbounded.
 
 mod bounds;
+pub mod config;
 pub mod generic;
 pub mod incident_io;
 pub mod pagerduty;
@@ -42,7 +43,7 @@ impl SourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::PagerDuty => "pagerduty",
-            SourceKind::IncidentIo => "incident_io",
+            SourceKind::IncidentIo => "incident-io",
             SourceKind::Generic => "generic",
         }
     }

@@ -13,7 +13,7 @@
 
 use super::{Action, SourceEvent};
 use crate::policy::Severity;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One mapping rule: which source service it is for and what a writ incident opened from
@@ -35,9 +35,10 @@ pub struct Rule {
     /// The severity of an incident whose source severity is missing or not in `severity`.
     #[serde(default = "default_severity")]
     pub default_severity: Severity,
-    /// The longest the incident may be open, in seconds (the server's maximum if unset).
+    /// The longest the incident may be open (`"4h"`; writ's default for incidents if
+    /// unset). Never past the server's `max_incident_lifetime`.
     #[serde(default)]
-    pub max_lifetime_secs: Option<u64>,
+    pub max_lifetime: Option<crate::ttl::Ttl>,
 }
 
 fn default_severity() -> Severity {
@@ -66,6 +67,91 @@ pub struct Known {
     pub tombstone: bool,
     /// The writ incidents opened for it, oldest first, and whether each is still open.
     pub opened: Vec<(String, bool)>,
+}
+
+/// The most delivery ids kept per source incident for dedupe: a source sends a handful
+/// per incident (trigger, acknowledgements, priority changes, resolve), so older ones
+/// than these are long past any retry.
+pub const MAX_DELIVERIES_KEPT: usize = 64;
+
+/// What the store keeps of one source incident: the writ incidents opened for it, whether
+/// it ended before writ opened anything, and the deliveries already handled.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceIncident {
+    /// The tenant of the writ incidents.
+    pub tenant: String,
+    /// The configured source's name.
+    pub source: String,
+    /// The source's incident id.
+    pub incident_id: String,
+    /// It ended before any open was heard.
+    #[serde(default)]
+    pub tombstone: bool,
+    /// The writ incidents opened for it, oldest first.
+    #[serde(default)]
+    pub opened: Vec<String>,
+    /// The latest handled delivery ids, oldest first, at most [`MAX_DELIVERIES_KEPT`].
+    #[serde(default)]
+    pub deliveries: Vec<String>,
+}
+
+impl SourceIncident {
+    /// A new row for an incident writ has heard nothing of.
+    pub fn new(tenant: &str, source: &str, incident_id: &str) -> SourceIncident {
+        SourceIncident {
+            tenant: tenant.into(),
+            source: source.into(),
+            incident_id: incident_id.into(),
+            ..SourceIncident::default()
+        }
+    }
+
+    /// What [`decide`] needs to know for `delivery_id`, `is_open` telling whether a writ
+    /// incident is open.
+    pub fn known(&self, delivery_id: &str, is_open: impl Fn(&str) -> bool) -> Known {
+        Known {
+            delivery_seen: self.deliveries.iter().any(|d| d == delivery_id),
+            tombstone: self.tombstone,
+            opened: self
+                .opened
+                .iter()
+                .map(|id| (id.clone(), is_open(id)))
+                .collect(),
+        }
+    }
+
+    /// This row after `decision` on `delivery_id`; `None` when the decision changes
+    /// nothing to keep (a duplicate).
+    pub fn after(&self, delivery_id: &str, decision: &Decision) -> Option<SourceIncident> {
+        let mut next = self.clone();
+        match decision {
+            Decision::Duplicate => return None,
+            Decision::Open { id, .. } => next.opened.push(id.clone()),
+            Decision::Tombstone => next.tombstone = true,
+            Decision::Close { .. }
+            | Decision::Severity { .. }
+            | Decision::Refused(_)
+            | Decision::Nothing(_) => {}
+        }
+        next.deliveries.push(delivery_id.into());
+        let over = next.deliveries.len().saturating_sub(MAX_DELIVERIES_KEPT);
+        next.deliveries.drain(..over);
+        Some(next)
+    }
+
+    /// The writ incident id its audit records are filed under: the latest opened, or the
+    /// first it would have (so `writ incident timeline` shows refusals too); `None` if the
+    /// source's id cannot make one.
+    pub fn timeline_id(&self, prefix: &str) -> Option<String> {
+        if self.incident_id.is_empty() {
+            return None;
+        }
+        match self.opened.last() {
+            Some(id) => Some(id.clone()),
+            None => writ_id(prefix, &self.incident_id, 1).ok(),
+        }
+    }
 }
 
 /// What writ does with one delivery.
@@ -166,7 +252,7 @@ pub fn decide(event: &SourceEvent, rules: &[Rule], prefix: &str, known: &Known) 
                     assign: rule.assign.clone(),
                     scopes: rule.scopes.clone(),
                     severity: rule.severity_of(event.severity.as_deref()),
-                    max_lifetime_secs: rule.max_lifetime_secs,
+                    max_lifetime_secs: rule.max_lifetime.map(|t| t.secs()),
                 },
                 Err(why) => Decision::Refused(why),
             }
@@ -215,8 +301,52 @@ mod tests {
                 ("high".to_owned(), Severity::Sev2),
             ]),
             default_severity: Severity::Sev4,
-            max_lifetime_secs: Some(3600),
+            max_lifetime: Some(crate::ttl::Ttl::constant(3600)),
         }]
+    }
+
+    #[test]
+    fn the_row_remembers_opens_tombstones_and_a_bounded_tail_of_deliveries() {
+        let row = SourceIncident::new("default", "pd", "Q1ABC");
+        assert_eq!(row.timeline_id("pd").as_deref(), Some("pd-Q1ABC"));
+        let open = Decision::Open {
+            id: "pd-Q1ABC".into(),
+            assign: BTreeSet::from(["triage".to_owned()]),
+            scopes: BTreeSet::new(),
+            severity: Severity::Sev3,
+            max_lifetime_secs: None,
+        };
+        let row = row.after("d-1", &open).unwrap();
+        assert_eq!(row.opened, ["pd-Q1ABC"]);
+        let known = row.known("d-1", |id| id == "pd-Q1ABC");
+        assert!(known.delivery_seen);
+        assert_eq!(known.opened, [("pd-Q1ABC".to_owned(), true)]);
+        assert!(!row.known("d-2", |_| false).delivery_seen);
+        // A duplicate keeps nothing new.
+        assert_eq!(row.after("d-1", &Decision::Duplicate), None);
+        let mut tail = row.clone();
+        for n in 0..200 {
+            tail = tail
+                .after(&format!("n-{n}"), &Decision::Nothing("ack".into()))
+                .unwrap();
+        }
+        assert_eq!(tail.deliveries.len(), MAX_DELIVERIES_KEPT);
+        assert_eq!(tail.deliveries.last().map(String::as_str), Some("n-199"));
+        assert_eq!(tail.opened, ["pd-Q1ABC"]);
+        let ended = SourceIncident::new("default", "pd", "Q2")
+            .after("d-9", &Decision::Tombstone)
+            .unwrap();
+        assert!(ended.tombstone && ended.known("d-10", |_| false).tombstone);
+        // A source id that cannot be an incident id files under nothing.
+        assert_eq!(
+            SourceIncident::new("default", "pd", "a/b").timeline_id("pd"),
+            None
+        );
+        // So does an event that names no incident.
+        assert_eq!(
+            SourceIncident::new("default", "pd", "").timeline_id("pd"),
+            None
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod postgres_audit;
 use crate::ca::{AuthorityRecord, AuthorityStore, AuthorityStoreError, CaError};
 use crate::policy::playbook::Playbook;
 use crate::policy::{DEFAULT_TENANT, Grant, Incident, Profile, RevokedSerial, Tenant};
+use crate::sources::rules::SourceIncident;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use writ_verifier::Band;
@@ -75,11 +76,12 @@ pub(crate) enum Table {
     Playbooks,
     RevokedSerials,
     Tenants,
+    SourceIncidents,
 }
 
 impl Table {
     /// Every table, so a backend creates them all up front.
-    pub(crate) const ALL: [Table; 8] = [
+    pub(crate) const ALL: [Table; 9] = [
         Table::Svids,
         Table::Profiles,
         Table::Incidents,
@@ -88,6 +90,7 @@ impl Table {
         Table::Playbooks,
         Table::RevokedSerials,
         Table::Tenants,
+        Table::SourceIncidents,
     ];
 
     /// The table's name in either database (a fixed identifier, never caller text).
@@ -101,6 +104,7 @@ impl Table {
             Table::Playbooks => "playbooks",
             Table::RevokedSerials => "revoked_serials",
             Table::Tenants => "tenants",
+            Table::SourceIncidents => "source_incidents",
         }
     }
 }
@@ -442,6 +446,12 @@ pub(crate) fn scoped_key(tenant: &str, name: &str) -> String {
     } else {
         format!("{tenant}/{name}")
     }
+}
+
+/// A source incident's key: tenant and source names hold no `/`, so everything after
+/// the second is the source's id, whatever it holds.
+fn source_key(tenant: &str, source: &str, incident_id: &str) -> String {
+    format!("{tenant}/{source}/{incident_id}")
 }
 
 fn put<T: Serialize>(table: Table, key: &str, value: &T) -> Result<Write, StoreError> {
@@ -805,6 +815,35 @@ impl Store {
             table: Table::RevokedSerials,
             key: serial.clone(),
         }));
+        writes.extend(policy_writes(incidents, grants)?);
+        self.backend.write(writes)
+    }
+
+    /// What is kept of source incident `incident_id` of source `source` in `tenant`
+    /// (docs/incident-sources.md).
+    pub fn source_incident(
+        &self,
+        tenant: &str,
+        source: &str,
+        incident_id: &str,
+    ) -> Result<Option<SourceIncident>, StoreError> {
+        self.one(
+            Table::SourceIncidents,
+            &source_key(tenant, source, incident_id),
+        )
+    }
+
+    /// Writes a source incident's row with the incidents and grants its delivery changed
+    /// (an open, or a close and the grants it ends), in one durable transaction: a
+    /// delivery is handled, and remembered as handled, together or not at all.
+    pub fn put_source_changes(
+        &self,
+        row: &SourceIncident,
+        incidents: &[Incident],
+        grants: &[Grant],
+    ) -> Result<(), StoreError> {
+        let key = source_key(&row.tenant, &row.source, &row.incident_id);
+        let mut writes = vec![put(Table::SourceIncidents, &key, row)?];
         writes.extend(policy_writes(incidents, grants)?);
         self.backend.write(writes)
     }

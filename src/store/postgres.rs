@@ -100,6 +100,9 @@ const MIGRATIONS: &[&str] = &[
     // servers' configuration, not here), and they were all for the deployment's bands, so
     // the code that reads them takes the deployment's trust domain of their band.
     "ALTER TABLE intermediate_requests ADD COLUMN trust_domain text;",
+    // 7: what each incident source's incidents led to, and the deliveries handled
+    // (docs/incident-sources.md), keyed `tenant/source/source-incident-id`.
+    "CREATE TABLE source_incidents (key text PRIMARY KEY, body json NOT NULL);",
 ];
 
 /// The channel policy writes notify, with the new version as payload.
@@ -1138,7 +1141,7 @@ mod tests {
 
     #[test]
     fn schema_versions_count_the_migrations() {
-        assert_eq!(SCHEMA_VERSION, 6);
+        assert_eq!(SCHEMA_VERSION, 7);
         // Every table the store uses is created by some migration.
         let all = MIGRATIONS.join("\n");
         for table in Table::ALL {

@@ -118,6 +118,7 @@ impl Dev {
                 closed_by: None,
                 closed_at: None,
                 max_lifetime_secs: 3600,
+                source: None,
             })
             .unwrap();
     }
@@ -140,6 +141,7 @@ impl Dev {
                 closed_by: None,
                 closed_at: None,
                 max_lifetime_secs: 3600,
+                source: None,
             })
             .unwrap();
     }

@@ -9,12 +9,7 @@ use crate::policy::{Incident, IncidentState, Severity};
 use crate::proto::admin as pb;
 use crate::server::registry::RegistryError;
 use std::sync::Arc;
-use std::time::Duration;
 use tonic::{Request, Response, Status};
-
-/// An incident's maximum lifetime when the request names none (docs/architecture.md, "The
-/// CLI"), or the configured ceiling if that is shorter.
-const DEFAULT_INCIDENT_LIFETIME: Duration = Duration::from_secs(4 * 3600);
 
 /// The most an incident may be extended by at once.
 const MAX_EXTENSION_SECS: u64 = 7 * 24 * 3600;
@@ -38,7 +33,7 @@ fn parse_incident(
     let severity: Severity = body.severity.parse()?;
     let max_lifetime = body
         .max_lifetime_seconds
-        .unwrap_or(DEFAULT_INCIDENT_LIFETIME.as_secs().min(ceiling_secs));
+        .unwrap_or(crate::policy::DEFAULT_INCIDENT_LIFETIME_SECS.min(ceiling_secs));
     if max_lifetime == 0 {
         return Err(Status::invalid_argument("max lifetime must be at least 1s"));
     }
@@ -55,6 +50,7 @@ fn parse_incident(
         closed_by: None,
         closed_at: None,
         max_lifetime_secs: max_lifetime,
+        source: None,
     };
     incident.validate()?;
     // Bad input here (at extend time the same rule is a matter of the incident's age).
@@ -82,6 +78,12 @@ fn incident_to_proto(incident: &Incident) -> pb::Incident {
         closed_by: incident.closed_by.clone(),
         closed_at: incident.closed_at,
         max_lifetime_seconds: incident.max_lifetime_secs,
+        source: incident.source.as_ref().map(|s| pb::IncidentSource {
+            name: s.name.clone(),
+            kind: s.kind.clone(),
+            incident_id: s.incident_id.clone(),
+            url: s.url.clone(),
+        }),
     }
 }
 

@@ -284,6 +284,40 @@ fn the_same_names_in_two_tenants_are_two_rows() {
     });
 }
 
+/// A webhook delivery's row (what a source incident led to, the deliveries handled) is
+/// written with the incident it opened in one transaction, per tenant, whatever the
+/// source's id holds.
+#[test]
+fn source_incidents_are_written_with_their_incidents_per_tenant() {
+    use writ::sources::rules::SourceIncident;
+    both(|backend| {
+        let store = backend.open();
+        assert_eq!(store.source_incident("default", "pd", "Q1").unwrap(), None);
+        let mut row = SourceIncident::new("default", "pd", "Q1");
+        row.opened.push("pd-Q1".into());
+        row.deliveries.push("evt-1".into());
+        let opened = incident("pd-Q1", "from PagerDuty");
+        store
+            .put_source_changes(&row, std::slice::from_ref(&opened), &[])
+            .unwrap();
+        // A source id with slashes is one key, not another tenant's or source's.
+        let odd = SourceIncident::new("default", "pd", "a/b/c");
+        store.put_source_changes(&odd, &[], &[]).unwrap();
+        let other = SourceIncident {
+            tombstone: true,
+            ..SourceIncident::new("acme", "pd", "Q1")
+        };
+        store.put_source_changes(&other, &[], &[]).unwrap();
+        drop(store);
+        let store = backend.open();
+        assert_eq!(store.source_incident("default", "pd", "Q1").unwrap(), Some(row));
+        assert_eq!(store.incident("default", "pd-Q1").unwrap(), Some(opened));
+        assert_eq!(store.source_incident("default", "pd", "a/b/c").unwrap(), Some(odd));
+        assert_eq!(store.source_incident("acme", "pd", "Q1").unwrap(), Some(other));
+        assert_eq!(store.source_incident("default", "io", "Q1").unwrap(), None);
+    });
+}
+
 #[test]
 fn join_tokens_are_single_use_and_expire() {
     both(|backend| {

@@ -481,6 +481,11 @@ fn step(r: &Record) -> &'static str {
         "incident.open" => "opened",
         "incident.extend" => "extended",
         "incident.close" => "closed",
+        "incident.severity" => "severity changed",
+        "source.refused" | "source.malformed" | "source.unauthenticated" => "webhook refused",
+        "source.duplicate" => "webhook repeated",
+        "source.tombstone" => "ended at the source",
+        "source.ignored" => "webhook (no change)",
         "expire" => "expired",
         "grant.request" => "plan proposed",
         "grant.approve" => "approved",
@@ -546,6 +551,21 @@ fn summary(r: &Record) -> String {
     if let Some(selectors) = d.get("selectors").and_then(|v| v.as_array()) {
         let selectors: Vec<String> = selectors.iter().filter_map(s).collect();
         parts.push(selectors.join(" "));
+    }
+    // A webhook delivery: which source incident, and what writ decided.
+    if let Some(src) = d.get("source").filter(|v| v.is_object()) {
+        let mut line = format!(
+            "{} incident {}",
+            s(&src["name"]).unwrap_or_default(),
+            s(&src["incident_id"]).unwrap_or_default()
+        );
+        if let Some(decision) = s(&src["decision"]) {
+            line.push_str(&format!(": {decision}"));
+        }
+        if let Some(url) = s(&src["url"]) {
+            line.push_str(&format!(" <{url}>"));
+        }
+        parts.push(line);
     }
     for key in ["reason", "tool", "uri", "digest", "summary", "audience"] {
         if let Some(v) = d.get(key).filter(|v| !v.is_null()) {

@@ -487,7 +487,7 @@ pub struct Incident {
 }
 
 /// Where an incident opened by a webhook came from: the configured source and the
-/// source's own incident. Text from the source, bounded by the parsers (crate::sources).
+/// source's own incident. Text from the source, bounded by the webhook parsers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IncidentSource {

@@ -1894,6 +1894,104 @@ mod tests {
             .unwrap();
     }
 
+    /// A delivery of `action` from source "pd" for its incident `Q1`.
+    fn delivery(id: &str, action: crate::sources::Action, severity: &str) -> SourceEvent {
+        SourceEvent {
+            source: crate::sources::SourceKind::PagerDuty,
+            delivery_id: id.into(),
+            incident_id: "Q1".into(),
+            action,
+            service: Some("PSVC".into()),
+            severity: Some(severity.into()),
+            title: Some("checkout 502s".into()),
+            url: Some("https://pd.example/incidents/Q1".into()),
+        }
+    }
+
+    fn pd_source() -> Source {
+        Source {
+            name: "pd".into(),
+            kind: crate::sources::SourceKind::PagerDuty,
+            path: "/pd".into(),
+            secrets: Vec::new(),
+            tenant: "default".into(),
+            rules: vec![rules::Rule {
+                service: "*".into(),
+                assign: ["triage".to_owned()].into(),
+                scopes: Default::default(),
+                severity: [("P1".to_owned(), crate::policy::Severity::Sev1)].into(),
+                default_severity: crate::policy::Severity::Sev3,
+                max_lifetime: None,
+            }],
+            tolerance_secs: 300,
+        }
+    }
+
+    #[test]
+    fn source_deliveries_open_change_severity_and_close_and_limits_keep_nothing() {
+        use crate::sources::Action;
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(crate::clock::ManualClock::at(1_000));
+        let store = Arc::new(Store::open(&dir.path().join("writ.redb")).unwrap());
+        let registry = load_at(Arc::clone(&store), dir.path(), clock.clone())
+            .with_tenant_limits(tenant::TenantLimits {
+                changes_per_second: 1,
+                change_burst: 2,
+                ..tenant::TenantLimits::default()
+            })
+            .unwrap();
+        let pd = pd_source();
+        let ceiling = 3600;
+        let opened = registry
+            .apply_source_event(&pd, &delivery("d1", Action::Open, "P3"), ceiling)
+            .unwrap();
+        assert_eq!(opened.incident.as_deref(), Some("pd-Q1"));
+        let incident = registry.incident("default", "pd-Q1").unwrap().unwrap();
+        assert_eq!(incident.severity, crate::policy::Severity::Sev3);
+        // The rule names no lifetime: writ's default, held to the ceiling.
+        assert_eq!(incident.max_lifetime_secs, 3600);
+        assert_eq!(incident.opened_by, "source:pd");
+        assert_eq!(incident.source.as_ref().unwrap().incident_id, "Q1");
+        // A priority change is a change like any other: the second token.
+        let changed = registry
+            .apply_source_event(&pd, &delivery("d2", Action::Severity, "P1"), ceiling)
+            .unwrap();
+        assert!(matches!(changed.decision, Decision::Severity { .. }));
+        let incident = registry.incident("default", "pd-Q1").unwrap().unwrap();
+        assert_eq!(incident.severity, crate::policy::Severity::Sev1);
+        // Out of tokens: refused and nothing kept, so the retry is decided afresh.
+        let limited = registry
+            .apply_source_event(&pd, &delivery("d3", Action::Severity, "P3"), ceiling)
+            .unwrap_err();
+        assert!(matches!(limited, RegistryError::RateLimited(_)), "{limited}");
+        let row = store.source_incident("default", "pd", "Q1").unwrap().unwrap();
+        assert_eq!(row.deliveries, ["d1", "d2"]);
+        // A close is never held to the rate.
+        let closed = registry
+            .apply_source_event(&pd, &delivery("d4", Action::Close, "P1"), ceiling)
+            .unwrap();
+        assert_eq!(closed.decision, Decision::Close { id: "pd-Q1".into() });
+        assert!(!registry.incident("default", "pd-Q1").unwrap().unwrap().is_open());
+        // An id an operator already used by hand is refused, not taken over.
+        clock.advance(std::time::Duration::from_secs(5));
+        let mut by_hand = incident.clone();
+        by_hand.id = "pd-Q2".into();
+        by_hand.source = None;
+        registry.open_incident(by_hand).unwrap();
+        let mut q2 = delivery("d5", Action::Open, "P1");
+        q2.incident_id = "Q2".into();
+        let refused = registry.apply_source_event(&pd, &q2, ceiling).unwrap();
+        assert!(
+            matches!(&refused.decision, Decision::Refused(why) if why.contains("already exists")),
+            "{:?}",
+            refused.decision
+        );
+        assert_eq!(
+            registry.incident("default", "pd-Q2").unwrap().unwrap().source,
+            None
+        );
+    }
+
     #[test]
     fn closed_incidents_stay_closed_and_ids_are_never_reused() {
         let dir = tempfile::tempdir().unwrap();

@@ -251,7 +251,12 @@ where
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const SECOND: Duration = Duration::from_secs(1);
 
@@ -354,5 +359,168 @@ mod tests {
     fn outcomes_show_the_status_and_never_a_path() {
         assert_eq!(Outcome::Status(503).to_string(), "HTTP 503");
         assert_eq!(Outcome::Timeout.to_string(), "timed out");
+    }
+
+    /// A CA (its PEM and its issuer) named `name`.
+    fn ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), rcgen::Issuer::new(params, key))
+    }
+
+    /// A TLS receiver for `localhost` under `issuer`: answers 200 to each request and
+    /// sends its request head on the channel.
+    async fn tls_receiver(
+        issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    ) -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, issuer)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (heads, received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                // A client that does not trust this CA ends the handshake: next.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                let head_end = loop {
+                    let n = tls.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the request ended early");
+                    request.extend_from_slice(&buf[..n]);
+                    if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                };
+                let head = String::from_utf8(request[..head_end].to_vec()).unwrap();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                while request.len() < head_end + length {
+                    let n = tls.read(&mut buf).await.unwrap();
+                    request.extend_from_slice(&buf[..n]);
+                }
+                tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+                tls.shutdown().await.unwrap();
+                heads.send(head).unwrap();
+            }
+        });
+        (port, received)
+    }
+
+    fn private(path: &Path, text: &str) -> String {
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
+    /// An https target for `url` trusting the CA in `ca_pem`.
+    fn https_target(dir: &Path, url: &str, ca_pem: &str) -> super::super::Target {
+        #[derive(serde::Deserialize)]
+        struct File {
+            notify: Vec<super::super::RawTarget>,
+        }
+        let url_file = private(&dir.join("hook.url"), url);
+        let ca_file = private(&dir.join("ca.pem"), ca_pem);
+        let file: File = toml::from_str(&format!(
+            "[[notify]]\nname = \"t\"\nformat = \"json\"\nurl_file = {url_file:?}\nca_file = {ca_file:?}\n"
+        ))
+        .unwrap();
+        super::super::config::resolve(file.notify)
+            .unwrap()
+            .pop()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn https_posts_reach_a_receiver_the_roots_verify_and_no_other() {
+        let (ca_pem, issuer) = ca("notify test CA");
+        let (other_pem, _) = ca("someone else's CA");
+        let (port, mut heads) = tls_receiver(&issuer).await;
+        let url = format!("https://localhost:{port}/hook/s3cret?x=1");
+        let dir = tempfile::tempdir().unwrap();
+        let trusted = https_target(dir.path(), &url, &ca_pem);
+        let counters = Counters::default();
+        let body = Bytes::from_static(b"{\"event\":\"requested\"}");
+        let outcome = deliver(
+            "t",
+            &trusted.endpoint,
+            body.clone(),
+            &RetryPolicy::default(),
+            &counters,
+        )
+        .await;
+        assert_eq!(outcome, Outcome::Status(200));
+        assert_eq!(counters.values().delivered, 1);
+        let head = heads.recv().await.unwrap();
+        assert!(
+            head.starts_with("POST /hook/s3cret?x=1 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("host: localhost:{port}\r\n")),
+            "{head}"
+        );
+        assert!(
+            head.contains("content-type: application/json\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("content-length: {}\r\n", body.len())),
+            "{head}"
+        );
+
+        // The same receiver, under roots that do not include its CA: refused in the
+        // handshake (and, with one attempt allowed, given up on).
+        let other_dir = tempfile::tempdir().unwrap();
+        let untrusted = https_target(other_dir.path(), &url, &other_pem);
+        let once = RetryPolicy {
+            attempts: 1,
+            ..RetryPolicy::default()
+        };
+        let outcome = deliver("t", &untrusted.endpoint, body, &once, &counters).await;
+        assert!(
+            matches!(&outcome, Outcome::Connection(e) if e.starts_with("TLS")),
+            "{outcome}"
+        );
+        assert!(!outcome.to_string().contains("s3cret"), "{outcome}");
+        assert_eq!(
+            counters.values(),
+            CounterValues {
+                delivered: 1,
+                failed: 1,
+                ..CounterValues::default()
+            }
+        );
     }
 }

@@ -249,3 +249,32 @@ pub async fn run(
     }
     drop(workers);
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        let (sender, mut receiver) = mpsc::channel(2);
+        let queue = Queue {
+            name: "t".into(),
+            format: Format::Json,
+            tracker: diff::Tracker::default(),
+            sender,
+            counters: Arc::new(Counters::default()),
+            dropped_log: Throttle::new(LOG_WINDOW),
+        };
+        for n in 0..5u8 {
+            queue.offer(Bytes::from(vec![n]), Event::Requested);
+        }
+        assert_eq!(queue.counters.values().dropped, 3);
+        assert_eq!(receiver.try_recv().unwrap(), Bytes::from(vec![0]));
+        assert_eq!(receiver.try_recv().unwrap(), Bytes::from(vec![1]));
+        assert!(
+            receiver.try_recv().is_err(),
+            "the first ones are kept, in order"
+        );
+    }
+}

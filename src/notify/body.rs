@@ -163,8 +163,19 @@ pub fn json(facts: &Facts<'_>) -> Value {
             "id": bounded(&grant.incident),
             "title": bounded(&i.title),
             "severity": i.severity.to_string(),
+            "source": i.source.as_ref().map(|s| json!({
+                "name": bounded(&s.name),
+                "kind": bounded(&s.kind),
+                "incident_id": bounded(&s.incident_id),
+                "url": s.url.as_deref().map(bounded),
+            })),
         }),
-        None => json!({"id": bounded(&grant.incident), "title": null, "severity": null}),
+        None => json!({
+            "id": bounded(&grant.incident),
+            "title": null,
+            "severity": null,
+            "source": null,
+        }),
     };
     json!({
         "version": JSON_VERSION,
@@ -278,7 +289,21 @@ pub fn slack(facts: &Facts<'_>) -> Value {
         facts.event.name(),
         caller(&grant.action)
     );
-    let mut lines = vec![format!("*Agent:* {}", caller(&grant.agent))];
+    let mut lines = Vec::new();
+    if let Some(source) = facts.incident.and_then(|i| i.source.as_ref()) {
+        let mut from = format!(
+            "*Source:* {} {} ({})",
+            caller(&source.kind),
+            caller(&source.incident_id),
+            caller(&source.name)
+        );
+        if let Some(url) = &source.url {
+            from.push(' ');
+            from.push_str(&caller(url));
+        }
+        lines.push(from);
+    }
+    lines.push(format!("*Agent:* {}", caller(&grant.agent)));
     lines.push(format!("*Plan digest:* `{}`", caller(&grant.plan_digest)));
     lines.push(format!("*Requested by:* {}", caller(&grant.requested_by)));
     let (approvers, approvers_omitted) = bounded_list(grant.approvals.iter().map(|a| &a.by));
@@ -449,6 +474,7 @@ mod tests {
         assert_eq!(body["incident"]["id"], "INC-7");
         assert_eq!(body["incident"]["title"], "checkout 500s");
         assert_eq!(body["incident"]["severity"], "sev3");
+        assert!(body["incident"]["source"].is_null(), "opened by hand");
         assert_eq!(body["approve_command"], "writ grant approve g-0123456789ab");
         assert_eq!(body["show_command"], "writ grant show g-0123456789ab");
 
@@ -475,6 +501,35 @@ mod tests {
         assert!(
             !serialized.contains("SECRET-PLAN-TEXT"),
             "the plan is never sent"
+        );
+    }
+
+    #[test]
+    fn an_incident_from_a_source_names_it_escaped() {
+        let g = grant();
+        let i = Incident {
+            source: Some(crate::policy::IncidentSource {
+                name: "pd-prod".into(),
+                kind: "pagerduty".into(),
+                incident_id: "Q1W2E3".into(),
+                url: Some("https://acme.pagerduty.example/incidents/Q1W2E3?a=<b>&c".into()),
+            }),
+            ..incident()
+        };
+        let body = json(&facts(Event::Requested, &g, &i));
+        assert_eq!(
+            body["incident"]["source"],
+            json!({
+                "name": "pd-prod",
+                "kind": "pagerduty",
+                "incident_id": "Q1W2E3",
+                "url": "https://acme.pagerduty.example/incidents/Q1W2E3?a=<b>&c",
+            })
+        );
+        let all = slack_texts(&slack(&facts(Event::Requested, &g, &i))).join("\n");
+        assert!(
+            all.contains("*Source:* pagerduty Q1W2E3 (pd-prod) https://acme.pagerduty.example/incidents/Q1W2E3?a=&lt;b&gt;&amp;c"),
+            "{all}"
         );
     }
 

@@ -82,6 +82,9 @@ pub struct RawConfig {
     /// PagerDuty, incident.io and generic webhooks that open and close incidents.
     #[serde(default, rename = "incident_source")]
     pub incident_sources: Vec<crate::sources::config::RawSource>,
+    /// Outbound webhooks told of grant events (docs/notifications.md).
+    #[serde(default)]
+    pub notify: Vec<crate::notify::RawTarget>,
 }
 
 /// Where incident sources post, and what they are (docs/incident-sources.md).
@@ -134,6 +137,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The incident sources' listener, if any source is configured.
     pub webhooks: Option<WebhookConfig>,
+    /// Outbound webhooks told of grant events.
+    pub notify: Vec<crate::notify::Target>,
 }
 
 /// The highest `max_incident_lifetime` accepted.
@@ -192,6 +197,7 @@ impl RawConfig {
             self.webhook_tls_key,
             self.incident_sources,
         )?;
+        let notify = crate::notify::config::resolve(self.notify)?;
         let store = match self.store {
             None => crate::store::StoreLocation::default(),
             Some(text) => text.parse().map_err(|e: String| anyhow::anyhow!("{e}"))?,
@@ -216,6 +222,7 @@ impl RawConfig {
             workload_api: self.workload_api,
             shutdown_grace,
             webhooks,
+            notify,
             data_dir,
             store,
             trust_domain,

@@ -17,6 +17,8 @@
 //! * [`throttle`]: rate limits for log lines a caller can cause.
 //! * [`node_api`]: the contract between server and agents (trait, errors, wire policy);
 //!   neither side owns it, and the agent depends on nothing else of the server's.
+//! * [`notify`]: approver notifications: grant events posted to outbound webhooks
+//!   (Slack or JSON), retried, never blocking a request.
 //! * [`backoff`]: jittered exponential backoff for reconnect and retry loops.
 //! * [`agent`]: the agent: the Workload API socket (accept loop and limits in
 //!   `agent::listener`, attestation in `agent::attest`), SVID cache, node API client.
@@ -33,6 +35,7 @@ pub mod errors;
 pub mod hex;
 pub mod identity;
 pub mod node_api;
+pub mod notify;
 pub mod passwd;
 pub mod policy;
 pub mod proto;

@@ -230,6 +230,12 @@ async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result
         expiry.await;
         Ok(())
     });
+    // Approvers hear of grants where they work (docs/notifications.md).
+    let notify = Arc::clone(issuer).run_notify(tasks.stopped());
+    tasks.spawn("grant notifications", async move {
+        notify.await;
+        Ok(())
+    });
     // With a shared store: the other servers' policy changes, and the lease to sign.
     let following = Arc::clone(issuer).follow_cluster(tasks.stopped());
     tasks.spawn("following the cluster's policy", async move {

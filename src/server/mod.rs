@@ -51,6 +51,8 @@ pub struct Issuer {
     pub bundles: tokio::sync::watch::Sender<Arc<BundleSet>>,
     /// The audit log.
     pub audit: Arc<AuditLog>,
+    /// Each notification target's counters (see [`crate::notify`]).
+    pub notify: Arc<crate::notify::Stats>,
     /// Issuance slots, passed round-robin between tenants: one tenant's storm of CSRs
     /// waits behind another tenant's, not the other way round (docs/multi-tenant.md).
     issuance: fair::Fair,
@@ -244,7 +246,9 @@ impl Issuer {
         }
         let (bundles, _) = tokio::sync::watch::channel(Arc::new(cas.bundle_set()?));
         let issuance_slots = config.tenant_limits.issuance_slots;
+        let notify = Arc::new(crate::notify::Stats::for_targets(&config.notify));
         Ok(Arc::new(Issuer {
+            notify,
             config,
             cas,
             registry: Arc::new(registry),
@@ -630,6 +634,21 @@ impl Issuer {
                 () = tokio::time::sleep(Duration::from_millis(wait * 1000 + 50)) => {}
             }
         }
+    }
+
+    /// Posts grant notifications to the configured webhooks until `shutdown` (see
+    /// [`crate::notify`]); with none configured, returns at once.
+    pub async fn run_notify(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        let issuer = Arc::clone(&self);
+        crate::notify::run(
+            self.config.notify.clone(),
+            Arc::clone(&self.notify),
+            self.registry.subscribe(),
+            move || issuer.cas.now(),
+            crate::notify::RetryPolicy::default(),
+            shutdown,
+        )
+        .await;
     }
 
     /// Files a grant request for a workload that holds `requested_by`, the investigative

@@ -136,7 +136,7 @@ fn records_round_trip_and_survive_reopening() {
             if matches!(backend, Backend::Redb(_)) {
                 2
             } else {
-                6
+                7
             }
         );
         assert_eq!(store.incident("default", "INC-2").unwrap(), Some(odd));
@@ -310,10 +310,19 @@ fn source_incidents_are_written_with_their_incidents_per_tenant() {
         store.put_source_changes(&other, &[], &[]).unwrap();
         drop(store);
         let store = backend.open();
-        assert_eq!(store.source_incident("default", "pd", "Q1").unwrap(), Some(row));
+        assert_eq!(
+            store.source_incident("default", "pd", "Q1").unwrap(),
+            Some(row)
+        );
         assert_eq!(store.incident("default", "pd-Q1").unwrap(), Some(opened));
-        assert_eq!(store.source_incident("default", "pd", "a/b/c").unwrap(), Some(odd));
-        assert_eq!(store.source_incident("acme", "pd", "Q1").unwrap(), Some(other));
+        assert_eq!(
+            store.source_incident("default", "pd", "a/b/c").unwrap(),
+            Some(odd)
+        );
+        assert_eq!(
+            store.source_incident("acme", "pd", "Q1").unwrap(),
+            Some(other)
+        );
         assert_eq!(store.source_incident("default", "io", "Q1").unwrap(), None);
     });
 }

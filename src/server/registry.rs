@@ -1963,15 +1963,27 @@ mod tests {
         let limited = registry
             .apply_source_event(&pd, &delivery("d3", Action::Severity, "P3"), ceiling)
             .unwrap_err();
-        assert!(matches!(limited, RegistryError::RateLimited(_)), "{limited}");
-        let row = store.source_incident("default", "pd", "Q1").unwrap().unwrap();
+        assert!(
+            matches!(limited, RegistryError::RateLimited(_)),
+            "{limited}"
+        );
+        let row = store
+            .source_incident("default", "pd", "Q1")
+            .unwrap()
+            .unwrap();
         assert_eq!(row.deliveries, ["d1", "d2"]);
         // A close is never held to the rate.
         let closed = registry
             .apply_source_event(&pd, &delivery("d4", Action::Close, "P1"), ceiling)
             .unwrap();
         assert_eq!(closed.decision, Decision::Close { id: "pd-Q1".into() });
-        assert!(!registry.incident("default", "pd-Q1").unwrap().unwrap().is_open());
+        assert!(
+            !registry
+                .incident("default", "pd-Q1")
+                .unwrap()
+                .unwrap()
+                .is_open()
+        );
         // An id an operator already used by hand is refused, not taken over.
         clock.advance(std::time::Duration::from_secs(5));
         let mut by_hand = incident.clone();
@@ -1987,7 +1999,11 @@ mod tests {
             refused.decision
         );
         assert_eq!(
-            registry.incident("default", "pd-Q2").unwrap().unwrap().source,
+            registry
+                .incident("default", "pd-Q2")
+                .unwrap()
+                .unwrap()
+                .source,
             None
         );
     }

@@ -85,6 +85,10 @@ pub struct RawConfig {
     /// Outbound webhooks told of grant events (docs/notifications.md).
     #[serde(default)]
     pub notify: Vec<crate::notify::RawTarget>,
+    /// Kubernetes clusters whose agents attest nodes by projected service-account token
+    /// (docs/kubernetes.md).
+    #[serde(default)]
+    pub k8s_psat: Vec<crate::server::k8s_psat::RawCluster>,
 }
 
 /// Where incident sources post, and what they are (docs/incident-sources.md).
@@ -139,6 +143,8 @@ pub struct Config {
     pub webhooks: Option<WebhookConfig>,
     /// Outbound webhooks told of grant events.
     pub notify: Vec<crate::notify::Target>,
+    /// Clusters whose agents attest by projected service-account token.
+    pub k8s_psat: Vec<std::sync::Arc<crate::server::k8s_psat::Cluster>>,
 }
 
 /// The highest `max_incident_lifetime` accepted.
@@ -223,6 +229,7 @@ impl RawConfig {
             shutdown_grace,
             webhooks,
             notify,
+            k8s_psat: crate::server::k8s_psat::resolve(self.k8s_psat)?,
             data_dir,
             store,
             trust_domain,
@@ -297,6 +304,12 @@ pub struct RawAgentConfig {
     pub x509pop_cert: Option<PathBuf>,
     /// x509pop: PEM PKCS#8 key of that certificate.
     pub x509pop_key: Option<PathBuf>,
+    /// Kubernetes: the cluster's name in the server's `[[k8s_psat]]`
+    /// (docs/kubernetes.md).
+    pub psat_cluster: Option<String>,
+    /// Kubernetes: the projected service-account token (audience `writ`), read at each
+    /// attestation (the kubelet rotates it).
+    pub psat_token_file: Option<PathBuf>,
     /// Limits of the Workload API socket.
     #[serde(default)]
     pub workload_api: WorkloadApiConfig,
@@ -376,11 +389,26 @@ impl RawAgentConfig {
         let trust_bundle = self
             .trust_bundle
             .context("trust_bundle is required (PEM of `writ bundle show --band base`)")?;
-        let attestation = match (self.join_token, self.x509pop_cert, self.x509pop_key) {
-            (Some(token), None, None) => Some(Attestation::JoinToken(token)),
-            (None, Some(cert), Some(key)) => Some(Attestation::X509Pop { cert, key }),
-            (None, None, None) => None,
-            _ => anyhow::bail!("give either join_token, or both x509pop_cert and x509pop_key"),
+        let attestation = match (
+            self.join_token,
+            self.x509pop_cert,
+            self.x509pop_key,
+            self.psat_cluster,
+            self.psat_token_file,
+        ) {
+            (Some(token), None, None, None, None) => Some(Attestation::JoinToken(token)),
+            (None, Some(cert), Some(key), None, None) => Some(Attestation::X509Pop { cert, key }),
+            (None, None, None, Some(cluster), Some(token_file)) => {
+                crate::policy::check_name("psat_cluster", &cluster)?;
+                Some(Attestation::K8sPsat {
+                    cluster,
+                    token_file,
+                })
+            }
+            (None, None, None, None, None) => None,
+            _ => anyhow::bail!(
+                "give one of: join_token; x509pop_cert and x509pop_key; psat_cluster and psat_token_file"
+            ),
         };
         let workload_socket = self
             .workload_socket

@@ -33,6 +33,7 @@ pub mod clock;
 pub mod config;
 pub mod errors;
 pub mod hex;
+pub mod httpc;
 pub mod identity;
 pub mod node_api;
 pub mod notify;

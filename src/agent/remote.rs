@@ -38,6 +38,14 @@ pub enum Attestation {
         /// PEM PKCS#8 private key.
         key: PathBuf,
     },
+    /// Kubernetes: the pod's projected service-account token, reviewed by the cluster's
+    /// API server (docs/kubernetes.md, "Node attestation").
+    K8sPsat {
+        /// The cluster's name in the server's `[[k8s_psat]]`.
+        cluster: String,
+        /// The token's file, read at each attestation (the kubelet rotates it).
+        token_file: PathBuf,
+    },
 }
 
 /// What the agent needs to reach the server.
@@ -381,7 +389,7 @@ impl RemoteNode {
 
     async fn attest(&self, mut client: NodeClient<Channel>) -> anyhow::Result<()> {
         let attestation = self.config.attestation.clone().context(
-            "no valid node SVID on disk and no attestation configured (join_token or x509pop)",
+            "no valid node SVID on disk and no attestation configured (join_token, x509pop or psat)",
         )?;
         let (csr, key) = new_csr()?;
         let svid = match attestation {
@@ -427,6 +435,29 @@ impl RemoteNode {
                     .await
                     .map_err(|s| {
                         anyhow::anyhow!("x509pop refused: {}", crate::errors::describe_status(&s))
+                    })?
+                    .into_inner()
+            }
+            Attestation::K8sPsat {
+                cluster,
+                token_file,
+            } => {
+                let token = Zeroizing::new(
+                    std::fs::read_to_string(&token_file)
+                        .with_context(|| format!("reading {}", token_file.display()))?,
+                );
+                client
+                    .attest_k8s_psat(pb::AttestK8sPsatRequest {
+                        cluster,
+                        token: token.trim().to_owned(),
+                        csr,
+                    })
+                    .await
+                    .map_err(|s| {
+                        anyhow::anyhow!(
+                            "k8s_psat attestation failed: {}",
+                            crate::errors::describe_status(&s)
+                        )
                     })?
                     .into_inner()
             }

@@ -167,6 +167,15 @@ impl NodeService {
             .map_err(|e| Status::internal(e.to_string()))
     }
 
+    /// `spiffe://<base>/node/k8s/<cluster>[/<node>]`: a Kubernetes node, or (without
+    /// one) the cluster an attestation was refused in.
+    fn k8s_node_id(&self, cluster: &str, node: Option<&str>) -> Result<SpiffeId, Status> {
+        let mut segments = vec!["node", "k8s", cluster];
+        segments.extend(node);
+        SpiffeId::from_segments(self.issuer.cas.base().clone(), &segments)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+
     /// Records a node attestation (or its refusal, with `refused` as the reason) before
     /// anything is issued for it.
     async fn audit_attestation(
@@ -399,6 +408,76 @@ impl Node for NodeService {
         let node_id = self.node_id(&challenge.node_id)?;
         csr::verify_csr(&body.csr, &node_id).map_err(Status::from)?;
         self.audit_attestation(&node_id, "x509pop", None).await?;
+        self.mint_node(node_id, body.csr).await.map(Response::new)
+    }
+
+    async fn attest_k8s_psat(
+        &self,
+        request: Request<pb::AttestK8sPsatRequest>,
+    ) -> Result<Response<pb::NodeSvid>, Status> {
+        use super::k8s_psat::{MAX_TOKEN_BYTES, check_node_name, judge};
+        let body = request.into_inner();
+        if body.token.is_empty() || body.token.len() > MAX_TOKEN_BYTES {
+            return Err(Status::invalid_argument(
+                "service-account token missing or too long",
+            ));
+        }
+        let Some(cluster) = self
+            .issuer
+            .config
+            .k8s_psat
+            .iter()
+            .find(|c| c.name == body.cluster)
+        else {
+            return Err(Status::permission_denied(format!(
+                "no [[k8s_psat]] cluster {:?} is configured on this server",
+                body.cluster.chars().take(64).collect::<String>()
+            )));
+        };
+        // Named for the audit record before it is known which node it is.
+        let claimed = self.k8s_node_id(&cluster.name, None)?;
+        let status = cluster.review(&body.token).await.map_err(|e| {
+            tracing::error!(cluster = %cluster.name, error = %e, "k8s_psat: TokenReview failed");
+            Status::unavailable(
+                "the cluster's API server could not review the token; see the server log",
+            )
+        })?;
+        let attested = match judge(&status, cluster.audience(), cluster.allowed()) {
+            Ok(attested) => attested,
+            Err(why) => {
+                tracing::warn!(cluster = %cluster.name, reason = %why, "k8s_psat attestation refused");
+                self.audit_attestation(&claimed, "k8s_psat", Some(&why))
+                    .await?;
+                return Err(Status::permission_denied("service-account token refused"));
+            }
+        };
+        let node_name = match &attested.node_name {
+            Some(name) => Some(name.clone()),
+            None => cluster
+                .node_of_pod(&attested.namespace, &attested.pod_name, &attested.pod_uid)
+                .await
+                .map_err(|e| {
+                    tracing::error!(cluster = %cluster.name, error = %e, "k8s_psat: pod lookup failed");
+                    Status::unavailable("the cluster's API server could not name the pod's node; see the server log")
+                })?,
+        };
+        let named: Result<String, String> = match node_name {
+            Some(name) => check_node_name(&name).map(|()| name),
+            None => Err("the API server names no node for the token's pod".to_owned()),
+        };
+        let node_name = match named {
+            Ok(name) => name,
+            Err(why) => {
+                tracing::warn!(cluster = %cluster.name, reason = %why, "k8s_psat attestation refused");
+                self.audit_attestation(&claimed, "k8s_psat", Some(&why))
+                    .await?;
+                return Err(Status::permission_denied("service-account token refused"));
+            }
+        };
+        let node_id = self.k8s_node_id(&cluster.name, Some(&node_name))?;
+        csr::verify_csr(&body.csr, &node_id).map_err(Status::from)?;
+        tracing::info!(node = %node_id, namespace = %attested.namespace, service_account = %attested.service_account, pod = %attested.pod_name, "node attested by k8s_psat");
+        self.audit_attestation(&node_id, "k8s_psat", None).await?;
         self.mint_node(node_id, body.csr).await.map(Response::new)
     }
 

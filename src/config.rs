@@ -88,7 +88,7 @@ pub struct RawConfig {
     /// Kubernetes clusters whose agents attest nodes by projected service-account token
     /// (docs/kubernetes.md).
     #[serde(default)]
-    pub k8s_psat: Vec<crate::server::k8s_psat::RawCluster>,
+    pub k8s_psat: Vec<crate::k8s_psat::RawCluster>,
 }
 
 /// Where incident sources post, and what they are (docs/incident-sources.md).
@@ -144,7 +144,7 @@ pub struct Config {
     /// Outbound webhooks told of grant events.
     pub notify: Vec<crate::notify::Target>,
     /// Clusters whose agents attest by projected service-account token.
-    pub k8s_psat: Vec<std::sync::Arc<crate::server::k8s_psat::Cluster>>,
+    pub k8s_psat: Vec<std::sync::Arc<crate::k8s_psat::Cluster>>,
 }
 
 /// The highest `max_incident_lifetime` accepted.
@@ -229,7 +229,7 @@ impl RawConfig {
             shutdown_grace,
             webhooks,
             notify,
-            k8s_psat: crate::server::k8s_psat::resolve(self.k8s_psat)?,
+            k8s_psat: crate::k8s_psat::resolve(self.k8s_psat)?,
             data_dir,
             store,
             trust_domain,

@@ -35,6 +35,7 @@ pub mod errors;
 pub mod hex;
 pub mod httpc;
 pub mod identity;
+pub mod k8s_psat;
 pub mod node_api;
 pub mod notify;
 pub mod passwd;

@@ -23,7 +23,7 @@ use writ::audit::Record;
 use writ::clock::SystemClock;
 use writ::config::RawConfig;
 use writ::proto::node::{self as pb, node_client::NodeClient};
-use writ::server::k8s_psat::RawCluster;
+use writ::k8s_psat::RawCluster;
 use writ::server::node::NodeService;
 use writ::server::{Issuer, bind_unix};
 
@@ -300,7 +300,7 @@ async fn bad_tokens_accounts_audiences_and_clusters_are_refused_and_audited() {
         node.attest("prod", "").await.unwrap_err().code(),
         Code::InvalidArgument
     );
-    let long = "x".repeat(writ::server::k8s_psat::MAX_TOKEN_BYTES + 1);
+    let long = "x".repeat(writ::k8s_psat::MAX_TOKEN_BYTES + 1);
     assert_eq!(
         node.attest("prod", &long).await.unwrap_err().code(),
         Code::InvalidArgument

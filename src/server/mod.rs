@@ -5,7 +5,6 @@
 
 pub mod admin;
 pub mod fair;
-pub mod k8s_psat;
 pub mod local_node;
 pub mod node;
 pub mod registry;

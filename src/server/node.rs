@@ -415,7 +415,7 @@ impl Node for NodeService {
         &self,
         request: Request<pb::AttestK8sPsatRequest>,
     ) -> Result<Response<pb::NodeSvid>, Status> {
-        use super::k8s_psat::{MAX_TOKEN_BYTES, check_node_name, judge};
+        use crate::k8s_psat::{MAX_TOKEN_BYTES, check_node_name, judge};
         let body = request.into_inner();
         if body.token.is_empty() || body.token.len() > MAX_TOKEN_BYTES {
             return Err(Status::invalid_argument(

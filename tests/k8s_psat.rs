@@ -22,8 +22,8 @@ use tonic::Code;
 use writ::audit::Record;
 use writ::clock::SystemClock;
 use writ::config::RawConfig;
-use writ::proto::node::{self as pb, node_client::NodeClient};
 use writ::k8s_psat::RawCluster;
+use writ::proto::node::{self as pb, node_client::NodeClient};
 use writ::server::node::NodeService;
 use writ::server::{Issuer, bind_unix};
 

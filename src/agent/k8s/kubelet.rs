@@ -1,17 +1,18 @@
 //! The kubelet's read-only pod list over its secure port: `GET https://<kubelet>/pods`,
 //! authenticated with a bearer token (re-read from its file on every request, so a
 //! projected token's rotation is seen) or a client certificate, the kubelet verified
-//! against a CA file unless `kubelet_skip_verify` says otherwise.
+//! against a CA file unless `kubelet_skip_verify` says otherwise. Requests go through
+//! [`crate::httpc`], with the TLS configuration made here.
 //!
 //! The list is kept [`CACHE_TTL`] at most. Must never: answer from a list older than that,
 //! whatever the kubelet does (a failed refresh forgets the list), read an unbounded
 //! response, or log a token.
 
 use super::pods::PodList;
+use crate::httpc::{HttpError, Limits, Target};
 use anyhow::Context;
-use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,9 +83,7 @@ pub struct Fetched {
 /// A client of one kubelet, with its short cache.
 pub struct Kubelet {
     url: String,
-    host: String,
-    port: u16,
-    tls: Arc<rustls::ClientConfig>,
+    target: Target,
     token_file: Option<PathBuf>,
     cache_ttl: Duration,
     cache: tokio::sync::Mutex<Option<Fetched>>,
@@ -130,18 +129,20 @@ impl Kubelet {
             uri.path_and_query().is_none_or(|p| p.as_str() == "/"),
             "kubelet_url {url:?} names a host and port only"
         );
-        let host = uri
-            .host()
-            .with_context(|| format!("kubelet_url {url:?} has no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = uri.port_u16().unwrap_or(10250);
+        // The kubelet's port, not https' 443, when none is written.
+        let url = match uri.port_u16() {
+            Some(_) => url.trim_end_matches('/').to_owned(),
+            None => format!(
+                "https://{}:10250",
+                uri.host()
+                    .with_context(|| format!("kubelet_url {url:?} has no host"))?
+            ),
+        };
+        let target = Target::parse(&url, Some(client_tls(trust, auth.cert.as_ref())?))
+            .with_context(|| format!("kubelet_url {url:?}"))?;
         Ok(Kubelet {
-            url: format!("https://{}", uri.authority().map_or(url, |a| a.as_str())),
-            tls: client_tls(trust, auth.cert.as_ref())?,
-            host,
-            port,
+            url: target.shown(),
+            target,
             token_file: auth.token_file,
             cache_ttl: CACHE_TTL,
             cache: tokio::sync::Mutex::new(None),
@@ -188,91 +189,51 @@ impl Kubelet {
 
     /// One `GET /pods`.
     async fn fetch(&self) -> Result<PodList, KubeletError> {
-        let unreachable = |reason: String| KubeletError::Unreachable {
-            url: self.url.clone(),
-            reason,
-        };
-        let token = match &self.token_file {
-            Some(path) => Some(read_token(path)?),
-            None => None,
-        };
-        let tcp = tokio::time::timeout(
-            TIMEOUT,
-            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| unreachable("connecting timed out".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(self.host.clone())
-            .map_err(|e| unreachable(format!("server name: {e}")))?;
-        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls));
-        let tls = tokio::time::timeout(TIMEOUT, connector.connect(name, tcp))
-            .await
-            .map_err(|_| unreachable("TLS handshake timed out".into()))?
-            .map_err(|e| unreachable(format!("TLS: {e}")))?;
-
-        let mut request = http::Request::get("/pods")
-            .header(http::header::HOST, self.url.trim_start_matches("https://"))
-            .header(http::header::ACCEPT, "application/json")
-            .header(
-                http::header::USER_AGENT,
-                concat!("writ/", env!("CARGO_PKG_VERSION")),
-            );
-        if let Some(token) = &token {
-            let value = Zeroizing::new(format!("Bearer {}", token.as_str()));
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/json"),
+        );
+        if let Some(path) = &self.token_file {
+            let token = read_token(path)?;
+            let bearer = Zeroizing::new(format!("Bearer {}", token.as_str()));
             let mut value =
-                http::HeaderValue::from_str(&value).map_err(|_| KubeletError::Token {
-                    path: self.token_file.clone().unwrap_or_default(),
+                http::HeaderValue::from_str(&bearer).map_err(|_| KubeletError::Token {
+                    path: path.clone(),
                     reason: "not a valid header value".into(),
                 })?;
             value.set_sensitive(true);
-            request = request.header(http::header::AUTHORIZATION, value);
+            headers.insert(http::header::AUTHORIZATION, value);
         }
-        let request = request
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| unreachable(format!("request: {e}")))?;
-
-        let url = self.url.clone();
-        let exchange = async move {
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                    .await
-                    .map_err(|e| unreachable(e.to_string()))?;
-            let driver = tokio::spawn(connection);
-            let result = async {
-                let response = sender
-                    .send_request(request)
-                    .await
-                    .map_err(|e| unreachable(e.to_string()))?;
-                let status = response.status().as_u16();
-                if status != 200 {
-                    return Err(KubeletError::Status { url, status });
-                }
-                let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-                    .collect()
-                    .await
-                    .map_err(|e| KubeletError::Malformed {
-                        url: url.clone(),
-                        reason: if e.is::<http_body_util::LengthLimitError>() {
-                            format!("above {MAX_RESPONSE_BYTES} bytes")
-                        } else {
-                            e.to_string()
-                        },
-                    })?
-                    .to_bytes();
-                serde_json::from_slice::<PodList>(&body).map_err(|e| KubeletError::Malformed {
-                    url,
-                    reason: e.to_string(),
-                })
-            }
-            .await;
-            driver.abort();
-            result
+        let limits = Limits {
+            connect: TIMEOUT,
+            exchange: TIMEOUT,
+            max_body: MAX_RESPONSE_BYTES,
         };
-        tokio::time::timeout(TIMEOUT, exchange)
+        let reply = self
+            .target
+            .request(http::Method::GET, "/pods", headers, Bytes::new(), limits)
             .await
-            .map_err(|_| unreachable("no answer in time".into()))?
+            .map_err(|e| match e {
+                HttpError::TooLarge(_) => KubeletError::Malformed {
+                    url: self.url.clone(),
+                    reason: format!("above {MAX_RESPONSE_BYTES} bytes"),
+                },
+                other => KubeletError::Unreachable {
+                    url: self.url.clone(),
+                    reason: other.to_string(),
+                },
+            })?;
+        if reply.status != 200 {
+            return Err(KubeletError::Status {
+                url: self.url.clone(),
+                status: reply.status,
+            });
+        }
+        serde_json::from_slice::<PodList>(&reply.body).map_err(|e| KubeletError::Malformed {
+            url: self.url.clone(),
+            reason: e.to_string(),
+        })
     }
 }
 

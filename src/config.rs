@@ -89,6 +89,8 @@ pub struct RawConfig {
     /// (docs/kubernetes.md).
     #[serde(default)]
     pub k8s_psat: Vec<crate::k8s_psat::RawCluster>,
+    /// Kubernetes workload attestation by `writ dev`'s agent (docs/kubernetes.md).
+    pub k8s: Option<crate::agent::k8s::K8sConfig>,
 }
 
 /// Where incident sources post, and what they are (docs/incident-sources.md).
@@ -145,6 +147,8 @@ pub struct Config {
     pub notify: Vec<crate::notify::Target>,
     /// Clusters whose agents attest by projected service-account token.
     pub k8s_psat: Vec<std::sync::Arc<crate::k8s_psat::Cluster>>,
+    /// Kubernetes workload attestation (`writ dev`), if configured.
+    pub k8s: Option<crate::agent::k8s::K8sConfig>,
 }
 
 /// The highest `max_incident_lifetime` accepted.
@@ -230,6 +234,7 @@ impl RawConfig {
             webhooks,
             notify,
             k8s_psat: crate::k8s_psat::resolve(self.k8s_psat)?,
+            k8s: self.k8s,
             data_dir,
             store,
             trust_domain,
@@ -315,6 +320,8 @@ pub struct RawAgentConfig {
     pub workload_api: WorkloadApiConfig,
     /// How long a stopping agent waits for open streams to end (default 5s).
     pub shutdown_grace: Option<Ttl>,
+    /// Kubernetes workload attestation (docs/kubernetes.md).
+    pub k8s: Option<crate::agent::k8s::K8sConfig>,
 }
 
 /// `server_address` as written: the old single string, or a list.
@@ -347,6 +354,8 @@ pub struct AgentConfig {
     pub workload_api: WorkloadApiConfig,
     /// How long a stopping agent drains before it exits.
     pub shutdown_grace: Duration,
+    /// Kubernetes workload attestation, if configured.
+    pub k8s: Option<crate::agent::k8s::K8sConfig>,
 }
 
 /// Default drain time of a stopping process.
@@ -425,6 +434,7 @@ impl RawAgentConfig {
             workload_socket,
             workload_api: self.workload_api,
             shutdown_grace: shutdown_grace(self.shutdown_grace)?,
+            k8s: self.k8s,
         })
     }
 }
@@ -610,6 +620,22 @@ mod tests {
             e.contains("a \"host:port\" string or a list of them"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_k8s_block_is_read_by_the_agent_and_by_writ_dev() {
+        let block = "[k8s]\nkubelet_url = \"https://10.0.0.5:10250\"\nkubelet_skip_verify = true\ntoken_file = \"/t\"\nnode_name = \"node-1\"\n";
+        let agent: RawAgentConfig = toml::from_str(&format!(
+            "server_address = \"writ:8443\"\ntrust_bundle = \"/b.pem\"\n{block}"
+        ))
+        .unwrap();
+        let k8s = agent.resolve().unwrap().k8s.unwrap();
+        assert_eq!(k8s.kubelet_url.as_deref(), Some("https://10.0.0.5:10250"));
+        assert!(k8s.kubelet_skip_verify);
+        let dev: RawConfig = toml::from_str(block).unwrap();
+        assert_eq!(dev.resolve().unwrap().k8s, Some(k8s));
+        assert_eq!(RawConfig::default().resolve().unwrap().k8s, None);
+        assert!(toml::from_str::<RawAgentConfig>("[k8s]\nkubelet_ur = \"x\"").is_err());
     }
 
     #[test]

@@ -360,7 +360,8 @@ fn bad_input_is_refused_and_changes_nothing() {
         "unix:uid:-1",
         "unix:path:relative/bin",
         "unix:sha256:ABC",
-        "k8s:ns:default",
+        "k8s:ns:Default",
+        "k8s:cluster:east",
     ] {
         dev.refused(&create("triage", &["--selector", selector]), "selector");
     }

@@ -295,7 +295,7 @@ async fn the_server_refuses_identities_policy_does_not_give() {
     long.push(format!("unix:path:/{}", "x".repeat(600)));
     invalid(long, "at most 512 bytes").await;
     let mut foreign = mine.clone();
-    foreign.push("k8s:ns:default".into());
+    foreign.push("k8s:cluster:east".into());
     invalid(foreign, "invalid selector").await;
     assert_eq!(dev.issuer.audit.size(), size, "refusals append nothing");
 

@@ -202,6 +202,17 @@ impl Attestor {
         Ok(selectors)
     }
 
+    /// Whether the connection's pid is still the process accepted on it (its start time):
+    /// call after reading anything else about the pid (its cgroup), so what was read is
+    /// the caller's and not a successor's.
+    pub fn still_same(&self, peer: &ConnectedPeer) -> Result<(), AttestError> {
+        let accepted = peer.process.as_ref().map_err(Clone::clone)?;
+        if self.start_time(peer.cred.pid)? != accepted.start_time {
+            return Err(AttestError::PidReused(peer.cred.pid));
+        }
+        Ok(())
+    }
+
     fn proc_dir(&self, pid: i32) -> PathBuf {
         self.proc_root.join(pid.to_string())
     }

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod endpoints;
 pub mod grants;
 pub mod h2_authority;
+pub mod k8s;
 pub mod listener;
 pub mod remote;
 pub mod reported;
@@ -33,6 +34,8 @@ pub struct Agent {
     pub node: Arc<dyn NodeApi>,
     /// Workload attestation.
     pub attestor: Attestor,
+    /// Kubernetes workload attestation, when `[k8s]` is configured.
+    pub k8s: Option<k8s::K8sAttestor>,
     /// Workload SVIDs.
     pub cache: Arc<SvidCache>,
     /// Open Workload API streams (for metrics and tests).
@@ -76,6 +79,16 @@ impl Agent {
         limits: listener::WorkloadApiConfig,
         clock: SharedClock,
     ) -> Arc<Self> {
+        Self::with_k8s(node, limits, None, clock)
+    }
+
+    /// As [`Agent::with_config`], attesting callers' pods with `k8s` too.
+    pub fn with_k8s(
+        node: Arc<dyn NodeApi>,
+        limits: listener::WorkloadApiConfig,
+        k8s: Option<k8s::K8sAttestor>,
+        clock: SharedClock,
+    ) -> Arc<Self> {
         let nofile_limit = writ_sys::raise_nofile_limit().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "reading the open-files limit failed; assuming 1024");
             1024
@@ -84,6 +97,7 @@ impl Agent {
             cache: Arc::new(SvidCache::new(Arc::clone(&node), Arc::clone(&clock))),
             node,
             attestor: Attestor::new("/proc", limits.max_exe_hash_bytes),
+            k8s,
             streams: watch::channel(0).0,
             authority_stats: Arc::new(h2_authority::Stats::default()),
             reported: Arc::new(reported::Reported::default()),

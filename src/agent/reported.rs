@@ -155,9 +155,9 @@ impl Reported {
 }
 
 /// The selectors a report carries: all of `attested` in their wire form when they fit the
-/// server's bounds. A process in many groups has more gids than fit; then only the gids a
-/// profile names (`named`, the ones that can have decided its identity) are kept beside
-/// the other selectors. Selectors too long for the server are left to the server to
+/// server's bounds. A process in many groups, or a pod with many labels, has more than
+/// fit; then only the gids and labels a profile names (`named`, the ones that can have
+/// decided its identity) are kept beside the other selectors. Selectors too long for the server are left to the server to
 /// refuse: a report must not say less than was attested about uid, path or digest.
 pub fn report_selectors(
     attested: &BTreeSet<Selector>,
@@ -168,7 +168,7 @@ pub fn report_selectors(
     }
     attested
         .iter()
-        .filter(|s| !matches!(s, Selector::Gid(_)) || named(s))
+        .filter(|s| !matches!(s, Selector::Gid(_) | Selector::K8sPodLabel(..)) || named(s))
         .take(MAX_ATTESTATION_SELECTORS)
         .map(Selector::to_string)
         .collect()
@@ -283,6 +283,25 @@ mod tests {
                 "unix:gid:5031".to_owned(),
                 "unix:path:/bin/a".to_owned(),
                 format!("unix:sha256:{}", "ab".repeat(32)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pod_with_many_labels_keeps_only_the_labels_policy_names() {
+        let mut attested = workload(1001, "/bin/a");
+        attested.insert(Selector::K8sNamespace("sre".into()));
+        attested.extend((0..40).map(|i| Selector::K8sPodLabel(format!("l{i}"), "v".into())));
+        let named = Selector::K8sPodLabel("l17".into(), "v".into());
+        let sent = report_selectors(&attested, |s| *s == named);
+        assert_eq!(
+            sent,
+            vec![
+                "unix:uid:1001".to_owned(),
+                "unix:path:/bin/a".to_owned(),
+                format!("unix:sha256:{}", "ab".repeat(32)),
+                "k8s:ns:sre".to_owned(),
+                "k8s:pod-label:l17:v".to_owned(),
             ]
         );
     }

@@ -265,15 +265,35 @@ pub(crate) async fn attest_caller<T>(
     // Hash the executable only when some profile selects by digest.
     let with_digest = agent.node.policy().borrow().selects_by_digest();
     let attesting = Arc::clone(agent);
-    tokio::task::spawn_blocking(move || attesting.attestor.attest(&peer, with_digest))
-        .await
-        .map_err(|_| Status::unavailable("attestation failed"))?
-        .map_err(|e| {
-            if let Some(suppressed) = agent.attest_failures.allow() {
-                tracing::debug!(error = %e, suppressed, "attestation failed");
-            }
-            Status::permission_denied(format!("{NO_IDENTITY}: {e}"))
-        })
+    let refused = |e: &dyn std::fmt::Display| {
+        if let Some(suppressed) = agent.attest_failures.allow() {
+            tracing::debug!(error = %e, suppressed, "attestation failed");
+        }
+        Status::permission_denied(format!("{NO_IDENTITY}: {e}"))
+    };
+    let (mut selectors, pod) = tokio::task::spawn_blocking(move || {
+        let selectors = attesting
+            .attestor
+            .attest(&peer, with_digest)
+            .map_err(|e| e.to_string())?;
+        let Some(k8s) = &attesting.k8s else {
+            return Ok((selectors, None));
+        };
+        let pod = k8s.caller_pod(peer.cred.pid).map_err(|e| e.to_string())?;
+        // The cgroup read must be the accepted process's, not a successor's on its pid.
+        attesting
+            .attestor
+            .still_same(&peer)
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((selectors, pod))
+    })
+    .await
+    .map_err(|_| Status::unavailable("attestation failed"))?
+    .map_err(|e| refused(&e))?;
+    if let (Some(k8s), Some(pod)) = (&agent.k8s, pod) {
+        selectors.extend(k8s.selectors(&pod).await.map_err(|e| refused(&e))?);
+    }
+    Ok(selectors)
 }
 
 /// Records in the audit log, once per agent process, that the workload attested as

@@ -343,10 +343,12 @@ async fn start_agent(
     node: Arc<dyn NodeApi>,
     listener: tokio::net::UnixListener,
     limits: crate::agent::listener::WorkloadApiConfig,
+    k8s: Option<&crate::agent::k8s::K8sConfig>,
     clock: SharedClock,
     link: Option<tokio::sync::watch::Receiver<crate::agent::endpoints::NodeHealth>>,
 ) -> anyhow::Result<()> {
-    let agent = Agent::with_config(node, limits, clock);
+    let k8s = k8s.map(crate::agent::k8s::K8sAttestor::new).transpose()?;
+    let agent = Agent::with_k8s(node, limits, k8s, clock);
     let rotation = Arc::clone(&agent.cache).run(link, tasks.stopped());
     tasks.spawn("SVID rotation", async move {
         rotation.await;
@@ -375,6 +377,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Arc::new(LocalNode::new(Arc::clone(&issuer))),
         workload,
         issuer.config.workload_api.clone(),
+        issuer.config.k8s.as_ref(),
         clock,
         None,
     )
@@ -414,7 +417,16 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let mut tasks = Tasks::new(config.shutdown_grace);
     let listener = bind_unix(&socket, 0o666).await?;
     let link = Some(node.health());
-    start_agent(&mut tasks, node, listener, config.workload_api, clock, link).await?;
+    start_agent(
+        &mut tasks,
+        node,
+        listener,
+        config.workload_api,
+        config.k8s.as_ref(),
+        clock,
+        link,
+    )
+    .await?;
     let shown = std::path::absolute(&socket).unwrap_or(socket.clone());
     println!("writ agent: Workload API on {}", shown.display());
     println!("  export SPIFFE_ENDPOINT_SOCKET=unix://{}", shown.display());

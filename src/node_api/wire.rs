@@ -507,7 +507,9 @@ mod tests {
     #[test]
     fn what_an_agent_cannot_read_is_read_the_safe_way() {
         let mut message = encode_policy(&policy(), true);
-        message.profiles[0].selectors.push("k8s:ns:payments".into());
+        message.profiles[0]
+            .selectors
+            .push("k8s:cluster:payments".into());
         message.profiles[0].bands.push("quantum".into());
         message.incidents[0].state = "paused".into();
         message.incidents[0].severity = "sev0".into();

@@ -165,15 +165,17 @@ pub fn check_new<'a>(
 }
 
 /// Whether no workload can match both selector sets: for some kind a process has exactly
-/// one of (its uid, user name, executable path, executable digest), the two sets name
-/// different values. Gids are not such a kind (a process has several), and a uid against
+/// one of (its uid, user name, executable path, executable digest; in a pod its
+/// namespace, service account, pod name and uid, container name, node, and each label
+/// key's value), the two sets name different values. Container images are not such a
+/// kind (a container is attested with its image reference and its image id). Gids are not such a kind (a process has several), and a uid against
 /// a user name is not known to differ without reading /etc/passwd, so it counts as
 /// overlapping: the answer errs towards "may overlap".
 pub fn selectors_disjoint(a: &BTreeSet<Selector>, b: &BTreeSet<Selector>) -> bool {
     let of = |set: &BTreeSet<Selector>,
               kind: fn(&Selector) -> Option<String>|
      -> BTreeSet<String> { set.iter().filter_map(kind).collect() };
-    let kinds: [fn(&Selector) -> Option<String>; 4] = [
+    let kinds: [fn(&Selector) -> Option<String>; 10] = [
         |s| match s {
             Selector::Uid(u) => Some(u.to_string()),
             _ => None,
@@ -190,12 +192,52 @@ pub fn selectors_disjoint(a: &BTreeSet<Selector>, b: &BTreeSet<Selector>) -> boo
             Selector::Sha256(d) => Some(d.clone()),
             _ => None,
         },
+        |s| match s {
+            Selector::K8sNamespace(v) => Some(v.clone()),
+            _ => None,
+        },
+        |s| match s {
+            Selector::K8sServiceAccount(v) => Some(v.clone()),
+            _ => None,
+        },
+        |s| match s {
+            Selector::K8sPodName(v) => Some(v.clone()),
+            _ => None,
+        },
+        |s| match s {
+            Selector::K8sPodUid(v) => Some(v.clone()),
+            _ => None,
+        },
+        |s| match s {
+            Selector::K8sContainerName(v) => Some(v.clone()),
+            _ => None,
+        },
+        |s| match s {
+            Selector::K8sNodeName(v) => Some(v.clone()),
+            _ => None,
+        },
     ];
-    kinds.iter().any(|kind| {
-        let (x, y) = (of(a, *kind), of(b, *kind));
-        // Two values of one kind in one set match no process at all.
+    // Two values of one kind in one set match no process at all.
+    let differ = |x: &BTreeSet<String>, y: &BTreeSet<String>| {
         x.len() > 1 || y.len() > 1 || (!x.is_empty() && !y.is_empty() && x != y)
-    })
+    };
+    let kind_differs = kinds
+        .iter()
+        .any(|kind| differ(&of(a, *kind), &of(b, *kind)));
+    // A pod has one value per label key.
+    let label_values = |set: &BTreeSet<Selector>, key: &str| -> BTreeSet<String> {
+        set.iter()
+            .filter_map(|s| match s {
+                Selector::K8sPodLabel(k, v) if k == key => Some(v.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let label_differs = a.iter().chain(b).any(|s| match s {
+        Selector::K8sPodLabel(key, _) => differ(&label_values(a, key), &label_values(b, key)),
+        _ => false,
+    });
+    kind_differs || label_differs
 }
 
 /// Checks that `profile` selects no workload a profile of another tenant may select
@@ -211,7 +253,7 @@ pub fn check_profile_tenant<'a>(
     });
     if overlaps {
         return Err(PolicyError::BadTenant(format!(
-            "profile {:?} may select workloads a profile of another tenant selects: give it a selector of its own (its own unix:uid, unix:path or unix:sha256)",
+            "profile {:?} may select workloads a profile of another tenant selects: give it a selector of its own (its own unix:uid, unix:path or unix:sha256, or k8s:ns)",
             profile.name
         )));
     }
@@ -409,6 +451,25 @@ mod tests {
         assert!(
             !disjoint(&["unix:uid:2001"], &["unix:user:bob"]),
             "not known to differ"
+        );
+        assert!(disjoint(&["k8s:ns:a"], &["k8s:ns:b", "k8s:sa:x"]));
+        assert!(disjoint(&["k8s:pod-uid:ab"], &["k8s:pod-uid:cd"]));
+        assert!(disjoint(
+            &["k8s:ns:a", "k8s:pod-label:app:x"],
+            &["k8s:ns:a", "k8s:pod-label:app:y"]
+        ));
+        assert!(!disjoint(&["k8s:ns:a"], &["k8s:ns:a", "k8s:sa:x"]));
+        assert!(
+            !disjoint(&["k8s:pod-label:app:x"], &["k8s:pod-label:tier:y"]),
+            "a pod has many labels"
+        );
+        assert!(
+            !disjoint(&["k8s:container-image:a"], &["k8s:container-image:b"]),
+            "a container is attested with its reference and its image id"
+        );
+        assert!(
+            !disjoint(&["k8s:ns:a"], &["unix:uid:1"]),
+            "a pod's process has a uid too"
         );
 
         let profile = |tenant: &str, sel: &[&str]| Profile {

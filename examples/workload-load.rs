@@ -11,8 +11,8 @@
 //! `cargo build --release --bin writ --example workload-load &&
 //!  target/release/examples/workload-load --writ target/release/writ`
 //!
-//! Flags: --clients N (default 1000), --streams N (10000), --per-conn N (100),
-//! --storm N (1000).
+//! Flags: --clients N (default 1000), --streams N (10000), --per-conn N (64, the agent's
+//! most streams per connection), --storm N (1000).
 
 // A measuring tool, not a service: failing loudly on setup errors is what we want.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
@@ -119,16 +119,27 @@ fn report(name: &str, mut samples: Vec<Duration>) {
 async fn main() {
     let clients = arg("--clients", 1000);
     let streams = arg("--streams", 10_000);
-    let per_conn = arg("--per-conn", 100).max(1);
+    let per_conn = arg("--per-conn", 64).clamp(1, 64);
     let storm = arg("--storm", 1000);
     let writ = writ_bin();
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let admin = data.join("admin.sock");
     let socket = data.join("workload.sock");
+    // The connections one uid may hold are raised so that 10,000 streams (157
+    // connections of 64) fit: the tool measures writ, not that limit.
+    let config = dir.path().join("writ.toml");
+    std::fs::write(
+        &config,
+        "[workload_api]\nmax_connections = 4096\nmax_connections_per_uid = 4096\n",
+    )
+    .expect("write config");
+    // --demo-single-user: this tool's own uid (root, often) is the workload measured.
     let child = Command::new(&writ)
-        .args(["dev", "--data-dir"])
+        .args(["dev", "--demo-single-user", "--data-dir"])
         .arg(&data)
+        .arg("--config")
+        .arg(&config)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -1102,7 +1102,7 @@ fn bad_agent_configs_are_refused() {
             &format!("{}{}", join_token("abc"), pki.agent_lines(dir, "both")),
         ),
     );
-    assert_one_error(&both, "either join_token");
+    assert_one_error(&both, "give one of: join_token");
 
     let half = agent_fails(
         dir,
@@ -1114,7 +1114,7 @@ fn bad_agent_configs_are_refused() {
             &format!("x509pop_cert = {}\n", quoted(&dir.join("both-cert.pem"))),
         ),
     );
-    assert_one_error(&half, "either join_token");
+    assert_one_error(&half, "give one of: join_token");
 
     let none = agent_fails(
         dir,

@@ -10,7 +10,7 @@
 use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,23 +82,63 @@ impl Default for Limits {
     }
 }
 
-/// A TLS client configuration trusting `roots` only.
+/// A TLS client configuration trusting `roots` only, with no client certificate.
 pub fn tls_trusting(
     roots: &[CertificateDer<'static>],
 ) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut store = rustls::RootCertStore::empty();
-    for root in roots {
-        store
-            .add(root.clone())
-            .map_err(|e| format!("a CA certificate is unusable: {e}"))?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    tls_client(ServerTrust::Roots(roots), None)
+}
+
+/// How a server's certificate is checked.
+pub enum ServerTrust<'a> {
+    /// Against these CA certificates (and the host name).
+    Roots(&'a [CertificateDer<'static>]),
+    /// By this verifier (the kubelet's explicit skip-verify lives with its caller).
+    Verifier(Arc<dyn rustls::client::danger::ServerCertVerifier>),
+}
+
+/// A client certificate chain and its key, presented in the handshake. The key is
+/// zeroized when dropped; rustls keeps its own parsed copy for signing.
+pub struct ClientCert {
+    /// The chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Its private key.
+    pub key: zeroize::Zeroizing<PrivateKeyDer<'static>>,
+}
+
+/// The one builder of writ's outgoing HTTPS client configurations: rustls with ring,
+/// its safe protocol versions, HTTP/1.1 by ALPN, `trust` for the server, and `client`
+/// when the server asks for a certificate.
+pub fn tls_client(
+    trust: ServerTrust<'_>,
+    client: Option<ClientCert>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(store)
-    .with_no_client_auth();
+    .map_err(|e| e.to_string())?;
+    let builder = match trust {
+        ServerTrust::Roots(roots) => {
+            let mut store = rustls::RootCertStore::empty();
+            for root in roots {
+                store
+                    .add(root.clone())
+                    .map_err(|e| format!("a CA certificate is unusable: {e}"))?;
+            }
+            builder.with_root_certificates(store)
+        }
+        ServerTrust::Verifier(verifier) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier),
+    };
+    let mut config = match client {
+        Some(client) => builder
+            .with_client_auth_cert(client.chain, client.key.clone_key())
+            .map_err(|e| format!("the client certificate and its key do not go together: {e}"))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -12,7 +12,7 @@ use super::pods::PodList;
 use crate::httpc::{HttpError, Limits, Target};
 use anyhow::Context;
 use hyper::body::Bytes;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::PrivateKeyDer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -259,48 +259,35 @@ fn read_token(path: &Path) -> Result<Zeroizing<String>, KubeletError> {
     Ok(token)
 }
 
-/// rustls with ring: the kubelet's CA (or no verification), and a client certificate if
-/// configured.
+/// The kubelet's CA (or no verification), and a client certificate if configured.
 fn client_tls(
     trust: &ServerTrust,
     cert: Option<&(PathBuf, PathBuf)>,
 ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     use rustls::pki_types::pem::PemObject;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .context("TLS versions")?;
-    let builder = match trust {
+    let client = match cert {
+        Some((chain, key)) => Some(crate::httpc::ClientCert {
+            chain: crate::agent::remote::read_pem_certs(chain)
+                .with_context(|| format!("client_cert {}", chain.display()))?,
+            key: zeroize::Zeroizing::new(
+                PrivateKeyDer::from_pem_file(key)
+                    .with_context(|| format!("client_key {}", key.display()))?,
+            ),
+        }),
+        None => None,
+    };
+    let roots;
+    let trust = match trust {
         ServerTrust::Ca(path) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in crate::agent::remote::read_pem_certs(path)
-                .with_context(|| format!("kubelet_ca {}", path.display()))?
-            {
-                roots
-                    .add(cert)
-                    .with_context(|| format!("kubelet_ca {}", path.display()))?;
-            }
-            builder.with_root_certificates(roots)
+            roots = crate::agent::remote::read_pem_certs(path)
+                .with_context(|| format!("kubelet_ca {}", path.display()))?;
+            crate::httpc::ServerTrust::Roots(&roots)
         }
-        ServerTrust::SkipVerify => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(danger::NoServerVerification(provider))),
+        ServerTrust::SkipVerify => crate::httpc::ServerTrust::Verifier(Arc::new(
+            danger::NoServerVerification(Arc::new(rustls::crypto::ring::default_provider())),
+        )),
     };
-    let mut config = match cert {
-        Some((chain, key)) => {
-            let chain: Vec<CertificateDer<'static>> =
-                crate::agent::remote::read_pem_certs(chain)
-                    .with_context(|| format!("client_cert {}", chain.display()))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("client_key {}", key.display()))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .context("client_cert and client_key do not go together")?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    crate::httpc::tls_client(trust, client).map_err(|e| anyhow::anyhow!("kubelet TLS: {e}"))
 }
 
 /// `kubelet_skip_verify`: what it gives up lives here, apart.

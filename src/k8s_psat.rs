@@ -10,6 +10,8 @@
 //! Must never: accept a token the API server did not authenticate for writ's audience,
 //! name a node from anything but the API server's answer, or log or audit the token.
 
+pub mod kubeconfig;
+
 use crate::httpc::{HttpError, Limits, Target};
 use crate::ttl::Ttl;
 use http::{HeaderMap, HeaderValue, Method};
@@ -37,7 +39,7 @@ const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 const EXTRA_NODE_NAME: &str = "authentication.kubernetes.io/node-name";
 
 /// One `[[k8s_psat]]` block, as written.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
     /// The cluster's name in node ids (`node/k8s/<cluster>/…`).
@@ -53,6 +55,14 @@ pub struct RawCluster {
     /// so a rotated token is picked up.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// A kubeconfig file naming the API server, its CA and the server's credential, for
+    /// a writ server outside the cluster; instead of `api_server`, `api_ca_file` and
+    /// `token_file`.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig's context to use (default: its `current-context`).
+    #[serde(default)]
+    pub kubeconfig_context: Option<String>,
     /// The audience the agents' tokens must be for (default `writ`).
     #[serde(default)]
     pub audience: Option<String>,
@@ -70,10 +80,21 @@ pub struct Cluster {
     /// Its name.
     pub name: String,
     target: Target,
-    token_file: PathBuf,
+    credential: Credential,
     audience: String,
     allowed: Vec<(String, String)>,
     limits: Limits,
+}
+
+/// How the server proves itself to the API server.
+#[derive(Debug)]
+enum Credential {
+    /// A bearer token re-read from this file on each call.
+    TokenFile(PathBuf),
+    /// A bearer token from a kubeconfig.
+    Token(zeroize::Zeroizing<String>),
+    /// The client certificate in the TLS configuration; no header.
+    Certificate,
 }
 
 /// A valid token's facts: whose it is and which node it runs on.
@@ -222,28 +243,55 @@ fn resolve_one(raw: RawCluster) -> anyhow::Result<Cluster> {
         };
         allowed.push((ns.to_owned(), sa.to_owned()));
     }
-    let api_server = match raw.api_server {
-        Some(url) => url,
-        None => {
-            let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| {
-                anyhow::anyhow!(
-                    "k8s_psat {name:?}: no api_server, and not in a cluster (KUBERNETES_SERVICE_HOST unset)"
-                )
-            })?;
-            let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-            match host.contains(':') {
-                true => format!("https://[{host}]:{port}"),
-                false => format!("https://{host}:{port}"),
+    let (api_server, tls, credential) = match raw.kubeconfig {
+        Some(path) => {
+            let set = [
+                (raw.api_server.is_some(), "api_server"),
+                (raw.api_ca_file.is_some(), "api_ca_file"),
+                (raw.token_file.is_some(), "token_file"),
+            ];
+            if let Some((_, key)) = set.iter().find(|(set, _)| *set) {
+                anyhow::bail!(
+                    "k8s_psat {name:?}: kubeconfig and {key} both name the API server's access; keep one"
+                );
             }
+            let access = kubeconfig::load(&path, raw.kubeconfig_context.as_deref())
+                .map_err(|e| anyhow::anyhow!("k8s_psat {name:?}: {e:#}"))?;
+            let (client, credential) = match access.credential {
+                kubeconfig::Credential::Token(token) => (None, Credential::Token(token)),
+                kubeconfig::Credential::TokenFile(path) => (None, Credential::TokenFile(path)),
+                kubeconfig::Credential::Certificate(cert) => (Some(cert), Credential::Certificate),
+            };
+            let tls =
+                crate::httpc::tls_client(crate::httpc::ServerTrust::Roots(&access.roots), client)
+                    .map_err(|e| {
+                    anyhow::anyhow!("k8s_psat {name:?}: kubeconfig {}: {e}", path.display())
+                })?;
+            (access.server, tls, credential)
+        }
+        None => {
+            anyhow::ensure!(
+                raw.kubeconfig_context.is_none(),
+                "k8s_psat {name:?}: kubeconfig_context is set without a kubeconfig"
+            );
+            let api_server = match raw.api_server {
+                Some(url) => url,
+                None => in_cluster_api_server()
+                    .map_err(|why| anyhow::anyhow!("k8s_psat {name:?}: {why}"))?,
+            };
+            let ca_file = raw
+                .api_ca_file
+                .unwrap_or_else(|| PathBuf::from(IN_CLUSTER_CA));
+            let roots = crate::agent::remote::read_pem_certs(&ca_file)
+                .map_err(|e| anyhow::anyhow!("k8s_psat {name:?}: api_ca_file: {e:#}"))?;
+            let tls = crate::httpc::tls_trusting(&roots)
+                .map_err(|e| anyhow::anyhow!("k8s_psat {name:?}: {e}"))?;
+            let token_file = raw
+                .token_file
+                .unwrap_or_else(|| PathBuf::from(IN_CLUSTER_TOKEN));
+            (api_server, tls, Credential::TokenFile(token_file))
         }
     };
-    let ca_file = raw
-        .api_ca_file
-        .unwrap_or_else(|| PathBuf::from(IN_CLUSTER_CA));
-    let roots = crate::agent::remote::read_pem_certs(&ca_file)
-        .map_err(|e| anyhow::anyhow!("k8s_psat {name:?}: api_ca_file: {e:#}"))?;
-    let tls = crate::httpc::tls_trusting(&roots)
-        .map_err(|e| anyhow::anyhow!("k8s_psat {name:?}: {e}"))?;
     let target = Target::parse(&api_server, Some(tls))
         .map_err(|e| anyhow::anyhow!("k8s_psat {name:?}: api_server: {e}"))?;
     let exchange = raw
@@ -252,9 +300,7 @@ fn resolve_one(raw: RawCluster) -> anyhow::Result<Cluster> {
     Ok(Cluster {
         name,
         target,
-        token_file: raw
-            .token_file
-            .unwrap_or_else(|| PathBuf::from(IN_CLUSTER_TOKEN)),
+        credential,
         audience: raw.audience.unwrap_or_else(|| DEFAULT_AUDIENCE.into()),
         allowed,
         limits: Limits {
@@ -262,6 +308,19 @@ fn resolve_one(raw: RawCluster) -> anyhow::Result<Cluster> {
             max_body: MAX_ANSWER_BYTES,
             ..Limits::default()
         },
+    })
+}
+
+/// The API server's URL in a pod: `KUBERNETES_SERVICE_HOST` and `_PORT`.
+fn in_cluster_api_server() -> Result<String, String> {
+    let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| {
+        "no api_server or kubeconfig, and not in a cluster (KUBERNETES_SERVICE_HOST unset)"
+            .to_owned()
+    })?;
+    let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+    Ok(match host.contains(':') {
+        true => format!("https://[{host}]:{port}"),
+        false => format!("https://{host}:{port}"),
     })
 }
 
@@ -305,17 +364,21 @@ impl Cluster {
     }
 
     fn headers(&self) -> Result<HeaderMap, ReviewError> {
-        let token = read_token(&self.token_file)?;
-        let mut value =
-            HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| {
-                ReviewError::OwnToken {
-                    path: self.token_file.display().to_string(),
-                    why: "not a valid header value".into(),
-                }
-            })?;
-        value.set_sensitive(true);
         let mut headers = HeaderMap::new();
-        headers.insert(http::header::AUTHORIZATION, value);
+        let token = match &self.credential {
+            Credential::TokenFile(path) => Some((read_token(path)?, path.display().to_string())),
+            Credential::Token(token) => Some((token.clone(), "the kubeconfig's token".into())),
+            Credential::Certificate => None,
+        };
+        if let Some((token, from)) = token {
+            let bearer = zeroize::Zeroizing::new(format!("Bearer {}", token.trim()));
+            let mut value = HeaderValue::from_str(&bearer).map_err(|_| ReviewError::OwnToken {
+                path: from,
+                why: "not a valid header value".into(),
+            })?;
+            value.set_sensitive(true);
+            headers.insert(http::header::AUTHORIZATION, value);
+        }
         headers.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -582,9 +645,8 @@ mod tests {
             api_server: Some("https://10.0.0.1:6443".into()),
             api_ca_file: Some(ca.clone()),
             token_file: Some(dir.path().join("token")),
-            audience: None,
             allowed_service_accounts: allowed.iter().map(|s| s.to_string()).collect(),
-            timeout: None,
+            ..RawCluster::default()
         };
         let clusters = resolve(vec![block(&["writ:writ-agent", "ops:*"])]).unwrap();
         assert_eq!(clusters[0].audience(), "writ");

@@ -1,7 +1,9 @@
 //! Kubernetes node attestation by projected service-account token (docs/kubernetes.md),
 //! against a fake API server served over HTTPS by the test: its own CA, a bearer token
 //! it checks, and TokenReview answers for tokens the test names. The node API is the
-//! production gRPC server in process, as in tests/node_attestation.rs.
+//! production gRPC server in process, as in tests/node_attestation.rs. The server
+//! reaches the API server by `api_server`/`api_ca_file`/`token_file`, or through a
+//! kubeconfig (an inline token, a token file, or a client certificate and key).
 //!
 //! A valid token of an allowed service account names the node from the review (or, for
 //! an older API server, from the pod); an unauthenticated token, a wrong audience, a
@@ -11,28 +13,32 @@
 
 mod common;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use common::https::Request;
+use common::node_api::NodeApi;
 use serde_json::{Value, json};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::sync::watch;
 use tonic::Code;
 use writ::audit::Record;
-use writ::clock::SystemClock;
 use writ::config::RawConfig;
 use writ::k8s_psat::RawCluster;
-use writ::proto::node::{self as pb, node_client::NodeClient};
-use writ::server::node::NodeService;
-use writ::server::{Issuer, bind_unix};
+use writ::proto::node as pb;
 
 const SERVER_TOKEN: &str = "writ-server-sa-token";
 
-/// A fake API server: counts calls, answers TokenReviews per token.
+/// The common name of writ's client certificate, for a kubeconfig that names one.
+const SERVER_CN: &str = "system:writ-server";
+
+/// A fake API server: counts TokenReviews, answers them per token, and takes writ's
+/// bearer token or its client certificate.
 struct FakeApi {
+    /// Serves until dropped.
+    _server: common::https::HttpsServer,
     url: String,
     ca: PathBuf,
+    /// The CA of client certificates it takes.
+    clients: common::https::TestCa,
     reviews: Arc<AtomicUsize>,
 }
 
@@ -63,142 +69,93 @@ fn review(token: &str) -> Value {
     json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": status})
 }
 
-async fn answer(
-    request: hyper::Request<Incoming>,
-    reviews: Arc<AtomicUsize>,
-) -> hyper::Response<Full<Bytes>> {
-    let reply = |status: u16, body: Value| {
-        let mut r = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
-        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-        r
-    };
-    let authorized = request
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        == Some(&format!("Bearer {SERVER_TOKEN}"));
+fn answer(request: &Request, reviews: &AtomicUsize) -> (u16, String) {
+    let authorized =
+        request.bearer_is(SERVER_TOKEN) || request.client_cn.as_deref() == Some(SERVER_CN);
     if !authorized {
-        return reply(401, json!({"kind": "Status", "code": 401}));
+        return (401, json!({"kind": "Status", "code": 401}).to_string());
     }
-    let path = request.uri().path().to_owned();
-    let method = request.method().clone();
-    let body = request.into_body().collect().await.unwrap().to_bytes();
-    match (method.as_str(), path.as_str()) {
+    match (request.method.as_str(), request.path.as_str()) {
         ("POST", "/apis/authentication.k8s.io/v1/tokenreviews") => {
             reviews.fetch_add(1, Ordering::SeqCst);
-            let asked: Value = serde_json::from_slice(&body).unwrap();
+            let asked = request.json();
             assert_eq!(asked["spec"]["audiences"], json!(["writ"]));
-            reply(201, review(asked["spec"]["token"].as_str().unwrap()))
+            (
+                201,
+                review(asked["spec"]["token"].as_str().unwrap()).to_string(),
+            )
         }
-        ("GET", "/api/v1/namespaces/writ/pods/writ-agent-x7k2p") => reply(
+        ("GET", "/api/v1/namespaces/writ/pods/writ-agent-x7k2p") => (
             200,
             json!({"kind": "Pod", "metadata": {"name": "writ-agent-x7k2p", "uid": "uid-agent-pod"},
-                   "spec": {"nodeName": "node-2", "serviceAccountName": "writ-agent"}}),
+                   "spec": {"nodeName": "node-2", "serviceAccountName": "writ-agent"}})
+            .to_string(),
         ),
-        _ => reply(404, json!({"kind": "Status", "code": 404})),
+        _ => (404, json!({"kind": "Status", "code": 404}).to_string()),
     }
 }
 
 impl FakeApi {
-    async fn start(dir: &std::path::Path) -> FakeApi {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let issuer = rcgen::Issuer::from_ca_cert_der(ca.der(), &ca_key).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        let ca_path = dir.join("api-ca.pem");
-        std::fs::write(&ca_path, ca.pem()).unwrap();
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+    fn start(dir: &Path) -> FakeApi {
+        let ca = common::https::TestCa::new("fake API server CA");
+        let clients = common::https::TestCa::new("fake client CA");
         let reviews = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&reviews);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                let acceptor = acceptor.clone();
-                let reviews = Arc::clone(&counted);
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = hyper::service::service_fn(move |r| {
-                        let reviews = Arc::clone(&reviews);
-                        async move { Ok::<_, std::convert::Infallible>(answer(r, reviews).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
+        let server =
+            common::https::HttpsServer::start(ca.server_config(Some(&clients)), move |request| {
+                answer(request, &counted)
+            });
         FakeApi {
-            url: format!("https://127.0.0.1:{port}"),
-            ca: ca_path,
+            url: server.url(),
+            ca: ca.write(&dir.join("api-ca.pem")),
+            _server: server,
+            clients,
             reviews,
         }
     }
-}
 
-struct NodeApi {
-    _dir: tempfile::TempDir,
-    issuer: Arc<Issuer>,
-    socket: PathBuf,
-    _stop: watch::Sender<bool>,
-}
-
-impl NodeApi {
-    async fn start(dir: tempfile::TempDir, clusters: Vec<RawCluster>) -> NodeApi {
-        let config = RawConfig {
-            data_dir: Some(dir.path().join("data")),
-            k8s_psat: clusters,
-            ..RawConfig::default()
-        }
-        .resolve()
+    /// A kubeconfig for this API server in `dir` (context `writ`), whose user is `user`
+    /// (YAML lines under `user:`), with the CA inline as `kubectl config view --raw`
+    /// writes it.
+    fn kubeconfig(&self, dir: &Path, user: &str) -> PathBuf {
+        use base64::Engine;
+        let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&self.ca).unwrap());
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: writ\nclusters:\n- name: prod\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\ncontexts:\n- name: writ\n  context:\n    cluster: prod\n    user: writ-server\n    namespace: writ\nusers:\n- name: writ-server\n  user:\n{user}",
+                self.url
+            ),
+        )
         .unwrap();
-        let issuer = Issuer::open(config, Arc::new(SystemClock)).unwrap();
-        let socket = dir.path().join("node.sock");
-        let listener = bind_unix(&socket, 0o600).await.unwrap();
-        let service = NodeService::new(Arc::clone(&issuer), Vec::new());
-        let (stop, mut stopped) = watch::channel(false);
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(writ::server::node::server(service))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::UnixListenerStream::new(listener),
-                    async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    },
-                ),
-        );
-        NodeApi {
-            _dir: dir,
-            issuer,
-            socket,
-            _stop: stop,
-        }
+        path
+    }
+
+    /// A client certificate for writ from the CA this API server takes, as files in
+    /// `dir`: (certificate, key).
+    fn client_certificate(&self, dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
+        let leaf = self.clients.leaf(cn, &[]);
+        let (cert, key) = (dir.join("writ-client.crt"), dir.join("writ-client.key"));
+        std::fs::write(&cert, leaf.cert_pem).unwrap();
+        std::fs::write(&key, leaf.key_pem).unwrap();
+        (cert, key)
+    }
+}
+
+/// The node API with `clusters`, and a way to attest through it.
+struct Nodes(NodeApi);
+
+impl Nodes {
+    async fn start(dir: tempfile::TempDir, clusters: Vec<RawCluster>) -> Nodes {
+        Nodes(NodeApi::start(dir, Vec::new(), clusters).await)
     }
 
     async fn attest(&self, cluster: &str, token: &str) -> Result<pb::NodeSvid, tonic::Status> {
-        let mut client = NodeClient::new(writ::uds::channel(&self.socket).await.unwrap());
         let (_, csr) = common::csr();
-        client
+        self.0
+            .client()
+            .await
             .attest_k8s_psat(pb::AttestK8sPsatRequest {
                 cluster: cluster.into(),
                 token: token.into(),
@@ -209,18 +166,15 @@ impl NodeApi {
     }
 
     fn records(&self, action: &str) -> Vec<Record> {
-        self.issuer
-            .audit
-            .read(0, 100_000)
-            .unwrap()
+        self.0
+            .records()
             .into_iter()
-            .map(|(_, bytes)| Record::decode(&bytes).unwrap())
             .filter(|r| r.action == action)
             .collect()
     }
 }
 
-fn cluster(api: &FakeApi, dir: &std::path::Path, token: &str) -> RawCluster {
+fn cluster(api: &FakeApi, dir: &Path, token: &str) -> RawCluster {
     let token_file = dir.join(format!("server-token-{token}"));
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     RawCluster {
@@ -228,18 +182,27 @@ fn cluster(api: &FakeApi, dir: &std::path::Path, token: &str) -> RawCluster {
         api_server: Some(api.url.clone()),
         api_ca_file: Some(api.ca.clone()),
         token_file: Some(token_file),
-        audience: None,
         allowed_service_accounts: vec!["writ:writ-agent".into()],
-        timeout: None,
+        ..RawCluster::default()
+    }
+}
+
+/// A cluster reached through a kubeconfig.
+fn through(kubeconfig: PathBuf) -> RawCluster {
+    RawCluster {
+        cluster: "prod".into(),
+        kubeconfig: Some(kubeconfig),
+        allowed_service_accounts: vec!["writ:writ-agent".into()],
+        ..RawCluster::default()
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bound_token_of_an_allowed_service_account_attests_its_node() {
     let dir = tempfile::tempdir().unwrap();
-    let api = FakeApi::start(dir.path()).await;
+    let api = FakeApi::start(dir.path());
     let block = cluster(&api, dir.path(), SERVER_TOKEN);
-    let node = NodeApi::start(dir, vec![block]).await;
+    let node = Nodes::start(dir, vec![block]).await;
 
     let svid = node.attest("prod", "good").await.unwrap();
     assert_eq!(svid.spiffe_id, "spiffe://example.org/node/k8s/prod/node-1");
@@ -264,9 +227,9 @@ async fn a_bound_token_of_an_allowed_service_account_attests_its_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_accounts_audiences_and_clusters_are_refused_and_audited() {
     let dir = tempfile::tempdir().unwrap();
-    let api = FakeApi::start(dir.path()).await;
+    let api = FakeApi::start(dir.path());
     let block = cluster(&api, dir.path(), SERVER_TOKEN);
-    let node = NodeApi::start(dir, vec![block]).await;
+    let node = Nodes::start(dir, vec![block]).await;
 
     for (token, reason) in [
         ("forged", "did not authenticate"),
@@ -316,7 +279,7 @@ async fn bad_tokens_accounts_audiences_and_clusters_are_refused_and_audited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_server_that_refuses_writ_or_is_down_attests_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let api = FakeApi::start(dir.path()).await;
+    let api = FakeApi::start(dir.path());
     // writ's own token is not one the API server takes.
     let wrong = RawCluster {
         cluster: "prod".into(),
@@ -328,7 +291,7 @@ async fn an_api_server_that_refuses_writ_or_is_down_attests_nothing() {
         api_server: Some(format!("https://127.0.0.1:{}", common::free_port())),
         ..cluster(&api, dir.path(), SERVER_TOKEN)
     };
-    let node = NodeApi::start(dir, vec![wrong, down]).await;
+    let node = Nodes::start(dir, vec![wrong, down]).await;
     for cluster in ["prod", "down"] {
         let refused = node.attest(cluster, "good").await.unwrap_err();
         assert_eq!(refused.code(), Code::Unavailable, "{cluster}: {refused:?}");
@@ -337,7 +300,130 @@ async fn an_api_server_that_refuses_writ_or_is_down_attests_nothing() {
     assert!(node.records("node.attest.k8s_psat").is_empty());
 }
 
-/// The real binaries: `writ server` with a `[[k8s_psat]]` cluster, and `writ agent`
+/// A writ server outside the cluster reaches the API server through a kubeconfig: its
+/// server URL, its inline CA, and writ's credential as an inline token, a token file
+/// (relative to the kubeconfig) or a client certificate and key. Credentials the API
+/// server does not take attest nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubeconfig_names_the_api_server_its_ca_and_writs_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeApi::start(dir.path());
+    let sub = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::create_dir(&path).unwrap();
+        path
+    };
+    let token = sub("token");
+    let file = sub("file");
+    std::fs::write(file.join("server-token"), format!("{SERVER_TOKEN}\n")).unwrap();
+    let cert = sub("cert");
+    api.client_certificate(&cert, SERVER_CN);
+    let stranger = sub("stranger");
+    api.client_certificate(&stranger, "system:anonymous-stranger");
+    let foreign = sub("foreign");
+    let other_ca = common::https::TestCa::new("a CA the API server does not take");
+    let leaf = other_ca.leaf(SERVER_CN, &[]);
+    std::fs::write(foreign.join("writ-client.crt"), leaf.cert_pem).unwrap();
+    std::fs::write(foreign.join("writ-client.key"), leaf.key_pem).unwrap();
+    let cert_user = "    client-certificate: writ-client.crt\n    client-key: writ-client.key\n";
+    let named = |name: &str, kubeconfig: PathBuf| RawCluster {
+        cluster: name.into(),
+        ..through(kubeconfig)
+    };
+    let clusters = vec![
+        named(
+            "kc-token",
+            api.kubeconfig(&token, &format!("    token: {SERVER_TOKEN}\n")),
+        ),
+        named(
+            "kc-file",
+            api.kubeconfig(&file, "    tokenFile: server-token\n"),
+        ),
+        named("kc-cert", api.kubeconfig(&cert, cert_user)),
+        named("kc-stranger", api.kubeconfig(&stranger, cert_user)),
+        named("kc-foreign", api.kubeconfig(&foreign, cert_user)),
+    ];
+    let node = Nodes::start(dir, clusters).await;
+
+    for cluster in ["kc-token", "kc-file", "kc-cert"] {
+        let svid = node.attest(cluster, "good").await.unwrap();
+        assert_eq!(
+            svid.spiffe_id,
+            format!("spiffe://example.org/node/k8s/{cluster}/node-1")
+        );
+        // Judged as any other: a token the review does not authenticate is refused.
+        let refused = node.attest(cluster, "forged").await.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{cluster}");
+    }
+    assert_eq!(api.reviews.load(Ordering::SeqCst), 6);
+    // A certificate the API server does not authorize (401), and one from a CA it does
+    // not take (the handshake fails): nothing is attested, nothing reviewed.
+    for cluster in ["kc-stranger", "kc-foreign"] {
+        let refused = node.attest(cluster, "good").await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unavailable, "{cluster}: {refused:?}");
+    }
+    assert_eq!(api.reviews.load(Ordering::SeqCst), 6);
+    assert_eq!(node.records("node.attest.k8s_psat").len(), 3);
+}
+
+/// A kubeconfig writ cannot use stops the start, saying why and never a secret in it.
+#[test]
+fn kubeconfigs_writ_cannot_use_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeApi::start(dir.path());
+    let start = |cluster: RawCluster| {
+        RawConfig {
+            data_dir: Some(dir.path().join("data")),
+            k8s_psat: vec![cluster],
+            ..RawConfig::default()
+        }
+        .resolve()
+        .map(|_| ())
+        .unwrap_err()
+        .to_string()
+    };
+    let refused = |user: &str| start(through(api.kubeconfig(dir.path(), user)));
+    let why = refused(
+        "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: /bin/steal\n",
+    );
+    assert!(
+        why.contains("exec (credential plugins run programs)"),
+        "{why}"
+    );
+    let why = refused("    token: super-secret-token\n    tokenFile: also\n");
+    assert!(why.contains("more than one"), "{why}");
+    assert!(!why.contains("super-secret-token"), "{why}");
+    let why = refused("    client-certificate: missing.crt\n    client-key: missing.key\n");
+    assert!(
+        why.contains("client-certificate") && why.contains("missing.crt"),
+        "{why}"
+    );
+    // The kubeconfig or the keys beside it, not both.
+    let kubeconfig = api.kubeconfig(dir.path(), &format!("    token: {SERVER_TOKEN}\n"));
+    let why = start(RawCluster {
+        api_server: Some(api.url.clone()),
+        ..through(kubeconfig.clone())
+    });
+    assert!(why.contains("kubeconfig and api_server"), "{why}");
+    let why = start(RawCluster {
+        kubeconfig_context: Some("staging".into()),
+        ..through(kubeconfig)
+    });
+    assert!(why.contains("no context named \"staging\""), "{why}");
+    let why = start(RawCluster {
+        kubeconfig_context: Some("writ".into()),
+        ..cluster(&api, dir.path(), SERVER_TOKEN)
+    });
+    assert!(
+        why.contains("kubeconfig_context is set without a kubeconfig"),
+        "{why}"
+    );
+    let why = start(through(dir.path().join("no-such-kubeconfig")));
+    assert!(why.contains("no-such-kubeconfig"), "{why}");
+}
+
+/// The real binaries: `writ server` with a `[[k8s_psat]]` cluster reached through a
+/// kubeconfig (a client certificate, as for a server outside the cluster), and `writ agent`
 /// configured as in a pod (psat_cluster, psat_token_file). The agent attests with its
 /// token, its node is named from the review, and a workload on it gets its identity.
 #[test]
@@ -348,19 +434,21 @@ fn a_writ_agent_attests_with_its_pods_token_and_serves_workloads() {
     if !common::require_root() {
         return;
     }
-    let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = common::temp_dir();
     let dir = dir.path();
-    let api = runtime.block_on(FakeApi::start(dir));
-    let server_token = write(&dir.join("server-sa-token"), SERVER_TOKEN);
+    let api = FakeApi::start(dir);
+    // The server runs outside the cluster: a kubeconfig with a client certificate.
+    api.client_certificate(dir, SERVER_CN);
+    let kubeconfig = api.kubeconfig(
+        dir,
+        "    client-certificate: writ-client.crt\n    client-key: writ-client.key\n",
+    );
     let server = ServerProc::start(
         dir,
         "server",
         &format!(
-            "[[k8s_psat]]\ncluster = \"prod\"\napi_server = {}\napi_ca_file = {}\ntoken_file = {}\nallowed_service_accounts = [\"writ:writ-agent\"]\n",
-            toml_string(&api.url),
-            quoted(&api.ca),
-            quoted(&server_token)
+            "[[k8s_psat]]\ncluster = \"prod\"\nkubeconfig = {}\nallowed_service_accounts = [\"writ:writ-agent\"]\n",
+            quoted(&kubeconfig)
         ),
     );
     let bundle = server.base_pem(dir);

@@ -12,98 +12,28 @@
 
 mod common;
 
+use common::node_api::NodeApi;
+
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer as CertIssuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::CertificateDer;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Barrier, watch};
+use tokio::sync::Barrier;
 use tonic::Code;
-use tonic::transport::Channel;
-use writ::audit::{Kind, Record};
-use writ::clock::SystemClock;
-use writ::config::RawConfig;
-use writ::proto::node::{self as pb, node_client::NodeClient};
+use writ::audit::Kind;
+use writ::proto::node as pb;
 use writ::server::node::{
-    MAX_MESSAGE_LEN, MAX_X509POP_CERT_LEN, MAX_X509POP_CHAIN, NodeService, create_join_token,
+    MAX_MESSAGE_LEN, MAX_X509POP_CERT_LEN, MAX_X509POP_CHAIN, create_join_token,
 };
-use writ::server::{Issuer, bind_unix};
 
 /// The longest any one call may take before the test fails (a hang, not a speed check).
 const WAIT: Duration = Duration::from_secs(60);
 
 /// How many nodes race one join token.
 const RACERS: usize = 16;
-
-/// A node API serving on a temp socket until dropped.
-struct NodeApi {
-    _dir: tempfile::TempDir,
-    issuer: Arc<Issuer>,
-    socket: PathBuf,
-    stop: watch::Sender<bool>,
-}
-
-impl Drop for NodeApi {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-impl NodeApi {
-    /// Starts a node API whose x509pop trusts `x509pop_roots`.
-    async fn start(x509pop_roots: Vec<CertificateDer<'static>>) -> NodeApi {
-        let dir = tempfile::tempdir().unwrap();
-        let config = RawConfig {
-            data_dir: Some(dir.path().join("data")),
-            ..RawConfig::default()
-        }
-        .resolve()
-        .unwrap();
-        let issuer = Issuer::open(config, Arc::new(SystemClock)).unwrap();
-        let socket = dir.path().join("node.sock");
-        let listener = bind_unix(&socket, 0o600).await.unwrap();
-        let service = NodeService::new(Arc::clone(&issuer), x509pop_roots);
-        let (stop, mut stopped) = watch::channel(false);
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(writ::server::node::server(service))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::UnixListenerStream::new(listener),
-                    async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    },
-                ),
-        );
-        NodeApi {
-            _dir: dir,
-            issuer,
-            socket,
-            stop,
-        }
-    }
-
-    /// A client on its own connection.
-    async fn client(&self) -> NodeClient<Channel> {
-        NodeClient::new(writ::uds::channel(&self.socket).await.unwrap())
-            // The client may send more than the server takes: the bound under test is
-            // the server's.
-            .max_encoding_message_size(usize::MAX)
-    }
-
-    /// Every audit record, decoded.
-    fn records(&self) -> Vec<Record> {
-        self.issuer
-            .audit
-            .read(0, 100_000)
-            .unwrap()
-            .into_iter()
-            .map(|(_, bytes)| Record::decode(&bytes).unwrap())
-            .collect()
-    }
-}
 
 /// Waits for `call`, failing the test if it hangs.
 async fn within<T>(what: &str, call: impl std::future::Future<Output = T>) -> T {
@@ -114,7 +44,7 @@ async fn within<T>(what: &str, call: impl std::future::Future<Output = T>) -> T 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_join_token_raced_by_many_nodes_admits_exactly_one() {
-    let api = NodeApi::start(Vec::new()).await;
+    let api = NodeApi::start(tempfile::tempdir().unwrap(), Vec::new(), Vec::new()).await;
     let (token, _) = create_join_token(&api.issuer, 600).unwrap();
     let node_id = format!(
         "spiffe://example.org/node/join-{}",
@@ -263,7 +193,12 @@ async fn challenge(api: &NodeApi, chain: Vec<Vec<u8>>) -> Result<(), tonic::Stat
 #[tokio::test]
 async fn x509pop_chains_beyond_the_bounds_are_refused_before_verifying() {
     let pki = Pki::new();
-    let api = NodeApi::start(vec![pki.root_der.clone()]).await;
+    let api = NodeApi::start(
+        tempfile::tempdir().unwrap(),
+        vec![pki.root_der.clone()],
+        Vec::new(),
+    )
+    .await;
 
     // The deepest chain webpki builds (six intermediates) with the root appended, as
     // some tools send it: within the bound, and it verifies.
@@ -332,7 +267,7 @@ async fn x509pop_chains_beyond_the_bounds_are_refused_before_verifying() {
 
 #[tokio::test]
 async fn the_node_api_decodes_no_message_beyond_its_bound() {
-    let api = NodeApi::start(Vec::new()).await;
+    let api = NodeApi::start(tempfile::tempdir().unwrap(), Vec::new(), Vec::new()).await;
     let mut client = api.client().await;
     // An unauthenticated attestation twice the bound: refused by the gRPC layer before
     // any handler sees (or the server buffers) it.

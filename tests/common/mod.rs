@@ -6,6 +6,8 @@
 
 pub mod bin;
 pub mod dev;
+pub mod https;
+pub mod node_api;
 pub mod postgres;
 pub mod procs;
 pub mod replica;

@@ -341,23 +341,12 @@ assign = ["triage"]
 
 /// A test CA and its certificate for 127.0.0.1: (cert file, key file, CA file).
 fn server_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "webhook test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    let issuer = rcgen::Issuer::from_ca_cert_der(ca.der(), &ca_key).unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
+    let ca = common::https::TestCa::new("webhook test CA");
+    let leaf = ca.leaf("writ webhooks", &["127.0.0.1"]);
     let cert_path = dir.join("webhook.pem");
-    let key_path = secret_file(dir, "webhook.key", &key.serialize_pem());
-    let ca_path = dir.join("webhook-ca.pem");
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&ca_path, ca.pem()).unwrap();
-    (cert_path, key_path, ca_path)
+    let key_path = secret_file(dir, "webhook.key", &leaf.key_pem);
+    std::fs::write(&cert_path, leaf.cert_pem).unwrap();
+    (cert_path, key_path, ca.write(&dir.join("webhook-ca.pem")))
 }
 
 const PD_INCIDENT: &str = "Q2INC9";

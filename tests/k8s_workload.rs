@@ -1,26 +1,24 @@
 //! Kubernetes workload attestation (docs/kubernetes.md), with no cluster: a fake /proc root
 //! holding `<pid>/cgroup` files, and a fake kubelet served over HTTPS by this test (its own
-//! CA made with rcgen, a bearer token it checks, 401 otherwise) answering `GET /pods`.
+//! CA, a bearer token it checks, 401 otherwise) answering `GET /pods`.
 //!
 //! The attestor is driven directly for each case, then `writ dev` end to end: a profile of
 //! `k8s:` selectors, and this test process, whose faked cgroup names a fixture pod,
 //! fetches `spiffe://investigate.<base>/agent/<agent>/incident/<id>` from the Workload API.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use writ::agent::k8s::{K8sAttestor, K8sConfig, K8sError};
 use writ::policy::Selector;
 
 mod common;
 
 use common::bin::{DevProcess, open_args};
+use common::https::{HttpsServer, TestCa};
 
 const TOKEN: &str = "kubelet-reader-token";
 const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
@@ -28,131 +26,38 @@ const CID: &str = "9be0f9a7c3d2e1f0a1b2c3d4e5f60718293a4b5c6d7e8f90123456789abcd
 const OTHER_UID: &str = "7f0e0c1a-0000-4000-8000-000000000001";
 const OTHER_CID: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 
-/// A CA: its PEM and its issuer.
-fn ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let cert = params.self_signed(&key).unwrap();
-    (cert.pem(), rcgen::Issuer::new(params, key))
-}
-
 /// A fake kubelet: answers `GET /pods` with the bearer token with the next of its answers
-/// (the last one repeats), 401 without it. Runs on its own thread and runtime.
+/// (the last one repeats), 401 without it.
 struct FakeKubelet {
-    port: u16,
-    requests: Arc<AtomicUsize>,
+    server: HttpsServer,
     answers: Arc<Mutex<VecDeque<String>>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl FakeKubelet {
-    fn start(issuer: &rcgen::Issuer<'static, rcgen::KeyPair>, answers: Vec<String>) -> Self {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-            .unwrap()
-            .signed_by(&key, issuer)
-            .unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(AtomicUsize::new(0));
+    fn start(ca: &TestCa, answers: Vec<String>) -> Self {
         let answers = Arc::new(Mutex::new(VecDeque::from(answers)));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (counted, queued) = (Arc::clone(&requests), Arc::clone(&answers));
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let serve = async {
-                    loop {
-                        let Ok((tcp, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let (acceptor, counted, queued) =
-                            (acceptor.clone(), Arc::clone(&counted), Arc::clone(&queued));
-                        tokio::spawn(async move {
-                            // A client that does not trust this CA ends the handshake.
-                            let Ok(mut tls) = acceptor.accept(tcp).await else {
-                                return;
-                            };
-                            let mut head = Vec::new();
-                            let mut buf = [0u8; 4096];
-                            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                                match tls.read(&mut buf).await {
-                                    Ok(0) | Err(_) => return,
-                                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                                }
-                            }
-                            let head = String::from_utf8_lossy(&head).to_lowercase();
-                            counted.fetch_add(1, Ordering::SeqCst);
-                            let authorized = head.starts_with("get /pods ")
-                                && head.contains(&format!(
-                                    "authorization: bearer {}\r\n",
-                                    TOKEN.to_lowercase()
-                                ));
-                            let (status, body) = if authorized {
-                                let mut answers = queued.lock().unwrap();
-                                let body = if answers.len() > 1 {
-                                    answers.pop_front().unwrap()
-                                } else {
-                                    answers.front().cloned().unwrap_or_default()
-                                };
-                                ("200 OK", body)
-                            } else {
-                                ("401 Unauthorized", "Unauthorized".to_owned())
-                            };
-                            let response = format!(
-                                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                                body.len()
-                            );
-                            let _ = tls.write_all(response.as_bytes()).await;
-                            let _ = tls.write_all(body.as_bytes()).await;
-                            let _ = tls.shutdown().await;
-                        });
-                    }
-                };
-                tokio::select! {
-                    () = serve => {}
-                    _ = stopped => {}
-                }
-            });
+        let queued = Arc::clone(&answers);
+        let server = HttpsServer::start(ca.server_config(None), move |request| {
+            if request.method != "GET" || request.path != "/pods" || !request.bearer_is(TOKEN) {
+                return (401, "Unauthorized".to_owned());
+            }
+            let mut answers = queued.lock().unwrap();
+            let body = if answers.len() > 1 {
+                answers.pop_front().unwrap()
+            } else {
+                answers.front().cloned().unwrap_or_default()
+            };
+            (200, body)
         });
-        FakeKubelet {
-            port,
-            requests,
-            answers,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        FakeKubelet { server, answers }
     }
 
     fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
     fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
+        self.server.requests()
     }
 
     fn answer(&self, body: String) {
@@ -161,18 +66,7 @@ impl FakeKubelet {
 
     /// Stops listening: connections are refused from now on.
     fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap();
-        }
-    }
-}
-
-impl Drop for FakeKubelet {
-    fn drop(&mut self) {
-        self.stop();
+        self.server.stop();
     }
 }
 
@@ -233,19 +127,19 @@ fn cgroup_of(pod_uid: &str, container_id: &str) -> String {
 struct Setup {
     dir: tempfile::TempDir,
     ca_pem: PathBuf,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca: TestCa,
     token: PathBuf,
 }
 
 fn setup() -> Setup {
     let dir = common::temp_dir();
-    let (pem, issuer) = ca("kubelet test CA");
-    let ca_pem = common::write(&dir.path().join("kubelet-ca.pem"), &pem);
+    let ca = TestCa::new("kubelet test CA");
+    let ca_pem = ca.write(&dir.path().join("kubelet-ca.pem"));
     let token = common::write(&dir.path().join("token"), &format!("{TOKEN}\n"));
     Setup {
         dir,
         ca_pem,
-        issuer,
+        ca,
         token,
     }
 }
@@ -278,7 +172,7 @@ async fn attest(attestor: &K8sAttestor, pid: i32) -> Result<BTreeSet<Selector>, 
 #[tokio::test]
 async fn a_pods_container_gets_its_pods_selectors() {
     let s = setup();
-    let kubelet = FakeKubelet::start(&s.issuer, vec![running()]);
+    let kubelet = FakeKubelet::start(&s.ca, vec![running()]);
     let root = proc_root(s.dir.path(), &[(4242, cgroup_of(UID, CID))]);
     let attestor = K8sAttestor::new(&s.config(&kubelet.url(), &root)).unwrap();
     let got = attest(&attestor, 4242).await.unwrap();
@@ -305,7 +199,7 @@ async fn a_pods_container_gets_its_pods_selectors() {
 #[tokio::test]
 async fn a_process_in_no_pod_gets_no_k8s_selectors_and_asks_no_kubelet() {
     let s = setup();
-    let kubelet = FakeKubelet::start(&s.issuer, vec![running()]);
+    let kubelet = FakeKubelet::start(&s.ca, vec![running()]);
     let root = proc_root(
         s.dir.path(),
         &[(7, "0::/system.slice/sshd.service\n".to_owned())],
@@ -326,7 +220,7 @@ async fn a_container_not_yet_listed_is_retried_then_refused() {
     // The pod is known but its container's status is not populated yet, then it is
     // pending with a container id: never running.
     let kubelet = FakeKubelet::start(
-        &s.issuer,
+        &s.ca,
         vec![
             pod_list("Pending", ""),
             pod_list("Pending", &format!("containerd://{CID}")),
@@ -347,7 +241,7 @@ async fn a_container_not_yet_listed_is_retried_then_refused() {
 #[tokio::test]
 async fn a_container_listed_while_retrying_is_attested() {
     let s = setup();
-    let kubelet = FakeKubelet::start(&s.issuer, vec![pod_list("Pending", ""), running()]);
+    let kubelet = FakeKubelet::start(&s.ca, vec![pod_list("Pending", ""), running()]);
     let root = proc_root(s.dir.path(), &[(4242, cgroup_of(UID, CID))]);
     let attestor = K8sAttestor::new(&s.config(&kubelet.url(), &root)).unwrap();
     let got = attest(&attestor, 4242).await.unwrap();
@@ -358,7 +252,7 @@ async fn a_container_listed_while_retrying_is_attested() {
 #[tokio::test]
 async fn another_pods_container_id_gets_no_k8s_identity() {
     let s = setup();
-    let kubelet = FakeKubelet::start(&s.issuer, vec![running()]);
+    let kubelet = FakeKubelet::start(&s.ca, vec![running()]);
     // The cgroup names the triage pod, with web-0's container id.
     let root = proc_root(s.dir.path(), &[(4242, cgroup_of(UID, OTHER_CID))]);
     let attestor = K8sAttestor::new(&s.config(&kubelet.url(), &root)).unwrap();
@@ -371,7 +265,7 @@ async fn another_pods_container_id_gets_no_k8s_identity() {
 #[tokio::test]
 async fn a_kubelet_that_is_down_refuses_and_a_stale_list_is_never_used() {
     let s = setup();
-    let mut kubelet = FakeKubelet::start(&s.issuer, vec![running()]);
+    let mut kubelet = FakeKubelet::start(&s.ca, vec![running()]);
     let root = proc_root(s.dir.path(), &[(4242, cgroup_of(UID, CID))]);
     let attestor = K8sAttestor::new(&s.config(&kubelet.url(), &root))
         .unwrap()
@@ -393,7 +287,7 @@ async fn a_kubelet_that_is_down_refuses_and_a_stale_list_is_never_used() {
 #[tokio::test]
 async fn a_wrong_token_is_refused_and_the_token_is_reread() {
     let s = setup();
-    let kubelet = FakeKubelet::start(&s.issuer, vec![running()]);
+    let kubelet = FakeKubelet::start(&s.ca, vec![running()]);
     let root = proc_root(s.dir.path(), &[(4242, cgroup_of(UID, CID))]);
     std::fs::write(&s.token, "someone-elses-token\n").unwrap();
     let attestor = K8sAttestor::new(&s.config(&kubelet.url(), &root)).unwrap();
@@ -407,7 +301,7 @@ async fn a_wrong_token_is_refused_and_the_token_is_reread() {
 #[tokio::test]
 async fn the_kubelet_must_hold_a_certificate_of_its_ca_unless_told_to_skip() {
     let s = setup();
-    let (_, stranger) = ca("someone else's CA");
+    let stranger = TestCa::new("someone else's CA");
     let kubelet = FakeKubelet::start(&stranger, vec![running()]);
     let root = proc_root(s.dir.path(), &[(4242, cgroup_of(UID, CID))]);
     let attestor = K8sAttestor::new(&s.config(&kubelet.url(), &root)).unwrap();
@@ -425,7 +319,7 @@ async fn the_kubelet_must_hold_a_certificate_of_its_ca_unless_told_to_skip() {
 #[tokio::test]
 async fn an_oversized_or_malformed_pod_list_is_refused() {
     let s = setup();
-    let kubelet = FakeKubelet::start(&s.issuer, vec!["x".repeat(16 * 1024 * 1024 + 1)]);
+    let kubelet = FakeKubelet::start(&s.ca, vec!["x".repeat(16 * 1024 * 1024 + 1)]);
     let root = proc_root(s.dir.path(), &[(4242, cgroup_of(UID, CID))]);
     let attestor = K8sAttestor::new(&s.config(&kubelet.url(), &root)).unwrap();
     let err = attest(&attestor, 4242).await.unwrap_err();
@@ -509,7 +403,7 @@ async fn my_identities(dev: &DevProcess) -> Result<Vec<String>, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writ_dev_issues_a_fixture_pod_its_investigative_identity() {
     let s = setup();
-    let kubelet = FakeKubelet::start(&s.issuer, vec![running()]);
+    let kubelet = FakeKubelet::start(&s.ca, vec![running()]);
     // This test process is the workload: its cgroup, faked, names the triage pod.
     let root = proc_root(s.dir.path(), &[(std::process::id(), cgroup_of(UID, CID))]);
     let dev = dev_with_k8s(s.dir.path(), &s, &kubelet.url(), &root);

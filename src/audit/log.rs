@@ -2,12 +2,19 @@
 //! checkpoint live in one redb file (`audit.redb`), written by one thread that commits
 //! every record queued since its last commit in one durable transaction (group commit).
 //!
-//! Order and fail-closed: an index is assigned under the sequencer lock and the record is
-//! queued under the same lock, so the queue is always in index order. A caller learns its
-//! record is durable only after the transaction holding it committed; if the commit fails,
-//! every queued record fails with it, the next index goes back to the durable size, and
-//! nothing that depended on those records is released (an SVID whose issuance record was
-//! not written is never handed out).
+//! Order: an index is handed out under the sequencer lock; the record for it is made
+//! (for an issuance: the SVID signed with the index in its claims) outside the lock, so
+//! callers sign in parallel; the writer commits only the gapless run of made records
+//! below the first index still being made, so records are written in index order.
+//! A record that cannot be made leaves its index to a void record (`audit.void`): a log
+//! has no gaps. Issuers check what a caller sent (a CSR's signature) before asking for
+//! an index, so a void marks a fault of writ's, not a bad request.
+//!
+//! Fail-closed: a caller learns its record is durable only after the transaction holding
+//! it committed; if the commit fails, every queued record and every one still being made
+//! fails with it, the next index goes back to the durable size (a new epoch: records
+//! made for the old numbering are refused), and nothing that depended on those records
+//! is released (an SVID whose issuance record was not written is never handed out).
 //!
 //! A log several servers share lives in their shared store instead ([`AuditLog::open_shared`],
 //! [`super::shared`]): indexes come from reservations, commits insert the records, and the
@@ -19,6 +26,7 @@ use super::{AuditError, Record, record::MAX_RECORD_LEN};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -36,6 +44,8 @@ pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("audi
 enum Done {
     Sync(std::sync::mpsc::SyncSender<Result<(), AuditError>>),
     Async(oneshot::Sender<Result<(), AuditError>>),
+    /// A void record: nobody waits on it.
+    Nobody,
 }
 
 impl Done {
@@ -48,6 +58,7 @@ impl Done {
             Done::Async(tx) => {
                 let _ = tx.send(result);
             }
+            Done::Nobody => {}
         }
     }
 }
@@ -65,8 +76,42 @@ struct Sequencer {
     end: u64,
     /// How many records the last commit took: the next reservation's size.
     last_batch: u64,
-    queue: Vec<Queued>,
+    /// Records made, by index, waiting for the writer.
+    queue: BTreeMap<u64, Queued>,
+    /// Indexes handed out whose records are still being made.
+    building: BTreeSet<u64>,
+    /// Bumped when a failed commit renumbers: a record made for an index handed out in
+    /// an older epoch is refused, never queued.
+    epoch: u64,
     stopping: bool,
+}
+
+impl Sequencer {
+    /// Takes the records the writer may commit now: the run below the first index still
+    /// being made. Everything below it that is not yet durable is queued, so the run has
+    /// no gap.
+    fn take_ready(&mut self) -> Vec<Queued> {
+        let rest = match self.building.first() {
+            Some(&first) => self.queue.split_off(&first),
+            None => BTreeMap::new(),
+        };
+        std::mem::replace(&mut self.queue, rest)
+            .into_values()
+            .collect()
+    }
+
+    /// Whether the writer has records to commit now.
+    fn ready(&self) -> bool {
+        match (self.queue.first_key_value(), self.building.first()) {
+            (Some((queued, _)), Some(building)) => queued < building,
+            (queued, _) => queued.is_some(),
+        }
+    }
+
+    /// Whether the writer has nothing left, now or to come.
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && self.building.is_empty()
+    }
 }
 
 /// Where the records live.
@@ -84,6 +129,9 @@ enum Place {
         failing: AtomicBool,
     },
 }
+
+/// The reason on a void record filling the index of a record that could not be made.
+const VOID_UNMADE: &str = "the record for this index could not be made";
 
 /// How often a server on a shared log looks for others' records to take into the tree
 /// (and for its own unfilled reservation) when it has nothing to commit.
@@ -217,7 +265,9 @@ impl AuditLog {
                 next: size,
                 end,
                 last_batch: 1,
-                queue: Vec::new(),
+                queue: BTreeMap::new(),
+                building: BTreeSet::new(),
+                epoch: 0,
                 stopping: false,
             }),
             work: Condvar::new(),
@@ -310,8 +360,9 @@ impl AuditLog {
 
     /// Appends the record `build` makes once it knows the index the record will have, and
     /// waits until it is durable; returns the index and what `build` returned beside the
-    /// record. `build` runs under the sequencer lock: keep it short (a signature, not I/O).
-    /// If `build` fails nothing is appended; if the append fails, `T` is dropped unseen.
+    /// record. `build` runs outside the sequencer lock, concurrently with other callers'.
+    /// If `build` fails its index holds a void record and the error is returned; if the
+    /// append fails, `T` is dropped unseen.
     pub fn append_with<T, E: From<AuditError>>(
         &self,
         build: impl FnOnce(u64) -> Result<(Vec<u8>, T), E>,
@@ -346,23 +397,63 @@ impl AuditLog {
         build: impl FnOnce(u64) -> Result<(Vec<u8>, T), E>,
         done: Done,
     ) -> Result<(u64, T), E> {
-        let mut seq = self.inner.lock();
-        if seq.stopping {
-            return Err(AuditError::Unavailable("the audit log is closed".into()).into());
+        let (index, epoch) = {
+            let mut seq = self.inner.lock();
+            if seq.stopping {
+                return Err(AuditError::Unavailable("the audit log is closed".into()).into());
+            }
+            if seq.next == seq.end {
+                self.inner.reserve(&mut seq)?;
+            }
+            let index = seq.next;
+            seq.next += 1;
+            seq.building.insert(index);
+            (index, seq.epoch)
+        };
+        let made = match build(index) {
+            Ok((bytes, _)) if bytes.len() > MAX_RECORD_LEN => {
+                Err(AuditError::TooLarge(bytes.len()).into())
+            }
+            made => made,
+        };
+        let (queued, result) = match made {
+            Ok((bytes, out)) => (Queued { index, bytes, done }, Ok((index, out))),
+            Err(e) => match shared::void_record(unix_now(), &self.inner.origin, VOID_UNMADE) {
+                Ok(bytes) => {
+                    tracing::error!(
+                        index,
+                        "an audit record could not be made; its index holds a void record"
+                    );
+                    let void = Queued {
+                        index,
+                        bytes,
+                        done: Done::Nobody,
+                    };
+                    (void, Err(e))
+                }
+                // Not reached (a fixed record encodes); the index is then left to the
+                // commit's check that no record is missing, which fails the batch.
+                Err(void) => return Err(void.into()),
+            },
+        };
+        {
+            let mut seq = self.inner.lock();
+            if seq.epoch != epoch {
+                // A commit failed while the record was made: its index was failed with
+                // the batch (and, in a shared log, voided); nothing made for it is kept.
+                drop(seq);
+                let why = "an audit commit failed while the record was made";
+                queued.done.send(Err(AuditError::Unavailable(why.into())));
+                return match result {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(AuditError::Unavailable(why.into()).into()),
+                };
+            }
+            seq.building.remove(&index);
+            seq.queue.insert(index, queued);
         }
-        if seq.next == seq.end {
-            self.inner.reserve(&mut seq)?;
-        }
-        let index = seq.next;
-        let (bytes, out) = build(index)?;
-        if bytes.len() > MAX_RECORD_LEN {
-            return Err(AuditError::TooLarge(bytes.len()).into());
-        }
-        seq.next += 1;
-        seq.queue.push(Queued { index, bytes, done });
-        drop(seq);
         self.inner.work.notify_one();
-        Ok((index, out))
+        result
     }
 
     /// Records `[from, from + limit)` that are durable, in order.
@@ -511,7 +602,8 @@ impl Inner {
         loop {
             let (batch, stopping) = {
                 let mut seq = self.lock();
-                if seq.queue.is_empty() && !seq.stopping {
+                // Stopping, it still commits what callers are making.
+                if !(seq.ready() || (seq.stopping && seq.idle())) {
                     seq = if shared {
                         self.work
                             .wait_timeout(seq, SHARED_TICK)
@@ -523,11 +615,11 @@ impl Inner {
                             .unwrap_or_else(|poisoned| poisoned.into_inner())
                     };
                 }
-                let batch = std::mem::take(&mut seq.queue);
+                let batch = seq.take_ready();
                 if !batch.is_empty() {
                     seq.last_batch = batch.len() as u64;
                 }
-                (batch, seq.stopping)
+                (batch, seq.stopping && seq.idle())
             };
             if batch.is_empty() {
                 if shared {
@@ -560,7 +652,9 @@ impl Inner {
                     // fail those too and number again from the durable size (or, in a
                     // shared log, from a new reservation: the places of these records
                     // are closed, whether or not the commit reached the store).
-                    let (rest, unfilled) = {
+                    // Records still being made were numbered after it too: a new epoch
+                    // refuses them when they are made.
+                    let (rest, unfilled, building) = {
                         let mut seq = self.lock();
                         let unfilled = (seq.next, seq.end);
                         if shared {
@@ -568,11 +662,14 @@ impl Inner {
                         } else {
                             seq.next = *self.durable.borrow();
                         }
-                        (std::mem::take(&mut seq.queue), unfilled)
+                        seq.epoch += 1;
+                        let building = std::mem::take(&mut seq.building);
+                        (std::mem::take(&mut seq.queue), unfilled, building)
                     };
                     let message = e.to_string();
                     let mut failed = vec![unfilled];
-                    for q in batch.into_iter().chain(rest) {
+                    failed.extend(building.into_iter().map(|i| (i, i + 1)));
+                    for q in batch.into_iter().chain(rest.into_values()) {
                         failed.push((q.index, q.index + 1));
                         q.done.send(Err(AuditError::Unavailable(message.clone())));
                     }
@@ -592,7 +689,7 @@ impl Inner {
     fn close_unused(&self) {
         let unfilled = {
             let mut seq = self.lock();
-            if seq.queue.is_empty() && seq.next < seq.end {
+            if seq.idle() && seq.next < seq.end {
                 let unfilled = (seq.next, seq.end);
                 seq.end = seq.next;
                 Some(unfilled)
@@ -940,6 +1037,128 @@ mod tests {
         assert_eq!(log.size(), 1);
         log.fail_commits(false);
         assert_eq!(log.append(&record(2)).unwrap(), 1);
+        let vkey = log.vkey().to_owned();
+        drop(log);
+        assert_eq!(verify_file(&path, &vkey, None).unwrap().size, 2);
+    }
+
+    /// Records are made outside the sequencer lock: a second caller's record is made
+    /// (and committed) while the first caller's is still being made, and the first is
+    /// written in its index's place after it.
+    #[test]
+    fn records_are_made_concurrently_and_written_in_index_order() {
+        use std::sync::mpsc::channel;
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.redb");
+        let log = Arc::new(AuditLog::open(&path, dir.path(), ORIGIN).unwrap());
+        let (started, first_started) = channel();
+        let (go, first_may_finish) = channel::<()>();
+        let slow = {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                log.append_with(|index| {
+                    started.send(index).unwrap();
+                    // Holds its index until the test has seen the second record made.
+                    first_may_finish
+                        .recv_timeout(Duration::from_secs(60))
+                        .expect("the second record was made while this one was");
+                    Ok::<_, AuditError>((record(index).encode().unwrap(), ()))
+                })
+                .unwrap()
+                .0
+            })
+        };
+        assert_eq!(first_started.recv().unwrap(), 0);
+        // With the build under the lock, this would wait for the first build forever.
+        let second = log
+            .submit_with(|index| Ok::<_, AuditError>((record(index).encode().unwrap(), index)))
+            .unwrap();
+        go.send(()).unwrap();
+        assert_eq!(second.wait().unwrap().0, 1);
+        assert_eq!(slow.join().unwrap(), 0);
+        assert_eq!(log.size(), 2);
+        let vkey = log.vkey().to_owned();
+        drop(log);
+        assert_eq!(verify_file(&path, &vkey, None).unwrap().size, 2);
+    }
+
+    /// A record that cannot be made leaves a void record in its place (the log has no
+    /// gap), the caller gets the error, and the records around it are written.
+    #[test]
+    fn a_record_that_cannot_be_made_leaves_a_void_and_no_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.redb");
+        let log = AuditLog::open(&path, dir.path(), ORIGIN).unwrap();
+        assert_eq!(log.append(&record(0)).unwrap(), 0);
+        let failed = log.append_with(|_| {
+            Err::<(Vec<u8>, ()), _>(AuditError::Invalid("the signer failed".into()))
+        });
+        assert!(matches!(failed, Err(AuditError::Invalid(_))), "{failed:?}");
+        let too_large =
+            log.append_with(|_| Ok::<_, AuditError>((vec![b'x'; MAX_RECORD_LEN + 1], ())));
+        assert!(
+            matches!(too_large, Err(AuditError::TooLarge(_))),
+            "{too_large:?}"
+        );
+        assert_eq!(log.append(&record(3)).unwrap(), 3);
+        let kinds: Vec<String> = log
+            .read(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(_, bytes)| Record::decode(&bytes).unwrap().action)
+            .collect();
+        assert_eq!(
+            kinds,
+            ["test.append", "audit.void", "audit.void", "test.append"]
+        );
+        let vkey = log.vkey().to_owned();
+        drop(log);
+        assert_eq!(verify_file(&path, &vkey, None).unwrap().size, 4);
+    }
+
+    /// A commit that fails while a record is being made: that record is refused when it
+    /// is made (its index was renumbered), never written at an index now someone else's.
+    #[test]
+    fn a_record_made_across_a_failed_commit_is_refused_and_the_log_recovers() {
+        use std::sync::mpsc::{Receiver, channel};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.redb");
+        let log = Arc::new(AuditLog::open(&path, dir.path(), ORIGIN).unwrap());
+        // A caller whose record is made when it is told to.
+        let held = |log: &Arc<AuditLog>| {
+            let (started, has_started) = channel();
+            let (go, may_finish): (_, Receiver<()>) = channel();
+            let log = Arc::clone(log);
+            let thread = std::thread::spawn(move || {
+                log.append_with(|index| {
+                    started.send(index).unwrap();
+                    may_finish.recv().unwrap();
+                    Ok::<_, AuditError>((record(index).encode().unwrap(), "released"))
+                })
+            });
+            (has_started.recv().unwrap(), go, thread)
+        };
+        let (first, release_first, first_caller) = held(&log);
+        let (second, release_second, second_caller) = held(&log);
+        assert_eq!((first, second), (0, 1));
+        log.fail_commits(true);
+        // 0 is made and its commit fails while 1 is still being made.
+        release_first.send(()).unwrap();
+        assert!(matches!(
+            first_caller.join().unwrap(),
+            Err(AuditError::Unavailable(_))
+        ));
+        log.fail_commits(false);
+        // 1 is made for a numbering that no longer holds: refused, not queued.
+        release_second.send(()).unwrap();
+        assert!(matches!(
+            second_caller.join().unwrap(),
+            Err(AuditError::Unavailable(_))
+        ));
+        assert_eq!(log.append(&record(9)).unwrap(), 0);
+        assert_eq!(log.append(&record(10)).unwrap(), 1);
+        assert_eq!(log.size(), 2);
         let vkey = log.vkey().to_owned();
         drop(log);
         assert_eq!(verify_file(&path, &vkey, None).unwrap().size, 2);

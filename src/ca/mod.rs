@@ -1094,13 +1094,15 @@ impl TrustDomainCa {
         Ok(ttl)
     }
 
-    /// Mints an X.509-SVID for `request`, with the subject's key from `key`.
-    pub fn mint_x509(
+    /// Checks what minting an X.509-SVID for `request` with `key` needs, signing
+    /// nothing: the request, and the subject's key (a CSR's signature is verified).
+    /// Returns the TTL and the key's SubjectPublicKeyInfo. Issuers call it before taking
+    /// an audit index, so a bad request never costs one.
+    pub fn check_x509(
         &self,
         key: SubjectKey<'_>,
         request: &SvidRequest,
-        now: i64,
-    ) -> Result<MintedX509, CaError> {
+    ) -> Result<(Duration, Vec<u8>), CaError> {
         let ttl = self.check_request(request, self.config.x509_svid_ttl)?;
         if request.dns_names.len() > MAX_DNS_NAMES {
             return Err(CaError::BadRequest(format!(
@@ -1115,6 +1117,29 @@ impl TrustDomainCa {
             SubjectKey::Csr(der) => csr::verify_csr(der, &request.spiffe_id)?.spki_der,
             SubjectKey::PublicKey(der) => csr::verify_spki(der)?,
         };
+        Ok((ttl, spki_der))
+    }
+
+    /// Checks what minting a JWT-SVID for `request` and `audience` needs, signing
+    /// nothing; returns the TTL.
+    pub fn check_jwt(
+        &self,
+        request: &SvidRequest,
+        audience: &[String],
+    ) -> Result<Duration, CaError> {
+        let ttl = self.check_request(request, self.config.jwt_svid_ttl)?;
+        jwt::check_audience(audience)?;
+        Ok(ttl)
+    }
+
+    /// Mints an X.509-SVID for `request`, with the subject's key from `key`.
+    pub fn mint_x509(
+        &self,
+        key: SubjectKey<'_>,
+        request: &SvidRequest,
+        now: i64,
+    ) -> Result<MintedX509, CaError> {
+        let (ttl, spki_der) = self.check_x509(key, request)?;
         let claims_der = request
             .claims
             .as_ref()
@@ -1195,8 +1220,7 @@ impl TrustDomainCa {
         audience: &[String],
         now: i64,
     ) -> Result<MintedJwt, CaError> {
-        let ttl = self.check_request(request, self.config.jwt_svid_ttl)?;
-        jwt::check_audience(audience)?;
+        let ttl = self.check_jwt(request, audience)?;
         let state = self.snapshot();
         let authority = state
             .active()

@@ -504,11 +504,14 @@ impl Issuer {
         // serve `band`.
         let ca = self.ca_for(band, &request.spiffe_id)?;
         let tenant = self.tenant_of_identity(&request.spiffe_id, request.claims.as_ref());
+        // What the caller sent is checked (the CSR's signature verified) before an audit
+        // index is taken: a bad request costs no index. The claims get their index below.
+        let (_, spki) = ca.check_x509(key, &request)?;
         self.audit.submit_with(|index| {
             if let Some(claims) = request.claims.as_mut() {
                 claims.audit_index = Some(index);
             }
-            let minted = ca.mint_x509(key, &request, now)?;
+            let minted = ca.mint_x509(SubjectKey::PublicKey(&spki), &request, now)?;
             let record = issuance_record(now, band, &request, requester, &tenant)
                 .serial(minted.serial.clone())
                 .detail(serde_json::json!({
@@ -893,6 +896,7 @@ impl Issuer {
                 ca.trust_domain().to_string(),
             )));
         }
+        ca.check_jwt(&request, audience)?;
         self.audit.submit_with(|index| {
             if let Some(claims) = request.claims.as_mut() {
                 claims.audit_index = Some(index);

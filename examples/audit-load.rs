@@ -27,9 +27,12 @@
 // A measuring tool, not a service: failing loudly on setup errors is what we want.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+#[path = "common/load.rs"]
+mod load;
 #[path = "../tests/common/postgres.rs"]
 mod postgres;
 
+use load::{arg, csr, percentile};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use writ::audit::{AuditError, AuditLog, Kind, Record};
@@ -41,22 +44,6 @@ use writ::{Band, WritClaims};
 
 const ORIGIN: &str = "example.org/writ-audit";
 const ID: &str = "spiffe://investigate.example.org/agent/triage/incident/INC-4711";
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -255,17 +242,6 @@ fn request() -> SvidRequest {
         claims: Some(claims),
         dns_names: vec![],
     }
-}
-
-fn csr() -> Vec<u8> {
-    let workload = rcgen::KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .serialize_request(&workload)
-        .expect("csr")
-        .der()
-        .to_vec()
 }
 
 /// Mint inside the audit log's sequencer, as `Issuer::issue_x509` does, without the

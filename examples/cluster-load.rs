@@ -36,9 +36,12 @@
 // A measuring tool, not a service: failing loudly on setup errors is what we want.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+#[path = "common/load.rs"]
+mod load;
 #[path = "../tests/common/postgres.rs"]
 mod postgres;
 
+use load::{arg, args, flag, percentile, request};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -53,23 +56,6 @@ const WORKLOAD: u32 = 65533;
 
 /// The longest any one wait may take before the tool gives up.
 const WAIT: Duration = Duration::from_secs(120);
-
-fn args() -> Vec<String> {
-    std::env::args().collect()
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    let args = args();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn flag(name: &str) -> bool {
-    args().iter().any(|a| a == name)
-}
 
 /// Every value given for a repeated option.
 fn values(name: &str) -> Vec<String> {
@@ -89,13 +75,6 @@ fn now_ns() -> i128 {
 
 fn ms(ns: i128) -> f64 {
     ns as f64 / 1e6
-}
-
-fn percentile(sorted: &[i128], p: f64) -> i128 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// `p50 p99 max` in milliseconds of `samples` (nanoseconds).
@@ -543,14 +522,6 @@ impl Streams {
             .filter(|ids| ids.iter().any(|x| x == id))
             .count()
     }
-}
-
-fn request() -> tonic::Request<pb::X509svidRequest> {
-    let mut request = tonic::Request::new(pb::X509svidRequest {});
-    request
-        .metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().expect("header"));
-    request
 }
 
 type Workload = SpiffeWorkloadApiClient<tonic::transport::Channel>;

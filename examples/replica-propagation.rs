@@ -13,27 +13,19 @@
 //! Without `--url` it starts a throwaway cluster (needs PostgreSQL's initdb and pg_ctl).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "common/load.rs"]
+mod load;
 #[path = "../tests/common/postgres.rs"]
 mod postgres;
 #[path = "../tests/common/replica.rs"]
 mod replica;
 
+use load::{arg_checked, flag, percentile, value};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use writ::policy::{Incident, IncidentState, Severity};
 use writ::server::registry::Registry;
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 fn incident(id: &str, now: i64) -> Incident {
     Incident {
@@ -54,11 +46,10 @@ fn incident(id: &str, now: i64) -> Incident {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let replicas: usize = arg(&args, "--replicas").map_or(3, |v| v.parse().unwrap());
-    let rounds: usize = arg(&args, "--rounds").map_or(200, |v| v.parse().unwrap());
-    let cut_one = args.iter().any(|a| a == "--cut-one");
-    let (_cluster, url) = match arg(&args, "--url") {
+    let replicas = arg_checked("--replicas", 3);
+    let rounds = arg_checked("--rounds", 200);
+    let cut_one = flag("--cut-one");
+    let (_cluster, url) = match value("--url") {
         Some(url) => (None, url),
         None => {
             let pg = postgres::Postgres::start().expect("PostgreSQL");

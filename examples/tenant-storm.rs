@@ -20,6 +20,10 @@
 // A measuring tool, not a service: failing loudly on setup errors is what we want.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+#[path = "common/load.rs"]
+mod load;
+
+use load::{arg_checked, csr};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,14 +33,6 @@ use writ::config::RawConfig;
 use writ::policy::{Incident, IncidentState, Profile, Selector, Severity, Tenant, TenantState};
 use writ::server::Issuer;
 use writ_verifier::Band;
-
-fn flag(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| v.parse().expect(name))
-}
 
 fn incident(tenant: &str, id: &str, now: i64) -> Incident {
     Incident {
@@ -95,14 +91,6 @@ fn b_changes(issuer: &Issuer, round: &str, n: usize) -> Vec<Duration> {
     out
 }
 
-/// A CSR as an agent sends it (the server sets the SPIFFE ID).
-fn csr() -> Vec<u8> {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.serialize_request(&key).expect("csr").der().to_vec()
-}
-
 /// `n` SVIDs for `id` signed one at a time: their latencies.
 fn b_issues(issuer: &Issuer, id: &spiffe::SpiffeId, n: usize) -> Vec<Duration> {
     (0..n)
@@ -118,10 +106,10 @@ fn b_issues(issuer: &Issuer, id: &spiffe::SpiffeId, n: usize) -> Vec<Duration> {
 }
 
 fn main() {
-    let storm = flag("--storm", 1_000);
-    let threads = flag("--threads", 32);
-    let changes = flag("--changes", 50);
-    let slots = flag(
+    let storm = arg_checked("--storm", 1_000);
+    let threads = arg_checked("--threads", 32);
+    let changes = arg_checked("--changes", 50);
+    let slots = arg_checked(
         "--slots",
         writ::policy::tenant::TenantLimits::default().issuance_slots,
     );

@@ -20,81 +20,15 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_stream::StreamExt;
-use writ::proto::workload::{self as pb, spiffe_workload_api_client::SpiffeWorkloadApiClient};
+
+#[path = "common/load.rs"]
+mod load;
+use load::{arg, hold_streams, report, start_dev, watch_redactions, writ_bin};
 
 const SECRET: &str = "webhook-load-secret";
-
-struct Dev(Child);
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn writ_bin() -> PathBuf {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == "--writ")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/release/writ"))
-}
-
-fn cli(writ: &Path, admin: &Path, args: &[&str]) {
-    let out = Command::new(writ)
-        .args(args)
-        .env("WRIT_ADMIN_SOCKET", admin)
-        .output()
-        .expect("run writ");
-    assert!(
-        out.status.success(),
-        "writ {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn request() -> tonic::Request<pb::X509svidRequest> {
-    let mut request = tonic::Request::new(pb::X509svidRequest {});
-    request
-        .metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().expect("header"));
-    request
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn report(name: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    println!(
-        "{name}: n={} p50={:.3} ms p99={:.3} ms max={:.3} ms",
-        samples.len(),
-        percentile(&samples, 0.50).as_secs_f64() * 1e3,
-        percentile(&samples, 0.99).as_secs_f64() * 1e3,
-        samples.last().copied().unwrap_or_default().as_secs_f64() * 1e3
-    );
-}
 
 /// A PagerDuty v3 delivery, in its documented shape.
 fn delivery(event_id: &str, event_type: &str, incident: &str) -> Vec<u8> {
@@ -233,7 +167,6 @@ async fn main() {
     let writ = writ_bin();
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let admin = data.join("admin.sock");
     let socket = data.join("workload.sock");
     let secret = dir.path().join("pd.secret");
     std::fs::write(&secret, SECRET).unwrap();
@@ -260,42 +193,7 @@ async fn main() {
         ),
     )
     .unwrap();
-    // --demo-single-user: this tool's own uid (root, often) is the workload measured.
-    let child = Command::new(&writ)
-        .args(["dev", "--demo-single-user", "--data-dir"])
-        .arg(&data)
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start writ dev");
-    let _dev = Dev(child);
-    for _ in 0..200 {
-        if socket.exists() && admin.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().next().map(str::to_owned))
-        })
-        .expect("uid");
-    cli(
-        &writ,
-        &admin,
-        &[
-            "profile",
-            "create",
-            "load",
-            "--selector",
-            &format!("unix:uid:{uid}"),
-        ],
-    );
+    let _dev = start_dev(&writ, &data, &config).await;
 
     // 1. Redaction after a webhook resolve.
     eprintln!("writ dev up; triggering");
@@ -305,55 +203,16 @@ async fn main() {
         .await;
     assert_eq!(status, 200, "{body}");
     eprintln!("opened: {body}; opening {streams} streams");
-    let channel = |_: usize| async { writ::uds::channel(&socket).await.expect("connect") };
-    let conns_needed = streams.div_ceil(per_conn);
-    let mut conns = Vec::with_capacity(conns_needed);
-    for i in 0..conns_needed {
-        conns.push(SpiffeWorkloadApiClient::new(channel(i).await));
-    }
-    let mut open = Vec::with_capacity(streams);
-    for i in 0..streams {
-        let mut client = conns[i / per_conn].clone();
-        open.push(tokio::spawn(async move {
-            let mut stream = client
-                .fetch_x509svid(request())
-                .await
-                .expect("stream")
-                .into_inner();
-            stream.next().await.expect("first").expect("ok");
-            stream
-        }));
-    }
-    let mut held = Vec::with_capacity(streams);
-    for t in open {
-        held.push(t.await.expect("open"));
-    }
+    let (conns, held) = hold_streams(&socket, streams, per_conn).await;
     eprintln!("{streams} streams hold the identity; resolving");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    for mut stream in held {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let outcome = stream.next().await;
-            let redacted =
-                matches!(outcome, Some(Err(ref s)) if s.code() == tonic::Code::PermissionDenied);
-            let _ = tx.send((Instant::now(), redacted));
-        });
-    }
-    drop(tx);
+    let ends = watch_redactions(held);
     let invoked = Instant::now();
     let (status, body) = http
         .post(SECRET, &delivery("E-CLOSE", "incident.resolved", "QLOAD"))
         .await;
     let returned = Instant::now();
     assert_eq!(status, 200, "{body}");
-    let mut from_return = Vec::with_capacity(streams);
-    let mut from_invoke = Vec::with_capacity(streams);
-    let mut redacted = 0;
-    while let Some((at, ok)) = rx.recv().await {
-        redacted += usize::from(ok);
-        from_return.push(at.saturating_duration_since(returned));
-        from_invoke.push(at.saturating_duration_since(invoked));
-    }
+    let (from_return, from_invoke, redacted) = ends.collect(invoked, returned).await;
     println!(
         "webhook resolve answered in {:.1} ms ({body}); {redacted}/{streams} streams redacted",
         returned.duration_since(invoked).as_secs_f64() * 1e3

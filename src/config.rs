@@ -623,6 +623,46 @@ mod tests {
     }
 
     #[test]
+    fn psat_needs_its_cluster_and_its_token_file_and_has_no_default_path() {
+        let agent = |lines: &str| {
+            toml::from_str::<RawAgentConfig>(&format!(
+                "server_address = \"writ:8443\"\ntrust_bundle = \"/b.pem\"\n{lines}"
+            ))
+            .unwrap()
+            .resolve()
+            .map_err(|e| format!("{e:#}"))
+        };
+        // Half a psat setup is refused when the config is read, naming both keys: the
+        // token path has no default (deploy/kubernetes sets it to the projected token).
+        for half in [
+            "psat_cluster = \"prod\"\n",
+            "psat_token_file = \"/var/run/secrets/writ/psat-token\"\n",
+        ] {
+            let e = agent(half).unwrap_err();
+            assert!(
+                e.contains("psat_cluster and psat_token_file"),
+                "{half}: {e}"
+            );
+        }
+        let both = agent(
+            "psat_cluster = \"prod\"\npsat_token_file = \"/var/run/secrets/writ/psat-token\"\n",
+        )
+        .unwrap();
+        assert!(
+            matches!(
+                both.remote.attestation,
+                Some(crate::agent::remote::Attestation::K8sPsat { ref cluster, ref token_file })
+                    if cluster == "prod"
+                        && token_file == Path::new("/var/run/secrets/writ/psat-token")
+            ),
+            "{:?}",
+            both.remote.attestation
+        );
+        let e = agent("psat_cluster = \"Prod Cluster\"\npsat_token_file = \"/t\"\n").unwrap_err();
+        assert!(e.contains("psat_cluster"), "{e}");
+    }
+
+    #[test]
     fn a_k8s_block_is_read_by_the_agent_and_by_writ_dev() {
         let block = "[k8s]\nkubelet_url = \"https://10.0.0.5:10250\"\nkubelet_skip_verify = true\ntoken_file = \"/t\"\nnode_name = \"node-1\"\n";
         let agent: RawAgentConfig = toml::from_str(&format!(

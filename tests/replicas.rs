@@ -316,3 +316,77 @@ fn a_servers_own_change_is_published_once() {
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(publishes.load(Ordering::SeqCst), 1);
 }
+
+fn pd_source() -> writ::sources::config::Source {
+    writ::sources::config::Source {
+        name: "pd".into(),
+        kind: writ::sources::SourceKind::PagerDuty,
+        path: "/pd".into(),
+        secrets: Vec::new(),
+        tenant: "default".into(),
+        rules: vec![writ::sources::rules::Rule {
+            service: "*".into(),
+            assign: ["triage".to_owned()].into(),
+            scopes: BTreeSet::new(),
+            severity: Default::default(),
+            default_severity: Severity::Sev3,
+            max_lifetime: None,
+        }],
+        tolerance_secs: 300,
+    }
+}
+
+fn pd_open(delivery_id: &str) -> writ::sources::SourceEvent {
+    writ::sources::SourceEvent {
+        source: writ::sources::SourceKind::PagerDuty,
+        delivery_id: delivery_id.into(),
+        incident_id: "Q1".into(),
+        action: writ::sources::Action::Open,
+        service: Some("PSVC".into()),
+        severity: None,
+        title: Some("checkout 502s".into()),
+        url: None,
+    }
+}
+
+/// A source delivery that changes no incident publishes no new policy where it changes
+/// no row either (a duplicate); where it writes the source's row (a policy table, so the
+/// store's version moves) it is published as before, and every replica still agrees on
+/// the generation and may sign.
+#[test]
+fn source_deliveries_that_change_nothing_keep_replicas_in_step() {
+    use writ::sources::rules::Decision;
+    let Some((_pg, url)) = cluster() else { return };
+    let rt = runtime();
+    let a = Replica::start(&url, &rt);
+    let b = Replica::start(&url, &rt);
+    let source = pd_source();
+    a.registry
+        .apply_source_event(&source, &pd_open("d1"), 3600)
+        .unwrap();
+    wait_for("pd-Q1 on B", || {
+        b.incident_state("pd-Q1") == Some(IncidentState::Open)
+    });
+    let before = a.registry.snapshot();
+    let again = a
+        .registry
+        .apply_source_event(&source, &pd_open("d1"), 3600)
+        .unwrap();
+    assert_eq!(again.decision, Decision::Duplicate);
+    assert!(Arc::ptr_eq(&before, &a.registry.snapshot()));
+    let nothing = a
+        .registry
+        .apply_source_event(&source, &pd_open("d2"), 3600)
+        .unwrap();
+    assert!(
+        matches!(nothing.decision, Decision::Nothing(_)),
+        "{:?}",
+        nothing.decision
+    );
+    wait_for("both replicas on one generation, both signing", || {
+        a.registry.snapshot().generation == b.registry.snapshot().generation
+            && a.may_sign()
+            && b.may_sign()
+    });
+    assert!(a.registry.snapshot().generation > before.generation);
+}

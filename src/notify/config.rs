@@ -7,6 +7,7 @@
 //! address: a test receiver or a local relay, where nothing secret travels.
 
 use super::Event;
+use crate::httpc;
 use anyhow::Context;
 use serde::Deserialize;
 use std::collections::BTreeSet;
@@ -92,26 +93,13 @@ pub struct Target {
     pub interest: Interest,
 }
 
-/// http or https.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scheme {
-    /// Plain TCP: loopback only.
-    Http,
-    /// TLS (rustls).
-    Https,
-}
-
-/// Where a target is posted. Its `Debug` and [`Endpoint::shown`] name the scheme, host and
+/// Where a target is posted: an [`httpc::Target`] (scheme, host, port, TLS), built once,
+/// and the request target. Its `Debug` and [`Endpoint::shown`] name the scheme, host and
 /// port only: the path and query are the secret part of a webhook URL.
 #[derive(Clone)]
 pub struct Endpoint {
-    scheme: Scheme,
-    host: String,
-    port: u16,
-    /// `Host:` header value (the URL's authority).
-    authority: String,
+    target: httpc::Target,
     path_and_query: Zeroizing<String>,
-    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -126,31 +114,12 @@ impl fmt::Debug for Endpoint {
 impl Endpoint {
     /// `scheme://host:port`, for logs: never the path or the query.
     pub fn shown(&self) -> String {
-        let scheme = match self.scheme {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        };
-        format!("{scheme}://{}:{}", self.host, self.port)
+        self.target.shown()
     }
 
-    /// The scheme.
-    pub fn scheme(&self) -> Scheme {
-        self.scheme
-    }
-
-    /// The host to connect to (brackets stripped from an IPv6 address).
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    /// The port to connect to.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The `Host:` header.
-    pub fn authority(&self) -> &str {
-        &self.authority
+    /// Where requests go (its errors name the host only).
+    pub fn target(&self) -> &httpc::Target {
+        &self.target
     }
 
     /// The request target (path and query): secret.
@@ -158,77 +127,64 @@ impl Endpoint {
         &self.path_and_query
     }
 
-    /// The TLS client configuration, for https.
-    pub fn tls(&self) -> Option<&Arc<rustls::ClientConfig>> {
-        self.tls.as_ref()
-    }
-
     /// Parses `text` as an http(s) URL. `inline` URLs (written in the config itself) must
     /// be plain http to a loopback address; any URL over plain http must be. Errors never
     /// contain the text.
+    ///
+    /// These checks come before [`httpc::Target::parse`] (which enforces the same rules)
+    /// to say in config terms what is wrong; the host, port and TLS are then httpc's.
     fn parse(text: &str, inline: bool, ca_file: Option<&Path>) -> anyhow::Result<Endpoint> {
         let uri: http::Uri = text
             .parse()
             .map_err(|_| anyhow::anyhow!("not a URL (the URL is not shown: it is a secret)"))?;
-        let scheme = match uri.scheme_str() {
-            Some("http") => Scheme::Http,
-            Some("https") => Scheme::Https,
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
             _ => anyhow::bail!("the URL must start with https:// (or http:// to loopback)"),
         };
-        let authority = uri
-            .authority()
-            .context("the URL has no host")?
-            .as_str()
-            .to_owned();
+        let authority = uri.authority().context("the URL has no host")?;
         anyhow::ensure!(
-            !authority.contains('@'),
+            !authority.as_str().contains('@'),
             "the URL carries credentials before its host; put the secret in the path, in url_file"
         );
-        let host = uri
+        let host = authority
             .host()
-            .context("the URL has no host")?
             .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
+            .trim_end_matches(']');
         anyhow::ensure!(!host.is_empty(), "the URL has no host");
-        let port = uri.port_u16().unwrap_or(match scheme {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        });
-        let loopback = is_loopback(&host);
+        let loopback = is_loopback(host);
         if inline {
             anyhow::ensure!(
-                scheme == Scheme::Http && loopback,
+                !https && loopback,
                 "an inline url is allowed only for http:// to a loopback address ({}); put other URLs in url_file (they are secrets)",
-                "localhost, 127.0.0.0/8, ::1"
+                "127.0.0.0/8, ::1"
             );
         }
         anyhow::ensure!(
-            scheme == Scheme::Https || loopback,
-            "plain http:// is allowed only to a loopback address; use https:// for {host}"
+            https || loopback,
+            "plain http:// is allowed only to a loopback address (127.0.0.0/8, ::1); use https:// for {host}"
         );
-        let tls = match scheme {
-            Scheme::Https => Some(client_tls(ca_file)?),
-            Scheme::Http => None,
+        let tls = match https {
+            true => Some(client_tls(ca_file)?),
+            false => None,
         };
+        // httpc's errors are fixed phrases, never the URL.
+        let target = httpc::Target::parse(text, tls)?;
         let path_and_query = uri
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
         Ok(Endpoint {
-            scheme,
-            host,
-            port,
-            authority,
+            target,
             path_and_query: Zeroizing::new(path_and_query),
-            tls,
         })
     }
 }
 
-/// Whether `host` names this machine: `localhost`, 127.0.0.0/8 or ::1.
+/// Whether `host` is a loopback address: 127.0.0.0/8 or ::1. Not the name `localhost`,
+/// which resolves through whatever the machine's resolver says (and [`httpc`] refuses
+/// plain http to a name for the same reason).
 fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// rustls with ring, the system bundle's roots and `ca_file`'s (if any).
@@ -439,12 +395,10 @@ mod tests {
         assert_eq!(target.interest.events.len(), 4);
         assert_eq!(target.endpoint.shown(), "http://127.0.0.1:9000");
         assert_eq!(target.endpoint.path_and_query(), "/hook?k=v");
-        assert_eq!(target.endpoint.authority(), "127.0.0.1:9000");
-        assert!(target.endpoint.tls().is_none());
         let ipv6 = parse("[[notify]]\nname = \"r\"\nformat = \"slack\"\nurl = \"http://[::1]/\"\n")
             .unwrap();
-        assert_eq!(ipv6[0].endpoint.host(), "::1");
-        assert_eq!(ipv6[0].endpoint.port(), 80);
+        assert_eq!(ipv6[0].endpoint.shown(), "http://[::1]:80");
+        assert_eq!(ipv6[0].endpoint.path_and_query(), "/");
     }
 
     #[test]
@@ -460,9 +414,8 @@ mod tests {
         ))
         .unwrap();
         let target = &targets[0];
-        assert_eq!(target.endpoint.scheme(), Scheme::Https);
-        assert_eq!(target.endpoint.port(), 443);
-        assert!(target.endpoint.tls().is_some());
+        // httpc shows `https` only for a target that has a TLS configuration.
+        assert_eq!(target.endpoint.shown(), "https://hooks.slack.example:443");
         assert_eq!(
             target.endpoint.path_and_query(),
             "/services/T0/B0/SECRETPART"
@@ -501,6 +454,11 @@ mod tests {
                 "http://hooks.example/SECRETPART",
                 "only for http:// to a loopback",
             ),
+            // A name, even `localhost`, is not a loopback address: it resolves.
+            (
+                "http://localhost:9000/SECRETPART",
+                "only for http:// to a loopback",
+            ),
             ("ftp://127.0.0.1/SECRETPART", "must start with https://"),
             ("http://user:SECRETPART@127.0.0.1/", "credentials"),
             ("not a url SECRETPART", "not a URL"),
@@ -525,6 +483,18 @@ mod tests {
         );
         assert!(
             e.contains("use https://") && !e.contains("SECRETPART"),
+            "{e}"
+        );
+        let named = secret_file(dir.path(), "http://localhost:9000/SECRETPART", 0o600);
+        let e = format!(
+            "{:#}",
+            parse(&format!(
+                "[[notify]]\nname = \"a\"\nformat = \"json\"\nurl_file = {named:?}\n"
+            ))
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("use https:// for localhost") && !e.contains("SECRETPART"),
             "{e}"
         );
         let base = "format = \"json\"\nurl = \"http://127.0.0.1/\"\n";

@@ -1,19 +1,20 @@
-//! Posting a body to a target: one HTTP/1.1 POST per attempt (hyper, over TCP, with
-//! rustls for https), each bounded in time, retried with jittered backoff on connection
-//! errors, timeouts, 5xx and 429, a bounded number of times within a bounded total time.
+//! Posting a body to a target: one HTTP/1.1 POST per attempt (through [`crate::httpc`],
+//! rustls for https), each bounded in time and in the answer's size, retried with
+//! jittered backoff on connection errors, timeouts, 5xx and 429, a bounded number of
+//! times within a bounded total time.
 //!
 //! Must never: follow a redirect (it could send the body elsewhere), log the URL's path
 //! or query (the secret part of a webhook URL) or a body, or block the caller: bodies
 //! arrive through a bounded queue ([`super::run`]) and this loop is the only one waiting.
 
-use super::config::{Endpoint, Scheme};
+use super::config::Endpoint;
 use crate::backoff::Backoff;
-use http_body_util::Full;
+use crate::httpc::{HttpError, Limits};
+use http::{HeaderMap, HeaderValue, Method};
 use hyper::body::Bytes;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How hard delivery tries.
 #[derive(Clone, Debug)]
@@ -28,7 +29,7 @@ pub struct RetryPolicy {
     pub cap: Duration,
     /// Longest TCP connect plus TLS handshake.
     pub connect_timeout: Duration,
-    /// Longest wait for the response's status line, once connected.
+    /// Longest time, once connected, to send the request and read the (bounded) answer.
     pub response_timeout: Duration,
 }
 
@@ -180,72 +181,50 @@ pub async fn deliver(
     }
 }
 
-/// One attempt: connect (and handshake), post, read the status line.
+/// The largest answer body read. Only the status is used; a receiver's answer is a few
+/// bytes (Slack's is `ok`), so this bounds memory and does not cut off real answers.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// One attempt: one POST through [`crate::httpc`], its status or why there was none.
 async fn post_once(endpoint: &Endpoint, body: Bytes, policy: &RetryPolicy) -> Outcome {
-    let connect = tokio::time::timeout(
-        policy.connect_timeout,
-        tokio::net::TcpStream::connect((endpoint.host(), endpoint.port())),
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
-    let tcp = match connect.await {
-        Err(_) => return Outcome::Timeout,
-        Ok(Err(e)) => return Outcome::Connection(e.to_string()),
-        Ok(Ok(tcp)) => tcp,
+    let limits = Limits {
+        connect: policy.connect_timeout,
+        exchange: policy.response_timeout,
+        max_body: MAX_ANSWER_BYTES,
     };
-    let _ = tcp.set_nodelay(true);
-    match (endpoint.scheme(), endpoint.tls()) {
-        (Scheme::Https, Some(tls)) => {
-            let name = match rustls_pki_types::ServerName::try_from(endpoint.host().to_owned()) {
-                Ok(name) => name,
-                Err(e) => return Outcome::Connection(format!("server name: {e}")),
-            };
-            let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(tls));
-            let stream =
-                match tokio::time::timeout(policy.connect_timeout, connector.connect(name, tcp))
-                    .await
-                {
-                    Err(_) => return Outcome::Timeout,
-                    Ok(Err(e)) => return Outcome::Connection(format!("TLS: {e}")),
-                    Ok(Ok(stream)) => stream,
-                };
-            exchange(stream, endpoint, body, policy.response_timeout).await
-        }
-        (Scheme::Https, None) => Outcome::Connection("no TLS configuration".into()),
-        (Scheme::Http, _) => exchange(tcp, endpoint, body, policy.response_timeout).await,
+    let reply = endpoint
+        .target()
+        .request(
+            Method::POST,
+            endpoint.path_and_query(),
+            headers,
+            body,
+            limits,
+        )
+        .await;
+    match reply {
+        Ok(reply) => Outcome::Status(reply.status),
+        Err(e) => outcome_of(e),
     }
 }
 
-/// The HTTP/1.1 exchange on a connected stream.
-async fn exchange<S>(io: S, endpoint: &Endpoint, body: Bytes, timeout: Duration) -> Outcome
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let request = http::Request::post(endpoint.path_and_query())
-        .header(http::header::HOST, endpoint.authority())
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(
-            http::header::USER_AGENT,
-            concat!("writ/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Full::new(body));
-    let request = match request {
-        Ok(request) => request,
-        // Names no part of the URL: the builder's error is about the form only.
-        Err(_) => {
-            return Outcome::Connection("the URL's path is not a valid request target".into());
+/// An [`HttpError`] as an attempt's outcome. httpc's errors name the host only, never the
+/// path; `Connection` carries just the reason, as the logs name the host beside it.
+fn outcome_of(error: HttpError) -> Outcome {
+    match error {
+        HttpError::Timeout(_) => Outcome::Timeout,
+        HttpError::Connect { why, .. } => Outcome::Connection(why),
+        // The receiver did answer, but its status is not known: like a broken exchange.
+        HttpError::TooLarge(_) => {
+            Outcome::Connection(format!("answer larger than {MAX_ANSWER_BYTES} bytes"))
         }
-    };
-    let exchange = async {
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
-        let driver = tokio::spawn(connection);
-        let response = sender.send_request(request).await;
-        driver.abort();
-        response
-    };
-    match tokio::time::timeout(timeout, exchange).await {
-        Err(_) => Outcome::Timeout,
-        Ok(Err(e)) => Outcome::Connection(e.to_string()),
-        Ok(Ok(response)) => Outcome::Status(response.status().as_u16()),
+        // A fixed phrase (an invalid request target, a bad server name).
+        HttpError::Url(why) => Outcome::Connection(why),
     }
 }
 
@@ -359,6 +338,27 @@ mod tests {
     fn outcomes_show_the_status_and_never_a_path() {
         assert_eq!(Outcome::Status(503).to_string(), "HTTP 503");
         assert_eq!(Outcome::Timeout.to_string(), "timed out");
+    }
+
+    #[test]
+    fn http_errors_become_outcomes_that_retry_as_before() {
+        let at = || "https://hooks.example:443".to_owned();
+        assert_eq!(outcome_of(HttpError::Timeout(at())), Outcome::Timeout);
+        assert_eq!(
+            outcome_of(HttpError::Connect {
+                at: at(),
+                why: "connection refused".into()
+            }),
+            Outcome::Connection("connection refused".into())
+        );
+        for error in [
+            HttpError::TooLarge(at()),
+            HttpError::Url("the path is not a valid request target".into()),
+        ] {
+            let outcome = outcome_of(error);
+            assert!(matches!(outcome, Outcome::Connection(_)), "{outcome}");
+            assert!(retryable(&outcome), "{outcome}");
+        }
     }
 
     /// A CA (its PEM and its issuer) named `name`.

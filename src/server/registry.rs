@@ -355,6 +355,15 @@ pub struct Registry {
     buckets: Mutex<std::collections::BTreeMap<String, tenant::Bucket>>,
 }
 
+/// Whether a change edited the policy (and so has a new snapshot to publish).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Edit {
+    /// The policy changed: publish it.
+    Changed,
+    /// Only records were written (an audit record, a source's delivery bookkeeping).
+    Unchanged,
+}
+
 /// What a server sharing its store knows of the cluster's policy.
 struct Follow {
     /// The policy version the published snapshot reflects (at least).
@@ -647,6 +656,19 @@ impl Registry {
         what: Audited<'_>,
         f: impl FnOnce(&mut PolicySnapshot, &Writer<'_>) -> Result<T, RegistryError>,
     ) -> Result<(T, Vec<String>), RegistryError> {
+        self.change_or_keep(what, |policy, w| Ok((f(policy, w)?, Edit::Changed)))
+    }
+
+    /// [`Self::change_confirmed`] for a change that may leave the policy as it was: when
+    /// `f` says [`Edit::Unchanged`] (it wrote records, not policy), no new snapshot is
+    /// published, so watchers and agents are not woken for nothing. With a shared store
+    /// it is published all the same if the store's policy version moved (a row in a
+    /// policy table was written), so the snapshot's generation keeps following it.
+    fn change_or_keep<T>(
+        &self,
+        what: Audited<'_>,
+        f: impl FnOnce(&mut PolicySnapshot, &Writer<'_>) -> Result<(T, Edit), RegistryError>,
+    ) -> Result<(T, Vec<String>), RegistryError> {
         // A revocation goes before its own tenant's waiting changes (a storm of opens
         // must not hold up a close).
         let urgency = match what.kind {
@@ -677,7 +699,18 @@ impl Registry {
             clock: &self.clock,
             what,
         };
-        let out = f(&mut next, &writer)?;
+        let (out, edit) = f(&mut next, &writer)?;
+        if edit == Edit::Unchanged {
+            let moved = match &self.follow {
+                Some(follow) => {
+                    self.store.policy_version()? != follow.applied.load(Ordering::SeqCst)
+                }
+                None => false,
+            };
+            if !moved {
+                return Ok((out, Vec::new()));
+            }
+        }
         let applied = match &self.follow {
             Some(_) => {
                 let version = self.store.policy_version()?;
@@ -895,7 +928,7 @@ impl Registry {
             Action::Close => Kind::Revocation,
             _ => Kind::AdminChange,
         };
-        let (outcome, unconfirmed) = self.change_confirmed(
+        let (outcome, unconfirmed) = self.change_or_keep(
             Audited::new(tenant, kind, "source.delivery", &actor),
             |policy, w| {
                 let now = self.clock.unix();
@@ -1000,12 +1033,21 @@ impl Registry {
                     &incidents,
                     &grants,
                 )?;
+                // A duplicate, a refusal, a tombstone or nothing to do: recorded (and
+                // the delivery kept), but the policy is as it was.
+                let edit = match incidents.is_empty() && grants.is_empty() {
+                    true => Edit::Unchanged,
+                    false => Edit::Changed,
+                };
                 apply(policy, &incidents, &grants);
-                Ok(SourceOutcome {
-                    decision,
-                    incident: filed,
-                    unconfirmed: Vec::new(),
-                })
+                Ok((
+                    SourceOutcome {
+                        decision,
+                        incident: filed,
+                        unconfirmed: Vec::new(),
+                    },
+                    edit,
+                ))
             },
         )?;
         Ok(SourceOutcome {
@@ -2006,6 +2048,73 @@ mod tests {
                 .source,
             None
         );
+    }
+
+    #[test]
+    fn source_deliveries_that_change_nothing_publish_no_new_policy() {
+        use crate::sources::Action;
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(crate::clock::ManualClock::at(1_000));
+        let store = Arc::new(Store::open(&dir.path().join("writ.redb")).unwrap());
+        let registry = load_at(Arc::clone(&store), dir.path(), clock);
+        let pd = pd_source();
+        let ceiling = 3600;
+        let mut watcher = registry.subscribe();
+        let _ = watcher.borrow_and_update();
+        let before = registry.snapshot();
+        registry
+            .apply_source_event(&pd, &delivery("d1", Action::Open, "P3"), ceiling)
+            .unwrap();
+        let opened = registry.snapshot();
+        assert!(!Arc::ptr_eq(&before, &opened));
+        assert_eq!(opened.generation, before.generation + 1);
+        assert!(watcher.has_changed().unwrap());
+        let _ = watcher.borrow_and_update();
+
+        // The same delivery again: recorded, and the policy stays the one published.
+        let audited = registry.audit.size();
+        let again = registry
+            .apply_source_event(&pd, &delivery("d1", Action::Open, "P3"), ceiling)
+            .unwrap();
+        assert_eq!(again.decision, Decision::Duplicate);
+        assert_eq!(again.incident.as_deref(), Some("pd-Q1"));
+        assert!(registry.audit.size() > audited, "the duplicate is audited");
+        assert!(Arc::ptr_eq(&opened, &registry.snapshot()));
+        assert!(!watcher.has_changed().unwrap());
+
+        // A second trigger for the open incident (nothing to do) and a close for one writ
+        // never opened (a tombstone): both kept in the source's row, neither published.
+        let audited = registry.audit.size();
+        let nothing = registry
+            .apply_source_event(&pd, &delivery("d2", Action::Open, "P1"), ceiling)
+            .unwrap();
+        assert!(matches!(nothing.decision, Decision::Nothing(_)));
+        let mut ended = delivery("d3", Action::Close, "P1");
+        ended.incident_id = "Q9".into();
+        let tombstone = registry.apply_source_event(&pd, &ended, ceiling).unwrap();
+        assert_eq!(tombstone.decision, Decision::Tombstone);
+        assert!(registry.audit.size() > audited);
+        let row = store
+            .source_incident("default", "pd", "Q1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.deliveries, ["d1", "d2"]);
+        let row = store
+            .source_incident("default", "pd", "Q9")
+            .unwrap()
+            .unwrap();
+        assert!(row.tombstone);
+        assert_eq!(row.deliveries, ["d3"]);
+        assert!(Arc::ptr_eq(&opened, &registry.snapshot()));
+        assert!(!watcher.has_changed().unwrap());
+
+        // A close changes the policy again.
+        registry
+            .apply_source_event(&pd, &delivery("d4", Action::Close, "P1"), ceiling)
+            .unwrap();
+        let closed = registry.snapshot();
+        assert_eq!(closed.generation, opened.generation + 1);
+        assert!(watcher.has_changed().unwrap());
     }
 
     #[test]

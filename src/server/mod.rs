@@ -425,27 +425,35 @@ impl Issuer {
                 .collect()
         };
         await_denials(denials);
-        let waited: Vec<_> = pending
+        let (mut rows, mut submitted) = (Vec::new(), Vec::new());
+        let mut outcomes: Vec<Option<Result<_, IssueError>>> = pending
             .into_iter()
-            .map(|p| p.and_then(|p| Ok(p.wait()?.1)))
-            .collect();
-        let records: Vec<_> = waited
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .map(|(band, request, minted)| svid_record(*band, request, minted))
+            .map(|p| match p {
+                Ok((pending, row)) => {
+                    rows.push(row);
+                    submitted.push(pending);
+                    None
+                }
+                Err(e) => Some(Err(e)),
+            })
             .collect();
         // Nothing issued (all refused): no empty, fsync'd store commit.
-        let stored = match records.is_empty() {
-            true => Ok(()),
-            false => self.store.put_svids(&records).map_err(|e| e.to_string()),
-        };
-        waited
+        let mut released = match rows.is_empty() {
+            true => Vec::new(),
+            false => self.store_then_await(rows, submitted),
+        }
+        .into_iter();
+        for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
+            *outcome = released.next();
+        }
+        outcomes
             .into_iter()
             .map(|r| {
-                let (band, request, minted) = r?;
-                if let Err(e) = &stored {
-                    return Err(IssueError::Ca(StoreError::Db(e.clone()).into()));
-                }
+                let (band, request, minted) = r.unwrap_or_else(|| {
+                    Err(IssueError::Audit(crate::audit::AuditError::Invalid(
+                        "nothing issued".into(),
+                    )))
+                })?;
                 tracing::info!(spiffe_id = %request.spiffe_id, serial = %minted.serial, %band, not_after = minted.not_after, %requester, "issued x509-svid");
                 Ok(minted)
             })
@@ -463,13 +471,49 @@ impl Issuer {
     ) -> Result<MintedX509, IssueError> {
         let tenant = self.tenant_of_identity(&request.spiffe_id, request.claims.as_ref());
         let _turn = self.issuance.enter(&tenant, Urgency::Normal);
-        let (_, (band, request, minted)) = self
-            .submit_x509(band, key, request, self.cas.now(), requester)?
-            .wait()?;
-        self.store
-            .put_svid(&svid_record(band, &request, &minted))
-            .map_err(crate::ca::CaError::from)?;
+        let (pending, row) = self.submit_x509(band, key, request, self.cas.now(), requester)?;
+        let mut released = self.store_then_await(vec![row], vec![pending]);
+        let (_, _, minted) = released.pop().ok_or_else(|| {
+            IssueError::Audit(crate::audit::AuditError::Invalid("nothing issued".into()))
+        })??;
         Ok(minted)
+    }
+
+    /// Writes issued SVIDs' `rows` to the store while the audit log commits their
+    /// issuance records (`pending`, in the same order), so the two durable commits
+    /// overlap instead of following each other; then releases each SVID whose record and
+    /// row are both durable. A row whose record failed is forgotten again: that SVID is
+    /// never handed out. The SVID itself is released only after both, as before.
+    fn store_then_await(
+        &self,
+        rows: Vec<SvidRecord>,
+        pending: Vec<PendingX509>,
+    ) -> Vec<Result<(Band, SvidRequest, MintedX509), IssueError>> {
+        let stored = self.store.put_svids(&rows).map_err(|e| e.to_string());
+        let waited: Vec<_> = pending.into_iter().map(|p| p.wait()).collect();
+        let unreleased: Vec<String> = rows
+            .into_iter()
+            .zip(&waited)
+            .filter(|(_, w)| w.is_err())
+            .map(|(row, _)| row.serial)
+            .collect();
+        if stored.is_ok()
+            && !unreleased.is_empty()
+            && let Err(e) = self.store.forget_svids(&unreleased)
+        {
+            // Listed until they expire and are pruned; never handed out.
+            tracing::warn!(error = %e, count = unreleased.len(), "forgetting the rows of SVIDs whose issuance records failed");
+        }
+        waited
+            .into_iter()
+            .map(|w| {
+                let (_, value) = w?;
+                if let Err(e) = &stored {
+                    return Err(IssueError::Ca(StoreError::Db(e.clone()).into()));
+                }
+                Ok(value)
+            })
+            .collect()
     }
 
     /// Mints the server's own X.509-SVID (the node API's TLS identity) in the base band,
@@ -499,7 +543,7 @@ impl Issuer {
         mut request: SvidRequest,
         now: i64,
         requester: &str,
-    ) -> Result<crate::audit::log::Pending<(Band, SvidRequest, MintedX509)>, IssueError> {
+    ) -> Result<(PendingX509, SvidRecord), IssueError> {
         // The CA of the ID's trust domain (the deployment's or a tenant's), which must
         // serve `band`.
         let ca = self.ca_for(band, &request.spiffe_id)?;
@@ -507,11 +551,15 @@ impl Issuer {
         // What the caller sent is checked (the CSR's signature verified) before an audit
         // index is taken: a bad request costs no index. The claims get their index below.
         let (_, spki) = ca.check_x509(key, &request)?;
-        self.audit.submit_with(|index| {
+        // The SVID's row (no certificate in it) leaves beside the pending record, so the
+        // store can commit it while the audit log commits the record.
+        let mut row = None;
+        let pending = self.audit.submit_with(|index| {
             if let Some(claims) = request.claims.as_mut() {
                 claims.audit_index = Some(index);
             }
             let minted = ca.mint_x509(SubjectKey::PublicKey(&spki), &request, now)?;
+            row = Some(svid_record(band, &request, &minted));
             let record = issuance_record(now, band, &request, requester, &tenant)
                 .serial(minted.serial.clone())
                 .detail(serde_json::json!({
@@ -522,7 +570,13 @@ impl Issuer {
                     "claims_sha256": claims_digest(&request),
                 }));
             Ok::<_, IssueError>((encode(&record)?, (band, request, minted)))
-        })
+        })?;
+        let row = row.ok_or_else(|| {
+            IssueError::Audit(crate::audit::AuditError::Invalid(
+                "an issuance record was made without its SVID".into(),
+            ))
+        })?;
+        Ok((pending, row))
     }
 
     /// Submits the record of a refused issuance; the caller waits for it with
@@ -992,6 +1046,9 @@ fn issuance_record(
 }
 
 /// What the store keeps of an X.509-SVID minted for `request` in `band`.
+/// An X.509-SVID waiting for its issuance record to be durable.
+type PendingX509 = crate::audit::log::Pending<(Band, SvidRequest, MintedX509)>;
+
 fn svid_record(band: Band, request: &SvidRequest, minted: &MintedX509) -> SvidRecord {
     SvidRecord {
         serial: minted.serial.clone(),

@@ -673,6 +673,19 @@ impl Store {
             .write(writes, |group| self.backend.write(group))
     }
 
+    /// Forgets the rows of SVIDs that were never handed out (their issuance record could
+    /// not be written after the rows were).
+    pub fn forget_svids(&self, serials: &[String]) -> Result<(), StoreError> {
+        let writes = serials
+            .iter()
+            .map(|serial| Write::Delete {
+                table: Table::Svids,
+                key: serial.clone(),
+            })
+            .collect();
+        self.backend.write(writes)
+    }
+
     /// Forgets SVIDs that expired before `now` (their issuance stays in the audit log):
     /// the table holds what is live, not everything ever issued. Returns how many went.
     /// A row that does not parse is kept, to be reported by whoever reads it.

@@ -15,14 +15,19 @@
 //!      `Issuer::issue_x509` does it (what the log adds, without the SVID store);
 //!    - `mint+store`: `CaSet::mint_x509`, then the SVID store's own fsync (`Store::put_svid`;
 //!      issuance before the log);
-//!    - `Issuer::issue_x509`: mint + audit append + SVID store (issuance now).
+//!    - `Issuer::issue_x509`: mint + audit append + SVID store (issuance now);
+//!    - `batch of 16`: `Issuer::sign_workload_x509_batch` with 16 CSRs per call, the
+//!      Workload API's path (policy checked under the issuance gate, then as above);
+//!      ops are SVIDs, latency is one batch's.
 //!
 //! `cargo build --release --example audit-load && target/release/examples/audit-load`
 //!
 //! Flags: --secs N (seconds per measurement, default 3), --baseline N (sequential appends
 //! for the fsync baseline, default 300), --max-tasks N (largest async level, default 1024),
 //! --postgres (the issuance rows with the store in a throwaway PostgreSQL cluster instead
-//! of redb: initdb/pg_ctl on a Unix socket, fsync on; only the issuance section runs).
+//! of redb: initdb/pg_ctl on a Unix socket, fsync on; only the issuance section runs),
+//! --issuance (only the issuance section, on redb), --only TEXT (only the issuance rows
+//! whose name contains TEXT, e.g. `--only issue_x509`).
 
 // A measuring tool, not a service: failing loudly on setup errors is what we want.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
@@ -293,15 +298,24 @@ fn svid_record(request: &SvidRequest, minted: &MintedX509) -> SvidRecord {
 /// One way to issue, run by the load threads.
 type IssuePath = Arc<dyn Fn(&Issuer, &[u8]) + Send + Sync>;
 
+/// How many CSRs the workload-batch rows send per call (an agent's batch for one node).
+const BATCH: usize = 16;
+
 fn issuance_section(levels: &[usize], secs: Duration, on_postgres: bool) {
     let (_place, issuer) = issuer(on_postgres);
+    entitle(&issuer);
     let csr = Arc::new(csr());
     println!(
         "\n== issuance (X.509-SVID from a CSR), {:?} per row, ops/s and latency per issuance ==",
         secs
     );
     for &threads in levels {
-        let paths: [(&str, IssuePath); 4] = [
+        let batch: Arc<Vec<(spiffe::SpiffeId, Vec<u8>)>> = Arc::new(
+            (0..BATCH)
+                .map(|_| (spiffe::SpiffeId::new(ID).expect("id"), csr.to_vec()))
+                .collect(),
+        );
+        let paths: [(&str, IssuePath); 5] = [
             (
                 "mint",
                 Arc::new(|i: &Issuer, csr: &[u8]| {
@@ -342,8 +356,23 @@ fn issuance_section(levels: &[usize], secs: Duration, on_postgres: bool) {
                     .expect("issue");
                 }),
             ),
+            (
+                "workload batch",
+                Arc::new(move |i: &Issuer, _: &[u8]| {
+                    for minted in i.sign_workload_x509_batch(&batch, None, "bench") {
+                        minted.expect("issue");
+                    }
+                }),
+            ),
         ];
+        let only = std::env::args()
+            .skip_while(|a| a != "--only")
+            .nth(1)
+            .unwrap_or_default();
         for (name, path) in paths {
+            if !name.contains(only.as_str()) {
+                continue;
+            }
             let before = issuer.audit.commits();
             let (i2, c2) = (Arc::clone(&issuer), Arc::clone(&csr));
             let log = Arc::clone(&issuer.audit);
@@ -353,9 +382,59 @@ fn issuance_section(levels: &[usize], secs: Duration, on_postgres: bool) {
                 move |_, _| path(&i2, &c2),
                 move || log.commits() - before,
             );
-            print_row(&format!("{name} ×{threads}"), run);
+            match name {
+                // Ops are SVIDs; latency is one batch's.
+                "workload batch" => print_row(
+                    &format!("batch of {BATCH} ×{threads}"),
+                    Run {
+                        appends: run.appends * BATCH,
+                        ..run
+                    },
+                ),
+                _ => print_row(&format!("{name} ×{threads}"), run),
+            }
         }
     }
+}
+
+/// Policy entitling a workload to `ID`: a profile and its open incident.
+fn entitle(issuer: &Issuer) {
+    use std::collections::BTreeSet;
+    use writ::policy::{Incident, IncidentState, Profile, Severity};
+    let now = issuer.cas.now();
+    issuer
+        .registry
+        .create_profile(
+            Profile {
+                tenant: "default".into(),
+                name: "triage".into(),
+                selectors: BTreeSet::from(["unix:uid:1001".parse().expect("selector")]),
+                bands: BTreeSet::from([Band::Investigative]),
+                scopes: BTreeSet::from(["logs:read".to_owned(), "metrics:read".to_owned()]),
+                service: false,
+                created_at: now,
+            },
+            "bench",
+        )
+        .expect("profile");
+    issuer
+        .registry
+        .open_incident(Incident {
+            tenant: "default".into(),
+            id: "INC-4711".into(),
+            title: "issuance load".into(),
+            severity: Severity::Sev2,
+            assigned: BTreeSet::from(["triage".to_owned()]),
+            scopes: BTreeSet::from(["logs:read".to_owned(), "metrics:read".to_owned()]),
+            state: IncidentState::Open,
+            opened_by: "bench".into(),
+            opened_at: now,
+            closed_by: None,
+            closed_at: None,
+            max_lifetime_secs: 86_400,
+            source: None,
+        })
+        .expect("incident");
 }
 
 fn main() {
@@ -365,6 +444,10 @@ fn main() {
     if std::env::args().any(|a| a == "--postgres") {
         println!("store: a throwaway PostgreSQL cluster (Unix socket, fsync on)");
         issuance_section(&[1, 16, 64], secs, true);
+        return;
+    }
+    if std::env::args().any(|a| a == "--issuance") {
+        issuance_section(&[1, 16, 64], secs, false);
         return;
     }
     println!(

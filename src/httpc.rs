@@ -91,8 +91,12 @@ pub fn tls_trusting(
 
 /// How a server's certificate is checked.
 pub enum ServerTrust<'a> {
-    /// Against these CA certificates (and the host name).
+    /// Against these CA certificates (and the host name); one rustls cannot use is an
+    /// error.
     Roots(&'a [CertificateDer<'static>]),
+    /// Against a root store the caller built (a system bundle, whose unusable
+    /// certificates it skipped as every TLS client does).
+    Store(rustls::RootCertStore),
     /// By this verifier (the kubelet's explicit skip-verify lives with its caller).
     Verifier(Arc<dyn rustls::client::danger::ServerCertVerifier>),
 }
@@ -128,6 +132,7 @@ pub fn tls_client(
             }
             builder.with_root_certificates(store)
         }
+        ServerTrust::Store(store) => builder.with_root_certificates(store),
         ServerTrust::Verifier(verifier) => builder
             .dangerous()
             .with_custom_certificate_verifier(verifier),

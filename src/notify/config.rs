@@ -187,7 +187,7 @@ fn is_loopback(host: &str) -> bool {
     host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// rustls with ring, the system bundle's roots and `ca_file`'s (if any).
+/// The system bundle's roots and `ca_file`'s (if any), through `httpc::tls_client`.
 fn client_tls(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
@@ -224,14 +224,8 @@ fn client_tls(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig
         );
     }
     anyhow::ensure!(!roots.is_empty(), "no CA certificates to verify https with");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS versions")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    httpc::tls_client(httpc::ServerTrust::Store(roots), None)
+        .map_err(|e| anyhow::anyhow!("TLS: {e}"))
 }
 
 /// Reads a URL from `path`, less one trailing newline. Refused as

@@ -399,41 +399,19 @@ fn issuance_section(levels: &[usize], secs: Duration, on_postgres: bool) {
 
 /// Policy entitling a workload to `ID`: a profile and its open incident.
 fn entitle(issuer: &Issuer) {
-    use std::collections::BTreeSet;
-    use writ::policy::{Incident, IncidentState, Profile, Severity};
     let now = issuer.cas.now();
     issuer
         .registry
-        .create_profile(
-            Profile {
-                tenant: "default".into(),
-                name: "triage".into(),
-                selectors: BTreeSet::from(["unix:uid:1001".parse().expect("selector")]),
-                bands: BTreeSet::from([Band::Investigative]),
-                scopes: BTreeSet::from(["logs:read".to_owned(), "metrics:read".to_owned()]),
-                service: false,
-                created_at: now,
-            },
-            "bench",
-        )
+        .create_profile(load::triage_profile(now), "bench")
         .expect("profile");
     issuer
         .registry
-        .open_incident(Incident {
-            tenant: "default".into(),
-            id: "INC-4711".into(),
-            title: "issuance load".into(),
-            severity: Severity::Sev2,
-            assigned: BTreeSet::from(["triage".to_owned()]),
-            scopes: BTreeSet::from(["logs:read".to_owned(), "metrics:read".to_owned()]),
-            state: IncidentState::Open,
-            opened_by: "bench".into(),
-            opened_at: now,
-            closed_by: None,
-            closed_at: None,
-            max_lifetime_secs: 86_400,
-            source: None,
-        })
+        .open_incident(load::incident(
+            "default",
+            "INC-4711",
+            &["logs:read", "metrics:read"],
+            now,
+        ))
         .expect("incident");
 }
 

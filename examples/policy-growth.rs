@@ -16,16 +16,16 @@
 // A measuring tool, not a service: failing loudly on setup errors is what we want.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+#[path = "common/load.rs"]
+mod load;
+
 use prost::Message;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 use writ::clock::{Clock, ManualClock};
 use writ::config::RawConfig;
 use writ::node_api::wire::encode_policy;
-use writ::policy::{Incident, IncidentState, Profile, Selector, Severity};
 use writ::server::Issuer;
-use writ_verifier::Band;
 
 fn sizes() -> Vec<usize> {
     let args: Vec<String> = std::env::args().collect();
@@ -45,23 +45,8 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn incident(id: &str, now: i64) -> Incident {
-    Incident {
-        tenant: "default".into(),
-        id: id.into(),
-        title: "checkout returns 500 for a fifth of requests".into(),
-        severity: Severity::Sev2,
-        assigned: BTreeSet::from(["triage".to_owned()]),
-        scopes: BTreeSet::from(["logs:read".to_owned(), "metrics:read".to_owned()]),
-        state: IncidentState::Open,
-        opened_by: "alice".into(),
-        opened_at: now,
-        closed_by: None,
-        closed_at: None,
-        max_lifetime_secs: 86_400,
-        source: None,
-    }
-}
+/// The scopes of the incidents it opens.
+const SCOPES: &[&str] = &["logs:read", "metrics:read"];
 
 const START: i64 = 1_900_000_000;
 
@@ -89,24 +74,13 @@ fn write_history(dir: &std::path::Path, n: usize) {
     let issuer = open_issuer(dir, &clock);
     issuer
         .registry
-        .create_profile(
-            Profile {
-                tenant: "default".into(),
-                name: "triage".into(),
-                selectors: BTreeSet::from(["unix:uid:1001".parse::<Selector>().unwrap()]),
-                bands: BTreeSet::from([Band::Investigative]),
-                scopes: BTreeSet::from(["logs:read".to_owned(), "metrics:read".to_owned()]),
-                service: false,
-                created_at: clock.unix(),
-            },
-            "alice",
-        )
+        .create_profile(load::triage_profile(clock.unix()), "alice")
         .unwrap();
     for i in 0..n {
         let id = format!("OLD-{i:06}");
         issuer
             .registry
-            .open_incident(incident(&id, clock.unix()))
+            .open_incident(load::incident("default", &id, SCOPES, clock.unix()))
             .unwrap();
         issuer
             .registry
@@ -126,7 +100,12 @@ fn measure(dir: &std::path::Path, n: usize) {
         let started = Instant::now();
         issuer
             .registry
-            .open_incident(incident(&format!("NEW-{i:03}"), clock.unix()))
+            .open_incident(load::incident(
+                "default",
+                &format!("NEW-{i:03}"),
+                SCOPES,
+                clock.unix(),
+            ))
             .unwrap();
         latencies.push(started.elapsed());
     }

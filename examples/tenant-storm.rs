@@ -30,27 +30,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use writ::clock::{Clock, SystemClock};
 use writ::config::RawConfig;
-use writ::policy::{Incident, IncidentState, Profile, Selector, Severity, Tenant, TenantState};
+use writ::policy::{Profile, Selector, Tenant, TenantState};
 use writ::server::Issuer;
 use writ_verifier::Band;
-
-fn incident(tenant: &str, id: &str, now: i64) -> Incident {
-    Incident {
-        tenant: tenant.into(),
-        id: id.into(),
-        title: "checkout returns 500 for a fifth of requests".into(),
-        severity: Severity::Sev2,
-        assigned: BTreeSet::from(["triage".to_owned()]),
-        scopes: BTreeSet::new(),
-        state: IncidentState::Open,
-        opened_by: "alice".into(),
-        opened_at: now,
-        closed_by: None,
-        closed_at: None,
-        max_lifetime_secs: 86_400,
-        source: None,
-    }
-}
 
 /// One table row: the phase, the tenant, and the latencies' count, p50, p99 and max (ms).
 fn row(phase: &str, tenant: &str, latencies: &[Duration]) {
@@ -78,7 +60,7 @@ fn b_changes(issuer: &Issuer, round: &str, n: usize) -> Vec<Duration> {
         let started = Instant::now();
         issuer
             .registry
-            .open_incident(incident("b", &id, clock.unix()))
+            .open_incident(load::incident("b", &id, &[], clock.unix()))
             .unwrap();
         out.push(started.elapsed());
         let started = Instant::now();
@@ -178,7 +160,12 @@ fn main() {
                         let started = Instant::now();
                         issuer
                             .registry
-                            .open_incident(incident("a", &format!("A-{i}"), SystemClock.unix()))
+                            .open_incident(load::incident(
+                                "a",
+                                &format!("A-{i}"),
+                                &[],
+                                SystemClock.unix(),
+                            ))
                             .unwrap();
                         mine.push(started.elapsed());
                     }
@@ -211,7 +198,7 @@ fn main() {
     for (tenant, id) in [("a", "A-ISSUE"), ("b", "B-ISSUE")] {
         issuer
             .registry
-            .open_incident(incident(tenant, id, SystemClock.unix()))
+            .open_incident(load::incident(tenant, id, &[], SystemClock.unix()))
             .unwrap();
     }
     let a_id =

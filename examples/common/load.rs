@@ -236,3 +236,38 @@ impl Redactions {
         (from_return, from_invoke, redacted)
     }
 }
+
+/// An open incident of `tenant` assigned to the `triage` profile, with `scopes`.
+pub fn incident(tenant: &str, id: &str, scopes: &[&str], now: i64) -> writ::policy::Incident {
+    writ::policy::Incident {
+        tenant: tenant.into(),
+        id: id.into(),
+        title: "checkout returns 500 for a fifth of requests".into(),
+        severity: writ::policy::Severity::Sev2,
+        assigned: std::collections::BTreeSet::from(["triage".to_owned()]),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        state: writ::policy::IncidentState::Open,
+        opened_by: "alice".into(),
+        opened_at: now,
+        closed_by: None,
+        closed_at: None,
+        max_lifetime_secs: 86_400,
+        source: None,
+    }
+}
+
+/// The default tenant's `triage` profile: uid 1001, investigative, logs and metrics.
+pub fn triage_profile(now: i64) -> writ::policy::Profile {
+    writ::policy::Profile {
+        tenant: "default".into(),
+        name: "triage".into(),
+        selectors: std::collections::BTreeSet::from(["unix:uid:1001".parse().expect("selector")]),
+        bands: std::collections::BTreeSet::from([writ::Band::Investigative]),
+        scopes: std::collections::BTreeSet::from([
+            "logs:read".to_owned(),
+            "metrics:read".to_owned(),
+        ]),
+        service: false,
+        created_at: now,
+    }
+}

@@ -548,33 +548,18 @@ fn the_store_fails_cleanly_while_the_database_is_down_and_recovers_by_itself() {
 /// plain connection to a server that only speaks TLS on TCP.
 #[test]
 fn the_store_reaches_postgresql_over_verified_tls() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let Some(pg) = Postgres::start() else { return };
     pg.create_database("writ");
-    let ca = |name: &str| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).unwrap();
-        (cert.pem(), Issuer::new(params, key))
-    };
-    let (ca_pem, issuer) = ca("db test CA");
-    let (other_pem, _) = ca("someone else's CA");
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
-    let port = pg.serve_tls(&server.pem(), &server_key.serialize_pem());
+    let ca = common::https::TestCa::new("db test CA");
+    let other = common::https::TestCa::new("someone else's CA");
+    let server = ca.leaf("db", &["localhost"]);
+    let port = pg.serve_tls(&server.cert_pem, &server.key_pem);
 
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &ca_pem).unwrap();
+    std::fs::write(&ca_file, &ca.pem).unwrap();
     let other_file = dir.path().join("other.pem");
-    std::fs::write(&other_file, &other_pem).unwrap();
+    std::fs::write(&other_file, &other.pem).unwrap();
     let url = |ca: Option<&std::path::Path>| {
         let base = format!("postgresql://writ@localhost:{port}/writ");
         match ca {

@@ -30,24 +30,7 @@ fn server(dir: &Path) -> ServerProc {
 fn prepare(server: &ServerProc, dir: &Path) -> (PathBuf, String) {
     let bundle = server.base_pem(dir);
     let token = server.token();
-    server.ok(&[
-        "profile",
-        "create",
-        "triage",
-        "--selector",
-        &format!("unix:uid:{WORKLOAD}"),
-    ]);
-    server.ok(&[
-        "incident",
-        "open",
-        "INC-1",
-        "--title",
-        "failover test",
-        "--severity",
-        "sev3",
-        "--assign",
-        "triage",
-    ]);
+    server.entitle(WORKLOAD, "INC-1");
     (bundle, token)
 }
 

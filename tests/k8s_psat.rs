@@ -452,24 +452,7 @@ fn a_writ_agent_attests_with_its_pods_token_and_serves_workloads() {
         ),
     );
     let bundle = server.base_pem(dir);
-    server.ok(&[
-        "profile",
-        "create",
-        "triage",
-        "--selector",
-        &format!("unix:uid:{WORKLOAD}"),
-    ]);
-    server.ok(&[
-        "incident",
-        "open",
-        "INC-1",
-        "--title",
-        "psat",
-        "--severity",
-        "sev3",
-        "--assign",
-        "triage",
-    ]);
+    server.entitle(WORKLOAD, "INC-1");
     let token = write(&dir.join("psat-token"), "good\n");
     let mut agent = AgentProc::spawn_toml(
         dir,

@@ -246,6 +246,29 @@ impl ServerProc {
         serde_json::from_str(&self.ok(&all)).expect("JSON answer")
     }
 
+    /// Gives the workloads of `uid` an investigative identity for `incident`: a `triage`
+    /// profile selecting the uid, and the incident (sev3) assigned to it.
+    pub fn entitle(&self, uid: u32, incident: &str) {
+        self.ok(&[
+            "profile",
+            "create",
+            "triage",
+            "--selector",
+            &format!("unix:uid:{uid}"),
+        ]);
+        self.ok(&[
+            "incident",
+            "open",
+            incident,
+            "--title",
+            incident,
+            "--severity",
+            "sev3",
+            "--assign",
+            "triage",
+        ]);
+    }
+
     /// The base band's bundle as PEM, written to `dir/NAME-base.pem`.
     pub fn base_pem(&self, dir: &Path) -> PathBuf {
         let pem = self.ok(&["bundle", "show", "--band", "base"]);

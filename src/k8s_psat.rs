@@ -366,14 +366,18 @@ impl Cluster {
     fn headers(&self) -> Result<HeaderMap, ReviewError> {
         let mut headers = HeaderMap::new();
         let token = match &self.credential {
-            Credential::TokenFile(path) => Some((read_token(path)?, path.display().to_string())),
-            Credential::Token(token) => Some((token.clone(), "the kubeconfig's token".into())),
+            Credential::TokenFile(path) => Some(read_token(path)?),
+            Credential::Token(token) => Some(token.clone()),
             Credential::Certificate => None,
         };
-        if let Some((token, from)) = token {
+        if let Some(token) = token {
             let bearer = zeroize::Zeroizing::new(format!("Bearer {}", token.trim()));
+            // Where the token came from is named only when it is refused.
             let mut value = HeaderValue::from_str(&bearer).map_err(|_| ReviewError::OwnToken {
-                path: from,
+                path: match &self.credential {
+                    Credential::TokenFile(path) => path.display().to_string(),
+                    _ => "the kubeconfig's token".into(),
+                },
                 why: "not a valid header value".into(),
             })?;
             value.set_sensitive(true);

@@ -353,13 +353,13 @@ pub fn load(path: &Path, context: Option<&str>) -> anyhow::Result<ApiAccess> {
         std::str::from_utf8(&text).map_err(|_| anyhow::anyhow!("{}: not UTF-8", path.display()))?;
     let selected = select(text, context, base)
         .map_err(|why| anyhow::anyhow!("kubeconfig {}: {why}", path.display()))?;
-    let pem = |source: &Source, what: &str| -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let pem = |source: Source, what: &str| -> anyhow::Result<Zeroizing<Vec<u8>>> {
         match source {
-            Source::Inline(bytes) => Ok(bytes.clone()),
-            Source::Path(path) => read_bounded(path).map_err(|e| anyhow::anyhow!("{what}: {e:#}")),
+            Source::Inline(bytes) => Ok(bytes),
+            Source::Path(path) => read_bounded(&path).map_err(|e| anyhow::anyhow!("{what}: {e:#}")),
         }
     };
-    let roots = CertificateDer::pem_slice_iter(&pem(&selected.ca, "certificate-authority")?)
+    let roots = CertificateDer::pem_slice_iter(&pem(selected.ca, "certificate-authority")?)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| anyhow::anyhow!("certificate-authority: not PEM certificates"))?;
     anyhow::ensure!(
@@ -370,14 +370,14 @@ pub fn load(path: &Path, context: Option<&str>) -> anyhow::Result<ApiAccess> {
         Named::Token(token) => Credential::Token(token),
         Named::TokenFile(path) => Credential::TokenFile(path),
         Named::Certificate { chain, key } => {
-            let chain = CertificateDer::pem_slice_iter(&pem(&chain, "client-certificate")?)
+            let chain = CertificateDer::pem_slice_iter(&pem(chain, "client-certificate")?)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|_| anyhow::anyhow!("client-certificate: not PEM certificates"))?;
             anyhow::ensure!(
                 !chain.is_empty(),
                 "client-certificate holds no certificates"
             );
-            let key = PrivateKeyDer::from_pem_slice(&pem(&key, "client-key")?)
+            let key = PrivateKeyDer::from_pem_slice(&pem(key, "client-key")?)
                 .map_err(|_| anyhow::anyhow!("client-key: not a PEM private key"))?;
             Credential::Certificate(ClientCert {
                 chain,

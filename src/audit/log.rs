@@ -382,6 +382,12 @@ impl AuditLog {
         Ok(Pending { index, value, rx })
     }
 
+    /// Submits `record` without waiting: [`Pending::wait`] returns once it is durable.
+    pub fn submit(&self, record: &Record) -> Result<Pending<()>, AuditError> {
+        let bytes = encode(record)?;
+        self.submit_with(|_| Ok::<_, AuditError>((bytes, ())))
+    }
+
     /// Appends `record` without blocking a thread; resolves once it is durable.
     pub async fn append_async(&self, record: &Record) -> Result<u64, AuditError> {
         let bytes = encode(record)?;

@@ -4,6 +4,7 @@
 //! runs until its shutdown future resolves and then drains.
 
 pub mod admin;
+pub(crate) mod commits;
 pub mod fair;
 pub mod local_node;
 pub mod node;

@@ -6,7 +6,9 @@
 //! and signs; closing an incident takes the write side, so once `close_incident`
 //! returns, no SVID for that incident is being or will be signed.
 
+use super::commits::{Commits, Failure, Sinks};
 use super::fair::Urgency;
+use crate::audit::log::Pending;
 use crate::audit::{AuditError, AuditLog, Kind, Record};
 use crate::clock::SharedClock;
 use crate::policy::agent_view::{live_grant, live_incident, retain_live};
@@ -21,8 +23,9 @@ use crate::policy::{
 use crate::sources::config::Source;
 use crate::sources::rules::{self, Decision, SourceIncident};
 use crate::sources::{Action, SourceEvent};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Write};
 use spiffe::TrustDomain;
+use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tokio::sync::watch;
@@ -110,15 +113,39 @@ impl<'a> Audited<'a> {
     }
 }
 
-/// The store as a change sees it: each write is audited, durably, before it is made.
+/// The store as a change sees it: the change submits its audit records and stages its
+/// rows; the rows are written (in one transaction, with the other changes of its commit)
+/// only once every record is durable: audited before written, written before published.
 struct Writer<'a> {
-    store: &'a Store,
     audit: &'a AuditLog,
     clock: &'a SharedClock,
     what: Audited<'a>,
+    /// The change's records, submitted in order.
+    records: RefCell<Vec<Pending<()>>>,
+    /// The change's rows, in order.
+    writes: RefCell<Vec<Write>>,
 }
 
-impl Writer<'_> {
+impl<'a> Writer<'a> {
+    fn new(audit: &'a AuditLog, clock: &'a SharedClock, what: Audited<'a>) -> Self {
+        Writer {
+            audit,
+            clock,
+            what,
+            records: RefCell::new(Vec::new()),
+            writes: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// What the change submitted and staged.
+    fn finish(self) -> (Vec<Pending<()>>, Vec<Write>) {
+        (self.records.into_inner(), self.writes.into_inner())
+    }
+
+    fn stage(&self, writes: Vec<Write>) {
+        self.writes.borrow_mut().extend(writes);
+    }
+
     fn record(
         &self,
         incident: Option<&str>,
@@ -140,7 +167,7 @@ impl Writer<'_> {
             .tenant(self.what.tenant)
             .incident(incident)
             .detail(detail);
-        self.audit.append(&record)?;
+        self.records.borrow_mut().push(self.audit.submit(&record)?);
         Ok(())
     }
 
@@ -163,16 +190,18 @@ impl Writer<'_> {
     fn put_profile(&self, profile: &Profile) -> Result<(), RegistryError> {
         self.of_this_tenant([profile.tenant.as_str()])?;
         self.record(None, serde_json::json!({ "profile": profile }))?;
-        Ok(self.store.put_profile(profile)?)
+        self.stage(Store::profile_writes(profile)?);
+        Ok(())
     }
 
-    fn delete_profile(&self, tenant: &str, name: &str) -> Result<bool, RegistryError> {
+    fn delete_profile(&self, tenant: &str, name: &str) -> Result<(), RegistryError> {
         self.of_this_tenant([tenant])?;
         self.record(
             None,
             serde_json::json!({ "tenant": tenant, "profile": name }),
         )?;
-        Ok(self.store.delete_profile(tenant, name)?)
+        self.stage(Store::profile_deletion(tenant, name));
+        Ok(())
     }
 
     fn put_incident(&self, incident: &Incident) -> Result<(), RegistryError> {
@@ -181,7 +210,13 @@ impl Writer<'_> {
             Some(&incident.id),
             serde_json::json!({ "incidents": [incident] }),
         )?;
-        Ok(self.store.put_incident(incident)?)
+        self.stage(Store::policy_and_serial_writes(
+            std::slice::from_ref(incident),
+            &[],
+            &[],
+            &[],
+        )?);
+        Ok(())
     }
 
     fn put_policy_changes(
@@ -210,9 +245,10 @@ impl Writer<'_> {
             .map(|i| i.id.as_str())
             .or_else(|| grants.first().map(|g| g.incident.as_str()));
         self.record(incident, policy_detail(incidents, grants, revoked, pruned))?;
-        Ok(self
-            .store
-            .put_policy_and_serial_changes(incidents, grants, revoked, pruned)?)
+        self.stage(Store::policy_and_serial_writes(
+            incidents, grants, revoked, pruned,
+        )?);
+        Ok(())
     }
 
     /// A source incident's row with the incidents and grants its delivery changed, under
@@ -239,11 +275,11 @@ impl Writer<'_> {
             map.insert("source".into(), source);
         }
         self.record_as(kind, action, incident, detail)?;
-        match row {
-            Some(row) => Ok(self.store.put_source_changes(row, incidents, grants)?),
-            // A duplicate: recorded, nothing to keep.
-            None => Ok(()),
+        // A duplicate: recorded, nothing to keep.
+        if let Some(row) = row {
+            self.stage(Store::source_writes(row, incidents, grants)?);
         }
+        Ok(())
     }
 
     fn put_tenant_changes(
@@ -263,13 +299,15 @@ impl Writer<'_> {
             map.insert("tenant".into(), serde_json::json!(tenant));
         }
         self.record(None, detail)?;
-        Ok(self.store.put_tenant_changes(tenant, incidents, grants)?)
+        self.stage(Store::tenant_writes(tenant, incidents, grants)?);
+        Ok(())
     }
 
     fn put_playbook(&self, playbook: &Playbook) -> Result<(), RegistryError> {
         self.of_this_tenant([playbook.tenant.as_str()])?;
         self.record(None, serde_json::json!({ "playbooks": [playbook] }))?;
-        Ok(self.store.put_playbook(playbook)?)
+        self.stage(Store::playbook_writes(std::slice::from_ref(playbook), &[])?);
+        Ok(())
     }
 
     fn put_playbook_changes(
@@ -287,7 +325,8 @@ impl Writer<'_> {
             grants.first().map(|g| g.incident.as_str()),
             serde_json::json!({ "playbooks": playbooks, "grants": grants_for_audit(grants) }),
         )?;
-        Ok(self.store.put_playbook_changes(playbooks, grants)?)
+        self.stage(Store::playbook_writes(playbooks, grants)?);
+        Ok(())
     }
 }
 
@@ -353,6 +392,19 @@ pub struct Registry {
     limits: tenant::TenantLimits,
     /// Each tenant's allowance of changes (made full on its first change).
     buckets: Mutex<std::collections::BTreeMap<String, tenant::Bucket>>,
+    /// Changes decided and waiting for their commit (with a store this server owns).
+    commits: Commits<PolicySnapshot>,
+}
+
+/// What a change reads besides the policy it is decided on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reads {
+    /// Nothing else, or only rows no change writes (history that left memory, SVID
+    /// records): decided on the last decided change, before that one is durable.
+    Policy,
+    /// Rows changes write that memory does not hold (a source incident's row): every
+    /// decided change is written first.
+    Store,
 }
 
 /// Whether a change edited the policy (and so has a new snapshot to publish).
@@ -421,6 +473,17 @@ fn read_live(
     Ok(snapshot)
 }
 
+/// Where a commit of queued changes writes and publishes.
+impl Sinks<PolicySnapshot> for Registry {
+    fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        self.store.write(writes)
+    }
+
+    fn publish(&self, policy: Arc<PolicySnapshot>) {
+        Registry::publish(self, policy, self.clock.unix());
+    }
+}
+
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Registry")
@@ -473,6 +536,7 @@ impl Registry {
             follow,
             limits: tenant::TenantLimits::default(),
             buckets: Mutex::new(std::collections::BTreeMap::new()),
+            commits: Commits::default(),
         })
     }
 
@@ -621,15 +685,14 @@ impl Registry {
             now,
             self.revocation_window,
         )?;
-        self.publish(next, now);
+        self.publish(Arc::new(next), now);
         follow.applied.store(version, Ordering::SeqCst);
         Ok(version)
     }
 
     /// Publishes `next` once no signature is in flight; none start until it is out.
-    fn publish(&self, next: PolicySnapshot, now: i64) {
+    fn publish(&self, next: Arc<PolicySnapshot>, now: i64) {
         let view = Arc::new(agent_view(&next, now, self.revocation_window));
-        let next = Arc::new(next);
         let _exclusive = self
             .gate
             .write()
@@ -669,6 +732,16 @@ impl Registry {
         what: Audited<'_>,
         f: impl FnOnce(&mut PolicySnapshot, &Writer<'_>) -> Result<(T, Edit), RegistryError>,
     ) -> Result<(T, Vec<String>), RegistryError> {
+        self.change_reading(what, Reads::Policy, f)
+    }
+
+    /// [`Self::change_or_keep`] for a change that `reads` what is named.
+    fn change_reading<T>(
+        &self,
+        what: Audited<'_>,
+        reads: Reads,
+        f: impl FnOnce(&mut PolicySnapshot, &Writer<'_>) -> Result<(T, Edit), RegistryError>,
+    ) -> Result<(T, Vec<String>), RegistryError> {
         // A revocation goes before its own tenant's waiting changes (a storm of opens
         // must not hold up a close).
         let urgency = match what.kind {
@@ -678,63 +751,97 @@ impl Registry {
         if urgency == Urgency::Normal {
             self.spend(what.tenant)?;
         }
-        let _one_writer = self.writer.enter(what.tenant, urgency);
-        // With a shared store, one change at a time in the whole cluster, decided on the
-        // latest policy: catch up first if another server changed it.
-        let cluster = match &self.follow {
-            Some(follow) => {
-                let held = self.store.lock_policy()?;
-                if self.store.policy_version()? != follow.applied.load(Ordering::SeqCst) {
-                    self.reload_locked()?;
-                }
-                Some(held)
+        let one_writer = self.writer.enter(what.tenant, urgency);
+        match &self.follow {
+            Some(follow) => self.change_shared(follow, one_writer, what, f),
+            None => self.change_queued(one_writer, what, reads, f),
+        }
+    }
+
+    /// A change with a store this server owns: decided on the last decided change, then
+    /// committed with the changes decided beside it ([`super::commits`]).
+    fn change_queued<T>(
+        &self,
+        one_writer: super::fair::FairGuard<'_>,
+        what: Audited<'_>,
+        reads: Reads,
+        f: impl FnOnce(&mut PolicySnapshot, &Writer<'_>) -> Result<(T, Edit), RegistryError>,
+    ) -> Result<(T, Vec<String>), RegistryError> {
+        if reads == Reads::Store {
+            // The change reads rows decided changes write: they are written first.
+            self.commits.drain(self);
+        }
+        let (base, epoch) = self.commits.base(|| self.snapshot());
+        let mut next = (*base).clone();
+        drop(base);
+        let writer = Writer::new(&self.audit, &self.clock, what);
+        let (out, edit) = f(&mut next, &writer)?;
+        let (records, writes) = writer.finish();
+        let policy = match edit {
+            Edit::Changed => {
+                next.generation += 1;
+                // What ended longer ago than the window leaves memory (it is in the
+                // store), so a change costs what live state costs, not what history does.
+                retain_live(&mut next, self.clock.unix(), self.revocation_window);
+                Some(Arc::new(next))
             }
-            None => None,
+            Edit::Unchanged => None,
         };
+        let ticket = self
+            .commits
+            .queue(epoch, records, writes, policy)
+            .ok_or_else(|| {
+                AuditError::Unavailable(
+                    "a change decided before this one was not made; nothing changed".into(),
+                )
+            })?;
+        drop(one_writer);
+        self.commits
+            .wait(&ticket, self)
+            .map_err(|failure| match failure {
+                Failure::Audit(_) => RegistryError::Audit(failure.into()),
+                Failure::Store(_) => RegistryError::Store(failure.into()),
+            })?;
+        Ok((out, Vec::new()))
+    }
+
+    /// A change with a store several servers share: one at a time in the whole cluster,
+    /// each durable and published before the next is decided.
+    fn change_shared<T>(
+        &self,
+        follow: &Follow,
+        one_writer: super::fair::FairGuard<'_>,
+        what: Audited<'_>,
+        f: impl FnOnce(&mut PolicySnapshot, &Writer<'_>) -> Result<(T, Edit), RegistryError>,
+    ) -> Result<(T, Vec<String>), RegistryError> {
+        // Decided on the latest policy: catch up first if another server changed it.
+        let cluster = self.store.lock_policy()?;
+        if self.store.policy_version()? != follow.applied.load(Ordering::SeqCst) {
+            self.reload_locked()?;
+        }
         let mut next = (*self.snapshot()).clone();
         let kind = what.kind;
-        let writer = Writer {
-            store: &self.store,
-            audit: &self.audit,
-            clock: &self.clock,
-            what,
-        };
+        let writer = Writer::new(&self.audit, &self.clock, what);
         let (out, edit) = f(&mut next, &writer)?;
-        if edit == Edit::Unchanged {
-            let moved = match &self.follow {
-                Some(follow) => {
-                    self.store.policy_version()? != follow.applied.load(Ordering::SeqCst)
-                }
-                None => false,
-            };
-            if !moved {
-                return Ok((out, Vec::new()));
-            }
+        let (records, writes) = writer.finish();
+        for record in records {
+            record.wait()?;
         }
-        let applied = match &self.follow {
-            Some(_) => {
-                let version = self.store.policy_version()?;
-                next.generation = generation_of(version);
-                Some(version)
-            }
-            None => {
-                next.generation += 1;
-                None
-            }
-        };
-        // What ended longer ago than the window leaves memory (it is in the store), so a
-        // change costs what live state costs, not what history does.
+        self.store.write(writes)?;
+        let version = self.store.policy_version()?;
+        if edit == Edit::Unchanged && version == follow.applied.load(Ordering::SeqCst) {
+            return Ok((out, Vec::new()));
+        }
+        next.generation = generation_of(version);
         let now = self.clock.unix();
         retain_live(&mut next, now, self.revocation_window);
-        self.publish(next, now);
-        if let (Some(follow), Some(version)) = (&self.follow, applied) {
-            follow.applied.store(version, Ordering::SeqCst);
-        }
+        self.publish(Arc::new(next), now);
+        follow.applied.store(version, Ordering::SeqCst);
         drop(cluster);
-        drop(_one_writer);
+        drop(one_writer);
         // A revocation returns once no other replica can sign on the policy before it.
         let mut unconfirmed = Vec::new();
-        if let (Some(follow), Some(version), Kind::Revocation) = (&self.follow, applied, kind) {
+        if kind == Kind::Revocation {
             unconfirmed = super::replica::await_applied(&self.store, &follow.name, version)?;
             if !unconfirmed.is_empty() {
                 tracing::warn!(
@@ -928,8 +1035,10 @@ impl Registry {
             Action::Close => Kind::Revocation,
             _ => Kind::AdminChange,
         };
-        let (outcome, unconfirmed) = self.change_or_keep(
+        let (outcome, unconfirmed) = self.change_reading(
             Audited::new(tenant, kind, "source.delivery", &actor),
+            // The source incident's row is in the store only.
+            Reads::Store,
             |policy, w| {
                 let now = self.clock.unix();
                 let row = self
@@ -2525,12 +2634,11 @@ mod tests {
 
         // A write of another tenant's object under a change's record is refused, unwritten.
         let size = registry.audit.size();
-        let writer = Writer {
-            store: &registry.store,
-            audit: &registry.audit,
-            clock: &registry.clock,
-            what: Audited::new(DEFAULT_TENANT, Kind::AdminChange, "test", "root"),
-        };
+        let writer = Writer::new(
+            &registry.audit,
+            &registry.clock,
+            Audited::new(DEFAULT_TENANT, Kind::AdminChange, "test", "root"),
+        );
         let mut other = theirs;
         other.id = "INC-2".into();
         assert!(matches!(
@@ -2538,6 +2646,7 @@ mod tests {
             Err(RegistryError::Audit(AuditError::Invalid(_)))
         ));
         assert_eq!(registry.audit.size(), size);
+        assert!(writer.finish().1.is_empty(), "nothing staged");
 
         // Disabling is the disabled tenant's record; the default tenant sees it too.
         registry.disable_tenant("acme", "root", 20).unwrap();
@@ -2584,6 +2693,68 @@ mod tests {
                 .contains_key(&crate::policy::key("default", "INC-2")),
             "an unaudited change is not written"
         );
+    }
+
+    #[test]
+    fn concurrent_changes_are_decided_in_turn_committed_together_and_fail_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.redb");
+        let opens = 48;
+        {
+            let registry = open(&path);
+            let generations = registry.subscribe();
+            let generation = registry.snapshot().generation;
+            // Opens from many threads, one of them twice: each is decided on the one
+            // before it, so exactly one of the twins is refused.
+            std::thread::scope(|s| {
+                let results: Vec<_> = (0..=opens)
+                    .map(|i| {
+                        let registry = &registry;
+                        let id = format!("INC-{}", i.min(opens - 1));
+                        s.spawn(move || registry.open_incident(incident(&id)))
+                    })
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .collect();
+                let refused: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+                assert_eq!(refused.len(), 1, "{refused:?}");
+                assert!(matches!(
+                    refused[0],
+                    Err(RegistryError::AlreadyExists { .. })
+                ));
+            });
+            // Every open returned once it was published, and each has its record.
+            let now = registry.snapshot();
+            assert_eq!(now.incidents.len(), opens);
+            assert_eq!(now.generation, generation + opens as u64);
+            assert!(generations.has_changed().unwrap());
+            assert!(registry.audit.size() >= opens as u64);
+
+            // A failed audit commit refuses every change in it and after it; nothing of
+            // them is written or published, and the next change is made.
+            registry.audit.fail_commits(true);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|i| {
+                        let registry = &registry;
+                        s.spawn(move || registry.open_incident(incident(&format!("LOST-{i}"))))
+                    })
+                    .collect();
+                for h in handles {
+                    assert!(matches!(h.join().unwrap(), Err(RegistryError::Audit(_))));
+                }
+            });
+            assert_eq!(registry.snapshot().generation, now.generation);
+            registry.audit.fail_commits(false);
+            registry.open_incident(incident("AFTER")).unwrap();
+            assert_eq!(registry.snapshot().incidents.len(), opens + 1);
+        }
+        // What returned is in the store; what was refused is not.
+        let registry = open(&path);
+        let incidents = &registry.snapshot().incidents;
+        assert_eq!(incidents.len(), opens + 1);
+        assert!(!incidents.keys().any(|(_, id)| id.starts_with("LOST")));
     }
 
     #[test]

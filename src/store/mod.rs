@@ -474,6 +474,91 @@ fn policy_writes(incidents: &[Incident], grants: &[Grant]) -> Result<Vec<Write>,
     Ok(writes)
 }
 
+/// The rows of a policy change, built without writing them: the registry decides a
+/// change's rows, then writes them with every other change of its commit once their
+/// audit records are durable ([`Store::write`]). The typed `put_…` methods below write
+/// the same rows at once.
+impl Store {
+    /// A profile, created or replaced.
+    pub(crate) fn profile_writes(profile: &Profile) -> Result<Vec<Write>, StoreError> {
+        let key = scoped_key(&profile.tenant, &profile.name);
+        Ok(vec![put(Table::Profiles, &key, profile)?])
+    }
+
+    /// A profile of `tenant`, removed (nothing if it is not there).
+    pub(crate) fn profile_deletion(tenant: &str, name: &str) -> Vec<Write> {
+        vec![Write::Delete {
+            table: Table::Profiles,
+            key: scoped_key(tenant, name),
+        }]
+    }
+
+    /// A tenant, and the incidents and grants that change with it.
+    pub(crate) fn tenant_writes(
+        tenant: &Tenant,
+        incidents: &[Incident],
+        grants: &[Grant],
+    ) -> Result<Vec<Write>, StoreError> {
+        let mut writes = vec![put(Table::Tenants, &tenant.name, tenant)?];
+        writes.extend(policy_writes(incidents, grants)?);
+        Ok(writes)
+    }
+
+    /// Incidents and grants, the serials `revoked` added and the entries of `pruned`
+    /// removed.
+    pub(crate) fn policy_and_serial_writes(
+        incidents: &[Incident],
+        grants: &[Grant],
+        revoked: &[RevokedSerial],
+        pruned: &[String],
+    ) -> Result<Vec<Write>, StoreError> {
+        let mut writes = Vec::new();
+        for e in revoked {
+            writes.push(put(Table::RevokedSerials, &e.serial, e)?);
+        }
+        writes.extend(pruned.iter().map(|serial| Write::Delete {
+            table: Table::RevokedSerials,
+            key: serial.clone(),
+        }));
+        writes.extend(policy_writes(incidents, grants)?);
+        Ok(writes)
+    }
+
+    /// A source incident's row, with the incidents and grants its delivery changed.
+    pub(crate) fn source_writes(
+        row: &SourceIncident,
+        incidents: &[Incident],
+        grants: &[Grant],
+    ) -> Result<Vec<Write>, StoreError> {
+        let key = source_key(&row.tenant, &row.source, &row.incident_id);
+        let mut writes = vec![put(Table::SourceIncidents, &key, row)?];
+        writes.extend(policy_writes(incidents, grants)?);
+        Ok(writes)
+    }
+
+    /// Playbooks, and the grants that change with them.
+    pub(crate) fn playbook_writes(
+        playbooks: &[Playbook],
+        grants: &[Grant],
+    ) -> Result<Vec<Write>, StoreError> {
+        let mut writes = Vec::new();
+        for p in playbooks {
+            writes.push(put(Table::Playbooks, &scoped_key(&p.tenant, &p.name), p)?);
+        }
+        writes.extend(policy_writes(&[], grants)?);
+        Ok(writes)
+    }
+
+    /// Applies `writes`, in order, in one durable transaction (nothing when there are
+    /// none).
+    pub(crate) fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        match writes.is_empty() {
+            true => Ok(()),
+            false => self.backend.write(writes),
+        }
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the embedded database at `path` and checks its schema
     /// version.
@@ -746,9 +831,7 @@ impl Store {
 
     /// Writes (creates or replaces) a profile. Durable when this returns.
     pub fn put_profile(&self, profile: &Profile) -> Result<(), StoreError> {
-        let key = scoped_key(&profile.tenant, &profile.name);
-        self.backend
-            .write(vec![put(Table::Profiles, &key, profile)?])
+        self.backend.write(Self::profile_writes(profile)?)
     }
 
     /// Deletes a profile of `tenant`; returns whether it existed.
@@ -770,9 +853,8 @@ impl Store {
         incidents: &[Incident],
         grants: &[Grant],
     ) -> Result<(), StoreError> {
-        let mut writes = vec![put(Table::Tenants, &tenant.name, tenant)?];
-        writes.extend(policy_writes(incidents, grants)?);
-        self.backend.write(writes)
+        self.backend
+            .write(Self::tenant_writes(tenant, incidents, grants)?)
     }
 
     /// Every profile.
@@ -820,16 +902,9 @@ impl Store {
         revoked: &[RevokedSerial],
         pruned: &[String],
     ) -> Result<(), StoreError> {
-        let mut writes = Vec::new();
-        for e in revoked {
-            writes.push(put(Table::RevokedSerials, &e.serial, e)?);
-        }
-        writes.extend(pruned.iter().map(|serial| Write::Delete {
-            table: Table::RevokedSerials,
-            key: serial.clone(),
-        }));
-        writes.extend(policy_writes(incidents, grants)?);
-        self.backend.write(writes)
+        self.backend.write(Self::policy_and_serial_writes(
+            incidents, grants, revoked, pruned,
+        )?)
     }
 
     /// What is kept of source incident `incident_id` of source `source` in `tenant`
@@ -855,10 +930,8 @@ impl Store {
         incidents: &[Incident],
         grants: &[Grant],
     ) -> Result<(), StoreError> {
-        let key = source_key(&row.tenant, &row.source, &row.incident_id);
-        let mut writes = vec![put(Table::SourceIncidents, &key, row)?];
-        writes.extend(policy_writes(incidents, grants)?);
-        self.backend.write(writes)
+        self.backend
+            .write(Self::source_writes(row, incidents, grants)?)
     }
 
     /// Writes (creates or replaces) a playbook. Durable when this returns.
@@ -878,12 +951,8 @@ impl Store {
         playbooks: &[Playbook],
         grants: &[Grant],
     ) -> Result<(), StoreError> {
-        let mut writes = Vec::new();
-        for p in playbooks {
-            writes.push(put(Table::Playbooks, &scoped_key(&p.tenant, &p.name), p)?);
-        }
-        writes.extend(policy_writes(&[], grants)?);
-        self.backend.write(writes)
+        self.backend
+            .write(Self::playbook_writes(playbooks, grants)?)
     }
 
     /// Stores a new join token under the hash of its secret.

@@ -763,12 +763,48 @@ pub fn entitlement_for(
     base: &TrustDomain,
     spiffe_id: &SpiffeId,
 ) -> Option<Entitlement> {
-    let incidents = open_incidents(policy);
-    policy.profiles.values().find_map(|profile| {
-        profile_entitlements(profile, &incidents, policy, base)
-            .into_iter()
-            .find(|e| &e.spiffe_id == spiffe_id)
-    })
+    held_by(policy, base, spiffe_id, |_| true)
+}
+
+/// The entitlement behind `spiffe_id`, if a workload with `attested` selectors holds it
+/// under `policy`: one of [`entitlements`] (`attested`), found without deriving them all.
+pub fn entitlement_of(
+    policy: &PolicySnapshot,
+    base: &TrustDomain,
+    attested: &BTreeSet<Selector>,
+    spiffe_id: &SpiffeId,
+) -> Option<Entitlement> {
+    held_by(policy, base, spiffe_id, |profile| profile.matches(attested))
+}
+
+/// The entitlement behind `spiffe_id` of a profile `eligible` admits.
+fn held_by(
+    policy: &PolicySnapshot,
+    base: &TrustDomain,
+    spiffe_id: &SpiffeId,
+    eligible: impl Fn(&Profile) -> bool,
+) -> Option<Entitlement> {
+    // Only the profile and the incident the ID names can hold it: every identity is
+    // `/agent/<profile>/incident/<incident>[/grant/<grant>]` or `/service/<profile>`
+    // (`crate::identity`) in a trust domain of the profile's tenant. So the check costs
+    // two lookups, not a walk of every profile and incident (it runs once per SVID).
+    // What those hold is then derived as for the agent, and must match exactly.
+    let (tenant, _) = tenant_of_trust_domain(policy, base, spiffe_id.trust_domain_name())?;
+    let segments: Vec<&str> = spiffe_id.path().split('/').skip(1).collect();
+    let (profile, incident) = match segments.as_slice() {
+        ["agent", profile, "incident", incident, ..] => (*profile, Some(*incident)),
+        ["service", profile] => (*profile, None),
+        _ => return None,
+    };
+    let profile = policy.profile(&tenant, profile).filter(|p| eligible(p))?;
+    let incidents: Vec<&Incident> = incident
+        .and_then(|id| policy.incident(&tenant, id))
+        .filter(|i| i.is_open())
+        .into_iter()
+        .collect();
+    profile_entitlements(profile, &incidents, policy, base)
+        .into_iter()
+        .find(|e| &e.spiffe_id == spiffe_id)
 }
 
 fn open_incidents(policy: &PolicySnapshot) -> Vec<&Incident> {
@@ -1080,6 +1116,70 @@ mod tests {
             .unwrap()
             .state = IncidentState::Closed;
         assert!(entitlement_for(&p, &base(), &id).is_none());
+    }
+
+    #[test]
+    fn the_servers_check_finds_exactly_what_the_agent_derives() {
+        let mut fixer = profile("fixer", &["unix:uid:2"], &["logs:read", "deploy:restart"]);
+        fixer.bands.insert(Band::Remediation);
+        let mut api = profile("logs-api", &["unix:uid:3"], &["logs:read"]);
+        api.service = true;
+        let mut closed = incident("INC-3", &["triage", "fixer"], &[], 0);
+        closed.state = IncidentState::Closed;
+        let mut remediable = incident(
+            "INC-1",
+            &["triage", "fixer"],
+            &["logs:read", "deploy:restart"],
+            0,
+        );
+        remediable.severity = Severity::Sev3;
+        let mut p = policy(
+            vec![profile("triage", &["unix:uid:1"], &[]), fixer, api],
+            vec![remediable, incident("INC-2", &["triage"], &[], 5), closed],
+        );
+        let g = active_grant(&p, "fixer", "INC-1", &["deploy:restart"]);
+        p.grants.insert(crate::policy::key("default", &g.id), g);
+        let mut held = 0;
+        for uid in 1..=3 {
+            let attested = BTreeSet::from([sel(&format!("unix:uid:{uid}"))]);
+            let other = BTreeSet::from([sel(&format!("unix:uid:{}", uid % 3 + 1))]);
+            for e in entitlements(&p, &base(), &attested) {
+                let found = entitlement_for(&p, &base(), &e.spiffe_id).unwrap();
+                assert_eq!(
+                    (
+                        &found.spiffe_id,
+                        found.band,
+                        &found.claims,
+                        found.not_after_cap
+                    ),
+                    (&e.spiffe_id, e.band, &e.claims, e.not_after_cap)
+                );
+                let of = entitlement_of(&p, &base(), &attested, &e.spiffe_id).unwrap();
+                assert_eq!(of, found);
+                assert!(
+                    entitlement_of(&p, &base(), &other, &e.spiffe_id).is_none(),
+                    "another workload's identity"
+                );
+                held += 1;
+            }
+        }
+        assert_eq!(held, 5, "triage 2, fixer 1 + 1 remediation, the service 1");
+        for refused in [
+            "spiffe://investigate.example.org/agent/triage/incident/INC-3",
+            "spiffe://investigate.example.org/agent/fixer/incident/INC-2",
+            "spiffe://investigate.example.org/agent/triage/incident/INC-1/extra",
+            "spiffe://investigate.example.org/agent/nobody/incident/INC-1",
+            "spiffe://remediate.example.org/agent/fixer/incident/INC-1/grant/g-2",
+            "spiffe://remediate.example.org/agent/triage/incident/INC-1",
+            "spiffe://example.org/agent/triage/incident/INC-1",
+            "spiffe://example.org/service/triage",
+            "spiffe://investigate.example.org/service/logs-api",
+            "spiffe://investigate.other.org/agent/triage/incident/INC-1",
+            "spiffe://example.org/service/logs-api/x",
+        ] {
+            let id = SpiffeId::new(refused).unwrap();
+            assert!(entitlement_for(&p, &base(), &id).is_none(), "{refused}");
+        }
     }
 
     fn active_grant(p: &PolicySnapshot, agent: &str, incident: &str, scopes: &[&str]) -> Grant {

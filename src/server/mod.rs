@@ -23,7 +23,7 @@ use crate::ca::{
 };
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::policy::{Entitlement, Grant, GrantRequest, Selector, entitlement_for, entitlements};
+use crate::policy::{Entitlement, Grant, GrantRequest, Selector, entitlement_for, entitlement_of};
 use crate::store::{Store, StoreError, StoreLocation, SvidRecord};
 use anyhow::Context;
 use fair::Urgency;
@@ -849,9 +849,7 @@ impl Issuer {
     ) -> Result<u64, AttestationRefusal> {
         let attested = parse_attested(selectors)?;
         let policy = self.registry.snapshot();
-        let entitlement = entitlements(&policy, self.cas.base(), &attested)
-            .into_iter()
-            .find(|e| &e.spiffe_id == spiffe_id)
+        let entitlement = entitlement_of(&policy, self.cas.base(), &attested, spiffe_id)
             .ok_or_else(|| {
                 AttestationRefusal::NotEntitled(format!(
                     "{spiffe_id} is not an identity of a workload with these selectors under current policy"

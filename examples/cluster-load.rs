@@ -41,7 +41,7 @@ mod load;
 #[path = "../tests/common/postgres.rs"]
 mod postgres;
 
-use load::{arg, args, flag, percentile, request};
+use load::{arg, args, flag, free_port, percentile, request};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -154,14 +154,6 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 fn quoted(path: &Path) -> String {
     format!("{:?}", path.to_str().expect("UTF-8 path"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port()
 }
 
 struct Server {

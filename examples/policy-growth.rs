@@ -37,12 +37,7 @@ fn sizes() -> Vec<usize> {
 }
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    load::rss_kib(std::process::id())
 }
 
 /// The scopes of the incidents it opens.

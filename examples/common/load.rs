@@ -50,6 +50,53 @@ pub fn writ_bin() -> PathBuf {
     value("--writ").map_or_else(|| PathBuf::from("target/release/writ"), PathBuf::from)
 }
 
+/// The resident set of process `pid`, KiB (zero if it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Raises this process's open-file limit to at least `want` (the children it starts, a
+/// `writ dev` among them, inherit it): the hard limit too where allowed (as root), else
+/// the soft limit to the hard one. Returns the soft limit now in force.
+pub fn raise_nofile(want: u64) -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    let current = now.current.unwrap_or(u64::MAX);
+    if current >= want {
+        return current;
+    }
+    let raised = Rlimit {
+        current: Some(want),
+        maximum: Some(now.maximum.map_or(want, |m| m.max(want))),
+    };
+    if setrlimit(Resource::Nofile, raised).is_err() {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: now.maximum,
+                maximum: now.maximum,
+            },
+        );
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// A loopback port nothing listens on right now (the listener is dropped at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
 /// A `writ dev` (or any child) killed and reaped when dropped.
 pub struct Dev(pub Child);
 

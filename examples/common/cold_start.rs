@@ -1,24 +1,10 @@
-//! Load tool for cold start (issue 16, item 3): how long `writ server` takes from exec to
-//! serving, and its memory, on a data directory holding a long history.
+//! Cold start measured (issue 16, item 3): how long the real `writ server` takes from exec
+//! to serving, and its memory, on a data directory holding a long history. Used by
+//! `bench`. Included with `#[path = "common/cold_start.rs"] mod cold_start;` beside
+//! `mod load;`.
 //!
-//! It fills a fresh data directory in process (`--records` audit records through the
-//! audit log's group commit, `--svids` live SVID rows through the store's), closes it,
-//! then starts the real `writ server` binary on it `--runs` times and reports, per run,
-//! the time from spawn until the admin socket and the node API port both accept (what
-//! tests/common/procs.rs calls ready), until it has answered `writ incident list`, and
-//! the server's resident set then. The same is
-//! measured on an empty data directory (created, then restarted) for comparison.
-//!
-//! `cargo build --release --bin writ --example cold-start && target/release/examples/cold-start`
-//! Flags: --records N (default 1000000), --svids N (default 100000), --runs N (default 3),
-//! --writ PATH (default target/release/writ), --drop-caches (as root: empty the page cache
-//! before each start, as after a reboot).
-
-// A measuring tool, not a service: failing loudly on setup errors is what we want.
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
-
-#[path = "common/load.rs"]
-mod load;
+//! A measuring tool, not a service: a setup error fails loudly.
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -38,8 +24,9 @@ fn unix_now() -> i64 {
         .as_secs() as i64
 }
 
-/// Writes `records` audit records and `svids` live SVID rows into `data_dir`.
-fn fill(data_dir: &Path, records: usize, svids: usize) {
+/// Writes `records` audit records (through the audit log's group commit, from 8 threads)
+/// and `svids` live SVID rows (through the store's) into `data_dir`, made if missing.
+pub fn fill(data_dir: &Path, records: usize, svids: usize) {
     let config = RawConfig {
         data_dir: Some(data_dir.to_owned()),
         ..RawConfig::default()
@@ -108,16 +95,6 @@ fn fill(data_dir: &Path, records: usize, svids: usize) {
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 struct Server(Child);
 
 impl Drop for Server {
@@ -128,9 +105,18 @@ impl Drop for Server {
     }
 }
 
-/// Starts `writ server` on `data_dir` and waits until it serves: (time until its sockets
-/// accept, time until it has answered an admin call, RSS KiB then).
-fn start(writ: &Path, dir: &Path, data_dir: &Path, port: u16) -> (Duration, Duration, u64) {
+/// One start: the time until its sockets accept, until it has answered an admin call,
+/// and its RSS (KiB) then.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Start {
+    pub ready: Duration,
+    pub answered: Duration,
+    pub rss_kib: u64,
+}
+
+/// Starts `writ server` on `data_dir` (its config and log in `dir`) and waits until it
+/// serves. With `drop_caches` (as root) the page cache is emptied first, as after a reboot.
+fn start(writ: &Path, dir: &Path, data_dir: &Path, port: u16, drop_caches: bool) -> Start {
     let config = dir.join("server.toml");
     std::fs::write(
         &config,
@@ -142,8 +128,7 @@ fn start(writ: &Path, dir: &Path, data_dir: &Path, port: u16) -> (Duration, Dura
     .unwrap();
     let admin = data_dir.join("admin.sock");
     let _ = std::fs::remove_file(&admin);
-    if load::flag("--drop-caches") {
-        // Nothing of the data directory in the page cache: a start after a reboot.
+    if drop_caches {
         let synced = Command::new("sync").status().is_ok_and(|s| s.success());
         assert!(synced, "sync failed");
         std::fs::write("/proc/sys/vm/drop_caches", "3\n")
@@ -182,75 +167,39 @@ fn start(writ: &Path, dir: &Path, data_dir: &Path, port: u16) -> (Duration, Dura
         .status()
         .expect("running writ incident list");
     assert!(answered.success(), "writ incident list failed");
-    let answers = started.elapsed();
-    let rss = rss_kib(server.0.id());
+    let answered = started.elapsed();
+    let rss_kib = super::load::rss_kib(server.0.id());
     drop(server);
-    (ready, answers, rss)
+    Start {
+        ready,
+        answered,
+        rss_kib,
+    }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn measure(label: &str, writ: &Path, dir: &Path, data_dir: &Path, runs: usize) {
-    let port = free_port();
-    let mut results: Vec<(Duration, Duration, u64)> = (0..runs)
-        .map(|_| start(writ, dir, data_dir, port))
+/// Starts `writ server` on `data_dir` `runs` times (each run on stderr); returns the runs
+/// sorted by readiness: the median is `[runs / 2]`, the slowest the last.
+pub fn measure(
+    label: &str,
+    writ: &Path,
+    dir: &Path,
+    data_dir: &Path,
+    runs: usize,
+    drop_caches: bool,
+) -> Vec<Start> {
+    let port = super::load::free_port();
+    let mut results: Vec<Start> = (0..runs.max(1))
+        .map(|_| start(writ, dir, data_dir, port, drop_caches))
         .collect();
-    for (i, (ready, answers, rss)) in results.iter().enumerate() {
+    for (i, s) in results.iter().enumerate() {
         eprintln!(
             "  {label} run {}: accepting in {:.0} ms, answered in {:.0} ms, RSS {:.1} MiB",
             i + 1,
-            ready.as_secs_f64() * 1000.0,
-            answers.as_secs_f64() * 1000.0,
-            *rss as f64 / 1024.0
+            s.ready.as_secs_f64() * 1000.0,
+            s.answered.as_secs_f64() * 1000.0,
+            s.rss_kib as f64 / 1024.0
         );
     }
     results.sort();
-    let (median, answers, rss) = results[results.len() / 2];
-    println!(
-        "| {label} | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} MiB |",
-        median.as_secs_f64() * 1000.0,
-        answers.as_secs_f64() * 1000.0,
-        results.last().map_or(0.0, |r| r.0.as_secs_f64() * 1000.0),
-        rss as f64 / 1024.0
-    );
-}
-
-fn main() {
-    let records = load::arg_checked("--records", 1_000_000);
-    let svids = load::arg_checked("--svids", 100_000);
-    let runs = load::arg_checked("--runs", 3).max(1);
-    let writ = load::writ_bin();
-    let dir = tempfile::tempdir().unwrap();
-
-    let empty = dir.path().join("empty");
-    eprintln!("== an empty data directory (made by a first start) ==");
-    fill(&empty, 0, 0);
-    let history = dir.path().join("history");
-    eprintln!("== filling: {records} audit records, {svids} live SVID rows ==");
-    fill(&history, records, svids);
-    let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
-    eprintln!(
-        "  audit.redb {:.0} MiB, store {:.0} MiB",
-        size(&history.join("audit.redb")) as f64 / 1048576.0,
-        size(&history.join("writ.redb")) as f64 / 1048576.0
-    );
-
-    println!(
-        "\n| data directory | accepting (median of {runs}) | answered an admin call | slowest accepting | RSS |"
-    );
-    println!("|---|---:|---:|---:|---:|");
-    measure("empty", &writ, dir.path(), &empty, runs);
-    measure(
-        &format!("{records} audit records, {svids} SVID rows"),
-        &writ,
-        dir.path(),
-        &history,
-        runs,
-    );
+    results
 }

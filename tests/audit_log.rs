@@ -472,6 +472,141 @@ fn kill_9_mid_appends_loses_no_acknowledged_record() {
     }
 }
 
+const STORM_CHILD_ENV: &str = "WRIT_STORM_CHILD_DIR";
+
+/// A registry on `dir`'s store and audit log, on the system clock.
+fn storm_registry(dir: &Path) -> writ::server::registry::Registry {
+    let audit = AuditLog::open(&dir.join("audit.redb"), dir, "example.org/writ-audit").unwrap();
+    writ::server::registry::Registry::load(
+        std::sync::Arc::new(writ::store::Store::open(&dir.join("writ.redb")).unwrap()),
+        writ::policy::grant::RemediationRules::default(),
+        std::sync::Arc::new(audit),
+        std::sync::Arc::new(writ::clock::SystemClock),
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+}
+
+/// The child: sixteen threads open incidents at once (their changes share commits)
+/// until killed; each prints `ACK id` only once its open returned.
+#[test]
+#[ignore = "runs only as the child process of kill_9_mid_a_storm_of_opens_loses_no_acknowledged_change"]
+fn child_storm() {
+    let Ok(dir) = std::env::var(STORM_CHILD_ENV) else {
+        return;
+    };
+    let registry = storm_registry(Path::new(&dir));
+    let now = writ::clock::Clock::unix(&writ::clock::SystemClock);
+    std::thread::scope(|s| {
+        for t in 0..16 {
+            let registry = &registry;
+            s.spawn(move || {
+                for i in 0..1_000_000u64 {
+                    // Each child's ids are its own (ids are never reused).
+                    let id = format!("STORM-{}-{t}-{i}", std::process::id());
+                    let incident = writ::policy::Incident {
+                        tenant: "default".into(),
+                        id: id.clone(),
+                        title: "storm".into(),
+                        severity: writ::policy::Severity::Sev3,
+                        assigned: ["triage".to_owned()].into(),
+                        scopes: Default::default(),
+                        state: writ::policy::IncidentState::Open,
+                        opened_by: "alice".into(),
+                        opened_at: now,
+                        closed_by: None,
+                        closed_at: None,
+                        max_lifetime_secs: 3600,
+                        source: None,
+                    };
+                    match registry.open_incident(incident) {
+                        Ok(_) => {
+                            let mut out = std::io::stdout().lock();
+                            writeln!(out, "{ACK}{id}").unwrap();
+                            out.flush().unwrap();
+                        }
+                        // Over the tenant's change rate: wait and go on.
+                        Err(writ::server::registry::RegistryError::RateLimited(_)) => {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(e) => panic!("{id}: {e}"),
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Policy changes committed in groups keep both promises across SIGKILL: every open that
+/// returned is in the store with its record, and nothing is in the store without its
+/// record (audited before written), whatever the kill cut off.
+#[test]
+fn kill_9_mid_a_storm_of_opens_loses_no_acknowledged_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked = std::collections::BTreeSet::new();
+    // Several kills, each at a different point of a commit.
+    for round in 0..4 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child_storm", "--include-ignored", "--nocapture"])
+            .args(["--test-threads", "1"])
+            .env(STORM_CHILD_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let start = acked.len();
+        let mut read = |reader: &mut BufReader<_>,
+                        acked: &mut std::collections::BTreeSet<String>| {
+            line.clear();
+            let n = reader.read_line(&mut line).unwrap();
+            if let Some(id) = line.strip_suffix('\n').and_then(|l| l.split_once(ACK)) {
+                acked.insert(id.1.to_owned());
+            }
+            n
+        };
+        while acked.len() < start + 200 {
+            let n = read(&mut reader, &mut acked);
+            assert!(
+                n > 0,
+                "round {round}: child exited early: {:?}",
+                child.try_wait()
+            );
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        while read(&mut reader, &mut acked) > 0 {}
+    }
+    // The log verifies; every incident the store holds has its open record.
+    let vkey = std::fs::read_to_string(dir.path().join("audit.pub")).unwrap();
+    writ::audit::verify_file(&dir.path().join("audit.redb"), vkey.trim(), None)
+        .expect("the log verifies after SIGKILL");
+    let db = redb::Database::open(dir.path().join("audit.redb")).unwrap();
+    let recorded: std::collections::BTreeSet<String> = all_records(&db)
+        .values()
+        .map(|bytes| Record::decode(bytes).unwrap())
+        .filter(|r| r.action == "incident.open")
+        .filter_map(|r| r.incident)
+        .collect();
+    drop(db);
+    let registry = storm_registry(dir.path());
+    let stored: std::collections::BTreeSet<String> = registry
+        .all_incidents("default")
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert!(acked.len() >= 800);
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    assert!(lost.is_empty(), "acknowledged opens lost: {lost:?}");
+    let unaudited: Vec<_> = stored.difference(&recorded).collect();
+    assert!(
+        unaudited.is_empty(),
+        "stored without a record: {unaudited:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_grant_request_is_recorded() {
     let dev = dev::start(writ::ca::CaConfig::default()).await;

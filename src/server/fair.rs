@@ -183,11 +183,18 @@ impl Turns {
     }
 }
 
+/// How many condition variables waiters are spread over.
+const BELLS: usize = 64;
+
 /// Slots passed round-robin between tenants (see the module docs).
 #[derive(Debug)]
 pub struct Fair {
     turns: Mutex<Turns>,
-    woken: Condvar,
+    /// A waiter sleeps on the bell of its ticket (modulo [`BELLS`]); a release rings
+    /// the bells of the tickets it handed slots to. So a handoff wakes the waiter it
+    /// serves and the few sharing its bell, not all of a storm's (which cost a thousand
+    /// wakeups per change when one condition variable was shared).
+    bells: [Condvar; BELLS],
 }
 
 /// Holding a slot of a [`Fair`]; dropping it passes the slot on.
@@ -212,8 +219,12 @@ impl Fair {
     fn with(turns: Turns) -> Fair {
         Fair {
             turns: Mutex::new(turns),
-            woken: Condvar::new(),
+            bells: std::array::from_fn(|_| Condvar::new()),
         }
+    }
+
+    fn bell(&self, ticket: u64) -> &Condvar {
+        &self.bells[(ticket % BELLS as u64) as usize]
     }
 
     fn turns(&self) -> MutexGuard<'_, Turns> {
@@ -228,7 +239,7 @@ impl Fair {
         if let Err(ticket) = turns.arrive(tenant, urgency, Instant::now()) {
             while !turns.take(ticket) {
                 turns = self
-                    .woken
+                    .bell(ticket)
                     .wait(turns)
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
             }
@@ -242,8 +253,11 @@ impl Fair {
 
 impl Drop for FairGuard<'_> {
     fn drop(&mut self) {
-        self.fair.turns().release(&self.tenant, Instant::now());
-        self.fair.woken.notify_all();
+        let mut turns = self.fair.turns();
+        turns.release(&self.tenant, Instant::now());
+        for ticket in &turns.handed {
+            self.fair.bell(*ticket).notify_all();
+        }
     }
 }
 

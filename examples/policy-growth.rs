@@ -109,7 +109,7 @@ fn measure(dir: &std::path::Path, n: usize) {
     let live = issuer.registry.snapshot();
     let server = serde_json::to_vec(&(
         live.profiles.values().collect::<Vec<_>>(),
-        live.incidents.values().collect::<Vec<_>>(),
+        live.incidents.values().map(|i| &**i).collect::<Vec<_>>(),
         live.grants.values().collect::<Vec<_>>(),
         live.playbooks.values().collect::<Vec<_>>(),
         live.revoked_serials.values().collect::<Vec<_>>(),

@@ -199,7 +199,7 @@ fn history_out_of_memory_is_refused_as_it_always_was() {
 
     // Ids are never reused, though INC-1 is no longer in memory.
     let mut again =
-        issuer.registry.snapshot().incidents[&writ::policy::key("default", "INC-2")].clone();
+        (*issuer.registry.snapshot().incidents[&writ::policy::key("default", "INC-2")]).clone();
     again.id = "INC-1".into();
     assert!(
         matches!(

@@ -288,7 +288,7 @@ async fn activations_outside_the_bounds_issue_nothing() {
         )
         .unwrap();
     let mut both =
-        dev.issuer.registry.snapshot().incidents[&writ::policy::key("default", "INC-1")].clone();
+        (*dev.issuer.registry.snapshot().incidents[&writ::policy::key("default", "INC-1")]).clone();
     both.id = "INC-2".into();
     both.assigned.insert("advisor".into());
     dev.issuer.registry.open_incident(both).unwrap();

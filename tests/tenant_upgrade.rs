@@ -59,7 +59,7 @@ fn a_store_written_before_tenants_is_the_default_tenants() {
         policy.profiles.insert(p.key(), p);
     }
     for i in store.incidents().unwrap() {
-        policy.incidents.insert(i.key(), i);
+        policy.incidents.insert(i.key(), std::sync::Arc::new(i));
     }
     let base = writ_verifier::parse_trust_domain("example.org").unwrap();
     let uid: Selector = "unix:uid:1001".parse().unwrap();

@@ -15,6 +15,7 @@ use crate::policy::{
 };
 use crate::proto::node as pb;
 use std::str::FromStr;
+use std::sync::Arc;
 use writ_verifier::Band;
 
 /// Why a policy from the server was refused as a whole.
@@ -55,7 +56,7 @@ pub fn encode_policy(view: &PolicySnapshot, tenants: bool) -> pb::AgentPolicy {
             .incidents
             .values()
             .filter(|i| sent(&i.tenant))
-            .map(encode_incident)
+            .map(|i| encode_incident(i))
             .collect(),
         grants: view
             .grants
@@ -123,7 +124,7 @@ pub fn decode_policy(policy: pb::AgentPolicy) -> Result<PolicySnapshot, WireErro
     }
     for incident in policy.incidents {
         let incident = decode_incident(incident);
-        out.incidents.insert(incident.key(), incident);
+        out.incidents.insert(incident.key(), Arc::new(incident));
     }
     for grant in policy.grants {
         let grant = decode_grant(grant);
@@ -381,7 +382,7 @@ mod tests {
         );
         p.incidents.insert(
             crate::policy::key("default", "INC-1"),
-            Incident {
+            Arc::new(Incident {
                 tenant: "default".into(),
                 id: "INC-1".into(),
                 title: "db down".into(),
@@ -395,7 +396,7 @@ mod tests {
                 closed_at: None,
                 max_lifetime_secs: 3600,
                 source: None,
-            },
+            }),
         );
         p.grants.insert(
             crate::policy::key("default", "g-1"),
@@ -568,11 +569,11 @@ mod tests {
             .values()
             .map(|i| Incident {
                 tenant: "acme".into(),
-                ..i.clone()
+                ..(**i).clone()
             })
             .collect();
         for incident in incidents {
-            p.incidents.insert(incident.key(), incident);
+            p.incidents.insert(incident.key(), Arc::new(incident));
         }
         let grants: Vec<Grant> = p
             .grants

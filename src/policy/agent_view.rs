@@ -209,13 +209,14 @@ mod tests {
         let mut policy = PolicySnapshot::default();
         policy.incidents.insert(
             crate::policy::key("default", "INC-1"),
-            incident("INC-1", None),
+            std::sync::Arc::new(incident("INC-1", None)),
         );
         for n in 0..closed {
             let id = format!("OLD-{n}");
-            policy
-                .incidents
-                .insert(crate::policy::key("default", &id), incident(&id, Some(100)));
+            policy.incidents.insert(
+                crate::policy::key("default", &id),
+                std::sync::Arc::new(incident(&id, Some(100))),
+            );
             let g = format!("g-old{n}");
             policy.grants.insert(
                 crate::policy::key("default", &g),
@@ -256,7 +257,7 @@ mod tests {
         let size = |view: PolicySnapshot| {
             serde_json::to_vec(&(
                 view.profiles.values().collect::<Vec<_>>(),
-                view.incidents.values().collect::<Vec<_>>(),
+                view.incidents.values().map(|i| &**i).collect::<Vec<_>>(),
                 view.grants.values().collect::<Vec<_>>(),
                 view.revoked_serials.values().collect::<Vec<_>>(),
             ))

@@ -239,7 +239,8 @@ mod tests {
                 .insert(crate::policy::key("default", &pr.name), pr);
         }
         for i in [incident("INC-1", true), incident("INC-0", false)] {
-            p.incidents.insert(crate::policy::key("default", &i.id), i);
+            p.incidents
+                .insert(crate::policy::key("default", &i.id), std::sync::Arc::new(i));
         }
         for g in [
             grant("g-on", GrantState::Active),

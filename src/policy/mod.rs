@@ -26,6 +26,7 @@ use spiffe::{SpiffeId, TrustDomain};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use writ_verifier::{Band, WritClaims};
 
 /// Names of profiles, agents and incidents: one SPIFFE path segment each, bounded.
@@ -579,8 +580,9 @@ pub struct PolicySnapshot {
     pub tenants: BTreeMap<String, Tenant>,
     /// Profiles by tenant and name.
     pub profiles: BTreeMap<Key, Profile>,
-    /// Incidents by tenant and id (open and closed).
-    pub incidents: BTreeMap<Key, Incident>,
+    /// Incidents by tenant and id (open and closed). Shared, so a change copies the map
+    /// (one per change, docs/architecture.md "A change, in a storm"), not every incident.
+    pub incidents: BTreeMap<Key, Arc<Incident>>,
     /// Remediation grants by tenant and id (every state).
     pub grants: BTreeMap<Key, Grant>,
     /// The remediation rules in force (quorums, sensitive scopes, limits).
@@ -608,7 +610,7 @@ impl PolicySnapshot {
 
     /// The incident `id` of `tenant`.
     pub fn incident(&self, tenant: &str, id: &str) -> Option<&Incident> {
-        self.incidents.get(&key(tenant, id))
+        self.incidents.get(&key(tenant, id)).map(|i| &**i)
     }
 
     /// The grant `id` of `tenant`.
@@ -808,7 +810,12 @@ fn held_by(
 }
 
 fn open_incidents(policy: &PolicySnapshot) -> Vec<&Incident> {
-    let mut incidents: Vec<&Incident> = policy.incidents.values().filter(|i| i.is_open()).collect();
+    let mut incidents: Vec<&Incident> = policy
+        .incidents
+        .values()
+        .map(|i| &**i)
+        .filter(|i| i.is_open())
+        .collect();
     incidents.sort_by(|a, b| (a.opened_at, &a.id, &a.tenant).cmp(&(b.opened_at, &b.id, &b.tenant)));
     incidents
 }
@@ -979,7 +986,10 @@ mod tests {
             tenants: Default::default(),
             generation: 1,
             profiles: profiles.into_iter().map(|p| (p.key(), p)).collect(),
-            incidents: incidents.into_iter().map(|i| (i.key(), i)).collect(),
+            incidents: incidents
+                .into_iter()
+                .map(|i| (i.key(), Arc::new(i)))
+                .collect(),
             grants: BTreeMap::new(),
             playbooks: BTreeMap::new(),
             rules: grant::RemediationRules::default(),
@@ -1111,10 +1121,12 @@ mod tests {
         let other =
             SpiffeId::new("spiffe://investigate.example.org/agent/other/incident/INC-1").unwrap();
         assert!(entitlement_for(&p, &base(), &other).is_none());
-        p.incidents
-            .get_mut(&crate::policy::key("default", "INC-1"))
-            .unwrap()
-            .state = IncidentState::Closed;
+        Arc::make_mut(
+            p.incidents
+                .get_mut(&crate::policy::key("default", "INC-1"))
+                .unwrap(),
+        )
+        .state = IncidentState::Closed;
         assert!(entitlement_for(&p, &base(), &id).is_none());
     }
 

@@ -232,7 +232,10 @@ mod tests {
     fn policy(incidents: Vec<Incident>, grants: Vec<Grant>) -> PolicySnapshot {
         PolicySnapshot {
             generation: 7,
-            incidents: incidents.into_iter().map(|i| (i.key(), i)).collect(),
+            incidents: incidents
+                .into_iter()
+                .map(|i| (i.key(), std::sync::Arc::new(i)))
+                .collect(),
             grants: grants.into_iter().map(|g| (g.key(), g)).collect(),
             ..PolicySnapshot::default()
         }

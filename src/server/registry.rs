@@ -451,7 +451,7 @@ fn read_live(
         incidents: store
             .incidents_where(|i| live_incident(i, now, revocation_window))?
             .into_iter()
-            .map(|i| (i.key(), i))
+            .map(|i| (i.key(), Arc::new(i)))
             .collect(),
         grants: store
             .grants_where(|g| live_grant(g, now, revocation_window))?
@@ -977,7 +977,9 @@ impl Registry {
             |policy, w| {
                 let incident = self.admit_incident(policy, incident)?;
                 w.put_incident(&incident)?;
-                policy.incidents.insert(incident.key(), incident.clone());
+                policy
+                    .incidents
+                    .insert(incident.key(), Arc::new(incident.clone()));
                 Ok(incident)
             },
         )
@@ -1850,7 +1852,7 @@ fn close(
 
 fn apply(policy: &mut PolicySnapshot, incidents: &[Incident], grants: &[Grant]) {
     for i in incidents {
-        policy.incidents.insert(i.key(), i.clone());
+        policy.incidents.insert(i.key(), Arc::new(i.clone()));
     }
     for g in grants {
         policy.grants.insert(g.key(), g.clone());

@@ -379,6 +379,25 @@ const CHILD_ENV: &str = "WRIT_AUDIT_CHILD_DIR";
 const ACK: &str = "ACK ";
 const ACKS_BEFORE_KILL: usize = 300;
 
+/// This test binary again, running only the ignored test `child` with `env` set to `dir`;
+/// its stdout, to read its acknowledgements from.
+fn spawn_child(
+    child: &str,
+    env: &str,
+    dir: &Path,
+) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", child, "--include-ignored", "--nocapture"])
+        .args(["--test-threads", "1"])
+        .env(env, dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let reader = BufReader::new(child.stdout.take().unwrap());
+    (child, reader)
+}
+
 /// The child: eight threads append until killed; each prints `ACK index actor` only once
 /// its append returned (durable).
 #[test]
@@ -416,20 +435,7 @@ fn kill_9_mid_appends_loses_no_acknowledged_record() {
     let dir = tempfile::tempdir().unwrap();
     let mut acked: BTreeMap<u64, String> = BTreeMap::new();
     for round in 0..2 {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "child_appender",
-                "--include-ignored",
-                "--nocapture",
-            ])
-            .args(["--test-threads", "1"])
-            .env(CHILD_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let (mut child, mut reader) = spawn_child("child_appender", CHILD_ENV, dir.path());
         let mut line = String::new();
         let parse = |line: &str, acked: &mut BTreeMap<u64, String>| {
             if let Some((_, rest)) = line.strip_suffix('\n').and_then(|l| l.split_once(ACK))
@@ -546,15 +552,7 @@ fn kill_9_mid_a_storm_of_opens_loses_no_acknowledged_change() {
     let mut acked = std::collections::BTreeSet::new();
     // Several kills, each at a different point of a commit.
     for round in 0..4 {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_storm", "--include-ignored", "--nocapture"])
-            .args(["--test-threads", "1"])
-            .env(STORM_CHILD_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let (mut child, mut reader) = spawn_child("child_storm", STORM_CHILD_ENV, dir.path());
         let mut line = String::new();
         let start = acked.len();
         let mut read = |reader: &mut BufReader<_>,

@@ -48,6 +48,41 @@ fn both(check: impl Fn(&Backend)) {
     }
 }
 
+/// A server's start reads the live indexes, not all history: a row written enters them,
+/// and one the start no longer keeps (history) leaves them, staying in its table.
+#[test]
+fn live_rows_come_from_the_live_index_and_history_leaves_it() {
+    both(|backend| {
+        let store = backend.open();
+        let live = incident("LIVE-1", "open");
+        let mut old = incident("OLD-1", "closed long ago");
+        old.state = IncidentState::Closed;
+        old.closed_at = Some(1_000);
+        let g = grant("g-1", "LIVE-1");
+        store
+            .put_policy_changes(&[live.clone(), old.clone()], std::slice::from_ref(&g))
+            .unwrap();
+        let is_open = |i: &Incident| i.is_open();
+        // Built on the first read, from the table: only what is live goes in.
+        assert_eq!(store.live_incidents(is_open).unwrap(), vec![live.clone()]);
+        assert_eq!(store.live_incidents(|_| true).unwrap(), vec![live.clone()]);
+        assert_eq!(store.live_grants(|_| true).unwrap(), vec![g.clone()]);
+        // A row written enters the index; once the start no longer keeps it, it leaves.
+        let mut ended = incident("LIVE-2", "then closed");
+        store.put_incident(&ended).unwrap();
+        assert_eq!(store.live_incidents(|_| true).unwrap().len(), 2);
+        ended.state = IncidentState::Closed;
+        ended.closed_at = Some(2_000);
+        store.put_incident(&ended).unwrap();
+        assert_eq!(store.live_incidents(is_open).unwrap(), vec![live.clone()]);
+        assert_eq!(store.live_incidents(|_| true).unwrap(), vec![live.clone()]);
+        // History stays in the tables.
+        assert_eq!(store.incident("default", "OLD-1").unwrap(), Some(old));
+        assert_eq!(store.incident("default", "LIVE-2").unwrap(), Some(ended));
+        assert_eq!(store.incidents().unwrap().len(), 3);
+    });
+}
+
 fn incident(id: &str, title: &str) -> Incident {
     Incident {
         tenant: "default".into(),
@@ -134,9 +169,9 @@ fn records_round_trip_and_survive_reopening() {
         assert_eq!(
             store.schema_version().unwrap(),
             if matches!(backend, Backend::Redb(_)) {
-                2
+                3
             } else {
-                7
+                8
             }
         );
         assert_eq!(store.incident("default", "INC-2").unwrap(), Some(odd));
@@ -430,14 +465,14 @@ fn servers_starting_together_migrate_once() {
         })
         .collect();
     for start in starts {
-        assert_eq!(start.join().unwrap().unwrap(), 7);
+        assert_eq!(start.join().unwrap().unwrap(), 8);
     }
     assert_eq!(
         pg.psql(
             "fresh",
             "SELECT value FROM writ_meta WHERE key = 'schema_version'"
         ),
-        "7"
+        "8"
     );
 }
 
@@ -457,7 +492,7 @@ fn a_database_of_a_newer_schema_is_refused() {
     match Store::connect_postgres(&url.parse().unwrap()) {
         Err(StoreError::Schema {
             found: 99,
-            supported: 7,
+            supported: 8,
         }) => {}
         other => panic!("{other:?}"),
     }
@@ -692,11 +727,13 @@ fn intermediate_requests_from_before_trust_domains_survive_the_upgrade() {
     let Backend::Postgres(pg, _) = &backend else {
         unreachable!()
     };
-    // Schema 5 exactly: migration 6 only adds the column, and 7 the source_incidents table.
+    // Schema 5 exactly: migration 6 only adds the column, 7 the source_incidents table
+    // and 8 the live indexes.
     drop(backend.open());
     pg.psql(
         "writ",
-        "DROP TABLE source_incidents; ALTER TABLE intermediate_requests DROP COLUMN trust_domain; \
+        "DROP TABLE source_incidents, live_incidents, live_grants; \
+         ALTER TABLE intermediate_requests DROP COLUMN trust_domain; \
          UPDATE writ_meta SET value = 5 WHERE key = 'schema_version'",
     );
     let key = "cd".repeat(32);
@@ -720,7 +757,7 @@ fn intermediate_requests_from_before_trust_domains_survive_the_upgrade() {
     );
 
     let store = backend.open();
-    assert_eq!(store.schema_version().unwrap(), 7);
+    assert_eq!(store.schema_version().unwrap(), 8);
     let pending = store.pending_intermediate_requests().unwrap();
     assert_eq!(pending.len(), 1, "{pending:?}");
     assert_eq!(pending[0].id.to_string(), old_pending);

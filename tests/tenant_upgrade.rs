@@ -23,7 +23,7 @@ fn a_store_written_before_tenants_is_the_default_tenants() {
     let path = dir.path().join("writ.redb");
     std::fs::copy(FIXTURE, &path).unwrap();
     let store = Store::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 2, "upgraded in place");
+    assert_eq!(store.schema_version().unwrap(), 3, "upgraded in place");
     assert!(store.tenants().unwrap().is_empty());
 
     let profiles = store.profiles().unwrap();
@@ -35,6 +35,16 @@ fn a_store_written_before_tenants_is_the_default_tenants() {
     let open = store.incident(DEFAULT_TENANT, "INC-1").unwrap().unwrap();
     assert!(open.is_open());
     assert_eq!(open.tenant, DEFAULT_TENANT);
+    // Written before the live indexes: the first read builds them from the tables.
+    assert_eq!(
+        store.live_incidents(|i| i.is_open()).unwrap(),
+        vec![open.clone()]
+    );
+    assert_eq!(
+        store.live_incidents(|_| true).unwrap(),
+        vec![open.clone()],
+        "only what was live went into the index"
+    );
     assert!(
         !store
             .incident(DEFAULT_TENANT, "INC-0")
@@ -87,7 +97,7 @@ fn a_store_written_before_tenants_is_the_default_tenants() {
         .unwrap();
     drop(store);
     let store = Store::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.schema_version().unwrap(), 3);
     assert_eq!(store.incident(DEFAULT_TENANT, "INC-1").unwrap(), Some(open));
     assert_eq!(store.incident("acme", "INC-1").unwrap(), Some(theirs));
 }
@@ -121,12 +131,12 @@ fn a_postgresql_database_written_before_tenants_is_the_default_tenants() {
     };
     pg.create_database("writ");
     let url = pg.url("writ");
-    // Schema 4 exactly: migration 5 only adds the tenants table, and 6 one column of
-    // intermediate_requests, and 7 the source_incidents table.
+    // Schema 4 exactly: migration 5 only adds the tenants table, 6 one column of
+    // intermediate_requests, 7 the source_incidents table and 8 the live indexes.
     drop(Store::connect_postgres(&url.parse().unwrap()).unwrap());
     pg.psql(
         "writ",
-        "DROP TABLE tenants, source_incidents; ALTER TABLE intermediate_requests DROP COLUMN trust_domain; \
+        "DROP TABLE tenants, source_incidents, live_incidents, live_grants; ALTER TABLE intermediate_requests DROP COLUMN trust_domain; \
          UPDATE writ_meta SET value = 4 WHERE key = 'schema_version'",
     );
     for table in ["profiles", "incidents", "grants", "playbooks"] {
@@ -142,7 +152,7 @@ fn a_postgresql_database_written_before_tenants_is_the_default_tenants() {
         }
     }
     let store = Store::connect_postgres(&url.parse().unwrap()).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 7);
+    assert_eq!(store.schema_version().unwrap(), 8);
     assert!(store.tenants().unwrap().is_empty());
     let profiles = store.profiles().unwrap();
     assert_eq!(profiles.len(), 1);

@@ -449,12 +449,12 @@ fn read_live(
             .map(|p| (p.key(), p))
             .collect(),
         incidents: store
-            .incidents_where(|i| live_incident(i, now, revocation_window))?
+            .live_incidents(|i| live_incident(i, now, revocation_window))?
             .into_iter()
             .map(|i| (i.key(), Arc::new(i)))
             .collect(),
         grants: store
-            .grants_where(|g| live_grant(g, now, revocation_window))?
+            .live_grants(|g| live_grant(g, now, revocation_window))?
             .into_iter()
             .map(|g| (g.key(), g))
             .collect(),

@@ -8,8 +8,10 @@ use std::path::Path;
 /// The layout version this build reads and writes. 2: tenants (a table of them, and
 /// tenant-scoped keys, [`super::scoped_key`]). A schema 1 store is upgraded in place on
 /// open: its rows are the default tenant's as they are, so only the version moves, and a
-/// build that knows only schema 1 then refuses the store instead of misreading it.
-pub(super) const SCHEMA_VERSION: u64 = 2;
+/// build that knows only schema 1 then refuses the store instead of misreading it. 3: the
+/// live indexes ([`super::Store::live_incidents`]), built on first read; the version moves
+/// so that a build without them, which would write rows they miss, refuses the store.
+pub(super) const SCHEMA_VERSION: u64 = 3;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const AUTHORITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("authorities");
@@ -51,7 +53,7 @@ impl Embedded {
                         .map_err(db_err)?;
                 }
                 Some(SCHEMA_VERSION) => {}
-                Some(1) => {
+                Some(1 | 2) => {
                     meta.insert("schema_version", SCHEMA_VERSION)
                         .map_err(db_err)?;
                 }

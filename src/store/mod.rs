@@ -77,11 +77,15 @@ pub(crate) enum Table {
     RevokedSerials,
     Tenants,
     SourceIncidents,
+    /// The incidents that may be live, each a copy of its row (see [`Store::live_incidents`]).
+    LiveIncidents,
+    /// The grants that may be live, likewise.
+    LiveGrants,
 }
 
 impl Table {
     /// Every table, so a backend creates them all up front.
-    pub(crate) const ALL: [Table; 9] = [
+    pub(crate) const ALL: [Table; 11] = [
         Table::Svids,
         Table::Profiles,
         Table::Incidents,
@@ -91,6 +95,8 @@ impl Table {
         Table::RevokedSerials,
         Table::Tenants,
         Table::SourceIncidents,
+        Table::LiveIncidents,
+        Table::LiveGrants,
     ];
 
     /// The table's name in either database (a fixed identifier, never caller text).
@@ -105,15 +111,21 @@ impl Table {
             Table::RevokedSerials => "revoked_serials",
             Table::Tenants => "tenants",
             Table::SourceIncidents => "source_incidents",
+            Table::LiveIncidents => "live_incidents",
+            Table::LiveGrants => "live_grants",
         }
     }
 }
 
 impl Table {
     /// Whether the table is policy: a write to it moves the policy version that replicas
-    /// follow (SVID records and join tokens are not policy).
+    /// follow (SVID records and join tokens are not policy, nor the live indexes, which
+    /// change with policy rows or only lose rows that are history).
     pub(crate) fn is_policy(self) -> bool {
-        !matches!(self, Table::Svids | Table::JoinTokens)
+        !matches!(
+            self,
+            Table::Svids | Table::JoinTokens | Table::LiveIncidents | Table::LiveGrants
+        )
     }
 }
 
@@ -462,17 +474,28 @@ fn put<T: Serialize>(table: Table, key: &str, value: &T) -> Result<Write, StoreE
     })
 }
 
-/// The writes of `incidents` and `grants`, each under its tenant-scoped key.
+/// The writes of `incidents` and `grants`, each under its tenant-scoped key, and in the
+/// live indexes: a row just written may be live.
 fn policy_writes(incidents: &[Incident], grants: &[Grant]) -> Result<Vec<Write>, StoreError> {
-    let mut writes = Vec::with_capacity(incidents.len() + grants.len());
+    let mut writes = Vec::with_capacity(2 * (incidents.len() + grants.len()));
     for i in incidents {
-        writes.push(put(Table::Incidents, &scoped_key(&i.tenant, &i.id), i)?);
+        let key = scoped_key(&i.tenant, &i.id);
+        writes.push(put(Table::Incidents, &key, i)?);
+        writes.push(put(Table::LiveIncidents, &key, i)?);
     }
     for g in grants {
-        writes.push(put(Table::Grants, &scoped_key(&g.tenant, &g.id), g)?);
+        let key = scoped_key(&g.tenant, &g.id);
+        writes.push(put(Table::Grants, &key, g)?);
+        writes.push(put(Table::LiveGrants, &key, g)?);
     }
     Ok(writes)
 }
+
+/// The key, in a live index, of the row saying the index is complete. No tenant-scoped
+/// key starts with `/` (tenant names are never empty).
+const INDEX_COMPLETE: &str = "/complete";
+/// Its body (not a row of the table the index copies).
+const INDEX_COMPLETE_BODY: &[u8] = br#"{"index":"complete"}"#;
 
 /// The rows of a policy change, built without writing them: the registry decides a
 /// change's rows, then writes them with every other change of its commit once their
@@ -812,6 +835,85 @@ impl Store {
         keep: impl Fn(&Incident) -> bool,
     ) -> Result<Vec<Incident>, StoreError> {
         self.rows_where(Table::Incidents, keep)
+    }
+
+    /// The incidents `live` keeps, read from the live index, not the whole history
+    /// (docs/performance.md, "Flat in history"). Every incident written is put in the
+    /// index with its row; the ones `live` no longer keeps leave it here, so a server's
+    /// start reads what is live and what ended since the last start, never all history.
+    /// A store from before the index is indexed by one scan of its incidents, once.
+    pub fn live_incidents(
+        &self,
+        live: impl Fn(&Incident) -> bool,
+    ) -> Result<Vec<Incident>, StoreError> {
+        self.live_rows(Table::LiveIncidents, Table::Incidents, live, |i| {
+            scoped_key(&i.tenant, &i.id)
+        })
+    }
+
+    /// The grants `live` keeps, as [`Store::live_incidents`].
+    pub fn live_grants(&self, live: impl Fn(&Grant) -> bool) -> Result<Vec<Grant>, StoreError> {
+        self.live_rows(Table::LiveGrants, Table::Grants, live, |g| {
+            scoped_key(&g.tenant, &g.id)
+        })
+    }
+
+    fn live_rows<T: for<'de> Deserialize<'de>>(
+        &self,
+        index: Table,
+        table: Table,
+        live: impl Fn(&T) -> bool,
+        key_of: impl Fn(&T) -> String,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        let mut writes = Vec::new();
+        if self.backend.get(index, INDEX_COMPLETE)?.is_none() {
+            // Not built yet (a store from before the index, or a new one): build it from
+            // the whole table, once, replacing whatever rows writes put there meanwhile.
+            self.backend.scan(index, &mut |bytes| {
+                let row: T = decode(index, bytes)?;
+                writes.push(Write::Delete {
+                    table: index,
+                    key: key_of(&row),
+                });
+                Ok(())
+            })?;
+            self.backend.scan(table, &mut |bytes| {
+                let row: T = decode(table, bytes)?;
+                if live(&row) {
+                    writes.push(Write::Put {
+                        table: index,
+                        key: key_of(&row),
+                        body: bytes.to_vec(),
+                    });
+                    out.push(row);
+                }
+                Ok(())
+            })?;
+            writes.push(Write::Put {
+                table: index,
+                key: INDEX_COMPLETE.to_owned(),
+                body: INDEX_COMPLETE_BODY.to_vec(),
+            });
+        } else {
+            self.backend.scan(index, &mut |bytes| {
+                if bytes == INDEX_COMPLETE_BODY {
+                    return Ok(());
+                }
+                let row: T = decode(index, bytes)?;
+                match live(&row) {
+                    true => out.push(row),
+                    // History now: it leaves the index (it stays in the table).
+                    false => writes.push(Write::Delete {
+                        table: index,
+                        key: key_of(&row),
+                    }),
+                }
+                Ok(())
+            })?;
+        }
+        self.write(writes)?;
+        Ok(out)
     }
 
     /// The grants `keep` keeps.

@@ -103,6 +103,11 @@ const MIGRATIONS: &[&str] = &[
     // 7: what each incident source's incidents led to, and the deliveries handled
     // (docs/incident-sources.md), keyed `tenant/source/source-incident-id`.
     "CREATE TABLE source_incidents (key text PRIMARY KEY, body json NOT NULL);",
+    // 8: the live indexes: a copy of each incident and grant row that may be live, so a
+    // server's start and reload read live state, not all history (docs/performance.md,
+    // "Flat in history"). Empty here; the first server to read them builds them.
+    "CREATE TABLE live_incidents (key text PRIMARY KEY, body json NOT NULL);
+     CREATE TABLE live_grants (key text PRIMARY KEY, body json NOT NULL);",
 ];
 
 /// The channel policy writes notify, with the new version as payload.
@@ -1141,7 +1146,7 @@ mod tests {
 
     #[test]
     fn schema_versions_count_the_migrations() {
-        assert_eq!(SCHEMA_VERSION, 7);
+        assert_eq!(SCHEMA_VERSION, 8);
         // Every table the store uses is created by some migration.
         let all = MIGRATIONS.join("\n");
         for table in Table::ALL {

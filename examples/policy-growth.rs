@@ -8,7 +8,10 @@
 //! - `rss at start MiB`, `rss MiB`: that process's resident set once the issuer is open,
 //!   and after the 50 opens below;
 //! - `open p50/p99 ms`: latency of `open_incident` (a durable audited change) for 50 new
-//!   incidents on top of that history.
+//!   incidents on top of that history;
+//! - `rss at the next start MiB`: a second start's resident set, in a process of its own
+//!   (the first start took the history, ended while the server was down, out of the
+//!   store's live indexes; see `Store::live_incidents`).
 //!
 //! `cargo build --release --example policy-growth && target/release/examples/policy-growth`
 //! Flags: --sizes 0,1000,10000
@@ -86,6 +89,8 @@ fn write_history(dir: &std::path::Path, n: usize) {
 
 /// A server started on that history two hours later (past the revocation window), in a
 /// process of its own so its memory is its own: what it holds, and what a change costs.
+/// Then another start, a minute later, in a process of its own: the first start took the
+/// history out of the store's live indexes, so this one reads only what is live.
 fn measure(dir: &std::path::Path, n: usize) {
     let clock = ManualClock::at(START + 2 * 3600 + 1);
     let issuer = open_issuer(dir, &clock);
@@ -116,13 +121,20 @@ fn measure(dir: &std::path::Path, n: usize) {
     ))
     .unwrap()
     .len();
-    println!(
-        "{n}\t{agent}\t{server}\t{:.1}\t{:.1}\t{:.2}\t{:.2}",
+    print!(
+        "{n}\t{agent}\t{server}\t{:.1}\t{:.1}\t{:.2}\t{:.2}\t",
         opened_rss as f64 / 1024.0,
         rss_kib() as f64 / 1024.0,
         latencies[latencies.len() / 2].as_secs_f64() * 1e3,
         latencies[latencies.len() * 99 / 100].as_secs_f64() * 1e3,
     );
+}
+
+/// The later start: its resident set once the issuer is open.
+fn restart(dir: &std::path::Path) {
+    let clock = ManualClock::at(START + 2 * 3600 + 61);
+    let _issuer = open_issuer(dir, &clock);
+    println!("{:.1}", rss_kib() as f64 / 1024.0);
 }
 
 fn main() {
@@ -132,16 +144,17 @@ fn main() {
         match phase.as_str() {
             "--write" => return write_history(std::path::Path::new(dir), n),
             "--measure" => return measure(std::path::Path::new(dir), n),
+            "--restart" => return restart(std::path::Path::new(dir)),
             _ => {}
         }
     }
     println!(
-        "closed\tagent bytes\tserver policy bytes\trss at start MiB\trss MiB\topen p50 ms\topen p99 ms"
+        "closed\tagent bytes\tserver policy bytes\trss at start MiB\trss MiB\topen p50 ms\topen p99 ms\trss at the next start MiB"
     );
     let me = std::env::current_exe().unwrap();
     for n in sizes() {
         let dir = tempfile::tempdir().unwrap();
-        for phase in ["--write", "--measure"] {
+        for phase in ["--write", "--measure", "--restart"] {
             let status = std::process::Command::new(&me)
                 .args([phase, dir.path().to_str().unwrap(), &n.to_string()])
                 .status()

@@ -10,7 +10,7 @@
 //! view out.
 
 use super::revocation::within_window;
-use super::{Grant, GrantState, Incident, PolicySnapshot};
+use super::{Grant, GrantState, Incident, Key, PolicySnapshot};
 
 /// How long ended things stay in the server's memory at least, whatever the revocation
 /// window: the per-agent request limit counts the grants of the last hour.
@@ -33,14 +33,36 @@ pub fn live(policy: &PolicySnapshot, now: i64, window_secs: i64) -> PolicySnapsh
 }
 
 /// [`live`] in place: what a change already holds a copy of is pruned, not copied again.
-pub fn retain_live(policy: &mut PolicySnapshot, now: i64, window_secs: i64) {
-    policy
-        .incidents
-        .retain(|_, i| live_incident(i, now, window_secs));
-    policy.grants.retain(|_, g| live_grant(g, now, window_secs));
+pub fn retain_live(policy: &mut PolicySnapshot, now: i64, window_secs: i64) -> Retired {
+    let mut retired = Retired::default();
+    policy.incidents.retain(|k, i| {
+        let live = live_incident(i, now, window_secs);
+        if !live {
+            retired.incidents.push(k.clone());
+        }
+        live
+    });
+    policy.grants.retain(|k, g| {
+        let live = live_grant(g, now, window_secs);
+        if !live {
+            retired.grants.push(k.clone());
+        }
+        live
+    });
     policy
         .revoked_serials
         .retain(|_, r| serial_is_current(r, now, window_secs));
+    retired
+}
+
+/// The incidents and grants [`retain_live`] took out of memory: history now, so the
+/// store's live indexes drop them too.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Retired {
+    /// Incidents, by tenant and id.
+    pub incidents: Vec<Key>,
+    /// Grants, by tenant and id.
+    pub grants: Vec<Key>,
 }
 
 /// A grant as agents see it: without its plan and evidence (identities carry the plan's

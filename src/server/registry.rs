@@ -776,13 +776,15 @@ impl Registry {
         drop(base);
         let writer = Writer::new(&self.audit, &self.clock, what);
         let (out, edit) = f(&mut next, &writer)?;
-        let (records, writes) = writer.finish();
+        let (records, mut writes) = writer.finish();
         let policy = match edit {
             Edit::Changed => {
                 next.generation += 1;
                 // What ended longer ago than the window leaves memory (it is in the
-                // store), so a change costs what live state costs, not what history does.
-                retain_live(&mut next, self.clock.unix(), self.revocation_window);
+                // store), so a change costs what live state costs, not what history does;
+                // and it leaves the store's live indexes, so a start reads live state.
+                let retired = retain_live(&mut next, self.clock.unix(), self.revocation_window);
+                writes.extend(Store::retired_writes(&retired));
                 Some(Arc::new(next))
             }
             Edit::Unchanged => None,
@@ -823,18 +825,19 @@ impl Registry {
         let kind = what.kind;
         let writer = Writer::new(&self.audit, &self.clock, what);
         let (out, edit) = f(&mut next, &writer)?;
-        let (records, writes) = writer.finish();
+        let (records, mut writes) = writer.finish();
         for record in records {
             record.wait()?;
         }
+        let now = self.clock.unix();
+        let retired = retain_live(&mut next, now, self.revocation_window);
+        writes.extend(Store::retired_writes(&retired));
         self.store.write(writes)?;
         let version = self.store.policy_version()?;
         if edit == Edit::Unchanged && version == follow.applied.load(Ordering::SeqCst) {
             return Ok((out, Vec::new()));
         }
         next.generation = generation_of(version);
-        let now = self.clock.unix();
-        retain_live(&mut next, now, self.revocation_window);
         self.publish(Arc::new(next), now);
         follow.applied.store(version, Ordering::SeqCst);
         drop(cluster);
@@ -2298,6 +2301,16 @@ mod tests {
                     .incidents
                     .contains_key(&crate::policy::key("default", "INC-1"))
         );
+        // And out of the store's live indexes, so the next start does not read them.
+        let indexed: Vec<String> = registry
+            .store
+            .live_incidents(|_| true)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(indexed, ["INC-2"]);
+        assert!(registry.store.live_grants(|_| true).unwrap().is_empty());
         assert_eq!(
             registry
                 .grant("default", &denied.id)

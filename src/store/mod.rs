@@ -851,6 +851,22 @@ impl Store {
         })
     }
 
+    /// Takes incidents and grants that are history now out of the live indexes (they
+    /// stay in their tables).
+    pub(crate) fn retired_writes(retired: &crate::policy::agent_view::Retired) -> Vec<Write> {
+        let out = |table, keys: &[(String, String)]| {
+            keys.iter()
+                .map(|(tenant, id)| Write::Delete {
+                    table,
+                    key: scoped_key(tenant, id),
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut writes = out(Table::LiveIncidents, &retired.incidents);
+        writes.extend(out(Table::LiveGrants, &retired.grants));
+        writes
+    }
+
     /// The grants `live` keeps, as [`Store::live_incidents`].
     pub fn live_grants(&self, live: impl Fn(&Grant) -> bool) -> Result<Vec<Grant>, StoreError> {
         self.live_rows(Table::LiveGrants, Table::Grants, live, |g| {

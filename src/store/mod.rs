@@ -840,7 +840,7 @@ impl Store {
     /// The incidents `live` keeps, read from the live index, not the whole history
     /// (docs/performance.md, "Flat in history"). Every incident written is put in the
     /// index with its row; it leaves the index when a change takes it out of memory
-    /// ([`Store::retired_writes`]) or here, when `live` no longer keeps it. So a start
+    /// (`Store::retired_writes`) or here, when `live` no longer keeps it. So a start
     /// reads what is live and what ended lately, never all history.
     /// A store from before the index is indexed by one scan of its incidents, once.
     pub fn live_incidents(

@@ -1053,25 +1053,9 @@ impl Store {
             .write(Self::source_writes(row, incidents, grants)?)
     }
 
-    /// Writes (creates or replaces) a playbook. Durable when this returns.
-    pub fn put_playbook(&self, playbook: &Playbook) -> Result<(), StoreError> {
-        self.put_playbook_changes(std::slice::from_ref(playbook), &[])
-    }
-
     /// Every playbook, in every state.
     pub fn playbooks(&self) -> Result<Vec<Playbook>, StoreError> {
         self.all(Table::Playbooks)
-    }
-
-    /// Writes playbooks and grants that change together (retiring a playbook revokes its
-    /// activations) in one durable transaction: a crash keeps all of it or none.
-    pub fn put_playbook_changes(
-        &self,
-        playbooks: &[Playbook],
-        grants: &[Grant],
-    ) -> Result<(), StoreError> {
-        self.backend
-            .write(Self::playbook_writes(playbooks, grants)?)
     }
 
     /// Stores a new join token under the hash of its secret.

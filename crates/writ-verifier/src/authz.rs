@@ -34,6 +34,20 @@ pub struct Peer {
     pub serial: Option<String>,
     /// notAfter or `exp`, seconds since the epoch.
     pub expires_at: i64,
+    /// The authority that signed it: for an X.509-SVID the [`crate::authority_key_id`] of
+    /// the bundle certificate its chain ended at, for a JWT-SVID the `kid`.
+    pub authority: Authority,
+}
+
+/// The authority a verified credential came from, as the revocation feed names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Authority {
+    /// An X.509 CA, by [`crate::authority_key_id`].
+    X509(String),
+    /// A JWT signing key, by `kid`.
+    Jwt(String),
+    /// Not known (a peer built by hand in a test).
+    Unknown,
 }
 
 /// The parts of a writ agent ID's path:
@@ -82,6 +96,7 @@ impl Peer {
             claims: svid.claims.clone(),
             serial: Some(hex(&svid.serial)),
             expires_at: svid.not_after,
+            authority: Authority::X509(svid.authority.clone()),
         }
     }
 
@@ -102,6 +117,7 @@ impl Peer {
                 .get("exp")
                 .and_then(serde_json::Value::as_i64)
                 .unwrap_or(i64::MIN),
+            authority: Authority::Jwt(jwt.kid.clone()),
         })
     }
 
@@ -530,6 +546,7 @@ mod tests {
             claims: Some(claims),
             serial: Some("4a".into()),
             expires_at: NOW + 300,
+            authority: Authority::Unknown,
         }
     }
 
@@ -546,6 +563,7 @@ mod tests {
             claims: Some(claims),
             serial: Some("4b".into()),
             expires_at: NOW + 300,
+            authority: Authority::Unknown,
         }
     }
 
@@ -555,6 +573,7 @@ mod tests {
             claims: None,
             serial: Some("4c".into()),
             expires_at: NOW + 300,
+            authority: Authority::Unknown,
         }
     }
 

@@ -59,6 +59,8 @@ pub struct ValidatedJwt {
     pub spiffe_id: SpiffeId,
     /// All claims, SPIFFE's and writ's.
     pub claims: Map<String, Value>,
+    /// The `kid` of the key that signed it: a tainted authority's is refused.
+    pub kid: String,
 }
 
 fn decode_json(part: &str) -> Result<Map<String, Value>, JwtSvidError> {
@@ -147,7 +149,11 @@ pub fn validate_jwt_svid<'k>(
     if !aud_ok {
         return Err(JwtSvidError::Audience(audience.chars().take(64).collect()));
     }
-    Ok(ValidatedJwt { spiffe_id, claims })
+    Ok(ValidatedJwt {
+        spiffe_id,
+        claims,
+        kid: kid.to_owned(),
+    })
 }
 
 /// The JWT keys of several trust domains: trust domain name → kid → uncompressed P-256

@@ -87,7 +87,7 @@ pub mod source;
 pub mod tls;
 pub mod x509;
 
-pub use authz::{Authorizer, Decision, DenyReason, Peer, plan_digest};
+pub use authz::{Authority, Authorizer, Decision, DenyReason, Peer, plan_digest};
 pub use claims::{Band, ClaimsError, WritClaims};
 pub use id::{IdError, parse_spiffe_id, parse_trust_domain};
 pub use jwt::{
@@ -97,4 +97,4 @@ pub use jwt::{
 pub use revocation::{RevocationSnapshot, Revocations};
 #[cfg(feature = "workload-api")]
 pub use source::{SourceOptions, WorkloadApiSource};
-pub use x509::{Usage, VerifiedX509Svid, X509SvidError, verify_x509_svid};
+pub use x509::{Usage, VerifiedX509Svid, X509SvidError, authority_key_id, verify_x509_svid};

@@ -9,7 +9,7 @@
 //!
 //! Must never: answer "not revoked" from a partially applied set.
 
-use crate::authz::Peer;
+use crate::authz::{Authority, Peer};
 use arc_swap::ArcSwap;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -25,6 +25,11 @@ pub enum RevocationKind {
     Grant,
     /// One certificate, by serial number (lowercase hex).
     Serial,
+    /// A tainted X.509 CA authority, by [`crate::authority_key_id`]: every certificate
+    /// that chains to it, whoever made it (docs/operations.md, "A compromised CA").
+    Authority,
+    /// A tainted authority's JWT signing key, by `kid`: every JWT-SVID it signed.
+    JwtAuthority,
 }
 
 impl fmt::Display for RevocationKind {
@@ -33,6 +38,8 @@ impl fmt::Display for RevocationKind {
             RevocationKind::Incident => "incident",
             RevocationKind::Grant => "grant",
             RevocationKind::Serial => "serial",
+            RevocationKind::Authority => "authority",
+            RevocationKind::JwtAuthority => "jwt authority",
         })
     }
 }
@@ -42,10 +49,12 @@ impl fmt::Display for RevocationKind {
 pub struct RevocationEntry {
     /// What is revoked.
     pub kind: RevocationKind,
-    /// The incident id, the grant id, or the lowercase hex serial.
+    /// The incident id, the grant id, the lowercase hex serial, or the authority's key
+    /// id or `kid`.
     pub id: String,
     /// For an incident, the base trust domain (both band trust domains under it are
-    /// meant); for a grant, the remediation trust domain. Serials are global.
+    /// meant); for a grant, the remediation trust domain; for an authority, its trust
+    /// domain. Serials are global.
     pub trust_domain: String,
     /// When it was revoked, seconds since the epoch.
     pub revoked_at: i64,
@@ -61,6 +70,10 @@ pub struct RevocationSnapshot {
     grants: HashMap<String, HashSet<String>>,
     /// lowercase hex serials.
     serials: HashSet<String>,
+    /// trust domain → tainted X.509 authorities (key ids).
+    authorities: HashMap<String, HashSet<String>>,
+    /// trust domain → tainted authorities' JWT `kid`s.
+    jwt_authorities: HashMap<String, HashSet<String>>,
     len: usize,
     /// Set when the feed this set came from has been lost for longer than its source
     /// tolerates: since when (seconds since the epoch). Every peer is refused meanwhile.
@@ -112,6 +125,16 @@ impl RevocationSnapshot {
                     .insert(entry.id),
                 // Serials are compared in one canonical form.
                 RevocationKind::Serial => set.serials.insert(entry.id.to_ascii_lowercase()),
+                RevocationKind::Authority => set
+                    .authorities
+                    .entry(entry.trust_domain)
+                    .or_default()
+                    .insert(entry.id.to_ascii_lowercase()),
+                RevocationKind::JwtAuthority => set
+                    .jwt_authorities
+                    .entry(entry.trust_domain)
+                    .or_default()
+                    .insert(entry.id),
             };
             set.len += usize::from(inserted);
         }
@@ -202,6 +225,18 @@ impl RevocationSnapshot {
             return None;
         }
         let td = peer.spiffe_id.trust_domain_name();
+        let tainted = |by: &HashMap<String, HashSet<String>>, id: &str| {
+            by.get(td).is_some_and(|ids| ids.contains(id))
+        };
+        match &peer.authority {
+            Authority::X509(id) if tainted(&self.authorities, id) => {
+                return revoked(RevocationKind::Authority, id);
+            }
+            Authority::Jwt(kid) if tainted(&self.jwt_authorities, kid) => {
+                return revoked(RevocationKind::JwtAuthority, kid);
+            }
+            _ => {}
+        }
         let base = base_of(td);
         let path = peer.path();
         let claims = peer.claims.as_ref();
@@ -300,11 +335,54 @@ mod tests {
             claims: Some(claims),
             serial: Some(serial.into()),
             expires_at: i64::MAX,
+            authority: Authority::X509("a1".into()),
         }
     }
 
     const INV: &str = "spiffe://investigate.example.org/agent/a/incident/INC-1";
     const REM: &str = "spiffe://remediate.example.org/agent/a/incident/INC-1/grant/g1";
+
+    #[test]
+    fn a_tainted_authority_revokes_what_it_signed_in_its_trust_domain_only() {
+        let set = RevocationSnapshot::new(
+            5,
+            [
+                entry(RevocationKind::Authority, "A1", "investigate.example.org"),
+                entry(
+                    RevocationKind::JwtAuthority,
+                    "kid-1",
+                    "investigate.example.org",
+                ),
+            ],
+        );
+        // Signed by the tainted CA (key ids compare in lowercase, as serials do).
+        let signed = peer(INV, Some("INC-1"), None, "40");
+        assert_eq!(
+            set.check(&signed),
+            Some(Revoked {
+                kind: RevocationKind::Authority,
+                id: "a1".into()
+            })
+        );
+        // Another authority of the same trust domain, and the same key id elsewhere.
+        let mut fresh = peer(INV, Some("INC-1"), None, "41");
+        fresh.authority = Authority::X509("b2".into());
+        assert_eq!(set.check(&fresh), None);
+        let elsewhere = peer(REM, Some("INC-1"), Some("g1"), "42");
+        assert_eq!(set.check(&elsewhere), None);
+        // JWT-SVIDs by kid; a kid is not an X.509 key id, nor the reverse.
+        let mut jwt = peer(INV, Some("INC-1"), None, "43");
+        jwt.authority = Authority::Jwt("kid-1".into());
+        assert_eq!(
+            set.check(&jwt),
+            Some(Revoked {
+                kind: RevocationKind::JwtAuthority,
+                id: "kid-1".into()
+            })
+        );
+        jwt.authority = Authority::Jwt("a1".into());
+        assert_eq!(set.check(&jwt), None);
+    }
 
     #[test]
     fn an_incident_revokes_both_bands_of_its_base_only() {

@@ -344,6 +344,8 @@ pub fn snapshot(set: pb::RevocationSet) -> RevocationSnapshot {
             Kind::Incident => RevocationKind::Incident,
             Kind::Grant => RevocationKind::Grant,
             Kind::Serial => RevocationKind::Serial,
+            Kind::Authority => RevocationKind::Authority,
+            Kind::JwtAuthority => RevocationKind::JwtAuthority,
             Kind::Unspecified => return None,
         };
         Some(RevocationEntry {

@@ -284,6 +284,10 @@ pub fn verified_peer(cert: &CertificateDer<'_>) -> Option<Peer> {
         claims: crate::x509::leaf_claims(&leaf).ok()?,
         serial: Some(crate::authz::hex(leaf.raw_serial())),
         expires_at: leaf.validity().not_after.timestamp(),
+        // The leaf alone does not say which bundle certificate the handshake chained it
+        // to: a tainted authority is refused at the handshake (docs/operations.md, "A
+        // compromised CA").
+        authority: crate::authz::Authority::Unknown,
     })
 }
 

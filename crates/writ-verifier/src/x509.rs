@@ -32,6 +32,25 @@ pub struct VerifiedX509Svid {
     pub serial: Vec<u8>,
     /// The leaf's notAfter, in seconds since the Unix epoch.
     pub not_after: i64,
+    /// The authority the chain ended at: [`authority_key_id`] of the bundle certificate
+    /// that anchored it. A tainted authority is refused by this (docs/operations.md,
+    /// "A compromised CA").
+    pub authority: String,
+}
+
+/// The id of a CA authority as verifiers and the revocation feed name it: the SHA-256 of
+/// its key (the SubjectPublicKeyInfo webpki takes from its certificate), lowercase hex.
+/// Naming the key rather than the certificate covers every certificate of that key,
+/// including any an attacker holding it made.
+pub fn authority_key_id(ca_cert: &CertificateDer<'_>) -> Result<String, X509SvidError> {
+    let anchor = webpki::anchor_from_trusted_cert(ca_cert)
+        .map_err(|e| X509SvidError::Malformed(format!("{e:?}")))?;
+    Ok(anchor_key_id(&anchor))
+}
+
+fn anchor_key_id(anchor: &rustls_pki_types::TrustAnchor<'_>) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, &anchor.subject_public_key_info);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Why an X.509-SVID was refused.
@@ -139,7 +158,7 @@ pub fn verify_x509_svid(
         Usage::Client => webpki::KeyUsage::client_auth(),
         Usage::Server => webpki::KeyUsage::server_auth(),
     };
-    end_entity
+    let path = end_entity
         .verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
             &anchors,
@@ -156,6 +175,7 @@ pub fn verify_x509_svid(
         claims,
         serial: leaf.raw_serial().to_vec(),
         not_after: leaf.validity().not_after.timestamp(),
+        authority: anchor_key_id(path.anchor()),
     })
 }
 

@@ -847,3 +847,84 @@ fn authority_prepare_and_activate_rotate_the_ca_by_hand() {
     let out = server.writ(["authority", "activate", "--band", "investigative"]);
     assert_one_error_line(&out, "no prepared authority", "activate twice");
 }
+
+#[test]
+fn authority_taint_and_revoke_answer_a_compromised_key_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = DevServer::start(&tmp.path().join("data"));
+    let shown = |server: &DevServer| -> Vec<Value> {
+        server
+            .ok(["authority", "show", "--band", "remediation", "--json"])
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect()
+    };
+    let before = shown(&server);
+    assert_eq!(before.len(), 1);
+    let old = before[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(before[0]["tainted_at"], Value::Null);
+
+    // Bad ids are refused before anything is looked up; unknown ones are not found.
+    let out = server.writ([
+        "authority",
+        "taint",
+        "--band",
+        "remediation",
+        "--id",
+        "x\u{1b}[2J",
+    ]);
+    assert_one_error_line(&out, "hex", "taint with a bad id");
+    let out = server.writ([
+        "authority",
+        "taint",
+        "--band",
+        "remediation",
+        "--id",
+        "00ff",
+    ]);
+    assert_one_error_line(&out, "no authority 00ff", "taint an unknown id");
+    // Revoking before tainting is refused, naming the way out.
+    let out = server.writ(["authority", "revoke", "--band", "remediation", "--id", &old]);
+    assert_one_error_line(&out, "taint it first", "revoke untainted");
+    assert_eq!(shown(&server), before);
+
+    let tainted = server.ok(["authority", "taint", "--band", "remediation"]);
+    assert!(
+        tainted.starts_with("tainted remediation") && tainted.contains(&old),
+        "{tainted}"
+    );
+    let after = shown(&server);
+    assert_eq!(after.len(), 2);
+    let old_now = after.iter().find(|a| a["id"] == old.as_str()).unwrap();
+    assert!(old_now["tainted_at"].as_i64().unwrap() > 0);
+    assert_eq!(old_now["key_id"].as_str().unwrap().len(), 64);
+    assert!(
+        after
+            .iter()
+            .any(|a| a["id"] != old.as_str() && a["state"] == "active")
+    );
+    // The bundle still carries it (what it signed keeps verifying for stock clients
+    // until it is revoked); other bands are untouched.
+    assert_eq!(
+        certs_in(&server.ok(["bundle", "show", "--band", "remediation"])).len(),
+        2
+    );
+    assert_eq!(
+        certs_in(&server.ok(["bundle", "show", "--band", "investigative"])).len(),
+        1
+    );
+
+    // Nothing it signed is recorded here, so revoke needs no --force.
+    let revoked = server.ok(["authority", "revoke", "--band", "remediation", "--json"]);
+    let revoked: Value = serde_json::from_str(revoked.trim()).unwrap();
+    assert_eq!(revoked["id"], old.as_str());
+    let left = shown(&server);
+    assert_eq!(left.len(), 1);
+    assert_ne!(left[0]["id"], old.as_str());
+    assert_eq!(
+        certs_in(&server.ok(["bundle", "show", "--band", "remediation"])).len(),
+        1
+    );
+    let out = server.writ(["authority", "revoke", "--band", "remediation"]);
+    assert_one_error_line(&out, "no tainted authority", "revoke twice");
+}

@@ -516,6 +516,7 @@ fn verifiers_hear_of_the_close_in_acme_only(socket: &Path) {
             claims: Some(claims),
             serial: None,
             expires_at: i64::MAX,
+            authority: writ_verifier::Authority::Unknown,
         }
     };
     let runtime = tokio::runtime::Builder::new_current_thread()

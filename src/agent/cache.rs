@@ -10,11 +10,12 @@
 
 use super::endpoints::NodeHealth;
 use crate::backoff::Backoff;
+use crate::ca::BundleSet;
 use crate::clock::SharedClock;
 use crate::node_api::{NodeApi, NodeError};
 use crate::policy::{Entitlement, PolicySnapshot, entitlement_for};
 use rustls_pki_types::{CertificateDer, UnixTime};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -38,6 +39,9 @@ pub struct CachedSvid {
     pub not_after: i64,
     /// When to renew it.
     pub renew_at: i64,
+    /// The authority its chain ends at ([`writ_verifier::authority_key_id`]): if that is
+    /// tainted, it is re-issued at once.
+    pub authority: String,
 }
 
 impl std::fmt::Debug for CachedSvid {
@@ -242,7 +246,7 @@ impl SvidCache {
             .map(|((entitlement, key), signed)| {
                 let signed = signed?;
                 let key = key.ok_or_else(|| NodeError::Unavailable("key missing".into()))?;
-                self.check(
+                let authority = self.check(
                     &entitlement.spiffe_id.to_string(),
                     &signed.cert_der,
                     &signed.chain,
@@ -263,14 +267,21 @@ impl SvidCache {
                         false,
                         rand::random::<f64>(),
                     ),
+                    authority,
                 })
             })
             .collect()
     }
 
     /// Verifies a certificate from the server before anyone sees it: it must chain to the
-    /// bundle of its own trust domain and carry the SPIFFE ID we asked for.
-    fn check(&self, want_id: &str, cert_der: &[u8], chain: &[Vec<u8>]) -> Result<(), NodeError> {
+    /// bundle of its own trust domain, to an authority that is not tainted, and carry the
+    /// SPIFFE ID we asked for. Returns the authority it chains to.
+    fn check(
+        &self,
+        want_id: &str,
+        cert_der: &[u8],
+        chain: &[Vec<u8>],
+    ) -> Result<String, NodeError> {
         let bundles = self.node.bundles().borrow().clone();
         let td_name = want_id
             .strip_prefix("spiffe://")
@@ -306,7 +317,12 @@ impl SvidCache {
                 "server returned an SVID for another identity".into(),
             ));
         }
-        Ok(())
+        if tainted_key_ids(&bundles).contains(&verified.authority) {
+            return Err(NodeError::Unavailable(
+                "server returned an SVID signed by a tainted authority".into(),
+            ));
+        }
+        Ok(verified.authority)
     }
 
     /// Renews what is due, drops what policy no longer entitles or what has expired
@@ -316,6 +332,7 @@ impl SvidCache {
     /// than the expiry. Returns the next instant anything is due (seconds since the epoch).
     pub async fn maintain(&self, policy: &PolicySnapshot) -> Option<i64> {
         let now = self.clock.unix();
+        let tainted = tainted_key_ids(&self.node.bundles().borrow());
         let snapshot: Vec<Arc<CachedSvid>> = match self.entries.lock() {
             Ok(entries) => entries.values().cloned().collect(),
             Err(_) => return None,
@@ -327,13 +344,19 @@ impl SvidCache {
                 continue;
             };
             let revoked = policy.revoked_serials.contains_key(&svid.serial);
+            let tainted = tainted.contains(&svid.authority);
             match entitlement_for(policy, self.node.base(), &id) {
                 None => {
                     self.remove(&svid.spiffe_id);
                     changed = true;
                 }
-                Some(entitlement) if revoked => {
-                    tracing::info!(spiffe_id = %svid.spiffe_id, serial = %svid.serial, "svid revoked; dropped and re-issued");
+                Some(entitlement) if revoked || tainted => {
+                    let why = if revoked {
+                        "revoked"
+                    } else {
+                        "signed by a tainted authority"
+                    };
+                    tracing::info!(spiffe_id = %svid.spiffe_id, serial = %svid.serial, why, "svid dropped and re-issued");
                     self.remove_serial(&svid.spiffe_id, &svid.serial);
                     changed = true;
                     due.push(entitlement);
@@ -424,6 +447,7 @@ impl SvidCache {
                     issued_at: svid.issued_at,
                     not_after: svid.not_after,
                     renew_at,
+                    authority: svid.authority.clone(),
                 });
             }
         }
@@ -490,6 +514,8 @@ impl SvidCache {
     ) {
         tokio::pin!(shutdown);
         let mut policy_rx = self.node.policy();
+        // A tainted authority comes with the bundles: its SVIDs are re-issued at once.
+        let mut bundles_rx = self.node.bundles();
         let mut recoveries = link.as_ref().map_or(0, |l| l.borrow().recoveries);
         loop {
             let policy = policy_rx.borrow_and_update().clone();
@@ -506,6 +532,7 @@ impl SvidCache {
             tokio::select! {
                 () = &mut shutdown => return,
                 changed = policy_rx.changed() => if changed.is_err() { return },
+                changed = bundles_rx.changed() => if changed.is_err() { return },
                 () = self.added.notified() => {}
                 () = tokio::time::sleep(Duration::from_secs(wait)) => {}
                 open = link_changed => {
@@ -522,6 +549,16 @@ impl SvidCache {
             }
         }
     }
+}
+
+/// The key ids of every tainted authority in `bundles`.
+fn tainted_key_ids(bundles: &BundleSet) -> HashSet<String> {
+    bundles
+        .bundles
+        .iter()
+        .flat_map(|b| &b.tainted)
+        .filter_map(crate::ca::TaintedAuthority::key_id)
+        .collect()
 }
 
 /// Splits concatenated DER certificates (bundle form) into single ones.
@@ -648,6 +685,7 @@ mod tests {
             issued_at,
             not_after,
             renew_at,
+            authority: "a1".into(),
         })
     }
 

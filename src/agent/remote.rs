@@ -6,7 +6,7 @@
 use super::endpoints::{NodeHealth, Servers};
 use crate::audit::activity::Activity;
 use crate::backoff::Backoff;
-use crate::ca::{BundleSet, TrustBundle, bundle::pem};
+use crate::ca::{BundleSet, TaintedAuthority, TrustBundle, bundle::pem};
 use crate::clock::SharedClock;
 use crate::node_api::{self, NodeApi, NodeError, SignedX509};
 use crate::policy::{Grant, GrantRequest, PolicySnapshot};
@@ -205,6 +205,23 @@ fn bundle_set(update: &pb::SyncUpdate) -> anyhow::Result<BundleSet> {
             point.extend(b64.decode(y)?);
             jwt_keys.insert(kid.to_owned(), point);
         }
+        // A tainted authority must be one of the bundle's: that bounds the list, and
+        // a name that is not there could refuse nothing anyway.
+        let certs = crate::agent::cache::split_der(&b.x509_der);
+        let mut tainted = Vec::new();
+        for t in &b.tainted {
+            if !certs.iter().any(|c| c.as_ref() == t.cert_der.as_slice()) {
+                anyhow::bail!(
+                    "a tainted authority of {} is not in its bundle",
+                    b.trust_domain
+                );
+            }
+            tainted.push(TaintedAuthority {
+                cert_der: t.cert_der.clone(),
+                jwt_kid: t.jwt_kid.clone(),
+                tainted_at: t.tainted_at,
+            });
+        }
         bundles.push(TrustBundle {
             band,
             trust_domain_id: format!("spiffe://{}", b.trust_domain),
@@ -212,6 +229,7 @@ fn bundle_set(update: &pb::SyncUpdate) -> anyhow::Result<BundleSet> {
             x509_der: b.x509_der.clone(),
             jwt_jwks: b.jwt_jwks.clone(),
             jwt_keys,
+            tainted,
         });
     }
     Ok(BundleSet { bundles })
@@ -572,9 +590,17 @@ impl RemoteNode {
         }
     }
 
-    /// Renews the node SVID at half-life.
+    /// Renews the node SVID at half-life, and at once when an authority of the base
+    /// trust domain is tainted (docs/operations.md, "A compromised CA").
     async fn renew_node_svid(self: Arc<Self>) {
         let mut backoff = Backoff::new(RENEW_RETRY_BASE, RENEW_RETRY_CAP);
+        let mut bundles = self.bundles.subscribe();
+        let base_tainted = |set: &BundleSet| -> std::collections::BTreeSet<String> {
+            set.by_band(Band::Base)
+                .map(|b| b.tainted.iter().map(|t| t.jwt_kid.clone()).collect())
+                .unwrap_or_default()
+        };
+        let mut tainted = base_tainted(&bundles.borrow_and_update());
         loop {
             let not_after = self
                 .tls
@@ -584,7 +610,21 @@ impl RemoteNode {
                 .and_then(|n| n.as_ref().map(|(_, t)| *t))
                 .unwrap_or(0);
             let wait = ((not_after - self.clock.unix()) / 2).clamp(1, 3600) as u64;
-            tokio::time::sleep(Duration::from_secs(wait)).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(wait)) => {}
+                changed = bundles.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now_tainted = base_tainted(&bundles.borrow_and_update());
+                    let news = !now_tainted.is_subset(&tainted);
+                    tainted = now_tainted;
+                    if !news {
+                        continue;
+                    }
+                    tracing::warn!("a base authority was tainted: renewing the node SVID");
+                }
+            }
             let result = async {
                 let (csr, key) = new_csr()?;
                 let (mut client, generation) = self.client();

@@ -15,6 +15,7 @@
 //! domain it covers, or send a caller another tenant's entries.
 
 use super::Agent;
+use crate::ca::BundleSet;
 use crate::policy::revocation::{
     CloseEpochs, Revocation as Revoked, RevocationKind, next_expiry, revocations,
 };
@@ -96,8 +97,13 @@ impl RevocationService {
             window,
             epochs: CloseEpochs::default(),
         };
+        let mut bundles = agent.node.bundles();
         let clock = Arc::clone(&agent.clock);
-        let (first, mut next) = feed.compute(&policy.borrow_and_update(), clock.unix());
+        let (first, mut next) = feed.compute(
+            &policy.borrow_and_update(),
+            &bundles.borrow_and_update(),
+            clock.unix(),
+        );
         let (tx, rx) = watch::channel(Arc::new(first));
         let stopping = agent.stopping.subscribe();
         let agent = Arc::clone(agent);
@@ -106,10 +112,16 @@ impl RevocationService {
                 let wait = next.map(|at| at.saturating_sub(clock.unix()).max(1));
                 tokio::select! {
                     changed = policy.changed() => if changed.is_err() { break },
+                    // A tainted authority travels with the bundles, not the policy.
+                    changed = bundles.changed() => if changed.is_err() { break },
                     () = sleep_secs(wait) => {}
                     () = tx.closed() => break,
                 }
-                let (set, expiry) = feed.compute(&policy.borrow_and_update(), clock.unix());
+                let (set, expiry) = feed.compute(
+                    &policy.borrow_and_update(),
+                    &bundles.borrow_and_update(),
+                    clock.unix(),
+                );
                 next = expiry;
                 tx.send_if_modified(|current| {
                     let changed = **current != set;
@@ -171,13 +183,18 @@ struct Feed {
 }
 
 impl Feed {
-    /// The set for `policy` at `now`, and when it next changes by itself (an entry
-    /// leaving the window).
-    fn compute(&mut self, policy: &PolicySnapshot, now: i64) -> (Published, Option<i64>) {
+    /// The set for `policy` and the tainted authorities of `bundles` at `now`, and when
+    /// it next changes by itself (an entry leaving the window).
+    fn compute(
+        &mut self,
+        policy: &PolicySnapshot,
+        bundles: &BundleSet,
+        now: i64,
+    ) -> (Published, Option<i64>) {
         let window = self.window.secs();
         let set = revocations(policy, now, window);
         self.epochs.observe(&set, policy.generation);
-        let entries = set
+        let mut entries: Vec<pb::Entry> = set
             .iter()
             .filter_map(|r| {
                 let (kind, epoch) = match r.kind {
@@ -200,6 +217,28 @@ impl Feed {
                 })
             })
             .collect();
+        entries.extend(tainted_authorities(bundles).into_iter().map(|e| {
+            pb::Entry {
+                kind: match e.kind {
+                    VerifierKind::JwtAuthority => Kind::JwtAuthority,
+                    _ => Kind::Authority,
+                }
+                .into(),
+                id: e.id,
+                revoked_at: e.revoked_at,
+                trust_domain: e.trust_domain,
+                epoch: 0,
+            }
+        }));
+        // The order the feed promises: revoked_at, then kind, then id.
+        entries.sort_by(|a, b| {
+            (a.revoked_at, a.kind, &a.id, &a.trust_domain).cmp(&(
+                b.revoked_at,
+                b.kind,
+                &b.id,
+                &b.trust_domain,
+            ))
+        });
         let message = pb::RevocationSet {
             generation: policy.generation,
             entries,
@@ -249,6 +288,36 @@ fn entry(r: &Revoked, policy: &PolicySnapshot, base: &TrustDomain) -> Option<Rev
     })
 }
 
+/// The entries of the tainted authorities in `bundles` (docs/operations.md, "A
+/// compromised CA"): each names its X.509 key and its JWT key under its trust domain,
+/// from when it was tainted, for as long as it is in the bundle (no window: an attacker
+/// holding the key can sign certificates of any lifetime).
+fn tainted_authorities(bundles: &BundleSet) -> Vec<RevocationEntry> {
+    let mut entries = Vec::new();
+    for bundle in &bundles.bundles {
+        for tainted in &bundle.tainted {
+            match tainted.key_id() {
+                Some(key_id) => entries.push(RevocationEntry {
+                    kind: VerifierKind::Authority,
+                    id: key_id,
+                    trust_domain: bundle.trust_domain.clone(),
+                    revoked_at: tainted.tainted_at,
+                }),
+                None => {
+                    tracing::error!(trust_domain = %bundle.trust_domain, "a tainted authority's certificate does not parse");
+                }
+            }
+            entries.push(RevocationEntry {
+                kind: VerifierKind::JwtAuthority,
+                id: tainted.jwt_kid.clone(),
+                trust_domain: bundle.trust_domain.clone(),
+                revoked_at: tainted.tainted_at,
+            });
+        }
+    }
+    entries
+}
+
 /// The part of `set` for a caller that sees the bundles of `visible` trust domains: the
 /// entries that can name an identity of one of them, and `covers` naming them all. An
 /// incident entry names its tenant's base and so both band trust domains under it.
@@ -281,9 +350,12 @@ pub(crate) fn verifier_snapshot(agent: &Agent, now: i64) -> RevocationSnapshot {
     let base = agent.node.base();
     let window = secs(agent.node.max_svid_ttl());
     let set = revocations(&policy, now, window);
+    let bundles = Arc::clone(&agent.node.bundles().borrow());
     RevocationSnapshot::new(
         policy.generation,
-        set.iter().filter_map(|r| entry(r, &policy, base)),
+        set.iter()
+            .filter_map(|r| entry(r, &policy, base))
+            .chain(tainted_authorities(&bundles)),
     )
 }
 

@@ -5,6 +5,12 @@
 //! when the active one has a sixth of its lifetime left. Retired authorities stay in the
 //! bundle until they expire, since SVIDs they signed (clamped to their notAfter) may still
 //! be in use. [`rotation_steps`] is the whole decision, pure and unit-tested.
+//!
+//! An authority whose key may be compromised is *tainted* ([`taint_steps`]): if it signs,
+//! another takes over at once; it never signs again, verifiers that watch writ's
+//! revocation feed refuse what chains to it, and agents re-issue what it signed. Once
+//! tainted it may be *revoked* ([`revoke_steps`]): it leaves the bundle
+//! (docs/operations.md, "A compromised CA").
 
 use serde::{Deserialize, Serialize};
 
@@ -42,9 +48,18 @@ pub struct AuthorityRecord {
     pub not_before: i64,
     /// notAfter, seconds since the epoch.
     pub not_after: i64,
+    /// When it was tainted (`writ authority taint`), seconds since the epoch. Left out
+    /// when it was not, so that untainted records stay readable by older builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tainted_at: Option<i64>,
 }
 
 impl AuthorityRecord {
+    /// Whether it was tainted.
+    pub fn tainted(&self) -> bool {
+        self.tainted_at.is_some()
+    }
+
     fn lifetime(&self) -> i64 {
         self.not_after - self.not_before
     }
@@ -63,8 +78,112 @@ pub enum RotationStep {
     Prepare,
     /// Make this prepared authority the signer; the current one retires.
     Activate(String),
-    /// Drop this expired authority from the bundle and delete its keys.
+    /// Drop this authority from the bundle and delete its keys: expired, or revoked.
     Prune(String),
+    /// Mark this authority tainted: it never signs again.
+    Taint(String),
+}
+
+/// Why an operator's taint or revoke was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorityError {
+    /// No authority has this id (or, with none given, none is active or tainted).
+    #[error("{0}")]
+    NotFound(String),
+    /// The change makes no sense for this authority.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The authority an operator names, or by default the one `default` picks.
+fn named<'a>(
+    records: &'a [AuthorityRecord],
+    id: Option<&str>,
+    default: impl Fn(&AuthorityRecord) -> bool,
+    what: &str,
+) -> Result<&'a AuthorityRecord, AuthorityError> {
+    match id {
+        Some(id) => records
+            .iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| AuthorityError::NotFound(format!("no authority {id}"))),
+        None => {
+            let mut found = records.iter().filter(|r| default(r));
+            match (found.next(), found.next()) {
+                (Some(one), None) => Ok(one),
+                (None, _) => Err(AuthorityError::NotFound(format!("no {what} authority"))),
+                (Some(_), Some(_)) => Err(AuthorityError::Refused(format!(
+                    "several {what} authorities: name one with --id"
+                ))),
+            }
+        }
+    }
+}
+
+/// What tainting authority `id` (by default the active one) asks for at `now`: if it
+/// signs, the newest live untainted prepared authority takes over (it is already in
+/// every bundle, so what it signs verifies everywhere at once), or a new one is made;
+/// then the authority is marked tainted. Refused for an expired authority (it leaves
+/// the bundle by itself) and one already tainted.
+pub fn taint_steps(
+    records: &[AuthorityRecord],
+    id: Option<&str>,
+    now: i64,
+) -> Result<Vec<RotationStep>, AuthorityError> {
+    let target = named(
+        records,
+        id,
+        |r| r.state == AuthorityState::Active && r.live(now),
+        "active",
+    )?;
+    if target.tainted() {
+        return Err(AuthorityError::Refused(format!(
+            "authority {} is already tainted",
+            target.id
+        )));
+    }
+    if !target.live(now) {
+        return Err(AuthorityError::Refused(format!(
+            "authority {} has expired: it leaves the bundle by itself",
+            target.id
+        )));
+    }
+    let mut steps = Vec::new();
+    if target.state == AuthorityState::Active {
+        let next = records
+            .iter()
+            .filter(|r| {
+                r.state == AuthorityState::Prepared
+                    && !r.tainted()
+                    && r.live(now)
+                    && r.id != target.id
+            })
+            .max_by_key(|r| r.not_after);
+        steps.push(match next {
+            Some(next) => RotationStep::Activate(next.id.clone()),
+            None => RotationStep::Bootstrap,
+        });
+    }
+    steps.push(RotationStep::Taint(target.id.clone()));
+    Ok(steps)
+}
+
+/// What revoking authority `id` (by default the one tainted authority) asks for: it
+/// leaves the bundle, and its keys are deleted. Only a tainted authority may be revoked:
+/// tainting is what moved its holders to another authority first.
+pub fn revoke_steps(
+    records: &[AuthorityRecord],
+    id: Option<&str>,
+) -> Result<Vec<RotationStep>, AuthorityError> {
+    let target = named(records, id, AuthorityRecord::tainted, "tainted")?;
+    if !target.tainted() {
+        return Err(AuthorityError::Refused(format!(
+            "authority {} is not tainted: taint it first (`writ authority taint --id {}`), so \
+             that what it signed is re-issued before it leaves the bundle",
+            target.id, target.id
+        )));
+    }
+    Ok(vec![RotationStep::Prune(target.id.clone())])
 }
 
 /// What rotation should do at `now`, given a trust domain's authorities.
@@ -76,10 +195,11 @@ pub fn rotation_steps(records: &[AuthorityRecord], now: i64) -> Vec<RotationStep
         .collect();
     let active = records
         .iter()
-        .find(|r| r.state == AuthorityState::Active && r.live(now));
+        .find(|r| r.state == AuthorityState::Active && r.live(now) && !r.tainted());
+    // A tainted prepared authority never signs: as if there were none.
     let prepared = records
         .iter()
-        .filter(|r| r.state == AuthorityState::Prepared && r.live(now))
+        .filter(|r| r.state == AuthorityState::Prepared && r.live(now) && !r.tainted())
         .max_by_key(|r| r.not_after);
     match (active, prepared) {
         (None, None) => steps.push(RotationStep::Bootstrap),
@@ -102,7 +222,7 @@ pub fn rotation_steps(records: &[AuthorityRecord], now: i64) -> Vec<RotationStep
 pub fn next_rotation_in(records: &[AuthorityRecord], now: i64) -> i64 {
     let prepared = records
         .iter()
-        .any(|r| r.state == AuthorityState::Prepared && r.live(now));
+        .any(|r| r.state == AuthorityState::Prepared && r.live(now) && !r.tainted());
     let mut at = i64::MAX;
     for r in records {
         at = at.min(r.not_after);
@@ -164,10 +284,117 @@ mod tests {
             jwt_public: None,
             not_before: nb,
             not_after: na,
+            tainted_at: None,
         }
     }
 
+    fn tainted(mut r: AuthorityRecord) -> AuthorityRecord {
+        r.tainted_at = Some(1);
+        r
+    }
+
     use AuthorityState::*;
+
+    #[test]
+    fn tainting_the_signer_hands_over_to_the_prepared_one_or_a_new_one() {
+        let a = [rec("a", Active, 0, 600), rec("b", Prepared, 300, 900)];
+        assert_eq!(
+            taint_steps(&a, None, 400),
+            Ok(vec![
+                RotationStep::Activate("b".into()),
+                RotationStep::Taint("a".into())
+            ])
+        );
+        let alone = [rec("a", Active, 0, 600)];
+        assert_eq!(
+            taint_steps(&alone, None, 100),
+            Ok(vec![
+                RotationStep::Bootstrap,
+                RotationStep::Taint("a".into())
+            ])
+        );
+        // A tainted prepared authority is never handed the signing.
+        let both = [
+            rec("a", Active, 0, 600),
+            tainted(rec("b", Prepared, 300, 900)),
+        ];
+        assert_eq!(
+            taint_steps(&both, Some("a"), 400),
+            Ok(vec![
+                RotationStep::Bootstrap,
+                RotationStep::Taint("a".into())
+            ])
+        );
+        // Tainting one that does not sign changes no signer.
+        assert_eq!(
+            taint_steps(&a, Some("b"), 400),
+            Ok(vec![RotationStep::Taint("b".into())])
+        );
+    }
+
+    #[test]
+    fn taint_is_refused_twice_for_the_expired_and_for_the_unknown() {
+        let a = [
+            tainted(rec("a", Retired, 0, 600)),
+            rec("b", Active, 300, 900),
+        ];
+        assert!(matches!(
+            taint_steps(&a, Some("a"), 400),
+            Err(AuthorityError::Refused(m)) if m.contains("already tainted")
+        ));
+        assert!(matches!(
+            taint_steps(&[rec("a", Retired, 0, 600)], Some("a"), 700),
+            Err(AuthorityError::Refused(m)) if m.contains("expired")
+        ));
+        assert!(matches!(
+            taint_steps(&a, Some("zz"), 400),
+            Err(AuthorityError::NotFound(_))
+        ));
+        assert!(matches!(
+            taint_steps(&[], None, 400),
+            Err(AuthorityError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn only_a_tainted_authority_is_revoked() {
+        let a = [
+            tainted(rec("a", Retired, 0, 600)),
+            rec("b", Active, 300, 900),
+        ];
+        assert_eq!(
+            revoke_steps(&a, None),
+            Ok(vec![RotationStep::Prune("a".into())])
+        );
+        assert!(matches!(
+            revoke_steps(&a, Some("b")),
+            Err(AuthorityError::Refused(m)) if m.contains("taint it first")
+        ));
+        assert!(matches!(
+            revoke_steps(&[rec("b", Active, 300, 900)], None),
+            Err(AuthorityError::NotFound(_))
+        ));
+        let two = [
+            tainted(rec("a", Retired, 0, 600)),
+            tainted(rec("c", Prepared, 0, 600)),
+            rec("b", Active, 300, 900),
+        ];
+        assert!(matches!(
+            revoke_steps(&two, None),
+            Err(AuthorityError::Refused(m)) if m.contains("--id")
+        ));
+    }
+
+    #[test]
+    fn rotation_never_activates_a_tainted_authority_and_prepares_a_clean_one() {
+        let a = [
+            rec("a", Active, 0, 600),
+            tainted(rec("b", Prepared, 300, 900)),
+        ];
+        // Half-life passed and the only prepared one is tainted: prepare another.
+        assert_eq!(rotation_steps(&a, 400), [RotationStep::Prepare]);
+        assert_eq!(rotation_steps(&a, 550), [RotationStep::Prepare]);
+    }
 
     #[test]
     fn empty_trust_domain_bootstraps() {

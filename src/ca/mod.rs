@@ -19,7 +19,10 @@ pub mod jwt;
 pub mod keys;
 pub mod x509;
 
-pub use authority::{AuthorityRecord, AuthorityState, RotationStep, rotation_steps};
+pub use authority::{
+    AuthorityError, AuthorityRecord, AuthorityState, RotationStep, revoke_steps, rotation_steps,
+    taint_steps,
+};
 pub use intermediate::intermediate_csr;
 
 use crate::clock::SharedClock;
@@ -98,6 +101,14 @@ pub enum CaError {
     /// signs X.509-SVIDs only through its own intermediate, and no JWT-SVIDs.
     #[error("this server does not hold the keys of trust domain {0}'s authorities")]
     RootsElsewhere(String),
+    /// An operator's taint or revoke was refused (see [`authority::taint_steps`]).
+    #[error("trust domain {trust_domain}: {error}")]
+    Authority {
+        /// The trust domain of the authority.
+        trust_domain: String,
+        /// Why.
+        error: AuthorityError,
+    },
 }
 
 impl From<IdError> for CaError {
@@ -939,7 +950,7 @@ impl TrustDomainCa {
         if self
             .authorities()
             .iter()
-            .any(|r| r.state == AuthorityState::Prepared)
+            .any(|r| r.state == AuthorityState::Prepared && !r.tainted())
         {
             return Err(CaError::BadRequest(
                 "an authority is already prepared".into(),
@@ -956,10 +967,76 @@ impl TrustDomainCa {
         let prepared = self
             .authorities()
             .into_iter()
-            .find(|r| r.state == AuthorityState::Prepared)
+            .find(|r| r.state == AuthorityState::Prepared && !r.tainted())
             .ok_or_else(|| CaError::BadRequest("no prepared authority to activate".into()))?;
         self.apply(&[RotationStep::Activate(prepared.id)], now)?;
         self.refresh_intermediate(now)
+    }
+
+    /// Taints authority `id`, by default the active one (`writ authority taint`; see
+    /// [`taint_steps`]). `before` is given the authority once the change is decided and
+    /// before it is made (the caller audits it there; an error changes nothing). Returns
+    /// the record as tainted.
+    pub fn taint<E: From<CaError>>(
+        &self,
+        id: Option<&str>,
+        now: i64,
+        before: impl FnOnce(&AuthorityRecord) -> Result<(), E>,
+    ) -> Result<AuthorityRecord, E> {
+        self.operator_change(now, |records| taint_steps(records, id, now), before)
+    }
+
+    /// Revokes tainted authority `id`, by default the one tainted (`writ authority
+    /// revoke`; see [`revoke_steps`]): it leaves the bundle and its keys are deleted.
+    /// `before` as for [`TrustDomainCa::taint`]. Returns the record as it was.
+    pub fn revoke<E: From<CaError>>(
+        &self,
+        id: Option<&str>,
+        now: i64,
+        before: impl FnOnce(&AuthorityRecord) -> Result<(), E>,
+    ) -> Result<AuthorityRecord, E> {
+        self.operator_change(now, |records| revoke_steps(records, id), before)
+    }
+
+    /// Decides the steps of an operator's change from the current records, shows
+    /// `before` the authority the last step names, then applies them, all under the
+    /// rotation lock: no rotation or other operator change comes in between.
+    fn operator_change<E: From<CaError>>(
+        &self,
+        now: i64,
+        decide: impl FnOnce(&[AuthorityRecord]) -> Result<Vec<RotationStep>, AuthorityError>,
+        before: impl FnOnce(&AuthorityRecord) -> Result<(), E>,
+    ) -> Result<AuthorityRecord, E> {
+        if !self.holds_roots() {
+            return Err(CaError::RootsElsewhere(self.trust_domain.to_string()).into());
+        }
+        let _serial = self
+            .rotation
+            .lock()
+            .map_err(|_| CaError::Crypto("rotation lock poisoned"))?;
+        let records = self.authorities();
+        let steps = decide(&records).map_err(|error| CaError::Authority {
+            trust_domain: self.trust_domain.to_string(),
+            error,
+        })?;
+        let target = match steps.last() {
+            Some(RotationStep::Taint(id) | RotationStep::Prune(id)) => id.clone(),
+            _ => return Err(CaError::Crypto("an operator change names no authority").into()),
+        };
+        let named = records
+            .iter()
+            .find(|r| r.id == target)
+            .cloned()
+            .ok_or(CaError::Crypto("the authority named is gone"))?;
+        before(&named)?;
+        self.apply_held(&steps, now)?;
+        drop(_serial);
+        self.refresh_intermediate(now)?;
+        Ok(self
+            .authorities()
+            .into_iter()
+            .find(|r| r.id == target)
+            .unwrap_or(named))
     }
 
     fn apply(&self, steps: &[RotationStep], now: i64) -> Result<bool, CaError> {
@@ -970,6 +1047,11 @@ impl TrustDomainCa {
             .rotation
             .lock()
             .map_err(|_| CaError::Crypto("rotation lock poisoned"))?;
+        self.apply_held(steps, now)
+    }
+
+    /// [`TrustDomainCa::apply`], the rotation lock held by the caller.
+    fn apply_held(&self, steps: &[RotationStep], now: i64) -> Result<bool, CaError> {
         let current = self.snapshot();
         let mut authorities: Vec<Arc<Authority>> = current.authorities.clone();
         let mut sequence = current.sequence;
@@ -1002,6 +1084,14 @@ impl TrustDomainCa {
                 RotationStep::Prune(id) => {
                     if let Some(index) = authorities.iter().position(|a| &a.record.id == id) {
                         pruned.push(authorities.remove(index));
+                        sequence += 1;
+                    }
+                }
+                RotationStep::Taint(id) => {
+                    if let Some(slot) = authorities.iter_mut().find(|a| &a.record.id == id) {
+                        let mut tainted = with_state(slot, slot.record.state);
+                        tainted.record.tainted_at = Some(now);
+                        *slot = Arc::new(tainted);
                         sequence += 1;
                     }
                 }
@@ -1055,6 +1145,7 @@ impl TrustDomainCa {
             cert_der,
             not_before,
             not_after,
+            tainted_at: None,
         };
         Authority::from_parts(record, x509_key, jwt_key)
     }
@@ -1468,6 +1559,31 @@ pub struct TrustBundle {
     pub jwt_jwks: Vec<u8>,
     /// kid → uncompressed P-256 point, for validating JWT-SVIDs.
     pub jwt_keys: BTreeMap<String, Vec<u8>>,
+    /// The authorities of the bundle that are tainted: still published (what they signed
+    /// is being re-issued), refused by writ's verifiers.
+    pub tainted: Vec<TaintedAuthority>,
+}
+
+/// A tainted authority as agents learn of it (docs/operations.md, "A compromised CA").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaintedAuthority {
+    /// DER of its CA certificate (one of the bundle's).
+    pub cert_der: Vec<u8>,
+    /// Its JWT signing key's `kid`.
+    pub jwt_kid: String,
+    /// When it was tainted, seconds since the epoch.
+    pub tainted_at: i64,
+}
+
+impl TaintedAuthority {
+    /// Its key id as verifiers name it ([`writ_verifier::authority_key_id`]); `None` if
+    /// its certificate does not parse.
+    pub fn key_id(&self) -> Option<String> {
+        writ_verifier::authority_key_id(&rustls_pki_types::CertificateDer::from(
+            self.cert_der.as_slice(),
+        ))
+        .ok()
+    }
 }
 
 /// Every held trust domain's bundle; changes whenever an authority is prepared,
@@ -1920,6 +2036,17 @@ impl CaSet {
                 x509_der: ca.x509_bundle().concat(),
                 jwt_jwks: ca.jwt_jwks()?.to_string().into_bytes(),
                 jwt_keys,
+                tainted: state
+                    .authorities
+                    .iter()
+                    .filter_map(|a| {
+                        Some(TaintedAuthority {
+                            cert_der: a.record.cert_der.clone(),
+                            jwt_kid: a.record.jwt_kid.clone(),
+                            tainted_at: a.record.tainted_at?,
+                        })
+                    })
+                    .collect(),
             });
         }
         Ok(BundleSet { bundles })

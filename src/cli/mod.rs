@@ -189,6 +189,12 @@ enum AuthorityCommand {
     Prepare(authority::Args),
     /// Activate the prepared authority now; the current one retires.
     Activate(authority::Args),
+    /// A CA key may be compromised: the authority never signs again, a new one takes over
+    /// at once, agents re-issue what it signed and writ's verifiers refuse it. It stays in
+    /// bundles until revoked.
+    Taint(authority::ChangeArgs),
+    /// Remove a tainted authority from every bundle and delete its keys.
+    Revoke(authority::RevokeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -339,6 +345,8 @@ impl Cli {
             Command::Authority(AuthorityCommand::Prepare(args)) => {
                 authority::run(args, authority::Action::Prepare).await
             }
+            Command::Authority(AuthorityCommand::Taint(args)) => authority::taint(args).await,
+            Command::Authority(AuthorityCommand::Revoke(args)) => authority::revoke(args).await,
             Command::Authority(AuthorityCommand::Activate(args)) => {
                 authority::run(args, authority::Action::Activate).await
             }

@@ -153,7 +153,7 @@ impl Operation {
             Operation::ListSvids => "svid list",
             Operation::ReadAudit => "audit tail, export, checkpoint, verify; incident timeline",
             Operation::MintSvid => "x509 mint, jwt mint",
-            Operation::RotateAuthority => "authority prepare, activate",
+            Operation::RotateAuthority => "authority prepare, activate, taint, revoke",
             Operation::ManageReplicas => "replica admit, remove",
             Operation::ManageTenants => "tenant create, disable",
             Operation::CreateJoinToken => "token create",

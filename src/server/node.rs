@@ -256,6 +256,15 @@ fn sync_update(
                 trust_domain: b.trust_domain.clone(),
                 x509_der: b.x509_der.clone(),
                 jwt_jwks: b.jwt_jwks.clone(),
+                tainted: b
+                    .tainted
+                    .iter()
+                    .map(|t| pb::TaintedAuthority {
+                        cert_der: t.cert_der.clone(),
+                        jwt_kid: t.jwt_kid.clone(),
+                        tainted_at: t.tainted_at,
+                    })
+                    .collect(),
             })
             .collect(),
         max_svid_ttl_seconds: max_svid_ttl.as_secs(),

@@ -36,6 +36,11 @@ impl From<CaError> for Status {
             CaError::NoAuthority(_) => Status::unavailable(error.to_string()),
             // A signing replica: another server can sign this.
             CaError::RootsElsewhere(_) => Status::unavailable(error.to_string()),
+            CaError::Authority {
+                error: crate::ca::AuthorityError::NotFound(_),
+                ..
+            } => Status::not_found(error.to_string()),
+            CaError::Authority { .. } => Status::failed_precondition(error.to_string()),
             other => internal(other),
         }
     }

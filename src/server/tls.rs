@@ -52,9 +52,12 @@ impl ServerIdentity {
         }))
     }
 
-    /// Re-mints at half-life, forever.
+    /// Re-mints at half-life, forever; and at once when an authority of the base trust
+    /// domain is tainted (docs/operations.md, "A compromised CA").
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut bundles = self.issuer.bundles.subscribe();
+        let mut tainted = base_tainted(&bundles.borrow_and_update());
         loop {
             let not_after = self.current.read().map(|c| c.1).unwrap_or(0);
             let now = self.issuer.cas.now();
@@ -62,6 +65,18 @@ impl ServerIdentity {
             tokio::select! {
                 () = &mut shutdown => return,
                 () = tokio::time::sleep(Duration::from_secs(wait)) => {}
+                changed = bundles.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now_tainted = base_tainted(&bundles.borrow_and_update());
+                    if now_tainted.is_subset(&tainted) {
+                        tainted = now_tainted;
+                        continue;
+                    }
+                    tainted = now_tainted;
+                    tracing::warn!("a base authority was tainted: re-minting the server SVID");
+                }
             }
             match mint_server_svid(&self.issuer) {
                 Ok(fresh) => {
@@ -73,6 +88,14 @@ impl ServerIdentity {
             }
         }
     }
+}
+
+/// The jwt kids of the base trust domain's tainted authorities (one per authority).
+fn base_tainted(bundles: &crate::ca::BundleSet) -> std::collections::BTreeSet<String> {
+    bundles
+        .by_band(writ_verifier::Band::Base)
+        .map(|b| b.tainted.iter().map(|t| t.jwt_kid.clone()).collect())
+        .unwrap_or_default()
 }
 
 fn mint_server_svid(issuer: &Issuer) -> anyhow::Result<(Arc<CertifiedKey>, i64)> {

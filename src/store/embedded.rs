@@ -221,6 +221,7 @@ mod tests {
             jwt_public: Some(vec![4, 1, 2]),
             not_before: 10,
             not_after: 20,
+            tainted_at: Some(15),
         };
         cas.put_authorities("td.example", std::slice::from_ref(&record), 3)
             .unwrap();

@@ -3,7 +3,7 @@
 
 use super::AdminService;
 use crate::audit::{Kind, Record};
-use crate::ca::TrustDomainCa;
+use crate::ca::{AuthorityRecord, TrustDomainCa};
 use crate::policy::roles::Operation;
 use crate::proto::admin as pb;
 use crate::server::Issuer;
@@ -62,18 +62,89 @@ fn authorities(cas: &[Arc<TrustDomainCa>]) -> pb::AuthoritiesResponse {
     let mut authorities = Vec::new();
     for ca in cas {
         for record in ca.authorities() {
-            authorities.push(pb::Authority {
-                band: ca.band().to_string(),
-                trust_domain: ca.trust_domain().to_string(),
-                id: record.id,
-                state: crate::policy::wire_name(&record.state),
-                not_before: record.not_before,
-                not_after: record.not_after,
-                jwt_kid: record.jwt_kid,
-            });
+            authorities.push(shown(ca, record));
         }
     }
     pb::AuthoritiesResponse { authorities }
+}
+
+/// One authority of `ca`, as the API shows it.
+fn shown(ca: &TrustDomainCa, record: AuthorityRecord) -> pb::Authority {
+    pb::Authority {
+        band: ca.band().to_string(),
+        trust_domain: ca.trust_domain().to_string(),
+        key_id: key_id(&record),
+        id: record.id,
+        state: crate::policy::wire_name(&record.state),
+        not_before: record.not_before,
+        not_after: record.not_after,
+        jwt_kid: record.jwt_kid,
+        tainted_at: record.tainted_at.unwrap_or(0),
+    }
+}
+
+/// The key id verifiers name an authority by (empty if its certificate does not parse,
+/// which a certificate this server made never does).
+fn key_id(record: &AuthorityRecord) -> String {
+    writ_verifier::authority_key_id(&rustls_pki_types::CertificateDer::from(
+        record.cert_der.as_slice(),
+    ))
+    .unwrap_or_default()
+}
+
+/// An operator's answer to a compromised CA key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Compromise {
+    /// `writ authority taint`.
+    Taint,
+    /// `writ authority revoke`.
+    Revoke,
+}
+
+/// Refuses to revoke `record` while SVIDs it signed are unexpired (the store keeps a
+/// record of each until it expires), unless the operator forces it: they would stop
+/// verifying at once.
+fn check_revoke(
+    issuer: &Issuer,
+    ca: &TrustDomainCa,
+    record: &AuthorityRecord,
+    force: bool,
+    now: i64,
+) -> Result<(), Status> {
+    if force {
+        return Ok(());
+    }
+    let trust_domain = ca.trust_domain().to_string();
+    let valid: Vec<i64> = issuer
+        .store
+        .svids()
+        .map_err(crate::server::status::internal)?
+        .into_iter()
+        .filter(|s| {
+            s.authority_id == record.id
+                && s.band == ca.band()
+                && s.not_after > now
+                && writ_verifier::parse_spiffe_id(&s.spiffe_id)
+                    .is_ok_and(|id| id.trust_domain_name() == trust_domain)
+        })
+        .map(|s| s.not_after)
+        .collect();
+    match valid.iter().max() {
+        None => Ok(()),
+        Some(last) => Err(Status::failed_precondition(format!(
+            "{} SVIDs signed by authority {} of {trust_domain} are valid until {}: holders \
+             were re-issued when it was tainted; revoke it then, or now with --force (they \
+             stop verifying at once)",
+            valid.len(),
+            record.id,
+            time::OffsetDateTime::from_unix_timestamp(*last)
+                .ok()
+                .and_then(|t| t
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .ok())
+                .unwrap_or_else(|| last.to_string()),
+        ))),
+    }
 }
 
 impl AdminService {
@@ -139,6 +210,76 @@ impl AdminService {
 }
 
 impl AdminService {
+    /// Taints or revokes an authority of each of the caller's tenant's bands the request
+    /// names (with an id: the one band's CA that has it), audited before each change, then
+    /// republishes the bundles. Answers with the authorities changed.
+    pub(super) async fn compromise_rpc(
+        &self,
+        request: Request<pb::AuthorityRequest>,
+        what: Compromise,
+    ) -> Result<Response<pb::AuthoritiesResponse>, Status> {
+        let changed = self
+            .call(
+                request,
+                Operation::RotateAuthority,
+                move |issuer, caller, body| {
+                    let id = (!body.id.is_empty()).then_some(body.id.as_str());
+                    if let Some(id) = id
+                        && (id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()))
+                    {
+                        return Err(Status::invalid_argument(
+                            "an authority id is hex, as `writ authority show` lists it",
+                        ));
+                    }
+                    let mut cas = tenant_cas(issuer, &caller.tenant, &body.band, false)?;
+                    if let Some(id) = id {
+                        cas.retain(|ca| ca.authorities().iter().any(|r| r.id == id));
+                        if cas.is_empty() {
+                            return Err(Status::not_found(format!("no authority {id}")));
+                        }
+                    }
+                    let now = issuer.cas.now();
+                    let mut changed = Vec::new();
+                    for ca in &cas {
+                        let before = |record: &AuthorityRecord| -> Result<(), Status> {
+                            let action = match what {
+                                Compromise::Taint => "authority.taint",
+                                Compromise::Revoke => {
+                                    check_revoke(issuer, ca, record, body.force, now)?;
+                                    "authority.revoke"
+                                }
+                            };
+                            let audited = Record::new(now, Kind::Revocation, action, &caller.name)
+                                .detail(serde_json::json!({
+                                    "band": ca.band().as_str(),
+                                    "trust_domain": ca.trust_domain().to_string(),
+                                    "authority": record.id,
+                                    "key_id": key_id(record),
+                                    "jwt_kid": record.jwt_kid,
+                                    "forced": what == Compromise::Revoke && body.force,
+                                }));
+                            issuer.audit.append(&audited)?;
+                            Ok(())
+                        };
+                        let record = match what {
+                            Compromise::Taint => ca.taint(id, now, before)?,
+                            Compromise::Revoke => ca.revoke(id, now, before)?,
+                        };
+                        tracing::warn!(band = %ca.band(), trust_domain = %ca.trust_domain(), authority = %record.id, by = %caller.name, action = ?what, "CA authority changed by an operator after a compromise");
+                        changed.push(shown(ca, record));
+                    }
+                    issuer.publish_bundles();
+                    Ok(changed)
+                },
+                // Logged CA by CA as each changes.
+                |_, _| (),
+            )
+            .await?;
+        Ok(Response::new(pb::AuthoritiesResponse {
+            authorities: changed,
+        }))
+    }
+
     /// Admits signing replicas' intermediate keys on this server, which must hold the
     /// roots: audited first, then kept in its key directory (never in the database).
     pub(super) async fn admit_replica_rpc(

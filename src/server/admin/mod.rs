@@ -34,6 +34,7 @@ pub use auth::TENANT_HEADER;
 
 use super::Issuer;
 use crate::proto::admin::{self as pb, admin_server::Admin, admin_server::AdminServer};
+use authorities::Compromise;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -136,6 +137,20 @@ impl Admin for AdminService {
         request: Request<pb::AuthorityRequest>,
     ) -> Result<Response<pb::AuthoritiesResponse>, Status> {
         self.rotate_rpc(request, true).await
+    }
+
+    async fn taint_authority(
+        &self,
+        request: Request<pb::AuthorityRequest>,
+    ) -> Result<Response<pb::AuthoritiesResponse>, Status> {
+        self.compromise_rpc(request, Compromise::Taint).await
+    }
+
+    async fn revoke_authority(
+        &self,
+        request: Request<pb::AuthorityRequest>,
+    ) -> Result<Response<pb::AuthoritiesResponse>, Status> {
+        self.compromise_rpc(request, Compromise::Revoke).await
     }
 
     async fn admit_replica(

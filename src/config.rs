@@ -91,6 +91,11 @@ pub struct RawConfig {
     pub k8s_psat: Vec<crate::k8s_psat::RawCluster>,
     /// Kubernetes workload attestation by `writ dev`'s agent (docs/kubernetes.md).
     pub k8s: Option<crate::agent::k8s::K8sConfig>,
+    /// Log format (`--log-format` beats it; docs/configuration.md, "Logs").
+    pub log_format: Option<crate::logging::LogFormat>,
+    /// Log levels per module, e.g. `info,writ::agent=debug` (`--log-level` and
+    /// `WRIT_LOG` beat it).
+    pub log_level: Option<String>,
 }
 
 /// Where incident sources post, and what they are (docs/incident-sources.md).
@@ -304,7 +309,7 @@ pub struct RawAgentConfig {
     /// The Workload API socket.
     pub workload_socket: Option<PathBuf>,
     /// A join token (used once, when there is no valid node SVID on disk).
-    pub join_token: Option<String>,
+    pub join_token: Option<crate::agent::remote::JoinToken>,
     /// x509pop: PEM certificate chain of this node.
     pub x509pop_cert: Option<PathBuf>,
     /// x509pop: PEM PKCS#8 key of that certificate.
@@ -322,6 +327,11 @@ pub struct RawAgentConfig {
     pub shutdown_grace: Option<Ttl>,
     /// Kubernetes workload attestation (docs/kubernetes.md).
     pub k8s: Option<crate::agent::k8s::K8sConfig>,
+    /// Log format (`--log-format` beats it; docs/configuration.md, "Logs").
+    pub log_format: Option<crate::logging::LogFormat>,
+    /// Log levels per module, e.g. `info,writ::agent=debug` (`--log-level` and
+    /// `WRIT_LOG` beat it).
+    pub log_level: Option<String>,
 }
 
 /// `server_address` as written: the old single string, or a list.
@@ -620,6 +630,24 @@ mod tests {
             e.contains("a \"host:port\" string or a list of them"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_join_token_never_shows_in_debug_output() {
+        let raw: RawAgentConfig = toml::from_str(
+            "server_address = \"writ:8443\"\ntrust_bundle = \"/b.pem\"\njoin_token = \"s3cr3t-join-token\"\n",
+        )
+        .unwrap();
+        let shown = format!("{raw:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("JoinToken(17 bytes)"), "{shown}");
+        let config = raw.resolve().unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(matches!(
+            config.remote.attestation,
+            Some(crate::agent::remote::Attestation::JoinToken(ref t)) if t.expose() == "s3cr3t-join-token"
+        ));
     }
 
     #[test]

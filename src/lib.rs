@@ -9,6 +9,7 @@
 //! * [`server`]: the issuer process and its gRPC admin API.
 //! * [`cli`]: the `writ` command line, one file per command group.
 //! * [`config`]: configuration file → typed config.
+//! * [`logging`]: the log format and levels, and the process's one subscriber.
 //! * [`proto`]: generated gRPC code (the SPIFFE Workload API and writ's own APIs).
 //! * [`hex`]: lowercase hex and SHA-256 digests.
 //! * [`errors`]: errors and statuses as one line with their causes.
@@ -36,6 +37,7 @@ pub mod hex;
 pub mod httpc;
 pub mod identity;
 pub mod k8s_psat;
+pub mod logging;
 pub mod node_api;
 pub mod notify;
 pub mod passwd;

@@ -2,18 +2,9 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("WRIT_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("warn,writ=info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     // `writ … | head` closes stdout early; print macros then panic with EPIPE. Exit
     // quietly as a SIGPIPE'd tool would (128 + 13), rather than dumping a panic.
     let default_hook = std::panic::take_hook();

@@ -153,6 +153,8 @@ pub async fn serve_workload(
     };
     let incoming = listener::accept(listener, Arc::clone(&agent), agent.stopped());
     tonic::transport::Server::builder()
+        // Each call in a span naming its caller (`workload::call_span`).
+        .trace_fn(workload::call_span)
         // A peer that is gone stops holding its connection (and its slot).
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))

@@ -26,11 +26,30 @@ use writ_verifier::Band;
 use writ_verifier::tls::{SpiffeServerVerifier, X509BundleSource};
 use zeroize::Zeroizing;
 
+/// A join token, a secret until the server has taken it: held zeroized, and its `Debug`
+/// shows only its length, so no config or error printed with `{:?}` carries it.
+#[derive(Clone, serde::Deserialize)]
+#[serde(transparent)]
+pub struct JoinToken(Zeroizing<String>);
+
+impl JoinToken {
+    /// The token itself, for the one request that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JoinToken({} bytes)", self.0.len())
+    }
+}
+
 /// How this node proves itself the first time.
 #[derive(Clone, Debug)]
 pub enum Attestation {
     /// A single-use join token from `writ token create`.
-    JoinToken(String),
+    JoinToken(JoinToken),
     /// A certificate (and its key) chained to a CA the server trusts for x509pop.
     X509Pop {
         /// PEM certificate chain, leaf first.
@@ -412,7 +431,10 @@ impl RemoteNode {
         let (csr, key) = new_csr()?;
         let svid = match attestation {
             Attestation::JoinToken(token) => client
-                .attest_join_token(pb::AttestJoinTokenRequest { token, csr })
+                .attest_join_token(pb::AttestJoinTokenRequest {
+                    token: token.expose().to_owned(),
+                    csr,
+                })
                 .await
                 .map_err(|s| {
                     anyhow::anyhow!(

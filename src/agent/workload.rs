@@ -81,6 +81,21 @@ impl std::fmt::Debug for SharedStates {
 /// (a bound on memory, not a limit on callers).
 const MAX_SHARED_STATES: usize = 4096;
 
+/// The span of one call on the agent's socket, whichever of its services it is for
+/// (give it to the server's `trace_fn`): the method and the caller's kernel credentials
+/// (pid, uid); the Workload API records the SPIFFE IDs the caller holds (`spiffe_ids`,
+/// or `none`) once it is attested.
+pub(crate) fn call_span(request: &http::Request<()>) -> tracing::Span {
+    let peer = request.extensions().get::<Arc<ConnectedPeer>>();
+    tracing::info_span!(
+        "workload_api",
+        method = %request.uri().path(),
+        pid = peer.map(|p| p.cred.pid),
+        uid = peer.map(|p| p.cred.uid),
+        spiffe_ids = tracing::field::Empty,
+    )
+}
+
 impl WorkloadApi {
     /// A service for `agent`.
     pub fn new(agent: Arc<Agent>) -> Self {
@@ -130,9 +145,26 @@ impl WorkloadApi {
         Ok(response)
     }
 
-    /// Checks the security header and attests the caller.
+    /// Checks the security header and attests the caller; the call's span then names
+    /// the identities it holds.
     async fn caller<T>(&self, request: &Request<T>) -> Result<BTreeSet<Selector>, Status> {
-        attest_caller(&self.agent, request).await
+        let selectors = attest_caller(&self.agent, request).await?;
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            let held: Vec<String> = self
+                .entitlements(&selectors)
+                .iter()
+                .map(|e| e.spiffe_id.to_string())
+                .collect();
+            let held = if held.is_empty() {
+                "none".to_owned()
+            } else {
+                held.join(",")
+            };
+            span.record("spiffe_ids", held.as_str());
+            tracing::debug!("workload API call");
+        }
+        Ok(selectors)
     }
 
     fn entitlements(&self, selectors: &BTreeSet<Selector>) -> Vec<Entitlement> {
@@ -362,7 +394,9 @@ where
     let mut svids = agent.cache.subscribe();
     let mut stopping = agent.stopping.subscribe();
     agent.streams.send_modify(|n| *n += 1);
-    tokio::spawn(async move {
+    // The stream's updates are the call's: in its span.
+    let span = tracing::Span::current();
+    tokio::spawn(tracing::Instrument::instrument(async move {
         policy.mark_unchanged();
         bundles.mark_unchanged();
         svids.mark_unchanged();
@@ -395,7 +429,7 @@ where
             }
         }
         agent.streams.send_modify(|n| *n = n.saturating_sub(1));
-    });
+    }, span));
     Box::pin(ReceiverStream::new(rx))
 }
 

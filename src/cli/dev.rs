@@ -172,11 +172,14 @@ impl Signals {
     }
 }
 
-fn resolve_dev(args: DevArgs) -> anyhow::Result<crate::config::Config> {
+/// Reads `writ dev`'s config file (if any), installs the logs it and the flags say, and
+/// resolves the configuration with the flags.
+fn resolve_dev(args: DevArgs, logs: &super::LogArgs) -> anyhow::Result<crate::config::Config> {
     let mut raw = match &args.config {
         Some(path) => RawConfig::load(path)?,
         None => RawConfig::default(),
     };
+    let format = logs.install(raw.log_format, raw.log_level.as_deref())?;
     if args.data_dir.is_some() {
         raw.data_dir = args.data_dir;
     }
@@ -193,8 +196,13 @@ fn resolve_dev(args: DevArgs) -> anyhow::Result<crate::config::Config> {
     if args.demo_single_user {
         // Not a config key: only this flag, typed at start, turns it on.
         raw.remediation.demo_single_user = true;
+        // Said first, whatever the level, as plain lines; in JSON, where every line on
+        // stderr is an object, as warnings.
         for line in DEMO_WARNING {
-            eprintln!("WARNING: {line}");
+            match format {
+                crate::logging::LogFormat::Text => eprintln!("WARNING: {line}"),
+                crate::logging::LogFormat::Json => tracing::warn!("WARNING: {line}"),
+            }
         }
         tracing::warn!("--demo-single-user: approvals by the uid that requested a grant count");
     }
@@ -328,6 +336,7 @@ async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result
         let stopped = tasks.stopped();
         tasks.spawn("node API", async move {
             tonic::transport::Server::builder()
+                .trace_fn(crate::server::node::call_span)
                 .add_service(crate::server::node::server(service))
                 .serve_with_incoming_shutdown(accept_tls(listener, tls, NodePeer::of), stopped)
                 .await
@@ -361,8 +370,8 @@ async fn start_agent(
     Ok(())
 }
 
-pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    let config = resolve_dev(args)?;
+pub async fn run(args: DevArgs, logs: super::LogArgs) -> anyhow::Result<()> {
+    let config = resolve_dev(args, &logs)?;
     // The issuer and the agent in this process tell the same time.
     let clock: SharedClock = Arc::new(SystemClock);
     let issuer = Issuer::open(config, Arc::clone(&clock))?;
@@ -389,8 +398,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     result
 }
 
-pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
-    let config = RawConfig::load(&args.config)?.resolve()?;
+pub async fn server(args: ServerArgs, logs: super::LogArgs) -> anyhow::Result<()> {
+    let raw = RawConfig::load(&args.config)?;
+    logs.install(raw.log_format, raw.log_level.as_deref())?;
+    let config = raw.resolve()?;
     anyhow::ensure!(
         config.node_listen.is_some(),
         "node_listen is required for `writ server` (host:port for agents); use `writ dev` for one process"
@@ -409,8 +420,10 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     result
 }
 
-pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    let config = RawAgentConfig::load(&args.config)?.resolve()?;
+pub async fn agent(args: AgentArgs, logs: super::LogArgs) -> anyhow::Result<()> {
+    let raw = RawAgentConfig::load(&args.config)?;
+    logs.install(raw.log_format, raw.log_level.as_deref())?;
+    let config = raw.resolve()?;
     let socket = config.workload_socket;
     let clock: SharedClock = Arc::new(SystemClock);
     let node = RemoteNode::connect(config.remote, Arc::clone(&clock)).await?;

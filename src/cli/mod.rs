@@ -40,8 +40,43 @@ use writ_verifier::Band;
 #[derive(Debug, Parser)]
 #[command(name = "writ", version, about, propagate_version = true)]
 pub struct Cli {
+    #[command(flatten)]
+    logs: LogArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How the process logs (stderr); the command line beats a config file's `log_format`
+/// and `log_level` (docs/configuration.md, "Logs").
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log format: text, or json (one object per line).
+    #[arg(long, global = true, env = "WRIT_LOG_FORMAT", value_enum)]
+    log_format: Option<crate::logging::LogFormat>,
+    /// Log levels, per module: a filter such as `info,writ::agent=debug`
+    /// [default: warn,writ=info].
+    #[arg(long, global = true, env = "WRIT_LOG")]
+    log_level: Option<String>,
+}
+
+impl LogArgs {
+    /// Installs the log subscriber, from these flags and (the long-running processes)
+    /// their config file's `log_format` and `log_level`.
+    fn install(
+        &self,
+        file_format: Option<crate::logging::LogFormat>,
+        file_level: Option<&str>,
+    ) -> anyhow::Result<crate::logging::LogFormat> {
+        let settings = crate::logging::LogSettings::choose(
+            self.log_format,
+            self.log_level.as_deref(),
+            file_format,
+            file_level,
+        )?;
+        let format = settings.format;
+        settings.install()?;
+        Ok(format)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -327,10 +362,19 @@ impl IdentityArgs {
 impl Cli {
     /// Runs the command.
     pub async fn run(self) -> anyhow::Result<()> {
+        // The long-running processes read their config file first: it may set the logs.
+        let long_running = matches!(
+            self.command,
+            Command::Dev(_) | Command::Server(_) | Command::Agent(_)
+        );
+        if !long_running {
+            self.logs.install(None, None)?;
+        }
+        let logs = self.logs;
         match self.command {
-            Command::Dev(args) => dev::run(args).await,
-            Command::Server(args) => dev::server(args).await,
-            Command::Agent(args) => dev::agent(args).await,
+            Command::Dev(args) => dev::run(args, logs).await,
+            Command::Server(args) => dev::server(args, logs).await,
+            Command::Agent(args) => dev::agent(args, logs).await,
             Command::Token(TokenCommand::Create(args)) => token::create(args).await,
             Command::Operator(OperatorCommand::List(args)) => operator::list(args, None).await,
             Command::Operator(OperatorCommand::Show(args)) => {

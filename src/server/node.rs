@@ -106,6 +106,18 @@ pub fn server(service: NodeService) -> NodeServer<NodeService> {
     NodeServer::new(service).max_decoding_message_size(MAX_MESSAGE_LEN)
 }
 
+/// The span of one node API call (give it to the server's `trace_fn`): the method and
+/// the calling node's SPIFFE ID from its verified node SVID, or `none` before the node
+/// has one (attestation).
+pub fn call_span(request: &http::Request<()>) -> tracing::Span {
+    let node = request
+        .extensions()
+        .get::<NodePeer>()
+        .and_then(|peer| peer.spiffe_id.as_ref())
+        .map_or_else(|| "none".to_owned(), ToString::to_string);
+    tracing::info_span!("node_api", method = %request.uri().path(), node = %node)
+}
+
 /// The node API service.
 pub struct NodeService {
     issuer: Arc<Issuer>,
@@ -159,6 +171,7 @@ impl NodeService {
                 "the node SVID of {id} (serial {serial}) is revoked; attest the node again"
             )));
         }
+        tracing::debug!("node API call");
         Ok(id)
     }
 
@@ -518,7 +531,8 @@ impl Node for NodeService {
         let max_svid_ttl = self.issuer.config.ca.max_svid_ttl;
         let mut bundles = self.issuer.bundles.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(async move {
             loop {
                 let update = {
                     let p = policy.borrow_and_update().clone();
@@ -546,7 +560,7 @@ impl Node for NodeService {
                 }
             }
             tracing::debug!(%node, "sync stream ended");
-        });
+        }, span));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

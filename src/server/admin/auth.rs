@@ -112,6 +112,12 @@ impl AdminService {
         operation: Operation,
     ) -> Result<Caller, Status> {
         let who = self.operator(request)?;
+        // The call's span (`refusals`) names who it is from here on.
+        let span = tracing::Span::current();
+        span.record("operator", who.name().as_str());
+        if let Some(uid) = who.uid() {
+            span.record("uid", uid);
+        }
         let tenant = if operation.deployment_wide() {
             DEFAULT_TENANT.to_owned()
         } else {
@@ -138,6 +144,7 @@ impl AdminService {
             tracing::warn!(operator = %who.name(), tenant = ?tenant, ?operation, "admin call refused: no role in the tenant");
             return Err(Status::not_found(format!("tenant {tenant:?} not found")));
         }
+        span.record("tenant", tenant.as_str());
         let caller = Caller {
             name: who.name(),
             uid: who.uid(),

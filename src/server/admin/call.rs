@@ -29,7 +29,10 @@ impl AdminService {
         let caller = self.caller(&request, operation)?;
         let body = request.into_inner();
         let issuer = Arc::clone(&self.issuer);
+        // The blocking thread logs in the call's span too.
+        let span = tracing::Span::current();
         let (caller, out) = tokio::task::spawn_blocking(move || {
+            let _in_call = span.enter();
             run(&issuer, &caller, body).map(|out| (caller, out))
         })
         .await

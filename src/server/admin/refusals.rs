@@ -4,6 +4,10 @@
 //! right, appends a refusal record before the caller hears the answer. The record is the
 //! tenant's the call named when the caller holds a role there, else the default
 //! tenant's: a name the caller made up never becomes a tenant's record.
+//!
+//! Every admin call passes here, so here it gets its span (`admin`: the method, the peer
+//! as the transport knows it, and the operator's name, uid and tenant once
+//! `AdminService::caller` knows them), and its debug line.
 
 use crate::audit::{AuditLog, Kind, Record};
 use crate::clock::SharedClock;
@@ -144,10 +148,20 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        use tracing::Instrument;
         let method = request.uri().path().to_owned();
         let who = caller(request.extensions());
         let parts = caller_parts(&request);
-        let response = self.inner.call(request);
+        // `peer` is the transport's word; the handler names the operator.
+        let span = tracing::info_span!(
+            "admin",
+            method = %method,
+            peer = %who,
+            operator = tracing::field::Empty,
+            uid = tracing::field::Empty,
+            tenant = tracing::field::Empty,
+        );
+        let response = span.in_scope(|| self.inner.call(request));
         let log = Arc::clone(&self.log);
         let clock = Arc::clone(&self.clock);
         let tenant_of = Arc::clone(&self.tenant_of);
@@ -173,12 +187,17 @@ where
                         "code": format!("{code:?}"),
                         "reason": message,
                     }));
+                tracing::debug!(code = ?code, reason = ?message, "admin call refused");
                 if let Err(e) = log.append_async(&record).await {
                     tracing::error!(error = %e, "auditing a refused admin call failed");
                 }
+            } else {
+                // `None`: the status follows the answer, in its trailers.
+                tracing::debug!(status = ?code, "admin call answered");
             }
             Ok(response)
-        })
+        }
+        .instrument(span))
     }
 }
 

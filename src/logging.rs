@@ -37,7 +37,9 @@ pub struct LogSettings {
 #[non_exhaustive]
 pub enum LogError {
     /// A directive of the level string does not parse.
-    #[error("log level {given:?} (from {from}) is not a valid filter, e.g. \"info,writ::agent=debug\": {source}")]
+    #[error(
+        "log level {given:?} (from {from}) is not a valid filter, e.g. \"info,writ::agent=debug\": {source}"
+    )]
     Level {
         /// The string given, bounded.
         given: String,
@@ -128,7 +130,11 @@ mod tests {
     fn an_invalid_level_is_an_error_naming_where_it_came_from() {
         for (flag, file, from) in [
             (Some("info,writ=loud"), None, "--log-level"),
-            (None, Some("info,writ=noisy"), "log_level in the config file"),
+            (
+                None,
+                Some("info,writ=noisy"),
+                "log_level in the config file",
+            ),
         ] {
             let e = LogSettings::choose(None, flag, None, file)
                 .unwrap_err()

@@ -263,10 +263,7 @@ fn is_table(structs: &BTreeMap<Table, BTreeSet<&'static str>>, table: &Table, ke
 }
 
 /// Both directions, every mismatch named.
-fn check_reference(
-    file: &str,
-    structs: &BTreeMap<Table, BTreeSet<&'static str>>,
-) -> Vec<String> {
+fn check_reference(file: &str, structs: &BTreeMap<Table, BTreeSet<&'static str>>) -> Vec<String> {
     let doc = read("docs/configuration.md");
     let documented = documented(&doc, file);
     let mut problems = Vec::new();

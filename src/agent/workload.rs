@@ -396,40 +396,43 @@ where
     agent.streams.send_modify(|n| *n += 1);
     // The stream's updates are the call's: in its span.
     let span = tracing::Span::current();
-    tokio::spawn(tracing::Instrument::instrument(async move {
-        policy.mark_unchanged();
-        bundles.mark_unchanged();
-        svids.mark_unchanged();
-        let mut last: Option<T> = None;
-        loop {
-            match state().await {
-                Ok(message) => {
-                    if last.as_ref() != Some(&message) {
-                        if tx.send(Ok(message.clone())).await.is_err() {
-                            break;
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            policy.mark_unchanged();
+            bundles.mark_unchanged();
+            svids.mark_unchanged();
+            let mut last: Option<T> = None;
+            loop {
+                match state().await {
+                    Ok(message) => {
+                        if last.as_ref() != Some(&message) {
+                            if tx.send(Ok(message.clone())).await.is_err() {
+                                break;
+                            }
+                            last = Some(message);
                         }
-                        last = Some(message);
+                    }
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
                     }
                 }
-                Err(status) => {
-                    let _ = tx.send(Err(status)).await;
-                    break;
+                tokio::select! {
+                    r = policy.changed() => if r.is_err() { break },
+                    r = bundles.changed() => if r.is_err() { break },
+                    r = svids.changed() => if r.is_err() { break },
+                    () = tx.closed() => break,
+                    _ = async { stopping.wait_for(|s| *s).await.is_ok() } => {
+                        // Unavailable: the status SPIFFE clients reconnect on.
+                        let _ = tx.send(Err(Status::unavailable(SHUTTING_DOWN))).await;
+                        break;
+                    }
                 }
             }
-            tokio::select! {
-                r = policy.changed() => if r.is_err() { break },
-                r = bundles.changed() => if r.is_err() { break },
-                r = svids.changed() => if r.is_err() { break },
-                () = tx.closed() => break,
-                _ = async { stopping.wait_for(|s| *s).await.is_ok() } => {
-                    // Unavailable: the status SPIFFE clients reconnect on.
-                    let _ = tx.send(Err(Status::unavailable(SHUTTING_DOWN))).await;
-                    break;
-                }
-            }
-        }
-        agent.streams.send_modify(|n| *n = n.saturating_sub(1));
-    }, span));
+            agent.streams.send_modify(|n| *n = n.saturating_sub(1));
+        },
+        span,
+    ));
     Box::pin(ReceiverStream::new(rx))
 }
 

@@ -532,35 +532,38 @@ impl Node for NodeService {
         let mut bundles = self.issuer.bundles.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let span = tracing::Span::current();
-        tokio::spawn(tracing::Instrument::instrument(async move {
-            loop {
-                let update = {
-                    let p = policy.borrow_and_update().clone();
-                    // Revoking the node's SVID ends the stream it opened with it: the
-                    // node gets no more policy until it attests again.
-                    if p.revoked_serials.contains_key(&serial) {
-                        tracing::warn!(%node, %serial, "sync stream ended: node svid revoked");
-                        let _ = tx
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                loop {
+                    let update = {
+                        let p = policy.borrow_and_update().clone();
+                        // Revoking the node's SVID ends the stream it opened with it: the
+                        // node gets no more policy until it attests again.
+                        if p.revoked_serials.contains_key(&serial) {
+                            tracing::warn!(%node, %serial, "sync stream ended: node svid revoked");
+                            let _ = tx
                             .send(Err(Status::permission_denied(format!(
                                 "the node SVID of {node} (serial {serial}) is revoked; attest the node again"
                             ))))
                             .await;
+                            break;
+                        }
+                        let b = bundles.borrow_and_update().clone();
+                        sync_update(&p, &b, max_svid_ttl, tenants, &base)
+                    };
+                    if tx.send(update).await.is_err() {
                         break;
                     }
-                    let b = bundles.borrow_and_update().clone();
-                    sync_update(&p, &b, max_svid_ttl, tenants, &base)
-                };
-                if tx.send(update).await.is_err() {
-                    break;
+                    tokio::select! {
+                        r = policy.changed() => if r.is_err() { break },
+                        r = bundles.changed() => if r.is_err() { break },
+                        () = tx.closed() => break,
+                    }
                 }
-                tokio::select! {
-                    r = policy.changed() => if r.is_err() { break },
-                    r = bundles.changed() => if r.is_err() { break },
-                    () = tx.closed() => break,
-                }
-            }
-            tracing::debug!(%node, "sync stream ended");
-        }, span));
+                tracing::debug!(%node, "sync stream ended");
+            },
+            span,
+        ));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

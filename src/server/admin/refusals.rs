@@ -165,39 +165,41 @@ where
         let log = Arc::clone(&self.log);
         let clock = Arc::clone(&self.clock);
         let tenant_of = Arc::clone(&self.tenant_of);
-        Box::pin(async move {
-            let response = response.await?;
-            // Unary refusals are trailers-only responses: the status is in the headers.
-            let code = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-                .map(tonic::Code::from_i32);
-            if let Some(code) = code.filter(|c| is_refusal(*c)) {
-                let message = response
+        Box::pin(
+            async move {
+                let response = response.await?;
+                // Unary refusals are trailers-only responses: the status is in the headers.
+                let code = response
                     .headers()
-                    .get("grpc-message")
-                    .map(|v| decode_message(v.as_bytes()))
-                    .unwrap_or_default();
-                let record = Record::new(clock.unix(), Kind::Refusal, "admin.refused", who)
-                    .tenant(&tenant_of(&parts))
-                    .detail(serde_json::json!({
-                        "method": method,
-                        "code": format!("{code:?}"),
-                        "reason": message,
-                    }));
-                tracing::debug!(code = ?code, reason = ?message, "admin call refused");
-                if let Err(e) = log.append_async(&record).await {
-                    tracing::error!(error = %e, "auditing a refused admin call failed");
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map(tonic::Code::from_i32);
+                if let Some(code) = code.filter(|c| is_refusal(*c)) {
+                    let message = response
+                        .headers()
+                        .get("grpc-message")
+                        .map(|v| decode_message(v.as_bytes()))
+                        .unwrap_or_default();
+                    let record = Record::new(clock.unix(), Kind::Refusal, "admin.refused", who)
+                        .tenant(&tenant_of(&parts))
+                        .detail(serde_json::json!({
+                            "method": method,
+                            "code": format!("{code:?}"),
+                            "reason": message,
+                        }));
+                    tracing::debug!(code = ?code, reason = ?message, "admin call refused");
+                    if let Err(e) = log.append_async(&record).await {
+                        tracing::error!(error = %e, "auditing a refused admin call failed");
+                    }
+                } else {
+                    // `None`: the status follows the answer, in its trailers.
+                    tracing::debug!(status = ?code, "admin call answered");
                 }
-            } else {
-                // `None`: the status follows the answer, in its trailers.
-                tracing::debug!(status = ?code, "admin call answered");
+                Ok(response)
             }
-            Ok(response)
-        }
-        .instrument(span))
+            .instrument(span),
+        )
     }
 }
 

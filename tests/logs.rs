@@ -157,23 +157,7 @@ async fn a_whole_scenario_logged_at_debug_shows_no_key_token_or_jwt() {
     let me = std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
         .unwrap();
-    cli(
-        &dev,
-        &mut cli_logs,
-        &[
-            "profile",
-            "create",
-            "fixer",
-            "--selector",
-            &format!("unix:uid:{me}"),
-            "--band",
-            "investigative,remediation",
-            "--scope",
-            "logs:read",
-            "--scope",
-            "deploy:restart",
-        ],
-    );
+    dev.create_fixer_for(me);
     cli(
         &dev,
         &mut cli_logs,
@@ -334,41 +318,40 @@ async fn a_whole_scenario_logged_at_debug_shows_no_key_token_or_jwt() {
                     .is_some_and(|v| v.contains(value))
         })
     };
-    assert!(
-        in_span(&server, "admin", "operator", &format!("uid:{me}")),
-        "no admin line with the operator in its span:\n{}",
-        logs[0].1
-    );
-    assert!(
-        in_span(&server, "admin", "operator", "alice"),
-        "no admin line with the approver in its span:\n{}",
-        logs[0].1
-    );
-    assert!(
-        in_span(&server, "admin", "method", "CloseIncident"),
-        "no line of the close call:\n{}",
-        logs[0].1
-    );
-    assert!(
-        in_span(&agent_lines, "workload_api", "uid", &me.to_string()),
-        "no Workload API line with the caller's uid:\n{}",
-        logs[1].1
-    );
-    assert!(
-        in_span(
+    let me_operator = format!("uid:{me}");
+    let me_uid = me.to_string();
+    for (who, lines, span, field, value) in [
+        (
+            "writ dev",
+            &server,
+            "admin",
+            "operator",
+            me_operator.as_str(),
+        ),
+        ("writ dev", &server, "admin", "operator", "alice"),
+        ("writ dev", &server, "admin", "method", "CloseIncident"),
+        (
+            "writ dev",
+            &server,
+            "node_api",
+            "node",
+            "spiffe://example.org/",
+        ),
+        ("writ agent", &agent_lines, "workload_api", "uid", &me_uid),
+        (
+            "writ agent",
             &agent_lines,
             "workload_api",
             "spiffe_ids",
-            "/agent/fixer/incident/INC-1"
+            "/agent/fixer/incident/INC-1",
         ),
-        "no Workload API line with the caller's identities:\n{}",
-        logs[1].1
-    );
-    assert!(
-        in_span(&server, "node_api", "node", "spiffe://example.org/"),
-        "no node API line naming the node:\n{}",
-        logs[0].1
-    );
+    ] {
+        assert!(
+            in_span(lines, span, field, value),
+            "{who}: no line in a {span} span whose {field} has {value:?}:\n{}",
+            logs.iter().find(|(w, _)| *w == who).unwrap().1
+        );
+    }
 }
 
 #[test]

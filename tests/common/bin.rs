@@ -262,12 +262,17 @@ impl DevProcess {
     /// The remediation suites' agent: `fixer`, uid 1001, both bands, `logs:read` and
     /// `deploy:restart`.
     pub fn create_fixer(&self) {
+        self.create_fixer_for(1001);
+    }
+
+    /// [`DevProcess::create_fixer`], its workloads those of `uid`.
+    pub fn create_fixer_for(&self, uid: u32) {
         self.ok(&[
             "profile",
             "create",
             "fixer",
             "--selector",
-            "unix:uid:1001",
+            &format!("unix:uid:{uid}"),
             "--band",
             "investigative,remediation",
             "--scope",

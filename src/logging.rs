@@ -38,16 +38,15 @@ pub struct LogSettings {
 pub enum LogError {
     /// A directive of the level string does not parse.
     #[error(
-        "log level {given:?} (from {from}) is not a valid filter, e.g. \"info,writ::agent=debug\": {source}"
+        "log level {given:?} (from {from}) is not a valid filter, e.g. \"info,writ::agent=debug\": {reason}"
     )]
     Level {
         /// The string given, bounded.
         given: String,
         /// Where it came from.
         from: &'static str,
-        /// What the parser said.
-        #[source]
-        source: tracing_subscriber::filter::ParseError,
+        /// What the parser said (as text: as a cause, it would repeat itself).
+        reason: String,
     },
     /// A subscriber was already installed in this process.
     #[error("the log subscriber is already set")]
@@ -72,10 +71,10 @@ impl LogSettings {
         };
         let filter = EnvFilter::builder()
             .parse(level)
-            .map_err(|source| LogError::Level {
+            .map_err(|e| LogError::Level {
                 given: level.chars().take(200).collect(),
                 from,
-                source,
+                reason: e.to_string(),
             })?;
         Ok(LogSettings { format, filter })
     }

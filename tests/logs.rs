@@ -380,6 +380,11 @@ fn an_invalid_log_level_stops_writ_at_start_saying_so() {
         assert!(stderr.starts_with("error: log level"), "{stderr}");
         assert!(stderr.contains(says), "{stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert_eq!(
+            stderr.matches("error parsing level filter").count(),
+            1,
+            "the cause once: {stderr}"
+        );
     }
     // In the config file of a long-running process, the same.
     let config = common::write(

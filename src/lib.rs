@@ -21,6 +21,9 @@
 //! * [`notify`]: approver notifications: grant events posted to outbound webhooks
 //!   (Slack or JSON), retried, never blocking a request.
 //! * [`backoff`]: jittered exponential backoff for reconnect and retry loops.
+//! * [`backup`]: backup archives of a data directory (encrypted with age) and restoring
+//!   them.
+//! * [`snapshot`]: consistent copies of a redb database while it is written.
 //! * [`agent`]: the agent: the Workload API socket (accept loop and limits in
 //!   `agent::listener`, attestation in `agent::attest`), SVID cache, node API client.
 #![forbid(unsafe_code)]
@@ -28,6 +31,7 @@
 pub mod agent;
 pub mod audit;
 pub mod backoff;
+pub mod backup;
 pub mod ca;
 pub mod cli;
 pub mod clock;
@@ -44,6 +48,7 @@ pub mod passwd;
 pub mod policy;
 pub mod proto;
 pub mod server;
+pub mod snapshot;
 pub mod sources;
 pub mod store;
 pub mod throttle;

@@ -481,6 +481,25 @@ impl AuditLog {
         Ok(out)
     }
 
+    /// Writes the committed log, as it is at this instant (records, tree and signed
+    /// checkpoint, from one read transaction), into a new file at `path` for a backup;
+    /// returns how many records it holds. `None` for a log several servers share, which
+    /// lives in their database (docs/operations.md, "Back up and restore").
+    pub fn snapshot_to(&self, path: &Path) -> Result<Option<u64>, AuditError> {
+        let db = match &self.inner.place {
+            Place::Local(db) => db,
+            Place::Shared { .. } => return Ok(None),
+        };
+        let tx = db.begin_read().map_err(db_err)?;
+        let size = tx
+            .open_table(RECORDS)
+            .map_err(db_err)?
+            .len()
+            .map_err(db_err)?;
+        crate::snapshot::copy(&tx, &[&RECORDS, &HASHES, &META], path).map_err(db_err)?;
+        Ok(Some(size))
+    }
+
     /// The latest signed checkpoint (made at every commit).
     pub fn checkpoint(&self) -> Result<Vec<u8>, AuditError> {
         let db = match &self.inner.place {

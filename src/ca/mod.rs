@@ -1887,6 +1887,24 @@ impl CaSet {
         all
     }
 
+    /// Runs `f` with every held CA's rotation held off, so that the authorities `f` reads
+    /// from the store and the key files it reads from the key directory are of one
+    /// instant (a rotation writes the record, then removes retired keys' files). A backup
+    /// uses it (docs/operations.md, "Back up and restore"). Locks in [`CaSet::all`]'s
+    /// order; no rotation holds two CAs' locks, so none waits on this in reverse.
+    pub fn with_rotations_held<T>(&self, f: impl FnOnce() -> T) -> Result<T, CaError> {
+        let all = self.all();
+        let mut guards = Vec::with_capacity(all.len());
+        for ca in &all {
+            guards.push(
+                ca.rotation
+                    .lock()
+                    .map_err(|_| CaError::Crypto("rotation lock poisoned"))?,
+            );
+        }
+        Ok(f())
+    }
+
     /// The CA of `trust_domain`, if this server holds it.
     pub fn ca_in(&self, trust_domain: &TrustDomain) -> Option<Arc<TrustDomainCa>> {
         self.held()

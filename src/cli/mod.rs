@@ -3,6 +3,7 @@
 
 mod audit;
 mod authority;
+mod backup;
 mod bundle;
 mod client;
 mod dev;
@@ -134,6 +135,11 @@ enum Command {
     Audit(AuditCommand),
     /// Check that the server answers.
     Healthcheck(AdminArgs),
+    /// Back up the server's store, audit log and keys into one encrypted file (admins,
+    /// on the server's host).
+    Backup(backup::BackupArgs),
+    /// Restore a backup into an absent or empty data directory, with no server running.
+    Restore(backup::RestoreArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -427,6 +433,8 @@ impl Cli {
             Command::Svid(SvidCommand::List(args)) => svid::list(args).await,
             Command::Svid(SvidCommand::Revoke(args)) => svid::revoke(args).await,
             Command::Healthcheck(args) => bundle::healthcheck(args).await,
+            Command::Backup(args) => backup::backup(args).await,
+            Command::Restore(args) => backup::restore(args).await,
         }
     }
 }

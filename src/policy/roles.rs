@@ -63,6 +63,8 @@ pub enum Operation {
     Approve,
     /// `writ grant deny`.
     DenyGrant,
+    /// `writ backup` (the whole deployment's state and keys, encrypted).
+    Backup,
 }
 
 use Role::{Admin, Approver, Auditor, IncidentCommander};
@@ -72,7 +74,7 @@ const ANY: &[Role] = &[Admin, IncidentCommander, Approver, Auditor];
 
 impl Operation {
     /// Every operation, in the order docs/roles.md lists them.
-    pub const ALL: [Operation; 26] = [
+    pub const ALL: [Operation; 27] = [
         Operation::Health,
         Operation::GetBundles,
         Operation::ShowAuthorities,
@@ -99,6 +101,7 @@ impl Operation {
         Operation::ActivatePlaybook,
         Operation::Approve,
         Operation::DenyGrant,
+        Operation::Backup,
     ];
 
     /// The roles that may perform it: holding any one is enough. This match is the role
@@ -123,7 +126,8 @@ impl Operation {
             | Operation::ManageTenants
             | Operation::CreateJoinToken
             | Operation::ManageProfiles
-            | Operation::CreatePlaybook => &[Admin],
+            | Operation::CreatePlaybook
+            | Operation::Backup => &[Admin],
             Operation::CommandIncident
             | Operation::RequestGrant
             | Operation::RevokeGrant
@@ -167,6 +171,7 @@ impl Operation {
             Operation::ActivatePlaybook => "playbook activate",
             Operation::Approve => "grant approve, playbook approve",
             Operation::DenyGrant => "grant deny",
+            Operation::Backup => "backup",
         }
     }
 }
@@ -182,6 +187,7 @@ impl Operation {
                 | Operation::ManageReplicas
                 | Operation::ManageTenants
                 | Operation::CreateJoinToken
+                | Operation::Backup
         )
     }
 }

@@ -60,6 +60,19 @@ impl From<AuditError> for Status {
     }
 }
 
+impl From<crate::backup::BackupError> for Status {
+    fn from(error: crate::backup::BackupError) -> Status {
+        match error {
+            // The passphrase or recipients the caller gave: their mistake, said without
+            // the passphrase.
+            crate::backup::BackupError::Encryption(_) => {
+                Status::invalid_argument(error.to_string())
+            }
+            other => internal(other),
+        }
+    }
+}
+
 impl From<IssueError> for Status {
     fn from(error: IssueError) -> Status {
         match error {

@@ -82,7 +82,37 @@ impl Embedded {
     }
 }
 
+/// The embedded store as one read transaction saw it ([`super::Store::snapshot`]).
+pub struct Snapshot {
+    tx: redb::ReadTransaction,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Snapshot")
+    }
+}
+
+impl Snapshot {
+    /// Writes what the snapshot saw into a new store file at `path`: every table, the
+    /// schema version with them.
+    pub fn write_to(&self, path: &Path) -> Result<(), StoreError> {
+        let rows: Vec<TableDefinition<'static, &'static str, &'static [u8]>> =
+            Table::ALL.into_iter().map(definition).collect();
+        let mut tables: Vec<&dyn crate::snapshot::CopyTable> =
+            vec![&META, &AUTHORITIES, &SEQUENCES];
+        tables.extend(rows.iter().map(|t| t as &dyn crate::snapshot::CopyTable));
+        crate::snapshot::copy(&self.tx, &tables, path).map_err(db_err)
+    }
+}
+
 impl Backend for Embedded {
+    fn snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
+        Ok(Some(Snapshot {
+            tx: self.db.begin_read().map_err(db_err)?,
+        }))
+    }
+
     fn schema_version(&self) -> Result<u64, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let meta = tx.open_table(META).map_err(db_err)?;

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use writ_verifier::Band;
 
+pub use embedded::Snapshot;
 pub use postgres::PostgresUrl;
 
 /// Why a store operation failed.
@@ -189,6 +190,13 @@ pub(crate) trait Backend: Send + Sync {
         body: Vec<u8>,
         sequence: u64,
     ) -> Result<(), StoreError>;
+
+    /// A consistent view of every table at this instant, for a backup; `None` for a
+    /// store several servers share, which the database's own tools back up (docs/operations.md,
+    /// "Back up and restore").
+    fn snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
+        Ok(None)
+    }
 
     // What only a store several servers share has (docs/ha.md); a store one server owns
     // has one writer, whose memory is always current.
@@ -638,6 +646,13 @@ impl Store {
     /// others' policy changes (docs/ha.md).
     pub fn shared(&self) -> bool {
         self.backend.shared()
+    }
+
+    /// Every table as it is at this instant, to copy while writes go on
+    /// ([`Snapshot::write_to`]); `None` for a shared store (PostgreSQL: its own tools
+    /// back it up).
+    pub fn snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
+        self.backend.snapshot()
     }
 
     /// The policy's version: every policy write moves it on in its own transaction.

@@ -8,7 +8,7 @@
 //! - `call.rs`: the sequence every handler shares (authorize, run off the async
 //!   workers, log, map errors) and argument checks;
 //! - `mint.rs`, `authorities.rs`, `nodes.rs`, `profiles.rs`, `incidents.rs`,
-//!   `grants.rs`, `playbooks.rs`, `svids.rs`, `audit.rs`: the RPCs, by area;
+//!   `grants.rs`, `playbooks.rs`, `svids.rs`, `audit.rs`, `backup.rs`: the RPCs, by area;
 //! - `refusals.rs`: every refused call, audited.
 //!
 //! Errors become statuses in one place, [`crate::server::status`]. Every field of a
@@ -19,6 +19,7 @@
 mod audit;
 mod auth;
 mod authorities;
+mod backup;
 mod call;
 mod grants;
 mod incidents;
@@ -76,6 +77,16 @@ impl AdminService {
 #[tonic::async_trait]
 impl Admin for AdminService {
     type ReadAuditStream = audit::AuditStream;
+    type BackupStream = backup::BackupStream;
+
+    // Backups: `backup.rs`.
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        self.backup_rpc(request).await
+    }
 
     // The audit log: `audit.rs`.
 

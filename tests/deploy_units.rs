@@ -71,8 +71,14 @@ fn check_common(name: &str, unit: &BTreeMap<String, Vec<String>>) {
         assert_eq!(one(unit, key), *value, "{name}: {key}");
     }
     let filters = &unit["SystemCallFilter"];
-    assert!(filters.iter().any(|f| f == "@system-service"), "{name}: {filters:?}");
-    assert!(filters.iter().any(|f| f == "~@privileged"), "{name}: {filters:?}");
+    assert!(
+        filters.iter().any(|f| f == "@system-service"),
+        "{name}: {filters:?}"
+    );
+    assert!(
+        filters.iter().any(|f| f == "~@privileged"),
+        "{name}: {filters:?}"
+    );
     // A stable owner for state that must outlive the unit: never a dynamic user.
     assert!(!unit.contains_key("DynamicUser"), "{name}");
 }
@@ -113,7 +119,10 @@ fn the_agent_unit_is_hardened_with_only_ptrace_read_access() {
     assert_eq!(one(&unit, "ProtectHome"), "read-only");
     assert_eq!(one(&unit, "CapabilityBoundingSet"), "CAP_SYS_PTRACE");
     assert_eq!(one(&unit, "AmbientCapabilities"), "CAP_SYS_PTRACE");
-    assert!(!unit.contains_key("ProtectProc"), "the agent reads callers' /proc");
+    assert!(
+        !unit.contains_key("ProtectProc"),
+        "the agent reads callers' /proc"
+    );
     assert_eq!(
         one(&unit, "ExecStart"),
         "/usr/local/bin/writ agent --config /etc/writ/agent.toml"
@@ -133,7 +142,10 @@ fn the_agent_unit_is_hardened_with_only_ptrace_read_access() {
 #[test]
 fn the_users_are_declared_for_sysusers() {
     let text = std::fs::read_to_string(deploy().join("systemd/writ.sysusers")).unwrap();
-    for (user, home) in [("writ", "/var/lib/writ"), ("writ-agent", "/var/lib/writ-agent")] {
+    for (user, home) in [
+        ("writ", "/var/lib/writ"),
+        ("writ-agent", "/var/lib/writ-agent"),
+    ] {
         assert!(
             text.lines().any(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
@@ -167,7 +179,10 @@ fn systemd_analyze_verifies_the_units() {
         let path = dir.path().join(name);
         std::fs::write(
             &path,
-            text.replace("/usr/local/bin/writ ", &format!("{} ", env!("CARGO_BIN_EXE_writ"))),
+            text.replace(
+                "/usr/local/bin/writ ",
+                &format!("{} ", env!("CARGO_BIN_EXE_writ")),
+            ),
         )
         .unwrap();
         units.push(path);

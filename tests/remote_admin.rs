@@ -190,6 +190,28 @@ fn operators_reach_the_admin_api_over_mtls_with_their_roles() {
         ),
         "needs the role admin",
     );
+    // A backup is taken on the server's host only, whoever asks from afar (keys never
+    // leave the host, even encrypted).
+    #[allow(deprecated)]
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    let far = dir.join("far.age");
+    one_error(
+        &remote(
+            admin_port,
+            &alice_cert,
+            &alice_key,
+            &bundle,
+            &[
+                "backup",
+                "--out",
+                far.to_str().unwrap(),
+                "--recipient",
+                &recipient,
+            ],
+        ),
+        "local admin socket only",
+    );
+    assert!(!far.exists());
     // A certificate from another CA, even naming alice, gets nowhere.
     one_error(
         &remote(

@@ -37,6 +37,11 @@ pub const MAX_ENTRIES: usize = 100_000;
 pub const MAX_RECIPIENTS: usize = 16;
 /// The longest recipient accepted (a post-quantum one is about 2,000 characters).
 pub const MAX_RECIPIENT_LEN: usize = 4096;
+/// The scrypt work factor of a passphrase (N = 2^18: 256 MiB and about a second), as
+/// age's own tool uses. Fixed, not calibrated to the machine as the age crate would: on
+/// a fast host calibration picks 2^19 or 2^20, up to 1 GiB held by the server while it
+/// encrypts.
+pub const SCRYPT_LOG_N: u8 = 18;
 /// The longest passphrase accepted.
 pub const MAX_PASSPHRASE_LEN: usize = 1024;
 /// The store's file in a data directory (`store::Store::open_at`).
@@ -284,7 +289,12 @@ impl Encryption {
     /// Starts an age file on `out` encrypted as asked.
     fn wrap<W: Write>(&self, out: W) -> Result<age::stream::StreamWriter<W>, BackupError> {
         let encryptor = match self {
-            Encryption::Passphrase(p) => age::Encryptor::with_user_passphrase(p.clone()),
+            Encryption::Passphrase(p) => {
+                let mut recipient = age::scrypt::Recipient::new(p.clone());
+                recipient.set_work_factor(SCRYPT_LOG_N);
+                age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+                    .map_err(|e| BackupError::Encryption(e.to_string()))?
+            }
             Encryption::Recipients(list) => {
                 age::Encryptor::with_recipients(list.iter().map(|r| &**r as &dyn age::Recipient))
                     .map_err(|e| BackupError::Encryption(e.to_string()))?
@@ -678,7 +688,10 @@ pub fn restore(
                     "this backup is encrypted to public keys: give --identity FILE".into(),
                 ));
             }
-            let identity = age::scrypt::Identity::new(p.clone());
+            let mut identity = age::scrypt::Identity::new(p.clone());
+            // What a backup uses, with room to grow; never the 16 s and many GiB a
+            // hostile archive could otherwise ask of the machine restoring it.
+            identity.set_max_work_factor(SCRYPT_LOG_N + 2);
             decryptor.decrypt(std::iter::once(&identity as &dyn age::Identity))
         }
         Decryption::Identities(ids) => {

@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 
 mod common;
 
-use common::bin::{As, DevProcess, WRIT, json_lines};
+use common::bin::{As, DevProcess, WRIT, json_lines, open_args};
 
 const PASSPHRASE: &str = "correct horse battery staple";
 
@@ -110,17 +110,7 @@ fn a_backup_restored_into_a_wiped_directory_serves_the_same_bundles_and_verifies
         "--scope",
         "logs:read",
     ]);
-    dev.ok(&[
-        "incident",
-        "open",
-        "INC-1",
-        "--title",
-        "db down",
-        "--severity",
-        "sev2",
-        "--assign",
-        "triage",
-    ]);
+    dev.ok(&open_args("INC-1", "triage"));
     dev.ok(&["tenant", "create", "acme", "--trust-domain", "acme.example"]);
     dev.ok(&["authority", "prepare"]);
     let before = served(&dev);
@@ -392,17 +382,7 @@ fn a_backup_taken_while_incidents_open_is_a_state_the_server_could_have_stopped_
         let writer = s.spawn(|| {
             let mut opened = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && opened < 500 {
-                dev.ok(&[
-                    "incident",
-                    "open",
-                    &format!("W-{opened}"),
-                    "--title",
-                    "t",
-                    "--severity",
-                    "sev3",
-                    "--assign",
-                    "triage",
-                ]);
+                dev.ok(&open_args(&format!("W-{opened}"), "triage"));
                 opened += 1;
             }
             opened

@@ -14,6 +14,8 @@
 //! * [`hex`]: lowercase hex and SHA-256 digests.
 //! * [`errors`]: errors and statuses as one line with their causes.
 //! * [`uds`]: gRPC channels over Unix sockets.
+//! * [`h2_authority`]: the HTTP/2 `:authority` repair that lets gRPC C-core clients
+//!   (grpcio, py-spiffe) use every Unix socket writ serves.
 //! * [`passwd`]: local accounts from /etc/passwd, uid ↔ name.
 //! * [`throttle`]: rate limits for log lines a caller can cause.
 //! * [`node_api`]: the contract between server and agents (trait, errors, wire policy);
@@ -37,6 +39,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod errors;
+pub mod h2_authority;
 pub mod hex;
 pub mod httpc;
 pub mod identity;

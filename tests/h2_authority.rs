@@ -20,7 +20,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
-use writ::agent::h2_authority::{AuthorityRewrite, Stats};
+use writ::h2_authority::{AuthorityRewrite, Stats};
 use writ::proto::workload::spiffe_workload_api_server::{
     SpiffeWorkloadApi, SpiffeWorkloadApiServer,
 };

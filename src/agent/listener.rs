@@ -18,7 +18,7 @@
 
 use super::Agent;
 use super::attest::{ConnectedPeer, socket_credentials};
-use super::h2_authority::AuthorityRewrite;
+use crate::h2_authority::AuthorityRewrite;
 use crate::backoff::Backoff;
 use crate::throttle::Throttle;
 use crate::ttl::Ttl;

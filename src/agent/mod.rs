@@ -8,7 +8,6 @@ pub mod attest;
 pub mod cache;
 pub mod endpoints;
 pub mod grants;
-pub mod h2_authority;
 pub mod k8s;
 pub mod listener;
 pub mod remote;
@@ -41,7 +40,7 @@ pub struct Agent {
     /// Open Workload API streams (for metrics and tests).
     pub streams: watch::Sender<usize>,
     /// How often the `:authority` adapter rewrote a header or fell back.
-    pub authority_stats: Arc<h2_authority::Stats>,
+    pub authority_stats: Arc<crate::h2_authority::Stats>,
     /// Which (workload, SPIFFE ID) pairs are in the audit log already, from this agent.
     pub reported: Arc<reported::Reported>,
     /// Limits of the Workload API socket.
@@ -99,7 +98,7 @@ impl Agent {
             attestor: Attestor::new("/proc", limits.max_exe_hash_bytes),
             k8s,
             streams: watch::channel(0).0,
-            authority_stats: Arc::new(h2_authority::Stats::default()),
+            authority_stats: Arc::new(crate::h2_authority::Stats::default()),
             reported: Arc::new(reported::Reported::default()),
             workload_api: limits,
             connections: Arc::default(),
@@ -137,7 +136,7 @@ impl Agent {
 /// Serves the Workload API on `listener` until `shutdown` resolves.
 ///
 /// Connections come through [`listener::accept`] (limits, handshake timeout, accept-time
-/// attestation), each wrapped in [`h2_authority::AuthorityRewrite`], so that grpc C-core
+/// attestation), each wrapped in [`crate::h2_authority::AuthorityRewrite`], so that grpc C-core
 /// clients (py-spiffe), which send the socket path as a percent-encoded `:authority` that
 /// h2 refuses, work unchanged (hyperium/h2 issue 487). When `shutdown` resolves, open
 /// streams end with `Unavailable` (clients retry on it elsewhere) and connections drain.

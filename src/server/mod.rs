@@ -1139,17 +1139,24 @@ pub async fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves, then drains.
+///
+/// Each connection is wrapped in [`crate::h2_authority::AuthorityRewrite`], as on the
+/// Workload API socket: gRPC C-core clients (Python's grpcio) send the socket path,
+/// percent-encoded, as `:authority`, which h2 would reset. The wrapper keeps the
+/// stream's SO_PEERCRED, which the admin API authorizes by.
 pub async fn serve_admin(
     listener: UnixListener,
     issuer: Arc<Issuer>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    use tokio_stream::StreamExt;
+    let stats = Arc::new(crate::h2_authority::Stats::default());
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).map(move |stream| {
+        stream.map(|s| crate::h2_authority::AuthorityRewrite::with_stats(s, Arc::clone(&stats)))
+    });
     tonic::transport::Server::builder()
         .add_service(admin::server(issuer)?)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("admin API server failed")
 }

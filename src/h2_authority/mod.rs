@@ -61,7 +61,7 @@ impl Stats {
 ///
 /// ```no_run
 /// # async fn f(listener: tokio::net::UnixListener) -> std::io::Result<()> {
-/// use writ::agent::h2_authority::AuthorityRewrite;
+/// use writ::h2_authority::AuthorityRewrite;
 /// let (stream, _) = listener.accept().await?;
 /// let stream = AuthorityRewrite::new(stream); // then hand it to tonic
 /// # Ok(()) }

@@ -14,6 +14,8 @@
 //! * [`hex`]: lowercase hex and SHA-256 digests.
 //! * [`errors`]: errors and statuses as one line with their causes.
 //! * [`uds`]: gRPC channels over Unix sockets.
+//! * [`health`] and [`reflection`]: the standard gRPC health and reflection services
+//!   every socket serves beside its own.
 //! * [`h2_authority`]: the HTTP/2 `:authority` repair that lets gRPC C-core clients
 //!   (grpcio, py-spiffe) use every Unix socket writ serves.
 //! * [`passwd`]: local accounts from /etc/passwd, uid ↔ name.
@@ -40,6 +42,7 @@ pub mod clock;
 pub mod config;
 pub mod errors;
 pub mod h2_authority;
+pub mod health;
 pub mod hex;
 pub mod httpc;
 pub mod identity;
@@ -50,6 +53,7 @@ pub mod notify;
 pub mod passwd;
 pub mod policy;
 pub mod proto;
+pub mod reflection;
 pub mod server;
 pub mod snapshot;
 pub mod sources;

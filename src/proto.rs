@@ -8,6 +8,11 @@
     clippy::panic
 )]
 
+/// Every proto above, compiled (an encoded `google.protobuf.FileDescriptorSet`, from
+/// build.rs): what gRPC server reflection answers from.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/writ_descriptors.bin"));
+
 /// The SPIFFE Workload API. The proto has no package, so its items live at the root.
 pub mod workload {
     tonic::include_proto!("_");

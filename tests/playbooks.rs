@@ -341,9 +341,15 @@ async fn admin(dev: &Dev) -> (AdminClient<tonic::transport::Channel>, PathBuf) {
     let socket = dev._dir.path().join("admin.sock");
     let listener = bind_unix(&socket, 0o600).await.unwrap();
     let mut stop = dev.stop.subscribe();
-    tokio::spawn(serve_admin(listener, Arc::clone(&dev.issuer), async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }));
+    let health = writ::health::Health::new(&[]).await;
+    tokio::spawn(serve_admin(
+        listener,
+        Arc::clone(&dev.issuer),
+        health,
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    ));
     let client = AdminClient::new(writ::uds::channel(&socket).await.unwrap());
     (client, socket)
 }

@@ -31,6 +31,7 @@ async fn admin(dev: &Dev) -> (AdminClient<tonic::transport::Channel>, watch::Sen
     tokio::spawn(writ::server::serve_admin(
         listener,
         std::sync::Arc::clone(&dev.issuer),
+        writ::health::Health::new(&[]).await,
         async move {
             let _ = rx.wait_for(|s| *s).await;
         },

@@ -645,6 +645,9 @@ mod tests {
         fn max_svid_ttl(&self) -> Duration {
             Duration::from_secs(3600)
         }
+        fn readiness(&self) -> crate::health::Readiness {
+            crate::health::Readiness::NotReady("no server answered".into())
+        }
         async fn sign_x509_batch(
             &self,
             csrs: Vec<(SpiffeId, Vec<u8>)>,

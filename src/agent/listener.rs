@@ -18,8 +18,8 @@
 
 use super::Agent;
 use super::attest::{ConnectedPeer, socket_credentials};
-use crate::h2_authority::AuthorityRewrite;
 use crate::backoff::Backoff;
+use crate::h2_authority::AuthorityRewrite;
 use crate::throttle::Throttle;
 use crate::ttl::Ttl;
 use serde::Deserialize;

@@ -136,10 +136,17 @@ impl Agent {
 /// Serves the Workload API on `listener` until `shutdown` resolves.
 ///
 /// Connections come through [`listener::accept`] (limits, handshake timeout, accept-time
-/// attestation), each wrapped in [`crate::h2_authority::AuthorityRewrite`], so that grpc C-core
-/// clients (py-spiffe), which send the socket path as a percent-encoded `:authority` that
-/// h2 refuses, work unchanged (hyperium/h2 issue 487). When `shutdown` resolves, open
-/// streams end with `Unavailable` (clients retry on it elsewhere) and connections drain.
+/// attestation), each wrapped in [`crate::h2_authority::AuthorityRewrite`], so that grpc
+/// C-core clients (py-spiffe), which send the socket path as a percent-encoded
+/// `:authority` that h2 refuses, work unchanged (hyperium/h2 issue 487). When `shutdown`
+/// resolves, open streams end with `Unavailable` (clients retry on it elsewhere) and
+/// connections drain.
+///
+/// Beside the SPIFFE Workload API, the revocation feed and the agent API, the socket
+/// serves `grpc.health.v1` (SERVING while [`NodeApi::readiness`] says so) and gRPC
+/// reflection, which the Workload API spec recommends. Neither needs the
+/// `workload.spiffe.io` header: only the Workload API's own calls do
+/// ([`workload`]).
 pub async fn serve_workload(
     listener: UnixListener,
     agent: Arc<Agent>,
@@ -150,6 +157,19 @@ pub async fn serve_workload(
         shutdown.await;
         stopping.send_replace(true);
     };
+    let services = [
+        crate::proto::workload::spiffe_workload_api_server::SERVICE_NAME,
+        crate::proto::agent::agent_api_server::SERVICE_NAME,
+        crate::proto::revocation::revocation_server::SERVICE_NAME,
+    ];
+    let health = crate::health::Health::new(&services).await;
+    let node = Arc::clone(&agent.node);
+    tokio::spawn(health.clone().follow(
+        move || node.readiness(),
+        None::<watch::Receiver<()>>,
+        agent.stopped(),
+    ));
+    let listed = [&services[..], &[crate::reflection::HEALTH]].concat();
     let incoming = listener::accept(listener, Arc::clone(&agent), agent.stopped());
     tonic::transport::Server::builder()
         // Each call in a span naming its caller (`workload::call_span`).
@@ -168,6 +188,9 @@ pub async fn serve_workload(
         .add_service(crate::proto::agent::agent_api_server::AgentApiServer::new(
             grants::AgentService::new(agent),
         ))
+        .add_service(health.service())
+        .add_service(crate::reflection::v1(&listed)?)
+        .add_service(crate::reflection::v1alpha(&listed)?)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("Workload API server failed")

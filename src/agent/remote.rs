@@ -191,6 +191,21 @@ fn certified(chain_der: &[u8], key_pkcs8: &[u8]) -> anyhow::Result<Arc<Certified
     )))
 }
 
+/// Whether an agent holding a node SVID valid until `not_after` (none: it holds none) may
+/// serve at `now`: only while it holds one unexpired, without which no server signs for
+/// it.
+pub fn node_svid_readiness(not_after: Option<i64>, now: i64) -> crate::health::Readiness {
+    use crate::health::Readiness;
+    match not_after {
+        Some(not_after) if now < not_after => Readiness::Ready,
+        Some(not_after) => Readiness::NotReady(format!(
+            "the node SVID expired {} s ago and is not renewed yet",
+            now - not_after
+        )),
+        None => Readiness::NotReady("no node SVID yet".into()),
+    }
+}
+
 fn not_after_of(cert_der: &[u8]) -> anyhow::Result<i64> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
         .map_err(|e| anyhow::anyhow!("node SVID unreadable: {e}"))?;
@@ -798,6 +813,17 @@ impl NodeApi for RemoteNode {
         )
     }
 
+    fn readiness(&self) -> crate::health::Readiness {
+        let not_after = self
+            .tls
+            .node
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(_, not_after)| *not_after);
+        node_svid_readiness(not_after, self.clock.unix())
+    }
+
     async fn sign_x509_batch(
         &self,
         csrs: Vec<(SpiffeId, Vec<u8>)>,
@@ -932,6 +958,18 @@ impl NodeApi for RemoteNode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agent_serves_only_while_it_holds_an_unexpired_node_svid() {
+        use crate::health::Readiness;
+        assert_eq!(node_svid_readiness(Some(1_000), 999), Readiness::Ready);
+        for (not_after, now) in [(Some(1_000), 1_000), (Some(1_000), 5_000), (None, 0)] {
+            assert!(
+                matches!(node_svid_readiness(not_after, now), Readiness::NotReady(_)),
+                "{not_after:?} at {now}"
+            );
+        }
+    }
 
     #[test]
     fn only_unavailable_moves_the_agent_to_another_server() {

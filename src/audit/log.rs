@@ -23,6 +23,7 @@
 use super::note::LogKey;
 use super::shared::{self, SharedHashes, SharedLog};
 use super::{AuditError, Record, record::MAX_RECORD_LEN};
+use crate::health::OpenedFile;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
@@ -146,6 +147,11 @@ struct Inner {
     durable: watch::Sender<u64>,
     fail_commits: AtomicBool,
     commits: AtomicU64,
+    /// Why the last commit failed; `None` once one succeeds (a readiness check, and
+    /// what wakes it).
+    failure: watch::Sender<Option<String>>,
+    /// A log of its own: its file, as opened.
+    file: std::sync::OnceLock<OpenedFile>,
 }
 
 /// A submitted record and what waits on it.
@@ -214,7 +220,13 @@ impl AuditLog {
             tx.commit().map_err(db_err)?;
             size
         };
-        Self::start(Place::Local(db), Arc::new(key), origin, size, u64::MAX)
+        let file = OpenedFile::at(path)?;
+        let log = Self::start(Place::Local(db), Arc::new(key), origin, size, u64::MAX)?;
+        log.inner
+            .file
+            .set(file)
+            .map_err(|_| AuditError::Invalid("the log's file was set twice".into()))?;
+        Ok(log)
     }
 
     /// Opens the log several servers share in `log` (docs/ha.md, "The audit log"), as the
@@ -274,6 +286,8 @@ impl AuditLog {
             durable,
             fail_commits: AtomicBool::new(false),
             commits: AtomicU64::new(0),
+            failure: watch::channel(None).0,
+            file: std::sync::OnceLock::new(),
         });
         let (poke, extender) = match inner.place {
             Place::Local(_) => (None, None),
@@ -577,6 +591,25 @@ impl AuditLog {
         )?)
     }
 
+    /// Whether the log can take records: its last commit did not fail and, a log of its
+    /// own, its file is still the one opened (the readiness check of `grpc.health.v1`).
+    pub fn check(&self) -> Result<(), AuditError> {
+        if let Some(why) = self.inner.failure.borrow().as_ref() {
+            return Err(AuditError::Unavailable(format!(
+                "the last audit commit failed: {why}"
+            )));
+        }
+        match self.inner.file.get() {
+            Some(file) => file.check().map_err(AuditError::Store),
+            None => Ok(()),
+        }
+    }
+
+    /// Changes each time commits start or stop failing (see [`AuditLog::check`]).
+    pub fn failures(&self) -> watch::Receiver<Option<String>> {
+        self.inner.failure.subscribe()
+    }
+
     /// Makes every commit fail until cleared: for tests of fail-closed behaviour.
     #[doc(hidden)]
     pub fn fail_commits(&self, fail: bool) {
@@ -655,7 +688,14 @@ impl Inner {
                 }
                 continue;
             }
-            match self.commit(&batch) {
+            let outcome = self.commit(&batch);
+            let failure = outcome.as_ref().err().map(ToString::to_string);
+            self.failure.send_if_modified(|last| {
+                let changed = *last != failure;
+                *last = failure;
+                changed
+            });
+            match outcome {
                 Ok(size) => {
                     self.commits.fetch_add(1, Ordering::Relaxed);
                     if let Some(size) = size {

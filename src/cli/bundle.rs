@@ -1,4 +1,4 @@
-//! `writ bundle show` and `writ healthcheck`.
+//! `writ bundle show`.
 
 use super::AdminArgs;
 use super::client::{connect, rpc_error};
@@ -77,87 +77,6 @@ pub async fn show(args: ShowArgs) -> anyhow::Result<()> {
                 }
             }
         }
-    }
-    Ok(())
-}
-
-pub async fn healthcheck(args: AdminArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args).await?;
-    let health = client
-        .health(pb::HealthRequest {})
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
-    let replicas: Vec<serde_json::Value> = health
-        .replication
-        .iter()
-        .flat_map(|r| &r.replicas)
-        .map(|r| {
-            serde_json::json!({
-                "name": r.name,
-                "state": r.state,
-                "applied_version": r.applied_version,
-                "heartbeat_age_ms": r.heartbeat_age_ms,
-                "lease_age_ms": (r.lease_age_ms >= 0).then_some(r.lease_age_ms),
-            })
-        })
-        .collect();
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "status": if health.signing { "ok" } else { "not_signing" },
-                "version": health.version,
-                "trust_domain": health.trust_domain,
-                "trust_domains": health.trust_domains,
-                "not_signing": (!health.signing).then_some(&health.not_signing),
-                "replication": health.replication.as_ref().map(|r| serde_json::json!({
-                    "this_replica": r.this_replica,
-                    "policy_version": r.policy_version,
-                    "applied_version": r.applied_version,
-                    "store_error": (!r.store_error.is_empty()).then_some(&r.store_error),
-                    "replicas": replicas,
-                })),
-            })
-        );
-    } else {
-        if health.signing {
-            println!(
-                "ok: writ {} serving {}",
-                health.version,
-                health.trust_domains.join(", ")
-            );
-        } else {
-            println!(
-                "not signing: writ {}: {}",
-                health.version,
-                super::output::escape(&health.not_signing)
-            );
-        }
-        if let Some(r) = &health.replication {
-            println!(
-                "replica {} has applied policy version {} of {}",
-                super::output::escape(&r.this_replica),
-                r.applied_version,
-                r.policy_version
-            );
-            if !r.store_error.is_empty() {
-                println!("store: {}", super::output::escape(&r.store_error));
-            }
-            for s in &r.replicas {
-                println!(
-                    "  {:<32} {:<8} applied {:>6}  heartbeat {} ms ago",
-                    super::output::escape(&s.name),
-                    super::output::escape(&s.state),
-                    s.applied_version,
-                    s.heartbeat_age_ms
-                );
-            }
-        }
-    }
-    if !health.signing {
-        // Not serving: a probe (systemd, Kubernetes) must see the failure.
-        std::process::exit(1);
     }
     Ok(())
 }

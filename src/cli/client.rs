@@ -53,17 +53,19 @@ impl tonic::service::Interceptor for InTenant {
     }
 }
 
+/// A channel to the admin API the flags name: the socket, or `--server` over mTLS.
+pub async fn channel(args: &AdminArgs) -> anyhow::Result<Channel> {
+    match &args.server {
+        Some(server) => connect_remote(server, args).await,
+        None => connect_socket(&args.admin_socket).await,
+    }
+}
+
 /// A client for the admin API.
 pub async fn connect<'a>(target: impl Into<Target<'a>>) -> anyhow::Result<Admin> {
     let (channel, tenant) = match target.into() {
         Target::Socket(path) => (connect_socket(path).await?, None),
-        Target::Args(args) => (
-            match &args.server {
-                Some(server) => connect_remote(server, args).await?,
-                None => connect_socket(&args.admin_socket).await?,
-            },
-            args.tenant.as_deref(),
-        ),
+        Target::Args(args) => (channel(args).await?, args.tenant.as_deref()),
     };
     let tenant = match tenant.filter(|t| !t.is_empty()) {
         Some(t) => {

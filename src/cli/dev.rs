@@ -257,10 +257,14 @@ async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result
         signers.await;
         Ok(())
     });
-    tasks.spawn(
-        "admin API",
-        serve_admin(admin, Arc::clone(issuer), tasks.stopped()),
-    );
+    // grpc.health.v1 on every socket of the issuer's: NOT_SERVING until the CAs sign and
+    // the store and audit log answer (a signing replica waits below for its
+    // intermediates with the admin socket up, not serving).
+    let health = crate::server::health::start(issuer, tasks.stopped()).await;
+    {
+        let (issuer, health, stopped) = (Arc::clone(issuer), health.clone(), tasks.stopped());
+        tasks.spawn("admin API", serve_admin(admin, issuer, health, stopped));
+    }
     let remote_admin = issuer
         .config
         .admin_listen
@@ -297,10 +301,20 @@ async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result
             &crate::agent::remote::read_pem_certs(ca)?,
         )?;
         let service = crate::server::admin::server(Arc::clone(issuer))?;
+        let services = [
+            crate::proto::admin::admin_server::SERVICE_NAME,
+            crate::reflection::HEALTH,
+        ];
+        let reflection = crate::reflection::v1(&services)?;
+        let reflection_alpha = crate::reflection::v1alpha(&services)?;
+        let health = health.service();
         let stopped = tasks.stopped();
         tasks.spawn("remote admin API", async move {
             tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(health)
+                .add_service(reflection)
+                .add_service(reflection_alpha)
                 .serve_with_incoming_shutdown(accept_tls(listener, tls, AdminPeer::of), stopped)
                 .await
                 .context("remote admin API server failed")
@@ -333,11 +347,13 @@ async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result
             None => Vec::new(),
         };
         let service = NodeService::new(Arc::clone(issuer), roots);
+        let health = health.service();
         let stopped = tasks.stopped();
         tasks.spawn("node API", async move {
             tonic::transport::Server::builder()
                 .trace_fn(crate::server::node::call_span)
                 .add_service(crate::server::node::server(service))
+                .add_service(health)
                 .serve_with_incoming_shutdown(accept_tls(listener, tls, NodePeer::of), stopped)
                 .await
                 .context("node API server failed")

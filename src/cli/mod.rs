@@ -8,6 +8,7 @@ mod bundle;
 mod client;
 mod dev;
 mod grant;
+mod healthcheck;
 mod incident;
 mod mint;
 mod operator;
@@ -133,8 +134,9 @@ enum Command {
     /// The tamper-evident audit log: read it, checkpoint it, prove it intact.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Check that the server answers.
-    Healthcheck(AdminArgs),
+    /// grpc.health.v1 of the server (or, with --socket, an agent): exit 0 when SERVING,
+    /// 1 when not or when nothing answers.
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// Back up the server's store, audit log and keys into one encrypted file (admins,
     /// on the server's host).
     Backup(backup::BackupArgs),
@@ -432,7 +434,7 @@ impl Cli {
             Command::Playbook(command) => playbook::run(command).await,
             Command::Svid(SvidCommand::List(args)) => svid::list(args).await,
             Command::Svid(SvidCommand::Revoke(args)) => svid::revoke(args).await,
-            Command::Healthcheck(args) => bundle::healthcheck(args).await,
+            Command::Healthcheck(args) => healthcheck::run(args).await,
             Command::Backup(args) => backup::backup(args).await,
             Command::Restore(args) => backup::restore(args).await,
         }

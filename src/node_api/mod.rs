@@ -172,6 +172,11 @@ pub trait NodeApi: Send + Sync + 'static {
     fn bundles(&self) -> watch::Receiver<Arc<BundleSet>>;
     /// The longest TTL any SVID may have: how long revocations must be remembered.
     fn max_svid_ttl(&self) -> std::time::Duration;
+    /// Whether the agent can have SVIDs signed now, as its Workload API's
+    /// `grpc.health.v1` says it (docs/architecture.md, "Health and reflection"): an agent
+    /// of remote servers while it holds an unexpired node SVID; `writ dev`'s agent in
+    /// process while its issuer is ready. May block.
+    fn readiness(&self) -> crate::health::Readiness;
     /// Signs CSRs, each for an identity policy entitles some workload to now; one result
     /// per CSR, in order.
     async fn sign_x509_batch(

@@ -106,6 +106,10 @@ impl NodeApi for LocalNode {
         self.issuer.config.ca.max_svid_ttl
     }
 
+    fn readiness(&self) -> crate::health::Readiness {
+        self.issuer.readiness()
+    }
+
     async fn sign_x509_batch(
         &self,
         csrs: Vec<(SpiffeId, Vec<u8>)>,

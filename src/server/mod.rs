@@ -6,6 +6,7 @@
 pub mod admin;
 pub(crate) mod commits;
 pub mod fair;
+pub mod health;
 pub mod local_node;
 pub mod node;
 pub mod registry;
@@ -1138,7 +1139,8 @@ pub async fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     bound
 }
 
-/// Serves the admin API on `listener` until `shutdown` resolves, then drains.
+/// Serves the admin API on `listener` until `shutdown` resolves, then drains; beside it
+/// `grpc.health.v1` (`health`, see [`health::start`]) and gRPC reflection.
 ///
 /// Each connection is wrapped in [`crate::h2_authority::AuthorityRewrite`], as on the
 /// Workload API socket: gRPC C-core clients (Python's grpcio) send the socket path,
@@ -1147,15 +1149,23 @@ pub async fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
 pub async fn serve_admin(
     listener: UnixListener,
     issuer: Arc<Issuer>,
+    health: crate::health::Health,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     use tokio_stream::StreamExt;
+    let services = [
+        crate::proto::admin::admin_server::SERVICE_NAME,
+        crate::reflection::HEALTH,
+    ];
     let stats = Arc::new(crate::h2_authority::Stats::default());
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).map(move |stream| {
         stream.map(|s| crate::h2_authority::AuthorityRewrite::with_stats(s, Arc::clone(&stats)))
     });
     tonic::transport::Server::builder()
         .add_service(admin::server(issuer)?)
+        .add_service(health.service())
+        .add_service(crate::reflection::v1(&services)?)
+        .add_service(crate::reflection::v1alpha(&services)?)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("admin API server failed")

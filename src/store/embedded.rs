@@ -2,6 +2,7 @@
 //! Every write transaction commits with `Durability::Immediate`.
 
 use super::{Backend, Change, StoreError, Table, Write, db_err};
+use crate::health::OpenedFile;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 
@@ -23,6 +24,8 @@ fn definition(table: Table) -> TableDefinition<'static, &'static str, &'static [
 
 pub(super) struct Embedded {
     db: Database,
+    /// The file opened, to notice it deleted or replaced (a readiness check).
+    file: OpenedFile,
 }
 
 impl Embedded {
@@ -34,7 +37,9 @@ impl Embedded {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| StoreError::Db(format!("chmod {}: {e}", path.display())))?;
         }
-        let store = Embedded { db };
+        let file =
+            OpenedFile::at(path).map_err(|e| StoreError::Db(format!("{}: {e}", path.display())))?;
+        let store = Embedded { db, file };
         store.init_schema()?;
         Ok(store)
     }
@@ -111,6 +116,11 @@ impl Backend for Embedded {
         Ok(Some(Snapshot {
             tx: self.db.begin_read().map_err(db_err)?,
         }))
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        self.file.check().map_err(StoreError::Db)?;
+        self.schema_version().map(drop)
     }
 
     fn schema_version(&self) -> Result<u64, StoreError> {

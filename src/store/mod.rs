@@ -160,6 +160,11 @@ impl Write {
 pub(crate) trait Backend: Send + Sync {
     /// The stored schema version.
     fn schema_version(&self) -> Result<u64, StoreError>;
+    /// Whether the store still answers: a read that goes all the way to it (the
+    /// readiness check of `grpc.health.v1`, docs/architecture.md "Health and reflection").
+    fn check(&self) -> Result<(), StoreError> {
+        self.schema_version().map(drop)
+    }
     /// One row's body.
     fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every row's body, in key order, handed to `visit` one at a time.
@@ -629,6 +634,12 @@ impl Store {
             StoreLocation::Embedded => Store::open(&data_dir.join("writ.redb")),
             StoreLocation::Postgres(url) => Store::connect_postgres(url),
         }
+    }
+
+    /// Whether the store still answers and, embedded, is still the file at its path (one
+    /// deleted or replaced under a running server takes writes no later start would see).
+    pub fn check(&self) -> Result<(), StoreError> {
+        self.backend.check()
     }
 
     /// The audit log several servers share (docs/ha.md, "The audit log"), when this store

@@ -43,9 +43,10 @@ impl AdminService {
         self.authorize(&request, Operation::Health)?;
         let issuer = std::sync::Arc::clone(&self.issuer);
         let (not_signing, replication) = tokio::task::spawn_blocking(move || {
-            let not_signing = match issuer.registry.issuance_gate() {
-                Ok(_) => crate::server::signers::not_signing(&issuer).unwrap_or_default(),
-                Err(e) => e.to_string(),
+            // The same check as grpc.health.v1's (server::health), with its reason.
+            let not_signing = match issuer.readiness() {
+                crate::health::Readiness::Ready => String::new(),
+                crate::health::Readiness::NotReady(why) => why,
             };
             (not_signing, replication(&issuer))
         })

@@ -96,42 +96,50 @@ impl Health {
         self.set(readiness.status()).await;
     }
 
-    /// Publishes what `check` says now, then every [`RECHECK`] and whenever `wake`
-    /// changes, until `shutdown`; then NOT_SERVING. `check` may block (it runs on the
-    /// blocking pool).
+    /// Publishes what `check` says now (so a server started after this answers with a
+    /// checked status); then, in a task this spawns, again every [`RECHECK`] and whenever
+    /// `wake` changes, until `shutdown`, and then NOT_SERVING. `check` may block (it
+    /// runs on the blocking pool).
     pub async fn follow<W: Send + Sync + 'static>(
         self,
         check: impl Fn() -> Readiness + Send + Sync + 'static,
         mut wake: Option<watch::Receiver<W>>,
-        shutdown: impl Future<Output = ()>,
-    ) {
-        let check = Arc::new(check);
-        tokio::pin!(shutdown);
-        loop {
-            let run = Arc::clone(&check);
-            let readiness = tokio::task::spawn_blocking(move || run())
-                .await
-                .unwrap_or_else(|e| {
-                    Readiness::NotReady(format!("the readiness check failed: {e}"))
-                });
-            self.publish(readiness).await;
-            let woken = async {
-                match wake.as_mut() {
-                    Some(wake) => {
-                        if wake.changed().await.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = &mut shutdown => break,
-                () = tokio::time::sleep(RECHECK) => {}
-                () = woken => {}
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let check: Arc<dyn Fn() -> Readiness + Send + Sync> = Arc::new(check);
+        let run = |check: &Arc<dyn Fn() -> Readiness + Send + Sync>| {
+            let check = Arc::clone(check);
+            async move {
+                tokio::task::spawn_blocking(move || check())
+                    .await
+                    .unwrap_or_else(|e| {
+                        Readiness::NotReady(format!("the readiness check failed: {e}"))
+                    })
             }
-        }
-        self.set(ServingStatus::NotServing).await;
+        };
+        self.publish(run(&check).await).await;
+        tokio::spawn(async move {
+            tokio::pin!(shutdown);
+            loop {
+                let woken = async {
+                    match wake.as_mut() {
+                        Some(wake) => {
+                            if wake.changed().await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(RECHECK) => {}
+                    () = woken => {}
+                }
+                self.publish(run(&check).await).await;
+            }
+            self.set(ServingStatus::NotServing).await;
+        })
     }
 }
 
@@ -235,24 +243,29 @@ mod tests {
     #[tokio::test]
     async fn following_publishes_each_check_and_ends_not_serving() {
         let health = Health::new(&["a.A"]).await;
-        let (ready_tx, ready_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = watch::channel(true);
         let ready = ready_rx.clone();
         let (stop, stopped) = watch::channel(false);
-        let follower = tokio::spawn(health.clone().follow(
-            move || match *ready.borrow() {
-                true => Readiness::Ready,
-                false => Readiness::NotReady("not yet".into()),
-            },
-            Some(ready_rx),
-            async move {
-                let mut stopped = stopped;
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        ));
+        let follower = health
+            .clone()
+            .follow(
+                move || match *ready.borrow() {
+                    true => Readiness::Ready,
+                    false => Readiness::NotReady("not yet".into()),
+                },
+                Some(ready_rx),
+                async move {
+                    let mut stopped = stopped;
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            )
+            .await;
+        // The first check is published before `follow` returns: a server started next
+        // never answers the unchecked status.
+        let serving = Ok(ServingStatus::Serving as i32);
+        assert_eq!(check(&health, "a.A").await, serving);
         let mut statuses = watch_status(&health, "a.A").await;
         // Each change of `wake` is checked at once, not at the next RECHECK.
-        ready_tx.send_replace(true);
-        wait_for(&mut statuses, ServingStatus::Serving).await;
         ready_tx.send_replace(false);
         wait_for(&mut statuses, ServingStatus::NotServing).await;
         ready_tx.send_replace(true);

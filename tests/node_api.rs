@@ -308,6 +308,14 @@ fn join_token_agent_serves_incident_identities() {
         )
     );
 
+    // The agent holds its node SVID: its socket's grpc.health.v1 says SERVING, and so
+    // does the server's node API's health on the admin socket.
+    let socket = agent.socket();
+    let health = server.ok(&["healthcheck", "--socket", socket.to_str().unwrap()]);
+    assert_eq!(health.trim(), "SERVING");
+    let health = server.ok(&["healthcheck", "--service", "writ.node.v1.Node"]);
+    assert_eq!(health.trim(), "writ.node.v1.Node: SERVING");
+
     server.profile("triage", WORKLOAD);
     // A profile alone grants nothing.
     wait_no_identity(&agent.socket(), WORKLOAD);
@@ -555,8 +563,15 @@ fn a_second_server_signs_through_its_own_intermediate_once_admitted() {
         "0"
     );
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    // Its CAs cannot sign yet: grpc.health.v1 on its admin socket says NOT_SERVING (and
+    // the admin detail says what to do), SERVING only once they are certified (below).
     let health = second.run(&["healthcheck"]);
     assert!(!health.status.success(), "{health:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&health.stdout).lines().next(),
+        Some("NOT_SERVING"),
+        "{health:?}"
+    );
     assert!(
         String::from_utf8_lossy(&health.stdout).contains("writ replica admit --key-sha256")
             || String::from_utf8_lossy(&health.stderr).contains("writ replica admit --key-sha256"),

@@ -164,11 +164,16 @@ pub async fn serve_workload(
     ];
     let health = crate::health::Health::new(&services).await;
     let node = Arc::clone(&agent.node);
-    tokio::spawn(health.clone().follow(
-        move || node.readiness(),
-        None::<watch::Receiver<()>>,
-        agent.stopped(),
-    ));
+    drop(
+        health
+            .clone()
+            .follow(
+                move || node.readiness(),
+                None::<watch::Receiver<()>>,
+                agent.stopped(),
+            )
+            .await,
+    );
     let listed = [&services[..], &[crate::reflection::HEALTH]].concat();
     let incoming = listener::accept(listener, Arc::clone(&agent), agent.stopped());
     tonic::transport::Server::builder()

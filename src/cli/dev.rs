@@ -280,6 +280,7 @@ async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result
         // for the root's holder to certify it; until then agents use other servers.
         crate::server::signers::await_intermediates(issuer, crate::server::signers::ADMISSION_WAIT)
             .await?;
+        issuer.recheck_readiness();
     }
     let identity = if issuer.config.node_listen.is_some() || remote_admin.is_some() {
         let identity = ServerIdentity::new(Arc::clone(issuer))?;

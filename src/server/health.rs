@@ -36,6 +36,12 @@ pub fn decide(signing: Option<String>, store: Option<String>, audit: Option<Stri
 }
 
 impl Issuer {
+    /// Has the readiness checked again now, not at the next period: for changes that do
+    /// not show in a failure (intermediates certified, audit commits working again).
+    pub fn recheck_readiness(&self) {
+        self.readiness_wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// Checks, now, what the issuer needs to serve (see the module docs). Blocking: it
     /// reads the store.
     pub fn readiness(&self) -> Readiness {
@@ -51,19 +57,36 @@ impl Issuer {
     }
 }
 
-/// The issuer's `grpc.health.v1`, NOT_SERVING until its first check passes, followed
-/// until `shutdown` by a task this spawns. Add [`Health::service`] to each server.
+/// The issuer's `grpc.health.v1`, with its first check published, followed until
+/// `shutdown` by a task this spawns. Add [`Health::service`] to each server.
 pub async fn start(
     issuer: &Arc<Issuer>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Health {
     let health = Health::new(&SERVICES).await;
+    // Audit commits starting or stopping to fail are checked at once. (Weak: this task
+    // must not keep the issuer, and so the log, alive.)
+    let mut failures = issuer.audit.failures();
+    let weak = Arc::downgrade(issuer);
+    tokio::spawn(async move {
+        while failures.changed().await.is_ok() {
+            match weak.upgrade() {
+                Some(issuer) => issuer.recheck_readiness(),
+                None => break,
+            }
+        }
+    });
     let checked = Arc::clone(issuer);
-    tokio::spawn(health.clone().follow(
-        move || checked.readiness(),
-        Some(issuer.audit.failures()),
-        shutdown,
-    ));
+    drop(
+        health
+            .clone()
+            .follow(
+                move || checked.readiness(),
+                Some(issuer.readiness_wake.subscribe()),
+                shutdown,
+            )
+            .await,
+    );
     health
 }
 

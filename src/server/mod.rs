@@ -58,6 +58,9 @@ pub struct Issuer {
     /// Issuance slots, passed round-robin between tenants: one tenant's storm of CSRs
     /// waits behind another tenant's, not the other way round (docs/multi-tenant.md).
     issuance: fair::Fair,
+    /// Bumped to have the readiness of `grpc.health.v1` checked again at once
+    /// ([`Issuer::recheck_readiness`]).
+    readiness_wake: tokio::sync::watch::Sender<u64>,
 }
 
 /// Why an agent's activity report was not recorded.
@@ -258,6 +261,7 @@ impl Issuer {
             bundles,
             audit,
             issuance: fair::Fair::shared(issuance_slots),
+            readiness_wake: tokio::sync::watch::channel(0).0,
         }))
     }
 

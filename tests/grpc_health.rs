@@ -14,7 +14,6 @@ mod common;
 use common::bin::DevProcess;
 use common::dev;
 use serde_json::Value;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
@@ -175,18 +174,7 @@ async fn wait_for(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_audit_commit_makes_the_admin_and_node_services_not_serving_until_one_succeeds() {
     let dev = dev::start(writ::ca::CaConfig::default()).await;
-    let socket: PathBuf = dev._dir.path().join("admin.sock");
-    let listener = writ::server::bind_unix(&socket, 0o600).await.unwrap();
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let health = writ::server::health::start(&dev.issuer, stopped(dev.stop.subscribe())).await;
-    tokio::spawn(writ::server::serve_admin(
-        listener,
-        Arc::clone(&dev.issuer),
-        health,
-        stopped(dev.stop.subscribe()),
-    ));
+    let socket = dev.serve_admin(&dev.stop).await;
     let mut overall = watch(&socket, "").await;
     let mut node = watch(&socket, "writ.node.v1.Node").await;
     wait_for(&mut overall, ServingStatus::Serving).await;

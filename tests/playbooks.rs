@@ -12,7 +12,6 @@ use common::dev::{Dev, my_uid, start};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::StreamExt;
 use writ::ca::CaConfig;
@@ -22,7 +21,6 @@ use writ::policy::playbook::{
 use writ::policy::{Grant, Incident, IncidentState, Profile, Selector, Severity};
 use writ::proto::admin::{self as pb, admin_client::AdminClient};
 use writ::server::registry::RegistryError;
-use writ::server::{bind_unix, serve_admin};
 use writ_verifier::claims::JWT_CLAIMS_KEY;
 use writ_verifier::x509::Usage;
 use writ_verifier::{Band, verify_x509_svid};
@@ -338,18 +336,7 @@ async fn activations_outside_the_bounds_issue_nothing() {
 
 /// The admin API on a temp socket beside `dev`, served until `dev` is dropped.
 async fn admin(dev: &Dev) -> (AdminClient<tonic::transport::Channel>, PathBuf) {
-    let socket = dev._dir.path().join("admin.sock");
-    let listener = bind_unix(&socket, 0o600).await.unwrap();
-    let mut stop = dev.stop.subscribe();
-    let health = writ::health::Health::new(&[]).await;
-    tokio::spawn(serve_admin(
-        listener,
-        Arc::clone(&dev.issuer),
-        health,
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
-        },
-    ));
+    let socket = dev.serve_admin(&dev.stop).await;
     let client = AdminClient::new(writ::uds::channel(&socket).await.unwrap());
     (client, socket)
 }

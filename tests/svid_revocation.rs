@@ -25,17 +25,8 @@ const TRIAGE_INC_1: &str = "spiffe://investigate.example.org/agent/triage/incide
 
 /// The admin API of `dev`'s issuer on its own temp socket; stops with the returned sender.
 async fn admin(dev: &Dev) -> (AdminClient<tonic::transport::Channel>, watch::Sender<bool>) {
-    let path = dev.socket.with_file_name("admin.sock");
-    let listener = writ::server::bind_unix(&path, 0o600).await.unwrap();
-    let (stop, mut rx) = watch::channel(false);
-    tokio::spawn(writ::server::serve_admin(
-        listener,
-        std::sync::Arc::clone(&dev.issuer),
-        writ::health::Health::new(&[]).await,
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        },
-    ));
+    let stop = watch::channel(false).0;
+    let path = dev.serve_admin(&stop).await;
     let client = AdminClient::new(writ::uds::channel(&path).await.unwrap());
     (client, stop)
 }

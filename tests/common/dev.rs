@@ -76,6 +76,28 @@ pub fn my_uid() -> u32 {
 }
 
 impl Dev {
+    /// Serves this issuer's admin API (with its grpc.health.v1) on `admin.sock` beside the
+    /// Workload API socket until `stop` is sent (or the `Dev` dropped); returns its path.
+    pub async fn serve_admin(&self, stop: &watch::Sender<bool>) -> PathBuf {
+        let path = self.socket.with_file_name("admin.sock");
+        let listener = bind_unix(&path, 0o600).await.unwrap();
+        let (mut stopped, mut dropped) = (stop.subscribe(), self.stop.subscribe());
+        let stopped = async move {
+            tokio::select! {
+                _ = stopped.wait_for(|s| *s) => {}
+                _ = dropped.wait_for(|s| *s) => {}
+            }
+        };
+        let health = writ::server::health::start(&self.issuer, std::future::pending()).await;
+        tokio::spawn(writ::server::serve_admin(
+            listener,
+            Arc::clone(&self.issuer),
+            health,
+            stopped,
+        ));
+        path
+    }
+
     pub async fn client(&self) -> WorkloadApiClient {
         WorkloadApiClient::connect_to(format!("unix://{}", self.socket.display()))
             .await

@@ -178,6 +178,16 @@ fn operators_reach_the_admin_api_over_mtls_with_their_roles() {
         &["operator", "list", "--json"],
     );
     assert!(String::from_utf8_lossy(&listed.stdout).contains("\"alice\""));
+    // grpc.health.v1 answers on the remote listener too (over the same mTLS).
+    let health = remote(
+        admin_port,
+        &alice_cert,
+        &alice_key,
+        &bundle,
+        &["healthcheck", "--json"],
+    );
+    let health: serde_json::Value = serde_json::from_slice(&health.stdout).unwrap();
+    assert_eq!(health["serving"], "SERVING", "{health}");
 
     // Her roles hold remotely too.
     one_error(

@@ -96,6 +96,8 @@ pub struct RawConfig {
     /// Log levels per module, e.g. `info,writ::agent=debug` (`--log-level` and
     /// `WRIT_LOG` beat it).
     pub log_level: Option<String>,
+    /// `ip:port` of the Prometheus endpoint (docs/metrics.md); unset, nothing listens.
+    pub metrics_listen: Option<String>,
 }
 
 /// Where incident sources post, and what they are (docs/incident-sources.md).
@@ -154,6 +156,8 @@ pub struct Config {
     pub k8s_psat: Vec<std::sync::Arc<crate::k8s_psat::Cluster>>,
     /// Kubernetes workload attestation (`writ dev`), if configured.
     pub k8s: Option<crate::agent::k8s::K8sConfig>,
+    /// Where the Prometheus endpoint listens, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The highest `max_incident_lifetime` accepted.
@@ -213,6 +217,7 @@ impl RawConfig {
             self.incident_sources,
         )?;
         let notify = crate::notify::config::resolve(self.notify)?;
+        let metrics_listen = metrics_listen(self.metrics_listen)?;
         let store = match self.store {
             None => crate::store::StoreLocation::default(),
             Some(text) => text.parse().map_err(|e: String| anyhow::anyhow!("{e}"))?,
@@ -240,6 +245,7 @@ impl RawConfig {
             notify,
             k8s_psat: crate::k8s_psat::resolve(self.k8s_psat)?,
             k8s: self.k8s,
+            metrics_listen,
             data_dir,
             store,
             trust_domain,
@@ -294,6 +300,19 @@ fn webhooks(
     }))
 }
 
+/// `metrics_listen`, checked: an IP address and a port (`127.0.0.1:9090`, `[::1]:9090`;
+/// port 0 picks a free one). Plain HTTP: docs/metrics.md says where to bind it.
+fn metrics_listen(text: Option<String>) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let Some(text) = text else { return Ok(None) };
+    text.parse().map(Some).map_err(|_| {
+        // Debug-quoted (control characters escaped) and cut short: it is echoed.
+        let shown: String = text.chars().take(64).collect();
+        anyhow::anyhow!(
+            "metrics_listen {shown:?} is not an ip:port (e.g. \"127.0.0.1:9090\" or \"[::1]:9090\")"
+        )
+    })
+}
+
 /// `writ agent`'s file, as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -332,6 +351,8 @@ pub struct RawAgentConfig {
     /// Log levels per module, e.g. `info,writ::agent=debug` (`--log-level` and
     /// `WRIT_LOG` beat it).
     pub log_level: Option<String>,
+    /// `ip:port` of the Prometheus endpoint (docs/metrics.md); unset, nothing listens.
+    pub metrics_listen: Option<String>,
 }
 
 /// `server_address` as written: the old single string, or a list.
@@ -366,6 +387,8 @@ pub struct AgentConfig {
     pub shutdown_grace: Duration,
     /// Kubernetes workload attestation, if configured.
     pub k8s: Option<crate::agent::k8s::K8sConfig>,
+    /// Where the Prometheus endpoint listens, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Default drain time of a stopping process.
@@ -445,6 +468,7 @@ impl RawAgentConfig {
             workload_api: self.workload_api,
             shutdown_grace: shutdown_grace(self.shutdown_grace)?,
             k8s: self.k8s,
+            metrics_listen: metrics_listen(self.metrics_listen)?,
         })
     }
 }
@@ -704,6 +728,35 @@ mod tests {
         assert_eq!(dev.resolve().unwrap().k8s, Some(k8s));
         assert_eq!(RawConfig::default().resolve().unwrap().k8s, None);
         assert!(toml::from_str::<RawAgentConfig>("[k8s]\nkubelet_ur = \"x\"").is_err());
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_an_ip_and_port_when_set() {
+        assert_eq!(RawConfig::default().resolve().unwrap().metrics_listen, None);
+        let on: RawConfig = toml::from_str("metrics_listen = \"127.0.0.1:9090\"").unwrap();
+        assert_eq!(
+            on.resolve().unwrap().metrics_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        for bad in ["nonsense", "localhost:9090", "127.0.0.1", ":9090", "1.2.3.4:99999"] {
+            let raw: RawConfig = toml::from_str(&format!("metrics_listen = {bad:?}")).unwrap();
+            let e = format!("{:#}", raw.resolve().unwrap_err());
+            assert!(e.contains("metrics_listen") && e.contains("ip:port"), "{bad}: {e}");
+        }
+        let agent = |line: &str| {
+            toml::from_str::<RawAgentConfig>(&format!(
+                "server_address = \"writ:8443\"\ntrust_bundle = \"/b.pem\"\n{line}"
+            ))
+            .unwrap()
+            .resolve()
+            .map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(agent("").unwrap().metrics_listen, None);
+        assert_eq!(
+            agent("metrics_listen = \"[::1]:9091\"").unwrap().metrics_listen,
+            Some("[::1]:9091".parse().unwrap())
+        );
+        assert!(agent("metrics_listen = \"nonsense\"").unwrap_err().contains("ip:port"));
     }
 
     #[test]

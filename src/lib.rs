@@ -24,6 +24,8 @@
 //!   neither side owns it, and the agent depends on nothing else of the server's.
 //! * [`notify`]: approver notifications: grant events posted to outbound webhooks
 //!   (Slack or JSON), retried, never blocking a request.
+//! * [`metrics`]: the Prometheus metrics of a process and their HTTP endpoint
+//!   (docs/metrics.md); used by the issuer and the agent, using neither.
 //! * [`backoff`]: jittered exponential backoff for reconnect and retry loops.
 //! * [`backup`]: backup archives of a data directory (encrypted with age) and restoring
 //!   them.
@@ -48,6 +50,7 @@ pub mod httpc;
 pub mod identity;
 pub mod k8s_psat;
 pub mod logging;
+pub mod metrics;
 pub mod node_api;
 pub mod notify;
 pub mod passwd;

@@ -10,18 +10,22 @@ pub mod endpoints;
 pub mod grants;
 pub mod k8s;
 pub mod listener;
+pub mod propagation;
 pub mod remote;
 pub mod reported;
 pub mod revocation;
 pub mod workload;
 
 use crate::clock::SharedClock;
+use crate::metrics::Metrics;
 use crate::node_api::NodeApi;
 use crate::proto::revocation::revocation_server::RevocationServer;
 use crate::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use anyhow::Context;
 use attest::Attestor;
 use cache::SvidCache;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::UnixListener;
@@ -55,6 +59,10 @@ pub struct Agent {
     pub attest_failures: crate::throttle::Throttle,
     /// Wall-clock time, for every renewal, expiry and validation decision the agent makes.
     pub clock: SharedClock,
+    /// This process's metrics (docs/metrics.md).
+    pub metrics: Arc<Metrics>,
+    /// The policy changes streams woke to, for the revocation propagation histogram.
+    pub changes: propagation::PolicyChanges,
 }
 
 impl std::fmt::Debug for Agent {
@@ -78,21 +86,23 @@ impl Agent {
         limits: listener::WorkloadApiConfig,
         clock: SharedClock,
     ) -> Arc<Self> {
-        Self::with_k8s(node, limits, None, clock)
+        Self::with_k8s(node, limits, None, clock, Arc::new(Metrics::new()))
     }
 
-    /// As [`Agent::with_config`], attesting callers' pods with `k8s` too.
+    /// As [`Agent::with_config`], attesting callers' pods with `k8s` too, counting into
+    /// `metrics` (the process's: `writ dev` shares them with its issuer).
     pub fn with_k8s(
         node: Arc<dyn NodeApi>,
         limits: listener::WorkloadApiConfig,
         k8s: Option<k8s::K8sAttestor>,
         clock: SharedClock,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let nofile_limit = writ_sys::raise_nofile_limit().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "reading the open-files limit failed; assuming 1024");
             1024
         });
-        Arc::new(Agent {
+        let agent = Arc::new(Agent {
             cache: Arc::new(SvidCache::new(Arc::clone(&node), Arc::clone(&clock))),
             node,
             attestor: Attestor::new("/proc", limits.max_exe_hash_bytes),
@@ -106,7 +116,14 @@ impl Agent {
             stopping: watch::channel(false).0,
             attest_failures: crate::throttle::Throttle::new(std::time::Duration::from_secs(10)),
             clock,
-        })
+            metrics,
+            changes: propagation::PolicyChanges::default(),
+        });
+        agent.metrics.register_collector(Box::new(WorkloadApiGauges {
+            streams: agent.streams.subscribe(),
+            connections: Arc::clone(&agent.connections),
+        }));
+        agent
     }
 
     /// Resolves once the agent is stopping.
@@ -130,6 +147,32 @@ impl Agent {
         shutdown: impl Future<Output = ()>,
     ) {
         Arc::clone(&self.cache).run(Some(link), shutdown).await;
+    }
+}
+
+/// The Workload API's open connections and streams, read at scrape time from the counts
+/// the listener and the streams keep anyway.
+#[derive(Debug)]
+struct WorkloadApiGauges {
+    streams: watch::Receiver<usize>,
+    connections: Arc<listener::Connections>,
+}
+
+impl Collector for WorkloadApiGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        crate::metrics::encode_gauge(
+            &mut encoder,
+            "writ_workload_api_connections",
+            "Open Workload API connections",
+            count(self.connections.total()),
+        )?;
+        crate::metrics::encode_gauge(
+            &mut encoder,
+            "writ_workload_api_streams",
+            "Open Workload API streams",
+            count(*self.streams.borrow()),
+        )
     }
 }
 

@@ -8,7 +8,8 @@
 //! PermissionDenied, as the spec asks.
 
 use super::Agent;
-use super::attest::ConnectedPeer;
+use super::attest::{self, ConnectedPeer};
+use crate::metrics::AttestationKind;
 use super::reported::{WorkloadDigest, report_selectors};
 use crate::node_api::NodeError;
 use crate::policy::{Entitlement, Selector, entitlements, visible_trust_domains};
@@ -297,33 +298,38 @@ pub(crate) async fn attest_caller<T>(
     // Hash the executable only when some profile selects by digest.
     let with_digest = agent.node.policy().borrow().selects_by_digest();
     let attesting = Arc::clone(agent);
-    let refused = |e: &dyn std::fmt::Display| {
+    let refused = |kind: AttestationKind, e: &dyn std::fmt::Display| {
+        agent.metrics.attestation_failed(kind);
         if let Some(suppressed) = agent.attest_failures.allow() {
             tracing::debug!(error = %e, suppressed, "attestation failed");
         }
         Status::permission_denied(format!("{NO_IDENTITY}: {e}"))
     };
+    let unix = |e: attest::AttestError| (AttestationKind::Unix, e.to_string());
     let (mut selectors, pod) = tokio::task::spawn_blocking(move || {
         let selectors = attesting
             .attestor
             .attest(&peer, with_digest)
-            .map_err(|e| e.to_string())?;
+            .map_err(unix)?;
         let Some(k8s) = &attesting.k8s else {
             return Ok((selectors, None));
         };
-        let pod = k8s.caller_pod(peer.cred.pid).map_err(|e| e.to_string())?;
+        let pod = k8s
+            .caller_pod(peer.cred.pid)
+            .map_err(|e| (AttestationKind::K8s, e.to_string()))?;
         // The cgroup read must be the accepted process's, not a successor's on its pid.
-        attesting
-            .attestor
-            .still_same(&peer)
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((selectors, pod))
+        attesting.attestor.still_same(&peer).map_err(unix)?;
+        Ok::<_, (AttestationKind, String)>((selectors, pod))
     })
     .await
     .map_err(|_| Status::unavailable("attestation failed"))?
-    .map_err(|e| refused(&e))?;
+    .map_err(|(kind, e)| refused(kind, &e))?;
     if let (Some(k8s), Some(pod)) = (&agent.k8s, pod) {
-        selectors.extend(k8s.selectors(&pod).await.map_err(|e| refused(&e))?);
+        selectors.extend(
+            k8s.selectors(&pod)
+                .await
+                .map_err(|e| refused(AttestationKind::K8s, &e))?,
+        );
     }
     Ok(selectors)
 }
@@ -402,15 +408,32 @@ where
             bundles.mark_unchanged();
             svids.mark_unchanged();
             let mut last: Option<T> = None;
+            // The revocation propagation histogram (agent::propagation): the change this
+            // stream follows, and when a revoking one it has not answered was first seen.
+            // Checked on every wake, whichever watch woke it: the stream answers from the
+            // newest policy whether or not its own policy watch fired first.
+            let mut followed = super::propagation::STARTING;
+            let mut revoked: Option<tokio::time::Instant> = None;
             loop {
+                let current = policy.borrow_and_update().clone();
+                let (number, since) = agent.changes.woke(&current, followed);
+                followed = number;
+                revoked = revoked.or(since);
+                drop(current);
                 match state().await {
                     Ok(message) => {
                         if last.as_ref() != Some(&message) {
+                            // Observed as the update is handed to the stream, so that a
+                            // client that has it finds it counted.
+                            if let Some(seen) = revoked {
+                                agent.metrics.revocation_propagated(seen.elapsed());
+                            }
                             if tx.send(Ok(message.clone())).await.is_err() {
                                 break;
                             }
                             last = Some(message);
                         }
+                        revoked = None;
                     }
                     Err(status) => {
                         let _ = tx.send(Err(status)).await;

@@ -152,6 +152,21 @@ struct Inner {
     failure: watch::Sender<Option<String>>,
     /// A log of its own: its file, as opened.
     file: std::sync::OnceLock<OpenedFile>,
+    /// Records made durable.
+    appended: AtomicU64,
+    /// Records refused because their commit failed.
+    failed: AtomicU64,
+}
+
+/// The log's counters since this process opened it (for metrics, docs/metrics.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Records made durable.
+    pub appended: u64,
+    /// Append transactions committed (each one fsync and one signed checkpoint).
+    pub commits: u64,
+    /// Records refused because their commit failed (nothing they stood for happened).
+    pub failed: u64,
 }
 
 /// A submitted record and what waits on it.
@@ -288,6 +303,8 @@ impl AuditLog {
             commits: AtomicU64::new(0),
             failure: watch::channel(None).0,
             file: std::sync::OnceLock::new(),
+            appended: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         });
         let (poke, extender) = match inner.place {
             Place::Local(_) => (None, None),
@@ -358,6 +375,15 @@ impl AuditLog {
     /// batch: for metrics and the benchmark in `examples/audit-load.rs`.
     pub fn commits(&self) -> u64 {
         self.inner.commits.load(Ordering::Relaxed)
+    }
+
+    /// Records appended, commits and failed records since this process opened the log.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            appended: self.inner.appended.load(Ordering::Relaxed),
+            commits: self.commits(),
+            failed: self.inner.failed.load(Ordering::Relaxed),
+        }
     }
 
     /// Follows the durable size.
@@ -698,6 +724,8 @@ impl Inner {
             match outcome {
                 Ok(size) => {
                     self.commits.fetch_add(1, Ordering::Relaxed);
+                    self.appended
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     if let Some(size) = size {
                         self.durable.send_replace(size);
                     }
@@ -735,6 +763,7 @@ impl Inner {
                     let mut failed = vec![unfilled];
                     failed.extend(building.into_iter().map(|i| (i, i + 1)));
                     for q in batch.into_iter().chain(rest.into_values()) {
+                        self.failed.fetch_add(1, Ordering::Relaxed);
                         failed.push((q.index, q.index + 1));
                         q.done.send(Err(AuditError::Unavailable(message.clone())));
                     }

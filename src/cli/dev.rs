@@ -8,6 +8,7 @@ use crate::agent::remote::RemoteNode;
 use crate::agent::{Agent, serve_workload};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{RawAgentConfig, RawConfig};
+use crate::metrics::Metrics;
 use crate::node_api::NodeApi;
 use crate::server::local_node::LocalNode;
 use crate::server::node::NodeService;
@@ -52,6 +53,10 @@ pub struct DevArgs {
     /// between the agent and the humans who approve it.
     #[arg(long)]
     demo_single_user: bool,
+    /// Serve Prometheus metrics on IP:PORT at /metrics (plain HTTP: loopback or a
+    /// private interface; docs/metrics.md) [default: off].
+    #[arg(long, value_name = "IP:PORT")]
+    metrics_listen: Option<String>,
 }
 
 /// Flags of `writ server`.
@@ -191,6 +196,9 @@ fn resolve_dev(args: DevArgs, logs: &super::LogArgs) -> anyhow::Result<crate::co
     }
     if args.trust_domain.is_some() {
         raw.trust_domain = args.trust_domain;
+    }
+    if args.metrics_listen.is_some() {
+        raw.metrics_listen = args.metrics_listen;
     }
     raw.operators.extend(args.operators);
     if args.demo_single_user {
@@ -363,7 +371,25 @@ async fn start_issuer(tasks: &mut Tasks, issuer: &Arc<Issuer>) -> anyhow::Result
     Ok(())
 }
 
+/// Serves `metrics` on `listen`, if configured (docs/metrics.md); off by default.
+async fn start_metrics(
+    tasks: &mut Tasks,
+    listen: Option<std::net::SocketAddr>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let Some(address) = listen else {
+        return Ok(());
+    };
+    let listener = crate::metrics::http::bind(address).await?;
+    tasks.spawn(
+        "metrics endpoint",
+        crate::metrics::http::serve(listener, Arc::clone(metrics), tasks.stopped()),
+    );
+    Ok(())
+}
+
 /// Starts an agent's tasks: SVID rotation and the Workload API.
+#[allow(clippy::too_many_arguments)]
 async fn start_agent(
     tasks: &mut Tasks,
     node: Arc<dyn NodeApi>,
@@ -372,9 +398,10 @@ async fn start_agent(
     k8s: Option<&crate::agent::k8s::K8sConfig>,
     clock: SharedClock,
     link: Option<tokio::sync::watch::Receiver<crate::agent::endpoints::NodeHealth>>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let k8s = k8s.map(crate::agent::k8s::K8sAttestor::new).transpose()?;
-    let agent = Agent::with_k8s(node, limits, k8s, clock);
+    let agent = Agent::with_k8s(node, limits, k8s, clock, metrics);
     let rotation = Arc::clone(&agent.cache).run(link, tasks.stopped());
     tasks.spawn("SVID rotation", async move {
         rotation.await;
@@ -398,6 +425,7 @@ pub async fn run(args: DevArgs, logs: super::LogArgs) -> anyhow::Result<()> {
     let socket = issuer.config.workload_socket.clone();
     let workload = bind_unix(&socket, 0o666).await?;
     start_issuer(&mut tasks, &issuer).await?;
+    // One process, one set of metrics: the agent counts into the issuer's.
     start_agent(
         &mut tasks,
         Arc::new(LocalNode::new(Arc::clone(&issuer))),
@@ -406,8 +434,10 @@ pub async fn run(args: DevArgs, logs: super::LogArgs) -> anyhow::Result<()> {
         issuer.config.k8s.as_ref(),
         clock,
         None,
+        Arc::clone(&issuer.metrics),
     )
     .await?;
+    start_metrics(&mut tasks, issuer.config.metrics_listen, &issuer.metrics).await?;
     print_banner(&issuer);
     let result = tasks.run().await;
     let _ = std::fs::remove_file(&issuer.config.admin_socket);
@@ -426,6 +456,7 @@ pub async fn server(args: ServerArgs, logs: super::LogArgs) -> anyhow::Result<()
     let issuer = Issuer::open(config, Arc::new(SystemClock))?;
     let mut tasks = Tasks::new(issuer.config.shutdown_grace);
     start_issuer(&mut tasks, &issuer).await?;
+    start_metrics(&mut tasks, issuer.config.metrics_listen, &issuer.metrics).await?;
     println!(
         "writ server: {} serving agents on {} (admin socket {})",
         issuer.config.trust_domain,
@@ -447,6 +478,7 @@ pub async fn agent(args: AgentArgs, logs: super::LogArgs) -> anyhow::Result<()> 
     let mut tasks = Tasks::new(config.shutdown_grace);
     let listener = bind_unix(&socket, 0o666).await?;
     let link = Some(node.health());
+    let metrics = Arc::new(Metrics::new());
     start_agent(
         &mut tasks,
         node,
@@ -455,8 +487,10 @@ pub async fn agent(args: AgentArgs, logs: super::LogArgs) -> anyhow::Result<()> 
         config.k8s.as_ref(),
         clock,
         link,
+        Arc::clone(&metrics),
     )
     .await?;
+    start_metrics(&mut tasks, config.metrics_listen, &metrics).await?;
     let shown = std::path::absolute(&socket).unwrap_or(socket.clone());
     println!("writ agent: Workload API on {}", shown.display());
     println!("  export SPIFFE_ENDPOINT_SOCKET=unix://{}", shown.display());
@@ -483,6 +517,9 @@ fn print_banner(issuer: &Issuer) {
     println!("  Workload API:  {}", workload.display());
     if let Some(node) = &config.node_listen {
         println!("  node API:      {node}");
+    }
+    if let Some(metrics) = &config.metrics_listen {
+        println!("  metrics:       http://{metrics}/metrics");
     }
     println!();
     println!("In another shell:");

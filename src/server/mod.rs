@@ -8,6 +8,7 @@ pub(crate) mod commits;
 pub mod fair;
 pub mod health;
 pub mod local_node;
+pub mod metrics;
 pub mod node;
 pub mod registry;
 pub mod replica;
@@ -24,6 +25,7 @@ use crate::ca::{
 };
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::metrics::{DenyReason, Metrics, SvidKind};
 use crate::policy::{Entitlement, Grant, GrantRequest, Selector, entitlement_for, entitlement_of};
 use crate::store::{Store, StoreError, StoreLocation, SvidRecord};
 use anyhow::Context;
@@ -55,6 +57,8 @@ pub struct Issuer {
     pub audit: Arc<AuditLog>,
     /// Each notification target's counters (see [`crate::notify`]).
     pub notify: Arc<crate::notify::Stats>,
+    /// This process's metrics (docs/metrics.md); `writ dev`'s agent counts into them too.
+    pub metrics: Arc<Metrics>,
     /// Issuance slots, passed round-robin between tenants: one tenant's storm of CSRs
     /// waits behind another tenant's, not the other way round (docs/multi-tenant.md).
     issuance: fair::Fair,
@@ -252,8 +256,10 @@ impl Issuer {
         let (bundles, _) = tokio::sync::watch::channel(Arc::new(cas.bundle_set()?));
         let issuance_slots = config.tenant_limits.issuance_slots;
         let notify = Arc::new(crate::notify::Stats::for_targets(&config.notify));
-        Ok(Arc::new(Issuer {
+        let metrics = Arc::new(Metrics::new());
+        let issuer = Arc::new(Issuer {
             notify,
+            metrics,
             config,
             cas,
             registry: Arc::new(registry),
@@ -262,7 +268,27 @@ impl Issuer {
             audit,
             issuance: fair::Fair::shared(issuance_slots),
             readiness_wake: tokio::sync::watch::channel(0).0,
-        }))
+        });
+        crate::server::metrics::register(&issuer);
+        Ok(issuer)
+    }
+
+    /// Counts one issuance request's outcome for `id`, `started` when it reached the issuer.
+    fn count<T>(
+        &self,
+        kind: SvidKind,
+        id: &SpiffeId,
+        result: &Result<T, IssueError>,
+        started: Instant,
+    ) {
+        let band = self
+            .cas
+            .band_of(id)
+            .map_or(crate::metrics::UNKNOWN_BAND, Band::as_str);
+        match result {
+            Ok(_) => self.metrics.svid_issued(band, kind, started.elapsed()),
+            Err(e) => self.metrics.svid_denied(band, deny_reason(e)),
+        }
     }
 
     /// With a shared store, follows the cluster's policy until `shutdown` (see
@@ -367,6 +393,7 @@ impl Issuer {
         ttl: Option<Duration>,
         requester: &str,
     ) -> Vec<Result<MintedX509, IssueError>> {
+        let started = Instant::now();
         let policy = self.registry.snapshot();
         let mut by_tenant: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, (id, _)) in items.iter().enumerate() {
@@ -394,7 +421,11 @@ impl Issuer {
         items
             .iter()
             .zip(out)
-            .map(|((id, _), r)| r.unwrap_or_else(|| Err(IssueError::NotEntitled(id.to_string()))))
+            .map(|((id, _), r)| {
+                let result = r.unwrap_or_else(|| Err(IssueError::NotEntitled(id.to_string())));
+                self.count(SvidKind::X509, id, &result, started);
+                result
+            })
             .collect()
     }
 
@@ -469,6 +500,20 @@ impl Issuer {
     /// Mints an X.509-SVID for `request` in `band` (policy already checked by the caller,
     /// under the issuance gate) once its issuance record by `requester` is durable.
     pub fn issue_x509(
+        &self,
+        band: Band,
+        key: SubjectKey<'_>,
+        request: SvidRequest,
+        requester: &str,
+    ) -> Result<MintedX509, IssueError> {
+        let started = Instant::now();
+        let id = request.spiffe_id.clone();
+        let result = self.issue_x509_now(band, key, request, requester);
+        self.count(SvidKind::X509, &id, &result, started);
+        result
+    }
+
+    fn issue_x509_now(
         &self,
         band: Band,
         key: SubjectKey<'_>,
@@ -882,6 +927,18 @@ impl Issuer {
         audience: &[String],
         requester: &str,
     ) -> Result<MintedJwt, IssueError> {
+        let started = Instant::now();
+        let result = self.sign_jwt_now(spiffe_id, audience, requester);
+        self.count(SvidKind::Jwt, spiffe_id, &result, started);
+        result
+    }
+
+    fn sign_jwt_now(
+        &self,
+        spiffe_id: &SpiffeId,
+        audience: &[String],
+        requester: &str,
+    ) -> Result<MintedJwt, IssueError> {
         self.signs_jwt()?;
         let tenant = self.tenant_of_identity(spiffe_id, None);
         let _turn = self.issuance.enter(&tenant, Urgency::Normal);
@@ -929,12 +986,15 @@ impl Issuer {
         audience: &[String],
         requester: &str,
     ) -> Result<MintedJwt, IssueError> {
+        let started = Instant::now();
+        let id = request.spiffe_id.clone();
         let tenant = self.tenant_of_identity(&request.spiffe_id, request.claims.as_ref());
         let _turn = self.issuance.enter(&tenant, Urgency::Normal);
-        Ok(self
-            .submit_jwt(band, request, audience, requester)?
-            .wait()?
-            .1)
+        let result = self
+            .submit_jwt(band, request, audience, requester)
+            .and_then(|pending| Ok(pending.wait()?.1));
+        self.count(SvidKind::Jwt, &id, &result, started);
+        result
     }
 
     fn submit_jwt(
@@ -990,6 +1050,16 @@ impl Issuer {
                 Err(e) => tracing::error!(error = %e, "CA rotation task failed; will retry"),
             }
         }
+    }
+}
+
+/// The metrics label of an issuer's refusal: its kind, never its text.
+fn deny_reason(e: &IssueError) -> DenyReason {
+    match e {
+        IssueError::NotEntitled(_) => DenyReason::NotEntitled,
+        IssueError::Ca(_) => DenyReason::Ca,
+        IssueError::Audit(_) => DenyReason::Audit,
+        IssueError::NotCurrent(_) => DenyReason::NotCurrent,
     }
 }
 

@@ -11,6 +11,7 @@ use crate::audit::activity::{Activity, RawActivity};
 use crate::audit::{Kind, Record};
 use crate::ca::{BundleSet, SubjectKey, SvidRequest, csr};
 use crate::hex::sha256 as sha256_hex;
+use crate::metrics::AttestationKind;
 use crate::node_api::NodeError;
 use crate::proto::node::{self as pb, node_server::Node, node_server::NodeServer};
 use crate::store::{JoinTokenRecord, TokenUse};
@@ -286,9 +287,16 @@ fn sync_update(
 
 type SyncStream = Pin<Box<dyn Stream<Item = Result<pb::SyncUpdate, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl Node for NodeService {
-    async fn attest_join_token(
+/// Node attestation, one method per kind; the node API's handlers count their failures.
+impl NodeService {
+    /// Counts a failed attestation of `kind` (any refusal, before or after the audit).
+    fn count_failure<T>(&self, kind: AttestationKind, result: &Result<T, Status>) {
+        if result.is_err() {
+            self.issuer.metrics.attestation_failed(kind);
+        }
+    }
+
+    async fn join_token(
         &self,
         request: Request<pb::AttestJoinTokenRequest>,
     ) -> Result<Response<pb::NodeSvid>, Status> {
@@ -328,7 +336,7 @@ impl Node for NodeService {
         self.mint_node(node_id, body.csr).await.map(Response::new)
     }
 
-    async fn x509_pop_challenge(
+    async fn x509pop_challenge(
         &self,
         request: Request<pb::X509PopChallengeRequest>,
     ) -> Result<Response<pb::X509PopChallengeResponse>, Status> {
@@ -399,7 +407,7 @@ impl Node for NodeService {
         }))
     }
 
-    async fn x509_pop_answer(
+    async fn x509pop_answer(
         &self,
         request: Request<pb::X509PopAnswerRequest>,
     ) -> Result<Response<pb::NodeSvid>, Status> {
@@ -433,7 +441,7 @@ impl Node for NodeService {
         self.mint_node(node_id, body.csr).await.map(Response::new)
     }
 
-    async fn attest_k8s_psat(
+    async fn k8s_psat(
         &self,
         request: Request<pb::AttestK8sPsatRequest>,
     ) -> Result<Response<pb::NodeSvid>, Status> {
@@ -501,6 +509,45 @@ impl Node for NodeService {
         tracing::info!(node = %node_id, namespace = %attested.namespace, service_account = %attested.service_account, pod = %attested.pod_name, "node attested by k8s_psat");
         self.audit_attestation(&node_id, "k8s_psat", None).await?;
         self.mint_node(node_id, body.csr).await.map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn attest_join_token(
+        &self,
+        request: Request<pb::AttestJoinTokenRequest>,
+    ) -> Result<Response<pb::NodeSvid>, Status> {
+        let attested = self.join_token(request).await;
+        self.count_failure(AttestationKind::JoinToken, &attested);
+        attested
+    }
+
+    async fn x509_pop_challenge(
+        &self,
+        request: Request<pb::X509PopChallengeRequest>,
+    ) -> Result<Response<pb::X509PopChallengeResponse>, Status> {
+        let challenged = self.x509pop_challenge(request).await;
+        self.count_failure(AttestationKind::X509Pop, &challenged);
+        challenged
+    }
+
+    async fn x509_pop_answer(
+        &self,
+        request: Request<pb::X509PopAnswerRequest>,
+    ) -> Result<Response<pb::NodeSvid>, Status> {
+        let attested = self.x509pop_answer(request).await;
+        self.count_failure(AttestationKind::X509Pop, &attested);
+        attested
+    }
+
+    async fn attest_k8s_psat(
+        &self,
+        request: Request<pb::AttestK8sPsatRequest>,
+    ) -> Result<Response<pb::NodeSvid>, Status> {
+        let attested = self.k8s_psat(request).await;
+        self.count_failure(AttestationKind::K8sPsat, &attested);
+        attested
     }
 
     async fn renew_node_svid(

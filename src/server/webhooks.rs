@@ -23,6 +23,7 @@
 
 use super::Issuer;
 use crate::audit::{Kind, Record};
+use crate::metrics::DeliveryOutcome;
 use crate::server::registry::{RegistryError, decision_text};
 use crate::sources::config::Source;
 use crate::sources::signature::{
@@ -72,6 +73,9 @@ struct Served {
 impl Webhooks {
     /// The listener's state for `sources` (already checked and their secrets read).
     pub fn new(issuer: Arc<Issuer>, sources: &[Arc<Source>]) -> Arc<Webhooks> {
+        for source in sources {
+            issuer.metrics.webhook_source(source.kind.as_str());
+        }
         let sources = sources
             .iter()
             .map(|source| Served {
@@ -190,11 +194,33 @@ fn error(status: StatusCode, message: &str) -> Reply {
     reply(status, serde_json::json!({ "error": message }))
 }
 
-/// One request, start to answer.
+/// One request, start to answer, counted by its source's kind and its outcome.
 async fn handle(hooks: &Webhooks, request: Request<Incoming>) -> Reply {
     let Some(served) = hooks.served(request.uri().path()) else {
         return error(StatusCode::NOT_FOUND, "no incident source posts here");
     };
+    let reply = deliver(hooks, served, request).await;
+    hooks
+        .issuer
+        .metrics
+        .webhook_delivery(served.source.kind.as_str(), outcome(reply.status()));
+    reply
+}
+
+/// What the answer's status says became of the delivery (the module's doc lists them).
+fn outcome(status: StatusCode) -> DeliveryOutcome {
+    match status {
+        StatusCode::OK => DeliveryOutcome::Handled,
+        StatusCode::UNAUTHORIZED => DeliveryOutcome::Unauthenticated,
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => DeliveryOutcome::Malformed,
+        StatusCode::TOO_MANY_REQUESTS => DeliveryOutcome::RateLimited,
+        StatusCode::SERVICE_UNAVAILABLE => DeliveryOutcome::Failed,
+        _ => DeliveryOutcome::Refused,
+    }
+}
+
+/// A request to `served`'s path.
+async fn deliver(hooks: &Webhooks, served: &Served, request: Request<Incoming>) -> Reply {
     if request.method() != Method::POST {
         let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "POST only");
         response

@@ -183,14 +183,22 @@ impl AdminService {
                     name_arg("grant", &body.id)?;
                     let approval_ttl = issuer.config.approval_ttl_secs as i64;
                     let now = issuer.cas.now();
-                    Ok(issuer.registry.approve_grant(
+                    let grant = issuer.registry.approve_grant(
                         &caller.tenant,
                         &body.id,
                         caller.principal(),
                         &body.plan_digest,
                         approval_ttl,
                         now,
-                    )?)
+                    )?;
+                    // This approval made the quorum: the request waited this long.
+                    if grant.state == GrantState::Active && grant.activated_at == Some(now) {
+                        let waited = now.saturating_sub(grant.requested_at).max(0) as u64;
+                        issuer
+                            .metrics
+                            .grant_approved(Duration::from_secs(waited));
+                    }
+                    Ok(grant)
                 },
                 |caller, grant| {
                     tracing::info!(grant = %grant.id, by = %caller.name, state = ?grant.state, approvals = grant.approvals.len(), "grant approved");

@@ -738,10 +738,19 @@ mod tests {
             on.resolve().unwrap().metrics_listen,
             Some("127.0.0.1:9090".parse().unwrap())
         );
-        for bad in ["nonsense", "localhost:9090", "127.0.0.1", ":9090", "1.2.3.4:99999"] {
+        for bad in [
+            "nonsense",
+            "localhost:9090",
+            "127.0.0.1",
+            ":9090",
+            "1.2.3.4:99999",
+        ] {
             let raw: RawConfig = toml::from_str(&format!("metrics_listen = {bad:?}")).unwrap();
             let e = format!("{:#}", raw.resolve().unwrap_err());
-            assert!(e.contains("metrics_listen") && e.contains("ip:port"), "{bad}: {e}");
+            assert!(
+                e.contains("metrics_listen") && e.contains("ip:port"),
+                "{bad}: {e}"
+            );
         }
         let agent = |line: &str| {
             toml::from_str::<RawAgentConfig>(&format!(
@@ -753,10 +762,16 @@ mod tests {
         };
         assert_eq!(agent("").unwrap().metrics_listen, None);
         assert_eq!(
-            agent("metrics_listen = \"[::1]:9091\"").unwrap().metrics_listen,
+            agent("metrics_listen = \"[::1]:9091\"")
+                .unwrap()
+                .metrics_listen,
             Some("[::1]:9091".parse().unwrap())
         );
-        assert!(agent("metrics_listen = \"nonsense\"").unwrap_err().contains("ip:port"));
+        assert!(
+            agent("metrics_listen = \"nonsense\"")
+                .unwrap_err()
+                .contains("ip:port")
+        );
     }
 
     #[test]

@@ -119,10 +119,12 @@ impl Agent {
             metrics,
             changes: propagation::PolicyChanges::default(),
         });
-        agent.metrics.register_collector(Box::new(WorkloadApiGauges {
-            streams: agent.streams.subscribe(),
-            connections: Arc::clone(&agent.connections),
-        }));
+        agent
+            .metrics
+            .register_collector(Box::new(WorkloadApiGauges {
+                streams: agent.streams.subscribe(),
+                connections: Arc::clone(&agent.connections),
+            }));
         agent
     }
 

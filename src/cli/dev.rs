@@ -424,6 +424,8 @@ pub async fn run(args: DevArgs, logs: super::LogArgs) -> anyhow::Result<()> {
     // for the admin socket to answer finds the Workload API there too.
     let socket = issuer.config.workload_socket.clone();
     let workload = bind_unix(&socket, 0o666).await?;
+    // Likewise the metrics endpoint, when configured.
+    start_metrics(&mut tasks, issuer.config.metrics_listen, &issuer.metrics).await?;
     start_issuer(&mut tasks, &issuer).await?;
     // One process, one set of metrics: the agent counts into the issuer's.
     start_agent(
@@ -437,7 +439,6 @@ pub async fn run(args: DevArgs, logs: super::LogArgs) -> anyhow::Result<()> {
         Arc::clone(&issuer.metrics),
     )
     .await?;
-    start_metrics(&mut tasks, issuer.config.metrics_listen, &issuer.metrics).await?;
     print_banner(&issuer);
     let result = tasks.run().await;
     let _ = std::fs::remove_file(&issuer.config.admin_socket);
@@ -455,8 +456,9 @@ pub async fn server(args: ServerArgs, logs: super::LogArgs) -> anyhow::Result<()
     );
     let issuer = Issuer::open(config, Arc::new(SystemClock))?;
     let mut tasks = Tasks::new(issuer.config.shutdown_grace);
-    start_issuer(&mut tasks, &issuer).await?;
+    // Bound before the admin socket, which is what scripts wait for.
     start_metrics(&mut tasks, issuer.config.metrics_listen, &issuer.metrics).await?;
+    start_issuer(&mut tasks, &issuer).await?;
     println!(
         "writ server: {} serving agents on {} (admin socket {})",
         issuer.config.trust_domain,
@@ -476,9 +478,11 @@ pub async fn agent(args: AgentArgs, logs: super::LogArgs) -> anyhow::Result<()> 
     let clock: SharedClock = Arc::new(SystemClock);
     let node = RemoteNode::connect(config.remote, Arc::clone(&clock)).await?;
     let mut tasks = Tasks::new(config.shutdown_grace);
+    // Bound before the Workload API socket, which is what scripts wait for.
+    let metrics = Arc::new(Metrics::new());
+    start_metrics(&mut tasks, config.metrics_listen, &metrics).await?;
     let listener = bind_unix(&socket, 0o666).await?;
     let link = Some(node.health());
-    let metrics = Arc::new(Metrics::new());
     start_agent(
         &mut tasks,
         node,
@@ -487,10 +491,9 @@ pub async fn agent(args: AgentArgs, logs: super::LogArgs) -> anyhow::Result<()> 
         config.k8s.as_ref(),
         clock,
         link,
-        Arc::clone(&metrics),
+        metrics,
     )
     .await?;
-    start_metrics(&mut tasks, config.metrics_listen, &metrics).await?;
     let shown = std::path::absolute(&socket).unwrap_or(socket.clone());
     println!("writ agent: Workload API on {}", shown.display());
     println!("  export SPIFFE_ENDPOINT_SOCKET=unix://{}", shown.display());
@@ -517,9 +520,6 @@ fn print_banner(issuer: &Issuer) {
     println!("  Workload API:  {}", workload.display());
     if let Some(node) = &config.node_listen {
         println!("  node API:      {node}");
-    }
-    if let Some(metrics) = &config.metrics_listen {
-        println!("  metrics:       http://{metrics}/metrics");
     }
     println!();
     println!("In another shell:");

@@ -379,6 +379,21 @@ impl Metrics {
     }
 }
 
+/// Writes the family `name` of `metric_type`, one series per label set; for collectors.
+fn encode_series<S: EncodeLabelSet, M: prometheus_client::encoding::EncodeMetric>(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    metric_type: prometheus_client::metrics::MetricType,
+    series: impl IntoIterator<Item = (S, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, metric) in series {
+        metric.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 /// Writes a gauge of one series per label set; for collectors.
 pub fn encode_gauges<S: EncodeLabelSet>(
     encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
@@ -386,13 +401,22 @@ pub fn encode_gauges<S: EncodeLabelSet>(
     help: &str,
     series: impl IntoIterator<Item = (S, i64)>,
 ) -> Result<(), std::fmt::Error> {
-    use prometheus_client::encoding::EncodeMetric;
     use prometheus_client::metrics::{MetricType, gauge::ConstGauge};
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in series {
-        ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
+    let series = series.into_iter().map(|(s, v)| (s, ConstGauge::new(v)));
+    encode_series(encoder, name, help, MetricType::Gauge, series)
+}
+
+/// Writes a counter of one series per label set (`name` without `_total`, which the
+/// encoder appends); for collectors of counters kept elsewhere.
+pub fn encode_counters<S: EncodeLabelSet>(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (S, u64)>,
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::metrics::{MetricType, counter::ConstCounter};
+    let series = series.into_iter().map(|(s, v)| (s, ConstCounter::new(v)));
+    encode_series(encoder, name, help, MetricType::Counter, series)
 }
 
 /// Writes one unlabelled gauge; for collectors.
@@ -404,25 +428,7 @@ pub fn encode_gauge(
 ) -> Result<(), std::fmt::Error> {
     use prometheus_client::encoding::EncodeMetric;
     use prometheus_client::metrics::{MetricType, gauge::ConstGauge};
-    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    ConstGauge::new(value).encode(metric)
-}
-
-/// Writes a counter of one series per label set (`name` without `_total`, which the
-/// encoder appends); for collectors of counters kept elsewhere.
-pub fn encode_counters<S: EncodeLabelSet>(
-    encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    series: impl IntoIterator<Item = (S, u64)>,
-) -> Result<(), std::fmt::Error> {
-    use prometheus_client::encoding::EncodeMetric;
-    use prometheus_client::metrics::{MetricType, counter::ConstCounter};
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in series {
-        ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
+    ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
 
 /// Writes one unlabelled counter (`name` without `_total`); for collectors.
@@ -434,8 +440,12 @@ pub fn encode_counter(
 ) -> Result<(), std::fmt::Error> {
     use prometheus_client::encoding::EncodeMetric;
     use prometheus_client::metrics::{MetricType, counter::ConstCounter};
-    let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    ConstCounter::new(value).encode(metric)
+    ConstCounter::new(value).encode(encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        MetricType::Counter,
+    )?)
 }
 
 #[cfg(test)]
@@ -486,10 +496,16 @@ mod tests {
             Some(2.0)
         );
         assert_eq!(
-            sample(&text, "writ_attestation_failures_total{kind=\"join_token\"}"),
+            sample(
+                &text,
+                "writ_attestation_failures_total{kind=\"join_token\"}"
+            ),
             Some(1.0)
         );
-        assert!(text.contains("# TYPE writ_issuance_seconds histogram"), "{text}");
+        assert!(
+            text.contains("# TYPE writ_issuance_seconds histogram"),
+            "{text}"
+        );
     }
 
     #[derive(Debug)]

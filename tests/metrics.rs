@@ -13,10 +13,9 @@ mod common;
 use common::bin::{DevProcess, WRIT, json_lines};
 use common::dev::{my_uid, start};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
@@ -59,7 +58,7 @@ fn request(address: SocketAddr, method: &str, path: &str) -> (u16, String, Strin
 struct Scrape(Vec<Value>);
 
 impl Scrape {
-    fn parse(python: &PathBuf, text: &str) -> Scrape {
+    fn parse(python: &Path, text: &str) -> Scrape {
         let mut child = std::process::Command::new(python)
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -85,7 +84,7 @@ impl Scrape {
         Scrape(json_lines(&String::from_utf8(out.stdout).unwrap()))
     }
 
-    fn get(address: SocketAddr, python: &PathBuf) -> Scrape {
+    fn get(address: SocketAddr, python: &Path) -> Scrape {
         let (status, head, body) = request(address, "GET", "/metrics");
         assert_eq!(status, 200, "{head}");
         assert!(
@@ -141,13 +140,13 @@ async fn serve(metrics: &Arc<Metrics>) -> SocketAddr {
 /// Polls the scrape at `address` until `done` holds, for at most [`PATIENCE`].
 async fn scrape_until(
     address: SocketAddr,
-    python: &PathBuf,
+    python: &Path,
     what: &str,
     done: impl Fn(&Scrape) -> bool,
 ) -> Scrape {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let python = python.clone();
+        let python = python.to_path_buf();
         let scrape = tokio::task::spawn_blocking(move || Scrape::get(address, &python))
             .await
             .unwrap();

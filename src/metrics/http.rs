@@ -6,7 +6,7 @@
 //! loopback or a private interface; an unspecified address (`0.0.0.0`, `[::]`) is
 //! served, with a warning at start.
 //!
-//! Bounded: at most [`MAX_CONNECTIONS`] at once, headers within [`CLIENT_TIMEOUT`], no
+//! Bounded: at most [`MAX_CONNECTIONS`] at once, headers within `CLIENT_TIMEOUT` (10 s), no
 //! request body ever read; any other path is 404, any other method 405.
 
 use super::Metrics;

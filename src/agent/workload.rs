@@ -9,8 +9,8 @@
 
 use super::Agent;
 use super::attest::{self, ConnectedPeer};
-use crate::metrics::AttestationKind;
 use super::reported::{WorkloadDigest, report_selectors};
+use crate::metrics::AttestationKind;
 use crate::node_api::NodeError;
 use crate::policy::{Entitlement, Selector, entitlements, visible_trust_domains};
 use crate::proto::workload::{self as pb, spiffe_workload_api_server::SpiffeWorkloadApi};

@@ -28,13 +28,7 @@ use writ::proto::node::node_server::Node;
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn python() -> Option<PathBuf> {
-    let python = std::env::var_os("WRIT_PYTHON").map(PathBuf::from);
-    if python.is_none() {
-        eprintln!(
-            "skipped: set WRIT_PYTHON to a Python with tests/python/requirements.txt installed"
-        );
-    }
-    python
+    common::writ_python()
 }
 
 /// One HTTP/1.1 request over TCP; the status code, headers and body of the answer.

@@ -56,6 +56,18 @@ pub fn require_root() -> bool {
     panic!("this test needs root; run as root or set WRIT_ALLOW_SKIPS=1");
 }
 
+/// The Python named by WRIT_PYTHON (tests/python/requirements.txt installed; scripts/test
+/// sets it), or `None` after saying on stderr that the test is skipped.
+pub fn writ_python() -> Option<PathBuf> {
+    let python = std::env::var_os("WRIT_PYTHON").map(PathBuf::from);
+    if python.is_none() {
+        eprintln!(
+            "skipped: set WRIT_PYTHON to a Python with tests/python/requirements.txt installed"
+        );
+    }
+    python
+}
+
 /// A port nothing listens on right now (the listener is dropped at once).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

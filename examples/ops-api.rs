@@ -31,7 +31,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamExt;
-use writ_verifier::tls::{SpiffeClientVerifier, peer_spiffe_id, verified_peer};
+use writ_verifier::tls::{SpiffeClientVerifier, peer_spiffe_id, verified_peer_chain};
+use writ_verifier::x509::Usage;
 use writ_verifier::{Authorizer, Band, Decision, WorkloadApiSource};
 
 /// The largest request body accepted (a plan).
@@ -129,12 +130,13 @@ async fn serve(
     source: &WorkloadApiSource,
     base: &spiffe::TrustDomain,
 ) -> anyhow::Result<()> {
+    // The chain, verified again against the bundles of now: the peer names the authority
+    // it chains to, so one tainted since the handshake is refused too.
     let peer = tls
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(verified_peer)
+        .and_then(|chain| verified_peer_chain(chain, source, Usage::Client, UnixTime::now()))
         .ok_or_else(|| anyhow!("no verified peer certificate"))?;
     let (method, path, body) = read_request(&mut tls).await?;
     let authorizer = match (method.as_str(), path.as_str()) {

@@ -15,7 +15,7 @@ use writ::ca::CaConfig;
 use writ::clock::Clock;
 use writ::proto::admin::{self as admin_pb, admin_client::AdminClient};
 use writ_verifier::revocation::RevocationKind;
-use writ_verifier::tls::X509BundleSource;
+use writ_verifier::tls::{X509BundleSource, verified_peer_chain};
 use writ_verifier::x509::Usage;
 use writ_verifier::{Peer, WorkloadApiSource, verify_x509_svid};
 
@@ -201,6 +201,18 @@ async fn a_tainted_authority_is_replaced_at_once_refused_by_writ_verifiers_then_
         "{refused}"
     );
     judge(&source, &new).expect("the re-issued SVID verifies");
+    // A connection verified before the taint, re-checked per request from its chain:
+    // the chain names its authority, which the revocation set now refuses.
+    let per_request = verified_peer_chain(&old, &source, Usage::Client, now())
+        .expect("the old chain still chains to the bundle");
+    assert_eq!(
+        per_request.authority,
+        writ_verifier::Authority::X509(tainted[0].key_id.clone())
+    );
+    assert_eq!(
+        source.revocations().check(&per_request).map(|r| r.kind),
+        Some(RevocationKind::Authority)
+    );
 
     // JWT-SVIDs: the old token's key is refused, a new token is signed by the new key.
     let jwt_keys = source.jwt_keys();
@@ -296,6 +308,9 @@ async fn a_tainted_authority_is_replaced_at_once_refused_by_writ_verifiers_then_
     })
     .await;
     judge(&source, &new).expect("the re-issued SVID still verifies");
+    // Per request, too: a chain whose authority left the bundle names no peer.
+    assert!(verified_peer_chain(&old, &source, Usage::Client, now()).is_none());
+    assert!(verified_peer_chain(&new, &source, Usage::Client, now()).is_some());
     let keys = dev
         .issuer
         .config

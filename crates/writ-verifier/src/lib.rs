@@ -22,19 +22,22 @@
 //!
 //! Revoked incidents and grants are refused even while the certificate has not expired:
 //! the verifiers built with an [`Authorizer`] consult the live revocation set at every
-//! handshake, and an application re-decides per request with [`tls::verified_peer`].
+//! handshake, and an application re-decides per request with [`tls::verified_peer_chain`]
+//! (the chain verified again, so a tainted authority is refused too) or, from the leaf
+//! alone, [`tls::verified_peer`].
 //!
 //! # Use
 //!
 //! ```no_run
 //! # #[cfg(feature = "workload-api")]
 //! # async fn demo(
-//! #     leaf: rustls_pki_types::CertificateDer<'static>,
+//! #     chain: Vec<rustls_pki_types::CertificateDer<'static>>,
 //! #     body: Vec<u8>,
 //! #     now: i64,
 //! # ) -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use writ_verifier::tls::{SpiffeClientVerifier, verified_peer};
+//! use writ_verifier::tls::{SpiffeClientVerifier, verified_peer_chain};
+//! use writ_verifier::x509::Usage;
 //! use writ_verifier::{Authorizer, WorkloadApiSource, parse_trust_domain};
 //!
 //! // Bundles and revocations from the agent's socket (SPIFFE_ENDPOINT_SOCKET).
@@ -48,9 +51,11 @@
 //! );
 //! // ... rustls::ServerConfig::builder().with_client_cert_verifier(Arc::new(verifier)) ...
 //!
-//! // Per request, on the connection's verified peer certificate: a write needs the
+//! // Per request, on the connection's verified peer chain: a write needs the
 //! // remediation identity whose approved plan is exactly this body.
-//! let peer = verified_peer(&leaf).ok_or("no peer")?;
+//! let now_time = rustls_pki_types::UnixTime::now();
+//! let peer = verified_peer_chain(&chain, source.as_ref(), Usage::Client, now_time)
+//!     .ok_or("no peer")?;
 //! let decision = Authorizer::remediation(&base)
 //!     .plan(&body)
 //!     .decide(&peer, &source.revocations().snapshot(), now);

@@ -274,8 +274,28 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 }
 
+/// The [`Peer`] behind a chain rustls already verified on this connection, verified again
+/// against `bundles` as they are at `now`: what per-request authorization on a long-lived
+/// connection decides on. Unlike [`verified_peer`] it names the authority the chain ends
+/// at, so a decision refuses an authority tainted since the handshake; and a chain whose
+/// authority has left the bundle since (revoked) is `None`. Costs one chain verification.
+pub fn verified_peer_chain(
+    chain: &[CertificateDer<'_>],
+    bundles: &dyn X509BundleSource,
+    usage: Usage,
+    now: UnixTime,
+) -> Option<Peer> {
+    let trust_domain = peer_spiffe_id(chain.first()?)?.trust_domain().clone();
+    let bundle = bundles.x509_authorities(&trust_domain)?;
+    crate::x509::verify_x509_svid(chain, &bundle, &trust_domain, usage, now)
+        .ok()
+        .map(|svid| Peer::from_x509(&svid))
+}
+
 /// The [`Peer`] behind a certificate that rustls already verified on this connection
 /// (with one of this module's verifiers): what per-request authorization decides on.
+/// It sees the leaf only, so it cannot name the authority ([`crate::Authority::Unknown`]):
+/// where a connection outlives a taint, use [`verified_peer_chain`].
 pub fn verified_peer(cert: &CertificateDer<'_>) -> Option<Peer> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, leaf) = X509Certificate::from_der(cert).ok()?;
